@@ -10,7 +10,18 @@
 
 from __future__ import annotations
 
-from mamba_asr.ops.selective_scan.dispatch import BACKENDS, selective_scan_fn
+from mamba_asr.ops.selective_scan.dispatch import (
+    BACKENDS,
+    available_backends,
+    resolve_backend,
+    selective_scan_fn,
+)
 from mamba_asr.ops.selective_scan.reference import selective_scan_ref
 
-__all__ = ["BACKENDS", "selective_scan_fn", "selective_scan_ref"]
+__all__ = [
+    "BACKENDS",
+    "available_backends",
+    "resolve_backend",
+    "selective_scan_fn",
+    "selective_scan_ref",
+]

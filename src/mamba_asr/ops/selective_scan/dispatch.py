@@ -1,12 +1,57 @@
-"""Pick a selective-scan implementation for the inputs' device."""
+"""The selective scan every model calls: elementwise parts in PyTorch, the recurrence in a backend.
+
+``selective_scan_fn`` computes dt = softplus(delta + delta_bias), the D skip and the z gate with plain
+PyTorch ops (autograd handles them) and hands the recurrence to a backend core:
+
+- ``native``: the C kernel on the CPU (``native.py``), compiled once and cached;
+- ``chunked``: chunked PyTorch (``chunked.py``), for MPS, CUDA and any other device;
+- ``ref``: the sequential reference (``reference.py``), for tests.
+
+``auto`` picks ``native`` for CPU tensors when the kernel is available and ``chunked`` otherwise; a
+backend asked for by name that cannot run raises an error saying why.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from mamba_asr.ops.selective_scan.reference import selective_scan_ref
+from mamba_asr.ops.selective_scan.chunked import ssm_scan_chunked
+from mamba_asr.ops.selective_scan.native import native_available, ssm_scan_native
+from mamba_asr.ops.selective_scan.reference import check_inputs, selective_scan_ref
 
-BACKENDS = ("auto", "ref")
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "native", "chunked", "ref")
+_CORES: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+    "native": ssm_scan_native,
+    "chunked": ssm_scan_chunked,
+}
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that can run on ``device`` here (``auto`` excluded)."""
+    found = ["chunked", "ref"]
+    if torch.device(device).type == "cpu" and native_available():
+        found.insert(0, "native")
+    return found
+
+
+def resolve_backend(device: torch.device, backend: str = "auto") -> str:
+    """The backend ``auto`` means for ``device``; validates explicit names."""
+    if backend not in BACKENDS:
+        raise ValueError(f"selective scan backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "native" and device.type != "cpu":
+        raise ValueError(f"the native selective scan runs on the CPU only, not on {device.type}")
+    if backend != "auto":
+        return backend
+    if device.type == "cpu" and native_available():
+        return "native"
+    return "chunked"
 
 
 def selective_scan_fn(
@@ -24,9 +69,29 @@ def selective_scan_fn(
     *,
     backend: str = "auto",
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Selective scan; same arguments and shapes as ``selective_scan_ref``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return selective_scan_ref(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state
-    )
+    """Selective scan; arguments, shapes and results as ``selective_scan_ref``.
+
+    u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L) or (B, G, N, L); D, delta_bias: (D,);
+    initial_state: (B, D, N). Returns out (B, D, L) in u's dtype and, with return_last_state, the
+    last state (B, D, N) fp32. Differentiable in every tensor input, the last state included.
+    """
+    name = resolve_backend(u.device, backend)
+    if name == "ref":
+        return selective_scan_ref(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state
+        )
+    check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    u32 = u.float()
+    dt = delta.float()
+    if delta_bias is not None:
+        dt = dt + delta_bias.float()[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    h0 = None if initial_state is None else initial_state.float()
+    y, last = _CORES[name](u32, dt, A.float(), B.float(), C.float(), h0)
+    if D is not None:
+        y = y + u32 * D.float()[:, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    out = y.to(u.dtype)
+    return (out, last) if return_last_state else out

@@ -63,8 +63,10 @@ def expand_groups(X: Tensor, dim: int) -> Tensor:
     if X.dim() == 3:
         return X.unsqueeze(1).expand(-1, dim, -1, -1)
     batch, groups, n, length = X.shape
-    return X.unsqueeze(2).expand(batch, groups, dim // groups, n, length).reshape(
-        batch, dim, n, length
+    return (
+        X.unsqueeze(2)
+        .expand(batch, groups, dim // groups, n, length)
+        .reshape(batch, dim, n, length)
     )
 
 
@@ -104,14 +106,12 @@ def selective_scan_ref(
     Cx = expand_groups(C.float(), dim)  # (B, D, N, L)
     dA = torch.exp(delta.unsqueeze(2) * A[None, :, :, None])  # (B, D, N, L)
     dBu = (delta * u).unsqueeze(2) * Bx  # (B, D, N, L)
-    if initial_state is None:
-        h = u.new_zeros(batch, dim, A.shape[1])
-    else:
-        h = initial_state.float()
+    h = u.new_zeros(batch, dim, A.shape[1]) if initial_state is None else initial_state.float()
     ys = []
-    for t in range(length):
-        h = dA[..., t] * h + dBu[..., t]
-        ys.append((h * Cx[..., t]).sum(-1))  # (B, D)
+    # unbind: one view per step whose backward is a single stack (indexing would cost O(L^2))
+    for dA_t, dBu_t, C_t in zip(dA.unbind(-1), dBu.unbind(-1), Cx.unbind(-1), strict=True):
+        h = dA_t * h + dBu_t
+        ys.append((h * C_t).sum(-1))  # (B, D)
     y = torch.stack(ys, dim=-1) if length > 0 else u.new_zeros(batch, dim, 0)
     if D is not None:
         y = y + u * D.float()[:, None]

@@ -1,0 +1,309 @@
+"""Mamba blocks: the causal block (``Mamba``) and ConMamba's bidirectional block (``BiMamba``).
+
+Shape key
+    B: batch, L: frames, M: d_model, D: d_inner (expand * d_model), N: d_state,
+    R: dt_rank, K: d_conv.
+
+Both blocks take ``(B, L, M)`` and an optional ``lengths`` ``(B,)`` of valid frames; padded frames
+never change valid outputs and come out as zeros. The selective scan is
+``mamba_asr.ops.selective_scan.selective_scan_fn``; parameter names follow state-spaces/mamba's
+``mamba_simple.py`` within each direction (``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``, ``D``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mamba_asr.ops.selective_scan import selective_scan_fn
+
+__all__ = ["BiMamba", "Mamba", "MambaState"]
+
+DT_INITS = ("random", "constant")
+
+
+class MambaState(NamedTuple):
+    """Streaming state of a causal ``Mamba`` block.
+
+    conv: (B, D, K-1) the last K-1 conv inputs, in the activation dtype.
+    ssm:  (B, D, N) the scan's hidden state, fp32.
+    """
+
+    conv: Tensor
+    ssm: Tensor
+
+
+def length_mask(lengths: Tensor, length: int, device: torch.device) -> Tensor:
+    """(B,) valid frame counts -> (B, L) bool, True on valid frames (tensor ops, no host sync)."""
+    frames = torch.arange(length, device=device)  # (L,)
+    return frames[None, :] < lengths.to(device)[:, None]  # (B, L)
+
+
+def reverse_index(lengths: Tensor, length: int, device: torch.device) -> Tensor:
+    """(B,) valid frame counts -> (B, L) time index reversing each utterance within its length.
+
+    Frame t < len maps to len - 1 - t; padded frames map to themselves, so the index is its own
+    inverse and padding stays at the end.
+    """
+    frames = torch.arange(length, device=device)[None, :]  # (1, L)
+    lens = lengths.to(device)[:, None]  # (B, 1)
+    return torch.where(frames < lens, lens - 1 - frames, frames)  # (B, L)
+
+
+def flip_time(x: Tensor, index: Tensor | None) -> Tensor:
+    """Reverse (B, C, L) along L: whole sequence if index is None, else per utterance (B, L)."""
+    if index is None:
+        return x.flip(-1)
+    return x.gather(-1, index[:, None, :].expand_as(x))  # (B, C, L)
+
+
+class _SSMBranch(nn.Module):
+    """One scan direction: causal depthwise conv -> SiLU -> x_proj -> dt_proj -> selective scan.
+
+    Owns ``conv1d``, ``x_proj``, ``dt_proj``, ``A_log`` and ``D`` (fp32, no weight decay).
+    """
+
+    def __init__(
+        self,
+        d_inner: int,
+        d_state: int,
+        d_conv: int,
+        dt_rank: int,
+        dt_min: float,
+        dt_max: float,
+        dt_init: str,
+        dt_scale: float,
+        dt_init_floor: float,
+        conv_bias: bool,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.d_state, self.d_conv, self.dt_rank = d_state, d_conv, dt_rank
+        # padding=0: the causal left context is concatenated in forward (zeros or streaming state)
+        self.conv1d = nn.Conv1d(
+            d_inner, d_inner, d_conv, groups=d_inner, bias=conv_bias, padding=0, **factory
+        )
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True, **factory)
+        self._init_dt_proj(dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
+        # S4D-real init: A = -(1..N) for every channel; kept fp32 on purpose
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device)
+        self.A_log = nn.Parameter(torch.log(A).repeat(d_inner, 1))  # (D, N)
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(d_inner, dtype=torch.float32, device=device))  # (D,)
+        self.D._no_weight_decay = True
+
+    @torch.no_grad()
+    def _init_dt_proj(
+        self, dt_min: float, dt_max: float, dt_init: str, dt_scale: float, dt_init_floor: float
+    ) -> None:
+        """Weight uniform (or constant) at dt_rank**-0.5 * dt_scale; bias = softplus^-1(dt) with
+        dt log-uniform in [dt_min, dt_max], floored at dt_init_floor."""
+        std = self.dt_rank**-0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, std)
+        else:
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+        bias = self.dt_proj.bias
+        u = torch.rand(bias.shape, device=bias.device, dtype=torch.float32)
+        dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        inv_softplus_dt = dt + torch.log(-torch.expm1(-dt))  # softplus(inv_softplus_dt) == dt
+        bias.copy_(inv_softplus_dt)
+        bias._no_reinit = True
+
+    def forward(
+        self, x: Tensor, z: Tensor, state: MambaState | None = None
+    ) -> tuple[Tensor, MambaState | None]:
+        """x, z: (B, D, L); state: left context, or None at the start of a sequence.
+
+        Returns y (B, D, L) = scan(...) * silu(z) and, when a state was given, the state after
+        these L frames (else None, and the scan skips its last state).
+        """
+        if state is None:
+            xc = F.pad(x, (self.d_conv - 1, 0))  # (B, D, K-1+L), zero left context
+        else:
+            xc = torch.cat([state.conv.to(x.dtype), x], dim=-1)  # (B, D, K-1+L)
+        u = F.silu(self.conv1d(xc))  # (B, D, L)
+        x_dbl = self.x_proj(u.transpose(1, 2))  # (B, L, R+2N)
+        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, D, L); bias added in scan
+        out = selective_scan_fn(
+            u,
+            delta,
+            -torch.exp(self.A_log.float()),  # A (D, N)
+            B.transpose(1, 2),  # (B, N, L)
+            C.transpose(1, 2),  # (B, N, L)
+            self.D.float(),
+            z,
+            self.dt_proj.bias.float(),
+            delta_softplus=True,
+            return_last_state=state is not None,
+            initial_state=None if state is None else state.ssm,
+        )
+        if state is None:
+            return out, None
+        y, ssm = out
+        conv = xc[..., xc.shape[-1] - (self.d_conv - 1) :]  # (B, D, K-1), last conv inputs
+        return y, MambaState(conv=conv, ssm=ssm)
+
+
+def _resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
+    if dt_rank == "auto":
+        return math.ceil(d_model / 16)
+    if isinstance(dt_rank, int) and not isinstance(dt_rank, bool) and dt_rank > 0:
+        return dt_rank
+    raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
+
+
+def _check_options(d_model: int, d_state: int, expand: int, d_conv: int, dt_init: str) -> None:
+    sizes = {"d_model": d_model, "d_state": d_state, "expand": expand, "d_conv": d_conv}
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if dt_init not in DT_INITS:
+        raise ValueError(f"dt_init must be one of {DT_INITS}, got {dt_init!r}")
+
+
+class _MambaBase(nn.Module):
+    """Shared parts: in_proj (M -> 2D for x and z), the forward branch ``fwd``, out_proj (D -> M),
+    and ``bwd``, a second branch, when the class is bidirectional."""
+
+    bidirectional = False
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        expand: int = 2,
+        d_conv: int = 4,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        _check_options(d_model, d_state, expand, d_conv, dt_init)
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = expand * d_model
+        self.dt_rank = _resolve_dt_rank(dt_rank, d_model)
+        factory = {"device": device, "dtype": dtype}
+        branch = dict(
+            d_inner=self.d_inner,
+            d_state=d_state,
+            d_conv=d_conv,
+            dt_rank=self.dt_rank,
+            dt_min=dt_min,
+            dt_max=dt_max,
+            dt_init=dt_init,
+            dt_scale=dt_scale,
+            dt_init_floor=dt_init_floor,
+            conv_bias=conv_bias,
+            **factory,
+        )
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.fwd = _SSMBranch(**branch)
+        if self.bidirectional:
+            self.bwd = _SSMBranch(**branch)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def _project_in(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(B, L, M) -> x, z each (B, D, L); x is zeroed on padded frames (mask (B, L))."""
+        xz = self.in_proj(x).transpose(1, 2)  # (B, 2D, L)
+        x_in, z = xz.chunk(2, dim=1)  # (B, D, L) each
+        if mask is not None:
+            x_in = x_in.masked_fill(~mask[:, None, :], 0.0)
+        return x_in, z
+
+    def _project_out(self, y: Tensor, mask: Tensor | None) -> Tensor:
+        """(B, D, L) -> (B, L, M), zero on padded frames."""
+        out = self.out_proj(y.transpose(1, 2))  # (B, L, M)
+        if mask is not None:
+            out = out.masked_fill(~mask[:, :, None], 0.0)
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
+            f"d_conv={self.d_conv}, dt_rank={self.dt_rank}"
+        )
+
+
+class Mamba(_MambaBase):
+    """Causal Mamba block (state-spaces/mamba ``Mamba``), with padding masks and streaming.
+
+    x (B, L, M) -> in_proj -> x, z (B, D, L) -> causal depthwise conv (K) -> SiLU -> x_proj ->
+    dt (R), B, C (N) -> dt_proj -> selective scan (softplus(dt + bias), A = -exp(A_log), D skip,
+    gated by SiLU(z)) -> out_proj -> (B, L, M).
+
+    Options as in mamba: d_model, d_state=16, expand=2, d_conv=4, dt_rank="auto"
+    (ceil(d_model / 16)), dt_min, dt_max, dt_init ("random" or "constant"), dt_scale,
+    dt_init_floor, conv_bias, bias, and device/dtype for the parameters (A_log, D stay fp32).
+    """
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """x: (B, L, M); lengths: (B,) valid frames or None. Returns (B, L, M), zero on padding."""
+        mask = None if lengths is None else length_mask(lengths, x.shape[1], x.device)
+        x_in, z = self._project_in(x, mask)
+        y, _ = self.fwd(x_in, z)  # (B, D, L)
+        return self._project_out(y, mask)
+
+    def init_state(
+        self,
+        batch: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> MambaState:
+        """Zero state for ``batch`` streams; device and dtype default to in_proj's weight's."""
+        weight = self.in_proj.weight
+        device = weight.device if device is None else device
+        dtype = weight.dtype if dtype is None else dtype
+        return MambaState(
+            conv=torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+            ssm=torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=torch.float32),
+        )
+
+    def forward_chunk(self, x: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        """x: (B, T, M), T >= 1 new frames. Returns y (B, T, M) and the state after them.
+
+        Chunks run one after another from ``init_state`` give ``forward``'s output.
+        """
+        x_in, z = self._project_in(x, None)
+        y, new_state = self.fwd(x_in, z, state)  # (B, D, T)
+        return self._project_out(y, None), new_state
+
+
+class BiMamba(_MambaBase):
+    """ConMamba's bidirectional block ("v2" bimamba, xi-j/Mamba-ASR); not causal, no streaming.
+
+    Shares in_proj and out_proj; the backward branch ``bwd`` (its own conv1d, x_proj, dt_proj,
+    A_log, D) scans each utterance reversed within its own length. The two gated scan outputs
+    are averaged before out_proj. Options as in ``Mamba``.
+    """
+
+    bidirectional = True
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """x: (B, L, M); lengths: (B,) valid frames or None. Returns (B, L, M), zero on padding."""
+        length = x.shape[1]
+        mask, index = None, None
+        if lengths is not None:
+            mask = length_mask(lengths, length, x.device)  # (B, L)
+            index = reverse_index(lengths, length, x.device)  # (B, L)
+        x_in, z = self._project_in(x, mask)
+        y_fwd, _ = self.fwd(x_in, z)  # (B, D, L)
+        y_bwd, _ = self.bwd(flip_time(x_in, index), flip_time(z, index))  # (B, D, L), reversed
+        y = (y_fwd + flip_time(y_bwd, index)) / 2
+        return self._project_out(y, mask)
