@@ -21,13 +21,20 @@ _MAX_CHUNK_ELEMENTS = 1 << 24  # (B, D, T, N) elements per chunk tensor
 def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
     """Solve h_t = a_t * h_{t-1} + b_t along dim -2 (h_{-1} = h0) by doubling; a, b: (..., T, N)."""
     length = a.shape[-2]
-    k = 1
-    while k < length:
-        b = torch.cat(
-            [b[..., :k, :], torch.addcmul(b[..., k:, :], a[..., k:, :], b[..., :-k, :])], -2
-        )
-        a = torch.cat([a[..., :k, :], a[..., k:, :] * a[..., :-k, :]], -2)
-        k *= 2
+    bufs = [
+        (torch.empty_like(a), torch.empty_like(b)) for _ in range(min(2, (length - 1).bit_length()))
+    ]
+    k, i = 1, 0
+    while k < length:  # read (a, b), write the other buffer pair; the inputs are never written
+        a_next, b_next = bufs[i % 2]
+        b_next[..., :k, :] = b[..., :k, :]
+        torch.addcmul(b[..., k:, :], a[..., k:, :], b[..., :-k, :], out=b_next[..., k:, :])
+        if 2 * k < length or h0 is not None:  # the last level needs no products of a
+            a_next[..., :k, :] = a[..., :k, :]
+            torch.mul(a[..., k:, :], a[..., :-k, :], out=a_next[..., k:, :])
+            a = a_next
+        b = b_next
+        k, i = 2 * k, i + 1
     if h0 is not None:
         b = torch.addcmul(b, a, h0.unsqueeze(-2))
     return b

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Main set-up command: install mamba-asr into .venv and run its end-to-end self check.
+#   bash scripts/setup.sh [mamba-asr check options, e.g. --device cpu --length 512]
+set -euo pipefail
+# shellcheck source=scripts/_venv.sh
+source "$(dirname "$0")/_venv.sh"
+
+ensure_venv ""
+"$VENV/bin/mamba-asr" info
+"$VENV/bin/mamba-asr" check ${1+"$@"}
+say "ready: source $VENV/bin/activate, then run mamba-asr --help"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Test command (README and CI): install mamba-asr[dev] into .venv, lint, then run the test suite.
+#   bash scripts/test.sh [pytest options, e.g. -k device -x]
+set -euo pipefail
+# shellcheck source=scripts/_venv.sh
+source "$(dirname "$0")/_venv.sh"
+
+ensure_venv "[dev]"
+cd "$ROOT"
+say "ruff check"
+"$VENV/bin/ruff" check .
+say "ruff format --check"
+"$VENV/bin/ruff" format --check .
+say "pytest"
+status=0
+"$VPY" -m pytest -ra ${1+"$@"} || status=$?
+if [ "$status" -eq 5 ]; then
+    die "pytest collected no tests"
+fi
+exit "$status"

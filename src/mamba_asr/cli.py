@@ -1,0 +1,179 @@
+"""The ``mamba-asr`` command: a thin front that parses arguments and calls the package.
+
+Subcommands: ``info`` (versions, device, selective-scan backends) and ``check`` (end-to-end self
+check, see ``mamba_asr.selfcheck``). Errors from bad input (ValueError, OSError, ImportError) are
+printed as one line ``mamba-asr: error: ...`` with exit code 2; ``--debug`` shows the traceback.
+A failed check exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from mamba_asr import __version__
+from mamba_asr.device import DEVICE_ENV, get_device
+
+if TYPE_CHECKING:
+    from mamba_asr.selfcheck import CheckReport
+
+__all__ = ["build_parser", "main"]
+
+PROG = "mamba-asr"
+USER_ERRORS = (ValueError, OSError, ImportError)
+
+
+def _common_options(suppress: bool) -> argparse.ArgumentParser:
+    """--debug and --verbose, accepted before or after the subcommand."""
+    default = argparse.SUPPRESS if suppress else False
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--debug", action="store_true", default=default, help="show tracebacks on errors"
+    )
+    parent.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="log at INFO level"
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Speech recognition with Mamba models on CPU, CUDA and Apple Silicon.",
+        parents=[_common_options(suppress=False)],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [_common_options(suppress=True)]
+    device_help = f"cpu, cuda, cuda:<i> or mps (default: ${DEVICE_ENV}, else MPS > CUDA > CPU)"
+
+    info = sub.add_parser("info", parents=common, help="show versions, device and scan backends")
+    info.add_argument("--device", default=None, help=device_help)
+    info.set_defaults(func=cmd_info)
+
+    check = sub.add_parser(
+        "check",
+        parents=common,
+        help="end-to-end self check: Mamba stack forward/backward, streaming, selective scan",
+        description="Builds a small stack of Mamba blocks on random features, runs forward + "
+        "backward, then streams it chunk by chunk and compares with the full forward; also "
+        "compares every selective-scan backend with the reference. Exit code 1 if a check fails.",
+    )
+    check.add_argument("--device", default=None, help=device_help)
+    check.add_argument(
+        "--length", type=int, default=1000, help="frames per utterance (1000: 10 s at 10 ms)"
+    )
+    check.add_argument("--batch", type=int, default=2, help="utterances per batch (2)")
+    check.add_argument("--d-model", type=int, default=144, help="model width (144)")
+    check.add_argument("--layers", type=int, default=4, help="Mamba blocks in the stack (4)")
+    check.add_argument("--chunk", type=int, default=32, help="frames per streaming chunk (32)")
+    check.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    check.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def _backends_line(device: torch.device) -> str:
+    from mamba_asr.ops.selective_scan import available_backends, resolve_backend
+
+    return f"{', '.join(available_backends(device))} (auto -> {resolve_backend(device)})"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    device = get_device(args.device)
+    rows = [
+        (PROG, __version__),
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("platform", f"{platform.system()} {platform.machine()}"),
+        ("device", str(device)),
+        ("cpu threads", str(torch.get_num_threads())),
+        ("selective scan", _backends_line(device)),
+    ]
+    for key, value in rows:
+        print(f"{key:<16}{value}")
+    return 0
+
+
+def _format_report(report: CheckReport) -> str:
+    header = f"{'check':<44} {'result':<6} {'max err':>10} {'tol':>8} {'time':>9}  note"
+    lines = [header, "-" * len(header)]
+    for r in report.results:
+        err = "-" if r.error is None else f"{r.error:.2e}"
+        tol = "-" if r.tol is None else f"{r.tol:.0e}"
+        result = "ok" if r.passed else "FAIL"
+        lines.append(
+            f"{r.name:<44} {result:<6} {err:>10} {tol:>8} {r.seconds:>7.3f} s  {r.detail}".rstrip()
+        )
+    failed = sum(not r.passed for r in report.results)
+    total = len(report.results)
+    lines.append(
+        f"{total - failed} of {total} checks passed" if failed else f"all {total} checks passed"
+    )
+    return "\n".join(lines)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from mamba_asr.selfcheck import run_checks
+
+    _set_threads(args.threads)
+    device = get_device(args.device)
+    print(
+        f"{PROG} check: device {device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, B={args.batch} L={args.length} "
+        f"d_model={args.d_model} layers={args.layers}",
+        flush=True,
+    )
+    report = run_checks(
+        device,
+        length=args.length,
+        batch=args.batch,
+        d_model=args.d_model,
+        n_layers=args.layers,
+        chunk=args.chunk,
+        seed=args.seed,
+        progress=sys.stderr.isatty(),
+    )
+    print(_format_report(report))
+    print("err = max |x - ref| / max(1, max |ref|), the worst tensor; pass if err <= tol; fp32")
+    return 0 if report.passed else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mamba-asr`` and ``python -m mamba_asr``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format=f"{PROG}: %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
