@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mamba_asr.modules.mamba import BiMamba, Mamba, MambaState, reverse_index
+from mamba_asr.modules.mamba import BiMamba, Mamba, MambaState
+from mamba_asr.modules.masks import reverse_index
 
 BLOCKS = [Mamba, BiMamba]
 

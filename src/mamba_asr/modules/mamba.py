@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mamba_asr.modules.masks import length_mask, reverse_index
 from mamba_asr.ops.selective_scan import selective_scan_fn
 
 __all__ = ["BiMamba", "Mamba", "MambaState"]
@@ -35,23 +36,6 @@ class MambaState(NamedTuple):
 
     conv: Tensor
     ssm: Tensor
-
-
-def length_mask(lengths: Tensor, length: int, device: torch.device) -> Tensor:
-    """(B,) valid frame counts -> (B, L) bool, True on valid frames (tensor ops, no host sync)."""
-    frames = torch.arange(length, device=device)  # (L,)
-    return frames[None, :] < lengths.to(device)[:, None]  # (B, L)
-
-
-def reverse_index(lengths: Tensor, length: int, device: torch.device) -> Tensor:
-    """(B,) valid frame counts -> (B, L) time index reversing each utterance within its length.
-
-    Frame t < len maps to len - 1 - t; padded frames map to themselves, so the index is its own
-    inverse and padding stays at the end.
-    """
-    frames = torch.arange(length, device=device)[None, :]  # (1, L)
-    lens = lengths.to(device)[:, None]  # (B, 1)
-    return torch.where(frames < lens, lens - 1 - frames, frames)  # (B, L)
 
 
 def flip_time(x: Tensor, index: Tensor | None) -> Tensor:
