@@ -38,3 +38,14 @@ def subsampled_lengths(lengths: Tensor, kernel: int, stride: int, padding: int) 
     return (
         torch.div(lengths + 2 * padding - kernel, stride, rounding_mode="floor").add(1).clamp_min(0)
     )
+
+
+def zero_padding(x: Tensor, mask: Tensor | None) -> Tensor:
+    """x: (B, L, ...) with mask (B, L) True on valid frames -> x with padded frames set to zero.
+
+    Returns x itself when mask is None.
+    """
+    if mask is None:
+        return x
+    keep = mask.reshape(mask.shape + (1,) * (x.dim() - 2))  # (B, L, 1, ...)
+    return x.masked_fill(~keep, 0.0)

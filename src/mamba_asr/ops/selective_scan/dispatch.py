@@ -4,17 +4,22 @@
 PyTorch ops (autograd handles them) and hands the recurrence to a backend core:
 
 - ``native``: the C kernel on the CPU (``native.py``), compiled once and cached;
-- ``chunked``: chunked PyTorch (``chunked.py``), for MPS, CUDA and any other device;
+- ``triton``: fused Triton kernels on CUDA (``triton_kernel.py``), when triton is installed;
+- ``chunked``: chunked PyTorch (``chunked.py``), for MPS and any other device;
 - ``ref``: the sequential reference (``reference.py``), for tests.
 
-``auto`` picks ``native`` for CPU tensors when the kernel is available and ``chunked`` otherwise; a
-backend asked for by name that cannot run raises an error saying why.
+``auto`` picks ``native`` for CPU tensors and ``triton`` for CUDA tensors when they are available,
+``chunked`` otherwise (with one INFO log line saying why); a backend asked for by name that cannot
+run raises an error saying why and how to get it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 from collections.abc import Callable
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -26,19 +31,51 @@ from mamba_asr.ops.selective_scan.reference import check_inputs, selective_scan_
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "native", "chunked", "ref")
+BACKENDS = ("auto", "native", "triton", "chunked", "ref")
+
+
+@cache
+def triton_available() -> bool:
+    """True when triton imports (it is the ``[cuda]`` extra)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_core(*args: Tensor | None) -> tuple[Tensor, Tensor]:
+    from mamba_asr.ops.selective_scan.triton_kernel import ssm_scan_triton
+
+    return ssm_scan_triton(*args)
+
+
 _CORES: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "native": ssm_scan_native,
+    "triton": _triton_core,
     "chunked": ssm_scan_chunked,
 }
 
 
+def _triton_runs_on(device: torch.device) -> bool:
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"  # triton's CPU interpreter (tests)
+    return triton_available() and (device.type == "cuda" or interpreted)
+
+
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends that can run on ``device`` here (``auto`` excluded)."""
+    device = torch.device(device)
     found = ["chunked", "ref"]
-    if torch.device(device).type == "cpu" and native_available():
+    if device.type == "cuda" and _triton_runs_on(device):
+        found.insert(0, "triton")
+    if device.type == "cpu" and native_available():
         found.insert(0, "native")
     return found
+
+
+@cache
+def _log_fallback(device_type: str) -> None:
+    log.info(
+        "triton is not installed: the selective scan on %s uses the chunked PyTorch path "
+        "(pip install 'mamba-asr[cuda]' for the fused kernel)",
+        device_type,
+    )
 
 
 def resolve_backend(device: torch.device, backend: str = "auto") -> str:
@@ -47,10 +84,20 @@ def resolve_backend(device: torch.device, backend: str = "auto") -> str:
         raise ValueError(f"selective scan backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "native" and device.type != "cpu":
         raise ValueError(f"the native selective scan runs on the CPU only, not on {device.type}")
+    if backend == "triton" and not _triton_runs_on(device):
+        if not triton_available():
+            raise ValueError(
+                "the triton selective scan needs triton: pip install 'mamba-asr[cuda]'"
+            )
+        raise ValueError(f"the triton selective scan runs on CUDA only, not on {device.type}")
     if backend != "auto":
         return backend
     if device.type == "cpu" and native_available():
         return "native"
+    if device.type == "cuda":
+        if _triton_runs_on(device):
+            return "triton"
+        _log_fallback(device.type)
     return "chunked"
 
 

@@ -1,0 +1,151 @@
+"""Selective scan on an NVIDIA GPU: our Triton kernels and chunked path beside the peer CUDA kernel.
+
+    python benchmarks/scan_cuda.py [--peer DIR] [--sweep] [--json PATH]
+
+Shapes and inputs as in ../shared/anchors.md: z, D, delta_bias, delta_softplus=True, N=16, A/D/bias
+fp32; u/delta/z/B/C in the row's dtype. Times: median of --iters CUDA-event timings after warm-up.
+"fwd GB/s" counts the minimum bytes (inputs read once, output written once). --peer points at the
+peer folder (state-spaces/mamba's kernel, built on the spot, about 160 s) for side-by-side timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from mamba_asr.ops.selective_scan import selective_scan_fn
+from mamba_asr.ops.selective_scan import triton_kernel as tk
+
+SHAPES = [(8, 1024, 512), (8, 1024, 2048), (4, 1024, 8192)]
+
+
+def make_inputs(batch, dim, length, dtype, d_state=16):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s, dt=dtype: torch.randn(*s, generator=g, device="cuda").to(dt)  # noqa: E731
+    A = -torch.arange(1, d_state + 1, device="cuda", dtype=torch.float32).repeat(dim, 1)
+    t = dict(
+        u=r(batch, dim, length), delta=r(batch, dim, length), A=A, B=r(batch, d_state, length),
+        C=r(batch, d_state, length), D=torch.ones(dim, device="cuda"), z=r(batch, dim, length),
+        delta_bias=torch.rand(dim, device="cuda") * -4,
+    )  # fmt: skip
+    return {k: v.requires_grad_() for k, v in t.items()}
+
+
+def min_bytes(batch, dim, length, dtype, d_state=16):
+    e = torch.tensor([], dtype=dtype).element_size()
+    return (4 * batch * dim * length + 2 * batch * d_state * length) * e
+
+
+def cuda_time(fn, iters):
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def runner(impl, peer_fn, inputs, backward):
+    def call():
+        kw = {k: (v if backward else v.detach()) for k, v in inputs.items()}
+        if impl == "peer":
+            out = peer_fn(**kw, delta_softplus=True)
+        else:
+            out = selective_scan_fn(**kw, delta_softplus=True, backend=impl)
+        if backward:
+            out.backward(torch.ones_like(out))
+
+    return call
+
+
+def peak_extra_mib(fn):
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def sweep(iters):
+    """Time triton launch settings on the middle fp32 shape (block and chunk, then warps); keep the best."""
+    inputs = make_inputs(8, 1024, 2048, torch.float32)
+    rows = []
+
+    def trial(**cfg):
+        tk.CONFIG.update(cfg)
+        try:
+            rows.append((cuda_time(runner("triton", None, inputs, True), iters), dict(tk.CONFIG)))
+        except Exception as e:  # out of resources for this setting
+            print(f"# sweep {cfg}: {type(e).__name__}")
+
+    for bd, chunk in itertools.product((4, 8, 16), (16, 32, 64)):
+        trial(block_d=bd, chunk=chunk, fwd_warps=4, bwd_warps=4)
+    best = min(rows, key=lambda r: r[0])[1]
+    for fw, bw in itertools.product((1, 2, 4, 8), (2, 4, 8)):
+        trial(**{**best, "fwd_warps": fw, "bwd_warps": bw})
+    for ms, cfg in sorted(rows, key=lambda r: r[0])[:10]:
+        print(f"# sweep fwd+bwd {ms:.3f} ms  {cfg}")
+    best = min(rows, key=lambda r: r[0])[1]
+    tk.CONFIG.update(best)
+    return best
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--peer", type=Path, default=None)
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--impls", nargs="+", default=["triton", "chunked", "peer"])
+    p.add_argument("--json", type=Path, default=Path("benchmarks/results/scan_cuda.json"))
+    args = p.parse_args(argv)
+    peer_fn = None
+    if args.peer is not None and "peer" in args.impls:
+        sys.path.insert(0, str(args.peer))
+        import peer  # the peer's own loader, benchmark only
+
+        peer_fn, _ = peer.load()
+    impls = [i for i in args.impls if i != "peer" or peer_fn is not None]
+    if args.sweep:
+        print(f"# best triton config: {sweep(max(10, args.iters // 5))}")
+    name = torch.cuda.get_device_name()
+    print(f"# python benchmarks/scan_cuda.py --peer PEER_DIR  ({name}, torch {torch.__version__})")
+    print("| impl | dtype | B | D | L | fwd ms | fwd+bwd ms | fwd GB/s | extra MiB | peer/impl fwd | peer/impl fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for dtype, (batch, dim, length) in itertools.product((torch.float32, torch.bfloat16), SHAPES):
+        inputs = make_inputs(batch, dim, length, dtype)
+        res = {}
+        for impl in impls:
+            fwd = cuda_time(runner(impl, peer_fn, inputs, False), args.iters)
+            both = cuda_time(runner(impl, peer_fn, inputs, True), args.iters)
+            mem = peak_extra_mib(runner(impl, peer_fn, inputs, True))
+            gbs = min_bytes(batch, dim, length, dtype) / fwd / 1e6
+            res[impl] = dict(impl=impl, dtype=str(dtype).split(".")[1], B=batch, D=dim, L=length,
+                             fwd_ms=fwd, fwd_bwd_ms=both, fwd_gbs=gbs, extra_mib=mem)  # fmt: skip
+        for impl, r in res.items():
+            pf = res["peer"]["fwd_ms"] / r["fwd_ms"] if "peer" in res else None
+            pb = res["peer"]["fwd_bwd_ms"] / r["fwd_bwd_ms"] if "peer" in res else None
+            r.update(peer_over_impl_fwd=pf, peer_over_impl_fwd_bwd=pb)
+            f = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
+            print(f"| {impl} | {r['dtype']} | {batch} | {dim} | {length} | {r['fwd_ms']:.3f} | "
+                  f"{r['fwd_bwd_ms']:.3f} | {r['fwd_gbs']:.0f} | {r['extra_mib']:.0f} | {f(pf)} | "
+                  f"{f(pb)} |", flush=True)  # fmt: skip
+            rows.append(r)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(dict(device=name, config=tk.CONFIG, rows=rows), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The Triton selective scan against the reference: on CUDA when present, else in triton's CPU
+interpreter (TRITON_INTERPRET=1, in a subprocess since triton reads it at import)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mamba_asr.ops.selective_scan import selective_scan_fn, selective_scan_ref
+from mamba_asr.ops.selective_scan.dispatch import triton_available
+
+pytestmark = pytest.mark.skipif(
+    not triton_available(), reason="triton is not installed (pip install 'mamba-asr[cuda]')"
+)
+
+# (batch, dim, d_state, length, groups, initial_state, dtype)
+CASES = [
+    (2, 16, 16, 70, None, True, "float32"),
+    (1, 8, 5, 33, 2, False, "float32"),
+    (2, 16, 16, 1, None, False, "float32"),
+    (1, 16, 4, 64, 4, True, "float32"),
+    (2, 16, 16, 40, None, True, "bfloat16"),
+]
+TOL = {"float32": 2e-4, "bfloat16": 5e-2, "float16": 2e-2}
+
+
+def errors(case, device: str) -> dict[str, float]:
+    """Relative max errors of out, last state and every gradient, triton vs reference."""
+    batch, dim, d_state, length, groups, with_state, dtype_name = case
+    dtype = getattr(torch, dtype_name)
+    g = torch.Generator().manual_seed(length * 7 + dim)
+
+    def r(*shape, scale=1.0, dt=dtype):
+        return (scale * torch.randn(*shape, generator=g)).to(device=device, dtype=dt)
+
+    bc = (batch, d_state, length) if groups is None else (batch, groups, d_state, length)
+    args = dict(
+        u=r(batch, dim, length), delta=r(batch, dim, length, scale=0.5),
+        A=-torch.exp(r(dim, d_state, scale=0.5, dt=torch.float32)), B=r(*bc), C=r(*bc),
+        D=r(dim, dt=torch.float32), z=r(batch, dim, length),
+        delta_bias=r(dim, scale=0.3, dt=torch.float32),
+        initial_state=r(batch, dim, d_state, dt=torch.float32) if with_state else None,
+    )  # fmt: skip
+    tensors = {k: v.requires_grad_() for k, v in args.items() if v is not None}
+    gout = r(batch, dim, length, dt=torch.float32)
+    glast = r(batch, dim, d_state, dt=torch.float32)
+    results = []
+    for fn, kw in ((selective_scan_ref, {}), (selective_scan_fn, {"backend": "triton"})):
+        out, last = fn(**args, delta_softplus=True, return_last_state=True, **kw)
+        loss = (out.float() * gout).sum() + (last * glast).sum()
+        results.append([out, last, *torch.autograd.grad(loss, list(tensors.values()))])
+    names = ["out", "last", *[f"d{k}" for k in tensors]]
+    return {
+        n: ((b.float() - a.float()).abs().max() / a.float().abs().max().clamp_min(1e-6)).item()
+        for n, a, b in zip(names, *results, strict=True)
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
+def test_triton_interpreted_matches_reference(case):
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, __file__, json.dumps(case)], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    errs = json.loads(proc.stdout.strip().splitlines()[-1])
+    tol = TOL[case[-1]]
+    assert all(e <= tol for e in errs.values()), errs
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+@pytest.mark.parametrize("length", [1, 7, 64, 333, 1024, 4099])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_triton_cuda_matches_reference(length, dtype):
+    for case in [(2, 64, 16, length, None, True, dtype), (2, 64, 8, length, 4, False, dtype)]:
+        errs = errors(case, "cuda")
+        assert all(e <= TOL[dtype] for e in errs.values()), (case, errs)
+
+
+if __name__ == "__main__":
+    print(json.dumps(errors(tuple(json.loads(sys.argv[1])), "cpu")))
