@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,6 +62,10 @@ def errors(case, device: str) -> dict[str, float]:
     }
 
 
+@pytest.mark.skipif(
+    np.lib.NumpyVersion(np.__version__) >= "2.3.0",
+    reason="triton's CPU interpreter needs numpy < 2.3 (the [dev] extra pins it)",
+)
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
 def test_triton_interpreted_matches_reference(case):
     env = {**os.environ, "TRITON_INTERPRET": "1"}
