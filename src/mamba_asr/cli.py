@@ -1,7 +1,7 @@
 """The ``mamba-asr`` command: a thin front that parses arguments and calls the package.
 
-Subcommands: ``info`` (versions, device, selective-scan backends) and ``check`` (end-to-end self
-check, see ``mamba_asr.selfcheck``). Errors from bad input (ValueError, OSError, ImportError) are
+Subcommands: ``info`` (versions, device, selective-scan backends), ``check`` (end-to-end self
+check, see ``mamba_asr.selfcheck``) and ``model-info`` (parameters and layers of a recipe). Errors from bad input (ValueError, OSError, ImportError) are
 printed as one line ``mamba-asr: error: ...`` with exit code 2; ``--debug`` shows the traceback.
 A failed check exits with 1.
 """
@@ -77,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     check.add_argument("--seed", type=int, default=0, help="random seed (0)")
     check.set_defaults(func=cmd_check)
+
+    model_info = sub.add_parser(
+        "model-info", parents=common, help="parameter count and layer summary of a recipe"
+    )
+    model_info.add_argument("config", help="YAML recipe, e.g. hparams/CTC/conmamba_large.yaml")
+    model_info.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set model.num_encoder_layers=6 (repeatable)",
+    )  # fmt: skip
+    model_info.set_defaults(func=cmd_model_info)
     return parser
 
 
@@ -152,6 +162,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(_format_report(report))
     print("err = max |x - ref| / max(1, max |ref|), the worst tensor; pass if err <= tol; fp32")
     return 0 if report.passed else 1
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from mamba_asr.config import load_recipe
+    from mamba_asr.models.factory import build_model, count_parameters, layer_summary
+
+    cfg = load_recipe(args.config, args.overrides).model
+    model = build_model(cfg, device="meta")  # shapes only: no memory, no initialization cost
+    total = count_parameters(model)
+    print(f"{args.config}: {cfg.kind} model, {cfg.encoder_module} encoder"
+          + (f", {cfg.decoder_module} decoder" if cfg.kind == "seq2seq" else "")
+          + f", vocabulary {cfg.vocab_size}")  # fmt: skip
+    print(f"parameters: {total:,} ({total / 1e6:.1f} M)")
+    print(f"{'module':<28} {'kind':<34} {'parameters':>12}")
+    for row in layer_summary(model):
+        indent = "  " * row.name.count(".")
+        print(f"{indent + row.name:<28} {row.kind:<34} {row.parameters:>12,}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

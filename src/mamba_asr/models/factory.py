@@ -1,0 +1,88 @@
+"""Build models from configs, count their parameters and summarize their layers."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mamba_asr.config import ModelConfig
+from mamba_asr.models.ctc import CTCModel
+from mamba_asr.models.decoders import DECODERS
+from mamba_asr.models.encoders import ENCODERS
+from mamba_asr.models.seq2seq import Seq2SeqModel
+from mamba_asr.modules.frontend import ConvFrontEnd
+
+Device = torch.device | str | None
+
+
+def build_frontend(cfg: ModelConfig, device: Device = None, dtype: torch.dtype | None = None):
+    """The convolutional front end: (B, T, n_mels) features -> (B, T / 4, d_model)."""
+    f = cfg.frontend
+    return ConvFrontEnd(
+        f.n_mels, cfg.d_model, f.channels, f.kernel_size, f.stride, cfg.dropout, device, dtype
+    )
+
+
+def build_encoder(cfg: ModelConfig, device: Device = None, dtype: torch.dtype | None = None):
+    """The encoder named by ``cfg.encoder_module``: (B, T, d_model), lengths -> (B, T, d_model)."""
+    kwargs = dict(
+        d_model=cfg.d_model, num_layers=cfg.num_encoder_layers, nhead=cfg.nhead, d_ffn=cfg.d_ffn,
+        kernel_size=cfg.kernel_size, dropout=cfg.dropout, activation=cfg.activation,
+        mamba=dataclasses.asdict(cfg.mamba), device=device, dtype=dtype,
+    )  # fmt: skip
+    if cfg.encoder_module in ("conformer", "conmamba"):
+        kwargs["conv_norm"] = cfg.conv_norm
+    return ENCODERS[cfg.encoder_module](**kwargs)
+
+
+def build_decoder(cfg: ModelConfig, device: Device = None, dtype: torch.dtype | None = None):
+    """The decoder named by ``cfg.decoder_module`` (tokens, memory -> (B, U, d_model))."""
+    return DECODERS[cfg.decoder_module](
+        vocab_size=cfg.vocab_size, d_model=cfg.d_model, num_layers=cfg.num_decoder_layers,
+        nhead=cfg.nhead, d_ffn=cfg.d_ffn, dropout=cfg.dropout, activation=cfg.activation,
+        mamba=dataclasses.asdict(cfg.mamba), device=device, dtype=dtype,
+    )  # fmt: skip
+
+
+def build_model(
+    cfg: ModelConfig, device: Device = None, dtype: torch.dtype | None = None
+) -> CTCModel | Seq2SeqModel:
+    """CTC model when ``num_decoder_layers == 0``, else the joint CTC/attention seq2seq model."""
+    frontend = build_frontend(cfg, device, dtype)
+    encoder = build_encoder(cfg, device, dtype)
+    if cfg.kind == "ctc":
+        return CTCModel(frontend, encoder, cfg.d_model, cfg.vocab_size, cfg.blank_index,
+                        device=device, dtype=dtype)  # fmt: skip
+    return Seq2SeqModel(
+        frontend, encoder, build_decoder(cfg, device, dtype), cfg.d_model, cfg.vocab_size,
+        ctc_weight=cfg.ctc_weight, label_smoothing=cfg.label_smoothing, blank=cfg.blank_index,
+        pad=cfg.pad_index, bos=cfg.bos_index, eos=cfg.eos_index, device=device, dtype=dtype,
+    )  # fmt: skip
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (shared ones counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    kind: str
+    parameters: int
+
+
+def layer_summary(model: nn.Module) -> list[LayerInfo]:
+    """One row per child module and per grandchild; a stack of layers is one row ("18 x Layer")."""
+    rows: list[LayerInfo] = []
+    for name, child in model.named_children():
+        rows.append(LayerInfo(name, type(child).__name__, count_parameters(child)))
+        for sub, grandchild in child.named_children():
+            kind = type(grandchild).__name__
+            if isinstance(grandchild, nn.ModuleList) and len(grandchild):
+                kind = f"{len(grandchild)} x {type(grandchild[0]).__name__}"
+            rows.append(LayerInfo(f"{name}.{sub}", kind, count_parameters(grandchild)))
+    return rows

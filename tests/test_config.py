@@ -1,0 +1,80 @@
+"""Recipe configs: every key checked, errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from mamba_asr.config import (
+    ConfigError,
+    ModelConfig,
+    RecipeConfig,
+    apply_overrides,
+    from_dict,
+    load_recipe,
+    to_dict,
+)
+
+
+def write(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_round_trip_through_dict():
+    cfg = RecipeConfig(model=ModelConfig(vocab_size=31, num_decoder_layers=2))
+    assert from_dict(RecipeConfig, to_dict(cfg)) == cfg
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+    path = write(tmp_path, "model:\n  vocab_size: 31\n  d_modle: 128\n")
+    with pytest.raises(
+        ConfigError, match=r"recipe.yaml: unknown key 'model.d_modle' \(did you mean 'd_model'\?\)"
+    ):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.encoder_module=lstm", "model.encoder_module must be one of 'conformer'"),
+        ("model.mamba.d_state=2.5", "model.mamba.d_state must be int"),
+        ("model.frontend.channels=7", "model.frontend.channels must be a list of int"),
+        ("model.dropout=1.5", r"model.dropout must be in \[0, 1\]"),
+        ("model.nhead=3", "must be divisible by model.nhead"),
+        ("model.d_model=true", "model.d_model must be int"),
+        ("model.mamba=3", "model.mamba must be a mapping"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe("hparams/CTC/conmamba_large.yaml", [override])
+
+
+def test_missing_required_key(tmp_path):
+    with pytest.raises(ConfigError, match="missing key in model: vocab_size"):
+        load_recipe(write(tmp_path, "model:\n  d_model: 128\n"))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(write(tmp_path, "model: [unclosed\n"))
+
+
+def test_overrides_parse_yaml_values_and_keep_the_input():
+    data = {"model": {"vocab_size": 31, "mamba": {"d_state": 16}}}
+    out = apply_overrides(data, ["model.mamba.d_state=8", "model.frontend.channels=[8, 4]"])
+    assert out["model"]["mamba"]["d_state"] == 8
+    assert out["model"]["frontend"]["channels"] == [8, 4]
+    assert data["model"]["mamba"]["d_state"] == 16
+    with pytest.raises(ConfigError, match="must look like key.sub=value"):
+        apply_overrides(data, ["model.d_model"])
+
+
+def test_ints_are_accepted_for_floats_and_lists_become_tuples():
+    cfg = from_dict(ModelConfig, {"vocab_size": 10, "dropout": 0, "frontend": {"channels": [8]}})
+    assert cfg.dropout == 0.0 and isinstance(cfg.dropout, float)
+    assert cfg.frontend.channels == (8,)
+    assert cfg.kind == "ctc"
