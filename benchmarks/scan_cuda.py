@@ -121,7 +121,9 @@ def main(argv=None):
         print(f"# best triton config: {sweep(max(10, args.iters // 5))}")
     name = torch.cuda.get_device_name()
     print(f"# python benchmarks/scan_cuda.py --peer PEER_DIR  ({name}, torch {torch.__version__})")
-    print("| impl | dtype | B | D | L | fwd ms | fwd+bwd ms | fwd GB/s | extra MiB | peer/impl fwd | peer/impl fwd+bwd |")
+    print(
+        "| impl | dtype | B | D | L | fwd ms | fwd+bwd ms | fwd GB/s | extra MiB | peer/impl fwd | peer/impl fwd+bwd |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for dtype, (batch, dim, length) in itertools.product((torch.float32, torch.bfloat16), SHAPES):

@@ -58,7 +58,9 @@ class ModelConfig:
     d_ffn: int = 1024
     kernel_size: int = 31
     dropout: float = 0.1
-    activation: Literal["gelu", "relu", "swish"] = "gelu"
+    activation: Literal["gelu", "relu", "swish"] = "gelu"  # decoders and the transformer encoder
+    # conformer/conmamba layers; None: as in Mamba-ASR (swish for conformer, gelu for conmamba)
+    encoder_activation: Literal["gelu", "relu", "swish"] | None = None
     conv_norm: Literal["layernorm", "batchnorm"] = "layernorm"
     ctc_weight: float = 0.3
     label_smoothing: float = 0.1

@@ -30,11 +30,15 @@ def build_encoder(cfg: ModelConfig, device: Device = None, dtype: torch.dtype | 
     """The encoder named by ``cfg.encoder_module``: (B, T, d_model), lengths -> (B, T, d_model)."""
     kwargs = dict(
         d_model=cfg.d_model, num_layers=cfg.num_encoder_layers, nhead=cfg.nhead, d_ffn=cfg.d_ffn,
-        kernel_size=cfg.kernel_size, dropout=cfg.dropout, activation=cfg.activation,
-        mamba=dataclasses.asdict(cfg.mamba), device=device, dtype=dtype,
+        kernel_size=cfg.kernel_size, dropout=cfg.dropout, mamba=dataclasses.asdict(cfg.mamba),
+        device=device, dtype=dtype,
     )  # fmt: skip
     if cfg.encoder_module in ("conformer", "conmamba"):
         kwargs["conv_norm"] = cfg.conv_norm
+        if cfg.encoder_activation is not None:  # else the encoder's own (Mamba-ASR's) default
+            kwargs["activation"] = cfg.encoder_activation
+    else:
+        kwargs["activation"] = cfg.activation
     return ENCODERS[cfg.encoder_module](**kwargs)
 
 
