@@ -7,7 +7,7 @@ Each encoder is the front end + encoder of the recipe hparams/S2S/{conformer,con
 (training mode, its dropout), on random 80-mel features of 100 frames per second. CUDA runs under
 bf16 autocast (the project's dtype policy), the CPU in fp32. Time: median of --repeats after a
 warm-up (CUDA events on the GPU). Memory: peak allocated beyond the model and its gradients on
-CUDA; peak resident-set growth on the CPU. Also writes JSON and a plot (PNG) of both curves.
+CUDA; on the CPU (no peak counter) what autograd saves for the backward. Also writes JSON and a plot (PNG) of both curves.
 """
 
 from __future__ import annotations
@@ -45,15 +45,17 @@ def build(encoder: str, size: str, device: torch.device) -> torch.nn.Module:
     return FrontAndEncoder().train()
 
 
-def _rss_peak_reset() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+def saved_gib(step) -> float:
+    """GiB autograd keeps for the backward (distinct storages), for devices without a peak counter."""
+    storages: dict[int, int] = {}
 
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
 
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(storages.values()) / 2**30
 
 
 def measure(model, batch: int, seconds: float, device: torch.device, repeats: int):
@@ -84,10 +86,7 @@ def measure(model, batch: int, seconds: float, device: torch.device, repeats: in
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**30
     else:
-        base = _rss_kib("VmRSS")
-        _rss_peak_reset()
-        step()
-        peak = (_rss_kib("VmHWM") - base) / 2**20
+        peak = saved_gib(step)
     return statistics.median(times) * 1e3, peak
 
 

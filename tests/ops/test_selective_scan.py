@@ -141,6 +141,15 @@ def test_backward_keeps_no_per_step_states(backend):
     assert sum(saved) < states / 2, f"saved {sum(saved)} elements, per-step states are {states}"
 
 
+@pytest.mark.skipif("native" not in FAST, reason="no C compiler here")
+def test_native_kernel_keeps_subnormals():
+    """Loading the kernel must not switch the process to flush-to-zero (as -ffast-math would)."""
+    args = make_inputs(1, 1, 4, 4, 8, OPTIONS["none"])
+    selective_scan_fn(**args, backend="native")
+    tiny = torch.tensor([1e-38]) / 100  # a subnormal float32
+    assert tiny.item() > 0
+
+
 def test_auto_backend_per_device():
     cpu = resolve_backend(torch.device("cpu"))
     assert cpu == ("native" if "native" in FAST else "chunked")

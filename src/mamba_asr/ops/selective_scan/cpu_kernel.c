@@ -17,6 +17,18 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+/* Decaying states reach subnormal floats, which cost ~100 cycles each on x86. The entry points
+ * flush them to zero (FTZ | DAZ) for the calling thread only, and restore its setting after. */
+#define FTZ_BEGIN                         \
+    const unsigned int csr_ = _mm_getcsr(); \
+    _mm_setcsr(csr_ | 0x8040);
+#define FTZ_END _mm_setcsr(csr_);
+#else /* aarch64 handles subnormals at full speed */
+#define FTZ_BEGIN
+#define FTZ_END
+#endif
 
 #define MAX_N 256
 #define K 64 /* steps per checkpoint; the backward keeps K * N states of one row in L1 */
@@ -130,13 +142,17 @@ int scan_chunk_steps(void) { return K; }
 int scan_max_state(void) { return MAX_N; }
 
 void scan_forward(const scan_args *s, int64_t r0, int64_t r1, float *y, float *ckpt, float *last) {
+    FTZ_BEGIN
     if (s->N == 16) forward_rows(s, r0, r1, y, ckpt, last, 16);
     else forward_rows(s, r0, r1, y, ckpt, last, s->N);
+    FTZ_END
 }
 
 void scan_backward(const scan_args *s, int64_t r0, int64_t r1, const float *ckpt, const float *dy,
                    const float *dlast, float *du, float *ddt, float *dA_rows, float *dBt,
                    float *dCt, float *dh0) {
+    FTZ_BEGIN
     if (s->N == 16) backward_rows(s, r0, r1, ckpt, dy, dlast, du, ddt, dA_rows, dBt, dCt, dh0, 16);
     else backward_rows(s, r0, r1, ckpt, dy, dlast, du, ddt, dA_rows, dBt, dCt, dh0, s->N);
+    FTZ_END
 }

@@ -31,7 +31,12 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("cpu_kernel.c")
-_BASE_FLAGS = ["-O3", "-ffast-math", "-fno-finite-math-only", "-fPIC", "-shared"]
+# -ffast-math's parts that let the state loop vectorize, not -ffast-math itself: with -shared, gcc < 13
+# links crtfastmath.o, which turns on flush-to-zero for the whole process when the library loads
+_BASE_FLAGS = [
+    "-O3", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
+    "-freciprocal-math", "-fPIC", "-shared",
+]  # fmt: skip
 
 
 class _Args(ctypes.Structure):
