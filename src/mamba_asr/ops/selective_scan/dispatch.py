@@ -1,7 +1,8 @@
 """The selective scan every model calls: elementwise parts in PyTorch, the recurrence in a backend.
 
 ``selective_scan_fn`` computes dt = softplus(delta + delta_bias), the D skip and the z gate with plain
-PyTorch ops (autograd handles them) and hands the recurrence to a backend core:
+PyTorch ops (autograd handles them) and hands the recurrence to a backend core (the Triton kernels
+fuse those parts in instead):
 
 - ``native``: the C kernel on the CPU (``native.py``), compiled once and cached;
 - ``triton``: fused Triton kernels on CUDA (``triton_kernel.py``), when triton is installed;
@@ -40,15 +41,8 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _triton_core(*args: Tensor | None) -> tuple[Tensor, Tensor]:
-    from mamba_asr.ops.selective_scan.triton_kernel import ssm_scan_triton
-
-    return ssm_scan_triton(*args)
-
-
 _CORES: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "native": ssm_scan_native,
-    "triton": _triton_core,
     "chunked": ssm_scan_chunked,
 }
 
@@ -123,11 +117,14 @@ def selective_scan_fn(
     last state (B, D, N) fp32. Differentiable in every tensor input, the last state included.
     """
     name = resolve_backend(u.device, backend)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
     if name == "ref":
-        return selective_scan_ref(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state
-        )
+        return selective_scan_ref(*args)
     check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if name == "triton":  # fused: the elementwise parts run inside the kernel
+        from mamba_asr.ops.selective_scan.triton_kernel import selective_scan_triton
+
+        return selective_scan_triton(*args)
     u32 = u.float()
     dt = delta.float()
     if delta_bias is not None:
