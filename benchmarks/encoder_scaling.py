@@ -58,6 +58,16 @@ def saved_gib(step) -> float:
     return sum(storages.values()) / 2**30
 
 
+def warm_up_gpu(device: torch.device, seconds: float = 5.0) -> None:
+    """Run matrix products until the GPU has left its idle clocks (first timings are slow otherwise)."""
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize()
+
+
 def measure(model, batch: int, seconds: float, device: torch.device, repeats: int):
     frames = int(seconds * 100)
     feats = torch.randn(batch, frames, 80, device=device)
@@ -69,6 +79,7 @@ def measure(model, batch: int, seconds: float, device: torch.device, repeats: in
         out.float().square().mean().backward()
 
     step()  # warm-up; also allocates the gradients
+    step()
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -139,7 +150,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", choices=("small", "large"), default="small")
     p.add_argument("--seconds", type=float, nargs="+", default=[5, 10, 20, 40])
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args(argv)
@@ -159,6 +170,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     rows = []
     models = {enc: build(enc, args.size, device) for enc in ENCODERS}
+    if device.type == "cuda":
+        warm_up_gpu(device)
     for seconds in args.seconds:
         res = {}
         for enc in ENCODERS:

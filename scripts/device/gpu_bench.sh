@@ -11,7 +11,7 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/mamba_ss
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$out/gpu.txt"
 (cd .peer/mamba_ssm && python3 -c "import peer; peer.load()" > "$out/peer_build.log" 2>&1) &
 build=$!
-python3 -m pytest -q -p no:cacheprovider tests/ops/test_selective_scan_triton.py -k cuda 2>&1 | tail -4 | tee "$out/pytest.txt"
+python3 -m pytest -q -p no:cacheprovider tests/ops/test_selective_scan_triton.py -k cuda 2>&1 | tail -40 | tee "$out/pytest.txt"
 python3 benchmarks/encoder_scaling.py --device cuda --size large --batch 4 --seconds 10 20 30 60 90 120 \
   --out "$out" 2>&1 | grep -v Warning | tee "$out/encoder_scaling.txt"
 wait $build || { echo "peer build failed"; tail -20 "$out/peer_build.log"; }
