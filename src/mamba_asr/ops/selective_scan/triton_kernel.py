@@ -20,7 +20,7 @@ import triton.language as tl
 from torch import Tensor
 
 # Launch settings: channels per program, steps per chunk, warps (benchmarks/scan_cuda.py sweeps them)
-CONFIG = {"block_d": 4, "chunk": 16, "fwd_warps": 1, "bwd_warps": 2}
+CONFIG = {"block_d": 4, "chunk": 32, "fwd_warps": 1, "bwd_warps": 2}
 
 
 @triton.jit
