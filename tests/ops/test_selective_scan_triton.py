@@ -59,7 +59,9 @@ def errors(case, device: str) -> dict[str, float]:
         results.append([out, last, *torch.autograd.grad(loss, list(tensors.values()))])
     names = ["out", "last", *[f"d{k}" for k in tensors]]
     return {
-        n: ((b.float() - a.float()).abs().max() / a.float().abs().max().clamp_min(1e-6)).item()
+        # floor 1e-3: a gradient that is exactly zero (dA at L=1 without a state) must not turn
+        # one rounding difference (an FMA on the GPU) into a large relative error
+        n: ((b.float() - a.float()).abs().max() / a.float().abs().max().clamp_min(1e-3)).item()
         for n, a, b in zip(names, *results, strict=True)
     }
 
