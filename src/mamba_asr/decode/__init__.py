@@ -1,0 +1,22 @@
+"""Decoding: CTC greedy and prefix beam search, joint CTC/attention search for seq2seq models,
+and ``decode_batch``, which picks the search from ``DecodingOptions``."""
+
+from __future__ import annotations
+
+from mamba_asr.decode.ctc import PrefixScorer, ctc_greedy, ctc_prefix_beam_search
+from mamba_asr.decode.hypothesis import Hypothesis
+from mamba_asr.decode.search import DecodingOptions, DecodingResult, decode_batch
+from mamba_asr.decode.seq2seq import CTCPrefixScorer, seq2seq_beam_search, seq2seq_greedy
+
+__all__ = [
+    "CTCPrefixScorer",
+    "DecodingOptions",
+    "DecodingResult",
+    "Hypothesis",
+    "PrefixScorer",
+    "ctc_greedy",
+    "ctc_prefix_beam_search",
+    "decode_batch",
+    "seq2seq_beam_search",
+    "seq2seq_greedy",
+]
