@@ -1,0 +1,159 @@
+"""Reading audio files: soundfile (libsndfile) to decode, soxr to resample.
+
+Shape key
+    N: samples, C: channels.
+
+Every problem with a file raises ``AudioError`` (a ``ValueError``) whose message is one line,
+``<path>: <problem>``, so the command line prints it as it is and a data-preparation run can
+count and skip bad files.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+__all__ = ["AudioError", "AudioInfo", "audio_info", "load_audio", "resample"]
+
+StrPath = str | os.PathLike[str]
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; ``str(error)`` is one line naming the file.
+
+    ``path`` and ``problem`` hold the two parts of the message.
+    """
+
+    def __init__(self, path: StrPath, problem: str) -> None:
+        self.path = os.fspath(path)
+        self.problem = " ".join(problem.split())  # one line, whatever libsndfile said
+        super().__init__(f"{self.path}: {self.problem}")
+
+
+class AudioInfo(NamedTuple):
+    """What ``audio_info`` reads from a file's header."""
+
+    duration: float  # seconds
+    sample_rate: int
+    channels: int
+
+
+def audio_info(path: StrPath) -> AudioInfo:
+    """Duration (seconds), sample rate and channels from the header only (cheap, for manifests).
+
+    Raises ``AudioError`` for a missing, empty, unreadable or zero-length file and for a WAV
+    file whose data chunk is cut short. A FLAC or Ogg file cut short is only found by decoding
+    it (``load_audio``).
+    """
+    _check_path(path)
+    info = _open_info(path)
+    return AudioInfo(info.frames / info.samplerate, info.samplerate, info.channels)
+
+
+def load_audio(path: StrPath, sample_rate: int = 16000) -> np.ndarray:
+    """Decode a file to mono float32 samples in [-1, 1] at ``sample_rate``: (N,).
+
+    Channels are averaged; a file at another rate is resampled with soxr (HQ). Float files
+    holding values beyond [-1, 1] are clipped. Raises ``AudioError`` for a missing, empty,
+    unreadable, truncated or zero-length file and for NaN or infinite samples.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
+    _check_path(path)
+    data, file_rate = _read(path)  # (N, C)
+    _check_finite(path, data)
+    wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]  # (N,)
+    if file_rate != sample_rate:
+        wave = resample(wave, file_rate, sample_rate)
+    return np.ascontiguousarray(np.clip(wave, -1.0, 1.0), dtype=np.float32)
+
+
+def resample(wave: np.ndarray, from_rate: float, to_rate: float) -> np.ndarray:
+    """(N,) float32 at ``from_rate`` -> (N * to_rate / from_rate,) float32 (soxr, HQ)."""
+    if from_rate == to_rate:
+        return wave
+    out = soxr.resample(wave, from_rate, to_rate, quality="HQ")
+    return out.astype(np.float32, copy=False)
+
+
+def _check_path(path: StrPath) -> None:
+    """AudioError for a missing file, a directory or an empty file."""
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(path, "no such file")
+    if p.is_dir():
+        raise AudioError(path, "is a directory, not an audio file")
+    if p.stat().st_size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+
+
+def _open_info(path: StrPath) -> Any:
+    """soundfile's header info, with every failure turned into an AudioError."""
+    try:
+        info = sf.info(os.fspath(path))
+    except (sf.SoundFileError, RuntimeError, OSError) as exc:
+        raise AudioError(path, f"cannot decode audio ({_reason(exc)})") from exc
+    if info.format in ("WAV", "WAVEX"):
+        _check_wav_data_chunk(path)
+    if info.frames <= 0:
+        raise AudioError(path, "no audio samples (0 frames)")
+    return info
+
+
+def _read(path: StrPath) -> tuple[np.ndarray, int]:
+    """(N, C) float32 samples and the file's sample rate; AudioError when decoding fails."""
+    info = _open_info(path)
+    try:
+        data, rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError) as exc:
+        raise AudioError(path, f"corrupt or truncated audio ({_reason(exc)})") from exc
+    if data.shape[0] == 0:
+        raise AudioError(path, "no audio samples (0 frames)")
+    if data.shape[0] < info.frames:
+        raise AudioError(path, f"truncated: header says {info.frames} frames, read {len(data)}")
+    return data, int(rate)
+
+
+def _check_finite(path: StrPath, data: np.ndarray) -> None:
+    """AudioError naming how many samples are NaN or infinite."""
+    nan = int(np.isnan(data).sum())
+    inf = int(np.isinf(data).sum())
+    if nan or inf:
+        raise AudioError(path, f"contains {nan} NaN and {inf} infinite samples")
+
+
+def _check_wav_data_chunk(path: StrPath) -> None:
+    """AudioError when a RIFF/WAVE file's data chunk claims more bytes than the file holds.
+
+    libsndfile quietly reads what is there; a download cut short should not pass as audio.
+    Sizes 0 and 0xFFFFFFFF (written by streaming encoders that never go back) are not checked.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return  # RF64 and other variants: libsndfile's word stands
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
+            if chunk_id == b"data":
+                if chunk_size not in (0, 0xFFFFFFFF) and pos + 8 + chunk_size > size:
+                    have = size - pos - 8
+                    raise AudioError(
+                        path, f"truncated WAV: data chunk of {chunk_size} bytes, {have} present"
+                    )
+                return
+            pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to even sizes
+
+
+def _reason(exc: BaseException) -> str:
+    """libsndfile's own words, without the "Error opening 'path':" prefix it repeats."""
+    text = getattr(exc, "error_string", None) or str(exc) or type(exc).__name__
+    return text.strip().rstrip(".")
