@@ -1,7 +1,9 @@
 """The ``mamba-asr`` command: a thin front that parses arguments and calls the package.
 
 Subcommands: ``info`` (versions, device, selective-scan backends), ``check`` (end-to-end self
-check, see ``mamba_asr.selfcheck``) and ``model-info`` (parameters and layers of a recipe). Errors from bad input (ValueError, OSError, ImportError) are
+check, see ``mamba_asr.selfcheck``), ``model-info`` (parameters and layers of a recipe),
+``train`` (train a recipe, see ``mamba_asr.train``; also under ``torchrun``) and
+``tokenizer train`` (a SentencePiece or character tokenizer from a manifest's transcripts). Errors from bad input (ValueError, OSError, ImportError) are
 printed as one line ``mamba-asr: error: ...`` with exit code 2; ``--debug`` shows the traceback.
 A failed check exits with 1.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import sys
 import traceback
@@ -87,7 +90,63 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a recipe value, e.g. --set model.num_encoder_layers=6 (repeatable)",
     )  # fmt: skip
     model_info.set_defaults(func=cmd_model_info)
+
+    _add_train_parser(sub, common, device_help)
+    _add_tokenizer_parser(sub, common)
     return parser
+
+
+def _add_train_parser(sub: argparse._SubParsersAction, common: list, device_help: str) -> None:
+    train = sub.add_parser(
+        "train",
+        parents=common,
+        help="train a recipe (resumes the run in --out; works under torchrun)",
+        description="Trains the recipe on the --train manifest, validating on --valid after each "
+        "epoch; writes checkpoints, metrics.csv and finally model.pt (an average of the best "
+        "checkpoints) into --out. Running the same command again resumes from the newest "
+        "checkpoint. For several GPUs or nodes: torchrun --nproc_per_node=N -m mamba_asr train ...",
+    )
+    train.add_argument("config", help="YAML recipe, e.g. hparams/CTC/conmamba_large.yaml")
+    train.add_argument("--train", required=True, metavar="MANIFEST", help="training manifest")
+    train.add_argument("--valid", required=True, metavar="MANIFEST", help="validation manifest")
+    train.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    train.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set train.lr=0.0005 (repeatable)",
+    )  # fmt: skip
+    train.add_argument("--device", default=None, help=device_help)
+    train.add_argument(
+        "--max-steps", type=int, default=None, metavar="N",
+        help="stop after N optimizer steps in total, with a checkpoint (run again to go on)",
+    )  # fmt: skip
+    train.add_argument(
+        "--no-resume", dest="resume", action="store_false",
+        help="refuse to continue a run that --out already holds",
+    )  # fmt: skip
+    train.set_defaults(func=cmd_train)
+
+
+def _add_tokenizer_parser(sub: argparse._SubParsersAction, common: list) -> None:
+    tokenizer = sub.add_parser("tokenizer", parents=common, help="tokenizer tools")
+    tok_sub = tokenizer.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
+    tok_train = tok_sub.add_parser(
+        "train",
+        parents=common,
+        help="train a tokenizer on a manifest's transcripts",
+        description="Writes a tokenizer folder (tokenizer.json, and spm.model for SentencePiece) "
+        "that a recipe can use with tokenizer.path. --kind char takes the characters of the "
+        "transcripts as the alphabet.",
+    )
+    tok_train.add_argument("--manifest", required=True, help="manifest whose texts to learn from")
+    tok_train.add_argument("--out", required=True, metavar="DIR", help="tokenizer folder")
+    tok_train.add_argument(
+        "--kind", choices=("unigram", "bpe", "char"), default="unigram", help="(unigram)"
+    )
+    tok_train.add_argument(
+        "--vocab-size", type=int, default=None, metavar="N",
+        help="pieces, blank/bos/eos/unk included (required for unigram and bpe)",
+    )  # fmt: skip
+    tok_train.set_defaults(func=cmd_tokenizer_train)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -179,6 +238,46 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     for row in layer_summary(model):
         indent = "  " * row.name.count(".")
         print(f"{indent + row.name:<28} {row.kind:<34} {row.parameters:>12,}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mamba_asr.config import load_recipe
+    from mamba_asr.train import train
+
+    recipe = load_recipe(args.config, args.overrides)
+    if os.environ.get("RANK", "0") == "0":  # torchrun's other ranks stay quiet
+        logging.getLogger("mamba_asr.train").setLevel(logging.INFO)  # epoch summaries
+    result = train(
+        recipe, args.train, args.valid, args.out, device=args.device, resume=args.resume,
+        max_steps=args.max_steps,
+    )  # fmt: skip
+    if result.rank == 0:
+        if result.finished:
+            print(f"{PROG} train: done after {result.step} steps; model: {result.model_path}")
+        else:
+            print(f"{PROG} train: stopped at step {result.step}; run again to continue")
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from mamba_asr.data.manifest import read_manifest
+    from mamba_asr.text.tokenizer import CharTokenizer, train_sentencepiece
+
+    texts = [u.text for u in read_manifest(args.manifest)]
+    if args.kind == "char":
+        if args.vocab_size is not None:
+            raise ValueError("--vocab-size does not apply to --kind char (the texts decide it)")
+        tokenizer = CharTokenizer.from_texts(texts)
+        tokenizer.save(args.out)
+        print(f"{args.out}: character tokenizer, {tokenizer.vocab_size} ids, "
+              f"alphabet {tokenizer.alphabet!r}")  # fmt: skip
+        return 0
+    if args.vocab_size is None:
+        raise ValueError(f"--vocab-size is required for --kind {args.kind}")
+    tokenizer = train_sentencepiece(texts, args.out, args.vocab_size, model_type=args.kind)
+    print(f"{args.out}: {args.kind} SentencePiece tokenizer, {tokenizer.vocab_size} ids, "
+          f"from {len(texts)} transcripts")  # fmt: skip
     return 0
 
 

@@ -1,6 +1,7 @@
 """Configs: frozen, annotated dataclasses read from YAML recipes, with errors that name the key.
 
-A recipe is a YAML mapping whose sections match ``RecipeConfig``'s fields (today: ``model``).
+A recipe is a YAML mapping whose sections match ``RecipeConfig``'s fields: ``model`` (required),
+``data``, ``tokenizer`` and ``train`` (each optional, with defaults).
 Every key is checked against the dataclass it fills: an unknown key, a wrong type or a value outside
 the allowed set raises ``ConfigError`` naming the file, the dotted key and what is allowed.
 """
@@ -91,16 +92,185 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class SpecAugmentConfig:
+    """SpecAugment on normalised features, training only (``mamba_asr.audio.SpecAugment``).
+
+    Defaults follow ESPnet's LibriSpeech Conformer recipe; ``enabled: false`` turns it off.
+    """
+
+    enabled: bool = True
+    freq_masks: int = 2
+    freq_width: int = 27
+    time_masks: int = 10
+    time_width_ratio: float = 0.05
+    time_width: int | None = None  # cap on a time mask's width in frames; None: no cap
+    time_warp: int = 5
+
+    def __post_init__(self) -> None:
+        _at_least(
+            self, "data.specaugment", 0, "freq_masks", "freq_width", "time_masks", "time_warp"
+        )
+        if self.time_width is not None:
+            _at_least(self, "data.specaugment", 0, "time_width")
+        _in_unit_interval(self, "data.specaugment", "time_width_ratio")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Audio front end and augmentation of the training data.
+
+    speed_perturb: speed factors drawn per utterance in training (``[0.9, 1.0, 1.1]`` as in
+    Kaldi and SpeechBrain; ``[]`` turns it off). cmvn_max_utterances: training utterances the
+    global mean/variance normalisation is fitted on (the first ones of a seeded shuffle).
+    """
+
+    sample_rate: int = 16000
+    n_mels: int = 80
+    speed_perturb: tuple[float, ...] = (0.9, 1.0, 1.1)
+    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    cmvn_max_utterances: int = 1000
+
+    def __post_init__(self) -> None:
+        _at_least(self, "data", 1, "sample_rate", "n_mels", "cmvn_max_utterances")
+        for i, factor in enumerate(self.speed_perturb):
+            if not 0.5 <= factor <= 2.0:
+                raise ConfigError(f"data.speed_perturb[{i}] must be in [0.5, 2], got {factor}")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Output units: characters, or a SentencePiece model trained on the training transcripts.
+
+    kind: ``char`` (a fixed alphabet, ``alphabet``; None: LibriSpeech's space, apostrophe and
+    A-Z, 31 ids with blank, bos and eos), ``unigram`` or ``bpe`` (SentencePiece).
+    vocab_size: SentencePiece pieces, special ids included; None: ``model.vocab_size``.
+    path: a tokenizer folder made beforehand (``mamba-asr tokenizer train``) to use instead of
+    building one; its kind must match ``kind`` (``char`` or a SentencePiece kind).
+    The trainer checks that the tokenizer's size equals ``model.vocab_size``.
+    """
+
+    kind: Literal["char", "unigram", "bpe"] = "char"
+    vocab_size: int | None = None
+    alphabet: str | None = None
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.vocab_size is not None:
+            _at_least(self, "tokenizer", 4, "vocab_size")
+        if self.alphabet is not None and self.kind != "char":
+            raise ConfigError(f"tokenizer.alphabet is for kind 'char' only, not {self.kind!r}")
+        if self.alphabet is not None and (
+            not self.alphabet or len(set(self.alphabet)) != len(self.alphabet)
+        ):
+            raise ConfigError(
+                f"tokenizer.alphabet must be non-empty distinct characters, got {self.alphabet!r}"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, batching, checkpoints and validation of ``mamba-asr train``.
+
+    lr: peak learning rate of AdamW; schedule ``noam``: linear warm-up over ``warmup_steps``
+    optimizer steps to ``lr``, then ``lr * sqrt(warmup_steps / step)``; ``constant``: ``lr``
+    throughout. weight_decay applies to weights only (never to ``A_log``, ``D``, biases or
+    norms). One optimizer step per ``grad_accum`` batches; gradients clipped to
+    ``max_grad_norm`` (0: no clipping). precision: ``auto`` (bf16 autocast on CUDA, fp32
+    elsewhere), ``fp32`` or ``bf16``. max_batch_seconds: audio per batch (dynamic batching in
+    ``num_buckets`` duration buckets). keep_best: checkpoints kept by validation WER;
+    average: how many of the best are averaged into the final ``model.pt``.
+    checkpoint_every_steps: mid-epoch checkpoints (0: at epoch ends only). log_every: steps
+    between training-loss rows in ``metrics.csv``. valid_strategy: search used for the
+    validation WER.
+    """
+
+    epochs: int = 100
+    lr: float = 1e-3
+    betas: tuple[float, ...] = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    schedule: Literal["noam", "constant"] = "noam"
+    warmup_steps: int = 10000
+    grad_accum: int = 1
+    max_grad_norm: float = 5.0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    max_batch_seconds: float = 300.0
+    num_buckets: int = 20
+    num_workers: int = 4
+    seed: int = 1234
+    keep_best: int = 5
+    average: int = 5
+    checkpoint_every_steps: int = 0
+    log_every: int = 50
+    valid_strategy: Literal["greedy", "beam"] = "greedy"
+
+    def __post_init__(self) -> None:
+        _at_least(self, "train", 1, "epochs", "grad_accum", "num_buckets", "keep_best", "average")
+        _at_least(self, "train", 1, "log_every")
+        _at_least(self, "train", 0, "warmup_steps", "num_workers", "checkpoint_every_steps")
+        if self.schedule == "noam" and self.warmup_steps < 1:
+            raise ConfigError("train.warmup_steps must be >= 1 with train.schedule 'noam'")
+        for name in ("lr", "eps", "max_batch_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.average > self.keep_best:
+            raise ConfigError(
+                f"train.average ({self.average}) must be <= train.keep_best ({self.keep_best})"
+            )
+
+
+@dataclass(frozen=True)
 class RecipeConfig:
-    """A whole recipe file."""
+    """A whole recipe file: the model, and how to train it (every section but model optional)."""
 
     model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.n_mels != self.model.frontend.n_mels:
+            raise ConfigError(
+                f"data.n_mels ({self.data.n_mels}) must equal model.frontend.n_mels "
+                f"({self.model.frontend.n_mels})"
+            )
 
 
 def _positive(obj: Any, *names: str) -> None:
+    _at_least(obj, "model", 1, *names)
+
+
+def _at_least(obj: Any, section: str, minimum: int, *names: str) -> None:
     for name in names:
-        if getattr(obj, name) < 1:
-            raise ConfigError(f"model.{name} must be >= 1, got {getattr(obj, name)}")
+        if getattr(obj, name) < minimum:
+            raise ConfigError(f"{section}.{name} must be >= {minimum}, got {getattr(obj, name)}")
+
+
+def _in_unit_interval(obj: Any, section: str, *names: str) -> None:
+    for name in names:
+        if not 0.0 <= getattr(obj, name) <= 1.0:
+            raise ConfigError(f"{section}.{name} must be in [0, 1], got {getattr(obj, name)}")
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs (dataclasses or plain dicts)."""
+    a = to_dict(old) if dataclasses.is_dataclass(old) else old
+    b = to_dict(new) if dataclasses.is_dataclass(new) else new
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b), key=str):
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if key not in a or key not in b:
+                out.append(dotted)
+            else:
+                out.extend(config_differences(a[key], b[key], dotted))
+        return out
+    return [] if a == b else [prefix or "config"]
 
 
 # --- YAML / dict -> dataclass ------------------------------------------------------------------
@@ -136,6 +306,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return tuple(_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
         raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
     return value

@@ -1,0 +1,223 @@
+"""The deployable ASR bundle: features, normalisation, augmentation, model, tokenizer, recipe.
+
+Shape key
+    B: batch, N: samples, F: feature frames, C: mel bins, S: target tokens.
+
+``ASR`` turns waveforms into a training loss (``forward``) or into text (``transcribe_batch``)
+with everything that decides the result inside one module: ``Fbank`` -> ``GlobalCMVN`` ->
+``SpecAugment`` (training mode only) -> the model of ``config.model``; the tokenizer maps
+between text and ids. ``save`` writes one file, ``ASR.load`` rebuilds the same bundle.
+
+The file is a ``torch.save`` of a plain dict, ``{"format": "mamba-asr-model", "version",
+"mamba_asr_version", "config", "state_dict", "tokenizer"}``: the recipe as a dict of plain
+values, the weights (model and CMVN statistics) as tensors, and the tokenizer's files as bytes.
+Nothing else is pickled, so it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mamba_asr import __version__
+from mamba_asr.atomic import atomic_save
+from mamba_asr.audio.augment import SpecAugment
+from mamba_asr.audio.features import Fbank, GlobalCMVN
+from mamba_asr.config import ConfigError, RecipeConfig, from_dict, to_dict
+from mamba_asr.decode.search import DecodingOptions, decode_batch
+from mamba_asr.models.factory import build_model
+from mamba_asr.models.losses import LossOutput
+from mamba_asr.text.tokenizer import CharTokenizer, SentencePieceTokenizer, load_tokenizer
+
+__all__ = [
+    "ASR",
+    "BUNDLE_FORMAT",
+    "BUNDLE_VERSION",
+    "BundleError",
+    "tokenizer_from_files",
+    "tokenizer_to_files",
+]
+
+BUNDLE_FORMAT = "mamba-asr-model"
+BUNDLE_VERSION = 1
+
+Tokenizer = CharTokenizer | SentencePieceTokenizer
+StrPath = str | os.PathLike[str]
+
+
+class BundleError(ValueError):
+    """A model file that is missing, unreadable or not a mamba-asr model; one-line message."""
+
+
+class ASR(nn.Module):
+    """Waveforms -> loss or text; see the module docstring.
+
+    ``config``: the recipe (its ``model`` and ``data`` sections build the modules);
+    ``tokenizer``: its ``vocab_size`` must equal ``config.model.vocab_size``.
+    """
+
+    def __init__(
+        self,
+        config: RecipeConfig,
+        tokenizer: Tokenizer,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if tokenizer.vocab_size != config.model.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size ({config.model.vocab_size}) must equal the tokenizer's "
+                f"vocabulary size ({tokenizer.vocab_size})"
+            )
+        self.config, self.tokenizer = config, tokenizer
+        data = config.data
+        self.fbank = Fbank(data.sample_rate, data.n_mels, device=device)
+        self.cmvn = GlobalCMVN(data.n_mels, device=device)
+        aug = data.specaugment
+        self.specaugment = (
+            SpecAugment(
+                aug.freq_masks,
+                aug.freq_width,
+                aug.time_masks,
+                aug.time_width_ratio,
+                aug.time_width,
+                aug.time_warp,
+            )  # fmt: skip
+            if aug.enabled
+            else None
+        )
+        self.model = build_model(config.model, device=device, dtype=dtype)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.data.sample_rate
+
+    def raw_features(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """waves (B, N), wave_lengths (B,) -> log-Mel feats (B, F, C) before CMVN, lengths."""
+        return self.fbank(waves, wave_lengths)
+
+    def features(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """waves (B, N), wave_lengths (B,) -> normalised feats (B, F, C) and lengths (B,);
+        SpecAugment is applied in training mode."""
+        feats, lengths = self.fbank(waves, wave_lengths)  # (B, F, C), (B,)
+        feats = self.cmvn(feats, lengths)
+        if self.specaugment is not None and self.training:
+            feats = self.specaugment(feats, lengths)
+        return feats, lengths
+
+    def forward(
+        self, waves: Tensor, wave_lengths: Tensor, targets: Tensor, target_lengths: Tensor
+    ) -> LossOutput:
+        """Training loss: waves (B, N) with wave_lengths (B,), targets (B, S) padded token ids
+        (no bos/eos) with target_lengths (B,)."""
+        feats, lengths = self.features(waves, wave_lengths)
+        return self.model.loss(feats, lengths, targets, target_lengths)
+
+    @torch.no_grad()
+    def transcribe_batch(
+        self, waves: Tensor, wave_lengths: Tensor, options: DecodingOptions | None = None
+    ) -> list[str]:
+        """Texts of a padded batch of waveforms (B, N) at ``sample_rate`` with lengths (B,).
+
+        Runs in eval mode (restoring the module's mode afterwards); ``options`` as for
+        ``mamba_asr.decode.decode_batch`` (default: its beam search).
+        """
+        with _eval_mode(self):
+            feats, lengths = self.features(waves, wave_lengths)
+            results = decode_batch(self.model, feats, lengths, options)
+        return [self.tokenizer.decode(r.tokens) for r in results]
+
+    # --- one-file bundle ----------------------------------------------------------------------
+
+    def bundle(self, state_dict: dict[str, Tensor] | None = None) -> dict[str, Any]:
+        """The dict ``save`` writes; ``state_dict`` replaces this module's weights (e.g. an
+        average of checkpoints)."""
+        weights = self.state_dict() if state_dict is None else state_dict
+        return {
+            "format": BUNDLE_FORMAT,
+            "version": BUNDLE_VERSION,
+            "mamba_asr_version": __version__,
+            "config": to_dict(self.config),
+            "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
+            "tokenizer": tokenizer_to_files(self.tokenizer),
+        }
+
+    def save(self, path: StrPath, state_dict: dict[str, Tensor] | None = None) -> Path:
+        """Write the bundle to ``path`` atomically (temporary file + rename); returns the path."""
+        return atomic_save(self.bundle(state_dict), path)
+
+    @classmethod
+    def load(cls, path: StrPath, device: torch.device | str | None = None) -> ASR:
+        """Rebuild a bundle written by ``save``, in eval mode, on ``device`` (default: CPU).
+
+        Raises ``BundleError`` (one line) for a missing, unreadable or foreign file.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise BundleError(f"{path}: no such model file")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # zip, pickle and runtime errors all mean "not our file"
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise BundleError(f"{path}: not a readable mamba-asr model file ({reason})") from None
+        return cls.from_bundle(data, device=device, source=str(path))
+
+    @classmethod
+    def from_bundle(
+        cls, data: Any, device: torch.device | str | None = None, source: str = "bundle"
+    ) -> ASR:
+        """``load`` from the dict in memory; ``source`` names it in error messages."""
+        if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+            hint = ""
+            if isinstance(data, dict) and data.get("format") == "mamba-asr-checkpoint":
+                hint = " (it is a training checkpoint; the trainer writes model.pt for use)"
+            raise BundleError(f"{source}: not a mamba-asr model file{hint}")
+        if data.get("version") != BUNDLE_VERSION:
+            raise BundleError(
+                f"{source}: model file version {data.get('version')!r}, this mamba-asr "
+                f"({__version__}) reads version {BUNDLE_VERSION}"
+            )
+        try:
+            config = from_dict(RecipeConfig, data["config"], "config")
+            tokenizer = tokenizer_from_files(data["tokenizer"])
+            asr = cls(config, tokenizer, device=device)
+            asr.load_state_dict(data["state_dict"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise BundleError(f"{source}: broken mamba-asr model file ({reason})") from None
+        return asr.eval()
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def tokenizer_to_files(tokenizer: Tokenizer) -> dict[str, bytes]:
+    """The files ``tokenizer.save`` writes, as {name: bytes}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save(tmp)
+        return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+
+
+def tokenizer_from_files(files: dict[str, bytes]) -> Tokenizer:
+    if not isinstance(files, dict) or not files:
+        raise ValueError("no tokenizer files")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            if Path(name).name != name or not isinstance(content, bytes):
+                raise ValueError(f"bad tokenizer file entry {name!r}")
+            (Path(tmp) / name).write_bytes(content)
+        return load_tokenizer(tmp)

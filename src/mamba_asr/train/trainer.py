@@ -1,0 +1,707 @@
+"""One trainer for every model type: ``train(recipe, train_manifest, valid_manifest, out_dir)``.
+
+The run folder ``out_dir`` holds everything a run makes, and nothing is ever overwritten:
+
+- ``recipe.yaml``: the recipe, written once when the run starts. Running again on the same
+  folder resumes the run; a recipe that differs in any key is refused, naming the key.
+- ``tokenizer/``: characters, or a SentencePiece model trained on the training transcripts.
+- ``checkpoints/step-XXXXXXXX.pt``: the full training state (model, optimizer, schedule,
+  sampler position, every rank's RNG states, step, best-WER list, recipe) at the end of each
+  epoch and every ``train.checkpoint_every_steps`` optimizer steps. The newest one and the
+  ``train.keep_best`` best by validation WER are kept, older ones deleted.
+- ``metrics.csv``, ``tensorboard/`` (when installed), ``curves.png`` (when matplotlib is),
+  ``train.log``.
+- ``model.pt``: at the end, the average of the ``train.average`` best checkpoints as an
+  ``ASR`` bundle (``mamba_asr.asr``), the file to transcribe with.
+
+Exact resume: a run restarted from a checkpoint continues with the very batch, random numbers
+and optimizer state the uninterrupted run would have had, so its losses are the same. That
+holds because every random draw is either restored (python, numpy, torch and CUDA generators
+of each rank) or derived from the seed, epoch and item (batches, speed perturbation,
+DataLoader worker seeds, which come from a generator of their own).
+
+Distributed: under ``torchrun`` every rank runs this same function (see
+``mamba_asr.train.distributed``); rank 0 alone touches ``out_dir`` and broadcasts the
+tokenizer and the resumed state, so the ranks need not share a file system (except for the
+manifests' audio).
+
+Test hook: ``MAMBA_ASR_TEST_RANK_DUMP=<folder>`` makes each rank save its final weights, step
+and the ids of the utterances it trained on to ``<folder>/rank<r>.pt`` (to check DDP ranks
+end identical while seeing different data). Unset, nothing is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mamba_asr.asr import ASR, tokenizer_from_files, tokenizer_to_files
+from mamba_asr.atomic import atomic_save
+from mamba_asr.config import (
+    ConfigError,
+    RecipeConfig,
+    TokenizerConfig,
+    config_differences,
+    to_dict,
+)
+from mamba_asr.data.batching import DynamicBatchSampler
+from mamba_asr.data.dataset import AsrDataset, Batch, collate
+from mamba_asr.data.manifest import Utterance, read_manifest
+from mamba_asr.decode.search import DecodingOptions, decode_batch
+from mamba_asr.device import autocast
+from mamba_asr.text.tokenizer import (
+    LIBRISPEECH_ALPHABET,
+    CharTokenizer,
+    SentencePieceTokenizer,
+    load_tokenizer,
+    train_sentencepiece,
+)
+from mamba_asr.train.checkpoints import (
+    average_checkpoints,
+    checkpoint_name,
+    list_checkpoints,
+    load_checkpoint,
+    remove_temp_files,
+    save_checkpoint,
+)
+from mamba_asr.train.distributed import (
+    DistributedContext,
+    barrier,
+    broadcast_object,
+    cleanup,
+    gather_objects,
+    init_distributed,
+    wrap_model,
+)
+from mamba_asr.train.metrics import MetricsLog, error_rates
+from mamba_asr.train.schedules import build_optimizer, build_scheduler
+
+__all__ = ["RANK_DUMP_ENV", "TrainResult", "build_tokenizer", "train"]
+
+log = logging.getLogger(__name__)
+
+RANK_DUMP_ENV = "MAMBA_ASR_TEST_RANK_DUMP"
+RECIPE_FILE = "recipe.yaml"
+TOKENIZER_DIR = "tokenizer"
+CHECKPOINT_DIR = "checkpoints"
+MODEL_FILE = "model.pt"
+
+Tokenizer = CharTokenizer | SentencePieceTokenizer
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What ``train`` did: the final step and epoch count, whether all epochs are done, the
+    averaged model's path (None until the run is finished, and on ranks other than 0), and
+    the validation WER of the best checkpoint (None before the first validation)."""
+
+    out_dir: Path
+    step: int
+    epochs_done: int
+    finished: bool
+    model_path: Path | None
+    best_wer: float | None
+    rank: int = 0
+
+
+@dataclass
+class _Progress:
+    """The training state that is not inside a module, optimizer or sampler."""
+
+    step: int = 0
+    epoch: int = 0  # the epoch being run (or the next one, at an epoch boundary)
+    batches_done: int = 0  # batches of ``epoch`` consumed by this rank
+    best: list[dict[str, Any]] = field(default_factory=list)  # {"step", "wer", "file"}
+    window: list[float] = field(default_factory=lambda: [0.0, 0.0])  # loss sum, batches
+
+
+# --- run folder, tokenizer, resume state (rank 0) -------------------------------------------
+
+
+def build_tokenizer(cfg: TokenizerConfig, model_vocab: int, texts: list[str]) -> Tokenizer:
+    """The tokenizer a recipe asks for (not saved); ConfigError naming the key if it cannot
+    give ``model_vocab`` ids."""
+    sentencepiece = cfg.kind in ("unigram", "bpe")
+    if cfg.path is not None:
+        tokenizer = load_tokenizer(cfg.path)
+        if isinstance(tokenizer, SentencePieceTokenizer) != sentencepiece:
+            raise ConfigError(
+                f"tokenizer.path {cfg.path} holds a {type(tokenizer).__name__}, but "
+                f"tokenizer.kind is {cfg.kind!r}"
+            )
+    elif sentencepiece:
+        size = cfg.vocab_size or model_vocab
+        tokenizer = train_sentencepiece(texts, None, size, model_type=cfg.kind)
+    else:
+        tokenizer = CharTokenizer(cfg.alphabet or LIBRISPEECH_ALPHABET)
+        if cfg.vocab_size is not None and cfg.vocab_size != tokenizer.vocab_size:
+            raise ConfigError(
+                f"tokenizer.vocab_size ({cfg.vocab_size}) does not match the {tokenizer.vocab_size}"
+                " ids of the character alphabet (3 special ids + the alphabet)"
+            )
+    if tokenizer.vocab_size != model_vocab:
+        raise ConfigError(
+            f"model.vocab_size ({model_vocab}) must equal the {cfg.kind} tokenizer's "
+            f"{tokenizer.vocab_size} ids (change model.vocab_size or the tokenizer section)"
+        )
+    return tokenizer
+
+
+def _check_recipe(out_dir: Path, recipe: RecipeConfig) -> bool:
+    """True if ``out_dir`` already holds this recipe's run; ConfigError if it holds another."""
+    path = out_dir / RECIPE_FILE
+    if not path.is_file():
+        return False
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: not valid YAML; use another output folder") from None
+    now = to_dict(recipe)
+    diffs = config_differences(saved, now)
+    if diffs:
+        key = diffs[0]
+        old, new = _lookup(saved, key), _lookup(now, key)
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise ConfigError(
+            f"{out_dir} holds a run with another recipe: {key} is {old!r} there, {new!r} now"
+            f"{more}; resume with the same recipe ({path}) or use another output folder"
+        )
+    return True
+
+
+def _lookup(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return "<missing>"
+        data = data[part]
+    return data
+
+
+def _latest_state(ckpt_dir: Path) -> dict[str, Any] | None:
+    """The newest readable checkpoint (a broken newest one is skipped with a warning)."""
+    for path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            state = load_checkpoint(path)
+        except ValueError as exc:
+            log.warning("skipping unreadable checkpoint: %s", exc)
+            continue
+        log.info("resuming from %s", path)
+        return state
+    return None
+
+
+def _prepare_run(
+    out_dir: Path, recipe: RecipeConfig, train_utts: list[Utterance], resume: bool
+) -> dict[str, Any]:
+    """Check or create the run folder; returns the tokenizer files and the state to resume."""
+    existing = _check_recipe(out_dir, recipe)
+    if existing and not resume:
+        raise ValueError(f"{out_dir} already holds a run; resume it or use another output folder")
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    if not existing:
+        found = [n for n in (MODEL_FILE, "metrics.csv") if (out_dir / n).exists()]
+        if found or list_checkpoints(ckpt_dir):
+            raise ValueError(
+                f"{out_dir} holds training output ({', '.join(found) or CHECKPOINT_DIR}) but no "
+                f"{RECIPE_FILE}: not touching it; use another output folder"
+            )
+    tok_dir = out_dir / TOKENIZER_DIR
+    if existing and tok_dir.is_dir():
+        tokenizer = load_tokenizer(tok_dir)
+    else:
+        texts = [u.text for u in train_utts]
+        tokenizer = build_tokenizer(recipe.tokenizer, recipe.model.vocab_size, texts)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not existing:  # a tokenizer/ without recipe.yaml is left over from a start that failed
+        tokenizer.save(tok_dir)
+        with (out_dir / RECIPE_FILE).open("x", encoding="utf-8") as f:  # never overwrites
+            yaml.safe_dump(to_dict(recipe), f, sort_keys=False)
+    remove_temp_files(ckpt_dir)
+    remove_temp_files(out_dir)
+    state = _latest_state(ckpt_dir)
+    return {"tokenizer": tokenizer_to_files(tokenizer), "state": state}
+
+
+def _on_main(ctx: DistributedContext, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` on rank 0, its result (or its error) on every rank."""
+    if not ctx.distributed:
+        return fn(*args)
+    outcome: tuple[str, Any] = ("ok", None)
+    error: BaseException | None = None
+    if ctx.is_main:
+        try:
+            outcome = ("ok", fn(*args))
+        except (ValueError, OSError, ImportError) as exc:
+            error, outcome = exc, ("error", str(exc))
+    outcome = broadcast_object(outcome, ctx)
+    if error is not None:
+        raise error
+    if outcome[0] == "error":
+        raise ValueError(f"rank 0: {outcome[1]}")
+    return outcome[1]
+
+
+# --- random number generators ----------------------------------------------------------------
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    """Python, numpy, torch and CUDA generator states, as weights_only-loadable values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def _loader(
+    dataset: AsrDataset, sampler: DynamicBatchSampler, workers: int, seed: int, device: Any
+) -> DataLoader:
+    """Batches of ``dataset``; worker seeds come from a generator of their own (seeded by
+    ``seed``), so creating the loader draws nothing from the global torch generator."""
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=torch.device(device).type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _eval_loader(
+    utts: list[Utterance], tokenizer: Tokenizer, recipe: RecipeConfig, device: Any
+) -> DataLoader | None:
+    """Duration-sorted batches of ``utts``, no augmentation; None when there are none."""
+    if not utts:
+        return None
+    data = AsrDataset(utts, tokenizer, recipe.data.sample_rate, speed_perturb=None)
+    sampler = DynamicBatchSampler(
+        data.durations, recipe.train.max_batch_seconds, num_buckets=1, shuffle=False
+    )
+    return _loader(data, sampler, recipe.train.num_workers, recipe.train.seed, device)
+
+
+def _fit_cmvn(asr: ASR, utts: list[Utterance], recipe: RecipeConfig, device: Any) -> None:
+    """Fit the CMVN statistics on up to ``data.cmvn_max_utterances`` training utterances (a
+    seeded random subset, without speed perturbation)."""
+    rng = np.random.default_rng(recipe.train.seed)
+    chosen = rng.permutation(len(utts))[: recipe.data.cmvn_max_utterances]
+    loader = _eval_loader([utts[i] for i in sorted(chosen)], asr.tokenizer, recipe, device)
+    assert loader is not None
+
+    def feats() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in loader:
+            b = batch.to(device)
+            with torch.no_grad():
+                yield asr.raw_features(b.waves, b.wave_lengths)
+
+    t0 = time.perf_counter()
+    asr.cmvn.fit(feats())
+    log.info(
+        "CMVN fitted on %d utterances (%d frames) in %.1f s",
+        len(chosen), int(asr.cmvn.frames), time.perf_counter() - t0,
+    )  # fmt: skip
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Validation:
+    loss: float
+    wer: float
+    cer: float
+    utterances: int
+
+
+def _validate(
+    asr: ASR, loader: DataLoader | None, recipe: RecipeConfig, ctx: DistributedContext
+) -> _Validation:
+    """Loss and greedy (or beam) WER/CER over every rank's share of the validation set."""
+    options = DecodingOptions(strategy=recipe.train.valid_strategy)
+    loss_sum, refs, hyps = 0.0, [], []
+    was_training = asr.training
+    asr.eval()
+    with torch.no_grad():
+        for batch in loader if loader is not None else []:
+            b = batch.to(ctx.device)
+            with autocast(ctx.device, _precision(recipe)):
+                feats, lengths = asr.features(b.waves, b.wave_lengths)
+                out = asr.model.loss(feats, lengths, b.targets, b.target_lengths)
+                results = decode_batch(asr.model, feats, lengths, options)
+            loss_sum += float(out.loss) * len(b)  # batchmean: sum over the batch / B
+            refs.extend(b.texts)
+            hyps.extend(asr.tokenizer.decode(r.tokens) for r in results)
+    asr.train(was_training)
+    parts = gather_objects((loss_sum, refs, hyps), ctx)
+    total = sum(p[0] for p in parts)
+    all_refs = [r for p in parts for r in p[1]]
+    all_hyps = [h for p in parts for h in p[2]]
+    rates = error_rates(all_refs, all_hyps)
+    count = len(all_refs)
+    return _Validation(total / max(count, 1), rates.wer, rates.cer, count)
+
+
+def _precision(recipe: RecipeConfig) -> str | None:
+    return None if recipe.train.precision == "auto" else recipe.train.precision
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+class _Run:
+    """Everything one training run holds; methods are the steps of ``train``."""
+
+    def __init__(
+        self,
+        recipe: RecipeConfig,
+        ctx: DistributedContext,
+        out_dir: Path,
+        asr: ASR,
+        model: nn.Module,
+        sampler: DynamicBatchSampler,
+        progress: _Progress,
+        metrics: MetricsLog,
+    ) -> None:
+        self.recipe, self.ctx, self.out_dir = recipe, ctx, out_dir
+        self.asr, self.model, self.sampler = asr, model, sampler
+        self.optimizer = build_optimizer(asr, recipe.train)
+        self.scheduler = build_scheduler(self.optimizer, recipe.train)
+        self.p, self.metrics = progress, metrics
+        self.ckpt_dir = out_dir / CHECKPOINT_DIR
+        self.seen_ids: list[str] = []
+
+    def load(self, state: dict[str, Any]) -> None:
+        ranks = state["ranks"]
+        if len(ranks) != self.ctx.world_size:
+            raise ValueError(
+                f"the newest checkpoint in {self.ckpt_dir} was saved by {len(ranks)} "
+                f"process(es): resume with the same number (now {self.ctx.world_size})"
+            )
+        self.asr.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        s = state["progress"]
+        self.p = _Progress(s["step"], s["epoch"], s["batches_done"], list(s["best"]))
+        _set_rng_state(ranks[self.ctx.rank]["rng"])
+        self.p.window = list(ranks[self.ctx.rank]["window"])
+        log.info(
+            "resumed at step %d, epoch %d, batch %d of %d",
+            self.p.step, self.p.epoch + 1, self.p.batches_done, len(self.sampler),
+        )  # fmt: skip
+
+    def save(self, valid: _Validation | None) -> None:
+        """Checkpoint the current state (a collective call: every rank must make it)."""
+        # per rank: its generators and its share of the loss window
+        ranks = gather_objects({"rng": _rng_state(), "window": list(self.p.window)}, self.ctx)
+        if self.ctx.is_main:
+            name = checkpoint_name(self.p.step)
+            if valid is not None and math.isfinite(valid.wer):
+                entry = {"step": self.p.step, "wer": valid.wer, "file": name}
+                ranked = sorted([*self.p.best, entry], key=lambda e: (e["wer"], -e["step"]))
+                self.p.best = ranked[: self.recipe.train.keep_best]
+            state = {
+                "model": self.asr.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "sampler": self.sampler.state_dict(batches_done=self.p.batches_done),
+                "progress": dataclasses.asdict(self.p),
+                "ranks": ranks,
+                "config": to_dict(self.recipe),
+                "valid": None if valid is None else dataclasses.asdict(valid),
+                "world_size": self.ctx.world_size,
+            }
+            save_checkpoint(self.ckpt_dir / name, state)
+            self._prune(name)
+        barrier(self.ctx)
+
+    def _prune(self, newest: str) -> None:
+        keep = {newest, *(e["file"] for e in self.p.best)}
+        for path in list_checkpoints(self.ckpt_dir):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+
+    # --- training ---------------------------------------------------------------------------
+
+    def run_epoch(self, train_data: AsrDataset, max_steps: int | None, show: bool) -> bool:
+        """Train to the end of the epoch (or to ``max_steps``); True if the epoch finished."""
+        cfg = self.recipe.train
+        self.sampler.set_epoch(self.p.epoch)
+        train_data.set_epoch(self.p.epoch)
+        total = len(self.sampler)
+        loader = _loader(train_data, self.sampler, cfg.num_workers, cfg.seed + self.p.epoch,
+                         self.ctx.device)  # fmt: skip
+        self.model.train()
+        bar = _progress_bar(total, self.p.batches_done, self.p.epoch, show)
+        group_left = 0
+        try:
+            for batch in loader:
+                if group_left == 0:
+                    group_left = min(cfg.grad_accum, total - self.p.batches_done)
+                    group_size = group_left
+                group_left -= 1
+                loss = self._forward_backward(batch, group_size, sync=group_left == 0)
+                self.p.batches_done += 1
+                self.p.window[0] += loss
+                self.p.window[1] += 1
+                bar.update(1)
+                if group_left:
+                    continue
+                lr = self._optimizer_step()
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", step=self.p.step)
+                self._log_train(lr)
+                at_end = self.p.batches_done == total
+                stop = max_steps is not None and self.p.step >= max_steps
+                every = cfg.checkpoint_every_steps
+                if not at_end and (stop or (every and self.p.step % every == 0)):
+                    self.save(valid=None)
+                if stop and not at_end:
+                    return False
+        finally:
+            bar.close()
+        return True
+
+    def _forward_backward(self, batch: Batch, group_size: int, sync: bool) -> float:
+        b = batch.to(self.ctx.device, non_blocking=True)
+        if os.environ.get(RANK_DUMP_ENV):
+            self.seen_ids.extend(b.ids)
+        no_sync = getattr(self.model, "no_sync", None)
+        context = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
+        with context:
+            with autocast(self.ctx.device, _precision(self.recipe)):
+                out = self.model(b.waves, b.wave_lengths, b.targets, b.target_lengths)
+            (out.loss / group_size).backward()
+        return float(out.loss.detach())
+
+    def _optimizer_step(self) -> float:
+        """Clip, step, advance the schedule; returns the lr this step used."""
+        cfg = self.recipe.train
+        lr = self.scheduler.get_last_lr()[0]
+        params = [p for p in self.asr.parameters() if p.grad is not None]
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if torch.isfinite(norm):
+            self.optimizer.step()
+        else:
+            log.warning("step %d: gradient norm %s, update skipped", self.p.step + 1, norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.p.step += 1
+        return lr
+
+    def _log_train(self, lr: float) -> None:
+        if self.p.step % self.recipe.train.log_every:
+            return
+        window = torch.tensor(self.p.window, dtype=torch.float64)
+        if self.ctx.distributed:  # mean over every rank's batches
+            summed = [window.to(self.ctx.device)]
+            torch.distributed.all_reduce(summed[0])
+            window = summed[0].cpu()
+        loss = float(window[0] / window[1].clamp_min(1))
+        self.metrics.add(self.p.step, self.p.epoch + 1, train_loss=loss, lr=lr)
+        self.p.window = [0.0, 0.0]
+
+    def end_epoch(self, valid_loader: DataLoader | None) -> _Validation:
+        """Validate, checkpoint (as the start of the next epoch), log, plot."""
+        valid = _validate(self.asr, valid_loader, self.recipe, self.ctx)
+        epoch = self.p.epoch + 1
+        log.info(
+            "epoch %d, step %d: valid loss %.4f, WER %.2f %%, CER %.2f %% (%d utterances)",
+            epoch, self.p.step, valid.loss, 100 * valid.wer, 100 * valid.cer, valid.utterances,
+        )  # fmt: skip
+        self.metrics.add(self.p.step, epoch, valid_loss=valid.loss, wer=valid.wer, cer=valid.cer)
+        self.p.epoch += 1
+        self.p.batches_done = 0
+        self.sampler.set_epoch(self.p.epoch)
+        self.save(valid)
+        self.metrics.plot()
+        return valid
+
+    def finish(self) -> Path | None:
+        """Average the best checkpoints into ``model.pt`` (rank 0); returns its path."""
+        path = self.out_dir / MODEL_FILE
+        if self.ctx.is_main and not path.exists():
+            best = self.p.best[: self.recipe.train.average]
+            files = [self.ckpt_dir / e["file"] for e in best]
+            files = [f for f in files if f.is_file()]
+            if files:
+                weights = average_checkpoints(files)
+                names = ", ".join(f.name for f in files)
+                log.info("model.pt: average of %d best checkpoint(s): %s", len(files), names)
+            else:
+                weights = None
+                log.warning("no validated checkpoint to average: model.pt has the last weights")
+            self.asr.save(path, state_dict=weights)
+        barrier(self.ctx)
+        return path if self.ctx.is_main else None
+
+    def dump_rank(self) -> None:
+        folder = os.environ.get(RANK_DUMP_ENV)
+        if folder:
+            dump = {"step": self.p.step, "model": self.asr.state_dict(), "ids": self.seen_ids}
+            atomic_save(dump, Path(folder) / f"rank{self.ctx.rank}.pt")
+
+
+def _progress_bar(total: int, done: int, epoch: int, show: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=done, desc=f"epoch {epoch + 1}", unit="batch", disable=not show,
+        dynamic_ncols=True, leave=False,
+    )  # fmt: skip
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def train(
+    recipe: RecipeConfig,
+    train_manifest: str | os.PathLike[str],
+    valid_manifest: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    resume: bool = True,
+    max_steps: int | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train ``recipe`` on the manifests into ``out_dir`` (see the module docstring).
+
+    device: as for ``mamba_asr.device.get_device`` (under torchrun, CUDA means each rank's
+    ``cuda:<LOCAL_RANK>``). resume: continue the run ``out_dir`` holds (False: refuse to
+    touch a folder that holds a run). max_steps: stop after this many optimizer steps in
+    total, with a checkpoint (running again continues); None: train all epochs. progress:
+    show a progress bar (default: when stderr is a terminal; rank 0 only).
+
+    Raises ``ValueError`` (``ConfigError``, ``ManifestError``, ...) or ``OSError`` with one
+    line for bad inputs: a missing manifest, a recipe that differs from the run's, ...
+    """
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    out_dir = Path(out_dir)
+    train_utts, valid_utts = read_manifest(train_manifest), read_manifest(valid_manifest)
+    ctx = init_distributed(device)
+    try:
+        prepared = _on_main(ctx, _prepare_run, out_dir, recipe, train_utts, resume)
+        tokenizer = tokenizer_from_files(prepared["tokenizer"])
+        with _file_log(out_dir / "train.log", ctx.is_main):
+            return _train(recipe, ctx, out_dir, tokenizer, train_utts, valid_utts,
+                          prepared["state"], max_steps, progress)  # fmt: skip
+    finally:
+        cleanup(ctx)
+
+
+@contextlib.contextmanager
+def _file_log(path: Path, enabled: bool) -> Iterator[None]:
+    """Copy the package's INFO (and higher) log lines to ``path`` while training."""
+    if not enabled:
+        yield
+        return
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("mamba_asr")
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+
+
+def _train(
+    recipe: RecipeConfig,
+    ctx: DistributedContext,
+    out_dir: Path,
+    tokenizer: Tokenizer,
+    train_utts: list[Utterance],
+    valid_utts: list[Utterance],
+    state: dict[str, Any] | None,
+    max_steps: int | None,
+    progress: bool | None,
+) -> TrainResult:
+    cfg = recipe.train
+    _seed_all(cfg.seed)
+    train_data = AsrDataset(
+        train_utts, tokenizer, recipe.data.sample_rate, recipe.data.speed_perturb, cfg.seed
+    )
+    sampler = DynamicBatchSampler(
+        train_data.durations, cfg.max_batch_seconds, cfg.num_buckets, shuffle=True,
+        seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
+    )  # fmt: skip
+    valid_loader = _eval_loader(valid_utts[ctx.rank :: ctx.world_size], tokenizer, recipe,
+                                ctx.device)  # fmt: skip
+    asr = ASR(recipe, tokenizer, device=ctx.device)
+    if state is None and ctx.is_main:
+        _fit_cmvn(asr, train_utts, recipe, ctx.device)
+    metrics = MetricsLog(out_dir, 0 if state is None else state["progress"]["step"], ctx.is_main)
+    run = _Run(recipe, ctx, out_dir, asr, asr, sampler, _Progress(), metrics)
+    if state is not None:
+        run.load(state)
+    else:
+        _seed_all(cfg.seed + ctx.rank)
+    run.model = wrap_model(asr, ctx)  # DDP broadcasts rank 0's weights and CMVN statistics
+    show = (sys.stderr.isatty() if progress is None else progress) and ctx.is_main
+    stopped = False
+    try:
+        while run.p.epoch < cfg.epochs and not stopped:
+            if max_steps is not None and run.p.step >= max_steps:
+                break
+            finished = run.run_epoch(train_data, max_steps, show)
+            if finished:
+                run.end_epoch(valid_loader)
+            stopped = not finished or (max_steps is not None and run.p.step >= max_steps)
+        done = run.p.epoch >= cfg.epochs
+        model_path = run.finish() if done else None
+        run.dump_rank()
+    finally:
+        metrics.close()
+    best = run.p.best[0]["wer"] if run.p.best else None
+    return TrainResult(out_dir, run.p.step, run.p.epoch, done, model_path, best, ctx.rank)

@@ -1,0 +1,126 @@
+"""Shared pieces of the training tests: a tiny synthetic corpus and a tiny recipe.
+
+The corpus is 12 utterances of tones (440 Hz for "A", 880 Hz for "B", silence for a space)
+written as WAV files with a JSONL manifest; the recipe is a one-layer ConMamba CTC model of
+width 32 with the alphabet "AB " (6 ids), so a training step takes a few tens of milliseconds
+on two CPU cores. Real speech is not needed: these tests check the mechanics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mamba_asr.config import RecipeConfig, load_recipe
+
+SAMPLE_RATE = 16000
+TEXTS = ["AB", "BA", "A B", "B", "AA", "BB A", "A", "AB B", "BAB", "B A", "ABA", "BA B"]
+TONES = {"A": 440.0, "B": 880.0, " ": 0.0}
+
+# 4 batches an epoch; checkpoints every 2 steps; 3 epochs: 12 optimizer steps in all
+TINY = [
+    "model.vocab_size=6", "model.encoder_module=conmamba", "model.d_model=32", "model.nhead=2",
+    "model.num_encoder_layers=1", "model.d_ffn=64", "model.kernel_size=5",
+    "model.frontend.channels=[4, 4]", "model.dropout=0.1",
+    "tokenizer.alphabet='AB '",
+    "data.speed_perturb=[0.9, 1.0, 1.1]", "data.cmvn_max_utterances=8",
+    "data.specaugment.freq_width=8", "data.specaugment.time_masks=2",
+    "train.lr=0.002", "train.warmup_steps=4", "train.max_batch_seconds=3.0",
+    "train.num_buckets=2", "train.num_workers=0", "train.log_every=1", "train.keep_best=2",
+    "train.average=2", "train.epochs=3", "train.checkpoint_every_steps=2",
+]  # fmt: skip
+STEPS = 12
+
+
+def _utterance(text: str, rng: np.random.Generator) -> np.ndarray:
+    """0.2 s of a tone per character, 0.1 s of silence around, a little noise."""
+    t = np.arange(int(0.2 * SAMPLE_RATE)) / SAMPLE_RATE
+    parts = [0.3 * np.sin(2 * np.pi * TONES[c] * t) for c in text]
+    wave = np.concatenate([np.zeros(1600), *parts, np.zeros(1600)])
+    return (wave + 0.01 * rng.standard_normal(wave.shape)).astype(np.float32)
+
+
+def write_corpus(folder: Path, texts: list[str] = TEXTS) -> Path:
+    """WAV files and ``manifest.jsonl`` for ``texts`` in ``folder``; returns the manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, text in enumerate(texts):
+        wave = _utterance(text, rng)
+        sf.write(folder / f"utt{i:02d}.wav", wave, SAMPLE_RATE)
+        lines.append({"id": f"u{i}", "audio": f"utt{i:02d}.wav", "text": text,
+                      "duration": len(wave) / SAMPLE_RATE})  # fmt: skip
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The manifest of the tiny corpus (used for training and validation alike)."""
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def recipe_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
+    path.write_text("model:\n  vocab_size: 6\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe(recipe_file: Path):
+    """``tiny_recipe(*overrides) -> RecipeConfig``: the tiny recipe plus more overrides."""
+
+    def make(*overrides: str) -> RecipeConfig:
+        return load_recipe(recipe_file, [*TINY, *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, corpus: Path, tiny_recipe) -> Path:
+    """An uninterrupted run of the tiny recipe (12 steps); returns its folder."""
+    from mamba_asr.train import train
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train(tiny_recipe(), corpus, corpus, out, device="cpu")
+    return out
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mamba_asr", *args]
+
+
+def train_args(recipe_file: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
+    """``train`` arguments of the CLI for the tiny recipe."""
+    args = ["train", str(recipe_file), "--train", str(corpus), "--valid", str(corpus),
+            "--out", str(out), "--device", "cpu"]  # fmt: skip
+    for item in [*TINY, *extra]:
+        args += ["--set", item]
+    return args
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a training subprocess: same thread count as the tests (so float
+    results match an in-process run), no device override."""
+    env = {k: v for k, v in os.environ.items() if k != "MAMBA_ASR_DEVICE"}
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="session")
+def helpers() -> SimpleNamespace:
+    """This file's helpers and constants (test modules cannot import a conftest by name)."""
+    return SimpleNamespace(
+        TINY=TINY, STEPS=STEPS, TEXTS=TEXTS, write_corpus=write_corpus, cli_command=cli_command,
+        train_args=train_args, subprocess_env=subprocess_env,
+    )  # fmt: skip

@@ -1,0 +1,114 @@
+"""The ASR bundle: features + CMVN + SpecAugment + model + tokenizer + recipe in one file."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mamba_asr.asr import ASR, BundleError
+from mamba_asr.config import ConfigError
+from mamba_asr.decode import DecodingOptions
+from mamba_asr.text.tokenizer import CharTokenizer, train_sentencepiece
+from mamba_asr.train.checkpoints import save_checkpoint
+
+
+def waves(batch: int = 3, seconds: float = 0.6) -> tuple[torch.Tensor, torch.Tensor]:
+    n = int(16000 * seconds)
+    lengths = torch.tensor([n, n * 3 // 4, n // 2][:batch])
+    x = 0.1 * torch.randn(batch, n)
+    return x, lengths
+
+
+def fitted(asr: ASR) -> ASR:
+    x, lengths = waves()
+    asr.cmvn.fit([asr.raw_features(x, lengths)])
+    return asr
+
+
+@pytest.mark.parametrize("decoder_layers", [0, 1])
+def test_round_trip_gives_the_same_outputs(tmp_path, tiny_recipe, decoder_layers):
+    recipe = tiny_recipe(f"model.num_decoder_layers={decoder_layers}")
+    asr = fitted(ASR(recipe, CharTokenizer("AB ")))
+    path = asr.save(tmp_path / "model.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    loaded = ASR.load(path)
+    assert not loaded.training and loaded.config == recipe
+    assert loaded.tokenizer.alphabet == "AB "
+    assert loaded.state_dict().keys() == asr.state_dict().keys()
+    for name, tensor in asr.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    assert loaded.cmvn.is_fitted
+    x, lengths = waves()
+    targets, target_lengths = torch.tensor([[3, 4], [4, 3], [3, 0]]), torch.tensor([2, 2, 1])
+    asr.eval()
+    for options in (DecodingOptions(strategy="greedy"), DecodingOptions(beam_size=2)):
+        assert asr.transcribe_batch(x, lengths, options) == loaded.transcribe_batch(
+            x, lengths, options
+        )
+    with torch.no_grad():
+        a, b = asr(x, lengths, targets, target_lengths), loaded(x, lengths, targets, target_lengths)
+    assert torch.equal(a.loss, b.loss)
+
+
+def test_transcribe_restores_training_mode_and_specaugment_only_trains(tiny_recipe):
+    asr = fitted(ASR(tiny_recipe(), CharTokenizer("AB ")))
+    x, lengths = waves()
+    asr.train()
+    texts = asr.transcribe_batch(x, lengths, DecodingOptions(strategy="greedy"))
+    assert asr.training and len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    feats_train, _ = asr.features(x, lengths)
+    asr.eval()
+    feats_eval, _ = asr.features(x, lengths)
+    assert not torch.equal(feats_train, feats_eval)  # masked in training
+    assert torch.equal(feats_eval, asr.features(x, lengths)[0])
+    off = ASR(tiny_recipe("data.specaugment.enabled=false"), CharTokenizer("AB "))
+    assert off.specaugment is None
+
+
+def test_sentencepiece_tokenizer_travels_in_the_file(tmp_path, tiny_recipe, helpers):
+    texts = ["HELLO WORLD", "GOOD MORNING", "HELLO THERE", "WORLD OF WORDS"] * 5
+    spm = train_sentencepiece(texts, None, vocab_size=20, model_type="unigram")
+    asr = ASR(tiny_recipe("model.vocab_size=20", "tokenizer.kind=unigram",
+                          "tokenizer.alphabet=null"), spm)  # fmt: skip
+    loaded = ASR.load(asr.save(tmp_path / "model.pt"))
+    assert loaded.tokenizer.model_proto == spm.model_proto
+    assert loaded.tokenizer.encode("HELLO WORLD") == spm.encode("HELLO WORLD")
+
+
+def test_vocabulary_mismatch_names_the_key(tiny_recipe):
+    with pytest.raises(ConfigError, match=r"model.vocab_size \(6\) must equal .* \(31\)"):
+        ASR(tiny_recipe(), CharTokenizer())
+
+
+def test_bad_files_give_one_line_errors(tmp_path, tiny_recipe):
+    with pytest.raises(BundleError, match="nope.pt: no such model file"):
+        ASR.load(tmp_path / "nope.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a zip file at all" * 10)
+    with pytest.raises(BundleError, match="garbage.pt: not a readable mamba-asr model file"):
+        ASR.load(garbage)
+    ckpt = save_checkpoint(tmp_path / "step-00000001.pt", {"model": {}})
+    with pytest.raises(BundleError, match="it is a training checkpoint"):
+        ASR.load(ckpt)
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(BundleError, match="other.pt: not a mamba-asr model file"):
+        ASR.load(other)
+
+    asr = ASR(tiny_recipe(), CharTokenizer("AB "))
+    data = asr.bundle()
+    future = tmp_path / "future.pt"
+    torch.save({**data, "version": 99}, future)
+    with pytest.raises(BundleError, match="model file version 99"):
+        ASR.load(future)
+    broken = tmp_path / "broken.pt"
+    weights = dict(data["state_dict"])
+    weights.pop("model.ctc_lin.weight")
+    torch.save({**data, "state_dict": weights}, broken)
+    with pytest.raises(BundleError, match="broken.pt: broken mamba-asr model file") as info:
+        ASR.load(broken)
+    assert "\n" not in str(info.value)
+    bad_config = tmp_path / "bad_config.pt"
+    torch.save({**data, "config": {**data["config"], "train": {"lr": "fast"}}}, bad_config)
+    with pytest.raises(BundleError, match="config.train.lr must be float"):
+        ASR.load(bad_config)

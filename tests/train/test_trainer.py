@@ -1,0 +1,156 @@
+"""The trainer, in-process: what a run writes, exact resume, refusals, every model type."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from mamba_asr.asr import ASR
+from mamba_asr.config import ConfigError, to_dict
+from mamba_asr.data.manifest import ManifestError
+from mamba_asr.train import average_checkpoints, list_checkpoints, load_checkpoint, train
+
+
+def rows(run) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Bitwise-equal model weights and optimizer moments, same step, schedule and sampler."""
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    for i, moments in a["optimizer"]["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(moments[key], b["optimizer"]["state"][i][key]), (i, key)
+    assert a["scheduler"] == b["scheduler"]
+    assert a["sampler"] == b["sampler"]
+    assert a["progress"] == b["progress"]
+
+
+def test_a_run_writes_checkpoints_metrics_and_the_averaged_model(reference_run, helpers):
+    run = reference_run
+    assert yaml.safe_load((run / "recipe.yaml").read_text())["train"]["epochs"] == 3
+    assert (run / "tokenizer" / "tokenizer.json").is_file()
+    table = rows(run)
+    train_rows = [r for r in table if r["train_loss"]]
+    valid_rows = [r for r in table if r["wer"]]
+    assert [int(r["step"]) for r in train_rows] == list(range(1, helpers.STEPS + 1))
+    assert [(r["step"], r["epoch"]) for r in valid_rows] == [("4", "1"), ("8", "2"), ("12", "3")]
+    assert all(float(r["lr"]) > 0 for r in train_rows)
+    assert all(float(r["cer"]) >= 0 for r in valid_rows)
+
+    ckpts = list_checkpoints(run / "checkpoints")
+    newest = load_checkpoint(ckpts[-1])
+    assert ckpts[-1].name == "step-00000012.pt" and newest["progress"]["epoch"] == 3
+    best = newest["progress"]["best"]
+    assert len(best) == 2 and [e["wer"] for e in best] == sorted(e["wer"] for e in best)
+    assert {c.name for c in ckpts} == {"step-00000012.pt", *(e["file"] for e in best)}
+
+    model = ASR.load(run / "model.pt")
+    expected = average_checkpoints([run / "checkpoints" / e["file"] for e in best])
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    assert model.cmvn.is_fitted
+    assert (run / "curves.png").stat().st_size > 0
+    assert "CMVN fitted" in (run / "train.log").read_text()
+    if _has("tensorboard"):
+        assert any((run / "tensorboard").iterdir())
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def test_stopping_and_resuming_gives_the_uninterrupted_run(tmp_path, corpus, tiny_recipe,
+                                                            reference_run, helpers):  # fmt: skip
+    out = tmp_path / "run"
+    first = train(tiny_recipe(), corpus, corpus, out, device="cpu", max_steps=3)
+    assert (first.step, first.finished, first.model_path) == (3, False, None)
+    assert list_checkpoints(out / "checkpoints")[-1].name == "step-00000003.pt"
+    train(tiny_recipe(), corpus, corpus, out, device="cpu", max_steps=4)  # an epoch's end
+    train(tiny_recipe(), corpus, corpus, out, device="cpu", max_steps=6)  # mid-epoch again
+    last = train(tiny_recipe(), corpus, corpus, out, device="cpu")
+    assert (last.step, last.finished) == (helpers.STEPS, True)
+    assert rows(out) == rows(reference_run)  # every step's loss and lr, every validation
+    final = "checkpoints/step-00000012.pt"
+    assert_same_state(load_checkpoint(out / final), load_checkpoint(reference_run / final))
+    ours, theirs = ASR.load(out / "model.pt"), ASR.load(reference_run / "model.pt")
+    for name, tensor in ours.state_dict().items():
+        assert torch.equal(tensor, theirs.state_dict()[name]), name
+
+
+def test_a_finished_run_run_again_changes_nothing(tmp_path, corpus, tiny_recipe, reference_run):
+    out = shutil.copytree(reference_run, tmp_path / "run")
+    before = (out / "model.pt").read_bytes(), rows(out)
+    result = train(tiny_recipe(), corpus, corpus, out, device="cpu")
+    assert result.finished and result.step == 12
+    assert ((out / "model.pt").read_bytes(), rows(out)) == before
+
+
+@pytest.mark.parametrize("decoder", ["transformer", "mamba"])
+def test_seq2seq_with_gradient_accumulation_resumes_exactly(tmp_path, corpus, tiny_recipe,
+                                                            decoder):  # fmt: skip
+    # 4 batches an epoch in groups of 3 and 1: 2 optimizer steps an epoch
+    recipe = tiny_recipe("model.num_decoder_layers=1", f"model.decoder_module={decoder}",
+                         "train.grad_accum=3", "train.epochs=2", "train.checkpoint_every_steps=1",
+                         "train.num_workers=1")  # fmt: skip
+    whole = train(recipe, corpus, corpus, tmp_path / "a", device="cpu")
+    assert whole.step == 4 and whole.finished
+    train(recipe, corpus, corpus, tmp_path / "b", device="cpu", max_steps=1)
+    train(recipe, corpus, corpus, tmp_path / "b", device="cpu")
+    assert rows(tmp_path / "a") == rows(tmp_path / "b")
+    final = "checkpoints/step-00000004.pt"
+    assert_same_state(load_checkpoint(tmp_path / "a" / final),
+                      load_checkpoint(tmp_path / "b" / final))  # fmt: skip
+    assert ASR.load(tmp_path / "a" / "model.pt").config.model.kind == "seq2seq"
+
+
+def test_sentencepiece_tokenizer_is_trained_on_the_transcripts(tmp_path, corpus, tiny_recipe):
+    recipe = tiny_recipe("tokenizer.kind=bpe", "tokenizer.alphabet=null", "model.vocab_size=9",
+                         "train.epochs=1")  # fmt: skip
+    out = tmp_path / "run"
+    train(recipe, corpus, corpus, out, device="cpu")
+    assert (out / "tokenizer" / "spm.model").is_file()
+    model = ASR.load(out / "model.pt")
+    assert model.tokenizer.vocab_size == 9
+    assert model.tokenizer.decode(model.tokenizer.encode("AB BA")) == "AB BA"
+
+
+def test_a_different_recipe_is_refused_naming_the_key(tmp_path, corpus, tiny_recipe):
+    out = tmp_path / "run"
+    train(tiny_recipe(), corpus, corpus, out, device="cpu", max_steps=1)
+    saved = (out / "recipe.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"train.lr is 0.002 there, 0.001 now") as info:
+        train(tiny_recipe("train.lr=0.001"), corpus, corpus, out, device="cpu")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"data.specaugment.time_masks is 2 there, 3 now"):
+        train(tiny_recipe("data.specaugment.time_masks=3"), corpus, corpus, out, device="cpu")
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(tiny_recipe(), corpus, corpus, out, device="cpu", resume=False)
+    assert (out / "recipe.yaml").read_text() == saved
+    assert yaml.safe_load(saved) == to_dict(tiny_recipe())
+
+
+def test_bad_inputs_fail_before_anything_is_written(tmp_path, corpus, tiny_recipe):
+    out = tmp_path / "run"
+    with pytest.raises(ManifestError, match="missing.jsonl: no such manifest file"):
+        train(tiny_recipe(), tmp_path / "missing.jsonl", corpus, out, device="cpu")
+    with pytest.raises(ConfigError, match=r"model.vocab_size \(7\) must equal the char"):
+        train(tiny_recipe("model.vocab_size=7"), corpus, corpus, out, device="cpu")
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        train(tiny_recipe(), corpus, corpus, out, device="cpu", max_steps=0)
+    assert not out.exists()
+    foreign = tmp_path / "foreign"
+    (foreign / "checkpoints").mkdir(parents=True)
+    (foreign / "metrics.csv").write_text("precious\n")
+    with pytest.raises(ValueError, match="holds training output .* but no recipe.yaml"):
+        train(tiny_recipe(), corpus, corpus, foreign, device="cpu")
+    assert (foreign / "metrics.csv").read_text() == "precious\n"
