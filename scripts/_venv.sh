@@ -53,3 +53,16 @@ ensure_venv() {
         touch "$stamp"
     fi
 }
+
+# ensure_espeak: install espeak-ng with apt-get when it is missing and we may (root on Debian or
+# Ubuntu); elsewhere say how, and the end-to-end tests skip with that reason.
+ensure_espeak() {
+    command -v espeak-ng >/dev/null 2>&1 && return 0
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        say "installing espeak-ng (apt-get)"
+        { apt-get update -qq && apt-get install -y -qq espeak-ng; } >/dev/null ||
+            die "apt-get install espeak-ng failed"
+    else
+        say "espeak-ng not found: end-to-end tests will skip (apt-get/brew install espeak-ng)"
+    fi
+}

@@ -6,6 +6,7 @@ set -euo pipefail
 source "$(dirname "$0")/_venv.sh"
 
 ensure_venv "[dev]"
+ensure_espeak  # the end-to-end tests speak their corpus with espeak-ng
 cd "$ROOT"
 say "ruff check"
 "$VENV/bin/ruff" check .

@@ -17,6 +17,7 @@ import platform
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -93,7 +94,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_parser(sub, common, device_help)
     _add_tokenizer_parser(sub, common)
+    _add_prepare_parser(sub, common)
+    _add_eval_parser(sub, common, device_help)
     return parser
+
+
+def _add_prepare_parser(sub: argparse._SubParsersAction, common: list) -> None:
+    prepare = sub.add_parser("prepare", parents=common, help="write manifests for a corpus")
+    corpora = prepare.add_subparsers(dest="corpus", required=True, metavar="CORPUS")
+    libri = corpora.add_parser(
+        "librispeech",
+        parents=common,
+        help="LibriSpeech layout: SPEAKER/CHAPTER/*.flac with *.trans.txt",
+        description="Writes one JSONL manifest (audio, text, duration) per split folder found "
+        "under ROOT (e.g. train-clean-100.jsonl), or all.jsonl when ROOT is one split.",
+    )
+    libri.add_argument("root", help="LibriSpeech folder (or one split of it)")
+    libri.add_argument("--out", required=True, metavar="DIR", help="folder for the manifests")
+    libri.add_argument(
+        "--skip-bad", action="store_true",
+        help="skip (and count) missing or corrupt audio files instead of stopping at the first",
+    )  # fmt: skip
+    libri.set_defaults(func=cmd_prepare_librispeech)
+
+
+def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help: str) -> None:
+    ev = sub.add_parser(
+        "eval",
+        parents=common,
+        help="WER, CER and real-time factor of a model on a test set",
+        description="Decodes every utterance of a JSONL manifest or a LibriSpeech-layout folder "
+        "and prints WER, CER, utterances, audio seconds and real-time factor; each hypothesis "
+        "is written beside its reference (--hyps, default MODEL's folder/hyps-<set>.jsonl).",
+    )
+    ev.add_argument("data", metavar="DIR_OR_MANIFEST", help="test set")
+    ev.add_argument("--model", required=True, help="model file (model.pt of a training run)")
+    ev.add_argument("--hyps", default=None, metavar="FILE", help="where to write hypotheses")
+    ev.add_argument("--strategy", choices=("greedy", "beam"), default="beam", help="(beam)")
+    ev.add_argument("--beam-size", type=int, default=10, help="(10)")
+    ev.add_argument("--ctc-weight", type=float, default=0.4, help="seq2seq joint decoding (0.4)")
+    ev.add_argument("--batch-seconds", type=float, default=60.0, help="audio per batch (60)")
+    ev.add_argument("--device", default=None, help=device_help)
+    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ev.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    ev.set_defaults(func=cmd_eval)
 
 
 def _add_train_parser(sub: argparse._SubParsersAction, common: list, device_help: str) -> None:
@@ -278,6 +322,36 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     tokenizer = train_sentencepiece(texts, args.out, args.vocab_size, model_type=args.kind)
     print(f"{args.out}: {args.kind} SentencePiece tokenizer, {tokenizer.vocab_size} ids, "
           f"from {len(texts)} transcripts")  # fmt: skip
+    return 0
+
+
+def cmd_prepare_librispeech(args: argparse.Namespace) -> int:
+    from mamba_asr.data import prepare_librispeech
+
+    for path in prepare_librispeech(args.root, args.out, skip_bad=args.skip_bad):
+        print(path)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mamba_asr.asr import ASR
+    from mamba_asr.decode import DecodingOptions
+    from mamba_asr.evaluate import evaluate, load_test_set, result_json
+
+    _set_threads(args.threads)
+    options = DecodingOptions(
+        strategy=args.strategy, beam_size=args.beam_size, ctc_weight=args.ctc_weight
+    )
+    utterances = load_test_set(args.data)
+    asr = ASR.load(args.model, device=get_device(args.device))
+    hyps = args.hyps or Path(args.model).with_name(f"hyps-{Path(args.data).stem}.jsonl")
+    result = evaluate(asr, utterances, hyps, options, args.batch_seconds, sys.stderr.isatty())
+    print(f"WER {100 * result.wer:.2f}%  CER {100 * result.cer:.2f}%  "
+          f"utterances {result.utterances}  audio {result.audio_seconds:.1f} s  "
+          f"RTF {result.rtf:.4f}")  # fmt: skip
+    print(f"hypotheses: {hyps}")
+    if args.json:
+        print(result_json(result))
     return 0
 
 
