@@ -61,6 +61,11 @@ def runner(impl, peer_fn, inputs, backward):
         kw = {k: (v if backward else v.detach()) for k, v in inputs.items()}
         if impl == "peer":
             out = peer_fn(**kw, delta_softplus=True)
+        elif impl == "triton-f32in":  # half inputs cast to fp32 before the kernel (experiment)
+            kw = {
+                k: (v.float() if k in ("u", "delta", "z", "B", "C") else v) for k, v in kw.items()
+            }
+            out = selective_scan_fn(**kw, delta_softplus=True, backend="triton")
         else:
             out = selective_scan_fn(**kw, delta_softplus=True, backend=impl)
         if backward:

@@ -15,5 +15,5 @@ python3 -m pytest -q -p no:cacheprovider tests/ops/test_selective_scan_triton.py
 python3 benchmarks/encoder_scaling.py --device cuda --size large --batch 4 --seconds 10 20 30 60 90 120 \
   --out "$out" 2>&1 | grep -v Warning | tee "$out/encoder_scaling.txt"
 wait $build || { echo "peer build failed"; tail -20 "$out/peer_build.log"; }
-python3 benchmarks/scan_cuda.py --sweep --impls triton peer --peer .peer/mamba_ssm \
+python3 benchmarks/scan_cuda.py --sweep --impls triton triton-f32in peer --peer .peer/mamba_ssm \
   --json "$out/scan_cuda.json" 2>&1 | tee "$out/scan_cuda.txt"
