@@ -59,9 +59,9 @@ def errors(case, device: str) -> dict[str, float]:
         results.append([out, last, *torch.autograd.grad(loss, list(tensors.values()))])
     names = ["out", "last", *[f"d{k}" for k in tensors]]
     return {
-        # floor 1e-3: a gradient that is exactly zero (dA at L=1 without a state) must not turn
-        # one rounding difference (an FMA on the GPU) into a large relative error
-        n: ((b.float() - a.float()).abs().max() / a.float().abs().max().clamp_min(1e-3)).item()
+        # floor 1e-2: where a gradient is exactly zero (dA at L=1 without a state: h_{-1} = 0) the
+        # kernel's a_t h_{t-1} = h_t - x_t leaves rounding noise (4e-7 seen on an H100 in fp32)
+        n: ((b.float() - a.float()).abs().max() / a.float().abs().max().clamp_min(1e-2)).item()
         for n, a, b in zip(names, *results, strict=True)
     }
 
