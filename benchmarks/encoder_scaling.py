@@ -165,7 +165,8 @@ def main(argv=None) -> int:
     print(f"# {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}")  # fmt: skip
     print(
-        "| audio s | encoder | fwd+bwd ms | peak GiB | conformer/conmamba time | conformer/conmamba memory |"
+        f"| audio s | encoder | fwd+bwd ms | {'peak' if device.type == 'cuda' else 'saved'} GiB "
+        "| conformer/conmamba time | conformer/conmamba memory |"
     )
     print("|---|---|---|---|---|---|")
     rows = []
