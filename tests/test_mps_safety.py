@@ -9,14 +9,21 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from mamba_asr.models.encoders import ENCODERS
+from mamba_asr.modules.attention import MultiHeadAttention, RelPosMHAXL
+from mamba_asr.modules.conformer import ConformerLayer, ConMambaLayer, ConvolutionModule
+from mamba_asr.modules.frontend import ConvFrontEnd
+from mamba_asr.modules.positional import RelativePositionalEncoding
 
 FORBIDDEN_DTYPES = {torch.float64, torch.complex64, torch.complex128, torch.complex32}
 
@@ -119,11 +126,75 @@ def run_block(cls_name: str, device: str, streaming: bool = False) -> Callable[[
     return run
 
 
+# --- the research models' blocks: attention, conformer and conmamba layers, front end, encoders
+
+SMALL = dict(num_layers=2, nhead=2, d_ffn=32, kernel_size=3, dropout=0.1)
+
+
+def _relpos(device: str) -> Callable[[Tensor, Tensor], Tensor]:
+    model = RelPosMHAXL(16, 2, dropout=0.1, device=device)
+    return lambda x, lengths: model(
+        x,
+        RelativePositionalEncoding(16)(x),
+        torch.arange(x.shape[1], device=device)[None, :] >= lengths[:, None],
+    )
+
+
+def _mha(device: str) -> Callable[[Tensor, Tensor], Tensor]:
+    model = MultiHeadAttention(16, 2, dropout=0.1, device=device)
+    return lambda x, lengths: model(x, x[:, :5], x[:, :5], attn_mask=None)
+
+
+def _layer(device: str) -> Callable[[Tensor, Tensor], Tensor]:
+    model = ConformerLayer(16, 2, 32, kernel_size=3, dropout=0.1, causal=True, device=device)
+    return lambda x, lengths: model(x, lengths, RelativePositionalEncoding(16)(x))
+
+
+def _frontend(device: str) -> Callable[[Tensor, Tensor], Tensor]:
+    model = ConvFrontEnd(16, 16, channels=(4, 2), dropout=0.1, device=device)
+    return lambda x, lengths: model(x, lengths)[0]
+
+
+def _encoder(name: str, device: str) -> nn.Module:
+    return ENCODERS[name](**{**SMALL, "d_model": 16}, device=device)
+
+
+MODEL_BLOCKS: dict[str, Callable[[str], Callable[[Tensor, Tensor], Tensor]]] = {
+    "RelPosMHAXL": _relpos,
+    "MultiHeadAttention": _mha,
+    "ConvolutionModule": lambda device: ConvolutionModule(16, 3, device=device),
+    "ConvolutionModule(batchnorm)": lambda device: ConvolutionModule(
+        16, 3, norm="batchnorm", device=device
+    ),
+    "ConformerLayer": _layer,
+    "ConMambaLayer": lambda device: ConMambaLayer(16, 32, 3, dropout=0.1, device=device),
+    "ConvFrontEnd": _frontend,
+    **{name: functools.partial(_encoder, name) for name in ENCODERS},
+}
+
+
+def run_model_block(name: str, device: str) -> Callable[[], None]:
+    block = MODEL_BLOCKS[name](device)
+    if isinstance(block, nn.Module):
+        block.train()
+    x = torch.randn(2, 12, 16, device=device, requires_grad=True)
+    lengths = torch.tensor([12, 7], device=device)
+
+    def run() -> None:
+        y = block(x, lengths)
+        assert y.device.type == device and y.dtype == torch.float32
+        y.sum().backward()
+        assert x.grad is not None
+
+    return run
+
+
 CASES = {
     "selective_scan_fn": lambda device: run_scan(device),
     "Mamba": lambda device: run_block("Mamba", device),
     "Mamba.forward_chunk": lambda device: run_block("Mamba", device, streaming=True),
     "BiMamba": lambda device: run_block("BiMamba", device),
+    **{name: functools.partial(run_model_block, name) for name in MODEL_BLOCKS},
 }
 
 

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import pytest
 import torch
-from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch import nn
 
 from mamba_asr.models.encoders import (
     ENCODERS,
@@ -17,10 +12,7 @@ from mamba_asr.models.encoders import (
     ConMambaEncoder,
     TransformerEncoder,
 )
-from mamba_asr.modules.attention import MultiHeadAttention, RelPosMHAXL
-from mamba_asr.modules.conformer import ConformerLayer, ConMambaLayer, ConvolutionModule
 from mamba_asr.modules.frontend import ConvFrontEnd
-from mamba_asr.modules.positional import RelativePositionalEncoding
 
 D_MODEL = 32
 SMALL = {
@@ -152,100 +144,3 @@ def test_gradient_reaches_every_parameter(name: str) -> None:
     (y * torch.randn_like(y)).sum().backward()
     for pname, param in model.named_parameters():
         assert param.grad is not None and param.grad.abs().max() > 0, pname
-
-
-# --- MPS safety: every new block on the meta device, and no float64 on the CPU ---------------
-
-FORBIDDEN_DTYPES = {torch.float64, torch.complex64, torch.complex128, torch.complex32}
-
-
-class RecordOutputs(TorchDispatchMode):
-    """Records (op, device type, dtype) of every tensor an aten op returns, backward included."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[tuple[str, str, torch.dtype]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, Tensor):
-                self.records.append((str(func), t.device.type, t.dtype))
-        return out
-
-
-def _relpos(device: str) -> Callable[[Tensor, Tensor], Tensor]:
-    model = RelPosMHAXL(16, 2, dropout=0.1, device=device)
-    return lambda x, lengths: model(
-        x,
-        RelativePositionalEncoding(16)(x),
-        torch.arange(x.shape[1], device=device)[None, :] >= lengths[:, None],
-    )
-
-
-def _mha(device: str) -> Callable[[Tensor, Tensor], Tensor]:
-    model = MultiHeadAttention(16, 2, dropout=0.1, device=device)
-    return lambda x, lengths: model(x, x[:, :5], x[:, :5], attn_mask=None)
-
-
-def _layer(device: str) -> Callable[[Tensor, Tensor], Tensor]:
-    model = ConformerLayer(16, 2, 32, kernel_size=3, dropout=0.1, causal=True, device=device)
-    return lambda x, lengths: model(x, lengths, RelativePositionalEncoding(16)(x))
-
-
-def _frontend(device: str) -> Callable[[Tensor, Tensor], Tensor]:
-    model = ConvFrontEnd(16, 16, channels=(4, 2), dropout=0.1, device=device)
-    return lambda x, lengths: model(x, lengths)[0]
-
-
-def _encoder(name: str, device: str) -> nn.Module:
-    return ENCODERS[name](**{**SMALL, "d_model": 16}, device=device)
-
-
-BLOCKS: dict[str, Callable[[str], Callable[[Tensor, Tensor], Tensor]]] = {
-    "RelPosMHAXL": _relpos,
-    "MultiHeadAttention": _mha,
-    "ConvolutionModule": lambda device: ConvolutionModule(16, 3, device=device),
-    "ConvolutionModule(batchnorm)": lambda device: ConvolutionModule(
-        16, 3, norm="batchnorm", device=device
-    ),
-    "ConformerLayer": _layer,
-    "ConMambaLayer": lambda device: ConMambaLayer(16, 32, 3, dropout=0.1, device=device),
-    "ConvFrontEnd": _frontend,
-    **{name: functools.partial(_encoder, name) for name in ENCODERS},
-}
-
-
-def run_block(name: str, device: str) -> Callable[[], None]:
-    block = BLOCKS[name](device)
-    if isinstance(block, nn.Module):
-        block.train()
-    x = torch.randn(2, 12, 16, device=device, requires_grad=True)
-    lengths = torch.tensor([12, 7], device=device)
-
-    def run() -> None:
-        y = block(x, lengths)
-        assert y.device.type == device and y.dtype == torch.float32
-        y.sum().backward()
-        assert x.grad is not None
-
-    return run
-
-
-@pytest.mark.parametrize("name", list(BLOCKS))
-def test_runs_on_meta_without_stray_devices(name: str) -> None:
-    run = run_block(name, "meta")
-    with RecordOutputs() as mode:
-        run()
-    assert mode.records
-    stray = sorted({op for op, dev, _ in mode.records if dev != "meta"})
-    assert not stray, f"{name} created tensors off the input's device in: {stray}"
-
-
-@pytest.mark.parametrize("name", list(BLOCKS))
-def test_no_float64_or_complex_on_cpu(name: str) -> None:
-    run = run_block(name, "cpu")
-    with RecordOutputs() as mode:
-        run()
-    bad = sorted({f"{op} -> {dt}" for op, _, dt in mode.records if dt in FORBIDDEN_DTYPES})
-    assert not bad, f"{name} produced dtypes MPS lacks: {bad}"
