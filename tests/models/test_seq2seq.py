@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from helpers.standins import BiMambaEncoder, PairFrontEnd
 from mamba_asr.models.decoders import DECODERS
 from mamba_asr.models.losses import LossOutput, ctc_loss, label_smoothed_nll
 from mamba_asr.models.seq2seq import Seq2SeqModel, Seq2SeqOutput, add_bos_eos
-from mamba_asr.modules.mamba import BiMamba
 
 N_MELS, D_MODEL, VOCAB = 6, 16, 11
 PAD, BOS, EOS = 0, 1, 2
@@ -99,31 +99,6 @@ def test_label_smoothed_nll_ignores_padding_values_and_bad_options() -> None:
 
 
 # --- model --------------------------------------------------------------------------------------
-
-
-class PairFrontEnd(nn.Module):
-    """Stand-in front end: stacks frame pairs (2x fewer frames) and projects them."""
-
-    def __init__(self, n_mels: int, d_model: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(2 * n_mels, d_model)
-
-    def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        batch, frames, mels = feats.shape
-        pairs = feats[:, : frames // 2 * 2].reshape(batch, frames // 2, 2 * mels)
-        return self.proj(pairs), lengths // 2
-
-
-class BiMambaEncoder(nn.Module):
-    """Stand-in encoder: one pre-norm residual BiMamba block (padding-safe)."""
-
-    def __init__(self, d_model: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(d_model)
-        self.mamba = BiMamba(d_model, d_state=4)
-
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        return x + self.mamba(self.norm(x), lengths)
 
 
 def make_decoder(name: str) -> nn.Module:

@@ -1,0 +1,1 @@
+"""Code shared by several test files (tests/ is on pytest's pythonpath)."""
