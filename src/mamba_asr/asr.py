@@ -162,6 +162,9 @@ class ASR(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise BundleError(f"{path}: no such model file")
+        with path.open("rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
+                raise BundleError(f"{path}: not a mamba-asr model file (not a PyTorch archive)")
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # zip, pickle and runtime errors all mean "not our file"

@@ -85,8 +85,15 @@ def test_bad_files_give_one_line_errors(tmp_path, tiny_recipe):
         ASR.load(tmp_path / "nope.pt")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"this is not a zip file at all" * 10)
-    with pytest.raises(BundleError, match="garbage.pt: not a readable mamba-asr model file"):
+    with pytest.raises(
+        BundleError, match=r"garbage.pt: not a mamba-asr model file \(not a PyTorch"
+    ):
         ASR.load(garbage)
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"format": "x", "w": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with pytest.raises(BundleError, match="truncated.pt: not a readable mamba-asr model file"):
+        ASR.load(truncated)
     ckpt = save_checkpoint(tmp_path / "step-00000001.pt", {"model": {}})
     with pytest.raises(BundleError, match="it is a training checkpoint"):
         ASR.load(ckpt)
