@@ -37,21 +37,77 @@ class MambaConfig:
 
 @dataclass(frozen=True)
 class FrontendConfig:
-    """Convolutional front end: stride-2 Conv2d stages over (time, mel), 4x time subsampling."""
+    """The front end that subsamples the features in time.
 
+    kind ``conv2d``: stride-``stride`` Conv2d stages over (time, mel), one per ``channels``
+    entry (the recipes: 2 stages, 4x). kind ``causal``: the streaming ``CausalConvFrontEnd``,
+    depthwise-separable 1-D convolutions over time that only look back (kernel
+    ``kernel_size`` >= 2, stride 2 per stage), ``subsampling`` 4 or 8, one ``channels`` entry
+    per stage (2 for 4x, 3 for 8x); ``stride`` is not used.
+    """
+
+    kind: Literal["conv2d", "causal"] = "conv2d"
     n_mels: int = 80
     channels: tuple[int, ...] = (64, 32)
     kernel_size: int = 3
     stride: int = 2
+    subsampling: Literal[4, 8] = 4
+
+    def __post_init__(self) -> None:
+        _at_least(self, "model.frontend", 1, "n_mels", "kernel_size", "stride")
+        if not self.channels or min(self.channels) < 1:
+            raise ConfigError(
+                f"model.frontend.channels must be a non-empty list of sizes >= 1, "
+                f"got {list(self.channels)}"
+            )
+        if self.kind == "causal":
+            stages = {4: 2, 8: 3}[self.subsampling]
+            if len(self.channels) != stages:
+                raise ConfigError(
+                    f"model.frontend.channels must have {stages} entries for "
+                    f"model.frontend.subsampling {self.subsampling} (kind 'causal'), "
+                    f"got {list(self.channels)}"
+                )
+            _at_least(self, "model.frontend", 2, "kernel_size")
+
+
+@dataclass(frozen=True)
+class TransducerConfig:
+    """Transducer parts (``decoder_module: transducer``).
+
+    predictor: ``stateless`` (embedding + causal conv over the last ``context_size`` tokens)
+    or ``lstm`` (one LSTM layer). predictor_dim: its output width; joiner_dim: the joiner's
+    hidden width. aux_ctc_weight: weight of an auxiliary CTC loss on the encoder,
+    loss = (1 - w) * RNN-T + w * CTC (0: no CTC head).
+    """
+
+    predictor: Literal["stateless", "lstm"] = "stateless"
+    context_size: int = 2
+    predictor_dim: int = 256
+    joiner_dim: int = 320
+    aux_ctc_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        _at_least(self, "model.transducer", 1, "context_size", "predictor_dim", "joiner_dim")
+        if not 0.0 <= self.aux_ctc_weight < 1.0:
+            raise ConfigError(
+                f"model.transducer.aux_ctc_weight must be in [0, 1), got {self.aux_ctc_weight}"
+            )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """An encoder (+ optional decoder) ASR model; ``num_decoder_layers: 0`` means CTC only."""
+    """An encoder (+ optional decoder) ASR model; ``num_decoder_layers: 0`` means CTC only.
+
+    ``encoder_module: mamba`` is a causal Mamba stack (``MambaEncoder``, pre-norm residual
+    Mamba + FFN layers, FFN activation ``encoder_activation`` or swish; ``mamba.bidirectional``
+    is ignored). ``decoder_module: transducer``
+    makes an RNN-T model (``transducer`` section; ``num_decoder_layers`` is not used).
+    """
 
     vocab_size: int
-    encoder_module: Literal["conformer", "conmamba", "transformer"] = "conmamba"
-    decoder_module: Literal["transformer", "mamba"] = "transformer"
+    encoder_module: Literal["conformer", "conmamba", "transformer", "mamba"] = "conmamba"
+    decoder_module: Literal["transformer", "mamba", "transducer"] = "transformer"
     d_model: int = 256
     nhead: int = 4
     num_encoder_layers: int = 12
@@ -71,6 +127,7 @@ class ModelConfig:
     eos_index: int = 2
     mamba: MambaConfig = field(default_factory=MambaConfig)
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    transducer: TransducerConfig = field(default_factory=TransducerConfig)
 
     def __post_init__(self) -> None:
         _positive(self, "vocab_size", "d_model", "nhead", "num_encoder_layers", "d_ffn")
@@ -87,7 +144,9 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be in [0, 1], got {getattr(self, name)}")
 
     @property
-    def kind(self) -> Literal["ctc", "seq2seq"]:
+    def kind(self) -> Literal["ctc", "seq2seq", "transducer"]:
+        if self.decoder_module == "transducer":
+            return "transducer"
         return "ctc" if self.num_decoder_layers == 0 else "seq2seq"
 
 

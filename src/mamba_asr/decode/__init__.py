@@ -1,5 +1,6 @@
 """Decoding: CTC greedy and prefix beam search, joint CTC/attention search for seq2seq models,
-and ``decode_batch``, which picks the search from ``DecodingOptions``."""
+transducer greedy and modified beam search (offline and streaming), and ``decode_batch``, which
+picks the search from ``DecodingOptions``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ from mamba_asr.decode.ctc import PrefixScorer, ctc_greedy, ctc_prefix_beam_searc
 from mamba_asr.decode.hypothesis import Hypothesis
 from mamba_asr.decode.search import DecodingOptions, DecodingResult, decode_batch
 from mamba_asr.decode.seq2seq import CTCPrefixScorer, seq2seq_beam_search, seq2seq_greedy
+from mamba_asr.decode.streaming import TransducerStreamer
+from mamba_asr.decode.transducer import (
+    TransducerHypothesis,
+    transducer_beam_search,
+    transducer_greedy,
+)
 
 __all__ = [
     "CTCPrefixScorer",
@@ -14,9 +21,13 @@ __all__ = [
     "DecodingResult",
     "Hypothesis",
     "PrefixScorer",
+    "TransducerHypothesis",
+    "TransducerStreamer",
     "ctc_greedy",
     "ctc_prefix_beam_search",
     "decode_batch",
     "seq2seq_beam_search",
     "seq2seq_greedy",
+    "transducer_beam_search",
+    "transducer_greedy",
 ]

@@ -20,8 +20,16 @@ from torch import Tensor, nn
 from mamba_asr.decode.ctc import best_path_score, ctc_greedy, ctc_prefix_beam_search
 from mamba_asr.decode.hypothesis import Hypothesis
 from mamba_asr.decode.seq2seq import seq2seq_beam_search, seq2seq_greedy
+from mamba_asr.decode.transducer import transducer_beam_search, transducer_greedy
 from mamba_asr.models.ctc import CTCModel
 from mamba_asr.models.seq2seq import Seq2SeqModel
+
+try:
+    from mamba_asr.models.transducer import TransducerModel
+except ModuleNotFoundError as error:  # no transducer model in this checkout: no transducer searches
+    if error.name != "mamba_asr.models.transducer":
+        raise
+    TransducerModel = None
 
 __all__ = ["SEARCHES", "DecodingOptions", "DecodingResult", "Strategy", "decode_batch"]
 
@@ -114,12 +122,30 @@ def _s2s_beam(
     return _best(nbests)
 
 
+def _rnnt_greedy(
+    model: nn.Module, feats: Tensor, lengths: Tensor, o: DecodingOptions
+) -> list[DecodingResult]:
+    enc = model.encode(feats, lengths)  # Encoded: memory (B, T, M), lengths (B,)
+    hyps = transducer_greedy(model, enc.memory, enc.lengths)
+    return [DecodingResult(h.tokens, h.score) for h in hyps]
+
+
+def _rnnt_beam(
+    model: nn.Module, feats: Tensor, lengths: Tensor, o: DecodingOptions
+) -> list[DecodingResult]:
+    enc = model.encode(feats, lengths)
+    return _best(transducer_beam_search(model, enc.memory, enc.lengths, o.beam_size))
+
+
 SEARCHES: dict[tuple[type[nn.Module], Strategy], SearchFn] = {
     (CTCModel, "greedy"): _ctc_greedy,
     (CTCModel, "beam"): _ctc_beam,
     (Seq2SeqModel, "greedy"): _s2s_greedy,
     (Seq2SeqModel, "beam"): _s2s_beam,
 }
+if TransducerModel is not None:
+    SEARCHES[TransducerModel, "greedy"] = _rnnt_greedy
+    SEARCHES[TransducerModel, "beam"] = _rnnt_beam
 
 
 def _search_for(model: nn.Module, strategy: Strategy) -> SearchFn:
@@ -142,7 +168,8 @@ def decode_batch(
 
     The model should be in eval mode. Scores: CTC greedy, the best path's log-probability;
     CTC beam, log P_ctc of the tokens; seq2seq, the joint score (length-normalized for beam
-    search when ``options.length_normalization``).
+    search when ``options.length_normalization``); transducer greedy, the path's
+    log-probability; transducer beam (modified beam search), the log-add of the kept paths.
     """
     options = options or DecodingOptions()
     return _search_for(model, options.strategy)(model, feats, feat_lengths, options)

@@ -13,14 +13,27 @@ from mamba_asr.models.ctc import CTCModel
 from mamba_asr.models.decoders import DECODERS
 from mamba_asr.models.encoders import ENCODERS
 from mamba_asr.models.seq2seq import Seq2SeqModel
+from mamba_asr.models.transducer import (
+    Joiner,
+    LSTMPredictor,
+    MambaEncoder,
+    StatelessPredictor,
+    TransducerModel,
+)
+from mamba_asr.modules.causal_frontend import CausalConvFrontEnd
 from mamba_asr.modules.frontend import ConvFrontEnd
 
 Device = torch.device | str | None
 
 
 def build_frontend(cfg: ModelConfig, device: Device = None, dtype: torch.dtype | None = None):
-    """The convolutional front end: (B, T, n_mels) features -> (B, T / 4, d_model)."""
+    """The front end named by ``cfg.frontend.kind``: (B, T, n_mels) features -> (B, T', d_model)
+    (``conv2d``: T' = T / stride**stages; ``causal``: T' = ceil(T / subsampling))."""
     f = cfg.frontend
+    if f.kind == "causal":
+        return CausalConvFrontEnd(
+            f.n_mels, cfg.d_model, f.channels, f.kernel_size, cfg.dropout, device, dtype
+        )
     return ConvFrontEnd(
         f.n_mels, cfg.d_model, f.channels, f.kernel_size, f.stride, cfg.dropout, device, dtype
     )
@@ -28,6 +41,11 @@ def build_frontend(cfg: ModelConfig, device: Device = None, dtype: torch.dtype |
 
 def build_encoder(cfg: ModelConfig, device: Device = None, dtype: torch.dtype | None = None):
     """The encoder named by ``cfg.encoder_module``: (B, T, d_model), lengths -> (B, T, d_model)."""
+    if cfg.encoder_module == "mamba":  # causal, streams (MambaEncoder.forward_chunk)
+        return MambaEncoder(
+            cfg.d_model, cfg.num_encoder_layers, cfg.d_ffn, cfg.dropout,
+            cfg.encoder_activation or "swish", dataclasses.asdict(cfg.mamba), device, dtype,
+        )  # fmt: skip
     kwargs = dict(
         d_model=cfg.d_model, num_layers=cfg.num_encoder_layers, nhead=cfg.nhead, d_ffn=cfg.d_ffn,
         kernel_size=cfg.kernel_size, dropout=cfg.dropout, mamba=dataclasses.asdict(cfg.mamba),
@@ -51,12 +69,37 @@ def build_decoder(cfg: ModelConfig, device: Device = None, dtype: torch.dtype | 
     )  # fmt: skip
 
 
+def build_transducer(
+    cfg: ModelConfig,
+    frontend: nn.Module,
+    encoder: nn.Module,
+    device: Device = None,
+    dtype: torch.dtype | None = None,
+) -> TransducerModel:
+    """The RNN-T model of ``cfg.transducer`` around a front end and an encoder."""
+    t = cfg.transducer
+    if t.predictor == "lstm":
+        predictor = LSTMPredictor(cfg.vocab_size, t.predictor_dim, cfg.blank_index, cfg.dropout,
+                                  device, dtype)  # fmt: skip
+    else:
+        predictor = StatelessPredictor(cfg.vocab_size, t.predictor_dim, t.context_size,
+                                       cfg.blank_index, device, dtype)  # fmt: skip
+    joiner = Joiner(cfg.d_model, t.predictor_dim, t.joiner_dim, cfg.vocab_size, device, dtype)
+    return TransducerModel(
+        frontend, encoder, cfg.vocab_size, predictor, joiner, blank=cfg.blank_index,
+        aux_ctc_weight=t.aux_ctc_weight, d_model=cfg.d_model, device=device, dtype=dtype,
+    )  # fmt: skip
+
+
 def build_model(
     cfg: ModelConfig, device: Device = None, dtype: torch.dtype | None = None
-) -> CTCModel | Seq2SeqModel:
-    """CTC model when ``num_decoder_layers == 0``, else the joint CTC/attention seq2seq model."""
+) -> CTCModel | Seq2SeqModel | TransducerModel:
+    """By ``cfg.kind``: a CTC model (``num_decoder_layers == 0``), the joint CTC/attention
+    seq2seq model, or a transducer (``decoder_module: transducer``)."""
     frontend = build_frontend(cfg, device, dtype)
     encoder = build_encoder(cfg, device, dtype)
+    if cfg.kind == "transducer":
+        return build_transducer(cfg, frontend, encoder, device, dtype)
     if cfg.kind == "ctc":
         return CTCModel(frontend, encoder, cfg.d_model, cfg.vocab_size, cfg.blank_index,
                         device=device, dtype=dtype)  # fmt: skip

@@ -1,0 +1,319 @@
+"""Transducer (RNN-T) decoding: batched greedy search and modified beam search.
+
+Shape key
+    B: batch (utterances or streams), T: encoder frames, M: d_model, P: predictor output,
+    J: joiner hidden size, V: vocabulary (blank included), N: hypotheses of all utterances.
+
+Both searches are frame-synchronous and resumable: a search object holds the hypotheses and
+the predictor state and ``advance``-s them by one encoder frame, so the offline functions
+(``transducer_greedy``, ``transducer_beam_search``) and the streaming decoder
+(``mamba_asr.decode.streaming``) run the same code.
+
+The model is used only through this interface (``mamba_asr.models.transducer``):
+``model.predictor.init_state(batch, device) -> pstate``, ``model.predictor(tokens (B, U),
+pstate) -> (out (B, U, P), pstate)``, ``model.joiner.project_encoder(enc (..., M))``,
+``model.joiner.project_predictor(pred (..., P))``, ``model.joiner.join(enc_proj, pred_proj)
+-> logits (..., V)`` and ``model.blank``. The predictor state may be a tensor or any nesting of
+tuples, lists, dicts and dataclasses of tensors; each tensor's batch dimension is found once by
+comparing the states made for batches of 1 and 2 (an LSTM's (h, c) are (layers, B, H)).
+
+Scores are log-probabilities (float32) of the alignment paths the search followed: greedy, of
+its one path (emissions, and the blank that ended each frame); modified beam search (icefall's
+``modified_beam_search``: at most one symbol per frame per hypothesis; hypotheses with the same
+tokens merged by log-add), of the sum over the kept paths that give the tokens. ``frames``
+(the frame of each token, for timestamps) follow one path: greedy's, or for beam search the best
+of the merged paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mamba_asr.decode.hypothesis import Hypothesis
+
+__all__ = [
+    "BeamSearch",
+    "GreedySearch",
+    "StateOps",
+    "TransducerHypothesis",
+    "transducer_beam_search",
+    "transducer_greedy",
+]
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class TransducerHypothesis(Hypothesis):
+    """A ``Hypothesis`` with frames: the encoder frame (0-based) at which each token was emitted."""
+
+    frames: list[int] = field(default_factory=list)
+
+
+# --- predictor state: a tree of tensors with a batch dimension each -------------------------------
+
+
+def _map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+    """Apply ``fn(leaf, *rest_leaves)`` to the tensors of ``tree``; keep its structure."""
+    if tree is None:
+        return None
+    if isinstance(tree, Tensor):
+        return fn(tree, *rest)
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # NamedTuple
+        return type(tree)(*(_map(fn, *xs) for xs in zip(tree, *rest, strict=True)))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_map(fn, *xs) for xs in zip(tree, *rest, strict=True))
+    if isinstance(tree, dict):
+        return {k: _map(fn, v, *(r[k] for r in rest)) for k, v in tree.items()}
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        names = [f.name for f in dataclasses.fields(tree)]
+        values = {n: _map(fn, getattr(tree, n), *(getattr(r, n) for r in rest)) for n in names}
+        return dataclasses.replace(tree, **values)
+    return tree  # non-tensor leaves (ints, flags) are shared by the whole batch
+
+
+class StateOps:
+    """Batch indexing of a predictor state whose tensors keep the batch in different dims."""
+
+    def __init__(self, predictor: nn.Module, device: torch.device | None = None) -> None:
+        one, two = predictor.init_state(1, device=device), predictor.init_state(2, device=device)
+        self.dims = _map(self._batch_dim, one, two)
+
+    @staticmethod
+    def _batch_dim(a: Tensor, b: Tensor) -> int:
+        diff = [d for d, (x, y) in enumerate(zip(a.shape, b.shape, strict=True)) if x != y]
+        if len(diff) != 1:
+            raise ValueError(
+                f"cannot find the batch dim of a predictor state: {a.shape} vs {b.shape}"
+            )
+        return diff[0]
+
+    def index(self, state: Any, idx: Tensor) -> Any:
+        """The states of batch entries ``idx`` (K,), in that order."""
+        return _map(lambda x, d: x.index_select(d, idx), state, self.dims)
+
+    def put(self, state: Any, idx: Tensor, sub: Any) -> Any:
+        """``state`` with batch entries ``idx`` (K,) replaced by ``sub`` (a state of K entries)."""
+        return _map(lambda x, d, s: x.index_copy(d, idx, s), state, self.dims, sub)
+
+
+def _start(model: nn.Module, batch: int, device: torch.device | None) -> tuple[Tensor, Any]:
+    """Predictor output for the blank start token: (pred_proj (B, J), pstate)."""
+    pstate = model.predictor.init_state(batch, device=device)
+    start = torch.full((batch, 1), model.blank, dtype=torch.long, device=device)
+    out, pstate = model.predictor(start, pstate)  # (B, 1, P)
+    return model.joiner.project_predictor(out[:, 0]), pstate
+
+
+def _log_add(a: float, b: float) -> float:
+    hi, lo = max(a, b), min(a, b)
+    return hi + math.log1p(math.exp(lo - hi)) if lo > NEG_INF else hi
+
+
+class _FrameSearch:
+    """What both searches share: stepping over the frames of a chunk of encoder output."""
+
+    frame: int  # encoder frames consumed so far
+
+    def advance(self, enc_proj: Tensor, active: Tensor) -> None:
+        """One frame: enc_proj (B, J); active (B,) bool, the utterances that have this frame."""
+        raise NotImplementedError
+
+    def advance_frames(self, enc_proj: Tensor, lengths: Tensor | None = None) -> None:
+        """Consume enc_proj (B, T, J), the projected encoder output of the next T frames.
+
+        lengths: (B,) valid frames of this chunk per utterance (None: all T); an utterance past
+        its length is frozen.
+        """
+        batch, frames, _ = enc_proj.shape
+        lengths = torch.full((batch,), frames) if lengths is None else lengths
+        lengths = lengths.to(enc_proj.device)
+        for t in range(frames):
+            self.advance(enc_proj[:, t], lengths > t)  # (B, J), (B,)
+
+
+# --- greedy ----------------------------------------------------------------------------------------
+
+
+class GreedySearch(_FrameSearch):
+    """Batched greedy search, resumable frame by frame.
+
+    Per frame, each active utterance emits the argmax token repeatedly, the predictor updated
+    only for the utterances that emitted, until the argmax is blank or it has emitted
+    ``max_symbols_per_frame`` tokens in this frame.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batch: int,
+        device: torch.device | None = None,
+        max_symbols_per_frame: int = 4,
+    ) -> None:
+        if max_symbols_per_frame < 1:
+            raise ValueError(f"max_symbols_per_frame must be >= 1, got {max_symbols_per_frame!r}")
+        self.model, self.blank, self.max_symbols = model, model.blank, max_symbols_per_frame
+        self.ops = StateOps(model.predictor, device)
+        self.pred, self.pstate = _start(model, batch, device)  # (B, J), pstate
+        self.scores = torch.zeros(batch, device=device)  # (B,) float32
+        self.tokens: list[list[int]] = [[] for _ in range(batch)]
+        self.frames: list[list[int]] = [[] for _ in range(batch)]
+        self.frame = 0
+
+    def advance(self, enc_proj: Tensor, active: Tensor) -> None:
+        """One frame: enc_proj (B, J); active (B,) bool, the utterances that have this frame."""
+        for _ in range(self.max_symbols):
+            logp = self.model.joiner.join(enc_proj, self.pred).float().log_softmax(-1)  # (B, V)
+            best_logp, best = logp.max(-1)  # (B,), (B,)
+            self.scores += torch.where(active, best_logp, 0.0)
+            active = active & (best != self.blank)  # utterances that emitted
+            idx = active.nonzero().squeeze(1)  # (K,)
+            if idx.numel() == 0:
+                break
+            emitted = best[idx]  # (K,)
+            for i, token in zip(idx.tolist(), emitted.tolist(), strict=True):
+                self.tokens[i].append(token)
+                self.frames[i].append(self.frame)
+            out, sub = self.model.predictor(emitted[:, None], self.ops.index(self.pstate, idx))
+            self.pred = self.pred.index_copy(0, idx, self.model.joiner.project_predictor(out[:, 0]))
+            self.pstate = self.ops.put(self.pstate, idx, sub)
+        self.frame += 1
+
+    def hypotheses(self) -> list[TransducerHypothesis]:
+        """The current result of each utterance (a copy)."""
+        scores = self.scores.tolist()
+        return [
+            TransducerHypothesis(list(t), s, frames=list(f))
+            for t, f, s in zip(self.tokens, self.frames, scores, strict=True)
+        ]
+
+
+@torch.no_grad()
+def transducer_greedy(
+    model: nn.Module, memory: Tensor, lengths: Tensor, max_symbols_per_frame: int = 4
+) -> list[TransducerHypothesis]:
+    """Greedy search over memory (B, T, M) with lengths (B,) valid frames: one result each.
+
+    Result: tokens, frames (the frame of each token) and score (log-probability of the path).
+    """
+    search = GreedySearch(model, memory.shape[0], memory.device, max_symbols_per_frame)
+    search.advance_frames(model.joiner.project_encoder(memory), lengths)
+    return search.hypotheses()
+
+
+# --- modified beam search --------------------------------------------------------------------------
+
+
+class BeamSearch(_FrameSearch):
+    """Batched modified beam search (icefall's ``modified_beam_search``), resumable by frame.
+
+    Per frame, every hypothesis is extended by blank or by one token; of these, the ``beam``
+    best of each utterance are kept and those with equal tokens merged (log-add of scores).
+    The N hypotheses of all utterances lie flat, those of an utterance contiguous.
+    """
+
+    def __init__(
+        self, model: nn.Module, batch: int, device: torch.device | None = None, beam: int = 4
+    ) -> None:
+        if beam < 1:
+            raise ValueError(f"beam must be >= 1, got {beam!r}")
+        self.model, self.blank, self.beam, self.batch = model, model.blank, beam, batch
+        self.ops = StateOps(model.predictor, device)
+        self.pred, self.pstate = _start(model, batch, device)  # (N, J), pstate of N
+        self.utt = torch.arange(batch, device=device)  # (N,) utterance of each hypothesis
+        self.scores = torch.zeros(batch, device=device)  # (N,) float32
+        self.tokens: list[tuple[int, ...]] = [() for _ in range(batch)]
+        self.frames: list[tuple[int, ...]] = [() for _ in range(batch)]
+        self.frame = 0
+
+    def _top(self, enc_proj: Tensor, active: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The best extensions per utterance: scores, parents and tokens, each (B, K)."""
+        logp = self.model.joiner.join(enc_proj[self.utt], self.pred).float().log_softmax(-1)
+        frozen = ~active[self.utt]  # (N,) hypotheses of utterances past their length
+        if frozen.any():  # a frozen hypothesis stays as it is: blank with probability 1
+            logp[frozen] = NEG_INF
+            logp[frozen, self.blank] = 0.0
+        cand = self.scores[:, None] + logp  # (N, V)
+        vocab = cand.shape[1]
+        counts = torch.bincount(self.utt, minlength=self.batch)  # (B,)
+        starts = counts.cumsum(0) - counts  # (B,) first hypothesis of each utterance
+        pos = torch.arange(self.utt.numel(), device=cand.device) - starts[self.utt]  # (N,)
+        width = int(counts.max())
+        padded = cand.new_full((self.batch, width, vocab), NEG_INF)
+        padded[self.utt, pos] = cand
+        top, idx = padded.view(self.batch, -1).topk(min(self.beam, width * vocab), dim=-1)
+        return top, starts[:, None] + idx // vocab, idx % vocab  # (B, K) each
+
+    def advance(self, enc_proj: Tensor, active: Tensor) -> None:
+        """One frame: enc_proj (B, J); active (B,) bool, the utterances that have this frame."""
+        top, parent, token = (x.tolist() for x in self._top(enc_proj, active))
+        parents, emits, scores, utts = [], [], [], []
+        tokens: list[tuple[int, ...]] = []
+        frames: list[tuple[int, ...]] = []
+        for b in range(self.batch):
+            seen: dict[tuple[int, ...], int] = {}
+            for s, p, k in zip(top[b], parent[b], token[b], strict=True):
+                if s == NEG_INF:
+                    continue
+                emit = k != self.blank
+                key = self.tokens[p] + (k,) if emit else self.tokens[p]
+                j = seen.get(key)
+                if j is not None:  # same tokens by another path: merge
+                    scores[j] = _log_add(scores[j], s)
+                    continue
+                seen[key] = len(tokens)
+                parents.append(p)
+                emits.append(k if emit else -1)
+                scores.append(s)
+                utts.append(b)
+                tokens.append(key)
+                frames.append(self.frames[p] + (self.frame,) if emit else self.frames[p])
+        self._update(parents, emits)
+        device = self.scores.device
+        self.scores = torch.tensor(scores, dtype=torch.float32, device=device)
+        self.utt = torch.tensor(utts, dtype=torch.long, device=device)
+        self.tokens, self.frames = tokens, frames
+        self.frame += 1
+
+    def _update(self, parents: list[int], emits: list[int]) -> None:
+        """Carry the predictor over from the parents; run it for hypotheses that emitted."""
+        device = self.pred.device
+        parent = torch.tensor(parents, dtype=torch.long, device=device)  # (N',)
+        emit = torch.tensor(emits, dtype=torch.long, device=device)  # (N',) token or -1
+        self.pred, self.pstate = self.pred[parent], self.ops.index(self.pstate, parent)
+        idx = (emit >= 0).nonzero().squeeze(1)  # (K,)
+        if idx.numel() == 0:
+            return
+        out, sub = self.model.predictor(emit[idx, None], self.ops.index(self.pstate, idx))
+        self.pred = self.pred.index_copy(0, idx, self.model.joiner.project_predictor(out[:, 0]))
+        self.pstate = self.ops.put(self.pstate, idx, sub)
+
+    def nbest(self) -> list[list[TransducerHypothesis]]:
+        """The current hypotheses of each utterance, best first."""
+        out: list[list[TransducerHypothesis]] = [[] for _ in range(self.batch)]
+        for b, t, f, s in zip(
+            self.utt.tolist(), self.tokens, self.frames, self.scores.tolist(), strict=True
+        ):
+            out[b].append(TransducerHypothesis(list(t), s, frames=list(f)))
+        return [sorted(hyps, key=lambda h: h.score, reverse=True) for hyps in out]
+
+
+@torch.no_grad()
+def transducer_beam_search(
+    model: nn.Module, memory: Tensor, lengths: Tensor, beam: int = 4
+) -> list[list[TransducerHypothesis]]:
+    """Modified beam search over memory (B, T, M) with lengths (B,): an n-best list each.
+
+    At most one token per frame per hypothesis (so beam=1 equals greedy search with
+    ``max_symbols_per_frame=1``); n-best lists hold at most ``beam`` entries, best first.
+    """
+    search = BeamSearch(model, memory.shape[0], memory.device, beam)
+    search.advance_frames(model.joiner.project_encoder(memory), lengths)
+    return search.nbest()

@@ -1,0 +1,418 @@
+"""Streaming Mamba transducer (MCT): causal front end -> causal Mamba encoder, predictor, joiner.
+
+Shape key
+    B: batch, F: feature frames, C: feature channels (mels), T: encoder frames, M: d_model,
+    S: target tokens, U: predictor steps (S + 1 in training), P: predictor_dim, J: joiner_dim,
+    V: vocabulary (blank included), K: context_size.
+
+Everything on the encoder side is causal and streams: ``encode_chunk`` from ``init_state``
+gives ``encode``'s output chunk by chunk (see ``CausalConvFrontEnd`` for the chunk rule).
+The loss builds the full (B, T, S + 1, V) joint and runs ``mamba_asr.ops.rnnt_loss.rnnt_loss``
+on it: fine for the small and base recipes with a 256-piece vocabulary and 8x subsampling,
+but memory grows as T * S * V (a pruned loss would be the next step for bigger ones).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from mamba_asr.models.losses import (
+    LossOutput,
+    check_ctc_targets,
+    check_reduction,
+    ctc_loss,
+    reduce_loss,
+)
+from mamba_asr.models.seq2seq import Encoded
+from mamba_asr.modules.causal_frontend import CausalFrontEndState
+from mamba_asr.modules.feedforward import FeedForward
+from mamba_asr.modules.mamba import Mamba, MambaState
+from mamba_asr.modules.masks import length_mask, zero_padding
+from mamba_asr.ops.rnnt_loss import rnnt_loss
+
+__all__ = [
+    "Joiner",
+    "LSTMPredictor",
+    "MambaEncoder",
+    "MambaEncoderState",
+    "StatelessPredictor",
+    "TransducerModel",
+    "TransducerState",
+]
+
+LSTMState = tuple[Tensor, Tensor]
+
+
+# --- encoder -----------------------------------------------------------------------------------
+
+
+class MambaEncoderState(NamedTuple):
+    """Streaming state of ``MambaEncoder``: one ``MambaState`` per layer."""
+
+    layers: tuple[MambaState, ...]
+
+
+class _MambaLayer(nn.Module):
+    """Pre-norm residual causal Mamba block, then (optionally) a pre-norm residual FFN.
+
+    x (B, L, M) -> x + dropout(Mamba(LN(x))) -> x + FFN(LN(x)).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ffn: int | None,
+        dropout: float,
+        activation: str,
+        mamba: dict,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.norm_mamba = nn.LayerNorm(d_model, **factory)
+        self.mamba = Mamba(d_model, **mamba, **factory)
+        self.dropout = nn.Dropout(dropout)
+        self.norm_ffn = nn.LayerNorm(d_model, **factory) if d_ffn else None
+        self.ffn = FeedForward(d_model, d_ffn, dropout, activation, **factory) if d_ffn else None
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        if self.ffn is None:
+            return x
+        return x + self.ffn(self.norm_ffn(x))
+
+    def forward(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        """x: (B, L, M); lengths: (B,) or None -> (B, L, M)."""
+        x = x + self.dropout(self.mamba(self.norm_mamba(x), lengths))
+        return self._ffn(x)
+
+    def forward_chunk(self, x: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        """x: (B, t, M) new frames -> (B, t, M) and the Mamba state after them."""
+        y, state = self.mamba.forward_chunk(self.norm_mamba(x), state)
+        return self._ffn(x + self.dropout(y)), state
+
+
+class MambaEncoder(nn.Module):
+    """Causal Mamba stack: ``num_layers`` pre-norm residual (Mamba [+ FFN]) layers + LayerNorm.
+
+    ``mamba``: Mamba options (d_state, expand, d_conv; ``bidirectional`` is ignored: this
+    encoder is causal). ``d_ffn``: FFN width, or None/0 for Mamba-only layers. Maps
+    x (B, L, M), lengths (B,) to (B, L, M) with padded frames zero, like the other encoders;
+    ``init_state`` / ``forward_chunk`` stream it.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_layers: int,
+        d_ffn: int | None = None,
+        dropout: float = 0.0,
+        activation: str = "swish",
+        mamba: dict | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        factory = {"device": device, "dtype": dtype}
+        opts = {k: v for k, v in (mamba or {}).items() if k != "bidirectional"}
+        self.d_model, self.num_layers = d_model, num_layers
+        self.layers = nn.ModuleList(
+            _MambaLayer(d_model, d_ffn, dropout, activation, opts, **factory)
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model, eps=1e-6, **factory)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """x: (B, L, M); lengths: (B,) valid frames or None. Returns (B, L, M), zero on padding."""
+        mask = None if lengths is None else length_mask(lengths, x.shape[1], x.device)  # (B, L)
+        x = zero_padding(x, mask)
+        for layer in self.layers:
+            x = layer(x, lengths)
+        return zero_padding(self.norm(x), mask)
+
+    def init_state(
+        self,
+        batch: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> MambaEncoderState:
+        """Zero state for ``batch`` streams (device/dtype default to the parameters')."""
+        return MambaEncoderState(
+            layers=tuple(layer.mamba.init_state(batch, device, dtype) for layer in self.layers)
+        )
+
+    def forward_chunk(
+        self, x: Tensor, state: MambaEncoderState
+    ) -> tuple[Tensor, MambaEncoderState]:
+        """x: (B, t, M), t >= 1 new frames -> (B, t, M) and the state after them."""
+        states = []
+        for layer, s in zip(self.layers, state.layers, strict=True):
+            x, s = layer.forward_chunk(x, s)
+            states.append(s)
+        return self.norm(x), MambaEncoderState(layers=tuple(states))
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, num_layers={self.num_layers}"
+
+
+# --- predictor and joiner ----------------------------------------------------------------------
+
+
+class StatelessPredictor(nn.Module):
+    """Stateless predictor (Ghodsi et al. 2020; icefall): embedding + causal depthwise conv
+    over the last ``context_size`` tokens, then ReLU.
+
+    State: (B, K-1) the previous K-1 tokens (``blank`` at the start); context_size 1 is a bigram
+    predictor (embedding + ReLU, empty state).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int,
+        context_size: int = 2,
+        blank: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if context_size < 1:
+            raise ValueError(f"context_size must be >= 1, got {context_size}")
+        factory = {"device": device, "dtype": dtype}
+        self.vocab_size, self.dim = vocab_size, dim
+        self.context_size, self.blank = context_size, blank
+        self.embedding = nn.Embedding(vocab_size, dim, **factory)
+        self.conv = (
+            nn.Conv1d(dim, dim, context_size, groups=dim, bias=False, **factory)
+            if context_size > 1
+            else None
+        )
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> Tensor:
+        """(B, K-1) tokens, all ``blank``."""
+        device = self.embedding.weight.device if device is None else device
+        return torch.full(
+            (batch, self.context_size - 1), self.blank, dtype=torch.long, device=device
+        )
+
+    def forward(self, tokens: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """tokens: (B, U); state: (B, K-1) or None (start). Returns (B, U, P) and the new state."""
+        if state is None:
+            state = self.init_state(tokens.shape[0], tokens.device)
+        context = torch.cat([state.to(tokens.device).long(), tokens.long()], dim=1)  # (B, K-1+U)
+        emb = self.embedding(context)  # (B, K-1+U, P)
+        if self.conv is not None:
+            emb = self.conv(emb.transpose(1, 2)).transpose(1, 2)  # (B, U, P)
+        new_state = context[:, context.shape[1] - (self.context_size - 1) :]  # (B, K-1)
+        return torch.relu(emb), new_state
+
+
+class LSTMPredictor(nn.Module):
+    """RNN-T prediction network: embedding -> one-layer LSTM -> Linear; state (h, c), each
+    (1, B, P), zeros at the start."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int,
+        blank: int = 0,
+        dropout: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.vocab_size, self.dim, self.blank = vocab_size, dim, blank
+        self.embedding = nn.Embedding(vocab_size, dim, **factory)
+        self.lstm = nn.LSTM(dim, dim, batch_first=True, **factory)
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(dim, dim, **factory)
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> LSTMState:
+        """(h, c): zeros (1, B, P) each, in the parameters' dtype."""
+        weight = self.embedding.weight
+        device = weight.device if device is None else device
+        zeros = torch.zeros(1, batch, self.dim, device=device, dtype=weight.dtype)
+        return zeros, zeros.clone()
+
+    def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """tokens: (B, U); state: (h, c) or None (start). Returns (B, U, P) and the new state."""
+        if state is None:
+            state = self.init_state(tokens.shape[0], tokens.device)
+        out, new_state = self.lstm(self.dropout(self.embedding(tokens.long())), state)
+        return self.proj(out), new_state
+
+
+class Joiner(nn.Module):
+    """logits = out(tanh(enc_proj(enc) + pred_proj(pred))), enc (..., M), pred (..., P).
+
+    The two inputs broadcast against each other: for the full lattice pass enc (B, T, 1, M) and
+    pred (B, 1, U, P) to get (B, T, U, V). Decoding can precompute ``project_encoder`` and
+    ``project_predictor`` (..., J) once and call ``join`` per step.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        predictor_dim: int,
+        joiner_dim: int,
+        vocab_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.enc_proj = nn.Linear(d_model, joiner_dim, **factory)
+        self.pred_proj = nn.Linear(predictor_dim, joiner_dim, **factory)
+        self.out = nn.Linear(joiner_dim, vocab_size, **factory)
+
+    def project_encoder(self, enc: Tensor) -> Tensor:
+        """(..., M) -> (..., J)."""
+        return self.enc_proj(enc)
+
+    def project_predictor(self, pred: Tensor) -> Tensor:
+        """(..., P) -> (..., J)."""
+        return self.pred_proj(pred)
+
+    def join(self, enc_proj: Tensor, pred_proj: Tensor) -> Tensor:
+        """Projected (..., J) inputs, broadcast against each other -> logits (..., V)."""
+        return self.out(torch.tanh(enc_proj + pred_proj))
+
+    def forward(self, enc: Tensor, pred: Tensor) -> Tensor:
+        """enc (..., M), pred (..., P), broadcast against each other -> logits (..., V)."""
+        return self.join(self.project_encoder(enc), self.project_predictor(pred))
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+
+class TransducerState(NamedTuple):
+    """Streaming state of ``TransducerModel``'s encoder side (front end + encoder)."""
+
+    frontend: CausalFrontEndState
+    encoder: MambaEncoderState
+
+
+class TransducerModel(nn.Module):
+    """RNN-T model: causal front end -> causal encoder -> joiner with a predictor.
+
+    ``frontend``: ``CausalConvFrontEnd`` (``forward(feats, lengths)``, ``init_state``,
+    ``forward_chunk``); ``encoder``: ``MambaEncoder`` (same three); ``predictor``:
+    ``StatelessPredictor`` or ``LSTMPredictor`` (``init_state(batch, device)``,
+    ``forward(tokens, state) -> (out, state)``); ``joiner``: ``Joiner``. Training feeds the
+    predictor [blank] + targets. Loss = (1 - aux_ctc_weight) * RNN-T + aux_ctc_weight * CTC,
+    the CTC head (``ctc_lin``, Linear M -> V) existing only when aux_ctc_weight > 0.
+    """
+
+    def __init__(
+        self,
+        frontend: nn.Module,
+        encoder: nn.Module,
+        vocab_size: int,
+        predictor: nn.Module,
+        joiner: Joiner,
+        blank: int = 0,
+        aux_ctc_weight: float = 0.0,
+        d_model: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 <= blank < vocab_size:
+            raise ValueError(f"blank must be in [0, vocab_size={vocab_size}), got {blank}")
+        if not 0.0 <= aux_ctc_weight < 1.0:
+            raise ValueError(f"aux_ctc_weight must be in [0, 1), got {aux_ctc_weight}")
+        self.frontend, self.encoder = frontend, encoder
+        self.predictor, self.joiner = predictor, joiner
+        self.vocab_size, self.blank, self.aux_ctc_weight = vocab_size, blank, aux_ctc_weight
+        self.ctc_lin = None
+        if aux_ctc_weight > 0:
+            d_model = joiner.enc_proj.in_features if d_model is None else d_model
+            self.ctc_lin = nn.Linear(d_model, vocab_size, device=device, dtype=dtype)
+
+    def encode(self, feats: Tensor, feat_lengths: Tensor) -> Encoded:
+        """feats: (B, F, C); feat_lengths: (B,) -> memory (B, T, M) and its lengths (B,)."""
+        x, lengths = self.frontend(feats, feat_lengths)  # (B, T, M), (B,)
+        return Encoded(memory=self.encoder(x, lengths), lengths=lengths)
+
+    def forward(self, feats: Tensor, feat_lengths: Tensor) -> Encoded:
+        """Same as ``encode``."""
+        return self.encode(feats, feat_lengths)
+
+    def init_state(
+        self,
+        batch: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> TransducerState:
+        """Start-of-stream state for ``batch`` streams (device/dtype default to the weights').
+
+        TypeError if the front end or the encoder does not stream (e.g. the ``conv2d`` front end
+        or a bidirectional encoder: use ``frontend.kind: causal`` and ``encoder_module: mamba``).
+        """
+        for name in ("frontend", "encoder"):
+            part = getattr(self, name)
+            if not hasattr(part, "init_state") or not hasattr(part, "forward_chunk"):
+                raise TypeError(
+                    f"the {name} ({type(part).__name__}) does not stream; streaming needs "
+                    "frontend.kind 'causal' and encoder_module 'mamba'"
+                )
+        return TransducerState(
+            frontend=self.frontend.init_state(batch, device, dtype),
+            encoder=self.encoder.init_state(batch, device, dtype),
+        )
+
+    def encode_chunk(
+        self, feats_chunk: Tensor, state: TransducerState
+    ) -> tuple[Tensor, TransducerState]:
+        """feats_chunk: (B, t, C) new frames (a multiple of the front end's subsampling except
+        in the last chunk) -> memory (B, ceil(t / S), M) and the state after them."""
+        x, frontend_state = self.frontend.forward_chunk(feats_chunk, state.frontend)
+        memory, encoder_state = self.encoder.forward_chunk(x, state.encoder)
+        return memory, TransducerState(frontend=frontend_state, encoder=encoder_state)
+
+    def predictor_inputs(self, targets: Tensor, target_lengths: Tensor) -> Tensor:
+        """Padded targets (B, S) -> (B, S + 1) = [blank] + targets, blank past each length."""
+        valid = length_mask(target_lengths, targets.shape[1], targets.device)  # (B, S)
+        clean = targets.long().masked_fill(~valid, self.blank)
+        return torch.cat([clean.new_full((clean.shape[0], 1), self.blank), clean], dim=1)
+
+    def loss(
+        self,
+        feats: Tensor,
+        feat_lengths: Tensor,
+        targets: Tensor,
+        target_lengths: Tensor,
+        reduction: str = "batchmean",
+    ) -> LossOutput:
+        """RNN-T loss (+ aux CTC) of padded targets (B, S) with target_lengths (B,).
+
+        ``reduction`` as in ``mamba_asr.models.losses`` (default: sum over the batch / B).
+        ``ctc`` of the result is the aux CTC loss, or None without a CTC head.
+        """
+        check_reduction(reduction)
+        enc = self.encode(feats, feat_lengths)
+        pred_in = self.predictor_inputs(targets, target_lengths)  # (B, S+1)
+        pred, _ = self.predictor(pred_in)  # (B, S+1, P)
+        logits = self.joiner(enc.memory[:, :, None, :], pred[:, None, :, :])  # (B, T, S+1, V)
+        per_utterance = rnnt_loss(
+            logits.float(),
+            pred_in[:, 1:].int(),
+            enc.lengths.int(),
+            target_lengths.to(logits.device).int(),
+            blank=self.blank,
+            reduction="none",
+        )  # (B,)
+        rnnt = reduce_loss(per_utterance, target_lengths, reduction)
+        if self.ctc_lin is None:
+            return LossOutput(loss=rnnt, ctc=None, attention=None)
+        check_ctc_targets(target_lengths)
+        log_probs = self.ctc_lin(enc.memory).float().log_softmax(dim=-1)  # (B, T, V)
+        ctc = ctc_loss(log_probs, enc.lengths, targets, target_lengths, self.blank, reduction)
+        loss = (1.0 - self.aux_ctc_weight) * rnnt + self.aux_ctc_weight * ctc
+        return LossOutput(loss=loss, ctc=ctc, attention=None)
