@@ -54,15 +54,21 @@ ensure_venv() {
     fi
 }
 
-# ensure_espeak: install espeak-ng with apt-get when it is missing and we may (root on Debian or
-# Ubuntu); elsewhere say how, and the end-to-end tests skip with that reason.
-ensure_espeak() {
-    command -v espeak-ng >/dev/null 2>&1 && return 0
+# ensure_tts: install the TTS engines the tests speak with (espeak-ng, flite, festival) with
+# apt-get when missing and we may (root on Debian or Ubuntu); elsewhere say how, and the tests
+# that need them skip with that reason.
+ensure_tts() {
+    local missing=""
+    for engine in espeak-ng flite festival; do
+        command -v "$engine" >/dev/null 2>&1 || missing="$missing $engine"
+    done
+    [ -z "$missing" ] && return 0
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        say "installing espeak-ng (apt-get)"
-        { apt-get update -qq && apt-get install -y -qq espeak-ng; } >/dev/null ||
-            die "apt-get install espeak-ng failed"
+        say "installing$missing (apt-get)"
+        # shellcheck disable=SC2086
+        { apt-get update -qq && apt-get install -y -qq $missing; } >/dev/null ||
+            die "apt-get install$missing failed"
     else
-        say "espeak-ng not found: end-to-end tests will skip (apt-get/brew install espeak-ng)"
+        say "not found:$missing; tests that need them will skip (apt-get/brew install$missing)"
     fi
 }

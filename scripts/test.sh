@@ -6,7 +6,7 @@ set -euo pipefail
 source "$(dirname "$0")/_venv.sh"
 
 ensure_venv "[dev]"
-ensure_espeak  # the end-to-end tests speak their corpus with espeak-ng
+ensure_tts  # the end-to-end and synth tests speak with espeak-ng, flite and festival
 cd "$ROOT"
 say "ruff check"
 "$VENV/bin/ruff" check .

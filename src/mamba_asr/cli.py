@@ -3,7 +3,8 @@
 Subcommands: ``info`` (versions, device, selective-scan backends), ``check`` (end-to-end self
 check, see ``mamba_asr.selfcheck``), ``model-info`` (parameters and layers of a recipe),
 ``train`` (train a recipe, see ``mamba_asr.train``; also under ``torchrun``) and
-``tokenizer train`` (a SentencePiece or character tokenizer from a manifest's transcripts). Errors from bad input (ValueError, OSError, ImportError) are
+``tokenizer train`` (a SentencePiece or character tokenizer from a manifest's transcripts) and
+``synth`` (a LibriSpeech-layout corpus spoken by TTS engines, see ``mamba_asr.data.synth``). Errors from bad input (ValueError, OSError, ImportError) are
 printed as one line ``mamba-asr: error: ...`` with exit code 2; ``--debug`` shows the traceback.
 A failed check exits with 1.
 """
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer_parser(sub, common)
     _add_prepare_parser(sub, common)
     _add_eval_parser(sub, common, device_help)
+    _add_synth_parser(sub, common)
     return parser
 
 
@@ -116,6 +118,28 @@ def _add_prepare_parser(sub: argparse._SubParsersAction, common: list) -> None:
         help="skip (and count) missing or corrupt audio files instead of stopping at the first",
     )  # fmt: skip
     libri.set_defaults(func=cmd_prepare_librispeech)
+
+
+def _add_synth_parser(sub: argparse._SubParsersAction, common: list) -> None:
+    synth = sub.add_parser(
+        "synth",
+        parents=common,
+        help="speak sentences of text files with TTS engines into a LibriSpeech-layout corpus",
+        description="Writes DIR/SPEAKER/CHAPTER/*.flac (16 kHz) with *.trans.txt and "
+        "DIR/manifest.jsonl; one speaker per TTS voice; deterministic for a seed.",
+    )
+    synth.add_argument("text_files", nargs="+", metavar="TEXT_FILE", help="text to speak")
+    synth.add_argument("--out", required=True, metavar="DIR", help="new or empty output folder")
+    synth.add_argument("--hours", type=float, required=True, help="hours of audio to write")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (0), also the chapter id")
+    synth.add_argument("--workers", type=int, default=1, help="worker processes (1)")
+    synth.add_argument(
+        "--engines", default=None, metavar="LIST",
+        help="comma-separated engines among espeak-ng,flite,festival (default: those installed)",
+    )  # fmt: skip
+    synth.add_argument("--noise", action="store_true", help="white/pink noise, 10-30 dB SNR, p=0.5")
+    synth.add_argument("--reverb", action="store_true", help="reverberation, RT60 0.2-0.6 s, p=0.5")
+    synth.set_defaults(func=cmd_synth)
 
 
 def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help: str) -> None:
@@ -330,6 +354,19 @@ def cmd_prepare_librispeech(args: argparse.Namespace) -> int:
 
     for path in prepare_librispeech(args.root, args.out, skip_bad=args.skip_bad):
         print(path)
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from mamba_asr.data.synth import synthesize_corpus
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()] if args.engines else None
+    result = synthesize_corpus(
+        args.text_files, args.out, hours=args.hours, seed=args.seed, workers=args.workers,
+        engines=engines, noise=args.noise, reverb=args.reverb, progress=sys.stderr.isatty(),
+    )  # fmt: skip
+    print(f"{result.manifest}: {result.utterances} utterances, {result.speakers} voices, "
+          f"{result.audio_seconds / 3600:.3f} h of audio, {result.speed:.0f}x real time")  # fmt: skip
     return 0
 
 

@@ -1,0 +1,146 @@
+"""Tests for the TTS corpus builder (``mamba_asr.data.synth``) and ``mamba-asr synth``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mamba_asr.cli import main
+from mamba_asr.data.librispeech import scan_librispeech
+from mamba_asr.data.manifest import read_manifest
+from mamba_asr.data.synth import (
+    VOICES,
+    add_noise,
+    add_reverb,
+    available_engines,
+    read_sentences,
+    synthesize_corpus,
+)
+
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt-get install espeak-ng)"
+)
+
+TEXT = """It was the best of times, it was the worst of times. Call me Ishmael!
+In 1984 the 3 dogs ran home; the quick brown fox jumps over the lazy dog.
+
+12
+### *** ---
+1 2 3
+She sells sea shells by the sea shore.
+"""
+HOURS = 0.004  # about 14 s of audio
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "book.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def _corpus(root: Path, text_file: Path, **kwargs) -> tuple[list[dict], dict[str, str]]:
+    """Run the builder (espeak-ng only); returns manifest records and audio digests by id."""
+    kwargs.setdefault("engines", ["espeak-ng"])
+    synthesize_corpus([text_file], root, hours=HOURS, progress=False, **kwargs)
+    records = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    digests = {
+        r["id"]: hashlib.sha256((root / r["audio"]).read_bytes()).hexdigest() for r in records
+    }
+    return records, digests
+
+
+def test_read_sentences_normalizes_and_skips_garbage(text_file):
+    sentences = read_sentences([text_file])
+    assert "IN ONE THOUSAND NINE HUNDRED AND EIGHTY FOUR THE THREE DOGS RAN HOME" in sentences
+    assert "ONE TWO THREE" in sentences  # digits spelled out: three words, kept
+    assert "CALL ME ISHMAEL" in sentences
+    assert "TWELVE" not in sentences  # one word: too short
+    assert all(s and set(s) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZ' ") for s in sentences)
+    assert all(3 <= len(s.split()) <= 25 for s in sentences)
+    assert not any("TWELVE" in s for s in sentences)  # "12" and "###" lines not glued on
+
+
+@needs_espeak
+def test_tiny_corpus_is_a_librispeech_tree(tmp_path, text_file):
+    records, _ = _corpus(tmp_path / "out", text_file, seed=3)
+    assert sum(r["duration"] for r in records) >= HOURS * 3600
+    scanned = {u.id: u for u in scan_librispeech(tmp_path / "out", progress=False).utterances}
+    assert set(scanned) == {r["id"] for r in records}
+    voices = {v.label: v.speaker for v in VOICES}
+    for r in records:
+        utt = scanned[r["id"]]
+        assert utt.text == r["text"] and utt.duration == pytest.approx(r["duration"], abs=1e-6)
+        speaker, chapter, _ = r["id"].split("-")
+        assert int(speaker) == voices[r["voice"]] and chapter == "3"
+        assert r["voice"].startswith("espeak-ng:")
+    manifest = read_manifest(tmp_path / "out" / "manifest.jsonl")
+    assert [u.id for u in manifest] == [r["id"] for r in records]
+    assert all(u.audio.is_file() for u in manifest)
+    # no folder is left behind for utterances spoken past the target
+    speakers = {p.name for p in (tmp_path / "out").iterdir() if p.is_dir()}
+    assert speakers == {r["id"].split("-")[0] for r in records}
+
+
+@needs_espeak
+def test_same_seed_same_corpus_whatever_workers(tmp_path, text_file):
+    one = _corpus(tmp_path / "a", text_file, seed=1, workers=1, noise=True, reverb=True)
+    two = _corpus(tmp_path / "b", text_file, seed=1, workers=2, noise=True, reverb=True)
+    other = _corpus(tmp_path / "c", text_file, seed=2, workers=1, noise=True, reverb=True)
+    assert one == two
+    assert [(r["text"], r["voice"]) for r in one[0]] != [(r["text"], r["voice"]) for r in other[0]]
+
+
+def test_requested_missing_engine_names_install_command(tmp_path, monkeypatch, capsys, text_file):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no engine on PATH
+    with pytest.raises(ValueError, match="apt-get install flite"):
+        available_engines(["flite"])
+    with pytest.raises(ValueError, match="apt-get install espeak-ng"):
+        available_engines()
+    argv = ["synth", str(text_file), "--out", str(tmp_path / "o"), "--hours", "0.01"]
+    assert main([*argv, "--engines", "festival"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "apt-get install festival" in err[0]
+
+
+@pytest.mark.parametrize("kind", ["white", "pink"])
+def test_noise_and_reverb_keep_length_and_finiteness(kind):
+    rng = np.random.default_rng(0)
+    wave = np.sin(np.arange(16000) / 5).astype(np.float32) * 0.5
+    noisy = add_noise(wave, rng, snr_db=10.0, kind=kind)
+    snr = 10 * np.log10(np.mean(wave**2) / np.mean((noisy - wave) ** 2))
+    assert (
+        noisy.shape == wave.shape
+        and noisy.dtype == np.float32
+        and snr == pytest.approx(10, abs=0.1)
+    )
+    wet = add_reverb(wave, 16000, rng, rt60=0.5)
+    assert wet.shape == wave.shape and np.isfinite(wet).all() and not np.allclose(wet, wave)
+
+
+@needs_espeak
+def test_cli_runs_and_rejects_bad_hours(tmp_path, capsys, text_file):
+    out = tmp_path / "cli"
+    argv = ["synth", str(text_file), "--out", str(out), "--engines", "espeak-ng", "--seed", "5"]
+    assert main([*argv, "--hours", "0.002"]) == 0
+    assert "utterances" in capsys.readouterr().out and (out / "manifest.jsonl").is_file()
+    assert main([*argv, "--hours", "0.002"]) == 2  # the folder is no longer empty
+    assert "not empty" in capsys.readouterr().err
+    assert main(["synth", str(text_file), "--out", str(tmp_path / "x"), "--hours", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--hours" in err[0]
+
+
+@pytest.mark.parametrize("engine", ["flite", "festival"])
+def test_other_engines_when_installed(tmp_path, text_file, engine):
+    program = {"flite": "flite", "festival": "text2wave"}[engine]
+    if shutil.which(program) is None:
+        pytest.skip(f"{engine} not installed (apt-get install {engine})")
+    records, _ = _corpus(tmp_path / engine, text_file, engines=[engine])
+    assert records and all(r["voice"].startswith(f"{engine}:") for r in records)
+    assert len(scan_librispeech(tmp_path / engine, progress=False).utterances) == len(records)
