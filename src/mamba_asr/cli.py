@@ -4,9 +4,11 @@ Subcommands: ``info`` (versions, device, selective-scan backends), ``check`` (en
 check, see ``mamba_asr.selfcheck``), ``model-info`` (parameters and layers of a recipe),
 ``train`` (train a recipe, see ``mamba_asr.train``; also under ``torchrun``) and
 ``tokenizer train`` (a SentencePiece or character tokenizer from a manifest's transcripts) and
-``synth`` (a LibriSpeech-layout corpus spoken by TTS engines, see ``mamba_asr.data.synth``). Errors from bad input (ValueError, OSError, ImportError) are
-printed as one line ``mamba-asr: error: ...`` with exit code 2; ``--debug`` shows the traceback.
-A failed check exits with 1.
+``synth`` (a LibriSpeech-layout corpus spoken by TTS engines, see ``mamba_asr.data.synth``) and
+``transcribe`` (audio files to txt/json/srt/vtt, see ``mamba_asr.transcription``; a bad file is
+one error line, the others go on, exit code 1). Errors from bad input (ValueError, OSError,
+ImportError) are printed as one line ``mamba-asr: error: ...`` with exit code 2; ``--debug``
+shows the traceback. A failed check exits with 1.
 """
 
 from __future__ import annotations
@@ -98,7 +100,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare_parser(sub, common)
     _add_eval_parser(sub, common, device_help)
     _add_synth_parser(sub, common)
+    _add_transcribe_parser(sub, common, device_help)
     return parser
+
+
+def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device_help: str) -> None:
+    tr = sub.add_parser(
+        "transcribe",
+        parents=common,
+        help="transcribe audio files to text, json, srt or vtt",
+        description="Transcribes each FILE (any sample rate, mono or stereo) in 30 s windows and "
+        "prints the result on stdout: txt (the text; 'FILE: text' for several files), json (one "
+        "line per file: file, text, tokens, words, with start/end seconds), srt or vtt (cues of "
+        "up to 7 words / 3.5 s). Times come from greedy CTC or transducer alignments; seq2seq "
+        "models and beam search give no times. A bad file prints one error line and the others "
+        "go on; exit code 1 if any file failed. --model is required: there is no bundled "
+        "default model yet.",
+    )
+    tr.add_argument("files", nargs="+", metavar="FILE", help="audio files")
+    tr.add_argument(
+        "--model", required=True,
+        help="model file (model.pt of a training run); required, no bundled default model yet",
+    )  # fmt: skip
+    tr.add_argument("--format", choices=("txt", "json", "srt", "vtt"), default="txt", help="(txt)")
+    tr.add_argument(
+        "--strategy", choices=("greedy", "beam"), default="greedy",
+        help="(greedy; beam gives no times)",
+    )  # fmt: skip
+    tr.add_argument("--beam-size", type=int, default=10, help="(10)")
+    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    tr.add_argument("--device", default=None, help=device_help)
+    tr.set_defaults(func=cmd_transcribe)
 
 
 def _add_prepare_parser(sub: argparse._SubParsersAction, common: list) -> None:
@@ -390,6 +422,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(result_json(result))
     return 0
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from mamba_asr.asr import ASR
+    from mamba_asr.decode import DecodingOptions
+    from mamba_asr.transcription import format_transcript, transcribe_file
+
+    _set_threads(args.threads)
+    options = DecodingOptions(strategy=args.strategy, beam_size=args.beam_size)
+    asr = ASR.load(args.model, device=get_device(args.device))
+    several, failed, cue = len(args.files) > 1, 0, 1
+    progress = sys.stderr.isatty()
+    if args.format == "vtt":
+        print("WEBVTT\n", flush=True)
+    for path in args.files:
+        try:
+            transcript = transcribe_file(asr, path, options, progress)
+        except (*USER_ERRORS, RuntimeError) as exc:  # one bad file must not stop the others
+            if args.debug:
+                traceback.print_exc()
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            if not message.startswith(str(path)):
+                message = f"{path}: {message}"
+            print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        out = format_transcript(transcript, args.format, several, cue)
+        if args.format == "srt":
+            cue += out.count(" --> ")
+        if args.format in ("srt", "vtt"):
+            if out:
+                print(out + "\n", flush=True)
+        else:
+            print(out, flush=True)
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,321 @@
+"""Transcribing audio files with word and token times, and writing txt, json, srt or vtt.
+
+``transcribe_file(asr, path, options)`` reads a file (any rate, mono or stereo; resampled to
+the model's rate) and returns a ``Transcript``: the text, its tokens and its words, each with a
+start and end time in seconds.
+
+Times
+    CTC models (greedy): a token starts at the first encoder frame of its collapsed run of the
+    best path and ends after that run's last frame. Transducer models (greedy): a token starts
+    at the encoder frame that emitted it and lasts one frame. One encoder frame is the feature
+    hop (10 ms) times the model's subsampling, derived per chunk as round(feature frames /
+    encoder frames). Seq2seq models have no alignment, and beam search keeps no frames: their
+    tokens and words come with ``start`` and ``end`` set to ``None``.
+
+Words
+    Spans of tokens between spaces: the space character of a character tokenizer, or the "▁"
+    word-start marker of a SentencePiece piece. A word runs from its first token's start to its
+    last token's end.
+
+Long audio
+    Decoded in fixed windows of at most ``CHUNK_SECONDS`` (30 s) without overlap, so model
+    memory stays bounded whatever the length (the waveform itself is held whole, 4 bytes a
+    sample); times of each window are offset by its start. A word cut by a window boundary
+    comes out as two words.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from mamba_asr.audio.io import load_audio
+from mamba_asr.decode.search import DecodingOptions, decode_batch
+from mamba_asr.decode.transducer import transducer_greedy
+from mamba_asr.models.ctc import CTCModel
+from mamba_asr.text.tokenizer import SentencePieceTokenizer
+
+if TYPE_CHECKING:
+    from mamba_asr.asr import ASR
+
+__all__ = [
+    "CHUNK_SECONDS",
+    "FORMATS",
+    "Token",
+    "Transcript",
+    "Word",
+    "cues",
+    "format_transcript",
+    "transcribe_file",
+]
+
+CHUNK_SECONDS = 30.0
+FORMATS = ("txt", "json", "srt", "vtt")
+FEATURE_HOP_S = 0.01  # Fbank's 10 ms hop
+CUE_WORDS, CUE_SECONDS = 7, 3.5
+WORD_START = "\u2581"  # SentencePiece's "▁"
+
+StrPath = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class Token:
+    """One output token: its text (SentencePiece: the piece, "▁" included) and times in
+    seconds, ``None`` when the model or search gives no alignment."""
+
+    text: str
+    start: float | None
+    end: float | None
+
+
+@dataclass(frozen=True)
+class Word:
+    """A word (tokens between spaces) with times in seconds, or ``None`` without alignment."""
+
+    text: str
+    start: float | None
+    end: float | None
+
+
+@dataclass
+class Transcript:
+    """The result for one file; ``duration`` is the audio's length in seconds."""
+
+    file: str
+    text: str
+    tokens: list[Token] = field(default_factory=list)
+    words: list[Word] = field(default_factory=list)
+    duration: float = 0.0
+
+    @property
+    def timed(self) -> bool:
+        """Whether tokens and words carry times."""
+        return all(w.start is not None for w in self.words)
+
+    def to_json(self) -> str:
+        """One JSON line: file, text, tokens and words (each with text, start, end)."""
+        data = {
+            "file": self.file,
+            "text": self.text,
+            "tokens": [asdict(t) for t in self.tokens],
+            "words": [asdict(w) for w in self.words],
+        }
+        return json.dumps(data, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class _Emitted:
+    """A token id with frame span [first, last] in encoder frames (None without alignment)."""
+
+    id: int
+    first: int | None
+    last: int | None
+
+
+def transcribe_file(
+    asr: ASR,
+    path: StrPath,
+    options: DecodingOptions | None = None,
+    progress: bool = False,
+) -> Transcript:
+    """The ``Transcript`` of one audio file; see the module docstring for times and chunks.
+
+    ``options``: decoding options (default: greedy, which gives times for CTC and transducer
+    models). ``progress``: a tqdm bar over the 30 s windows. Raises ``AudioError`` (one line
+    naming the file) for a missing, empty, corrupt or non-audio file or NaN samples.
+    """
+    options = options or DecodingOptions(strategy="greedy")
+    wave = load_audio(path, asr.sample_rate)  # (N,)
+    rate = asr.sample_rate
+    duration = wave.shape[0] / rate
+    step = int(CHUNK_SECONDS * rate)
+    starts = range(0, wave.shape[0], step)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(starts), desc=os.fspath(path), unit="chunk", leave=False)
+    device = next(asr.parameters()).device
+    texts: list[str] = []
+    tokens: list[Token] = []
+    words: list[Word] = []
+    try:
+        for begin in starts:
+            chunk = torch.from_numpy(wave[begin : begin + step]).to(device)
+            chunk_s = chunk.shape[0] / rate
+            text, emitted, frame_s = _decode_chunk(asr, chunk, options)
+            offset = begin / rate
+            chunk_tokens = [_token(asr, e, frame_s, offset, chunk_s) for e in emitted]
+            if text.strip():
+                texts.append(text.strip())
+            tokens.extend(chunk_tokens)
+            words.extend(_words(chunk_tokens, _surfaces(asr, emitted)))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return Transcript(os.fspath(path), " ".join(texts), tokens, words, duration)
+
+
+def _decode_chunk(
+    asr: ASR, wave: torch.Tensor, options: DecodingOptions
+) -> tuple[str, list[_Emitted], float]:
+    """Text, emitted tokens and the encoder frame duration (s) of one mono chunk (N,)."""
+    lengths = torch.tensor([wave.shape[0]], device=wave.device)
+    model = asr.model
+    was_training = asr.training
+    asr.eval()
+    try:
+        with torch.no_grad():
+            feats, feat_lengths = asr.features(wave[None].float(), lengths)
+            n_feats = int(feat_lengths[0])
+            if n_feats == 0:  # shorter than one analysis window: nothing to hear
+                return "", [], 0.0
+            emitted: list[_Emitted]
+            if options.strategy == "greedy" and isinstance(model, CTCModel):
+                out = model(feats, feat_lengths)  # best path, as ``ctc_greedy`` decodes it
+                n_enc = int(out.lengths[0])
+                emitted = _ctc_runs(out.log_probs[0, :n_enc].argmax(-1).tolist(), model.blank)
+            elif options.strategy == "greedy" and hasattr(model, "joiner"):
+                enc = model.encode(feats, feat_lengths)
+                hyp = transducer_greedy(model, enc.memory, enc.lengths)[0]
+                n_enc = int(enc.lengths[0])
+                emitted = [_Emitted(t, f, f) for t, f in zip(hyp.tokens, hyp.frames, strict=True)]
+            else:  # seq2seq, or beam search: tokens without frames
+                result = decode_batch(model, feats, feat_lengths, options)[0]
+                emitted = [_Emitted(t, None, None) for t in result.tokens]
+                n_enc = 0
+    finally:
+        asr.train(was_training)
+    ids = [e.id for e in emitted]
+    subsampling = max(1, round(n_feats / n_enc)) if n_enc else 0
+    return asr.tokenizer.decode(ids), emitted, subsampling * FEATURE_HOP_S
+
+
+def _ctc_runs(best: list[int], blank: int) -> list[_Emitted]:
+    """Tokens of a best path (one id per frame) with the first and last frame of each run."""
+    out: list[_Emitted] = []
+    prev = -1
+    for t, label in enumerate(best):
+        if label != blank and label == prev and out:
+            out[-1] = _Emitted(label, out[-1].first, t)
+        elif label != blank:
+            out.append(_Emitted(label, t, t))
+        prev = label
+    return out
+
+
+def _token(asr: ASR, e: _Emitted, frame_s: float, offset: float, chunk_s: float) -> Token:
+    text = _piece(asr, e.id)
+    if e.first is None or e.last is None:
+        return Token(text, None, None)
+    start = offset + min(e.first * frame_s, chunk_s)
+    end = offset + min((e.last + 1) * frame_s, chunk_s)
+    return Token(text, round(start, 3), round(end, 3))
+
+
+def _piece(asr: ASR, index: int) -> str:
+    tok = asr.tokenizer
+    if isinstance(tok, SentencePieceTokenizer):
+        return tok.id_to_piece(index)
+    return tok.decode([index])
+
+
+def _surfaces(asr: ASR, emitted: list[_Emitted]) -> list[str]:
+    """Each token's text as it reads in the transcript; a word break shows as a space."""
+    tok = asr.tokenizer
+    if isinstance(tok, SentencePieceTokenizer):
+        return [
+            (" " if tok.id_to_piece(e.id).startswith(WORD_START) else "") + tok.decode([e.id])
+            for e in emitted
+        ]
+    return [tok.decode([e.id]) for e in emitted]
+
+
+def _words(tokens: list[Token], surfaces: list[str]) -> list[Word]:
+    """Words from tokens: a space in a token's surface text ends the current word."""
+    words: list[Word] = []
+    chars: list[str] = []
+    start: float | None = None
+    end: float | None = None
+    for token, surface in zip(tokens, surfaces, strict=True):
+        for ch in surface:
+            if ch.isspace():
+                if chars:
+                    words.append(Word("".join(chars), start, end))
+                chars = []
+                continue
+            if not chars:
+                start = token.start
+            chars.append(ch)
+            end = token.end
+    if chars:
+        words.append(Word("".join(chars), start, end))
+    return words
+
+
+# --- output formats ---------------------------------------------------------------------------
+
+
+def cues(transcript: Transcript) -> list[tuple[float, float, str]]:
+    """Subtitle cues (start, end, text): up to ``CUE_WORDS`` words and ``CUE_SECONDS`` each;
+    without word times (seq2seq, beam search) one cue spans the whole file."""
+    if not transcript.text:
+        return []
+    if not transcript.timed or not transcript.words:
+        return [(0.0, transcript.duration, transcript.text)]
+    out: list[tuple[float, float, str]] = []
+    group: list[Word] = []
+    for word in transcript.words:
+        assert word.start is not None and word.end is not None
+        if group and (len(group) >= CUE_WORDS or word.end - group[0].start > CUE_SECONDS):  # type: ignore[operator]
+            out.append(_cue(group))
+            group = []
+        group.append(word)
+    if group:
+        out.append(_cue(group))
+    return out
+
+
+def _cue(words: list[Word]) -> tuple[float, float, str]:
+    start, end = float(words[0].start or 0.0), float(words[-1].end or 0.0)
+    return start, max(end, start + 0.001), " ".join(w.text for w in words)
+
+
+def _timestamp(seconds: float, sep: str) -> str:
+    ms = max(0, int(math.floor(seconds * 1000 + 0.5)))
+    h, rest = divmod(ms, 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    s, ms = divmod(rest, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def format_transcript(
+    transcript: Transcript, fmt: str, several: bool = False, first_cue: int = 1
+) -> str:
+    """One file's output in ``fmt`` (txt, json, srt, vtt), without a trailing newline.
+
+    txt: the text (``several``: prefixed "FILE: "); json: one line; srt: numbered cues from
+    ``first_cue``; vtt: cues only (the caller writes the "WEBVTT" header once; ``several`` adds
+    a NOTE naming the file). May be empty (srt/vtt of a silent file).
+    """
+    if fmt == "txt":
+        return f"{transcript.file}: {transcript.text}" if several else transcript.text
+    if fmt == "json":
+        return transcript.to_json()
+    if fmt not in ("srt", "vtt"):
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    sep = "," if fmt == "srt" else "."
+    blocks: list[str] = []
+    if fmt == "vtt" and several:
+        blocks.append(f"NOTE {transcript.file}")
+    for i, (start, end, text) in enumerate(cues(transcript), start=first_cue):
+        timing = f"{_timestamp(start, sep)} --> {_timestamp(end, sep)}"
+        blocks.append(f"{i}\n{timing}\n{text}" if fmt == "srt" else f"{timing}\n{text}")
+    return "\n\n".join(blocks)

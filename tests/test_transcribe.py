@@ -1,0 +1,279 @@
+"""``mamba-asr transcribe`` and ``mamba_asr.transcription`` on tiny random models.
+
+A random model's words are arbitrary: the tests check structure, times, exit codes and error
+lines, not text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mamba_asr.asr import ASR
+from mamba_asr.cli import main
+from mamba_asr.config import load_recipe
+from mamba_asr.decode import DecodingOptions, ctc_greedy
+from mamba_asr.text import CharTokenizer
+from mamba_asr.transcription import (
+    Token,
+    Transcript,
+    Word,
+    _ctc_runs,
+    _words,
+    cues,
+    transcribe_file,
+)
+
+CTC_TINY = [
+    "model.vocab_size=6", "model.d_model=32", "model.nhead=2", "model.num_encoder_layers=1",
+    "model.d_ffn=64", "model.kernel_size=5", "model.frontend.channels=[4, 4]",
+    "tokenizer.alphabet='AB '",
+]  # fmt: skip
+RNNT_TINY = [
+    "model.vocab_size=6", "model.d_model=32", "model.num_encoder_layers=1", "model.d_ffn=64",
+    "model.frontend.channels=[8, 8, 8]", "model.transducer.predictor_dim=16",
+    "model.transducer.joiner_dim=16",
+]  # fmt: skip
+TIME = re.compile(r"^\d\d:\d\d:\d\d([,.])\d\d\d --> \d\d:\d\d:\d\d\1\d\d\d$")
+
+
+@pytest.fixture(scope="module")
+def ctc_model(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    asr = ASR(load_recipe("hparams/CTC/conmamba_large.yaml", CTC_TINY), CharTokenizer("AB "))
+    _bias_away_from_blank(asr.model.ctc_lin)
+    return str(asr.save(tmp_path_factory.mktemp("ctc") / "model.pt"))
+
+
+@pytest.fixture(scope="module")
+def rnnt_model(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    recipe = load_recipe("hparams/Transducer/mct_small.yaml", RNNT_TINY)
+    asr = ASR(recipe, CharTokenizer("AB "))
+    return str(asr.save(tmp_path_factory.mktemp("rnnt") / "model.pt"))
+
+
+def _bias_away_from_blank(linear: torch.nn.Linear) -> None:
+    """Make a random CTC head emit tokens (not only blank), so times are exercised."""
+    with torch.no_grad():
+        linear.bias[0] = -5.0
+
+
+def _noise(seconds: float, rate: int = 16000, channels: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = (int(seconds * rate), channels) if channels > 1 else (int(seconds * rate),)
+    return (0.1 * rng.standard_normal(shape)).astype(np.float32)
+
+
+@pytest.fixture
+def good_wav(tmp_path) -> str:
+    path = tmp_path / "good.wav"
+    sf.write(path, _noise(2.0), 16000)
+    return str(path)
+
+
+def _check_times(t: Transcript, duration: float) -> None:
+    assert t.tokens, "the biased model should emit tokens"
+    prev = 0.0
+    for tok in t.tokens:
+        assert tok.start is not None and tok.end is not None
+        assert 0.0 <= tok.start <= tok.end <= duration + 1e-6
+        assert tok.start >= prev - 1e-6  # monotonic
+        prev = tok.start
+    for w in t.words:
+        assert w.start is not None and w.end is not None
+        assert 0.0 <= w.start <= w.end <= duration + 1e-6
+    starts = [w.start for w in t.words]
+    assert starts == sorted(starts)
+
+
+def test_ctc_json_keys_and_times(ctc_model, good_wav, capsys):
+    assert main(["transcribe", good_wav, "--model", ctc_model, "--format", "json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    data = json.loads(lines[0])
+    assert set(data) == {"file", "text", "tokens", "words"}
+    assert data["file"] == good_wav
+    for item in data["tokens"] + data["words"]:
+        assert set(item) == {"text", "start", "end"}
+    t = transcribe_file(ASR.load(ctc_model), good_wav)
+    assert t.text == data["text"]
+    _check_times(t, 2.0)
+    assert "".join(w.text for w in t.words) == t.text.replace(" ", "")
+
+
+def test_transducer_json_times(rnnt_model, good_wav, capsys):
+    assert main(["transcribe", good_wav, "--model", rnnt_model, "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {"file", "text", "tokens", "words"}
+    t = transcribe_file(ASR.load(rnnt_model), good_wav)
+    assert t.text == data["text"]
+    _check_times(t, 2.0)  # this seeded random transducer emits tokens
+
+
+def test_long_audio_is_chunked_with_offset_times(ctc_model, tmp_path):
+    path = tmp_path / "long.wav"
+    sf.write(path, _noise(65.0), 16000)  # three windows: 30 + 30 + 5 s
+    t = transcribe_file(ASR.load(ctc_model), path)
+    assert t.duration == pytest.approx(65.0)
+    _check_times(t, 65.0)
+    assert max(tok.start for tok in t.tokens) > 60.0  # last window's times are offset
+
+
+def test_beam_gives_tokens_without_times(ctc_model, good_wav):
+    t = transcribe_file(ASR.load(ctc_model), good_wav, DecodingOptions(strategy="beam"))
+    assert all(tok.start is None and tok.end is None for tok in t.tokens)
+    assert cues(t) == ([(0.0, t.duration, t.text)] if t.text else [])
+
+
+def test_srt_and_vtt_syntax(ctc_model, good_wav, capsys):
+    assert main(["transcribe", good_wav, "--model", ctc_model, "--format", "srt"]) == 0
+    blocks = capsys.readouterr().out.strip().split("\n\n")
+    assert blocks and blocks[0]
+    for i, block in enumerate(blocks, start=1):
+        number, timing, text = block.split("\n")
+        assert number == str(i) and TIME.match(timing) and "," in timing and text
+    assert main(["transcribe", good_wav, "--model", ctc_model, "--format", "vtt"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("WEBVTT\n\n")
+    for block in out.strip().split("\n\n")[1:]:
+        timing, text = block.split("\n")
+        assert TIME.match(timing) and "." in timing and text
+
+
+def test_cues_split_by_words_and_seconds():
+    words = [Word(f"W{i}", i * 0.3, i * 0.3 + 0.2) for i in range(20)]
+    t = Transcript("f", " ".join(w.text for w in words), [], words, 6.0)
+    out = cues(t)
+    assert sum(len(text.split()) for _, _, text in out) == 20
+    for start, end, text in out:
+        assert len(text.split()) <= 7 and end - start <= 3.5 + 1e-9
+
+
+def test_words_from_char_and_sentencepiece_surfaces():
+    toks = [Token(c, float(i), i + 1.0) for i, c in enumerate("AB A")]
+    assert _words(toks, ["A", "B", " ", "A"]) == [Word("AB", 0.0, 2.0), Word("A", 3.0, 4.0)]
+    pieces = [Token(p, float(i), i + 1.0) for i, p in enumerate(["▁he", "llo", "▁wo", "rld"])]
+    words = _words(pieces, [" he", "llo", " wo", "rld"])
+    assert words == [Word("hello", 0.0, 2.0), Word("world", 2.0, 4.0)]
+
+
+def test_several_files_one_bad_in_the_middle(ctc_model, good_wav, tmp_path, capsys):
+    bad = tmp_path / "missing.wav"
+    code = main(["transcribe", good_wav, str(bad), good_wav, "--model", ctc_model])
+    out, err = capsys.readouterr()
+    assert code == 1
+    lines = out.splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"{good_wav}: ") for line in lines)
+    assert err.strip() == f"mamba-asr: error: {bad}: no such file"
+
+
+def _bad_files(tmp_path) -> dict[str, str]:
+    """name -> expected words in the error line."""
+    (tmp_path / "dir.wav").mkdir()
+    (tmp_path / "empty.wav").write_bytes(b"")
+    flac = tmp_path / "full.flac"
+    sf.write(flac, _noise(2.0), 16000)
+    (tmp_path / "cut.flac").write_bytes(flac.read_bytes()[: flac.stat().st_size // 2])
+    (tmp_path / "text.wav").write_text("this is not audio\n" * 20)
+    nan = _noise(1.0)
+    nan[100] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    return {
+        "missing.wav": "no such file",
+        "dir.wav": "directory",
+        "empty.wav": "empty file",
+        "cut.flac": "truncated",
+        "text.wav": "cannot decode",
+        "nan.wav": "NaN",
+    }
+
+
+def test_bad_inputs_give_one_line_each(ctc_model, tmp_path, capsys):
+    bad = _bad_files(tmp_path)
+    for name, words in bad.items():
+        path = str(tmp_path / name)
+        code = main(["transcribe", path, "--model", ctc_model])
+        out, err = capsys.readouterr()
+        assert code == 1, name
+        assert out == ""
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith(f"mamba-asr: error: {path}: "), err
+        assert words in err, err
+
+
+@pytest.mark.parametrize(
+    ("name", "wave", "rate"),
+    [
+        ("8k.wav", _noise(1.0, 8000), 8000),
+        ("48k.wav", _noise(1.0, 48000), 48000),
+        ("stereo.wav", _noise(1.0, 16000, channels=2), 16000),
+        ("silence.wav", np.zeros(16000, dtype=np.float32), 16000),
+        ("short.wav", _noise(0.1), 16000),
+        ("tiny.wav", _noise(0.01), 16000),
+        ("flac.flac", _noise(1.0), 16000),
+    ],
+)
+def test_odd_but_valid_audio_transcribes(ctc_model, tmp_path, capsys, name, wave, rate):
+    path = tmp_path / name
+    sf.write(path, wave, rate)
+    assert main(["transcribe", str(path), "--model", ctc_model, "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    assert data["file"] == str(path) and isinstance(data["text"], str)
+    assert "error" not in err
+
+
+def test_usage_errors_exit_2(tmp_path, good_wav, capsys):
+    assert main(["transcribe", good_wav, "--model", str(tmp_path / "nope.pt")]) == 2
+    assert "no such model file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["transcribe", good_wav])  # --model is required
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["transcribe", good_wav, "--model", "m.pt", "--format", "doc"])
+    assert exc.value.code == 2
+
+
+def test_public_transcribe_function_is_not_shadowed():
+    import mamba_asr
+    import mamba_asr.transcription  # noqa: F401
+
+    assert callable(mamba_asr.transcribe)
+
+
+def test_ctc_runs_match_ctc_greedy():
+    best = [0, 3, 3, 0, 3, 4, 4, 0, 0, 5]
+    runs = _ctc_runs(best, blank=0)
+    log_probs = torch.nn.functional.one_hot(torch.tensor([best]), 6).float().log()
+    assert [r.id for r in runs] == ctc_greedy(log_probs, torch.tensor([len(best)]))[0]
+    assert [(r.first, r.last) for r in runs] == [(1, 2), (4, 4), (5, 6), (9, 9)]
+
+
+def test_seq2seq_has_no_times_and_one_cue(tmp_path, good_wav, capsys):
+    torch.manual_seed(0)
+    recipe = load_recipe(
+        "hparams/S2S/conmamba_small.yaml",
+        [*CTC_TINY[:-1], "model.num_decoder_layers=1"],
+    )
+    model = str(ASR(recipe, CharTokenizer("AB ")).save(tmp_path / "s2s.pt"))
+    t = transcribe_file(ASR.load(model), good_wav)
+    assert all(x.start is None and x.end is None for x in t.tokens + t.words)
+    assert cues(t) == ([(0.0, pytest.approx(2.0), t.text)] if t.text else [])
+    assert main(["transcribe", good_wav, "--model", model, "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert all(w["start"] is None and w["end"] is None for w in data["words"])
+
+
+def test_progress_bar_only_when_asked(ctc_model, good_wav, capsys):
+    asr = ASR.load(ctc_model)
+    quiet = transcribe_file(asr, good_wav)
+    assert capsys.readouterr().err == ""
+    shown = transcribe_file(asr, good_wav, progress=True)
+    assert "chunk" in capsys.readouterr().err
+    assert shown.text == quiet.text
