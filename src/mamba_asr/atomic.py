@@ -1,9 +1,10 @@
 """Atomic file writes: a crash mid-write leaves the old file or the new one, never half of one.
 
-``atomic_save(obj, path)`` writes ``torch.save(obj)`` to ``<path>.tmp-<pid>`` in the same
-folder, flushes and fsyncs it, renames it over ``path`` with ``os.replace`` (atomic on POSIX
+``atomic_write(path, write)`` calls ``write(file)`` on ``<path>.tmp-<pid>`` in the same folder,
+flushes and fsyncs it, renames it over ``path`` with ``os.replace`` (atomic on POSIX
 and Windows) and fsyncs the folder, so the rename survives a power cut. ``temp_name`` gives the
 temporary name, so callers can recognise and clean leftovers of interrupted writes.
+``atomic_save(obj, path)`` (``torch.save``) and ``atomic_write_text(path, text)`` are built on it.
 
 Test hook: when ``MAMBA_ASR_TEST_SLOW_CHECKPOINT`` holds a number of seconds, ``atomic_save``
 sleeps that long between writing the temporary file and renaming it, so a test can kill the
@@ -16,12 +17,21 @@ import contextlib
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["SLOW_SAVE_ENV", "TEMP_SUFFIX", "atomic_save", "fsync_dir", "temp_name"]
+__all__ = [
+    "SLOW_SAVE_ENV",
+    "TEMP_SUFFIX",
+    "atomic_save",
+    "atomic_write",
+    "atomic_write_text",
+    "fsync_dir",
+    "temp_name",
+]
 
 SLOW_SAVE_ENV = "MAMBA_ASR_TEST_SLOW_CHECKPOINT"
 TEMP_SUFFIX = re.compile(r"\.tmp-\d+$")
@@ -52,21 +62,24 @@ def _test_delay() -> None:
         time.sleep(float(raw))
 
 
-def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save(obj)`` to ``path`` through a fsynced temporary file; returns ``path``.
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[BinaryIO], None], delay: bool = False
+) -> Path:
+    """``write(f)`` into ``path`` through a fsynced temporary file; returns ``path``.
 
     The folder is created if needed. On any error the temporary file is removed and the
-    previous ``path`` (if any) is left as it was.
+    previous ``path`` (if any) is left as it was. ``delay``: honour the test hook above.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        _test_delay()
+        if delay:
+            _test_delay()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -74,3 +87,14 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (``atomic_write``); returns ``path``."""
+    return atomic_write(path, lambda f: torch.save(obj, f), delay=True)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """UTF-8 ``text`` to ``path`` atomically (``atomic_write``); returns ``path``."""
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda f: f.write(data))

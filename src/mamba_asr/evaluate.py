@@ -9,7 +9,6 @@ time (feature extraction, model and search, audio loading excluded) over audio s
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mamba_asr.asr import ASR
+from mamba_asr.atomic import atomic_write_text
 from mamba_asr.audio import load_audio
 from mamba_asr.data import DynamicBatchSampler, Utterance, read_manifest, scan_librispeech
 from mamba_asr.decode import DecodingOptions
@@ -102,10 +102,7 @@ def evaluate(
             json.dumps({"id": u.id, "ref": r, "hyp": h, "duration": u.duration})
             for u, r, h in zip(utterances, refs, hyp_list, strict=True)
         ]
-        path = Path(hypotheses_path)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        os.replace(tmp, path)  # never a half-written file
+        atomic_write_text(hypotheses_path, "\n".join(lines) + "\n")
     return EvalResult(
         wer=rates.wer,
         cer=rates.cer,

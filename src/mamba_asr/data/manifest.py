@@ -8,15 +8,15 @@ with one line ``<manifest>:<line>: <problem>``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mamba_asr.atomic import atomic_write_text
 
 __all__ = ["ManifestError", "Utterance", "read_manifest", "write_manifest"]
 
@@ -73,18 +73,8 @@ def write_manifest(path: str | os.PathLike[str], utterances: Iterable[Utterance]
     path = Path(path)
     folder = path.absolute().parent
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for utt in utterances:
-                f.write(json.dumps(_to_json(utt, folder), ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    lines = (json.dumps(_to_json(utt, folder), ensure_ascii=False) + "\n" for utt in utterances)
+    atomic_write_text(path, "".join(lines))
     return path
 
 

@@ -38,6 +38,7 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
+from mamba_asr.atomic import atomic_write_text
 from mamba_asr.text.normalize import normalize_transcript
 
 __all__ = [
@@ -371,13 +372,5 @@ def _write_index(out: Path, done: list[tuple[_Job, float]]) -> Path:
         speaker, chapter = folder.parent.name, folder.name
         (folder / f"{speaker}-{chapter}.trans.txt").write_text("".join(sorted(lines)))
     manifest = out / "manifest.jsonl"
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".manifest.jsonl.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        os.replace(tmp, manifest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(manifest, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return manifest

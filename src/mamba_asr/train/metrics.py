@@ -11,6 +11,7 @@ drawn when ``matplotlib`` is; without them one INFO line says so and training go
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -18,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mamba_asr.atomic import atomic_write, atomic_write_text
 
 __all__ = ["METRIC_COLUMNS", "ErrorRates", "MetricsLog", "error_rates", "plot_curves"]
 
@@ -80,12 +83,11 @@ class MetricsLog:
         if not enabled:
             return
         kept = [r for r in _read_rows(self.path) if int(r["step"]) <= resume_step]
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows({k: r.get(k, "") for k in METRIC_COLUMNS} for r in kept)
-        os.replace(tmp, self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: r.get(k, "") for k in METRIC_COLUMNS} for r in kept)
+        atomic_write_text(self.path, text.getvalue())
         self._writer = _tensorboard_writer(self.out_dir / "tensorboard", resume_step + 1)
 
     def add(self, step: int, epoch: int, **values: float | None) -> None:
@@ -163,7 +165,5 @@ def plot_curves(csv_path: str | os.PathLike[str], out_path: str | os.PathLike[st
         ax.grid(alpha=0.3)
         ax.legend()
     out_path = Path(out_path)
-    tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, out_path)
+    atomic_write(out_path, lambda f: fig.savefig(f, dpi=100, format="png"))
     return out_path
