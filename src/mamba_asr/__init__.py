@@ -1,7 +1,9 @@
 """mamba-asr: speech recognition with Mamba (selective state-space) models on every device.
 
-The public API is small: ``load_model(path)`` reads a model file written by ``mamba-asr train``
-(``model.pt``), and ``transcribe(model, audio)`` turns an audio file or a 16 kHz waveform into text.
+The public API is small: ``load_model()`` loads the model bundled with the package
+(``mamba_asr.pretrained.DEFAULT_MODEL``), ``load_model(name_or_path)`` a bundled model by name or
+a model file written by ``mamba-asr train`` (``model.pt``), and ``transcribe(model, audio)``
+turns an audio file or a 16 kHz waveform into text.
 """
 
 from __future__ import annotations
@@ -20,14 +22,23 @@ if TYPE_CHECKING:
     from mamba_asr.asr import ASR
 
 
-def load_model(path: str | os.PathLike[str], device: str | torch.device | None = None) -> ASR:
-    """The model in ``path`` (a ``model.pt`` from ``mamba-asr train``), in eval mode on ``device``
-    (default: ``mamba_asr.device.get_device()``). Bad files raise a one-line ``ValueError``."""
+def load_model(
+    name_or_path: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+) -> ASR:
+    """A model in eval mode on ``device`` (default: ``mamba_asr.device.get_device()``).
+
+    ``name_or_path``: ``None`` for the bundled default model (``mamba_asr.pretrained``), the
+    name of a bundled model, or a model file (a ``model.pt`` from ``mamba-asr train``). An
+    unknown name, a missing or bad file raise a one-line ``ValueError``.
+    """
     import torch
 
     from mamba_asr.asr import ASR
     from mamba_asr.device import get_device
+    from mamba_asr.pretrained import resolve_model
 
+    path = resolve_model(name_or_path)
     if not isinstance(device, torch.device):
         device = get_device(device)  # None: MPS > CUDA > CPU; else a name such as "cpu"
     return ASR.load(path, device=device)

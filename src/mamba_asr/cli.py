@@ -6,7 +6,10 @@ check, see ``mamba_asr.selfcheck``), ``model-info`` (parameters and layers of a 
 ``tokenizer train`` (a SentencePiece or character tokenizer from a manifest's transcripts) and
 ``synth`` (a LibriSpeech-layout corpus spoken by TTS engines, see ``mamba_asr.data.synth``) and
 ``transcribe`` (audio files to txt/json/srt/vtt, see ``mamba_asr.transcription``; a bad file is
-one error line, the others go on, exit code 1). Errors from bad input (ValueError, OSError,
+one error line, the others go on, exit code 1; ``--stream`` decodes as the file is read and,
+when stderr is a terminal, shows the partial transcript there on one line rewritten in place,
+while stdout only ever gets final results). ``transcribe`` and ``eval`` use the bundled model
+(``mamba_asr.pretrained``) unless ``--model`` names another. Errors from bad input (ValueError, OSError,
 ImportError) are printed as one line ``mamba-asr: error: ...`` with exit code 2; ``--debug``
 shows the traceback. A failed check exits with 1.
 """
@@ -17,19 +20,24 @@ import argparse
 import logging
 import os
 import platform
+import shutil
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import torch
 
 from mamba_asr import __version__
 from mamba_asr.device import DEVICE_ENV, get_device
+from mamba_asr.pretrained import DEFAULT_MODEL
 
 if TYPE_CHECKING:
+    from mamba_asr.asr import ASR
+    from mamba_asr.decode import DecodingOptions
     from mamba_asr.selfcheck import CheckReport
+    from mamba_asr.transcription import Transcript
 
 __all__ = ["build_parser", "main"]
 
@@ -113,14 +121,17 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device
         "prints the result on stdout: txt (the text; 'FILE: text' for several files), json (one "
         "line per file: file, text, tokens, words, with start/end seconds), srt or vtt (cues of "
         "up to 7 words / 3.5 s). Times come from greedy CTC or transducer alignments; seq2seq "
-        "models and beam search give no times. A bad file prints one error line and the others "
-        "go on; exit code 1 if any file failed. --model is required: there is no bundled "
-        "default model yet.",
+        "models and beam search give no times. With --stream (streaming transducer models) "
+        "each file is read, decoded and recognised --chunk-ms at a time as one stream, in "
+        "memory that does not grow with its length; when stderr is a terminal the partial "
+        "transcript is shown there, rewritten in place; stdout gets only the final results. "
+        "A bad file prints one error line and the others go on; exit code 1 if any file failed.",
     )
     tr.add_argument("files", nargs="+", metavar="FILE", help="audio files")
     tr.add_argument(
-        "--model", required=True,
-        help="model file (model.pt of a training run); required, no bundled default model yet",
+        "--model", default=None, metavar="NAME_OR_FILE",
+        help=f"bundled model name or model file (model.pt of a training run) (default: the "
+        f"bundled {DEFAULT_MODEL})",
     )  # fmt: skip
     tr.add_argument("--format", choices=("txt", "json", "srt", "vtt"), default="txt", help="(txt)")
     tr.add_argument(
@@ -128,6 +139,14 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device
         help="(greedy; beam gives no times)",
     )  # fmt: skip
     tr.add_argument("--beam-size", type=int, default=10, help="(10)")
+    tr.add_argument(
+        "--stream", action="store_true",
+        help="decode as the file is read, showing partial results (transducer models only)",
+    )  # fmt: skip
+    tr.add_argument(
+        "--chunk-ms", type=float, default=None, metavar="MS",
+        help="audio per streaming step, rounded down to whole encoder frames (320)",
+    )  # fmt: skip
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     tr.add_argument("--device", default=None, help=device_help)
     tr.set_defaults(func=cmd_transcribe)
@@ -181,10 +200,14 @@ def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help:
         help="WER, CER and real-time factor of a model on a test set",
         description="Decodes every utterance of a JSONL manifest or a LibriSpeech-layout folder "
         "and prints WER, CER, utterances, audio seconds and real-time factor; each hypothesis "
-        "is written beside its reference (--hyps, default MODEL's folder/hyps-<set>.jsonl).",
+        "is written beside its reference (--hyps, default MODEL's folder/hyps-<set>.jsonl, or "
+        "./hyps-<set>.jsonl for a bundled model).",
     )
     ev.add_argument("data", metavar="DIR_OR_MANIFEST", help="test set")
-    ev.add_argument("--model", required=True, help="model file (model.pt of a training run)")
+    ev.add_argument(
+        "--model", default=None, metavar="NAME_OR_FILE",
+        help=f"bundled model name or model file (default: the bundled {DEFAULT_MODEL})",
+    )  # fmt: skip
     ev.add_argument("--hyps", default=None, metavar="FILE", help="where to write hypotheses")
     ev.add_argument("--strategy", choices=("greedy", "beam"), default="beam", help="(beam)")
     ev.add_argument("--beam-size", type=int, default=10, help="(10)")
@@ -403,17 +426,20 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mamba_asr.asr import ASR
+    from mamba_asr import load_model
     from mamba_asr.decode import DecodingOptions
     from mamba_asr.evaluate import evaluate, load_test_set, result_json
+    from mamba_asr.pretrained import MODELS
 
     _set_threads(args.threads)
     options = DecodingOptions(
         strategy=args.strategy, beam_size=args.beam_size, ctc_weight=args.ctc_weight
     )
     utterances = load_test_set(args.data)
-    asr = ASR.load(args.model, device=get_device(args.device))
-    hyps = args.hyps or Path(args.model).with_name(f"hyps-{Path(args.data).stem}.jsonl")
+    asr = load_model(args.model, device=args.device)
+    name = f"hyps-{Path(args.data).stem}.jsonl"
+    bundled = args.model is None or args.model in MODELS  # not beside the installed package
+    hyps = args.hyps or (Path(name) if bundled else Path(args.model).with_name(name))
     result = evaluate(asr, utterances, hyps, options, args.batch_seconds, sys.stderr.isatty())
     print(f"WER {100 * result.wer:.2f}%  CER {100 * result.cer:.2f}%  "
           f"utterances {result.utterances}  audio {result.audio_seconds:.1f} s  "
@@ -424,21 +450,64 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+class _LiveLine:
+    """The partial transcript of a stream on one terminal line of ``out``, rewritten in place:
+    the seconds consumed, then as much of the end of the text as the width allows."""
+
+    def __init__(self, out: TextIO, label: str) -> None:
+        self.out, self.label, self.shown = out, label, False
+
+    def show(self, text: str, seconds: float) -> None:
+        head = f"{seconds:7.1f} s  {self.label}"
+        room = max(10, shutil.get_terminal_size().columns - 1 - len(head))
+        tail = text if len(text) <= room else "\u2026" + text[len(text) - room + 1 :]
+        self.out.write(f"\r\x1b[K{head}{tail}")
+        self.out.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+            self.shown = False
+
+
+def _transcribe_one(
+    asr: ASR, path: str, options: DecodingOptions, stream_ms: float | None, several: bool
+) -> Transcript:
+    """Offline (``stream_ms`` None) with a progress bar, or streamed with the partial
+    transcript, both on stderr when it is a terminal."""
+    from mamba_asr.transcription import stream_file, transcribe_file
+
+    terminal = sys.stderr.isatty()
+    if stream_ms is None:
+        return transcribe_file(asr, path, options, progress=terminal)
+    live = _LiveLine(sys.stderr, f"{path}: " if several else "") if terminal else None
+    try:
+        return stream_file(asr, path, options, stream_ms, live.show if live else None)
+    finally:
+        if live is not None:
+            live.clear()
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from mamba_asr.asr import ASR
+    from mamba_asr import load_model
     from mamba_asr.decode import DecodingOptions
-    from mamba_asr.transcription import format_transcript, transcribe_file
+    from mamba_asr.transcription import STREAM_CHUNK_MS, format_transcript, stream_chunk_frames
 
     _set_threads(args.threads)
     options = DecodingOptions(strategy=args.strategy, beam_size=args.beam_size)
-    asr = ASR.load(args.model, device=get_device(args.device))
+    asr = load_model(args.model, device=args.device)
+    stream_ms = None
+    if args.stream:  # a model that does not stream, a chunk too short: one error line
+        stream_ms = STREAM_CHUNK_MS if args.chunk_ms is None else args.chunk_ms
+        stream_chunk_frames(asr, stream_ms)
     several, failed, cue = len(args.files) > 1, 0, 1
-    progress = sys.stderr.isatty()
     if args.format == "vtt":
         print("WEBVTT\n", flush=True)
     for path in args.files:
         try:
-            transcript = transcribe_file(asr, path, options, progress)
+            transcript = _transcribe_one(asr, path, options, stream_ms, several)
         except (*USER_ERRORS, RuntimeError) as exc:  # one bad file must not stop the others
             if args.debug:
                 traceback.print_exc()

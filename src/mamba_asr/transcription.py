@@ -17,6 +17,17 @@ Words
     word-start marker of a SentencePiece piece. A word runs from its first token's start to its
     last token's end.
 
+Streaming
+    ``stream_file(asr, path, options, chunk_ms, on_partial)`` decodes a file as it is read, for
+    streaming transducer models (causal front end, Mamba encoder): blocks of about ``chunk_ms``
+    are decoded, resampled and downmixed one by one (``mamba_asr.audio.read_blocks``), turned
+    into the same feature frames as offline (``StreamingFbank``) and fed ``chunk_ms`` at a time
+    (rounded down to whole encoder frames) to a ``TransducerStreamer``; ``on_partial(text,
+    seconds)`` sees the transcript so far after each chunk. Memory does not grow with the
+    length of the audio, save for the tokens of the transcript: no waveform, feature or
+    encoder output is kept past its chunk. The whole file is one stream (no 30 s windows), so
+    for audio up to 30 s the result equals ``transcribe_file``'s (greedy: token for token).
+
 Long audio
     Decoded in fixed windows of at most ``CHUNK_SECONDS`` (30 s) without overlap, so model
     memory stays bounded whatever the length (the waveform itself is held whole, 4 bytes a
@@ -35,12 +46,16 @@ from typing import TYPE_CHECKING
 import torch
 
 from mamba_asr.audio.io import load_audio
+from mamba_asr.audio.stream import StreamingFbank, read_blocks
 from mamba_asr.decode.search import DecodingOptions, decode_batch
-from mamba_asr.decode.transducer import transducer_greedy
+from mamba_asr.decode.streaming import TransducerStreamer
+from mamba_asr.decode.transducer import TransducerHypothesis, transducer_greedy
 from mamba_asr.models.ctc import CTCModel
 from mamba_asr.text.tokenizer import SentencePieceTokenizer
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mamba_asr.asr import ASR
 
 __all__ = [
@@ -51,10 +66,14 @@ __all__ = [
     "Word",
     "cues",
     "format_transcript",
+    "stream_chunk_frames",
+    "stream_file",
+    "streaming_subsampling",
     "transcribe_file",
 ]
 
 CHUNK_SECONDS = 30.0
+STREAM_CHUNK_MS = 320.0
 FORMATS = ("txt", "json", "srt", "vtt")
 FEATURE_HOP_S = 0.01  # Fbank's 10 ms hop
 CUE_WORDS, CUE_SECONDS = 7, 3.5
@@ -196,6 +215,108 @@ def _decode_chunk(
     ids = [e.id for e in emitted]
     subsampling = max(1, round(n_feats / n_enc)) if n_enc else 0
     return asr.tokenizer.decode(ids), emitted, subsampling * FEATURE_HOP_S
+
+
+# --- streaming ------------------------------------------------------------------------------------
+
+
+def streaming_subsampling(asr: ASR) -> int:
+    """Feature frames per encoder frame of a model that streams; a one-line ``ValueError`` for
+    one that does not (CTC, seq2seq, or a transducer with a non-causal part)."""
+    model = asr.model
+    kind = asr.config.model.kind
+    if not hasattr(model, "joiner") or not hasattr(model, "encode_chunk"):
+        raise ValueError(
+            f"streaming needs a transducer model, this one is {kind} (transcribe it without "
+            "--stream)"
+        )
+    try:
+        model.init_state(1)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    return int(model.frontend.subsampling)
+
+
+def stream_chunk_frames(asr: ASR, chunk_ms: float) -> int:
+    """Feature frames per streaming step: ``chunk_ms`` rounded down to whole encoder frames;
+    a one-line ``ValueError`` below one encoder frame or for a model that does not stream."""
+    subsampling = streaming_subsampling(asr)
+    hop_ms = 1000 * asr.fbank.hop_length / asr.sample_rate
+    frames = int(chunk_ms / hop_ms + 1e-9) // subsampling * subsampling
+    if frames < 1:
+        raise ValueError(
+            f"chunk_ms must be at least {subsampling * hop_ms:g} (one encoder frame of this "
+            f"model), got {chunk_ms:g}"
+        )
+    return frames
+
+
+def stream_file(
+    asr: ASR,
+    path: StrPath,
+    options: DecodingOptions | None = None,
+    chunk_ms: float = STREAM_CHUNK_MS,
+    on_partial: Callable[[str, float], None] | None = None,
+) -> Transcript:
+    """The ``Transcript`` of one file decoded as a stream; see the module docstring.
+
+    ``chunk_ms``: audio per decoding step, rounded down to whole encoder frames (at least one).
+    ``on_partial(text, seconds)``: called after each step with the transcript so far and the
+    seconds of audio consumed. Raises ``ValueError`` for a model that does not stream and
+    ``AudioError`` for a bad file (possibly after some partial results).
+    """
+    options = options or DecodingOptions(strategy="greedy")
+    subsampling = streaming_subsampling(asr)
+    hop_s = asr.fbank.hop_length / asr.sample_rate
+    chunk_frames = stream_chunk_frames(asr, chunk_ms)
+    device = next(asr.parameters()).device
+    was_training = asr.training
+    asr.eval()
+    try:
+        with torch.no_grad():
+            hyp, samples = _stream(asr, path, options, chunk_frames, device, on_partial)
+    finally:
+        asr.train(was_training)
+    duration = samples / asr.sample_rate
+    frame_s = subsampling * hop_s
+    if len(hyp.frames) == len(hyp.tokens):  # greedy: the frame of each token
+        emitted = [_Emitted(t, f, f) for t, f in zip(hyp.tokens, hyp.frames, strict=True)]
+    else:  # beam search keeps no frames
+        emitted = [_Emitted(t, None, None) for t in hyp.tokens]
+    tokens = [_token(asr, e, frame_s, 0.0, duration) for e in emitted]
+    words = _words(tokens, _surfaces(asr, emitted))
+    text = asr.tokenizer.decode(hyp.tokens).strip()
+    return Transcript(os.fspath(path), text, tokens, words, duration)
+
+
+def _stream(
+    asr: ASR,
+    path: StrPath,
+    options: DecodingOptions,
+    chunk_frames: int,
+    device: torch.device,
+    on_partial: Callable[[str, float], None] | None,
+) -> tuple[TransducerHypothesis, int]:
+    """Feed the file's features ``chunk_frames`` at a time; the final best hypothesis and the
+    number of samples read (at the model's rate)."""
+    rate = asr.sample_rate
+    fbank = StreamingFbank(asr.fbank)
+    streamer = TransducerStreamer(asr.model, 1, options, device=device)
+    pending = torch.zeros(1, 0, asr.fbank.n_mels, device=device)  # (1, < chunk_frames, M)
+    samples = 0
+    for block in read_blocks(path, rate, chunk_frames * asr.fbank.hop_length / rate):
+        samples += block.shape[0]
+        feats = fbank.accept(torch.from_numpy(block).to(device))  # (1, t, M)
+        pending = torch.cat([pending, asr.cmvn(feats)], dim=1)
+        best = None
+        while pending.shape[1] >= chunk_frames:
+            best = streamer.feed(pending[:, :chunk_frames])[0]
+            pending = pending[:, chunk_frames:]
+        if best is not None and on_partial is not None:
+            on_partial(asr.tokenizer.decode(best.tokens).strip(), samples / rate)
+    if pending.shape[1] > 0:  # the last chunk may hold any number of frames
+        streamer.feed(pending)
+    return streamer.finalize()[0], samples
 
 
 def _ctc_runs(best: list[int], blank: int) -> list[_Emitted]:
