@@ -11,6 +11,8 @@ Three parts, as every op here:
                     (B, T, U + 1) tensors besides the logits, never a (B, T, U + 1, V) one.
     rnnt_loss       the wrapper: checks, lengths -> lattice masks, reduction.
     rnnt_loss_ref   brute force over every alignment path (autograd for its gradient), tiny cases only.
+    rnnt_lattice    the same recursions on (B, T, U + 1) blank / emission log-prob grids from
+                    elsewhere (``ops.pruned_rnnt``), returning the move posteriors as well.
 
 Everything inside runs in fp32, whatever the logits' dtype; the loss comes back in the logits' dtype.
 """
@@ -18,7 +20,7 @@ Everything inside runs in fp32, whatever the logits' dtype; the loss comes back 
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -156,6 +158,57 @@ def _lattice_grads(
     g_blank = scale * torch.exp(a + lp_blank + beta_next_t)
     g_emit = scale * torch.exp(a + lp_emit + beta_next_u)  # 0 at u = U (lp_emit = -inf)
     return g_blank, g_emit
+
+
+class LatticeResult(NamedTuple):
+    """``rnnt_lattice``'s result: per-utterance -log P(y|x) (B,) and, both (B, T, U + 1), the
+    posterior probability of the blank and of the emission move out of each lattice cell."""
+
+    nll: Tensor
+    blank_posterior: Tensor
+    emit_posterior: Tensor
+
+
+class _LatticeFn(torch.autograd.Function):
+    """-log P(y|x) (B,) from (B, T, U + 1) blank / emission log-prob grids; the move posteriors
+    come out too (non-differentiable) and are the whole backward: d nll / d lp = -posterior."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, lp_blank: Tensor, lp_emit: Tensor, valid: Tensor, final: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        alpha, beta, log_p = _lattice_forward(lp_blank, lp_emit, valid, final)
+        ones = torch.ones_like(log_p)
+        g_blank, g_emit = _lattice_grads(lp_blank, lp_emit, alpha, beta, log_p, final, ones)
+        feasible = torch.isfinite(log_p)[:, None, None]  # no path: posteriors (and grads) 0
+        post_blank = torch.where(feasible, -g_blank, 0.0)  # (B, T, U + 1)
+        post_emit = torch.where(feasible, -g_emit, 0.0)  # (B, T, U + 1)
+        ctx.save_for_backward(post_blank, post_emit)
+        ctx.mark_non_differentiable(post_blank, post_emit)
+        return -log_p, post_blank, post_emit
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+        post_blank, post_emit = ctx.saved_tensors
+        scale = -grad_out.float()[:, None, None]
+        return scale * post_blank, scale * post_emit, None, None
+
+
+def rnnt_lattice(
+    lp_blank: Tensor, lp_emit: Tensor, logit_lengths: Tensor, target_lengths: Tensor
+) -> LatticeResult:
+    """RNN-T forward-backward on log-prob grids, differentiable w.r.t. both grids.
+
+    lp_blank, lp_emit: (B, T, U + 1) fp32 log-probabilities of the blank (t -> t + 1) and of the
+    emission of token u + 1 (u -> u + 1) at each cell (-inf: the move is not allowed; the
+    emission column u = U is never used); logit_lengths, target_lengths: (B,).
+    The grids come from anything: the full joint (``rnnt_loss``), the "simple" joint of
+    ``ops.pruned_rnnt`` or a band of the lattice scattered into a -inf grid.
+    An utterance with no path gets nll = inf and zero posteriors.
+    """
+    frames, u1 = lp_blank.shape[1:]
+    valid, final = _valid_masks(frames, u1, logit_lengths, target_lengths, lp_blank.device)
+    return LatticeResult(*_LatticeFn.apply(lp_blank, lp_emit, valid, final))
 
 
 class _RNNTLossFn(torch.autograd.Function):
