@@ -79,6 +79,13 @@ class TransducerConfig:
     or ``lstm`` (one LSTM layer). predictor_dim: its output width; joiner_dim: the joiner's
     hidden width. aux_ctc_weight: weight of an auxiliary CTC loss on the encoder,
     loss = (1 - w) * RNN-T + w * CTC (0: no CTC head).
+
+    loss: ``full`` (the joiner on every (frame, token) pair, memory T * U * V) or ``pruned``
+    (k2's pruned RNN-T: a "simple" joint of two extra linear heads picks ``prune_range`` tokens
+    per frame and the joiner runs on that band only, memory T * prune_range * V). The pruned
+    RNN-T term is pruned + simple_loss_scale * simple, with a constant scale (no warm-up
+    schedule: the loss has no notion of the training step). prune_range >= 2 needs
+    U <= (prune_range - 1) * T per utterance, else that utterance's loss is inf.
     """
 
     predictor: Literal["stateless", "lstm"] = "stateless"
@@ -86,9 +93,17 @@ class TransducerConfig:
     predictor_dim: int = 256
     joiner_dim: int = 320
     aux_ctc_weight: float = 0.0
+    loss: Literal["full", "pruned"] = "full"
+    prune_range: int = 5
+    simple_loss_scale: float = 0.5
 
     def __post_init__(self) -> None:
         _at_least(self, "model.transducer", 1, "context_size", "predictor_dim", "joiner_dim")
+        _at_least(self, "model.transducer", 2, "prune_range")
+        if self.simple_loss_scale < 0:
+            raise ConfigError(
+                f"model.transducer.simple_loss_scale must be >= 0, got {self.simple_loss_scale}"
+            )
         if not 0.0 <= self.aux_ctc_weight < 1.0:
             raise ConfigError(
                 f"model.transducer.aux_ctc_weight must be in [0, 1), got {self.aux_ctc_weight}"

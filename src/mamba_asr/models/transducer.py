@@ -8,8 +8,9 @@ Shape key
 Everything on the encoder side is causal and streams: ``encode_chunk`` from ``init_state``
 gives ``encode``'s output chunk by chunk (see ``CausalConvFrontEnd`` for the chunk rule).
 The loss builds the full (B, T, S + 1, V) joint and runs ``mamba_asr.ops.rnnt_loss.rnnt_loss``
-on it: fine for the small and base recipes with a 256-piece vocabulary and 8x subsampling,
-but memory grows as T * S * V (a pruned loss would be the next step for bigger ones).
+on it (``rnnt_kind="full"``): fine for the small and base recipes with a 256-piece vocabulary
+and 8x subsampling, but memory grows as T * S * V. ``rnnt_kind="pruned"`` runs the joiner only
+on a band of R tokens per frame (``mamba_asr.ops.pruned_rnnt``), memory T * R * V.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ from mamba_asr.modules.causal_frontend import CausalFrontEndState
 from mamba_asr.modules.feedforward import FeedForward
 from mamba_asr.modules.mamba import Mamba, MambaState
 from mamba_asr.modules.masks import length_mask, zero_padding
+from mamba_asr.ops.pruned_rnnt import (
+    do_rnnt_pruning,
+    prune_ranges,
+    rnnt_loss_pruned,
+    rnnt_loss_simple,
+)
 from mamba_asr.ops.rnnt_loss import rnnt_loss
 
 __all__ = [
@@ -307,6 +314,12 @@ class TransducerModel(nn.Module):
     ``forward(tokens, state) -> (out, state)``); ``joiner``: ``Joiner``. Training feeds the
     predictor [blank] + targets. Loss = (1 - aux_ctc_weight) * RNN-T + aux_ctc_weight * CTC,
     the CTC head (``ctc_lin``, Linear M -> V) existing only when aux_ctc_weight > 0.
+
+    ``rnnt_kind``: ``"full"`` (the joiner on all (B, T, S + 1) pairs) or ``"pruned"``: two
+    extra heads ``simple_am_proj`` (M -> V) and ``simple_lm_proj`` (P -> V) give the simple
+    loss, whose posteriors choose ``prune_range`` tokens per frame; the joiner runs on that
+    band only, and RNN-T = pruned + ``simple_loss_scale`` * simple. Decoding never uses the
+    simple heads.
     """
 
     def __init__(
@@ -319,6 +332,9 @@ class TransducerModel(nn.Module):
         blank: int = 0,
         aux_ctc_weight: float = 0.0,
         d_model: int | None = None,
+        rnnt_kind: str = "full",
+        prune_range: int = 5,
+        simple_loss_scale: float = 0.5,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -327,6 +343,17 @@ class TransducerModel(nn.Module):
             raise ValueError(f"blank must be in [0, vocab_size={vocab_size}), got {blank}")
         if not 0.0 <= aux_ctc_weight < 1.0:
             raise ValueError(f"aux_ctc_weight must be in [0, 1), got {aux_ctc_weight}")
+        if rnnt_kind not in ("full", "pruned"):
+            raise ValueError(f"rnnt_kind must be 'full' or 'pruned', got {rnnt_kind!r}")
+        if prune_range < 2:
+            raise ValueError(f"prune_range must be >= 2, got {prune_range}")
+        self.rnnt_kind, self.prune_range = rnnt_kind, prune_range
+        self.simple_loss_scale = simple_loss_scale
+        self.simple_am_proj = self.simple_lm_proj = None
+        if rnnt_kind == "pruned":
+            factory = {"device": device, "dtype": dtype}
+            self.simple_am_proj = nn.Linear(joiner.enc_proj.in_features, vocab_size, **factory)
+            self.simple_lm_proj = nn.Linear(joiner.pred_proj.in_features, vocab_size, **factory)
         self.frontend, self.encoder = frontend, encoder
         self.predictor, self.joiner = predictor, joiner
         self.vocab_size, self.blank, self.aux_ctc_weight = vocab_size, blank, aux_ctc_weight
@@ -382,6 +409,33 @@ class TransducerModel(nn.Module):
         clean = targets.long().masked_fill(~valid, self.blank)
         return torch.cat([clean.new_full((clean.shape[0], 1), self.blank), clean], dim=1)
 
+    def _full_rnnt(self, enc: Encoded, pred: Tensor, targets: Tensor, lengths: Tensor) -> Tensor:
+        """RNN-T over the full joint: memory (B, T, M), pred (B, S+1, P) -> (B,) losses."""
+        logits = self.joiner(enc.memory[:, :, None, :], pred[:, None, :, :])  # (B, T, S+1, V)
+        return rnnt_loss(
+            logits.float(), targets.int(), enc.lengths.int(), lengths.int(), blank=self.blank,
+            reduction="none",
+        )  # fmt: skip
+
+    def _pruned_rnnt(self, enc: Encoded, pred: Tensor, targets: Tensor, lengths: Tensor) -> Tensor:
+        """pruned + simple_loss_scale * simple: memory (B, T, M), pred (B, S+1, P) -> (B,)."""
+        frame_lengths = enc.lengths.to(pred.device)
+        simple = rnnt_loss_simple(
+            self.simple_lm_proj(pred), self.simple_am_proj(enc.memory), targets, frame_lengths,
+            lengths, blank=self.blank, reduction="none",
+        )  # fmt: skip
+        ranges = prune_ranges(
+            simple.blank_posterior, simple.emit_posterior, frame_lengths, lengths, self.prune_range
+        )  # (B, T, R)
+        band = do_rnnt_pruning(
+            self.joiner.project_encoder(enc.memory), self.joiner.project_predictor(pred), ranges
+        )  # (B, T, R, J) each
+        logits = self.joiner.join(band.am, band.lm)  # (B, T, R, V)
+        pruned = rnnt_loss_pruned(
+            logits, targets, ranges, frame_lengths, lengths, blank=self.blank, reduction="none"
+        )
+        return pruned.float() + self.simple_loss_scale * simple.loss.float()
+
     def loss(
         self,
         feats: Tensor,
@@ -399,15 +453,11 @@ class TransducerModel(nn.Module):
         enc = self.encode(feats, feat_lengths)
         pred_in = self.predictor_inputs(targets, target_lengths)  # (B, S+1)
         pred, _ = self.predictor(pred_in)  # (B, S+1, P)
-        logits = self.joiner(enc.memory[:, :, None, :], pred[:, None, :, :])  # (B, T, S+1, V)
-        per_utterance = rnnt_loss(
-            logits.float(),
-            pred_in[:, 1:].int(),
-            enc.lengths.int(),
-            target_lengths.to(logits.device).int(),
-            blank=self.blank,
-            reduction="none",
-        )  # (B,)
+        target_lengths = target_lengths.to(pred.device)
+        if self.rnnt_kind == "pruned":
+            per_utterance = self._pruned_rnnt(enc, pred, pred_in[:, 1:], target_lengths)
+        else:
+            per_utterance = self._full_rnnt(enc, pred, pred_in[:, 1:], target_lengths)
         rnnt = reduce_loss(per_utterance, target_lengths, reduction)
         if self.ctc_lin is None:
             return LossOutput(loss=rnnt, ctc=None, attention=None)

@@ -1,0 +1,119 @@
+"""The transducer's pruned RNN-T path: config, a training step, gradients, and the full-band case
+against the full loss plus the scaled simple loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mamba_asr.config import ConfigError, ModelConfig, from_dict
+from mamba_asr.models.factory import build_model
+from mamba_asr.models.transducer import TransducerModel
+from mamba_asr.ops.pruned_rnnt import rnnt_loss_simple
+
+N_MELS, VOCAB = 20, 9
+
+
+def tiny_config(**transducer: object) -> ModelConfig:
+    data: dict = {
+        "vocab_size": VOCAB, "encoder_module": "mamba", "decoder_module": "transducer",
+        "d_model": 16, "num_encoder_layers": 2, "d_ffn": 32, "dropout": 0.0,
+        "mamba": {"d_state": 4, "expand": 2, "d_conv": 3, "bidirectional": False},
+        "frontend": {"kind": "causal", "n_mels": N_MELS, "subsampling": 4, "channels": [8, 8],
+                     "kernel_size": 3},
+        "transducer": {"predictor_dim": 12, "joiner_dim": 10, "aux_ctc_weight": 0.2, **transducer},
+    }  # fmt: skip
+    return from_dict(ModelConfig, data)
+
+
+def tiny_model(rnnt_kind: str, seed: int = 0, **transducer: object) -> TransducerModel:
+    """A tiny transducer with the given loss (built from the parts the factory makes)."""
+    torch.manual_seed(seed)
+    cfg = tiny_config(**transducer)
+    base = build_model(cfg)
+    t = cfg.transducer
+    return TransducerModel(
+        base.frontend, base.encoder, VOCAB, base.predictor, base.joiner, blank=0,
+        aux_ctc_weight=t.aux_ctc_weight, d_model=cfg.d_model, rnnt_kind=rnnt_kind,
+        prune_range=t.prune_range, simple_loss_scale=t.simple_loss_scale,
+    )  # fmt: skip
+
+
+def batch(lengths: list[int], target_lengths: list[int], seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.randn(len(lengths), max(lengths), N_MELS, generator=gen)
+    targets = torch.randint(1, VOCAB, (len(lengths), max(target_lengths)), generator=gen)
+    return feats, torch.tensor(lengths), targets, torch.tensor(target_lengths)
+
+
+def test_config_options() -> None:
+    t = tiny_config().transducer
+    assert (t.loss, t.prune_range, t.simple_loss_scale) == ("full", 5, 0.5)
+    assert tiny_config(loss="pruned", prune_range=3).transducer.loss == "pruned"
+    with pytest.raises(ConfigError, match="transducer.loss must be one of"):
+        tiny_config(loss="fast")
+    with pytest.raises(ConfigError, match="model.transducer.prune_range must be >= 2"):
+        tiny_config(prune_range=1)
+    with pytest.raises(ConfigError, match="model.transducer.simple_loss_scale must be >= 0"):
+        tiny_config(simple_loss_scale=-0.1)
+    with pytest.raises(ValueError, match="rnnt_kind must be"):
+        tiny_model("fast")
+    assert tiny_model("full").simple_am_proj is None
+
+
+@pytest.mark.parametrize("rnnt_kind", ["full", "pruned"])
+def test_training_step_reaches_every_parameter(rnnt_kind: str) -> None:
+    model = tiny_model(rnnt_kind, prune_range=3).train()
+    feats, lengths, targets, target_lengths = batch([40, 32, 24], [5, 4, 3])
+    optim = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(6):
+        optim.zero_grad()
+        out = model.loss(feats, lengths, targets, target_lengths)
+        assert torch.isfinite(out.loss) and out.loss > 0
+        out.loss.backward()
+        if step == 0:
+            missing = [n for n, p in model.named_parameters()
+                       if p.grad is None or not p.grad.abs().sum() > 0]  # fmt: skip
+            assert not missing, f"no gradient for {missing}"
+            if rnnt_kind == "pruned":
+                assert {"simple_am_proj.weight", "simple_lm_proj.weight"} <= set(
+                    dict(model.named_parameters())
+                )
+        optim.step()
+        losses.append(float(out.loss.detach()))
+    assert losses[-1] < losses[0], losses
+
+
+def test_full_band_equals_full_loss_plus_scaled_simple() -> None:
+    """prune_range >= U + 1 keeps the whole lattice: pruned RNN-T = full + scale * simple."""
+    pruned = tiny_model("pruned", prune_range=8, simple_loss_scale=0.3, aux_ctc_weight=0.0)
+    full = TransducerModel(
+        pruned.frontend, pruned.encoder, VOCAB, pruned.predictor, pruned.joiner, blank=0
+    )
+    feats, lengths, targets, target_lengths = batch([40, 29, 16], [6, 2, 0])
+    got = pruned.loss(feats, lengths, targets, target_lengths, reduction="none").loss
+    ref = full.loss(feats, lengths, targets, target_lengths, reduction="none").loss
+    enc = pruned.encode(feats, lengths)
+    pred_in = pruned.predictor_inputs(targets, target_lengths)
+    pred, _ = pruned.predictor(pred_in)
+    simple = rnnt_loss_simple(
+        pruned.simple_lm_proj(pred), pruned.simple_am_proj(enc.memory), pred_in[:, 1:],
+        enc.lengths, target_lengths, reduction="none",
+    ).loss  # fmt: skip
+    torch.testing.assert_close(got, ref + 0.3 * simple, rtol=1e-5, atol=1e-5)
+    # and the gradients of the shared parameters agree
+    grads = torch.autograd.grad(got.sum(), list(full.parameters()))
+    grads_ref = torch.autograd.grad((ref + 0.3 * simple).sum(), list(full.parameters()))
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_pruned_reductions_and_padding() -> None:
+    model = tiny_model("pruned", prune_range=3)
+    feats, lengths, targets, target_lengths = batch([40, 20], [5, 2])
+    none = model.loss(feats, lengths, targets, target_lengths, reduction="none").loss
+    mean = model.loss(feats, lengths, targets, target_lengths, reduction="mean").loss
+    torch.testing.assert_close(mean, (none / target_lengths).mean())
+    alone = model.loss(feats[1:, :20], lengths[1:], targets[1:, :2], target_lengths[1:], "none")
+    torch.testing.assert_close(none[1:], alone.loss, rtol=1e-5, atol=1e-5)
