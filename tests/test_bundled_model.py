@@ -1,0 +1,65 @@
+"""The model shipped in the package (``mamba_asr.pretrained.DEFAULT_MODEL``) on ``examples/``.
+
+Skipped only while the model file is not in the source tree; everything else these tests need
+(``examples/hello.flac`` and its text ``examples/hello.txt``) must then be there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import mamba_asr
+from mamba_asr.asr import ASR
+from mamba_asr.cli import main
+from mamba_asr.pretrained import bundled_path
+from mamba_asr.text import normalize_transcript
+from mamba_asr.train.metrics import error_rates
+from mamba_asr.transcription import stream_file, transcribe_file
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+AUDIO, TEXT = EXAMPLES / "hello.flac", EXAMPLES / "hello.txt"
+
+pytestmark = pytest.mark.skipif(
+    not bundled_path().is_file(), reason="bundled model file not built yet"
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> ASR:
+    return mamba_asr.load_model(device="cpu")
+
+
+def _wer(hypothesis: str) -> float:
+    reference = normalize_transcript(TEXT.read_text())
+    return error_rates([reference], [normalize_transcript(hypothesis)]).wer
+
+
+def test_load_model_without_arguments(model):
+    assert isinstance(model, ASR) and not model.training
+    assert model.sample_rate == 16000
+    assert model.config.model.kind == "transducer"
+
+
+def test_transcribes_the_example(model):
+    text = mamba_asr.transcribe(model, AUDIO, strategy="greedy")
+    assert _wer(text) <= 0.2, text
+    assert _wer(transcribe_file(model, AUDIO).text) <= 0.2
+
+
+def test_stream_equals_offline(model):
+    offline = transcribe_file(model, AUDIO)
+    for chunk_ms in (160, 320, 640):
+        streamed = stream_file(model, AUDIO, chunk_ms=chunk_ms)
+        assert streamed.text == offline.text, chunk_ms
+        assert streamed.tokens == offline.tokens, chunk_ms
+
+
+def test_cli_default_model_stream_and_offline(capsys):
+    assert main(["transcribe", str(AUDIO), "--format", "json"]) == 0
+    offline = json.loads(capsys.readouterr().out)
+    assert main(["transcribe", str(AUDIO), "--format", "json", "--stream"]) == 0
+    assert json.loads(capsys.readouterr().out) == offline
+    assert _wer(offline["text"]) <= 0.2, offline["text"]
