@@ -19,6 +19,7 @@ from mamba_asr.data.synth import (
     add_reverb,
     available_engines,
     read_sentences,
+    select_voices,
     synthesize_corpus,
 )
 
@@ -138,9 +139,48 @@ def test_cli_runs_and_rejects_bad_hours(tmp_path, capsys, text_file):
 
 @pytest.mark.parametrize("engine", ["flite", "festival"])
 def test_other_engines_when_installed(tmp_path, text_file, engine):
-    program = {"flite": "flite", "festival": "text2wave"}[engine]
+    program = engine
     if shutil.which(program) is None:
         pytest.skip(f"{engine} not installed (apt-get install {engine})")
     records, _ = _corpus(tmp_path / engine, text_file, engines=[engine])
     assert records and all(r["voice"].startswith(f"{engine}:") for r in records)
     assert len(scan_librispeech(tmp_path / engine, progress=False).utterances) == len(records)
+
+
+def test_festival_speaks_a_batch_in_one_process(tmp_path, text_file, monkeypatch):
+    if shutil.which("festival") is None:
+        pytest.skip("festival not installed (apt-get install festival festvox-kallpc16k)")
+    import subprocess
+
+    from mamba_asr.data import synth
+
+    calls = []
+    run = subprocess.run
+    monkeypatch.setattr(
+        synth.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or run(cmd, **kw)
+    )
+    jobs = synth._plan(["HELLO THERE MY FRIEND", "GOOD MORNING TO YOU"], np.arange(2),
+                       [v for v in VOICES if v.engine == "festival"], 0, tmp_path, False, False)  # fmt: skip
+    batch = [next(jobs) for _ in range(3)]
+    durations = synth._speak_group(batch)
+    assert len(calls) == 1 and calls[0][:2] == ["festival", "-b"]
+    assert len(durations) == 3 and all(d > 0.3 for d in durations)
+    assert all(job.path.is_file() for job in batch)
+    assert synth._groups(batch, workers=2) == [batch[:2], batch[2:]]
+
+
+def test_voice_selection_by_pattern():
+    engines = ["espeak-ng", "flite", "festival"]
+    assert select_voices(engines) == list(VOICES)
+    flite = select_voices(engines, include=["flite:*"])
+    assert [v.name for v in flite] == ["kal16", "awb", "rms", "kal"]
+    kept = select_voices(["espeak-ng"], exclude=["espeak-ng:*+m7", "espeak-ng:*+f4"])
+    assert len(kept) == 8 * 12 and not any(v.name.endswith(("+m7", "+f4")) for v in kept)
+    with pytest.raises(ValueError, match="no voice left"):
+        select_voices(["flite"], include=["espeak-ng:*"])
+
+
+@needs_espeak
+def test_excluded_voices_never_speak(tmp_path, text_file):
+    records, _ = _corpus(tmp_path / "c", text_file, exclude_voices=["espeak-ng:en-us*", "*+m*"])
+    assert records and not any("en-us" in r["voice"] or "+m" in r["voice"] for r in records)

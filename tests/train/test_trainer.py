@@ -154,3 +154,17 @@ def test_bad_inputs_fail_before_anything_is_written(tmp_path, corpus, tiny_recip
     with pytest.raises(ValueError, match="holds training output .* but no recipe.yaml"):
         train(tiny_recipe(), corpus, corpus, foreign, device="cpu")
     assert (foreign / "metrics.csv").read_text() == "precious\n"
+
+
+def test_max_seconds_stops_with_a_checkpoint_and_reports_speed(tmp_path, corpus, tiny_recipe):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="max_seconds must be > 0"):
+        train(tiny_recipe(), corpus, corpus, out, device="cpu", max_seconds=0)
+    result = train(tiny_recipe("train.log_every=1"), corpus, corpus, out, device="cpu",
+                   max_seconds=1e-6)  # fmt: skip
+    assert result.step == 1 and not result.finished and result.model_path is None
+    assert [c.name for c in list_checkpoints(out / "checkpoints")] == ["step-00000001.pt"]
+    assert [s for s, _ in result.throughput] == [1] and result.throughput[0][1] > 0
+    assert "s of audio per second" in (out / "train.log").read_text()
+    resumed = train(tiny_recipe("train.log_every=1"), corpus, corpus, out, device="cpu")
+    assert resumed.finished and resumed.step > 1

@@ -14,13 +14,18 @@ Utterance ``i`` takes its sentence, voice, speed, pitch and augmentation from a 
 with ``(seed, i)``, so the same inputs and seed give the same corpus whatever ``workers`` is.
 
 Engines: espeak-ng (required; one process per utterance, it runs about a thousand times faster
-than real time), flite and festival (``text2wave``), one process per utterance each. An engine
-asked for by name that is not installed raises ``ValueError`` with the ``apt-get`` command.
+than real time), flite (one process per utterance) and festival (``festival -b`` with a Scheme
+script: the festival utterances of a batch are split over the workers, several per process, since
+starting festival costs about as much as speaking a sentence). An engine asked for by name that
+is not installed raises ``ValueError`` with the ``apt-get`` command. ``voices`` /
+``exclude_voices`` pick speakers by shell patterns on their label (``espeak-ng:*+m7``), e.g. to
+keep some voices out of a training corpus for a dev set of unseen voices.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import re
@@ -57,7 +62,7 @@ __all__ = [
 SAMPLE_RATE = 16000
 SPEAKER_BASE = 10000
 ENGINES = ("espeak-ng", "flite", "festival")
-_PROGRAM = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}
+_PROGRAM = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "festival"}
 _INSTALL = {e: f"apt-get install {e}" for e in ENGINES}
 _ESPEAK_ACCENTS = (
     "en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd",
@@ -121,7 +126,7 @@ class _Job:
     seed: int
     text: str
     voice: Voice
-    rate: float  # espeak-ng words per minute; flite duration stretch
+    rate: float  # espeak-ng words per minute; flite and festival duration stretch
     pitch: int  # espeak-ng pitch 0-99
     noise: str | None  # "white" / "pink"
     snr_db: float
@@ -225,6 +230,8 @@ def synthesize_corpus(
     noise: bool = False,
     reverb: bool = False,
     progress: bool = True,
+    voices: Sequence[str] | None = None,
+    exclude_voices: Sequence[str] = (),
 ) -> SynthResult:
     """Speak sentences of ``text_files`` into ``out_dir`` until ``hours`` of audio are written.
 
@@ -242,12 +249,12 @@ def synthesize_corpus(
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out}: output folder exists and is not empty")
-    voices = [v for v in VOICES if v.engine in available_engines(engines)]
+    chosen = select_voices(available_engines(engines), voices, exclude_voices)
     sentences = read_sentences(text_files)
     if not sentences:
         raise ValueError("no usable sentence (3-25 words of A-Z and apostrophes) in the text files")
     order = np.random.default_rng([seed]).permutation(len(sentences))
-    jobs = _plan(sentences, order, voices, seed, out, noise, reverb)
+    jobs = _plan(sentences, order, chosen, seed, out, noise, reverb)
     start, target = time.perf_counter(), hours * 3600.0
     done: list[tuple[_Job, float]] = []
     total = 0.0
@@ -256,8 +263,15 @@ def synthesize_corpus(
     try:
         while total < target:
             batch = [next(jobs) for _ in range(workers * _BATCH_PER_WORKER)]
-            durations = pool.map(_speak, batch) if pool else map(_speak, batch)
-            for job, duration in zip(batch, durations, strict=True):
+            groups = _groups(batch, workers)
+            spoken = pool.map(_speak_group, groups) if pool else map(_speak_group, groups)
+            by_index = {
+                j.index: d
+                for g, ds in zip(groups, spoken, strict=True)
+                for j, d in zip(g, ds, strict=True)
+            }
+            for job in batch:
+                duration = by_index[job.index]
                 if total >= target:
                     _discard(job.path)  # spoken past the target: not kept
                     continue
@@ -294,7 +308,7 @@ def _plan(
         rng = np.random.default_rng([seed, index])
         voice = voices[int(rng.integers(len(voices)))]
         rate = float(rng.uniform(130, 200)) if voice.engine == "espeak-ng" else 1.0
-        if voice.engine == "flite":
+        if voice.engine in ("flite", "festival"):  # duration stretch
             rate = float(rng.uniform(0.85, 1.2))
         pitch = int(rng.integers(30, 71))
         noise_kind = str(rng.choice(["white", "pink"])) if noise and rng.random() < 0.5 else None
@@ -317,9 +331,71 @@ def _discard(path: Path) -> None:
             folder.rmdir()
 
 
-def _speak(job: _Job) -> float:
-    """Synthesise, augment, resample and write one utterance; returns its duration (s)."""
-    wave, rate = _synthesize(job)
+def select_voices(
+    engines: Sequence[str], include: Sequence[str] | None = None, exclude: Sequence[str] = ()
+) -> list[Voice]:
+    """Voices of ``engines`` whose label matches a pattern of ``include`` (all when None) and
+    none of ``exclude`` (``fnmatch`` patterns such as ``espeak-ng:*+f4``, ``flite:*``).
+    Raises ``ValueError`` when none is left."""
+    chosen = [
+        v
+        for v in VOICES
+        if v.engine in engines
+        and (include is None or any(fnmatch.fnmatchcase(v.label, p) for p in include))
+        and not any(fnmatch.fnmatchcase(v.label, p) for p in exclude)
+    ]
+    if not chosen:
+        raise ValueError(
+            f"no voice left of engines {', '.join(engines)} with voices {list(include or ['*'])} "
+            f"and exclude_voices {list(exclude)}"
+        )
+    return chosen
+
+
+def _groups(batch: list[_Job], workers: int) -> list[list[_Job]]:
+    """Jobs per worker call: one each, but festival's spread over at most ``workers`` groups."""
+    festival = [j for j in batch if j.voice.engine == "festival"]
+    groups = [[j] for j in batch if j.voice.engine != "festival"]
+    per = -(-len(festival) // workers) if festival else 1
+    groups += [festival[i : i + per] for i in range(0, len(festival), per)]
+    return groups
+
+
+def _speak_group(jobs: list[_Job]) -> list[float]:
+    """Durations (s) of the jobs, spoken and written (festival's in one process)."""
+    if jobs[0].voice.engine == "festival":
+        with tempfile.TemporaryDirectory(prefix="mamba-asr-synth-") as tmp:
+            return [_finish(j, *w) for j, w in zip(jobs, _festival(jobs, Path(tmp)), strict=True)]
+    return [_finish(job, *_synthesize(job)) for job in jobs]
+
+
+def _festival(jobs: list[_Job], tmp: Path) -> list[tuple[np.ndarray, int]]:
+    """Waves of festival jobs from one ``festival -b`` process running a generated script."""
+    lines = []
+    for i, job in enumerate(jobs):
+        text = job.text.lower()  # A-Z, apostrophes and spaces only: nothing to escape
+        lines += [
+            f"(voice_{job.voice.name})",
+            f"(Parameter.set 'Duration_Stretch {job.rate:.3f})",
+            f'(set! u (utt.synth (Utterance Text "{text}")))',
+            f'(utt.save.wave u "{tmp / f"{i}.wav"}" \'riff)',
+        ]
+    script = tmp / "batch.scm"
+    script.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = subprocess.run(["festival", "-b", str(script)], capture_output=True, text=True)
+    waves = []
+    for i, job in enumerate(jobs):
+        wav = tmp / f"{i}.wav"
+        if proc.returncode != 0 or not wav.is_file() or wav.stat().st_size <= 44:
+            error = " ".join(proc.stderr.split())[:200]
+            raise OSError(f"{job.voice.label} failed on {job.text!r}: {error or 'no audio'}")
+        wave, rate = sf.read(wav, dtype="float32", always_2d=True)
+        waves.append((wave.mean(axis=1), int(rate)))
+    return waves
+
+
+def _finish(job: _Job, wave: np.ndarray, rate: int) -> float:
+    """Resample, augment and write one utterance's wave; returns its duration (s)."""
     wave = soxr.resample(wave, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
     rng = np.random.default_rng([job.seed, job.index, 1])
     if job.rt60 is not None:
@@ -339,16 +415,14 @@ def _synthesize(job: _Job) -> tuple[np.ndarray, int]:
     with tempfile.TemporaryDirectory(prefix="mamba-asr-synth-") as tmp:
         wav = Path(tmp) / "out.wav"
         text = job.text.lower()
+        if job.voice.engine == "festival":
+            return _festival([job], Path(tmp))[0]
         if job.voice.engine == "espeak-ng":
             cmd = ["espeak-ng", "-v", job.voice.name, "-s", str(round(job.rate))]
             cmd += ["-p", str(job.pitch), "-w", str(wav), text]
-        elif job.voice.engine == "flite":
+        else:
             cmd = ["flite", "-voice", job.voice.name, "--setf"]
             cmd += [f"duration_stretch={job.rate:.3f}", "-t", text, "-o", str(wav)]
-        else:
-            (Path(tmp) / "in.txt").write_text(text + "\n", encoding="utf-8")
-            cmd = ["text2wave", "-eval", f"(voice_{job.voice.name})", str(Path(tmp) / "in.txt")]
-            cmd += ["-o", str(wav)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not wav.is_file() or wav.stat().st_size <= 44:
             error = " ".join(proc.stderr.split())[:200]

@@ -109,7 +109,9 @@ Tokenizer = CharTokenizer | SentencePieceTokenizer
 class TrainResult:
     """What ``train`` did: the final step and epoch count, whether all epochs are done, the
     averaged model's path (None until the run is finished, and on ranks other than 0), and
-    the validation WER of the best checkpoint (None before the first validation)."""
+    the validation WER of the best checkpoint (None before the first validation), and the
+    training speed: ``throughput`` holds (step, seconds of audio per second over every rank)
+    for each ``train.log_every`` window of this call (the first one includes start-up)."""
 
     out_dir: Path
     step: int
@@ -118,6 +120,7 @@ class TrainResult:
     model_path: Path | None
     best_wer: float | None
     rank: int = 0
+    throughput: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -413,6 +416,20 @@ class _Run:
         self.p, self.metrics = progress, metrics
         self.ckpt_dir = out_dir / CHECKPOINT_DIR
         self.seen_ids: list[str] = []
+        self.audio_seconds = 0.0  # this rank's, since the last training-loss row
+        self.window_start = time.perf_counter()
+        self.throughput: list[tuple[int, float]] = []
+        self.deadline: float | None = None  # time.perf_counter() value to stop at
+
+    def out_of_time(self) -> bool:
+        """Past the deadline (the same answer on every rank: rank 0's clock decides)."""
+        if self.deadline is None:
+            return False
+        late = torch.tensor([time.perf_counter() > self.deadline], dtype=torch.int32)
+        if self.ctx.distributed:
+            late = late.to(self.ctx.device)
+            torch.distributed.broadcast(late, 0)
+        return bool(late.item())
 
     def load(self, state: dict[str, Any]) -> None:
         ranks = state["ranks"]
@@ -495,7 +512,7 @@ class _Run:
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", step=self.p.step)
                 self._log_train(lr)
                 at_end = self.p.batches_done == total
-                stop = max_steps is not None and self.p.step >= max_steps
+                stop = (max_steps is not None and self.p.step >= max_steps) or self.out_of_time()
                 every = cfg.checkpoint_every_steps
                 if not at_end and (stop or (every and self.p.step % every == 0)):
                     self.save(valid=None)
@@ -506,6 +523,7 @@ class _Run:
         return True
 
     def _forward_backward(self, batch: Batch, group_size: int, sync: bool) -> float:
+        self.audio_seconds += float(batch.wave_lengths.sum()) / self.recipe.data.sample_rate
         b = batch.to(self.ctx.device, non_blocking=True)
         if os.environ.get(RANK_DUMP_ENV):
             self.seen_ids.extend(b.ids)
@@ -536,18 +554,25 @@ class _Run:
     def _log_train(self, lr: float) -> None:
         if self.p.step % self.recipe.train.log_every:
             return
-        window = torch.tensor(self.p.window, dtype=torch.float64)
-        if self.ctx.distributed:  # mean over every rank's batches
+        window = torch.tensor([*self.p.window, self.audio_seconds], dtype=torch.float64)
+        if self.ctx.distributed:  # mean over every rank's batches, audio of every rank
             summed = [window.to(self.ctx.device)]
             torch.distributed.all_reduce(summed[0])
             window = summed[0].cpu()
         loss = float(window[0] / window[1].clamp_min(1))
         self.metrics.add(self.p.step, self.p.epoch + 1, train_loss=loss, lr=lr)
+        now = time.perf_counter()
+        speed = float(window[2]) / max(now - self.window_start, 1e-9)
+        self.throughput.append((self.p.step, speed))
+        log.info("step %d: loss %.4f, lr %.3g, %.0f s of audio per second", self.p.step, loss,
+                 lr, speed)  # fmt: skip
         self.p.window = [0.0, 0.0]
+        self.audio_seconds, self.window_start = 0.0, now
 
     def end_epoch(self, valid_loader: DataLoader | None) -> _Validation:
         """Validate, checkpoint (as the start of the next epoch), log, plot."""
         valid = _validate(self.asr, valid_loader, self.recipe, self.ctx)
+        self.window_start = time.perf_counter()  # validation is not training time
         epoch = self.p.epoch + 1
         log.info(
             "epoch %d, step %d: valid loss %.4f, WER %.2f %%, CER %.2f %% (%d utterances)",
@@ -607,13 +632,15 @@ def train(
     resume: bool = True,
     max_steps: int | None = None,
     progress: bool | None = None,
+    max_seconds: float | None = None,
 ) -> TrainResult:
     """Train ``recipe`` on the manifests into ``out_dir`` (see the module docstring).
 
     device: as for ``mamba_asr.device.get_device`` (under torchrun, CUDA means each rank's
     ``cuda:<LOCAL_RANK>``). resume: continue the run ``out_dir`` holds (False: refuse to
     touch a folder that holds a run). max_steps: stop after this many optimizer steps in
-    total, with a checkpoint (running again continues); None: train all epochs. progress:
+    total, with a checkpoint (running again continues); None: train all epochs. max_seconds:
+    likewise, stop at the first optimizer step after this much wall-clock time. progress:
     show a progress bar (default: when stderr is a terminal; rank 0 only).
 
     Raises ``ValueError`` (``ConfigError``, ``ManifestError``, ...) or ``OSError`` with one
@@ -621,6 +648,9 @@ def train(
     """
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+    deadline = None if max_seconds is None else time.perf_counter() + max_seconds
     out_dir = Path(out_dir)
     train_utts, valid_utts = read_manifest(train_manifest), read_manifest(valid_manifest)
     ctx = init_distributed(device)
@@ -629,7 +659,7 @@ def train(
         tokenizer = tokenizer_from_files(prepared["tokenizer"])
         with _file_log(out_dir / "train.log", ctx.is_main):
             return _train(recipe, ctx, out_dir, tokenizer, train_utts, valid_utts,
-                          prepared["state"], max_steps, progress)  # fmt: skip
+                          prepared["state"], max_steps, progress, deadline)  # fmt: skip
     finally:
         cleanup(ctx)
 
@@ -666,6 +696,7 @@ def _train(
     state: dict[str, Any] | None,
     max_steps: int | None,
     progress: bool | None,
+    deadline: float | None = None,
 ) -> TrainResult:
     cfg = recipe.train
     _seed_all(cfg.seed)
@@ -683,6 +714,7 @@ def _train(
         _fit_cmvn(asr, train_utts, recipe, ctx.device)
     metrics = MetricsLog(out_dir, 0 if state is None else state["progress"]["step"], ctx.is_main)
     run = _Run(recipe, ctx, out_dir, asr, asr, sampler, _Progress(), metrics)
+    run.deadline = deadline
     if state is not None:
         run.load(state)
     else:
@@ -698,10 +730,12 @@ def _train(
             if finished:
                 run.end_epoch(valid_loader)
             stopped = not finished or (max_steps is not None and run.p.step >= max_steps)
+            stopped = stopped or run.out_of_time()
         done = run.p.epoch >= cfg.epochs
         model_path = run.finish() if done else None
         run.dump_rank()
     finally:
         metrics.close()
     best = run.p.best[0]["wer"] if run.p.best else None
-    return TrainResult(out_dir, run.p.step, run.p.epoch, done, model_path, best, ctx.rank)
+    return TrainResult(out_dir, run.p.step, run.p.epoch, done, model_path, best, ctx.rank,
+                       tuple(run.throughput))  # fmt: skip
