@@ -15,6 +15,7 @@ import soundfile as sf
 import torch
 
 from mamba_asr.asr import ASR
+from mamba_asr.audio import load_audio
 from mamba_asr.cli import main
 from mamba_asr.config import load_recipe
 from mamba_asr.decode import DecodingOptions, ctc_greedy
@@ -24,6 +25,7 @@ from mamba_asr.transcription import (
     Transcript,
     Word,
     _ctc_runs,
+    _windows,
     _words,
     cues,
     transcribe_file,
@@ -123,6 +125,14 @@ def test_long_audio_is_chunked_with_offset_times(ctc_model, tmp_path):
     assert t.duration == pytest.approx(65.0)
     _check_times(t, 65.0)
     assert max(tok.start for tok in t.tokens) > 60.0  # last window's times are offset
+
+
+def test_windows_are_read_one_at_a_time_and_join_to_the_file(tmp_path):
+    path = tmp_path / "long.flac"
+    sf.write(path, _noise(7.3, 22050, channels=2), 22050)
+    windows = list(_windows(path, 16000, 32000))  # 2 s windows of the resampled mono signal
+    assert [len(w) for w in windows[:-1]] == [32000] * 3 and 0 < len(windows[-1]) <= 32000
+    np.testing.assert_array_equal(np.concatenate(windows), load_audio(path, 16000))
 
 
 def test_beam_gives_tokens_without_times(ctc_model, good_wav):

@@ -29,9 +29,9 @@ Streaming
     for audio up to 30 s the result equals ``transcribe_file``'s (greedy: token for token).
 
 Long audio
-    Decoded in fixed windows of at most ``CHUNK_SECONDS`` (30 s) without overlap, so model
-    memory stays bounded whatever the length (the waveform itself is held whole, 4 bytes a
-    sample); times of each window are offset by its start. A word cut by a window boundary
+    Decoded in fixed windows of at most ``CHUNK_SECONDS`` (30 s) without overlap, read from
+    the file one window at a time (``read_blocks``), so memory stays bounded whatever the
+    length; times of each window are offset by its start. A word cut by a window boundary
     comes out as two words.
 """
 
@@ -43,9 +43,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
-from mamba_asr.audio.io import load_audio
+from mamba_asr.audio.io import audio_info
 from mamba_asr.audio.stream import StreamingFbank, read_blocks
 from mamba_asr.decode.search import DecodingOptions, decode_batch
 from mamba_asr.decode.streaming import TransducerStreamer
@@ -54,7 +55,7 @@ from mamba_asr.models.ctc import CTCModel
 from mamba_asr.text.tokenizer import SentencePieceTokenizer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from mamba_asr.asr import ASR
 
@@ -149,23 +150,23 @@ def transcribe_file(
     naming the file) for a missing, empty, corrupt or non-audio file or NaN samples.
     """
     options = options or DecodingOptions(strategy="greedy")
-    wave = load_audio(path, asr.sample_rate)  # (N,)
     rate = asr.sample_rate
-    duration = wave.shape[0] / rate
     step = int(CHUNK_SECONDS * rate)
-    starts = range(0, wave.shape[0], step)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(starts), desc=os.fspath(path), unit="chunk", leave=False)
+        info = audio_info(path)
+        total = math.ceil(info.duration * rate / step)
+        bar = tqdm(total=total, desc=os.fspath(path), unit="chunk", leave=False)
     device = next(asr.parameters()).device
     texts: list[str] = []
     tokens: list[Token] = []
     words: list[Word] = []
+    begin = 0
     try:
-        for begin in starts:
-            chunk = torch.from_numpy(wave[begin : begin + step]).to(device)
+        for window in _windows(path, rate, step):
+            chunk = torch.from_numpy(window).to(device)
             chunk_s = chunk.shape[0] / rate
             text, emitted, frame_s = _decode_chunk(asr, chunk, options)
             offset = begin / rate
@@ -174,12 +175,29 @@ def transcribe_file(
                 texts.append(text.strip())
             tokens.extend(chunk_tokens)
             words.extend(_words(chunk_tokens, _surfaces(asr, emitted)))
+            begin += window.shape[0]
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    return Transcript(os.fspath(path), " ".join(texts), tokens, words, duration)
+    return Transcript(os.fspath(path), " ".join(texts), tokens, words, begin / rate)
+
+
+def _windows(path: StrPath, rate: int, step: int) -> Iterator[np.ndarray]:
+    """The file at ``rate`` (mono) in consecutive windows of ``step`` samples, the last one
+    shorter; read block by block, so only about one window is held at a time."""
+    parts: list[np.ndarray] = []
+    held = 0
+    for block in read_blocks(path, rate, step / rate):
+        parts.append(block)
+        held += block.shape[0]
+        while held >= step:
+            joined = np.concatenate(parts)  # (held,)
+            yield joined[:step]
+            parts, held = [joined[step:]], held - step
+    if held:
+        yield np.concatenate(parts)
 
 
 def _decode_chunk(
