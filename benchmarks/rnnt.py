@@ -1,53 +1,167 @@
-"""RNN-T loss, forward+backward: ours (pure PyTorch) beside torchaudio's fused kernel when present.
+"""RNN-T loss, forward+backward: ours (full and pruned, pure PyTorch) beside torchaudio's kernel.
 
     python benchmarks/rnnt.py --device cuda     # shapes of ../shared/anchors.md
     python benchmarks/rnnt.py --device cpu --shapes 4,100,30,64
 
-Random logits (B, T, U+1, V) and targets; time is the median of --repeats (CUDA events on the
-GPU); "extra GiB" is the peak memory beyond the logits during forward+backward (CUDA only).
+What each row times (median of --repeats; CUDA events synchronize around each step on the GPU):
+  ours, torchaudio  full losses: the (B, T, U+1, V) joiner logits are the input (the joiner that
+                    made them is not timed); forward+backward of the loss to the logits.
+  pruned            everything from the joiner's inputs, enc (B, T, J) and pred (B, U+1, J):
+                    simple heads (J -> V) + simple loss + prune ranges (width --prune-range) +
+                    joiner projections (J -> J), gather, tanh, output Linear (J -> V) on the band +
+                    pruned loss, forward+backward to enc, pred and the heads' weights.
+"extra GiB": the peak memory beyond the inputs (and weights) during forward+backward: CUDA's
+allocator peak on the GPU; on the CPU the peak resident memory sampled every 0.2 ms (glibc set
+to give freed blocks of >= 128 KiB back at once), so approximate. The pruned loss value is of its own random joiner, not comparable.
 Writes benchmarks/results/rnnt_<device>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
+import os
 import statistics
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from mamba_asr.ops.pruned_rnnt import (
+    do_rnnt_pruning,
+    prune_ranges,
+    rnnt_loss_pruned,
+    rnnt_loss_simple,
+)
 from mamba_asr.ops.rnnt_loss import rnnt_loss
 
 
-def inputs(batch, frames, labels, vocab, device, seed=0):
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    logits = torch.randn(batch, frames, labels + 1, vocab, generator=g).to(device)
-    targets = torch.randint(1, vocab, (batch, labels), generator=g, dtype=torch.int32).to(device)
+def lattice_inputs(batch, frames, labels, vocab, device, gen):
+    targets = torch.randint(1, vocab, (batch, labels), generator=gen, dtype=torch.int32).to(device)
     logit_lengths = torch.full((batch,), frames, dtype=torch.int32, device=device)
     target_lengths = torch.full((batch,), labels, dtype=torch.int32, device=device)
-    return logits.requires_grad_(), targets, logit_lengths, target_lengths
+    return targets, logit_lengths, target_lengths
 
 
-def impls():
-    found = {"ours": lambda *a: rnnt_loss(*a, blank=0, reduction="mean")}
-    try:
-        import torchaudio.functional as AF
+def full_case(loss_fn, batch, frames, labels, vocab, device):
+    """A step on random logits (B, T, U+1, V): the input, allocated before the measurement."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    logits = torch.randn(batch, frames, labels + 1, vocab, generator=gen).to(device)
+    args = (logits.requires_grad_(), *lattice_inputs(batch, frames, labels, vocab, device, gen))
 
-        found["torchaudio"] = lambda *a: AF.rnnt_loss(*a, blank=0, reduction="mean")
-    except ImportError:
-        print("# torchaudio not installed: ours only")
-    return found
-
-
-def measure(fn, args, device, repeats):
-    logits = args[0]
-
-    def step():
+    def step() -> torch.Tensor:
         logits.grad = None
-        fn(*args).backward()
+        loss = loss_fn(*args)
+        loss.backward()
+        return loss.detach()
 
+    return step, lambda: setattr(logits, "grad", None)
+
+
+class BandJoiner(nn.Module):
+    """Simple heads and the joiner of a transducer with enc and pred of width J."""
+
+    def __init__(self, dim: int, vocab: int) -> None:
+        super().__init__()
+        self.simple_am, self.simple_lm = nn.Linear(dim, vocab), nn.Linear(dim, vocab)
+        self.enc_proj, self.pred_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, vocab)
+
+    def loss(self, enc, pred, targets, logit_lengths, target_lengths, prune_range):
+        """pruned + 0.5 * simple, mean over the batch."""
+        simple = rnnt_loss_simple(
+            self.simple_lm(pred), self.simple_am(enc), targets, logit_lengths, target_lengths,
+            reduction="none",
+        )  # fmt: skip
+        ranges = prune_ranges(
+            simple.blank_posterior, simple.emit_posterior, logit_lengths, target_lengths,
+            prune_range,
+        )  # fmt: skip
+        band = do_rnnt_pruning(self.enc_proj(enc), self.pred_proj(pred), ranges)
+        logits = self.out(torch.tanh(band.am + band.lm))  # (B, T, R, V)
+        pruned = rnnt_loss_pruned(
+            logits, targets, ranges, logit_lengths, target_lengths, reduction="none"
+        )
+        return (pruned + 0.5 * simple.loss).mean()
+
+
+def pruned_case(batch, frames, labels, vocab, device, dim, prune_range):
+    """A step from random enc (B, T, J) and pred (B, U+1, J) through heads of width J."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    enc = torch.randn(batch, frames, dim, generator=gen).to(device).requires_grad_()
+    pred = torch.randn(batch, labels + 1, dim, generator=gen).to(device).requires_grad_()
+    lattice = lattice_inputs(batch, frames, labels, vocab, device, gen)
+    torch.manual_seed(0)
+    heads = BandJoiner(dim, vocab).to(device)
+    leaves = [enc, pred, *heads.parameters()]
+
+    def clear() -> None:
+        for x in leaves:
+            x.grad = None
+
+    def step() -> torch.Tensor:
+        clear()
+        loss = heads.loss(enc, pred, *lattice, prune_range)
+        loss.backward()
+        return loss.detach()
+
+    return step, clear
+
+
+def impls(names):
+    found = {
+        "ours": lambda *a: rnnt_loss(*a, blank=0, reduction="mean"),
+        "pruned": None,
+    }
+    if "torchaudio" in names:
+        try:
+            import torchaudio.functional as AF
+
+            found["torchaudio"] = lambda *a: AF.rnnt_loss(*a, blank=0, reduction="mean")
+        except ImportError:
+            print("# torchaudio not installed: ours only")
+    return {k: v for k, v in found.items() if k in names}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def return_freed_memory() -> None:
+    """glibc: serve blocks >= 128 KiB by mmap and unmap them on free, so that the resident
+    memory follows torch's tensors (no adaptive threshold that keeps freed blocks)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+
+
+def cpu_peak_extra(step: Callable[[], torch.Tensor]) -> float | None:
+    """Peak resident memory above the start during one step, sampled every 0.2 ms (Linux)."""
+    try:
+        base = rss_bytes()
+    except (OSError, ValueError):
+        return None
+    peak, done = [base], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(2e-4)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    step()
+    done.set()
+    thread.join()
+    return (peak[0] - base) / 2**30
+
+
+def measure(step, clear, device, repeats):
     step()
     times = []
     for _ in range(repeats):
@@ -58,53 +172,68 @@ def measure(fn, args, device, repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    extra = None
+    clear()
     if device.type == "cuda":
-        logits.grad = None
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         step()
         torch.cuda.synchronize()
         extra = (torch.cuda.max_memory_allocated() - base) / 2**30
-    value = fn(*args).item()
-    return statistics.median(times) * 1e3, extra, value
+    else:
+        extra = cpu_peak_extra(step)
+    return statistics.median(times) * 1e3, extra, step().item()
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--shapes", nargs="+", default=None, help="B,T,U,V ...")
+    p.add_argument("--impls", nargs="+", default=["ours", "torchaudio", "pruned"])
+    p.add_argument("--prune-range", type=int, default=5)
+    p.add_argument("--joiner-dim", type=int, default=512, help="J of the pruned path")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cpu":
+        return_freed_memory()
     shapes = args.shapes or (
         ["16,250,60,256", "16,500,120,1024"] if device.type == "cuda" else ["4,100,30,64"]
     )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"# python benchmarks/rnnt.py --device {args.device} --shapes {' '.join(shapes)}")
-    print(f"# {name}, torch {torch.__version__}, fp32 logits")
-    print(
-        "| impl | B | T | U | V | fwd+bwd ms | extra GiB | loss | torchaudio/ours time | ours/torchaudio memory |"
-    )
+    print(f"# python benchmarks/rnnt.py --device {args.device} --shapes {' '.join(shapes)} "
+          f"--impls {' '.join(args.impls)} --prune-range {args.prune_range} "
+          f"--joiner-dim {args.joiner_dim}" + (f" --threads {args.threads}" if args.threads else ""))  # fmt: skip
+    print(f"# {name}, torch {torch.__version__}, fp32; pruned: J={args.joiner_dim}, "
+          "includes simple heads, pruning and the joiner on the band")  # fmt: skip
+    print("| impl | B | T | U | V | fwd+bwd ms | extra GiB | loss | torchaudio/impl time "
+          "| impl/torchaudio memory |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for shape in shapes:
         b, t, u, v = (int(x) for x in shape.split(","))
-        args_ = inputs(b, t, u, v, device)
         res = {}
-        for impl, fn in impls().items():
-            ms, extra, value = measure(fn, args_, device, args.repeats)
+        for impl, fn in impls(args.impls).items():
+            if impl == "pruned":
+                case = pruned_case(b, t, u, v, device, args.joiner_dim, args.prune_range)
+            else:
+                case = full_case(fn, b, t, u, v, device)
+            ms, extra, value = measure(*case, device, args.repeats)
+            del case
             res[impl] = dict(impl=impl, B=b, T=t, U=u, V=v, ms=ms, extra_gib=extra, loss=value)
+            if impl == "pruned":
+                res[impl].update(prune_range=args.prune_range, joiner_dim=args.joiner_dim)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         ta = res.get("torchaudio")
         for r in res.values():
             tr = ta["ms"] / r["ms"] if ta else None
             mr = r["extra_gib"] / ta["extra_gib"] if ta and ta["extra_gib"] else None
             f = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
-            print(f"| {r['impl']} | {b} | {t} | {u} | {v} | {r['ms']:.2f} | {f(r['extra_gib'], '.2f')} "
+            print(f"| {r['impl']} | {b} | {t} | {u} | {v} | {r['ms']:.2f} | {f(r['extra_gib'], '.3f')} "
                   f"| {r['loss']:.4f} | {f(tr, '.2f')}x | {f(mr, '.2f')}x |", flush=True)  # fmt: skip
             rows.append(r)
     out = Path("benchmarks/results") / f"rnnt_{device.type}.json"
