@@ -130,8 +130,8 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device
     tr.add_argument("files", nargs="+", metavar="FILE", help="audio files")
     tr.add_argument(
         "--model", default=None, metavar="NAME_OR_FILE",
-        help=f"bundled model name or model file (model.pt of a training run) (default: the "
-        f"bundled {DEFAULT_MODEL})",
+        help=f"a bundled model's name or a model file (model.pt of a training run); default: "
+        f"the bundled {DEFAULT_MODEL}",
     )  # fmt: skip
     tr.add_argument("--format", choices=("txt", "json", "srt", "vtt"), default="txt", help="(txt)")
     tr.add_argument(
@@ -141,7 +141,8 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device
     tr.add_argument("--beam-size", type=int, default=10, help="(10)")
     tr.add_argument(
         "--stream", action="store_true",
-        help="decode as the file is read, showing partial results (transducer models only)",
+        help="decode as the file is read, with partial results on stderr when it is a terminal "
+        "(streaming transducer models only)",
     )  # fmt: skip
     tr.add_argument(
         "--chunk-ms", type=float, default=None, metavar="MS",
@@ -206,7 +207,7 @@ def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help:
     ev.add_argument("data", metavar="DIR_OR_MANIFEST", help="test set")
     ev.add_argument(
         "--model", default=None, metavar="NAME_OR_FILE",
-        help=f"bundled model name or model file (default: the bundled {DEFAULT_MODEL})",
+        help=f"a bundled model's name or a model file; default: the bundled {DEFAULT_MODEL}",
     )  # fmt: skip
     ev.add_argument("--hyps", default=None, metavar="FILE", help="where to write hypotheses")
     ev.add_argument("--strategy", choices=("greedy", "beam"), default="beam", help="(beam)")
