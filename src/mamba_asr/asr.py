@@ -136,10 +136,16 @@ class ASR(nn.Module):
 
     # --- one-file bundle ----------------------------------------------------------------------
 
-    def bundle(self, state_dict: dict[str, Tensor] | None = None) -> dict[str, Any]:
+    def bundle(
+        self, state_dict: dict[str, Tensor] | None = None, half: bool = False
+    ) -> dict[str, Any]:
         """The dict ``save`` writes; ``state_dict`` replaces this module's weights (e.g. an
-        average of checkpoints)."""
+        average of checkpoints). half: store floating-point tensors of more than
+        ``HALF_MIN_NUMEL`` values in float16, half the size (small ones, such as the CMVN
+        statistics and norms, stay float32); loading casts them back to the model's dtype."""
         weights = self.state_dict() if state_dict is None else state_dict
+        if half:
+            weights = {k: _half(v) for k, v in weights.items()}
         return {
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
@@ -149,9 +155,12 @@ class ASR(nn.Module):
             "tokenizer": tokenizer_to_files(self.tokenizer),
         }
 
-    def save(self, path: StrPath, state_dict: dict[str, Tensor] | None = None) -> Path:
-        """Write the bundle to ``path`` atomically (temporary file + rename); returns the path."""
-        return atomic_save(self.bundle(state_dict), path)
+    def save(
+        self, path: StrPath, state_dict: dict[str, Tensor] | None = None, half: bool = False
+    ) -> Path:
+        """Write the bundle to ``path`` atomically (temporary file + rename); returns the path.
+        ``state_dict`` and ``half`` as for ``bundle``."""
+        return atomic_save(self.bundle(state_dict, half), path)
 
     @classmethod
     def load(cls, path: StrPath, device: torch.device | str | None = None) -> ASR:
@@ -196,6 +205,15 @@ class ASR(nn.Module):
             reason = " ".join(str(exc).split())[:300] or type(exc).__name__
             raise BundleError(f"{source}: broken mamba-asr model file ({reason})") from None
         return asr.eval()
+
+
+HALF_MIN_NUMEL = 4096
+
+
+def _half(t: Tensor) -> Tensor:
+    if t.is_floating_point() and t.numel() > HALF_MIN_NUMEL:
+        return t.to(torch.float16)
+    return t
 
 
 @contextlib.contextmanager

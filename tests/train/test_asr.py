@@ -119,3 +119,20 @@ def test_bad_files_give_one_line_errors(tmp_path, tiny_recipe):
     torch.save({**data, "config": {**data["config"], "train": {"lr": "fast"}}}, bad_config)
     with pytest.raises(BundleError, match="config.train.lr must be float"):
         ASR.load(bad_config)
+
+
+def test_half_bundle_is_smaller_and_close(tmp_path, tiny_recipe):
+    recipe = tiny_recipe("model.d_model=64", "model.d_ffn=256")
+    asr = fitted(ASR(recipe, CharTokenizer("AB ")))
+    full, half = asr.save(tmp_path / "full.pt"), asr.save(tmp_path / "half.pt", half=True)
+    assert half.stat().st_size < 0.7 * full.stat().st_size
+    loaded = ASR.load(half)
+    stored = torch.load(half, weights_only=True)["state_dict"]
+    assert {v.dtype for v in stored.values() if v.numel() > 4096} == {torch.float16}
+    assert stored["cmvn.mean"].dtype == torch.float32  # small statistics stay exact
+    for name, tensor in asr.state_dict().items():
+        got = loaded.state_dict()[name]
+        assert got.dtype == tensor.dtype, name
+        torch.testing.assert_close(got, tensor, rtol=1e-3, atol=1e-3)
+    x, lengths = waves()
+    assert torch.equal(loaded.features(x, lengths)[0], asr.eval().features(x, lengths)[0])

@@ -1,0 +1,81 @@
+"""Train the bundled streaming transducer on a synthetic corpus, up to a wall-clock deadline.
+
+    torchrun --standalone --nproc_per_node=2 scripts/device/train_bundled.py CORPUS RUN \
+        --deadline UNIX_TIME
+    python3 scripts/device/train_bundled.py --export RUN MODEL.pt
+
+CORPUS holds train/ and dev/ from scripts/device/synth_corpus.py. The recipe is
+hparams/Transducer/mct_small.yaml with the overrides in OVERRIDES (a short schedule: the run is
+stopped by the deadline, whichever epoch it is in). ``--export`` writes the newest checkpoint
+of RUN as a half-precision ASR bundle (the file the package ships).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+RECIPE = "hparams/Transducer/mct_small.yaml"
+OVERRIDES = [
+    "train.lr=0.002",
+    "train.warmup_steps=300",
+    "train.max_batch_seconds=200",
+    "train.num_buckets=30",
+    "train.num_workers=10",
+    "train.epochs=100",
+    "train.log_every=25",
+    "train.checkpoint_every_steps=0",
+    "model.transducer.aux_ctc_weight=0.2",
+]
+
+
+def export(run: Path, out: Path) -> None:
+    import torch
+
+    from mamba_asr.asr import ASR, tokenizer_from_files, tokenizer_to_files  # noqa: F401
+    from mamba_asr.config import RecipeConfig, from_dict
+    from mamba_asr.text.tokenizer import load_tokenizer
+    from mamba_asr.train import list_checkpoints, load_checkpoint
+
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    state = load_checkpoint(newest)
+    recipe = from_dict(RecipeConfig, state["config"], "config")
+    asr = ASR(recipe, load_tokenizer(run / "tokenizer"))
+    asr.load_state_dict(state["model"])
+    asr.save(out, half=True)
+    info = {"checkpoint": newest.name, "step": state["progress"]["step"],
+            "epoch": state["progress"]["epoch"], "bytes": out.stat().st_size,
+            "params": sum(p.numel() for p in asr.parameters()),
+            "valid": state.get("valid")}  # fmt: skip
+    print(json.dumps(info))
+    (out.parent / "export.json").write_text(json.dumps(info, indent=1))
+    del torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("corpus", type=Path)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--deadline", type=float, help="stop training at this time.time()")
+    parser.add_argument("--export", action="store_true")
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    if args.export:
+        return export(args.corpus, args.run)
+    from mamba_asr.config import load_recipe
+    from mamba_asr.train import train
+
+    recipe = load_recipe(RECIPE, OVERRIDES)
+    result = train(recipe, args.corpus / "train/manifest.jsonl", args.corpus / "dev/manifest.jsonl",
+                   args.run, device=args.device, progress=False,
+                   max_seconds=max(args.deadline - time.time(), 1.0))  # fmt: skip
+    if result.rank == 0:
+        speeds = [s for _, s in result.throughput[1:]] or [0.0]
+        print(f"steps {result.step}, epochs done {result.epochs_done}, best WER {result.best_wer}, "
+              f"median {sorted(speeds)[len(speeds) // 2]:.0f} s of audio per second")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

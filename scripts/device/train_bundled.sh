@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# On a machine of 2 GPUs, in one call of under 10 minutes: synthesise about 50 hours of speech
+# from the carried TTS engines (the RNN-T benchmark runs on GPU 0 meanwhile), train the
+# streaming MCT on both GPUs until a deadline, export the half-precision bundle in pieces of
+# 15 MB (join with cat), with the training curves and logs.
+#   bash scripts/device/train_bundled.sh OUTDIR      (carry .tts and .whl)
+set -uo pipefail
+start=$(date +%s)
+out="${1:-/tmp/out}"
+mkdir -p "$out" /tmp/logs
+source scripts/device/common.sh
+(CUDA_VISIBLE_DEVICES=0 python3 benchmarks/rnnt.py --device cuda > /tmp/logs/rnnt_cuda.txt 2>&1;
+ cp benchmarks/results/rnnt_cuda.json /tmp/logs/ 2>/dev/null) &
+bench=$!
+python3 scripts/device/synth_corpus.py "$TTS_ROOT/text" /tmp/corpus --workers 30 \
+  --train-hours "${HOURS:-50}" --dev-hours 0.3 2>&1 | tee /tmp/logs/synth.txt
+cp /tmp/corpus/synth.json /tmp/logs/
+wait $bench; tail -12 /tmp/logs/rnnt_cuda.txt
+deadline=$((start + ${TRAIN_UNTIL:-535}))
+python3 -m torch.distributed.run --standalone --nproc_per_node=2 scripts/device/train_bundled.py \
+  /tmp/corpus /tmp/run --deadline "$deadline" > /tmp/logs/torchrun.txt 2>&1
+tail -5 /tmp/logs/torchrun.txt
+python3 scripts/device/train_bundled.py /tmp/run "$out/mct-small-synth-en.pt" --export
+(cd "$out" && split -b 15000000 -d mct-small-synth-en.pt mct-small-synth-en.pt.part && rm mct-small-synth-en.pt)
+cp /tmp/run/metrics.csv /tmp/run/train.log /tmp/logs/ 2>/dev/null
+cp /tmp/run/curves.png "$out/" 2>/dev/null
+tar -C /tmp/logs -czf "$out/logs.tgz" .
+grep -E "valid loss|WER" /tmp/run/train.log | tail -5
+echo "total $(( $(date +%s) - start )) s"
