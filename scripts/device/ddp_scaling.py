@@ -55,10 +55,11 @@ def worker(args: argparse.Namespace) -> None:
 
 def launch(args: argparse.Namespace, recipe: str, gpus: int, out: Path) -> dict:
     run = out / f"{recipe}_{gpus}gpu"
+    steps = dict(item.split("=") for item in args.recipe_steps).get(recipe, args.steps)
     dump = out / f"{recipe}_{gpus}gpu_ranks"
     dump.mkdir(parents=True, exist_ok=True)
     common = [__file__, args.corpus, "--worker", "--recipe", recipe, "--run-dir", str(run),
-              "--steps", str(args.steps), "--batch-seconds", str(args.batch_seconds),
+              "--steps", str(steps), "--batch-seconds", str(args.batch_seconds),
               "--device", args.device, "--log-every", str(args.log_every)]  # fmt: skip
     if gpus == 1:
         cmd = [sys.executable, *common, "--accum", "2"]
@@ -93,6 +94,8 @@ def main() -> None:
     parser.add_argument("corpus")
     parser.add_argument("out", nargs="?", type=Path)
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--recipe-steps", nargs="*", default=[], metavar="RECIPE=STEPS",
+                        help="other step counts per recipe")  # fmt: skip
     parser.add_argument("--batch-seconds", type=float, default=200.0)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES))
     parser.add_argument("--device", default="cuda")
@@ -115,7 +118,7 @@ def main() -> None:
         one, two = launch(args, recipe, 1, args.out), launch(args, recipe, 2, args.out)
         common = sorted(set(one["losses"]) & set(two["losses"]))
         rel = [abs(one["losses"][s] - two["losses"][s]) / abs(one["losses"][s]) for s in common]
-        report["runs"][recipe] = {"1gpu": one, "2gpu": two, "scaling": two["speed"] / one["speed"],
+        report["runs"][recipe] = {"steps": max(one["losses"]),"1gpu": one, "2gpu": two, "scaling": two["speed"] / one["speed"],
                                   "loss_rel_diff_max": max(rel), "loss_rel_diff_mean": statistics.mean(rel)}  # fmt: skip
     (args.out / "ddp_scaling.json").write_text(json.dumps(report, indent=1))
     try:

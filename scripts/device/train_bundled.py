@@ -1,7 +1,7 @@
 """Train the bundled streaming transducer on a synthetic corpus, up to a wall-clock deadline.
 
     torchrun --standalone --nproc_per_node=2 scripts/device/train_bundled.py CORPUS RUN \
-        --deadline UNIX_TIME
+        --deadline UNIX_TIME [--init MODEL.pt --lr LR --warmup STEPS]
     python3 scripts/device/train_bundled.py --export RUN MODEL.pt
 
 CORPUS holds train/ and dev/ from scripts/device/synth_corpus.py. The recipe is
@@ -61,13 +61,19 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, help="stop training at this time.time()")
     parser.add_argument("--export", action="store_true")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--init", help="go on from this model file (train.init_from)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps")
     args = parser.parse_args()
     if args.export:
         return export(args.corpus, args.run)
     from mamba_asr.config import load_recipe
     from mamba_asr.train import train
 
-    recipe = load_recipe(RECIPE, OVERRIDES)
+    more = [f"train.init_from={args.init}"] if args.init else []
+    more += [f"train.lr={args.lr}"] if args.lr else []
+    more += [f"train.warmup_steps={args.warmup}"] if args.warmup else []
+    recipe = load_recipe(RECIPE, OVERRIDES + more)
     result = train(recipe, args.corpus / "train/manifest.jsonl", args.corpus / "dev/manifest.jsonl",
                    args.run, device=args.device, progress=False,
                    max_seconds=max(args.deadline - time.time(), 1.0))  # fmt: skip

@@ -254,7 +254,10 @@ class TrainConfig:
     ``num_buckets`` duration buckets). keep_best: checkpoints kept by validation WER;
     average: how many of the best are averaged into the final ``model.pt``.
     checkpoint_every_steps: mid-epoch checkpoints (0: at epoch ends only). log_every: steps
-    between training-loss rows in ``metrics.csv``. valid_strategy: search used for the
+    between training-loss rows in ``metrics.csv``. init_from: a model file (``model.pt``) to
+    start from, e.g. to go on training a released model on new data: its tokenizer, CMVN
+    statistics and weights are taken (its model section must equal this recipe's); the
+    optimizer and schedule start afresh. valid_strategy: search used for the
     validation WER.
     """
 
@@ -277,6 +280,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     log_every: int = 50
     valid_strategy: Literal["greedy", "beam"] = "greedy"
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         _at_least(self, "train", 1, "epochs", "grad_accum", "num_buckets", "keep_best", "average")

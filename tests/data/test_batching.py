@@ -154,3 +154,24 @@ def test_invalid_options():
         DynamicBatchSampler([1.0], 10.0, rank=2, world_size=2)
     with pytest.raises(ValueError, match="max_batch_size"):
         DynamicBatchSampler([1.0], 10.0, max_batch_size=0)
+
+
+def test_groups_keep_a_steps_batches_in_one_bucket_and_match_across_world_sizes():
+    durations = np.random.default_rng(3).uniform(1.0, 20.0, size=400)
+    one = DynamicBatchSampler(durations, 40.0, num_buckets=8, seed=5, group_size=2)
+    batches = one.epoch_batches(0)
+    buckets = one.buckets
+    assert sorted(i for b in batches for i in b) == list(range(400))  # each utterance once
+    pairs = [(batches[i], batches[i + 1]) for i in range(0, len(batches) - 1, 2)]
+    same = [len({int(buckets[x[0]]), int(buckets[y[0]])}) == 1 for x, y in pairs]
+    assert sum(same) >= len(pairs) - 8  # only mixed leftovers (at most one per bucket) differ
+    ranks = [DynamicBatchSampler(durations, 40.0, num_buckets=8, seed=5, group_size=2, rank=r,
+                                 world_size=2) for r in range(2)]  # fmt: skip
+    steps = list(zip(*(list(r) for r in ranks), strict=True))
+    assert [list(s) for s in steps[: len(pairs)]] == [list(p) for p in pairs]  # then a fill-up
+    plain = DynamicBatchSampler(durations, 40.0, num_buckets=8, seed=5)
+    assert DynamicBatchSampler(durations, 40.0, num_buckets=8, seed=5, group_size=1).epoch_batches(
+        1
+    ) == plain.epoch_batches(1)
+    with pytest.raises(ValueError, match="group_size"):
+        DynamicBatchSampler(durations, 40.0, group_size=0)

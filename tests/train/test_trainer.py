@@ -168,3 +168,23 @@ def test_max_seconds_stops_with_a_checkpoint_and_reports_speed(tmp_path, corpus,
     assert "s of audio per second" in (out / "train.log").read_text()
     resumed = train(tiny_recipe("train.log_every=1"), corpus, corpus, out, device="cpu")
     assert resumed.finished and resumed.step > 1
+
+
+def test_init_from_a_model_file_takes_its_tokenizer_cmvn_and_weights(
+    tmp_path, corpus, tiny_recipe, reference_run
+):
+    source = ASR.load(reference_run / "model.pt")
+    with pytest.raises(ConfigError, match="train.init_from: .*no such model file"):
+        train(
+            tiny_recipe(f"train.init_from={tmp_path / 'none.pt'}"), corpus, corpus, tmp_path / "x"
+        )
+    other = tiny_recipe("model.d_ffn=48", f"train.init_from={reference_run / 'model.pt'}")
+    with pytest.raises(ConfigError, match="has another model: model.d_ffn"):
+        train(other, corpus, corpus, tmp_path / "y")
+    recipe = tiny_recipe(f"train.init_from={reference_run / 'model.pt'}", "train.lr=1e-9")
+    out = tmp_path / "run"
+    train(recipe, corpus, corpus, out, device="cpu", max_steps=1)
+    state = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])["model"]
+    for name, tensor in source.state_dict().items():  # lr 1e-9: one step moves nothing visibly
+        torch.testing.assert_close(state[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+    assert ASR.load(reference_run / "model.pt").tokenizer.alphabet == source.tokenizer.alphabet

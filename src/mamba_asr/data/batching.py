@@ -9,7 +9,12 @@ How an epoch's batches are made (all from ``(seed, epoch)``, identical on every 
    ``max(duration) * count`` stays <= ``max_seconds`` (and ``count <= max_batch_size``).
    An utterance longer than ``max_seconds`` gets a batch of its own (it is never dropped:
    filter the manifest to drop long utterances), with one warning at construction.
-4. With ``shuffle``, the batches of all buckets are shuffled together.
+4. With ``shuffle``, the batches of all buckets are shuffled together, in groups of
+   ``group_size`` consecutive batches of one bucket (the batches of one optimizer step: the
+   trainer passes ranks x gradient-accumulation steps). So the ranks of a DDP step get batches
+   of similar lengths and none waits long for the slowest, and a 1-GPU run accumulating
+   ``world_size`` batches per step sees the very batches of a ``world_size``-GPU run. A
+   bucket's last, incomplete group goes with the other buckets' leftovers into mixed groups.
 5. For DDP, the batch list is cut to a multiple of ``world_size``: with ``drop_last`` the
    last batches are dropped, otherwise the first ones are repeated to fill it up; rank ``r``
    takes batches ``r, r + world_size, ...``. So every rank gets the same number of batches and,
@@ -53,11 +58,15 @@ class DynamicBatchSampler(Sampler[list[int]]):
         world_size: int = 1,
         max_batch_size: int | None = None,
         drop_last: bool = False,
+        group_size: int = 1,
     ) -> None:
         self.durations = np.asarray(durations, dtype=np.float64)  # (U,) seconds, host only
         _check_options(self.durations, max_seconds, num_buckets, seed, rank, world_size)
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        self.group_size = group_size
         self.max_seconds, self.num_buckets = float(max_seconds), num_buckets
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.rank, self.world_size, self.max_batch_size = rank, world_size, max_batch_size
@@ -121,6 +130,7 @@ class DynamicBatchSampler(Sampler[list[int]]):
             "world_size": self.world_size,
             "max_batch_size": self.max_batch_size,
             "drop_last": self.drop_last,
+            "group_size": self.group_size,
             "durations_sha1": hashlib.sha1(self.durations.tobytes()).hexdigest(),
         }
 
@@ -139,10 +149,15 @@ class DynamicBatchSampler(Sampler[list[int]]):
             groups = [rng.permutation(bucket) for bucket in buckets]
         else:
             groups = [np.argsort(self.durations, kind="stable")]
-        batches = [batch for group in groups for batch in self._pack(group)]
-        if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return batches
+        packed = [self._pack(group) for group in groups]
+        if not self.shuffle:
+            return [batch for bucket in packed for batch in bucket]
+        g = self.group_size
+        steps = [bucket[i : i + g] for bucket in packed for i in range(0, len(bucket) - g + 1, g)]
+        rest = [batch for bucket in packed for batch in bucket[len(bucket) - len(bucket) % g :]]
+        steps += [rest[i : i + g] for i in range(0, len(rest) - g + 1, g)]
+        tail = rest[len(rest) - len(rest) % g :]  # an incomplete group goes last
+        return [batch for i in rng.permutation(len(steps)) for batch in steps[i]] + tail
 
     def _pack(self, order: np.ndarray) -> list[list[int]]:
         """Greedy packing of indices, in ``order``, under max_seconds and max_batch_size."""

@@ -227,6 +227,8 @@ def _prepare_run(
     tok_dir = out_dir / TOKENIZER_DIR
     if existing and tok_dir.is_dir():
         tokenizer = load_tokenizer(tok_dir)
+    elif recipe.train.init_from is not None:
+        tokenizer = tokenizer_from_files(_init_bundle(recipe)["tokenizer"])
     else:
         texts = [u.text for u in train_utts]
         tokenizer = build_tokenizer(recipe.tokenizer, recipe.model.vocab_size, texts)
@@ -239,6 +241,32 @@ def _prepare_run(
     remove_temp_files(out_dir)
     state = _latest_state(ckpt_dir)
     return {"tokenizer": tokenizer_to_files(tokenizer), "state": state}
+
+
+def _init_bundle(recipe: RecipeConfig) -> dict[str, Any]:
+    """The model file of ``train.init_from``, checked to hold this recipe's model."""
+    path = Path(str(recipe.train.init_from))
+    if not path.is_file():
+        raise ConfigError(f"train.init_from: {path}: no such model file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip, pickle and runtime errors all mean "not a model file"
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ConfigError(
+            f"train.init_from: {path}: not a readable model file ({reason})"
+        ) from None
+    if not isinstance(data, dict) or "state_dict" not in data or "config" not in data:
+        raise ConfigError(f"train.init_from: {path}: not a mamba-asr model file")
+    diffs = config_differences(
+        {"model": data["config"].get("model")}, {"model": to_dict(recipe)["model"]}
+    )
+    if diffs:
+        key = diffs[0]
+        raise ConfigError(
+            f"train.init_from: {path} has another model: {key} is "
+            f"{_lookup(data['config'], key)!r} there, {_lookup(to_dict(recipe), key)!r} here"
+        )
+    return data
 
 
 def _on_main(ctx: DistributedContext, fn: Any, *args: Any) -> Any:
@@ -706,12 +734,17 @@ def _train(
     sampler = DynamicBatchSampler(
         train_data.durations, cfg.max_batch_seconds, cfg.num_buckets, shuffle=True,
         seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
+        group_size=ctx.world_size * cfg.grad_accum,
     )  # fmt: skip
     valid_loader = _eval_loader(valid_utts[ctx.rank :: ctx.world_size], tokenizer, recipe,
                                 ctx.device)  # fmt: skip
     asr = ASR(recipe, tokenizer, device=ctx.device)
     if state is None and ctx.is_main:
-        _fit_cmvn(asr, train_utts, recipe, ctx.device)
+        if cfg.init_from is not None:  # weights and CMVN statistics (DDP copies rank 0's)
+            asr.load_state_dict(_init_bundle(recipe)["state_dict"])
+            log.info("initialised from %s", cfg.init_from)
+        else:
+            _fit_cmvn(asr, train_utts, recipe, ctx.device)
     metrics = MetricsLog(out_dir, 0 if state is None else state["progress"]["step"], ctx.is_main)
     run = _Run(recipe, ctx, out_dir, asr, asr, sampler, _Progress(), metrics)
     run.deadline = deadline
