@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mamba_asr.config import ConfigError, ModelConfig, from_dict
+from mamba_asr.config import ConfigError, ModelConfig, from_dict, load_recipe
 from mamba_asr.models.factory import build_model
 from mamba_asr.models.transducer import TransducerModel
 from mamba_asr.ops.pruned_rnnt import rnnt_loss_simple
@@ -117,3 +117,38 @@ def test_pruned_reductions_and_padding() -> None:
     torch.testing.assert_close(mean, (none / target_lengths).mean())
     alone = model.loss(feats[1:, :20], lengths[1:], targets[1:, :2], target_lengths[1:], "none")
     torch.testing.assert_close(none[1:], alone.loss, rtol=1e-5, atol=1e-5)
+
+
+RECIPE_TINY = [
+    "model.vocab_size=6", "model.d_model=16", "model.num_encoder_layers=1", "model.d_ffn=32",
+    "model.dropout=0.0", "model.frontend.channels=[8, 8, 8]", "model.transducer.predictor_dim=12",
+    "model.transducer.joiner_dim=10",
+]  # fmt: skip
+
+
+def test_recipe_loss_options_reach_the_model() -> None:
+    """``model.transducer.loss: pruned`` in a recipe builds the pruned loss; the default is full."""
+    pruned_cfg = load_recipe(
+        "hparams/Transducer/mct_small.yaml",
+        [*RECIPE_TINY, "model.transducer.loss=pruned", "model.transducer.prune_range=4",
+         "model.transducer.simple_loss_scale=0.25"],
+    ).model  # fmt: skip
+    torch.manual_seed(0)
+    pruned = build_model(pruned_cfg).eval()
+    assert (pruned.rnnt_kind, pruned.prune_range, pruned.simple_loss_scale) == ("pruned", 4, 0.25)
+    assert pruned.simple_am_proj is not None and pruned.simple_lm_proj is not None
+
+    full = build_model(load_recipe("hparams/Transducer/mct_small.yaml", RECIPE_TINY).model).eval()
+    assert full.rnnt_kind == "full" and full.simple_am_proj is None
+    missing, unexpected = full.load_state_dict(pruned.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("simple_") for k in unexpected)
+
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 160, 80, generator=gen)  # 8x subsampling: 20 encoder frames
+    lengths, target_lengths = torch.tensor([160, 120]), torch.tensor([5, 3])
+    targets = torch.randint(1, 6, (2, 5), generator=gen)
+    with torch.no_grad():
+        got = pruned.loss(feats, lengths, targets, target_lengths, reduction="none").loss
+        ref = full.loss(feats, lengths, targets, target_lengths, reduction="none").loss
+    assert torch.isfinite(got).all() and torch.isfinite(ref).all()
+    assert not torch.allclose(got, ref)

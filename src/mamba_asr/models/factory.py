@@ -87,7 +87,9 @@ def build_transducer(
     joiner = Joiner(cfg.d_model, t.predictor_dim, t.joiner_dim, cfg.vocab_size, device, dtype)
     return TransducerModel(
         frontend, encoder, cfg.vocab_size, predictor, joiner, blank=cfg.blank_index,
-        aux_ctc_weight=t.aux_ctc_weight, d_model=cfg.d_model, device=device, dtype=dtype,
+        aux_ctc_weight=t.aux_ctc_weight, d_model=cfg.d_model, rnnt_kind=t.loss,
+        prune_range=t.prune_range, simple_loss_scale=t.simple_loss_scale, device=device,
+        dtype=dtype,
     )  # fmt: skip
 
 
