@@ -180,14 +180,27 @@ def _add_synth_parser(sub: argparse._SubParsersAction, common: list) -> None:
         description="Writes DIR/SPEAKER/CHAPTER/*.flac (16 kHz) with *.trans.txt and "
         "DIR/manifest.jsonl; one speaker per TTS voice; deterministic for a seed.",
     )
-    synth.add_argument("text_files", nargs="+", metavar="TEXT_FILE", help="text to speak")
-    synth.add_argument("--out", required=True, metavar="DIR", help="new or empty output folder")
-    synth.add_argument("--hours", type=float, required=True, help="hours of audio to write")
+    synth.add_argument("text_files", nargs="*", metavar="TEXT_FILE", help="text to speak")
+    synth.add_argument("--out", metavar="DIR", help="new or empty output folder (required)")
+    synth.add_argument("--hours", type=float, help="hours of audio to write (required)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (0), also the chapter id")
     synth.add_argument("--workers", type=int, default=1, help="worker processes (1)")
     synth.add_argument(
         "--engines", default=None, metavar="LIST",
         help="comma-separated engines among espeak-ng,flite,festival (default: those installed)",
+    )  # fmt: skip
+    synth.add_argument(
+        "--voices", nargs="+", default=None, metavar="PATTERN",
+        help="only voices whose label matches a shell pattern (espeak-ng:en-gb+f4, flite:*)",
+    )  # fmt: skip
+    synth.add_argument(
+        "--exclude-voices", nargs="+", default=[], metavar="PATTERN",
+        help="leave out voices whose label matches a shell pattern (espeak-ng:*+m7)",
+    )  # fmt: skip
+    synth.add_argument(
+        "--list-voices", action="store_true",
+        help="print the label of every voice of the installed engines (or of --engines, "
+        "filtered by --voices / --exclude-voices), one per line, and exit",
     )  # fmt: skip
     synth.add_argument("--noise", action="store_true", help="white/pink noise, 10-30 dB SNR, p=0.5")
     synth.add_argument("--reverb", action="store_true", help="reverberation, RT60 0.2-0.6 s, p=0.5")
@@ -414,12 +427,21 @@ def cmd_prepare_librispeech(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from mamba_asr.data.synth import synthesize_corpus
+    from mamba_asr.data.synth import available_engines, select_voices, synthesize_corpus
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()] if args.engines else None
+    if args.list_voices:
+        for voice in select_voices(available_engines(engines), args.voices, args.exclude_voices):
+            print(voice.label)
+        return 0
+    if not args.text_files or args.out is None or args.hours is None:
+        print(f"{PROG} synth: error: TEXT_FILE, --out and --hours are required "
+              "(unless --list-voices)", file=sys.stderr)  # fmt: skip
+        return 2
     result = synthesize_corpus(
         args.text_files, args.out, hours=args.hours, seed=args.seed, workers=args.workers,
         engines=engines, noise=args.noise, reverb=args.reverb, progress=sys.stderr.isatty(),
+        voices=args.voices, exclude_voices=args.exclude_voices,
     )  # fmt: skip
     print(f"{result.manifest}: {result.utterances} utterances, {result.speakers} voices, "
           f"{result.audio_seconds / 3600:.3f} h of audio, {result.speed:.0f}x real time")  # fmt: skip

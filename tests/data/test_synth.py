@@ -184,3 +184,39 @@ def test_voice_selection_by_pattern():
 def test_excluded_voices_never_speak(tmp_path, text_file):
     records, _ = _corpus(tmp_path / "c", text_file, exclude_voices=["espeak-ng:en-us*", "*+m*"])
     assert records and not any("en-us" in r["voice"] or "+m" in r["voice"] for r in records)
+
+
+@needs_espeak
+def test_cli_lists_voices(capsys):
+    assert main(["synth", "--list-voices"]) == 0
+    labels = capsys.readouterr().out.splitlines()
+    assert "espeak-ng:en-us+m1" in labels and len(labels) == len(set(labels))
+    if shutil.which("festival") is not None:
+        assert any(label.startswith("festival:") for label in labels)
+    if shutil.which("flite") is not None:
+        assert "flite:kal16" in labels
+        assert (
+            main(["synth", "--list-voices", "--voices", "flite:*", "--exclude-voices", "*kal"]) == 0
+        )
+        assert capsys.readouterr().out.splitlines() == ["flite:kal16", "flite:awb", "flite:rms"]
+
+
+@needs_espeak
+def test_cli_exclude_voices_and_missing_arguments(tmp_path, capsys, text_file):
+    out = tmp_path / "ex"
+    argv = ["synth", str(text_file), "--out", str(out), "--hours", str(HOURS),
+            "--engines", "espeak-ng", "--exclude-voices", "espeak-ng:en-us*", "*+m*"]  # fmt: skip
+    assert main(argv) == 0
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    voices = {json.loads(line)["voice"] for line in lines}
+    assert lines and not any("en-us" in v or "+m" in v for v in voices)
+    capsys.readouterr()
+    argv = ["synth", str(text_file), "--out", str(tmp_path / "none"), "--hours", str(HOURS),
+            "--voices", "espeak-ng:no-such-voice*"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no voice left" in err[0]
+    assert not (tmp_path / "none").exists()
+    assert main(["synth", str(text_file), "--hours", "0.01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out and --hours are required" in err[0]
