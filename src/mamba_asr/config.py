@@ -256,7 +256,8 @@ class TrainConfig:
     checkpoint_every_steps: mid-epoch checkpoints (0: at epoch ends only). log_every: steps
     between training-loss rows in ``metrics.csv``. init_from: a model file (``model.pt``) to
     start from, e.g. to go on training a released model on new data: its tokenizer, CMVN
-    statistics and weights are taken (its model section must equal this recipe's); the
+    statistics and weights are taken (its model section must equal this recipe's; the name of
+    a bundled model, such as ``mct-small-synth-en``, works too); the
     optimizer and schedule start afresh. valid_strategy: search used for the
     validation WER.
     """

@@ -228,7 +228,9 @@ def _prepare_run(
     if existing and tok_dir.is_dir():
         tokenizer = load_tokenizer(tok_dir)
     elif recipe.train.init_from is not None:
-        tokenizer = tokenizer_from_files(_init_bundle(recipe)["tokenizer"])
+        init = _init_bundle(recipe)
+        _check_init_fits(recipe, init)
+        tokenizer = tokenizer_from_files(init["tokenizer"])
     else:
         texts = [u.text for u in train_utts]
         tokenizer = build_tokenizer(recipe.tokenizer, recipe.model.vocab_size, texts)
@@ -244,10 +246,13 @@ def _prepare_run(
 
 
 def _init_bundle(recipe: RecipeConfig) -> dict[str, Any]:
-    """The model file of ``train.init_from``, checked to hold this recipe's model."""
-    path = Path(str(recipe.train.init_from))
-    if not path.is_file():
-        raise ConfigError(f"train.init_from: {path}: no such model file")
+    """The model file of ``train.init_from`` (a dict as ``ASR.bundle`` makes)."""
+    from mamba_asr.pretrained import resolve_model
+
+    try:
+        path = resolve_model(str(recipe.train.init_from))  # a file or a bundled model's name
+    except ValueError as exc:
+        raise ConfigError(f"train.init_from: {exc}") from None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip, pickle and runtime errors all mean "not a model file"
@@ -255,18 +260,29 @@ def _init_bundle(recipe: RecipeConfig) -> dict[str, Any]:
         raise ConfigError(
             f"train.init_from: {path}: not a readable model file ({reason})"
         ) from None
-    if not isinstance(data, dict) or "state_dict" not in data or "config" not in data:
+    if not isinstance(data, dict) or "state_dict" not in data or "tokenizer" not in data:
         raise ConfigError(f"train.init_from: {path}: not a mamba-asr model file")
-    diffs = config_differences(
-        {"model": data["config"].get("model")}, {"model": to_dict(recipe)["model"]}
-    )
-    if diffs:
-        key = diffs[0]
-        raise ConfigError(
-            f"train.init_from: {path} has another model: {key} is "
-            f"{_lookup(data['config'], key)!r} there, {_lookup(to_dict(recipe), key)!r} here"
-        )
     return data
+
+
+def _check_init_fits(recipe: RecipeConfig, data: dict[str, Any]) -> None:
+    """ConfigError unless the weights of ``data`` fit the recipe's model name for name and
+    shape for shape (loss weights, dropout and the like may differ)."""
+    own = ASR(recipe, tokenizer_from_files(data["tokenizer"]), device="meta").state_dict()
+    theirs = data["state_dict"]
+    problems = [f"{k} is missing there" for k in own if k not in theirs]
+    problems += [f"{k} is not in this model" for k in theirs if k not in own]
+    problems += [
+        f"{k} is {tuple(theirs[k].shape)} there, {tuple(own[k].shape)} here"
+        for k in own
+        if k in theirs and theirs[k].shape != own[k].shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(
+            f"train.init_from: {recipe.train.init_from} does not fit this recipe's model: "
+            f"{problems[0]}{more}"
+        )
 
 
 def _on_main(ctx: DistributedContext, fn: Any, *args: Any) -> Any:
