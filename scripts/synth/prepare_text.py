@@ -37,32 +37,32 @@ def fortunes(root: Path) -> str:
     return "\n\n".join(texts)
 
 
+def _dict_blocks(root: Path, name: str) -> list[str]:
+    """The blank-line separated blocks of a dictd database (``NAME.dict.dz``)."""
+    with gzip.open(root / f"usr/share/dictd/{name}.dict.dz", "rt", errors="replace") as f:
+        return re.split(r"\n\s*\n", f.read())
+
+
 def gcide(root: Path) -> str:
     """Definitions and quotations of the GCIDE dictionary (sources, etymologies dropped)."""
-    with gzip.open(root / "usr/share/dictd/gcide.dict.dz", "rt", errors="replace") as f:
-        raw = f.read()
     pieces = []
-    for block in re.split(r"\n\s*\n", raw):
+    for block in _dict_blocks(root, "gcide"):
         lines = [line for line in block.splitlines() if "Webster]" not in line]
         if not lines or not lines[0].startswith(" "):  # headword lines carry the etymology
             continue
         text = " ".join(line.strip() for line in lines)
         text = re.sub(r"^\d+\.\s*", "", text)
-        text = re.sub(r"--\s*[A-Z][\w.' ]*\.?\s*$", "", _BRACKETS.sub("", text))
-        pieces.append(text)
+        pieces.append(re.sub(r"--\s*[A-Z][\w.' ]*\.?\s*$", "", _BRACKETS.sub("", text)))
     return "\n\n".join(pieces)
 
 
 def jargon(root: Path) -> str:
     """The Jargon File's entries (pronunciations, part of speech and braces dropped)."""
-    with gzip.open(root / "usr/share/dictd/jargon.dict.dz", "rt", errors="replace") as f:
-        raw = f.read()
     pieces = []
-    for block in re.split(r"\n\s*\n", raw):
-        if not block.startswith("    "):
-            continue
-        text = " ".join(line.strip() for line in block.splitlines())
-        pieces.append(re.sub(r"^\d+\.\s*", "", _BRACKETS.sub("", text)))
+    for block in _dict_blocks(root, "jargon"):
+        if block.startswith("    "):
+            text = " ".join(line.strip() for line in block.splitlines())
+            pieces.append(re.sub(r"^\d+\.\s*", "", _BRACKETS.sub("", text)))
     return "\n\n".join(pieces)
 
 

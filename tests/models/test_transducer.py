@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from mamba_asr.config import ConfigError, ModelConfig, from_dict, load_recipe
+from helpers.transducer import tiny_transducer_config
+from mamba_asr.config import ConfigError, ModelConfig, load_recipe
 from mamba_asr.models.factory import build_model, count_parameters
 from mamba_asr.models.seq2seq import Encoded
 from mamba_asr.models.transducer import (
@@ -32,20 +33,7 @@ N_MELS, VOCAB = 20, 7
 
 
 def tiny_config(**overrides: object) -> ModelConfig:
-    data: dict = {
-        "vocab_size": VOCAB, "encoder_module": "mamba", "decoder_module": "transducer",
-        "d_model": 16, "num_encoder_layers": 2, "d_ffn": 32, "dropout": 0.0,
-        "mamba": {"d_state": 4, "expand": 2, "d_conv": 3, "bidirectional": False},
-        "frontend": {"kind": "causal", "n_mels": N_MELS, "subsampling": 4, "channels": [8, 8],
-                     "kernel_size": 3},
-        "transducer": {"predictor_dim": 12, "joiner_dim": 10, "aux_ctc_weight": 0.2},
-    }  # fmt: skip
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return from_dict(ModelConfig, data)
+    return tiny_transducer_config(VOCAB, N_MELS, **overrides)
 
 
 def tiny_model(seed: int = 0, **overrides: object) -> TransducerModel:

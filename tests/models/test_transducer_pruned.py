@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mamba_asr.config import ConfigError, ModelConfig, from_dict, load_recipe
+from helpers.transducer import tiny_transducer_config
+from mamba_asr.config import ConfigError, ModelConfig, load_recipe
 from mamba_asr.models.factory import build_model
 from mamba_asr.models.transducer import TransducerModel
 from mamba_asr.ops.pruned_rnnt import rnnt_loss_simple
@@ -15,15 +16,7 @@ N_MELS, VOCAB = 20, 9
 
 
 def tiny_config(**transducer: object) -> ModelConfig:
-    data: dict = {
-        "vocab_size": VOCAB, "encoder_module": "mamba", "decoder_module": "transducer",
-        "d_model": 16, "num_encoder_layers": 2, "d_ffn": 32, "dropout": 0.0,
-        "mamba": {"d_state": 4, "expand": 2, "d_conv": 3, "bidirectional": False},
-        "frontend": {"kind": "causal", "n_mels": N_MELS, "subsampling": 4, "channels": [8, 8],
-                     "kernel_size": 3},
-        "transducer": {"predictor_dim": 12, "joiner_dim": 10, "aux_ctc_weight": 0.2, **transducer},
-    }  # fmt: skip
-    return from_dict(ModelConfig, data)
+    return tiny_transducer_config(VOCAB, N_MELS, transducer=transducer)
 
 
 def tiny_model(rnnt_kind: str, seed: int = 0, **transducer: object) -> TransducerModel:

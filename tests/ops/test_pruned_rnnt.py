@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers.checks import assert_rel_close
 from mamba_asr.ops.pruned_rnnt import (
     do_rnnt_pruning,
     prune_ranges,
@@ -33,15 +34,6 @@ def make_inputs(batch, frames, n_tok, vocab, blank=0, scale=1.0):
 def weights_for(loss):
     gen = torch.Generator().manual_seed(1)
     return torch.rand(loss.shape, generator=gen) + 0.5
-
-
-def assert_rel_close(actual, expected, tol, what):
-    actual, expected = actual.float(), expected.float()
-    assert actual.shape == expected.shape, what
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    scale = expected.abs().max().clamp_min(1e-6)
-    err = ((actual - expected).abs().max() / scale).item()
-    assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
 
 
 def full_band(batch, frames, n_tok):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers.checks import assert_rel_close
 from mamba_asr.ops.rnnt_loss import rnnt_loss, rnnt_loss_ref
 
 
@@ -28,15 +29,6 @@ def value_and_grad(fn, logits, *args, weighted=True, **kw):
         weights = torch.ones_like(weights)
     (grad,) = torch.autograd.grad((loss.float() * weights).sum(), logits)
     return loss.detach(), grad
-
-
-def assert_rel_close(actual, expected, tol, what):
-    actual, expected = actual.float(), expected.float()
-    assert actual.shape == expected.shape, what
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    scale = expected.abs().max().clamp_min(1e-6)
-    err = ((actual - expected).abs().max() / scale).item()
-    assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
 
 
 CASES = {  # (B, T, U, V, blank, fused_log_softmax, clamp)

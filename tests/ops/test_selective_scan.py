@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from helpers.checks import assert_rel_close
 from mamba_asr.ops.selective_scan import (
     available_backends,
     resolve_backend,
@@ -69,15 +70,6 @@ def run(fn, args, seed, **kw):
         (out.float() * gout.float()).sum() + (last * glast).sum(), list(tensors.values())
     )
     return out, last, dict(zip(tensors, grads, strict=True))
-
-
-def assert_rel_close(actual, expected, tol, what):
-    actual, expected = actual.float(), expected.float()
-    assert actual.shape == expected.shape, what
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    scale = expected.abs().max().clamp_min(1e-6)
-    err = ((actual - expected).abs().max() / scale).item()
-    assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
 
 
 @pytest.mark.parametrize("backend", FAST)
