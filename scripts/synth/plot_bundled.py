@@ -1,6 +1,6 @@
 """Plot the bundled model's training (both phases) from docs/results/bundled_metrics_*.csv.
 
-    python scripts/synth/plot_bundled.py   # writes docs/img/bundled_training.png
+python scripts/synth/plot_bundled.py   # writes docs/img/bundled_training.png
 """
 
 from __future__ import annotations
