@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mamba_asr.ops.rnnt_loss import _REDUCTIONS, _reduce, rnnt_lattice
+from mamba_asr.ops.rnnt_loss import _REDUCTIONS, _reduce, resolve_rnnt_backend, rnnt_lattice
 
 __all__ = [
     "PrunedInputs",
@@ -126,6 +126,7 @@ def rnnt_loss_simple(
     blank: int = 0,
     reduction: str = "mean",
     return_grad: bool = True,
+    backend: str = "auto",
 ) -> SimpleLoss:
     """RNN-T loss of the joint logits am[b, t, :] + lm[b, u, :], never materialized.
 
@@ -134,6 +135,7 @@ def rnnt_loss_simple(
     target_lengths: (B,). Equals ``rnnt_loss(am[:, :, None] + lm[:, None], ...)`` in value and
     gradient; memory is O(B T U + B (T + U) V). return_grad: also return the move posteriors
     that ``prune_ranges`` needs (computed in the forward pass anyway, so they are free).
+    backend: "auto", "torch" or "triton" for the lattice recursions (``rnnt_loss.rnnt_lattice``).
     """
     if am.dim() != 3 or lm.dim() != 3 or am.shape[::2] != lm.shape[::2]:
         raise ValueError(
@@ -143,8 +145,9 @@ def rnnt_loss_simple(
     _check_targets(targets, batch, u1)
     _check_lengths(batch, logit_lengths, target_lengths)
     _check_reduction(reduction)
+    backend = resolve_rnnt_backend(backend, am.device)
     lp_blank, lp_emit = _simple_log_probs(lm, am, targets, blank % vocab)
-    res = rnnt_lattice(lp_blank, lp_emit, logit_lengths, target_lengths)
+    res = rnnt_lattice(lp_blank, lp_emit, logit_lengths, target_lengths, backend)
     loss = _reduce(res.nll, reduction).to(am.dtype)
     if not return_grad:
         return SimpleLoss(loss, None, None)
@@ -246,6 +249,7 @@ def rnnt_loss_pruned(
     target_lengths: Tensor,
     blank: int = 0,
     reduction: str = "mean",
+    backend: str = "auto",
 ) -> Tensor:
     """RNN-T loss over the band of ``prune_ranges``: paths that leave it count 0.
 
@@ -254,6 +258,7 @@ def rnnt_loss_pruned(
     ``prune_ranges`` (R <= U + 1, distinct positions <= U in each frame); logit_lengths,
     target_lengths: (B,). With R = U + 1 it is ``rnnt_loss`` of the full logits. The band's
     log-probs are scattered into a -inf (B, T, U + 1) grid (no V in it) for the lattice recursion.
+    backend: "auto", "torch" or "triton" for that recursion (``rnnt_loss.rnnt_lattice``).
     Returns the loss in the logits' dtype.
     """
     if logits.dim() != 4 or ranges.shape != logits.shape[:3]:
@@ -266,6 +271,7 @@ def rnnt_loss_pruned(
     _check_targets(targets, batch, n_tok + 1)
     _check_lengths(batch, logit_lengths, target_lengths)
     _check_reduction(reduction)
+    backend = resolve_rnnt_backend(backend, logits.device)
     if width > n_tok + 1:
         raise ValueError(f"the band ({width}) is wider than the lattice (U + 1 = {n_tok + 1})")
     blank = blank % vocab
@@ -276,5 +282,5 @@ def rnnt_loss_pruned(
     grid = torch.full((batch, frames, n_tok + 1), float("-inf"), device=logits.device)
     lp_blank = grid.scatter(2, ranges, band_blank)  # (B, T, U + 1)
     lp_emit = grid.scatter(2, ranges, band_emit)  # (B, T, U + 1)
-    nll = rnnt_lattice(lp_blank, lp_emit, logit_lengths, target_lengths).nll  # (B,)
+    nll = rnnt_lattice(lp_blank, lp_emit, logit_lengths, target_lengths, backend).nll  # (B,)
     return _reduce(nll, reduction).to(logits.dtype)

@@ -14,18 +14,56 @@ Three parts, as every op here:
     rnnt_lattice    the same recursions on (B, T, U + 1) blank / emission log-prob grids from
                     elsewhere (``ops.pruned_rnnt``), returning the move posteriors as well.
 
+Backends of the alpha / beta recursions (``backend=`` of every loss here, or the environment
+variable MAMBA_ASR_RNNT_BACKEND when the argument is "auto"): "torch", the anti-diagonal loop
+above, and "triton" (``ops.rnnt_triton``), each table in one kernel launch, opt-in for CUDA
+tensors (CPU tensors only under TRITON_INTERPRET=1). "auto" is "torch" everywhere for now. The loss
+and the gradients are the same PyTorch code for both.
+
 Everything inside runs in fp32, whatever the logits' dtype; the loss comes back in the logits' dtype.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import os
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 _REDUCTIONS = ("mean", "sum", "none")
+RNNT_BACKENDS = ("auto", "torch", "triton")
+BACKEND_ENV = "MAMBA_ASR_RNNT_BACKEND"
+
+
+def resolve_rnnt_backend(backend: str, device: torch.device) -> str:
+    """The recursions' backend ("torch" or "triton") that ``backend`` means on ``device``.
+
+    "auto" reads MAMBA_ASR_RNNT_BACKEND and means "torch" when that is unset or "auto". Raises
+    ValueError for an unknown name, RuntimeError when triton is asked for but cannot run here.
+    """
+    if backend not in RNNT_BACKENDS:
+        raise ValueError(f"RNN-T backend must be one of {RNNT_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = os.environ.get(BACKEND_ENV) or "auto"
+        if backend not in RNNT_BACKENDS:
+            raise ValueError(f"{BACKEND_ENV} must be one of {RNNT_BACKENDS}, got {backend!r}")
+    if backend != "triton":
+        return "torch"
+    if importlib.util.find_spec("triton") is None:
+        raise RuntimeError(
+            "the triton RNN-T backend needs triton: pip install 'mamba-asr[cuda]' (or use "
+            "backend='torch')"
+        )
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if device.type != "cuda" and not (device.type == "cpu" and interpreted):
+        raise RuntimeError(
+            f"the triton RNN-T backend runs on CUDA tensors (CPU tensors only under "
+            f"TRITON_INTERPRET=1), got {device.type} tensors: use backend='torch'"
+        )
+    return "triton"
 
 
 def _check_inputs(
@@ -138,6 +176,23 @@ def _lattice_forward(
     return alpha, beta, beta[:, 0, 0]
 
 
+def _alpha_beta(
+    lp_blank: Tensor,
+    lp_emit: Tensor,
+    valid: Tensor,
+    final: Tensor,
+    lengths: tuple[Tensor, Tensor],
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``_lattice_forward``'s alpha, beta and log P(y|x) from the resolved ``backend``;
+    lengths: (logit_lengths, target_lengths), what the triton kernels read instead of the masks."""
+    if backend == "triton":
+        from mamba_asr.ops.rnnt_triton import lattice_triton
+
+        return lattice_triton(lp_blank, lp_emit, *lengths)
+    return _lattice_forward(lp_blank, lp_emit, valid, final)
+
+
 def _lattice_grads(
     lp_blank: Tensor,
     lp_emit: Tensor,
@@ -175,9 +230,15 @@ class _LatticeFn(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, lp_blank: Tensor, lp_emit: Tensor, valid: Tensor, final: Tensor
+        ctx: Any,
+        lp_blank: Tensor,
+        lp_emit: Tensor,
+        valid: Tensor,
+        final: Tensor,
+        lengths: tuple[Tensor, Tensor],
+        backend: str,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        alpha, beta, log_p = _lattice_forward(lp_blank, lp_emit, valid, final)
+        alpha, beta, log_p = _alpha_beta(lp_blank, lp_emit, valid, final, lengths, backend)
         ones = torch.ones_like(log_p)
         g_blank, g_emit = _lattice_grads(lp_blank, lp_emit, alpha, beta, log_p, final, ones)
         feasible = torch.isfinite(log_p)[:, None, None]  # no path: posteriors (and grads) 0
@@ -191,11 +252,15 @@ class _LatticeFn(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
         post_blank, post_emit = ctx.saved_tensors
         scale = -grad_out.float()[:, None, None]
-        return scale * post_blank, scale * post_emit, None, None
+        return scale * post_blank, scale * post_emit, None, None, None, None
 
 
 def rnnt_lattice(
-    lp_blank: Tensor, lp_emit: Tensor, logit_lengths: Tensor, target_lengths: Tensor
+    lp_blank: Tensor,
+    lp_emit: Tensor,
+    logit_lengths: Tensor,
+    target_lengths: Tensor,
+    backend: str = "auto",
 ) -> LatticeResult:
     """RNN-T forward-backward on log-prob grids, differentiable w.r.t. both grids.
 
@@ -205,10 +270,13 @@ def rnnt_lattice(
     The grids come from anything: the full joint (``rnnt_loss``), the "simple" joint of
     ``ops.pruned_rnnt`` or a band of the lattice scattered into a -inf grid.
     An utterance with no path gets nll = inf and zero posteriors.
+    backend: "auto", "torch" or "triton" for the alpha / beta recursions (module docstring).
     """
+    backend = resolve_rnnt_backend(backend, lp_blank.device)
     frames, u1 = lp_blank.shape[1:]
     valid, final = _valid_masks(frames, u1, logit_lengths, target_lengths, lp_blank.device)
-    return LatticeResult(*_LatticeFn.apply(lp_blank, lp_emit, valid, final))
+    lengths = (logit_lengths, target_lengths)
+    return LatticeResult(*_LatticeFn.apply(lp_blank, lp_emit, valid, final, lengths, backend))
 
 
 class _RNNTLossFn(torch.autograd.Function):
@@ -228,6 +296,8 @@ class _RNNTLossFn(torch.autograd.Function):
         blank: int,
         fused: bool,
         clamp: float,
+        lengths: tuple[Tensor, Tensor],
+        backend: str,
     ) -> Tensor:
         batch, frames, u1, _ = logits.shape
         x = logits.float()
@@ -238,7 +308,7 @@ class _RNNTLossFn(torch.autograd.Function):
         lse = torch.logsumexp(x, dim=-1) if fused else None  # (B, T, U + 1)
         if lse is not None:
             lp_blank, lp_emit = lp_blank - lse, lp_emit - lse
-        alpha, beta, log_p = _lattice_forward(lp_blank, lp_emit, valid, final)
+        alpha, beta, log_p = _alpha_beta(lp_blank, lp_emit, valid, final, lengths, backend)
         ctx.save_for_backward(logits, idx, lp_blank, lp_emit, alpha, beta, log_p, final, lse)
         ctx.blank, ctx.clamp = blank, clamp
         return -log_p
@@ -257,7 +327,7 @@ class _RNNTLossFn(torch.autograd.Function):
         grad[:, :, :u].scatter_add_(-1, idx, g_emit[:, :, :u, None])
         if ctx.clamp > 0:
             grad.clamp_(-ctx.clamp, ctx.clamp)
-        return grad.to(logits.dtype), None, None, None, None, None, None
+        return grad.to(logits.dtype), None, None, None, None, None, None, None, None
 
 
 class _ClampGrad(torch.autograd.Function):
@@ -290,6 +360,7 @@ def rnnt_loss(
     clamp: float = -1,
     reduction: str = "mean",
     fused_log_softmax: bool = True,
+    backend: str = "auto",
 ) -> Tensor:
     """RNN-Transducer loss -log P(y|x), argument for argument like `torchaudio.functional.rnnt_loss`.
 
@@ -301,16 +372,19 @@ def rnnt_loss(
     clamp: if > 0, the gradient w.r.t. logits is clamped to [-clamp, clamp].
     reduction: "mean" (over the batch), "sum" or "none" ((B,) per-utterance losses).
     fused_log_softmax: apply log_softmax over V here; if False, logits are log-probabilities already.
+    backend: "auto", "torch" or "triton" for the alpha / beta recursions (module docstring).
 
     Each utterance's loss is -(alpha(T_b - 1, U_b) + log p(blank | T_b - 1, U_b)); logits at t >= T_b or
     u > U_b take no part in it. Returns the loss in the logits' dtype.
     """
     _check_inputs(logits, targets, logit_lengths, target_lengths, blank, reduction)
+    backend = resolve_rnnt_backend(backend, logits.device)
     _, frames, u1, vocab = logits.shape
     blank = blank % vocab
     valid, final = _valid_masks(frames, u1, logit_lengths, target_lengths, logits.device)
+    lengths = (logit_lengths, target_lengths)
     losses = _RNNTLossFn.apply(
-        logits, targets, valid, final, blank, fused_log_softmax, float(clamp)
+        logits, targets, valid, final, blank, fused_log_softmax, float(clamp), lengths, backend
     )  # (B,)
     return _reduce(losses, reduction).to(logits.dtype)
 
