@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import mamba_asr.modules.mamba as mamba_module
+from helpers.checks import assert_rel_close
 from mamba_asr.modules.mamba import BiMamba, Mamba, MambaState
 from mamba_asr.modules.masks import reverse_index
+from mamba_asr.ops.selective_scan import available_backends
 
 BLOCKS = [Mamba, BiMamba]
 
@@ -236,3 +240,71 @@ def test_gradient_reaches_every_parameter(cls: type) -> None:
         assert param.grad is not None, name
         assert torch.isfinite(param.grad).all(), name
         assert param.grad.abs().max() > 0, name
+
+
+# --- BiMamba's fused pass (both directions at once) against the two-pass path
+
+
+def _fused_and_two_pass(
+    backend: str, **kwargs: object
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Output, input gradient and every parameter gradient, fused and two-pass, same inputs."""
+    model = make(BiMamba, d_model=16, d_state=6, **kwargs)
+    torch.manual_seed(12)
+    lengths = torch.tensor([29, 8, 17, 1, 24])
+    x = torch.randn(len(lengths), int(lengths.max()), 16)
+    weights = torch.randn_like(x)
+    results = []
+    for fused in (True, False):
+        model.fused = fused
+        model.zero_grad(set_to_none=True)
+        x_run = x.clone().requires_grad_()
+        scan = functools.partial(mamba_module.selective_scan_fn, backend=backend)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(mamba_module, "selective_scan_fn", scan)
+            y = model(x_run, lengths)
+        (y * weights).sum().backward()
+        grads = {f"param {name}": p.grad for name, p in model.named_parameters()}
+        results.append({"output": y.detach(), "input grad": x_run.grad, **grads})
+    return results[0], results[1]
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("options", [{"bias": True}, {"conv_bias": False, "dt_rank": 3}])
+def test_bimamba_fused_equals_two_pass(backend: str, options: dict[str, object]) -> None:
+    assert BiMamba(16).fused  # the default path is the fused one
+    fused, two_pass = _fused_and_two_pass(backend, **options)
+    assert fused.keys() == two_pass.keys()
+    for what, expected in two_pass.items():
+        assert expected is not None and expected.abs().max() > 0, what
+        tol = 1e-5 if what == "output" else 1e-4
+        assert_rel_close(fused[what], expected, tol, f"{backend}: {what}")
+
+
+def test_bimamba_fused_and_two_pass_share_parameters() -> None:
+    """Same parameter names and shapes either way: checkpoints load into both."""
+    fused, two_pass = make(BiMamba), make(BiMamba, fused=False)
+    assert not two_pass.fused
+    shapes = {name: tuple(t.shape) for name, t in fused.state_dict().items()}
+    assert shapes == {name: tuple(t.shape) for name, t in two_pass.state_dict().items()}
+    assert all(name.split(".")[0] in ("in_proj", "out_proj", "fwd", "bwd") for name in shapes)
+    two_pass.load_state_dict(fused.state_dict())
+    torch.manual_seed(13)
+    x = torch.randn(2, 9, 16)
+    torch.testing.assert_close(fused(x), two_pass(x), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bimamba_padded_batch_equals_each_alone_both_paths(fused: bool) -> None:
+    model = make(BiMamba, bias=True, fused=fused)
+    torch.manual_seed(14)
+    lengths = torch.tensor([3, 19, 11])
+    x = torch.randn(len(lengths), 19, 16)
+    valid = torch.arange(19)[None, :] < lengths[:, None]
+    x = torch.where(valid[..., None], x, 1e3 * torch.randn_like(x))
+    with torch.no_grad():
+        y = model(x, lengths)
+        assert torch.equal(y[~valid], torch.zeros_like(y[~valid]))
+        for b, n in enumerate(lengths.tolist()):
+            alone = model(x[b : b + 1, :n])
+            torch.testing.assert_close(y[b : b + 1, :n], alone, atol=1e-5, rtol=1e-4)

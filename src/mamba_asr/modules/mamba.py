@@ -13,6 +13,7 @@ never change valid outputs and come out as zeros. The selective scan is
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -136,6 +137,39 @@ class _SSMBranch(nn.Module):
         y, ssm = out
         conv = xc[..., xc.shape[-1] - (self.d_conv - 1) :]  # (B, D, K-1), last conv inputs
         return y, MambaState(conv=conv, ssm=ssm)
+
+
+def _scan_branches(branches: Sequence[_SSMBranch], x: Tensor, z: Tensor) -> Tensor:
+    """G branches over G blocks of channels in one pass: each op launches once, not G times.
+
+    x, z: (B, G*D, L), block g for ``branches[g]``. Returns (B, G*D, L), block g equal to
+    ``branches[g](x_g, z_g)[0]``. The branches' weights are concatenated (conv1d, A_log, D, dt bias)
+    or stacked (x_proj, dt_proj) on the fly, so gradients reach each branch's own parameters; the
+    scan gets B and C as G groups of channels.
+    """
+    first = branches[0]
+    groups, n, rank, k = len(branches), first.d_state, first.dt_rank, first.d_conv
+    batch, channels, length = x.shape
+    conv_w = torch.cat([b.conv1d.weight for b in branches])  # (G*D, 1, K)
+    conv_b = None if first.conv1d.bias is None else torch.cat([b.conv1d.bias for b in branches])
+    xc = F.pad(x, (k - 1, 0))  # (B, G*D, K-1+L), zero left context
+    u = F.silu(F.conv1d(xc, conv_w, conv_b, groups=channels))  # (B, G*D, L)
+    x_w = torch.stack([b.x_proj.weight for b in branches])  # (G, R+2N, D)
+    x_dbl = torch.matmul(x_w, u.view(batch, groups, -1, length))  # (B, G, R+2N, L)
+    dt, B, C = x_dbl.split([rank, n, n], dim=2)  # (B, G, R, L), (B, G, N, L), (B, G, N, L)
+    dt_w = torch.stack([b.dt_proj.weight for b in branches])  # (G, D, R)
+    delta = torch.matmul(dt_w, dt).view(batch, channels, length)  # (B, G*D, L); bias in scan
+    return selective_scan_fn(
+        u,
+        delta,
+        -torch.exp(torch.cat([b.A_log for b in branches]).float()),  # A (G*D, N)
+        B,
+        C,
+        torch.cat([b.D for b in branches]).float(),  # (G*D,)
+        z,
+        torch.cat([b.dt_proj.bias for b in branches]).float(),  # (G*D,)
+        delta_softplus=True,
+    )
 
 
 def _resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
@@ -274,10 +308,17 @@ class BiMamba(_MambaBase):
 
     Shares in_proj and out_proj; the backward branch ``bwd`` (its own conv1d, x_proj, dt_proj,
     A_log, D) scans each utterance reversed within its own length. The two gated scan outputs
-    are averaged before out_proj. Options as in ``Mamba``.
+    are averaged before out_proj. Options as in ``Mamba``, and ``fused``: run both directions
+    in one pass (2D channels, one conv, one batched projection each, one scan with two groups of
+    B/C; the default), or one branch after the other (``fused=False``, the same result). The
+    attribute ``fused`` may be changed on a built block; parameters are the same either way.
     """
 
     bidirectional = True
+
+    def __init__(self, d_model: int, *args: object, fused: bool = True, **kwargs: object) -> None:
+        super().__init__(d_model, *args, **kwargs)  # type: ignore[arg-type]
+        self.fused = fused
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x: (B, L, M); lengths: (B,) valid frames or None. Returns (B, L, M), zero on padding."""
@@ -286,8 +327,18 @@ class BiMamba(_MambaBase):
         if lengths is not None:
             mask = length_mask(lengths, length, x.device)  # (B, L)
             index = reverse_index(lengths, length, x.device)  # (B, L)
-        x_in, z = self._project_in(x, mask)
-        y_fwd, _ = self.fwd(x_in, z)  # (B, D, L)
-        y_bwd, _ = self.bwd(flip_time(x_in, index), flip_time(z, index))  # (B, D, L), reversed
+        x_in, z = self._project_in(x, mask)  # (B, D, L) each
+        if self.fused:
+            xz_rev = flip_time(torch.cat([x_in, z], dim=1), index)  # (B, 2D, L), reversed
+            x_rev, z_rev = xz_rev.chunk(2, dim=1)
+            x2 = torch.cat([x_in, x_rev], dim=1)  # (B, 2D, L): forward | backward branch
+            z2 = torch.cat([z, z_rev], dim=1)  # (B, 2D, L)
+            y_fwd, y_bwd = _scan_branches((self.fwd, self.bwd), x2, z2).chunk(2, dim=1)
+        else:
+            y_fwd, _ = self.fwd(x_in, z)  # (B, D, L)
+            y_bwd, _ = self.bwd(flip_time(x_in, index), flip_time(z, index))  # (B, D, L), reversed
         y = (y_fwd + flip_time(y_bwd, index)) / 2
         return self._project_out(y, mask)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, fused={self.fused}"
