@@ -1,0 +1,188 @@
+"""The Triton RNN-T recursions against the PyTorch ones: alpha and beta tables, posteriors, the full,
+simple and pruned losses and their gradients; on CUDA when present, else in triton's CPU
+interpreter (TRITON_INTERPRET=1, in a subprocess since triton reads it at import). Also how the
+backend is chosen (argument, MAMBA_ASR_RNNT_BACKEND) and the errors when it cannot run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mamba_asr.ops.pruned_rnnt import prune_ranges, rnnt_loss_pruned, rnnt_loss_simple
+from mamba_asr.ops.rnnt_loss import _lattice_forward, _valid_masks, resolve_rnnt_backend, rnnt_loss
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(
+    not HAS_TRITON, reason="triton is not installed (pip install 'mamba-asr[cuda]')"
+)
+needs_interpreter = pytest.mark.skipif(
+    np.lib.NumpyVersion(np.__version__) >= "2.3.0",
+    reason="triton's CPU interpreter needs numpy < 2.3 (the [dev] extra pins it)",
+)
+
+# (batch, frames, tokens, vocab, blank, seed); ragged lengths with a one-frame utterance and one
+# without tokens where the batch allows
+CASES = {
+    "b4_t6_u3_v5": (4, 6, 3, 5, 0, 0),
+    "b3_t1_u2_v4": (3, 1, 2, 4, 0, 1),
+    "b3_t5_u0_v3": (3, 5, 0, 3, 0, 2),
+    "b4_t12_u17_v9_blank_last": (4, 12, 17, 9, -1, 3),
+    "b3_t6_u40_v6": (3, 6, 40, 6, 0, 4),
+    "b2_t30_u33_v7": (2, 30, 33, 7, 2, 5),
+}
+SLOW = {"b2_t30_u33_v7"}
+TOL = 1e-5
+
+
+def make_case(batch, frames, n_tok, vocab, blank, seed, device="cpu"):
+    """Logits (B, T, U + 1, V), am (B, T, V), lm (B, U + 1, V), non-blank targets, lengths."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 2 * torch.randn(batch, frames, n_tok + 1, vocab, generator=g)
+    am = 2 * torch.randn(batch, frames, vocab, generator=g)
+    lm = 2 * torch.randn(batch, n_tok + 1, vocab, generator=g)
+    targets = torch.randint(0, vocab - 1, (batch, n_tok), generator=g)
+    targets = targets + (targets >= blank % vocab).long()  # never the blank
+    logit_lengths = torch.randint(1, frames + 1, (batch,), generator=g)
+    target_lengths = torch.randint(0, n_tok + 1, (batch,), generator=g)
+    logit_lengths[0], target_lengths[0] = frames, n_tok
+    if batch > 2:
+        logit_lengths[1], target_lengths[2] = 1, 0
+    tensors = (logits, am, lm, targets, logit_lengths, target_lengths)
+    return tuple(t.to(device) for t in tensors)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| over b's finite entries; inf where the -inf / NaN pattern differs."""
+    a, b = a.detach().float(), b.detach().float()
+    if not torch.equal(torch.isfinite(a), torch.isfinite(b)) or a.isnan().any():
+        return float("inf")
+    f = torch.isfinite(b)
+    if not f.any():
+        return 0.0
+    return ((a[f] - b[f]).abs().max() / b[f].abs().max().clamp_min(1e-6)).item()
+
+
+def losses_and_grads(name: str, device: str, backend: str) -> dict[str, torch.Tensor]:
+    """Tables, losses, posteriors and gradients of one case (a name of CASES or a tuple like
+    them) from one backend."""
+    batch, frames, n_tok, vocab, blank, seed = CASES.get(name, name)
+    logits, am, lm, targets, tl, ul = make_case(batch, frames, n_tok, vocab, blank, seed, device)
+    weights = torch.linspace(0.5, 1.5, batch, device=device)
+    out: dict[str, torch.Tensor] = {}
+    # the lattice on the full joint's log-probs: tables and posteriors
+    lp = logits.log_softmax(-1)
+    idx = targets[:, None, :, None].expand(-1, frames, -1, -1)
+    lp_blank = lp[..., blank % vocab].contiguous()
+    lp_emit = F.pad(lp[:, :, :n_tok].gather(-1, idx)[..., 0], (0, 1), value=float("-inf"))
+    if backend == "torch":
+        valid, final = _valid_masks(frames, n_tok + 1, tl, ul, lp.device)
+        out["alpha"], out["beta"], out["log_p"] = _lattice_forward(lp_blank, lp_emit, valid, final)
+    else:
+        from mamba_asr.ops.rnnt_triton import lattice_triton
+
+        out["alpha"], out["beta"], out["log_p"] = lattice_triton(lp_blank, lp_emit, tl, ul)
+    # the full loss (its lattice: the grids above)
+    x = logits.detach().requires_grad_()
+    loss = rnnt_loss(x, targets, tl, ul, blank, reduction="none", backend=backend)
+    out["full"] = loss
+    out["d_full"] = torch.autograd.grad((loss * weights).sum(), x)[0]
+    # simple, then pruned on its ranges (R = 3, and the full band)
+    am, lm = am.requires_grad_(), lm.requires_grad_()
+    simple = rnnt_loss_simple(lm, am, targets, tl, ul, blank, reduction="none", backend=backend)
+    out["simple"], out["simple_post_blank"], out["simple_post_emit"] = simple
+    out["d_simple_am"], out["d_simple_lm"] = torch.autograd.grad(simple.loss.sum(), (am, lm))
+    for width in (4, n_tok + 1):
+        # both backends prune on the torch backend's posteriors: the same band
+        ref = rnnt_loss_simple(lm, am, targets, tl, ul, blank, reduction="none", backend="torch")
+        ranges = prune_ranges(ref.blank_posterior, ref.emit_posterior, tl, ul, max(width, 2))
+        width = ranges.shape[-1]
+        band = logits.gather(2, ranges[..., None].expand(-1, -1, -1, vocab))  # (B, T, R, V)
+        band = band.detach().requires_grad_()
+        loss = rnnt_loss_pruned(band, targets, ranges, tl, ul, blank, reduction="none",
+                                backend=backend)  # fmt: skip
+        out[f"pruned_{width}"] = loss
+        out[f"d_pruned_{width}"] = torch.autograd.grad((loss * weights).sum(), band)[0]
+    return out
+
+
+def errors(name, device: str) -> dict[str, float]:
+    """Relative errors of every table, loss and gradient, triton against torch."""
+    ref = losses_and_grads(name, device, "torch")
+    got = losses_and_grads(name, device, "triton")
+    return {k: rel_err(got[k], ref[k]) for k in ref}
+
+
+@needs_triton
+@needs_interpreter
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in CASES]
+)
+def test_triton_interpreted_matches_torch(name):
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, __file__, name], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    errs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(e <= TOL for e in errs.values()), errs
+
+
+@pytest.mark.cuda
+@needs_triton
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+@pytest.mark.parametrize("shape", [(4, 500, 200, 32, 0, 7), (8, 257, 63, 16, 0, 8)])
+def test_triton_cuda_matches_torch_large(shape):
+    ref = losses_and_grads(shape, "cuda", "torch")
+    got = losses_and_grads(shape, "cuda", "triton")
+    for k, v in got.items():
+        finite = torch.isfinite(v) if k in ("alpha", "beta") else torch.ones_like(v, dtype=bool)
+        assert not v.isnan().any() and torch.isfinite(v[finite]).all(), k
+    # long lattices: log-probs near -2000 carry fp32 rounding into the posteriors
+    errs = {k: rel_err(got[k], ref[k]) for k in ref}
+    assert all(e <= (1e-5 if k.startswith(("full", "simple", "pruned", "log_p")) else 1e-3)
+               for k, e in errs.items()), errs  # fmt: skip
+
+
+def test_auto_is_torch_and_names_are_checked(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("MAMBA_ASR_RNNT_BACKEND", raising=False)
+    assert resolve_rnnt_backend("auto", cpu) == "torch"
+    assert resolve_rnnt_backend("torch", torch.device("cuda")) == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_rnnt_backend("cuda", cpu)
+    monkeypatch.setenv("MAMBA_ASR_RNNT_BACKEND", "torch")
+    assert resolve_rnnt_backend("auto", cpu) == "torch"
+    monkeypatch.setenv("MAMBA_ASR_RNNT_BACKEND", "fast")
+    with pytest.raises(ValueError, match="MAMBA_ASR_RNNT_BACKEND must be one of"):
+        resolve_rnnt_backend("auto", cpu)
+
+
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1", reason="runs without the interpreter"
+)
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    logits, am, lm, targets, tl, ul = make_case(2, 4, 3, 5, 0, 0)
+    monkeypatch.delenv("MAMBA_ASR_RNNT_BACKEND", raising=False)
+    with pytest.raises(RuntimeError, match="triton RNN-T backend"):
+        rnnt_loss(logits, targets, tl, ul, backend="triton")
+    with pytest.raises(RuntimeError, match="triton RNN-T backend"):
+        rnnt_loss_simple(lm, am, targets, tl, ul, backend="triton")
+    monkeypatch.setenv("MAMBA_ASR_RNNT_BACKEND", "triton")  # reaches every loss through "auto"
+    for fn in (
+        lambda: rnnt_loss(logits, targets, tl, ul),
+        lambda: rnnt_loss_simple(lm, am, targets, tl, ul),
+        lambda: rnnt_loss_pruned(logits[:, :, :2], targets, torch.zeros_like(logits[..., :2, 0],
+                                 dtype=torch.long) + torch.arange(2), tl, ul),
+    ):  # fmt: skip
+        with pytest.raises(RuntimeError, match="triton RNN-T backend"):
+            fn()
+
+
+if __name__ == "__main__":
+    print(json.dumps(errors(sys.argv[1], "cpu")))
