@@ -2,6 +2,10 @@
 
     python benchmarks/rnnt.py --device cuda     # shapes of ../shared/anchors.md
     python benchmarks/rnnt.py --device cpu --shapes 4,100,30,64
+    python benchmarks/rnnt.py --device cuda --rnnt-backend torch triton   # both recursions
+
+--rnnt-backend picks the alpha / beta recursions of ours and pruned (``backend=`` of the losses):
+"torch" rows are named ours / pruned, "triton" rows ours-triton / pruned-triton.
 
 What each row times (median of --repeats; CUDA events synchronize around each step on the GPU):
   ours, torchaudio  full losses: the (B, T, U+1, V) joiner logits are the input (the joiner that
@@ -72,11 +76,11 @@ class BandJoiner(nn.Module):
         self.enc_proj, self.pred_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.out = nn.Linear(dim, vocab)
 
-    def loss(self, enc, pred, targets, logit_lengths, target_lengths, prune_range):
+    def loss(self, enc, pred, targets, logit_lengths, target_lengths, prune_range, backend):
         """pruned + 0.5 * simple, mean over the batch."""
         simple = rnnt_loss_simple(
             self.simple_lm(pred), self.simple_am(enc), targets, logit_lengths, target_lengths,
-            reduction="none",
+            reduction="none", backend=backend,
         )  # fmt: skip
         ranges = prune_ranges(
             simple.blank_posterior, simple.emit_posterior, logit_lengths, target_lengths,
@@ -85,12 +89,13 @@ class BandJoiner(nn.Module):
         band = do_rnnt_pruning(self.enc_proj(enc), self.pred_proj(pred), ranges)
         logits = self.out(torch.tanh(band.am + band.lm))  # (B, T, R, V)
         pruned = rnnt_loss_pruned(
-            logits, targets, ranges, logit_lengths, target_lengths, reduction="none"
-        )
+            logits, targets, ranges, logit_lengths, target_lengths, reduction="none",
+            backend=backend,
+        )  # fmt: skip
         return (pruned + 0.5 * simple.loss).mean()
 
 
-def pruned_case(batch, frames, labels, vocab, device, dim, prune_range):
+def pruned_case(batch, frames, labels, vocab, device, dim, prune_range, backend="torch"):
     """A step from random enc (B, T, J) and pred (B, U+1, J) through heads of width J."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     enc = torch.randn(batch, frames, dim, generator=gen).to(device).requires_grad_()
@@ -106,26 +111,29 @@ def pruned_case(batch, frames, labels, vocab, device, dim, prune_range):
 
     def step() -> torch.Tensor:
         clear()
-        loss = heads.loss(enc, pred, *lattice, prune_range)
+        loss = heads.loss(enc, pred, *lattice, prune_range, backend)
         loss.backward()
         return loss.detach()
 
     return step, clear
 
 
-def impls(names):
-    found = {
-        "ours": lambda *a: rnnt_loss(*a, blank=0, reduction="mean"),
-        "pruned": None,
-    }
+def impls(names, backends=("torch",)):
+    """name -> (loss function of the full logits or None for the pruned path, recursion backend);
+    ours and pruned once per backend, "-triton" appended to the names of the triton ones."""
+    found = {}
+    for backend in backends:
+        sfx = "" if backend == "torch" else f"-{backend}"
+        full = lambda *a, be=backend: rnnt_loss(*a, blank=0, reduction="mean", backend=be)  # noqa: E731
+        found.update({f"ours{sfx}": (full, backend), f"pruned{sfx}": (None, backend)})
     if "torchaudio" in names:
         try:
             import torchaudio.functional as AF
 
-            found["torchaudio"] = lambda *a: AF.rnnt_loss(*a, blank=0, reduction="mean")
+            found["torchaudio"] = (lambda *a: AF.rnnt_loss(*a, blank=0, reduction="mean"), None)
         except ImportError:
             print("# torchaudio not installed: ours only")
-    return {k: v for k, v in found.items() if k in names}
+    return {k: v for k, v in found.items() if k.split("-")[0] in names}
 
 
 def rss_bytes() -> int:
@@ -190,6 +198,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--shapes", nargs="+", default=None, help="B,T,U,V ...")
     p.add_argument("--impls", nargs="+", default=["ours", "torchaudio", "pruned"])
+    p.add_argument(
+        "--rnnt-backend", nargs="+", default=["torch"], choices=["torch", "triton"],
+        help="recursions of ours and pruned; several: one row each",
+    )  # fmt: skip
     p.add_argument("--prune-range", type=int, default=5)
     p.add_argument("--joiner-dim", type=int, default=512, help="J of the pruned path")
     p.add_argument("--repeats", type=int, default=10)
@@ -205,7 +217,8 @@ def main(argv=None) -> int:
     )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"# python benchmarks/rnnt.py --device {args.device} --shapes {' '.join(shapes)} "
-          f"--impls {' '.join(args.impls)} --prune-range {args.prune_range} "
+          f"--impls {' '.join(args.impls)} --rnnt-backend {' '.join(args.rnnt_backend)} "
+          f"--prune-range {args.prune_range} "
           f"--joiner-dim {args.joiner_dim}" + (f" --threads {args.threads}" if args.threads else ""))  # fmt: skip
     print(f"# {name}, torch {torch.__version__}, fp32; pruned: J={args.joiner_dim}, "
           "includes simple heads, pruning and the joiner on the band")  # fmt: skip
@@ -216,15 +229,17 @@ def main(argv=None) -> int:
     for shape in shapes:
         b, t, u, v = (int(x) for x in shape.split(","))
         res = {}
-        for impl, fn in impls(args.impls).items():
-            if impl == "pruned":
-                case = pruned_case(b, t, u, v, device, args.joiner_dim, args.prune_range)
+        for impl, (fn, backend) in impls(args.impls, args.rnnt_backend).items():
+            if fn is None:
+                case = pruned_case(b, t, u, v, device, args.joiner_dim, args.prune_range, backend)
             else:
                 case = full_case(fn, b, t, u, v, device)
             ms, extra, value = measure(*case, device, args.repeats)
             del case
             res[impl] = dict(impl=impl, B=b, T=t, U=u, V=v, ms=ms, extra_gib=extra, loss=value)
-            if impl == "pruned":
+            if backend is not None:
+                res[impl]["rnnt_backend"] = backend
+            if fn is None:
                 res[impl].update(prune_range=args.prune_range, joiner_dim=args.joiner_dim)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
