@@ -51,21 +51,24 @@ def _alpha_kernel(blank_ptr, emit_ptr, tlen_ptr, ulen_ptr, alpha_ptr, T, U1,
     u_len = tl.load(ulen_ptr + b)
     base = b.to(tl.int64) * T * U1
     neg_inf = float("-inf")
-    # row t = 0: only (0, 0) starts a path
-    x = tl.where(offs_u == 0, 0.0, neg_inf)
-    prev = tl.full((BLOCK_U,), neg_inf, tl.float32)  # alpha(t - 1, :)
+    start = tl.where(offs_u == 0, 0.0, neg_inf)  # row t = 0: only (0, 0) starts a path
+    prev = tl.full((BLOCK_U,), neg_inf, tl.float32)  # alpha(t - 1, :) + blank(t - 1, :)
+    # coefficient of alpha(t, u - 1): emit(t, u - 1); none at u = 0
+    m_emit = in_row & (offs_u > 0)
+    a = tl.load(emit_ptr + base + offs_u - 1, mask=m_emit, other=neg_inf)
     for t in range(T):
         row = base + t * U1
-        if t > 0:
-            blank = tl.load(blank_ptr + row - U1 + offs_u, mask=in_row, other=neg_inf)
-            x = prev + blank  # alpha(t - 1, u) + blank(t - 1, u)
-        # coefficient of alpha(t, u - 1): emit(t, u - 1); none at u = 0
-        a = tl.load(emit_ptr + row + offs_u - 1, mask=in_row & (offs_u > 0), other=neg_inf)
+        # the next row's inputs, loaded while this row is scanned
+        more = t + 1 < T
+        a_next = tl.load(emit_ptr + row + U1 + offs_u - 1, mask=m_emit & more, other=neg_inf)
+        blank = tl.load(blank_ptr + row + offs_u, mask=in_row, other=neg_inf)  # blank(t, :)
+        x = tl.where(t == 0, start, prev)
         _a, alpha = tl.associative_scan((a, x), 0, _combine)
         valid = (t < t_len) & (offs_u <= u_len) & in_row
         alpha = tl.where(valid | ((t == 0) & (offs_u == 0)), alpha, neg_inf)
         tl.store(alpha_ptr + row + offs_u, alpha, mask=in_row)
-        prev = alpha
+        prev = alpha + blank
+        a = a_next
 
 
 @triton.jit
@@ -79,19 +82,26 @@ def _beta_kernel(blank_ptr, emit_ptr, tlen_ptr, ulen_ptr, beta_ptr, T, U1,
     base = b.to(tl.int64) * T * U1
     neg_inf = float("-inf")
     nxt = tl.full((BLOCK_U,), neg_inf, tl.float32)  # beta(t + 1, :)
+    last = base + (T - 1) * U1
+    blank = tl.load(blank_ptr + last + offs_u, mask=in_row, other=neg_inf)
+    a = tl.load(emit_ptr + last + offs_u, mask=in_row, other=neg_inf)  # of beta(t, u + 1)
     for i in range(T):
         t = T - 1 - i
         row = base + t * U1
+        # the next row's (t - 1) inputs, loaded while this row is scanned
+        more = in_row & (t > 0)
+        blank_next = tl.load(blank_ptr + row - U1 + offs_u, mask=more, other=neg_inf)
+        a_next = tl.load(emit_ptr + row - U1 + offs_u, mask=more, other=neg_inf)
         valid = (t < t_len) & (offs_u <= u_len) & in_row
-        blank = tl.load(blank_ptr + row + offs_u, mask=in_row, other=neg_inf)
         # after the last cell's blank the path ends: beta "after" it is 0
         after = tl.where((t == t_len - 1) & (offs_u == u_len), 0.0, nxt)
         x = tl.where(valid, blank + after, neg_inf)
-        a = tl.load(emit_ptr + row + offs_u, mask=in_row, other=neg_inf)  # of beta(t, u + 1)
         _a, beta = tl.associative_scan((a, x), 0, _combine, reverse=True)
         beta = tl.where(valid, beta, neg_inf)
         tl.store(beta_ptr + row + offs_u, beta, mask=in_row)
         nxt = beta
+        blank = blank_next
+        a = a_next
 
 
 def _warps(block_u: int) -> int:
