@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +18,7 @@ from helpers.checks import assert_rel_close
 from mamba_asr.modules.mamba import BiMamba, Mamba, MambaState
 from mamba_asr.modules.masks import reverse_index
 from mamba_asr.ops.selective_scan import available_backends
+from mamba_asr.ops.selective_scan.dispatch import triton_available
 
 BLOCKS = [Mamba, BiMamba]
 
@@ -245,14 +250,20 @@ def test_gradient_reaches_every_parameter(cls: type) -> None:
 # --- BiMamba's fused pass (both directions at once) against the two-pass path
 
 
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # set by the subprocess test below
+# the Triton kernel runs in its CPU interpreter only there (slow: smaller sizes)
+SCAN_BACKENDS = ["triton"] if INTERPRETED else available_backends("cpu")
+
+
 def _fused_and_two_pass(
     backend: str, **kwargs: object
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Output, input gradient and every parameter gradient, fused and two-pass, same inputs."""
-    model = make(BiMamba, d_model=16, d_state=6, **kwargs)
+    d_model, lengths = (8, [11, 4]) if backend == "triton" else (16, [29, 8, 17, 1, 24])
+    model = make(BiMamba, d_model=d_model, d_state=6, **kwargs)
     torch.manual_seed(12)
-    lengths = torch.tensor([29, 8, 17, 1, 24])
-    x = torch.randn(len(lengths), int(lengths.max()), 16)
+    lengths = torch.tensor(lengths)
+    x = torch.randn(len(lengths), int(lengths.max()), d_model)
     weights = torch.randn_like(x)
     results = []
     for fused in (True, False):
@@ -269,7 +280,7 @@ def _fused_and_two_pass(
     return results[0], results[1]
 
 
-@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("backend", SCAN_BACKENDS)
 @pytest.mark.parametrize("options", [{"bias": True}, {"conv_bias": False, "dt_rank": 3}])
 def test_bimamba_fused_equals_two_pass(backend: str, options: dict[str, object]) -> None:
     assert BiMamba(16).fused  # the default path is the fused one
@@ -279,6 +290,28 @@ def test_bimamba_fused_equals_two_pass(backend: str, options: dict[str, object])
         assert expected is not None and expected.abs().max() > 0, what
         tol = 1e-5 if what == "output" else 1e-4
         assert_rel_close(fused[what], expected, tol, f"{backend}: {what}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(INTERPRETED, reason="this is the test that starts the interpreted run")
+@pytest.mark.skipif(not triton_available(), reason="triton is not installed (the [cuda] extra)")
+@pytest.mark.skipif(
+    np.lib.NumpyVersion(np.__version__) >= "2.3.0",
+    reason="triton's CPU interpreter needs numpy < 2.3 (the [dev] extra pins it)",
+)
+def test_bimamba_fused_equals_two_pass_triton_interpreted() -> None:
+    """The test above with the Triton scan (B/C in two groups) in triton's CPU interpreter: a
+    subprocess, since triton reads TRITON_INTERPRET at import."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", __file__]
+    proc = subprocess.run(
+        [*command, "-k", "test_bimamba_fused_equals_two_pass and triton"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "2 passed" in proc.stdout, proc.stdout[-2000:]
 
 
 def test_bimamba_fused_and_two_pass_share_parameters() -> None:
