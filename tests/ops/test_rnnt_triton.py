@@ -140,12 +140,13 @@ def test_triton_interpreted_matches_torch(name):
 def test_triton_cuda_matches_torch_large(shape):
     ref = losses_and_grads(shape, "cuda", "torch")
     got = losses_and_grads(shape, "cuda", "triton")
-    for k, v in got.items():
-        finite = torch.isfinite(v) if k in ("alpha", "beta") else torch.ones_like(v, dtype=bool)
-        assert not v.isnan().any() and torch.isfinite(v[finite]).all(), k
-    # long lattices: log-probs near -2000 carry fp32 rounding into the posteriors
+    for k, v in got.items():  # -inf off the lattice; inf: no path fits a band of 4 (T_b = 1)
+        assert not v.isnan().any(), k
+        assert k in ("alpha", "beta", "pruned_4") or torch.isfinite(v).all(), k
+    # long lattices: with log P(y|x) near -2400 the fp32 posteriors of either backend are ~2e-3
+    # from fp64's (one utterance at T=500, U=200 in the interpreter); triton vs torch: 8e-5
     errs = {k: rel_err(got[k], ref[k]) for k in ref}
-    assert all(e <= (1e-5 if k.startswith(("full", "simple", "pruned", "log_p")) else 1e-3)
+    assert all(e <= (1e-5 if k.startswith(("full", "simple", "pruned", "log_p")) else 2e-3)
                for k, e in errs.items()), errs  # fmt: skip
 
 
