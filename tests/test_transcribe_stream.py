@@ -226,3 +226,17 @@ def test_stream_memory_does_not_grow_with_length(rnnt_model, tmp_path):
     peak_long = _peak_rss_kib([*common[:1], str(long), *common[1:]])
     print(f"peak RSS: 1 min {peak_short / 1024:.1f} MiB, 10 min {peak_long / 1024:.1f} MiB")
     assert peak_long <= 1.10 * peak_short, (peak_short, peak_long)
+
+
+def test_offline_transcribes_long_audio_as_one_stream(rnnt_model, tmp_path):
+    """Past 30 s a streaming transducer is not cut into windows: offline equals --stream, and
+    the token times run on across the 30 s mark."""
+    path = tmp_path / "long.flac"
+    sf.write(path, _signal(65.0, 16000, seed=3), 16000)
+    asr = ASR.load(rnnt_model)
+    offline = transcribe_file(asr, path, progress=True)
+    streamed = stream_file(asr, path, chunk_ms=320)
+    assert offline.tokens == streamed.tokens and offline.text == streamed.text
+    assert offline.duration == pytest.approx(65.0)
+    starts = [t.start for t in offline.tokens]
+    assert starts == sorted(starts) and starts[-1] > 31.0

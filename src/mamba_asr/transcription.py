@@ -29,10 +29,12 @@ Streaming
     for audio up to 30 s the result equals ``transcribe_file``'s (greedy: token for token).
 
 Long audio
-    Decoded in fixed windows of at most ``CHUNK_SECONDS`` (30 s) without overlap, read from
-    the file one window at a time (``read_blocks``), so memory stays bounded whatever the
-    length; times of each window are offset by its start. A word cut by a window boundary
-    comes out as two words.
+    A model that streams (a causal transducer) decodes the whole file as one stream, read and
+    encoded ``CHUNK_SECONDS`` (30 s) at a time (``stream_file``), so nothing is cut at window
+    edges and the result equals ``--stream``'s. Other models decode fixed windows of at most
+    30 s without overlap, read from the file one window at a time (``read_blocks``); times of
+    each window are offset by its start, and a word cut by a window boundary comes out as two
+    words. Either way memory stays bounded whatever the length.
 """
 
 from __future__ import annotations
@@ -150,6 +152,8 @@ def transcribe_file(
     naming the file) for a missing, empty, corrupt or non-audio file or NaN samples.
     """
     options = options or DecodingOptions(strategy="greedy")
+    if _streams(asr):
+        return _transcribe_as_stream(asr, path, options, progress)
     rate = asr.sample_rate
     step = int(CHUNK_SECONDS * rate)
     bar = None
@@ -182,6 +186,31 @@ def transcribe_file(
         if bar is not None:
             bar.close()
     return Transcript(os.fspath(path), " ".join(texts), tokens, words, begin / rate)
+
+
+def _streams(asr: ASR) -> bool:
+    try:
+        streaming_subsampling(asr)
+    except ValueError:
+        return False
+    return True
+
+
+def _transcribe_as_stream(
+    asr: ASR, path: StrPath, options: DecodingOptions, progress: bool
+) -> Transcript:
+    """``stream_file`` in ``CHUNK_SECONDS`` steps, with a tqdm bar over the seconds read."""
+    if not progress:
+        return stream_file(asr, path, options, chunk_ms=1000 * CHUNK_SECONDS)
+    from tqdm import tqdm
+
+    total = audio_info(path).duration
+    with tqdm(total=round(total), desc=os.fspath(path), unit="s", leave=False) as bar:
+
+        def advance(_text: str, seconds: float) -> None:
+            bar.update(min(round(seconds), round(total)) - bar.n)
+
+        return stream_file(asr, path, options, 1000 * CHUNK_SECONDS, on_partial=advance)
 
 
 def _windows(path: StrPath, rate: int, step: int) -> Iterator[np.ndarray]:
