@@ -4,6 +4,8 @@
 # streaming MCT on both GPUs until a deadline, export the half-precision bundle in pieces of
 # 15 MB (join with cat), with the training curves and logs.
 #   bash scripts/device/train_bundled.sh OUTDIR      (carry .tts and .whl)
+#   INIT=mct-small-synth-en SEED=3 HOURS=40 bash scripts/device/train_bundled.sh OUTDIR
+#     goes on training the bundled model on a fresh corpus (another seed: other utterances)
 set -uo pipefail
 start=$(date +%s)
 out="${1:-/tmp/out}"
@@ -13,12 +15,15 @@ source scripts/device/common.sh
  cp benchmarks/results/rnnt_cuda.json /tmp/logs/ 2>/dev/null) &
 bench=$!
 python3 scripts/device/synth_corpus.py "$TTS_ROOT/text" /tmp/corpus --workers 30 \
-  --train-hours "${HOURS:-50}" --dev-hours 0.3 2>&1 | tee /tmp/logs/synth.txt
+  --train-hours "${HOURS:-50}" --dev-hours 0.3 --seed "${SEED:-1}" 2>&1 | tee /tmp/logs/synth.txt
 cp /tmp/corpus/synth.json /tmp/logs/
 wait $bench; tail -12 /tmp/logs/rnnt_cuda.txt
 deadline=$((start + ${TRAIN_UNTIL:-535}))
+# INIT=mct-small-synth-en (or a model file) goes on from that model, with LR/WARMUP (0.0015/50)
+init=()
+[ -n "${INIT:-}" ] && init=(--init "$INIT" --lr "${LR:-0.0015}" --warmup "${WARMUP:-50}")
 python3 -m torch.distributed.run --standalone --nproc_per_node=2 scripts/device/train_bundled.py \
-  /tmp/corpus /tmp/run --deadline "$deadline" > /tmp/logs/torchrun.txt 2>&1
+  /tmp/corpus /tmp/run --deadline "$deadline" "${init[@]}" > /tmp/logs/torchrun.txt 2>&1
 tail -5 /tmp/logs/torchrun.txt
 python3 scripts/device/train_bundled.py /tmp/run "$out/mct-small-synth-en.pt" --export
 (cd "$out" && split -b 15000000 -d mct-small-synth-en.pt mct-small-synth-en.pt.part && rm mct-small-synth-en.pt)
