@@ -44,10 +44,16 @@ def main() -> None:
     parser.add_argument("--dev-hours", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--engine-weights", nargs="+", default=None, metavar="ENGINE=W",
+                        help="each engine's share of the training utterances")  # fmt: skip
     args = parser.parse_args()
     engines = working_engines(args.text_dir / "dev.txt")
     print("engines:", engines)
-    report = {"engines": engines, "held_out_voices": list(HELD_OUT)}
+    weights = None
+    if args.engine_weights:
+        weights = {k: float(v) for k, _, v in (w.partition("=") for w in args.engine_weights)}
+        weights = {k: v for k, v in weights.items() if k in engines}
+    report = {"engines": engines, "held_out_voices": list(HELD_OUT), "engine_weights": weights}
     for name, hours, seed, exclude in (
         ("dev", args.dev_hours, 1000 + args.seed, ()),
         ("train", args.train_hours, args.seed, HELD_OUT),
@@ -55,7 +61,7 @@ def main() -> None:
         r = synthesize_corpus(
             [args.text_dir / f"{name}.txt"], args.out / name, hours=hours, seed=seed,
             workers=args.workers, engines=engines, noise=True, reverb=True, progress=False,
-            exclude_voices=exclude,
+            exclude_voices=exclude, engine_weights=weights if name == "train" else None,
         )  # fmt: skip
         report[name] = {"hours": r.audio_seconds / 3600, "utterances": r.utterances,
                         "speakers": r.speakers, "wall_s": r.wall_seconds, "x_real_time": r.speed}  # fmt: skip

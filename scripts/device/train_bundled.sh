@@ -5,7 +5,8 @@
 # 15 MB (join with cat), with the training curves and logs.
 #   bash scripts/device/train_bundled.sh OUTDIR      (carry .tts and .whl)
 #   INIT=mct-small-synth-en SEED=3 HOURS=40 bash scripts/device/train_bundled.sh OUTDIR
-#     goes on training the bundled model on a fresh corpus (another seed: other utterances)
+#     goes on training the bundled model on a fresh corpus (another seed: other utterances);
+#     WEIGHTS="espeak-ng=0.7 flite=0.2 festival=0.1" gives flite and festival more utterances
 set -uo pipefail
 start=$(date +%s)
 out="${1:-/tmp/out}"
@@ -15,7 +16,8 @@ source scripts/device/common.sh
  cp benchmarks/results/rnnt_cuda.json /tmp/logs/ 2>/dev/null) &
 bench=$!
 python3 scripts/device/synth_corpus.py "$TTS_ROOT/text" /tmp/corpus --workers 30 \
-  --train-hours "${HOURS:-50}" --dev-hours 0.3 --seed "${SEED:-1}" 2>&1 | tee /tmp/logs/synth.txt
+  --train-hours "${HOURS:-50}" --dev-hours 0.3 --seed "${SEED:-1}" ${WEIGHTS:+--engine-weights $WEIGHTS} \
+  2>&1 | tee /tmp/logs/synth.txt
 cp /tmp/corpus/synth.json /tmp/logs/
 wait $bench; tail -12 /tmp/logs/rnnt_cuda.txt
 deadline=$((start + ${TRAIN_UNTIL:-535}))

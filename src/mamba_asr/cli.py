@@ -198,6 +198,11 @@ def _add_synth_parser(sub: argparse._SubParsersAction, common: list) -> None:
         help="leave out voices whose label matches a shell pattern (espeak-ng:*+m7)",
     )  # fmt: skip
     synth.add_argument(
+        "--engine-weights", nargs="+", default=None, metavar="ENGINE=W",
+        help="each engine's share of the utterances, e.g. espeak-ng=0.7 flite=0.2 festival=0.1 "
+        "(default: its share of the voices)",
+    )  # fmt: skip
+    synth.add_argument(
         "--list-voices", action="store_true",
         help="print the label of every voice of the installed engines (or of --engines, "
         "filtered by --voices / --exclude-voices), one per line, and exit",
@@ -438,10 +443,21 @@ def cmd_synth(args: argparse.Namespace) -> int:
         print(f"{PROG} synth: error: TEXT_FILE, --out and --hours are required "
               "(unless --list-voices)", file=sys.stderr)  # fmt: skip
         return 2
+    weights = None
+    if args.engine_weights:
+        pairs = [item.partition("=") for item in args.engine_weights]
+        try:
+            weights = {name: float(value) for name, sep, value in pairs if sep}
+        except ValueError:
+            weights = None
+        if weights is None or len(weights) != len(pairs):
+            print(f"{PROG} synth: error: --engine-weights takes ENGINE=NUMBER items, got "
+                  f"{' '.join(args.engine_weights)}", file=sys.stderr)  # fmt: skip
+            return 2
     result = synthesize_corpus(
         args.text_files, args.out, hours=args.hours, seed=args.seed, workers=args.workers,
         engines=engines, noise=args.noise, reverb=args.reverb, progress=sys.stderr.isatty(),
-        voices=args.voices, exclude_voices=args.exclude_voices,
+        voices=args.voices, exclude_voices=args.exclude_voices, engine_weights=weights,
     )  # fmt: skip
     print(f"{result.manifest}: {result.utterances} utterances, {result.speakers} voices, "
           f"{result.audio_seconds / 3600:.3f} h of audio, {result.speed:.0f}x real time")  # fmt: skip

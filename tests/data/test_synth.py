@@ -220,3 +220,32 @@ def test_cli_exclude_voices_and_missing_arguments(tmp_path, capsys, text_file):
     assert main(["synth", str(text_file), "--hours", "0.01"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--out and --hours are required" in err[0]
+
+
+def test_engine_weights_set_each_engines_share(tmp_path):
+    from mamba_asr.data import synth
+
+    voices = select_voices(["espeak-ng", "flite", "festival"])
+    probs = synth._voice_probabilities(voices, {"espeak-ng": 0.5, "flite": 0.3, "festival": 0.2})
+    share = {e: probs[[v.engine == e for v in voices]].sum() for e in ("espeak-ng", "flite")}
+    assert share == pytest.approx({"espeak-ng": 0.5, "flite": 0.3})
+    assert synth._voice_probabilities(voices, None) is None
+    with pytest.raises(ValueError, match="engine weights"):
+        synth._voice_probabilities(voices, {"espeak-ng": 1.0})  # flite, festival missing
+    with pytest.raises(ValueError, match="engine weights"):
+        synth._voice_probabilities(voices, {"espeak-ng": -1, "flite": 1, "festival": 1})
+    jobs = synth._plan(["A B C"], np.arange(1), voices, 0, tmp_path, False, False, probs)
+    engines = [next(jobs).voice.engine for _ in range(2000)]
+    assert engines.count("flite") / 2000 == pytest.approx(0.3, abs=0.04)
+    assert engines.count("festival") / 2000 == pytest.approx(0.2, abs=0.04)
+
+
+@needs_espeak
+def test_cli_engine_weights(tmp_path, text_file, capsys):
+    out = tmp_path / "c"
+    args = ["synth", str(text_file), "--out", str(out), "--hours", "0.004", "--engines",
+            "espeak-ng"]  # fmt: skip
+    assert main([*args, "--engine-weights", "espeak-ng"]) == 2
+    assert "ENGINE=NUMBER" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--engine-weights", "espeak-ng=1"]) == 0
+    assert (out / "manifest.jsonl").is_file()

@@ -19,7 +19,9 @@ script: the festival utterances of a batch are split over the workers, several p
 starting festival costs about as much as speaking a sentence). An engine asked for by name that
 is not installed raises ``ValueError`` with the ``apt-get`` command. ``voices`` /
 ``exclude_voices`` pick speakers by shell patterns on their label (``espeak-ng:*+m7``), e.g. to
-keep some voices out of a training corpus for a dev set of unseen voices.
+keep some voices out of a training corpus for a dev set of unseen voices; ``engine_weights``
+(``{"espeak-ng": 0.7, "flite": 0.2, "festival": 0.1}``) sets each engine's share of the
+utterances, which is otherwise its share of the voices (espeak-ng has 112 of 117).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +235,7 @@ def synthesize_corpus(
     progress: bool = True,
     voices: Sequence[str] | None = None,
     exclude_voices: Sequence[str] = (),
+    engine_weights: Mapping[str, float] | None = None,
 ) -> SynthResult:
     """Speak sentences of ``text_files`` into ``out_dir`` until ``hours`` of audio are written.
 
@@ -251,11 +254,12 @@ def synthesize_corpus(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out}: output folder exists and is not empty")
     chosen = select_voices(available_engines(engines), voices, exclude_voices)
+    probs = _voice_probabilities(chosen, engine_weights)
     sentences = read_sentences(text_files)
     if not sentences:
         raise ValueError("no usable sentence (3-25 words of A-Z and apostrophes) in the text files")
     order = np.random.default_rng([seed]).permutation(len(sentences))
-    jobs = _plan(sentences, order, chosen, seed, out, noise, reverb)
+    jobs = _plan(sentences, order, chosen, seed, out, noise, reverb, probs)
     start, target = time.perf_counter(), hours * 3600.0
     done: list[tuple[_Job, float]] = []
     total = 0.0
@@ -303,13 +307,16 @@ def _plan(
     out: Path,
     noise: bool,
     reverb: bool,
+    probs: np.ndarray | None = None,
 ) -> Iterator[_Job]:
-    """Endless jobs in index order; utterance ``i``'s choices come from rng(seed, i)."""
+    """Endless jobs in index order; utterance ``i``'s choices come from rng(seed, i). probs:
+    the chance of each voice (None: all equally likely)."""
     counts: dict[int, int] = {}
     index = 0
     while True:
         rng = np.random.default_rng([seed, index])
-        voice = voices[int(rng.integers(len(voices)))]
+        pick = rng.integers(len(voices)) if probs is None else rng.choice(len(voices), p=probs)
+        voice = voices[int(pick)]
         rate = float(rng.uniform(130, 200)) if voice.engine == "espeak-ng" else 1.0
         if voice.engine in ("flite", "festival"):  # duration stretch
             rate = float(rng.uniform(0.85, 1.2))
@@ -353,6 +360,26 @@ def select_voices(
             f"and exclude_voices {list(exclude)}"
         )
     return chosen
+
+
+def _voice_probabilities(
+    voices: list[Voice], engine_weights: Mapping[str, float] | None
+) -> np.ndarray | None:
+    """Each voice's chance: its engine's share of ``engine_weights`` (normalised over the
+    engines in use), split evenly among that engine's voices. None: every voice alike."""
+    if engine_weights is None:
+        return None
+    engines = sorted({v.engine for v in voices})
+    missing = [e for e in engines if e not in engine_weights]
+    bad = {e: w for e, w in engine_weights.items() if not (w >= 0 and np.isfinite(w))}
+    if missing or bad or sum(engine_weights.get(e, 0.0) for e in engines) <= 0:
+        raise ValueError(
+            f"engine weights must be >= 0 for every engine in use ({', '.join(engines)}), "
+            f"with a positive sum; got {dict(engine_weights)}"
+        )
+    count = {e: sum(v.engine == e for v in voices) for e in engines}
+    probs = np.array([engine_weights[v.engine] / count[v.engine] for v in voices])
+    return probs / probs.sum()
 
 
 def _groups(batch: list[_Job], workers: int) -> list[list[_Job]]:
