@@ -13,7 +13,7 @@ python3 scripts/device/synth_corpus.py "$TTS_ROOT/text" /tmp/corpus --workers 32
 python3 scripts/device/ddp_scaling.py /tmp/corpus /tmp/ddp --steps 150 --batch-seconds 200 \
   --recipe-steps conmamba_ctc=100 2>&1 | tee /tmp/logs/ddp.txt
 cp /tmp/ddp/ddp_scaling.json /tmp/ddp/ddp_loss.png "$out/" 2>/dev/null
-tar -C /tmp/ddp -czf /tmp/logs/ddp_logs.tgz $(cd /tmp/ddp && ls *.log */metrics.csv */train.log)
+tar -C /tmp/ddp -czf /tmp/logs/ddp_logs.tgz $(cd /tmp/ddp && ls *.log */metrics.csv */train.log */profile/*.txt 2>/dev/null)
 deadline=$((start + ${TRAIN_UNTIL:-540}))
 if [ $((deadline - $(date +%s))) -gt 60 ]; then
   python3 -m torch.distributed.run --standalone --nproc_per_node=2 scripts/device/train_bundled.py \

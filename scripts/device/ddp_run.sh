@@ -12,4 +12,4 @@ cp /tmp/corpus/synth.json "$out/"
 python3 scripts/device/ddp_scaling.py /tmp/corpus /tmp/ddp --steps "${STEPS:-200}" \
   --batch-seconds "${BATCH_SECONDS:-120}" 2>&1 | tee "$out/ddp.txt"
 cp /tmp/ddp/ddp_scaling.json /tmp/ddp/ddp_loss.png "$out/" 2>/dev/null
-tar -C /tmp/ddp -czf "$out/ddp_logs.tgz" $(cd /tmp/ddp && ls *.log */metrics.csv */train.log 2>/dev/null)
+tar -C /tmp/ddp -czf "$out/ddp_logs.tgz" $(cd /tmp/ddp && ls *.log */metrics.csv */train.log */profile/*.txt 2>/dev/null)

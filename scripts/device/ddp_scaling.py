@@ -8,7 +8,9 @@ For each recipe (the MCT transducer and the ConMamba CTC model), two runs over C
 Both use the same global batch: the sampler deals batch 2k to rank 0 and 2k+1 to rank 1, the
 very pair the 1-GPU run accumulates in step k, so the two loss curves should match up to
 dropout/augmentation draws and rounding. Speed: seconds of audio trained per second of wall
-time (the trainer's log windows after the first, which holds start-up). Sync: each rank's
+time (the trainer's log windows after the first, which holds start-up; train.log also gives
+the share of time each window waited for data). ``--profile``: every rank's steps 51-55 under
+torch.profiler (RUN/profile/rank<r>.txt, .json). Sync: each rank's
 final weights (MAMBA_ASR_TEST_RANK_DUMP) must be equal. Writes OUT/ddp_scaling.json, a loss
 plot OUT/ddp_loss.png and prints a table.
 """
@@ -67,6 +69,8 @@ def launch(args: argparse.Namespace, recipe: str, gpus: int, out: Path) -> dict:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={gpus}", *common, "--accum", "1"]  # fmt: skip
     env = dict(os.environ, MAMBA_ASR_TEST_RANK_DUMP=str(dump))
+    if args.profile:  # steps 51-55 of every rank: run/profile/rank<r>.{json,txt}
+        env["MAMBA_ASR_PROFILE"] = f"{run / 'profile'},50,5"
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     (out / f"{recipe}_{gpus}gpu.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
@@ -100,6 +104,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--profile", action="store_true", help="torch.profiler on steps 51-55")
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--recipe")
     parser.add_argument("--run-dir")

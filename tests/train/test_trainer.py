@@ -188,3 +188,17 @@ def test_init_from_a_model_file_takes_its_tokenizer_cmvn_and_weights(
     for name, tensor in source.state_dict().items():  # lr 1e-9: one step moves nothing visibly
         torch.testing.assert_close(state[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
     assert ASR.load(reference_run / "model.pt").tokenizer.alphabet == source.tokenizer.alphabet
+
+
+def test_profile_env_records_steps_and_the_log_shows_data_waits(
+    tmp_path, corpus, tiny_recipe, monkeypatch
+):
+    monkeypatch.setenv("MAMBA_ASR_PROFILE", f"{tmp_path / 'prof'},1,2")
+    train(tiny_recipe("train.log_every=1"), corpus, corpus, tmp_path / "run", device="cpu",
+          max_steps=4)  # fmt: skip
+    assert (tmp_path / "prof" / "rank0.json").stat().st_size > 0
+    assert "Self CPU" in (tmp_path / "prof" / "rank0.txt").read_text()
+    assert "of the time waiting for data" in (tmp_path / "run" / "train.log").read_text()
+    monkeypatch.setenv("MAMBA_ASR_PROFILE", "nowhere")
+    with pytest.raises(ValueError, match="MAMBA_ASR_PROFILE must be DIR,FIRST,COUNT"):
+        train(tiny_recipe(), corpus, corpus, tmp_path / "run2", device="cpu", max_steps=1)

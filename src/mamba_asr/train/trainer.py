@@ -28,6 +28,8 @@ manifests' audio).
 Test hook: ``MAMBA_ASR_TEST_RANK_DUMP=<folder>`` makes each rank save its final weights, step
 and the ids of the utterances it trained on to ``<folder>/rank<r>.pt`` (to check DDP ranks
 end identical while seeing different data). Unset, nothing is written.
+``MAMBA_ASR_PROFILE=DIR,FIRST,COUNT`` records COUNT optimizer steps after step FIRST with
+``torch.profiler`` on every rank (see ``_StepProfiler``).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mamba_asr.asr import ASR, tokenizer_from_files, tokenizer_to_files
-from mamba_asr.atomic import atomic_save
+from mamba_asr.atomic import atomic_save, atomic_write_text
 from mamba_asr.config import (
     ConfigError,
     RecipeConfig,
@@ -92,11 +94,12 @@ from mamba_asr.train.distributed import (
 from mamba_asr.train.metrics import MetricsLog, error_rates
 from mamba_asr.train.schedules import build_optimizer, build_scheduler
 
-__all__ = ["RANK_DUMP_ENV", "TrainResult", "build_tokenizer", "train"]
+__all__ = ["PROFILE_ENV", "RANK_DUMP_ENV", "TrainResult", "build_tokenizer", "train"]
 
 log = logging.getLogger(__name__)
 
 RANK_DUMP_ENV = "MAMBA_ASR_TEST_RANK_DUMP"
+PROFILE_ENV = "MAMBA_ASR_PROFILE"
 RECIPE_FILE = "recipe.yaml"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
@@ -461,7 +464,9 @@ class _Run:
         self.ckpt_dir = out_dir / CHECKPOINT_DIR
         self.seen_ids: list[str] = []
         self.audio_seconds = 0.0  # this rank's, since the last training-loss row
+        self.data_wait = 0.0  # seconds this rank waited for its next batch, likewise
         self.window_start = time.perf_counter()
+        self.profiler = _StepProfiler.from_env(ctx)
         self.throughput: list[tuple[int, float]] = []
         self.deadline: float | None = None  # time.perf_counter() value to stop at
 
@@ -539,8 +544,14 @@ class _Run:
         self.model.train()
         bar = _progress_bar(total, self.p.batches_done, self.p.epoch, show)
         group_left = 0
+        batches = iter(loader)
         try:
-            for batch in loader:
+            while True:
+                waited = time.perf_counter()
+                batch = next(batches, None)
+                self.data_wait += time.perf_counter() - waited
+                if batch is None:
+                    break
                 if group_left == 0:
                     group_left = min(cfg.grad_accum, total - self.p.batches_done)
                     group_size = group_left
@@ -553,6 +564,7 @@ class _Run:
                 if group_left:
                     continue
                 lr = self._optimizer_step()
+                self.profiler.step(self.p.step)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", step=self.p.step)
                 self._log_train(lr)
                 at_end = self.p.batches_done == total
@@ -598,7 +610,9 @@ class _Run:
     def _log_train(self, lr: float) -> None:
         if self.p.step % self.recipe.train.log_every:
             return
-        window = torch.tensor([*self.p.window, self.audio_seconds], dtype=torch.float64)
+        window = torch.tensor(
+            [*self.p.window, self.audio_seconds, self.data_wait], dtype=torch.float64
+        )
         if self.ctx.distributed:  # mean over every rank's batches, audio of every rank
             summed = [window.to(self.ctx.device)]
             torch.distributed.all_reduce(summed[0])
@@ -606,12 +620,14 @@ class _Run:
         loss = float(window[0] / window[1].clamp_min(1))
         self.metrics.add(self.p.step, self.p.epoch + 1, train_loss=loss, lr=lr)
         now = time.perf_counter()
-        speed = float(window[2]) / max(now - self.window_start, 1e-9)
+        elapsed = max(now - self.window_start, 1e-9)
+        speed = float(window[2]) / elapsed
+        waiting = float(window[3]) / self.ctx.world_size / elapsed  # mean over the ranks
         self.throughput.append((self.p.step, speed))
-        log.info("step %d: loss %.4f, lr %.3g, %.0f s of audio per second", self.p.step, loss,
-                 lr, speed)  # fmt: skip
+        log.info("step %d: loss %.4f, lr %.3g, %.0f s of audio per second, %.0f%% of the time "
+                 "waiting for data", self.p.step, loss, lr, speed, 100 * waiting)  # fmt: skip
         self.p.window = [0.0, 0.0]
-        self.audio_seconds, self.window_start = 0.0, now
+        self.audio_seconds, self.data_wait, self.window_start = 0.0, 0.0, now
 
     def end_epoch(self, valid_loader: DataLoader | None) -> _Validation:
         """Validate, checkpoint (as the start of the next epoch), log, plot."""
@@ -653,6 +669,49 @@ class _Run:
         if folder:
             dump = {"step": self.p.step, "model": self.asr.state_dict(), "ids": self.seen_ids}
             atomic_save(dump, Path(folder) / f"rank{self.ctx.rank}.pt")
+
+
+class _StepProfiler:
+    """``MAMBA_ASR_PROFILE=DIR,FIRST,COUNT``: every rank records optimizer steps FIRST + 1 to
+    FIRST + COUNT with ``torch.profiler`` (CPU, and CUDA on a GPU) and writes
+    ``DIR/rank<r>.json`` (a Chrome trace) and ``DIR/rank<r>.txt`` (the ops by total time), to
+    see where a step's time goes (kernels, all-reduce waits, data loading gaps). Unset: idle."""
+
+    def __init__(self, folder: Path | None, first: int, count: int, rank: int, cuda: bool):
+        self.folder, self.first, self.last, self.rank, self.cuda = (
+            folder, first, first + count, rank, cuda,
+        )  # fmt: skip
+        self.prof: Any = None
+
+    @classmethod
+    def from_env(cls, ctx: DistributedContext) -> _StepProfiler:
+        spec = os.environ.get(PROFILE_ENV)
+        if not spec:
+            return cls(None, 0, 0, ctx.rank, False)
+        try:
+            folder, first, count = spec.split(",")
+            return cls(Path(folder), int(first), int(count), ctx.rank, ctx.device.type == "cuda")
+        except ValueError:
+            raise ValueError(f"{PROFILE_ENV} must be DIR,FIRST,COUNT, got {spec!r}") from None
+
+    def step(self, step: int) -> None:
+        """Call after optimizer step ``step``."""
+        if self.folder is None:
+            return
+        if step == self.first and self.prof is None:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+            self.prof = profile(activities=activities)
+            self.prof.__enter__()
+        elif step == self.last and self.prof is not None:
+            self.prof.__exit__(None, None, None)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.prof.export_chrome_trace(str(self.folder / f"rank{self.rank}.json"))
+            key = "self_cuda_time_total" if self.cuda else "self_cpu_time_total"
+            table = self.prof.key_averages().table(sort_by=key, row_limit=40)
+            atomic_write_text(self.folder / f"rank{self.rank}.txt", table + "\n")
+            self.prof, self.folder = None, None
 
 
 def _progress_bar(total: int, done: int, epoch: int, show: bool) -> Any:
