@@ -44,6 +44,7 @@ def test_info_prints_versions_device_and_backends():
     assert "device          cpu" in out
     assert "selective scan" in out
     assert "ref" in out
+    assert "bundled models  mct-small-synth-en (24.6 MB, default)" in out
 
 
 def test_check_passes_on_cpu():

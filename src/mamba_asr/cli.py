@@ -315,10 +315,22 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("device", str(device)),
         ("cpu threads", str(torch.get_num_threads())),
         ("selective scan", _backends_line(device)),
+        ("bundled models", _bundled_line()),
     ]
     for key, value in rows:
         print(f"{key:<16}{value}")
     return 0
+
+
+def _bundled_line() -> str:
+    from mamba_asr.pretrained import DEFAULT_MODEL, MODELS, bundled_path
+
+    parts = []
+    for name in MODELS:
+        path = bundled_path(name)
+        size = f"{path.stat().st_size / 1e6:.1f} MB" if path.is_file() else "file missing"
+        parts.append(f"{name} ({size}{', default' if name == DEFAULT_MODEL else ''})")
+    return ", ".join(parts)
 
 
 def _format_report(report: CheckReport) -> str:
