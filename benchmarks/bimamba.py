@@ -26,9 +26,8 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mamba_asr.config import load_recipe
+from encoder_scaling import build  # benchmarks/ is on sys.path when this file runs
 from mamba_asr.device import autocast
-from mamba_asr.models.factory import build_encoder, build_frontend
 from mamba_asr.modules.mamba import BiMamba
 
 
@@ -52,19 +51,9 @@ def set_fused(model: torch.nn.Module, fused: bool) -> None:
 
 
 def encoder_model(size: str, device: torch.device) -> torch.nn.Module:
-    cfg = load_recipe(f"hparams/S2S/conmamba_{size}.yaml").model
-    frontend, encoder = build_frontend(cfg, device), build_encoder(cfg, device)
-
-    class FrontAndEncoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.frontend, self.encoder = frontend, encoder
-
-        def forward(self, feats, lengths):
-            x, lengths = self.frontend(feats, lengths)
-            return self.encoder(x, lengths)
-
-    return FrontAndEncoder().train()
+    """Front end + ConMamba encoder of ``hparams/S2S/conmamba_{size}.yaml``, as encoder_scaling
+    times it."""
+    return build("conmamba", size, device)
 
 
 def ragged(batch: int, frames: int, device: torch.device) -> torch.Tensor:
