@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from encoder_scaling import build  # benchmarks/ is on sys.path when this file runs
 from mamba_asr.device import autocast
 from mamba_asr.modules.mamba import BiMamba
+from timing import seconds
 
 
 class CountOps(TorchDispatchMode):
@@ -85,13 +85,7 @@ def compare(model: torch.nn.Module, step: Callable[[], None], device, repeats: i
     for _ in range(repeats):
         for fused in (True, False):
             set_fused(model, fused)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[fused].append((time.perf_counter() - t0) * 1e3)
+            times[fused].append(seconds(step, device) * 1e3)
     set_fused(model, True)
     model.zero_grad(set_to_none=True)
     fused_ms, two_ms = statistics.median(times[True]), statistics.median(times[False])

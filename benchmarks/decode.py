@@ -10,28 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from mamba_asr.decode.ctc import ctc_greedy, ctc_prefix_beam_search
+from timing import median_ms
 
 
 def peaked_log_probs(frames: int, vocab: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return (3.0 * torch.randn(1, frames, vocab, generator=g)).log_softmax(-1)
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,6 @@ import argparse
 import gc
 import json
 import math
-import statistics
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from mamba_asr.config import load_recipe
 from mamba_asr.device import autocast
 from mamba_asr.models.factory import build_encoder, build_frontend
+from timing import cuda_peak_gib, median_ms
 
 ENCODERS = ("conformer", "conmamba")
 
@@ -78,27 +78,10 @@ def measure(model, batch: int, seconds: float, device: torch.device, repeats: in
             out = model(feats, lengths)
         out.float().square().mean().backward()
 
-    step()  # warm-up; also allocates the gradients
-    step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    ms = median_ms(step, repeats, device, warmup=2)  # the warm-up also allocates the gradients
     gc.collect()
-    if device.type == "cuda":
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**30
-    else:
-        peak = saved_gib(step)
-    return statistics.median(times) * 1e3, peak
+    peak = cuda_peak_gib(step, device) if device.type == "cuda" else saved_gib(step)
+    return ms, peak
 
 
 def slope(xs, ys) -> float:

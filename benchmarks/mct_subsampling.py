@@ -11,13 +11,12 @@ aux CTC). Reports time (median of --repeats) and the joint's size, the memory th
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from mamba_asr.config import load_recipe
 from mamba_asr.models.factory import build_model
+from timing import median_ms
 
 SETTINGS = {4: ["model.frontend.subsampling=4", "model.frontend.channels=[256, 256]"],
             8: ["model.frontend.subsampling=8", "model.frontend.channels=[256, 256, 256]"]}  # fmt: skip
@@ -49,16 +48,11 @@ def main(argv=None) -> int:
             lengths, tlen = torch.tensor([frames]), torch.tensor([tokens])
 
             batch = (feats, lengths, targets, tlen)
-            step(model, batch)
-            times = []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                step(model, batch)
-                times.append(time.perf_counter() - t0)
+            ms = median_ms(lambda m=model, b=batch: step(m, b), args.repeats)
             t_enc = -(-frames // factor)
             joint = t_enc * (tokens + 1) * model.vocab_size * 4 / 2**20
             print(f"| {factor}x | {seconds:g} | {t_enc} | {tokens} | {joint:.0f} | "
-                  f"{statistics.median(times) * 1e3:.0f} |", flush=True)  # fmt: skip
+                  f"{ms:.0f} |", flush=True)  # fmt: skip
     return 0
 
 

@@ -27,7 +27,6 @@ import contextlib
 import ctypes
 import json
 import os
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from mamba_asr.ops.pruned_rnnt import (
     rnnt_loss_simple,
 )
 from mamba_asr.ops.rnnt_loss import rnnt_loss
+from timing import cuda_peak_gib, median_ms
 
 
 def lattice_inputs(batch, frames, labels, vocab, device, gen):
@@ -170,27 +170,10 @@ def cpu_peak_extra(step: Callable[[], torch.Tensor]) -> float | None:
 
 
 def measure(step, clear, device, repeats):
-    step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    ms = median_ms(step, repeats, device)
     clear()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        extra = (torch.cuda.max_memory_allocated() - base) / 2**30
-    else:
-        extra = cpu_peak_extra(step)
-    return statistics.median(times) * 1e3, extra, step().item()
+    extra = cuda_peak_gib(step, device) if device.type == "cuda" else cpu_peak_extra(step)
+    return ms, extra, step().item()
 
 
 def main(argv=None) -> int:

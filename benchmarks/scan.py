@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from mamba_asr.ops.selective_scan import available_backends, selective_scan_fn
+from timing import median_ms
 
 
 def mambapy_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True):
@@ -64,13 +63,12 @@ def run_impl(name: str, inputs: dict, backward: bool):
 
 def time_impl(name: str, inputs: dict, backward: bool, repeats: int) -> float:
     run_impl(name, inputs, backward)  # warm-up (compiles the native kernel on first use)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+
+    def run() -> None:
         with torch.set_grad_enabled(backward):
             run_impl(name, inputs, backward)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+
+    return median_ms(run, repeats, warmup=0)
 
 
 def saved_mib(name: str, inputs: dict) -> float:

@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from mamba_asr.audio import load_audio
 from mamba_asr.data import read_manifest
 from mamba_asr.decode import DecodingOptions
 from mamba_asr.transcription import stream_file, transcribe_file
+from timing import median_ms
 
 
 def speech_file(manifest: Path, seconds: float, out: Path) -> Path:
@@ -41,16 +40,6 @@ def speech_file(manifest: Path, seconds: float, out: Path) -> Path:
             break
     sf.write(out, np.concatenate(waves)[: int(seconds * 16000)], 16000, format="FLAC")
     return out
-
-
-def median_s(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -73,11 +62,15 @@ def main() -> None:
         audio = args.audio or speech_file(args.manifest, args.seconds, Path(tmp) / "speech.flac")
         seconds = sf.info(str(audio)).duration
         rows = [
-            ("offline", None, median_s(lambda: transcribe_file(asr, audio, greedy), args.repeats))
+            (
+                "offline",
+                None,
+                median_ms(lambda: transcribe_file(asr, audio, greedy), args.repeats) / 1e3,
+            )
         ]
         for chunk in args.chunk_ms:
             run = lambda c=chunk: stream_file(asr, audio, greedy, chunk_ms=c)  # noqa: E731
-            rows.append(("streaming", chunk, median_s(run, args.repeats)))
+            rows.append(("streaming", chunk, median_ms(run, args.repeats) / 1e3))
     cpu = platform.processor() or platform.machine()
     print(f"# {cpu}, torch {torch.__version__}, {args.threads} thread(s), {seconds:.1f} s of audio")
     print("| mode | chunk ms | seconds | RTF |\n|---|---|---|---|")

@@ -1,0 +1,44 @@
+"""Timing and memory measurement shared by the benchmarks (each runs as a script from
+``benchmarks/``, so ``from timing import median_ms`` finds this file)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds(fn: Callable[[], Any], device: torch.device | None = None) -> float:
+    """Wall-clock seconds of one ``fn()``; on CUDA, with the device synchronised before and after."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def median_ms(
+    fn: Callable[[], Any], repeats: int, device: torch.device | None = None, warmup: int = 1
+) -> float:
+    """Median milliseconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(seconds(fn, device) for _ in range(repeats)) * 1e3
+
+
+def cuda_peak_gib(fn: Callable[[], Any], device: torch.device) -> float:
+    """GiB the CUDA allocator's peak rises above what is allocated before one ``fn()``."""
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**30
