@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from helpers.batches import padded_batch
 from helpers.standins import BiMambaEncoder, PairFrontEnd
 from mamba_asr.models.ctc import CTCModel, CTCOutput
 from mamba_asr.models.losses import LossOutput, ctc_loss
@@ -25,15 +26,7 @@ def make_batch(
     feat_lengths: list[int], target_lengths: list[int], n_mels: int = N_MELS, seed: int = 1
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Features and targets (never blank) with garbage in the padding."""
-    gen = torch.Generator().manual_seed(seed)
-    f_len, t_len = torch.tensor(feat_lengths), torch.tensor(target_lengths)
-    feats = torch.randn(len(feat_lengths), max(feat_lengths), n_mels, generator=gen)
-    valid = torch.arange(feats.shape[1])[None, :] < f_len[:, None]
-    feats = torch.where(valid[..., None], feats, 1e3 * torch.randn(feats.shape, generator=gen))
-    targets = torch.randint(1, VOCAB, (len(target_lengths), max(target_lengths)), generator=gen)
-    t_valid = torch.arange(targets.shape[1])[None, :] < t_len[:, None]
-    targets = targets.masked_fill(~t_valid, 0)
-    return feats, f_len, targets, t_len
+    return padded_batch(feat_lengths, target_lengths, n_mels, VOCAB, 1, True, seed)
 
 
 def losses_alone(

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from helpers.batches import padded_batch
 from helpers.standins import BiMambaEncoder, PairFrontEnd
 from mamba_asr.models.decoders import DECODERS
 from mamba_asr.models.losses import LossOutput, ctc_loss, label_smoothed_nll
@@ -116,14 +117,9 @@ def make_model(name: str, seed: int = 0, **kwargs: object) -> Seq2SeqModel:
 def make_batch(
     feat_lengths: list[int], target_lengths: list[int], n_mels: int = N_MELS, seed: int = 1
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Features and targets (ids 3.., never pad/bos/eos) with garbage in the padding."""
-    gen = torch.Generator().manual_seed(seed)
-    f_len, t_len = torch.tensor(feat_lengths), torch.tensor(target_lengths)
-    feats = torch.randn(len(feat_lengths), max(feat_lengths), n_mels, generator=gen)
-    valid = torch.arange(feats.shape[1])[None, :] < f_len[:, None]
-    feats = torch.where(valid[..., None], feats, 1e3 * torch.randn(feats.shape, generator=gen))
-    targets = torch.randint(3, VOCAB, (len(target_lengths), max(target_lengths)), generator=gen)
-    return feats, f_len, targets, t_len  # targets keep random ids in their padding
+    """Features and targets (ids 3.., never pad/bos/eos) with garbage in the padding; targets
+    keep random ids in their padding."""
+    return padded_batch(feat_lengths, target_lengths, n_mels, VOCAB, 3, False, seed)
 
 
 def losses_alone(
