@@ -1,7 +1,7 @@
 """Train the bundled streaming transducer on a synthetic corpus, up to a wall-clock deadline.
 
     torchrun --standalone --nproc_per_node=2 scripts/device/train_bundled.py CORPUS RUN \
-        --deadline UNIX_TIME [--init MODEL.pt --lr LR --warmup STEPS]
+        --deadline UNIX_TIME [--init MODEL.pt --lr LR --warmup STEPS] [--set KEY=VALUE ...]
     python3 scripts/device/train_bundled.py --export RUN MODEL.pt
 
 CORPUS holds train/ and dev/ from scripts/device/synth_corpus.py. The recipe is
@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--init", help="go on from this model file (train.init_from)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more recipe overrides, applied last")  # fmt: skip
     args = parser.parse_args()
     if args.export:
         return export(args.corpus, args.run)
@@ -73,7 +75,7 @@ def main() -> None:
     more = [f"train.init_from={args.init}"] if args.init else []
     more += [f"train.lr={args.lr}"] if args.lr else []
     more += [f"train.warmup_steps={args.warmup}"] if args.warmup else []
-    recipe = load_recipe(RECIPE, OVERRIDES + more)
+    recipe = load_recipe(RECIPE, OVERRIDES + more + args.set)
     result = train(recipe, args.corpus / "train/manifest.jsonl", args.corpus / "dev/manifest.jsonl",
                    args.run, device=args.device, progress=False,
                    max_seconds=max(args.deadline - time.time(), 1.0))  # fmt: skip
