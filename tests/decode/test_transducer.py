@@ -214,56 +214,77 @@ def test_batched_equals_each_alone(predictor: str) -> None:
         assert [h.score for h in nbest] == pytest.approx([h.score for h in beam[i]], abs=1e-4)
 
 
+@pytest.mark.parametrize("max_symbols", [1, 2, 4])
 @pytest.mark.parametrize("predictor", ["lstm", "stateless"])
-def test_beam_1_equals_greedy_with_one_symbol_per_frame(predictor: str) -> None:
-    """Holds when greedy may emit at most one symbol per frame (as modified beam search)."""
+def test_beam_1_equals_greedy_with_the_same_symbols_per_frame(
+    predictor: str, max_symbols: int
+) -> None:
     model = fake(predictor)
     memory, lengths = torch.randn(4, 30, M), torch.tensor([30, 25, 11, 1])
-    greedy = transducer_greedy(model, memory, lengths, max_symbols_per_frame=1)
-    beam = transducer_beam_search(model, memory, lengths, beam=1)
+    greedy = transducer_greedy(model, memory, lengths, max_symbols_per_frame=max_symbols)
+    beam = transducer_beam_search(model, memory, lengths, 1, max_symbols_per_frame=max_symbols)
+    if max_symbols > 1:  # the limit is reached somewhere, so it is tested
+        assert any(len(set(g.frames)) < len(g.frames) for g in greedy)
     for g, [b] in zip(greedy, beam, strict=True):
         assert (b.tokens, b.frames) == (g.tokens, g.frames)
         assert b.score == pytest.approx(g.score, abs=1e-4)
 
 
-def brute_force(model: nn.Module, memory: Tensor) -> dict[tuple[int, ...], float]:
-    """log P(tokens) summed over every one-symbol-per-frame alignment, memory (T, M)."""
+def frame_moves(max_symbols: int) -> list[tuple[int, ...]]:
+    """What one frame may do: 0..max_symbols tokens (1..V-1), then a blank (0) unless the
+    limit was reached."""
+    moves: list[tuple[int, ...]] = []
+    for n in range(max_symbols + 1):
+        for toks in itertools.product(range(1, V), repeat=n):
+            moves.append(toks if n == max_symbols else (*toks, 0))
+    return moves
+
+
+def brute_force(model: nn.Module, memory: Tensor, max_symbols: int) -> dict[tuple[int, ...], float]:
+    """log P(tokens) summed over every alignment with at most max_symbols tokens per frame,
+    memory (T, M)."""
     enc = model.joiner.project_encoder(memory)  # (T, J)
     paths: dict[tuple[int, ...], list[float]] = {}
-    for choice in itertools.product(range(V), repeat=memory.shape[0]):
+    for choice in itertools.product(frame_moves(max_symbols), repeat=memory.shape[0]):
         tokens: list[int] = []
         score = 0.0
-        for t, k in enumerate(choice):
-            out, _ = model.predictor(torch.tensor([[0, *tokens]]))
-            pred = model.joiner.project_predictor(out[0, -1])
-            score += model.joiner.join(enc[t], pred).log_softmax(-1)[k].item()
-            tokens += [k] if k else []
+        for t, moves in enumerate(choice):
+            for k in moves:
+                out, _ = model.predictor(torch.tensor([[0, *tokens]]))
+                pred = model.joiner.project_predictor(out[0, -1])
+                score += model.joiner.join(enc[t], pred).log_softmax(-1)[k].item()
+                tokens += [k] if k else []
         paths.setdefault(tuple(tokens), []).append(score)
     return {key: torch.tensor(s).logsumexp(0).item() for key, s in paths.items()}
 
 
 @torch.no_grad()
-def test_exhaustive_beam_gives_exact_sequence_probabilities() -> None:
+@pytest.mark.parametrize("max_symbols, frames", [(1, 3), (2, 2)])
+def test_exhaustive_beam_gives_exact_sequence_probabilities(max_symbols: int, frames: int) -> None:
     """With a beam wide enough to keep every hypothesis, merging is exact: log P(tokens)."""
-    model, memory = fake("lstm", scale=1.0), torch.randn(1, 3, M)
-    exact = brute_force(model, memory[0])
-    [nbest] = transducer_beam_search(model, memory, torch.tensor([3]), beam=V**3)
+    model, memory = fake("lstm", scale=1.0), torch.randn(1, frames, M)
+    exact = brute_force(model, memory[0], max_symbols)
+    length = torch.tensor([frames])
+    [nbest] = transducer_beam_search(
+        model, memory, length, beam=10**4, max_symbols_per_frame=max_symbols
+    )
     assert len(nbest) == len(exact)
     for hyp in nbest:
         assert hyp.score == pytest.approx(exact[tuple(hyp.tokens)], abs=1e-4)
     assert nbest[0].score == pytest.approx(max(exact.values()), abs=1e-4)
-    [greedy] = transducer_greedy(model, memory, torch.tensor([3]), max_symbols_per_frame=1)
+    [greedy] = transducer_greedy(model, memory, length, max_symbols_per_frame=max_symbols)
     assert nbest[0].score >= greedy.score
 
 
-def test_beam_4_best_scores_at_least_greedy_path() -> None:
-    """Same scoring (log-probability, one symbol per frame); checked on random models, not a
-    theorem: pruning could in principle lose the greedy path's prefix."""
+@pytest.mark.parametrize("max_symbols", [1, 4])
+def test_beam_4_best_scores_at_least_greedy_path(max_symbols: int) -> None:
+    """Same scoring (log-probability, the same limit of symbols per frame); checked on random
+    models, not a theorem: pruning could in principle lose the greedy path's prefix."""
     for predictor in ("lstm", "stateless"):
         model = fake(predictor)
         memory, lengths = torch.randn(6, 40, M), torch.tensor([40, 38, 30, 22, 15, 5])
-        greedy = transducer_greedy(model, memory, lengths, max_symbols_per_frame=1)
-        beam = transducer_beam_search(model, memory, lengths, beam=4)
+        greedy = transducer_greedy(model, memory, lengths, max_symbols_per_frame=max_symbols)
+        beam = transducer_beam_search(model, memory, lengths, 4, max_symbols_per_frame=max_symbols)
         for g, nbest in zip(greedy, beam, strict=True):
             assert nbest[0].score >= g.score - 1e-5
             assert len(nbest) <= 4 and [h.score for h in nbest] == sorted(

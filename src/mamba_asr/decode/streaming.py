@@ -26,8 +26,8 @@ class TransducerStreamer:
     """Chunk-by-chunk decoding of B streams that advance together.
 
     options: the search, ``strategy`` "greedy" or "beam" (modified beam search with
-    ``beam_size``); default greedy. max_symbols_per_frame: greedy's limit of tokens per
-    encoder frame. device, dtype: of the encoder state.
+    ``beam_size``); default greedy. max_symbols_per_frame: the limit of tokens per encoder
+    frame of either search. device, dtype: of the encoder state.
     """
 
     def __init__(
@@ -44,7 +44,9 @@ class TransducerStreamer:
         self.state = model.init_state(batch, device=device, dtype=dtype)
         self.search: GreedySearch | BeamSearch
         if self.options.strategy == "beam":
-            self.search = BeamSearch(model, batch, device, self.options.beam_size)
+            self.search = BeamSearch(
+                model, batch, device, self.options.beam_size, max_symbols_per_frame
+            )
         else:
             self.search = GreedySearch(model, batch, device, max_symbols_per_frame)
         self.finished = False

@@ -19,8 +19,9 @@ comparing the states made for batches of 1 and 2 (an LSTM's (h, c) are (layers, 
 
 Scores are log-probabilities (float32) of the alignment paths the search followed: greedy, of
 its one path (emissions, and the blank that ended each frame); modified beam search (icefall's
-``modified_beam_search``: at most one symbol per frame per hypothesis; hypotheses with the same
-tokens merged by log-add), of the sum over the kept paths that give the tokens. ``frames``
+``modified_beam_search``, extended to up to ``max_symbols_per_frame`` tokens per frame per
+hypothesis, as greedy search; hypotheses in the same state merged by log-add), of the sum over
+the kept paths that give the tokens. ``frames``
 (the frame of each token, for timestamps) follow one path: greedy's, or for beam search the best
 of the merged paths.
 """
@@ -212,19 +213,33 @@ def transducer_greedy(
 
 
 class BeamSearch(_FrameSearch):
-    """Batched modified beam search (icefall's ``modified_beam_search``), resumable by frame.
+    """Batched modified beam search (icefall's ``modified_beam_search``), resumable by frame,
+    with up to ``max_symbols_per_frame`` tokens per frame.
 
-    Per frame, every hypothesis is extended by blank or by one token; of these, the ``beam``
-    best of each utterance are kept and those with equal tokens merged (log-add of scores).
-    The N hypotheses of all utterances lie flat, those of an utterance contiguous.
+    Per frame, in up to ``max_symbols_per_frame`` expansion rounds, every hypothesis still open
+    in this frame is extended by blank (which closes it for the frame) or by one token (it stays
+    open; in the last round it closes too, as greedy search stops after that many tokens); closed
+    hypotheses carry over unchanged. Of these, the ``beam`` best of each utterance are kept and
+    those in the same state (same tokens, both closed, or both open) merged by log-add of their
+    scores. The N hypotheses of all utterances lie flat, those of an utterance contiguous.
+    With ``max_symbols_per_frame=1`` this is icefall's search exactly; with beam 1 it is greedy
+    search with the same limit.
     """
 
     def __init__(
-        self, model: nn.Module, batch: int, device: torch.device | None = None, beam: int = 4
+        self,
+        model: nn.Module,
+        batch: int,
+        device: torch.device | None = None,
+        beam: int = 4,
+        max_symbols_per_frame: int = 4,
     ) -> None:
         if beam < 1:
             raise ValueError(f"beam must be >= 1, got {beam!r}")
+        if max_symbols_per_frame < 1:
+            raise ValueError(f"max_symbols_per_frame must be >= 1, got {max_symbols_per_frame!r}")
         self.model, self.blank, self.beam, self.batch = model, model.blank, beam, batch
+        self.max_symbols = max_symbols_per_frame
         self.ops = StateOps(model.predictor, device)
         self.pred, self.pstate = _start(model, batch, device)  # (N, J), pstate of N
         self.utt = torch.arange(batch, device=device)  # (N,) utterance of each hypothesis
@@ -233,11 +248,13 @@ class BeamSearch(_FrameSearch):
         self.frames: list[tuple[int, ...]] = [() for _ in range(batch)]
         self.frame = 0
 
-    def _top(self, enc_proj: Tensor, active: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The best extensions per utterance: scores, parents and tokens, each (B, K)."""
+    def _top(self, enc_proj: Tensor, frozen: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The best extensions per utterance: scores, parents and tokens, each (B, K).
+
+        frozen: (N,) bool, hypotheses that may only stay as they are (blank at probability 1).
+        """
         logp = self.model.joiner.join(enc_proj[self.utt], self.pred).float().log_softmax(-1)
-        frozen = ~active[self.utt]  # (N,) hypotheses of utterances past their length
-        if frozen.any():  # a frozen hypothesis stays as it is: blank with probability 1
+        if frozen.any():
             logp[frozen] = NEG_INF
             logp[frozen, self.blank] = 0.0
         cand = self.scores[:, None] + logp  # (N, V)
@@ -253,33 +270,43 @@ class BeamSearch(_FrameSearch):
 
     def advance(self, enc_proj: Tensor, active: Tensor) -> None:
         """One frame: enc_proj (B, J); active (B,) bool, the utterances that have this frame."""
-        top, parent, token = (x.tolist() for x in self._top(enc_proj, active))
-        parents, emits, scores, utts = [], [], [], []
-        tokens: list[tuple[int, ...]] = []
-        frames: list[tuple[int, ...]] = []
-        for b in range(self.batch):
-            seen: dict[tuple[int, ...], int] = {}
-            for s, p, k in zip(top[b], parent[b], token[b], strict=True):
-                if s == NEG_INF:
-                    continue
-                emit = k != self.blank
-                key = self.tokens[p] + (k,) if emit else self.tokens[p]
-                j = seen.get(key)
-                if j is not None:  # same tokens by another path: merge
-                    scores[j] = _log_add(scores[j], s)
-                    continue
-                seen[key] = len(tokens)
-                parents.append(p)
-                emits.append(k if emit else -1)
-                scores.append(s)
-                utts.append(b)
-                tokens.append(key)
-                frames.append(self.frames[p] + (self.frame,) if emit else self.frames[p])
-        self._update(parents, emits)
-        device = self.scores.device
-        self.scores = torch.tensor(scores, dtype=torch.float32, device=device)
-        self.utt = torch.tensor(utts, dtype=torch.long, device=device)
-        self.tokens, self.frames = tokens, frames
+        is_open = [True] * len(self.tokens)  # every hypothesis starts the frame open
+        for round_ in range(self.max_symbols):
+            last = round_ == self.max_symbols - 1
+            open_mask = torch.tensor(is_open, device=self.scores.device)
+            top, parent, token = (
+                x.tolist() for x in self._top(enc_proj, ~(active[self.utt] & open_mask))
+            )
+            parents, emits, scores, utts, opens = [], [], [], [], []
+            tokens: list[tuple[int, ...]] = []
+            frames: list[tuple[int, ...]] = []
+            for b in range(self.batch):
+                seen: dict[tuple[tuple[int, ...], bool], int] = {}
+                for s, p, k in zip(top[b], parent[b], token[b], strict=True):
+                    if s == NEG_INF:
+                        continue
+                    emit = k != self.blank
+                    key = self.tokens[p] + (k,) if emit else self.tokens[p]
+                    state = (key, emit and not last)  # (tokens, still open in this frame)
+                    j = seen.get(state)
+                    if j is not None:  # same state by another path: merge
+                        scores[j] = _log_add(scores[j], s)
+                        continue
+                    seen[state] = len(tokens)
+                    parents.append(p)
+                    emits.append(k if emit else -1)
+                    scores.append(s)
+                    utts.append(b)
+                    opens.append(state[1])
+                    tokens.append(key)
+                    frames.append(self.frames[p] + (self.frame,) if emit else self.frames[p])
+            self._update(parents, emits)
+            device = self.scores.device
+            self.scores = torch.tensor(scores, dtype=torch.float32, device=device)
+            self.utt = torch.tensor(utts, dtype=torch.long, device=device)
+            self.tokens, self.frames, is_open = tokens, frames, opens
+            if not any(is_open):
+                break
         self.frame += 1
 
     def _update(self, parents: list[int], emits: list[int]) -> None:
@@ -307,13 +334,18 @@ class BeamSearch(_FrameSearch):
 
 @torch.no_grad()
 def transducer_beam_search(
-    model: nn.Module, memory: Tensor, lengths: Tensor, beam: int = 4
+    model: nn.Module,
+    memory: Tensor,
+    lengths: Tensor,
+    beam: int = 4,
+    max_symbols_per_frame: int = 4,
 ) -> list[list[TransducerHypothesis]]:
     """Modified beam search over memory (B, T, M) with lengths (B,): an n-best list each.
 
-    At most one token per frame per hypothesis (so beam=1 equals greedy search with
-    ``max_symbols_per_frame=1``); n-best lists hold at most ``beam`` entries, best first.
+    At most ``max_symbols_per_frame`` tokens per frame per hypothesis (beam=1 equals greedy
+    search with the same limit; 1 is icefall's modified beam search); n-best lists hold at
+    most ``beam`` entries, best first.
     """
-    search = BeamSearch(model, memory.shape[0], memory.device, beam)
+    search = BeamSearch(model, memory.shape[0], memory.device, beam, max_symbols_per_frame)
     search.advance_frames(model.joiner.project_encoder(memory), lengths)
     return search.nbest()
