@@ -10,6 +10,8 @@
 #     SET="train.max_batch_seconds=600 ..." adds recipe overrides.
 #   CHECKS=1: scripts/device/pending_checks.sh on GPU 0 and CPUs 0-7 during the synthesis
 #     (on CPUs 8-31) instead of the RNN-T benchmark; its files go into logs.tgz (checks/).
+#   A call on a machine still warm from the last one finds /tmp/corpus and /tmp/run there: it
+#     skips the synthesis and the training resumes from the newest checkpoint (same schedule).
 #   DDP="conmamba_ctc" DDP_BATCH=400 DDP_STEPS=60: the 1-vs-2-GPU comparison
 #     (scripts/device/ddp_scaling.py) on the new corpus before training; files in logs.tgz (ddp/).
 set -uo pipefail
@@ -28,9 +30,13 @@ else
 fi
 bench=$!
 workers=$(taskset -c "$synth_cpus" nproc)
-taskset -c "$synth_cpus" python3 scripts/device/synth_corpus.py "$TTS_ROOT/text" /tmp/corpus \
-  --workers "$workers" --train-hours "${HOURS:-50}" --dev-hours 0.3 --seed "${SEED:-1}" \
-  ${WEIGHTS:+--engine-weights $WEIGHTS} 2>&1 | tee /tmp/logs/synth.txt
+if [ -f /tmp/corpus/synth.json ]; then  # a machine still warm from an earlier call
+  echo "reusing the corpus in /tmp/corpus; training resumes from /tmp/run's newest checkpoint"
+else
+  taskset -c "$synth_cpus" python3 scripts/device/synth_corpus.py "$TTS_ROOT/text" /tmp/corpus \
+    --workers "$workers" --train-hours "${HOURS:-50}" --dev-hours 0.3 --seed "${SEED:-1}" \
+    ${WEIGHTS:+--engine-weights $WEIGHTS} 2>&1 | tee /tmp/logs/synth.txt
+fi
 cp /tmp/corpus/synth.json /tmp/logs/
 wait $bench
 tail -40 /tmp/logs/checks.txt /tmp/logs/rnnt_cuda.txt 2>/dev/null
