@@ -63,3 +63,52 @@ def test_cli_default_model_stream_and_offline(capsys):
     assert main(["transcribe", str(AUDIO), "--format", "json", "--stream"]) == 0
     assert json.loads(capsys.readouterr().out) == offline
     assert _wer(offline["text"]) <= 0.2, offline["text"]
+
+
+SENTENCES = """please call me back when you have a moment
+call me when you can
+i will call you back in a moment
+when you have the time please write to me
+"""
+
+
+@pytest.fixture(scope="module")
+def lm_file(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("lm")
+    text = folder / "text.txt"
+    text.write_text(SENTENCES * 5)
+    out = folder / "lm.npz"
+    assert main(["lm", "train", str(text), "--out", str(out), "--order", "4",
+                 "--dev", str(text)]) == 0  # fmt: skip
+    return out
+
+
+def test_lm_train_and_fused_transcription(lm_file, capsys):
+    capsys.readouterr()
+    assert main(["transcribe", str(AUDIO), "--strategy", "beam", "--beam-size", "4",
+                 "--lm", str(lm_file)]) == 0  # fmt: skip
+    text = capsys.readouterr().out.strip()
+    assert _wer(text) <= 0.2, text
+    assert main(["transcribe", str(AUDIO), "--strategy", "beam", "--beam-size", "4",
+                 "--stream", "--lm", str(lm_file)]) == 0  # fmt: skip
+    assert capsys.readouterr().out.strip() == text
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lm", "{lm}"], "--lm needs --strategy beam"),
+        (["--strategy", "beam", "--lm", "{missing}"], "no such LM file"),
+        (["--strategy", "beam", "--lm", "{other}"], "made with another tokenizer"),
+        (["--lm-weight", "0.5"], "need --lm FILE"),
+    ],
+)
+def test_lm_errors_are_one_line(lm_file, tmp_path, capsys, extra, message):
+    from mamba_asr.lm import NgramLM
+
+    other = NgramLM.train([[5, 6, 7]], 256, 2, fingerprint="another").save(tmp_path / "o.npz")
+    names = {"lm": lm_file, "missing": tmp_path / "none.npz", "other": other}
+    args = [a.format(**names) for a in extra]
+    assert main(["transcribe", str(AUDIO), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

@@ -1,7 +1,7 @@
 """WER of a model on a synthetic dev set, overall and per voice, engine, accent and variant.
 
     python scripts/synth/eval_by_voice.py MANIFEST [--model M] [--strategy greedy|beam]
-        [--json OUT.json]
+        [--lm LM.npz [--lm-weight 0.3 --length-bonus 1.0]] [--json OUT.json]
 
 MANIFEST is a manifest.jsonl written by ``mamba-asr synth`` (its ``voice`` field names the
 speaker, e.g. ``espeak-ng:en-gb-scotland+f4``). Voices matching HELD_OUT were never spoken in
@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model file (default: the bundled one)")
     parser.add_argument("--strategy", choices=("greedy", "beam"), default="greedy")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--lm", default=None, help="n-gram LM file fused into beam search")
+    parser.add_argument("--lm-weight", type=float, default=0.3)
+    parser.add_argument("--length-bonus", type=float, default=1.0)
     args = parser.parse_args()
     voices = {}
     for line in args.manifest.read_text().splitlines():
@@ -51,7 +54,8 @@ def main() -> None:
         voices[record["id"]] = record["voice"]
     asr = load_model(args.model, device="cpu")
     utts = load_test_set(args.manifest)
-    options = DecodingOptions(strategy=args.strategy, beam_size=4)
+    fusion = {"lm": args.lm, "lm_weight": args.lm_weight, "length_bonus": args.length_bonus}
+    options = DecodingOptions(strategy=args.strategy, beam_size=4, **(fusion if args.lm else {}))
     with tempfile.TemporaryDirectory() as tmp:
         result = evaluate(asr, utts, Path(tmp) / "hyps.jsonl", options, progress=True)
         hyps = [json.loads(x) for x in (Path(tmp) / "hyps.jsonl").read_text().splitlines()]

@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_parser(sub, common, device_help)
     _add_tokenizer_parser(sub, common)
+    _add_lm_parser(sub, common)
     _add_prepare_parser(sub, common)
     _add_eval_parser(sub, common, device_help)
     _add_synth_parser(sub, common)
@@ -139,6 +140,7 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device
         help="(greedy; beam gives no times)",
     )  # fmt: skip
     tr.add_argument("--beam-size", type=int, default=10, help="(10)")
+    _add_lm_args(tr)
     tr.add_argument(
         "--stream", action="store_true",
         help="decode as the file is read, with partial results on stderr when it is a terminal "
@@ -230,6 +232,7 @@ def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help:
     ev.add_argument("--hyps", default=None, metavar="FILE", help="where to write hypotheses")
     ev.add_argument("--strategy", choices=("greedy", "beam"), default="beam", help="(beam)")
     ev.add_argument("--beam-size", type=int, default=10, help="(10)")
+    _add_lm_args(ev)
     ev.add_argument("--ctc-weight", type=float, default=0.4, help="seq2seq joint decoding (0.4)")
     ev.add_argument("--batch-seconds", type=float, default=60.0, help="audio per batch (60)")
     ev.add_argument("--device", default=None, help=device_help)
@@ -266,6 +269,68 @@ def _add_train_parser(sub: argparse._SubParsersAction, common: list, device_help
         help="refuse to continue a run that --out already holds",
     )  # fmt: skip
     train.set_defaults(func=cmd_train)
+
+
+LM_WEIGHT, LENGTH_BONUS = 0.3, 1.0  # shallow-fusion defaults (tuned: docs/benchmarks.md)
+
+
+def _add_lm_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lm", default=None, metavar="FILE",
+        help="n-gram LM (mamba-asr lm train) fused into transducer beam search",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lm-weight", type=float, default=None, metavar="W", help=f"with --lm ({LM_WEIGHT})"
+    )
+    parser.add_argument(
+        "--length-bonus", type=float, default=None, metavar="B",
+        help=f"added per token with --lm ({LENGTH_BONUS})",
+    )  # fmt: skip
+
+
+def _lm_options(args: argparse.Namespace, asr: ASR) -> dict:
+    """DecodingOptions fields for --lm / --lm-weight / --length-bonus; the LM is read here, so
+    a bad file or one made for another tokenizer is one error line before any decoding."""
+    if args.lm is None:
+        if args.lm_weight is not None or args.length_bonus is not None:
+            raise ValueError("--lm-weight and --length-bonus need --lm FILE")
+        return {}
+    from mamba_asr.lm import load_ngram, tokenizer_fingerprint
+
+    if args.strategy != "beam":
+        raise ValueError("--lm needs --strategy beam")
+    lm = load_ngram(args.lm)
+    vocab = asr.config.model.vocab_size
+    if lm.vocab_size != vocab or lm.fingerprint != tokenizer_fingerprint(asr.tokenizer, vocab):
+        raise ValueError(f"{args.lm}: this LM was made with another tokenizer than the model's")
+    weight = LM_WEIGHT if args.lm_weight is None else args.lm_weight
+    bonus = LENGTH_BONUS if args.length_bonus is None else args.length_bonus
+    return {"lm": args.lm, "lm_weight": weight, "length_bonus": bonus}
+
+
+def _add_lm_parser(sub: argparse._SubParsersAction, common: list) -> None:
+    lm = sub.add_parser("lm", parents=common, help="language-model tools")
+    lm_sub = lm.add_subparsers(dest="lm_command", required=True, metavar="ACTION")
+    lm_train = lm_sub.add_parser(
+        "train",
+        parents=common,
+        help="train an n-gram LM over a model's tokens for beam-search fusion",
+        description="Reads TEXT files (one sentence per line), normalises each line as "
+        "transcripts are (upper case, no punctuation but apostrophes), splits it with the "
+        "model's tokenizer and counts token n-grams (interpolated Kneser-Ney). Use the file "
+        "with --lm in transcribe and eval (transducer models, --strategy beam).",
+    )
+    lm_train.add_argument("texts", nargs="+", metavar="TEXT", help="text files")
+    lm_train.add_argument("--out", required=True, metavar="FILE", help="LM file to write (.npz)")
+    lm_train.add_argument(
+        "--model", default=None, metavar="NAME_OR_FILE",
+        help=f"whose tokenizer to use; default: the bundled {DEFAULT_MODEL}",
+    )  # fmt: skip
+    lm_train.add_argument("--order", type=int, default=5, help="n-gram order (5)")
+    lm_train.add_argument(
+        "--dev", default=None, metavar="TEXT", help="held-out text: print its perplexity"
+    )
+    lm_train.set_defaults(func=cmd_lm_train)
 
 
 def _add_tokenizer_parser(sub: argparse._SubParsersAction, common: list) -> None:
@@ -435,6 +500,54 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_sentences(paths: Sequence[str], tokenizer: object) -> list[list[int]]:
+    from tqdm import tqdm
+
+    from mamba_asr.text import normalize_transcript
+
+    lines: list[str] = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: no such text file")
+        try:
+            lines += Path(path).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not UTF-8 text") from None
+    encode = tokenizer.encode  # type: ignore[attr-defined]
+    texts = (normalize_transcript(line) for line in lines)
+    bar = tqdm(texts, total=len(lines), desc="tokenizing", unit=" lines",
+               disable=not sys.stderr.isatty())  # fmt: skip
+    return [encode(t) for t in bar if t]
+
+
+def cmd_lm_train(args: argparse.Namespace) -> int:
+    from mamba_asr import load_model
+    from mamba_asr.lm import NgramLM, tokenizer_fingerprint
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"{out}: is a folder; --out takes a file name")
+    asr = load_model(args.model, device="cpu")
+    vocab = asr.config.model.vocab_size
+    sentences = _read_sentences(args.texts, asr.tokenizer)
+    if not sentences:
+        raise ValueError("no sentences in " + ", ".join(args.texts))
+    fingerprint = tokenizer_fingerprint(asr.tokenizer, vocab)
+    lm = NgramLM.train(sentences, vocab, args.order, fingerprint=fingerprint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    lm.save(tmp)
+    tmp.replace(out)
+    tokens = sum(map(len, sentences))
+    ngrams = sum(len(k) for k in lm.keys)
+    print(f"{out}: order-{lm.order} LM over {vocab} ids, {len(sentences)} sentences, "
+          f"{tokens} tokens, {ngrams} n-grams, {out.stat().st_size / 1e6:.1f} MB")  # fmt: skip
+    if args.dev is not None:
+        dev = _read_sentences([args.dev], asr.tokenizer)
+        print(f"{args.dev}: perplexity {lm.perplexity(dev):.2f} per token ({len(dev)} sentences)")
+    return 0
+
+
 def cmd_prepare_librispeech(args: argparse.Namespace) -> int:
     from mamba_asr.data import prepare_librispeech
 
@@ -483,11 +596,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mamba_asr.pretrained import MODELS
 
     _set_threads(args.threads)
-    options = DecodingOptions(
-        strategy=args.strategy, beam_size=args.beam_size, ctc_weight=args.ctc_weight
-    )
     utterances = load_test_set(args.data)
     asr = load_model(args.model, device=args.device)
+    options = DecodingOptions(
+        strategy=args.strategy, beam_size=args.beam_size, ctc_weight=args.ctc_weight,
+        **_lm_options(args, asr),
+    )  # fmt: skip
     name = f"hyps-{Path(args.data).stem}.jsonl"
     bundled = args.model is None or args.model in MODELS  # not beside the installed package
     hyps = args.hyps or (Path(name) if bundled else Path(args.model).with_name(name))
@@ -547,8 +661,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from mamba_asr.transcription import STREAM_CHUNK_MS, format_transcript, stream_chunk_frames
 
     _set_threads(args.threads)
-    options = DecodingOptions(strategy=args.strategy, beam_size=args.beam_size)
     asr = load_model(args.model, device=args.device)
+    options = DecodingOptions(
+        strategy=args.strategy, beam_size=args.beam_size, **_lm_options(args, asr)
+    )
     stream_ms = None
     if args.stream:  # a model that does not stream, a chunk too short: one error line
         stream_ms = STREAM_CHUNK_MS if args.chunk_ms is None else args.chunk_ms

@@ -39,7 +39,9 @@ def tiny(decoder_layers: int) -> nn.Module:
         ({"beam_size": 2.5}, "beam_size must be an integer >= 1"),
         ({"ctc_weight": -0.1}, r"ctc_weight must be in \[0, 1\]"),
         ({"max_decode_ratio": 0}, "max_decode_ratio must be > 0"),
-        ({"lm_weight": 0.3}, "lm_weight is reserved"),
+        ({"lm_weight": 0.3}, "lm_weight needs an LM file"),
+        ({"lm_weight": -0.1, "lm": "x.npz"}, "lm_weight must be >= 0"),
+        ({"lm": "x.npz", "strategy": "greedy"}, "LM fusion needs strategy 'beam'"),
     ],
 )
 def test_options_are_checked_once_with_named_errors(kwargs: dict, message: str) -> None:
@@ -87,3 +89,11 @@ def test_subclasses_use_their_base_class_search_and_unknown_models_fail() -> Non
     assert len(decode_batch(model, feats, lengths, DecodingOptions("greedy"))) == 1
     with pytest.raises(TypeError, match="no 'beam' search for Linear; models with searches"):
         decode_batch(nn.Linear(2, 2), feats, lengths)
+
+
+def test_lm_fusion_on_a_ctc_model_is_a_named_error() -> None:
+    model = tiny(0)
+    feats, lengths = torch.randn(1, 40, 80), torch.tensor([40])
+    options = DecodingOptions(strategy="beam", lm="lm.npz", lm_weight=0.3)
+    with pytest.raises(ValueError, match="transducer models only"):
+        decode_batch(model, feats, lengths, options)

@@ -23,6 +23,7 @@ from mamba_asr.decode.transducer import (
     transducer_beam_search,
     transducer_greedy,
 )
+from mamba_asr.lm import NgramLM
 from mamba_asr.models.seq2seq import Encoded
 
 V, M, P, J, C = 5, 8, 6, 7, 80  # vocabulary, d_model, predictor out, joiner hidden, mels
@@ -411,3 +412,91 @@ def test_real_model_streaming_equals_offline(overfit, options: DecodingOptions |
     [final] = streamer.finalize()
     assert (final.tokens, final.frames) == (offline.tokens, offline.frames)
     assert final.score == pytest.approx(offline.score, abs=1e-3)
+
+
+# --- shallow fusion with an n-gram LM ------------------------------------------------------------
+
+
+def tiny_lm(order: int = 3) -> NgramLM:
+    """An LM over the fake model's V ids, trained on a fresh random corpus of ids 3..V-1."""
+    corpus = [[random.randint(3, V - 1) for _ in range(random.randint(1, 6))] for _ in range(30)]
+    return NgramLM.train(corpus, V, order)
+
+
+@torch.no_grad()
+def fused_greedy_reference(
+    model: nn.Module, memory: Tensor, lm: NgramLM, weight: float, bonus: float
+) -> tuple[list[int], float]:
+    """Plain loop: per frame of memory (T, M), the argmax of log P_model + weight * log P_lm
+    + bonus over tokens (blank: log P_model alone), at most one token per frame."""
+    enc = model.joiner.project_encoder(memory)
+    tokens: list[int] = []
+    score = 0.0
+    for t in range(memory.shape[0]):
+        out, _ = model.predictor(torch.tensor([[0, *tokens]]))
+        pred = model.joiner.project_predictor(out[0, -1])
+        logp = model.joiner.join(enc[t], pred).float().log_softmax(-1)
+        fused = logp + weight * torch.from_numpy(lm.log_probs(tokens)).float() + bonus
+        fused[0] = logp[0]
+        k = int(fused.argmax())
+        score += float(fused[k])
+        tokens += [k] if k else []
+    return tokens, score
+
+
+def test_fused_beam_1_equals_the_plain_fused_loop() -> None:
+    model, lm = fake("lstm"), tiny_lm()
+    memory, lengths = torch.randn(3, 25, M), torch.tensor([25, 18, 6])
+    plain = transducer_beam_search(model, memory, lengths, 1, 1)
+    fused = transducer_beam_search(model, memory, lengths, 1, 1, lm=lm, lm_weight=0.8,
+                                   length_bonus=0.5)  # fmt: skip
+    assert [n[0].tokens for n in fused] != [n[0].tokens for n in plain]  # the LM matters here
+    for i, n in enumerate(lengths.tolist()):
+        tokens, score = fused_greedy_reference(model, memory[i, :n], lm, 0.8, 0.5)
+        assert fused[i][0].tokens == tokens
+        assert fused[i][0].score == pytest.approx(score, abs=1e-4)
+
+
+def test_fusion_with_weight_0_and_no_bonus_changes_nothing() -> None:
+    model, lm = fake("stateless"), tiny_lm()
+    memory, lengths = torch.randn(2, 20, M), torch.tensor([20, 13])
+    plain = transducer_beam_search(model, memory, lengths, 3)
+    same = transducer_beam_search(model, memory, lengths, 3, lm=lm, lm_weight=0.0)
+    for a, b in zip(plain, same, strict=True):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b])
+
+
+def test_fused_streaming_equals_fused_offline(tmp_path) -> None:
+    model = fake("lstm")
+    lm_file = str(tiny_lm().save(tmp_path / "lm.npz"))
+    options = DecodingOptions(strategy="beam", beam_size=3, lm=lm_file, lm_weight=0.5,
+                              length_bonus=0.3)  # fmt: skip
+    feats = torch.randn(1, 53, C)
+    enc = model.encode(feats, torch.tensor([53]))
+    offline = decode_batch_transducer(model, enc, options)
+    streamer = TransducerStreamer(model, batch=1, options=options)
+    for start in range(0, 53, 7):
+        streamer.feed(feats[:, start : start + 7])
+    [final] = streamer.finalize()
+    assert final.tokens == offline.tokens
+    assert final.score == pytest.approx(offline.score, abs=1e-4)
+
+
+def decode_batch_transducer(model: nn.Module, enc: Encoded, options: DecodingOptions):
+    [nbest] = transducer_beam_search(
+        model, enc.memory, enc.lengths, options.beam_size,
+        lm=NgramLM.load(options.lm), lm_weight=options.lm_weight,
+        length_bonus=options.length_bonus,
+    )  # fmt: skip
+    return nbest[0]
+
+
+def test_fusion_errors_are_named(tmp_path) -> None:
+    model = fake("lstm")
+    memory, lengths = torch.randn(1, 5, M), torch.tensor([5])
+    with pytest.raises(ValueError, match="needs an lm"):
+        transducer_beam_search(model, memory, lengths, 2, lm_weight=0.3)
+    other = NgramLM.train([[3, 4, 5]], 7, 2)  # 7 ids, the model has V
+    with pytest.raises(ValueError, match=f"the LM has 7 ids, the model {V}"):
+        transducer_beam_search(model, memory, lengths, 2, lm=other, lm_weight=0.3)

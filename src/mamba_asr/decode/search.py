@@ -21,6 +21,7 @@ from mamba_asr.decode.ctc import best_path_score, ctc_greedy, ctc_prefix_beam_se
 from mamba_asr.decode.hypothesis import Hypothesis
 from mamba_asr.decode.seq2seq import seq2seq_beam_search, seq2seq_greedy
 from mamba_asr.decode.transducer import transducer_beam_search, transducer_greedy
+from mamba_asr.lm.ngram import load_ngram
 from mamba_asr.models.ctc import CTCModel
 from mamba_asr.models.seq2seq import Seq2SeqModel
 
@@ -44,8 +45,9 @@ class DecodingOptions:
     ctc_weight: weight of the CTC prefix score against the decoder in joint CTC/attention
     search (seq2seq models; a CTC model is all CTC). length_normalization: rank finished
     seq2seq hypotheses by score / (tokens + 1). max_decode_ratio: at most this many output
-    tokens per encoder frame (seq2seq). lm_weight: reserved for language-model fusion; must
-    be 0 until an LM is wired in.
+    tokens per encoder frame (seq2seq). lm: an n-gram LM file (``mamba-asr lm train``) for
+    shallow fusion in transducer beam search, weighted by lm_weight (> 0), each token also
+    getting length_bonus (which offsets the LM's preference for fewer tokens).
     """
 
     strategy: Strategy = "beam"
@@ -53,7 +55,9 @@ class DecodingOptions:
     ctc_weight: float = 0.4
     length_normalization: bool = True
     max_decode_ratio: float = 1.0
+    lm: str | None = None
     lm_weight: float = 0.0
+    length_bonus: float = 0.0
 
     def __post_init__(self) -> None:
         strategies = get_args(Strategy)
@@ -67,11 +71,12 @@ class DecodingOptions:
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight!r}")
         if not self.max_decode_ratio > 0.0:
             raise ValueError(f"max_decode_ratio must be > 0, got {self.max_decode_ratio!r}")
-        if self.lm_weight != 0.0:
-            raise ValueError(
-                f"lm_weight is reserved for LM fusion, not available yet: it must be 0.0, "
-                f"got {self.lm_weight!r}"
-            )
+        if self.lm_weight < 0.0:
+            raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight!r}")
+        if self.lm_weight > 0.0 and self.lm is None:
+            raise ValueError("lm_weight needs an LM file (lm)")
+        if self.lm is not None and self.strategy != "beam":
+            raise ValueError(f"LM fusion needs strategy 'beam', got {self.strategy!r}")
 
 
 @dataclass(frozen=True)
@@ -134,7 +139,12 @@ def _rnnt_beam(
     model: nn.Module, feats: Tensor, lengths: Tensor, o: DecodingOptions
 ) -> list[DecodingResult]:
     enc = model.encode(feats, lengths)
-    return _best(transducer_beam_search(model, enc.memory, enc.lengths, o.beam_size))
+    lm = load_ngram(o.lm) if o.lm is not None else None
+    nbests = transducer_beam_search(
+        model, enc.memory, enc.lengths, o.beam_size,
+        lm=lm, lm_weight=o.lm_weight, length_bonus=o.length_bonus,
+    )  # fmt: skip
+    return _best(nbests)
 
 
 SEARCHES: dict[tuple[type[nn.Module], Strategy], SearchFn] = {
@@ -172,4 +182,7 @@ def decode_batch(
     log-probability; transducer beam (modified beam search), the log-add of the kept paths.
     """
     options = options or DecodingOptions()
-    return _search_for(model, options.strategy)(model, feats, feat_lengths, options)
+    search = _search_for(model, options.strategy)
+    if options.lm is not None and search is not _rnnt_beam:
+        raise ValueError("LM fusion is implemented for transducer models only")
+    return search(model, feats, feat_lengths, options)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from mamba_asr.decode.search import DecodingOptions
 from mamba_asr.decode.transducer import BeamSearch, GreedySearch, TransducerHypothesis
+from mamba_asr.lm.ngram import load_ngram
 
 __all__ = ["TransducerStreamer"]
 
@@ -44,9 +45,12 @@ class TransducerStreamer:
         self.state = model.init_state(batch, device=device, dtype=dtype)
         self.search: GreedySearch | BeamSearch
         if self.options.strategy == "beam":
+            o = self.options
             self.search = BeamSearch(
-                model, batch, device, self.options.beam_size, max_symbols_per_frame
-            )
+                model, batch, device, o.beam_size, max_symbols_per_frame,
+                lm=load_ngram(o.lm) if o.lm is not None else None,
+                lm_weight=o.lm_weight, length_bonus=o.length_bonus,
+            )  # fmt: skip
         else:
             self.search = GreedySearch(model, batch, device, max_symbols_per_frame)
         self.finished = False

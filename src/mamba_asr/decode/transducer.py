@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from mamba_asr.decode.hypothesis import Hypothesis
+from mamba_asr.lm.ngram import NgramLM
 
 __all__ = [
     "BeamSearch",
@@ -233,9 +234,16 @@ class BeamSearch(_FrameSearch):
         device: torch.device | None = None,
         beam: int = 4,
         max_symbols_per_frame: int = 4,
+        *,
+        lm: NgramLM | None = None,
+        lm_weight: float = 0.0,
+        length_bonus: float = 0.0,
     ) -> None:
         if beam < 1:
             raise ValueError(f"beam must be >= 1, got {beam!r}")
+        if lm_weight < 0 or (lm_weight > 0 and lm is None):
+            raise ValueError(f"lm_weight must be >= 0 and needs an lm, got {lm_weight!r}")
+        self.lm, self.lm_weight, self.length_bonus = lm, lm_weight, length_bonus
         if max_symbols_per_frame < 1:
             raise ValueError(f"max_symbols_per_frame must be >= 1, got {max_symbols_per_frame!r}")
         self.model, self.blank, self.beam, self.batch = model, model.blank, beam, batch
@@ -254,6 +262,18 @@ class BeamSearch(_FrameSearch):
         frozen: (N,) bool, hypotheses that may only stay as they are (blank at probability 1).
         """
         logp = self.model.joiner.join(enc_proj[self.utt], self.pred).float().log_softmax(-1)
+        if self.lm is not None and self.lm_weight > 0:  # shallow fusion: tokens only, not blank
+            if self.lm.vocab_size != logp.shape[1]:
+                raise ValueError(
+                    f"the LM has {self.lm.vocab_size} ids, the model {logp.shape[1]}: an LM "
+                    f"must be trained with the model's tokenizer"
+                )
+            fused = self.lm_weight * self.lm.batch_log_probs(self.tokens, logp.device)
+            fused[:, self.blank] = -self.length_bonus
+            logp = logp + fused + self.length_bonus
+        elif self.length_bonus:
+            logp = logp + self.length_bonus
+            logp[:, self.blank] -= self.length_bonus
         if frozen.any():
             logp[frozen] = NEG_INF
             logp[frozen, self.blank] = 0.0
@@ -339,13 +359,23 @@ def transducer_beam_search(
     lengths: Tensor,
     beam: int = 4,
     max_symbols_per_frame: int = 4,
+    *,
+    lm: NgramLM | None = None,
+    lm_weight: float = 0.0,
+    length_bonus: float = 0.0,
 ) -> list[list[TransducerHypothesis]]:
     """Modified beam search over memory (B, T, M) with lengths (B,): an n-best list each.
 
     At most ``max_symbols_per_frame`` tokens per frame per hypothesis (beam=1 equals greedy
     search with the same limit; 1 is icefall's modified beam search); n-best lists hold at
-    most ``beam`` entries, best first.
+    most ``beam`` entries, best first. Shallow fusion: with an n-gram ``lm``
+    (``mamba_asr.lm``), each token adds ``lm_weight * log P_lm(token | tokens so far)`` and
+    ``length_bonus`` to a hypothesis's score (blank adds neither), so scores then rank rather
+    than give probabilities.
     """
-    search = BeamSearch(model, memory.shape[0], memory.device, beam, max_symbols_per_frame)
+    search = BeamSearch(
+        model, memory.shape[0], memory.device, beam, max_symbols_per_frame,
+        lm=lm, lm_weight=lm_weight, length_bonus=length_bonus,
+    )  # fmt: skip
     search.advance_frames(model.joiner.project_encoder(memory), lengths)
     return search.nbest()
