@@ -6,8 +6,8 @@
 
 CORPUS holds train/ and dev/ from scripts/device/synth_corpus.py. The recipe is
 hparams/Transducer/mct_small.yaml with the overrides in OVERRIDES (a short schedule: the run is
-stopped by the deadline, whichever epoch it is in). ``--export`` writes the newest checkpoint
-of RUN as a half-precision ASR bundle (the file the package ships).
+stopped by the deadline, whichever epoch it is in). ``--export`` writes the average of RUN's best
+validated checkpoints as a half-precision ASR bundle (the file the package ships).
 """
 
 from __future__ import annotations
@@ -32,26 +32,29 @@ OVERRIDES = [
 
 
 def export(run: Path, out: Path) -> None:
-    import torch
-
-    from mamba_asr.asr import ASR, tokenizer_from_files, tokenizer_to_files  # noqa: F401
+    """The model of RUN as the package ships it: the average of the best validated checkpoints
+    kept (``train.average`` of them, as ``mamba-asr train`` ends), in half precision."""
+    from mamba_asr.asr import ASR
     from mamba_asr.config import RecipeConfig, from_dict
     from mamba_asr.text.tokenizer import load_tokenizer
     from mamba_asr.train import list_checkpoints, load_checkpoint
+    from mamba_asr.train.checkpoints import average_checkpoints
 
     newest = list_checkpoints(run / "checkpoints")[-1]
     state = load_checkpoint(newest)
     recipe = from_dict(RecipeConfig, state["config"], "config")
+    best = state["progress"]["best"][: recipe.train.average]
+    files = [run / "checkpoints" / e["file"] for e in best]
+    files = [f for f in files if f.is_file()] or [newest]
     asr = ASR(recipe, load_tokenizer(run / "tokenizer"))
-    asr.load_state_dict(state["model"])
+    asr.load_state_dict(average_checkpoints(files))
     asr.save(out, half=True)
-    info = {"checkpoint": newest.name, "step": state["progress"]["step"],
-            "epoch": state["progress"]["epoch"], "bytes": out.stat().st_size,
-            "params": sum(p.numel() for p in asr.parameters()),
+    info = {"checkpoints": [f.name for f in files], "best": best,
+            "step": state["progress"]["step"], "epoch": state["progress"]["epoch"],
+            "bytes": out.stat().st_size, "params": sum(p.numel() for p in asr.parameters()),
             "valid": state.get("valid")}  # fmt: skip
     print(json.dumps(info))
     (out.parent / "export.json").write_text(json.dumps(info, indent=1))
-    del torch
 
 
 def main() -> None:
