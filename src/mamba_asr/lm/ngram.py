@@ -40,6 +40,7 @@ __all__ = ["NgramLM", "load_ngram", "tokenizer_fingerprint"]
 BOS_ID, EOS_ID = 1, 2
 FLOOR = 0.01  # pseudo-count of every id in the lowest order
 FORMAT = 1
+CACHE_BYTES = 64 * 2**20  # distributions of recent histories kept
 
 
 def tokenizer_fingerprint(tokenizer: object, vocab_size: int) -> str:
@@ -73,6 +74,7 @@ class NgramLM:
         self.keys, self.counts = list(keys), list(counts)
         self.fingerprint = fingerprint
         self._cache: dict[tuple[int, ...], np.ndarray] = {}
+        self._cache_size = max(256, CACHE_BYTES // (8 * vocab_size))  # (V,) float64 rows
 
     # --- training ----------------------------------------------------------------------------
 
@@ -175,7 +177,7 @@ class NgramLM:
                 total = c.sum()
                 p = lower * (self.discount * (hi - lo) / total)
                 p[keys[lo:hi] - base * vocab] += np.maximum(c - self.discount, 0.0) / total
-        if len(self._cache) > 200_000:
+        if len(self._cache) >= self._cache_size:  # a bound on memory, whatever V is
             self._cache.clear()
         self._cache[h] = p
         return p
