@@ -117,3 +117,15 @@ def test_bad_input_is_one_clear_error(tmp_path) -> None:
         NgramLM.train([], 5, 2)
     with pytest.raises(ValueError, match="does not fit 64-bit keys"):
         NgramLM.train([[3]], 5000, 6)
+
+
+def test_fingerprint_tells_tokenizers_apart(tmp_path) -> None:
+    from mamba_asr.lm import tokenizer_fingerprint
+    from mamba_asr.text.tokenizer import CharTokenizer, train_sentencepiece
+
+    texts = ["THE CAT SAT ON THE MAT", "A DOG RAN TO THE PARK", "THE BIRD SANG"] * 20
+    spm = train_sentencepiece(texts, tmp_path / "spm", 24, model_type="unigram")
+    char = CharTokenizer()
+    assert tokenizer_fingerprint(spm, 24) == tokenizer_fingerprint(spm, 24)
+    assert tokenizer_fingerprint(char, 24) != tokenizer_fingerprint(spm, 24)
+    assert tokenizer_fingerprint(char, 31) != tokenizer_fingerprint(CharTokenizer("AB '"), 31)

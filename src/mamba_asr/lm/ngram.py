@@ -44,9 +44,13 @@ CACHE_BYTES = 64 * 2**20  # distributions of recent histories kept
 
 
 def tokenizer_fingerprint(tokenizer: object, vocab_size: int) -> str:
-    """A short hash of what every id of the tokenizer decodes to (its pieces in order)."""
-    decode = tokenizer.decode  # type: ignore[attr-defined]
-    pieces = [decode([i]) if i > 2 else f"<{i}>" for i in range(vocab_size)]
+    """A short hash of the tokenizer's pieces in id order (SentencePiece pieces, word-start
+    marks included; for other tokenizers what each id decodes to)."""
+    piece = getattr(tokenizer, "id_to_piece", None)
+    if piece is None:
+        decode = tokenizer.decode  # type: ignore[attr-defined]
+        piece = lambda i: decode([i])  # noqa: E731
+    pieces = [piece(i) if i > 2 else f"<{i}>" for i in range(vocab_size)]
     return hashlib.sha1("\x00".join(pieces).encode()).hexdigest()[:16]
 
 
