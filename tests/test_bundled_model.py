@@ -112,3 +112,23 @@ def test_lm_errors_are_one_line(lm_file, tmp_path, capsys, extra, message):
     assert main(["transcribe", str(AUDIO), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: ([str(d / "none.txt")], d / "lm.npz"), "none.txt: no such text file"),
+        (lambda d: ([str(d / "empty.txt")], d / "lm.npz"), "no sentences in"),
+        (lambda d: ([str(d / "bin.txt")], d / "lm.npz"), "bin.txt: not UTF-8 text"),
+        (lambda d: ([str(d / "ok.txt")], d), "is a folder; --out takes a file name"),
+    ],
+)
+def test_lm_train_bad_input_is_one_line(tmp_path, capsys, make, message):
+    (tmp_path / "empty.txt").write_text("\n\n  \n")
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00\x81 binary")
+    (tmp_path / "ok.txt").write_text(SENTENCES)
+    texts, out = make(tmp_path)
+    assert main(["lm", "train", *texts, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "lm.npz").exists()
