@@ -10,7 +10,8 @@ profiled step whose device time (CUDA kernels, or CPU ops on the CPU) is summed 
 innermost module kind that launched it (feed-forward, attention, BiMamba, convolution module,
 front end, ...; the backward is charged to the module of its forward op) and (b) by kernel or op
 name, the top --top. Prints Markdown tables, writes JSON (--json) and a Chrome trace per encoder
-(--trace-dir) to open in chrome://tracing or Perfetto.
+(--trace-dir) to open in chrome://tracing or Perfetto. ``--saved`` instead sums what autograd
+saves for the backward in one forward under bf16 autocast, by module kind.
 """
 
 from __future__ import annotations
@@ -134,6 +135,42 @@ def profile_step(
     return {"step_ms": ms, "profiled_ms": total, "by_kind": dict(by_kind), "top": kernels}
 
 
+def saved_by_kind(model, batch: int, seconds: float, device: torch.device) -> dict[str, float]:
+    """GiB that autograd saves for the backward in one forward under bf16 autocast (the CUDA
+    dtype policy, used here on any device), by the innermost module kind that saved it; each
+    storage counted once."""
+    stack: list[str] = []
+    handles = []
+
+    def leave(module, args, out) -> None:  # returns None: the module's output stays
+        stack.pop()
+
+    for module in model.modules():
+        kind = KINDS.get(type(module).__name__)
+        if kind is not None:
+            handles.append(module.register_forward_pre_hook(lambda m, a, k=kind: stack.append(k)))
+            handles.append(module.register_forward_hook(leave))
+    seen: set[int] = set()
+    by_kind: dict[str, float] = defaultdict(float)
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            by_kind[stack[-1] if stack else "other"] += storage.nbytes() / 2**30
+        return t
+
+    frames = int(seconds * 100)
+    feats = torch.randn(batch, frames, 80, device=device)
+    lengths = torch.full((batch,), frames, device=device)
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with hooks, torch.autocast(device.type, dtype=torch.bfloat16):
+        model(feats, lengths)
+    for h in handles:
+        h.remove()
+    return dict(by_kind)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -145,6 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/profile_encoder.json"))
     p.add_argument("--trace-dir", type=Path, default=None)
+    p.add_argument("--saved", action="store_true",
+                   help="instead: GiB saved for the backward by module kind (bf16 autocast)")  # fmt: skip
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -157,6 +196,16 @@ def main(argv=None) -> int:
     for name in args.encoders:
         torch.manual_seed(0)
         model = build(name, args.size, device)
+        if args.saved:
+            kinds = saved_by_kind(model, args.batch, args.seconds, device)
+            report["encoders"][name] = {"saved_gib": kinds}
+            total = sum(kinds.values())
+            print(f"\n## {name} ({args.size}), batch {args.batch}, {args.seconds:g} s: "
+                  f"{total:.3f} GiB saved for the backward (bf16 autocast)\n")  # fmt: skip
+            print("| module kind | GiB | share |\n|---|---|---|")
+            for kind, gib in sorted(kinds.items(), key=lambda kv: -kv[1]):
+                print(f"| {kind} | {gib:.3f} | {gib / total:.0%} |")
+            continue
         trace = None if args.trace_dir is None else args.trace_dir / f"trace_{name}.json"
         if trace is not None:
             trace.parent.mkdir(parents=True, exist_ok=True)
