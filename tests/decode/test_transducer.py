@@ -198,19 +198,21 @@ def test_greedy_guard_with_a_model_that_never_emits_blank() -> None:
             assert hyp.frames == [t for t in range(n) for _ in range(max_symbols)]
 
 
+@pytest.mark.parametrize("fusion", [False, True])
 @pytest.mark.parametrize("predictor", ["lstm", "stateless"])
-def test_batched_equals_each_alone(predictor: str) -> None:
+def test_batched_equals_each_alone(predictor: str, fusion: bool) -> None:
     model = fake(predictor)
     memory, lengths = torch.randn(3, 20, M), torch.tensor([20, 13, 7])
+    lm = {"lm": tiny_lm(), "lm_weight": 0.5, "length_bonus": 0.2} if fusion else {}
     greedy = transducer_greedy(model, memory, lengths)
-    beam = transducer_beam_search(model, memory, lengths, beam=3)
+    beam = transducer_beam_search(model, memory, lengths, beam=3, **lm)
     assert any(len(h.tokens) > 2 for h in greedy)  # not a trivially blank model
     for i, n in enumerate(lengths.tolist()):
         alone = memory[i : i + 1, :n]
         [g] = transducer_greedy(model, alone, lengths[i : i + 1])
         assert (g.tokens, g.frames) == (greedy[i].tokens, greedy[i].frames)
         assert g.score == pytest.approx(greedy[i].score, abs=1e-4)
-        [nbest] = transducer_beam_search(model, alone, lengths[i : i + 1], beam=3)
+        [nbest] = transducer_beam_search(model, alone, lengths[i : i + 1], beam=3, **lm)
         assert [h.tokens for h in nbest] == [h.tokens for h in beam[i]]
         assert [h.score for h in nbest] == pytest.approx([h.score for h in beam[i]], abs=1e-4)
 
