@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +78,11 @@ class DecodingOptions:
         if self.lm is not None and self.strategy != "beam":
             raise ValueError(f"LM fusion needs strategy 'beam', got {self.strategy!r}")
 
+    def fusion(self) -> dict[str, Any]:
+        """The shallow-fusion arguments of a transducer beam search (``lm`` read, cached)."""
+        lm = load_ngram(self.lm) if self.lm is not None else None
+        return {"lm": lm, "lm_weight": self.lm_weight, "length_bonus": self.length_bonus}
+
 
 @dataclass(frozen=True)
 class DecodingResult:
@@ -139,12 +144,7 @@ def _rnnt_beam(
     model: nn.Module, feats: Tensor, lengths: Tensor, o: DecodingOptions
 ) -> list[DecodingResult]:
     enc = model.encode(feats, lengths)
-    lm = load_ngram(o.lm) if o.lm is not None else None
-    nbests = transducer_beam_search(
-        model, enc.memory, enc.lengths, o.beam_size,
-        lm=lm, lm_weight=o.lm_weight, length_bonus=o.length_bonus,
-    )  # fmt: skip
-    return _best(nbests)
+    return _best(transducer_beam_search(model, enc.memory, enc.lengths, o.beam_size, **o.fusion()))
 
 
 SEARCHES: dict[tuple[type[nn.Module], Strategy], SearchFn] = {

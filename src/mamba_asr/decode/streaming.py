@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from mamba_asr.decode.search import DecodingOptions
 from mamba_asr.decode.transducer import BeamSearch, GreedySearch, TransducerHypothesis
-from mamba_asr.lm.ngram import load_ngram
 
 __all__ = ["TransducerStreamer"]
 
@@ -47,10 +46,8 @@ class TransducerStreamer:
         if self.options.strategy == "beam":
             o = self.options
             self.search = BeamSearch(
-                model, batch, device, o.beam_size, max_symbols_per_frame,
-                lm=load_ngram(o.lm) if o.lm is not None else None,
-                lm_weight=o.lm_weight, length_bonus=o.length_bonus,
-            )  # fmt: skip
+                model, batch, device, o.beam_size, max_symbols_per_frame, **o.fusion()
+            )
         else:
             self.search = GreedySearch(model, batch, device, max_symbols_per_frame)
         self.finished = False
