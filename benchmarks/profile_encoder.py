@@ -42,24 +42,30 @@ KINDS = {
 }
 
 
-def tag_modules(model: torch.nn.Module) -> list:
-    """Wrap the forward of every module of a KINDS class in record_function(kind); the
-    returned handles undo it."""
+def hook_kinds(model: torch.nn.Module, enter, leave) -> list:
+    """Call enter(kind) before and leave() after the forward of every module of a KINDS
+    class; the returned handles undo it."""
     handles = []
     for module in model.modules():
         kind = KINDS.get(type(module).__name__)
-        if kind is None:
-            continue
-
-        def pre(mod, args, kind=kind):
-            mod._prof_ctx = record_function(f"kind::{kind}")
-            mod._prof_ctx.__enter__()
-
-        def post(mod, args, out):
-            mod._prof_ctx.__exit__(None, None, None)
-
-        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+        if kind is not None:
+            handles.append(module.register_forward_pre_hook(lambda m, a, k=kind: enter(k)))
+            handles.append(module.register_forward_hook(lambda m, a, o: leave()))
     return handles
+
+
+def tag_modules(model: torch.nn.Module) -> list:
+    """Wrap the forward of every module of a KINDS class in record_function("kind::KIND")."""
+    open_ranges: list = []
+
+    def enter(kind: str) -> None:
+        open_ranges.append(record_function(f"kind::{kind}"))
+        open_ranges[-1].__enter__()
+
+    def leave() -> None:  # returns None: the module's output stays
+        open_ranges.pop().__exit__(None, None, None)
+
+    return hook_kinds(model, enter, leave)
 
 
 def profile_step(
@@ -140,16 +146,11 @@ def saved_by_kind(model, batch: int, seconds: float, device: torch.device) -> di
     dtype policy, used here on any device), by the innermost module kind that saved it; each
     storage counted once."""
     stack: list[str] = []
-    handles = []
 
-    def leave(module, args, out) -> None:  # returns None: the module's output stays
+    def leave() -> None:  # returns None: the module's output stays
         stack.pop()
 
-    for module in model.modules():
-        kind = KINDS.get(type(module).__name__)
-        if kind is not None:
-            handles.append(module.register_forward_pre_hook(lambda m, a, k=kind: stack.append(k)))
-            handles.append(module.register_forward_hook(leave))
+    handles = hook_kinds(model, stack.append, leave)
     seen: set[int] = set()
     by_kind: dict[str, float] = defaultdict(float)
 
