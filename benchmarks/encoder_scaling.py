@@ -68,16 +68,27 @@ def warm_up_gpu(device: torch.device, seconds: float = 5.0) -> None:
         torch.cuda.synchronize()
 
 
-def measure(model, batch: int, seconds: float, device: torch.device, repeats: int):
+def random_batch(batch: int, seconds: float, device: torch.device):
+    """Random 80-mel features of ``seconds`` of audio (100 frames per second) and their lengths."""
     frames = int(seconds * 100)
     feats = torch.randn(batch, frames, 80, device=device)
-    lengths = torch.full((batch,), frames, device=device)
+    return feats, torch.full((batch,), frames, device=device)
+
+
+def training_step(model, batch: int, seconds: float, device: torch.device):
+    """A closure running one forward (the project's dtype policy) and backward on a random batch."""
+    feats, lengths = random_batch(batch, seconds, device)
 
     def step():
         with autocast(device):
             out = model(feats, lengths)
         out.float().square().mean().backward()
 
+    return step
+
+
+def measure(model, batch: int, seconds: float, device: torch.device, repeats: int):
+    step = training_step(model, batch, seconds, device)
     ms = median_ms(step, repeats, device, warmup=2)  # the warm-up also allocates the gradients
     gc.collect()
     peak = cuda_peak_gib(step, device) if device.type == "cuda" else saved_gib(step)

@@ -25,8 +25,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from encoder_scaling import ENCODERS, build, warm_up_gpu
-from mamba_asr.device import autocast
+from encoder_scaling import ENCODERS, build, random_batch, training_step, warm_up_gpu
 from timing import median_ms
 
 # module class name -> the kind it is reported as (the innermost listed class wins)
@@ -71,15 +70,7 @@ def tag_modules(model: torch.nn.Module) -> list:
 def profile_step(
     model, batch: int, seconds: float, device: torch.device, top: int, trace: Path | None
 ):
-    frames = int(seconds * 100)
-    feats = torch.randn(batch, frames, 80, device=device)
-    lengths = torch.full((batch,), frames, device=device)
-
-    def step():
-        with autocast(device):
-            out = model(feats, lengths)
-        out.float().square().mean().backward()
-
+    step = training_step(model, batch, seconds, device)
     ms = median_ms(step, 5, device, warmup=2)
     handles = tag_modules(model)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -161,9 +152,7 @@ def saved_by_kind(model, batch: int, seconds: float, device: torch.device) -> di
             by_kind[stack[-1] if stack else "other"] += storage.nbytes() / 2**30
         return t
 
-    frames = int(seconds * 100)
-    feats = torch.randn(batch, frames, 80, device=device)
-    lengths = torch.full((batch,), frames, device=device)
+    feats, lengths = random_batch(batch, seconds, device)
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
     with hooks, torch.autocast(device.type, dtype=torch.bfloat16):
         model(feats, lengths)
