@@ -10,7 +10,7 @@
 set -uo pipefail
 out="${1:-/tmp/out}"
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src:$PWD/tests:$PWD/benchmarks"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src:$PWD/tests:$PWD/benchmarks:${PYTHONPATH:-}"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider tests/ops/test_rnnt_triton.py tests/ops/test_rnnt_loss.py \
   -m cuda 2>&1 | tail -25 | tee "$out/pytest.txt"
