@@ -3,17 +3,15 @@ gradients, recipes and a few training steps through the trainer."""
 
 from __future__ import annotations
 
-import json
 import random
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
+from helpers.tones import write_corpus
 from helpers.transducer import tiny_transducer_config
 from mamba_asr.config import ConfigError, ModelConfig, load_recipe
 from mamba_asr.models.factory import build_model, count_parameters
@@ -235,29 +233,6 @@ def test_model_info_cli() -> None:
 
 
 # --- a few steps through the trainer -----------------------------------------------------------
-
-SAMPLE_RATE = 16000
-TEXTS = ["AB", "BA", "A B", "B", "AA", "BB A", "A", "AB B", "BAB", "B A", "ABA", "BA B"]
-TONES = {"A": 440.0, "B": 880.0, " ": 0.0}
-
-
-def write_corpus(folder: Path) -> Path:
-    """Tones per character (as tests/train/conftest.py): WAV files and manifest.jsonl."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    t = np.arange(int(0.2 * SAMPLE_RATE)) / SAMPLE_RATE
-    lines = []
-    for i, text in enumerate(TEXTS):
-        parts = [0.3 * np.sin(2 * np.pi * TONES[c] * t) for c in text]
-        wave = np.concatenate([np.zeros(1600), *parts, np.zeros(1600)])
-        wave = (wave + 0.01 * rng.standard_normal(wave.shape)).astype(np.float32)
-        sf.write(folder / f"utt{i:02d}.wav", wave, SAMPLE_RATE)
-        lines.append({"id": f"u{i}", "audio": f"utt{i:02d}.wav", "text": text,
-                      "duration": len(wave) / SAMPLE_RATE})  # fmt: skip
-    manifest = folder / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return manifest
-
 
 TINY = [
     "model.vocab_size=6", "model.d_model=16", "model.num_encoder_layers=1", "model.d_ffn=32",
