@@ -157,8 +157,9 @@ def test_bad_arguments_are_named():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("fused", [True, False])
-def test_matches_torchaudio_on_cuda(fused):
+def test_matches_torchaudio_on_cuda(fused, backend):
     torchaudio_f = pytest.importorskip(
         "torchaudio.functional", reason="torchaudio is not installed"
     )
@@ -172,8 +173,13 @@ def test_matches_torchaudio_on_cuda(fused):
         logits = torch.log_softmax(logits, -1)
     logits.requires_grad_()
     args = (targets.cuda(), tl.cuda(), ul.cuda())
+    if backend == "triton":
+        pytest.importorskip("triton", reason="triton is not installed")
     kw = dict(blank=0, reduction="none", fused_log_softmax=fused)
-    loss, grad = value_and_grad(rnnt_loss, logits, *args, **kw)
+    loss, grad = value_and_grad(rnnt_loss, logits, *args, backend=backend, **kw)
     loss_ta, grad_ta = value_and_grad(torchaudio_f.rnnt_loss, logits, *args, **kw)
     assert_rel_close(loss, loss_ta, 1e-4, "loss vs torchaudio")
-    assert_rel_close(grad, grad_ta, 1e-4, "grad vs torchaudio")
+    # The Triton recursions sum alpha + beta - log P in another order than torchaudio's kernel:
+    # its fp32 rounding moves exp(...) by ~1e-4 relative (1.46e-4 measured on the H100, where
+    # the torch recursions stayed within 1e-4).
+    assert_rel_close(grad, grad_ta, 1e-4 if backend == "torch" else 5e-4, "grad vs torchaudio")
