@@ -6,6 +6,7 @@ Skipped only while the model file is not in the source tree; everything else the
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -13,8 +14,8 @@ import pytest
 
 import mamba_asr
 from mamba_asr.asr import ASR
-from mamba_asr.cli import main
-from mamba_asr.pretrained import bundled_path
+from mamba_asr.cli import LENGTH_BONUS, LM_WEIGHT, _lm_options, main
+from mamba_asr.pretrained import bundled_lm, bundled_path
 from mamba_asr.text import normalize_transcript
 from mamba_asr.train.metrics import error_rates
 from mamba_asr.transcription import stream_file, transcribe_file
@@ -83,6 +84,61 @@ def lm_file(tmp_path_factory) -> Path:
     return out
 
 
+def test_lm_train_min_count_prunes(tmp_path, capsys):
+    from mamba_asr.lm import load_ngram
+
+    text = tmp_path / "text.txt"
+    text.write_text(SENTENCES * 3 + "a sentence said only once by anyone\n")
+    full, pruned = tmp_path / "full.npz", tmp_path / "pruned.npz"
+    assert main(["lm", "train", str(text), "--out", str(full)]) == 0
+    assert main(["lm", "train", str(text), "--out", str(pruned), "--min-count", "2"]) == 0
+    a, b = load_ngram(full), load_ngram(pruned)
+    assert all(len(x) == len(y) for x, y in zip(a.keys[:2], b.keys[:2], strict=True))
+    assert all(len(x) > len(y) for x, y in zip(a.keys[2:], b.keys[2:], strict=True))
+    capsys.readouterr()
+    assert main(["lm", "train", str(text), "--out", str(pruned), "--min-count", "0"]) == 2
+    assert "--min-count must be >= 1" in capsys.readouterr().err
+
+
+def test_bundled_lm_goes_with_the_bundled_model(model, tmp_path):
+    from mamba_asr.lm import load_ngram, tokenizer_fingerprint
+
+    path = bundled_lm()
+    assert path is not None and path == bundled_lm("mct-small-synth-en")
+    lm = load_ngram(path)
+    vocab = model.config.model.vocab_size
+    assert (lm.vocab_size, lm.order) == (vocab, 5)
+    assert lm.fingerprint == tokenizer_fingerprint(model.tokenizer, vocab)
+    assert bundled_lm(bundled_path()) is None  # a model file, even the bundled one: no LM
+    assert bundled_lm(tmp_path / "model.pt") is None
+
+
+@pytest.mark.parametrize(
+    "model_arg, lm, strategy, fused",
+    [
+        (None, "auto", "beam", True),
+        ("mct-small-synth-en", "auto", "beam", True),
+        (None, "auto", "greedy", False),
+        (None, "none", "beam", False),
+        ("FILE", "auto", "beam", False),
+    ],
+)
+def test_lm_auto_fuses_the_bundled_lm_into_beam_search(model, model_arg, lm, strategy, fused):
+    if model_arg == "FILE":
+        model_arg = str(bundled_path())
+    args = argparse.Namespace(
+        model=model_arg, lm=lm, strategy=strategy, lm_weight=None, length_bonus=None
+    )
+    want = {"lm": str(bundled_lm()), "lm_weight": LM_WEIGHT, "length_bonus": LENGTH_BONUS}
+    assert _lm_options(args, model) == (want if fused else {})
+
+
+def test_cli_beam_search_with_the_bundled_lm(capsys):
+    assert main(["transcribe", str(AUDIO), "--strategy", "beam", "--beam-size", "4"]) == 0
+    text = capsys.readouterr().out.strip()
+    assert _wer(text) <= 0.2, text
+
+
 def test_lm_train_and_fused_transcription(lm_file, capsys):
     capsys.readouterr()
     assert main(["transcribe", str(AUDIO), "--strategy", "beam", "--beam-size", "4",
@@ -100,7 +156,8 @@ def test_lm_train_and_fused_transcription(lm_file, capsys):
         (["--lm", "{lm}"], "--lm needs --strategy beam"),
         (["--strategy", "beam", "--lm", "{missing}"], "no such LM file"),
         (["--strategy", "beam", "--lm", "{other}"], "made with another tokenizer"),
-        (["--lm-weight", "0.5"], "need --lm FILE"),
+        (["--lm-weight", "0.5"], "need an LM (--lm FILE)"),
+        (["--strategy", "beam", "--lm", "none", "--length-bonus", "1"], "need an LM"),
     ],
 )
 def test_lm_errors_are_one_line(lm_file, tmp_path, capsys, extra, message):

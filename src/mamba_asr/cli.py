@@ -276,36 +276,48 @@ LM_WEIGHT, LENGTH_BONUS = 0.3, 1.0  # shallow-fusion defaults (tuned: docs/bench
 
 def _add_lm_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--lm", default=None, metavar="FILE",
-        help="n-gram LM (mamba-asr lm train) fused into transducer beam search",
+        "--lm", default="auto", metavar="FILE",
+        help="n-gram LM (mamba-asr lm train) fused into transducer beam search; auto: the "
+        "LM shipped with a bundled model, with --strategy beam; none: no LM (auto)",
     )  # fmt: skip
     parser.add_argument(
-        "--lm-weight", type=float, default=None, metavar="W", help=f"with --lm ({LM_WEIGHT})"
+        "--lm-weight", type=float, default=None, metavar="W", help=f"with an LM ({LM_WEIGHT})"
     )
     parser.add_argument(
         "--length-bonus", type=float, default=None, metavar="B",
-        help=f"added per token with --lm ({LENGTH_BONUS})",
+        help=f"added per token with an LM ({LENGTH_BONUS})",
     )  # fmt: skip
 
 
 def _lm_options(args: argparse.Namespace, asr: ASR) -> dict:
     """DecodingOptions fields for --lm / --lm-weight / --length-bonus; the LM is read here, so
-    a bad file or one made for another tokenizer is one error line before any decoding."""
-    if args.lm is None:
+    a bad file or one made for another tokenizer is one error line before any decoding.
+    --lm auto takes the LM of a bundled model (``bundled_lm``) when searching with a beam."""
+    from mamba_asr.pretrained import bundled_lm
+
+    lm = args.lm
+    if lm == "auto":
+        found = bundled_lm(args.model) if args.strategy == "beam" else None
+        lm = None if found is None else str(found)
+    elif lm == "none":
+        lm = None
+    if lm is None:
         if args.lm_weight is not None or args.length_bonus is not None:
-            raise ValueError("--lm-weight and --length-bonus need --lm FILE")
+            raise ValueError("--lm-weight and --length-bonus need an LM (--lm FILE)")
         return {}
     from mamba_asr.lm import load_ngram, tokenizer_fingerprint
 
     if args.strategy != "beam":
         raise ValueError("--lm needs --strategy beam")
-    lm = load_ngram(args.lm)
+    ngram = load_ngram(lm)
     vocab = asr.config.model.vocab_size
-    if lm.vocab_size != vocab or lm.fingerprint != tokenizer_fingerprint(asr.tokenizer, vocab):
-        raise ValueError(f"{args.lm}: this LM was made with another tokenizer than the model's")
+    if ngram.vocab_size != vocab or ngram.fingerprint != tokenizer_fingerprint(
+        asr.tokenizer, vocab
+    ):
+        raise ValueError(f"{lm}: this LM was made with another tokenizer than the model's")
     weight = LM_WEIGHT if args.lm_weight is None else args.lm_weight
     bonus = LENGTH_BONUS if args.length_bonus is None else args.length_bonus
-    return {"lm": args.lm, "lm_weight": weight, "length_bonus": bonus}
+    return {"lm": lm, "lm_weight": weight, "length_bonus": bonus}
 
 
 def _add_lm_parser(sub: argparse._SubParsersAction, common: list) -> None:
@@ -327,6 +339,10 @@ def _add_lm_parser(sub: argparse._SubParsersAction, common: list) -> None:
         help=f"whose tokenizer to use; default: the bundled {DEFAULT_MODEL}",
     )  # fmt: skip
     lm_train.add_argument("--order", type=int, default=5, help="n-gram order (5)")
+    lm_train.add_argument(
+        "--min-count", type=int, default=1, metavar="N",
+        help="drop the n-grams of order >= 3 seen fewer than N times: a smaller file (1)",
+    )  # fmt: skip
     lm_train.add_argument(
         "--dev", default=None, metavar="TEXT", help="held-out text: print its perplexity"
     )
@@ -533,7 +549,11 @@ def cmd_lm_train(args: argparse.Namespace) -> int:
     if not sentences:
         raise ValueError("no sentences in " + ", ".join(args.texts))
     fingerprint = tokenizer_fingerprint(asr.tokenizer, vocab)
+    if args.min_count < 1:
+        raise ValueError(f"--min-count must be >= 1, got {args.min_count}")
     lm = NgramLM.train(sentences, vocab, args.order, fingerprint=fingerprint)
+    if args.min_count > 1:
+        lm = lm.prune(args.min_count)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     lm.save(tmp)

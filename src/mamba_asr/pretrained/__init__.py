@@ -3,10 +3,15 @@
 ``MODELS`` maps a name to its file in this folder; ``DEFAULT_MODEL`` is what ``load_model()``
 and ``mamba-asr transcribe`` / ``eval`` use when no model is named. ``resolve_model`` turns a
 name, a path or ``None`` into the model file, with a one-line ``ValueError`` otherwise.
+``LMS`` maps a bundled model's name to the n-gram LM shipped beside it (``bundled_lm``), which
+``mamba-asr transcribe`` / ``eval`` fuse into beam search unless told ``--lm none``.
 
 mct-small-synth-en
     The streaming Mamba transducer of ``hparams/Transducer/mct_small.yaml`` trained on English
     synthetic speech (``mamba-asr synth``): 16 kHz, 256 unigram pieces, 80 ms encoder frames.
+    Its LM: a token 5-gram of the recipe's training sentences (Debian's fortunes, dict-gcide
+    and dict-jargon text; none of the dev sentences), n-grams of order >= 3 seen fewer than
+    2 times dropped (``mamba-asr lm train --order 5 --min-count 2``).
 """
 
 from __future__ import annotations
@@ -14,10 +19,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "PRETRAINED_DIR", "bundled_path", "resolve_model"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "LMS",
+    "MODELS",
+    "PRETRAINED_DIR",
+    "bundled_lm",
+    "bundled_path",
+    "resolve_model",
+]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
 MODELS: dict[str, str] = {"mct-small-synth-en": "mct-small-synth-en.pt"}
+LMS: dict[str, str] = {"mct-small-synth-en": "mct-small-synth-en.lm.npz"}
 DEFAULT_MODEL = "mct-small-synth-en"
 
 
@@ -51,3 +65,13 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None) -> Path:
     raise ValueError(
         f"unknown model {name!r}: not a file and not a bundled model (bundled: {', '.join(MODELS)})"
     )
+
+
+def bundled_lm(name_or_path: str | os.PathLike[str] | None = None) -> Path | None:
+    """The LM file shipped with the bundled model ``name_or_path`` (``None``: ``DEFAULT_MODEL``);
+    ``None`` for a model file, a model without one, or an installation without the file."""
+    name = DEFAULT_MODEL if name_or_path is None else os.fspath(name_or_path)
+    if name not in LMS:
+        return None
+    path = PRETRAINED_DIR / LMS[name]
+    return path if path.is_file() else None
