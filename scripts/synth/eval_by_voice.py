@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from mamba_asr import load_model
+from mamba_asr.cli import LENGTH_BONUS, LM_WEIGHT
 from mamba_asr.decode import DecodingOptions
 from mamba_asr.evaluate import evaluate, load_test_set
 from mamba_asr.train.metrics import error_rates
@@ -45,8 +46,8 @@ def main() -> None:
     parser.add_argument("--strategy", choices=("greedy", "beam"), default="greedy")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--lm", default=None, help="n-gram LM file fused into beam search")
-    parser.add_argument("--lm-weight", type=float, default=0.3)
-    parser.add_argument("--length-bonus", type=float, default=1.0)
+    parser.add_argument("--lm-weight", type=float, default=LM_WEIGHT)
+    parser.add_argument("--length-bonus", type=float, default=LENGTH_BONUS)
     args = parser.parse_args()
     voices = {}
     for line in args.manifest.read_text().splitlines():
