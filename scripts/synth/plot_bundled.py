@@ -1,7 +1,8 @@
 """Plot the bundled model's training (all phases) from docs/results/bundled_metrics_phase*.csv.
 
 Each phase validates on its own corpus's dev set (0.3 h of held-out sentences); phase 3 trained
-with lighter SpecAugment (4 time masks instead of 10), so its training loss sits lower.
+with lighter SpecAugment (4 time masks instead of 10), so its training loss sits lower; phase 4
+as phase 3 on another corpus.
 
 python scripts/synth/plot_bundled.py   # writes docs/img/bundled_training.png
 """
@@ -23,8 +24,9 @@ LABELS = {
     1: "1: 50 h corpus, 200 s/GPU batches",
     2: "2: + 20 h new corpus (init_from 1)",
     3: "3: + 40 h new corpus (init_from 2), 600 s/GPU batches",
+    4: "4: + 40 h new corpus (init_from 3), as 3",
 }
-for phase in (1, 2, 3):
+for phase in LABELS:
     with (root / f"docs/results/bundled_metrics_phase{phase}.csv").open() as f:
         rows = list(csv.DictReader(f))
     train = [(offset + int(r["step"]), float(r["train_loss"])) for r in rows if r["train_loss"]]
