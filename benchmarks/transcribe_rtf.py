@@ -7,8 +7,8 @@ The audio is real synthetic speech: utterances of ``--manifest`` (a ``mamba-asr 
 joined end to end to ``--seconds`` of audio and written as one FLAC file (or ``--audio``). Times
 ``transcribe_file`` (offline, 30 s windows) and ``stream_file`` (chunk by chunk) with each of
 ``--decoding``'s searches (greedy; beam: 4 hypotheses; beam+lm: the same with ``--lm``, by
-default the bundled LM, fused at the CLI's default weights) on ``--threads`` torch threads, each the median of ``--repeats`` runs after one warm-up, audio
-reading and features included. RTF = processing seconds / audio seconds. Writes
+default the bundled LM, fused at the CLI's default weights) on ``--threads`` torch threads,
+each the median of ``--repeats`` runs after one warm-up, audio reading and features included. RTF = processing seconds / audio seconds. Writes
 benchmarks/results/transcribe_rtf.json.
 """
 

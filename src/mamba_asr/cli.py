@@ -543,14 +543,14 @@ def cmd_lm_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"{out}: is a folder; --out takes a file name")
+    if args.min_count < 1:
+        raise ValueError(f"--min-count must be >= 1, got {args.min_count}")
     asr = load_model(args.model, device="cpu")
     vocab = asr.config.model.vocab_size
     sentences = _read_sentences(args.texts, asr.tokenizer)
     if not sentences:
         raise ValueError("no sentences in " + ", ".join(args.texts))
     fingerprint = tokenizer_fingerprint(asr.tokenizer, vocab)
-    if args.min_count < 1:
-        raise ValueError(f"--min-count must be >= 1, got {args.min_count}")
     lm = NgramLM.train(sentences, vocab, args.order, fingerprint=fingerprint)
     if args.min_count > 1:
         lm = lm.prune(args.min_count)
