@@ -243,6 +243,11 @@ class BeamSearch(_FrameSearch):
             raise ValueError(f"beam must be >= 1, got {beam!r}")
         if lm_weight < 0 or (lm_weight > 0 and lm is None):
             raise ValueError(f"lm_weight must be >= 0 and needs an lm, got {lm_weight!r}")
+        if lm is not None and lm.vocab_size != model.vocab_size:
+            raise ValueError(
+                f"the LM has {lm.vocab_size} ids, the model {model.vocab_size}: an LM "
+                f"must be trained with the model's tokenizer"
+            )
         self.lm, self.lm_weight, self.length_bonus = lm, lm_weight, length_bonus
         if max_symbols_per_frame < 1:
             raise ValueError(f"max_symbols_per_frame must be >= 1, got {max_symbols_per_frame!r}")
@@ -262,16 +267,12 @@ class BeamSearch(_FrameSearch):
         frozen: (N,) bool, hypotheses that may only stay as they are (blank at probability 1).
         """
         logp = self.model.joiner.join(enc_proj[self.utt], self.pred).float().log_softmax(-1)
-        if self.lm is not None and self.lm_weight > 0:  # shallow fusion: tokens only, not blank
-            if self.lm.vocab_size != logp.shape[1]:
-                raise ValueError(
-                    f"the LM has {self.lm.vocab_size} ids, the model {logp.shape[1]}: an LM "
-                    f"must be trained with the model's tokenizer"
-                )
+        # shallow fusion and the length bonus: tokens only, not blank
+        if self.lm is not None and self.lm_weight > 0:
             fused = self.lm_weight * self.lm.batch_log_probs(self.tokens, logp.device)
-            fused[:, self.blank] = -self.length_bonus
-            logp = logp + fused + self.length_bonus
-        elif self.length_bonus:
+            fused[:, self.blank] = 0.0
+            logp = logp + fused
+        if self.length_bonus:
             logp = logp + self.length_bonus
             logp[:, self.blank] -= self.length_bonus
         if frozen.any():
