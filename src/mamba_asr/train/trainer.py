@@ -232,8 +232,8 @@ def _prepare_run(
         tokenizer = load_tokenizer(tok_dir)
     elif recipe.train.init_from is not None:
         init = _init_bundle(recipe)
-        _check_init_fits(recipe, init)
         tokenizer = tokenizer_from_files(init["tokenizer"])
+        _check_init_fits(recipe, tokenizer, init["state_dict"])
     else:
         texts = [u.text for u in train_utts]
         tokenizer = build_tokenizer(recipe.tokenizer, recipe.model.vocab_size, texts)
@@ -268,11 +268,10 @@ def _init_bundle(recipe: RecipeConfig) -> dict[str, Any]:
     return data
 
 
-def _check_init_fits(recipe: RecipeConfig, data: dict[str, Any]) -> None:
-    """ConfigError unless the weights of ``data`` fit the recipe's model name for name and
-    shape for shape (loss weights, dropout and the like may differ)."""
-    own = ASR(recipe, tokenizer_from_files(data["tokenizer"]), device="meta").state_dict()
-    theirs = data["state_dict"]
+def _check_init_fits(recipe: RecipeConfig, tokenizer: Tokenizer, theirs: dict[str, Any]) -> None:
+    """ConfigError unless the weights ``theirs`` (with their ``tokenizer``) fit the recipe's
+    model name for name and shape for shape (loss weights, dropout and the like may differ)."""
+    own = ASR(recipe, tokenizer, device="meta").state_dict()
     problems = [f"{k} is missing there" for k in own if k not in theirs]
     problems += [f"{k} is not in this model" for k in theirs if k not in own]
     problems += [
