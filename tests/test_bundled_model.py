@@ -6,7 +6,6 @@ Skipped only while the model file is not in the source tree; everything else the
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -14,11 +13,13 @@ import pytest
 
 import mamba_asr
 from mamba_asr.asr import ASR
-from mamba_asr.cli import LENGTH_BONUS, LM_WEIGHT, _lm_options, main
+from mamba_asr.cli import main
+from mamba_asr.decode import DecodingOptions
+from mamba_asr.decode.options import LENGTH_BONUS, LM_WEIGHT
 from mamba_asr.pretrained import bundled_lm, bundled_path
 from mamba_asr.text import normalize_transcript
 from mamba_asr.train.metrics import error_rates
-from mamba_asr.transcription import stream_file, transcribe_file
+from mamba_asr.transcription import transcribe_file
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 AUDIO, TEXT = EXAMPLES / "hello.flac", EXAMPLES / "hello.txt"
@@ -45,7 +46,7 @@ def test_load_model_without_arguments(model):
 
 
 def test_transcribes_the_example(model):
-    text = mamba_asr.transcribe(model, AUDIO, strategy="greedy")
+    text = str(mamba_asr.transcribe(model, AUDIO, strategy="greedy"))
     assert _wer(text) <= 0.2, text
     assert _wer(transcribe_file(model, AUDIO).text) <= 0.2
 
@@ -53,7 +54,7 @@ def test_transcribes_the_example(model):
 def test_stream_equals_offline(model):
     offline = transcribe_file(model, AUDIO)
     for chunk_ms in (160, 320, 640):
-        streamed = stream_file(model, AUDIO, chunk_ms=chunk_ms)
+        streamed = transcribe_file(model, AUDIO, chunk_ms=chunk_ms)
         assert streamed.text == offline.text, chunk_ms
         assert streamed.tokens == offline.tokens, chunk_ms
 
@@ -109,7 +110,7 @@ def test_bundled_lm_goes_with_the_bundled_model(model, tmp_path):
     vocab = model.config.model.vocab_size
     assert (lm.vocab_size, lm.order) == (vocab, 5)
     assert lm.fingerprint == tokenizer_fingerprint(model.tokenizer, vocab)
-    assert bundled_lm(bundled_path()) is None  # a model file, even the bundled one: no LM
+    assert bundled_lm(bundled_path()) == path  # the bundled model's own file: its LM
     assert bundled_lm(tmp_path / "model.pt") is None
 
 
@@ -124,13 +125,34 @@ def test_bundled_lm_goes_with_the_bundled_model(model, tmp_path):
     ],
 )
 def test_lm_auto_fuses_the_bundled_lm_into_beam_search(model, model_arg, lm, strategy, fused):
-    if model_arg == "FILE":
-        model_arg = str(bundled_path())
-    args = argparse.Namespace(
-        model=model_arg, lm=lm, strategy=strategy, lm_weight=None, length_bonus=None
+    from mamba_asr.asr import ASR
+
+    if model_arg == "FILE":  # a model file of one's own: no LM ships with it
+        asr = ASR.load(bundled_path())
+    else:
+        asr = mamba_asr.load_model(model_arg, device="cpu")
+    got = asr.resolve_options(DecodingOptions(strategy=strategy, lm=lm))
+    want = (str(bundled_lm()), LM_WEIGHT, LENGTH_BONUS) if fused else (None, None, None)
+    assert (got.lm, got.lm_weight, got.length_bonus) == want
+
+
+def test_an_lm_without_a_weight_gets_the_default_weight(model, lm_file):
+    got = model.resolve_options(DecodingOptions(lm=str(lm_file)))
+    assert (got.lm_weight, got.length_bonus) == (LM_WEIGHT, LENGTH_BONUS)
+    fused = mamba_asr.transcribe(model, AUDIO, lm=str(lm_file), beam_size=4)
+    none = mamba_asr.transcribe(model, AUDIO, lm=None, beam_size=4)
+    assert (
+        fused.to_json()
+        == mamba_asr.transcribe(
+            model,
+            AUDIO,
+            lm=str(lm_file),
+            lm_weight=LM_WEIGHT,
+            length_bonus=LENGTH_BONUS,
+            beam_size=4,
+        ).to_json()
     )
-    want = {"lm": str(bundled_lm()), "lm_weight": LM_WEIGHT, "length_bonus": LENGTH_BONUS}
-    assert _lm_options(args, model) == (want if fused else {})
+    assert _wer(fused.text) <= 0.2 and _wer(none.text) <= 0.2
 
 
 def test_cli_beam_search_with_the_bundled_lm(capsys):
@@ -153,10 +175,12 @@ def test_lm_train_and_fused_transcription(lm_file, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--lm", "{lm}"], "--lm needs --strategy beam"),
+        (["--strategy", "greedy", "--lm", "{lm}"], "LM fusion needs strategy 'beam'"),
         (["--strategy", "beam", "--lm", "{missing}"], "no such LM file"),
         (["--strategy", "beam", "--lm", "{other}"], "made with another tokenizer"),
-        (["--lm-weight", "0.5"], "need an LM (--lm FILE)"),
+        (["--strategy", "greedy", "--lm-weight", "0.5"], "need an LM"),
+        (["--lm-weight", "nan"], "lm_weight must be a finite number"),
+        (["--length-bonus", "inf"], "length_bonus must be a finite number"),
         (["--strategy", "beam", "--lm", "none", "--length-bonus", "1"], "need an LM"),
     ],
 )

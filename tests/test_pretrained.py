@@ -27,7 +27,9 @@ RNNT_TINY = [
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory) -> ASR:
     torch.manual_seed(0)
-    return ASR(load_recipe("hparams/Transducer/mct_small.yaml", RNNT_TINY), CharTokenizer("AB "))
+    return ASR.from_recipe(
+        load_recipe("hparams/Transducer/mct_small.yaml", RNNT_TINY), CharTokenizer("AB ")
+    )
 
 
 @pytest.fixture

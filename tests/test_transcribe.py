@@ -19,17 +19,11 @@ from mamba_asr.audio import load_audio
 from mamba_asr.cli import main
 from mamba_asr.config import load_recipe
 from mamba_asr.decode import DecodingOptions, ctc_greedy
+from mamba_asr.decode.ctc import ctc_runs
 from mamba_asr.text import CharTokenizer
-from mamba_asr.transcription import (
-    Token,
-    Transcript,
-    Word,
-    _ctc_runs,
-    _windows,
-    _words,
-    cues,
-    transcribe_file,
-)
+from mamba_asr.transcript import Segment, Transcript, Word, make_segment
+from mamba_asr.transcription import transcribe_file
+from mamba_asr.writers import cues
 
 CTC_TINY = [
     "model.vocab_size=6", "model.d_model=32", "model.nhead=2", "model.num_encoder_layers=1",
@@ -47,7 +41,9 @@ TIME = re.compile(r"^\d\d:\d\d:\d\d([,.])\d\d\d --> \d\d:\d\d:\d\d\1\d\d\d$")
 @pytest.fixture(scope="module")
 def ctc_model(tmp_path_factory) -> str:
     torch.manual_seed(0)
-    asr = ASR(load_recipe("hparams/CTC/conmamba_large.yaml", CTC_TINY), CharTokenizer("AB "))
+    asr = ASR.from_recipe(
+        load_recipe("hparams/CTC/conmamba_large.yaml", CTC_TINY), CharTokenizer("AB ")
+    )
     _bias_away_from_blank(asr.model.ctc_lin)
     return str(asr.save(tmp_path_factory.mktemp("ctc") / "model.pt"))
 
@@ -56,7 +52,8 @@ def ctc_model(tmp_path_factory) -> str:
 def rnnt_model(tmp_path_factory) -> str:
     torch.manual_seed(0)
     recipe = load_recipe("hparams/Transducer/mct_small.yaml", RNNT_TINY)
-    asr = ASR(recipe, CharTokenizer("AB "))
+    asr = ASR.from_recipe(recipe, CharTokenizer("AB "))
+    _bias_away_from_blank(asr.model.joiner.out)
     return str(asr.save(tmp_path_factory.mktemp("rnnt") / "model.pt"))
 
 
@@ -95,50 +92,60 @@ def _check_times(t: Transcript, duration: float) -> None:
 
 
 def test_ctc_json_keys_and_times(ctc_model, good_wav, capsys):
-    assert main(["transcribe", good_wav, "--model", ctc_model, "--format", "json"]) == 0
+    argv = ["transcribe", good_wav, "--model", ctc_model, "--format", "json"]
+    assert main([*argv, "--strategy", "greedy"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1
     data = json.loads(lines[0])
-    assert set(data) == {"file", "text", "tokens", "words"}
+    assert set(data) == {"file", "text", "duration", "segments", "tokens", "words"}
     assert data["file"] == good_wav
     for item in data["tokens"] + data["words"]:
         assert set(item) == {"text", "start", "end"}
-    t = transcribe_file(ASR.load(ctc_model), good_wav)
+    t = transcribe_file(ASR.load(ctc_model), good_wav, DecodingOptions(strategy="greedy"))
     assert t.text == data["text"]
     _check_times(t, 2.0)
     assert "".join(w.text for w in t.words) == t.text.replace(" ", "")
 
 
-def test_transducer_json_times(rnnt_model, good_wav, capsys):
-    assert main(["transcribe", good_wav, "--model", rnnt_model, "--format", "json"]) == 0
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_transducer_json_times(rnnt_model, good_wav, capsys, strategy):
+    argv = ["transcribe", good_wav, "--model", rnnt_model, "--format", "json"]
+    assert main([*argv, "--strategy", strategy]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"file", "text", "tokens", "words"}
-    t = transcribe_file(ASR.load(rnnt_model), good_wav)
-    assert t.text == data["text"]
-    _check_times(t, 2.0)  # this seeded random transducer emits tokens
+    assert set(data) == {"file", "text", "duration", "segments", "tokens", "words"}
+    t = transcribe_file(ASR.load(rnnt_model), good_wav, DecodingOptions(strategy=strategy))
+    assert t.to_json() == json.dumps(data, ensure_ascii=False)
+    _check_times(t, 2.0)  # this seeded random transducer emits tokens; both searches give times
 
 
 def test_long_audio_is_chunked_with_offset_times(ctc_model, tmp_path):
     path = tmp_path / "long.wav"
     sf.write(path, _noise(65.0), 16000)  # three windows: 30 + 30 + 5 s
-    t = transcribe_file(ASR.load(ctc_model), path)
+    t = transcribe_file(ASR.load(ctc_model), path, DecodingOptions(strategy="greedy"))
     assert t.duration == pytest.approx(65.0)
     _check_times(t, 65.0)
     assert max(tok.start for tok in t.tokens) > 60.0  # last window's times are offset
+    assert [(s.start, s.end) for s in t.segments] == [(0.0, 30.0), (30.0, 60.0), (60.0, 65.0)]
 
 
-def test_windows_are_read_one_at_a_time_and_join_to_the_file(tmp_path):
-    path = tmp_path / "long.flac"
+def test_a_waveform_is_transcribed_as_its_file(ctc_model, tmp_path):
+    path = tmp_path / "x.flac"
     sf.write(path, _noise(7.3, 22050, channels=2), 22050)
-    windows = list(_windows(path, 16000, 32000))  # 2 s windows of the resampled mono signal
-    assert [len(w) for w in windows[:-1]] == [32000] * 3 and 0 < len(windows[-1]) <= 32000
-    np.testing.assert_array_equal(np.concatenate(windows), load_audio(path, 16000))
+    asr = ASR.load(ctc_model)
+    options = DecodingOptions(strategy="greedy")
+    from_file = transcribe_file(asr, path, options)
+    wave, rate = sf.read(path, dtype="float32")
+    from mamba_asr.transcription import transcribe_waveform
+
+    from_wave = transcribe_waveform(asr, wave.mean(axis=1), rate, options)
+    assert from_wave.segments == from_file.segments
+    np.testing.assert_allclose(load_audio(path, 16000).shape[0] / 16000, from_file.duration)
 
 
 def test_beam_gives_tokens_without_times(ctc_model, good_wav):
     t = transcribe_file(ASR.load(ctc_model), good_wav, DecodingOptions(strategy="beam"))
     assert all(tok.start is None and tok.end is None for tok in t.tokens)
-    assert cues(t) == ([(0.0, t.duration, t.text)] if t.text else [])
+    assert cues(t) == ([(0.0, t.duration, t.text)] if t.text else [])  # CTC beam: no times
 
 
 def test_srt_and_vtt_syntax(ctc_model, good_wav, capsys):
@@ -158,19 +165,35 @@ def test_srt_and_vtt_syntax(ctc_model, good_wav, capsys):
 
 def test_cues_split_by_words_and_seconds():
     words = [Word(f"W{i}", i * 0.3, i * 0.3 + 0.2) for i in range(20)]
-    t = Transcript("f", " ".join(w.text for w in words), [], words, 6.0)
+    text = " ".join(w.text for w in words)
+    t = Transcript("f", text, [Segment(text, 0.0, 6.0, [], words)], 6.0)
     out = cues(t)
     assert sum(len(text.split()) for _, _, text in out) == 20
     for start, end, text in out:
         assert len(text.split()) <= 7 and end - start <= 3.5 + 1e-9
 
 
+class _Pieces:
+    """A SentencePiece-like tokenizer of four pieces."""
+
+    pieces = ["\u2581he", "llo", "\u2581wo", "rld"]
+
+    def id_to_piece(self, i: int) -> str:
+        return self.pieces[i]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.pieces[i] for i in ids).replace("\u2581", " ").strip()
+
+
 def test_words_from_char_and_sentencepiece_surfaces():
-    toks = [Token(c, float(i), i + 1.0) for i, c in enumerate("AB A")]
-    assert _words(toks, ["A", "B", " ", "A"]) == [Word("AB", 0.0, 2.0), Word("A", 3.0, 4.0)]
-    pieces = [Token(p, float(i), i + 1.0) for i, p in enumerate(["▁he", "llo", "▁wo", "rld"])]
-    words = _words(pieces, [" he", "llo", " wo", "rld"])
-    assert words == [Word("hello", 0.0, 2.0), Word("world", 2.0, 4.0)]
+    tok = CharTokenizer("AB ")
+    ids = tok.encode("AB A")
+    spans = [(i, i) for i in range(len(ids))]
+    seg = make_segment(tok, ids, spans, 1.0, 0.0, 10.0)
+    assert seg.words == [Word("AB", 0.0, 2.0), Word("A", 3.0, 4.0)]
+    seg = make_segment(_Pieces(), [0, 1, 2, 3], [(i, i) for i in range(4)], 1.0, 0.0, 10.0)
+    assert seg.words == [Word("hello", 0.0, 2.0), Word("world", 2.0, 4.0)]
+    assert seg.text == "hello world" and [t.text for t in seg.tokens] == _Pieces.pieces
 
 
 def test_several_files_one_bad_in_the_middle(ctc_model, good_wav, tmp_path, capsys):
@@ -257,10 +280,10 @@ def test_public_transcribe_function_is_not_shadowed():
 
 def test_ctc_runs_match_ctc_greedy():
     best = [0, 3, 3, 0, 3, 4, 4, 0, 0, 5]
-    runs = _ctc_runs(best, blank=0)
+    runs = ctc_runs(best, blank=0)
     log_probs = torch.nn.functional.one_hot(torch.tensor([best]), 6).float().log()
-    assert [r.id for r in runs] == ctc_greedy(log_probs, torch.tensor([len(best)]))[0]
-    assert [(r.first, r.last) for r in runs] == [(1, 2), (4, 4), (5, 6), (9, 9)]
+    assert [r[0] for r in runs] == ctc_greedy(log_probs, torch.tensor([len(best)]))[0]
+    assert [r[1:] for r in runs] == [(1, 2), (4, 4), (5, 6), (9, 9)]
 
 
 def test_seq2seq_has_no_times_and_one_cue(tmp_path, good_wav, capsys):
@@ -269,7 +292,7 @@ def test_seq2seq_has_no_times_and_one_cue(tmp_path, good_wav, capsys):
         "hparams/S2S/conmamba_small.yaml",
         [*CTC_TINY[:-1], "model.num_decoder_layers=1"],
     )
-    model = str(ASR(recipe, CharTokenizer("AB ")).save(tmp_path / "s2s.pt"))
+    model = str(ASR.from_recipe(recipe, CharTokenizer("AB ")).save(tmp_path / "s2s.pt"))
     t = transcribe_file(ASR.load(model), good_wav)
     assert all(x.start is None and x.end is None for x in t.tokens + t.words)
     assert cues(t) == ([(0.0, pytest.approx(2.0), t.text)] if t.text else [])
@@ -283,5 +306,5 @@ def test_progress_bar_only_when_asked(ctc_model, good_wav, capsys):
     quiet = transcribe_file(asr, good_wav)
     assert capsys.readouterr().err == ""
     shown = transcribe_file(asr, good_wav, progress=True)
-    assert "chunk" in capsys.readouterr().err
+    assert good_wav in capsys.readouterr().err
     assert shown.text == quiet.text

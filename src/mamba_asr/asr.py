@@ -1,17 +1,22 @@
-"""The deployable ASR bundle: features, normalisation, augmentation, model, tokenizer, recipe.
+"""The deployable ASR bundle: features, normalisation, augmentation, model, tokenizer.
 
 Shape key
     B: batch, N: samples, F: feature frames, C: mel bins, S: target tokens.
 
-``ASR`` turns waveforms into a training loss (``forward``) or into text (``transcribe_batch``)
-with everything that decides the result inside one module: ``Fbank`` -> ``GlobalCMVN`` ->
-``SpecAugment`` (training mode only) -> the model of ``config.model``; the tokenizer maps
-between text and ids. ``save`` writes one file, ``ASR.load`` rebuilds the same bundle.
+``ASR`` turns waveforms into a training loss (``forward``) or into text (``transcribe_batch``,
+and streams: ``create_stream`` / ``decode_streams``, see ``mamba_asr.streaming``) with
+everything that decides the result inside one module: ``Fbank`` -> ``GlobalCMVN`` ->
+``SpecAugment`` (training mode only, given by the recipe) -> the model of ``config.model``;
+the tokenizer maps between text and ids. ``save`` writes one file, ``ASR.load`` rebuilds it.
 
-The file is a ``torch.save`` of a plain dict, ``{"format": "mamba-asr-model", "version",
-"mamba_asr_version", "config", "state_dict", "tokenizer"}``: the recipe as a dict of plain
-values, the weights (model and CMVN statistics) as tensors, and the tokenizer's files as bytes.
-Nothing else is pickled, so it loads with ``torch.load(weights_only=True)``.
+The model file (format version 2) is a ``torch.save`` of a plain dict, ``{"format":
+"mamba-asr-model", "version": 2, "mamba_asr_version", "model", "features", "state_dict",
+"tokenizer"}``: the architecture (``ModelConfig``) and the features (``FeatureConfig``) as
+dicts of plain values, the weights (model and CMVN statistics) as tensors, and the tokenizer's
+files as bytes; nothing of training, so renaming or adding a training option cannot break a
+model. Nothing else is pickled: it loads with ``torch.load(weights_only=True)``. Version 1
+files (the whole recipe under ``"config"``) still load: their ``model`` and the features of
+their ``data`` section are read, the rest ignored; ``upgrade_bundle`` converts one.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -30,8 +35,18 @@ from mamba_asr import __version__
 from mamba_asr.atomic import atomic_save
 from mamba_asr.audio.augment import SpecAugment
 from mamba_asr.audio.features import Fbank, GlobalCMVN
-from mamba_asr.config import ConfigError, RecipeConfig, from_dict, to_dict
-from mamba_asr.decode.search import DecodingOptions, decode_batch
+from mamba_asr.config import (
+    ConfigError,
+    FeatureConfig,
+    InferenceConfig,
+    ModelConfig,
+    RecipeConfig,
+    SpecAugmentConfig,
+    from_dict,
+    to_dict,
+)
+from mamba_asr.decode.options import DecodingOptions
+from mamba_asr.decode.search import decode_batch
 from mamba_asr.models.factory import build_model
 from mamba_asr.models.losses import LossOutput
 from mamba_asr.text.tokenizer import CharTokenizer, SentencePieceTokenizer, load_tokenizer
@@ -41,12 +56,18 @@ __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
     "BundleError",
+    "eval_mode",
     "tokenizer_from_files",
     "tokenizer_to_files",
+    "upgrade_bundle",
 ]
 
 BUNDLE_FORMAT = "mamba-asr-model"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
+
+if TYPE_CHECKING:
+    from mamba_asr.decode.endpoint import EndpointConfig
+    from mamba_asr.streaming import Stream
 
 Tokenizer = CharTokenizer | SentencePieceTokenizer
 StrPath = str | os.PathLike[str]
@@ -59,28 +80,37 @@ class BundleError(ValueError):
 class ASR(nn.Module):
     """Waveforms -> loss or text; see the module docstring.
 
-    ``config``: the recipe (its ``model`` and ``data`` sections build the modules);
-    ``tokenizer``: its ``vocab_size`` must equal ``config.model.vocab_size``.
+    ``config``: the architecture and the features (``InferenceConfig``); ``tokenizer``: its
+    ``vocab_size`` must equal ``config.model.vocab_size``; ``specaugment``: the training-time
+    augmentation (none at inference). ``ASR.from_recipe`` builds one from a training recipe.
+    ``shipped_lm``: the LM file that ships with the model (what ``lm="auto"`` uses), set by
+    ``mamba_asr.load_model`` for a bundled model.
     """
 
     def __init__(
         self,
-        config: RecipeConfig,
+        config: InferenceConfig,
         tokenizer: Tokenizer,
+        specaugment: SpecAugmentConfig | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(config, InferenceConfig):
+            raise TypeError(
+                f"ASR takes an InferenceConfig, got {type(config).__name__} (a recipe: "
+                "ASR.from_recipe)"
+            )
         if tokenizer.vocab_size != config.model.vocab_size:
             raise ConfigError(
                 f"model.vocab_size ({config.model.vocab_size}) must equal the tokenizer's "
                 f"vocabulary size ({tokenizer.vocab_size})"
             )
         self.config, self.tokenizer = config, tokenizer
-        data = config.data
-        self.fbank = Fbank(data.sample_rate, data.n_mels, device=device)
-        self.cmvn = GlobalCMVN(data.n_mels, device=device)
-        aug = data.specaugment
+        self.shipped_lm: str | None = None
+        self.fbank = Fbank(config.features.sample_rate, config.features.n_mels, device=device)
+        self.cmvn = GlobalCMVN(config.features.n_mels, device=device)
+        aug = specaugment
         self.specaugment = (
             SpecAugment(
                 aug.freq_masks,
@@ -90,14 +120,61 @@ class ASR(nn.Module):
                 aug.time_width,
                 aug.time_warp,
             )  # fmt: skip
-            if aug.enabled
+            if aug is not None and aug.enabled
             else None
         )
         self.model = build_model(config.model, device=device, dtype=dtype)
 
+    @classmethod
+    def from_recipe(
+        cls,
+        recipe: RecipeConfig,
+        tokenizer: Tokenizer,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> ASR:
+        """The model a training recipe describes, with its SpecAugment."""
+        config = InferenceConfig.from_recipe(recipe)
+        return cls(config, tokenizer, recipe.data.specaugment, device=device, dtype=dtype)
+
     @property
     def sample_rate(self) -> int:
-        return self.config.data.sample_rate
+        return self.config.features.sample_rate
+
+    # --- inference ---------------------------------------------------------------------------
+
+    def resolve_options(self, options: DecodingOptions | None = None) -> DecodingOptions:
+        """``options`` (default ``DecodingOptions()``) checked against this model: ``lm="auto"``
+        made this model's shipped LM or none, an LM checked against the tokenizer, the fusion
+        weights set (``DecodingOptions.resolve``)."""
+        options = options or DecodingOptions()
+        kind = self.config.model.kind
+        vocab = self.config.model.vocab_size
+        return options.resolve(kind, self.tokenizer, vocab, self.shipped_lm)
+
+    def create_stream(
+        self,
+        options: DecodingOptions | None = None,
+        chunk_ms: float | None = None,
+        endpoint: EndpointConfig | None = None,
+        name: str | None = None,
+    ) -> Stream:
+        """A new ``mamba_asr.streaming.Stream`` (streaming models only; ``chunk_ms`` default
+        320 ms; ``endpoint`` default ``EndpointConfig()``)."""
+        from mamba_asr.streaming import STREAM_CHUNK_MS, Stream
+
+        chunk = STREAM_CHUNK_MS if chunk_ms is None else chunk_ms
+        return Stream(self, self.resolve_options(options), chunk, endpoint, name)
+
+    def decode_streams(self, streams: list[Stream]) -> None:
+        """Decode what is ready in ``streams`` (of this model) in one batch per step; see
+        ``mamba_asr.streaming.decode_streams``."""
+        from mamba_asr.streaming import decode_streams
+
+        if any(s.asr is not self for s in streams):
+            raise ValueError("decode_streams: every stream must come from this model")
+        with eval_mode(self):
+            decode_streams(streams)
 
     def raw_features(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """waves (B, N), wave_lengths (B,) -> log-Mel feats (B, F, C) before CMVN, lengths."""
@@ -126,10 +203,11 @@ class ASR(nn.Module):
     ) -> list[str]:
         """Texts of a padded batch of waveforms (B, N) at ``sample_rate`` with lengths (B,).
 
-        Runs in eval mode (restoring the module's mode afterwards); ``options`` as for
-        ``mamba_asr.decode.decode_batch`` (default: its beam search).
+        Runs in eval mode (restoring the module's mode afterwards); ``options`` are resolved
+        for this model (``resolve_options``; default ``DecodingOptions()``).
         """
-        with _eval_mode(self):
+        options = self.resolve_options(options)
+        with eval_mode(self):
             feats, lengths = self.features(waves, wave_lengths)
             results = decode_batch(self.model, feats, lengths, options)
         return [self.tokenizer.decode(r.tokens) for r in results]
@@ -150,7 +228,8 @@ class ASR(nn.Module):
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
             "mamba_asr_version": __version__,
-            "config": to_dict(self.config),
+            "model": to_dict(self.config.model),
+            "features": to_dict(self.config.features),
             "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
             "tokenizer": tokenizer_to_files(self.tokenizer),
         }
@@ -191,13 +270,17 @@ class ASR(nn.Module):
             if isinstance(data, dict) and data.get("format") == "mamba-asr-checkpoint":
                 hint = " (it is a training checkpoint; the trainer writes model.pt for use)"
             raise BundleError(f"{source}: not a mamba-asr model file{hint}")
-        if data.get("version") != BUNDLE_VERSION:
+        if data.get("version") not in (1, BUNDLE_VERSION):
             raise BundleError(
                 f"{source}: model file version {data.get('version')!r}, this mamba-asr "
-                f"({__version__}) reads version {BUNDLE_VERSION}"
+                f"({__version__}) reads versions 1 and {BUNDLE_VERSION}"
             )
         try:
-            config = from_dict(RecipeConfig, data["config"], "config")
+            data = upgrade_bundle(data)
+            config = InferenceConfig(
+                from_dict(ModelConfig, data["model"], "model"),
+                from_dict(FeatureConfig, data["features"], "features"),
+            )
             tokenizer = tokenizer_from_files(data["tokenizer"])
             asr = cls(config, tokenizer, device=device)
             asr.load_state_dict(data["state_dict"])
@@ -208,6 +291,21 @@ class ASR(nn.Module):
 
 
 HALF_MIN_NUMEL = 4096
+FEATURE_KEYS = ("sample_rate", "n_mels")
+
+
+def upgrade_bundle(data: dict[str, Any]) -> dict[str, Any]:
+    """A model-file dict in the current format: a version 1 file (the whole recipe under
+    ``"config"``) keeps its ``model`` section and the features of its ``data`` section; its
+    training settings are dropped unread. The current format is returned as it is."""
+    if data.get("version") == BUNDLE_VERSION:
+        return data
+    config = data["config"]
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise ValueError("no model section in the config")
+    features = {k: v for k, v in (config.get("data") or {}).items() if k in FEATURE_KEYS}
+    rest = {k: v for k, v in data.items() if k not in ("config", "version")}
+    return {**rest, "version": BUNDLE_VERSION, "model": config["model"], "features": features}
 
 
 def _half(t: Tensor) -> Tensor:
@@ -217,7 +315,8 @@ def _half(t: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode inside the block, its mode restored after."""
     was_training = module.training
     module.eval()
     try:

@@ -30,14 +30,16 @@ from typing import TYPE_CHECKING, TextIO
 import torch
 
 from mamba_asr import __version__
+from mamba_asr.decode.options import LENGTH_BONUS, LM_WEIGHT, DecodingOptions
 from mamba_asr.device import DEVICE_ENV, get_device
 from mamba_asr.pretrained import DEFAULT_MODEL
+from mamba_asr.streaming import STREAM_CHUNK_MS
+from mamba_asr.writers import FORMATS
 
 if TYPE_CHECKING:
     from mamba_asr.asr import ASR
-    from mamba_asr.decode import DecodingOptions
     from mamba_asr.selfcheck import CheckReport
-    from mamba_asr.transcription import Transcript
+    from mamba_asr.transcript import Transcript
 
 __all__ = ["build_parser", "main"]
 
@@ -118,15 +120,16 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device
         "transcribe",
         parents=common,
         help="transcribe audio files to text, json, srt or vtt",
-        description="Transcribes each FILE (any sample rate, mono or stereo) in 30 s windows and "
-        "prints the result on stdout: txt (the text; 'FILE: text' for several files), json (one "
-        "line per file: file, text, tokens, words, with start/end seconds), srt or vtt (cues of "
-        "up to 7 words / 3.5 s). Times come from greedy CTC or transducer alignments; seq2seq "
-        "models and beam search give no times. With --stream (streaming transducer models) "
-        "each file is read, decoded and recognised --chunk-ms at a time as one stream, in "
-        "memory that does not grow with its length; when stderr is a terminal the partial "
-        "transcript is shown there, rewritten in place; stdout gets only the final results. "
-        "A bad file prints one error line and the others go on; exit code 1 if any file failed.",
+        description="Transcribes each FILE (any sample rate, mono or stereo), read and decoded "
+        "piece by piece as mamba_asr.transcribe does, with the same defaults (beam search with "
+        "the model's own LM, if it ships one). A streaming model cuts the audio into segments "
+        "at pauses (each decoded from a fresh state); txt prints one line per segment, json "
+        "one line per file (file, text, duration, segments, tokens, words with start/end "
+        "seconds), srt/vtt one cue per segment piece (up to 7 words / 3.5 s). Results go to "
+        "stdout, or with --output-dir to one file per input (DIR/<name>.<format>). With "
+        "--stream each file is decoded --chunk-ms at a time and, when stderr is a terminal, "
+        "the partial transcript is shown there, rewritten in place. A bad file prints one "
+        "error line and the others go on; exit code 1 if any file failed.",
     )
     tr.add_argument("files", nargs="+", metavar="FILE", help="audio files")
     tr.add_argument(
@@ -134,13 +137,16 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device
         help=f"a bundled model's name or a model file (model.pt of a training run); default: "
         f"the bundled {DEFAULT_MODEL}",
     )  # fmt: skip
-    tr.add_argument("--format", choices=("txt", "json", "srt", "vtt"), default="txt", help="(txt)")
+    tr.add_argument("--format", choices=FORMATS, default="txt", help="(txt)")
     tr.add_argument(
-        "--strategy", choices=("greedy", "beam"), default="greedy",
-        help="(greedy; beam gives no times)",
+        "--output-dir", default=None, metavar="DIR",
+        help="write each file's transcript to DIR/<name>.<format> instead of stdout (needed "
+        "for srt and vtt of several files)",
     )  # fmt: skip
-    tr.add_argument("--beam-size", type=int, default=10, help="(10)")
-    _add_lm_args(tr)
+    tr.add_argument(
+        "--overwrite", action="store_true", help="replace existing files in --output-dir"
+    )
+    _add_decoding_args(tr)
     tr.add_argument(
         "--stream", action="store_true",
         help="decode as the file is read, with partial results on stderr when it is a terminal "
@@ -148,7 +154,8 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device
     )  # fmt: skip
     tr.add_argument(
         "--chunk-ms", type=float, default=None, metavar="MS",
-        help="audio per streaming step, rounded down to whole encoder frames (320)",
+        help=f"with --stream: audio per streaming step, rounded down to whole encoder frames "
+        f"({STREAM_CHUNK_MS:g})",
     )  # fmt: skip
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     tr.add_argument("--device", default=None, help=device_help)
@@ -230,9 +237,7 @@ def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help:
         help=f"a bundled model's name or a model file; default: the bundled {DEFAULT_MODEL}",
     )  # fmt: skip
     ev.add_argument("--hyps", default=None, metavar="FILE", help="where to write hypotheses")
-    ev.add_argument("--strategy", choices=("greedy", "beam"), default="beam", help="(beam)")
-    ev.add_argument("--beam-size", type=int, default=10, help="(10)")
-    _add_lm_args(ev)
+    _add_decoding_args(ev)
     ev.add_argument("--ctc-weight", type=float, default=0.4, help="seq2seq joint decoding (0.4)")
     ev.add_argument("--batch-seconds", type=float, default=60.0, help="audio per batch (60)")
     ev.add_argument("--device", default=None, help=device_help)
@@ -271,14 +276,19 @@ def _add_train_parser(sub: argparse._SubParsersAction, common: list, device_help
     train.set_defaults(func=cmd_train)
 
 
-LM_WEIGHT, LENGTH_BONUS = 0.3, 1.0  # shallow-fusion defaults (tuned: docs/benchmarks.md)
-
-
-def _add_lm_args(parser: argparse.ArgumentParser) -> None:
+def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
+    """The search and LM options; their defaults are ``DecodingOptions``'s."""
+    d = DecodingOptions()
     parser.add_argument(
-        "--lm", default="auto", metavar="FILE",
+        "--strategy", choices=("greedy", "beam"), default=d.strategy,
+        help=f"({d.strategy}; greedy is the fastest)",
+    )  # fmt: skip
+    parser.add_argument("--beam-size", type=int, default=d.beam_size, help=f"({d.beam_size})")
+    parser.add_argument(
+        "--lm", default=d.lm, metavar="FILE",
         help="n-gram LM (mamba-asr lm train) fused into transducer beam search; auto: the "
-        "LM shipped with a bundled model, with --strategy beam; none: no LM (auto)",
+        "LM that ships with the model (a bundled model's), with beam search; none: no LM "
+        f"({d.lm})",
     )  # fmt: skip
     parser.add_argument(
         "--lm-weight", type=float, default=None, metavar="W", help=f"with an LM ({LM_WEIGHT})"
@@ -289,35 +299,14 @@ def _add_lm_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _lm_options(args: argparse.Namespace, asr: ASR) -> dict:
-    """DecodingOptions fields for --lm / --lm-weight / --length-bonus; the LM is read here, so
-    a bad file or one made for another tokenizer is one error line before any decoding.
-    --lm auto takes the LM of a bundled model (``bundled_lm``) when searching with a beam."""
-    from mamba_asr.pretrained import bundled_lm
-
-    lm = args.lm
-    if lm == "auto":
-        found = bundled_lm(args.model) if args.strategy == "beam" else None
-        lm = None if found is None else str(found)
-    elif lm == "none":
-        lm = None
-    if lm is None:
-        if args.lm_weight is not None or args.length_bonus is not None:
-            raise ValueError("--lm-weight and --length-bonus need an LM (--lm FILE)")
-        return {}
-    from mamba_asr.lm import load_ngram, tokenizer_fingerprint
-
-    if args.strategy != "beam":
-        raise ValueError("--lm needs --strategy beam")
-    ngram = load_ngram(lm)
-    vocab = asr.config.model.vocab_size
-    if ngram.vocab_size != vocab or ngram.fingerprint != tokenizer_fingerprint(
-        asr.tokenizer, vocab
-    ):
-        raise ValueError(f"{lm}: this LM was made with another tokenizer than the model's")
-    weight = LM_WEIGHT if args.lm_weight is None else args.lm_weight
-    bonus = LENGTH_BONUS if args.length_bonus is None else args.length_bonus
-    return {"lm": lm, "lm_weight": weight, "length_bonus": bonus}
+def _decoding_options(args: argparse.Namespace, asr: ASR, **extra: object) -> DecodingOptions:
+    """The options of the command line, resolved for ``asr`` (a bad or unsuitable LM is one
+    error line before any decoding)."""
+    options = DecodingOptions(
+        strategy=args.strategy, beam_size=args.beam_size, lm=args.lm,
+        lm_weight=args.lm_weight, length_bonus=args.length_bonus, **extra,
+    )  # fmt: skip
+    return asr.resolve_options(options)
 
 
 def _add_lm_parser(sub: argparse._SubParsersAction, common: list) -> None:
@@ -611,17 +600,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from mamba_asr import load_model
-    from mamba_asr.decode import DecodingOptions
     from mamba_asr.evaluate import evaluate, load_test_set, result_json
     from mamba_asr.pretrained import MODELS
 
     _set_threads(args.threads)
     utterances = load_test_set(args.data)
     asr = load_model(args.model, device=args.device)
-    options = DecodingOptions(
-        strategy=args.strategy, beam_size=args.beam_size, ctc_weight=args.ctc_weight,
-        **_lm_options(args, asr),
-    )  # fmt: skip
+    options = _decoding_options(args, asr, ctc_weight=args.ctc_weight)
     name = f"hyps-{Path(args.data).stem}.jsonl"
     bundled = args.model is None or args.model in MODELS  # not beside the installed package
     hyps = args.hyps or (Path(name) if bundled else Path(args.model).with_name(name))
@@ -658,43 +643,85 @@ class _LiveLine:
 
 
 def _transcribe_one(
-    asr: ASR, path: str, options: DecodingOptions, stream_ms: float | None, several: bool
+    asr: ASR, path: str, options: DecodingOptions, chunk_ms: float | None, label: str
 ) -> Transcript:
-    """Offline (``stream_ms`` None) with a progress bar, or streamed with the partial
-    transcript, both on stderr when it is a terminal."""
-    from mamba_asr.transcription import stream_file, transcribe_file
+    """One file, with a progress bar (offline) or the live partial transcript (``--stream``)
+    on stderr when it is a terminal."""
+    from mamba_asr.transcription import transcribe_file
 
     terminal = sys.stderr.isatty()
-    if stream_ms is None:
+    if chunk_ms is None:
         return transcribe_file(asr, path, options, progress=terminal)
-    live = _LiveLine(sys.stderr, f"{path}: " if several else "") if terminal else None
+    live = _LiveLine(sys.stderr, label) if terminal else None
     try:
-        return stream_file(asr, path, options, stream_ms, live.show if live else None)
+        return transcribe_file(
+            asr, path, options, chunk_ms=chunk_ms, on_partial=live.show if live else None
+        )
     finally:
         if live is not None:
             live.clear()
 
 
+def _destinations(args: argparse.Namespace) -> dict[str, Path] | None:
+    """Each file's output file with --output-dir (None: stdout), checked before decoding:
+    no two inputs on one output, nothing overwritten unless --overwrite, srt/vtt of several
+    files only into files."""
+    from mamba_asr.writers import output_path
+
+    if args.output_dir is None:
+        if args.format in ("srt", "vtt") and len(args.files) > 1:
+            raise ValueError(
+                f"{args.format} of several files needs --output-dir (one subtitle file each)"
+            )
+        return None
+    folder = Path(args.output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder}: --output-dir is not a folder")
+    out: dict[str, Path] = {}
+    for path in args.files:
+        dest = output_path(path, args.format, folder)
+        other = next((p for p, d in out.items() if d == dest and p != path), None)
+        if other is not None:
+            raise ValueError(f"{path} and {other} would both be written to {dest}")
+        if dest.exists() and not args.overwrite:
+            raise ValueError(f"{dest}: exists (--overwrite to replace it)")
+        if dest.resolve() == Path(path).resolve():
+            raise ValueError(f"{dest}: is the input file {path}")
+        out[path] = dest
+    folder.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _print(transcript: Transcript, fmt: str, several: bool) -> None:
+    """A transcript on stdout: txt lines prefixed "FILE: " when there are several files."""
+    from mamba_asr.writers import format_transcript
+
+    text = format_transcript(transcript, fmt)
+    if fmt == "txt" and several:
+        text = "".join(f"{transcript.file}: {line}\n" for line in text.splitlines())
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from mamba_asr import load_model
-    from mamba_asr.decode import DecodingOptions
-    from mamba_asr.transcription import STREAM_CHUNK_MS, format_transcript, stream_chunk_frames
+    from mamba_asr.streaming import stream_chunk_frames
+    from mamba_asr.writers import write_transcript
 
     _set_threads(args.threads)
+    if args.chunk_ms is not None and not args.stream:
+        raise ValueError("--chunk-ms applies to --stream only")
+    destinations = _destinations(args)
     asr = load_model(args.model, device=args.device)
-    options = DecodingOptions(
-        strategy=args.strategy, beam_size=args.beam_size, **_lm_options(args, asr)
-    )
-    stream_ms = None
+    options = _decoding_options(args, asr)
+    chunk_ms = None
     if args.stream:  # a model that does not stream, a chunk too short: one error line
-        stream_ms = STREAM_CHUNK_MS if args.chunk_ms is None else args.chunk_ms
-        stream_chunk_frames(asr, stream_ms)
-    several, failed, cue = len(args.files) > 1, 0, 1
-    if args.format == "vtt":
-        print("WEBVTT\n", flush=True)
+        chunk_ms = STREAM_CHUNK_MS if args.chunk_ms is None else args.chunk_ms
+        stream_chunk_frames(asr, chunk_ms)
+    several, failed = len(args.files) > 1, 0
     for path in args.files:
         try:
-            transcript = _transcribe_one(asr, path, options, stream_ms, several)
+            transcript = _transcribe_one(asr, path, options, chunk_ms, f"{path}: " * several)
         except (*USER_ERRORS, RuntimeError) as exc:  # one bad file must not stop the others
             if args.debug:
                 traceback.print_exc()
@@ -704,14 +731,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
             failed += 1
             continue
-        out = format_transcript(transcript, args.format, several, cue)
-        if args.format == "srt":
-            cue += out.count(" --> ")
-        if args.format in ("srt", "vtt"):
-            if out:
-                print(out + "\n", flush=True)
+        if destinations is None:
+            _print(transcript, args.format, several)
         else:
-            print(out, flush=True)
+            write_transcript(transcript, args.format, destinations[path], args.overwrite)
     return 1 if failed else 0
 
 

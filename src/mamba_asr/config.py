@@ -304,6 +304,41 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class FeatureConfig:
+    """The features a model hears: log-Mel filterbank of ``n_mels`` bins at ``sample_rate``
+    (25 ms windows every 10 ms, ``mamba_asr.audio.Fbank``), normalised by the statistics
+    stored with the weights."""
+
+    sample_rate: int = 16000
+    n_mels: int = 80
+
+    def __post_init__(self) -> None:
+        _at_least(self, "features", 1, "sample_rate", "n_mels")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """What a model file holds besides its weights and tokenizer: the architecture and the
+    features. Training settings stay in the run folder, so no change to them can break
+    loading a model."""
+
+    model: ModelConfig
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+
+    def __post_init__(self) -> None:
+        if self.features.n_mels != self.model.frontend.n_mels:
+            raise ConfigError(
+                f"features.n_mels ({self.features.n_mels}) must equal model.frontend.n_mels "
+                f"({self.model.frontend.n_mels})"
+            )
+
+    @classmethod
+    def from_recipe(cls, recipe: RecipeConfig) -> InferenceConfig:
+        """The inference part of a recipe."""
+        return cls(recipe.model, FeatureConfig(recipe.data.sample_rate, recipe.data.n_mels))
+
+
+@dataclass(frozen=True)
 class RecipeConfig:
     """A whole recipe file: the model, and how to train it (every section but model optional)."""
 

@@ -39,7 +39,10 @@ def tiny(decoder_layers: int) -> nn.Module:
         ({"beam_size": 2.5}, "beam_size must be an integer >= 1"),
         ({"ctc_weight": -0.1}, r"ctc_weight must be in \[0, 1\]"),
         ({"max_decode_ratio": 0}, "max_decode_ratio must be > 0"),
-        ({"lm_weight": 0.3}, "lm_weight needs an LM file"),
+        ({"lm_weight": 0.3, "lm": None}, "lm_weight and length_bonus need an LM"),
+        ({"length_bonus": 1.0, "lm": "none"}, "lm_weight and length_bonus need an LM"),
+        ({"lm_weight": float("nan"), "lm": "x.npz"}, "lm_weight must be a finite number"),
+        ({"length_bonus": float("inf"), "lm": "x.npz"}, "length_bonus must be a finite"),
         ({"lm_weight": -0.1, "lm": "x.npz"}, "lm_weight must be >= 0"),
         ({"lm": "x.npz", "strategy": "greedy"}, "LM fusion needs strategy 'beam'"),
     ],
@@ -95,5 +98,5 @@ def test_lm_fusion_on_a_ctc_model_is_a_named_error() -> None:
     model = tiny(0)
     feats, lengths = torch.randn(1, 40, 80), torch.tensor([40])
     options = DecodingOptions(strategy="beam", lm="lm.npz", lm_weight=0.3)
-    with pytest.raises(ValueError, match="transducer models only"):
+    with pytest.raises(ValueError, match="transducer models with beam search only"):
         decode_batch(model, feats, lengths, options)

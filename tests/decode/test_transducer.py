@@ -1,7 +1,7 @@
 """Transducer greedy and modified beam search, and streaming decoding, on small fake models.
 
 The fakes implement the interface of ``mamba_asr.models.transducer.TransducerModel`` (encode,
-init_state / encode_chunk, predictor with init_state, joiner with project_* and join); the last
+init_state / forward_chunk, predictor with init_state, joiner with project_* and join); the last
 test trains and decodes the real model when it exists.
 """
 
@@ -111,7 +111,7 @@ class FakeTransducer(nn.Module):
             torch.zeros(batch, M, device=device, dtype=dtype),
         )
 
-    def encode_chunk(self, feats: Tensor, state: EncoderState) -> tuple[Tensor, EncoderState]:
+    def forward_chunk(self, feats: Tensor, state: EncoderState) -> tuple[Tensor, EncoderState]:
         x = torch.cat([state.pending, feats], dim=1)
         b, t, _ = x.shape
         memory, total = self._memory(x[:, : t // 2 * 2].reshape(b, t // 2, 2, C), state.total)
@@ -310,7 +310,7 @@ def test_streaming_equals_offline(options: DecodingOptions | None) -> None:
         start, partial_lengths = 0, []
         while start < feats.shape[1]:
             size = random.randint(1, 9)
-            partial = streamer.feed(feats[:, start : start + size])
+            partial = streamer.decode_chunk(feats[:, start : start + size])
             partial_lengths.append(len(partial[0].tokens))
             start += size
         final = streamer.finalize()
@@ -321,7 +321,7 @@ def test_streaming_equals_offline(options: DecodingOptions | None) -> None:
         if options is None:  # greedy partial results only grow
             assert partial_lengths == sorted(partial_lengths)
         with pytest.raises(RuntimeError, match="after finalize"):
-            streamer.feed(feats[:, :2])
+            streamer.decode_chunk(feats[:, :2])
 
 
 def test_decode_batch_runs_the_registered_transducer_searches(
@@ -409,7 +409,7 @@ def test_real_model_streaming_equals_offline(overfit, options: DecodingOptions |
     start = 0
     while start < feats.shape[1]:
         size = 4 * random.randint(1, 3)
-        streamer.feed(feats[:, start : start + size])
+        streamer.decode_chunk(feats[:, start : start + size])
         start += size
     [final] = streamer.finalize()
     assert (final.tokens, final.frames) == (offline.tokens, offline.frames)
@@ -479,7 +479,7 @@ def test_fused_streaming_equals_fused_offline(tmp_path) -> None:
     offline = decode_batch_transducer(model, enc, options)
     streamer = TransducerStreamer(model, batch=1, options=options)
     for start in range(0, 53, 7):
-        streamer.feed(feats[:, start : start + 7])
+        streamer.decode_chunk(feats[:, start : start + 7])
     [final] = streamer.finalize()
     assert final.tokens == offline.tokens
     assert final.score == pytest.approx(offline.score, abs=1e-4)

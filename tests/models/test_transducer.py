@@ -94,7 +94,7 @@ def test_encode_shapes() -> None:
 
 
 @pytest.mark.parametrize("subsampling", [4, 8])
-def test_encode_chunk_equals_encode(subsampling: int) -> None:
+def test_forward_chunk_equals_encode(subsampling: int) -> None:
     channels = [8] * (2 if subsampling == 4 else 3)
     model = tiny_model(frontend={"subsampling": subsampling, "channels": channels})
     rng = random.Random(subsampling)
@@ -107,7 +107,7 @@ def test_encode_chunk_equals_encode(subsampling: int) -> None:
         outs, start = [], 0
         while start < frames:
             size = subsampling * rng.randint(1, 4)
-            y, state = model.encode_chunk(feats[:, start : start + size], state)
+            y, state = model.forward_chunk(feats[:, start : start + size], state)
             outs.append(y)
             start += size
         torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=1e-5)

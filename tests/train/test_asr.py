@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mamba_asr.asr import ASR, BundleError
-from mamba_asr.config import ConfigError
+from mamba_asr.config import ConfigError, InferenceConfig, to_dict
 from mamba_asr.decode import DecodingOptions
 from mamba_asr.text.tokenizer import CharTokenizer, train_sentencepiece
 from mamba_asr.train.checkpoints import save_checkpoint
@@ -28,11 +28,11 @@ def fitted(asr: ASR) -> ASR:
 @pytest.mark.parametrize("decoder_layers", [0, 1])
 def test_round_trip_gives_the_same_outputs(tmp_path, tiny_recipe, decoder_layers):
     recipe = tiny_recipe(f"model.num_decoder_layers={decoder_layers}")
-    asr = fitted(ASR(recipe, CharTokenizer("AB ")))
+    asr = fitted(ASR.from_recipe(recipe, CharTokenizer("AB ")))
     path = asr.save(tmp_path / "model.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
     loaded = ASR.load(path)
-    assert not loaded.training and loaded.config == recipe
+    assert not loaded.training and loaded.config == InferenceConfig.from_recipe(recipe)
     assert loaded.tokenizer.alphabet == "AB "
     assert loaded.state_dict().keys() == asr.state_dict().keys()
     for name, tensor in asr.state_dict().items():
@@ -50,8 +50,40 @@ def test_round_trip_gives_the_same_outputs(tmp_path, tiny_recipe, decoder_layers
     assert torch.equal(a.loss, b.loss)
 
 
+def test_the_model_file_holds_no_training_settings(tmp_path, tiny_recipe):
+    recipe = tiny_recipe()
+    asr = fitted(ASR.from_recipe(recipe, CharTokenizer("AB ")))
+    data = torch.load(asr.save(tmp_path / "model.pt"), weights_only=True)
+    assert set(data) == {
+        "format", "version", "mamba_asr_version", "model", "features", "state_dict", "tokenizer"
+    }  # fmt: skip
+    assert data["version"] == 2 and data["features"] == {"sample_rate": 16000, "n_mels": 80}
+
+
+def test_a_version_1_file_loads_whatever_its_training_settings(tmp_path, tiny_recipe):
+    """Version 1 files held the whole recipe: training options renamed, added or removed
+    since (here: unknown keys, and a section with a wrong type) cannot break loading."""
+    recipe = tiny_recipe()
+    asr = fitted(ASR.from_recipe(recipe, CharTokenizer("AB ")))
+    v2 = asr.bundle()
+    config = to_dict(recipe)
+    config["train"] = {"renamed_option": 3, "lr": "not even a number"}
+    config["data"]["a_new_data_option"] = True
+    config["tokenizer"] = {"kind": "no such kind"}
+    v1 = {k: v for k, v in v2.items() if k not in ("model", "features")}
+    v1.update(version=1, config=config)
+    torch.save(v1, tmp_path / "v1.pt")
+    loaded = ASR.load(tmp_path / "v1.pt")
+    assert loaded.config == asr.config
+    x, lengths = waves()
+    options = DecodingOptions(strategy="greedy")
+    assert loaded.transcribe_batch(x, lengths, options) == asr.eval().transcribe_batch(
+        x, lengths, options
+    )
+
+
 def test_transcribe_restores_training_mode_and_specaugment_only_trains(tiny_recipe):
-    asr = fitted(ASR(tiny_recipe(), CharTokenizer("AB ")))
+    asr = fitted(ASR.from_recipe(tiny_recipe(), CharTokenizer("AB ")))
     x, lengths = waves()
     asr.train()
     texts = asr.transcribe_batch(x, lengths, DecodingOptions(strategy="greedy"))
@@ -61,14 +93,14 @@ def test_transcribe_restores_training_mode_and_specaugment_only_trains(tiny_reci
     feats_eval, _ = asr.features(x, lengths)
     assert not torch.equal(feats_train, feats_eval)  # masked in training
     assert torch.equal(feats_eval, asr.features(x, lengths)[0])
-    off = ASR(tiny_recipe("data.specaugment.enabled=false"), CharTokenizer("AB "))
+    off = ASR.from_recipe(tiny_recipe("data.specaugment.enabled=false"), CharTokenizer("AB "))
     assert off.specaugment is None
 
 
 def test_sentencepiece_tokenizer_travels_in_the_file(tmp_path, tiny_recipe, helpers):
     texts = ["HELLO WORLD", "GOOD MORNING", "HELLO THERE", "WORLD OF WORDS"] * 5
     spm = train_sentencepiece(texts, None, vocab_size=20, model_type="unigram")
-    asr = ASR(tiny_recipe("model.vocab_size=20", "tokenizer.kind=unigram",
+    asr = ASR.from_recipe(tiny_recipe("model.vocab_size=20", "tokenizer.kind=unigram",
                           "tokenizer.alphabet=null"), spm)  # fmt: skip
     loaded = ASR.load(asr.save(tmp_path / "model.pt"))
     assert loaded.tokenizer.model_proto == spm.model_proto
@@ -77,7 +109,7 @@ def test_sentencepiece_tokenizer_travels_in_the_file(tmp_path, tiny_recipe, help
 
 def test_vocabulary_mismatch_names_the_key(tiny_recipe):
     with pytest.raises(ConfigError, match=r"model.vocab_size \(6\) must equal .* \(31\)"):
-        ASR(tiny_recipe(), CharTokenizer())
+        ASR.from_recipe(tiny_recipe(), CharTokenizer())
 
 
 def test_bad_files_give_one_line_errors(tmp_path, tiny_recipe):
@@ -102,7 +134,7 @@ def test_bad_files_give_one_line_errors(tmp_path, tiny_recipe):
     with pytest.raises(BundleError, match="other.pt: not a mamba-asr model file"):
         ASR.load(other)
 
-    asr = ASR(tiny_recipe(), CharTokenizer("AB "))
+    asr = ASR.from_recipe(tiny_recipe(), CharTokenizer("AB "))
     data = asr.bundle()
     future = tmp_path / "future.pt"
     torch.save({**data, "version": 99}, future)
@@ -116,14 +148,14 @@ def test_bad_files_give_one_line_errors(tmp_path, tiny_recipe):
         ASR.load(broken)
     assert "\n" not in str(info.value)
     bad_config = tmp_path / "bad_config.pt"
-    torch.save({**data, "config": {**data["config"], "train": {"lr": "fast"}}}, bad_config)
-    with pytest.raises(BundleError, match="config.train.lr must be float"):
+    torch.save({**data, "model": {**data["model"], "d_model": "wide"}}, bad_config)
+    with pytest.raises(BundleError, match="model.d_model must be int"):
         ASR.load(bad_config)
 
 
 def test_half_bundle_is_smaller_and_close(tmp_path, tiny_recipe):
     recipe = tiny_recipe("model.d_model=64", "model.d_ffn=256")
-    asr = fitted(ASR(recipe, CharTokenizer("AB ")))
+    asr = fitted(ASR.from_recipe(recipe, CharTokenizer("AB ")))
     full, half = asr.save(tmp_path / "full.pt"), asr.save(tmp_path / "half.pt", half=True)
     assert half.stat().st_size < 0.7 * full.stat().st_size
     loaded = ASR.load(half)

@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-__all__ = ["AudioError", "AudioInfo", "audio_info", "load_audio", "resample"]
+__all__ = ["AudioError", "AudioInfo", "as_waveform", "audio_info", "load_audio", "resample"]
 
 StrPath = str | os.PathLike[str]
 
@@ -72,6 +72,30 @@ def load_audio(path: StrPath, sample_rate: int = 16000) -> np.ndarray:
     if file_rate != sample_rate:
         wave = resample(wave, file_rate, sample_rate)
     return np.ascontiguousarray(np.clip(wave, -1.0, 1.0), dtype=np.float32)
+
+
+_PCM_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31, np.dtype(np.int8): 2.0**7}
+
+
+def as_waveform(samples: Any, name: str = "waveform") -> np.ndarray:
+    """Mono samples as float32 (N,) in [-1, 1]: floats are taken as they are, integer PCM is
+    scaled (int16 by 2**15, int32 by 2**31, int8 by 2**7; uint8 is offset by 128, as in 8-bit
+    WAV), a torch tensor is read from any device. Raises ``AudioError`` (one line, naming
+    ``name``) for anything else: not 1-D, not numbers, NaN or infinite samples."""
+    if hasattr(samples, "detach"):  # a torch tensor, without importing torch here
+        samples = samples.detach().cpu().numpy()
+    wave = np.asarray(samples)
+    if wave.ndim != 1:
+        raise AudioError(name, f"must be a mono waveform (N,), got shape {wave.shape}")
+    if wave.dtype == np.uint8:
+        return ((wave.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    if wave.dtype in _PCM_SCALE:
+        return (wave.astype(np.float32) / _PCM_SCALE[wave.dtype]).astype(np.float32)
+    if wave.dtype.kind != "f":
+        raise AudioError(name, f"samples must be float or integer PCM, got dtype {wave.dtype}")
+    wave = wave.astype(np.float32, copy=False)
+    _check_finite(name, wave)
+    return wave
 
 
 def resample(wave: np.ndarray, from_rate: float, to_rate: float) -> np.ndarray:

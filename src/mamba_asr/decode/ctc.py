@@ -23,7 +23,7 @@ from torch import Tensor
 from mamba_asr.decode.hypothesis import Hypothesis
 from mamba_asr.modules.masks import length_mask
 
-__all__ = ["PrefixScorer", "best_path_score", "ctc_greedy", "ctc_prefix_beam_search"]
+__all__ = ["PrefixScorer", "best_path_score", "ctc_greedy", "ctc_prefix_beam_search", "ctc_runs"]
 
 NEG_INF = float("-inf")
 
@@ -43,6 +43,20 @@ def ctc_greedy(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> list[list[
     prev = torch.cat([best.new_full((best.shape[0], 1), -1), best[:, :-1]], dim=1)  # (B, T)
     keep = valid & (best != blank) & (best != prev)  # (B, T): first frame of each non-blank run
     return [row[mask].tolist() for row, mask in zip(best, keep, strict=True)]
+
+
+def ctc_runs(path: list[int], blank: int = 0) -> list[tuple[int, int, int]]:
+    """The tokens of one best path (a label per frame) as (token, first frame, last frame) of
+    each collapsed run; the tokens are ``ctc_greedy``'s."""
+    out: list[tuple[int, int, int]] = []
+    prev = -1
+    for t, label in enumerate(path):
+        if label != blank and label == prev and out:
+            out[-1] = (label, out[-1][1], t)
+        elif label != blank:
+            out.append((label, t, t))
+        prev = label
+    return out
 
 
 def best_path_score(log_probs: Tensor, lengths: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Decoding options and one entry point that picks the search for the model and strategy.
+"""One entry point that picks the search for the model and strategy.
 
 Shape key
     B: batch, F: feature frames, C: feature channels (mels).
@@ -12,16 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from mamba_asr.decode.ctc import best_path_score, ctc_greedy, ctc_prefix_beam_search
+from mamba_asr.decode.ctc import best_path_score, ctc_prefix_beam_search, ctc_runs
 from mamba_asr.decode.hypothesis import Hypothesis
+from mamba_asr.decode.options import DecodingOptions, Strategy
 from mamba_asr.decode.seq2seq import seq2seq_beam_search, seq2seq_greedy
-from mamba_asr.decode.transducer import transducer_beam_search, transducer_greedy
-from mamba_asr.lm.ngram import load_ngram
+from mamba_asr.decode.transducer import (
+    TransducerHypothesis,
+    transducer_beam_search,
+    transducer_greedy,
+)
 from mamba_asr.models.ctc import CTCModel
 from mamba_asr.models.seq2seq import Seq2SeqModel
 
@@ -32,87 +35,62 @@ except ModuleNotFoundError as error:  # no transducer model in this checkout: no
         raise
     TransducerModel = None
 
-__all__ = ["SEARCHES", "DecodingOptions", "DecodingResult", "Strategy", "decode_batch"]
-
-Strategy = Literal["greedy", "beam"]
-
-
-@dataclass(frozen=True)
-class DecodingOptions:
-    """How to decode; checked once, when built.
-
-    strategy: "greedy" or "beam". beam_size: hypotheses kept per utterance ("beam" only).
-    ctc_weight: weight of the CTC prefix score against the decoder in joint CTC/attention
-    search (seq2seq models; a CTC model is all CTC). length_normalization: rank finished
-    seq2seq hypotheses by score / (tokens + 1). max_decode_ratio: at most this many output
-    tokens per encoder frame (seq2seq). lm: an n-gram LM file (``mamba-asr lm train``) for
-    shallow fusion in transducer beam search, weighted by lm_weight (> 0), each token also
-    getting length_bonus (which offsets the LM's preference for fewer tokens).
-    """
-
-    strategy: Strategy = "beam"
-    beam_size: int = 10
-    ctc_weight: float = 0.4
-    length_normalization: bool = True
-    max_decode_ratio: float = 1.0
-    lm: str | None = None
-    lm_weight: float = 0.0
-    length_bonus: float = 0.0
-
-    def __post_init__(self) -> None:
-        strategies = get_args(Strategy)
-        if self.strategy not in strategies:
-            raise ValueError(
-                f"strategy must be one of {', '.join(map(repr, strategies))}, got {self.strategy!r}"
-            )
-        if not isinstance(self.beam_size, int) or self.beam_size < 1:
-            raise ValueError(f"beam_size must be an integer >= 1, got {self.beam_size!r}")
-        if not 0.0 <= self.ctc_weight <= 1.0:
-            raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight!r}")
-        if not self.max_decode_ratio > 0.0:
-            raise ValueError(f"max_decode_ratio must be > 0, got {self.max_decode_ratio!r}")
-        if self.lm_weight < 0.0:
-            raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight!r}")
-        if self.lm_weight > 0.0 and self.lm is None:
-            raise ValueError("lm_weight needs an LM file (lm)")
-        if self.lm is not None and self.strategy != "beam":
-            raise ValueError(f"LM fusion needs strategy 'beam', got {self.strategy!r}")
-
-    def fusion(self) -> dict[str, Any]:
-        """The shallow-fusion arguments of a transducer beam search (``lm`` read, cached)."""
-        lm = load_ngram(self.lm) if self.lm is not None else None
-        return {"lm": lm, "lm_weight": self.lm_weight, "length_bonus": self.length_bonus}
+__all__ = [
+    "SEARCHES",
+    "DecodingOptions",
+    "DecodingResult",
+    "Strategy",
+    "decode_batch",
+    "transducer_result",
+]
 
 
 @dataclass(frozen=True)
 class DecodingResult:
-    """tokens: output ids of one utterance; score: the search's ranking score (log domain)."""
+    """One utterance's result.
+
+    tokens: output ids; score: the search's ranking score (log domain); frames: encoder
+    frames of the utterance; spans: the first and last encoder frame (0-based) of each token,
+    or ``None`` where the search gives no alignment (CTC prefix beam search, seq2seq).
+    CTC greedy: a token's collapsed run of the best path; transducer: the frame that emitted
+    it (first == last).
+    """
 
     tokens: list[int]
     score: float
+    frames: int = 0
+    spans: list[tuple[int, int]] | None = None
 
 
 SearchFn = Callable[[nn.Module, Tensor, Tensor, DecodingOptions], list[DecodingResult]]
-
-
-def _best(nbests: list[list[Hypothesis]]) -> list[DecodingResult]:
-    return [DecodingResult(nbest[0].tokens, nbest[0].score) for nbest in nbests]
 
 
 def _ctc_greedy(
     model: nn.Module, feats: Tensor, lengths: Tensor, o: DecodingOptions
 ) -> list[DecodingResult]:
     out = model(feats, lengths)  # CTCOutput: log_probs (B, T, V), lengths (B,)
-    tokens = ctc_greedy(out.log_probs, out.lengths, blank=model.blank)
+    paths = out.log_probs.argmax(-1).tolist()  # (B, T) best label per frame
     scores = best_path_score(out.log_probs, out.lengths).tolist()
-    return [DecodingResult(t, s) for t, s in zip(tokens, scores, strict=True)]
+    results = []
+    for path, n, score in zip(paths, out.lengths.tolist(), scores, strict=True):
+        runs = ctc_runs(path[:n], model.blank)
+        results.append(DecodingResult([r[0] for r in runs], score, n, [r[1:] for r in runs]))
+    return results
 
 
 def _ctc_beam(
     model: nn.Module, feats: Tensor, lengths: Tensor, o: DecodingOptions
 ) -> list[DecodingResult]:
     out = model(feats, lengths)
-    return _best(ctc_prefix_beam_search(out.log_probs, out.lengths, o.beam_size, model.blank))
+    nbests = ctc_prefix_beam_search(out.log_probs, out.lengths, o.beam_size, model.blank)
+    return _best(nbests, out.lengths)
+
+
+def _best(nbests: list[list[Hypothesis]], frames: Tensor) -> list[DecodingResult]:
+    return [
+        DecodingResult(nbest[0].tokens, nbest[0].score, n)
+        for nbest, n in zip(nbests, frames.tolist(), strict=True)
+    ]
 
 
 def _s2s_greedy(
@@ -129,7 +107,12 @@ def _s2s_beam(
         model, feats, lengths, o.beam_size, o.ctc_weight, o.length_normalization,
         o.max_decode_ratio,
     )  # fmt: skip
-    return _best(nbests)
+    return [DecodingResult(n[0].tokens, n[0].score) for n in nbests]
+
+
+def transducer_result(hyp: TransducerHypothesis, frames: int) -> DecodingResult:
+    """A transducer hypothesis as a ``DecodingResult`` (each token's span is its frame)."""
+    return DecodingResult(hyp.tokens, hyp.score, frames, [(f, f) for f in hyp.frames])
 
 
 def _rnnt_greedy(
@@ -137,14 +120,15 @@ def _rnnt_greedy(
 ) -> list[DecodingResult]:
     enc = model.encode(feats, lengths)  # Encoded: memory (B, T, M), lengths (B,)
     hyps = transducer_greedy(model, enc.memory, enc.lengths)
-    return [DecodingResult(h.tokens, h.score) for h in hyps]
+    return [transducer_result(h, n) for h, n in zip(hyps, enc.lengths.tolist(), strict=True)]
 
 
 def _rnnt_beam(
     model: nn.Module, feats: Tensor, lengths: Tensor, o: DecodingOptions
 ) -> list[DecodingResult]:
     enc = model.encode(feats, lengths)
-    return _best(transducer_beam_search(model, enc.memory, enc.lengths, o.beam_size, **o.fusion()))
+    nbests = transducer_beam_search(model, enc.memory, enc.lengths, o.beam_size, **o.fusion())
+    return [transducer_result(b[0], n) for b, n in zip(nbests, enc.lengths.tolist(), strict=True)]
 
 
 SEARCHES: dict[tuple[type[nn.Module], Strategy], SearchFn] = {
@@ -183,6 +167,6 @@ def decode_batch(
     """
     options = options or DecodingOptions()
     search = _search_for(model, options.strategy)
-    if options.lm is not None and search is not _rnnt_beam:
-        raise ValueError("LM fusion is implemented for transducer models only")
+    if options.lm not in (None, "auto") and search is not _rnnt_beam:
+        raise ValueError("LM fusion is implemented for transducer models with beam search only")
     return search(model, feats, feat_lengths, options)

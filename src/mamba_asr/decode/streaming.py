@@ -16,10 +16,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mamba_asr.decode.search import DecodingOptions
+from mamba_asr.decode.options import DecodingOptions
 from mamba_asr.decode.transducer import BeamSearch, GreedySearch, TransducerHypothesis
 
-__all__ = ["TransducerStreamer"]
+__all__ = ["TransducerStreamer", "make_search"]
+
+
+def make_search(
+    model: nn.Module,
+    batch: int,
+    options: DecodingOptions,
+    max_symbols_per_frame: int = 4,
+    device: torch.device | None = None,
+) -> GreedySearch | BeamSearch:
+    """The frame-synchronous search of ``options.strategy`` for ``batch`` streams (beam search
+    with the options' LM fusion)."""
+    if options.strategy == "beam":
+        return BeamSearch(
+            model, batch, device, options.beam_size, max_symbols_per_frame, **options.fusion()
+        )
+    return GreedySearch(model, batch, device, max_symbols_per_frame)
 
 
 class TransducerStreamer:
@@ -42,14 +58,7 @@ class TransducerStreamer:
         self.model = model
         self.options = options or DecodingOptions(strategy="greedy")
         self.state = model.init_state(batch, device=device, dtype=dtype)
-        self.search: GreedySearch | BeamSearch
-        if self.options.strategy == "beam":
-            o = self.options
-            self.search = BeamSearch(
-                model, batch, device, o.beam_size, max_symbols_per_frame, **o.fusion()
-            )
-        else:
-            self.search = GreedySearch(model, batch, device, max_symbols_per_frame)
+        self.search = make_search(model, batch, self.options, max_symbols_per_frame, device)
         self.finished = False
 
     @property
@@ -58,28 +67,24 @@ class TransducerStreamer:
         return self.search.frame
 
     @torch.no_grad()
-    def feed(self, feats_chunk: Tensor) -> list[TransducerHypothesis]:
+    def decode_chunk(self, feats_chunk: Tensor) -> list[TransducerHypothesis]:
         """Decode feats_chunk (B, t, C), the next t feature frames of every stream.
 
         Returns the partial result of each stream (the best hypothesis so far).
         """
         if self.finished:
-            raise RuntimeError("feed() after finalize(): start a new TransducerStreamer")
-        memory, self.state = self.model.encode_chunk(feats_chunk, self.state)  # (B, t', M)
+            raise RuntimeError("decode_chunk() after finalize(): start a new TransducerStreamer")
+        memory, self.state = self.model.forward_chunk(feats_chunk, self.state)  # (B, t', M)
         if memory.shape[1] > 0:
             self.search.advance_frames(self.model.joiner.project_encoder(memory))  # (B, t', J)
         return self.best()
 
     def best(self) -> list[TransducerHypothesis]:
         """The best hypothesis of each stream so far."""
-        if isinstance(self.search, GreedySearch):
-            return self.search.hypotheses()
         return [nbest[0] for nbest in self.search.nbest()]
 
     def nbest(self) -> list[list[TransducerHypothesis]]:
         """Every hypothesis of each stream, best first (greedy: one per stream)."""
-        if isinstance(self.search, GreedySearch):
-            return [[h] for h in self.search.hypotheses()]
         return self.search.nbest()
 
     def finalize(self) -> list[TransducerHypothesis]:

@@ -28,9 +28,7 @@ of the merged paths.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,11 +37,11 @@ from torch import Tensor, nn
 
 from mamba_asr.decode.hypothesis import Hypothesis
 from mamba_asr.lm.ngram import NgramLM
+from mamba_asr.models.streaming import StateOps
 
 __all__ = [
     "BeamSearch",
     "GreedySearch",
-    "StateOps",
     "TransducerHypothesis",
     "transducer_beam_search",
     "transducer_greedy",
@@ -57,53 +55,6 @@ class TransducerHypothesis(Hypothesis):
     """A ``Hypothesis`` with frames: the encoder frame (0-based) at which each token was emitted."""
 
     frames: list[int] = field(default_factory=list)
-
-
-# --- predictor state: a tree of tensors with a batch dimension each -------------------------------
-
-
-def _map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
-    """Apply ``fn(leaf, *rest_leaves)`` to the tensors of ``tree``; keep its structure."""
-    if tree is None:
-        return None
-    if isinstance(tree, Tensor):
-        return fn(tree, *rest)
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # NamedTuple
-        return type(tree)(*(_map(fn, *xs) for xs in zip(tree, *rest, strict=True)))
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(_map(fn, *xs) for xs in zip(tree, *rest, strict=True))
-    if isinstance(tree, dict):
-        return {k: _map(fn, v, *(r[k] for r in rest)) for k, v in tree.items()}
-    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
-        names = [f.name for f in dataclasses.fields(tree)]
-        values = {n: _map(fn, getattr(tree, n), *(getattr(r, n) for r in rest)) for n in names}
-        return dataclasses.replace(tree, **values)
-    return tree  # non-tensor leaves (ints, flags) are shared by the whole batch
-
-
-class StateOps:
-    """Batch indexing of a predictor state whose tensors keep the batch in different dims."""
-
-    def __init__(self, predictor: nn.Module, device: torch.device | None = None) -> None:
-        one, two = predictor.init_state(1, device=device), predictor.init_state(2, device=device)
-        self.dims = _map(self._batch_dim, one, two)
-
-    @staticmethod
-    def _batch_dim(a: Tensor, b: Tensor) -> int:
-        diff = [d for d, (x, y) in enumerate(zip(a.shape, b.shape, strict=True)) if x != y]
-        if len(diff) != 1:
-            raise ValueError(
-                f"cannot find the batch dim of a predictor state: {a.shape} vs {b.shape}"
-            )
-        return diff[0]
-
-    def index(self, state: Any, idx: Tensor) -> Any:
-        """The states of batch entries ``idx`` (K,), in that order."""
-        return _map(lambda x, d: x.index_select(d, idx), state, self.dims)
-
-    def put(self, state: Any, idx: Tensor, sub: Any) -> Any:
-        """``state`` with batch entries ``idx`` (K,) replaced by ``sub`` (a state of K entries)."""
-        return _map(lambda x, d, s: x.index_copy(d, idx, s), state, self.dims, sub)
 
 
 def _start(model: nn.Module, batch: int, device: torch.device | None) -> tuple[Tensor, Any]:
@@ -162,7 +113,7 @@ class GreedySearch(_FrameSearch):
         if max_symbols_per_frame < 1:
             raise ValueError(f"max_symbols_per_frame must be >= 1, got {max_symbols_per_frame!r}")
         self.model, self.blank, self.max_symbols = model, model.blank, max_symbols_per_frame
-        self.ops = StateOps(model.predictor, device)
+        self.ops = StateOps(model.predictor.init_state, device)
         self.pred, self.pstate = _start(model, batch, device)  # (B, J), pstate
         self.scores = torch.zeros(batch, device=device)  # (B,) float32
         self.tokens: list[list[int]] = [[] for _ in range(batch)]
@@ -195,6 +146,10 @@ class GreedySearch(_FrameSearch):
             TransducerHypothesis(list(t), s, frames=list(f))
             for t, f, s in zip(self.tokens, self.frames, scores, strict=True)
         ]
+
+    def nbest(self) -> list[list[TransducerHypothesis]]:
+        """One-entry n-best lists (as ``BeamSearch.nbest``)."""
+        return [[h] for h in self.hypotheses()]
 
 
 @torch.no_grad()
@@ -253,7 +208,7 @@ class BeamSearch(_FrameSearch):
             raise ValueError(f"max_symbols_per_frame must be >= 1, got {max_symbols_per_frame!r}")
         self.model, self.blank, self.beam, self.batch = model, model.blank, beam, batch
         self.max_symbols = max_symbols_per_frame
-        self.ops = StateOps(model.predictor, device)
+        self.ops = StateOps(model.predictor.init_state, device)
         self.pred, self.pstate = _start(model, batch, device)  # (N, J), pstate of N
         self.utt = torch.arange(batch, device=device)  # (N,) utterance of each hypothesis
         self.scores = torch.zeros(batch, device=device)  # (N,) float32

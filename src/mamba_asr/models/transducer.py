@@ -5,8 +5,9 @@ Shape key
     S: target tokens, U: predictor steps (S + 1 in training), P: predictor_dim, J: joiner_dim,
     V: vocabulary (blank included), K: context_size.
 
-Everything on the encoder side is causal and streams: ``encode_chunk`` from ``init_state``
-gives ``encode``'s output chunk by chunk (see ``CausalConvFrontEnd`` for the chunk rule).
+Everything on the encoder side is causal and streams: ``forward_chunk`` from ``init_state``
+gives ``encode``'s output chunk by chunk (the
+``StreamingModel`` protocol of ``mamba_asr.models.streaming``) (see ``CausalConvFrontEnd`` for the chunk rule).
 The loss builds the full (B, T, S + 1, V) joint and runs ``mamba_asr.ops.rnnt_loss.rnnt_loss``
 on it (``rnnt_kind="full"``): fine for the small and base recipes with a 256-piece vocabulary
 and 8x subsampling, but memory grows as T * S * V. ``rnnt_kind="pruned"`` runs the joiner only
@@ -394,11 +395,17 @@ class TransducerModel(nn.Module):
             encoder=self.encoder.init_state(batch, device, dtype),
         )
 
-    def encode_chunk(
+    @property
+    def subsampling(self) -> int:
+        """Feature frames per encoder frame (the causal front end's; 1 for others)."""
+        return int(getattr(self.frontend, "subsampling", 1))
+
+    def forward_chunk(
         self, feats_chunk: Tensor, state: TransducerState
     ) -> tuple[Tensor, TransducerState]:
-        """feats_chunk: (B, t, C) new frames (a multiple of the front end's subsampling except
-        in the last chunk) -> memory (B, ceil(t / S), M) and the state after them."""
+        """One step of the streaming protocol (``mamba_asr.models.streaming``): feats_chunk
+        (B, t, C), the next frames (a multiple of ``subsampling`` except in the last chunk)
+        -> memory (B, ceil(t / S), M) and the state after them."""
         x, frontend_state = self.frontend.forward_chunk(feats_chunk, state.frontend)
         memory, encoder_state = self.encoder.forward_chunk(x, state.encoder)
         return memory, TransducerState(frontend=frontend_state, encoder=encoder_state)

@@ -68,9 +68,13 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None) -> Path:
 
 
 def bundled_lm(name_or_path: str | os.PathLike[str] | None = None) -> Path | None:
-    """The LM file shipped with the bundled model ``name_or_path`` (``None``: ``DEFAULT_MODEL``);
-    ``None`` for a model file, a model without one, or an installation without the file."""
+    """The LM file shipped with the bundled model ``name_or_path`` (``None``: ``DEFAULT_MODEL``;
+    a bundled model's name or its file); ``None`` for another model file, a model without one,
+    or an installation without the file."""
     name = DEFAULT_MODEL if name_or_path is None else os.fspath(name_or_path)
+    for bundled, file in MODELS.items():
+        if Path(name).is_file() and Path(name).resolve() == (PRETRAINED_DIR / file).resolve():
+            name = bundled
     if name not in LMS:
         return None
     path = PRETRAINED_DIR / LMS[name]

@@ -271,7 +271,7 @@ def _init_bundle(recipe: RecipeConfig) -> dict[str, Any]:
 def _check_init_fits(recipe: RecipeConfig, tokenizer: Tokenizer, theirs: dict[str, Any]) -> None:
     """ConfigError unless the weights ``theirs`` (with their ``tokenizer``) fit the recipe's
     model name for name and shape for shape (loss weights, dropout and the like may differ)."""
-    own = ASR(recipe, tokenizer, device="meta").state_dict()
+    own = ASR.from_recipe(recipe, tokenizer, device="meta").state_dict()
     problems = [f"{k} is missing there" for k in own if k not in theirs]
     problems += [f"{k} is not in this model" for k in theirs if k not in own]
     problems += [
@@ -812,7 +812,7 @@ def _train(
     )  # fmt: skip
     valid_loader = _eval_loader(valid_utts[ctx.rank :: ctx.world_size], tokenizer, recipe,
                                 ctx.device)  # fmt: skip
-    asr = ASR(recipe, tokenizer, device=ctx.device)
+    asr = ASR.from_recipe(recipe, tokenizer, device=ctx.device)
     if state is None and ctx.is_main:
         if cfg.init_from is not None:  # weights and CMVN statistics (DDP copies rank 0's)
             asr.load_state_dict(_init_bundle(recipe)["state_dict"])
