@@ -308,3 +308,56 @@ def test_progress_bar_only_when_asked(ctc_model, good_wav, capsys):
     shown = transcribe_file(asr, good_wav, progress=True)
     assert good_wav in capsys.readouterr().err
     assert shown.text == quiet.text
+
+
+def test_output_dir_writes_one_file_per_input_and_never_over_one(
+    ctc_model, good_wav, tmp_path, capsys
+):
+    other = tmp_path / "sub" / "other.wav"
+    other.parent.mkdir()
+    other.write_bytes(open(good_wav, "rb").read())
+    out = tmp_path / "out"
+    argv = ["transcribe", good_wav, str(other), "--model", ctc_model, "--format", "srt"]
+    assert main([*argv, "--output-dir", str(out)]) == 0
+    assert capsys.readouterr().out == ""
+    for name in ("good.srt", "other.srt"):  # each file's cues numbered from 1, from 0 s
+        blocks = (out / name).read_text().strip().split("\n\n")
+        assert blocks[0].startswith("1\n") and TIME.match(blocks[0].split("\n")[1])
+    before = (out / "good.srt").read_text()
+    (out / "good.srt").write_text("mine")
+    assert main([*argv, "--output-dir", str(out)]) == 2
+    assert "good.srt: exists (--overwrite to replace it)" in capsys.readouterr().err
+    assert (out / "good.srt").read_text() == "mine"
+    assert main([*argv, "--output-dir", str(out), "--overwrite"]) == 0
+    assert (out / "good.srt").read_text() == before
+    assert main([*argv]) == 2  # several subtitle files on stdout: no
+    assert "srt of several files needs --output-dir" in capsys.readouterr().err
+    twin = tmp_path / "twin" / "good.wav"
+    twin.parent.mkdir()
+    twin.write_bytes(open(good_wav, "rb").read())
+    assert main(["transcribe", good_wav, str(twin), "--model", ctc_model, "--output-dir",
+                 str(tmp_path / "o2")]) == 2  # fmt: skip
+    assert "would both be written to" in capsys.readouterr().err
+
+
+def test_txt_prints_one_line_per_segment(rnnt_model, tmp_path, capsys):
+    from mamba_asr.writers import format_transcript
+
+    path = tmp_path / "long.wav"
+    sf.write(path, _noise(25.0), 16000)
+    asr = ASR.load(rnnt_model)
+    t = transcribe_file(asr, path, DecodingOptions(strategy="greedy"))
+    assert len(t.segments) > 1  # the model emits on every frame: 20 s segments at most
+    assert format_transcript(t, "txt").splitlines() == [s.text for s in t.segments]
+    assert main(["transcribe", str(path), "--model", rnnt_model, "--strategy", "greedy"]) == 0
+    assert capsys.readouterr().out == format_transcript(t, "txt")
+
+
+def test_chunk_ms_without_stream_and_low_rates(ctc_model, good_wav, tmp_path, capsys, caplog):
+    assert main(["transcribe", good_wav, "--model", ctc_model, "--chunk-ms", "320"]) == 2
+    assert "--chunk-ms applies to --stream only" in capsys.readouterr().err
+    low = tmp_path / "1k.wav"
+    sf.write(low, _noise(1.0, 1000), 1000)
+    with caplog.at_level("WARNING"):
+        assert main(["transcribe", str(low), "--model", ctc_model]) == 0
+    assert "recorded at 1000 Hz" in caplog.text
