@@ -5,7 +5,7 @@
 
 The audio is real synthetic speech: utterances of ``--manifest`` (a ``mamba-asr synth`` corpus)
 joined end to end to ``--seconds`` of audio and written as one FLAC file (or ``--audio``). Times
-``transcribe_file`` (offline, 30 s windows) and ``stream_file`` (chunk by chunk) with each of
+``transcribe_file`` (offline, 30 s windows) and ``transcribe_file(chunk_ms=...)`` (chunk by chunk) with each of
 ``--decoding``'s searches (greedy; beam: 4 hypotheses; beam+lm: the same with ``--lm``, by
 default the bundled LM, fused at the CLI's default weights) on ``--threads`` torch threads,
 each the median of ``--repeats`` runs after one warm-up, audio reading and features included. RTF = processing seconds / audio seconds. Writes
@@ -26,11 +26,11 @@ import torch
 
 from mamba_asr import load_model
 from mamba_asr.audio import load_audio
-from mamba_asr.cli import LENGTH_BONUS, LM_WEIGHT
 from mamba_asr.data import read_manifest
 from mamba_asr.decode import DecodingOptions
+from mamba_asr.decode.options import LENGTH_BONUS, LM_WEIGHT
 from mamba_asr.pretrained import bundled_lm
-from mamba_asr.transcription import stream_file, transcribe_file
+from mamba_asr.transcription import transcribe_file
 from timing import median_ms
 
 
@@ -69,7 +69,7 @@ def main() -> None:
     asr = load_model(args.model, device="cpu")
     searches = {
         "greedy": DecodingOptions(strategy="greedy"),
-        "beam": DecodingOptions(strategy="beam", beam_size=4),
+        "beam": DecodingOptions(strategy="beam", beam_size=4, lm=None),
     }
     if lm is not None:
         searches["beam+lm"] = DecodingOptions(
@@ -84,7 +84,7 @@ def main() -> None:
             run = lambda o=opts: transcribe_file(asr, audio, o)  # noqa: E731
             rows.append((name, "offline", None, median_ms(run, args.repeats) / 1e3))
             for chunk in args.chunk_ms:
-                run = lambda o=opts, c=chunk: stream_file(asr, audio, o, chunk_ms=c)  # noqa: E731
+                run = lambda o=opts, c=chunk: transcribe_file(asr, audio, o, chunk_ms=c)  # noqa: E731
                 rows.append((name, "streaming", chunk, median_ms(run, args.repeats) / 1e3))
     cpu = platform.processor() or platform.machine()
     print(f"# {cpu}, torch {torch.__version__}, {args.threads} thread(s), {seconds:.1f} s of audio")

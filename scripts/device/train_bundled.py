@@ -46,7 +46,7 @@ def export(run: Path, out: Path) -> None:
     best = state["progress"]["best"][: recipe.train.average]
     files = [run / "checkpoints" / e["file"] for e in best]
     files = [f for f in files if f.is_file()] or [newest]
-    asr = ASR(recipe, load_tokenizer(run / "tokenizer"))
+    asr = ASR.from_recipe(recipe, load_tokenizer(run / "tokenizer"))
     asr.load_state_dict(average_checkpoints(files))
     asr.save(out, half=True)
     info = {"checkpoints": [f.name for f in files], "best": best,

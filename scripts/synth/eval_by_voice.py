@@ -19,8 +19,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from mamba_asr import load_model
-from mamba_asr.cli import LENGTH_BONUS, LM_WEIGHT
 from mamba_asr.decode import DecodingOptions
+from mamba_asr.decode.options import LENGTH_BONUS, LM_WEIGHT
 from mamba_asr.evaluate import evaluate, load_test_set
 from mamba_asr.train.metrics import error_rates
 
