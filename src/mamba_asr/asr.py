@@ -43,6 +43,7 @@ from mamba_asr.config import (
     RecipeConfig,
     SpecAugmentConfig,
     from_dict,
+    infer_model_kind,
     to_dict,
 )
 from mamba_asr.decode.options import DecodingOptions
@@ -304,8 +305,13 @@ def upgrade_bundle(data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise ValueError("no model section in the config")
     features = {k: v for k, v in (config.get("data") or {}).items() if k in FEATURE_KEYS}
+    model = dict(config["model"])
+    kind = model.setdefault("kind", infer_model_kind(model))
+    if kind == "transducer":
+        model.pop("decoder_module", None)  # was "transducer"; now the kind says it
+        model.pop("num_decoder_layers", None)
     rest = {k: v for k, v in data.items() if k not in ("config", "version")}
-    return {**rest, "version": BUNDLE_VERSION, "model": config["model"], "features": features}
+    return {**rest, "version": BUNDLE_VERSION, "model": model, "features": features}
 
 
 def _half(t: Tensor) -> Tensor:

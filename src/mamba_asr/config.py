@@ -112,17 +112,20 @@ class TransducerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """An encoder (+ optional decoder) ASR model; ``num_decoder_layers: 0`` means CTC only.
+    """An ASR model of one ``kind``: ``ctc`` (an encoder with a CTC head),
+    ``seq2seq`` (joint CTC/attention: an encoder and a ``decoder_module`` of
+    ``num_decoder_layers`` layers) or ``transducer`` (RNN-T: an encoder, a predictor and a
+    joiner, the ``transducer`` section).
 
     ``encoder_module: mamba`` is a causal Mamba stack (``MambaEncoder``, pre-norm residual
     Mamba + FFN layers, FFN activation ``encoder_activation`` or swish; ``mamba.bidirectional``
-    is ignored). ``decoder_module: transducer``
-    makes an RNN-T model (``transducer`` section; ``num_decoder_layers`` is not used).
+    is ignored). ``num_decoder_layers`` must be 0 unless the kind is seq2seq.
     """
 
     vocab_size: int
+    kind: Literal["ctc", "seq2seq", "transducer"]
     encoder_module: Literal["conformer", "conmamba", "transformer", "mamba"] = "conmamba"
-    decoder_module: Literal["transformer", "mamba", "transducer"] = "transformer"
+    decoder_module: Literal["transformer", "mamba"] = "transformer"
     d_model: int = 256
     nhead: int = 4
     num_encoder_layers: int = 12
@@ -157,12 +160,22 @@ class ModelConfig:
         for name in ("dropout", "ctc_weight", "label_smoothing"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.kind == "seq2seq" and self.num_decoder_layers < 1:
+            raise ConfigError("model.num_decoder_layers must be >= 1 for kind 'seq2seq'")
+        if self.kind != "seq2seq" and self.num_decoder_layers:
+            raise ConfigError(
+                f"model.num_decoder_layers is for kind 'seq2seq' (this model is {self.kind!r}); "
+                "leave it out or set 0"
+            )
 
-    @property
-    def kind(self) -> Literal["ctc", "seq2seq", "transducer"]:
-        if self.decoder_module == "transducer":
-            return "transducer"
-        return "ctc" if self.num_decoder_layers == 0 else "seq2seq"
+
+def infer_model_kind(model: dict[str, Any]) -> str:
+    """The kind of a model section written before ``kind`` was a field (model files of
+    format 1): ``decoder_module: transducer`` was a transducer, decoder layers a seq2seq
+    model, none a CTC model. The section is not otherwise checked here."""
+    if model.get("decoder_module") == "transducer":
+        return "transducer"
+    return "seq2seq" if model.get("num_decoder_layers", 0) else "ctc"
 
 
 @dataclass(frozen=True)

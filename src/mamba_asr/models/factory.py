@@ -16,7 +16,6 @@ from mamba_asr.models.seq2seq import Seq2SeqModel
 from mamba_asr.models.transducer import (
     Joiner,
     LSTMPredictor,
-    MambaEncoder,
     StatelessPredictor,
     TransducerModel,
 )
@@ -42,7 +41,7 @@ def build_frontend(cfg: ModelConfig, device: Device = None, dtype: torch.dtype |
 def build_encoder(cfg: ModelConfig, device: Device = None, dtype: torch.dtype | None = None):
     """The encoder named by ``cfg.encoder_module``: (B, T, d_model), lengths -> (B, T, d_model)."""
     if cfg.encoder_module == "mamba":  # causal, streams (MambaEncoder.forward_chunk)
-        return MambaEncoder(
+        return ENCODERS["mamba"](
             cfg.d_model, cfg.num_encoder_layers, cfg.d_ffn, cfg.dropout,
             cfg.encoder_activation or "swish", dataclasses.asdict(cfg.mamba), device, dtype,
         )  # fmt: skip
@@ -96,8 +95,8 @@ def build_transducer(
 def build_model(
     cfg: ModelConfig, device: Device = None, dtype: torch.dtype | None = None
 ) -> CTCModel | Seq2SeqModel | TransducerModel:
-    """By ``cfg.kind``: a CTC model (``num_decoder_layers == 0``), the joint CTC/attention
-    seq2seq model, or a transducer (``decoder_module: transducer``)."""
+    """The model of ``cfg.kind``: a CTC model, the joint CTC/attention seq2seq model, or a
+    transducer."""
     frontend = build_frontend(cfg, device, dtype)
     encoder = build_encoder(cfg, device, dtype)
     if cfg.kind == "transducer":

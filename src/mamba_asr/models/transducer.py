@@ -28,11 +28,10 @@ from mamba_asr.models.losses import (
     ctc_loss,
     reduce_loss,
 )
+from mamba_asr.models.encoders import MambaEncoder, MambaEncoderState
 from mamba_asr.models.seq2seq import Encoded
 from mamba_asr.modules.causal_frontend import CausalFrontEndState
-from mamba_asr.modules.feedforward import FeedForward
-from mamba_asr.modules.mamba import Mamba, MambaState
-from mamba_asr.modules.masks import length_mask, zero_padding
+from mamba_asr.modules.masks import length_mask
 from mamba_asr.ops.pruned_rnnt import (
     do_rnnt_pruning,
     prune_ranges,
@@ -52,120 +51,6 @@ __all__ = [
 ]
 
 LSTMState = tuple[Tensor, Tensor]
-
-
-# --- encoder -----------------------------------------------------------------------------------
-
-
-class MambaEncoderState(NamedTuple):
-    """Streaming state of ``MambaEncoder``: one ``MambaState`` per layer."""
-
-    layers: tuple[MambaState, ...]
-
-
-class _MambaLayer(nn.Module):
-    """Pre-norm residual causal Mamba block, then (optionally) a pre-norm residual FFN.
-
-    x (B, L, M) -> x + dropout(Mamba(LN(x))) -> x + FFN(LN(x)).
-    """
-
-    def __init__(
-        self,
-        d_model: int,
-        d_ffn: int | None,
-        dropout: float,
-        activation: str,
-        mamba: dict,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        self.norm_mamba = nn.LayerNorm(d_model, **factory)
-        self.mamba = Mamba(d_model, **mamba, **factory)
-        self.dropout = nn.Dropout(dropout)
-        self.norm_ffn = nn.LayerNorm(d_model, **factory) if d_ffn else None
-        self.ffn = FeedForward(d_model, d_ffn, dropout, activation, **factory) if d_ffn else None
-
-    def _ffn(self, x: Tensor) -> Tensor:
-        if self.ffn is None:
-            return x
-        return x + self.ffn(self.norm_ffn(x))
-
-    def forward(self, x: Tensor, lengths: Tensor | None) -> Tensor:
-        """x: (B, L, M); lengths: (B,) or None -> (B, L, M)."""
-        x = x + self.dropout(self.mamba(self.norm_mamba(x), lengths))
-        return self._ffn(x)
-
-    def forward_chunk(self, x: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
-        """x: (B, t, M) new frames -> (B, t, M) and the Mamba state after them."""
-        y, state = self.mamba.forward_chunk(self.norm_mamba(x), state)
-        return self._ffn(x + self.dropout(y)), state
-
-
-class MambaEncoder(nn.Module):
-    """Causal Mamba stack: ``num_layers`` pre-norm residual (Mamba [+ FFN]) layers + LayerNorm.
-
-    ``mamba``: Mamba options (d_state, expand, d_conv; ``bidirectional`` is ignored: this
-    encoder is causal). ``d_ffn``: FFN width, or None/0 for Mamba-only layers. Maps
-    x (B, L, M), lengths (B,) to (B, L, M) with padded frames zero, like the other encoders;
-    ``init_state`` / ``forward_chunk`` stream it.
-    """
-
-    def __init__(
-        self,
-        d_model: int,
-        num_layers: int,
-        d_ffn: int | None = None,
-        dropout: float = 0.0,
-        activation: str = "swish",
-        mamba: dict | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        factory = {"device": device, "dtype": dtype}
-        opts = {k: v for k, v in (mamba or {}).items() if k != "bidirectional"}
-        self.d_model, self.num_layers = d_model, num_layers
-        self.layers = nn.ModuleList(
-            _MambaLayer(d_model, d_ffn, dropout, activation, opts, **factory)
-            for _ in range(num_layers)
-        )
-        self.norm = nn.LayerNorm(d_model, eps=1e-6, **factory)
-
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """x: (B, L, M); lengths: (B,) valid frames or None. Returns (B, L, M), zero on padding."""
-        mask = None if lengths is None else length_mask(lengths, x.shape[1], x.device)  # (B, L)
-        x = zero_padding(x, mask)
-        for layer in self.layers:
-            x = layer(x, lengths)
-        return zero_padding(self.norm(x), mask)
-
-    def init_state(
-        self,
-        batch: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> MambaEncoderState:
-        """Zero state for ``batch`` streams (device/dtype default to the parameters')."""
-        return MambaEncoderState(
-            layers=tuple(layer.mamba.init_state(batch, device, dtype) for layer in self.layers)
-        )
-
-    def forward_chunk(
-        self, x: Tensor, state: MambaEncoderState
-    ) -> tuple[Tensor, MambaEncoderState]:
-        """x: (B, t, M), t >= 1 new frames -> (B, t, M) and the state after them."""
-        states = []
-        for layer, s in zip(self.layers, state.layers, strict=True):
-            x, s = layer.forward_chunk(x, s)
-            states.append(s)
-        return self.norm(x), MambaEncoderState(layers=tuple(states))
-
-    def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, num_layers={self.num_layers}"
 
 
 # --- predictor and joiner ----------------------------------------------------------------------
