@@ -202,3 +202,11 @@ def test_profile_env_records_steps_and_the_log_shows_data_waits(
     monkeypatch.setenv("MAMBA_ASR_PROFILE", "nowhere")
     with pytest.raises(ValueError, match="MAMBA_ASR_PROFILE must be DIR,FIRST,COUNT"):
         train(tiny_recipe(), corpus, corpus, tmp_path / "run2", device="cpu", max_steps=1)
+
+
+def test_a_run_recipe_that_is_not_utf8_is_named(tmp_path, corpus, tiny_recipe):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.yaml").write_bytes("model: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=f"{out / 'recipe.yaml'}:1: not UTF-8 text"):
+        train(tiny_recipe(), corpus, corpus, out, device="cpu")

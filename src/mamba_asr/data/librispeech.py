@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from mamba_asr.audio.io import AudioError, audio_info
 from mamba_asr.data.manifest import Utterance, write_manifest
+from mamba_asr.files import read_text
 
 __all__ = ["ScanResult", "find_splits", "prepare_librispeech", "scan_librispeech"]
 
@@ -128,7 +129,7 @@ def _read_transcripts(
 ) -> Iterator[tuple[str, Path, str]]:
     """(utterance id, flac path, text) of every transcript line, in file order."""
     for trans in transcripts:
-        for number, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(read_text(trans).splitlines(), start=1):
             if not line.strip():
                 continue
             utt_id, _, text = line.strip().partition(" ")

@@ -67,6 +67,7 @@ from mamba_asr.data.dataset import AsrDataset, Batch, collate
 from mamba_asr.data.manifest import Utterance, read_manifest
 from mamba_asr.decode.search import DecodingOptions, decode_batch
 from mamba_asr.device import autocast
+from mamba_asr.files import read_text
 from mamba_asr.text.tokenizer import (
     LIBRISPEECH_ALPHABET,
     CharTokenizer,
@@ -175,7 +176,7 @@ def _check_recipe(out_dir: Path, recipe: RecipeConfig) -> bool:
     if not path.is_file():
         return False
     try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+        saved = yaml.safe_load(read_text(path, ConfigError))
     except yaml.YAMLError:
         raise ConfigError(f"{path}: not valid YAML; use another output folder") from None
     now = to_dict(recipe)

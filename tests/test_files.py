@@ -1,0 +1,60 @@
+"""``mamba_asr.files``: UTF-8 reads that name the file, for every text file the package reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mamba_asr.config import load_recipe
+from mamba_asr.data import read_manifest, scan_librispeech
+from mamba_asr.files import read_text
+from mamba_asr.text.tokenizer import load_tokenizer
+
+LATIN1 = "caf\xe9\n".encode("latin-1")  # 0xe9 alone is not UTF-8
+
+
+def test_read_text_names_file_line_and_byte(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"fine\nalso fine\n" + LATIN1)
+    with pytest.raises(ValueError) as info:
+        read_text(path)
+    assert str(info.value).startswith(f"{path}:3: not UTF-8 text (byte 0xe9 at offset 18)")
+    path.write_text("d\xe9j\xe0 vu\n", encoding="utf-8")
+    assert read_text(path) == "d\xe9j\xe0 vu\n"
+
+
+def _manifest(tmp_path: Path) -> tuple[object, Path]:
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'{"audio": "a.wav", "text": "' + LATIN1.strip() + b'", "duration": 1}\n')
+    return read_manifest, path
+
+
+def _recipe(tmp_path: Path) -> tuple[object, Path]:
+    path = tmp_path / "r.yaml"
+    path.write_bytes(b"# " + LATIN1 + b"model:\n  vocab_size: 6\n")
+    return load_recipe, path
+
+
+def _transcripts(tmp_path: Path) -> tuple[object, Path]:
+    folder = tmp_path / "split" / "1" / "2"
+    folder.mkdir(parents=True)
+    path = folder / "1-2.trans.txt"
+    path.write_bytes(b"1-2-0000 " + LATIN1)
+    return lambda p: scan_librispeech(tmp_path / "split", progress=False), path
+
+
+def _tokenizer(tmp_path: Path) -> tuple[object, Path]:
+    path = tmp_path / "tok" / "tokenizer.json"
+    path.parent.mkdir()
+    path.write_bytes(b'{"kind": "char", "alphabet": "' + LATIN1.strip() + b'"}\n')
+    return lambda p: load_tokenizer(p.parent), path
+
+
+@pytest.mark.parametrize("make", [_manifest, _recipe, _transcripts, _tokenizer])
+def test_every_reader_names_the_file_that_is_not_utf8(tmp_path, make):
+    reader, path = make(tmp_path)
+    with pytest.raises(ValueError) as info:
+        reader(path)
+    message = str(info.value)
+    assert f"{path}:" in message and "not UTF-8 text" in message and "\n" not in message
