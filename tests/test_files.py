@@ -8,7 +8,7 @@ import pytest
 
 from mamba_asr.config import load_recipe
 from mamba_asr.data import read_manifest, scan_librispeech
-from mamba_asr.files import read_text
+from mamba_asr.files import check_output, read_text
 from mamba_asr.text.tokenizer import load_tokenizer
 
 LATIN1 = "caf\xe9\n".encode("latin-1")  # 0xe9 alone is not UTF-8
@@ -58,3 +58,28 @@ def test_every_reader_names_the_file_that_is_not_utf8(tmp_path, make):
         reader(path)
     message = str(info.value)
     assert f"{path}:" in message and "not UTF-8 text" in message and "\n" not in message
+
+
+def test_check_output_refuses_inputs_results_and_unusable_places(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("x")
+    (tmp_path / "link.txt").symlink_to(src)
+    with pytest.raises(ValueError, match="is an input"):
+        check_output(tmp_path / "link.txt", "--out", [src], overwrite=True)
+    with pytest.raises(FileExistsError, match=r"--out .*in.txt: already exists; --overwrite"):
+        check_output(src, "--out")
+    assert check_output(src, "--out", overwrite=True) == src
+    with pytest.raises(NotADirectoryError, match="in.txt is not a folder"):
+        check_output(src / "deeper" / "out.txt", "--out")
+    assert check_output(tmp_path / "new" / "deeper" / "out.txt", "--out").name == "out.txt"
+    assert not (tmp_path / "new").exists()  # nothing created
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    assert check_output(folder, "--out", folder=True) == folder  # empty: nothing to lose
+    (folder / "tokenizer.json").write_text("{}")
+    with pytest.raises(FileExistsError):
+        check_output(folder, "--out", folder=True)
+    with pytest.raises(ValueError, match="is a folder; give a file"):
+        check_output(folder, "--out", overwrite=True)
+    with pytest.raises(ValueError, match="is not a folder; give a folder"):
+        check_output(src, "--out", overwrite=True, folder=True)

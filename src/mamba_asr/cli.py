@@ -228,8 +228,11 @@ def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help:
         help="WER, CER and real-time factor of a model on a test set",
         description="Decodes every utterance of a JSONL manifest or a LibriSpeech-layout folder "
         "and prints WER, CER, utterances, audio seconds and real-time factor; each hypothesis "
-        "is written beside its reference (--hyps, default MODEL's folder/hyps-<set>.jsonl, or "
-        "./hyps-<set>.jsonl for a bundled model).",
+        "is written beside its reference to --hyps, by default hyps-<folder>-<name>-<hash>.jsonl "
+        "in MODEL's folder (the current folder for a bundled model): the set's folder and file "
+        "name and 8 hex digits of its absolute path's SHA-1, so dev/all.jsonl and "
+        "test/all.jsonl get different files. An existing file is not replaced without "
+        "--overwrite; the destination is checked before decoding.",
     )
     ev.add_argument("data", metavar="DIR_OR_MANIFEST", help="test set")
     ev.add_argument(
@@ -237,6 +240,7 @@ def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help:
         help=f"a bundled model's name or a model file; default: the bundled {DEFAULT_MODEL}",
     )  # fmt: skip
     ev.add_argument("--hyps", default=None, metavar="FILE", help="where to write hypotheses")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --hyps file")
     _add_decoding_args(ev)
     ev.add_argument("--ctc-weight", type=float, default=0.4, help="seq2seq joint decoding (0.4)")
     ev.add_argument("--batch-seconds", type=float, default=60.0, help="audio per batch (60)")
@@ -600,16 +604,20 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from mamba_asr import load_model
-    from mamba_asr.evaluate import evaluate, load_test_set, result_json
+    from mamba_asr.evaluate import evaluate, hypotheses_name, load_test_set, result_json
+    from mamba_asr.files import check_output
     from mamba_asr.pretrained import MODELS
 
     _set_threads(args.threads)
+    name = hypotheses_name(args.data)
+    bundled = args.model is None or args.model in MODELS  # not beside the installed package
+    hyps = args.hyps or (Path(name) if bundled else Path(args.model).with_name(name))
+    lm = None if args.lm in ("auto", "none") else args.lm
+    inputs = [args.data, lm, None if bundled else args.model]
+    check_output(hyps, "--hyps", inputs, args.overwrite)
     utterances = load_test_set(args.data)
     asr = load_model(args.model, device=args.device)
     options = _decoding_options(args, asr, ctc_weight=args.ctc_weight)
-    name = f"hyps-{Path(args.data).stem}.jsonl"
-    bundled = args.model is None or args.model in MODELS  # not beside the installed package
-    hyps = args.hyps or (Path(name) if bundled else Path(args.model).with_name(name))
     result = evaluate(asr, utterances, hyps, options, args.batch_seconds, sys.stderr.isatty())
     print(f"WER {100 * result.wer:.2f}%  CER {100 * result.cer:.2f}%  "
           f"utterances {result.utterances}  audio {result.audio_seconds:.1f} s  "

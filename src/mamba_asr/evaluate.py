@@ -8,7 +8,9 @@ time (feature extraction, model and search, audio loading excluded) over audio s
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +38,19 @@ class EvalResult:
     audio_seconds: float
     decode_seconds: float
     rtf: float
+
+
+def hypotheses_name(test_set: str | Path) -> str:
+    """``hyps-<folder>-<name>-<hash>.jsonl``: the test set's folder and file name (without
+    ``.jsonl``) and 8 hex digits of the SHA-1 of its absolute path (links resolved).
+
+    ``data/dev/all.jsonl`` gives ``hyps-dev-all-<hash>.jsonl`` and ``data/test/all.jsonl``
+    ``hyps-test-all-<hash>.jsonl``; the same set always gets the same name, two sets never do.
+    """
+    path = Path(test_set).resolve()
+    digest = hashlib.sha1(os.fsencode(path)).hexdigest()[:8]
+    name = path.name.removesuffix(".jsonl")
+    return "-".join(p for p in ("hyps", path.parent.name, name, digest) if p) + ".jsonl"
 
 
 def load_test_set(path: str | Path) -> list[Utterance]:
