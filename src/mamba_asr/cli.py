@@ -170,10 +170,12 @@ def _add_prepare_parser(sub: argparse._SubParsersAction, common: list) -> None:
         parents=common,
         help="LibriSpeech layout: SPEAKER/CHAPTER/*.flac with *.trans.txt",
         description="Writes one JSONL manifest (audio, text, duration) per split folder found "
-        "under ROOT (e.g. train-clean-100.jsonl), or all.jsonl when ROOT is one split.",
+        "under ROOT (e.g. train-clean-100.jsonl), or all.jsonl when ROOT is one split. "
+        "Existing manifests are refused, before any audio is read, unless --overwrite.",
     )
     libri.add_argument("root", help="LibriSpeech folder (or one split of it)")
     libri.add_argument("--out", required=True, metavar="DIR", help="folder for the manifests")
+    libri.add_argument("--overwrite", action="store_true", help="replace existing manifests")
     libri.add_argument(
         "--skip-bad", action="store_true",
         help="skip (and count) missing or corrupt audio files instead of stopping at the first",
@@ -323,10 +325,12 @@ def _add_lm_parser(sub: argparse._SubParsersAction, common: list) -> None:
         description="Reads TEXT files (one sentence per line), normalises each line as "
         "transcripts are (upper case, no punctuation but apostrophes), splits it with the "
         "model's tokenizer and counts token n-grams (interpolated Kneser-Ney). Use the file "
-        "with --lm in transcribe and eval (transducer models, --strategy beam).",
+        "with --lm in transcribe and eval (transducer models, --strategy beam). --out is "
+        "checked first: never one of the inputs, an existing file only with --overwrite.",
     )
     lm_train.add_argument("texts", nargs="+", metavar="TEXT", help="text files")
     lm_train.add_argument("--out", required=True, metavar="FILE", help="LM file to write (.npz)")
+    lm_train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     lm_train.add_argument(
         "--model", default=None, metavar="NAME_OR_FILE",
         help=f"whose tokenizer to use; default: the bundled {DEFAULT_MODEL}",
@@ -351,10 +355,14 @@ def _add_tokenizer_parser(sub: argparse._SubParsersAction, common: list) -> None
         help="train a tokenizer on a manifest's transcripts",
         description="Writes a tokenizer folder (tokenizer.json, and spm.model for SentencePiece) "
         "that a recipe can use with tokenizer.path. --kind char takes the characters of the "
-        "transcripts as the alphabet.",
+        "transcripts as the alphabet. A --out folder that is not empty is refused unless "
+        "--overwrite.",
     )
     tok_train.add_argument("--manifest", required=True, help="manifest whose texts to learn from")
     tok_train.add_argument("--out", required=True, metavar="DIR", help="tokenizer folder")
+    tok_train.add_argument(
+        "--overwrite", action="store_true", help="write into a --out folder that is not empty"
+    )
     tok_train.add_argument(
         "--kind", choices=("unigram", "bpe", "char"), default="unigram", help="(unigram)"
     )
@@ -490,8 +498,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from mamba_asr.data.manifest import read_manifest
+    from mamba_asr.files import check_output
     from mamba_asr.text.tokenizer import CharTokenizer, train_sentencepiece
 
+    check_output(args.out, "--out", [args.manifest], args.overwrite, folder=True)
     texts = [u.text for u in read_manifest(args.manifest)]
     if args.kind == "char":
         if args.vocab_size is not None:
@@ -531,18 +541,18 @@ def _read_sentences(paths: Sequence[str], tokenizer: object) -> list[list[int]]:
 
 def cmd_lm_train(args: argparse.Namespace) -> int:
     from mamba_asr import load_model
+    from mamba_asr.files import check_output
     from mamba_asr.lm import NgramLM, tokenizer_fingerprint
 
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"{out}: is a folder; --out takes a file name")
     if args.min_count < 1:
         raise ValueError(f"--min-count must be >= 1, got {args.min_count}")
+    out = check_output(args.out, "--out", [*args.texts, args.dev, args.model], args.overwrite)
     asr = load_model(args.model, device="cpu")
     vocab = asr.config.model.vocab_size
     sentences = _read_sentences(args.texts, asr.tokenizer)
     if not sentences:
         raise ValueError("no sentences in " + ", ".join(args.texts))
+    dev = None if args.dev is None else _read_sentences([args.dev], asr.tokenizer)
     fingerprint = tokenizer_fingerprint(asr.tokenizer, vocab)
     lm = NgramLM.train(sentences, vocab, args.order, fingerprint=fingerprint)
     if args.min_count > 1:
@@ -555,8 +565,7 @@ def cmd_lm_train(args: argparse.Namespace) -> int:
     ngrams = sum(len(k) for k in lm.keys)
     print(f"{out}: order-{lm.order} LM over {vocab} ids, {len(sentences)} sentences, "
           f"{tokens} tokens, {ngrams} n-grams, {out.stat().st_size / 1e6:.1f} MB")  # fmt: skip
-    if args.dev is not None:
-        dev = _read_sentences([args.dev], asr.tokenizer)
+    if dev is not None:
         print(f"{args.dev}: perplexity {lm.perplexity(dev):.2f} per token ({len(dev)} sentences)")
     return 0
 
@@ -564,7 +573,10 @@ def cmd_lm_train(args: argparse.Namespace) -> int:
 def cmd_prepare_librispeech(args: argparse.Namespace) -> int:
     from mamba_asr.data import prepare_librispeech
 
-    for path in prepare_librispeech(args.root, args.out, skip_bad=args.skip_bad):
+    paths = prepare_librispeech(
+        args.root, args.out, skip_bad=args.skip_bad, overwrite=args.overwrite
+    )
+    for path in paths:
         print(path)
     return 0
 

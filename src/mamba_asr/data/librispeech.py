@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from mamba_asr.audio.io import AudioError, audio_info
 from mamba_asr.data.manifest import Utterance, write_manifest
-from mamba_asr.files import read_text
+from mamba_asr.files import check_output, read_text
 
 __all__ = ["ScanResult", "find_splits", "prepare_librispeech", "scan_librispeech"]
 
@@ -110,11 +110,19 @@ def prepare_librispeech(
     out_dir: str | os.PathLike[str],
     skip_bad: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write ``OUT_DIR/<split>.jsonl`` for each split under ``root`` (``all.jsonl`` when root
-    is itself a split); returns the manifests' paths. Skipped files are logged (WARNING)."""
+    is itself a split); returns the manifests' paths. Skipped files are logged (WARNING).
+
+    Every manifest's path is checked before any audio is read: one that exists already raises
+    ``FileExistsError`` unless ``overwrite`` (``mamba_asr.files.check_output``).
+    """
+    splits = find_splits(root)
+    for name, _ in splits:
+        check_output(Path(out_dir) / f"{name}.jsonl", "manifest", overwrite=overwrite)
     paths = []
-    for name, folder in find_splits(root):
+    for name, folder in splits:
         scan = scan_librispeech(folder, skip_bad=skip_bad, progress=progress)
         if scan.skipped:
             first = scan.problems[0]
