@@ -171,15 +171,19 @@ def _add_prepare_parser(sub: argparse._SubParsersAction, common: list) -> None:
         help="LibriSpeech layout: SPEAKER/CHAPTER/*.flac with *.trans.txt",
         description="Writes one JSONL manifest (audio, text, duration) per split folder found "
         "under ROOT (e.g. train-clean-100.jsonl), or all.jsonl when ROOT is one split. "
-        "Existing manifests are refused, before any audio is read, unless --overwrite.",
+        "Existing manifests are refused, before any audio is read, unless --overwrite. Every "
+        "file is decoded in full, so a corrupt one (a flipped bit) never reaches a manifest.",
     )
     libri.add_argument("root", help="LibriSpeech folder (or one split of it)")
     libri.add_argument("--out", required=True, metavar="DIR", help="folder for the manifests")
     libri.add_argument("--overwrite", action="store_true", help="replace existing manifests")
-    libri.add_argument(
-        "--skip-bad", action="store_true",
-        help="skip (and count) missing or corrupt audio files instead of stopping at the first",
+    bad = libri.add_mutually_exclusive_group()
+    bad.add_argument(
+        "--strict", action="store_true",
+        help="stop at the first missing or corrupt audio file (default: skip it, one warning "
+        "line each, and count them)",
     )  # fmt: skip
+    bad.add_argument("--skip-bad", action="store_true", help="the default; kept for old scripts")
     libri.set_defaults(func=cmd_prepare_librispeech)
 
 
@@ -574,8 +578,9 @@ def cmd_prepare_librispeech(args: argparse.Namespace) -> int:
     from mamba_asr.data import prepare_librispeech
 
     paths = prepare_librispeech(
-        args.root, args.out, skip_bad=args.skip_bad, overwrite=args.overwrite
-    )
+        args.root, args.out, skip_bad=not args.strict, progress=sys.stderr.isatty(),
+        overwrite=args.overwrite,
+    )  # fmt: skip
     for path in paths:
         print(path)
     return 0
