@@ -99,3 +99,60 @@ def test_an_unusable_destination_is_refused_before_decoding(
     line = one_error_line(capsys)
     assert f"--hyps {hyps}: " in line
     assert ("is not a folder" if where == "under-a-file" else "is a folder") in line
+
+
+def corrupt(path: Path) -> None:
+    path.write_bytes(b"RIFF" + b"\x00" * 60)
+
+
+def test_bad_audio_is_skipped_and_counted_and_the_rest_scored(tmp_path, model_file, capsys, caplog):
+    manifest = write_set(tmp_path / "set", texts=("A B", "B A", "A", "B"))
+    bad = tmp_path / "set" / "u1.wav"
+    corrupt(bad)
+    assert run_eval(model_file, manifest, "--json", "--batch-seconds", "1") == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.splitlines()[-1])
+    assert result["utterances"] == 3 and result["skipped"] == 1
+    assert "skipped 1 (bad audio)" in out.splitlines()[0]
+    lines = [r.getMessage() for r in caplog.records if str(bad) in r.getMessage()]
+    assert len(lines) == 1 and "cannot decode" in lines[0]
+    hyps = model_file.with_name(hypotheses_name(manifest)).read_text().splitlines()
+    assert [json.loads(h)["id"] for h in hyps] == ["u0", "u2", "u3"]
+
+
+def test_strict_stops_at_bad_audio_and_keeps_what_was_decoded(tmp_path, model_file, capsys):
+    manifest = write_set(tmp_path / "set", texts=("A B", "B A", "A"))
+    lines = manifest.read_text().splitlines()
+    durations = [0.3, 0.4, 0.5]  # decoded in this order, one per batch; the last one is bad
+    manifest.write_text("".join(json.dumps({**json.loads(x), "duration": d}) + "\n"
+                                for x, d in zip(lines, durations, strict=True)))  # fmt: skip
+    corrupt(tmp_path / "set" / "u2.wav")
+    hyps = tmp_path / "h.jsonl"
+    assert run_eval(model_file, manifest, "--strict", "--batch-seconds", "0.5",
+                    "--hyps", str(hyps)) == 2  # fmt: skip
+    line = one_error_line(capsys)
+    assert "u2.wav: cannot decode" in line
+    assert f"the 2 hypotheses decoded before it are in {hyps}" in line
+    assert [json.loads(h)["id"] for h in hyps.read_text().splitlines()] == ["u0", "u1"]
+
+
+def test_rtf_counts_the_audio_read_not_the_declared_duration(tmp_path, model_file, capsys):
+    manifest = write_set(tmp_path / "set")
+    lines = [json.loads(x) for x in manifest.read_text().splitlines()]
+    manifest.write_text("".join(json.dumps({**x, "duration": 30.0}) + "\n" for x in lines))
+    assert run_eval(model_file, manifest, "--json") == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["audio_seconds"] == pytest.approx(1.5)  # 3 files of 0.5 s
+    assert result["rtf"] == pytest.approx(result["decode_seconds"] / 1.5, rel=1e-3)
+
+
+def test_punctuation_only_references_are_counted_not_nan(tmp_path, model_file, capsys):
+    manifest = write_set(tmp_path / "set", texts=("A B", "...", "A"))
+    assert run_eval(model_file, manifest, "--json") == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.splitlines()[-1])
+    assert result["unscored"] == 1 and result["utterances"] == 3
+    assert "nan" not in out and "unscored 1 (empty reference)" in out
+    only = write_set(tmp_path / "only", texts=("...", "?!"))
+    assert run_eval(model_file, only) == 2
+    assert "none of the 2 references has words after normalisation" in one_error_line(capsys)

@@ -17,6 +17,7 @@ shows the traceback. A failed check exits with 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import platform
@@ -238,7 +239,10 @@ def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help:
         "in MODEL's folder (the current folder for a bundled model): the set's folder and file "
         "name and 8 hex digits of its absolute path's SHA-1, so dev/all.jsonl and "
         "test/all.jsonl get different files. An existing file is not replaced without "
-        "--overwrite; the destination is checked before decoding.",
+        "--overwrite; the destination is checked before decoding. Rates are over the "
+        "utterances decoded; one whose reference normalises to nothing (only punctuation) is "
+        "decoded but not scored, and counted as unscored. The real-time factor is over the "
+        "audio actually read.",
     )
     ev.add_argument("data", metavar="DIR_OR_MANIFEST", help="test set")
     ev.add_argument(
@@ -253,6 +257,11 @@ def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help:
     ev.add_argument("--device", default=None, help=device_help)
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ev.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    ev.add_argument(
+        "--strict", action="store_true",
+        help="stop at the first bad audio file (default: skip it with one warning line, count "
+        "it); the hypotheses decoded before are written either way",
+    )  # fmt: skip
     ev.set_defaults(func=cmd_eval)
 
 
@@ -621,7 +630,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from mamba_asr import load_model
-    from mamba_asr.evaluate import evaluate, hypotheses_name, load_test_set, result_json
+    from mamba_asr.evaluate import evaluate, hypotheses_name, read_test_set, result_json
     from mamba_asr.files import check_output
     from mamba_asr.pretrained import MODELS
 
@@ -632,13 +641,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     lm = None if args.lm in ("auto", "none") else args.lm
     inputs = [args.data, lm, None if bundled else args.model]
     check_output(hyps, "--hyps", inputs, args.overwrite)
-    utterances = load_test_set(args.data)
+    test_set = read_test_set(args.data, skip_bad=not args.strict)
     asr = load_model(args.model, device=args.device)
     options = _decoding_options(args, asr, ctc_weight=args.ctc_weight)
-    result = evaluate(asr, utterances, hyps, options, args.batch_seconds, sys.stderr.isatty())
+    result = evaluate(asr, test_set.utterances, hyps, options, args.batch_seconds,
+                      sys.stderr.isatty(), args.strict)  # fmt: skip
+    result = dataclasses.replace(result, skipped=result.skipped + test_set.skipped)
     print(f"WER {100 * result.wer:.2f}%  CER {100 * result.cer:.2f}%  "
           f"utterances {result.utterances}  audio {result.audio_seconds:.1f} s  "
-          f"RTF {result.rtf:.4f}")  # fmt: skip
+          f"RTF {result.rtf:.4f}"
+          + (f"  skipped {result.skipped} (bad audio)" if result.skipped else "")
+          + (f"  unscored {result.unscored} (empty reference)" if result.unscored else ""))  # fmt: skip
     print(f"hypotheses: {hyps}")
     if args.json:
         print(result_json(result))
