@@ -292,6 +292,11 @@ def _add_train_parser(sub: argparse._SubParsersAction, common: list, device_help
         "--no-resume", dest="resume", action="store_false",
         help="refuse to continue a run that --out already holds",
     )  # fmt: skip
+    train.add_argument(
+        "--strict", action="store_true",
+        help="stop at the first audio file that does not load (default: leave it out of its "
+        "batch, the same on every run, with one warning line, and count it)",
+    )  # fmt: skip
     train.set_defaults(func=cmd_train)
 
 
@@ -499,13 +504,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         logging.getLogger("mamba_asr.train").setLevel(logging.INFO)  # epoch summaries
     result = train(
         recipe, args.train, args.valid, args.out, device=args.device, resume=args.resume,
-        max_steps=args.max_steps,
+        max_steps=args.max_steps, strict=args.strict,
     )  # fmt: skip
     if result.rank == 0:
+        skipped = result.skipped_audio
+        note = f"; skipped {skipped} bad audio file(s), listed in train.log" if skipped else ""
         if result.finished:
-            print(f"{PROG} train: done after {result.step} steps; model: {result.model_path}")
+            print(f"{PROG} train: done after {result.step} steps; model: {result.model_path}"
+                  + note)  # fmt: skip
         else:
-            print(f"{PROG} train: stopped at step {result.step}; run again to continue")
+            print(f"{PROG} train: stopped at step {result.step}; run again to continue" + note)
     return 0
 
 
