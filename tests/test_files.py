@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from mamba_asr.config import load_recipe
 from mamba_asr.data import read_manifest, scan_librispeech
-from mamba_asr.files import check_output, read_text
+from mamba_asr.files import FolderInUseError, check_output, lock_folder, read_text
 from mamba_asr.text.tokenizer import load_tokenizer
 
 LATIN1 = "caf\xe9\n".encode("latin-1")  # 0xe9 alone is not UTF-8
@@ -83,3 +88,41 @@ def test_check_output_refuses_inputs_results_and_unusable_places(tmp_path):
         check_output(folder, "--out", overwrite=True)
     with pytest.raises(ValueError, match="is not a folder; give a folder"):
         check_output(src, "--out", overwrite=True, folder=True)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_folder_lock_is_held_once_and_released(tmp_path):
+    folder = tmp_path / "run"
+    lock = lock_folder(folder, "train.lock")
+    holder = json.loads((folder / "train.lock").read_text())
+    assert holder == {"pid": os.getpid(), "host": socket.gethostname()}
+    with pytest.raises(FolderInUseError) as info:
+        lock_folder(folder, "train.lock")
+    message = str(info.value)
+    assert f"in use by process {os.getpid()} on {socket.gethostname()}" in message
+    assert "\n" not in message
+    lock.release()
+    assert not folder.exists()  # it made the folder, and left it empty
+
+
+def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    pid = dead_pid()
+    (folder / "train.lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+    lock = lock_folder(folder, "train.lock")
+    assert json.loads((folder / "train.lock").read_text())["pid"] == os.getpid()
+    assert f"taking over the lock of process {pid} on this host" in caplog.text
+    lock.release()
+    assert folder.is_dir() and not any(folder.iterdir())  # not made by it: kept
+
+
+def test_a_lock_from_another_host_is_refused(tmp_path):
+    (tmp_path / "train.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+    with pytest.raises(FolderInUseError, match="in use by process 1 on elsewhere"):
+        lock_folder(tmp_path, "train.lock")

@@ -2,6 +2,10 @@
 
 The run folder ``out_dir`` holds everything a run makes, and nothing is ever overwritten:
 
+- ``train.lock``: the pid and host of the process training in it (rank 0), while it trains.
+  Another ``train`` on the folder is refused, naming them; a lock left by a killed run (its
+  pid no longer runs on this host) is taken over with a warning.
+
 - ``recipe.yaml``: the recipe, written once when the run starts. Running again on the same
   folder resumes the run; a recipe that differs in any key is refused, naming the key.
 - ``tokenizer/``: characters, or a SentencePiece model trained on the training transcripts.
@@ -67,7 +71,7 @@ from mamba_asr.data.dataset import AsrDataset, Batch, collate
 from mamba_asr.data.manifest import Utterance, read_manifest
 from mamba_asr.decode.search import DecodingOptions, decode_batch
 from mamba_asr.device import autocast
-from mamba_asr.files import read_text
+from mamba_asr.files import FolderLock, lock_folder, read_text
 from mamba_asr.text.tokenizer import (
     LIBRISPEECH_ALPHABET,
     CharTokenizer,
@@ -102,6 +106,7 @@ log = logging.getLogger(__name__)
 RANK_DUMP_ENV = "MAMBA_ASR_TEST_RANK_DUMP"
 PROFILE_ENV = "MAMBA_ASR_PROFILE"
 RECIPE_FILE = "recipe.yaml"
+LOCK_FILE = "train.lock"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.pt"
@@ -822,15 +827,24 @@ def train(
     out_dir = Path(out_dir)
     train_utts, valid_utts = read_manifest(train_manifest), read_manifest(valid_manifest)
     ctx = init_distributed(device)
+    locks: list[FolderLock] = []  # rank 0's, held until the end
     try:
-        prepared = _on_main(ctx, _prepare_run, out_dir, recipe, train_utts, resume)
+        prepared = _on_main(ctx, _lock_and_prepare, locks, out_dir, recipe, train_utts, resume)
         tokenizer = tokenizer_from_files(prepared["tokenizer"])
         with _file_log(out_dir / "train.log", ctx.is_main):
             return _train(recipe, ctx, out_dir, tokenizer, train_utts, valid_utts,
                           prepared["state"], max_steps, progress, deadline,
                           _BadAudio(strict))  # fmt: skip
     finally:
+        for lock in locks:
+            lock.release()
         cleanup(ctx)
+
+
+def _lock_and_prepare(locks: list[FolderLock], out_dir: Path, *args: Any) -> dict[str, Any]:
+    """Lock ``out_dir`` (appended to ``locks``), then ``_prepare_run``."""
+    locks.append(lock_folder(out_dir, LOCK_FILE))
+    return _prepare_run(out_dir, *args)
 
 
 @contextlib.contextmanager
