@@ -68,7 +68,7 @@ from mamba_asr.config import (
 )
 from mamba_asr.data.batching import DynamicBatchSampler
 from mamba_asr.data.dataset import AsrDataset, Batch, collate
-from mamba_asr.data.manifest import Utterance, read_manifest
+from mamba_asr.data.manifest import ManifestError, Utterance, read_manifest
 from mamba_asr.decode.search import DecodingOptions, decode_batch
 from mamba_asr.device import autocast
 from mamba_asr.files import FolderLock, lock_folder, read_text
@@ -826,6 +826,8 @@ def train(
     deadline = None if max_seconds is None else time.perf_counter() + max_seconds
     out_dir = Path(out_dir)
     train_utts, valid_utts = read_manifest(train_manifest), read_manifest(valid_manifest)
+    if not train_utts:
+        raise ManifestError(f"{train_manifest}: no utterances, nothing to train on")
     ctx = init_distributed(device)
     locks: list[FolderLock] = []  # rank 0's, held until the end
     try:
