@@ -156,3 +156,19 @@ def test_punctuation_only_references_are_counted_not_nan(tmp_path, model_file, c
     only = write_set(tmp_path / "only", texts=("...", "?!"))
     assert run_eval(model_file, only) == 2
     assert "none of the 2 references has words after normalisation" in one_error_line(capsys)
+
+
+def test_a_bad_file_of_a_librispeech_folder_is_skipped_and_counted(tmp_path, model_file, capsys):
+    folder = tmp_path / "dev-clean" / "1" / "2"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(folder / f"1-2-000{i}.flac", (0.1 * rng.standard_normal(8000)), 16000)
+    (folder / "1-2.trans.txt").write_text("1-2-0000 A B\n1-2-0001 B\n1-2-0002 A\n")
+    (folder / "1-2-0001.flac").write_bytes(b"")  # the header already fails
+    args = ["--json", "--hyps", str(tmp_path / "h.jsonl")]
+    assert run_eval(model_file, tmp_path / "dev-clean", *args) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (result["utterances"], result["skipped"]) == (2, 1)
+    assert run_eval(model_file, tmp_path / "dev-clean", *args, "--overwrite", "--strict") == 2
+    assert "1-2-0001.flac: empty file" in one_error_line(capsys)

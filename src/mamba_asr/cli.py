@@ -543,16 +543,14 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 def _read_sentences(paths: Sequence[str], tokenizer: object) -> list[list[int]]:
     from tqdm import tqdm
 
+    from mamba_asr.files import read_text
     from mamba_asr.text import normalize_transcript
 
     lines: list[str] = []
     for path in paths:
         if not Path(path).is_file():
             raise ValueError(f"{path}: no such text file")
-        try:
-            lines += Path(path).read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}: not UTF-8 text") from None
+        lines += read_text(path).splitlines()
     encode = tokenizer.encode  # type: ignore[attr-defined]
     texts = (normalize_transcript(line) for line in lines)
     bar = tqdm(texts, total=len(lines), desc="tokenizing", unit=" lines",
