@@ -5,7 +5,6 @@ The run folder ``out_dir`` holds everything a run makes, and nothing is ever ove
 - ``train.lock``: the pid and host of the process training in it (rank 0), while it trains.
   Another ``train`` on the folder is refused, naming them; a lock left by a killed run (its
   pid no longer runs on this host) is taken over with a warning.
-
 - ``recipe.yaml``: the recipe, written once when the run starts. Running again on the same
   folder resumes the run; a recipe that differs in any key is refused, naming the key.
 - ``tokenizer/``: characters, or a SentencePiece model trained on the training transcripts.
