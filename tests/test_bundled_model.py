@@ -200,8 +200,8 @@ def test_lm_errors_are_one_line(lm_file, tmp_path, capsys, extra, message):
     [
         (lambda d: ([str(d / "none.txt")], d / "lm.npz"), "none.txt: no such text file"),
         (lambda d: ([str(d / "empty.txt")], d / "lm.npz"), "no sentences in"),
-        (lambda d: ([str(d / "bin.txt")], d / "lm.npz"), "bin.txt: not UTF-8 text"),
-        (lambda d: ([str(d / "ok.txt")], d), "is a folder; --out takes a file name"),
+        (lambda d: ([str(d / "bin.txt")], d / "lm.npz"), "bin.txt:1: not UTF-8 text"),
+        (lambda d: ([str(d / "ok.txt")], d), "is a folder; give a file"),
     ],
 )
 def test_lm_train_bad_input_is_one_line(tmp_path, capsys, make, message):

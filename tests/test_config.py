@@ -78,3 +78,14 @@ def test_ints_are_accepted_for_floats_and_lists_become_tuples():
     assert cfg.dropout == 0.0 and isinstance(cfg.dropout, float)
     assert cfg.frontend.channels == (8,)
     assert cfg.kind == "ctc"
+
+
+@pytest.mark.parametrize("raw", ["[1,", "{a", "'x", "@x"])
+def test_an_override_that_is_not_yaml_names_the_key(raw):
+    with pytest.raises(ConfigError) as info:
+        load_recipe("hparams/CTC/conmamba_large.yaml", [f"train.lr={raw}"])
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"override train.lr: {raw!r} is not a valid YAML value" in message
+    with pytest.raises(ConfigError, match="is not a key like key.sub"):
+        apply_overrides({}, ["train..lr=1"])

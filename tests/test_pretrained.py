@@ -14,6 +14,7 @@ import mamba_asr.pretrained as pretrained
 from mamba_asr.asr import ASR
 from mamba_asr.cli import main
 from mamba_asr.config import load_recipe
+from mamba_asr.evaluate import hypotheses_name
 from mamba_asr.pretrained import DEFAULT_MODEL, MODELS, resolve_model
 from mamba_asr.text import CharTokenizer
 
@@ -128,8 +129,9 @@ def test_transcribe_and_eval_default_to_the_bundled_model(packaged, tmp_path, mo
     out = capsys.readouterr().out
     assert json.loads(out.splitlines()[-1])["utterances"] == 2
     # hypotheses go to the current folder, not beside the installed model file
-    assert (tmp_path / "hyps-test.jsonl").is_file()
-    assert not (packaged.parent / "hyps-test.jsonl").exists()
+    name = hypotheses_name(manifest)
+    assert (tmp_path / name).is_file()
+    assert not (packaged.parent / name).exists()
 
 
 @pytest.mark.parametrize("command", ["transcribe", "eval"])

@@ -17,6 +17,7 @@ shows the traceback. A failed check exits with 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import platform
@@ -170,14 +171,20 @@ def _add_prepare_parser(sub: argparse._SubParsersAction, common: list) -> None:
         parents=common,
         help="LibriSpeech layout: SPEAKER/CHAPTER/*.flac with *.trans.txt",
         description="Writes one JSONL manifest (audio, text, duration) per split folder found "
-        "under ROOT (e.g. train-clean-100.jsonl), or all.jsonl when ROOT is one split.",
+        "under ROOT (e.g. train-clean-100.jsonl), or all.jsonl when ROOT is one split. "
+        "Existing manifests are refused, before any audio is read, unless --overwrite. Every "
+        "file is decoded in full, so a corrupt one (a flipped bit) never reaches a manifest.",
     )
     libri.add_argument("root", help="LibriSpeech folder (or one split of it)")
     libri.add_argument("--out", required=True, metavar="DIR", help="folder for the manifests")
-    libri.add_argument(
-        "--skip-bad", action="store_true",
-        help="skip (and count) missing or corrupt audio files instead of stopping at the first",
+    libri.add_argument("--overwrite", action="store_true", help="replace existing manifests")
+    bad = libri.add_mutually_exclusive_group()
+    bad.add_argument(
+        "--strict", action="store_true",
+        help="stop at the first missing or corrupt audio file (default: skip it, one warning "
+        "line each, and count them)",
     )  # fmt: skip
+    bad.add_argument("--skip-bad", action="store_true", help="the default; kept for old scripts")
     libri.set_defaults(func=cmd_prepare_librispeech)
 
 
@@ -228,8 +235,14 @@ def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help:
         help="WER, CER and real-time factor of a model on a test set",
         description="Decodes every utterance of a JSONL manifest or a LibriSpeech-layout folder "
         "and prints WER, CER, utterances, audio seconds and real-time factor; each hypothesis "
-        "is written beside its reference (--hyps, default MODEL's folder/hyps-<set>.jsonl, or "
-        "./hyps-<set>.jsonl for a bundled model).",
+        "is written beside its reference to --hyps, by default hyps-<folder>-<name>-<hash>.jsonl "
+        "in MODEL's folder (the current folder for a bundled model): the set's folder and file "
+        "name and 8 hex digits of its absolute path's SHA-1, so dev/all.jsonl and "
+        "test/all.jsonl get different files. An existing file is not replaced without "
+        "--overwrite; the destination is checked before decoding. Rates are over the "
+        "utterances decoded; one whose reference normalises to nothing (only punctuation) is "
+        "decoded but not scored, and counted as unscored. The real-time factor is over the "
+        "audio actually read.",
     )
     ev.add_argument("data", metavar="DIR_OR_MANIFEST", help="test set")
     ev.add_argument(
@@ -237,12 +250,18 @@ def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help:
         help=f"a bundled model's name or a model file; default: the bundled {DEFAULT_MODEL}",
     )  # fmt: skip
     ev.add_argument("--hyps", default=None, metavar="FILE", help="where to write hypotheses")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --hyps file")
     _add_decoding_args(ev)
     ev.add_argument("--ctc-weight", type=float, default=0.4, help="seq2seq joint decoding (0.4)")
     ev.add_argument("--batch-seconds", type=float, default=60.0, help="audio per batch (60)")
     ev.add_argument("--device", default=None, help=device_help)
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ev.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    ev.add_argument(
+        "--strict", action="store_true",
+        help="stop at the first bad audio file (default: skip it with one warning line, count "
+        "it); the hypotheses decoded before are written either way",
+    )  # fmt: skip
     ev.set_defaults(func=cmd_eval)
 
 
@@ -272,6 +291,11 @@ def _add_train_parser(sub: argparse._SubParsersAction, common: list, device_help
     train.add_argument(
         "--no-resume", dest="resume", action="store_false",
         help="refuse to continue a run that --out already holds",
+    )  # fmt: skip
+    train.add_argument(
+        "--strict", action="store_true",
+        help="stop at the first audio file that does not load (default: leave it out of its "
+        "batch, the same on every run, with one warning line, and count it)",
     )  # fmt: skip
     train.set_defaults(func=cmd_train)
 
@@ -319,10 +343,12 @@ def _add_lm_parser(sub: argparse._SubParsersAction, common: list) -> None:
         description="Reads TEXT files (one sentence per line), normalises each line as "
         "transcripts are (upper case, no punctuation but apostrophes), splits it with the "
         "model's tokenizer and counts token n-grams (interpolated Kneser-Ney). Use the file "
-        "with --lm in transcribe and eval (transducer models, --strategy beam).",
+        "with --lm in transcribe and eval (transducer models, --strategy beam). --out is "
+        "checked first: never one of the inputs, an existing file only with --overwrite.",
     )
     lm_train.add_argument("texts", nargs="+", metavar="TEXT", help="text files")
     lm_train.add_argument("--out", required=True, metavar="FILE", help="LM file to write (.npz)")
+    lm_train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     lm_train.add_argument(
         "--model", default=None, metavar="NAME_OR_FILE",
         help=f"whose tokenizer to use; default: the bundled {DEFAULT_MODEL}",
@@ -347,10 +373,14 @@ def _add_tokenizer_parser(sub: argparse._SubParsersAction, common: list) -> None
         help="train a tokenizer on a manifest's transcripts",
         description="Writes a tokenizer folder (tokenizer.json, and spm.model for SentencePiece) "
         "that a recipe can use with tokenizer.path. --kind char takes the characters of the "
-        "transcripts as the alphabet.",
+        "transcripts as the alphabet. A --out folder that is not empty is refused unless "
+        "--overwrite.",
     )
     tok_train.add_argument("--manifest", required=True, help="manifest whose texts to learn from")
     tok_train.add_argument("--out", required=True, metavar="DIR", help="tokenizer folder")
+    tok_train.add_argument(
+        "--overwrite", action="store_true", help="write into a --out folder that is not empty"
+    )
     tok_train.add_argument(
         "--kind", choices=("unigram", "bpe", "char"), default="unigram", help="(unigram)"
     )
@@ -474,20 +504,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         logging.getLogger("mamba_asr.train").setLevel(logging.INFO)  # epoch summaries
     result = train(
         recipe, args.train, args.valid, args.out, device=args.device, resume=args.resume,
-        max_steps=args.max_steps,
+        max_steps=args.max_steps, strict=args.strict,
     )  # fmt: skip
     if result.rank == 0:
+        skipped = result.skipped_audio
+        note = f"; skipped {skipped} bad audio file(s), listed in train.log" if skipped else ""
         if result.finished:
-            print(f"{PROG} train: done after {result.step} steps; model: {result.model_path}")
+            print(f"{PROG} train: done after {result.step} steps; model: {result.model_path}"
+                  + note)  # fmt: skip
         else:
-            print(f"{PROG} train: stopped at step {result.step}; run again to continue")
+            print(f"{PROG} train: stopped at step {result.step}; run again to continue" + note)
     return 0
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from mamba_asr.data.manifest import read_manifest
+    from mamba_asr.files import check_output
     from mamba_asr.text.tokenizer import CharTokenizer, train_sentencepiece
 
+    check_output(args.out, "--out", [args.manifest], args.overwrite, folder=True)
     texts = [u.text for u in read_manifest(args.manifest)]
     if args.kind == "char":
         if args.vocab_size is not None:
@@ -508,16 +543,14 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 def _read_sentences(paths: Sequence[str], tokenizer: object) -> list[list[int]]:
     from tqdm import tqdm
 
+    from mamba_asr.files import read_text
     from mamba_asr.text import normalize_transcript
 
     lines: list[str] = []
     for path in paths:
         if not Path(path).is_file():
             raise ValueError(f"{path}: no such text file")
-        try:
-            lines += Path(path).read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}: not UTF-8 text") from None
+        lines += read_text(path).splitlines()
     encode = tokenizer.encode  # type: ignore[attr-defined]
     texts = (normalize_transcript(line) for line in lines)
     bar = tqdm(texts, total=len(lines), desc="tokenizing", unit=" lines",
@@ -527,18 +560,18 @@ def _read_sentences(paths: Sequence[str], tokenizer: object) -> list[list[int]]:
 
 def cmd_lm_train(args: argparse.Namespace) -> int:
     from mamba_asr import load_model
+    from mamba_asr.files import check_output
     from mamba_asr.lm import NgramLM, tokenizer_fingerprint
 
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"{out}: is a folder; --out takes a file name")
     if args.min_count < 1:
         raise ValueError(f"--min-count must be >= 1, got {args.min_count}")
+    out = check_output(args.out, "--out", [*args.texts, args.dev, args.model], args.overwrite)
     asr = load_model(args.model, device="cpu")
     vocab = asr.config.model.vocab_size
     sentences = _read_sentences(args.texts, asr.tokenizer)
     if not sentences:
         raise ValueError("no sentences in " + ", ".join(args.texts))
+    dev = None if args.dev is None else _read_sentences([args.dev], asr.tokenizer)
     fingerprint = tokenizer_fingerprint(asr.tokenizer, vocab)
     lm = NgramLM.train(sentences, vocab, args.order, fingerprint=fingerprint)
     if args.min_count > 1:
@@ -551,8 +584,7 @@ def cmd_lm_train(args: argparse.Namespace) -> int:
     ngrams = sum(len(k) for k in lm.keys)
     print(f"{out}: order-{lm.order} LM over {vocab} ids, {len(sentences)} sentences, "
           f"{tokens} tokens, {ngrams} n-grams, {out.stat().st_size / 1e6:.1f} MB")  # fmt: skip
-    if args.dev is not None:
-        dev = _read_sentences([args.dev], asr.tokenizer)
+    if dev is not None:
         print(f"{args.dev}: perplexity {lm.perplexity(dev):.2f} per token ({len(dev)} sentences)")
     return 0
 
@@ -560,7 +592,11 @@ def cmd_lm_train(args: argparse.Namespace) -> int:
 def cmd_prepare_librispeech(args: argparse.Namespace) -> int:
     from mamba_asr.data import prepare_librispeech
 
-    for path in prepare_librispeech(args.root, args.out, skip_bad=args.skip_bad):
+    paths = prepare_librispeech(
+        args.root, args.out, skip_bad=not args.strict, progress=sys.stderr.isatty(),
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    for path in paths:
         print(path)
     return 0
 
@@ -600,20 +636,28 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from mamba_asr import load_model
-    from mamba_asr.evaluate import evaluate, load_test_set, result_json
+    from mamba_asr.evaluate import evaluate, hypotheses_name, read_test_set, result_json
+    from mamba_asr.files import check_output
     from mamba_asr.pretrained import MODELS
 
     _set_threads(args.threads)
-    utterances = load_test_set(args.data)
-    asr = load_model(args.model, device=args.device)
-    options = _decoding_options(args, asr, ctc_weight=args.ctc_weight)
-    name = f"hyps-{Path(args.data).stem}.jsonl"
+    name = hypotheses_name(args.data)
     bundled = args.model is None or args.model in MODELS  # not beside the installed package
     hyps = args.hyps or (Path(name) if bundled else Path(args.model).with_name(name))
-    result = evaluate(asr, utterances, hyps, options, args.batch_seconds, sys.stderr.isatty())
+    lm = None if args.lm in ("auto", "none") else args.lm
+    inputs = [args.data, lm, None if bundled else args.model]
+    check_output(hyps, "--hyps", inputs, args.overwrite)
+    test_set = read_test_set(args.data, skip_bad=not args.strict)
+    asr = load_model(args.model, device=args.device)
+    options = _decoding_options(args, asr, ctc_weight=args.ctc_weight)
+    result = evaluate(asr, test_set.utterances, hyps, options, args.batch_seconds,
+                      sys.stderr.isatty(), args.strict)  # fmt: skip
+    result = dataclasses.replace(result, skipped=result.skipped + test_set.skipped)
     print(f"WER {100 * result.wer:.2f}%  CER {100 * result.cer:.2f}%  "
           f"utterances {result.utterances}  audio {result.audio_seconds:.1f} s  "
-          f"RTF {result.rtf:.4f}")  # fmt: skip
+          f"RTF {result.rtf:.4f}"
+          + (f"  skipped {result.skipped} (bad audio)" if result.skipped else "")
+          + (f"  unscored {result.unscored} (empty reference)" if result.unscored else ""))  # fmt: skip
     print(f"hypotheses: {hyps}")
     if args.json:
         print(result_json(result))

@@ -18,6 +18,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from mamba_asr.files import read_text
+
 T = TypeVar("T")
 
 
@@ -497,12 +499,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         dotted, raw = item.split("=", 1)
         node = out
         parts = dotted.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: {dotted.strip()!r} is not a key like key.sub")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = _override_value(dotted.strip(), raw)
     return out
+
+
+def _override_value(key: str, raw: str) -> Any:
+    """The YAML value of an override; ConfigError naming the key when it does not parse."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"override {key}: {raw!r} is not a valid YAML value ({problem}); quote a string, "
+            "close brackets"
+        ) from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
@@ -511,7 +527,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeC
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path, ConfigError)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     try:

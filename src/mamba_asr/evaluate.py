@@ -3,12 +3,21 @@ reference.
 
 A test set is a JSONL manifest or a LibriSpeech-layout folder (SPEAKER/CHAPTER/*.flac with
 *.trans.txt). Utterances are decoded in batches sorted by duration; the real-time factor is decoding
-time (feature extraction, model and search, audio loading excluded) over audio seconds.
+time (feature extraction, model and search, audio loading excluded) over the seconds of audio
+decoded (the samples read, not the durations the manifest declares).
+
+Bad audio (missing, corrupt, ... : ``AudioError``) is skipped with one WARNING line naming the
+file and counted, or with ``strict`` stops the evaluation; either way the hypotheses decoded
+before it are written. A reference that normalises to nothing (only punctuation) has no words
+to count errors against: its utterance is decoded and written but not scored, and counted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -20,15 +29,28 @@ from tqdm.auto import tqdm
 from mamba_asr.asr import ASR
 from mamba_asr.atomic import atomic_write_text
 from mamba_asr.audio import load_audio
-from mamba_asr.data import DynamicBatchSampler, Utterance, read_manifest, scan_librispeech
+from mamba_asr.audio.io import AudioError
+from mamba_asr.data import (
+    DynamicBatchSampler,
+    ScanResult,
+    Utterance,
+    read_manifest,
+    scan_librispeech,
+)
 from mamba_asr.decode import DecodingOptions
 from mamba_asr.text import normalize_transcript
 from mamba_asr.train.metrics import error_rates
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Corpus error rates (fractions), counts and speed of one evaluation."""
+    """Corpus error rates (fractions), counts and speed of one evaluation.
+
+    ``utterances`` were decoded (``audio_seconds`` of them); ``skipped`` had bad audio;
+    ``unscored`` were decoded but have an empty reference, so the rates leave them out.
+    """
 
     wer: float
     cer: float
@@ -36,16 +58,37 @@ class EvalResult:
     audio_seconds: float
     decode_seconds: float
     rtf: float
+    skipped: int = 0
+    unscored: int = 0
+
+
+def hypotheses_name(test_set: str | Path) -> str:
+    """``hyps-<folder>-<name>-<hash>.jsonl``: the test set's folder and file name (without
+    ``.jsonl``) and 8 hex digits of the SHA-1 of its absolute path (links resolved).
+
+    ``data/dev/all.jsonl`` gives ``hyps-dev-all-<hash>.jsonl`` and ``data/test/all.jsonl``
+    ``hyps-test-all-<hash>.jsonl``; the same set always gets the same name, two sets never do.
+    """
+    path = Path(test_set).resolve()
+    digest = hashlib.sha1(os.fsencode(path)).hexdigest()[:8]
+    name = path.name.removesuffix(".jsonl")
+    return "-".join(p for p in ("hyps", path.parent.name, name, digest) if p) + ".jsonl"
+
+
+def read_test_set(path: str | Path, skip_bad: bool = False) -> ScanResult:
+    """Utterances of a JSONL manifest (a file) or a LibriSpeech-layout folder, and the
+    problems of what a folder scan skipped (``skip_bad``; see ``scan_librispeech``)."""
+    path = Path(path)
+    if path.is_dir():
+        return scan_librispeech(path, skip_bad=skip_bad, progress=False)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such manifest or folder")
+    return ScanResult(read_manifest(path))
 
 
 def load_test_set(path: str | Path) -> list[Utterance]:
     """Utterances of a JSONL manifest (a file) or a LibriSpeech-layout folder."""
-    path = Path(path)
-    if path.is_dir():
-        return scan_librispeech(path, progress=False).utterances
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such manifest or folder")
-    return read_manifest(path)
+    return read_test_set(path).utterances
 
 
 def _batches(utterances: Sequence[Utterance], batch_seconds: float) -> list[list[int]]:
@@ -63,6 +106,16 @@ def _pad(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, lengths
 
 
+@dataclass
+class _Decoded:
+    """What the decoding loop has so far: hypotheses and samples by utterance index."""
+
+    hyps: dict[int, str]
+    samples: dict[int, int]
+    skipped: int = 0
+    seconds: float = 0.0
+
+
 def evaluate(
     asr: ASR,
     utterances: Sequence[Utterance],
@@ -70,20 +123,60 @@ def evaluate(
     options: DecodingOptions | None = None,
     batch_seconds: float = 60.0,
     progress: bool = False,
+    strict: bool = False,
 ) -> EvalResult:
     """Decode ``utterances`` with ``asr`` and score them against their texts.
 
     References and hypotheses are compared after ``normalize_transcript`` (LibriSpeech style).
-    ``hypotheses_path``: a JSONL file, one {"id", "ref", "hyp", "duration"} per utterance.
+    ``hypotheses_path``: a JSONL file, one {"id", "ref", "hyp", "duration"} per decoded
+    utterance, in test-set order. Bad audio: see the module docstring. ValueError when no
+    utterance can be scored (none decoded, or every reference empty).
     """
     if not utterances:
         raise ValueError("the test set has no utterances")
+    refs = [normalize_transcript(u.text) for u in utterances]
+    if not any(refs):
+        raise ValueError(f"none of the {len(refs)} references has words after normalisation")
+    done = _Decoded({}, {})
+    try:
+        _decode_all(asr, utterances, options, batch_seconds, progress, strict, done)
+    except AudioError as exc:  # strict: keep what was decoded, and say where
+        kept = _write_hypotheses(hypotheses_path, utterances, refs, done)
+        raise AudioError(exc.path, exc.problem + kept) from None
+    except BaseException:
+        if _write_hypotheses(hypotheses_path, utterances, refs, done):
+            log.warning("%d hypotheses decoded so far are in %s", len(done.hyps), hypotheses_path)
+        raise
+    _write_hypotheses(hypotheses_path, utterances, refs, done)
+    return _score(utterances, refs, done, asr.sample_rate)
+
+
+def _decode_all(
+    asr: ASR,
+    utterances: Sequence[Utterance],
+    options: DecodingOptions | None,
+    batch_seconds: float,
+    progress: bool,
+    strict: bool,
+    done: _Decoded,
+) -> None:
+    """Decode batch by batch into ``done``; bad audio is skipped (``strict``: raised)."""
     device = next(asr.parameters()).device
-    hyps: dict[int, str] = {}
-    decode_seconds = 0.0
     batches = _batches(utterances, batch_seconds)
     for batch in tqdm(batches, desc="decoding", unit="batch", disable=not progress):
-        waves = [torch.from_numpy(load_audio(utterances[i].audio, asr.sample_rate)) for i in batch]
+        waves, kept = [], []
+        for i in batch:
+            try:
+                waves.append(torch.from_numpy(load_audio(utterances[i].audio, asr.sample_rate)))
+            except AudioError as exc:
+                if strict:
+                    raise
+                log.warning("skipped: %s", exc)
+                done.skipped += 1
+                continue
+            kept.append(i)
+        if not kept:
+            continue
         padded, lengths = _pad(waves)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -91,25 +184,60 @@ def evaluate(
         texts = asr.transcribe_batch(padded.to(device), lengths.to(device), options)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        decode_seconds += time.perf_counter() - start
-        hyps.update(zip(batch, texts, strict=True))
-    refs = [normalize_transcript(u.text) for u in utterances]
-    hyp_list = [normalize_transcript(hyps[i]) for i in range(len(utterances))]
-    rates = error_rates(refs, hyp_list)
-    audio_seconds = float(sum(u.duration for u in utterances))
-    if hypotheses_path is not None:
-        lines = [
-            json.dumps({"id": u.id, "ref": r, "hyp": h, "duration": u.duration})
-            for u, r, h in zip(utterances, refs, hyp_list, strict=True)
-        ]
-        atomic_write_text(hypotheses_path, "\n".join(lines) + "\n")
+        done.seconds += time.perf_counter() - start
+        done.hyps.update(zip(kept, texts, strict=True))
+        done.samples.update(zip(kept, lengths.tolist(), strict=True))
+
+
+def _write_hypotheses(
+    path: str | Path | None, utterances: Sequence[Utterance], refs: list[str], done: _Decoded
+) -> str:
+    """Write the decoded utterances' lines to ``path``; returns "; the N hypotheses decoded
+    before it are in PATH" (for an error message) or "" when nothing was written."""
+    if path is None or not done.hyps:
+        return ""
+    lines = [
+        json.dumps(
+            {
+                "id": u.id,
+                "ref": r,
+                "hyp": normalize_transcript(done.hyps[i]),
+                "duration": u.duration,
+            }
+        )  # fmt: skip
+        for i, (u, r) in enumerate(zip(utterances, refs, strict=True))
+        if i in done.hyps
+    ]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return f"; the {len(lines)} hypotheses decoded before it are in {path}"
+
+
+def _score(
+    utterances: Sequence[Utterance], refs: list[str], done: _Decoded, sample_rate: int
+) -> EvalResult:
+    # An empty reference (only punctuation before normalisation) gives jiwer no words to count
+    # errors against: such utterances are decoded and written but left out of the rates and
+    # counted in ``unscored``, so a set of them is reported, never scored as "nan%".
+    decoded = sorted(done.hyps)
+    scored = [i for i in decoded if refs[i]]
+    if not scored:
+        raise ValueError(
+            f"no utterance could be scored: {done.skipped} with bad audio, "
+            f"{len(decoded)} decoded with empty references"
+        )
+    rates = error_rates(
+        [refs[i] for i in scored], [normalize_transcript(done.hyps[i]) for i in scored]
+    )
+    audio_seconds = sum(done.samples.values()) / sample_rate
     return EvalResult(
         wer=rates.wer,
         cer=rates.cer,
-        utterances=len(utterances),
+        utterances=len(decoded),
         audio_seconds=audio_seconds,
-        decode_seconds=decode_seconds,
-        rtf=decode_seconds / audio_seconds,
+        decode_seconds=done.seconds,
+        rtf=done.seconds / audio_seconds,
+        skipped=done.skipped,
+        unscored=len(decoded) - len(scored),
     )
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from mamba_asr.audio.io import AudioError, AudioInfo, audio_info, load_audio
+from mamba_asr.audio.io import AudioError, AudioInfo, audio_info, check_audio, load_audio
 
 
 def sine(freq: float, rate: int, seconds: float = 1.0, amp: float = 0.5) -> np.ndarray:
@@ -101,6 +104,14 @@ def _write_bad(tmp_path: Path, case: str) -> tuple[Path, str]:
     if case == "zero-samples":
         sf.write(path, np.zeros(0, np.float32), 16000)
         return path, "no audio samples"
+    if case == "bit-flip-flac":
+        path, data = path.with_suffix(".flac"), bytearray(good_flac.read_bytes())
+        data[len(data) // 2] ^= 0x10  # the header is intact: only decoding finds it
+        path.write_bytes(bytes(data))
+        return path, "corrupt"
+    if case == "fifo":
+        os.mkfifo(path)
+        return path, "not a regular file (a named pipe)"
     if case == "nan-inf":
         wave = sine(440, 16000)
         wave[[10, 20, 30]] = [np.nan, np.inf, -np.inf]
@@ -118,6 +129,8 @@ BAD_CASES = [
     "truncated-flac",
     "zero-samples",
     "nan-inf",
+    "bit-flip-flac",
+    pytest.param("fifo", marks=pytest.mark.skipif(sys.platform == "win32", reason="POSIX FIFO")),
 ]
 
 
@@ -134,12 +147,28 @@ def test_bad_files_give_one_line_audio_error(tmp_path, case):
     assert info.value.path == str(path)
 
 
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_check_audio_rejects_what_load_audio_rejects(tmp_path, case):
+    path, words = _write_bad(tmp_path, case)
+    with pytest.raises(AudioError, match=re.escape(words)) as info:
+        check_audio(path, block_frames=1000)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+
+
+def test_check_audio_of_a_good_file_is_its_info(tmp_path):
+    path = tmp_path / "ok.flac"
+    sf.write(path, np.zeros((22050, 2), np.float32), 44100)
+    assert check_audio(path, block_frames=1000) == audio_info(path) == AudioInfo(0.5, 44100, 2)
+    flipped, _ = _write_bad(tmp_path, "bit-flip-flac")
+    assert audio_info(flipped).duration == 1.0  # the header alone looks fine
+
+
 @pytest.mark.parametrize(
-    "case", ["missing", "directory", "empty", "not-audio", "truncated-wav", "zero-samples"]
+    "case", ["missing", "directory", "empty", "not-audio", "truncated-wav", "zero-samples", "fifo"]
 )
 def test_audio_info_rejects_what_its_header_shows(tmp_path, case):
     path, words = _write_bad(tmp_path, case)
-    with pytest.raises(AudioError, match=words) as info:
+    with pytest.raises(AudioError, match=re.escape(words)) as info:
         audio_info(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 

@@ -10,8 +10,9 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
+from mamba_asr.audio.io import AudioError
 from mamba_asr.data.batching import DynamicBatchSampler
-from mamba_asr.data.dataset import AsrDataset, Batch, collate
+from mamba_asr.data.dataset import AsrDataset, BadItem, Batch, collate
 from mamba_asr.data.manifest import Utterance
 from mamba_asr.text.tokenizer import CharTokenizer, train_sentencepiece
 
@@ -100,3 +101,22 @@ def test_dataloader_with_workers_and_batch_sampler(utts, tmp_path):
     serial = {b.ids[0]: b for b in DataLoader(ds, batch_sampler=sampler, collate_fn=collate)}
     for batch in batches:
         torch.testing.assert_close(batch.waves, serial[batch.ids[0]].waves)
+
+
+def test_bad_audio_becomes_a_bad_item_left_out_of_the_batch(utts):
+    utts[1].audio.write_bytes(b"not audio at all" * 8)
+    with pytest.raises(AudioError, match="u1.flac"):
+        AsrDataset(utts, CharTokenizer(), speed_perturb=None)[1]
+    ds = AsrDataset(utts, CharTokenizer(), speed_perturb=None, skip_bad=True)
+    bad = ds[1]
+    assert isinstance(bad, BadItem) and bad.utterance is utts[1]
+    assert bad.problem.startswith(f"{utts[1].audio}: cannot decode")
+    batch = collate([ds[0], ds[1], ds[2]])
+    assert batch.ids == ["u0", "u2"] and batch.skipped == [bad.problem]
+    assert batch.waves.shape[0] == batch.targets.shape[0] == 2
+    empty = collate([ds[1]])
+    assert len(empty) == 0 and empty.skipped == [bad.problem]
+    assert empty.waves.shape == (0, 0) and empty.targets.shape == (0, 0)
+    assert empty.to("cpu").skipped == [bad.problem]
+    loader = DataLoader(ds, batch_size=3, collate_fn=collate, num_workers=2)
+    assert [b.skipped for b in loader] == [[bad.problem], [], []]  # across processes too

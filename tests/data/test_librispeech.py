@@ -111,3 +111,43 @@ def test_prepare_skip_bad(libri, tmp_path, caplog):
     paths = prepare_librispeech(libri, tmp_path / "m", skip_bad=True, progress=False)
     assert read_manifest(paths[0]) == [] and len(read_manifest(paths[1])) == 4
     assert "dev-clean: skipped 1 bad utterances" in caplog.text
+
+
+def flip_a_bit(path: Path) -> None:
+    """A bit flipped in the middle: the header still reads, decoding fails its checksum."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_prepare_decodes_every_file_so_a_flipped_bit_is_skipped(libri, tmp_path, caplog):
+    bad = libri / "train-clean-100" / "103" / "1240" / "103-1240-0005.flac"
+    flip_a_bit(bad)
+    assert len(scan_librispeech(libri / "train-clean-100", progress=False).utterances) == 4
+    with pytest.raises(AudioError, match="corrupt"):
+        prepare_librispeech(libri, tmp_path / "m", progress=False)
+    paths = prepare_librispeech(libri, tmp_path / "m", skip_bad=True, progress=False)
+    assert "103-1240-0005" not in {u.id for u in read_manifest(paths[1])}
+    assert len(read_manifest(paths[1])) == 3
+    lines = [r.getMessage() for r in caplog.records if str(bad) in r.getMessage()]
+    assert len(lines) == 1 and "corrupt" in lines[0]
+    assert "train-clean-100: skipped 1 bad utterances" in caplog.text
+
+
+def test_prepare_command_skips_by_default_and_stops_with_strict(libri, tmp_path, capsys, caplog):
+    from mamba_asr.cli import main
+
+    bad = libri / "dev-clean" / "84" / "121123" / "84-121123-0000.flac"
+    flip_a_bit(bad)
+    assert main(["prepare", "librispeech", str(libri), "--out", str(tmp_path / "a")]) == 0
+    assert read_manifest(tmp_path / "a" / "dev-clean.jsonl") == []
+    assert f"skipped: {bad}: corrupt" in caplog.text
+    assert capsys.readouterr().err == ""  # no progress bar when stderr is not a terminal
+    assert main(["prepare", "librispeech", str(libri), "--out", str(tmp_path / "b"),
+                 "--strict"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mamba-asr: error: {bad}: corrupt"), err
+    assert not (tmp_path / "b" / "dev-clean.jsonl").exists()
+    with pytest.raises(SystemExit):
+        main(["prepare", "librispeech", str(libri), "--out", str(tmp_path / "c"), "--strict",
+              "--skip-bad"])  # fmt: skip

@@ -8,7 +8,9 @@ that the finished run equals an uninterrupted one (``reference_run``), step for 
 from __future__ import annotations
 
 import csv
+import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -117,3 +119,25 @@ def test_sigkill_during_a_checkpoint_write_leaves_no_broken_checkpoint(
     assert "resumed at step 2, epoch 1, batch 2 of 4" in log
     assert not temp_files()
     assert_equals_reference(out, reference_run)
+
+
+def test_a_second_run_on_the_folder_is_refused_and_a_killed_runs_lock_taken_over(
+    tmp_path, helpers, recipe_file, corpus, reference_run, capsys
+):
+    from mamba_asr.cli import main
+
+    out = tmp_path / "run"
+    proc = start(helpers, recipe_file, corpus, out, **{SLOW_CHECKPOINT_ENV: "0.5"})
+    wait_for(proc, (out / "checkpoints" / "step-00000002.pt").exists, "the first checkpoint")
+    rows = (out / "metrics.csv").read_text()
+    assert main(helpers.train_args(recipe_file, corpus, out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mamba-asr: error: "), err
+    assert f"in use by process {proc.pid} on {socket.gethostname()}" in err[0]
+    assert (out / "metrics.csv").read_text().startswith(rows)  # nothing written by the refused run
+    kill(proc)
+    assert json.loads((out / "train.lock").read_text())["pid"] == proc.pid  # left behind
+    log = resume_to_the_end(helpers, recipe_file, corpus, out)
+    assert f"taking over the lock of process {proc.pid} on this host" in log
+    assert not (out / "train.lock").exists()
+    assert_equals_reference(out, reference_run)  # no duplicate or interleaved rows

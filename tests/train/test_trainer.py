@@ -202,3 +202,22 @@ def test_profile_env_records_steps_and_the_log_shows_data_waits(
     monkeypatch.setenv("MAMBA_ASR_PROFILE", "nowhere")
     with pytest.raises(ValueError, match="MAMBA_ASR_PROFILE must be DIR,FIRST,COUNT"):
         train(tiny_recipe(), corpus, corpus, tmp_path / "run2", device="cpu", max_steps=1)
+
+
+def test_a_run_recipe_that_is_not_utf8_is_named(tmp_path, corpus, tiny_recipe):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.yaml").write_bytes("model: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=f"{out / 'recipe.yaml'}:1: not UTF-8 text"):
+        train(tiny_recipe(), corpus, corpus, out, device="cpu")
+
+
+def test_an_empty_training_manifest_is_refused_before_anything_is_written(
+    tmp_path, corpus, tiny_recipe
+):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    out = tmp_path / "run"
+    with pytest.raises(ManifestError, match="empty.jsonl: no utterances, nothing to train on"):
+        train(tiny_recipe(), empty, corpus, out, device="cpu")
+    assert not out.exists()

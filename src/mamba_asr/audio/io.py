@@ -11,6 +11,7 @@ count and skip bad files.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,7 +20,15 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-__all__ = ["AudioError", "AudioInfo", "as_waveform", "audio_info", "load_audio", "resample"]
+__all__ = [
+    "AudioError",
+    "AudioInfo",
+    "as_waveform",
+    "audio_info",
+    "check_audio",
+    "load_audio",
+    "resample",
+]
 
 StrPath = str | os.PathLike[str]
 
@@ -49,10 +58,34 @@ def audio_info(path: StrPath) -> AudioInfo:
 
     Raises ``AudioError`` for a missing, empty, unreadable or zero-length file and for a WAV
     file whose data chunk is cut short. A FLAC or Ogg file cut short is only found by decoding
-    it (``load_audio``).
+    it (``load_audio``, ``check_audio``).
     """
     _check_path(path)
     info = _open_info(path)
+    return AudioInfo(info.frames / info.samplerate, info.samplerate, info.channels)
+
+
+def check_audio(path: StrPath, block_frames: int = 1 << 16) -> AudioInfo:
+    """``audio_info`` after decoding every frame, ``block_frames`` at a time (none kept).
+
+    Raises ``AudioError`` for all that ``load_audio`` rejects, so also for a FLAC or Ogg file
+    that is cut short or corrupt inside (a flipped bit fails the frame's checksum) and for NaN
+    or infinite samples; a file that passes loads.
+    """
+    _check_path(path)
+    info = _open_info(path)
+    frames, nan, inf = 0, 0, 0
+    try:
+        with sf.SoundFile(os.fspath(path)) as f:
+            for block in f.blocks(block_frames, dtype="float32", always_2d=True):  # (n, C)
+                frames += len(block)
+                nan, inf = nan + int(np.isnan(block).sum()), inf + int(np.isinf(block).sum())
+    except (sf.SoundFileError, RuntimeError, OSError) as exc:
+        raise AudioError(path, f"corrupt or truncated audio ({_reason(exc)})") from exc
+    if frames < info.frames:
+        raise AudioError(path, f"truncated: header says {info.frames} frames, read {frames}")
+    if nan or inf:
+        raise AudioError(path, f"contains {nan} NaN and {inf} infinite samples")
     return AudioInfo(info.frames / info.samplerate, info.samplerate, info.channels)
 
 
@@ -106,13 +139,25 @@ def resample(wave: np.ndarray, from_rate: float, to_rate: float) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
+_NOT_FILES = {
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
 def _check_path(path: StrPath) -> None:
-    """AudioError for a missing file, a directory or an empty file."""
+    """AudioError for a missing file, a directory, anything but a regular file, an empty file."""
     p = Path(path)
     if not p.exists():
         raise AudioError(path, "no such file")
     if p.is_dir():
         raise AudioError(path, "is a directory, not an audio file")
+    mode = p.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = _NOT_FILES.get(stat.S_IFMT(mode), "a special file")
+        raise AudioError(path, f"not a regular file ({kind}); give a file holding the audio")
     if p.stat().st_size == 0:
         raise AudioError(path, "empty file (0 bytes)")
 

@@ -5,13 +5,20 @@ Shape key
 
 Features are not computed here: ``Batch.waves`` go to the device and the model's ``Fbank``
 (a module, so it runs on the GPU and is exported with the model).
+
+Bad audio: with ``skip_bad`` an item whose file does not load is a ``BadItem`` (the utterance
+and the one-line problem) and ``collate`` leaves it out of the batch, listing it in
+``Batch.skipped``: the same utterances are left out on every run, in DataLoader workers too, and
+the training process decides what to report (a worker's exception would reach it as an
+unreadable ``RuntimeError``). A batch of only bad items has no rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,20 +26,28 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mamba_asr.audio.augment import speed_perturb as perturb
-from mamba_asr.audio.io import load_audio
+from mamba_asr.audio.io import AudioError, load_audio
 from mamba_asr.data.manifest import Utterance
 from mamba_asr.text.tokenizer import PAD_ID, Tokenizer
 
-__all__ = ["AsrDataset", "Batch", "Item", "collate"]
+__all__ = ["AsrDataset", "BadItem", "Batch", "Item", "collate"]
 
 Item = tuple[Tensor, Tensor, Utterance]  # waveform (N,) float32, token ids (S,) long, utterance
+
+
+class BadItem(NamedTuple):
+    """An item whose audio did not load (``AsrDataset(skip_bad=True)``)."""
+
+    utterance: Utterance
+    problem: str  # the AudioError's one line, "<file>: <problem>"
 
 
 @dataclass
 class Batch:
     """A padded batch. waves (B, N) float32, zero-padded; wave_lengths (B,) long samples;
     targets (B, S) long, padded with ``PAD_ID`` (0); target_lengths (B,) long; then the
-    utterances' ids, transcripts and manifest durations (seconds)."""
+    utterances' ids, transcripts and manifest durations (seconds); ``skipped``: the problems
+    of the items left out (bad audio, see the module docstring)."""
 
     waves: Tensor
     wave_lengths: Tensor
@@ -41,6 +56,7 @@ class Batch:
     ids: list[str]
     texts: list[str]
     durations: list[float]
+    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -68,6 +84,7 @@ class AsrDataset(Dataset[Item]):
     of DataLoader workers. Call ``set_epoch`` each epoch (with ``persistent_workers`` the
     workers keep the epoch they started with). Speed 0.9 makes an utterance 11 % longer than
     its manifest duration: leave that headroom in the batch sampler's ``max_seconds``.
+    ``skip_bad``: an item whose audio does not load is a ``BadItem`` (else ``AudioError``).
     """
 
     def __init__(
@@ -77,9 +94,11 @@ class AsrDataset(Dataset[Item]):
         sample_rate: int = 16000,
         speed_perturb: Sequence[float] | None = (0.9, 1.0, 1.1),
         seed: int = 0,
+        skip_bad: bool = False,
     ) -> None:
         self.utterances = list(utterances)
         self.sample_rate, self.seed, self.epoch = sample_rate, seed, 0
+        self.skip_bad = skip_bad
         self.speed_factors = tuple(speed_perturb) if speed_perturb else None
         if self.speed_factors and min(self.speed_factors) <= 0:
             raise ValueError(f"speed_perturb factors must be > 0, got {self.speed_factors}")
@@ -96,9 +115,14 @@ class AsrDataset(Dataset[Item]):
     def __len__(self) -> int:
         return len(self.utterances)
 
-    def __getitem__(self, index: int) -> Item:
+    def __getitem__(self, index: int) -> Item | BadItem:
         utt = self.utterances[index]
-        wave = load_audio(utt.audio, self.sample_rate)
+        try:
+            wave = load_audio(utt.audio, self.sample_rate)
+        except AudioError as exc:
+            if not self.skip_bad:
+                raise
+            return BadItem(utt, str(exc))
         if self.speed_factors:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             factor = self.speed_factors[rng.integers(len(self.speed_factors))]
@@ -108,11 +132,16 @@ class AsrDataset(Dataset[Item]):
         return torch.from_numpy(wave), tokens, utt
 
 
-def collate(items: Sequence[Item]) -> Batch:
-    """Pad a list of items into a ``Batch`` (waves with 0.0, targets with ``PAD_ID``)."""
+def collate(items: Sequence[Item | BadItem]) -> Batch:
+    """Pad a list of items into a ``Batch`` (waves with 0.0, targets with ``PAD_ID``); a
+    ``BadItem`` is left out and its problem listed in ``Batch.skipped``."""
     if not items:
         raise ValueError("collate: no items")
-    waves, tokens, utts = zip(*items, strict=True)
+    skipped = [item.problem for item in items if isinstance(item, BadItem)]
+    good = [item for item in items if not isinstance(item, BadItem)]
+    if not good:
+        return _empty_batch(skipped)
+    waves, tokens, utts = zip(*good, strict=True)
     return Batch(
         waves=_pad([w.float() for w in waves], 0.0),
         wave_lengths=torch.tensor([len(w) for w in waves], dtype=torch.long),
@@ -121,7 +150,14 @@ def collate(items: Sequence[Item]) -> Batch:
         ids=[u.id for u in utts],
         texts=[u.text for u in utts],
         durations=[u.duration for u in utts],
+        skipped=skipped,
     )
+
+
+def _empty_batch(skipped: list[str]) -> Batch:
+    """A batch of no rows: (0, 0) waves and targets."""
+    none = torch.zeros(0, dtype=torch.long)
+    return Batch(torch.zeros(0, 0), none, none.view(0, 0), none, [], [], [], skipped)
 
 
 def _pad(tensors: list[Tensor], value: float) -> Tensor:

@@ -6,22 +6,26 @@ Layout of a split folder (``train-clean-100``, ``dev-clean``, ...)::
     SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac
 
 Transcripts are kept as LibriSpeech writes them (already upper case, apostrophes). Durations
-come from the FLAC headers (``audio_info``), read by a few threads.
+come from the FLAC headers (``audio_info``), read by a few threads; with ``decode`` every file
+is decoded in full (``check_audio``), so a file corrupt inside (a flipped bit) is found too.
+``prepare_librispeech`` decodes: a manifest it writes holds only audio that loads.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from mamba_asr.audio.io import AudioError, audio_info
+from mamba_asr.audio.io import AudioError, AudioInfo, audio_info, check_audio
 from mamba_asr.data.manifest import Utterance, write_manifest
+from mamba_asr.files import check_output, read_text
 
 __all__ = ["ScanResult", "find_splits", "prepare_librispeech", "scan_librispeech"]
 
@@ -51,12 +55,14 @@ def scan_librispeech(
     skip_bad: bool = False,
     progress: bool = True,
     num_threads: int = 8,
+    decode: bool = False,
 ) -> ScanResult:
     """Utterances of one LibriSpeech split folder ``root`` (see the module docstring).
 
-    A missing, empty or unreadable FLAC raises ``AudioError`` naming the file, and a
-    transcript line without text raises ``ValueError`` naming the file and line, unless
-    ``skip_bad``: then the utterance is skipped and counted in the result.
+    A missing, empty or unreadable FLAC (with ``decode``: one that does not decode in full)
+    raises ``AudioError`` naming the file, and a transcript line without text raises
+    ``ValueError`` naming the file and line, unless ``skip_bad``: then the utterance is
+    skipped, logged (one WARNING line naming the file and the problem) and counted.
     """
     root = Path(root)
     transcripts = sorted(root.glob(TRANSCRIPTS))
@@ -64,14 +70,16 @@ def scan_librispeech(
         raise ValueError(f"{root}: no LibriSpeech transcripts ({TRANSCRIPTS}) in this folder")
     result = ScanResult(utterances=[])
     entries = list(_read_transcripts(transcripts, skip_bad, result.problems))
+    probe = functools.partial(_probe, info=check_audio if decode else audio_info)
     bar = tqdm(total=len(entries), desc=root.name, unit="utt", disable=not progress)
     with bar, ThreadPoolExecutor(max(1, num_threads)) as pool:
         for start in range(0, len(entries), _CHUNK):
             chunk = entries[start : start + _CHUNK]
-            for probed in pool.map(_probe, chunk):
+            for probed in pool.map(probe, chunk):
                 if isinstance(probed, AudioError):
                     if not skip_bad:
                         raise probed
+                    log.warning("skipped: %s", probed)
                     result.problems.append(str(probed))
                 else:
                     result.utterances.append(probed)
@@ -109,18 +117,30 @@ def prepare_librispeech(
     out_dir: str | os.PathLike[str],
     skip_bad: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write ``OUT_DIR/<split>.jsonl`` for each split under ``root`` (``all.jsonl`` when root
-    is itself a split); returns the manifests' paths. Skipped files are logged (WARNING)."""
-    paths = []
-    for name, folder in find_splits(root):
-        scan = scan_librispeech(folder, skip_bad=skip_bad, progress=progress)
-        if scan.skipped:
-            first = scan.problems[0]
-            log.warning("%s: skipped %d bad utterances, first: %s", name, scan.skipped, first)
-        paths.append(write_manifest(Path(out_dir) / f"{name}.jsonl", scan.utterances))
-        log.info("%s: %d utterances -> %s", name, len(scan.utterances), paths[-1])
-    return paths
+    is itself a split); returns the manifests' paths. Every audio file is decoded in full; a
+    bad one stops it (``AudioError``) or, with ``skip_bad``, is left out of the manifest and
+    logged: one WARNING line per file, then one per split with the count.
+
+    Every manifest's path is checked before any audio is read: one that exists already raises
+    ``FileExistsError`` unless ``overwrite`` (``mamba_asr.files.check_output``). Manifests are
+    written once every split is read, so an error leaves none behind.
+    """
+    splits = find_splits(root)
+    paths = {name: Path(out_dir) / f"{name}.jsonl" for name, _ in splits}
+    for path in paths.values():
+        check_output(path, "manifest", overwrite=overwrite)
+    scans = {}
+    for name, folder in splits:
+        scans[name] = scan_librispeech(folder, skip_bad=skip_bad, progress=progress, decode=True)
+        if scans[name].skipped:
+            log.warning("%s: skipped %d bad utterances (above)", name, scans[name].skipped)
+    for name, scan in scans.items():
+        write_manifest(paths[name], scan.utterances)
+        log.info("%s: %d utterances -> %s", name, len(scan.utterances), paths[name])
+    return list(paths.values())
 
 
 def _read_transcripts(
@@ -128,7 +148,7 @@ def _read_transcripts(
 ) -> Iterator[tuple[str, Path, str]]:
     """(utterance id, flac path, text) of every transcript line, in file order."""
     for trans in transcripts:
-        for number, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(read_text(trans).splitlines(), start=1):
             if not line.strip():
                 continue
             utt_id, _, text = line.strip().partition(" ")
@@ -136,16 +156,19 @@ def _read_transcripts(
                 problem = f"{trans}:{number}: expected 'UTTERANCE-ID TRANSCRIPT', got {line!r}"
                 if not skip_bad:
                     raise ValueError(problem)
+                log.warning("skipped: %s", problem)
                 problems.append(problem)
                 continue
             yield utt_id, trans.parent / f"{utt_id}.flac", " ".join(text.split())
 
 
-def _probe(entry: tuple[str, Path, str]) -> Utterance | AudioError:
-    """An Utterance with the file's duration, or the AudioError saying why not."""
+def _probe(
+    entry: tuple[str, Path, str], info: Callable[[Path], AudioInfo]
+) -> Utterance | AudioError:
+    """An Utterance with the file's duration (from ``info``), or the AudioError saying why not."""
     utt_id, audio, text = entry
     try:
-        duration = audio_info(audio).duration
+        duration = info(audio).duration
     except AudioError as exc:
         return exc
     return Utterance(id=utt_id, audio=audio.absolute(), text=text, duration=duration)

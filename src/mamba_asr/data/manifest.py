@@ -8,6 +8,7 @@ with one line ``<manifest>:<line>: <problem>``.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mamba_asr.atomic import atomic_write_text
+from mamba_asr.files import read_text
 
 __all__ = ["ManifestError", "Utterance", "read_manifest", "write_manifest"]
 
@@ -41,8 +43,8 @@ def read_manifest(path: str | os.PathLike[str]) -> list[Utterance]:
     """Utterances of a JSONL manifest, in file order; blank lines are skipped.
 
     Raises ``ManifestError`` naming the file and line for bad JSON, a line that is not an
-    object, a missing key, an empty text, a duration that is not a positive number, or an id
-    seen on an earlier line.
+    object, a missing key, an empty text, a duration that is not a positive number, an id
+    seen on an earlier line, or bytes that are not UTF-8.
     """
     path = Path(path)
     if not path.is_file():
@@ -50,17 +52,17 @@ def read_manifest(path: str | os.PathLike[str]) -> list[Utterance]:
     folder = path.absolute().parent
     utterances: list[Utterance] = []
     first_line: dict[str, int] = {}
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            utt = _parse_line(line, folder, f"{path}:{number}")
-            if utt.id in first_line:
-                raise ManifestError(
-                    f"{path}:{number}: id {utt.id!r} already used on line {first_line[utt.id]}"
-                )
-            first_line[utt.id] = number
-            utterances.append(utt)
+    lines = io.StringIO(read_text(path, ManifestError), newline=None)  # universal newlines
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        utt = _parse_line(line, folder, f"{path}:{number}")
+        if utt.id in first_line:
+            raise ManifestError(
+                f"{path}:{number}: id {utt.id!r} already used on line {first_line[utt.id]}"
+            )
+        first_line[utt.id] = number
+        utterances.append(utt)
     return utterances
 
 

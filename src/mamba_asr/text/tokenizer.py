@@ -21,6 +21,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import sentencepiece as spm
 
+from mamba_asr.files import read_text
+
 __all__ = [
     "BLANK_ID",
     "BOS_ID",
@@ -204,7 +206,7 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> CharTokenizer | Sentenc
     if not meta_path.is_file():
         raise ValueError(f"{folder}: not a tokenizer directory (no {METADATA})")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(read_text(meta_path))
         kind = meta["kind"]
         if kind == "char":
             tokenizer: CharTokenizer | SentencePieceTokenizer = CharTokenizer(

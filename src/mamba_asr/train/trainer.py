@@ -2,6 +2,9 @@
 
 The run folder ``out_dir`` holds everything a run makes, and nothing is ever overwritten:
 
+- ``train.lock``: the pid and host of the process training in it (rank 0), while it trains.
+  Another ``train`` on the folder is refused, naming them; a lock left by a killed run (its
+  pid no longer runs on this host) is taken over with a warning.
 - ``recipe.yaml``: the recipe, written once when the run starts. Running again on the same
   folder resumes the run; a recipe that differs in any key is refused, naming the key.
 - ``tokenizer/``: characters, or a SentencePiece model trained on the training transcripts.
@@ -64,9 +67,10 @@ from mamba_asr.config import (
 )
 from mamba_asr.data.batching import DynamicBatchSampler
 from mamba_asr.data.dataset import AsrDataset, Batch, collate
-from mamba_asr.data.manifest import Utterance, read_manifest
+from mamba_asr.data.manifest import ManifestError, Utterance, read_manifest
 from mamba_asr.decode.search import DecodingOptions, decode_batch
 from mamba_asr.device import autocast
+from mamba_asr.files import FolderLock, lock_folder, read_text
 from mamba_asr.text.tokenizer import (
     LIBRISPEECH_ALPHABET,
     CharTokenizer,
@@ -101,6 +105,7 @@ log = logging.getLogger(__name__)
 RANK_DUMP_ENV = "MAMBA_ASR_TEST_RANK_DUMP"
 PROFILE_ENV = "MAMBA_ASR_PROFILE"
 RECIPE_FILE = "recipe.yaml"
+LOCK_FILE = "train.lock"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.pt"
@@ -114,7 +119,8 @@ class TrainResult:
     averaged model's path (None until the run is finished, and on ranks other than 0), and
     the validation WER of the best checkpoint (None before the first validation), and the
     training speed: ``throughput`` holds (step, seconds of audio per second over every rank)
-    for each ``train.log_every`` window of this call (the first one includes start-up)."""
+    for each ``train.log_every`` window of this call (the first one includes start-up), and
+    ``skipped_audio``: how many audio files this call left out because they did not load."""
 
     out_dir: Path
     step: int
@@ -124,6 +130,23 @@ class TrainResult:
     best_wer: float | None
     rank: int = 0
     throughput: tuple[tuple[int, float], ...] = ()
+    skipped_audio: int = 0
+
+
+class _BadAudio:
+    """The audio files the loaders left out (``Batch.skipped``): each reported once, with one
+    WARNING line naming the file and the problem, or with ``strict`` the first one raised."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict, self.seen = strict, set[str]()
+
+    def note(self, batch: Batch) -> None:
+        for problem in batch.skipped:
+            if self.strict:
+                raise ValueError(f"{problem} (--strict: stopped at the first bad audio file)")
+            if problem not in self.seen:
+                self.seen.add(problem)
+                log.warning("skipped (bad audio): %s", problem)
 
 
 @dataclass
@@ -175,7 +198,7 @@ def _check_recipe(out_dir: Path, recipe: RecipeConfig) -> bool:
     if not path.is_file():
         return False
     try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+        saved = yaml.safe_load(read_text(path, ConfigError))
     except yaml.YAMLError:
         raise ConfigError(f"{path}: not valid YAML; use another output folder") from None
     now = to_dict(recipe)
@@ -366,14 +389,16 @@ def _eval_loader(
     """Duration-sorted batches of ``utts``, no augmentation; None when there are none."""
     if not utts:
         return None
-    data = AsrDataset(utts, tokenizer, recipe.data.sample_rate, speed_perturb=None)
+    data = AsrDataset(utts, tokenizer, recipe.data.sample_rate, speed_perturb=None, skip_bad=True)
     sampler = DynamicBatchSampler(
         data.durations, recipe.train.max_batch_seconds, num_buckets=1, shuffle=False
     )
     return _loader(data, sampler, recipe.train.num_workers, recipe.train.seed, device)
 
 
-def _fit_cmvn(asr: ASR, utts: list[Utterance], recipe: RecipeConfig, device: Any) -> None:
+def _fit_cmvn(
+    asr: ASR, utts: list[Utterance], recipe: RecipeConfig, device: Any, bad: _BadAudio
+) -> None:
     """Fit the CMVN statistics on up to ``data.cmvn_max_utterances`` training utterances (a
     seeded random subset, without speed perturbation)."""
     rng = np.random.default_rng(recipe.train.seed)
@@ -383,9 +408,11 @@ def _fit_cmvn(asr: ASR, utts: list[Utterance], recipe: RecipeConfig, device: Any
 
     def feats() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in loader:
-            b = batch.to(device)
-            with torch.no_grad():
-                yield asr.raw_features(b.waves, b.wave_lengths)
+            bad.note(batch)
+            if len(batch):
+                with torch.no_grad():
+                    b = batch.to(device)
+                    yield asr.raw_features(b.waves, b.wave_lengths)
 
     t0 = time.perf_counter()
     asr.cmvn.fit(feats())
@@ -407,7 +434,11 @@ class _Validation:
 
 
 def _validate(
-    asr: ASR, loader: DataLoader | None, recipe: RecipeConfig, ctx: DistributedContext
+    asr: ASR,
+    loader: DataLoader | None,
+    recipe: RecipeConfig,
+    ctx: DistributedContext,
+    bad: _BadAudio,
 ) -> _Validation:
     """Loss and greedy (or beam) WER/CER over every rank's share of the validation set."""
     options = DecodingOptions(strategy=recipe.train.valid_strategy)
@@ -416,6 +447,9 @@ def _validate(
     asr.eval()
     with torch.no_grad():
         for batch in loader if loader is not None else []:
+            bad.note(batch)
+            if not len(batch):
+                continue
             b = batch.to(ctx.device)
             with autocast(ctx.device, _precision(recipe)):
                 feats, lengths = asr.features(b.waves, b.wave_lengths)
@@ -432,6 +466,29 @@ def _validate(
     rates = error_rates(all_refs, all_hyps)
     count = len(all_refs)
     return _Validation(total / max(count, 1), rates.wer, rates.cer, count)
+
+
+def _stand_in(recipe: RecipeConfig) -> Batch:
+    """One second of silence with a one-token target: what a DDP rank whose batch held only
+    bad audio trains on with weight 0 (zero gradients, but it joins the all-reduce)."""
+    rate, token = recipe.data.sample_rate, recipe.model.vocab_size - 1  # not a special id
+    one = torch.ones(1, dtype=torch.long)
+    return Batch(torch.zeros(1, rate), one * rate, (one * token).view(1, 1), one, ["stand-in"],
+                 [""], [1.0])  # fmt: skip
+
+
+@contextlib.contextmanager
+def _frozen_norm_statistics(model: nn.Module) -> Iterator[None]:
+    """Batch-norm running statistics kept as they are (momentum 0) inside the block."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum
 
 
 def _precision(recipe: RecipeConfig) -> str | None:
@@ -468,6 +525,7 @@ class _Run:
         self.profiler = _StepProfiler.from_env(ctx)
         self.throughput: list[tuple[int, float]] = []
         self.deadline: float | None = None  # time.perf_counter() value to stop at
+        self.bad = _BadAudio(strict=False)
 
     def out_of_time(self) -> bool:
         """Past the deadline (the same answer on every rank: rank 0's clock decides)."""
@@ -555,16 +613,18 @@ class _Run:
                     group_left = min(cfg.grad_accum, total - self.p.batches_done)
                     group_size = group_left
                 group_left -= 1
+                self.bad.note(batch)
                 loss = self._forward_backward(batch, group_size, sync=group_left == 0)
                 self.p.batches_done += 1
-                self.p.window[0] += loss
-                self.p.window[1] += 1
+                if loss is not None:
+                    self.p.window[0] += loss
+                    self.p.window[1] += 1
                 bar.update(1)
                 if group_left:
                     continue
                 lr = self._optimizer_step()
                 self.profiler.step(self.p.step)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", step=self.p.step)
+                bar.set_postfix(loss=f"{loss or 0.0:.3f}", lr=f"{lr:.2e}", step=self.p.step)
                 self._log_train(lr)
                 at_end = self.p.batches_done == total
                 stop = (max_steps is not None and self.p.step >= max_steps) or self.out_of_time()
@@ -577,18 +637,24 @@ class _Run:
             bar.close()
         return True
 
-    def _forward_backward(self, batch: Batch, group_size: int, sync: bool) -> float:
+    def _forward_backward(self, batch: Batch, group_size: int, sync: bool) -> float | None:
+        """The batch's loss after its backward pass; None for a batch of only bad audio (under
+        DDP that rank trains on a stand-in with weight 0, so that it joins the all-reduce)."""
+        if not len(batch) and not self.ctx.distributed:
+            return None
+        weight = 1.0 if len(batch) else 0.0
         self.audio_seconds += float(batch.wave_lengths.sum()) / self.recipe.data.sample_rate
-        b = batch.to(self.ctx.device, non_blocking=True)
         if os.environ.get(RANK_DUMP_ENV):
-            self.seen_ids.extend(b.ids)
+            self.seen_ids.extend(batch.ids)
+        b = (batch if weight else _stand_in(self.recipe)).to(self.ctx.device, non_blocking=True)
         no_sync = getattr(self.model, "no_sync", None)
         context = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
-        with context:
+        frozen = _frozen_norm_statistics(self.asr) if not weight else contextlib.nullcontext()
+        with context, frozen:
             with autocast(self.ctx.device, _precision(self.recipe)):
                 out = self.model(b.waves, b.wave_lengths, b.targets, b.target_lengths)
-            (out.loss / group_size).backward()
-        return float(out.loss.detach())
+            (out.loss * weight / group_size).backward()
+        return float(out.loss.detach()) if weight else None
 
     def _optimizer_step(self) -> float:
         """Clip, step, advance the schedule; returns the lr this step used."""
@@ -630,7 +696,7 @@ class _Run:
 
     def end_epoch(self, valid_loader: DataLoader | None) -> _Validation:
         """Validate, checkpoint (as the start of the next epoch), log, plot."""
-        valid = _validate(self.asr, valid_loader, self.recipe, self.ctx)
+        valid = _validate(self.asr, valid_loader, self.recipe, self.ctx, self.bad)
         self.window_start = time.perf_counter()  # validation is not training time
         epoch = self.p.epoch + 1
         log.info(
@@ -735,6 +801,7 @@ def train(
     max_steps: int | None = None,
     progress: bool | None = None,
     max_seconds: float | None = None,
+    strict: bool = False,
 ) -> TrainResult:
     """Train ``recipe`` on the manifests into ``out_dir`` (see the module docstring).
 
@@ -743,7 +810,10 @@ def train(
     touch a folder that holds a run). max_steps: stop after this many optimizer steps in
     total, with a checkpoint (running again continues); None: train all epochs. max_seconds:
     likewise, stop at the first optimizer step after this much wall-clock time. progress:
-    show a progress bar (default: when stderr is a terminal; rank 0 only).
+    show a progress bar (default: when stderr is a terminal; rank 0 only). strict: stop at
+    the first audio file that does not load (ValueError naming it); by default such a file is
+    left out of its batch (the same on every run, so a resume stays exact), reported once with
+    one WARNING line and counted in ``TrainResult.skipped_audio``.
 
     Raises ``ValueError`` (``ConfigError``, ``ManifestError``, ...) or ``OSError`` with one
     line for bad inputs: a missing manifest, a recipe that differs from the run's, ...
@@ -755,15 +825,27 @@ def train(
     deadline = None if max_seconds is None else time.perf_counter() + max_seconds
     out_dir = Path(out_dir)
     train_utts, valid_utts = read_manifest(train_manifest), read_manifest(valid_manifest)
+    if not train_utts:
+        raise ManifestError(f"{train_manifest}: no utterances, nothing to train on")
     ctx = init_distributed(device)
+    locks: list[FolderLock] = []  # rank 0's, held until the end
     try:
-        prepared = _on_main(ctx, _prepare_run, out_dir, recipe, train_utts, resume)
+        prepared = _on_main(ctx, _lock_and_prepare, locks, out_dir, recipe, train_utts, resume)
         tokenizer = tokenizer_from_files(prepared["tokenizer"])
         with _file_log(out_dir / "train.log", ctx.is_main):
             return _train(recipe, ctx, out_dir, tokenizer, train_utts, valid_utts,
-                          prepared["state"], max_steps, progress, deadline)  # fmt: skip
+                          prepared["state"], max_steps, progress, deadline,
+                          _BadAudio(strict))  # fmt: skip
     finally:
+        for lock in locks:
+            lock.release()
         cleanup(ctx)
+
+
+def _lock_and_prepare(locks: list[FolderLock], out_dir: Path, *args: Any) -> dict[str, Any]:
+    """Lock ``out_dir`` (appended to ``locks``), then ``_prepare_run``."""
+    locks.append(lock_folder(out_dir, LOCK_FILE))
+    return _prepare_run(out_dir, *args)
 
 
 @contextlib.contextmanager
@@ -798,13 +880,13 @@ def _train(
     state: dict[str, Any] | None,
     max_steps: int | None,
     progress: bool | None,
-    deadline: float | None = None,
+    deadline: float | None,
+    bad: _BadAudio,
 ) -> TrainResult:
     cfg = recipe.train
     _seed_all(cfg.seed)
-    train_data = AsrDataset(
-        train_utts, tokenizer, recipe.data.sample_rate, recipe.data.speed_perturb, cfg.seed
-    )
+    train_data = AsrDataset(train_utts, tokenizer, recipe.data.sample_rate,
+                            recipe.data.speed_perturb, cfg.seed, skip_bad=True)  # fmt: skip
     sampler = DynamicBatchSampler(
         train_data.durations, cfg.max_batch_seconds, cfg.num_buckets, shuffle=True,
         seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
@@ -818,10 +900,10 @@ def _train(
             asr.load_state_dict(_init_bundle(recipe)["state_dict"])
             log.info("initialised from %s", cfg.init_from)
         else:
-            _fit_cmvn(asr, train_utts, recipe, ctx.device)
+            _fit_cmvn(asr, train_utts, recipe, ctx.device, bad)
     metrics = MetricsLog(out_dir, 0 if state is None else state["progress"]["step"], ctx.is_main)
     run = _Run(recipe, ctx, out_dir, asr, asr, sampler, _Progress(), metrics)
-    run.deadline = deadline
+    run.deadline, run.bad = deadline, bad
     if state is not None:
         run.load(state)
     else:
@@ -844,5 +926,6 @@ def _train(
     finally:
         metrics.close()
     best = run.p.best[0]["wer"] if run.p.best else None
+    skipped = set().union(*gather_objects(bad.seen, ctx))  # every rank's
     return TrainResult(out_dir, run.p.step, run.p.epoch, done, model_path, best, ctx.rank,
-                       tuple(run.throughput))  # fmt: skip
+                       tuple(run.throughput), len(skipped))  # fmt: skip
