@@ -16,8 +16,7 @@ import mamba_asr
 from mamba_asr.asr import ASR
 from mamba_asr.cli import LENGTH_BONUS, LM_WEIGHT, _lm_options, main
 from mamba_asr.pretrained import bundled_lm, bundled_path
-from mamba_asr.text import normalize_transcript
-from mamba_asr.train.metrics import error_rates
+from mamba_asr.text import error_rates, normalize_transcript
 from mamba_asr.transcription import stream_file, transcribe_file
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

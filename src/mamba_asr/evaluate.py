@@ -22,8 +22,7 @@ from mamba_asr.atomic import atomic_write_text
 from mamba_asr.audio import load_audio
 from mamba_asr.data import DynamicBatchSampler, Utterance, read_manifest, scan_librispeech
 from mamba_asr.decode import DecodingOptions
-from mamba_asr.text import normalize_transcript
-from mamba_asr.train.metrics import error_rates
+from mamba_asr.text import error_rates, normalize_transcript
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ from mamba_asr.data.dataset import AsrDataset, Batch, collate
 from mamba_asr.data.manifest import Utterance, read_manifest
 from mamba_asr.decode.search import DecodingOptions, decode_batch
 from mamba_asr.device import autocast
+from mamba_asr.text.error_rates import error_rates
 from mamba_asr.text.tokenizer import (
     LIBRISPEECH_ALPHABET,
     CharTokenizer,
@@ -91,7 +92,7 @@ from mamba_asr.train.distributed import (
     init_distributed,
     wrap_model,
 )
-from mamba_asr.train.metrics import MetricsLog, error_rates
+from mamba_asr.train.metrics import MetricsLog
 from mamba_asr.train.schedules import build_optimizer, build_scheduler
 
 __all__ = ["PROFILE_ENV", "RANK_DUMP_ENV", "TrainResult", "build_tokenizer", "train"]
