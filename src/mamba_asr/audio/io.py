@@ -5,7 +5,9 @@ Shape key
 
 Every problem with a file raises ``AudioError`` (a ``ValueError``) whose message is one line,
 ``<path>: <problem>``, so the command line prints it as it is and a data-preparation run can
-count and skip bad files.
+count and skip bad files. The checks behind them (``check_audio_path``, ``open_audio_info``,
+``check_finite_samples``, ``soundfile_reason``) serve the other readers of audio files too
+(``mamba_asr.audio.stream.read_blocks``), so every reader fails with the same messages.
 """
 
 from __future__ import annotations
@@ -19,7 +21,17 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-__all__ = ["AudioError", "AudioInfo", "audio_info", "load_audio", "resample"]
+__all__ = [
+    "AudioError",
+    "AudioInfo",
+    "audio_info",
+    "check_audio_path",
+    "check_finite_samples",
+    "load_audio",
+    "open_audio_info",
+    "resample",
+    "soundfile_reason",
+]
 
 StrPath = str | os.PathLike[str]
 
@@ -51,8 +63,8 @@ def audio_info(path: StrPath) -> AudioInfo:
     file whose data chunk is cut short. A FLAC or Ogg file cut short is only found by decoding
     it (``load_audio``).
     """
-    _check_path(path)
-    info = _open_info(path)
+    check_audio_path(path)
+    info = open_audio_info(path)
     return AudioInfo(info.frames / info.samplerate, info.samplerate, info.channels)
 
 
@@ -65,9 +77,9 @@ def load_audio(path: StrPath, sample_rate: int = 16000) -> np.ndarray:
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
-    _check_path(path)
+    check_audio_path(path)
     data, file_rate = _read(path)  # (N, C)
-    _check_finite(path, data)
+    check_finite_samples(path, data)
     wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]  # (N,)
     if file_rate != sample_rate:
         wave = resample(wave, file_rate, sample_rate)
@@ -82,7 +94,7 @@ def resample(wave: np.ndarray, from_rate: float, to_rate: float) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def _check_path(path: StrPath) -> None:
+def check_audio_path(path: StrPath) -> None:
     """AudioError for a missing file, a directory or an empty file."""
     p = Path(path)
     if not p.exists():
@@ -93,12 +105,12 @@ def _check_path(path: StrPath) -> None:
         raise AudioError(path, "empty file (0 bytes)")
 
 
-def _open_info(path: StrPath) -> Any:
+def open_audio_info(path: StrPath) -> Any:
     """soundfile's header info, with every failure turned into an AudioError."""
     try:
         info = sf.info(os.fspath(path))
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
-        raise AudioError(path, f"cannot decode audio ({_reason(exc)})") from exc
+        raise AudioError(path, f"cannot decode audio ({soundfile_reason(exc)})") from exc
     if info.format in ("WAV", "WAVEX"):
         _check_wav_data_chunk(path)
     if info.frames <= 0:
@@ -108,11 +120,11 @@ def _open_info(path: StrPath) -> Any:
 
 def _read(path: StrPath) -> tuple[np.ndarray, int]:
     """(N, C) float32 samples and the file's sample rate; AudioError when decoding fails."""
-    info = _open_info(path)
+    info = open_audio_info(path)
     try:
         data, rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
-        raise AudioError(path, f"corrupt or truncated audio ({_reason(exc)})") from exc
+        raise AudioError(path, f"corrupt or truncated audio ({soundfile_reason(exc)})") from exc
     if data.shape[0] == 0:
         raise AudioError(path, "no audio samples (0 frames)")
     if data.shape[0] < info.frames:
@@ -120,7 +132,7 @@ def _read(path: StrPath) -> tuple[np.ndarray, int]:
     return data, int(rate)
 
 
-def _check_finite(path: StrPath, data: np.ndarray) -> None:
+def check_finite_samples(path: StrPath, data: np.ndarray) -> None:
     """AudioError naming how many samples are NaN or infinite."""
     nan = int(np.isnan(data).sum())
     inf = int(np.isinf(data).sum())
@@ -153,7 +165,7 @@ def _check_wav_data_chunk(path: StrPath) -> None:
             pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to even sizes
 
 
-def _reason(exc: BaseException) -> str:
+def soundfile_reason(exc: BaseException) -> str:
     """libsndfile's own words, without the "Error opening 'path':" prefix it repeats."""
     text = getattr(exc, "error_string", None) or str(exc) or type(exc).__name__
     return text.strip().rstrip(".")
