@@ -19,6 +19,8 @@ import torch
 from helpers.tones import TEXTS, write_corpus
 from mamba_asr.config import RecipeConfig, load_recipe
 
+TESTS = Path(__file__).resolve().parents[1]
+
 # 4 batches an epoch; checkpoints every 2 steps; 3 epochs: 12 optimizer steps in all
 TINY = [
     "model.vocab_size=6", "model.encoder_module=conmamba", "model.d_model=32", "model.nhead=2",
@@ -80,11 +82,20 @@ def train_args(recipe_file: Path, corpus: Path, out: Path, *extra: str) -> list[
     return args
 
 
+def helper_command(module: str, *args: str) -> list[str]:
+    """``python -m helpers.<module> ARGS``: a program of tests/helpers (``subprocess_env``
+    puts tests/ on its path)."""
+    return [sys.executable, "-m", f"helpers.{module}", *args]
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for a training subprocess: same thread count as the tests (so float
-    results match an in-process run), no device override."""
+    results match an in-process run), no device override, tests/ on the path (for the
+    programs of tests/helpers)."""
     env = {k: v for k, v in os.environ.items() if k != "MAMBA_ASR_DEVICE"}
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    path = [str(TESTS), *filter(None, [env.get("PYTHONPATH")])]
+    env["PYTHONPATH"] = os.pathsep.join(path)
     return {**env, **extra}
 
 
@@ -93,5 +104,5 @@ def helpers() -> SimpleNamespace:
     """This file's helpers and constants (test modules cannot import a conftest by name)."""
     return SimpleNamespace(
         TINY=TINY, STEPS=STEPS, TEXTS=TEXTS, write_corpus=write_corpus, cli_command=cli_command,
-        train_args=train_args, subprocess_env=subprocess_env,
+        helper_command=helper_command, train_args=train_args, subprocess_env=subprocess_env,
     )  # fmt: skip
