@@ -17,8 +17,7 @@ from mamba_asr.cli import main
 from mamba_asr.decode import DecodingOptions
 from mamba_asr.decode.options import LENGTH_BONUS, LM_WEIGHT
 from mamba_asr.pretrained import bundled_lm, bundled_path
-from mamba_asr.text import normalize_transcript
-from mamba_asr.train.metrics import error_rates
+from mamba_asr.text import error_rates, normalize_transcript
 from mamba_asr.transcription import transcribe_file
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -22,7 +22,7 @@ def write(tmp_path, text):
 
 
 def test_round_trip_through_dict():
-    cfg = RecipeConfig(model=ModelConfig(vocab_size=31, num_decoder_layers=2))
+    cfg = RecipeConfig(model=ModelConfig(vocab_size=31, kind="seq2seq", num_decoder_layers=2))
     assert from_dict(RecipeConfig, to_dict(cfg)) == cfg
 
 
@@ -74,10 +74,22 @@ def test_overrides_parse_yaml_values_and_keep_the_input():
 
 
 def test_ints_are_accepted_for_floats_and_lists_become_tuples():
-    cfg = from_dict(ModelConfig, {"vocab_size": 10, "dropout": 0, "frontend": {"channels": [8]}})
+    data = {"vocab_size": 10, "kind": "ctc", "dropout": 0, "frontend": {"channels": [8]}}
+    cfg = from_dict(ModelConfig, data)
     assert cfg.dropout == 0.0 and isinstance(cfg.dropout, float)
     assert cfg.frontend.channels == (8,)
     assert cfg.kind == "ctc"
+
+
+def test_the_model_kind_is_stated_and_checked():
+    with pytest.raises(ConfigError, match="missing key in model: kind"):
+        from_dict(ModelConfig, {"vocab_size": 10}, "model")
+    with pytest.raises(ConfigError, match="model.kind must be one of"):
+        from_dict(ModelConfig, {"vocab_size": 10, "kind": "rnnt"}, "model")
+    with pytest.raises(ConfigError, match="num_decoder_layers is for kind 'seq2seq'"):
+        ModelConfig(vocab_size=10, kind="ctc", num_decoder_layers=2)
+    with pytest.raises(ConfigError, match="num_decoder_layers must be >= 1 for kind 'seq2seq'"):
+        ModelConfig(vocab_size=10, kind="seq2seq")
 
 
 @pytest.mark.parametrize("raw", ["[1,", "{a", "'x", "@x"])

@@ -11,26 +11,18 @@ import torch
 
 import mamba_asr
 import mamba_asr.pretrained as pretrained
+from helpers.recipes import tiny_recipe
 from mamba_asr.asr import ASR
 from mamba_asr.cli import main
-from mamba_asr.config import load_recipe
 from mamba_asr.evaluate import hypotheses_name
 from mamba_asr.pretrained import DEFAULT_MODEL, MODELS, resolve_model
 from mamba_asr.text import CharTokenizer
-
-RNNT_TINY = [
-    "model.vocab_size=6", "model.d_model=32", "model.num_encoder_layers=1", "model.d_ffn=64",
-    "model.frontend.channels=[8, 8, 8]", "model.transducer.predictor_dim=16",
-    "model.transducer.joiner_dim=16",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory) -> ASR:
     torch.manual_seed(0)
-    return ASR.from_recipe(
-        load_recipe("hparams/Transducer/mct_small.yaml", RNNT_TINY), CharTokenizer("AB ")
-    )
+    return ASR.from_recipe(tiny_recipe("transducer"), CharTokenizer("AB "))
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -315,7 +316,7 @@ def test_output_dir_writes_one_file_per_input_and_never_over_one(
 ):
     other = tmp_path / "sub" / "other.wav"
     other.parent.mkdir()
-    other.write_bytes(open(good_wav, "rb").read())
+    other.write_bytes(Path(good_wav).read_bytes())
     out = tmp_path / "out"
     argv = ["transcribe", good_wav, str(other), "--model", ctc_model, "--format", "srt"]
     assert main([*argv, "--output-dir", str(out)]) == 0
@@ -334,7 +335,7 @@ def test_output_dir_writes_one_file_per_input_and_never_over_one(
     assert "srt of several files needs --output-dir" in capsys.readouterr().err
     twin = tmp_path / "twin" / "good.wav"
     twin.parent.mkdir()
-    twin.write_bytes(open(good_wav, "rb").read())
+    twin.write_bytes(Path(good_wav).read_bytes())
     assert main(["transcribe", good_wav, str(twin), "--model", ctc_model, "--output-dir",
                  str(tmp_path / "o2")]) == 2  # fmt: skip
     assert "would both be written to" in capsys.readouterr().err

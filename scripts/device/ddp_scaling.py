@@ -10,9 +10,9 @@ very pair the 1-GPU run accumulates in step k, so the two loss curves should mat
 dropout/augmentation draws and rounding. Speed: seconds of audio trained per second of wall
 time (the trainer's log windows after the first, which holds start-up; train.log also gives
 the share of time each window waited for data). ``--profile``: every rank's steps 51-55 under
-torch.profiler (RUN/profile/rank<r>.txt, .json). Sync: each rank's
-final weights (MAMBA_ASR_TEST_RANK_DUMP) must be equal. Writes OUT/ddp_scaling.json, a loss
-plot OUT/ddp_loss.png and prints a table.
+torch.profiler (RUN/profile/rank<r>.txt, .json). Sync: each rank's final weights (saved by
+tests/helpers/rank_dump.py) must be equal. Writes OUT/ddp_scaling.json, a loss plot
+OUT/ddp_loss.png and prints a table.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = {
     "mct_small": (
         "hparams/Transducer/mct_small.yaml",
@@ -39,8 +40,10 @@ RECIPES = {
 
 
 def worker(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    import mamba_asr.train
+    from helpers.rank_dump import recording_ranks
     from mamba_asr.config import load_recipe
-    from mamba_asr.train import train
 
     overrides = list(RECIPES[args.recipe][1]) + [
         f"train.max_batch_seconds={args.batch_seconds}", f"train.grad_accum={args.accum}",
@@ -49,8 +52,11 @@ def worker(args: argparse.Namespace) -> None:
     ]  # fmt: skip
     recipe = load_recipe(RECIPES[args.recipe][0], overrides)
     corpus = Path(args.corpus)
-    result = train(recipe, corpus / "train/manifest.jsonl", corpus / "dev/manifest.jsonl",
-                   args.run_dir, device=args.device, max_steps=args.steps, progress=False)  # fmt: skip
+    with recording_ranks(Path(args.dump)):  # each rank's final weights: DUMP/rank<r>.pt
+        result = mamba_asr.train.train(
+            recipe, corpus / "train/manifest.jsonl", corpus / "dev/manifest.jsonl", args.run_dir,
+            device=args.device, max_steps=args.steps, progress=False,
+        )  # fmt: skip
     if result.rank == 0:
         Path(args.run_dir, "result.json").write_text(json.dumps({"throughput": result.throughput}))
 
@@ -62,13 +68,14 @@ def launch(args: argparse.Namespace, recipe: str, gpus: int, out: Path) -> dict:
     dump.mkdir(parents=True, exist_ok=True)
     common = [__file__, args.corpus, "--worker", "--recipe", recipe, "--run-dir", str(run),
               "--steps", str(steps), "--batch-seconds", str(args.batch_seconds),
-              "--device", args.device, "--log-every", str(args.log_every)]  # fmt: skip
+              "--device", args.device, "--log-every", str(args.log_every),
+              "--dump", str(dump)]  # fmt: skip
     if gpus == 1:
         cmd = [sys.executable, *common, "--accum", "2"]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={gpus}", *common, "--accum", "1"]  # fmt: skip
-    env = dict(os.environ, MAMBA_ASR_TEST_RANK_DUMP=str(dump))
+    env = dict(os.environ)
     if args.profile:  # steps 51-55 of every rank: run/profile/rank<r>.{json,txt}
         env["MAMBA_ASR_PROFILE"] = f"{run / 'profile'},50,5"
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -109,6 +116,7 @@ def main() -> None:
     parser.add_argument("--recipe")
     parser.add_argument("--run-dir")
     parser.add_argument("--accum", type=int, default=1)
+    parser.add_argument("--dump", help="folder for each rank's final weights")
     args = parser.parse_args()
     if args.worker:
         return worker(args)

@@ -22,7 +22,7 @@ from mamba_asr import load_model
 from mamba_asr.decode import DecodingOptions
 from mamba_asr.decode.options import LENGTH_BONUS, LM_WEIGHT
 from mamba_asr.evaluate import evaluate, load_test_set
-from mamba_asr.train.metrics import error_rates
+from mamba_asr.text import error_rates
 
 HELD_OUT = ("espeak-ng:*+m7", "espeak-ng:*+f4")
 

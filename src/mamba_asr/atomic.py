@@ -5,10 +5,6 @@ flushes and fsyncs it, renames it over ``path`` with ``os.replace`` (atomic on P
 and Windows) and fsyncs the folder, so the rename survives a power cut. ``temp_name`` gives the
 temporary name, so callers can recognise and clean leftovers of interrupted writes.
 ``atomic_save(obj, path)`` (``torch.save``) and ``atomic_write_text(path, text)`` are built on it.
-
-Test hook: when ``MAMBA_ASR_TEST_SLOW_CHECKPOINT`` holds a number of seconds, ``atomic_save``
-sleeps that long between writing the temporary file and renaming it, so a test can kill the
-process in the middle of a save. Unset (the normal case) it does nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,7 +19,6 @@ from typing import Any, BinaryIO
 import torch
 
 __all__ = [
-    "SLOW_SAVE_ENV",
     "TEMP_SUFFIX",
     "atomic_save",
     "atomic_write",
@@ -33,7 +27,6 @@ __all__ = [
     "temp_name",
 ]
 
-SLOW_SAVE_ENV = "MAMBA_ASR_TEST_SLOW_CHECKPOINT"
 TEMP_SUFFIX = re.compile(r"\.tmp-\d+$")
 
 
@@ -56,19 +49,11 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _test_delay() -> None:
-    raw = os.environ.get(SLOW_SAVE_ENV, "").strip()
-    if raw:
-        time.sleep(float(raw))
-
-
-def atomic_write(
-    path: str | os.PathLike[str], write: Callable[[BinaryIO], None], delay: bool = False
-) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
     """``write(f)`` into ``path`` through a fsynced temporary file; returns ``path``.
 
     The folder is created if needed. On any error the temporary file is removed and the
-    previous ``path`` (if any) is left as it was. ``delay``: honour the test hook above.
+    previous ``path`` (if any) is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,8 +63,6 @@ def atomic_write(
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        if delay:
-            _test_delay()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -91,7 +74,7 @@ def atomic_write(
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (``atomic_write``); returns ``path``."""
-    return atomic_write(path, lambda f: torch.save(obj, f), delay=True)
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

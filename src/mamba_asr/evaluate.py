@@ -38,8 +38,7 @@ from mamba_asr.data import (
     scan_librispeech,
 )
 from mamba_asr.decode import DecodingOptions
-from mamba_asr.text import normalize_transcript
-from mamba_asr.train.metrics import error_rates
+from mamba_asr.text import error_rates, normalize_transcript
 
 log = logging.getLogger(__name__)
 

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import soxr
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mamba_asr.audio.io import as_waveform
 from mamba_asr.audio.stream import StreamingFbank
@@ -46,8 +46,7 @@ from mamba_asr.decode.transducer import BeamSearch, GreedySearch
 from mamba_asr.models.streaming import StateOps
 from mamba_asr.transcript import Segment, Transcript, make_segment
 
-if TYPE_CHECKING:
-    from mamba_asr.asr import ASR
+ASR = nn.Module  # an ``mamba_asr.asr.ASR`` bundle (this module sits below it and imports it not)
 
 __all__ = ["STREAM_CHUNK_MS", "Stream", "decode_streams", "stream_chunk_frames"]
 

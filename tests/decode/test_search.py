@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mamba_asr.config import load_recipe
+from helpers.recipes import tiny_recipe
 from mamba_asr.decode import (
     DecodingOptions,
     DecodingResult,
@@ -18,15 +18,12 @@ from mamba_asr.decode import (
 )
 from mamba_asr.models.factory import build_model
 
-TINY = ["model.d_model=32", "model.nhead=2", "model.num_encoder_layers=1", "model.d_ffn=64",
-        "model.vocab_size=9", "model.kernel_size=5", "model.frontend.channels=[4, 4]",
-        "model.dropout=0.0"]  # fmt: skip
-
 
 def tiny(decoder_layers: int) -> nn.Module:
     torch.manual_seed(0)
-    cfg = load_recipe(
-        "hparams/S2S/conmamba_small.yaml", [*TINY, f"model.num_decoder_layers={decoder_layers}"]
+    cfg = tiny_recipe(
+        "seq2seq", "model.vocab_size=9", f"model.num_decoder_layers={decoder_layers}",
+        f"model.kind={'seq2seq' if decoder_layers else 'ctc'}",
     ).model
     return build_model(cfg).eval()
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mamba_asr.config import load_recipe
+from helpers.recipes import tiny_recipe
 from mamba_asr.decode.seq2seq import CTCPrefixScorer, seq2seq_beam_search, seq2seq_greedy
 from mamba_asr.models.factory import build_model
 from mamba_asr.models.seq2seq import Seq2SeqModel
@@ -23,12 +23,9 @@ TARGETS = [[3, 4, 5, 6], [7, 3, 8], [5, 5, 4]]  # the second-last has a repeated
 
 def tiny_model(decoder: str = "transformer", seed: int = 0) -> Seq2SeqModel:
     torch.manual_seed(seed)
-    cfg = load_recipe(
-        "hparams/S2S/conmamba_small.yaml",
-        [f"model.decoder_module={decoder}", "model.d_model=32", "model.nhead=2",
-         "model.num_encoder_layers=1", "model.num_decoder_layers=1", "model.d_ffn=64",
-         f"model.vocab_size={VOCAB}", "model.kernel_size=5", "model.frontend.channels=[4, 4]",
-         "model.dropout=0.0", "model.label_smoothing=0.0"],
+    cfg = tiny_recipe(
+        "seq2seq", f"model.decoder_module={decoder}", f"model.vocab_size={VOCAB}",
+        "model.label_smoothing=0.0",
     ).model  # fmt: skip
     model = build_model(cfg)
     assert isinstance(model, Seq2SeqModel)

@@ -26,7 +26,9 @@ TINY = [
     "train.num_workers=0", "train.log_every=1", "train.keep_best=1", "train.average=1",
     "train.checkpoint_every_steps=60", "train.weight_decay=0.0", "train.grad_accum=1",
 ]  # fmt: skip
-SEQ2SEQ = ["model.vocab_size=31", "model.num_decoder_layers=1", "tokenizer.kind=char"]
+SEQ2SEQ = [
+    "model.vocab_size=31", "model.kind=seq2seq", "model.num_decoder_layers=1", "tokenizer.kind=char"
+]  # fmt: skip
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

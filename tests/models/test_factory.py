@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from helpers.recipes import tiny_recipe
 from mamba_asr.config import load_recipe
 from mamba_asr.models.ctc import CTCModel
 from mamba_asr.models.factory import build_model, count_parameters, layer_summary
@@ -46,12 +47,10 @@ def test_parameter_count_matches_published(recipe):
 )
 def test_tiny_models_run_and_learn(encoder, decoder_layers, decoder):
     torch.manual_seed(0)
-    cfg = load_recipe(
-        "hparams/S2S/conmamba_small.yaml",
-        [f"model.encoder_module={encoder}", f"model.decoder_module={decoder}",
-         f"model.num_decoder_layers={decoder_layers}", "model.d_model=32", "model.nhead=2",
-         "model.num_encoder_layers=1", "model.d_ffn=64", "model.vocab_size=12",
-         "model.kernel_size=5", "model.frontend.channels=[4, 4]", "model.dropout=0.0"],
+    cfg = tiny_recipe(
+        "seq2seq", f"model.encoder_module={encoder}", f"model.decoder_module={decoder}",
+        f"model.num_decoder_layers={decoder_layers}", "model.vocab_size=12",
+        f"model.kind={'seq2seq' if decoder_layers else 'ctc'}",
     ).model  # fmt: skip
     model = build_model(cfg)
     feats = torch.randn(2, 40, 80)

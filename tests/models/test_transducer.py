@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.recipes import tiny_recipe, tiny_transducer_config
 from helpers.tones import write_corpus
-from helpers.transducer import tiny_transducer_config
 from mamba_asr.config import ConfigError, ModelConfig, load_recipe
 from mamba_asr.models.factory import build_model, count_parameters
 from mamba_asr.models.seq2seq import Encoded
@@ -234,17 +234,6 @@ def test_model_info_cli() -> None:
 
 # --- a few steps through the trainer -----------------------------------------------------------
 
-TINY = [
-    "model.vocab_size=6", "model.d_model=16", "model.num_encoder_layers=1", "model.d_ffn=32",
-    "model.frontend.channels=[8, 8, 8]", "model.mamba.d_state=4",
-    "model.transducer.predictor_dim=8", "model.transducer.joiner_dim=8",
-    "tokenizer.kind=char", "tokenizer.vocab_size=null", "tokenizer.alphabet='AB '",
-    "data.cmvn_max_utterances=8", "data.specaugment.freq_width=8",
-    "data.specaugment.time_masks=2", "train.lr=0.002", "train.warmup_steps=4",
-    "train.max_batch_seconds=3.0", "train.num_buckets=2", "train.num_workers=0",
-    "train.log_every=1", "train.epochs=2", "train.keep_best=2", "train.average=2",
-]  # fmt: skip
-
 
 def test_train_smoke(tmp_path: Path) -> None:
     """Three optimizer steps of the small recipe (shrunk) with the trainer.
@@ -255,7 +244,7 @@ def test_train_smoke(tmp_path: Path) -> None:
     from mamba_asr.train import train
 
     manifest = write_corpus(tmp_path / "corpus")
-    recipe = load_recipe(ROOT / "hparams/Transducer/mct_small.yaml", TINY)
+    recipe = tiny_recipe("transducer")
     result = train(recipe, manifest, manifest, tmp_path / "run", device="cpu", max_steps=3,
                    progress=False)  # fmt: skip
     assert result.step == 3 and not result.finished
@@ -270,8 +259,7 @@ def test_train_one_epoch_with_validation(tmp_path: Path) -> None:
     from mamba_asr.train import train
 
     manifest = write_corpus(tmp_path / "corpus")
-    overrides = [*TINY, "train.epochs=1", "train.keep_best=1", "train.average=1"]
-    recipe = load_recipe(ROOT / "hparams/Transducer/mct_small.yaml", overrides)
+    recipe = tiny_recipe("transducer", "train.epochs=1", "train.keep_best=1", "train.average=1")
     result = train(recipe, manifest, manifest, tmp_path / "run", device="cpu", progress=False)
     assert result.finished and result.epochs_done == 1
     assert result.best_wer is not None and result.best_wer >= 0

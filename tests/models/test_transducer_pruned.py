@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.transducer import tiny_transducer_config
-from mamba_asr.config import ConfigError, ModelConfig, load_recipe
+from helpers.recipes import tiny_recipe, tiny_transducer_config
+from mamba_asr.config import ConfigError, ModelConfig
 from mamba_asr.models.factory import build_model
 from mamba_asr.models.transducer import TransducerModel
 from mamba_asr.ops.pruned_rnnt import rnnt_loss_simple
@@ -112,26 +112,18 @@ def test_pruned_reductions_and_padding() -> None:
     torch.testing.assert_close(none[1:], alone.loss, rtol=1e-5, atol=1e-5)
 
 
-RECIPE_TINY = [
-    "model.vocab_size=6", "model.d_model=16", "model.num_encoder_layers=1", "model.d_ffn=32",
-    "model.dropout=0.0", "model.frontend.channels=[8, 8, 8]", "model.transducer.predictor_dim=12",
-    "model.transducer.joiner_dim=10",
-]  # fmt: skip
-
-
 def test_recipe_loss_options_reach_the_model() -> None:
     """``model.transducer.loss: pruned`` in a recipe builds the pruned loss; the default is full."""
-    pruned_cfg = load_recipe(
-        "hparams/Transducer/mct_small.yaml",
-        [*RECIPE_TINY, "model.transducer.loss=pruned", "model.transducer.prune_range=4",
-         "model.transducer.simple_loss_scale=0.25"],
+    pruned_cfg = tiny_recipe(
+        "transducer", "model.transducer.loss=pruned", "model.transducer.prune_range=4",
+        "model.transducer.simple_loss_scale=0.25",
     ).model  # fmt: skip
     torch.manual_seed(0)
     pruned = build_model(pruned_cfg).eval()
     assert (pruned.rnnt_kind, pruned.prune_range, pruned.simple_loss_scale) == ("pruned", 4, 0.25)
     assert pruned.simple_am_proj is not None and pruned.simple_lm_proj is not None
 
-    full = build_model(load_recipe("hparams/Transducer/mct_small.yaml", RECIPE_TINY).model).eval()
+    full = build_model(tiny_recipe("transducer").model).eval()
     assert full.rnnt_kind == "full" and full.simple_am_proj is None
     missing, unexpected = full.load_state_dict(pruned.state_dict(), strict=False)
     assert not missing and unexpected and all(k.startswith("simple_") for k in unexpected)

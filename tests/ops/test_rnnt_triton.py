@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mamba_asr.ops.pruned_rnnt import prune_ranges, rnnt_loss_pruned, rnnt_loss_simple
-from mamba_asr.ops.rnnt_loss import _lattice_forward, _valid_masks, resolve_rnnt_backend, rnnt_loss
+from mamba_asr.ops.rnnt_loss import lattice_torch, resolve_rnnt_backend, rnnt_loss
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(
@@ -84,8 +84,7 @@ def losses_and_grads(name: str, device: str, backend: str) -> dict[str, torch.Te
     lp_blank = lp[..., blank % vocab].contiguous()
     lp_emit = F.pad(lp[:, :, :n_tok].gather(-1, idx)[..., 0], (0, 1), value=float("-inf"))
     if backend == "torch":
-        valid, final = _valid_masks(frames, n_tok + 1, tl, ul, lp.device)
-        out["alpha"], out["beta"], out["log_p"] = _lattice_forward(lp_blank, lp_emit, valid, final)
+        out["alpha"], out["beta"], out["log_p"] = lattice_torch(lp_blank, lp_emit, tl, ul)
     else:
         from mamba_asr.ops.rnnt_triton import lattice_triton
 

@@ -1,9 +1,9 @@
 """Shared pieces of the training tests: a tiny synthetic corpus and a tiny recipe.
 
 The corpus is 12 utterances of tones (440 Hz for "A", 880 Hz for "B", silence for a space)
-written as WAV files with a JSONL manifest (tests/helpers/tones.py); the recipe is a one-layer ConMamba CTC model of
-width 32 with the alphabet "AB " (6 ids), so a training step takes a few tens of milliseconds
-on two CPU cores. Real speech is not needed: these tests check the mechanics.
+written as WAV files with a JSONL manifest (tests/helpers/tones.py); the recipe is the tiny CTC
+recipe of tests/helpers/recipes.py, a one-layer ConMamba model of width 32 with the alphabet
+"AB " (6 ids), so a training step takes a few tens of milliseconds on two CPU cores. Real speech is not needed: these tests check the mechanics.
 """
 
 from __future__ import annotations
@@ -16,21 +16,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from helpers.recipes import tiny_overrides
 from helpers.tones import TEXTS, write_corpus
 from mamba_asr.config import RecipeConfig, load_recipe
 
-# 4 batches an epoch; checkpoints every 2 steps; 3 epochs: 12 optimizer steps in all
-TINY = [
-    "model.vocab_size=6", "model.encoder_module=conmamba", "model.d_model=32", "model.nhead=2",
-    "model.num_encoder_layers=1", "model.d_ffn=64", "model.kernel_size=5",
-    "model.frontend.channels=[4, 4]", "model.dropout=0.1",
-    "tokenizer.alphabet='AB '",
-    "data.speed_perturb=[0.9, 1.0, 1.1]", "data.cmvn_max_utterances=8",
-    "data.specaugment.freq_width=8", "data.specaugment.time_masks=2",
-    "train.lr=0.002", "train.warmup_steps=4", "train.max_batch_seconds=3.0",
-    "train.num_buckets=2", "train.num_workers=0", "train.log_every=1", "train.keep_best=2",
-    "train.average=2", "train.epochs=3", "train.checkpoint_every_steps=2",
-]  # fmt: skip
+TESTS = Path(__file__).resolve().parents[1]
+
+# the tiny CTC recipe (tests/helpers/recipes.py): 4 batches an epoch, checkpoints every 2 steps,
+# 3 epochs: 12 optimizer steps in all; with dropout, whose random draws a resume must restore
+TINY = tiny_overrides("ctc", "model.dropout=0.1")
 STEPS = 12
 
 
@@ -80,11 +74,20 @@ def train_args(recipe_file: Path, corpus: Path, out: Path, *extra: str) -> list[
     return args
 
 
+def helper_command(module: str, *args: str) -> list[str]:
+    """``python -m helpers.<module> ARGS``: a program of tests/helpers (``subprocess_env``
+    puts tests/ on its path)."""
+    return [sys.executable, "-m", f"helpers.{module}", *args]
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for a training subprocess: same thread count as the tests (so float
-    results match an in-process run), no device override."""
+    results match an in-process run), no device override, tests/ on the path (for the
+    programs of tests/helpers)."""
     env = {k: v for k, v in os.environ.items() if k != "MAMBA_ASR_DEVICE"}
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    path = [str(TESTS), *filter(None, [env.get("PYTHONPATH")])]
+    env["PYTHONPATH"] = os.pathsep.join(path)
     return {**env, **extra}
 
 
@@ -93,5 +96,5 @@ def helpers() -> SimpleNamespace:
     """This file's helpers and constants (test modules cannot import a conftest by name)."""
     return SimpleNamespace(
         TINY=TINY, STEPS=STEPS, TEXTS=TEXTS, write_corpus=write_corpus, cli_command=cli_command,
-        train_args=train_args, subprocess_env=subprocess_env,
+        helper_command=helper_command, train_args=train_args, subprocess_env=subprocess_env,
     )  # fmt: skip

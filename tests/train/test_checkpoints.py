@@ -70,17 +70,6 @@ def test_listing_sorts_by_step_and_ignores_temp_and_other_files(tmp_path):
     assert (tmp_path / "notes.txt").exists()
 
 
-def test_slow_save_hook_sleeps_between_write_and_rename(tmp_path, monkeypatch):
-    slept = []
-    monkeypatch.setenv(ck.SLOW_CHECKPOINT_ENV, "0.25")
-    monkeypatch.setattr("mamba_asr.atomic.time.sleep", slept.append)
-    save_checkpoint(tmp_path / checkpoint_name(1), state(1.0))
-    assert slept == [0.25]
-    monkeypatch.delenv(ck.SLOW_CHECKPOINT_ENV)
-    save_checkpoint(tmp_path / checkpoint_name(2), state(1.0))
-    assert slept == [0.25]
-
-
 def test_load_errors_are_one_line_and_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         load_checkpoint(tmp_path / "nope.pt")

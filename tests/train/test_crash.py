@@ -1,7 +1,7 @@
 """Killing training with SIGKILL, also in the middle of a checkpoint write, then resuming.
 
-Each test runs ``python -m mamba_asr train`` on the tiny recipe in a subprocess, kills it with
-SIGKILL at a chosen moment, checks what is on disk, resumes with the same command and checks
+Each test runs ``python -m mamba_asr train`` on the tiny recipe in a subprocess (with checkpoint
+saves slowed down by tests/helpers/slow_checkpoints.py), kills it with SIGKILL at a chosen moment, checks what is on disk, resumes with the same command and checks
 that the finished run equals an uninterrupted one (``reference_run``), step for step.
 """
 
@@ -20,7 +20,6 @@ import pytest
 import torch
 
 from mamba_asr.train import list_checkpoints, load_checkpoint
-from mamba_asr.train.checkpoints import SLOW_CHECKPOINT_ENV
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL (POSIX)")
 
@@ -37,9 +36,11 @@ def wait_for(proc: subprocess.Popen, condition, what: str, timeout: float = 120.
         time.sleep(0.01)
 
 
-def start(helpers, recipe_file, corpus, out, **env) -> subprocess.Popen:
-    args = helpers.cli_command(*helpers.train_args(recipe_file, corpus, out))
-    return subprocess.Popen(args, env=helpers.subprocess_env(**env), stdout=subprocess.PIPE,
+def start(helpers, recipe_file, corpus, out, slow_save: float) -> subprocess.Popen:
+    """Training whose checkpoint saves sleep ``slow_save`` seconds before the rename."""
+    train = helpers.train_args(recipe_file, corpus, out)
+    args = helpers.helper_command("slow_checkpoints", str(slow_save), *train)
+    return subprocess.Popen(args, env=helpers.subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)  # fmt: skip
 
 
@@ -83,7 +84,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, helpers, recipe_file, corpus, r
     out = tmp_path / "run"
     first = out / "checkpoints" / "step-00000002.pt"
     # a slow save (0.3 s) keeps the run going long enough to be killed during the epoch
-    proc = start(helpers, recipe_file, corpus, out, **{SLOW_CHECKPOINT_ENV: "0.3"})
+    proc = start(helpers, recipe_file, corpus, out, slow_save=0.3)
     wait_for(proc, first.exists, "the first checkpoint")
     kill(proc)
     steps = assert_every_checkpoint_loads(out / "checkpoints")
@@ -106,7 +107,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_no_broken_checkpoint(
         return [p for p in folder.iterdir() if ".tmp-" in p.name] if folder.is_dir() else []
 
     # every save sleeps 1 s between writing the temporary file and renaming it
-    proc = start(helpers, recipe_file, corpus, out, **{SLOW_CHECKPOINT_ENV: "1.0"})
+    proc = start(helpers, recipe_file, corpus, out, slow_save=1.0)
     wait_for(proc, first.exists, "the first checkpoint")
     wait_for(proc, lambda: bool(temp_files()), "the second checkpoint's write")
     kill(proc)
@@ -127,7 +128,7 @@ def test_a_second_run_on_the_folder_is_refused_and_a_killed_runs_lock_taken_over
     from mamba_asr.cli import main
 
     out = tmp_path / "run"
-    proc = start(helpers, recipe_file, corpus, out, **{SLOW_CHECKPOINT_ENV: "0.5"})
+    proc = start(helpers, recipe_file, corpus, out, slow_save=0.5)
     wait_for(proc, (out / "checkpoints" / "step-00000002.pt").exists, "the first checkpoint")
     rows = (out / "metrics.csv").read_text()
     assert main(helpers.train_args(recipe_file, corpus, out)) == 2

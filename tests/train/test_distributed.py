@@ -1,7 +1,7 @@
 """DDP on the CPU (gloo): torchrun with two processes, and two one-process "nodes".
 
 Each rank dumps its final weights and the ids of the utterances it trained on
-(``MAMBA_ASR_TEST_RANK_DUMP``). The ranks trained on different batches, so they can only end
+(tests/helpers/rank_dump.py). The ranks trained on different batches, so they can only end
 with identical weights if their gradients were averaged at every step.
 """
 
@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from mamba_asr.train import list_checkpoints, load_checkpoint
-from mamba_asr.train.trainer import RANK_DUMP_ENV
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -33,12 +32,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*launcher: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "mamba_asr"]
+def torchrun(dump: Path, *launcher: str) -> list[str]:
+    """The command line under torchrun, each rank dumping what it trained into ``dump``."""
+    program = ["-m", "helpers.rank_dump", str(dump)]
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, *program]
 
 
-def env(helpers, dump: Path) -> dict[str, str]:
-    return helpers.subprocess_env(OMP_NUM_THREADS="1", **{RANK_DUMP_ENV: str(dump)})
+def env(helpers) -> dict[str, str]:
+    return helpers.subprocess_env(OMP_NUM_THREADS="1")
 
 
 def check(proc: subprocess.CompletedProcess | subprocess.Popen, stderr: str) -> None:
@@ -65,11 +66,10 @@ def table(run: Path) -> list[dict[str, str]]:
 
 
 def test_two_processes_train_in_step_and_resume_exactly(tmp_path, helpers, recipe_file, corpus):
-    launcher = torchrun("--standalone", "--nproc_per_node=2")
-
     def run(out: Path, dump: Path, *extra: str) -> subprocess.CompletedProcess:
+        launcher = torchrun(dump, "--standalone", "--nproc_per_node=2")
         args = [*launcher, *helpers.train_args(recipe_file, corpus, out), *extra]
-        proc = subprocess.run(args, env=env(helpers, dump), capture_output=True, text=True,
+        proc = subprocess.run(args, env=env(helpers), capture_output=True, text=True,
                               timeout=300, stdin=subprocess.DEVNULL)  # fmt: skip
         check(proc, proc.stderr)
         return proc
@@ -94,10 +94,10 @@ def test_two_nodes_of_one_process_each(tmp_path, helpers, recipe_file, corpus):
     port, out, dump = free_port(), tmp_path / "run", tmp_path / "dump"
     procs = []
     for node in (0, 1):
-        launcher = torchrun("--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1",
+        launcher = torchrun(dump, "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1",
                             "--master_addr=127.0.0.1", f"--master_port={port}")  # fmt: skip
         args = [*launcher, *helpers.train_args(recipe_file, corpus, out)]
-        procs.append(subprocess.Popen(args, env=env(helpers, dump), stdout=subprocess.PIPE,
+        procs.append(subprocess.Popen(args, env=env(helpers), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                       text=True))  # fmt: skip
     outputs = [p.communicate(timeout=300) for p in procs]

@@ -1,24 +1,14 @@
-"""Error rates, metrics.csv across a resume, and the optional TensorBoard and plot."""
+"""metrics.csv across a resume, and the optional TensorBoard and plot."""
 
 from __future__ import annotations
 
 import csv
 import logging
-import math
 import sys
 
 import pytest
 
-from mamba_asr.train.metrics import METRIC_COLUMNS, MetricsLog, error_rates
-
-
-def test_error_rates_are_corpus_rates_and_skip_empty_references():
-    rates = error_rates(["A B C D", "E F", ""], ["A X C D", "E", "NOISE"])
-    assert rates.wer == pytest.approx(2 / 6)  # one substitution, one deletion, 6 words
-    assert rates.cer == pytest.approx(3 / 10)  # B->X, " F" deleted; 7 + 3 characters
-    assert math.isnan(error_rates([""], ["A"]).wer)
-    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
-        error_rates(["A", "B"], ["A"])
+from mamba_asr.train.metrics import METRIC_COLUMNS, MetricsLog
 
 
 def read(path):

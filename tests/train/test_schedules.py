@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from mamba_asr.config import ModelConfig, TrainConfig
+from helpers.recipes import tiny_recipe
+from mamba_asr.config import TrainConfig
 from mamba_asr.models.factory import build_model
 from mamba_asr.train.schedules import build_optimizer, build_scheduler, decay_split, lr_factor
 
@@ -49,8 +50,7 @@ def test_scheduler_gives_each_optimizer_step_its_lr_and_survives_a_reload(schedu
 
 
 def test_no_decay_for_a_log_d_biases_and_norms_whatever_their_names():
-    cfg = ModelConfig(vocab_size=8, d_model=32, nhead=2, num_encoder_layers=1, d_ffn=64,
-                      num_decoder_layers=1, decoder_module="mamba")  # fmt: skip
+    cfg = tiny_recipe("seq2seq", "model.vocab_size=8", "model.decoder_module=mamba").model
     model = build_model(cfg, device="meta")
     decay, no_decay = decay_split(model)
     assert set(decay) | set(no_decay) == {n for n, _ in model.named_parameters()}

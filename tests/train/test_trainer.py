@@ -99,7 +99,8 @@ def test_a_finished_run_run_again_changes_nothing(tmp_path, corpus, tiny_recipe,
 def test_seq2seq_with_gradient_accumulation_resumes_exactly(tmp_path, corpus, tiny_recipe,
                                                             decoder):  # fmt: skip
     # 4 batches an epoch in groups of 3 and 1: 2 optimizer steps an epoch
-    recipe = tiny_recipe("model.num_decoder_layers=1", f"model.decoder_module={decoder}",
+    recipe = tiny_recipe("model.kind=seq2seq", "model.num_decoder_layers=1",
+                         f"model.decoder_module={decoder}",
                          "train.grad_accum=3", "train.epochs=2", "train.checkpoint_every_steps=1",
                          "train.num_workers=1")  # fmt: skip
     whole = train(recipe, corpus, corpus, tmp_path / "a", device="cpu")

@@ -5,7 +5,9 @@ Shape key
 
 Every problem with a file raises ``AudioError`` (a ``ValueError``) whose message is one line,
 ``<path>: <problem>``, so the command line prints it as it is and a data-preparation run can
-count and skip bad files.
+count and skip bad files. The checks behind them (``check_audio_path``, ``open_audio_info``,
+``check_finite_samples``, ``soundfile_reason``) serve the other readers of audio files too
+(``mamba_asr.audio.stream.read_blocks``), so every reader fails with the same messages.
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ __all__ = [
     "as_waveform",
     "audio_info",
     "check_audio",
+    "check_audio_path",
+    "check_finite_samples",
     "load_audio",
+    "open_audio_info",
     "resample",
+    "soundfile_reason",
 ]
 
 StrPath = str | os.PathLike[str]
@@ -60,8 +66,8 @@ def audio_info(path: StrPath) -> AudioInfo:
     file whose data chunk is cut short. A FLAC or Ogg file cut short is only found by decoding
     it (``load_audio``, ``check_audio``).
     """
-    _check_path(path)
-    info = _open_info(path)
+    check_audio_path(path)
+    info = open_audio_info(path)
     return AudioInfo(info.frames / info.samplerate, info.samplerate, info.channels)
 
 
@@ -72,8 +78,8 @@ def check_audio(path: StrPath, block_frames: int = 1 << 16) -> AudioInfo:
     that is cut short or corrupt inside (a flipped bit fails the frame's checksum) and for NaN
     or infinite samples; a file that passes loads.
     """
-    _check_path(path)
-    info = _open_info(path)
+    check_audio_path(path)
+    info = open_audio_info(path)
     frames, nan, inf = 0, 0, 0
     try:
         with sf.SoundFile(os.fspath(path)) as f:
@@ -81,7 +87,7 @@ def check_audio(path: StrPath, block_frames: int = 1 << 16) -> AudioInfo:
                 frames += len(block)
                 nan, inf = nan + int(np.isnan(block).sum()), inf + int(np.isinf(block).sum())
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
-        raise AudioError(path, f"corrupt or truncated audio ({_reason(exc)})") from exc
+        raise AudioError(path, f"corrupt or truncated audio ({soundfile_reason(exc)})") from exc
     if frames < info.frames:
         raise AudioError(path, f"truncated: header says {info.frames} frames, read {frames}")
     if nan or inf:
@@ -98,9 +104,9 @@ def load_audio(path: StrPath, sample_rate: int = 16000) -> np.ndarray:
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
-    _check_path(path)
+    check_audio_path(path)
     data, file_rate = _read(path)  # (N, C)
-    _check_finite(path, data)
+    check_finite_samples(path, data)
     wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]  # (N,)
     if file_rate != sample_rate:
         wave = resample(wave, file_rate, sample_rate)
@@ -127,7 +133,7 @@ def as_waveform(samples: Any, name: str = "waveform") -> np.ndarray:
     if wave.dtype.kind != "f":
         raise AudioError(name, f"samples must be float or integer PCM, got dtype {wave.dtype}")
     wave = wave.astype(np.float32, copy=False)
-    _check_finite(name, wave)
+    check_finite_samples(name, wave)
     return wave
 
 
@@ -147,7 +153,7 @@ _NOT_FILES = {
 }
 
 
-def _check_path(path: StrPath) -> None:
+def check_audio_path(path: StrPath) -> None:
     """AudioError for a missing file, a directory, anything but a regular file, an empty file."""
     p = Path(path)
     if not p.exists():
@@ -162,12 +168,12 @@ def _check_path(path: StrPath) -> None:
         raise AudioError(path, "empty file (0 bytes)")
 
 
-def _open_info(path: StrPath) -> Any:
+def open_audio_info(path: StrPath) -> Any:
     """soundfile's header info, with every failure turned into an AudioError."""
     try:
         info = sf.info(os.fspath(path))
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
-        raise AudioError(path, f"cannot decode audio ({_reason(exc)})") from exc
+        raise AudioError(path, f"cannot decode audio ({soundfile_reason(exc)})") from exc
     if info.format in ("WAV", "WAVEX"):
         _check_wav_data_chunk(path)
     if info.frames <= 0:
@@ -177,11 +183,11 @@ def _open_info(path: StrPath) -> Any:
 
 def _read(path: StrPath) -> tuple[np.ndarray, int]:
     """(N, C) float32 samples and the file's sample rate; AudioError when decoding fails."""
-    info = _open_info(path)
+    info = open_audio_info(path)
     try:
         data, rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
-        raise AudioError(path, f"corrupt or truncated audio ({_reason(exc)})") from exc
+        raise AudioError(path, f"corrupt or truncated audio ({soundfile_reason(exc)})") from exc
     if data.shape[0] == 0:
         raise AudioError(path, "no audio samples (0 frames)")
     if data.shape[0] < info.frames:
@@ -189,7 +195,7 @@ def _read(path: StrPath) -> tuple[np.ndarray, int]:
     return data, int(rate)
 
 
-def _check_finite(path: StrPath, data: np.ndarray) -> None:
+def check_finite_samples(path: StrPath, data: np.ndarray) -> None:
     """AudioError naming how many samples are NaN or infinite."""
     nan = int(np.isnan(data).sum())
     inf = int(np.isinf(data).sum())
@@ -222,7 +228,7 @@ def _check_wav_data_chunk(path: StrPath) -> None:
             pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to even sizes
 
 
-def _reason(exc: BaseException) -> str:
+def soundfile_reason(exc: BaseException) -> str:
     """libsndfile's own words, without the "Error opening 'path':" prefix it repeats."""
     text = getattr(exc, "error_string", None) or str(exc) or type(exc).__name__
     return text.strip().rstrip(".")

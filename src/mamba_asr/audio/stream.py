@@ -25,7 +25,13 @@ import torch
 from torch import Tensor
 
 from mamba_asr.audio.features import Fbank
-from mamba_asr.audio.io import AudioError, _check_finite, _check_path, _open_info, _reason
+from mamba_asr.audio.io import (
+    AudioError,
+    check_audio_path,
+    check_finite_samples,
+    open_audio_info,
+    soundfile_reason,
+)
 
 __all__ = ["StreamingFbank", "read_blocks"]
 
@@ -46,8 +52,8 @@ def read_blocks(
         raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
     if block_seconds <= 0:
         raise ValueError(f"block_seconds must be > 0, got {block_seconds}")
-    _check_path(path)
-    info = _open_info(path)
+    check_audio_path(path)
+    info = open_audio_info(path)
     file_rate = int(info.samplerate)
     frames = max(1, round(block_seconds * file_rate))
     resampler = (
@@ -62,12 +68,12 @@ def read_blocks(
                 data = _read_block(path, f, frames)  # (n, C)
                 read += data.shape[0]
                 last = data.shape[0] < frames  # an exact end gives one more, empty read
-                _check_finite(path, data)
+                check_finite_samples(path, data)
                 yield _mono(data, resampler, last)
                 if last:
                     break
     except (sf.SoundFileError, RuntimeError) as exc:
-        raise AudioError(path, f"cannot decode audio ({_reason(exc)})") from exc
+        raise AudioError(path, f"cannot decode audio ({soundfile_reason(exc)})") from exc
     if read < info.frames:
         raise AudioError(path, f"truncated: header says {info.frames} frames, read {read}")
 
@@ -76,7 +82,7 @@ def _read_block(path: StrPath, f: sf.SoundFile, frames: int) -> np.ndarray:
     try:
         return f.read(frames, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
-        raise AudioError(path, f"corrupt or truncated audio ({_reason(exc)})") from exc
+        raise AudioError(path, f"corrupt or truncated audio ({soundfile_reason(exc)})") from exc
 
 
 def _mono(data: np.ndarray, resampler: soxr.ResampleStream | None, last: bool) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mamba_asr.models.encoders import MambaEncoder, MambaEncoderState
 from mamba_asr.models.losses import (
     LossOutput,
     check_ctc_targets,
@@ -28,7 +29,6 @@ from mamba_asr.models.losses import (
     ctc_loss,
     reduce_loss,
 )
-from mamba_asr.models.encoders import MambaEncoder, MambaEncoderState
 from mamba_asr.models.seq2seq import Encoded
 from mamba_asr.modules.causal_frontend import CausalFrontEndState
 from mamba_asr.modules.masks import length_mask

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mamba_asr.ops.rnnt_loss import _REDUCTIONS, _reduce, resolve_rnnt_backend, rnnt_lattice
+from mamba_asr.ops.rnnt_loss import REDUCTIONS, apply_reduction, resolve_rnnt_backend, rnnt_lattice
 
 __all__ = [
     "PrunedInputs",
@@ -81,8 +81,8 @@ def _check_targets(targets: Tensor, batch: int, u1: int) -> None:
 
 
 def _check_reduction(reduction: str) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
 def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
@@ -148,7 +148,7 @@ def rnnt_loss_simple(
     backend = resolve_rnnt_backend(backend, am.device)
     lp_blank, lp_emit = _simple_log_probs(lm, am, targets, blank % vocab)
     res = rnnt_lattice(lp_blank, lp_emit, logit_lengths, target_lengths, backend)
-    loss = _reduce(res.nll, reduction).to(am.dtype)
+    loss = apply_reduction(res.nll, reduction).to(am.dtype)
     if not return_grad:
         return SimpleLoss(loss, None, None)
     return SimpleLoss(loss, res.blank_posterior, res.emit_posterior)
@@ -283,4 +283,4 @@ def rnnt_loss_pruned(
     lp_blank = grid.scatter(2, ranges, band_blank)  # (B, T, U + 1)
     lp_emit = grid.scatter(2, ranges, band_emit)  # (B, T, U + 1)
     nll = rnnt_lattice(lp_blank, lp_emit, logit_lengths, target_lengths, backend).nll  # (B,)
-    return _reduce(nll, reduction).to(logits.dtype)
+    return apply_reduction(nll, reduction).to(logits.dtype)

@@ -20,7 +20,8 @@ above, and "triton" (``ops.rnnt_triton``), each table in one kernel launch, for 
 tensors only under TRITON_INTERPRET=1). "auto" is "triton" on CUDA tensors where triton is
 installed (on the H100 it makes the pruned loss 36x and the full loss 8.8x faster than "torch":
 docs/benchmarks.md) and "torch" everywhere else. The loss and the gradients are the same PyTorch
-code for both: only the alpha / beta tables come from the kernels.
+code for both: only the alpha / beta tables come from the kernels. ``lattice_torch`` and
+``ops.rnnt_triton.lattice_triton`` (same arguments) give those tables of each backend.
 
 Everything inside runs in fp32, whatever the logits' dtype; the loss comes back in the logits' dtype.
 """
@@ -35,7 +36,20 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-_REDUCTIONS = ("mean", "sum", "none")
+__all__ = [
+    "BACKEND_ENV",
+    "REDUCTIONS",
+    "RNNT_BACKENDS",
+    "LatticeResult",
+    "apply_reduction",
+    "lattice_torch",
+    "resolve_rnnt_backend",
+    "rnnt_lattice",
+    "rnnt_loss",
+    "rnnt_loss_ref",
+]
+
+REDUCTIONS = ("mean", "sum", "none")
 RNNT_BACKENDS = ("auto", "torch", "triton")
 BACKEND_ENV = "MAMBA_ASR_RNNT_BACKEND"
 
@@ -96,8 +110,8 @@ def _check_inputs(
             raise ValueError(f"{name} must be (batch={batch},), got {tuple(t.shape)}")
     if not -vocab <= blank < vocab:
         raise ValueError(f"blank={blank} is out of range for a vocabulary of {vocab}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
 def _log_probs(logits: Tensor, fused_log_softmax: bool) -> Tensor:
@@ -180,6 +194,20 @@ def _lattice_forward(
         betas.append(b)
     beta = _unskew(torch.stack(betas[::-1], 1), frames)  # (B, T, U + 1)
     return alpha, beta, beta[:, 0, 0]
+
+
+def lattice_torch(
+    lp_blank: Tensor, lp_emit: Tensor, logit_lengths: Tensor, target_lengths: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Alpha and beta (B, T, U + 1) and log P(y|x) (B,) by the "torch" backend's recursions.
+
+    lp_blank, lp_emit: (B, T, U + 1) fp32 log-probs of the blank and emission moves (as
+    ``rnnt_lattice`` takes them); logit_lengths, target_lengths: (B,). The same arguments and
+    results as ``ops.rnnt_triton.lattice_triton``; no gradient flows through the tables.
+    """
+    frames, u1 = lp_blank.shape[1:]
+    valid, final = _valid_masks(frames, u1, logit_lengths, target_lengths, lp_blank.device)
+    return _lattice_forward(lp_blank, lp_emit, valid, final)
 
 
 def _alpha_beta(
@@ -349,7 +377,8 @@ class _ClampGrad(torch.autograd.Function):
         return grad.clamp(-ctx.clamp, ctx.clamp), None
 
 
-def _reduce(losses: Tensor, reduction: str) -> Tensor:
+def apply_reduction(losses: Tensor, reduction: str) -> Tensor:
+    """(B,) per-utterance losses -> their mean or sum (a scalar), or themselves for "none"."""
     if reduction == "mean":
         return losses.mean()
     if reduction == "sum":
@@ -392,7 +421,7 @@ def rnnt_loss(
     losses = _RNNTLossFn.apply(
         logits, targets, valid, final, blank, fused_log_softmax, float(clamp), lengths, backend
     )  # (B,)
-    return _reduce(losses, reduction).to(logits.dtype)
+    return apply_reduction(losses, reduction).to(logits.dtype)
 
 
 def rnnt_loss_ref(
@@ -433,4 +462,4 @@ def rnnt_loss_ref(
             terms.append(lp[b, t, u, blank])
             paths.append(torch.stack(terms).sum())
         losses.append(-torch.logsumexp(torch.stack(paths), 0))
-    return _reduce(torch.stack(losses), reduction).to(logits.dtype)
+    return apply_reduction(torch.stack(losses), reduction).to(logits.dtype)

@@ -16,7 +16,7 @@ so each row is one ``tl.associative_scan`` of (coefficient, value) pairs under
 (a1, x1) . (a2, x2) = (a1 + a2, logaddexp(x1 + a2, x2)) (forward for alpha, reversed for beta);
 the previous row stays in registers. Cells outside an utterance (t >= T_b or u > U_b) are -inf,
 beta(T_b - 1, U_b) = blank(T_b - 1, U_b), alpha(0, 0) = 0; the results equal the anti-diagonal
-PyTorch recursion of ``rnnt_loss._lattice_forward``. The loss and the gradients stay in PyTorch.
+PyTorch recursion of ``rnnt_loss.lattice_torch``. The loss and the gradients stay in PyTorch.
 This module imports triton; ``rnnt_loss`` imports it only when the triton backend is asked for.
 """
 

@@ -1,7 +1,8 @@
-"""Text: transcript normalisation and tokenizers (characters, SentencePiece)."""
+"""Text: transcript normalisation, tokenizers (characters, SentencePiece) and error rates."""
 
 from __future__ import annotations
 
+from mamba_asr.text.error_rates import ErrorRates, error_rates
 from mamba_asr.text.normalize import normalize_transcript, spell_numbers
 from mamba_asr.text.tokenizer import (
     BLANK_ID,
@@ -23,8 +24,10 @@ __all__ = [
     "LIBRISPEECH_ALPHABET",
     "PAD_ID",
     "CharTokenizer",
+    "ErrorRates",
     "SentencePieceTokenizer",
     "Tokenizer",
+    "error_rates",
     "load_tokenizer",
     "normalize_transcript",
     "spell_numbers",

@@ -10,11 +10,7 @@ fsyncs it, then renames it over ``<name>`` with ``os.replace`` (atomic on POSIX 
 and fsyncs the folder. A crash at any moment leaves either the old file or the new one, never
 half of one; a leftover temporary file never matches the ``step-*.pt`` pattern, so it is never
 listed or loaded, and ``remove_temp_files`` clears such leftovers when training (re)starts.
-
-Test hook: when ``MAMBA_ASR_TEST_SLOW_CHECKPOINT`` holds a number of seconds, ``save_checkpoint``
-sleeps that long between writing the temporary file and renaming it, so a test can kill the
-process in the middle of a save. Unset (the normal case), it does nothing
-(``mamba_asr.atomic``, which also writes the ``model.pt`` bundles).
+The writing is ``mamba_asr.atomic``'s, which also writes the ``model.pt`` bundles.
 """
 
 from __future__ import annotations
@@ -29,11 +25,10 @@ from typing import Any
 
 import torch
 
-from mamba_asr.atomic import SLOW_SAVE_ENV, TEMP_SUFFIX, atomic_save
+from mamba_asr.atomic import TEMP_SUFFIX, atomic_save
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "SLOW_CHECKPOINT_ENV",
     "CheckpointError",
     "average_checkpoints",
     "checkpoint_name",
@@ -47,7 +42,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "mamba-asr-checkpoint"
-SLOW_CHECKPOINT_ENV = SLOW_SAVE_ENV
 _NAME = re.compile(r"^step-(\d{8,})\.pt$")
 
 StrPath = str | os.PathLike[str]

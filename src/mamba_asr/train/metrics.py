@@ -1,4 +1,4 @@
-"""Training metrics: error rates, ``metrics.csv``, TensorBoard events and a plot of the curves.
+"""Training metrics: ``metrics.csv``, TensorBoard events and a plot of the curves.
 
 ``MetricsLog`` appends one row per logged training window and one per validation to
 ``<out_dir>/metrics.csv`` (columns ``METRIC_COLUMNS``, empty where a value does not apply). On a
@@ -15,40 +15,16 @@ import io
 import logging
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mamba_asr.atomic import atomic_write, atomic_write_text
 
-__all__ = ["METRIC_COLUMNS", "ErrorRates", "MetricsLog", "error_rates", "plot_curves"]
+__all__ = ["METRIC_COLUMNS", "MetricsLog", "plot_curves"]
 
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("step", "epoch", "train_loss", "lr", "valid_loss", "wer", "cer")
-
-
-@dataclass(frozen=True)
-class ErrorRates:
-    """Word and character error rates (fractions, 0.25 = 25 %) over a whole set."""
-
-    wer: float
-    cer: float
-
-
-def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorRates:
-    """Corpus WER and CER (jiwer): edit operations over all utterances / reference words or
-    characters. Empty references are skipped (they have no words to count errors against)."""
-    import jiwer
-
-    if len(references) != len(hypotheses):
-        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    pairs = [(r, h) for r, h in zip(references, hypotheses, strict=True) if r.strip()]
-    if not pairs:
-        return ErrorRates(wer=math.nan, cer=math.nan)
-    refs, hyps = [r for r, _ in pairs], [h for _, h in pairs]
-    return ErrorRates(wer=float(jiwer.wer(refs, hyps)), cer=float(jiwer.cer(refs, hyps)))
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:

@@ -28,9 +28,6 @@ Distributed: under ``torchrun`` every rank runs this same function (see
 tokenizer and the resumed state, so the ranks need not share a file system (except for the
 manifests' audio).
 
-Test hook: ``MAMBA_ASR_TEST_RANK_DUMP=<folder>`` makes each rank save its final weights, step
-and the ids of the utterances it trained on to ``<folder>/rank<r>.pt`` (to check DDP ranks
-end identical while seeing different data). Unset, nothing is written.
 ``MAMBA_ASR_PROFILE=DIR,FIRST,COUNT`` records COUNT optimizer steps after step FIRST with
 ``torch.profiler`` on every rank (see ``_StepProfiler``).
 """
@@ -57,7 +54,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mamba_asr.asr import ASR, tokenizer_from_files, tokenizer_to_files
-from mamba_asr.atomic import atomic_save, atomic_write_text
+from mamba_asr.atomic import atomic_write_text
 from mamba_asr.config import (
     ConfigError,
     RecipeConfig,
@@ -71,6 +68,7 @@ from mamba_asr.data.manifest import ManifestError, Utterance, read_manifest
 from mamba_asr.decode.search import DecodingOptions, decode_batch
 from mamba_asr.device import autocast
 from mamba_asr.files import FolderLock, lock_folder, read_text
+from mamba_asr.text.error_rates import error_rates
 from mamba_asr.text.tokenizer import (
     LIBRISPEECH_ALPHABET,
     CharTokenizer,
@@ -95,14 +93,13 @@ from mamba_asr.train.distributed import (
     init_distributed,
     wrap_model,
 )
-from mamba_asr.train.metrics import MetricsLog, error_rates
+from mamba_asr.train.metrics import MetricsLog
 from mamba_asr.train.schedules import build_optimizer, build_scheduler
 
-__all__ = ["PROFILE_ENV", "RANK_DUMP_ENV", "TrainResult", "build_tokenizer", "train"]
+__all__ = ["PROFILE_ENV", "TrainResult", "build_tokenizer", "train"]
 
 log = logging.getLogger(__name__)
 
-RANK_DUMP_ENV = "MAMBA_ASR_TEST_RANK_DUMP"
 PROFILE_ENV = "MAMBA_ASR_PROFILE"
 RECIPE_FILE = "recipe.yaml"
 LOCK_FILE = "train.lock"
@@ -518,7 +515,6 @@ class _Run:
         self.scheduler = build_scheduler(self.optimizer, recipe.train)
         self.p, self.metrics = progress, metrics
         self.ckpt_dir = out_dir / CHECKPOINT_DIR
-        self.seen_ids: list[str] = []
         self.audio_seconds = 0.0  # this rank's, since the last training-loss row
         self.data_wait = 0.0  # seconds this rank waited for its next batch, likewise
         self.window_start = time.perf_counter()
@@ -644,8 +640,6 @@ class _Run:
             return None
         weight = 1.0 if len(batch) else 0.0
         self.audio_seconds += float(batch.wave_lengths.sum()) / self.recipe.data.sample_rate
-        if os.environ.get(RANK_DUMP_ENV):
-            self.seen_ids.extend(batch.ids)
         b = (batch if weight else _stand_in(self.recipe)).to(self.ctx.device, non_blocking=True)
         no_sync = getattr(self.model, "no_sync", None)
         context = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
@@ -728,12 +722,6 @@ class _Run:
             self.asr.save(path, state_dict=weights)
         barrier(self.ctx)
         return path if self.ctx.is_main else None
-
-    def dump_rank(self) -> None:
-        folder = os.environ.get(RANK_DUMP_ENV)
-        if folder:
-            dump = {"step": self.p.step, "model": self.asr.state_dict(), "ids": self.seen_ids}
-            atomic_save(dump, Path(folder) / f"rank{self.ctx.rank}.pt")
 
 
 class _StepProfiler:
@@ -922,7 +910,6 @@ def _train(
             stopped = stopped or run.out_of_time()
         done = run.p.epoch >= cfg.epochs
         model_path = run.finish() if done else None
-        run.dump_rank()
     finally:
         metrics.close()
     best = run.p.best[0]["wer"] if run.p.best else None
