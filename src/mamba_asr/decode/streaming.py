@@ -42,8 +42,9 @@ class TransducerStreamer:
     """Chunk-by-chunk decoding of B streams that advance together.
 
     options: the search, ``strategy`` "greedy" or "beam" (modified beam search with
-    ``beam_size``); default greedy. max_symbols_per_frame: the limit of tokens per encoder
-    frame of either search. device, dtype: of the encoder state.
+    ``beam_size``); default ``DecodingOptions()`` (beam search; ``lm="auto"`` means no LM
+    here, where no model file says which LM ships with it). max_symbols_per_frame: the limit
+    of tokens per encoder frame of either search. device, dtype: of the encoder state.
     """
 
     def __init__(
@@ -56,7 +57,7 @@ class TransducerStreamer:
         dtype: torch.dtype | None = None,
     ) -> None:
         self.model = model
-        self.options = options or DecodingOptions(strategy="greedy")
+        self.options = options or DecodingOptions()
         self.state = model.init_state(batch, device=device, dtype=dtype)
         self.search = make_search(model, batch, self.options, max_symbols_per_frame, device)
         self.finished = False
