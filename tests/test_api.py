@@ -8,17 +8,9 @@ import soundfile as sf
 import torch
 
 import mamba_asr
-from mamba_asr.asr import ASR
+from helpers.recipes import tiny_asr
 from mamba_asr.cli import main
-from mamba_asr.config import load_recipe
-from mamba_asr.text import CharTokenizer
 from mamba_asr.transcript import Transcript
-
-TINY = [
-    "model.vocab_size=6", "model.d_model=32", "model.nhead=2", "model.num_encoder_layers=1",
-    "model.d_ffn=64", "model.kernel_size=5", "model.frontend.channels=[4, 4]",
-    "tokenizer.alphabet='AB '",
-]  # fmt: skip
 
 
 def _noise(seconds: float, rate: int) -> np.ndarray:
@@ -28,11 +20,7 @@ def _noise(seconds: float, rate: int) -> np.ndarray:
 
 @pytest.fixture
 def model_file(tmp_path):
-    torch.manual_seed(0)
-    asr = ASR.from_recipe(
-        load_recipe("hparams/CTC/conmamba_large.yaml", TINY), CharTokenizer("AB ")
-    )
-    return asr.save(tmp_path / "model.pt")
+    return tiny_asr("ctc").save(tmp_path / "model.pt")
 
 
 def test_load_and_transcribe_file_array_and_tensor(model_file, tmp_path):

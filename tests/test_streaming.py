@@ -2,44 +2,24 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+from helpers.recipes import tiny_asr
 from mamba_asr.asr import ASR
-from mamba_asr.config import load_recipe
 from mamba_asr.decode import DecodingOptions, EndpointConfig
 from mamba_asr.models.streaming import StateOps, StreamingModel
-from mamba_asr.text import CharTokenizer
 from mamba_asr.transcription import transcribe_file, transcribe_waveform
 
-RNNT_TINY = [
-    "model.vocab_size=6", "model.d_model=32", "model.num_encoder_layers=1", "model.d_ffn=64",
-    "model.frontend.channels=[8, 8, 8]", "model.transducer.predictor_dim=16",
-    "model.transducer.joiner_dim=16",
-]  # fmt: skip
 GREEDY = DecodingOptions(strategy="greedy")
 SHORT = EndpointConfig(silence_after_speech=0.24, max_segment=1.2)  # many segments
 
 
-@functools.cache
-def _model(blank_bias: float) -> ASR:
-    """A tiny random streaming transducer; ``blank_bias`` sets how often it emits."""
-    torch.manual_seed(0)
-    asr = ASR.from_recipe(
-        load_recipe("hparams/Transducer/mct_small.yaml", RNNT_TINY), CharTokenizer("AB ")
-    )
-    with torch.no_grad():
-        asr.model.joiner.out.bias[0] = blank_bias
-    return asr.eval()
-
-
-@pytest.fixture
+@pytest.fixture(scope="module")
 def asr() -> ASR:
-    return _model(0.3)  # greedy search: a token now and then, pauses between
+    return tiny_asr("transducer", blank_bias=0.2)  # emits often, both searches
 
 
 def _signal(seconds: float, rate: int, seed: int) -> np.ndarray:
@@ -74,9 +54,8 @@ def _leaves(tree) -> list[torch.Tensor]:
     return [leaf for part in tree for leaf in _leaves(part)]
 
 
-@pytest.mark.parametrize(("options", "bias"), [(GREEDY, 0.3), (DecodingOptions(beam_size=3), 0.0)])
-def test_a_stream_in_random_pieces_equals_the_file(tmp_path, options, bias):
-    asr = _model(bias)  # beam search of a random model needs a blank bias to emit
+@pytest.mark.parametrize("options", [GREEDY, DecodingOptions(beam_size=3)])
+def test_a_stream_in_random_pieces_equals_the_file(asr, tmp_path, options):
     wave = _signal(6.0, 22050, seed=1)
     path = tmp_path / "a.wav"
     sf.write(path, (wave * 32767).astype(np.int16), 22050, subtype="PCM_16")
@@ -150,13 +129,15 @@ def test_streams_in_a_batch_share_one_model_step(asr, monkeypatch):
     assert batches and set(batches) == {3}
 
 
-def test_an_hour_of_silence_keeps_resetting(asr):
+def test_silence_keeps_resetting():
     """Without speech, rule 1 ends a segment every 2.4 s: no text, fresh state."""
+    asr = tiny_asr("transducer", blank_bias=5.0)  # hears nothing
     stream = asr.create_stream(GREEDY)
     quiet = np.zeros(16000 * 10, np.float32)
     stream.accept_waveform(16000, quiet)
     asr.decode_streams([stream])
-    assert stream.segment_start > 0  # the state was reset at least once
+    assert stream.segment_start == 120  # reset every 2.4 s (30 frames of 80 ms): 4 times in 10 s
+    assert stream.result.text == "" and stream.finish().segments == []
 
 
 def test_stream_errors_are_one_line(asr):
@@ -174,14 +155,7 @@ def test_stream_errors_are_one_line(asr):
         asr.create_stream(chunk_ms=50)
 
 
-def test_a_model_that_does_not_stream_has_no_streams(tmp_path):
-    tiny = [
-        *RNNT_TINY[:4],
-        "model.nhead=2",
-        "model.kernel_size=5",
-        "model.frontend.channels=[4, 4]",
-    ]
-    recipe = load_recipe("hparams/CTC/conmamba_large.yaml", [*tiny, "tokenizer.alphabet='AB '"])
-    ctc = ASR.from_recipe(recipe, CharTokenizer("AB "))
+def test_a_model_that_does_not_stream_has_no_streams():
+    ctc = tiny_asr("ctc")
     with pytest.raises(ValueError, match="streaming needs a transducer model, this one is ctc"):
         ctc.create_stream()

@@ -15,10 +15,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from helpers.recipes import tiny_asr
 from mamba_asr.asr import ASR
 from mamba_asr.audio import load_audio
 from mamba_asr.cli import main
-from mamba_asr.config import load_recipe
 from mamba_asr.decode import DecodingOptions, ctc_greedy
 from mamba_asr.decode.ctc import ctc_runs
 from mamba_asr.text import CharTokenizer
@@ -26,42 +26,19 @@ from mamba_asr.transcript import Segment, Transcript, Word, make_segment
 from mamba_asr.transcription import transcribe_file
 from mamba_asr.writers import cues
 
-CTC_TINY = [
-    "model.vocab_size=6", "model.d_model=32", "model.nhead=2", "model.num_encoder_layers=1",
-    "model.d_ffn=64", "model.kernel_size=5", "model.frontend.channels=[4, 4]",
-    "tokenizer.alphabet='AB '",
-]  # fmt: skip
-RNNT_TINY = [
-    "model.vocab_size=6", "model.d_model=32", "model.num_encoder_layers=1", "model.d_ffn=64",
-    "model.frontend.channels=[8, 8, 8]", "model.transducer.predictor_dim=16",
-    "model.transducer.joiner_dim=16",
-]  # fmt: skip
 TIME = re.compile(r"^\d\d:\d\d:\d\d([,.])\d\d\d --> \d\d:\d\d:\d\d\1\d\d\d$")
 
 
 @pytest.fixture(scope="module")
 def ctc_model(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    asr = ASR.from_recipe(
-        load_recipe("hparams/CTC/conmamba_large.yaml", CTC_TINY), CharTokenizer("AB ")
-    )
-    _bias_away_from_blank(asr.model.ctc_lin)
+    asr = tiny_asr("ctc", blank_bias=-5.0)  # emits tokens, so times are exercised
     return str(asr.save(tmp_path_factory.mktemp("ctc") / "model.pt"))
 
 
 @pytest.fixture(scope="module")
 def rnnt_model(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    recipe = load_recipe("hparams/Transducer/mct_small.yaml", RNNT_TINY)
-    asr = ASR.from_recipe(recipe, CharTokenizer("AB "))
-    _bias_away_from_blank(asr.model.joiner.out)
+    asr = tiny_asr("transducer", blank_bias=-5.0)  # emits on every frame
     return str(asr.save(tmp_path_factory.mktemp("rnnt") / "model.pt"))
-
-
-def _bias_away_from_blank(linear: torch.nn.Linear) -> None:
-    """Make a random CTC head emit tokens (not only blank), so times are exercised."""
-    with torch.no_grad():
-        linear.bias[0] = -5.0
 
 
 def _noise(seconds: float, rate: int = 16000, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -288,12 +265,7 @@ def test_ctc_runs_match_ctc_greedy():
 
 
 def test_seq2seq_has_no_times_and_one_cue(tmp_path, good_wav, capsys):
-    torch.manual_seed(0)
-    recipe = load_recipe(
-        "hparams/S2S/conmamba_small.yaml",
-        [*CTC_TINY[:-1], "model.num_decoder_layers=1"],
-    )
-    model = str(ASR.from_recipe(recipe, CharTokenizer("AB ")).save(tmp_path / "s2s.pt"))
+    model = str(tiny_asr("seq2seq").save(tmp_path / "s2s.pt"))
     t = transcribe_file(ASR.load(model), good_wav)
     assert all(x.start is None and x.end is None for x in t.tokens + t.words)
     assert cues(t) == ([(0.0, pytest.approx(2.0), t.text)] if t.text else [])

@@ -14,46 +14,25 @@ import pytest
 import soundfile as sf
 import torch
 
+from helpers.recipes import tiny_asr
 from mamba_asr.asr import ASR
 from mamba_asr.audio import Fbank, load_audio
 from mamba_asr.audio.stream import StreamingFbank, read_blocks
 from mamba_asr.cli import main
-from mamba_asr.config import load_recipe
-from mamba_asr.text import CharTokenizer
 from mamba_asr.transcription import transcribe_file
 from mamba_asr.writers import format_transcript
-
-RNNT_TINY = [
-    "model.vocab_size=6", "model.d_model=32", "model.num_encoder_layers=1", "model.d_ffn=64",
-    "model.frontend.channels=[8, 8, 8]", "model.transducer.predictor_dim=16",
-    "model.transducer.joiner_dim=16",
-]  # fmt: skip
-CTC_TINY = [
-    "model.vocab_size=6", "model.d_model=32", "model.nhead=2", "model.num_encoder_layers=1",
-    "model.d_ffn=64", "model.kernel_size=5", "model.frontend.channels=[4, 4]",
-    "tokenizer.alphabet='AB '",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def rnnt_model(tmp_path_factory) -> str:
-    """A tiny random streaming transducer (8x subsampling) that emits tokens on noise."""
-    torch.manual_seed(0)
-    asr = ASR.from_recipe(
-        load_recipe("hparams/Transducer/mct_small.yaml", RNNT_TINY), CharTokenizer("AB ")
-    )
-    with torch.no_grad():  # emit now and then, pause now and then: segments end at pauses
-        asr.model.joiner.out.bias[0] = 1.0
+    """A tiny random streaming transducer (8x subsampling) that emits tokens on tones."""
+    asr = tiny_asr("transducer", blank_bias=0.2)
     return str(asr.save(tmp_path_factory.mktemp("rnnt") / "model.pt"))
 
 
 @pytest.fixture(scope="module")
 def ctc_model(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    asr = ASR.from_recipe(
-        load_recipe("hparams/CTC/conmamba_large.yaml", CTC_TINY), CharTokenizer("AB ")
-    )
-    return str(asr.save(tmp_path_factory.mktemp("ctc") / "model.pt"))
+    return str(tiny_asr("ctc").save(tmp_path_factory.mktemp("ctc") / "model.pt"))
 
 
 def _signal(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:

@@ -22,7 +22,9 @@ from mamba_asr.models.factory import build_model
 def tiny(decoder_layers: int) -> nn.Module:
     torch.manual_seed(0)
     cfg = tiny_recipe(
-        "seq2seq", "model.vocab_size=9", f"model.num_decoder_layers={decoder_layers}",
+        "seq2seq",
+        "model.vocab_size=9",
+        f"model.num_decoder_layers={decoder_layers}",
         f"model.kind={'seq2seq' if decoder_layers else 'ctc'}",
     ).model
     return build_model(cfg).eval()

@@ -80,3 +80,23 @@ def tiny_transducer_config(vocab: int = 7, n_mels: int = 20, **overrides: object
     for key, value in overrides.items():
         data[key] = {**data[key], **value} if isinstance(value, dict) else value
     return from_dict(ModelConfig, data)
+
+
+def tiny_asr(kind: str, *more: str, blank_bias: float | None = None, seed: int = 0):
+    """A random tiny ``kind`` model (``tiny_recipe``) with the "AB " character tokenizer, in
+    eval mode. ``blank_bias``: the output layer's bias for blank (CTC head or joiner), with
+    bos and eos pushed far down, so that the random model emits characters: low values emit
+    on every frame, higher ones now and then (the tests that need tokens or pauses set it)."""
+    import torch
+
+    from mamba_asr.asr import ASR
+    from mamba_asr.text import CharTokenizer
+
+    torch.manual_seed(seed)
+    asr = ASR.from_recipe(tiny_recipe(kind, *more), CharTokenizer("AB "))
+    if blank_bias is not None:
+        head = asr.model.joiner.out if kind == "transducer" else asr.model.ctc_lin
+        with torch.no_grad():
+            head.bias[0] = blank_bias
+            head.bias[1:3] = -10.0  # bos and eos: never emitted
+    return asr.eval()
