@@ -4,8 +4,9 @@
 options)`` are the one path behind ``mamba_asr.transcribe`` and ``mamba-asr transcribe``:
 
 - a model that streams (a causal transducer) decodes the audio as one ``Stream``
-  (``mamba_asr.streaming``), fed ``CHUNK_SECONDS`` (30 s) at a time, or ``chunk_ms`` at a time
-  with ``on_partial(text, seconds)`` seeing the transcript so far after each piece (``--stream``).
+  (``mamba_asr.streaming``), read ``CHUNK_SECONDS`` (30 s) at a time and decoded
+  ``OFFLINE_CHUNK_MS`` at a time, or read and decoded ``chunk_ms`` at a time with
+  ``on_partial(text, seconds)`` seeing the transcript so far after each piece (``--stream``).
   Segments end at silence (``mamba_asr.decode.endpoint``), each decoded from a fresh state; the
   chunk size changes nothing in the result.
 - other models (CTC, seq2seq) decode windows of at most 30 s without overlap, one window at a
@@ -41,6 +42,10 @@ from mamba_asr.transcript import Segment, Transcript, make_segment
 __all__ = ["CHUNK_SECONDS", "streams", "transcribe_file", "transcribe_waveform"]
 
 CHUNK_SECONDS = 30.0
+# Offline, a stream decodes 2.56 s at a time (32 frames of the bundled model): long enough that
+# the model runs on long stretches, short enough that what an endpoint makes it encode anew
+# (the rest of the chunk, from a fresh state) stays small. The result does not depend on it.
+OFFLINE_CHUNK_MS = 2560.0
 LOW_RATE = 8000  # Hz: below this a file gets a warning (telephone speech is 8 kHz)
 logger = logging.getLogger(__name__)
 Partial = Callable[[str, float], None]
@@ -145,7 +150,7 @@ def _stream(
     endpoint: EndpointConfig | None,
     bar: object,
 ) -> Transcript:
-    chunk = 1000 * CHUNK_SECONDS if chunk_ms is None else chunk_ms
+    chunk = OFFLINE_CHUNK_MS if chunk_ms is None else chunk_ms
     stream = Stream(asr, options, chunk, endpoint, name)
     for block in blocks:
         stream.accept_waveform(asr.sample_rate, block)
