@@ -102,7 +102,7 @@ def test_long_audio_is_chunked_with_offset_times(ctc_model, tmp_path):
     t = transcribe_file(ASR.load(ctc_model), path, DecodingOptions(strategy="greedy"))
     assert t.duration == pytest.approx(65.0)
     _check_times(t, 65.0)
-    assert max(tok.start for tok in t.tokens) > 60.0  # last window's times are offset
+    assert max(tok.start for tok in t.tokens) >= 60.0  # last window's times are offset
     assert [(s.start, s.end) for s in t.segments] == [(0.0, 30.0), (30.0, 60.0), (60.0, 65.0)]
 
 

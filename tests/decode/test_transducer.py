@@ -295,12 +295,15 @@ def test_beam_4_best_scores_at_least_greedy_path(max_symbols: int) -> None:
             )
 
 
-@pytest.mark.parametrize("options", [None, DecodingOptions(strategy="beam", beam_size=3)])
-def test_streaming_equals_offline(options: DecodingOptions | None) -> None:
+GREEDY = DecodingOptions(strategy="greedy")
+
+
+@pytest.mark.parametrize("options", [GREEDY, DecodingOptions(strategy="beam", beam_size=3)])
+def test_streaming_equals_offline(options: DecodingOptions) -> None:
     model = fake("lstm")
     feats = torch.randn(2, 61, C)
     enc = model.encode(feats, torch.tensor([61, 61]))
-    if options is None:
+    if options.strategy == "greedy":
         offline = transducer_greedy(model, enc.memory, enc.lengths)
     else:
         offline = [n[0] for n in transducer_beam_search(model, enc.memory, enc.lengths, 3)]
@@ -318,10 +321,14 @@ def test_streaming_equals_offline(options: DecodingOptions | None) -> None:
         for s, o in zip(final, offline, strict=True):
             assert (s.tokens, s.frames) == (o.tokens, o.frames)
             assert s.score == pytest.approx(o.score, abs=1e-4)
-        if options is None:  # greedy partial results only grow
+        if options.strategy == "greedy":  # greedy partial results only grow
             assert partial_lengths == sorted(partial_lengths)
         with pytest.raises(RuntimeError, match="after finalize"):
             streamer.decode_chunk(feats[:, :2])
+
+
+def test_the_streamer_searches_as_every_helper_does_by_default() -> None:
+    assert TransducerStreamer(fake("stateless")).options == DecodingOptions()
 
 
 def test_decode_batch_runs_the_registered_transducer_searches(
@@ -395,13 +402,13 @@ def test_real_model_overfit_is_recovered_by_greedy_and_beam(overfit) -> None:
         assert [r.tokens for r in decode_batch(model, feats, lengths, options)] == wanted
 
 
-@pytest.mark.parametrize("options", [None, DecodingOptions(strategy="beam", beam_size=4)])
-def test_real_model_streaming_equals_offline(overfit, options: DecodingOptions | None) -> None:
+@pytest.mark.parametrize("options", [GREEDY, DecodingOptions(strategy="beam", beam_size=4)])
+def test_real_model_streaming_equals_offline(overfit, options: DecodingOptions) -> None:
     model, feats, lengths, wanted = overfit
     feats = feats[:1, :62]  # one stream; the last chunk is not a multiple of the subsampling
     with torch.no_grad():
         enc = model.encode(feats, torch.tensor([62]))
-    if options is None:
+    if options.strategy == "greedy":
         [offline] = transducer_greedy(model, enc.memory, enc.lengths)
     else:
         [[offline, *_]] = transducer_beam_search(model, enc.memory, enc.lengths, beam=4)
