@@ -28,7 +28,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from mamba_asr.backends.mlx.scan import DEFAULT_CHUNK, selective_scan, selective_step
+from mamba_asr.backends.mlx.scan import selective_scan, selective_step
 from mamba_asr.config import ModelConfig
 
 __all__ = ["MlxTransducer", "build_model", "to_mx"]
@@ -177,7 +177,6 @@ class SSMBranch(nn.Module):
         self.dt_proj = Linear(dt_rank, d_inner)
         self.A_log = _zeros_like_param(d_inner, d_state)
         self.D = _zeros_like_param(d_inner)
-        self.scan_chunk = DEFAULT_CHUNK
 
     def __call__(self, x: mx.array, z: mx.array, state: MambaState) -> tuple[mx.array, MambaState]:
         """x, z: (B, L, D) -> y (B, L, D), the state after these L frames."""
@@ -194,7 +193,7 @@ class SSMBranch(nn.Module):
             )
             y = y[:, None]  # (B, 1, D)
         else:
-            y, h = selective_scan(u, delta, A, B, C, self.D, z, bias, state.ssm, self.scan_chunk)
+            y, h = selective_scan(u, delta, A, B, C, self.D, z, bias, state.ssm)
         conv = xc[:, xc.shape[1] - state.conv.shape[1] :]  # (B, K-1, D)
         return y, MambaState(conv=conv, ssm=h)
 

@@ -11,21 +11,34 @@ reference (``selective_scan_ref``)::
     h_t  = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t        (h_{-1} = initial_state or 0)
     y_t  = (<h_t, C_t> + D * u_t) * silu(z_t)
 
-``selective_scan`` solves the recurrence chunk by chunk (``chunk`` frames, 64 by default, as
-the PyTorch chunked path): within a chunk by log2(T) doubling steps (Hillis-Steele) on
-(B, T, D, N) arrays, the state carried from one chunk to the next, so there is a Python loop
+``selective_scan`` solves the recurrence chunk by chunk (``chunk`` frames, ``CHUNK`` = 64 by
+default, as the PyTorch chunked path): within a chunk by log2(T) doubling steps (Hillis-Steele)
+on (B, T, D, N) arrays, the state carried from one chunk to the next, so there is a Python loop
 per chunk and per doubling level, never per frame. Every factor exp(dt * A) is <= 1, so the
 products only shrink: nothing overflows. ``selective_step`` is the one-frame update of
-streaming.
+streaming (a chunk of one encoder frame).
 
-Operation counts, per chunk of T frames (E = B * D * N elements per frame): the sequential
-recurrence is T dependent steps of 2E flops (T array operations of E elements, each a kernel
-launch in MLX); the doubling scan is ceil(log2 T) levels of about 3 * T * E flops (b += a *
-shift(b), a *= shift(a)) in 4-5 array operations per level, so 6 levels for T = 64 instead of
-64 steps: ~3x the flops in ~10x fewer operations, each on 64x more elements. ``mx.compile``
-(``compiled=True``, the default) fuses each level's multiply, add and concatenation into fewer
-kernels, which removes intermediate (B, T, D, N) arrays: the level's memory traffic, not its
-flops, is what costs on a GPU.
+Why this formulation, by operation counts (E = B * D * N elements of a frame's state; the
+bundled model: E = 512 * 16 = 8192 per stream, T = 64, L = 375 frames in 30 s, 12 layers):
+
+- sequential (a Python loop over frames, as ``selective_step``): 2 flops per element per
+  frame, 2 * L * E in all, but about 5 array operations per frame (exp, two products, a sum,
+  the output's reduction): 5 * L = 1875 operations per layer, 22500 per 30 s. In MLX each is a
+  graph node and, on a GPU, a kernel launch of a few microseconds on a tiny (E,) array.
+- doubling within chunks: per level about 3 flops per element of the chunk (b += a * shift(b),
+  a *= shift(a)), so 3 * log2(T) * L * E in all: 9x the flops at T = 64 (6x at T = 16), in about
+  6 array operations per level on (T, E) arrays: 6 * 6 = 36 per chunk, 6 chunks per layer:
+  ~220 operations per layer, 8x fewer than sequential, each 64x larger. On a GPU the extra
+  flops are cheap (E * T = 0.5 M elements per operation) and the launches are what is saved.
+- ``mx.compile`` (``compiled``, ``COMPILED`` = True by default) traces a chunk's levels once per
+  chunk length and fuses each level's elementwise product and sum: about half the kernels, and
+  no intermediate (T, E) array per product (memory traffic, which bounds elementwise work on
+  a GPU). Measured on Linux (mlx[cpu], one core): no difference (0.22 s either way for a
+  30 s layer; a CPU is bound by the arithmetic); its benefit on Metal is the part that only a
+  Mac can measure (``benchmarks/mlx_rtf.py --scan-compile off``).
+
+``CHUNK`` and ``COMPILED`` are module settings (what ``None`` arguments mean), so a benchmark
+can change them for a whole model.
 """
 
 from __future__ import annotations
@@ -34,9 +47,10 @@ from functools import lru_cache
 
 import mlx.core as mx
 
-__all__ = ["DEFAULT_CHUNK", "linear_scan", "selective_scan", "selective_step"]
+__all__ = ["CHUNK", "COMPILED", "linear_scan", "selective_scan", "selective_step"]
 
-DEFAULT_CHUNK = 64
+CHUNK = 64
+COMPILED = True
 
 
 def softplus(x: mx.array) -> mx.array:
@@ -76,12 +90,15 @@ def selective_scan(
     z: mx.array,
     delta_bias: mx.array,
     initial_state: mx.array | None = None,
-    chunk: int = DEFAULT_CHUNK,
-    compiled: bool = True,
+    chunk: int | None = None,
+    compiled: bool | None = None,
 ) -> tuple[mx.array, mx.array]:
     """u, delta, z: (B, L, D); A: (D, N); B, C: (B, L, N); D, delta_bias: (D,);
-    initial_state: (B, D, N) or None. Returns y (B, L, D) and the last state h (B, D, N), fp32.
+    initial_state: (B, D, N) or None; chunk, compiled: None for ``CHUNK``, ``COMPILED``.
+    Returns y (B, L, D) and the last state h (B, D, N), fp32.
     """
+    chunk = CHUNK if chunk is None else chunk
+    compiled = COMPILED if compiled is None else compiled
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     batch, length, dim = u.shape
