@@ -27,8 +27,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("decode", "data"),  # searches; manifests, datasets, batching
     ("streaming",),  # streams of a bundle: audio in, transcripts out, many in one batch
     ("asr",),  # the deployable bundle (features + model + tokenizer)
-    ("train", "evaluate", "transcription", "selfcheck"),  # the jobs done with a bundle
-    ("backends",),  # inference outside PyTorch (MLX), behind the bundle's interface
+    # the jobs done with a bundle; backends: inference outside PyTorch (MLX) behind its interface
+    ("train", "evaluate", "transcription", "selfcheck", "backends"),
     (PACKAGE,),  # the public API: the package's __init__.py
     ("cli",),  # the command line
     ("__main__",),  # python -m mamba_asr

@@ -122,3 +122,23 @@ def test_exported_folder_reads_back(models, tmp_path) -> None:
     export(mlx_asr, out, overwrite=True)
     with pytest.raises(ValueError, match="not an MLX model folder"):
         load(tmp_path)
+
+
+def test_streams_decoded_together_equal_each_alone(models, audio, monkeypatch) -> None:
+    from mamba_asr.audio import load_audio
+
+    _, mlx_asr = models
+    joined = []
+    cat = mlx_asr.model.state_ops.cat
+    monkeypatch.setattr(mlx_asr.model.state_ops, "cat", lambda s: joined.append(len(s)) or cat(s))
+    waves = [load_audio(p, 16000) for p in audio[:3]]
+    streams = [mlx_asr.create_stream(BEAM, chunk_ms=320, name=str(p)) for p in audio[:3]]
+    for start in range(0, max(w.shape[0] for w in waves), 8000):
+        for stream, wave in zip(streams, waves, strict=True):
+            if start < wave.shape[0]:
+                stream.accept_waveform(16000, wave[start : start + 8000])
+        mlx_asr.decode_streams(streams)  # chunks of one length: one MLX batch
+    assert max(joined, default=0) == len(streams)
+    for stream, path in zip(streams, audio[:3], strict=True):
+        alone = transcribe_file(mlx_asr, path, BEAM, chunk_ms=320)
+        assert stream.finish().to_json() == alone.to_json()

@@ -139,15 +139,13 @@ class MlxASR(nn.Module):
         return Stream(self, self.resolve_options(options), chunk, endpoint, name)
 
     def decode_streams(self, streams: list[Any]) -> None:
-        """Decode what is ready in ``streams`` (of this model); see
-        ``mamba_asr.streaming.decode_streams`` (streams with chunks of one length are decoded
-        one after another here: the MLX state has no batch join yet)."""
+        """Decode what is ready in ``streams`` (of this model), streams with chunks of one
+        length in one MLX batch; see ``mamba_asr.streaming.decode_streams``."""
         from mamba_asr.streaming import decode_streams
 
         if any(s.asr is not self for s in streams):
             raise ValueError("decode_streams: every stream must come from this model")
-        for stream in streams:
-            decode_streams([stream])
+        decode_streams(streams)
 
     def features(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """waves (B, N), wave_lengths (B,) -> normalised feats (B, F, C), lengths (B,)."""

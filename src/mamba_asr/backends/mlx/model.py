@@ -51,7 +51,7 @@ def length_mask(lengths: mx.array, length: int) -> mx.array:
     return mx.arange(length)[None, :] < lengths[:, None]
 
 
-def _zeros_like_param(*shape: int) -> mx.array:
+def _zeros(*shape: int) -> mx.array:
     return mx.zeros(shape, dtype=mx.float32)
 
 
@@ -60,9 +60,9 @@ class Linear(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, bias: bool = True) -> None:
         super().__init__()
-        self.weight = _zeros_like_param(out_dim, in_dim)
+        self.weight = _zeros(out_dim, in_dim)
         if bias:
-            self.bias = _zeros_like_param(out_dim)
+            self.bias = _zeros(out_dim)
 
     def __call__(self, x: mx.array) -> mx.array:
         if "bias" in self:
@@ -73,7 +73,7 @@ class Linear(nn.Module):
 class LayerNorm(nn.Module):
     def __init__(self, dim: int, eps: float = LAYER_NORM_EPS) -> None:
         super().__init__()
-        self.weight, self.bias, self.eps = mx.ones((dim,)), _zeros_like_param(dim), eps
+        self.weight, self.bias, self.eps = mx.ones((dim,)), _zeros(dim), eps
 
     def __call__(self, x: mx.array) -> mx.array:
         return mx.fast.layer_norm(x, self.weight, self.bias, self.eps)
@@ -88,9 +88,9 @@ class CausalDepthwiseConv(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int, stride: int, bias: bool = True) -> None:
         super().__init__()
-        self.weight = _zeros_like_param(channels, 1, kernel_size)
+        self.weight = _zeros(channels, 1, kernel_size)
         if bias:
-            self.bias = _zeros_like_param(channels)
+            self.bias = _zeros(channels)
         self.kernel_size, self.stride = kernel_size, stride
 
     def __call__(self, xc: mx.array) -> mx.array:
@@ -121,8 +121,8 @@ class CausalStage(nn.Module):
         self.in_channels, self.kernel_size = in_channels, kernel_size
         self.depthwise = CausalDepthwiseConv(in_channels, kernel_size, stride=2)
         self.pointwise = nn.Module()
-        self.pointwise.weight = _zeros_like_param(out_channels, in_channels, 1)
-        self.pointwise.bias = _zeros_like_param(out_channels)
+        self.pointwise.weight = _zeros(out_channels, in_channels, 1)
+        self.pointwise.bias = _zeros(out_channels)
         self.norm = LayerNorm(out_channels)
 
     def __call__(self, x: mx.array, cache: mx.array) -> tuple[mx.array, mx.array]:
@@ -145,7 +145,7 @@ class CausalFrontEnd(nn.Module):
 
     def init_state(self, batch: int) -> FrontEndState:
         return FrontEndState(
-            tuple(_zeros_like_param(batch, s.kernel_size - 1, s.in_channels) for s in self.stages)
+            tuple(_zeros(batch, s.kernel_size - 1, s.in_channels) for s in self.stages)
         )
 
     def __call__(self, feats: mx.array, state: FrontEndState) -> tuple[mx.array, FrontEndState]:
@@ -175,8 +175,8 @@ class SSMBranch(nn.Module):
         self.conv1d = CausalDepthwiseConv(d_inner, d_conv, stride=1)
         self.x_proj = Linear(d_inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj = Linear(dt_rank, d_inner)
-        self.A_log = _zeros_like_param(d_inner, d_state)
-        self.D = _zeros_like_param(d_inner)
+        self.A_log = _zeros(d_inner, d_state)
+        self.D = _zeros(d_inner)
 
     def __call__(self, x: mx.array, z: mx.array, state: MambaState) -> tuple[mx.array, MambaState]:
         """x, z: (B, L, D) -> y (B, L, D), the state after these L frames."""
@@ -210,8 +210,8 @@ class Mamba(nn.Module):
 
     def init_state(self, batch: int) -> MambaState:
         return MambaState(
-            conv=_zeros_like_param(batch, self.d_conv - 1, self.d_inner),
-            ssm=_zeros_like_param(batch, self.d_inner, self.d_state),
+            conv=_zeros(batch, self.d_conv - 1, self.d_inner),
+            ssm=_zeros(batch, self.d_inner, self.d_state),
         )
 
     def __call__(self, x: mx.array, state: MambaState) -> tuple[mx.array, MambaState]:
@@ -297,10 +297,10 @@ class StatelessPredictor(nn.Module):
         super().__init__()
         self.context_size, self.blank = context_size, blank
         self.embedding = nn.Module()
-        self.embedding.weight = _zeros_like_param(vocab_size, dim)
+        self.embedding.weight = _zeros(vocab_size, dim)
         if context_size > 1:
             self.conv = nn.Module()
-            self.conv.weight = _zeros_like_param(dim, 1, context_size)
+            self.conv.weight = _zeros(dim, 1, context_size)
 
     def init_state(self, batch: int, device: Any = None) -> np.ndarray:
         return np.full((batch, self.context_size - 1), self.blank, dtype=np.int64)
@@ -343,6 +343,29 @@ class TransducerState(NamedTuple):
     encoder: EncoderState
 
 
+class MlxStateOps:
+    """Streams joined and split: every array of a ``TransducerState`` has the batch first
+    (what ``mamba_asr.streaming.decode_streams`` uses of ``models.streaming.StateOps``)."""
+
+    @staticmethod
+    def cat(states: list[TransducerState]) -> TransducerState:
+        return tree_map(lambda *xs: mx.concatenate(xs, axis=0), *states)
+
+    @staticmethod
+    def split(state: TransducerState, sizes: list[int]) -> list[TransducerState]:
+        ends = np.cumsum(sizes).tolist()
+        bounds = zip([0, *ends[:-1]], ends, strict=True)
+        return [tree_map(lambda x, a=a, b=b: x[a:b], state) for a, b in bounds]
+
+
+def tree_map(fn: Any, tree: Any, *rest: Any) -> Any:
+    """``fn`` over the arrays of NamedTuples and tuples of arrays, keeping the structure."""
+    if isinstance(tree, mx.array):
+        return fn(tree, *rest)
+    items = [tree_map(fn, *xs) for xs in zip(tree, *rest, strict=True)]
+    return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
+
+
 class MlxTransducer(nn.Module):
     """The MCT of a ``ModelConfig`` (``build_model``); see the module docstring."""
 
@@ -357,6 +380,7 @@ class MlxTransducer(nn.Module):
         self.joiner = Joiner(cfg.d_model, t.predictor_dim, t.joiner_dim, cfg.vocab_size)
         self.blank, self.vocab_size = cfg.blank_index, cfg.vocab_size
         self.subsampling = self.frontend.subsampling
+        self.state_ops = MlxStateOps()
 
     def init_state(self, batch: int, device: Any = None, dtype: Any = None) -> TransducerState:
         """Start-of-stream state of ``batch`` streams (device and dtype: accepted, unused)."""
