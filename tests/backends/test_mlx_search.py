@@ -17,9 +17,10 @@ pytestmark = requires_mlx
 VOCAB = 9
 
 
-@pytest.fixture(scope="module")
-def pair():
-    model, mlx_model = model_pair(tiny_transducer_config(vocab=VOCAB), seed=3)
+@pytest.fixture(scope="module", params=["stateless", "lstm"])
+def pair(request):
+    cfg = tiny_transducer_config(vocab=VOCAB, transducer={"predictor": request.param})
+    model, mlx_model = model_pair(cfg, seed=3)
     with torch.no_grad():  # sharper outputs: tokens, not only blanks (8x: exact ties)
         model.joiner.out.weight.mul_(3.0)
     from mamba_asr.backends.mlx.model import to_mx

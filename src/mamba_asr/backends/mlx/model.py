@@ -1,5 +1,5 @@
-"""The Mamba-CNN transducer (MCT) in MLX: causal front end, causal Mamba encoder, stateless
-predictor, joiner; offline with padding masks, and streaming with an explicit state.
+"""The Mamba-CNN transducer (MCT) in MLX: causal front end, causal Mamba encoder, predictor
+(stateless or LSTM), joiner; offline with padding masks, and streaming with an explicit state.
 
 Shape key
     B: batch, T: feature frames, C: mel bins / channels, L: encoder frames, M: d_model,
@@ -319,6 +319,44 @@ class StatelessPredictor(nn.Module):
         return nn.relu(emb), context[:, context.shape[1] - (self.context_size - 1) :]
 
 
+class LSTMPredictor(nn.Module):
+    """Embedding -> one-layer LSTM (PyTorch's gate order i, f, g, o) -> Linear.
+
+    State: (B, 2, P) float32 NumPy array, h and c stacked (zeros at the start), so that the
+    searches select and replace streams' states by indexing, as the stateless predictor's.
+    """
+
+    def __init__(self, vocab_size: int, dim: int, blank: int) -> None:
+        super().__init__()
+        self.dim, self.blank = dim, blank
+        self.embedding = nn.Module()
+        self.embedding.weight = _zeros(vocab_size, dim)
+        self.lstm = nn.Module()
+        for name in ("weight_ih_l0", "weight_hh_l0"):
+            setattr(self.lstm, name, _zeros(4 * dim, dim))
+        for name in ("bias_ih_l0", "bias_hh_l0"):
+            setattr(self.lstm, name, _zeros(4 * dim))
+        self.proj = Linear(dim, dim)
+
+    def init_state(self, batch: int, device: Any = None) -> np.ndarray:
+        return np.zeros((batch, 2, self.dim), dtype=np.float32)
+
+    def __call__(self, tokens: Any, state: np.ndarray) -> tuple[mx.array, np.ndarray]:
+        """tokens (B, U) -> (B, U, P) and the new state."""
+        lstm = self.lstm
+        emb = self.embedding.weight[mx.array(np.asarray(tokens, dtype=np.int64))]  # (B, U, P)
+        x = mx.addmm(lstm.bias_ih_l0 + lstm.bias_hh_l0, emb, lstm.weight_ih_l0.T)  # (B, U, 4P)
+        h, c = mx.array(state[:, 0]), mx.array(state[:, 1])  # (B, P) each
+        outs = []
+        for u in range(x.shape[1]):
+            i, f, g, o = mx.split(x[:, u] + h @ lstm.weight_hh_l0.T, 4, axis=-1)
+            c = mx.sigmoid(f) * c + mx.sigmoid(i) * mx.tanh(g)
+            h = mx.sigmoid(o) * mx.tanh(c)
+            outs.append(h)
+        new_state = np.stack([np.array(h), np.array(c)], axis=1)  # (B, 2, P)
+        return self.proj(mx.stack(outs, axis=1)), new_state
+
+
 class Joiner(nn.Module):
     """logits = out(tanh(enc_proj(enc) + pred_proj(pred)))."""
 
@@ -374,9 +412,12 @@ class MlxTransducer(nn.Module):
         f, t = cfg.frontend, cfg.transducer
         self.frontend = CausalFrontEnd(f.n_mels, cfg.d_model, tuple(f.channels), f.kernel_size)
         self.encoder = MambaEncoder(cfg, dt_rank)
-        self.predictor = StatelessPredictor(
-            cfg.vocab_size, t.predictor_dim, t.context_size, cfg.blank_index
-        )
+        if t.predictor == "lstm":
+            self.predictor = LSTMPredictor(cfg.vocab_size, t.predictor_dim, cfg.blank_index)
+        else:
+            self.predictor = StatelessPredictor(
+                cfg.vocab_size, t.predictor_dim, t.context_size, cfg.blank_index
+            )
         self.joiner = Joiner(cfg.d_model, t.predictor_dim, t.joiner_dim, cfg.vocab_size)
         self.blank, self.vocab_size = cfg.blank_index, cfg.vocab_size
         self.subsampling = self.frontend.subsampling
@@ -428,8 +469,6 @@ def build_model(cfg: ModelConfig, weights: dict[str, Any]) -> MlxTransducer:
             f"frontend.kind causal); this model is {cfg.kind} / {cfg.encoder_module} / "
             f"{cfg.frontend.kind}"
         )
-    if cfg.transducer.predictor != "stateless":
-        raise ValueError("the MLX backend has the stateless predictor only, not 'lstm'")
     model = MlxTransducer(cfg, dt_rank_of(weights, cfg))
     wanted = {k for k, _ in _flat(model.parameters())}
     missing = sorted(wanted - set(weights))
