@@ -10,7 +10,7 @@ repeated with 1 s pauses to ``--seconds`` (or ``--audio``), so the endpoint rule
 segments as it would a recording. For each backend (those given and available; ``torch-mps``
 only where ``torch.backends.mps.is_available()``) and each search of ``--decoding`` (greedy;
 beam+lm: beam search with the model's shipped LM, the default of ``mamba-asr transcribe``), it
-times ``transcribe_file`` offline (30 s pieces) and streaming (``--chunk-ms``), audio reading and
+times ``transcribe_file`` offline (its default pieces) and streaming (``--chunk-ms``), audio reading and
 features included, and the encoder alone on the first 30 s (``encode``: features -> encoder
 output, MLX evaluated, MPS synchronised), each the median of ``--repeats`` runs after one
 warm-up (``--scan-chunk`` and ``--scan-compile`` set the MLX scan's chunk and mx.compile,
