@@ -27,7 +27,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("decode", "data"),  # searches; manifests, datasets, batching
     ("streaming",),  # streams of a bundle: audio in, transcripts out, many in one batch
     ("asr",),  # the deployable bundle (features + model + tokenizer)
-    ("train", "evaluate", "transcription", "selfcheck"),  # the jobs done with a bundle
+    # the jobs done with a bundle; backends: inference outside PyTorch (MLX) behind its interface
+    ("train", "evaluate", "transcription", "selfcheck", "backends"),
     (PACKAGE,),  # the public API: the package's __init__.py
     ("cli",),  # the command line
     ("__main__",),  # python -m mamba_asr
@@ -38,6 +39,9 @@ EXCEPTIONS: dict[tuple[str, str, str], str] = {
     ("mamba_asr.asr", PACKAGE, "__version__"): (
         "the version is a constant of the package's __init__.py, which Python runs before any "
         "submodule, and which imports the rest of the package only inside its functions"
+    ),
+    ("mamba_asr.backends.mlx.asr", PACKAGE, "__version__"): (
+        "the same constant, written into an exported model folder"
     ),
 }
 

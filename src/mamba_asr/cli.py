@@ -9,9 +9,10 @@ check, see ``mamba_asr.selfcheck``), ``model-info`` (parameters and layers of a 
 one error line, the others go on, exit code 1; ``--stream`` decodes as the file is read and,
 when stderr is a terminal, shows the partial transcript there on one line rewritten in place,
 while stdout only ever gets final results). ``transcribe`` and ``eval`` use the bundled model
-(``mamba_asr.pretrained``) unless ``--model`` names another. Errors from bad input (ValueError, OSError,
-ImportError) are printed as one line ``mamba-asr: error: ...`` with exit code 2; ``--debug``
-shows the traceback. A failed check exits with 1.
+(``mamba_asr.pretrained``) unless ``--model`` names another, in PyTorch or, with ``--backend
+mlx``, in MLX (``mamba_asr.backends.mlx``); ``export mlx`` writes an MLX model folder.
+Errors from bad input (ValueError, OSError, ImportError) are printed as one line
+``mamba-asr: error: ...`` with exit code 2; ``--debug`` shows the traceback. A failed check exits with 1.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = ["build_parser", "main"]
 
 PROG = "mamba-asr"
 USER_ERRORS = (ValueError, OSError, ImportError)
+BACKENDS = ("torch", "mlx")
 
 
 def _common_options(suppress: bool) -> argparse.ArgumentParser:
@@ -113,7 +115,66 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(sub, common, device_help)
     _add_synth_parser(sub, common)
     _add_transcribe_parser(sub, common, device_help)
+    _add_export_parser(sub, common)
     return parser
+
+
+def _add_backend_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="torch",
+        help="torch (default) or mlx: the network and the search in MLX (pip install "
+        "'mamba-asr[mlx]'; Metal on Apple Silicon; --device is then not used); --model may "
+        "also be a folder from 'export mlx'",
+    )  # fmt: skip
+
+
+def _mlx_backend():
+    """``mamba_asr.backends.mlx``, or one ImportError line that says how to get MLX."""
+    try:
+        from mamba_asr.backends import mlx
+    except ModuleNotFoundError as exc:
+        raise ImportError(
+            f"the MLX backend needs MLX ({exc}): pip install 'mamba-asr[mlx]'"
+        ) from None
+    return mlx
+
+
+def _load_asr(args: argparse.Namespace) -> ASR:
+    """The model of --model for --backend (an ``MlxASR`` offers what the commands use)."""
+    if args.backend == "mlx":
+        return _mlx_backend().load(args.model)  # type: ignore[return-value]
+    from mamba_asr import load_model
+
+    return load_model(args.model, device=args.device)
+
+
+def _add_export_parser(sub: argparse._SubParsersAction, common: list) -> None:
+    export = sub.add_parser("export", parents=common, help="convert a model for other runtimes")
+    formats = export.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
+    mlx = formats.add_parser(
+        "mlx",
+        parents=common,
+        help="an MLX model folder (safetensors + config.json + tokenizer + LM)",
+        description="Writes DIR/model.safetensors (float32 weights), DIR/config.json (the "
+        "model and feature configs), DIR/tokenizer/ and the shipped LM as DIR/lm.npz; "
+        "'transcribe --backend mlx --model DIR' reads it. See docs/mlx.md.",
+    )
+    mlx.add_argument(
+        "model", nargs="?", default=None, metavar="MODEL",
+        help=f"a bundled model's name or a model file; default: the bundled {DEFAULT_MODEL}",
+    )  # fmt: skip
+    mlx.add_argument("--out", required=True, metavar="DIR", help="new or empty folder")
+    mlx.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    mlx.set_defaults(func=cmd_export_mlx)
+
+
+def cmd_export_mlx(args: argparse.Namespace) -> int:
+    from mamba_asr.files import check_output
+
+    check_output(args.out, "--out", [args.model], args.overwrite, folder=True)
+    mlx = _mlx_backend()
+    print(mlx.export(mlx.load(args.model), args.out, overwrite=args.overwrite))
+    return 0
 
 
 def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device_help: str) -> None:
@@ -160,6 +221,7 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device
     )  # fmt: skip
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     tr.add_argument("--device", default=None, help=device_help)
+    _add_backend_arg(tr)
     tr.set_defaults(func=cmd_transcribe)
 
 
@@ -255,6 +317,7 @@ def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help:
     ev.add_argument("--ctc-weight", type=float, default=0.4, help="seq2seq joint decoding (0.4)")
     ev.add_argument("--batch-seconds", type=float, default=60.0, help="audio per batch (60)")
     ev.add_argument("--device", default=None, help=device_help)
+    _add_backend_arg(ev)
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ev.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     ev.add_argument(
@@ -635,7 +698,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mamba_asr import load_model
     from mamba_asr.evaluate import evaluate, hypotheses_name, read_test_set, result_json
     from mamba_asr.files import check_output
     from mamba_asr.pretrained import MODELS
@@ -648,7 +710,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     inputs = [args.data, lm, None if bundled else args.model]
     check_output(hyps, "--hyps", inputs, args.overwrite)
     test_set = read_test_set(args.data, skip_bad=not args.strict)
-    asr = load_model(args.model, device=args.device)
+    asr = _load_asr(args)
     options = _decoding_options(args, asr, ctc_weight=args.ctc_weight)
     result = evaluate(asr, test_set.utterances, hyps, options, args.batch_seconds,
                       sys.stderr.isatty(), args.strict)  # fmt: skip
@@ -748,7 +810,6 @@ def _print(transcript: Transcript, fmt: str, several: bool) -> None:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from mamba_asr import load_model
     from mamba_asr.streaming import stream_chunk_frames
     from mamba_asr.writers import write_transcript
 
@@ -756,7 +817,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     if args.chunk_ms is not None and not args.stream:
         raise ValueError("--chunk-ms applies to --stream only")
     destinations = _destinations(args)
-    asr = load_model(args.model, device=args.device)
+    asr = _load_asr(args)
     options = _decoding_options(args, asr)
     chunk_ms = None
     if args.stream:  # a model that does not stream, a chunk too short: one error line

@@ -266,8 +266,10 @@ def decode_streams(streams: Sequence[Stream]) -> None:
                 memory, state = model.forward_chunk(chunk, s.state)
                 s.advance(chunk, memory, state)
                 continue
-            if ops is None:
-                ops = StateOps(model.init_state, group[0][0].device)
+            if ops is None:  # a model of another array library brings its own
+                ops = getattr(model, "state_ops", None) or StateOps(
+                    model.init_state, group[0][0].device
+                )
             feats = torch.cat([c for _, c in group])  # (B, t, C)
             memory, state = model.forward_chunk(feats, ops.cat([s.state for s, _ in group]))
             states = ops.split(state, [1] * len(group))

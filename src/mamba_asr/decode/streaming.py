@@ -30,7 +30,11 @@ def make_search(
     device: torch.device | None = None,
 ) -> GreedySearch | BeamSearch:
     """The frame-synchronous search of ``options.strategy`` for ``batch`` streams (beam search
-    with the options' LM fusion)."""
+    with the options' LM fusion). A model of another array library brings its own searches
+    (the same attributes and methods): ``model.make_search(batch, options, max_symbols)``."""
+    own = getattr(model, "make_search", None)
+    if own is not None:
+        return own(batch, options, max_symbols_per_frame)
     if options.strategy == "beam":
         return BeamSearch(
             model, batch, device, options.beam_size, max_symbols_per_frame, **options.fusion()
