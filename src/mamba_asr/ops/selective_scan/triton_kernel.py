@@ -1,12 +1,24 @@
 """Selective scan on CUDA with Triton: one fused kernel forward, one backward.
 
-One program owns (batch b, a block of BD channels) and walks the sequence in chunks of T steps.
-Within a chunk the recurrence h_t = a_t h_{t-1} + x_t over a (BD, N, T) tile is one
-``tl.associative_scan`` along time. The elementwise parts are fused in: dt = softplus(delta +
-delta_bias), the D skip and the z gate, so each input is read once in its own dtype (fp32, fp16 or
-bf16) and the output written once. The forward keeps the state at each chunk start; the backward
-recomputes a chunk from it, runs the adjoint scan backwards (``reverse=True``) and accumulates dB
-and dC (shared by the channels of a group) with atomic adds. Arithmetic is fp32 throughout.
+One program owns (batch b, a block of BD channels) and walks the sequence in chunks of T steps, with
+the chunk's time steps held inside each thread and the (state, channel) pairs spread over the lanes,
+so the recurrence h_t = a_t h_{t-1} + x_t runs in registers without shuffles. The elementwise parts
+are fused in: dt = softplus(delta + delta_bias), the D skip and the z gate, so each input is read once
+in its own dtype (fp32, fp16 or bf16) and the output written once. Arithmetic is fp32 throughout; the
+gate silu(z) is rounded to z's dtype as PyTorch rounds ``y * F.silu(z)`` (``CONFIG["round_gate"]``).
+
+The forward scans each chunk with ``tl.associative_scan`` along the in-thread time axis and stores the
+state every S chunks (a checkpoint every T*S steps). The backward walks the checkpoints backwards:
+it first re-runs the forward over the S chunks of one checkpoint, keeping each chunk's start state in
+a small per-program scratch buffer, then processes those chunks last to first with the time steps
+unrolled (the adjoint dh_t = a_{t+1} dh_{t+1} + dLoss/dh_t needs the next step's decay, which the
+unrolled loop keeps from the step before). Where batch x channel blocks are too few to fill the GPU,
+the sequence is also cut into segments of whole checkpoints that run in parallel: a first pass
+gives each segment's linear effect on the adjoint carried through it (from dt, dLoss/dy and C), and
+each segment folds the later ones' effects into its starting carry. dA, dD and d(delta_bias) are
+summed in fp32 registers per program over its steps, then over programs with ``torch.sum``; dB and
+dC (shared by the channels of a group) are reduced over the program's channels first and then added
+atomically, one add per program and element.
 
 Shape key: B batch, D channels, G groups of B/C (E = D / G channels each), L length, N state.
 This module imports triton; ``dispatch`` imports it only when triton is installed.
@@ -14,13 +26,24 @@ This module imports triton; ``dispatch`` imports it only when triton is installe
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-# Launch settings: channels per program, steps per chunk, warps (benchmarks/scan_cuda.py sweeps them)
-CONFIG = {"block_d": 4, "chunk": 32, "fwd_warps": 1, "bwd_warps": 2}
+# Launch settings (benchmarks/scan_cuda.py sweeps them): channels per program, forward and backward
+# steps per chunk, chunks per checkpoint, warps; round_gate: silu(z) rounded to z's dtype
+CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
+          "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
+          "bwd_programs": 2048, "round_gate": True}  # fmt: skip
+# bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
+# also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
+# over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it
+# (on an H200 that pass paid off at B4 L8192, 512 blocks: 1.35x; at 1024 blocks it cost 5-10%)
+
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -29,148 +52,317 @@ def _combine(a1, x1, a2, x2):
 
 
 @triton.jit
-def _softplus(x):
-    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+def _softplus(x, FAST: tl.constexpr):
+    """log(1 + e^x); FAST: with the GPU's approximate exp2/log2 (about 20 instructions fewer than
+    the exact log), relative error under 1e-5, the series e - e^2/2 + e^3/3 - e^4/4 below x = -4."""
+    if FAST:
+        e = tl.math.exp2(x * LOG2E)
+        lg = tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [1.0 + e],
+                                       dtype=tl.float32, is_pure=True, pack=1)  # fmt: skip
+        small = e * (1.0 - e * (0.5 - e * (0.3333333333333333 - 0.25 * e)))
+        return tl.where(x > 20.0, x, tl.where(x < -4.0, small, lg * 0.6931471805599453))
+    else:
+        return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
 
 
 @triton.jit
-def _chunk(u_ptr, delta_ptr, bias_ptr, B_ptr, offs_dl, m_dl, bc_off, m_nl, offs_d, md, A,
-           HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):  # fmt: skip
-    """One chunk's inputs and terms: u, delta + bias, dt, B (N, T); a = exp(dt A), x = dt u B."""
-    u = tl.load(u_ptr + offs_dl, mask=m_dl, other=0.0).to(tl.float32)  # (BD, T)
-    pre = tl.load(delta_ptr + offs_dl, mask=m_dl, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        pre += tl.load(bias_ptr + offs_d, mask=md, other=0.0)[:, None]
-    dt = _softplus(pre) if SOFTPLUS else pre
-    dt = tl.where(m_dl, dt, 0.0)  # steps past L: a = 1, x = 0
-    Bt = tl.load(B_ptr + bc_off, mask=m_nl, other=0.0).to(tl.float32)  # (N, T)
-    a = tl.exp(dt[:, None, :] * A[:, :, None])  # (BD, N, T)
-    x = (dt * u)[:, None, :] * Bt[None, :, :]
-    return u, pre, dt, Bt, a, x
+def _cols(x, T: tl.constexpr):
+    """The T columns of an (M, T) tile, as a tuple of (M,) tensors."""
+    if T == 1:
+        return (tl.reshape(x, (x.shape[0],)),)
+    elif T == 2:
+        c0, c1 = tl.split(x)
+        return (c0, c1)
+    elif T == 4:
+        lo, hi = tl.split(tl.reshape(x, (x.shape[0], 2, 2)))
+        c0, c2 = tl.split(lo)
+        c1, c3 = tl.split(hi)
+        return (c0, c1, c2, c3)
+    else:
+        tl.static_assert(T == 8, "backward chunk must be 1, 2, 4 or 8 steps")
+        ev, od = tl.split(tl.reshape(x, (x.shape[0], 4, 2)))
+        ee, eo = tl.split(tl.reshape(ev, (x.shape[0], 2, 2)))
+        oe, oo = tl.split(tl.reshape(od, (x.shape[0], 2, 2)))
+        c0, c4 = tl.split(ee)
+        c2, c6 = tl.split(eo)
+        c1, c5 = tl.split(oe)
+        c3, c7 = tl.split(oo)
+        return (c0, c1, c2, c3, c4, c5, c6, c7)
 
 
 @triton.jit
-def _at(v, offs_t, j):
-    """v[..., j] of a (BD, N, T) tile, as (BD, N)."""
-    return tl.sum(tl.where((offs_t == j)[None, None, :], v, 0.0), axis=2)
+def _rows(cs, T: tl.constexpr):
+    """Inverse of ``_cols``: T (M,) tensors as the columns of an (M, T) tile."""
+    m: tl.constexpr = cs[0].shape[0]
+    if T == 1:
+        return tl.reshape(cs[0], (m, 1))
+    elif T == 2:
+        return tl.join(cs[0], cs[1])
+    elif T == 4:
+        return tl.reshape(tl.join(tl.join(cs[0], cs[2]), tl.join(cs[1], cs[3])), (m, 4))
+    else:
+        ev = tl.reshape(tl.join(tl.join(cs[0], cs[4]), tl.join(cs[2], cs[6])), (m, 4))
+        od = tl.reshape(tl.join(tl.join(cs[1], cs[5]), tl.join(cs[3], cs[7])), (m, 4))
+        return tl.reshape(tl.join(ev, od), (m, 8))
+
+
+@triton.jit
+def _gate(zt, ROUND: tl.constexpr, dtype: tl.constexpr):
+    """silu(z) and sigmoid(z) in fp32; silu rounded to ``dtype`` when ROUND (as PyTorch's F.silu)."""
+    sg = tl.sigmoid(zt)
+    silu = zt * sg
+    if ROUND:
+        silu = silu.to(dtype).to(tl.float32)
+    return silu, sg
 
 
 @triton.jit
 def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-                out_ptr, ckpt_ptr, last_ptr, D, L, N, E, G, n_chunks,
+                out_ptr, ckpt_ptr, last_ptr, D, L, N, E, G, n_ckpt,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                BD: tl.constexpr, BN: tl.constexpr, T: tl.constexpr):  # fmt: skip
+                SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, ROUND_GATE: tl.constexpr,
+                BD: tl.constexpr, BN: tl.constexpr, T: tl.constexpr, S: tl.constexpr,
+                FAST: tl.constexpr):  # fmt: skip
+    # tiles are (T, BN, BD): time inside each thread, channels then states over the lanes
     b, pid_d = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_n, offs_t = tl.arange(0, BN), tl.arange(0, T)
     md, mn = offs_d < D, offs_n < N
     rows = b * D + offs_d  # (BD,) rows of (B, D, .)
     bc0 = (b * G + (pid_d * BD) // E) * N * L  # this block's group of B/C (BD divides E)
-    m_dn = md[:, None] & mn[None, :]
-    state_off = rows[:, None] * N + offs_n[None, :]  # (BD, N)
-    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m_dn, other=0.0)
+    m_nd = mn[:, None] & md[None, :]
+    state_off = offs_n[:, None] + rows[None, :] * N  # (BN, BD)
+    A2 = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=m_nd, other=0.0) * LOG2E
     Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
-    h = (
-        tl.load(h0_ptr + state_off, mask=m_dn, other=0.0)
-        if HAS_H0
-        else tl.zeros((BD, BN), tl.float32)
+    bias = (
+        tl.load(bias_ptr + offs_d, mask=md, other=0.0) if HAS_BIAS else tl.zeros((BD,), tl.float32)
     )
-    for c in range(n_chunks):
-        t = c * T + offs_t
-        m_dl, m_nl = md[:, None] & (t < L)[None, :], mn[:, None] & (t < L)[None, :]
-        offs_dl = rows[:, None] * L + t[None, :]
-        bc_off = bc0 + offs_n[:, None] * L + t[None, :]
-        tl.store(ckpt_ptr + (rows[:, None] * n_chunks + c) * N + offs_n[None, :], h, mask=m_dn)
-        u, _pre, _dt, _B, a, x = _chunk(u_ptr, delta_ptr, bias_ptr, B_ptr, offs_dl, m_dl,
-                                        bc_off, m_nl, offs_d, md, A, HAS_BIAS, SOFTPLUS)  # fmt: skip
-        a_cum, h_loc = tl.associative_scan((a, x), 2, _combine)
-        hs = a_cum * h[:, :, None] + h_loc  # h_t, (BD, N, T)
-        Ct = tl.load(C_ptr + bc_off, mask=m_nl, other=0.0).to(tl.float32)
-        y = tl.sum(hs * Ct[None, :, :], axis=1) + Dv[:, None] * u  # (BD, T)
-        if HAS_Z:
-            zt = tl.load(z_ptr + offs_dl, mask=m_dl, other=0.0).to(tl.float32)
-            y = y * zt * tl.sigmoid(zt)
-        tl.store(out_ptr + offs_dl, y, mask=m_dl)
-        h = _at(hs, offs_t, T - 1)  # steps past L keep the state (a = 1, x = 0)
-    tl.store(last_ptr + state_off, h, mask=m_dn)
+    h = (
+        tl.load(h0_ptr + state_off, mask=m_nd, other=0.0)
+        if HAS_H0
+        else tl.zeros((BN, BD), tl.float32)
+    )
+    for k in range(n_ckpt):
+        tl.store(ckpt_ptr + (rows[None, :] * n_ckpt + k) * N + offs_n[:, None], h, mask=m_nd)
+        for s in range(S):
+            t = (k * S + s) * T + offs_t
+            mt = t < L
+            m_td = mt[:, None] & md[None, :]
+            m_tn = mt[:, None] & mn[None, :]
+            offs_td = t[:, None] + rows[None, :] * L
+            offs_tn = bc0 + t[:, None] + offs_n[None, :] * L
+            u = tl.load(u_ptr + offs_td, mask=m_td, other=0.0).to(tl.float32)
+            pre = tl.load(delta_ptr + offs_td, mask=m_td, other=0.0).to(tl.float32) + bias[None, :]
+            dt = _softplus(pre, FAST) if SOFTPLUS else pre
+            dt = tl.where(m_td, dt, 0.0)  # steps past L: a = 1, x = 0
+            Bt = tl.load(B_ptr + offs_tn, mask=m_tn, other=0.0).to(tl.float32)
+            Ct = tl.load(C_ptr + offs_tn, mask=m_tn, other=0.0).to(tl.float32)
+            a = tl.math.exp2(dt[:, None, :] * A2[None, :, :])
+            x = (dt * u)[:, None, :] * Bt[:, :, None]
+            a_cum, h_loc = tl.associative_scan((a, x), 0, _combine)
+            hs = a_cum * h[None, :, :] + h_loc  # h_t, (T, BN, BD)
+            y = tl.sum(hs * Ct[:, :, None], axis=1) + Dv[None, :] * u  # (T, BD)
+            if HAS_Z:
+                zt = tl.load(z_ptr + offs_td, mask=m_td, other=0.0).to(tl.float32)
+                silu, _sg = _gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
+                y = y * silu
+            tl.store(out_ptr + offs_td, y, mask=m_td)
+            h = tl.sum(tl.where((offs_t == T - 1)[:, None, None], hs, 0.0), axis=0)
+    tl.store(last_ptr + state_off, h, mask=m_nd)
 
 
 @triton.jit
 def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr,
-                dout_ptr, dlast_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr,
-                dB_ptr, dC_ptr, dh0_ptr, D, L, N, E, G, n_chunks,
+                scratch_ptr, dout_ptr, dlast_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dD_ptr,
+                dbias_ptr, dB_ptr, dC_ptr, dh0_ptr, carry_ptr, D, L, N, E, G, n_ckpt, ck_per_seg,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, HAS_DLAST: tl.constexpr,
-                BD: tl.constexpr, BN: tl.constexpr, T: tl.constexpr):  # fmt: skip
-    b, pid_d = tl.program_id(0), tl.program_id(1)
+                ROUND_GATE: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, T: tl.constexpr,
+                S: tl.constexpr, SPLIT: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    # state tiles (BN, BD); a chunk's T steps unrolled; S chunks per checkpoint; program_id(2):
+    # the segment of checkpoints (SPLIT: more than one; dA, dD, dbias are then per segment)
+    b, pid_d, p = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    n_seg = tl.num_programs(2)
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_n, offs_t = tl.arange(0, BN), tl.arange(0, T)
     md, mn = offs_d < D, offs_n < N
     rows = b * D + offs_d
     bc0 = (b * G + (pid_d * BD) // E) * N * L
-    m_dn = md[:, None] & mn[None, :]
-    state_off = rows[:, None] * N + offs_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m_dn, other=0.0)
+    m_nd = mn[:, None] & md[None, :]
+    state_off = offs_n[:, None] + rows[None, :] * N
+    # this program's S chunk-start states: (S, BN, BD) in the scratch buffer
+    scratch = (scratch_ptr + ((p * tl.num_programs(0) + b) * tl.num_programs(1) + pid_d) * (S * BN * BD)
+               + offs_n[:, None] * BD + tl.arange(0, BD)[None, :])  # fmt: skip
+    A = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=m_nd, other=0.0)
+    A2 = A * LOG2E
     Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
-    # dLoss/dh at the end of the chunk being processed, through the next chunk's first decay
-    carry = (
-        tl.load(dlast_ptr + state_off, mask=m_dn, other=0.0)
-        if HAS_DLAST
-        else tl.zeros((BD, BN), tl.float32)
+    bias = (
+        tl.load(bias_ptr + offs_d, mask=md, other=0.0) if HAS_BIAS else tl.zeros((BD,), tl.float32)
     )
-    dA = tl.zeros((BD, BN), tl.float32)
+    # dh: dLoss/dh_t of the step being processed; a_next: the decay of the step after it
+    dh = (
+        tl.load(dlast_ptr + state_off, mask=m_nd, other=0.0)
+        if HAS_DLAST
+        else tl.zeros((BN, BD), tl.float32)
+    )
+    if SPLIT:  # the carry into this segment: through the later segments' maps, last first
+        seg_stride = 2 * tl.num_programs(0) * D * N
+        for qq in range(n_seg - 1 - p):
+            q = n_seg - 1 - qq
+            mq = tl.load(carry_ptr + q * seg_stride + state_off, mask=m_nd, other=0.0)
+            vq = tl.load(carry_ptr + q * seg_stride + tl.num_programs(0) * D * N + state_off,
+                         mask=m_nd, other=0.0)  # fmt: skip
+            dh = mq * dh + vq
+    a_next = tl.full((BN, BD), 1.0, tl.float32)
+    dA = tl.zeros((BN, BD), tl.float32)
     dD = tl.zeros((BD,), tl.float32)
     dbias = tl.zeros((BD,), tl.float32)
-    for i in range(n_chunks):
-        c = n_chunks - 1 - i
-        t = c * T + offs_t
-        m_dl, m_nl = md[:, None] & (t < L)[None, :], mn[:, None] & (t < L)[None, :]
-        offs_dl = rows[:, None] * L + t[None, :]
-        bc_off = bc0 + offs_n[:, None] * L + t[None, :]
-        h_start = tl.load(
-            ckpt_ptr + (rows[:, None] * n_chunks + c) * N + offs_n[None, :], mask=m_dn, other=0.0
+    k_lo = p * ck_per_seg
+    for kk in range(tl.minimum(ck_per_seg, n_ckpt - k_lo)):
+        k = tl.minimum(k_lo + ck_per_seg, n_ckpt) - 1 - kk
+        h = tl.load(
+            ckpt_ptr + (rows[None, :] * n_ckpt + k) * N + offs_n[:, None], mask=m_nd, other=0.0
         )
-        u, pre, dt, Bt, a, x = _chunk(u_ptr, delta_ptr, bias_ptr, B_ptr, offs_dl, m_dl,
-                                      bc_off, m_nl, offs_d, md, A, HAS_BIAS, SOFTPLUS)  # fmt: skip
-        a_cum, h_loc = tl.associative_scan((a, x), 2, _combine)
-        hs = a_cum * h_start[:, :, None] + h_loc  # h_t
-        Ct = tl.load(C_ptr + bc_off, mask=m_nl, other=0.0).to(tl.float32)
-        g = tl.load(dout_ptr + offs_dl, mask=m_dl, other=0.0).to(tl.float32)  # dLoss/dout
-        if HAS_Z:
-            zt = tl.load(z_ptr + offs_dl, mask=m_dl, other=0.0).to(tl.float32)
-            sg = tl.sigmoid(zt)
-            y = tl.sum(hs * Ct[None, :, :], axis=1) + Dv[:, None] * u
-            tl.store(dz_ptr + offs_dl, g * y * sg * (1.0 + zt * (1.0 - sg)), mask=m_dl)
-            g = g * zt * sg  # dLoss/dy
-        dD += tl.sum(g * u, axis=1)
-        # dh_t = g_t C_t + a_{t+1} dh_{t+1}: reverse scan; the last step takes the carry
-        _u, _pre, _dt, _B, a_next, _x = _chunk(u_ptr, delta_ptr, bias_ptr, B_ptr, offs_dl + 1,
-                                               md[:, None] & (t + 1 < L)[None, :], bc_off + 1,
-                                               mn[:, None] & (t + 1 < L)[None, :], offs_d, md, A,
-                                               HAS_BIAS, SOFTPLUS)  # fmt: skip
-        is_last = (offs_t == T - 1)[None, None, :]
-        val = g[:, None, :] * Ct[None, :, :] + tl.where(is_last, carry[:, :, None], 0.0)
-        coef = tl.where(is_last, 0.0, a_next)
-        _c, dh = tl.associative_scan((coef, val), 2, _combine, reverse=True)
-        carry = _at(dh * a, offs_t, 0)
-        dlog = dh * (hs - x)  # dLoss/d(dt A): a_t h_{t-1} = h_t - x_t
-        dA += tl.sum(dlog * dt[:, None, :], axis=2)
-        dhB = dh * Bt[None, :, :]
-        ddt = tl.sum(dlog * A[:, :, None] + dhB * u[:, None, :], axis=1)  # (BD, T)
-        if SOFTPLUS:
-            ddt = ddt * tl.sigmoid(pre)
-        ddt = tl.where(m_dl, ddt, 0.0)
-        dbias += tl.sum(ddt, axis=1)
-        tl.store(ddelta_ptr + offs_dl, ddt, mask=m_dl)
-        tl.store(du_ptr + offs_dl, tl.sum(dhB, axis=1) * dt + g * Dv[:, None], mask=m_dl)
-        tl.atomic_add(dB_ptr + bc_off, tl.sum(dh * (dt * u)[:, None, :], axis=0), mask=m_nl)
-        tl.atomic_add(dC_ptr + bc_off, tl.sum(hs * g[:, None, :], axis=0), mask=m_nl)
-    tl.store(dA_ptr + state_off, dA, mask=m_dn)
-    tl.store(dD_ptr + rows, dD, mask=md)
-    tl.store(dbias_ptr + rows, dbias, mask=md)
+        if S > 1:  # the start state of each chunk of this checkpoint, into the scratch buffer
+            for s in range(S - 1):
+                tl.store(scratch + s * (BN * BD), h)
+                t = (k * S + s) * T + offs_t
+                m_dt = md[:, None] & (t < L)[None, :]
+                offs_dt = rows[:, None] * L + t[None, :]
+                u = tl.load(u_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
+                pre = (
+                    tl.load(delta_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
+                    + bias[:, None]
+                )
+                dt = _softplus(pre, FAST) if SOFTPLUS else pre
+                dt = tl.where(m_dt, dt, 0.0)
+                m_nt = mn[:, None] & (t < L)[None, :]
+                Bt = tl.load(B_ptr + bc0 + offs_n[:, None] * L + t[None, :], mask=m_nt, other=0.0)
+                dts = _cols(dt, T)
+                dtus = _cols(dt * u, T)
+                bs = _cols(Bt.to(tl.float32), T)
+                for j in tl.static_range(T):
+                    h = tl.math.exp2(dts[j][None, :] * A2) * h + dtus[j][None, :] * bs[j][:, None]
+            tl.store(scratch + (S - 1) * (BN * BD), h)
+            tl.debug_barrier()
+        for ss in range(S):
+            s = S - 1 - ss
+            if S > 1:
+                h = tl.load(scratch + s * (BN * BD))
+            t = (k * S + s) * T + offs_t
+            mt = t < L
+            m_dt = md[:, None] & mt[None, :]
+            m_nt = mn[:, None] & mt[None, :]
+            offs_dt = rows[:, None] * L + t[None, :]
+            offs_nt = bc0 + offs_n[:, None] * L + t[None, :]
+            u = tl.load(u_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
+            pre = tl.load(delta_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
+            dt = _softplus(pre, FAST) if SOFTPLUS else pre
+            dt = tl.where(m_dt, dt, 0.0)
+            dtu = dt * u
+            Bt = tl.load(B_ptr + offs_nt, mask=m_nt, other=0.0).to(tl.float32)
+            Ct = tl.load(C_ptr + offs_nt, mask=m_nt, other=0.0).to(tl.float32)
+            g = tl.load(dout_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)  # dLoss/dout
+            dts = _cols(dt, T)
+            dtus = _cols(dtu, T)
+            bs = _cols(Bt, T)
+            cs = _cols(Ct, T)
+            hs = ()  # h_t after each step
+            for j in tl.static_range(T):
+                h = tl.math.exp2(dts[j][None, :] * A2) * h + dtus[j][None, :] * bs[j][:, None]
+                hs = hs + (h,)
+            if HAS_Z:
+                ys = ()
+                for j in tl.static_range(T):
+                    ys = ys + (tl.sum(hs[j] * cs[j][:, None], axis=0),)
+                y = _rows(ys, T) + Dv[:, None] * u
+                zt = tl.load(z_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
+                silu, sg = _gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
+                tl.store(dz_ptr + offs_dt, g * y * sg * (1.0 + zt * (1.0 - sg)), mask=m_dt)
+                g = g * silu  # dLoss/dy
+            dD += tl.sum(g * u, axis=1)
+            gs = _cols(g, T)
+            sas = ()  # per step: sum_n dLoss/d(dt A) A
+            sbs = ()  # per step: sum_n dh B
+            dbs = ()
+            dcs = ()
+            for j in tl.static_range(T - 1, -1, -1):
+                a = tl.math.exp2(dts[j][None, :] * A2)
+                dh = a_next * dh + gs[j][None, :] * cs[j][:, None]
+                a_next = a
+                dlog = dh * (hs[j] - dtus[j][None, :] * bs[j][:, None])  # a_t h_{t-1} = h_t - x_t
+                dA += dlog * dts[j][None, :]
+                sas = (tl.sum(dlog * A, axis=0),) + sas
+                sbs = (tl.sum(dh * bs[j][:, None], axis=0),) + sbs
+                dbs = (tl.sum(dh * dtus[j][None, :], axis=1),) + dbs
+                dcs = (tl.sum(hs[j] * gs[j][None, :], axis=1),) + dcs
+            s_b = _rows(sbs, T)
+            ddt = _rows(sas, T) + s_b * u
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(pre)
+            ddt = tl.where(m_dt, ddt, 0.0)
+            dbias += tl.sum(ddt, axis=1)
+            tl.store(ddelta_ptr + offs_dt, ddt, mask=m_dt)
+            tl.store(du_ptr + offs_dt, s_b * dt + g * Dv[:, None], mask=m_dt)
+            tl.atomic_add(dB_ptr + offs_nt, _rows(dbs, T), mask=m_nt)
+            tl.atomic_add(dC_ptr + offs_nt, _rows(dcs, T), mask=m_nt)
+        if S > 1:
+            tl.debug_barrier()  # the scratch buffer is rewritten by the next checkpoint
+    part = p * tl.num_programs(0) * D  # dA, dD, dbias: (segments, B, D[, N])
+    tl.store(dA_ptr + part * N + state_off, dA, mask=m_nd)
+    tl.store(dD_ptr + part + rows, dD, mask=md)
+    tl.store(dbias_ptr + part + rows, dbias, mask=md)
     if HAS_H0:
-        tl.store(dh0_ptr + state_off, carry, mask=m_dn)
+        tl.store(dh0_ptr + state_off, a_next * dh, mask=m_nd & (p == 0))
+
+
+@triton.jit
+def _bwd_carry_kernel(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, carry_ptr,
+                      D, L, N, E, G, n_ckpt, ck_per_seg,
+                      HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                      ROUND_GATE: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+                      T: tl.constexpr, S: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    """Per segment p (checkpoints [p K, (p+1) K)): the map w -> M w + v from the adjoint carry
+    passed into its last step (w = a_{t+1} dh_{t+1} after it) to the one it passes on
+    (a_first dh_first), as M = prod_t a_t = exp(A sum_t dt) and v = sum_t exp(A sum_{r<=t} dt_r)
+    dLoss/dy_t C_t (B and the states are not needed). carry: (P, 2, B, D, N) fp32."""
+    b, pid_d, p = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_n, offs_t = tl.arange(0, BN), tl.arange(0, T)
+    md, mn = offs_d < D, offs_n < N
+    rows = b * D + offs_d
+    bc0 = (b * G + (pid_d * BD) // E) * N * L
+    m_nd = mn[:, None] & md[None, :]
+    A2 = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=m_nd, other=0.0) * LOG2E
+    bias = (
+        tl.load(bias_ptr + offs_d, mask=md, other=0.0) if HAS_BIAS else tl.zeros((BD,), tl.float32)
+    )
+    cum = tl.zeros((BD,), tl.float32)  # sum of dt from the segment's first step
+    v = tl.zeros((BN, BD), tl.float32)
+    for c in range(p * ck_per_seg * S, tl.minimum((p + 1) * ck_per_seg, n_ckpt) * S):
+        t = c * T + offs_t
+        mt = t < L
+        m_dt = md[:, None] & mt[None, :]
+        offs_dt = rows[:, None] * L + t[None, :]
+        pre = tl.load(delta_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
+        dt = _softplus(pre, FAST) if SOFTPLUS else pre
+        dt = tl.where(m_dt, dt, 0.0)
+        g = tl.load(dout_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zt = tl.load(z_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
+            silu, _sg = _gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
+            g = g * silu
+        Ct = tl.load(C_ptr + bc0 + offs_n[:, None] * L + t[None, :], mask=mn[:, None] & mt[None, :],
+                     other=0.0).to(tl.float32)  # fmt: skip
+        dts = _cols(dt, T)
+        gs = _cols(g, T)
+        cs = _cols(Ct, T)
+        for j in tl.static_range(T):
+            cum += dts[j]
+            v += tl.math.exp2(cum[None, :] * A2) * (gs[j][None, :] * cs[j][:, None])
+    base = carry_ptr + p * (2 * tl.num_programs(0) * D * N) + offs_n[:, None] + rows[None, :] * N
+    tl.store(base, tl.math.exp2(cum[None, :] * A2), mask=m_nd)
+    tl.store(base + tl.num_programs(0) * D * N, v, mask=m_nd)
 
 
 def _block_d(dim: int, groups: int) -> int:
@@ -181,8 +373,23 @@ def _block_d(dim: int, groups: int) -> int:
     return bd
 
 
+def _fast() -> bool:
+    """Approximate GPU math in the kernels (not in triton's CPU interpreter)."""
+    return os.environ.get("TRITON_INTERPRET") != "1"
+
+
 def _c(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
+
+
+def _steps() -> tuple[int, int, int]:
+    """(forward chunk, backward chunk, steps per checkpoint)."""
+    ck = CONFIG["chunk"] * CONFIG["ckpt_chunks"]
+    if ck % CONFIG["bwd_chunk"]:
+        raise ValueError(
+            f"bwd_chunk {CONFIG['bwd_chunk']} must divide the checkpoint interval {ck}"
+        )
+    return CONFIG["chunk"], CONFIG["bwd_chunk"], ck
 
 
 class TritonSelectiveScan(torch.autograd.Function):
@@ -197,22 +404,26 @@ class TritonSelectiveScan(torch.autograd.Function):
         D32 = None if D is None else D.float().contiguous()
         bias32 = None if delta_bias is None else delta_bias.float().contiguous()
         h032 = None if h0 is None else h0.float().contiguous()
-        bd, chunk = _block_d(dim, groups), CONFIG["chunk"]
-        n_chunks = triton.cdiv(length, chunk)
+        bd = _block_d(dim, groups)
+        chunk, _bwd_chunk, every = _steps()
+        n_ckpt = max(triton.cdiv(length, every), 1)
         out = torch.empty_like(u)
-        ckpt = u.new_empty(batch, dim, max(n_chunks, 1), d_state, dtype=torch.float32)
+        ckpt = u.new_empty(batch, dim, n_ckpt, d_state, dtype=torch.float32)
         last = u.new_empty(batch, dim, d_state, dtype=torch.float32)
         dummy = A32
+        round_gate = bool(CONFIG["round_gate"]) and z is not None and z.dtype != torch.float32
+        common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                      SOFTPLUS=softplus, HAS_H0=h0 is not None, BD=bd,
+                      BN=triton.next_power_of_2(d_state), T=chunk, num_warps=CONFIG["fwd_warps"])  # fmt: skip
+        args = (u, delta, A32, B, C, D32 if D is not None else dummy, z if z is not None else u,
+                bias32 if bias32 is not None else dummy, h032 if h0 is not None else dummy,
+                out, ckpt, last, dim, length, d_state, dim // groups, groups, n_ckpt)  # fmt: skip
         _fwd_kernel[(batch, triton.cdiv(dim, bd))](
-            u, delta, A32, B, C, D32 if D is not None else dummy, z if z is not None else u,
-            bias32 if bias32 is not None else dummy, h032 if h0 is not None else dummy,
-            out, ckpt, last, dim, length, d_state, dim // groups, groups, n_chunks,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=softplus, HAS_H0=h0 is not None,
-            BD=bd, BN=triton.next_power_of_2(d_state), T=chunk, num_warps=CONFIG["fwd_warps"],
+            *args, ROUND_GATE=round_gate, S=every // chunk, FAST=_fast(),
+            num_stages=CONFIG["fwd_stages"], **common,
         )  # fmt: skip
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, ckpt)
-        ctx.info = (softplus, chunk, h0 is not None, A.dtype,
+        ctx.info = (softplus, round_gate, h0 is not None, A.dtype,
                     None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype,
                     None if h0 is None else h0.dtype)  # fmt: skip
         return out, last
@@ -220,40 +431,64 @@ class TritonSelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlast):
         u, delta, A32, B, C, D32, z, bias32, ckpt = ctx.saved_tensors
-        softplus, chunk, has_h0, A_dtype, D_dtype, bias_dtype, h0_dtype = ctx.info
+        softplus, round_gate, has_h0, A_dtype, D_dtype, bias_dtype, h0_dtype = ctx.info
         batch, dim, length = u.shape
         d_state, groups = A32.shape[1], 1 if B.dim() == 3 else B.shape[1]
         dout = dout.contiguous()
         dlast = None if dlast is None else dlast.float().contiguous()
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
-        dA = u.new_empty(batch, dim, d_state, dtype=torch.float32)
-        dD = u.new_empty(batch, dim, dtype=torch.float32)
+        bd = _block_d(dim, groups)
+        n_ckpt = ckpt.shape[2]
+        blocks = batch * triton.cdiv(dim, bd)
+        per_seg = n_ckpt  # checkpoints per segment of the sequence
+        if 2 * blocks < CONFIG["bwd_programs"]:
+            per_seg = triton.cdiv(n_ckpt, min(n_ckpt, triton.cdiv(CONFIG["bwd_programs"], blocks)))
+        segs = triton.cdiv(n_ckpt, per_seg)
+        dA = u.new_empty(segs, batch, dim, d_state, dtype=torch.float32)
+        dD = u.new_empty(segs, batch, dim, dtype=torch.float32)
         dbias = torch.empty_like(dD)
         dB = torch.zeros(B.shape, device=B.device, dtype=torch.float32)
         dC = torch.zeros(C.shape, device=C.device, dtype=torch.float32)
         dh0 = u.new_empty(batch, dim, d_state, dtype=torch.float32) if has_h0 else None
-        bd = _block_d(dim, groups)
+        _fwd_chunk, chunk, every = _steps()
+        bn = triton.next_power_of_2(d_state)
+        grid = (batch, triton.cdiv(dim, bd), segs)
         dummy = A32
-        _bwd_kernel[(batch, triton.cdiv(dim, bd))](
-            u, delta, A32, B, C, D32 if D32 is not None else dummy, z if z is not None else u,
-            bias32 if bias32 is not None else dummy, ckpt, dout,
-            dlast if dlast is not None else dummy, du, ddelta, dz if dz is not None else du,
-            dA, dD, dbias, dB, dC, dh0 if dh0 is not None else dA,
-            dim, length, d_state, dim // groups, groups, triton.cdiv(length, chunk),
-            HAS_D=D32 is not None, HAS_Z=z is not None, HAS_BIAS=bias32 is not None,
-            SOFTPLUS=softplus, HAS_H0=has_h0, HAS_DLAST=dlast is not None,
-            BD=bd, BN=triton.next_power_of_2(d_state), T=chunk, num_warps=CONFIG["bwd_warps"],
-        )  # fmt: skip
+        common = dict(HAS_D=D32 is not None, HAS_Z=z is not None, HAS_BIAS=bias32 is not None,
+                      SOFTPLUS=softplus, HAS_H0=has_h0, HAS_DLAST=dlast is not None, BD=bd, BN=bn,
+                      T=chunk, num_warps=CONFIG["bwd_warps"])  # fmt: skip
+        ins = (u, delta, A32, B, C, D32 if D32 is not None else dummy, z if z is not None else u,
+               bias32 if bias32 is not None else dummy, ckpt)  # fmt: skip
+        outs = (dout, dlast if dlast is not None else dummy, du, ddelta,
+                dz if dz is not None else du, dA, dD, dbias, dB, dC, dh0 if dh0 is not None else dA,
+                dim, length, d_state, dim // groups, groups, n_ckpt)  # fmt: skip
+        steps = every // chunk
+        scratch = u.new_empty(segs * blocks * steps * bn * bd if steps > 1 else 1,
+                              dtype=torch.float32)  # fmt: skip
+        carry = dummy
+        if segs > 1:
+            carry = u.new_empty(segs, 2, batch, dim, d_state, dtype=torch.float32)
+            _bwd_carry_kernel[grid](
+                delta, A32, C, z if z is not None else u,
+                bias32 if bias32 is not None else dummy, dout, carry, dim, length, d_state,
+                dim // groups, groups, n_ckpt, per_seg, HAS_Z=z is not None,
+                HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate, BD=bd,
+                BN=bn, T=chunk, S=steps, FAST=_fast(), num_warps=CONFIG["bwd_warps"],
+            )  # fmt: skip
+        extra = {} if CONFIG["bwd_maxnreg"] is None else {"maxnreg": CONFIG["bwd_maxnreg"]}
+        _bwd_kernel[grid](*ins, scratch, *outs[:11], carry, *outs[11:], per_seg,
+                          ROUND_GATE=round_gate, S=steps, SPLIT=segs > 1, FAST=_fast(),
+                          num_stages=CONFIG["bwd_stages"], **common, **extra)  # fmt: skip
         return (
             du,
             ddelta,
-            dA.sum(0).to(A_dtype),
+            dA.sum((0, 1)).to(A_dtype),
             dB.to(B.dtype),
             dC.to(C.dtype),
-            None if D32 is None else dD.sum(0).to(D_dtype),
+            None if D32 is None else dD.sum((0, 1)).to(D_dtype),
             dz,
-            None if bias32 is None else dbias.sum(0).to(bias_dtype),
+            None if bias32 is None else dbias.sum((0, 1)).to(bias_dtype),
             None if dh0 is None else dh0.to(h0_dtype),
             None,
         )
