@@ -1,11 +1,15 @@
 """Selective scan on an NVIDIA GPU: our Triton kernels and chunked path beside the peer CUDA kernel.
 
-    python benchmarks/scan_cuda.py [--peer DIR] [--sweep] [--json PATH]
+    python benchmarks/scan_cuda.py [--impls triton peer] [--peer DIR] [--peer-build DIR]
+        [--variant NAME=JSON ...] [--sweep] [--json PATH]
 
 Shapes and inputs as in ../shared/anchors.md: z, D, delta_bias, delta_softplus=True, N=16, A/D/bias
 fp32; u/delta/z/B/C in the row's dtype. Times: median of --iters CUDA-event timings after warm-up.
 "fwd GB/s" counts the minimum bytes (inputs read once, output written once). --peer points at the
-peer folder (state-spaces/mamba's kernel, built on the spot, about 160 s) for side-by-side timing.
+peer folder (state-spaces/mamba's kernel: a prebuilt selective_scan_cuda.so in --peer-build is
+imported, else it is built there, about 160 s; scripts/device/peer_scan.py) for side-by-side timing.
+--variant times the Triton kernels again with CONFIG entries overridden, as one more impl
+(e.g. ``bd16='{"block_d": 16}'``); --sweep times launch settings on the middle shapes first.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
 
 import torch
+import triton
 
 from mamba_asr.ops.selective_scan import selective_scan_fn
 from mamba_asr.ops.selective_scan import triton_kernel as tk
@@ -56,9 +62,23 @@ def cuda_time(fn, iters):
     return statistics.median(times)
 
 
+VARIANTS: dict[str, dict] = {}  # impl name -> CONFIG overrides (--variant)
+
+
 def runner(impl, peer_fn, inputs, backward):
     def call():
         kw = {k: (v if backward else v.detach()) for k, v in inputs.items()}
+        if impl in VARIANTS:
+            saved = dict(tk.CONFIG)
+            tk.CONFIG.update(VARIANTS[impl])
+            try:
+                out = selective_scan_fn(**kw, delta_softplus=True, backend="triton")
+                if backward:
+                    out.backward(torch.ones_like(out))
+            finally:
+                tk.CONFIG.clear()
+                tk.CONFIG.update(saved)
+            return
         if impl == "peer":
             out = peer_fn(**kw, delta_softplus=True)
         elif impl == "triton-f32in":  # half inputs cast to fp32 before the kernel (experiment)
@@ -84,25 +104,29 @@ def peak_extra_mib(fn):
 
 
 def sweep(iters):
-    """Time triton launch settings on the middle fp32 shape (block and chunk, then warps); keep the best."""
-    inputs = make_inputs(8, 1024, 2048, torch.float32)
+    """Time Triton launch settings at B8 D1024 L2048 (fp32 and bf16 summed); keep the best."""
+    inputs = [make_inputs(8, 1024, 2048, dt) for dt in (torch.float32, torch.bfloat16)]
+    base = dict(tk.CONFIG)
     rows = []
 
     def trial(**cfg):
-        tk.CONFIG.update(cfg)
+        tk.CONFIG.clear()
+        tk.CONFIG.update({**base, **cfg})
         try:
-            rows.append((cuda_time(runner("triton", None, inputs, True), iters), dict(tk.CONFIG)))
+            ms = sum(cuda_time(runner("triton", None, x, True), iters) for x in inputs)
+            rows.append((ms, dict(tk.CONFIG)))
         except Exception as e:  # out of resources for this setting
-            print(f"# sweep {cfg}: {type(e).__name__}")
+            print(f"# sweep {cfg}: {type(e).__name__}: {str(e)[:200]}")
 
-    for bd, chunk in itertools.product((4, 8, 16), (16, 32, 64)):
-        trial(block_d=bd, chunk=chunk, fwd_warps=4, bwd_warps=4)
+    for bd, fw, bw in ((4, 1, 1), (8, 1, 1), (16, 1, 1), (16, 2, 2), (32, 1, 1), (32, 4, 4)):
+        trial(block_d=bd, fwd_warps=fw, bwd_warps=bw)
     best = min(rows, key=lambda r: r[0])[1]
-    for fw, bw in itertools.product((1, 2, 4, 8), (2, 4, 8)):
-        trial(**{**best, "fwd_warps": fw, "bwd_warps": bw})
-    for ms, cfg in sorted(rows, key=lambda r: r[0])[:10]:
-        print(f"# sweep fwd+bwd {ms:.3f} ms  {cfg}")
+    for chunk, bwd_chunk, ckpt in ((4, 4, 8), (8, 4, 2), (8, 4, 8), (8, 8, 4), (16, 4, 2)):
+        trial(**{**best, "chunk": chunk, "bwd_chunk": bwd_chunk, "ckpt_chunks": ckpt})
+    for ms, cfg in sorted(rows, key=lambda r: r[0])[:8]:
+        print(f"# sweep fwd+bwd fp32+bf16 {ms:.3f} ms  {cfg}")
     best = min(rows, key=lambda r: r[0])[1]
+    tk.CONFIG.clear()
     tk.CONFIG.update(best)
     return best
 
@@ -110,6 +134,11 @@ def sweep(iters):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--peer", type=Path, default=None)
+    p.add_argument("--peer-build", type=Path, default=Path(".peer/build"))
+    p.add_argument(
+        "--variant", nargs="*", default=[], help="NAME=JSON: CONFIG overrides, as an impl"
+    )
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--impls", nargs="+", default=["triton", "chunked", "peer"])
@@ -117,21 +146,31 @@ def main(argv=None):
     args = p.parse_args(argv)
     peer_fn = None
     if args.peer is not None and "peer" in args.impls:
-        sys.path.insert(0, str(args.peer))
-        import peer  # the peer's own loader, benchmark only
+        os.environ.setdefault("PEER_DIR", str(args.peer))
+        os.environ.setdefault("PEER_BUILD", str(args.peer_build))
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "device"))
+        import peer_scan  # the peer's kernel, benchmark only
 
-        peer_fn, _ = peer.load()
-    impls = [i for i in args.impls if i != "peer" or peer_fn is not None]
+        peer_fn = peer_scan.load()
+    for v in args.variant:
+        name, cfg = v.split("=", 1)
+        VARIANTS[name] = json.loads(cfg)
+    impls = [i for i in args.impls if i != "peer" or peer_fn is not None] + list(VARIANTS)
     if args.sweep:
         print(f"# best triton config: {sweep(max(10, args.iters // 5))}")
     name = torch.cuda.get_device_name()
-    print(f"# python benchmarks/scan_cuda.py --peer PEER_DIR  ({name}, torch {torch.__version__})")
+    cmd = " ".join(
+        ["python benchmarks/scan_cuda.py", *(argv if argv is not None else sys.argv[1:])]
+    )
+    print(f"# {cmd}  ({name}, torch {torch.__version__}, triton {triton.__version__})")
+    print(f"# triton CONFIG {tk.CONFIG}")
     print(
         "| impl | dtype | B | D | L | fwd ms | fwd+bwd ms | fwd GB/s | extra MiB | peer/impl fwd | peer/impl fwd+bwd |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
-    for dtype, (batch, dim, length) in itertools.product((torch.float32, torch.bfloat16), SHAPES):
+    dtypes = [getattr(torch, d) for d in args.dtypes]
+    for dtype, (batch, dim, length) in itertools.product(dtypes, SHAPES):
         inputs = make_inputs(batch, dim, length, dtype)
         res = {}
         for impl in impls:
@@ -151,7 +190,8 @@ def main(argv=None):
                   f"{f(pb)} |", flush=True)  # fmt: skip
             rows.append(r)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(dict(device=name, config=tk.CONFIG, rows=rows), indent=2))
+    args.json.write_text(json.dumps(dict(device=name, command=cmd, config=tk.CONFIG, variants=VARIANTS,
+                                         rows=rows), indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":
