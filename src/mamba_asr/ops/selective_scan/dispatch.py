@@ -7,11 +7,14 @@ fuse those parts in instead):
 - ``native``: the C kernel on the CPU (``native.py``), compiled once and cached;
 - ``triton``: fused Triton kernels on CUDA (``triton_kernel.py``), when triton is installed;
 - ``chunked``: chunked PyTorch (``chunked.py``), for MPS and any other device;
+- ``quadratic``: loop-free closed form (``quadratic.py``), for exported graphs of short chunks;
 - ``ref``: the sequential reference (``reference.py``), for tests.
 
 ``auto`` picks ``native`` for CPU tensors and ``triton`` for CUDA tensors when they are available,
-``chunked`` otherwise (with one INFO log line saying why); a backend asked for by name that cannot
-run raises an error saying why and how to get it.
+``chunked`` otherwise (with one INFO log line saying why), and ``quadratic`` while the model is
+being traced for export (``torch.compiler.is_exporting()``: ``torch.export``, ONNX), so the
+model's own ``forward_chunk`` exports as it is; a backend asked for by name that cannot run
+raises an error saying why and how to get it.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from torch import Tensor
 
 from mamba_asr.ops.selective_scan.chunked import ssm_scan_chunked
 from mamba_asr.ops.selective_scan.native import native_available, ssm_scan_native
+from mamba_asr.ops.selective_scan.quadratic import ssm_scan_quadratic
 from mamba_asr.ops.selective_scan.reference import check_inputs, selective_scan_ref
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "native", "triton", "chunked", "ref")
+BACKENDS = ("auto", "native", "triton", "chunked", "quadratic", "ref")
 
 
 @cache
@@ -44,6 +48,7 @@ def triton_available() -> bool:
 _CORES: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "native": ssm_scan_native,
     "chunked": ssm_scan_chunked,
+    "quadratic": ssm_scan_quadratic,
 }
 
 
@@ -86,6 +91,8 @@ def resolve_backend(device: torch.device, backend: str = "auto") -> str:
         raise ValueError(f"the triton selective scan runs on CUDA only, not on {device.type}")
     if backend != "auto":
         return backend
+    if torch.compiler.is_exporting():  # traced for a graph: no kernel, no loop over time
+        return "quadratic"
     if device.type == "cpu" and native_available():
         return "native"
     if device.type == "cuda":
