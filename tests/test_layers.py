@@ -25,9 +25,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("modules",),  # building blocks
     ("models", "audio", "text", "lm", "writers"),  # + transcripts written as txt/json/srt/vtt
     ("decode", "data"),  # searches; manifests, datasets, batching
-    ("streaming",),  # streams of a bundle: audio in, transcripts out, many in one batch
+    ("streaming", "runtime"),  # streams of a bundle; recognition on onnxruntime (no torch)
     ("asr",),  # the deployable bundle (features + model + tokenizer)
-    ("train", "evaluate", "transcription", "selfcheck"),  # the jobs done with a bundle
+    ("train", "evaluate", "transcription", "selfcheck", "export"),  # the jobs done with a bundle
     (PACKAGE,),  # the public API: the package's __init__.py
     ("cli",),  # the command line
     ("__main__",),  # python -m mamba_asr
@@ -39,6 +39,7 @@ EXCEPTIONS: dict[tuple[str, str, str], str] = {
         "the version is a constant of the package's __init__.py, which Python runs before any "
         "submodule, and which imports the rest of the package only inside its functions"
     ),
+    ("mamba_asr.export.onnx", PACKAGE, "__version__"): "the version, as for mamba_asr.asr",
 }
 
 
