@@ -5,7 +5,9 @@ check, see ``mamba_asr.selfcheck``), ``model-info`` (parameters and layers of a 
 ``train`` (train a recipe, see ``mamba_asr.train``; also under ``torchrun``) and
 ``tokenizer train`` (a SentencePiece or character tokenizer from a manifest's transcripts) and
 ``synth`` (a LibriSpeech-layout corpus spoken by TTS engines, see ``mamba_asr.data.synth``) and
-``transcribe`` (audio files to txt/json/srt/vtt, see ``mamba_asr.transcription``; a bad file is
+``export onnx`` (a streaming transducer as ONNX graphs, see ``mamba_asr.export.onnx``) and
+``transcribe`` (audio files to txt/json/srt/vtt, see ``mamba_asr.transcription``; with ``--onnx
+DIR`` on onnxruntime, see ``mamba_asr.runtime.onnx``; a bad file is
 one error line, the others go on, exit code 1; ``--stream`` decodes as the file is read and,
 when stderr is a terminal, shows the partial transcript there on one line rewritten in place,
 while stdout only ever gets final results). ``transcribe`` and ``eval`` use the bundled model
@@ -39,6 +41,7 @@ from mamba_asr.writers import FORMATS
 
 if TYPE_CHECKING:
     from mamba_asr.asr import ASR
+    from mamba_asr.runtime.onnx import OnnxASR
     from mamba_asr.selfcheck import CheckReport
     from mamba_asr.transcript import Transcript
 
@@ -113,7 +116,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(sub, common, device_help)
     _add_synth_parser(sub, common)
     _add_transcribe_parser(sub, common, device_help)
+    _add_export_parser(sub, common)
     return parser
+
+
+def _add_export_parser(sub: argparse._SubParsersAction, common: list) -> None:
+    export = sub.add_parser("export", parents=common, help="export a model for other runtimes")
+    formats = export.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
+    onnx = formats.add_parser(
+        "onnx",
+        parents=common,
+        help="a streaming transducer as ONNX graphs, for mamba-asr transcribe --onnx",
+        description="Writes DIR: encoder.onnx (one streaming chunk, every state an input and "
+        "an output), predictor.onnx, joiner.onnx, the tokenizer, the feature settings and "
+        "CMVN statistics (config.json, features.npz) and the model's LM; --int8 adds "
+        "*.int8.onnx (dynamic int8 quantization). Nothing is written unless all of it is.",
+    )
+    onnx.add_argument(
+        "model", nargs="?", default=None, metavar="MODEL",
+        help=f"a bundled model's name or a model file (default: the bundled {DEFAULT_MODEL})",
+    )  # fmt: skip
+    onnx.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
+    onnx.add_argument("--int8", action="store_true", help="also write int8 graphs")
+    onnx.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    onnx.set_defaults(func=cmd_export_onnx)
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from mamba_asr import load_model
+    from mamba_asr.export.onnx import export_onnx
+
+    asr = load_model(args.model, device="cpu")
+    lm = asr.shipped_lm
+    out = export_onnx(asr, args.out, int8=args.int8, lm=lm, overwrite=args.overwrite)
+    print(out)
+    return 0
 
 
 def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device_help: str) -> None:
@@ -160,6 +197,11 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device
     )  # fmt: skip
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     tr.add_argument("--device", default=None, help=device_help)
+    tr.add_argument(
+        "--onnx", default=None, metavar="DIR",
+        help="decode with onnxruntime from DIR (mamba-asr export onnx) instead of PyTorch",
+    )  # fmt: skip
+    tr.add_argument("--int8", action="store_true", help="with --onnx: the int8 graphs")
     tr.set_defaults(func=cmd_transcribe)
 
 
@@ -323,7 +365,9 @@ def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _decoding_options(args: argparse.Namespace, asr: ASR, **extra: object) -> DecodingOptions:
+def _decoding_options(
+    args: argparse.Namespace, asr: ASR | OnnxASR, **extra: object
+) -> DecodingOptions:
     """The options of the command line, resolved for ``asr`` (a bad or unsuitable LM is one
     error line before any decoding)."""
     options = DecodingOptions(
@@ -687,13 +731,15 @@ class _LiveLine:
 
 
 def _transcribe_one(
-    asr: ASR, path: str, options: DecodingOptions, chunk_ms: float | None, label: str
+    asr: ASR | OnnxASR, path: str, options: DecodingOptions, chunk_ms: float | None, label: str
 ) -> Transcript:
     """One file, with a progress bar (offline) or the live partial transcript (``--stream``)
     on stderr when it is a terminal."""
     from mamba_asr.transcription import transcribe_file
 
     terminal = sys.stderr.isatty()
+    if not isinstance(asr, torch.nn.Module):  # an export on onnxruntime (--onnx)
+        transcribe_file = _onnx_transcribe_file
     if chunk_ms is None:
         return transcribe_file(asr, path, options, progress=terminal)
     live = _LiveLine(sys.stderr, label) if terminal else None
@@ -704,6 +750,27 @@ def _transcribe_one(
     finally:
         if live is not None:
             live.clear()
+
+
+def _onnx_transcribe_file(asr: OnnxASR, path: str, options: DecodingOptions, *,
+                          progress: bool = False, **stream: object) -> Transcript:  # fmt: skip
+    """``transcribe_file``'s call on an ``OnnxASR`` (no progress bar)."""
+    return asr.transcribe_file(path, options, **stream)  # type: ignore[arg-type]
+
+
+def _load(args: argparse.Namespace) -> ASR | OnnxASR:
+    """The model of --model, or the export of --onnx."""
+    from mamba_asr import load_model
+
+    if args.onnx is None:
+        if args.int8:
+            raise ValueError("--int8 applies to --onnx only")
+        return load_model(args.model, device=args.device)
+    if args.model is not None or args.device is not None:
+        raise ValueError("--onnx DIR holds the model: give no --model or --device with it")
+    from mamba_asr.runtime.onnx import OnnxASR
+
+    return OnnxASR.load(args.onnx, int8=args.int8, threads=args.threads or 0)
 
 
 def _destinations(args: argparse.Namespace) -> dict[str, Path] | None:
@@ -748,7 +815,6 @@ def _print(transcript: Transcript, fmt: str, several: bool) -> None:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from mamba_asr import load_model
     from mamba_asr.streaming import stream_chunk_frames
     from mamba_asr.writers import write_transcript
 
@@ -756,12 +822,15 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     if args.chunk_ms is not None and not args.stream:
         raise ValueError("--chunk-ms applies to --stream only")
     destinations = _destinations(args)
-    asr = load_model(args.model, device=args.device)
+    asr = _load(args)
     options = _decoding_options(args, asr)
     chunk_ms = None
     if args.stream:  # a model that does not stream, a chunk too short: one error line
         chunk_ms = STREAM_CHUNK_MS if args.chunk_ms is None else args.chunk_ms
-        stream_chunk_frames(asr, chunk_ms)
+        if isinstance(asr, torch.nn.Module):
+            stream_chunk_frames(asr, chunk_ms)
+        else:
+            asr.create_stream(options, chunk_ms)
     several, failed = len(args.files) > 1, 0
     for path in args.files:
         try:

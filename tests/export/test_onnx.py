@@ -189,3 +189,13 @@ def test_a_failed_export_leaves_nothing(tiny, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         export_onnx(asr, tmp_path / "out", overwrite=True)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["old.txt", "out"]
+
+
+def test_transcribe_onnx_refuses_model_options(tmp_path, capsys):
+    from mamba_asr.cli import main
+
+    args = ["transcribe", str(tmp_path / "a.wav"), "--onnx", str(tmp_path)]
+    assert main([*args, "--model", "x.pt"]) == 2
+    assert "--onnx DIR holds the model" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "not an ONNX export" in capsys.readouterr().err

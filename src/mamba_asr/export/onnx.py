@@ -285,6 +285,9 @@ def export_onnx(
     out = check_output(out, "--out", overwrite=overwrite, folder=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # a folder as mkdir makes it, not mkdtemp's private one
     try:
         was_training = asr.training
         asr.eval()
