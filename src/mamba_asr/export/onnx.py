@@ -9,9 +9,9 @@ PyTorch (file names and ``config.json`` keys: ``mamba_asr.runtime.onnx``):
 
 - ``encoder.onnx``: the model's own ``forward_chunk`` (``EncoderChunk`` flattens the state tree
   to tensors): feats (B, t, C) and every state tensor in, memory (B, t', M), its joiner
-  projection (B, t', J) and every new state tensor out; B and t are symbolic. The selective
-  scan runs as its loop-free form while exporting (``ops.selective_scan.quadratic``), so the
-  graph takes chunks of any length, meant for streaming steps (up to a few seconds);
+  projection (B, t', J) and every new state tensor out; B and t are symbolic. While exporting,
+  the selective scan runs as PyTorch's ``scan`` operator (``ops.selective_scan.exportable``),
+  one ONNX ``Scan`` node, so the graph takes chunks of any length;
 - ``predictor.onnx``: one token per hypothesis (N, 1) and the predictor state in, its
   projection (N, J) and the new state out;
 - ``joiner.onnx``: projections (N, J) and (N, J) in, logits (N, V) out;

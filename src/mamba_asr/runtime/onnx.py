@@ -15,10 +15,7 @@ transcript equals PyTorch's token for token::
     transcript = asr.transcribe_file("audio.flac")   # or transcribe_waveform(samples, rate)
     stream = asr.create_stream(); stream.accept_waveform(rate, samples); stream.decode()
 
-The encoder graph takes chunks of any length, but its selective scan costs the square of the
-chunk's length (``ops.selective_scan.quadratic``), so every chunk is cut into pieces of at most
-``MAX_PIECE_FRAMES`` encoder frames (whole multiples of the subsampling: the result does not
-change).
+The encoder graph takes chunks of any length (its selective scan is one ONNX ``Scan``).
 """
 
 from __future__ import annotations
@@ -58,7 +55,6 @@ TOKENIZER_DIR = "tokenizer"
 GRAPHS = {"encoder": "encoder.onnx", "predictor": "predictor.onnx", "joiner": "joiner.onnx"}
 STREAM_CHUNK_MS = 320.0  # as mamba_asr.streaming
 CHUNK_SECONDS = 30.0  # as mamba_asr.transcription: audio read per step offline
-MAX_PIECE_FRAMES = 16  # encoder frames per encoder call
 Partial = Callable[[str, float], None]
 State = list[np.ndarray]
 
@@ -383,22 +379,12 @@ class OnnxStream:
             self.search = GreedySearch(self.model, 1)
         self.segment_start = frame
 
-    def _encode(self, feats: np.ndarray) -> tuple[np.ndarray, State]:
-        """feats (1, t, C) from ``self.state`` -> projection (1, t', J), the state after, in
-        pieces of at most ``MAX_PIECE_FRAMES`` encoder frames."""
-        piece = MAX_PIECE_FRAMES * self.model.subsampling
-        state, projs = self.state, []
-        for i in range(0, feats.shape[1], piece):
-            proj, state = self.model.forward_chunk(feats[:, i : i + piece], state)
-            projs.append(proj)
-        return np.concatenate(projs, axis=1), state
-
     def _advance(self, feats: np.ndarray) -> None:
         """As ``Stream.advance``: search the chunk frame by frame, end segments where the
         endpoint rule says and encode the rest of the chunk anew from a fresh state."""
         active = np.ones(1, dtype=bool)
         while True:
-            proj, self.state = self._encode(feats)
+            proj, self.state = self.model.forward_chunk(feats, self.state)  # (1, t', J)
             end = None
             for t in range(proj.shape[1]):
                 self.search.advance(proj[:, t], active)
