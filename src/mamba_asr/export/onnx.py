@@ -27,6 +27,7 @@ next to it under a temporary name and renamed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -280,6 +281,13 @@ def export_onnx(
     on any error nothing is left at ``out``.
     """
     check_exportable(asr)
+    missing = [
+        m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        raise ImportError(
+            f"ONNX export needs {', '.join(missing)}: pip install 'mamba-asr[export]'"
+        )
     if lm is not None and not Path(lm).is_file():
         raise ValueError(f"{lm}: no such LM file")
     out = check_output(out, "--out", overwrite=overwrite, folder=True)
