@@ -25,10 +25,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("modules",),  # building blocks
     ("models", "audio", "text", "lm", "writers"),  # + transcripts written as txt/json/srt/vtt
     ("decode", "data"),  # searches; manifests, datasets, batching
-    ("streaming",),  # streams of a bundle: audio in, transcripts out, many in one batch
+    ("streaming", "runtime"),  # streams of a bundle; recognition on onnxruntime (no torch)
     ("asr",),  # the deployable bundle (features + model + tokenizer)
-    # the jobs done with a bundle; backends: inference outside PyTorch (MLX) behind its interface
-    ("train", "evaluate", "transcription", "selfcheck", "backends"),
+    # the jobs done with a bundle; backends: inference outside PyTorch (MLX); export (ONNX)
+    ("train", "evaluate", "transcription", "selfcheck", "backends", "export"),
     (PACKAGE,),  # the public API: the package's __init__.py
     ("cli",),  # the command line
     ("__main__",),  # python -m mamba_asr
@@ -43,6 +43,7 @@ EXCEPTIONS: dict[tuple[str, str, str], str] = {
     ("mamba_asr.backends.mlx.asr", PACKAGE, "__version__"): (
         "the same constant, written into an exported model folder"
     ),
+    ("mamba_asr.export.onnx", PACKAGE, "__version__"): "the version, as for mamba_asr.asr",
 }
 
 

@@ -5,7 +5,9 @@ check, see ``mamba_asr.selfcheck``), ``model-info`` (parameters and layers of a 
 ``train`` (train a recipe, see ``mamba_asr.train``; also under ``torchrun``) and
 ``tokenizer train`` (a SentencePiece or character tokenizer from a manifest's transcripts) and
 ``synth`` (a LibriSpeech-layout corpus spoken by TTS engines, see ``mamba_asr.data.synth``) and
-``transcribe`` (audio files to txt/json/srt/vtt, see ``mamba_asr.transcription``; a bad file is
+``export onnx`` (a streaming transducer as ONNX graphs, see ``mamba_asr.export.onnx``) and
+``transcribe`` (audio files to txt/json/srt/vtt, see ``mamba_asr.transcription``; with ``--onnx
+DIR`` on onnxruntime, see ``mamba_asr.runtime.onnx``; a bad file is
 one error line, the others go on, exit code 1; ``--stream`` decodes as the file is read and,
 when stderr is a terminal, shows the partial transcript there on one line rewritten in place,
 while stdout only ever gets final results). ``transcribe`` and ``eval`` use the bundled model
@@ -40,6 +42,7 @@ from mamba_asr.writers import FORMATS
 
 if TYPE_CHECKING:
     from mamba_asr.asr import ASR
+    from mamba_asr.runtime.onnx import OnnxASR
     from mamba_asr.selfcheck import CheckReport
     from mamba_asr.transcript import Transcript
 
@@ -140,7 +143,19 @@ def _mlx_backend():
 
 
 def _load_asr(args: argparse.Namespace) -> ASR:
-    """The model of --model for --backend (an ``MlxASR`` offers what the commands use)."""
+    """The model of --model for --backend (an ``MlxASR`` offers what the commands use), or
+    the export of --onnx (transcribe)."""
+    onnx, int8 = getattr(args, "onnx", None), getattr(args, "int8", False)
+    if onnx is not None:
+        if args.model is not None or args.device is not None or args.backend != "torch":
+            raise ValueError(
+                "--onnx DIR holds the model: give no --model, --device or --backend with it"
+            )
+        from mamba_asr.runtime.onnx import OnnxASR
+
+        return OnnxASR.load(onnx, int8=int8, threads=args.threads or 0)  # type: ignore[return-value]
+    if int8:
+        raise ValueError("--int8 applies to --onnx only")
     if args.backend == "mlx":
         return _mlx_backend().load(args.model)  # type: ignore[return-value]
     from mamba_asr import load_model
@@ -166,6 +181,34 @@ def _add_export_parser(sub: argparse._SubParsersAction, common: list) -> None:
     mlx.add_argument("--out", required=True, metavar="DIR", help="new or empty folder")
     mlx.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     mlx.set_defaults(func=cmd_export_mlx)
+    onnx = formats.add_parser(
+        "onnx",
+        parents=common,
+        help="a streaming transducer as ONNX graphs, for mamba-asr transcribe --onnx",
+        description="Writes DIR: encoder.onnx (one streaming chunk, every state an input and "
+        "an output), predictor.onnx, joiner.onnx, the tokenizer, the feature settings and "
+        "CMVN statistics (config.json, features.npz) and the model's LM; --int8 adds "
+        "*.int8.onnx (dynamic int8 quantization). Nothing is written unless all of it is.",
+    )
+    onnx.add_argument(
+        "model", nargs="?", default=None, metavar="MODEL",
+        help=f"a bundled model's name or a model file (default: the bundled {DEFAULT_MODEL})",
+    )  # fmt: skip
+    onnx.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
+    onnx.add_argument("--int8", action="store_true", help="also write int8 graphs")
+    onnx.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    onnx.set_defaults(func=cmd_export_onnx)
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from mamba_asr import load_model
+    from mamba_asr.export.onnx import export_onnx
+
+    asr = load_model(args.model, device="cpu")
+    lm = asr.shipped_lm
+    out = export_onnx(asr, args.out, int8=args.int8, lm=lm, overwrite=args.overwrite)
+    print(out)
+    return 0
 
 
 def cmd_export_mlx(args: argparse.Namespace) -> int:
@@ -222,6 +265,11 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     tr.add_argument("--device", default=None, help=device_help)
     _add_backend_arg(tr)
+    tr.add_argument(
+        "--onnx", default=None, metavar="DIR",
+        help="decode with onnxruntime from DIR (mamba-asr export onnx) instead of PyTorch",
+    )  # fmt: skip
+    tr.add_argument("--int8", action="store_true", help="with --onnx: the int8 graphs")
     tr.set_defaults(func=cmd_transcribe)
 
 
@@ -386,7 +434,9 @@ def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _decoding_options(args: argparse.Namespace, asr: ASR, **extra: object) -> DecodingOptions:
+def _decoding_options(
+    args: argparse.Namespace, asr: ASR | OnnxASR, **extra: object
+) -> DecodingOptions:
     """The options of the command line, resolved for ``asr`` (a bad or unsuitable LM is one
     error line before any decoding)."""
     options = DecodingOptions(
@@ -749,13 +799,15 @@ class _LiveLine:
 
 
 def _transcribe_one(
-    asr: ASR, path: str, options: DecodingOptions, chunk_ms: float | None, label: str
+    asr: ASR | OnnxASR, path: str, options: DecodingOptions, chunk_ms: float | None, label: str
 ) -> Transcript:
     """One file, with a progress bar (offline) or the live partial transcript (``--stream``)
     on stderr when it is a terminal."""
     from mamba_asr.transcription import transcribe_file
 
     terminal = sys.stderr.isatty()
+    if type(asr).__name__ == "OnnxASR":  # an export on onnxruntime (--onnx)
+        transcribe_file = _onnx_transcribe_file
     if chunk_ms is None:
         return transcribe_file(asr, path, options, progress=terminal)
     live = _LiveLine(sys.stderr, label) if terminal else None
@@ -766,6 +818,12 @@ def _transcribe_one(
     finally:
         if live is not None:
             live.clear()
+
+
+def _onnx_transcribe_file(asr: OnnxASR, path: str, options: DecodingOptions, *,
+                          progress: bool = False, **stream: object) -> Transcript:  # fmt: skip
+    """``transcribe_file``'s call on an ``OnnxASR`` (no progress bar)."""
+    return asr.transcribe_file(path, options, **stream)  # type: ignore[arg-type]
 
 
 def _destinations(args: argparse.Namespace) -> dict[str, Path] | None:
@@ -822,7 +880,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     chunk_ms = None
     if args.stream:  # a model that does not stream, a chunk too short: one error line
         chunk_ms = STREAM_CHUNK_MS if args.chunk_ms is None else args.chunk_ms
-        stream_chunk_frames(asr, chunk_ms)
+        if isinstance(asr, torch.nn.Module):
+            stream_chunk_frames(asr, chunk_ms)
+        else:
+            asr.create_stream(options, chunk_ms)
     several, failed = len(args.files) > 1, 0
     for path in args.files:
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,6 +33,7 @@ __all__ = [
     "check_finite_samples",
     "load_audio",
     "open_audio_info",
+    "read_blocks",
     "resample",
     "soundfile_reason",
 ]
@@ -232,3 +234,58 @@ def soundfile_reason(exc: BaseException) -> str:
     """libsndfile's own words, without the "Error opening 'path':" prefix it repeats."""
     text = getattr(exc, "error_string", None) or str(exc) or type(exc).__name__
     return text.strip().rstrip(".")
+
+
+def read_blocks(
+    path: StrPath, sample_rate: int = 16000, block_seconds: float = 1.0
+) -> Iterator[np.ndarray]:
+    """Mono float32 blocks (n,) in [-1, 1] at ``sample_rate``, about ``block_seconds`` each.
+
+    Channels are averaged, then resampled with soxr (HQ) as ``load_audio`` does, so the blocks
+    joined equal ``load_audio``'s waveform. Raises ``AudioError`` (one line naming the file)
+    for a missing, empty, unreadable, truncated or zero-length file and for NaN or infinite
+    samples, which may come after some blocks were yielded. Blocks may be empty.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
+    if block_seconds <= 0:
+        raise ValueError(f"block_seconds must be > 0, got {block_seconds}")
+    check_audio_path(path)
+    info = open_audio_info(path)
+    file_rate = int(info.samplerate)
+    frames = max(1, round(block_seconds * file_rate))
+    resampler = (
+        soxr.ResampleStream(file_rate, sample_rate, 1, dtype="float32", quality="HQ")
+        if file_rate != sample_rate
+        else None
+    )
+    read = 0
+    try:
+        with sf.SoundFile(os.fspath(path)) as f:
+            while True:
+                data = _read_block(path, f, frames)  # (n, C)
+                read += data.shape[0]
+                last = data.shape[0] < frames  # an exact end gives one more, empty read
+                check_finite_samples(path, data)
+                yield _mono(data, resampler, last)
+                if last:
+                    break
+    except (sf.SoundFileError, RuntimeError) as exc:
+        raise AudioError(path, f"cannot decode audio ({soundfile_reason(exc)})") from exc
+    if read < info.frames:
+        raise AudioError(path, f"truncated: header says {info.frames} frames, read {read}")
+
+
+def _read_block(path: StrPath, f: sf.SoundFile, frames: int) -> np.ndarray:
+    try:
+        return f.read(frames, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError) as exc:
+        raise AudioError(path, f"corrupt or truncated audio ({soundfile_reason(exc)})") from exc
+
+
+def _mono(data: np.ndarray, resampler: soxr.ResampleStream | None, last: bool) -> np.ndarray:
+    """(n, C) -> (n',) float32: channel mean, streamed resampling, clipped to [-1, 1]."""
+    wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]  # (n,)
+    if resampler is not None:
+        wave = resampler.resample_chunk(np.ascontiguousarray(wave, dtype=np.float32), last=last)
+    return np.ascontiguousarray(np.clip(wave, -1.0, 1.0), dtype=np.float32)

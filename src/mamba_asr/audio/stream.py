@@ -3,7 +3,8 @@
 Shape key
     B: batch, N: samples, C: channels, T: feature frames, M: mel bins.
 
-``read_blocks(path, sample_rate, block_seconds)`` decodes a file block by block (soundfile),
+``read_blocks(path, sample_rate, block_seconds)`` (defined in ``audio.io``, which needs no
+torch) decodes a file block by block (soundfile),
 averages the channels and resamples each block with a streaming resampler (soxr's
 ``ResampleStream``, whose output equals ``soxr.resample`` of the whole signal sample for
 sample); the blocks joined equal ``load_audio(path, sample_rate)``. ``StreamingFbank`` turns
@@ -15,82 +16,13 @@ frames up to float32 rounding (the convolution's summation order may depend on i
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
-import numpy as np
-import soundfile as sf
-import soxr
 import torch
 from torch import Tensor
 
 from mamba_asr.audio.features import Fbank
-from mamba_asr.audio.io import (
-    AudioError,
-    check_audio_path,
-    check_finite_samples,
-    open_audio_info,
-    soundfile_reason,
-)
+from mamba_asr.audio.io import read_blocks  # defined there: it needs no torch
 
 __all__ = ["StreamingFbank", "read_blocks"]
-
-StrPath = str | os.PathLike[str]
-
-
-def read_blocks(
-    path: StrPath, sample_rate: int = 16000, block_seconds: float = 1.0
-) -> Iterator[np.ndarray]:
-    """Mono float32 blocks (n,) in [-1, 1] at ``sample_rate``, about ``block_seconds`` each.
-
-    Channels are averaged, then resampled with soxr (HQ) as ``load_audio`` does, so the blocks
-    joined equal ``load_audio``'s waveform. Raises ``AudioError`` (one line naming the file)
-    for a missing, empty, unreadable, truncated or zero-length file and for NaN or infinite
-    samples, which may come after some blocks were yielded. Blocks may be empty.
-    """
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
-    if block_seconds <= 0:
-        raise ValueError(f"block_seconds must be > 0, got {block_seconds}")
-    check_audio_path(path)
-    info = open_audio_info(path)
-    file_rate = int(info.samplerate)
-    frames = max(1, round(block_seconds * file_rate))
-    resampler = (
-        soxr.ResampleStream(file_rate, sample_rate, 1, dtype="float32", quality="HQ")
-        if file_rate != sample_rate
-        else None
-    )
-    read = 0
-    try:
-        with sf.SoundFile(os.fspath(path)) as f:
-            while True:
-                data = _read_block(path, f, frames)  # (n, C)
-                read += data.shape[0]
-                last = data.shape[0] < frames  # an exact end gives one more, empty read
-                check_finite_samples(path, data)
-                yield _mono(data, resampler, last)
-                if last:
-                    break
-    except (sf.SoundFileError, RuntimeError) as exc:
-        raise AudioError(path, f"cannot decode audio ({soundfile_reason(exc)})") from exc
-    if read < info.frames:
-        raise AudioError(path, f"truncated: header says {info.frames} frames, read {read}")
-
-
-def _read_block(path: StrPath, f: sf.SoundFile, frames: int) -> np.ndarray:
-    try:
-        return f.read(frames, dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError, OSError) as exc:
-        raise AudioError(path, f"corrupt or truncated audio ({soundfile_reason(exc)})") from exc
-
-
-def _mono(data: np.ndarray, resampler: soxr.ResampleStream | None, last: bool) -> np.ndarray:
-    """(n, C) -> (n',) float32: channel mean, streamed resampling, clipped to [-1, 1]."""
-    wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]  # (n,)
-    if resampler is not None:
-        wave = resampler.resample_chunk(np.ascontiguousarray(wave, dtype=np.float32), last=last)
-    return np.ascontiguousarray(np.clip(wave, -1.0, 1.0), dtype=np.float32)
 
 
 class StreamingFbank:

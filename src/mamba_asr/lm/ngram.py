@@ -30,10 +30,13 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch only for batch_log_probs: the model scores without it
+    import torch
+    from torch import Tensor
 
 __all__ = ["NgramLM", "load_ngram", "tokenizer_fingerprint"]
 
@@ -212,6 +215,8 @@ class NgramLM:
 
     def batch_log_probs(self, histories: Sequence[Sequence[int]], device: torch.device) -> Tensor:
         """(N, V) float32 log-probabilities of the next id after each history."""
+        import torch
+
         rows = np.stack([self.log_probs(h) for h in histories])
         return torch.from_numpy(rows).float().to(device)
 

@@ -7,11 +7,14 @@ fuse those parts in instead):
 - ``native``: the C kernel on the CPU (``native.py``), compiled once and cached;
 - ``triton``: fused Triton kernels on CUDA (``triton_kernel.py``), when triton is installed;
 - ``chunked``: chunked PyTorch (``chunked.py``), for MPS and any other device;
+- ``exportable``: PyTorch's ``scan`` operator (``exportable.py``), one ONNX ``Scan`` in exported graphs;
 - ``ref``: the sequential reference (``reference.py``), for tests.
 
 ``auto`` picks ``native`` for CPU tensors and ``triton`` for CUDA tensors when they are available,
-``chunked`` otherwise (with one INFO log line saying why); a backend asked for by name that cannot
-run raises an error saying why and how to get it.
+``chunked`` otherwise (with one INFO log line saying why), and ``exportable`` while the model is
+being traced for export (``torch.compiler.is_exporting()``: ``torch.export``, ONNX), so the
+model's own ``forward_chunk`` exports as it is; a backend asked for by name that cannot run
+raises an error saying why and how to get it.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mamba_asr.ops.selective_scan.chunked import ssm_scan_chunked
+from mamba_asr.ops.selective_scan.exportable import ssm_scan_exportable
 from mamba_asr.ops.selective_scan.native import native_available, ssm_scan_native
 from mamba_asr.ops.selective_scan.reference import check_inputs, selective_scan_ref
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "native", "triton", "chunked", "ref")
+BACKENDS = ("auto", "native", "triton", "chunked", "exportable", "ref")
 
 
 @cache
@@ -44,6 +48,7 @@ def triton_available() -> bool:
 _CORES: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "native": ssm_scan_native,
     "chunked": ssm_scan_chunked,
+    "exportable": ssm_scan_exportable,
 }
 
 
@@ -86,6 +91,8 @@ def resolve_backend(device: torch.device, backend: str = "auto") -> str:
         raise ValueError(f"the triton selective scan runs on CUDA only, not on {device.type}")
     if backend != "auto":
         return backend
+    if torch.compiler.is_exporting():  # traced for a graph: no kernel, no loop over time
+        return "exportable"
     if device.type == "cpu" and native_available():
         return "native"
     if device.type == "cuda":

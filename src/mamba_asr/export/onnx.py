@@ -1,0 +1,323 @@
+"""Export of a streaming transducer to ONNX: encoder chunk, predictor and joiner graphs.
+
+Shape key
+    B: streams, t: feature frames of a chunk, C: mel bins, t': encoder frames (ceil(t / S)),
+    M: d_model, N: hypotheses, J: joiner_dim, V: vocabulary (blank included).
+
+``export_onnx(asr, out)`` writes a folder that ``mamba_asr.runtime.onnx`` reads without
+PyTorch (file names and ``config.json`` keys: ``mamba_asr.runtime.onnx``):
+
+- ``encoder.onnx``: the model's own ``forward_chunk`` (``EncoderChunk`` flattens the state tree
+  to tensors): feats (B, t, C) and every state tensor in, memory (B, t', M), its joiner
+  projection (B, t', J) and every new state tensor out; B and t are symbolic. While exporting,
+  the selective scan runs as PyTorch's ``scan`` operator (``ops.selective_scan.exportable``),
+  one ONNX ``Scan`` node, so the graph takes chunks of any length;
+- ``predictor.onnx``: one token per hypothesis (N, 1) and the predictor state in, its
+  projection (N, J) and the new state out;
+- ``joiner.onnx``: projections (N, J) and (N, J) in, logits (N, V) out;
+- ``tokenizer/``, ``features.npz`` (CMVN mean and std, the mel matrix), ``lm.npz`` (the LM that
+  ships with a bundled model) and ``config.json`` (feature settings, special ids, state layout);
+- with ``int8``: ``*.int8.onnx``, the three graphs with weights quantized to int8 by
+  onnxruntime's dynamic quantization.
+
+Graphs use the dynamo exporter (``torch.onnx.export(dynamo=True)``) at opset 18 (17 gives an
+invalid Split). Nothing is written to ``out`` until everything is made: the folder is built
+next to it under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mamba_asr import __version__
+from mamba_asr.files import check_output
+from mamba_asr.models.streaming import map_state
+from mamba_asr.runtime.onnx import (
+    CONFIG_FILE,
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    FEATURES_FILE,
+    GRAPHS,
+    LM_FILE,
+    TOKENIZER_DIR,
+    int8_name,
+)
+
+__all__ = ["OPSET", "EncoderChunk", "JoinerStep", "PredictorStep", "export_onnx", "state_leaves"]
+
+OPSET = 18
+
+
+def state_leaves(tree: Any, prefix: str) -> list[tuple[str, Tensor]]:
+    """The tensors of a state tree with dotted names (``prefix.frontend.caches.0``), in the
+    order ``map_state`` visits them."""
+    if isinstance(tree, Tensor):
+        return [(prefix, tree)]
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        items = list(zip(tree._fields, tree, strict=True))
+    elif isinstance(tree, (tuple, list)):
+        items = [(str(i), x) for i, x in enumerate(tree)]
+    elif isinstance(tree, dict):
+        items = list(tree.items())
+    else:
+        raise TypeError(f"cannot export a state leaf of type {type(tree).__name__}")
+    return [leaf for key, x in items for leaf in state_leaves(x, f"{prefix}.{key}")]
+
+
+def rebuild_state(template: Any, tensors: list[Tensor] | tuple[Tensor, ...]) -> Any:
+    """The tree of ``template`` with its tensors replaced by ``tensors``, in order."""
+    it = iter(tensors)
+    return map_state(lambda _: next(it), template)
+
+
+class EncoderChunk(nn.Module):
+    """``model.forward_chunk`` with the state as flat tensors: (feats, *state) -> (memory,
+    encoder projection, *new state)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.template = model.init_state(1)
+
+    def forward(self, feats: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        memory, new = self.model.forward_chunk(feats, rebuild_state(self.template, state))
+        proj = self.model.joiner.project_encoder(memory)  # (B, t', J)
+        return (memory, proj, *(t for _, t in state_leaves(new, "s")))
+
+
+class PredictorStep(nn.Module):
+    """One predictor step: (tokens (N, 1), *state) -> (projection (N, J), *new state)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.template = model.predictor.init_state(1)
+
+    def forward(self, tokens: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        out, new = self.model.predictor(tokens, rebuild_state(self.template, state))
+        proj = self.model.joiner.project_predictor(out[:, 0])  # (N, J)
+        return (proj, *(t for _, t in state_leaves(new, "s")))
+
+
+class JoinerStep(nn.Module):
+    """The joiner on projected inputs: (encoder (N, J), predictor (N, J)) -> logits (N, V)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, enc_proj: Tensor, pred_proj: Tensor) -> Tensor:
+        return self.model.joiner.join(enc_proj, pred_proj)
+
+
+def check_exportable(asr: nn.Module) -> None:
+    """A one-line ``ValueError`` unless ``asr``'s model is a streaming transducer."""
+    model = asr.model
+    if not hasattr(model, "forward_chunk") or not hasattr(model, "joiner"):
+        raise ValueError(
+            f"ONNX export needs a streaming transducer model, this one is "
+            f"{asr.config.model.kind} (it does not stream)"
+        )
+    try:
+        model.init_state(1)
+    except TypeError as exc:
+        raise ValueError(f"ONNX export needs a streaming model: {exc}") from None
+
+
+def _layout(init_state: Callable[..., Any], prefix: str) -> list[dict[str, Any]]:
+    """Name, shape (batch 1), dtype, batch dim and start value of each state tensor."""
+    one, two = state_leaves(init_state(1), prefix), state_leaves(init_state(2), prefix)
+    out = []
+    for (name, a), (_, b) in zip(one, two, strict=True):
+        diff = [d for d, (x, y) in enumerate(zip(a.shape, b.shape, strict=True)) if x != y]
+        values = a.flatten().unique()
+        if len(diff) != 1 or values.numel() > 1:
+            raise ValueError(f"cannot export the state tensor {name}: {tuple(a.shape)}")
+        fill = values.item() if values.numel() else 0
+        dtype = str(a.dtype).removeprefix("torch.")
+        out.append({"name": name, "shape": list(a.shape), "dtype": dtype, "batch_dim": diff[0],
+                    "fill": fill})  # fmt: skip
+    return out
+
+
+def _dims(layout: list[dict[str, Any]], batch: Any) -> tuple[dict[int, Any], ...]:
+    """The dynamic shapes of the ``*state`` arguments: their batch dims."""
+    return tuple({s["batch_dim"]: batch} for s in layout)
+
+
+def _export_graph(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: tuple[Any, ...],
+) -> None:
+    quiet = logging.getLogger("torch.onnx")  # its notes on torchvision ops and the like
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+            module, args, dynamo=True, opset_version=OPSET, input_names=input_names,
+            output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False,
+                optimize=True, external_data=False,
+            )  # fmt: skip
+    finally:
+        quiet.setLevel(level)
+    program.save(str(path))
+
+
+def _export_graphs(asr: nn.Module, folder: Path) -> dict[str, Any]:
+    """The three graphs into ``folder``; returns the state layouts for config.json."""
+    model = asr.model
+    enc_layout = _layout(lambda b: model.init_state(b), "state")
+    pred_layout = _layout(lambda b: model.predictor.init_state(b), "state")
+    Dim = torch.export.Dim
+    batch, time, hyps = Dim("batch", min=1), Dim("time", min=1), Dim("hyps", min=1)
+    # examples of 2 (never 1: export would fix a dim of size 1), 3 encoder frames
+    state = [t for _, t in state_leaves(model.init_state(2), "s")]
+    feats = torch.randn(2, 3 * model.subsampling, asr.config.features.n_mels)
+    _export_graph(
+        EncoderChunk(model).eval(), (feats, *state), folder / GRAPHS["encoder"],
+        ["feats", *(s["name"] for s in enc_layout)],
+        ["memory", "encoder_proj", *(s["name"].replace("state", "new_state", 1) for s in enc_layout)],
+        ({0: batch, 1: time}, _dims(enc_layout, batch)),
+    )  # fmt: skip
+    pstate = [t for _, t in state_leaves(model.predictor.init_state(2), "s")]
+    tokens = torch.full((2, 1), 3, dtype=torch.long)
+    _export_graph(
+        PredictorStep(model).eval(), (tokens, *pstate), folder / GRAPHS["predictor"],
+        ["tokens", *(s["name"] for s in pred_layout)],
+        ["predictor_proj", *(s["name"].replace("state", "new_state", 1) for s in pred_layout)],
+        ({0: hyps}, _dims(pred_layout, hyps)),
+    )  # fmt: skip
+    joiner_dim = model.joiner.out.in_features
+    proj = torch.randn(2, joiner_dim)
+    _export_graph(
+        JoinerStep(model).eval(), (proj, proj.clone()), folder / GRAPHS["joiner"],
+        ["encoder_proj", "predictor_proj"], ["logits"], ({0: hyps}, {0: hyps}),
+    )  # fmt: skip
+    return {"encoder_state": enc_layout, "predictor_state": pred_layout, "joiner_dim": joiner_dim}
+
+
+def _quantize(folder: Path) -> None:
+    """``*.int8.onnx`` beside each graph: int8 weights, dynamic activation quantization."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.disable(logging.WARNING)  # its advice to pre-process, on the root logger
+    try:
+        for name in GRAPHS.values():
+            quantize_dynamic(folder / name, folder / int8_name(name), weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _write_config(asr: nn.Module, folder: Path, graphs: dict[str, Any], int8: bool) -> None:
+    fbank, model = asr.fbank, asr.model
+    np.savez(
+        folder / FEATURES_FILE,
+        cmvn_mean=asr.cmvn.mean.detach().cpu().float().numpy(),
+        cmvn_std=asr.cmvn.std.detach().cpu().float().numpy(),
+        mel_fb=fbank.mel_fb.detach().cpu().float().numpy(),  # (K, M)
+    )
+    config = {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "mamba_asr_version": __version__,
+        "opset": OPSET,
+        "int8": int8,
+        "features": {
+            "sample_rate": asr.sample_rate,
+            "n_mels": fbank.n_mels,
+            "n_fft": fbank.n_fft,
+            "win_length": fbank.win_length,
+            "hop_length": fbank.hop_length,
+            "log_floor": fbank.log_floor,
+            "window": "hann-periodic",
+            "center": False,
+        },  # fmt: skip
+        "model": {
+            "kind": asr.config.model.kind,
+            "vocab_size": model.vocab_size,
+            "blank": model.blank,
+            "subsampling": model.subsampling,
+            "joiner_dim": graphs["joiner_dim"],
+        },  # fmt: skip
+        "encoder_state": graphs["encoder_state"],
+        "predictor_state": graphs["predictor_state"],
+        "lm": LM_FILE if (folder / LM_FILE).is_file() else None,
+    }
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def export_onnx(
+    asr: nn.Module,
+    out: str | os.PathLike[str],
+    *,
+    int8: bool = False,
+    lm: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export ``asr`` (an ``ASR`` bundle of a streaming transducer) to the folder ``out``.
+
+    lm: an n-gram LM file to ship beside the graphs (the bundled model's, for ``lm="auto"``);
+    int8: add the dynamically quantized graphs. Raises a one-line ``ValueError`` for a model
+    that does not stream or an ``out`` that exists (unless ``overwrite``) or cannot be made;
+    on any error nothing is left at ``out``.
+    """
+    check_exportable(asr)
+    missing = [
+        m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        raise ImportError(
+            f"ONNX export needs {', '.join(missing)}: pip install 'mamba-asr[export]'"
+        )
+    if lm is not None and not Path(lm).is_file():
+        raise ValueError(f"{lm}: no such LM file")
+    out = check_output(out, "--out", overwrite=overwrite, folder=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # a folder as mkdir makes it, not mkdtemp's private one
+    try:
+        was_training = asr.training
+        asr.eval()
+        try:
+            with torch.no_grad():
+                graphs = _export_graphs(asr, tmp)
+        finally:
+            asr.train(was_training)
+        if int8:
+            _quantize(tmp)
+        asr.tokenizer.save(tmp / TOKENIZER_DIR)
+        if lm is not None:
+            shutil.copyfile(lm, tmp / LM_FILE)
+        _write_config(asr, tmp, graphs, int8)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            out.rename(old / out.name)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,57 @@
+"""Selective scan as one graph op: the path for exported graphs (ONNX) of streaming chunks.
+
+The recurrence h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, y_t = <h_t, C_t> runs through
+PyTorch's ``scan`` higher-order operator, which ``torch.export`` keeps as one node and the ONNX
+exporter turns into an ONNX ``Scan`` (its body: one multiply-add and one reduction over N).
+Nothing is unrolled and no shape is fixed, so one exported graph takes chunks of any length,
+at the sequential scan's cost. Eagerly (tests) the operator runs the same steps in a loop.
+
+Shape key: B batch, G groups of B/C, E channels per group (D = G * E), L length, N state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["ssm_scan_exportable"]
+
+
+def ssm_scan_exportable(
+    u: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    initial_state: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """SSM core as ``ssm_scan_chunked``: y_t = <h_t, C_t>, h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t.
+
+    All inputs fp32. u, dt: (B, D, L); A: (D, N); B, C: (B, N, L) or (B, G, N, L);
+    initial_state: (B, D, N) or None. Returns y (B, D, L) and the last state (B, D, N).
+    """
+    from torch._higher_order_ops.scan import scan  # PyTorch's scan operator (export-only path)
+
+    batch, dim, length = u.shape
+    if B.dim() == 3:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)  # (B, 1, N, L)
+    groups, n = B.shape[1], A.shape[1]
+    e = dim // groups
+    dt5 = dt.reshape(batch, groups, e, length, 1)  # (B, G, E, L, 1)
+    decay = torch.exp(dt5 * A.reshape(groups, e, 1, n))  # (B, G, E, L, N)
+    inputs = (dt5 * u.reshape(batch, groups, e, length, 1)) * B.transpose(-1, -2).unsqueeze(2)
+    xs = (
+        decay.permute(3, 0, 1, 2, 4),  # (L, B, G, E, N)
+        inputs.permute(3, 0, 1, 2, 4),  # (L, B, G, E, N)
+        C.permute(3, 0, 1, 2).unsqueeze(3),  # (L, B, G, 1, N)
+    )
+    h0 = u.new_zeros(batch, groups, e, n) if initial_state is None else initial_state
+    h0 = h0.reshape(batch, groups, e, n).float()
+
+    def step(h: Tensor, x: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        a, b, c = x
+        h = a * h + b  # (B, G, E, N)
+        return h.clone(), (h * c).sum(-1)  # the carry, y_t (B, G, E)
+
+    last, ys = scan(step, h0, xs, dim=0)  # (B, G, E, N), (L, B, G, E)
+    return ys.permute(1, 2, 3, 0).reshape(batch, dim, length), last.reshape(batch, dim, n)

@@ -1,0 +1,201 @@
+"""ONNX export of a streaming transducer and the onnxruntime recognizer: equal to PyTorch.
+
+A tiny random transducer (``helpers.recipes.tiny_recipe("transducer")``) with fitted-looking
+CMVN statistics and a joiner that emits text is exported once per module; the encoder chunk equals ``forward_chunk``
+within 1e-4, and the ONNX recognizer's transcripts equal PyTorch's token for token, offline
+and streaming, greedy and beam search with an n-gram LM, across endpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.recipes import tiny_recipe
+from mamba_asr.asr import ASR
+from mamba_asr.decode.endpoint import EndpointConfig
+from mamba_asr.decode.options import DecodingOptions
+from mamba_asr.export.onnx import export_onnx, state_leaves
+from mamba_asr.lm.ngram import NgramLM, tokenizer_fingerprint
+from mamba_asr.runtime.onnx import OnnxASR
+from mamba_asr.text.tokenizer import CharTokenizer
+from mamba_asr.transcription import transcribe_waveform
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    asr = ASR.from_recipe(tiny_recipe("transducer"), CharTokenizer("AB ")).eval()
+    with torch.no_grad():
+        asr.cmvn.mean.copy_(torch.randn(asr.cmvn.mean.shape) - 8.0)
+        asr.cmvn.std.copy_(torch.rand(asr.cmvn.std.shape) + 2.0)
+        asr.cmvn.frames.fill_(100)
+        asr.model.joiner.out.bias[1:3] = -30.0  # no bos/eos, which decode to nothing
+        asr.model.joiner.out.bias[0] -= 1.0  # fewer blanks: text in every segment
+    folder = tmp_path_factory.mktemp("onnx") / "tiny"
+    rng = np.random.default_rng(0)
+    sentences = [rng.integers(3, 6, size=rng.integers(1, 12)).tolist() for _ in range(200)]
+    fingerprint = tokenizer_fingerprint(asr.tokenizer, asr.tokenizer.vocab_size)
+    lm = NgramLM.train(sentences, asr.tokenizer.vocab_size, order=3, fingerprint=fingerprint)
+    lm_path = folder.parent / "lm.npz"
+    lm.save(lm_path)
+    export_onnx(asr, folder, lm=lm_path, int8=True)
+    asr.shipped_lm = str(lm_path)
+    return asr, folder
+
+
+def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    wave = 0.3 * np.sin(2 * np.pi * (300 + 200 * np.sin(3 * t)) * t)
+    wave[int(0.4 * wave.size) : int(0.6 * wave.size)] *= 0.01
+    return (wave + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_export_writes_graphs_tokenizer_features_and_config(tiny):
+    _, folder = tiny
+    names = {p.name for p in folder.iterdir()}
+    graphs = {"encoder", "predictor", "joiner"}
+    assert {f"{g}.onnx" for g in graphs} | {f"{g}.int8.onnx" for g in graphs} <= names
+    assert {"config.json", "features.npz", "lm.npz", "tokenizer"} <= names
+    config = json.loads((folder / "config.json").read_text())
+    assert config["opset"] >= 18 and config["features"]["n_mels"] == 80
+    assert config["model"]["subsampling"] == 8 and config["lm"] == "lm.npz"
+
+
+@pytest.mark.parametrize("frames", [1, 8, 13, 32])
+def test_encoder_chunks_equal_forward_chunk(tiny, frames):
+    asr, folder = tiny
+    model = OnnxASR.load(folder).model
+    feats = torch.randn(2, 3 * frames, 80)
+    state = asr.model.init_state(2)
+    onnx_state = model.init_state(2)
+    for i in range(3):  # three chunks in a row: the state goes through
+        chunk = feats[:, i * frames : (i + 1) * frames]
+        with torch.no_grad():
+            memory, state = asr.model.forward_chunk(chunk, state)
+        got, _, onnx_state = model.encode(chunk.numpy(), onnx_state)
+        np.testing.assert_allclose(got, memory.numpy(), atol=1e-4, rtol=0)
+        for (_, expected), new in zip(state_leaves(state, "s"), onnx_state, strict=True):
+            np.testing.assert_allclose(new, expected.numpy(), atol=1e-4, rtol=0)
+
+
+OPTIONS = {
+    "greedy": DecodingOptions(strategy="greedy"),
+    "beam": DecodingOptions(beam_size=4, lm=None),
+    "beam_lm": DecodingOptions(beam_size=4),  # lm="auto": the exported LM
+}
+
+
+@pytest.mark.parametrize("chunk_ms", [None, 320.0])
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_transcripts_equal_pytorch_token_for_token(tiny, name, chunk_ms):
+    asr, folder = tiny
+    onnx = OnnxASR.load(folder)
+    wave = speech_like(4.0)
+    endpoint = EndpointConfig(silence_after_speech=0.3, max_segment=1.5)  # several segments
+    options = OPTIONS[name]
+    expected = transcribe_waveform(asr, wave, 16000, options, chunk_ms=chunk_ms, endpoint=endpoint)
+    got = onnx.transcribe_waveform(wave, 16000, options, chunk_ms=chunk_ms, endpoint=endpoint)
+    assert len(expected.segments) > 1 and expected.text
+    assert got.to_dict() == expected.to_dict()
+
+
+def test_int8_graphs_decode(tiny):
+    _, folder = tiny
+    got = OnnxASR.load(folder, int8=True).transcribe_waveform(speech_like(1.0), 16000)
+    assert got.duration == pytest.approx(1.0)
+
+
+NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # any import of torch now fails
+from mamba_asr.decode.options import DecodingOptions
+from mamba_asr.runtime.onnx import OnnxASR
+asr = OnnxASR.load(sys.argv[1])
+for strategy in ("greedy", "beam"):
+    print(asr.transcribe_file(sys.argv[2], DecodingOptions(strategy=strategy)).to_json())
+print(asr.transcribe_file(sys.argv[2], chunk_ms=320).to_json())
+assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules if sys.modules[m])
+"""
+
+
+def test_the_onnx_recognizer_runs_without_torch(tiny, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from mamba_asr.transcription import transcribe_file
+
+    asr, folder = tiny
+    audio = tmp_path / "speech.wav"
+    sf.write(audio, speech_like(3.0, seed=1), 16000)
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    run = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(folder), str(audio)],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    expected = [
+        transcribe_file(asr, audio, DecodingOptions(strategy="greedy")).to_json(),
+        transcribe_file(asr, audio, DecodingOptions(strategy="beam")).to_json(),
+        transcribe_file(asr, audio, chunk_ms=320).to_json(),
+    ]
+    assert lines == expected
+    assert json.loads(lines[0])["text"]
+
+
+def test_a_model_that_does_not_stream_is_refused(tmp_path):
+    asr = ASR.from_recipe(tiny_recipe("ctc"), CharTokenizer("AB "))
+    with pytest.raises(ValueError, match="streaming transducer") as err:
+        export_onnx(asr, tmp_path / "out")
+    assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_or_unwritable_out_is_refused(tiny, tmp_path):
+    asr, folder = tiny
+    with pytest.raises(FileExistsError, match="already exists") as err:
+        export_onnx(asr, folder)
+    assert "\n" not in str(err.value)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises((ValueError, OSError)):
+        export_onnx(asr, tmp_path / "file" / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_failed_export_leaves_nothing(tiny, tmp_path, monkeypatch):
+    import mamba_asr.export.onnx as export
+
+    asr, _ = tiny
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("kept")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export, "_write_config", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_onnx(asr, tmp_path / "out", overwrite=True)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["old.txt", "out"]
+
+
+def test_transcribe_onnx_refuses_model_options(tmp_path, capsys):
+    from mamba_asr.cli import main
+
+    args = ["transcribe", str(tmp_path / "a.wav"), "--onnx", str(tmp_path)]
+    assert main([*args, "--model", "x.pt"]) == 2
+    assert "--onnx DIR holds the model" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "not an ONNX export" in capsys.readouterr().err
