@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from mamba_asr.evaluate import hypotheses_name
+
 pytestmark = pytest.mark.skipif(
     shutil.which("espeak-ng") is None,
     reason="espeak-ng is not installed (apt-get install espeak-ng)",
@@ -67,7 +69,8 @@ def test_overfits_spoken_sentences(corpus, tmp_path, recipe, extra, strategy):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["utterances"] == 12 and result["audio_seconds"] > 10
     assert result["wer"] <= 0.05, out
-    hyps = [json.loads(line) for line in (run / "hyps-manifest.jsonl").read_text().splitlines()]
+    hyps_file = run / hypotheses_name(corpus)  # beside the model, named after the set
+    hyps = [json.loads(line) for line in hyps_file.read_text().splitlines()]
     assert len(hyps) == 12 and all(h["ref"] and "hyp" in h for h in hyps)
 
 
