@@ -52,7 +52,7 @@ def test_bad_values_name_the_key(override, message):
 
 
 def test_missing_required_key(tmp_path):
-    with pytest.raises(ConfigError, match="missing key in model: vocab_size"):
+    with pytest.raises(ConfigError, match="missing keys in model: vocab_size, kind"):
         load_recipe(write(tmp_path, "model:\n  d_model: 128\n"))
 
 

@@ -156,6 +156,9 @@ def _frontend(device: str) -> Callable[[Tensor, Tensor], Tensor]:
 
 
 def _encoder(name: str, device: str) -> nn.Module:
+    if name == "mamba":  # the transducer's causal encoder has its own signature
+        mamba = {"d_state": 8, "expand": 2, "d_conv": 4}
+        return ENCODERS[name](16, 2, 32, 0.1, "swish", mamba, device=device)
     return ENCODERS[name](**{**SMALL, "d_model": 16}, device=device)
 
 
