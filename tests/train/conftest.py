@@ -37,7 +37,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def recipe_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
-    path.write_text("model:\n  vocab_size: 6\n")
+    path.write_text("model:\n  kind: ctc\n  vocab_size: 6\n")
     return path
 
 
