@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("asr",),  # the deployable bundle (features + model + tokenizer)
     # the jobs done with a bundle; backends: inference outside PyTorch (MLX); export (ONNX)
     ("train", "evaluate", "transcription", "selfcheck", "backends", "export"),
+    ("serve",),  # the speech server (over transcription and streams)
     (PACKAGE,),  # the public API: the package's __init__.py
     ("cli",),  # the command line
     ("__main__",),  # python -m mamba_asr
@@ -44,6 +45,7 @@ EXCEPTIONS: dict[tuple[str, str, str], str] = {
         "the same constant, written into an exported model folder"
     ),
     ("mamba_asr.export.onnx", PACKAGE, "__version__"): "the version, as for mamba_asr.asr",
+    ("mamba_asr.serve.app", PACKAGE, "__version__"): "the version, shown by GET /health",
 }
 
 

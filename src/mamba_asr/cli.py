@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth_parser(sub, common)
     _add_transcribe_parser(sub, common, device_help)
     _add_export_parser(sub, common)
+    _add_serve_parser(sub, common, device_help)
     return parser
 
 
@@ -271,6 +272,96 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device
     )  # fmt: skip
     tr.add_argument("--int8", action="store_true", help="with --onnx: the int8 graphs")
     tr.set_defaults(func=cmd_transcribe)
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction, common: list, device_help: str) -> None:
+    sv = sub.add_parser(
+        "serve",
+        parents=common,
+        help="a speech server: WebSocket streaming, OpenAI-compatible HTTP, a browser page",
+        description="Serves a model over HTTP on HOST:PORT: the page at /, live streaming on "
+        "the WebSocket /v1/stream, POST /v1/audio/transcriptions as OpenAI's audio API, "
+        "GET /health and /v1/models. Open streams are decoded together, one batch per model "
+        "step. Binds 127.0.0.1 unless told; another address needs --token (or "
+        "--no-auth). Ctrl-C or SIGTERM ends it gracefully: open streams get their final "
+        "results. See docs/serving.md.",
+    )
+    sv.add_argument(
+        "--model", default=None, metavar="NAME_OR_FILE",
+        help=f"a bundled model's name or a model file; default: the bundled {DEFAULT_MODEL}",
+    )  # fmt: skip
+    sv.add_argument(
+        "--onnx", default=None, metavar="DIR",
+        help="serve an ONNX export (mamba-asr export onnx) on onnxruntime instead",
+    )  # fmt: skip
+    sv.add_argument("--int8", action="store_true", help="with --onnx: the int8 graphs")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, help="(8000)")
+    sv.add_argument(
+        "--token", default=os.environ.get("MAMBA_ASR_TOKEN"), metavar="TOKEN",
+        help="require 'Authorization: Bearer TOKEN' (or ?token= on the WebSocket); default: "
+        "$MAMBA_ASR_TOKEN",
+    )  # fmt: skip
+    sv.add_argument(
+        "--no-auth", action="store_true", help="allow a non-loopback --host without a token"
+    )
+    sv.add_argument("--max-streams", type=int, default=32, help="open streams at most (32)")
+    sv.add_argument(
+        "--max-upload-mb", type=float, default=25.0, help="largest upload in MB (25)"
+    )
+    sv.add_argument(
+        "--max-message-kb", type=int, default=1024,
+        help="largest WebSocket message in KiB (1024)",
+    )  # fmt: skip
+    sv.add_argument(
+        "--cors-origin", action="append", default=[], metavar="ORIGIN",
+        help="allow cross-origin requests from ORIGIN (repeat for more; default: none)",
+    )  # fmt: skip
+    sv.add_argument(
+        "--max-batch", type=int, default=None, metavar="N",
+        help="streams per model step at most (default: all that are ready; 1: one at a time)",
+    )  # fmt: skip
+    _add_decoding_args(sv)
+    sv.add_argument(
+        "--chunk-ms", type=float, default=STREAM_CHUNK_MS, metavar="MS",
+        help=f"audio per streaming step ({STREAM_CHUNK_MS:g})",
+    )  # fmt: skip
+    sv.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sv.add_argument("--device", default=None, help=device_help)
+    sv.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
+    sv.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from mamba_asr.serve.app import ServeConfig, run
+        from mamba_asr.serve.engine import Engine
+    except ImportError as exc:
+        raise ImportError(
+            f"serve needs the server packages ({exc.name} is missing): "
+            'pip install "mamba-asr[serve]"'
+        ) from None
+    from mamba_asr.pretrained import MODELS
+
+    config = ServeConfig(
+        host=args.host, port=args.port, token=args.token, no_auth=args.no_auth,
+        max_streams=args.max_streams, max_upload_mb=args.max_upload_mb,
+        max_message_kb=args.max_message_kb, cors_origins=tuple(args.cors_origin),
+        max_batch=args.max_batch,
+    )  # fmt: skip
+    if args.max_batch is not None and args.max_batch < 1:
+        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
+    _set_threads(args.threads)
+    asr = _load_asr(args)
+    options = _decoding_options(args, asr)
+    if args.onnx is not None:
+        name = Path(args.onnx).name
+    else:
+        name = args.model if args.model is None or args.model in MODELS else Path(args.model).stem
+        name = name or DEFAULT_MODEL
+    engine = Engine(asr, name, options, args.chunk_ms)
+    run(engine, config)
+    return 0
 
 
 def _add_prepare_parser(sub: argparse._SubParsersAction, common: list) -> None:

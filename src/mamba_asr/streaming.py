@@ -216,6 +216,11 @@ class Stream:
     # --- results --------------------------------------------------------------------------------
 
     @property
+    def decoded(self) -> float:
+        """Seconds of audio decoded so far (whole encoder frames)."""
+        return (self.segment_start + self.search.frame) * self.frame_seconds
+
+    @property
     def duration(self) -> float:
         """Seconds of audio accepted so far."""
         return self.samples / self.asr.sample_rate

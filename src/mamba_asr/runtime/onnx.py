@@ -413,6 +413,11 @@ class OnnxStream:
             self.segments.append(segment)
 
     @property
+    def decoded(self) -> float:
+        """Seconds of audio decoded so far (whole encoder frames)."""
+        return (self.segment_start + self.search.frame) * self.frame_seconds
+
+    @property
     def duration(self) -> float:
         return self.samples / self.asr.sample_rate
 
