@@ -306,9 +306,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction, common: list, device_help
         "--no-auth", action="store_true", help="allow a non-loopback --host without a token"
     )
     sv.add_argument("--max-streams", type=int, default=32, help="open streams at most (32)")
-    sv.add_argument(
-        "--max-upload-mb", type=float, default=25.0, help="largest upload in MB (25)"
-    )
+    sv.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload in MB (25)")
     sv.add_argument(
         "--max-message-kb", type=int, default=1024,
         help="largest WebSocket message in KiB (1024)",
@@ -329,7 +327,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction, common: list, device_help
     sv.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     sv.add_argument("--device", default=None, help=device_help)
     sv.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
-    sv.set_defaults(func=cmd_serve)
+    # greedy, as sherpa-onnx's server: the fastest under load, and silent in long pauses
+    # (beam search puts a stray token in seconds of silence with the bundled model)
+    sv.set_defaults(func=cmd_serve, strategy="greedy")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

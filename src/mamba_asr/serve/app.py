@@ -130,6 +130,7 @@ class Server:
             "status": "draining" if self.scheduler.stopping else "ok",
             "model": self.engine.name, "streams": len(self.scheduler.slots),
             "max_streams": self.config.max_streams, "version": __version__,
+            "steps": self.scheduler.steps, "largest_batch": self.scheduler.largest_batch,
         })  # fmt: skip
 
     async def models(self, request: Request) -> Response:
@@ -195,13 +196,13 @@ class Server:
         slot: Slot | None = None
         sender: asyncio.Task[None] | None = None
         try:
+            slot = self.scheduler.open(AudioFormat())  # refused at once when full
             first = await ws.receive()
-            fmt = AudioFormat()
             if first.get("text") is not None:
                 data = parse_text(first["text"])
                 if data["type"] == "config":
-                    fmt, first = audio_format(data), None
-            slot = self.scheduler.open(fmt)
+                    slot.fmt, first = audio_format(data), None
+            fmt = slot.fmt
             await ws.send_text(control("ready", sample_rate=fmt.sample_rate, format=fmt.format))
             sender = asyncio.create_task(_send_loop(ws, slot))
             reader = asyncio.create_task(self._read_loop(ws, slot, fmt, first))

@@ -99,6 +99,8 @@ class Scheduler:
         self.max_queued = max_queued
         self.slots: set[Slot] = set()
         self.stopping = False
+        self.steps = 0  # model steps taken
+        self.largest_batch = 0  # most streams with a chunk ready in one step
         self._ids = itertools.count(1)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -231,6 +233,9 @@ class Scheduler:
                 live.append(slot)
             except ValueError as exc:  # audio the stream refuses
                 out[slot] = [control("error", message=str(exc)), Close(1007, str(exc))]
+        ready = sum(1 for s in live if s.stream.ready)
+        self.steps += 1
+        self.largest_batch = max(self.largest_batch, min(ready, self.max_batch or ready))
         self.engine.decode_streams([s.stream for s in live], self.max_batch)
         for slot in live:
             out[slot] = self._messages(slot, ending[slot])
