@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -59,27 +60,29 @@ def serve_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``mamba-asr serve ARGS`` on a free port; yields the process and its base URL."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mamba_asr", "serve", "--port", str(port), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mamba-asr serve ended: {proc.stdout.read()}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(url + "/health") as r:
-                if r.status == 200:
-                    break
-            if time.time() > deadline:
-                raise RuntimeError("mamba-asr serve did not start")
-            time.sleep(0.2)
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
+    with tempfile.TemporaryFile("w+") as log:  # not a pipe: a full pipe would stop the server
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mamba_asr", "serve", "--port", str(port), *args],
+            stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
+        )  # fmt: skip
+        try:
+            deadline = time.time() + 60
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"mamba-asr serve ended: {log.read()}")
+                with contextlib.suppress(OSError), urllib.request.urlopen(url + "/health") as r:
+                    if r.status == 200:
+                        break
+                if time.time() > deadline:
+                    raise RuntimeError("mamba-asr serve did not start")
+                time.sleep(0.2)
+            yield proc, url
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
 
 
 def stream_file(url: str, wave, rate: int, fmt: str = "pcm16", packet_s: float = 0.1,
