@@ -193,6 +193,10 @@ class Server:
             await _close(ws, CLOSE_POLICY, "missing or wrong token (Authorization: Bearer "
                          "TOKEN, or ?token=TOKEN)")  # fmt: skip
             return
+        if not self.engine.streaming:
+            await _close(ws, CLOSE_POLICY, f"model {self.engine.name} does not stream: send the "
+                         "audio to POST /v1/audio/transcriptions")  # fmt: skip
+            return
         slot: Slot | None = None
         sender: asyncio.Task[None] | None = None
         try:
