@@ -72,3 +72,18 @@ ensure_tts() {
         say "not found:$missing; tests that need them will skip (apt-get/brew install$missing)"
     fi
 }
+
+# ensure_browser: Chromium and its driver for the page test (tests/serve/test_page.py), with
+# apt-get when missing and we may; elsewhere that test skips with the reason.
+ensure_browser() {
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        return 0
+    fi
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        say "installing chromium chromium-driver (apt-get)"
+        { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; } >/dev/null ||
+            say "apt-get install chromium chromium-driver failed; the page test will skip"
+    else
+        say "chromium/chromedriver not found; the page test will skip"
+    fi
+}

@@ -7,6 +7,7 @@ source "$(dirname "$0")/_venv.sh"
 
 ensure_venv "[dev]"
 ensure_tts  # the end-to-end and synth tests speak with espeak-ng, flite and festival
+ensure_browser  # the server's page test drives headless Chromium
 cd "$ROOT"
 say "ruff check"
 "$VENV/bin/ruff" check .
