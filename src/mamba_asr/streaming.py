@@ -170,26 +170,21 @@ class Stream:
 
     def advance(self, feats: Tensor, memory: Tensor, state: Any) -> None:
         """Search memory (1, t', M), which the model made of feats (1, t, C) from
-        ``self.state``; ``state``: the model's state after them. Ends segments where the
-        endpoint rule says, re-encoding the frames after the end from a fresh state."""
-        while True:
-            self.state = state
-            proj = self.model.joiner.project_encoder(memory)  # (1, t', J)
-            active = torch.ones(1, dtype=torch.bool, device=self.device)
-            end = None
-            for t in range(proj.shape[1]):
-                self.search.advance(proj[:, t], active)
-                if self.endpoint.reached(self.search.frame, self._last_token(), self.frame_seconds):
-                    end = t
-                    break
-            if end is None:
+        ``self.state``; ``state``: the model's state after them. Ends the segment where the
+        endpoint rule says; the frames after the end go back to the front of ``pending``, to
+        be encoded from the fresh state in the next chunk (with other streams' chunks, in
+        ``decode_streams``'s next round)."""
+        self.state = state
+        proj = self.model.joiner.project_encoder(memory)  # (1, t', J)
+        active = torch.ones(1, dtype=torch.bool, device=self.device)
+        for t in range(proj.shape[1]):
+            self.search.advance(proj[:, t], active)
+            if self.endpoint.reached(self.search.frame, self._last_token(), self.frame_seconds):
+                self._close_segment()
+                self._restart(self.segment_start + self.search.frame)
+                rest = feats[:, (t + 1) * self.model.subsampling :]
+                self.pending = torch.cat([rest, self.pending], dim=1)
                 return
-            self._close_segment()
-            self._restart(self.segment_start + self.search.frame)
-            feats = feats[:, (end + 1) * self.model.subsampling :]
-            if feats.shape[1] == 0:
-                return
-            memory, state = self.model.forward_chunk(feats, self.state)
 
     def _last_token(self) -> int | None:
         """The frame (in the segment) of the best hypothesis's last token."""
