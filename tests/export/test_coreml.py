@@ -23,6 +23,7 @@ from mamba_asr.export.coreml import (
     METADATA_KEY,
     StatefulEncoder,
     export_coreml,
+    export_program,
     state_name,
 )
 from mamba_asr.export.onnx import state_leaves
@@ -186,6 +187,25 @@ def test_the_wrapper_calls_the_models_own_forward_chunk(tiny):
             torch.testing.assert_close(proj, asr.model.joiner.project_encoder(memory))
     for name, expected in state_leaves(state, "state"):
         torch.testing.assert_close(getattr(wrapper, state_name(name)), expected, rtol=0, atol=0)
+
+
+def test_the_exported_program_carries_the_state_from_chunk_to_chunk(tiny):
+    """What coremltools converts (the scan unrolled, the state written into the buffers),
+    run in PyTorch: it equals ``forward_chunk`` chunk after chunk."""
+    asr, _ = tiny
+    feats = torch.randn(1, 3 * FRAMES, 80)
+    with torch.no_grad():
+        program = export_program(StatefulEncoder(asr.model).eval(), (feats[:, :FRAMES],))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any("scan" in t for t in targets)
+    assert len(program.graph_signature.buffers_to_mutate) == 5
+    exported, state = program.module(), asr.model.init_state(1)
+    with torch.no_grad():
+        for i in range(3):
+            chunk = feats[:, i * FRAMES : (i + 1) * FRAMES]
+            memory, state = asr.model.forward_chunk(chunk, state)
+            got, _ = exported(chunk)
+            torch.testing.assert_close(got, memory, rtol=1e-5, atol=1e-5)
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:

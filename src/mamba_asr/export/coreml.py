@@ -69,6 +69,7 @@ __all__ = [
     "StatefulEncoder",
     "check_package_path",
     "export_coreml",
+    "export_program",
     "state_name",
 ]
 
@@ -141,6 +142,16 @@ def _check_predictor(model: nn.Module) -> None:
         )
 
 
+def export_program(
+    module: nn.Module, args: tuple[Tensor, ...], dynamic_shapes: Any = None
+) -> torch.export.ExportedProgram:
+    """What coremltools converts: ``torch.export`` with the selective scan unrolled, in the
+    ATen dialect (``run_decompositions``), where buffer writes are buffer mutations."""
+    with export_backend("unrolled"):
+        program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
+    return program.run_decompositions({})
+
+
 def _convert(part: str, module: nn.Module, args: tuple[Tensor, ...], **convert: Any) -> Any:
     """``torch.export`` then ``ct.convert`` to an iOS 18 ML program in fp16; a failure is one
     line naming the part."""
@@ -148,9 +159,7 @@ def _convert(part: str, module: nn.Module, args: tuple[Tensor, ...], **convert: 
 
     dynamic = convert.pop("dynamic_shapes", None)
     try:
-        with export_backend("unrolled"):
-            program = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
-        program = program.run_decompositions({})
+        program = export_program(module, args, dynamic)
         return ct.convert(
             program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
             compute_precision=ct.precision.FLOAT16, **convert,
