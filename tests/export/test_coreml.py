@@ -219,6 +219,10 @@ def test_a_model_without_a_streaming_form_is_refused(tmp_path):
     with pytest.raises(ValueError, match="Core ML export needs a streaming transducer") as err:
         export_coreml(asr, tmp_path / "x.mlpackage")
     assert "ctc" in one_line(err)
+    bidirectional = tiny_asr("transducer", "model.encoder_module=conmamba", "model.nhead=2")
+    with pytest.raises(ValueError, match="does not stream") as err:
+        export_coreml(bidirectional, tmp_path / "x.mlpackage")
+    assert "ConMambaEncoder" in one_line(err)
     lstm = tiny_asr("transducer", "model.transducer.predictor=lstm")
     with pytest.raises(ValueError, match="stateless predictor") as err:
         export_coreml(lstm, tmp_path / "x.mlpackage")
