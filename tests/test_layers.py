@@ -27,7 +27,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("decode", "data"),  # searches; manifests, datasets, batching
     ("streaming", "runtime"),  # streams of a bundle; recognition on onnxruntime (no torch)
     ("asr",),  # the deployable bundle (features + model + tokenizer)
-    # the jobs done with a bundle; backends: inference outside PyTorch (MLX); export (ONNX)
+    # the jobs done with a bundle; backends: inference outside PyTorch (MLX); export (ONNX,
+    # Core ML)
     ("train", "evaluate", "transcription", "selfcheck", "backends", "export"),
     ("serve",),  # the speech server (over transcription and streams)
     (PACKAGE,),  # the public API: the package's __init__.py
@@ -46,6 +47,7 @@ EXCEPTIONS: dict[tuple[str, str, str], str] = {
     ),
     ("mamba_asr.export.onnx", PACKAGE, "__version__"): "the version, as for mamba_asr.asr",
     ("mamba_asr.serve.app", PACKAGE, "__version__"): "the version, shown by GET /health",
+    ("mamba_asr.export.coreml", PACKAGE, "__version__"): "the version, as for mamba_asr.asr",
 }
 
 

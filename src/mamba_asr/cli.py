@@ -6,6 +6,7 @@ check, see ``mamba_asr.selfcheck``), ``model-info`` (parameters and layers of a 
 ``tokenizer train`` (a SentencePiece or character tokenizer from a manifest's transcripts) and
 ``synth`` (a LibriSpeech-layout corpus spoken by TTS engines, see ``mamba_asr.data.synth``) and
 ``export onnx`` (a streaming transducer as ONNX graphs, see ``mamba_asr.export.onnx``) and
+``export coreml`` (a stateful Core ML package, see ``mamba_asr.export.coreml``) and
 ``transcribe`` (audio files to txt/json/srt/vtt, see ``mamba_asr.transcription``; with ``--onnx
 DIR`` on onnxruntime, see ``mamba_asr.runtime.onnx``; a bad file is
 one error line, the others go on, exit code 1; ``--stream`` decodes as the file is read and,
@@ -199,6 +200,31 @@ def _add_export_parser(sub: argparse._SubParsersAction, common: list) -> None:
     onnx.add_argument("--int8", action="store_true", help="also write int8 graphs")
     onnx.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     onnx.set_defaults(func=cmd_export_onnx)
+    coreml = formats.add_parser(
+        "coreml",
+        parents=common,
+        help="a streaming transducer as a stateful Core ML package (iOS 18 / macOS 15)",
+        description="Writes X.mlpackage, an ML program in fp16 with three functions: encoder "
+        "(one chunk of --chunk-ms; the Mamba conv and SSM states and the front-end caches "
+        "are Core ML states), predictor and joiner. The feature settings, CMVN statistics and "
+        "state layout are in its metadata (mamba_asr). Converts on Linux; a prediction needs "
+        "macOS. Nothing is written unless all of it is. See docs/export.md.",
+    )
+    coreml.add_argument(
+        "model", nargs="?", default=None, metavar="MODEL",
+        help=f"a bundled model's name or a model file (default: the bundled {DEFAULT_MODEL})",
+    )  # fmt: skip
+    coreml.add_argument("--out", required=True, metavar="X.mlpackage", help="the package to write")
+    coreml.add_argument(
+        "--weights", choices=("int8", "int4"), default=None,
+        help="compress the weights: int8 per channel or int4 in blocks of 32 (default: fp16)",
+    )  # fmt: skip
+    coreml.add_argument(
+        "--chunk-ms", type=float, default=STREAM_CHUNK_MS, metavar="MS",
+        help="the encoder's fixed chunk, rounded down to whole encoder frames (default: 320)",
+    )  # fmt: skip
+    coreml.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    coreml.set_defaults(func=cmd_export_coreml)
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -208,6 +234,19 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     asr = load_model(args.model, device="cpu")
     lm = asr.shipped_lm
     out = export_onnx(asr, args.out, int8=args.int8, lm=lm, overwrite=args.overwrite)
+    print(out)
+    return 0
+
+
+def cmd_export_coreml(args: argparse.Namespace) -> int:
+    from mamba_asr import load_model
+    from mamba_asr.export.coreml import check_package_path, export_coreml
+
+    check_package_path(args.out, args.overwrite)  # before the model loads
+    asr = load_model(args.model, device="cpu")
+    out = export_coreml(
+        asr, args.out, weights=args.weights, chunk_ms=args.chunk_ms, overwrite=args.overwrite
+    )
     print(out)
     return 0
 

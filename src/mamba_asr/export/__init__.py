@@ -1,1 +1,1 @@
-"""Export of models to other runtimes: ONNX (``onnx``)."""
+"""Export of models to other runtimes: ONNX (``onnx``) and Core ML (``coreml``)."""

@@ -123,18 +123,19 @@ class JoinerStep(nn.Module):
         return self.model.joiner.join(enc_proj, pred_proj)
 
 
-def check_exportable(asr: nn.Module) -> None:
-    """A one-line ``ValueError`` unless ``asr``'s model is a streaming transducer."""
+def check_exportable(asr: nn.Module, target: str = "ONNX") -> None:
+    """A one-line ``ValueError`` unless ``asr``'s model is a streaming transducer; ``target``
+    names the export in the message."""
     model = asr.model
     if not hasattr(model, "forward_chunk") or not hasattr(model, "joiner"):
         raise ValueError(
-            f"ONNX export needs a streaming transducer model, this one is "
+            f"{target} export needs a streaming transducer model, this one is "
             f"{asr.config.model.kind} (it does not stream)"
         )
     try:
         model.init_state(1)
     except TypeError as exc:
-        raise ValueError(f"ONNX export needs a streaming model: {exc}") from None
+        raise ValueError(f"{target} export needs a streaming model: {exc}") from None
 
 
 def _layout(init_state: Callable[..., Any], prefix: str) -> list[dict[str, Any]]:

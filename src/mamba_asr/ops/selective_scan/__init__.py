@@ -13,6 +13,7 @@ from __future__ import annotations
 from mamba_asr.ops.selective_scan.dispatch import (
     BACKENDS,
     available_backends,
+    export_backend,
     resolve_backend,
     selective_scan_fn,
 )
@@ -21,6 +22,7 @@ from mamba_asr.ops.selective_scan.reference import selective_scan_ref
 __all__ = [
     "BACKENDS",
     "available_backends",
+    "export_backend",
     "resolve_backend",
     "selective_scan_fn",
     "selective_scan_ref",

@@ -8,13 +8,16 @@ fuse those parts in instead):
 - ``triton``: fused Triton kernels on CUDA (``triton_kernel.py``), when triton is installed;
 - ``chunked``: chunked PyTorch (``chunked.py``), for MPS and any other device;
 - ``exportable``: PyTorch's ``scan`` operator (``exportable.py``), one ONNX ``Scan`` in exported graphs;
+- ``unrolled``: the same steps in a Python loop (``exportable.py``), which export writes out frame by
+  frame: graphs of one fixed chunk length without control flow (Core ML);
 - ``ref``: the sequential reference (``reference.py``), for tests.
 
 ``auto`` picks ``native`` for CPU tensors and ``triton`` for CUDA tensors when they are available,
 ``chunked`` otherwise (with one INFO log line saying why), and ``exportable`` while the model is
 being traced for export (``torch.compiler.is_exporting()``: ``torch.export``, ONNX), so the
-model's own ``forward_chunk`` exports as it is; a backend asked for by name that cannot run
-raises an error saying why and how to get it.
+model's own ``forward_chunk`` exports as it is; ``with export_backend("unrolled"):`` makes it
+``unrolled`` instead, for the exports made inside the block. A backend asked for by name that
+cannot run raises an error saying why and how to get it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 
 import torch
@@ -30,13 +35,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mamba_asr.ops.selective_scan.chunked import ssm_scan_chunked
-from mamba_asr.ops.selective_scan.exportable import ssm_scan_exportable
+from mamba_asr.ops.selective_scan.exportable import ssm_scan_exportable, ssm_scan_unrolled
 from mamba_asr.ops.selective_scan.native import native_available, ssm_scan_native
 from mamba_asr.ops.selective_scan.reference import check_inputs, selective_scan_ref
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "native", "triton", "chunked", "exportable", "ref")
+BACKENDS = ("auto", "native", "triton", "chunked", "exportable", "unrolled", "ref")
+EXPORT_BACKENDS = ("exportable", "unrolled")
+_export_backend: ContextVar[str] = ContextVar("selective_scan_export_backend", default="exportable")
 
 
 @cache
@@ -49,7 +56,21 @@ _CORES: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "native": ssm_scan_native,
     "chunked": ssm_scan_chunked,
     "exportable": ssm_scan_exportable,
+    "unrolled": ssm_scan_unrolled,
 }
+
+
+@contextmanager
+def export_backend(name: str) -> Iterator[None]:
+    """What ``auto`` resolves to while a model is exported inside this block: ``exportable``
+    (the default; one ``scan`` op, chunks of any length) or ``unrolled`` (a fixed length)."""
+    if name not in EXPORT_BACKENDS:
+        raise ValueError(f"the export backend must be one of {EXPORT_BACKENDS}, got {name!r}")
+    token = _export_backend.set(name)
+    try:
+        yield
+    finally:
+        _export_backend.reset(token)
 
 
 def _triton_runs_on(device: torch.device) -> bool:
@@ -92,7 +113,7 @@ def resolve_backend(device: torch.device, backend: str = "auto") -> str:
     if backend != "auto":
         return backend
     if torch.compiler.is_exporting():  # traced for a graph: no kernel, no loop over time
-        return "exportable"
+        return _export_backend.get()
     if device.type == "cpu" and native_available():
         return "native"
     if device.type == "cuda":

@@ -1,10 +1,15 @@
-"""Selective scan as one graph op: the path for exported graphs (ONNX) of streaming chunks.
+"""Selective scan for exported graphs: one ``scan`` op (ONNX), or one step per frame (Core ML).
 
 The recurrence h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, y_t = <h_t, C_t> runs through
 PyTorch's ``scan`` higher-order operator, which ``torch.export`` keeps as one node and the ONNX
 exporter turns into an ONNX ``Scan`` (its body: one multiply-add and one reduction over N).
 Nothing is unrolled and no shape is fixed, so one exported graph takes chunks of any length,
 at the sequential scan's cost. Eagerly (tests) the operator runs the same steps in a loop.
+
+``ssm_scan_unrolled`` computes the same steps with a Python loop over the frames, which export
+writes out as L copies of the step: a graph of one fixed chunk length with no control flow,
+for converters that take no ``scan`` (coremltools). Meant for short chunks (a few encoder
+frames): the graph grows with L.
 
 Shape key: B batch, G groups of B/C, E channels per group (D = G * E), L length, N state.
 """
@@ -14,7 +19,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["ssm_scan_exportable"]
+__all__ = ["ssm_scan_exportable", "ssm_scan_unrolled"]
+
+
+def _terms(
+    u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, initial_state: Tensor | None
+) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+    """Per-step decay and input, (L, B, G, E, N) each, C (L, B, G, 1, N), and h0 (B, G, E, N)."""
+    batch, dim, length = u.shape
+    if B.dim() == 3:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)  # (B, 1, N, L)
+    groups, n = B.shape[1], A.shape[1]
+    e = dim // groups
+    dt5 = dt.reshape(batch, groups, e, length, 1)  # (B, G, E, L, 1)
+    decay = torch.exp(dt5 * A.reshape(groups, e, 1, n))  # (B, G, E, L, N)
+    inputs = (dt5 * u.reshape(batch, groups, e, length, 1)) * B.transpose(-1, -2).unsqueeze(2)
+    xs = (
+        decay.permute(3, 0, 1, 2, 4),  # (L, B, G, E, N)
+        inputs.permute(3, 0, 1, 2, 4),  # (L, B, G, E, N)
+        C.permute(3, 0, 1, 2).unsqueeze(3),  # (L, B, G, 1, N)
+    )
+    h0 = u.new_zeros(batch, groups, e, n) if initial_state is None else initial_state
+    return xs, h0.reshape(batch, groups, e, n).float()
 
 
 def ssm_scan_exportable(
@@ -33,20 +59,7 @@ def ssm_scan_exportable(
     from torch._higher_order_ops.scan import scan  # PyTorch's scan operator (export-only path)
 
     batch, dim, length = u.shape
-    if B.dim() == 3:
-        B, C = B.unsqueeze(1), C.unsqueeze(1)  # (B, 1, N, L)
-    groups, n = B.shape[1], A.shape[1]
-    e = dim // groups
-    dt5 = dt.reshape(batch, groups, e, length, 1)  # (B, G, E, L, 1)
-    decay = torch.exp(dt5 * A.reshape(groups, e, 1, n))  # (B, G, E, L, N)
-    inputs = (dt5 * u.reshape(batch, groups, e, length, 1)) * B.transpose(-1, -2).unsqueeze(2)
-    xs = (
-        decay.permute(3, 0, 1, 2, 4),  # (L, B, G, E, N)
-        inputs.permute(3, 0, 1, 2, 4),  # (L, B, G, E, N)
-        C.permute(3, 0, 1, 2).unsqueeze(3),  # (L, B, G, 1, N)
-    )
-    h0 = u.new_zeros(batch, groups, e, n) if initial_state is None else initial_state
-    h0 = h0.reshape(batch, groups, e, n).float()
+    xs, h0 = _terms(u, dt, A, B, C, initial_state)
 
     def step(h: Tensor, x: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         a, b, c = x
@@ -54,4 +67,24 @@ def ssm_scan_exportable(
         return h.clone(), (h * c).sum(-1)  # the carry, y_t (B, G, E)
 
     last, ys = scan(step, h0, xs, dim=0)  # (B, G, E, N), (L, B, G, E)
-    return ys.permute(1, 2, 3, 0).reshape(batch, dim, length), last.reshape(batch, dim, n)
+    return ys.permute(1, 2, 3, 0).reshape(batch, dim, length), last.reshape(batch, dim, -1)
+
+
+def ssm_scan_unrolled(
+    u: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    initial_state: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """``ssm_scan_exportable``'s steps in a Python loop over L (a fixed, small number): same
+    arguments and results."""
+    batch, dim, length = u.shape
+    (decay, inputs, cs), h = _terms(u, dt, A, B, C, initial_state)
+    ys = []
+    for t in range(length):
+        h = decay[t] * h + inputs[t]  # (B, G, E, N)
+        ys.append((h * cs[t]).sum(-1))  # y_t (B, G, E)
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, *h.shape[1:3], 0)  # (B, G, E, L)
+    return y.reshape(batch, dim, length), h.reshape(batch, dim, -1)
