@@ -168,14 +168,13 @@ class Stream:
         )
         self.segment_start = frame
 
-    def advance(self, feats: Tensor, memory: Tensor, state: Any) -> None:
-        """Search memory (1, t', M), which the model made of feats (1, t, C) from
-        ``self.state``; ``state``: the model's state after them. Ends the segment where the
+    def advance(self, feats: Tensor, proj: Tensor, state: Any) -> None:
+        """Search proj (1, t', J), the joiner's projection of what the model made of feats
+        (1, t, C) from ``self.state``; ``state``: the model's state after them. Ends the segment where the
         endpoint rule says; the frames after the end go back to the front of ``pending``, to
         be encoded from the fresh state in the next chunk (with other streams' chunks, in
         ``decode_streams``'s next round)."""
         self.state = state
-        proj = self.model.joiner.project_encoder(memory)  # (1, t', J)
         active = torch.ones(1, dtype=torch.bool, device=self.device)
         for t in range(proj.shape[1]):
             self.search.advance(proj[:, t], active)
@@ -209,6 +208,11 @@ class Stream:
             self.segments.append(segment)
 
     # --- results --------------------------------------------------------------------------------
+
+    @property
+    def current(self) -> Segment | None:
+        """The segment being decoded (its text so far), ``None`` after ``finish``."""
+        return None if self.finished else self._segment()
 
     @property
     def decoded(self) -> float:
@@ -264,7 +268,7 @@ def decode_streams(streams: Sequence[Stream]) -> None:
             if len(group) == 1:
                 s, chunk = group[0]
                 memory, state = model.forward_chunk(chunk, s.state)
-                s.advance(chunk, memory, state)
+                s.advance(chunk, model.joiner.project_encoder(memory), state)
                 continue
             if ops is None:  # a model of another array library brings its own
                 ops = getattr(model, "state_ops", None) or StateOps(
@@ -273,5 +277,6 @@ def decode_streams(streams: Sequence[Stream]) -> None:
             feats = torch.cat([c for _, c in group])  # (B, t, C)
             memory, state = model.forward_chunk(feats, ops.cat([s.state for s, _ in group]))
             states = ops.split(state, [1] * len(group))
+            proj = model.joiner.project_encoder(memory)  # (B, t', J)
             for i, (s, chunk) in enumerate(group):
-                s.advance(chunk, memory[i : i + 1], states[i])
+                s.advance(chunk, proj[i : i + 1], states[i])

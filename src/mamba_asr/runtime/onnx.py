@@ -413,6 +413,11 @@ class OnnxStream:
             self.segments.append(segment)
 
     @property
+    def current(self) -> Segment | None:
+        """The segment being decoded (its text so far), ``None`` after ``finish``."""
+        return None if self.finished else self._segment()
+
+    @property
     def decoded(self) -> float:
         """Seconds of audio decoded so far (whole encoder frames)."""
         return (self.segment_start + self.search.frame) * self.frame_seconds

@@ -256,7 +256,6 @@ class Scheduler:
             return items
         if stream.decoded > slot.decoded:
             slot.decoded = stream.decoded
-            current = stream.result.segments[len(stream.segments) :]
-            part = current[0] if current else None
+            part = stream.current
             items.append(message("partial", slot.finals, stream.decoded, part))
         return items
