@@ -324,6 +324,9 @@ def _half(t: Tensor) -> Tensor:
 def eval_mode(module: nn.Module) -> Iterator[None]:
     """``module`` in eval mode inside the block, its mode restored after."""
     was_training = module.training
+    if not was_training:  # nothing to switch (walking every submodule costs, per chunk)
+        yield
+        return
     module.eval()
     try:
         yield

@@ -152,6 +152,16 @@ class Stream:
         n = self.pending.shape[1]
         return n >= self.chunk_frames or (self.finished and n > 0)
 
+    @property
+    def samples_needed(self) -> int:
+        """Samples (at the model's rate) still to accept before a whole chunk is ready."""
+        frames = self.chunk_frames - self.pending.shape[1]
+        if frames <= 0:
+            return 0
+        fbank = self.asr.fbank
+        have = self.fbank.buffer.shape[1]
+        return max(0, (frames - 1) * fbank.hop_length + fbank.win_length - have)
+
     def take_chunk(self) -> Tensor:
         """The next chunk of pending frames (1, t, C), removed from the stream."""
         n = min(self.chunk_frames, self.pending.shape[1])

@@ -71,6 +71,7 @@ class Slot:
     out: asyncio.Queue[str | Close] = field(default_factory=asyncio.Queue)
     space: asyncio.Event = field(default_factory=asyncio.Event)
     stream: Any = None
+    need: int = 0  # samples the stream still needs for its next chunk (worker's estimate)
     finals: int = 0  # final messages sent
     decoded: float = 0.0  # seconds decoded at the last partial
 
@@ -185,7 +186,7 @@ class Scheduler:
             work = [
                 (slot, *slot.take())
                 for slot in self.slots
-                if not slot.closed and (slot.inbox or slot.ending)
+                if not slot.closed and ((slot.inbox and slot.pending >= slot.need) or slot.ending)
             ]
             if not work:
                 continue
@@ -239,6 +240,9 @@ class Scheduler:
         self.engine.decode_streams([s.stream for s in live], self.max_batch)
         for slot in live:
             out[slot] = self._messages(slot, ending[slot])
+            # hand this stream audio again once it makes a chunk: features in fewer calls
+            needed = getattr(slot.stream, "samples_needed", 0)
+            slot.need = -(-needed * slot.fmt.sample_rate // self.engine.sample_rate)
         return list(out.items())
 
     def _messages(self, slot: Slot, ending: bool) -> list[str | Close]:
