@@ -288,5 +288,37 @@ def decode_streams(streams: Sequence[Stream]) -> None:
             memory, state = model.forward_chunk(feats, ops.cat([s.state for s, _ in group]))
             states = ops.split(state, [1] * len(group))
             proj = model.joiner.project_encoder(memory)  # (B, t', J)
+            if all(type(s.search) is GreedySearch for s, _ in group):
+                _advance_greedy(group, proj, states)
+                continue
             for i, (s, chunk) in enumerate(group):
                 s.advance(chunk, proj[i : i + 1], states[i])
+
+
+def _advance_greedy(group: list[tuple[Stream, Tensor]], proj: Tensor, states: list[Any]) -> None:
+    """``Stream.advance`` of every stream of ``group`` at once, their greedy searches stacked
+    into one batch frame by frame; each stream ends its segment where it would alone.
+    proj: (B, t', J), the joiner's projection of the group's chunks."""
+    streams = [s for s, _ in group]
+    search = GreedySearch.stack([s.search for s in streams])
+    batch, frames = proj.shape[0], proj.shape[1]
+    active = torch.ones(batch, dtype=torch.bool, device=proj.device)
+    used = [frames] * batch  # frames each stream consumed in this chunk
+    for t in range(frames):
+        search.advance(proj[:, t], active)
+        for i in active.nonzero().squeeze(1).tolist():
+            s, tokens = streams[i], search.frames[i]
+            last = tokens[-1] if tokens else None
+            if s.endpoint.reached(search.base[i] + t + 1, last, s.frame_seconds):
+                active[i], used[i] = False, t + 1
+        if not bool(active.any()):
+            break
+    for s, row, state, (_, chunk), n in zip(
+        streams, search.unstack(used), states, group, used, strict=True
+    ):
+        s.state, s.search = state, row
+        if n < frames:  # the endpoint: as Stream.advance
+            s._close_segment()
+            s._restart(s.segment_start + s.search.frame)
+            rest = chunk[:, n * s.model.subsampling :]
+            s.pending = torch.cat([rest, s.pending], dim=1)

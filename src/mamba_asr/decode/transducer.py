@@ -119,6 +119,40 @@ class GreedySearch(_FrameSearch):
         self.tokens: list[list[int]] = [[] for _ in range(batch)]
         self.frames: list[list[int]] = [[] for _ in range(batch)]
         self.frame = 0
+        self.base = [0] * batch  # frames each row had consumed before (``stack``)
+
+    @classmethod
+    def stack(cls, searches: list[GreedySearch]) -> GreedySearch:
+        """One search over the rows of ``searches`` (of one model), each row going on from where
+        its search was (its frames counted from its own start); ``unstack`` gives them back."""
+        first = searches[0]
+        new = cls.__new__(cls)
+        new.model, new.blank, new.max_symbols, new.ops = (
+            first.model, first.blank, first.max_symbols, first.ops,
+        )  # fmt: skip
+        new.pred = torch.cat([s.pred for s in searches])  # (B, J)
+        new.pstate = first.ops.cat([s.pstate for s in searches])
+        new.scores = torch.cat([s.scores for s in searches])  # (B,)
+        new.tokens = [t for s in searches for t in s.tokens]  # the same lists, appended to
+        new.frames = [f for s in searches for f in s.frames]
+        new.base = [s.frame + b for s in searches for b in s.base]
+        new.frame = 0
+        return new
+
+    def unstack(self, frames: list[int]) -> list[GreedySearch]:
+        """The rows as searches of one row each; ``frames[i]``: the frames row i consumed here."""
+        out = []
+        states = self.ops.split(self.pstate, [1] * len(self.tokens))
+        for i, pstate in enumerate(states):
+            row = GreedySearch.__new__(GreedySearch)
+            row.model, row.blank, row.max_symbols, row.ops = (
+                self.model, self.blank, self.max_symbols, self.ops,
+            )  # fmt: skip
+            row.pred, row.pstate, row.scores = self.pred[i : i + 1], pstate, self.scores[i : i + 1]
+            row.tokens, row.frames = [self.tokens[i]], [self.frames[i]]
+            row.frame, row.base = self.base[i] + frames[i], [0]
+            out.append(row)
+        return out
 
     def advance(self, enc_proj: Tensor, active: Tensor) -> None:
         """One frame: enc_proj (B, J); active (B,) bool, the utterances that have this frame."""
@@ -133,7 +167,7 @@ class GreedySearch(_FrameSearch):
             emitted = best[idx]  # (K,)
             for i, token in zip(idx.tolist(), emitted.tolist(), strict=True):
                 self.tokens[i].append(token)
-                self.frames[i].append(self.frame)
+                self.frames[i].append(self.frame + self.base[i])
             out, sub = self.model.predictor(emitted[:, None], self.ops.index(self.pstate, idx))
             self.pred = self.pred.index_copy(0, idx, self.model.joiner.project_predictor(out[:, 0]))
             self.pstate = self.ops.put(self.pstate, idx, sub)
