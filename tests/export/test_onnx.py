@@ -199,3 +199,36 @@ def test_transcribe_onnx_refuses_model_options(tmp_path, capsys):
     assert "--onnx DIR holds the model" in capsys.readouterr().err
     assert main(args) == 2
     assert "not an ONNX export" in capsys.readouterr().err
+
+
+def test_the_server_serves_an_export_as_it_transcribes_alone(tiny):
+    """``mamba-asr serve --onnx``: a WebSocket stream and an upload give the export's own
+    transcript."""
+    pytest.importorskip("uvicorn", reason='the server needs pip install "mamba-asr[serve]"')
+    pytest.importorskip("websockets", reason='the server needs pip install "mamba-asr[serve]"')
+    import io
+    import urllib.request
+
+    import soundfile as sf
+
+    from helpers.server import running_server, stream_file
+    from mamba_asr.serve.engine import Engine
+
+    _, folder = tiny
+    onnx_asr, wave = OnnxASR.load(folder), speech_like(3.0, seed=5)
+    options = DecodingOptions("greedy")
+    alone = onnx_asr.transcribe_waveform(wave, 16000, options)
+    assert alone.text  # the comparisons below compare something
+    with running_server(Engine(onnx_asr, "tiny-onnx", options)) as url:
+        messages, code, _ = stream_file(url, wave, 16000, fmt="float32")
+        assert code == 1000 and messages[-1]["text"] == alone.text
+        buf = io.BytesIO()
+        sf.write(buf, wave, 16000, format="FLAC")
+        body = (
+            b'--b0\r\nContent-Disposition: form-data; name="file"; filename="a.flac"\r\n\r\n'
+            + buf.getvalue() + b"\r\n--b0--\r\n"
+        )  # fmt: skip
+        headers = {"Content-Type": "multipart/form-data; boundary=b0"}
+        req = urllib.request.Request(url + "/v1/audio/transcriptions", body, headers)
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert json.loads(r.read())["text"] == alone.text

@@ -187,3 +187,20 @@ def test_streams_beyond_max_streams_are_refused_with_a_reason(url):
                 while True:
                     extra.recv(timeout=10)
             assert extra.close_code == 1013 and "busy" in extra.close_reason
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype"), [("WAV", "PCM_16"), ("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III")]
+)
+def test_uploads_in_other_formats(client, asr, fmt, subtype):
+    import io
+
+    wave, rate = sf.read(HELLO, dtype="float32")
+    buf = io.BytesIO()
+    try:
+        sf.write(buf, wave, rate, format=fmt, subtype=subtype)
+    except (sf.LibsndfileError, TypeError, ValueError) as exc:
+        pytest.skip(f"this libsndfile cannot write {fmt}: {exc}")
+    data = buf.getvalue()
+    result = client.audio.transcriptions.create(model="m", file=(f"hello.{fmt.lower()}", data))
+    assert result.text == mamba_asr.transcribe(asr, data, **OPTIONS).text
