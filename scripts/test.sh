@@ -15,7 +15,9 @@ say "ruff format --check"
 "$VENV/bin/ruff" format --check .
 say "pytest"
 status=0
-"$VPY" -m pytest -ra ${1+"$@"} || status=$?
+# one worker per core, each test file on one worker (its module fixtures built once);
+# MAMBA_ASR_TEST_WORKERS=0 runs in one process
+"$VPY" -m pytest -ra -n "${MAMBA_ASR_TEST_WORKERS:-auto}" --dist loadfile ${1+"$@"} || status=$?
 if [ "$status" -eq 5 ]; then
     die "pytest collected no tests"
 fi
