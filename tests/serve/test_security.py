@@ -150,3 +150,20 @@ def test_a_model_that_does_not_stream_serves_http_and_refuses_streams():
         assert status == 200 and json.loads(body)["duration"] == pytest.approx(0.5)
         code, reason = asyncio.run(close(url.replace("http", "ws") + "/v1/stream"))
         assert code == 1008 and "stream" in reason
+
+
+def test_an_idle_client_is_closed_with_a_reason(engine):
+    import asyncio
+
+    async def idle(url: str) -> tuple[int, str]:
+        async with websockets.connect(url) as ws:
+            try:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 30)
+            except websockets.ConnectionClosed:
+                return ws.close_code, ws.close_reason
+
+    with running_server(engine, idle_timeout_s=0.5) as url:
+        code, reason = asyncio.run(idle(url.replace("http", "ws") + "/v1/stream"))
+        assert code == 1008 and "nothing received" in reason
+        assert json.loads(request(url + "/health")[2])["streams"] == 0

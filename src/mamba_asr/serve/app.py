@@ -72,6 +72,7 @@ class ServeConfig:
     max_message_kb: int = 1024
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     deadline_ms: float = 10.0
+    idle_timeout_s: float = 60.0
     max_batch: int | None = None
 
     def __post_init__(self) -> None:
@@ -201,7 +202,7 @@ class Server:
         sender: asyncio.Task[None] | None = None
         try:
             slot = self.scheduler.open(AudioFormat())  # refused at once when full
-            first = await ws.receive()
+            first = await self._receive(ws)
             if first.get("text") is not None:
                 data = parse_text(first["text"])
                 if data["type"] == "config":
@@ -228,13 +229,23 @@ class Server:
             if slot is not None:
                 self.scheduler.release(slot)
 
+    async def _receive(self, ws: WebSocket) -> dict[str, Any]:
+        """The client's next message; a ``ProtocolError`` after ``idle_timeout_s`` of silence
+        (an idle client must not hold a stream forever)."""
+        try:
+            return await asyncio.wait_for(ws.receive(), self.config.idle_timeout_s)
+        except TimeoutError:
+            raise ProtocolError(
+                f"nothing received for {self.config.idle_timeout_s:g} s", CLOSE_POLICY
+            ) from None
+
     async def _read_loop(
         self, ws: WebSocket, slot: Slot, fmt: AudioFormat, first: dict[str, Any] | None
     ) -> None:
         """The client's messages until ``end`` or a disconnect; a ``ProtocolError`` for a bad
         one."""
         while True:
-            msg = first if first is not None else await ws.receive()
+            msg = first if first is not None else await self._receive(ws)
             first = None
             if msg["type"] == "websocket.disconnect":
                 return
