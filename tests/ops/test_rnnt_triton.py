@@ -99,10 +99,16 @@ def losses_and_grads(name: str, device: str, backend: str) -> dict[str, torch.Te
     simple = rnnt_loss_simple(lm, am, targets, tl, ul, blank, reduction="none", backend=backend)
     out["simple"], out["simple_post_blank"], out["simple_post_emit"] = simple
     out["d_simple_am"], out["d_simple_lm"] = torch.autograd.grad(simple.loss.sum(), (am, lm))
+    # each backend's prune ranges, on posteriors whose window sums are exact in any order (so
+    # both pick the same window)
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.randint(0, 64, (batch, frames, n_tok + 1), generator=g) / 64).to(device)
+    out["ranges"] = prune_ranges(q, q.flip(1), tl, ul, 3, backend=backend).float()
     for width in (4, n_tok + 1):
         # both backends prune on the torch backend's posteriors: the same band
         ref = rnnt_loss_simple(lm, am, targets, tl, ul, blank, reduction="none", backend="torch")
-        ranges = prune_ranges(ref.blank_posterior, ref.emit_posterior, tl, ul, max(width, 2))
+        ranges = prune_ranges(ref.blank_posterior, ref.emit_posterior, tl, ul, max(width, 2),
+                              backend="torch")  # fmt: skip
         width = ranges.shape[-1]
         band = logits.gather(2, ranges[..., None].expand(-1, -1, -1, vocab))  # (B, T, R, V)
         band = band.detach().requires_grad_()
@@ -130,7 +136,11 @@ def test_triton_interpreted_matches_torch(name):
     proc = subprocess.run([sys.executable, __file__, name], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     errs = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert all(e <= TOL for e in errs.values()), errs
+    # the triton backend computes the simple joint's log-probs in its own kernel, so they differ
+    # from PyTorch's by an ulp; a posterior exp(alpha + lp + beta - log P) then moves by about
+    # |log P| * 6e-8 relative (1.4e-5 at log P = -126 in b2_t5_u40_v6), and the gradients with it
+    assert all(e <= (TOL if is_loss(k) or k in ("alpha", "beta") else 10 * TOL)
+               for k, e in errs.items()), errs  # fmt: skip
 
 
 @pytest.mark.cuda

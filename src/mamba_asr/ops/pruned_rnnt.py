@@ -31,7 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mamba_asr.ops.rnnt_loss import REDUCTIONS, apply_reduction, resolve_rnnt_backend, rnnt_lattice
+from mamba_asr.ops.rnnt_loss import (
+    REDUCTIONS,
+    LatticeResult,
+    apply_reduction,
+    resolve_rnnt_backend,
+    rnnt_lattice,
+)
 
 __all__ = [
     "PrunedInputs",
@@ -117,6 +123,61 @@ def _simple_log_probs(lm: Tensor, am: Tensor, targets: Tensor, blank: int) -> tu
     return lp_blank, F.pad(lp_emit, (0, 1), value=float("-inf"))  # (B, T, U + 1) each
 
 
+class _SimpleTritonFn(torch.autograd.Function):
+    """The simple loss on the triton backend, with its gradient written out (few launches).
+
+    Forward: am_max and am_exp = exp(am - am_max) (one kernel), lm likewise, sums = am_exp @
+    lm_exp^T (B, T, U + 1), the move log-probs from them (one kernel), the lattice and the
+    posteriors (two kernels). Backward, with G = d loss / d (lp_blank, lp_emit) = -grad_out *
+    posteriors and W = (G_blank + G_emit) / sums (the part through the normalizer):
+        d am = -am_exp * (W @ lm_exp) + G_blank at the blank + G_emit at each y_u (summed over u)
+        d lm = -lm_exp * (W^T @ am_exp) + the same one-hot terms summed over t,
+    which is what autograd gives for ``_simple_log_probs`` (the shifts am_max, lm_max cancel):
+    one kernel for G and W, then a batched matmul and one kernel for each side.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, lm: Tensor, am: Tensor, targets: Tensor, logit_lengths: Tensor,
+        target_lengths: Tensor, blank: int,
+    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        from mamba_asr.ops.rnnt_triton import (
+            lattice_posteriors_triton,
+            row_max_exp_triton,
+            simple_grids_triton,
+        )
+
+        am32, lm32 = am.float().contiguous(), lm.float().contiguous()
+        am_max, am_exp = row_max_exp_triton(am32)  # (B, T, 1), (B, T, V)
+        lm_max, lm_exp = row_max_exp_triton(lm32)  # (B, U + 1, 1), (B, U + 1, V)
+        with _autocast_off(am.device):
+            sums = torch.bmm(am_exp, lm_exp.transpose(1, 2))  # (B, T, U + 1)
+        targets = targets.contiguous()
+        lp_blank, lp_emit = simple_grids_triton(am32, lm32, targets, sums, am_max, lm_max, blank)
+        nll, post_blank, post_emit = lattice_posteriors_triton(
+            lp_blank, lp_emit, logit_lengths, target_lengths
+        )
+        ctx.save_for_backward(am_exp, lm_exp, sums, post_blank, post_emit, targets)
+        ctx.blank = blank
+        ctx.dtypes = (lm.dtype, am.dtype)
+        ctx.mark_non_differentiable(post_blank, post_emit)
+        return nll, post_blank, post_emit
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+        from mamba_asr.ops.rnnt_triton import simple_grads_triton
+
+        am_exp, lm_exp, sums, post_blank, post_emit, targets = ctx.saved_tensors
+        with _autocast_off(am_exp.device):
+            d_am, d_lm = simple_grads_triton(
+                am_exp, lm_exp, sums, post_blank, post_emit, targets, grad_out, ctx.blank,
+                need_am=ctx.needs_input_grad[1], need_lm=ctx.needs_input_grad[0],
+            )  # fmt: skip
+        d_lm = None if d_lm is None else d_lm.to(ctx.dtypes[0])
+        d_am = None if d_am is None else d_am.to(ctx.dtypes[1])
+        return d_lm, d_am, None, None, None, None
+
+
 def rnnt_loss_simple(
     lm: Tensor,
     am: Tensor,
@@ -135,7 +196,8 @@ def rnnt_loss_simple(
     target_lengths: (B,). Equals ``rnnt_loss(am[:, :, None] + lm[:, None], ...)`` in value and
     gradient; memory is O(B T U + B (T + U) V). return_grad: also return the move posteriors
     that ``prune_ranges`` needs (computed in the forward pass anyway, so they are free).
-    backend: "auto", "torch" or "triton" for the lattice recursions (``rnnt_loss.rnnt_lattice``).
+    backend: "auto", "torch" or "triton" (on "triton" the normalizer, log-probs, lattice and
+    gradient run as kernels: ``_SimpleTritonFn``).
     """
     if am.dim() != 3 or lm.dim() != 3 or am.shape[::2] != lm.shape[::2]:
         raise ValueError(
@@ -146,8 +208,13 @@ def rnnt_loss_simple(
     _check_lengths(batch, logit_lengths, target_lengths)
     _check_reduction(reduction)
     backend = resolve_rnnt_backend(backend, am.device)
-    lp_blank, lp_emit = _simple_log_probs(lm, am, targets, blank % vocab)
-    res = rnnt_lattice(lp_blank, lp_emit, logit_lengths, target_lengths, backend)
+    if backend == "triton":
+        res = LatticeResult(
+            *_SimpleTritonFn.apply(lm, am, targets, logit_lengths, target_lengths, blank % vocab)
+        )
+    else:
+        lp_blank, lp_emit = _simple_log_probs(lm, am, targets, blank % vocab)
+        res = rnnt_lattice(lp_blank, lp_emit, logit_lengths, target_lengths, backend)
     loss = apply_reduction(res.nll, reduction).to(am.dtype)
     if not return_grad:
         return SimpleLoss(loss, None, None)
@@ -169,6 +236,7 @@ def prune_ranges(
     logit_lengths: Tensor,
     target_lengths: Tensor,
     s_range: int,
+    backend: str = "auto",
 ) -> Tensor:
     """The band of tokens each frame keeps: (B, T, R) long, ranges[b, t] = s_t + arange(R).
 
@@ -180,6 +248,9 @@ def prune_ranges(
     s_{t+1} - s_t <= R - 1 so that a path can stay inside (earlier frames move up where a later
     one jumps). That is possible when U_b <= (R - 1) * T_b; otherwise no path fits in any band and
     the pruned loss of that utterance is inf.
+    backend: "triton" (what "auto" means on CUDA tensors, up to 8192 frames) does all of it in one
+    kernel (``ops.rnnt_triton.prune_ranges_triton``); its window sums are added in another order,
+    so where two windows hold the same mass up to rounding either may be chosen.
     """
     if s_range < 2:
         raise ValueError(f"s_range must be >= 2, got {s_range}")
@@ -187,6 +258,12 @@ def prune_ranges(
     _check_lengths(batch, logit_lengths, target_lengths)
     width = min(s_range, u1)
     device = blank_posterior.device
+    if resolve_rnnt_backend(backend, device) == "triton" and frames <= 8192:
+        from mamba_asr.ops.rnnt_triton import prune_ranges_triton
+
+        return prune_ranges_triton(
+            blank_posterior, emit_posterior, logit_lengths, target_lengths, width
+        )
     mass = (blank_posterior + emit_posterior).float()  # (B, T, U + 1)
     cum = F.pad(mass.cumsum(-1), (1, 0))  # (B, T, U + 2)
     windows = cum[..., width:] - cum[..., :-width]  # (B, T, U + 2 - R): mass of [s, s + R)
@@ -241,6 +318,38 @@ class _BandLogProbsFn(torch.autograd.Function):
         return grad.to(logits.dtype), None, None
 
 
+class _PrunedTritonFn(torch.autograd.Function):
+    """The pruned loss on the triton backend, in band coordinates: log-probs of the band rows
+    (one kernel over V), the lattice over the (B, T, R) band itself, not a (B, T, U + 1) grid
+    (two kernels: tables, posteriors), and in the backward the (B, T, R, V) gradient in one
+    kernel. Saves the logits, (B, T, R) logsumexp, symbols and posteriors."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: Tensor, targets: Tensor, ranges: Tensor, logit_lengths: Tensor,
+        target_lengths: Tensor, blank: int,
+    ) -> Tensor:  # fmt: skip
+        from mamba_asr.ops.rnnt_triton import band_lattice_triton, band_logprobs_triton
+
+        x = logits.contiguous()
+        lse, lp_blank, lp_emit, sym = band_logprobs_triton(x, ranges, targets, blank)
+        starts = ranges[:, :, 0]
+        nll, post_blank, post_emit = band_lattice_triton(
+            lp_blank, lp_emit, starts, logit_lengths, target_lengths, u1=targets.shape[1] + 1
+        )
+        ctx.save_for_backward(x, lse, sym, post_blank, post_emit)
+        ctx.blank = blank
+        return nll
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        from mamba_asr.ops.rnnt_triton import band_grad_triton
+
+        x, lse, sym, post_blank, post_emit = ctx.saved_tensors
+        grad = band_grad_triton(x, lse, sym, post_blank, post_emit, grad_out, ctx.blank)
+        return grad, None, None, None, None, None
+
+
 def rnnt_loss_pruned(
     logits: Tensor,
     targets: Tensor,
@@ -255,10 +364,12 @@ def rnnt_loss_pruned(
 
     logits: (B, T, R, V) joiner outputs on the band (any float dtype, computed in fp32), row r of
     frame t being token position ranges[b, t, r]; targets: (B, U); ranges: (B, T, R) from
-    ``prune_ranges`` (R <= U + 1, distinct positions <= U in each frame); logit_lengths,
-    target_lengths: (B,). With R = U + 1 it is ``rnnt_loss`` of the full logits. The band's
-    log-probs are scattered into a -inf (B, T, U + 1) grid (no V in it) for the lattice recursion.
-    backend: "auto", "torch" or "triton" for that recursion (``rnnt_loss.rnnt_lattice``).
+    ``prune_ranges`` (R <= U + 1, consecutive positions s_t .. s_t + R - 1 <= U in each frame;
+    the triton backend works in band coordinates and gives NaN for other ranges); logit_lengths,
+    target_lengths: (B,). With R = U + 1 it is ``rnnt_loss`` of the full logits. "torch": the
+    band's log-probs are scattered into a -inf (B, T, U + 1) grid (no V in it) for the lattice
+    recursion; "triton": the recursion runs over the (B, T, R) band itself (``_PrunedTritonFn``).
+    backend: "auto", "torch" or "triton" (``rnnt_loss.resolve_rnnt_backend``).
     Returns the loss in the logits' dtype.
     """
     if logits.dim() != 4 or ranges.shape != logits.shape[:3]:
@@ -275,6 +386,9 @@ def rnnt_loss_pruned(
     if width > n_tok + 1:
         raise ValueError(f"the band ({width}) is wider than the lattice (U + 1 = {n_tok + 1})")
     blank = blank % vocab
+    if backend == "triton":
+        nll = _PrunedTritonFn.apply(logits, targets, ranges, logit_lengths, target_lengths, blank)
+        return apply_reduction(nll, reduction).to(logits.dtype)
     ranges = ranges.long()
     padded = F.pad(targets.long(), (0, 1), value=blank)  # (B, U + 1): no token after the last
     symbols = padded.gather(1, ranges.reshape(batch, -1)).view(batch, frames, width)  # (B, T, R)

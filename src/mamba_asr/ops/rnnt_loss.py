@@ -16,11 +16,12 @@ Three parts, as every op here:
 
 Backends of the alpha / beta recursions (``backend=`` of every loss here, or the environment
 variable MAMBA_ASR_RNNT_BACKEND when the argument is "auto"): "torch", the anti-diagonal loop
-above, and "triton" (``ops.rnnt_triton``), each table in one kernel launch, for CUDA tensors (CPU
+above, and "triton" (``ops.rnnt_triton``), both tables in one kernel launch, for CUDA tensors (CPU
 tensors only under TRITON_INTERPRET=1). "auto" is "triton" on CUDA tensors where triton is
 installed (on the H100 it makes the pruned loss 36x and the full loss 8.8x faster than "torch":
-docs/benchmarks.md) and "torch" everywhere else. The loss and the gradients are the same PyTorch
-code for both: only the alpha / beta tables come from the kernels. ``lattice_torch`` and
+docs/benchmarks.md) and "torch" everywhere else. For the full loss only the alpha / beta tables
+come from the kernels; ``rnnt_lattice`` also takes its posteriors from a kernel, and the simple
+and pruned losses of ``ops.pruned_rnnt`` run kernels of their own there. ``lattice_torch`` and
 ``ops.rnnt_triton.lattice_triton`` (same arguments) give those tables of each backend.
 
 Everything inside runs in fp32, whatever the logits' dtype; the loss comes back in the logits' dtype.
@@ -289,6 +290,30 @@ class _LatticeFn(torch.autograd.Function):
         return scale * post_blank, scale * post_emit, None, None, None, None
 
 
+class _LatticeTritonFn(torch.autograd.Function):
+    """``_LatticeFn`` on the triton backend: the alpha and beta tables in one launch, then the
+    posteriors and -log P(y|x) in another (``ops.rnnt_triton.lattice_posteriors_triton``)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, lp_blank: Tensor, lp_emit: Tensor, logit_lengths: Tensor, target_lengths: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        from mamba_asr.ops.rnnt_triton import lattice_posteriors_triton
+
+        nll, post_blank, post_emit = lattice_posteriors_triton(
+            lp_blank, lp_emit, logit_lengths, target_lengths
+        )
+        ctx.save_for_backward(post_blank, post_emit)
+        ctx.mark_non_differentiable(post_blank, post_emit)
+        return nll, post_blank, post_emit
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+        post_blank, post_emit = ctx.saved_tensors
+        scale = -grad_out.float()[:, None, None]
+        return scale * post_blank, scale * post_emit, None, None
+
+
 def rnnt_lattice(
     lp_blank: Tensor,
     lp_emit: Tensor,
@@ -307,6 +332,10 @@ def rnnt_lattice(
     backend: "auto", "torch" or "triton" for the alpha / beta recursions (module docstring).
     """
     backend = resolve_rnnt_backend(backend, lp_blank.device)
+    if backend == "triton":
+        return LatticeResult(
+            *_LatticeTritonFn.apply(lp_blank, lp_emit, logit_lengths, target_lengths)
+        )
     frames, u1 = lp_blank.shape[1:]
     valid, final = _valid_masks(frames, u1, logit_lengths, target_lengths, lp_blank.device)
     lengths = (logit_lengths, target_lengths)
