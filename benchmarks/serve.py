@@ -54,7 +54,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, one_at_a_time: bool, log) -> tuple[subprocess.Popen, str]:
+def start_server(
+    args: argparse.Namespace, one_at_a_time: bool, log
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "mamba_asr", "serve", "--port", str(port), "--max-streams",
            "512", "--strategy", args.strategy, "--threads", str(args.threads)]  # fmt: skip
@@ -87,7 +89,9 @@ async def one_stream(ws_url: str, audio: np.ndarray, delay: float) -> dict:
                 msg = json.loads(raw)
                 now = time.monotonic()
                 if msg["type"] == "partial":
-                    k = min(max(int(np.ceil(msg["decoded"] / PACKET_S - 1e-9)) - 1, 0), len(sent) - 1)
+                    k = min(
+                        max(int(np.ceil(msg["decoded"] / PACKET_S - 1e-9)) - 1, 0), len(sent) - 1
+                    )
                     latencies.append((msg["decoded"], now - sent[k]))
                 elif msg["type"] == "done":
                     done_at = now
@@ -135,7 +139,9 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load "
           f"{os.getloadavg()[0]:.1f}; {args.seconds:g} s per stream, {args.strategy}, "
           f"server threads {args.threads}")  # fmt: skip
-    print(f"{'mode':>14} {'streams':>7} {'kept up':>7} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7}  ok")
+    print(
+        f"{'mode':>14} {'streams':>7} {'kept up':>7} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7}  ok"
+    )
     rows, capacity = [], {}
     for mode in args.modes:
         with tempfile.TemporaryFile() as log:
