@@ -199,3 +199,58 @@ def test_transcribe_onnx_refuses_model_options(tmp_path, capsys):
     assert "--onnx DIR holds the model" in capsys.readouterr().err
     assert main(args) == 2
     assert "not an ONNX export" in capsys.readouterr().err
+
+
+def eval_set(folder: Path) -> Path:
+    """Three utterances of speech-like sound (lengths 1.3-2.9 s) and their manifest."""
+    import soundfile as sf
+
+    folder.mkdir()
+    lines = []
+    for i, seconds in enumerate((2.9, 1.3, 2.1)):
+        sf.write(folder / f"u{i}.wav", speech_like(seconds, seed=i), 16000)
+        lines.append(json.dumps({"id": f"u{i}", "audio": f"u{i}.wav", "text": "AB A",
+                                 "duration": seconds}))  # fmt: skip
+    (folder / "all.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "all.jsonl"
+
+
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_eval_onnx_gives_what_pytorch_gives(tiny, tmp_path, capsys, stream):
+    from mamba_asr.cli import main
+
+    asr, folder = tiny
+    model = tmp_path / "model.pt"
+    asr.save(model)
+    manifest = eval_set(tmp_path / "dev")
+    common = [str(manifest), "--lm", asr.shipped_lm, "--beam-size", "4", "--json", *stream]
+    outs = []
+    for engine in (["--model", str(model)], ["--onnx", str(folder)]):
+        hyps = tmp_path / f"h{len(outs)}.jsonl"
+        assert main(["eval", *common, *engine, "--hyps", str(hyps)]) == 0
+        result = json.loads(capsys.readouterr().out.splitlines()[-1])
+        outs.append((result["wer"], result["cer"], result["utterances"], hyps.read_text()))
+    assert outs[0] == outs[1]
+    assert any(json.loads(line)["hyp"] for line in outs[0][3].splitlines())
+
+
+def test_eval_onnx_writes_hypotheses_in_the_export_folder(tiny, tmp_path, capsys):
+    from mamba_asr.cli import main
+    from mamba_asr.evaluate import hypotheses_name
+
+    _, folder = tiny
+    manifest = eval_set(tmp_path / "dev")
+    args = ["eval", str(manifest), "--onnx", str(folder), "--strategy", "greedy"]
+    try:
+        assert main([*args, "--int8", "--stream", "--chunk-ms", "640"]) == 0
+        hyps = folder / hypotheses_name(manifest, "stream", "int8")
+        assert hyps.name.endswith("-stream-int8.jsonl") and hyps.is_file()
+        assert f"hypotheses: {hyps}" in capsys.readouterr().out
+    finally:
+        for path in folder.glob("hyps-*.jsonl"):
+            path.unlink()
+    assert main([*args, "--chunk-ms", "640"]) == 2
+    assert "--chunk-ms applies to --stream only" in capsys.readouterr().err
+    assert main([*args, "--stream", "--chunk-ms", "10"]) == 2
+    assert "chunk_ms must be at least 80" in capsys.readouterr().err
+    assert not list(folder.glob("hyps-*.jsonl"))
