@@ -215,14 +215,25 @@ def _export_graphs(asr: nn.Module, folder: Path) -> dict[str, Any]:
     return {"encoder_state": enc_layout, "predictor_state": pred_layout, "joiner_dim": joiner_dim}
 
 
+# What the int8 graphs quantize: the matrix products only (MatMul, and Gemm, which the tool
+# turns into one). Quantizing the convolutions too (onnxruntime's default) made the encoder
+# slower on the CPU, not faster (ConvInteger on depthwise convolutions of 4-frame chunks), and
+# the predictor 3x slower (docs/benchmarks.md).
+QUANTIZED_OPS = ["MatMul"]
+
+
 def _quantize(folder: Path) -> None:
-    """``*.int8.onnx`` beside each graph: int8 weights, dynamic activation quantization."""
+    """``*.int8.onnx`` beside each graph: int8 weights of the matrix products (per tensor,
+    signed), activations quantized dynamically."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.disable(logging.WARNING)  # its advice to pre-process, on the root logger
     try:
         for name in GRAPHS.values():
-            quantize_dynamic(folder / name, folder / int8_name(name), weight_type=QuantType.QInt8)
+            quantize_dynamic(
+                folder / name, folder / int8_name(name), weight_type=QuantType.QInt8,
+                op_types_to_quantize=QUANTIZED_OPS,
+            )  # fmt: skip
     finally:
         logging.disable(logging.NOTSET)
 
