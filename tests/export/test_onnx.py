@@ -70,6 +70,16 @@ def test_export_writes_graphs_tokenizer_features_and_config(tiny):
     assert config["model"]["subsampling"] == 8 and config["lm"] == "lm.npz"
 
 
+def test_int8_quantizes_matrix_products_but_the_scan_step_sizes(tiny):
+    import onnx
+
+    _, folder = tiny
+    ops = [n.op_type for n in onnx.load(str(folder / "encoder.int8.onnx")).graph.node]
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    assert "ConvInteger" not in ops and "Conv" in ops
+    assert ops.count("MatMul") == 2  # the one Mamba block's x_proj and dt_proj, fp32
+
+
 @pytest.mark.parametrize("frames", [1, 8, 13, 32])
 def test_encoder_chunks_equal_forward_chunk(tiny, frames):
     asr, folder = tiny

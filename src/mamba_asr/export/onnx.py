@@ -299,16 +299,47 @@ def _export_graphs(asr: nn.Module, folder: Path) -> dict[str, Any]:
     return {"encoder_state": enc_layout, "predictor_state": pred_layout, "joiner_dim": joiner_dim}
 
 
-# What the int8 graphs quantize: the matrix products only (MatMul, and Gemm, which the tool
-# turns into one). Quantizing the convolutions too (onnxruntime's default) made the encoder
-# slower on the CPU, not faster (ConvInteger on depthwise convolutions of 4-frame chunks), and
-# the predictor 3x slower (docs/benchmarks.md).
+# What the int8 graphs quantize: the matrix products (MatMul, and Gemm, which the tool turns
+# into one), but not those that make the selective scan's step sizes (each Mamba block's
+# x_proj and dt_proj: dt enters exp(dt A), where an int8 error is amplified; small matrices,
+# so keeping them fp32 costs no speed). The convolutions stay fp32: quantized (onnxruntime's
+# default) the encoder was no faster and the predictor 3x slower (docs/export.md#int8).
 QUANTIZED_OPS = ["MatMul"]
 
 
-def _quantize(folder: Path) -> None:
+def scan_step_weights(model: nn.Module) -> list[np.ndarray]:
+    """The weights of every Mamba block's x_proj and dt_proj, as their MatMuls hold them
+    (in, out): what the int8 graphs keep in fp32."""
+    return [
+        module.weight.detach().cpu().float().numpy().T
+        for name, module in model.named_modules()
+        if name.rsplit(".", 1)[-1] in ("x_proj", "dt_proj") and isinstance(module, nn.Linear)
+    ]
+
+
+def _matmuls_with(path: Path, weights: list[np.ndarray]) -> list[str]:
+    """The names of the MatMul nodes of the graph at ``path`` whose weight is one of
+    ``weights`` (by shape, then value)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    shapes = {w.shape for w in weights}
+    found = []
+    for node in graph.node:
+        init = inits.get(node.input[1]) if node.op_type == "MatMul" else None
+        if init is None or tuple(init.dims) not in shapes:
+            continue
+        value = numpy_helper.to_array(init)
+        if any(w.shape == value.shape and np.array_equal(w, value) for w in weights):
+            found.append(node.name)
+    return found
+
+
+def _quantize(folder: Path, keep_fp32: list[np.ndarray]) -> None:
     """``*.int8.onnx`` beside each graph: int8 weights of the matrix products (per tensor,
-    signed), activations quantized dynamically."""
+    signed) but those of ``keep_fp32``, activations quantized dynamically."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.disable(logging.WARNING)  # its advice to pre-process, on the root logger
@@ -317,6 +348,7 @@ def _quantize(folder: Path) -> None:
             quantize_dynamic(
                 folder / name, folder / int8_name(name), weight_type=QuantType.QInt8,
                 op_types_to_quantize=QUANTIZED_OPS,
+                nodes_to_exclude=_matmuls_with(folder / name, keep_fp32),
             )  # fmt: skip
     finally:
         logging.disable(logging.NOTSET)
@@ -400,7 +432,7 @@ def export_onnx(
         finally:
             asr.train(was_training)
         if int8:
-            _quantize(tmp)
+            _quantize(tmp, scan_step_weights(asr.model))
         asr.tokenizer.save(tmp / TOKENIZER_DIR)
         if lm is not None:
             shutil.copyfile(lm, tmp / LM_FILE)
