@@ -7,8 +7,8 @@ check, see ``mamba_asr.selfcheck``), ``model-info`` (parameters and layers of a 
 ``synth`` (a LibriSpeech-layout corpus spoken by TTS engines, see ``mamba_asr.data.synth``) and
 ``export onnx`` (a streaming transducer as ONNX graphs, see ``mamba_asr.export.onnx``) and
 ``export coreml`` (a stateful Core ML package, see ``mamba_asr.export.coreml``) and
-``transcribe`` (audio files to txt/json/srt/vtt, see ``mamba_asr.transcription``; with ``--onnx
-DIR`` on onnxruntime, see ``mamba_asr.runtime.onnx``; a bad file is
+``transcribe`` (audio files to txt/json/srt/vtt, see ``mamba_asr.transcription``; ``transcribe``
+and ``eval`` with ``--onnx DIR`` run on onnxruntime, see ``mamba_asr.runtime.onnx``; a bad file is
 one error line, the others go on, exit code 1; ``--stream`` decodes as the file is read and,
 when stderr is a terminal, shows the partial transcript there on one line rewritten in place,
 while stdout only ever gets final results). ``transcribe`` and ``eval`` use the bundled model
@@ -494,9 +494,27 @@ def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help:
     _add_decoding_args(ev)
     ev.add_argument("--ctc-weight", type=float, default=0.4, help="seq2seq joint decoding (0.4)")
     ev.add_argument("--batch-seconds", type=float, default=60.0, help="audio per batch (60)")
+    ev.add_argument(
+        "--stream", action="store_true",
+        help="decode each utterance as a stream, --chunk-ms at a time with the endpoint rule, "
+        "as 'transcribe --stream' does (streaming transducer models only); the default decodes "
+        "each utterance whole, as one segment",
+    )  # fmt: skip
+    ev.add_argument(
+        "--chunk-ms", type=float, default=None, metavar="MS",
+        help=f"with --stream: audio per streaming step ({STREAM_CHUNK_MS:g})",
+    )  # fmt: skip
     ev.add_argument("--device", default=None, help=device_help)
     _add_backend_arg(ev)
-    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ev.add_argument(
+        "--threads", type=int, default=None,
+        help="torch CPU threads (with --onnx: onnxruntime's intra-op threads)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--onnx", default=None, metavar="DIR",
+        help="decode with onnxruntime from DIR (mamba-asr export onnx) instead of PyTorch",
+    )  # fmt: skip
+    ev.add_argument("--int8", action="store_true", help="with --onnx: the int8 graphs")
     ev.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     ev.add_argument(
         "--strict", action="store_true",
@@ -883,9 +901,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mamba_asr.pretrained import MODELS
 
     _set_threads(args.threads)
-    name = hypotheses_name(args.data)
+    if args.chunk_ms is not None and not args.stream:
+        raise ValueError("--chunk-ms applies to --stream only")
+    chunk_ms = (args.chunk_ms or STREAM_CHUNK_MS) if args.stream else None
+    tags = [t for t, on in (("stream", args.stream), ("int8", args.int8)) if on]
+    name = hypotheses_name(args.data, *tags)
     bundled = args.model is None or args.model in MODELS  # not beside the installed package
-    hyps = args.hyps or (Path(name) if bundled else Path(args.model).with_name(name))
+    if args.onnx is not None:  # in the export's folder
+        hyps = args.hyps or Path(args.onnx) / name
+    else:
+        hyps = args.hyps or (Path(name) if bundled else Path(args.model).with_name(name))
     lm = None if args.lm in ("auto", "none") else args.lm
     inputs = [args.data, lm, None if bundled else args.model]
     check_output(hyps, "--hyps", inputs, args.overwrite)
@@ -893,7 +918,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     asr = _load_asr(args)
     options = _decoding_options(args, asr, ctc_weight=args.ctc_weight)
     result = evaluate(asr, test_set.utterances, hyps, options, args.batch_seconds,
-                      sys.stderr.isatty(), args.strict)  # fmt: skip
+                      sys.stderr.isatty(), args.strict, chunk_ms)  # fmt: skip
     result = dataclasses.replace(result, skipped=result.skipped + test_set.skipped)
     print(f"WER {100 * result.wer:.2f}%  CER {100 * result.cer:.2f}%  "
           f"utterances {result.utterances}  audio {result.audio_seconds:.1f} s  "

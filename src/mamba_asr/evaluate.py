@@ -6,6 +6,16 @@ A test set is a JSONL manifest or a LibriSpeech-layout folder (SPEAKER/CHAPTER/*
 time (feature extraction, model and search, audio loading excluded) over the seconds of audio
 decoded (the samples read, not the durations the manifest declares).
 
+How an utterance is decoded:
+
+- offline (``chunk_ms=None``), a PyTorch model: the batch at once (``ASR.transcribe_batch``),
+  each utterance as one segment;
+- offline, an ONNX export (``mamba_asr.runtime.onnx.OnnxASR``): each utterance as one stream
+  with the endpoint rule off, so also one segment, the same search as PyTorch's;
+- streaming (``chunk_ms``, a model that streams): each utterance as
+  ``mamba-asr transcribe --stream`` decodes a file, ``chunk_ms`` of audio per step with the
+  endpoint rule, in PyTorch (``transcription.transcribe_waveform``) or onnxruntime.
+
 Bad audio (missing, corrupt, ... : ``AudioError``) is skipped with one WARNING line naming the
 file and counted, or with ``strict`` stops the evaluation; either way the hypotheses decoded
 before it are written. A reference that normalises to nothing (only punctuation) has no words
@@ -19,14 +29,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mamba_asr.asr import ASR
+from mamba_asr.asr import ASR, eval_mode
 from mamba_asr.atomic import atomic_write_text
 from mamba_asr.audio import load_audio
 from mamba_asr.audio.io import AudioError
@@ -38,6 +49,8 @@ from mamba_asr.data import (
     scan_librispeech,
 )
 from mamba_asr.decode import DecodingOptions
+from mamba_asr.decode.endpoint import EndpointConfig
+from mamba_asr.runtime.onnx import OnnxASR
 from mamba_asr.text import error_rates, normalize_transcript
 
 log = logging.getLogger(__name__)
@@ -61,9 +74,10 @@ class EvalResult:
     unscored: int = 0
 
 
-def hypotheses_name(test_set: str | Path) -> str:
-    """``hyps-<folder>-<name>-<hash>.jsonl``: the test set's folder and file name (without
-    ``.jsonl``) and 8 hex digits of the SHA-1 of its absolute path (links resolved).
+def hypotheses_name(test_set: str | Path, *tags: str) -> str:
+    """``hyps-<folder>-<name>-<hash>[-<tag>...].jsonl``: the test set's folder and file name
+    (without ``.jsonl``), 8 hex digits of the SHA-1 of its absolute path (links resolved) and
+    ``tags`` (how it was decoded: ``stream``, ``int8``).
 
     ``data/dev/all.jsonl`` gives ``hyps-dev-all-<hash>.jsonl`` and ``data/test/all.jsonl``
     ``hyps-test-all-<hash>.jsonl``; the same set always gets the same name, two sets never do.
@@ -71,7 +85,7 @@ def hypotheses_name(test_set: str | Path) -> str:
     path = Path(test_set).resolve()
     digest = hashlib.sha1(os.fsencode(path)).hexdigest()[:8]
     name = path.name.removesuffix(".jsonl")
-    return "-".join(p for p in ("hyps", path.parent.name, name, digest) if p) + ".jsonl"
+    return "-".join(p for p in ("hyps", path.parent.name, name, digest, *tags) if p) + ".jsonl"
 
 
 def read_test_set(path: str | Path, skip_bad: bool = False) -> ScanResult:
@@ -116,29 +130,34 @@ class _Decoded:
 
 
 def evaluate(
-    asr: ASR,
+    asr: ASR | OnnxASR,
     utterances: Sequence[Utterance],
     hypotheses_path: str | Path | None = None,
     options: DecodingOptions | None = None,
     batch_seconds: float = 60.0,
     progress: bool = False,
     strict: bool = False,
+    chunk_ms: float | None = None,
 ) -> EvalResult:
-    """Decode ``utterances`` with ``asr`` and score them against their texts.
+    """Decode ``utterances`` with ``asr`` (a bundle, or an ONNX export on onnxruntime) and
+    score them against their texts.
 
     References and hypotheses are compared after ``normalize_transcript`` (LibriSpeech style).
     ``hypotheses_path``: a JSONL file, one {"id", "ref", "hyp", "duration"} per decoded
-    utterance, in test-set order. Bad audio: see the module docstring. ValueError when no
-    utterance can be scored (none decoded, or every reference empty).
+    utterance, in test-set order. ``chunk_ms``: decode each utterance as a stream in steps of
+    this much audio (see the module docstring; a model that does not stream is a ValueError).
+    Bad audio: see the module docstring. ValueError when no utterance can be scored (none
+    decoded, or every reference empty).
     """
     if not utterances:
         raise ValueError("the test set has no utterances")
     refs = [normalize_transcript(u.text) for u in utterances]
     if not any(refs):
         raise ValueError(f"none of the {len(refs)} references has words after normalisation")
+    decode = _decoder(asr, asr.resolve_options(options), chunk_ms)
     done = _Decoded({}, {})
     try:
-        _decode_all(asr, utterances, options, batch_seconds, progress, strict, done)
+        _decode_all(asr, utterances, decode, batch_seconds, progress, strict, done)
     except AudioError as exc:  # strict: keep what was decoded, and say where
         kept = _write_hypotheses(hypotheses_path, utterances, refs, done)
         raise AudioError(exc.path, exc.problem + kept) from None
@@ -150,23 +169,65 @@ def evaluate(
     return _score(utterances, refs, done, asr.sample_rate)
 
 
+Decoder = Callable[[list[np.ndarray]], list[str]]
+
+
+def _decoder(asr: ASR | OnnxASR, options: DecodingOptions, chunk_ms: float | None) -> Decoder:
+    """Waveforms at the model's rate -> their texts, as the module docstring says; a model
+    that does not stream, or a chunk too short for it, is a ValueError here, before any work."""
+    if isinstance(asr, OnnxASR):
+        endpoint = EndpointConfig(enabled=chunk_ms is not None)
+        if chunk_ms is not None:
+            asr.create_stream(options, chunk_ms)  # a chunk too short: one line
+
+        def onnx(waves: list[np.ndarray]) -> list[str]:
+            return [
+                asr.transcribe_waveform(
+                    w, options=options, chunk_ms=chunk_ms, endpoint=endpoint
+                ).text
+                for w in waves
+            ]
+
+        return onnx
+    if chunk_ms is not None:
+        asr.create_stream(options, chunk_ms)  # a model that does not stream: one line
+
+        def stream(waves: list[np.ndarray]) -> list[str]:
+            streams = [asr.create_stream(options, chunk_ms) for _ in waves]
+            for s, w in zip(streams, waves, strict=True):
+                s.accept_waveform(asr.sample_rate, w)
+            with eval_mode(asr):
+                asr.decode_streams(streams)  # whole chunks, the streams in one batch
+                return [s.finish().text for s in streams]  # each one's last chunk
+
+        return stream
+    device = next(asr.parameters()).device
+
+    def batch(waves: list[np.ndarray]) -> list[str]:
+        padded, lengths = _pad([torch.from_numpy(w) for w in waves])
+        return asr.transcribe_batch(padded.to(device), lengths.to(device), options)
+
+    return batch
+
+
 def _decode_all(
-    asr: ASR,
+    asr: ASR | OnnxASR,
     utterances: Sequence[Utterance],
-    options: DecodingOptions | None,
+    decode: Decoder,
     batch_seconds: float,
     progress: bool,
     strict: bool,
     done: _Decoded,
 ) -> None:
     """Decode batch by batch into ``done``; bad audio is skipped (``strict``: raised)."""
-    device = next(asr.parameters()).device
+    device = None if isinstance(asr, OnnxASR) else next(asr.parameters()).device
+    cuda = device is not None and device.type == "cuda"
     batches = _batches(utterances, batch_seconds)
     for batch in tqdm(batches, desc="decoding", unit="batch", disable=not progress):
         waves, kept = [], []
         for i in batch:
             try:
-                waves.append(torch.from_numpy(load_audio(utterances[i].audio, asr.sample_rate)))
+                waves.append(load_audio(utterances[i].audio, asr.sample_rate))
             except AudioError as exc:
                 if strict:
                     raise
@@ -176,16 +237,15 @@ def _decode_all(
             kept.append(i)
         if not kept:
             continue
-        padded, lengths = _pad(waves)
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        texts = asr.transcribe_batch(padded.to(device), lengths.to(device), options)
-        if device.type == "cuda":
+        texts = decode(waves)
+        if cuda:
             torch.cuda.synchronize(device)
         done.seconds += time.perf_counter() - start
         done.hyps.update(zip(kept, texts, strict=True))
-        done.samples.update(zip(kept, lengths.tolist(), strict=True))
+        done.samples.update(zip(kept, (w.shape[0] for w in waves), strict=True))
 
 
 def _write_hypotheses(

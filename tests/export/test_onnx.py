@@ -70,6 +70,16 @@ def test_export_writes_graphs_tokenizer_features_and_config(tiny):
     assert config["model"]["subsampling"] == 8 and config["lm"] == "lm.npz"
 
 
+def test_int8_quantizes_matrix_products_but_the_scan_step_sizes(tiny):
+    import onnx
+
+    _, folder = tiny
+    ops = [n.op_type for n in onnx.load(str(folder / "encoder.int8.onnx")).graph.node]
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    assert "ConvInteger" not in ops and "Conv" in ops
+    assert ops.count("MatMul") == 2  # the one Mamba block's x_proj and dt_proj, fp32
+
+
 @pytest.mark.parametrize("frames", [1, 8, 13, 32])
 def test_encoder_chunks_equal_forward_chunk(tiny, frames):
     asr, folder = tiny
@@ -124,10 +134,32 @@ for strategy in ("greedy", "beam"):
     print(asr.transcribe_file(sys.argv[2], DecodingOptions(strategy=strategy)).to_json())
 print(asr.transcribe_file(sys.argv[2], chunk_ms=320).to_json())
 assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules if sys.modules[m])
+import mamba_asr
+assert mamba_asr.__file__.startswith(sys.argv[3]), mamba_asr.__file__  # not src/
 """
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def light_package(out: Path) -> Path:
+    """The modules that the light distribution (packages/mamba-asr-onnx, its setup.py's
+    ``MODULES``) ships, copied from src/ into ``out`` as installing its wheel lays them out."""
+    import ast
+    import shutil
+
+    tree = ast.parse((ROOT / "packages/mamba-asr-onnx/setup.py").read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "MODULES")
+    for package, modules in ast.literal_eval(node.value).items():
+        folder = Path(*package.split("."))
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        for name in modules:
+            shutil.copyfile(ROOT / "src" / folder / f"{name}.py", out / folder / f"{name}.py")
+    return out
+
+
 def test_the_onnx_recognizer_runs_without_torch(tiny, tmp_path):
+    """From the light distribution's modules alone, with torch unimportable."""
     import os
     import subprocess
     import sys
@@ -139,10 +171,9 @@ def test_the_onnx_recognizer_runs_without_torch(tiny, tmp_path):
     asr, folder = tiny
     audio = tmp_path / "speech.wav"
     sf.write(audio, speech_like(3.0, seed=1), 16000)
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env = {**os.environ, "PYTHONPATH": src}
+    env = {**os.environ, "PYTHONPATH": str(light_package(tmp_path / "site"))}
     run = subprocess.run(
-        [sys.executable, "-c", NO_TORCH, str(folder), str(audio)],
+        [sys.executable, "-c", NO_TORCH, str(folder), str(audio), str(tmp_path / "site")],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -232,3 +263,58 @@ def test_the_server_serves_an_export_as_it_transcribes_alone(tiny):
         req = urllib.request.Request(url + "/v1/audio/transcriptions", body, headers)
         with urllib.request.urlopen(req, timeout=60) as r:
             assert json.loads(r.read())["text"] == alone.text
+
+
+def eval_set(folder: Path) -> Path:
+    """Three utterances of speech-like sound (lengths 1.3-2.9 s) and their manifest."""
+    import soundfile as sf
+
+    folder.mkdir()
+    lines = []
+    for i, seconds in enumerate((2.9, 1.3, 2.1)):
+        sf.write(folder / f"u{i}.wav", speech_like(seconds, seed=i), 16000)
+        lines.append(json.dumps({"id": f"u{i}", "audio": f"u{i}.wav", "text": "AB A",
+                                 "duration": seconds}))  # fmt: skip
+    (folder / "all.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "all.jsonl"
+
+
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_eval_onnx_gives_what_pytorch_gives(tiny, tmp_path, capsys, stream):
+    from mamba_asr.cli import main
+
+    asr, folder = tiny
+    model = tmp_path / "model.pt"
+    asr.save(model)
+    manifest = eval_set(tmp_path / "dev")
+    common = [str(manifest), "--strategy", "greedy", "--json", *stream]  # beam: tests above
+    outs = []
+    for engine in (["--model", str(model)], ["--onnx", str(folder)]):
+        hyps = tmp_path / f"h{len(outs)}.jsonl"
+        assert main(["eval", *common, *engine, "--hyps", str(hyps)]) == 0
+        result = json.loads(capsys.readouterr().out.splitlines()[-1])
+        outs.append((result["wer"], result["cer"], result["utterances"], hyps.read_text()))
+    assert outs[0] == outs[1]
+    assert any(json.loads(line)["hyp"] for line in outs[0][3].splitlines())
+
+
+def test_eval_onnx_writes_hypotheses_in_the_export_folder(tiny, tmp_path, capsys):
+    from mamba_asr.cli import main
+    from mamba_asr.evaluate import hypotheses_name
+
+    _, folder = tiny
+    manifest = eval_set(tmp_path / "dev")
+    args = ["eval", str(manifest), "--onnx", str(folder), "--strategy", "greedy"]
+    try:
+        assert main([*args, "--int8", "--stream", "--chunk-ms", "640"]) == 0
+        hyps = folder / hypotheses_name(manifest, "stream", "int8")
+        assert hyps.name.endswith("-stream-int8.jsonl") and hyps.is_file()
+        assert f"hypotheses: {hyps}" in capsys.readouterr().out
+    finally:
+        for path in folder.glob("hyps-*.jsonl"):
+            path.unlink()
+    assert main([*args, "--chunk-ms", "640"]) == 2
+    assert "--chunk-ms applies to --stream only" in capsys.readouterr().err
+    assert main([*args, "--stream", "--chunk-ms", "10"]) == 2
+    assert "chunk_ms must be at least 80" in capsys.readouterr().err
+    assert not list(folder.glob("hyps-*.jsonl"))

@@ -20,6 +20,12 @@ PyTorch (file names and ``config.json`` keys: ``mamba_asr.runtime.onnx``):
 - with ``int8``: ``*.int8.onnx``, the three graphs with weights quantized to int8 by
   onnxruntime's dynamic quantization.
 
+``export_encoder_onnx(asr, path)`` writes one graph of a research model (CTC or joint
+CTC/attention, ``models/ctc.py``, ``models/seq2seq.py``, any encoder of ``ENCODERS``): its front
+end, encoder and CTC head on a padded batch, feats (B, F, C) and feat_lengths (B,) in,
+memory (B, T, M), lengths (B,) and ctc_log_probs (B, T, V) out, B and F symbolic; padding does
+not leak (a padded batch gives each utterance's own outputs within its length).
+
 Graphs use the dynamo exporter (``torch.onnx.export(dynamo=True)``) at opset 18 (17 gives an
 invalid Split). Nothing is written to ``out`` until everything is made: the folder is built
 next to it under a temporary name and renamed.
@@ -56,7 +62,16 @@ from mamba_asr.runtime.onnx import (
     int8_name,
 )
 
-__all__ = ["OPSET", "EncoderChunk", "JoinerStep", "PredictorStep", "export_onnx", "state_leaves"]
+__all__ = [
+    "OPSET",
+    "EncoderChunk",
+    "JoinerStep",
+    "PredictorStep",
+    "ResearchEncoder",
+    "export_encoder_onnx",
+    "export_onnx",
+    "state_leaves",
+]
 
 OPSET = 18
 
@@ -121,6 +136,75 @@ class JoinerStep(nn.Module):
 
     def forward(self, enc_proj: Tensor, pred_proj: Tensor) -> Tensor:
         return self.model.joiner.join(enc_proj, pred_proj)
+
+
+class ResearchEncoder(nn.Module):
+    """A CTC or seq2seq model's front end, encoder and CTC head: (feats (B, F, C),
+    feat_lengths (B,)) -> (memory (B, T, M), lengths (B,), ctc_log_probs (B, T, V))."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, feats: Tensor, feat_lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x, lengths = self.model.frontend(feats, feat_lengths)  # (B, T, M), (B,)
+        memory = self.model.encoder(x, lengths)  # (B, T, M)
+        log_probs = self.model.ctc_lin(memory).float().log_softmax(dim=-1)  # (B, T, V)
+        return memory, lengths, log_probs
+
+
+def export_encoder_onnx(
+    asr: nn.Module, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
+    """Export the encoder of ``asr`` (an ``ASR`` bundle of a CTC or seq2seq model) as one ONNX
+    graph at ``path`` (see the module docstring); the input is normalised features (after
+    ``asr.features``). A one-line ``ValueError`` for another kind of model or a ``path`` that
+    exists (unless ``overwrite``) or cannot be made; on any error nothing is left at ``path``.
+    """
+    kind = asr.config.model.kind
+    if kind not in ("ctc", "seq2seq"):
+        raise ValueError(
+            f"export_encoder_onnx takes a ctc or seq2seq model, this one is {kind} "
+            f"(export_onnx exports a streaming transducer)"
+        )
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(
+            f"ONNX export needs {', '.join(missing)}: pip install 'mamba-asr[export]'"
+        )
+    path = check_output(path, "path", overwrite=overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    Dim = torch.export.Dim
+    batch, frames = Dim("batch", min=1), Dim("frames", min=8)
+    # an example of 2 utterances of different lengths (never 1: export would fix the dim)
+    n_mels = asr.config.features.n_mels
+    feats, lengths = torch.randn(2, 64, n_mels), torch.tensor([64, 41])
+    was_training = asr.training
+    try:
+        asr.eval()
+        with torch.no_grad():
+            _export_graph(
+                ResearchEncoder(asr.model).eval(), (feats, lengths), tmp,
+                ["feats", "feat_lengths"], ["memory", "lengths", "ctc_log_probs"],
+                ({0: batch, 1: frames}, {0: batch}),
+            )  # fmt: skip
+        tmp.chmod(0o666 & ~_umask())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        asr.train(was_training)
+    return path
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def check_exportable(asr: nn.Module, target: str = "ONNX") -> None:
@@ -216,14 +300,57 @@ def _export_graphs(asr: nn.Module, folder: Path) -> dict[str, Any]:
     return {"encoder_state": enc_layout, "predictor_state": pred_layout, "joiner_dim": joiner_dim}
 
 
-def _quantize(folder: Path) -> None:
-    """``*.int8.onnx`` beside each graph: int8 weights, dynamic activation quantization."""
+# What the int8 graphs quantize: the matrix products (MatMul, and Gemm, which the tool turns
+# into one), but not those that make the selective scan's step sizes (each Mamba block's
+# x_proj and dt_proj: dt enters exp(dt A), where an int8 error is amplified; small matrices,
+# so keeping them fp32 costs no speed). The convolutions stay fp32: quantized (onnxruntime's
+# default) the encoder was no faster and the predictor 3x slower (docs/export.md#int8).
+QUANTIZED_OPS = ["MatMul"]
+
+
+def scan_step_weights(model: nn.Module) -> list[np.ndarray]:
+    """The weights of every Mamba block's x_proj and dt_proj, as their MatMuls hold them
+    (in, out): what the int8 graphs keep in fp32."""
+    return [
+        module.weight.detach().cpu().float().numpy().T
+        for name, module in model.named_modules()
+        if name.rsplit(".", 1)[-1] in ("x_proj", "dt_proj") and isinstance(module, nn.Linear)
+    ]
+
+
+def _matmuls_with(path: Path, weights: list[np.ndarray]) -> list[str]:
+    """The names of the MatMul nodes of the graph at ``path`` whose weight is one of
+    ``weights`` (by shape, then value)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    shapes = {w.shape for w in weights}
+    found = []
+    for node in graph.node:
+        init = inits.get(node.input[1]) if node.op_type == "MatMul" else None
+        if init is None or tuple(init.dims) not in shapes:
+            continue
+        value = numpy_helper.to_array(init)
+        if any(w.shape == value.shape and np.array_equal(w, value) for w in weights):
+            found.append(node.name)
+    return found
+
+
+def _quantize(folder: Path, keep_fp32: list[np.ndarray]) -> None:
+    """``*.int8.onnx`` beside each graph: int8 weights of the matrix products (per tensor,
+    signed) but those of ``keep_fp32``, activations quantized dynamically."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.disable(logging.WARNING)  # its advice to pre-process, on the root logger
     try:
         for name in GRAPHS.values():
-            quantize_dynamic(folder / name, folder / int8_name(name), weight_type=QuantType.QInt8)
+            quantize_dynamic(
+                folder / name, folder / int8_name(name), weight_type=QuantType.QInt8,
+                op_types_to_quantize=QUANTIZED_OPS,
+                nodes_to_exclude=_matmuls_with(folder / name, keep_fp32),
+            )  # fmt: skip
     finally:
         logging.disable(logging.NOTSET)
 
@@ -306,7 +433,7 @@ def export_onnx(
         finally:
             asr.train(was_training)
         if int8:
-            _quantize(tmp)
+            _quantize(tmp, scan_step_weights(asr.model))
         asr.tokenizer.save(tmp / TOKENIZER_DIR)
         if lm is not None:
             shutil.copyfile(lm, tmp / LM_FILE)

@@ -21,7 +21,7 @@ import numpy as np
 
 from mamba_asr.lm.ngram import NgramLM
 
-__all__ = ["BeamSearch", "GreedySearch", "Result", "TransducerGraphs", "log_softmax"]
+__all__ = ["BeamSearch", "GreedySearch", "Result", "TransducerGraphs", "log_softmax", "top_k"]
 
 NEG_INF = float("-inf")
 State = list[np.ndarray]
@@ -56,6 +56,19 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float32, copy=False)
     shifted = x - x.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def top_k(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices (B, k) of the k largest values of each row of x (B, M), largest first, equal
+    values in index order: ``np.argsort(-x, kind="stable")[:, :k]``, without sorting all M."""
+    if 2 * k >= x.shape[1]:
+        return np.argsort(-x, axis=-1, kind="stable")[:, :k]
+    out = np.empty((x.shape[0], k), dtype=np.int64)
+    for b, row in enumerate(-x):
+        edge = row[np.argpartition(row, k - 1)[:k]].max()  # the k-th best value
+        cand = np.flatnonzero(row <= edge)  # (>= k,) in index order, every tie at the edge
+        out[b] = cand[np.argsort(row[cand], kind="stable")[:k]]
+    return out
 
 
 def _start(model: TransducerGraphs, batch: int) -> tuple[np.ndarray, State]:
@@ -164,8 +177,7 @@ class BeamSearch:
         padded = np.full((self.batch, width, vocab), NEG_INF, np.float32)
         padded[self.utt, pos] = cand
         flat = padded.reshape(self.batch, -1)
-        k = min(self.beam, width * vocab)
-        idx = np.argsort(-flat, axis=-1, kind="stable")[:, :k]  # (B, K) best first
+        idx = top_k(flat, min(self.beam, width * vocab))  # (B, K) best first
         top = np.take_along_axis(flat, idx, axis=-1)
         return top, starts[:, None] + idx // vocab, idx % vocab
 
