@@ -180,20 +180,25 @@ class Stream:
 
     def advance(self, feats: Tensor, proj: Tensor, state: Any) -> None:
         """Search proj (1, t', J), the joiner's projection of what the model made of feats
-        (1, t, C) from ``self.state``; ``state``: the model's state after them. Ends the segment where the
-        endpoint rule says; the frames after the end go back to the front of ``pending``, to
-        be encoded from the fresh state in the next chunk (with other streams' chunks, in
-        ``decode_streams``'s next round)."""
+        (1, t, C) from ``self.state``; ``state``: the model's state after them. Ends the
+        segment where the endpoint rule says (``_end_segment``)."""
         self.state = state
         active = torch.ones(1, dtype=torch.bool, device=self.device)
         for t in range(proj.shape[1]):
             self.search.advance(proj[:, t], active)
             if self.endpoint.reached(self.search.frame, self._last_token(), self.frame_seconds):
-                self._close_segment()
-                self._restart(self.segment_start + self.search.frame)
-                rest = feats[:, (t + 1) * self.model.subsampling :]
-                self.pending = torch.cat([rest, self.pending], dim=1)
+                self._end_segment(feats, t + 1)
                 return
+
+    def _end_segment(self, feats: Tensor, used: int) -> None:
+        """The endpoint after ``used`` encoder frames of the chunk feats (1, t, C): keep the
+        segment, start a fresh one, and put the chunk's frames after the end back at the front
+        of ``pending``, to be encoded from the fresh state in the next chunk (with other
+        streams' chunks, in ``decode_streams``'s next round)."""
+        self._close_segment()
+        self._restart(self.segment_start + self.search.frame)
+        rest = feats[:, used * self.model.subsampling :]
+        self.pending = torch.cat([rest, self.pending], dim=1)
 
     def _last_token(self) -> int | None:
         """The frame (in the segment) of the best hypothesis's last token."""
@@ -318,7 +323,4 @@ def _advance_greedy(group: list[tuple[Stream, Tensor]], proj: Tensor, states: li
     ):
         s.state, s.search = state, row
         if n < frames:  # the endpoint: as Stream.advance
-            s._close_segment()
-            s._restart(s.segment_start + s.search.frame)
-            rest = chunk[:, n * s.model.subsampling :]
-            s.pending = torch.cat([rest, s.pending], dim=1)
+            s._end_segment(chunk, n)
