@@ -242,7 +242,7 @@ def test_the_server_serves_an_export_as_it_transcribes_alone(tiny):
 
     import soundfile as sf
 
-    from helpers.server import running_server, stream_file
+    from helpers.server import multipart, running_server, stream_file
     from mamba_asr.serve.engine import Engine
 
     _, folder = tiny
@@ -255,11 +255,8 @@ def test_the_server_serves_an_export_as_it_transcribes_alone(tiny):
         assert code == 1000 and messages[-1]["text"] == alone.text
         buf = io.BytesIO()
         sf.write(buf, wave, 16000, format="FLAC")
-        body = (
-            b'--b0\r\nContent-Disposition: form-data; name="file"; filename="a.flac"\r\n\r\n'
-            + buf.getvalue() + b"\r\n--b0--\r\n"
-        )  # fmt: skip
-        headers = {"Content-Type": "multipart/form-data; boundary=b0"}
+        body, ctype = multipart(buf.getvalue())
+        headers = {"Content-Type": ctype}
         req = urllib.request.Request(url + "/v1/audio/transcriptions", body, headers)
         with urllib.request.urlopen(req, timeout=60) as r:
             assert json.loads(r.read())["text"] == alone.text

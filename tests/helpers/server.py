@@ -111,3 +111,21 @@ def stream_file(url: str, wave, rate: int, fmt: str = "pcm16", packet_s: float =
         except ConnectionClosed:
             pass
         return messages, ws.close_code, ws.close_reason
+
+
+def multipart(audio: bytes, **fields: str) -> tuple[bytes, str]:
+    """A multipart form: ``fields`` and the audio file; (body, Content-Type)."""
+    boundary = "mamba-asr-test-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        f"Content-Type: audio/wav\r\n\r\n".encode()
+        + audio
+        + b"\r\n"
+    )
+    return b"".join(
+        parts
+    ) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"

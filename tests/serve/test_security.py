@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from helpers.recipes import tiny_asr
-from helpers.server import running_server
+from helpers.server import multipart, running_server
 from mamba_asr import cli
 from mamba_asr.decode import DecodingOptions
 from mamba_asr.serve.app import ServeConfig
@@ -36,23 +36,6 @@ def request(url: str, token: str | None = None, data: bytes | None = None, **hea
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
-
-
-def multipart(audio: bytes, **fields: str) -> tuple[bytes, str]:
-    boundary = "mamba-asr-test-boundary"
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-        for k, v in fields.items()
-    ]
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
-        f"Content-Type: audio/wav\r\n\r\n".encode()
-        + audio
-        + b"\r\n"
-    )
-    return b"".join(
-        parts
-    ) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def wav_bytes(seconds: float) -> bytes:
