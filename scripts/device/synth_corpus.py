@@ -4,10 +4,13 @@
 
 TEXT_DIR holds train.txt and dev.txt (scripts/synth/prepare_text.py). Each engine is tried on
 one sentence first; one that fails here is left out (named in the output). The training corpus
-leaves out the voices of HELD_OUT (espeak-ng variants m7 and f4 of every accent): the dev corpus
-speaks dev sentences with every voice, so its WER splits into seen and unseen voices. Noise and
-reverberation on both. Writes OUT/train, OUT/dev (LibriSpeech layout + manifest.jsonl) and
-OUT/synth.json (hours, utterances, wall time, speed).
+leaves out the voices of ``--held-out`` (default HELD_OUT: espeak-ng variants m7 and f4 of every
+accent; patterns such as ``flite:*`` leave out a whole family): the dev corpus speaks dev
+sentences with every voice, so its WER splits into seen and unseen voices. With
+``--held-out-dev`` the dev corpus speaks only the training voices and a second one,
+OUT/dev_heldout, only the held-out ones (validation then never hears a held-out voice). Noise
+and reverberation on all. Writes OUT/train, OUT/dev[, OUT/dev_heldout] (LibriSpeech layout +
+manifest.jsonl) and OUT/synth.json (hours, utterances, wall time, speed).
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--engine-weights", nargs="+", default=None, metavar="ENGINE=W",
                         help="each engine's share of the training utterances")  # fmt: skip
+    parser.add_argument("--held-out", nargs="+", default=list(HELD_OUT), metavar="PATTERN",
+                        help="voices left out of training (fnmatch on labels, e.g. flite:*)")
+    parser.add_argument("--held-out-dev", action="store_true",
+                        help="dev: training voices only; dev_heldout: the held-out voices")
     args = parser.parse_args()
     engines = working_engines(args.text_dir / "dev.txt")
     print("engines:", engines)
@@ -53,15 +60,18 @@ def main() -> None:
     if args.engine_weights:
         weights = {k: float(v) for k, _, v in (w.partition("=") for w in args.engine_weights)}
         weights = {k: v for k, v in weights.items() if k in engines}
-    report = {"engines": engines, "held_out_voices": list(HELD_OUT), "engine_weights": weights}
-    for name, hours, seed, exclude in (
-        ("dev", args.dev_hours, 1000 + args.seed, ()),
-        ("train", args.train_hours, args.seed, HELD_OUT),
-    ):
+    held = tuple(args.held_out)
+    report = {"engines": engines, "held_out_voices": list(held), "engine_weights": weights}
+    sets = [("dev", args.dev_hours, 1000 + args.seed, None, held if args.held_out_dev else ())]
+    if args.held_out_dev:
+        sets.append(("dev_heldout", args.dev_hours, 2000 + args.seed, held, ()))
+    sets.append(("train", args.train_hours, args.seed, None, held))
+    for name, hours, seed, include, exclude in sets:
         r = synthesize_corpus(
-            [args.text_dir / f"{name}.txt"], args.out / name, hours=hours, seed=seed,
-            workers=args.workers, engines=engines, noise=True, reverb=True, progress=False,
-            exclude_voices=exclude, engine_weights=weights if name == "train" else None,
+            [args.text_dir / f"{name.split('_')[0]}.txt"], args.out / name, hours=hours,
+            seed=seed, workers=args.workers, engines=engines, noise=True, reverb=True,
+            progress=False, voices=include, exclude_voices=exclude,
+            engine_weights=weights if name == "train" else None,
         )  # fmt: skip
         report[name] = {"hours": r.audio_seconds / 3600, "utterances": r.utterances,
                         "speakers": r.speakers, "wall_s": r.wall_seconds, "x_real_time": r.speed}  # fmt: skip

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The research recipes side by side on one GPU (scripts/device/research_compare.py): synthesise a
+# corpus whose held-out voice families never reach training, train Conformer, ConMamba and
+# ConMambaMamba (S2S small) and the Conformer/ConMamba CTC large pair at once until a deadline,
+# and with FINAL=1 evaluate and time them. Everything comes back in OUTDIR/research.tgz.
+#   bash scripts/device/research_compare.sh OUTDIR                 (carry .tts and .whl)
+#   FINAL=1 TRAIN_UNTIL=430 bash scripts/device/research_compare.sh OUTDIR
+#     on a machine still warm from the first call: /tmp/rcorpus and /tmp/runs are there, the
+#     runs resume from their newest checkpoints up to the planned step count, then evaluation.
+# TRAIN_UNTIL: seconds from this call's start at which training stops (default 560);
+# TRAIN_SECONDS: training time the step count is planned for, over all calls (default 800);
+# HOURS (16), SEED (7): the training corpus.
+set -uo pipefail
+start=$(date +%s)
+out="${1:-/tmp/out}"
+mkdir -p "$out" /tmp/rlogs
+source scripts/device/common.sh
+if [ -f /tmp/rcorpus/synth.json ]; then
+  echo "reusing the corpus in /tmp/rcorpus; the runs in /tmp/runs resume"
+else
+  python3 scripts/device/synth_corpus.py "$TTS_ROOT/text" /tmp/rcorpus --workers "$(nproc)" \
+    --train-hours "${HOURS:-16}" --dev-hours 0.4 --seed "${SEED:-7}" --held-out-dev \
+    --held-out 'flite:*' 'espeak-ng:en-gb-scotland+*' 'espeak-ng:*+m7' 'espeak-ng:*+f4' \
+    2>&1 | tee /tmp/rlogs/synth.txt
+fi
+cp /tmp/rcorpus/synth.json /tmp/rlogs/
+python3 scripts/device/research_compare.py train /tmp/rcorpus /tmp/runs \
+  --deadline $((start + ${TRAIN_UNTIL:-560})) --train-seconds "${TRAIN_SECONDS:-800}" \
+  2>&1 | tee -a /tmp/rlogs/train.txt
+if [ -n "${FINAL:-}" ]; then
+  python3 scripts/device/research_compare.py evaluate /tmp/rcorpus /tmp/runs /tmp/rlogs/research.json \
+    2>&1 | tee /tmp/rlogs/evaluate.txt
+  python3 scripts/device/research_compare.py timing /tmp/rcorpus /tmp/runs /tmp/rlogs/research.json \
+    2>&1 | tee /tmp/rlogs/timing.txt
+  python3 scripts/device/research_compare.py report /tmp/rlogs/research.json
+fi
+nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
+(cd /tmp/runs && for d in */; do mkdir -p "/tmp/rlogs/runs/$d"
+   cp "$d"metrics.csv "$d"train.log "$d"stdout.txt "$d"*.json "/tmp/rlogs/runs/$d" 2>/dev/null; done
+ cp plan.json /tmp/rlogs/ 2>/dev/null)
+tar -C /tmp/rlogs -czf "$out/research.tgz" .
+echo "total $(( $(date +%s) - start )) s"
