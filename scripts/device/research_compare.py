@@ -1,7 +1,7 @@
 """Train the research recipes side by side on one synthetic corpus and compare them.
 
     python3 scripts/device/research_compare.py train CORPUS RUNS --deadline UNIX_TIME \
-        [--train-seconds 800] [--only NAME ...]
+        [--steps 1000] [--only NAME ...]
     python3 scripts/device/research_compare.py evaluate CORPUS RUNS OUT.json
     python3 scripts/device/research_compare.py timing CORPUS RUNS OUT.json
     python3 scripts/device/research_compare.py report OUT.json [--runs RUNS] [--plot PNG]
@@ -11,11 +11,14 @@ training voices, dev_heldout/ of voice families never heard in training). RUNS g
 folder per entry of RECIPES, all trained at once on one GPU, each with the same data order,
 batch (``--set`` values in COMMON), schedule and number of optimizer steps.
 
-``train``: the first call trains every run for PROBE steps, reads each run's speed under that
-shared load and fixes the step count S that the slowest run reaches in ``--train-seconds``
-(written to RUNS/plan.json); every run then trains to S, stopping at ``--deadline`` (seconds
-since the epoch) if that comes first. Calling it again on the same RUNS resumes each run where
-it stopped (the trainer's resume is exact), until all have S steps.
+``train``: every run trains to the step count S of the first call's ``--steps`` (kept in
+RUNS/plan.json), stopping at ``--deadline`` (seconds since the epoch) if that comes first.
+Calling it again on the same RUNS resumes each run where it stopped (the trainer's resume is
+exact), until all have S steps. Under the shared load of five runs on one H200 with 16 CPU
+cores, the slowest (ConMamba CTC large) trains about 2.2 steps per second of 400 s batches:
+plan S from that. (A first version measured speeds over the first 50 steps and planned from
+them: those steps run while the other runs are still starting, and it planned for twice the
+speed the runs then had.)
 
 ``evaluate``: the final weights of each run (step S; no checkpoint averaging, so every model is
 judged at the same step) on dev/ (seen voices) and dev_heldout/ (unseen families): CTC greedy
@@ -62,7 +65,6 @@ COMMON = [
 ]  # fmt: skip
 # 5000 pieces are for 960 h; a corpus of tens of hours gets 500 (as icefall's 100 h recipes)
 S2S = ["model.vocab_size=500"]
-PROBE = 50  # steps every run trains before the step count is fixed
 HELD_OUT = {  # the families synth_corpus.py --held-out leaves out of training
     "flite (engine)": ("flite:*",),
     "espeak-ng en-gb-scotland (accent)": ("espeak-ng:en-gb-scotland+*",),
@@ -146,20 +148,15 @@ def train_all(args: argparse.Namespace) -> None:
     names = args.only or list(RECIPES)
     plan_file = runs / "plan.json"
     if not plan_file.exists():
-        t0 = time.time()
-        records = launch_all(args, names, args.probe_steps)
-        rates = {n: steps_per_second(n, r, corpus, args.set) for n, r in records.items()}
-        left = args.train_seconds - (time.time() - t0)
-        steps = int(min(rates.values()) * left) + args.probe_steps
-        plan = {"steps": steps, "probe_steps": args.probe_steps, "probe_rates": rates,
-                "train_seconds": args.train_seconds,
-                "overrides": {n: overrides(n, args.set) for n in names}}  # fmt: skip
+        runs.mkdir(parents=True, exist_ok=True)
+        plan = {"steps": args.steps, "overrides": {n: overrides(n, args.set) for n in names}}
         plan_file.write_text(json.dumps(plan, indent=1))
-        print(f"steps per second under the shared load: {rates}; every run trains {steps} steps")
     plan = json.loads(plan_file.read_text())
     records = launch_all(args, names, plan["steps"])
+    rates = {n: steps_per_second(n, r, corpus, args.set) for n, r in records.items() if r.get("throughput")}
+    print("steps per second:", {n: round(r, 2) for n, r in rates.items()})
     done = all(r["step"] >= plan["steps"] for r in records.values())
-    print("all runs done" if done else f"not done yet: {records}; call again to resume")
+    print("all runs done" if done else f"not done yet: { {n: r['step'] for n, r in records.items()} }; call again to resume")
 
 
 # --- evaluation ----------------------------------------------------------------------------
@@ -385,7 +382,7 @@ def plot(runs: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_wer) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_loss, ax_valid, ax_wer) = plt.subplots(1, 3, figsize=(16, 4.5))
     for name in RECIPES:
         path = runs / name / "metrics.csv"
         if not path.exists():
@@ -393,16 +390,20 @@ def plot(runs: Path, out: Path) -> None:
         rows = list(csv.DictReader(path.open()))
         train = [(int(r["step"]), float(r["train_loss"])) for r in rows if r.get("train_loss")]
         wer = [(int(r["step"]), 100 * float(r["wer"])) for r in rows if r.get("wer")]
+        valid = [(int(r["step"]), float(r["valid_loss"])) for r in rows if r.get("valid_loss")]
         style = "-" if "conformer" in name else ("--" if "conmambamamba" not in name else ":")
         if train:
             ax_loss.plot(*zip(*train), style, label=LABELS[name])
         if wer:
             ax_wer.plot(*zip(*wer), style, marker="o", ms=3, label=LABELS[name])
+            ax_valid.plot(*zip(*valid), style, marker="o", ms=3, label=LABELS[name])
     ax_loss.set(xlabel="optimizer step", ylabel="training loss", yscale="log",
                 title="training loss (per batch, each model's own loss)")  # fmt: skip
+    ax_valid.set(xlabel="optimizer step", ylabel="validation loss", yscale="log",
+                 title="validation loss, seen voices")  # fmt: skip
     ax_wer.set(xlabel="optimizer step", ylabel="WER % (validation, greedy)",
-               title="validation WER, seen voices", ylim=(0, 100))  # fmt: skip
-    for ax in (ax_loss, ax_wer):
+               title="validation WER, seen voices", ylim=(0, 120))  # fmt: skip
+    for ax in (ax_loss, ax_valid, ax_wer):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -422,13 +423,12 @@ def main() -> None:
         p.add_argument("--only", nargs="+", choices=list(RECIPES))
         p.add_argument("--name", choices=list(RECIPES))
         p.add_argument("--deadline", type=float, default=time.time() + 3600)
-        p.add_argument("--train-seconds", type=float, default=800.0)
+        p.add_argument("--steps", type=int, default=1000, help="optimizer steps of every run")
         p.add_argument("--max-steps", type=int)
         p.add_argument("--max-seconds", type=float)
         p.add_argument("--batch-seconds", type=float, default=400.0)
         p.add_argument("--repeats", type=int, default=20)
         p.add_argument("--device", default="cuda")
-        p.add_argument("--probe-steps", type=int, default=PROBE)
         p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                        help="more recipe overrides for every run (the same on every call)")
     p = sub.add_parser("report")

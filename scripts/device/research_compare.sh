@@ -2,14 +2,14 @@
 # The research recipes side by side on one GPU (scripts/device/research_compare.py): synthesise a
 # corpus whose held-out voice families never reach training, train Conformer, ConMamba and
 # ConMambaMamba (S2S small) and the Conformer/ConMamba CTC large pair at once until a deadline,
-# and with FINAL=1 evaluate and time them. Everything comes back in OUTDIR/research.tgz.
-#   bash scripts/device/research_compare.sh OUTDIR                 (carry .tts and .whl)
-#   FINAL=1 TRAIN_UNTIL=430 bash scripts/device/research_compare.sh OUTDIR
-#     on a machine still warm from the first call: /tmp/rcorpus and /tmp/runs are there, the
-#     runs resume from their newest checkpoints up to the planned step count, then evaluation.
-# TRAIN_UNTIL: seconds from this call's start at which training stops (default 560);
-# TRAIN_SECONDS: training time the step count is planned for, over all calls (default 800);
-# HOURS (16), SEED (7): the training corpus.
+# and with FINAL=1 time and evaluate them. Everything comes back in OUTDIR/research.tgz.
+#   STEPS=900 FINAL=1 bash scripts/device/research_compare.sh OUTDIR   (carry .tts and .whl)
+#     one call: corpus (about 60 s), training to STEPS or TRAIN_UNTIL, timing (about 40 s),
+#     evaluation (about 100 s), within the 10 minutes of one call.
+#   A call on a machine still warm from the last one finds /tmp/rcorpus and /tmp/runs there:
+#     the runs resume from their newest checkpoints up to the first call's STEPS.
+# TRAIN_UNTIL: seconds from this call's start at which training stops (default 560; with
+# FINAL=1 leave 150 s after it); STEPS (1000); HOURS (16), SEED (7): the training corpus.
 set -uo pipefail
 start=$(date +%s)
 out="${1:-/tmp/out}"
@@ -25,13 +25,13 @@ else
 fi
 cp /tmp/rcorpus/synth.json /tmp/rlogs/
 python3 scripts/device/research_compare.py train /tmp/rcorpus /tmp/runs \
-  --deadline $((start + ${TRAIN_UNTIL:-560})) --train-seconds "${TRAIN_SECONDS:-800}" \
+  --deadline $((start + ${TRAIN_UNTIL:-560})) --steps "${STEPS:-1000}" \
   2>&1 | tee -a /tmp/rlogs/train.txt
 if [ -n "${FINAL:-}" ]; then
-  python3 scripts/device/research_compare.py evaluate /tmp/rcorpus /tmp/runs /tmp/rlogs/research.json \
-    2>&1 | tee /tmp/rlogs/evaluate.txt
   python3 scripts/device/research_compare.py timing /tmp/rcorpus /tmp/runs /tmp/rlogs/research.json \
     2>&1 | tee /tmp/rlogs/timing.txt
+  python3 scripts/device/research_compare.py evaluate /tmp/rcorpus /tmp/runs /tmp/rlogs/research.json \
+    2>&1 | tee /tmp/rlogs/evaluate.txt
   python3 scripts/device/research_compare.py report /tmp/rlogs/research.json
 fi
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
