@@ -95,6 +95,7 @@ class ASR(nn.Module):
         specaugment: SpecAugmentConfig | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        vtlp: tuple[float, ...] = (),
     ) -> None:
         super().__init__()
         if not isinstance(config, InferenceConfig):
@@ -124,6 +125,7 @@ class ASR(nn.Module):
             if aug is not None and aug.enabled
             else None
         )
+        self.vtlp = tuple(vtlp)  # [low, high] warp factors in training (recipe data.vtlp)
         self.model = build_model(config.model, device=device, dtype=dtype)
 
     @classmethod
@@ -134,9 +136,10 @@ class ASR(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> ASR:
-        """The model a training recipe describes, with its SpecAugment."""
+        """The model a training recipe describes, with its SpecAugment and VTLP."""
         config = InferenceConfig.from_recipe(recipe)
-        return cls(config, tokenizer, recipe.data.specaugment, device=device, dtype=dtype)
+        return cls(config, tokenizer, recipe.data.specaugment, device=device, dtype=dtype,
+                   vtlp=recipe.data.vtlp)  # fmt: skip
 
     @property
     def sample_rate(self) -> int:
@@ -183,8 +186,11 @@ class ASR(nn.Module):
 
     def features(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """waves (B, N), wave_lengths (B,) -> normalised feats (B, F, C) and lengths (B,);
-        SpecAugment is applied in training mode."""
-        feats, lengths = self.fbank(waves, wave_lengths)  # (B, F, C), (B,)
+        VTLP (a warp factor per utterance) and SpecAugment are applied in training mode."""
+        warp = None
+        if self.vtlp and self.training:
+            warp = torch.empty(waves.shape[0], device=waves.device).uniform_(*self.vtlp)
+        feats, lengths = self.fbank(waves, wave_lengths, warp)  # (B, F, C), (B,)
         feats = self.cmvn(feats, lengths)
         if self.specaugment is not None and self.training:
             feats = self.specaugment(feats, lengths)

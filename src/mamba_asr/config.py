@@ -205,12 +205,53 @@ class SpecAugmentConfig:
 
 
 @dataclass(frozen=True)
+class WaveAugmentConfig:
+    """Corruptions of the training waveforms in the loader (``mamba_asr.audio.corrupt``), each
+    with its probability per utterance (all 0 by default: off).
+
+    eq_p / eq_max_db: a smooth random equaliser of up to +-eq_max_db dB; telephone_p: 300-3400
+    Hz at 8 kHz with mu-law 8 bit; band_p: random high- and low-pass edges (when no telephone);
+    codec_p: an MP3 or Opus round trip at a low bitrate; noise_p / noise_snr_db: white, pink
+    or brown noise at an SNR in that range; gain_p / gain_db: a level change of up to +-gain_db
+    dB, clipped.
+    """
+
+    eq_p: float = 0.0
+    eq_max_db: float = 10.0
+    telephone_p: float = 0.0
+    band_p: float = 0.0
+    codec_p: float = 0.0
+    noise_p: float = 0.0
+    noise_snr_db: tuple[float, ...] = (5.0, 30.0)
+    gain_p: float = 0.0
+    gain_db: float = 10.0
+
+    def __post_init__(self) -> None:
+        _in_unit_interval(
+            self, "data.wave_augment", "eq_p", "telephone_p", "band_p", "codec_p", "noise_p",
+            "gain_p",
+        )  # fmt: skip
+        for name in ("eq_max_db", "gain_db"):
+            if not 0.0 <= getattr(self, name) <= 40.0:
+                raise ConfigError(
+                    f"data.wave_augment.{name} must be in [0, 40], got {getattr(self, name)}"
+                )
+        snr = self.noise_snr_db
+        if len(snr) != 2 or not snr[0] <= snr[1]:
+            raise ConfigError(f"data.wave_augment.noise_snr_db must be [low, high], got {list(snr)}")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Audio front end and augmentation of the training data.
 
     speed_perturb: speed factors drawn per utterance in training (``[0.9, 1.0, 1.1]`` as in
     Kaldi and SpeechBrain; ``[]`` turns it off). cmvn_max_utterances: training utterances the
     global mean/variance normalisation is fitted on (the first ones of a seeded shuffle).
+    wave_augment: corruptions of the waveform in the loader (``WaveAugmentConfig``). vtlp:
+    ``[low, high]`` warp factors of vocal-tract-length perturbation, one drawn uniformly per
+    utterance in training and applied to the filterbank (``[]``: off; Jaitly and Hinton used
+    0.9-1.1).
     """
 
     sample_rate: int = 16000
@@ -218,12 +259,21 @@ class DataConfig:
     speed_perturb: tuple[float, ...] = (0.9, 1.0, 1.1)
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     cmvn_max_utterances: int = 1000
+    wave_augment: WaveAugmentConfig = field(default_factory=WaveAugmentConfig)
+    vtlp: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         _at_least(self, "data", 1, "sample_rate", "n_mels", "cmvn_max_utterances")
         for i, factor in enumerate(self.speed_perturb):
             if not 0.5 <= factor <= 2.0:
                 raise ConfigError(f"data.speed_perturb[{i}] must be in [0.5, 2], got {factor}")
+        if self.vtlp and not (
+            len(self.vtlp) == 2 and 0.7 <= self.vtlp[0] <= self.vtlp[1] <= 1.4
+        ):
+            raise ConfigError(
+                f"data.vtlp must be [] or [low, high] with 0.7 <= low <= high <= 1.4, "
+                f"got {list(self.vtlp)}"
+            )
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,11 @@ class Fbank(nn.Module):
         frames = torch.div(lengths - self.win_length, self.hop_length, rounding_mode="floor") + 1
         return frames.clamp_min(0)
 
-    def forward(self, wave: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """wave: (B, N) float, lengths: (B,) valid samples or None (all N).
+    def forward(
+        self, wave: Tensor, lengths: Tensor | None = None, warp: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """wave: (B, N) float, lengths: (B,) valid samples or None (all N); warp: (B,)
+        vocal-tract-length warp factors (``vtlp_matrix``) or None (no warp).
 
         Returns feats (B, T, M) float32, T = 1 + (N - win) // hop (at least 1), zero on frames
         past each utterance's own count, and lengths (B,) long of valid frames. Computed in
@@ -84,16 +87,19 @@ class Fbank(nn.Module):
         if wave.shape[1] < self.win_length:  # no full frame: one all-padding frame
             wave = F.pad(wave, (0, self.win_length - wave.shape[1]))
         with _no_autocast(wave.device.type):  # bf16 DFTs would lose the quiet bins
-            feats = self._log_mel(wave.float())
+            feats = self._log_mel(wave.float(), warp)
         mask = length_mask(frame_lengths, feats.shape[1], feats.device)  # (B, T)
         return zero_padding(feats, mask), frame_lengths
 
-    def _log_mel(self, wave: Tensor) -> Tensor:
+    def _log_mel(self, wave: Tensor, warp: Tensor | None = None) -> Tensor:
         """(B, N) float32 -> (B, T, M) log-Mel of every frame (padding not yet zeroed)."""
         spec = F.conv1d(wave.unsqueeze(1), self.dft_kernel, stride=self.hop_length)  # (B, 2K, T)
         bins = self.mel_fb.shape[0]
         power = spec[:, :bins].square() + spec[:, bins:].square()  # (B, K, T)
-        mel = torch.matmul(power.transpose(1, 2), self.mel_fb)  # (B, T, M)
+        fb = self.mel_fb  # (K, M)
+        if warp is not None:  # one warped filterbank per utterance: (B, K, K) @ (K, M)
+            fb = torch.matmul(vtlp_matrix(warp.float(), bins, self.sample_rate), fb)
+        mel = torch.matmul(power.transpose(1, 2), fb)  # (B, T, M)
         return torch.log(mel + self.log_floor)
 
     def extra_repr(self) -> str:
@@ -101,6 +107,32 @@ class Fbank(nn.Module):
             f"sample_rate={self.sample_rate}, n_mels={self.n_mels}, win={self.win_length}, "
             f"hop={self.hop_length}, n_fft={self.n_fft}"
         )
+
+
+def vtlp_matrix(warp: Tensor, bins: int, sample_rate: int, boundary_hz: float = 4800.0) -> Tensor:
+    """Vocal-tract-length perturbation (Jaitly and Hinton, 2013) as a linear map of power
+    spectra: (B,) warp factors -> (B, K, K) ``R`` with ``warped = power @ R`` for power (.., K)
+    over ``bins`` = K evenly spaced bins from 0 to Nyquist.
+
+    The frequency map is piecewise linear: f -> warp * f up to the boundary
+    ``boundary_hz * min(warp, 1) / warp``, then the straight line to Nyquist (which stays put),
+    so warp > 1 moves formants up (a shorter vocal tract), < 1 down. Each output bin takes the
+    power at its source frequency, interpolated linearly between the two nearest input bins.
+    Warp 1 gives the identity.
+    """
+    nyquist = sample_rate / 2.0
+    f = torch.linspace(0.0, nyquist, bins, device=warp.device, dtype=torch.float64)
+    a = warp.to(torch.float64)[:, None]  # (B, 1)
+    knot = boundary_hz * torch.clamp(a, max=1.0) / a  # input frequency of the bend
+    bend = a * knot  # its output frequency
+    src = torch.where(f <= bend, f / a, nyquist - (nyquist - knot) / (nyquist - bend) * (nyquist - f))
+    pos = (src / nyquist * (bins - 1)).clamp(0, bins - 1)  # (B, K) fractional source bin
+    lo = pos.floor().long().clamp(max=bins - 2)
+    frac = (pos - lo).to(warp.dtype)
+    r = torch.zeros(warp.shape[0], bins, bins, device=warp.device, dtype=warp.dtype)
+    r.scatter_(1, lo[:, None, :], (1.0 - frac)[:, None, :])
+    r.scatter_add_(1, (lo + 1)[:, None, :], frac[:, None, :])
+    return r
 
 
 class GlobalCMVN(nn.Module):

@@ -26,7 +26,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mamba_asr.audio.augment import speed_perturb as perturb
+from mamba_asr.audio.corrupt import WaveCorruptor
 from mamba_asr.audio.io import AudioError, load_audio
+from mamba_asr.config import WaveAugmentConfig
 from mamba_asr.data.manifest import Utterance
 from mamba_asr.text.tokenizer import PAD_ID, Tokenizer
 
@@ -85,6 +87,8 @@ class AsrDataset(Dataset[Item]):
     workers keep the epoch they started with). Speed 0.9 makes an utterance 11 % longer than
     its manifest duration: leave that headroom in the batch sampler's ``max_seconds``.
     ``skip_bad``: an item whose audio does not load is a ``BadItem`` (else ``AudioError``).
+    ``wave_augment``: corruptions of the waveform after the speed change
+    (``mamba_asr.audio.corrupt``), drawn from ``(seed, epoch, index)`` as well.
     """
 
     def __init__(
@@ -95,8 +99,11 @@ class AsrDataset(Dataset[Item]):
         speed_perturb: Sequence[float] | None = (0.9, 1.0, 1.1),
         seed: int = 0,
         skip_bad: bool = False,
+        wave_augment: WaveAugmentConfig | None = None,
     ) -> None:
         self.utterances = list(utterances)
+        corrupt = WaveCorruptor(wave_augment, sample_rate) if wave_augment else None
+        self.corrupt = corrupt if corrupt is not None and corrupt.active else None
         self.sample_rate, self.seed, self.epoch = sample_rate, seed, 0
         self.skip_bad = skip_bad
         self.speed_factors = tuple(speed_perturb) if speed_perturb else None
@@ -127,6 +134,8 @@ class AsrDataset(Dataset[Item]):
             rng = np.random.default_rng([self.seed, self.epoch, index])
             factor = self.speed_factors[rng.integers(len(self.speed_factors))]
             wave = perturb(wave, self.sample_rate, factor)
+        if self.corrupt is not None:
+            wave = self.corrupt(wave, np.random.default_rng([self.seed, self.epoch, index, 1]))
         start, end = self._offsets[index], self._offsets[index + 1]
         tokens = torch.from_numpy(self._tokens[start:end]).long()
         return torch.from_numpy(wave), tokens, utt

@@ -874,7 +874,8 @@ def _train(
     cfg = recipe.train
     _seed_all(cfg.seed)
     train_data = AsrDataset(train_utts, tokenizer, recipe.data.sample_rate,
-                            recipe.data.speed_perturb, cfg.seed, skip_bad=True)  # fmt: skip
+                            recipe.data.speed_perturb, cfg.seed, skip_bad=True,
+                            wave_augment=recipe.data.wave_augment)  # fmt: skip
     sampler = DynamicBatchSampler(
         train_data.durations, cfg.max_batch_seconds, cfg.num_buckets, shuffle=True,
         seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
