@@ -98,8 +98,13 @@ def worker(args: argparse.Namespace) -> None:
                    corpus / "dev/manifest.jsonl", run, device=args.device, max_steps=args.max_steps,
                    max_seconds=args.max_seconds, progress=False)  # fmt: skip
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    record = {"step": result.step, "epochs_done": result.epochs_done,
-              "throughput": result.throughput, "best_wer": result.best_wer, "peak_gib": peak}
+    record = {
+        "step": result.step,
+        "epochs_done": result.epochs_done,
+        "throughput": result.throughput,
+        "best_wer": result.best_wer,
+        "peak_gib": peak,
+    }
     (run / f"result_{result.step}.json").write_text(json.dumps(record))
 
 
@@ -110,7 +115,7 @@ def launch_all(args: argparse.Namespace, names: list[str], max_steps: int) -> di
     procs = {}
     for name in names:
         (runs / name).mkdir(parents=True, exist_ok=True)
-        log = open(runs / name / "stdout.txt", "a")
+        log = open(runs / name / "stdout.txt", "a")  # noqa: SIM115 (closed after the wait)
         cmd = [sys.executable, __file__, "worker", args.corpus, args.runs, "--name", name,
                "--max-steps", str(max_steps), "--max-seconds", f"{left:.0f}",
                "--device", args.device, "--set", *args.set]  # fmt: skip
@@ -153,10 +158,18 @@ def train_all(args: argparse.Namespace) -> None:
         plan_file.write_text(json.dumps(plan, indent=1))
     plan = json.loads(plan_file.read_text())
     records = launch_all(args, names, plan["steps"])
-    rates = {n: steps_per_second(n, r, corpus, args.set) for n, r in records.items() if r.get("throughput")}
+    rates = {
+        n: steps_per_second(n, r, corpus, args.set)
+        for n, r in records.items()
+        if r.get("throughput")
+    }
     print("steps per second:", {n: round(r, 2) for n, r in rates.items()})
     done = all(r["step"] >= plan["steps"] for r in records.values())
-    print("all runs done" if done else f"not done yet: { {n: r['step'] for n, r in records.items()} }; call again to resume")
+    print(
+        "all runs done"
+        if done
+        else f"not done yet: { {n: r['step'] for n, r in records.items()} }; call again to resume"
+    )
 
 
 # --- evaluation ----------------------------------------------------------------------------
@@ -187,7 +200,10 @@ def searches(name: str) -> dict:
         "ctc_beam": (DecodingOptions(strategy="beam", beam_size=10, lm=None), True),
     }
     if "_s2s_" in name:
-        out["joint_beam"] = (DecodingOptions(strategy="beam", beam_size=10, ctc_weight=0.4, lm=None), False)
+        out["joint_beam"] = (
+            DecodingOptions(strategy="beam", beam_size=10, ctc_weight=0.4, lm=None),
+            False,
+        )
     return out
 
 
@@ -222,7 +238,9 @@ def evaluate_one(args: argparse.Namespace) -> None:
     out = {"step": step, "params": sum(p.numel() for p in asr.model.parameters())}
     for set_name, folder in SETS.items():
         manifest = Path(args.corpus) / folder / "manifest.jsonl"
-        voices = {json.loads(x)["id"]: json.loads(x)["voice"] for x in manifest.read_text().splitlines()}
+        voices = {
+            json.loads(x)["id"]: json.loads(x)["voice"] for x in manifest.read_text().splitlines()
+        }
         utts = load_test_set(manifest)
         for search, (options, ctc_only) in searches(args.name).items():
             hyps_path = run / f"hyps_{set_name}_{search}.jsonl"
@@ -275,15 +293,12 @@ def timing(args: argparse.Namespace) -> None:
     """Each recipe alone: ms per optimizer step and peak memory on one fixed batch."""
     import torch
 
-    from mamba_asr.asr import ASR
     from mamba_asr.data.dataset import AsrDataset, collate
     from mamba_asr.data.manifest import read_manifest
-    from mamba_asr.device import autocast
     from mamba_asr.text.tokenizer import load_tokenizer
-    from mamba_asr.train.schedules import build_optimizer
 
     utts = read_manifest(Path(args.corpus) / "train/manifest.jsonl")
-    utts = sorted(utts, key=lambda u: u.duration)[len(utts) // 2:]  # the longer half
+    utts = sorted(utts, key=lambda u: u.duration)[len(utts) // 2 :]  # the longer half
     results = {}
     for name in args.only or RECIPES:
         run = Path(args.runs) / name
@@ -298,48 +313,60 @@ def timing(args: argparse.Namespace) -> None:
             batch.append(u)
             total += u.duration
         data = AsrDataset(batch, tok, recipe.data.sample_rate, (1.0,), 0)
-        b = collate([data[i] for i in range(len(batch))]).to(args.device)
-        torch.manual_seed(0)
-        asr = ASR.from_recipe(recipe, tok, device=args.device).train()
-        cuda = torch.device(args.device).type == "cuda"
-        opt = build_optimizer(asr, recipe.train)
-
-        def step() -> None:
-            with autocast(args.device):  # bf16 on CUDA
-                out = asr(b.waves, b.wave_lengths, b.targets, b.target_lengths)
-            out.loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        for _ in range(5):
-            step()
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(args.repeats):
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                step()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                step()
-                times.append(1000 * (time.perf_counter() - t0))
-        results[name] = {"ms_per_step": statistics.median(times), "batch_seconds": total,
-                         "utterances": len(batch),
-                         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-                         "params": sum(p.numel() for p in asr.model.parameters())}  # fmt: skip
+        results[name] = time_steps(recipe, tok, collate([data[i] for i in range(len(batch))]), args)
+        results[name]["batch_seconds"] = total
         print(f"{name}: {results[name]}", flush=True)
-        del asr, opt, b
+        cuda = torch.device(args.device).type == "cuda"
         if cuda:
             torch.cuda.empty_cache()
     for name, r in results.items():
         (Path(args.runs) / name / "timing.json").write_text(json.dumps(r))
     merge(args, "timing.json", "timing")
+
+
+def time_steps(recipe, tok, batch, args: argparse.Namespace) -> dict:
+    """Median ms per optimizer step of a fresh model on ``batch`` (after 5 warm-up steps) and
+    the peak memory (CUDA only)."""
+    import torch
+
+    from mamba_asr.asr import ASR
+    from mamba_asr.device import autocast
+    from mamba_asr.train.schedules import build_optimizer
+
+    b = batch.to(args.device)
+    torch.manual_seed(0)
+    asr = ASR.from_recipe(recipe, tok, device=args.device).train()
+    cuda = torch.device(args.device).type == "cuda"
+    opt = build_optimizer(asr, recipe.train)
+
+    def step() -> None:
+        with autocast(args.device):  # bf16 on CUDA
+            out = asr(b.waves, b.wave_lengths, b.targets, b.target_lengths)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(5):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            step()
+            times.append(1000 * (time.perf_counter() - t0))
+    return {"ms_per_step": statistics.median(times), "utterances": len(b),
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            "params": sum(p.numel() for p in asr.model.parameters())}  # fmt: skip
 
 
 # --- report --------------------------------------------------------------------------------
@@ -393,10 +420,10 @@ def plot(runs: Path, out: Path) -> None:
         valid = [(int(r["step"]), float(r["valid_loss"])) for r in rows if r.get("valid_loss")]
         style = "-" if "conformer" in name else ("--" if "conmambamamba" not in name else ":")
         if train:
-            ax_loss.plot(*zip(*train), style, label=LABELS[name])
+            ax_loss.plot(*zip(*train, strict=True), style, label=LABELS[name])
         if wer:
-            ax_wer.plot(*zip(*wer), style, marker="o", ms=3, label=LABELS[name])
-            ax_valid.plot(*zip(*valid), style, marker="o", ms=3, label=LABELS[name])
+            ax_wer.plot(*zip(*wer, strict=True), style, marker="o", ms=3, label=LABELS[name])
+            ax_valid.plot(*zip(*valid, strict=True), style, marker="o", ms=3, label=LABELS[name])
     ax_loss.set(xlabel="optimizer step", ylabel="training loss", yscale="log",
                 title="training loss (per batch, each model's own loss)")  # fmt: skip
     ax_valid.set(xlabel="optimizer step", ylabel="validation loss", yscale="log",
@@ -429,8 +456,13 @@ def main() -> None:
         p.add_argument("--batch-seconds", type=float, default=400.0)
         p.add_argument("--repeats", type=int, default=20)
         p.add_argument("--device", default="cuda")
-        p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                       help="more recipe overrides for every run (the same on every call)")
+        p.add_argument(
+            "--set",
+            nargs="*",
+            default=[],
+            metavar="KEY=VALUE",
+            help="more recipe overrides for every run (the same on every call)",
+        )
     p = sub.add_parser("report")
     p.add_argument("results")
     p.add_argument("--runs")

@@ -49,10 +49,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--engine-weights", nargs="+", default=None, metavar="ENGINE=W",
                         help="each engine's share of the training utterances")  # fmt: skip
-    parser.add_argument("--held-out", nargs="+", default=list(HELD_OUT), metavar="PATTERN",
-                        help="voices left out of training (fnmatch on labels, e.g. flite:*)")
-    parser.add_argument("--held-out-dev", action="store_true",
-                        help="dev: training voices only; dev_heldout: the held-out voices")
+    parser.add_argument(
+        "--held-out",
+        nargs="+",
+        default=list(HELD_OUT),
+        metavar="PATTERN",
+        help="voices left out of training (fnmatch on labels, e.g. flite:*)",
+    )
+    parser.add_argument(
+        "--held-out-dev",
+        action="store_true",
+        help="dev: training voices only; dev_heldout: the held-out voices",
+    )
     args = parser.parse_args()
     engines = working_engines(args.text_dir / "dev.txt")
     print("engines:", engines)

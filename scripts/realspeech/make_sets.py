@@ -87,9 +87,14 @@ def main() -> None:
         ps = root / PS
         sets = {}
         texts = sphinx_transcripts(ps / "librivox/transcription")
-        sets["librivox"] = [(uid, load_audio(ps / f"librivox/{uid}.wav"), t) for uid, t in sorted(texts.items())]
+        sets["librivox"] = [
+            (uid, load_audio(ps / f"librivox/{uid}.wav"), t) for uid, t in sorted(texts.items())
+        ]
         texts = sphinx_transcripts(ps / "cards/cards.transcription")
-        sets["cards"] = [(f"cards-{uid}", load_audio(ps / f"cards/{uid}.wav"), t) for uid, t in sorted(texts.items())]
+        sets["cards"] = [
+            (f"cards-{uid}", load_audio(ps / f"cards/{uid}.wav"), t)
+            for uid, t in sorted(texts.items())
+        ]
         raw = np.fromfile(ps / "goforward.raw", dtype="<i2").astype(np.float32) / 32768
         sets["goforward"] = [("goforward", raw, "go forward ten meters")]
         sets["alsa"] = [

@@ -238,7 +238,9 @@ class WaveAugmentConfig:
                 )
         snr = self.noise_snr_db
         if len(snr) != 2 or not snr[0] <= snr[1]:
-            raise ConfigError(f"data.wave_augment.noise_snr_db must be [low, high], got {list(snr)}")
+            raise ConfigError(
+                f"data.wave_augment.noise_snr_db must be [low, high], got {list(snr)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -267,9 +269,7 @@ class DataConfig:
         for i, factor in enumerate(self.speed_perturb):
             if not 0.5 <= factor <= 2.0:
                 raise ConfigError(f"data.speed_perturb[{i}] must be in [0.5, 2], got {factor}")
-        if self.vtlp and not (
-            len(self.vtlp) == 2 and 0.7 <= self.vtlp[0] <= self.vtlp[1] <= 1.4
-        ):
+        if self.vtlp and not (len(self.vtlp) == 2 and 0.7 <= self.vtlp[0] <= self.vtlp[1] <= 1.4):
             raise ConfigError(
                 f"data.vtlp must be [] or [low, high] with 0.7 <= low <= high <= 1.4, "
                 f"got {list(self.vtlp)}"

@@ -56,7 +56,9 @@ def test_each_keeps_length_and_is_reproducible(name):
 
 
 def test_telephone_keeps_only_the_narrow_band():
-    wave = speechlike(seed=3) + 0.05 * np.random.default_rng(3).standard_normal(int(1.5 * SR)).astype(np.float32)
+    wave = speechlike(seed=3) + 0.05 * np.random.default_rng(3).standard_normal(
+        int(1.5 * SR)
+    ).astype(np.float32)
     assert band_energy(wave, 4000, 8000) > 0.01
     out = corrupt.telephone(wave, SR, np.random.default_rng(0))
     assert band_energy(out, 4000, 8000) < 1e-4
@@ -100,7 +102,9 @@ def test_corruptor_probabilities():
     assert all(o.shape == wave.shape for o in outs)
     assert not np.array_equal(outs[0], outs[1])
     half = corrupt.WaveCorruptor(WaveAugmentConfig(gain_p=0.5), SR)
-    changed = sum(not np.array_equal(half(wave, np.random.default_rng(s)), wave) for s in range(200))
+    changed = sum(
+        not np.array_equal(half(wave, np.random.default_rng(s)), wave) for s in range(200)
+    )
     assert 70 < changed < 130
 
 

@@ -125,7 +125,9 @@ def vtlp_matrix(warp: Tensor, bins: int, sample_rate: int, boundary_hz: float = 
     a = warp.to(torch.float64)[:, None]  # (B, 1)
     knot = boundary_hz * torch.clamp(a, max=1.0) / a  # input frequency of the bend
     bend = a * knot  # its output frequency
-    src = torch.where(f <= bend, f / a, nyquist - (nyquist - knot) / (nyquist - bend) * (nyquist - f))
+    src = torch.where(
+        f <= bend, f / a, nyquist - (nyquist - knot) / (nyquist - bend) * (nyquist - f)
+    )
     pos = (src / nyquist * (bins - 1)).clamp(0, bins - 1)  # (B, K) fractional source bin
     lo = pos.floor().long().clamp(max=bins - 2)
     frac = (pos - lo).to(warp.dtype)
