@@ -369,5 +369,6 @@ def run(engine: Engine, config: ServeConfig) -> None:
     uconfig = uvicorn.Config(
         app, host=config.host, port=config.port, ws_max_size=config.max_message_kb * 1024,
         log_level="info", timeout_graceful_shutdown=10, lifespan="on",
+        ws_per_message_deflate=False,  # audio does not deflate: it would cost CPU per packet
     )  # fmt: skip
     _Server(uconfig).run()
