@@ -214,6 +214,7 @@ class Scheduler:
         self.max_pending = int(max_pending_s * engine.sample_rate)
         self.max_queued = max_queued
         self.slots: set[Slot] = set()
+        self._connected: set[Slot] = set()  # slots whose connection has not ended yet
         self.stopping = False
         self.steps = 0  # model steps taken
         self.largest_batch = 0  # most streams with a chunk ready in one step
@@ -251,7 +252,9 @@ class Scheduler:
             slot.ending = True
         self._poke()
         deadline = asyncio.get_running_loop().time() + timeout
-        while self.slots and asyncio.get_running_loop().time() < deadline:
+        # until every connection has ended: its last messages and close frame sent, not only
+        # queued (the server closes what is left with 1012 after this)
+        while self._connected and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
@@ -283,6 +286,7 @@ class Scheduler:
         slot = Slot(next(self._ids), fmt)
         slot.space.set()
         self.slots.add(slot)
+        self._connected.add(slot)
         return slot
 
     async def feed(self, slot: Slot, samples: np.ndarray) -> None:
@@ -306,6 +310,7 @@ class Scheduler:
         slot.space.set()
         self._dropped.append(slot.id)
         self.slots.discard(slot)
+        self._connected.discard(slot)
 
     # --- the loop ---------------------------------------------------------------------------
 
