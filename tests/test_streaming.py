@@ -130,6 +130,25 @@ def test_streams_in_a_batch_share_one_model_step(asr, monkeypatch):
     assert batches and set(batches) == {3}
 
 
+def test_features_of_a_batch_come_from_one_call(asr, monkeypatch):
+    calls = []
+    fbank = asr.fbank.forward
+
+    def spy(wave, lengths=None):
+        calls.append(wave.shape[0])
+        return fbank(wave, lengths)
+
+    monkeypatch.setattr(asr.fbank, "forward", spy)
+    streams = [asr.create_stream(GREEDY) for _ in range(3)]
+    for i, s in enumerate(streams):
+        s.accept_waveform(16000, _signal(0.5, 16000, seed=i)[: 4000 + 1000 * i])
+        s.accept_waveform(16000, _signal(0.5, 16000, seed=i)[:3000])
+    assert not calls  # samples are kept until decoding
+    assert all(s.ready for s in streams) and streams[0].samples_needed == 0
+    asr.decode_streams(streams)
+    assert calls == [3]
+
+
 def test_silence_keeps_resetting():
     """Without speech, rule 1 ends a segment every 2.4 s: no text, fresh state."""
     asr = tiny_asr("transducer", blank_bias=5.0)  # hears nothing

@@ -80,6 +80,28 @@ def test_streaming_fbank_gives_the_offline_frames():
     assert streaming.buffer.shape[1] < fbank.win_length
 
 
+def test_streaming_fbank_accept_many_equals_one_by_one():
+    fbank = Fbank(16000, 80)
+    rng = np.random.default_rng(2)
+    waves = [torch.from_numpy(_signal(s, 16000) + 0.001 * i) for i, s in enumerate((1.0, 2.3, 0.7))]
+    alone = [StreamingFbank(fbank) for _ in waves]
+    together = [StreamingFbank(fbank) for _ in waves]
+    pos = [0] * len(waves)
+    for _ in range(12):  # uneven pieces, some empty or shorter than a window
+        pieces = []
+        for i, w in enumerate(waves):
+            n = int(rng.choice([0, 100, 399, 1600, 5000]))
+            pieces.append(w[pos[i] : pos[i] + n])
+            pos[i] += n
+        one = [s.accept(p) for s, p in zip(alone, pieces, strict=True)]
+        many = StreamingFbank.accept_many(together, pieces)
+        for a, b in zip(one, many, strict=True):
+            assert a.shape == b.shape
+            torch.testing.assert_close(b, a, rtol=0, atol=2e-5)
+    for a, b in zip(alone, together, strict=True):
+        torch.testing.assert_close(b.buffer, a.buffer, rtol=0, atol=0)
+
+
 def test_bad_file_errors_in_blocks(tmp_path):
     flac = tmp_path / "full.flac"
     sf.write(flac, _signal(4.0, 16000), 16000)

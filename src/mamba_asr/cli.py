@@ -358,6 +358,11 @@ def _add_serve_parser(sub: argparse._SubParsersAction, common: list, device_help
         "--max-batch", type=int, default=None, metavar="N",
         help="streams per model step at most (default: all that are ready; 1: one at a time)",
     )  # fmt: skip
+    sv.add_argument(
+        "--worker", choices=["process", "thread"], default=None,
+        help="where the model step runs: a process of its own, so that it and the network do "
+        "not share one interpreter lock (default), or a thread of the server (--onnx: always)",
+    )  # fmt: skip
     _add_decoding_args(sv)
     sv.add_argument(
         "--chunk-ms", type=float, default=STREAM_CHUNK_MS, metavar="MS",
@@ -387,6 +392,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_streams=args.max_streams, max_upload_mb=args.max_upload_mb,
         max_message_kb=args.max_message_kb, cors_origins=tuple(args.cors_origin),
         max_batch=args.max_batch,
+        worker=args.worker or ("thread" if args.onnx is not None else "process"),
     )  # fmt: skip
     if args.max_batch is not None and args.max_batch < 1:
         raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")

@@ -11,8 +11,9 @@ In the style of sherpa-onnx's online recognizer::
     stream.result                                 # the Transcript so far (partial)
     transcript = stream.finish()                  # end of input: the final Transcript
 
-``accept_waveform`` resamples (soxr, streaming), computes the feature frames (``StreamingFbank``,
-equal to the offline frames) and normalises them; ``decode_streams`` runs the model's
+``accept_waveform`` resamples (soxr, streaming) and keeps the samples; ``decode_streams`` turns
+the new samples of all its streams into normalised feature frames in one batched call
+(``StreamingFbank.accept_many``, equal to the offline frames), then runs the model's
 streaming step (``forward_chunk``, ``mamba_asr.models.streaming``) on one chunk of
 ``chunk_ms`` (rounded down to whole encoder frames) of every stream that has one, streams with
 chunks of the same length in one batch, then each stream's search (greedy or beam with LM
@@ -48,7 +49,7 @@ from mamba_asr.transcript import Segment, Transcript, make_segment
 
 ASR = nn.Module  # an ``mamba_asr.asr.ASR`` bundle (this module sits below it and imports it not)
 
-__all__ = ["STREAM_CHUNK_MS", "Stream", "decode_streams", "stream_chunk_frames"]
+__all__ = ["STREAM_CHUNK_MS", "Stream", "compute_features", "decode_streams", "stream_chunk_frames"]
 
 STREAM_CHUNK_MS = 320.0
 
@@ -105,6 +106,8 @@ class Stream:
         self.frame_seconds = self.model.subsampling * asr.fbank.hop_length / asr.sample_rate
         self.fbank = StreamingFbank(asr.fbank)
         self.pending = torch.zeros(1, 0, asr.fbank.n_mels, device=self.device)  # (1, t, C)
+        self.queued: list[np.ndarray] = []  # samples not yet turned into features
+        self.queued_samples = 0
         self.resampler: soxr.ResampleStream | None = None
         self.input_rate: int | None = None
         self.samples = 0  # at the model's rate, turned into features
@@ -138,18 +141,25 @@ class Stream:
         self._accept(wave)
 
     def _accept(self, wave: np.ndarray) -> None:
-        """Samples (n,) at the model's rate -> normalised feature frames, pending."""
+        """Samples (n,) at the model's rate, queued for ``compute_features``."""
         if wave.shape[0] == 0:
             return
         self.samples += wave.shape[0]
-        feats = self.fbank.accept(torch.from_numpy(np.ascontiguousarray(wave)).to(self.device))
-        if feats.shape[1]:
-            self.pending = torch.cat([self.pending, self.asr.cmvn(feats)], dim=1)
+        self.queued.append(wave)
+        self.queued_samples += wave.shape[0]
+
+    @property
+    def _frames(self) -> int:
+        """Feature frames to decode: pending, and those the queued samples make."""
+        have = self.fbank.buffer.shape[1] + self.queued_samples
+        fbank = self.asr.fbank
+        made = 0 if have < fbank.win_length else 1 + (have - fbank.win_length) // fbank.hop_length
+        return self.pending.shape[1] + made
 
     @property
     def ready(self) -> bool:
         """Whether a chunk can be decoded now (a whole one, or the rest after ``finish``)."""
-        n = self.pending.shape[1]
+        n = self._frames
         return n >= self.chunk_frames or (self.finished and n > 0)
 
     @property
@@ -159,11 +169,13 @@ class Stream:
         if frames <= 0:
             return 0
         fbank = self.asr.fbank
-        have = self.fbank.buffer.shape[1]
+        have = self.fbank.buffer.shape[1] + self.queued_samples
         return max(0, (frames - 1) * fbank.hop_length + fbank.win_length - have)
 
     def take_chunk(self) -> Tensor:
         """The next chunk of pending frames (1, t, C), removed from the stream."""
+        if self.queued:
+            compute_features([self])
         n = min(self.chunk_frames, self.pending.shape[1])
         chunk, self.pending = self.pending[:, :n], self.pending[:, n:]
         return chunk
@@ -261,6 +273,30 @@ class Stream:
 
 
 @torch.no_grad()
+def compute_features(streams: Sequence[Stream]) -> None:
+    """The queued samples of ``streams`` (all of one model) -> normalised feature frames at the
+    end of each one's ``pending``, in one batched call; the frames each gets alone."""
+    todo = [s for s in streams if s.queued]
+    if not todo:
+        return
+    if any(s.asr is not todo[0].asr for s in todo):
+        raise ValueError("compute_features: all streams must come from the same model")
+    waves = []
+    for s in todo:
+        wave = s.queued[0] if len(s.queued) == 1 else np.concatenate(s.queued)
+        waves.append(torch.from_numpy(np.ascontiguousarray(wave)))
+        s.queued, s.queued_samples = [], 0
+    feats = StreamingFbank.accept_many([s.fbank for s in todo], waves)  # each (1, t_i, C)
+    counts = [f.shape[1] for f in feats]
+    if not sum(counts):
+        return
+    normed = todo[0].asr.cmvn(torch.cat(feats, dim=1))  # (1, sum t_i, C)
+    for s, f in zip(todo, normed.split(counts, dim=1), strict=True):
+        if f.shape[1]:
+            s.pending = f if s.pending.shape[1] == 0 else torch.cat([s.pending, f], dim=1)
+
+
+@torch.no_grad()
 def decode_streams(streams: Sequence[Stream]) -> None:
     """Decode every chunk that is ready in ``streams`` (all of one model): streams whose chunks
     have the same length go through the model's streaming step in one batch; each stream's
@@ -270,6 +306,7 @@ def decode_streams(streams: Sequence[Stream]) -> None:
     model = streams[0].model
     if any(s.model is not model for s in streams):
         raise ValueError("decode_streams: all streams must come from the same model")
+    compute_features(streams)
     ops: StateOps | None = None
     while True:
         groups: dict[int, list[tuple[Stream, Tensor]]] = defaultdict(list)

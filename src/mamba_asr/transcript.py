@@ -10,7 +10,7 @@ and ``end`` are ``None``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 __all__ = ["Segment", "Token", "Transcript", "Word", "make_segment"]
 
@@ -79,8 +79,10 @@ class Transcript:
             "text": self.text,
             "duration": round(self.duration, 3),
             "segments": [{"start": s.start, "end": s.end, "text": s.text} for s in self.segments],
-            "tokens": [asdict(t) for t in self.tokens],
-            "words": [asdict(w) for w in self.words],
+            # not dataclasses.asdict: it deep-copies each field, and a server builds one of
+            # these for every partial result
+            "tokens": [{"text": t.text, "start": t.start, "end": t.end} for t in self.tokens],
+            "words": [{"text": w.text, "start": w.start, "end": w.end} for w in self.words],
         }
 
     def to_json(self) -> str:

@@ -204,3 +204,38 @@ def test_uploads_in_other_formats(client, asr, fmt, subtype):
     data = buf.getvalue()
     result = client.audio.transcriptions.create(model="m", file=(f"hello.{fmt.lower()}", data))
     assert result.text == mamba_asr.transcribe(asr, data, **OPTIONS).text
+
+
+def test_a_worker_process_gives_what_the_worker_thread_gives(asr, offline):
+    wave, rate = sf.read(HELLO, dtype="float32")
+    long = np.concatenate([wave, np.zeros(rate, np.float32), wave])
+    engine = Engine(asr, "mct-small-synth-en", DecodingOptions(**OPTIONS))
+    results: dict[str, list] = {}
+    for worker in ("thread", "process"):
+        with running_server(engine, worker=worker) as base:
+            got: list = [None] * 3
+
+            def one(i: int, base: str = base, got: list = got) -> None:
+                got[i] = stream_file(base, long if i else wave, rate, pace=0.02)
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            assert [r[1] for r in got] == [1000] * 3
+            assert get_json(base + "/health")["largest_batch"] >= 2
+            # partials, and how far a final's step had decoded, depend on how the chunks met
+            # in batches; the results do not
+            results[worker] = [
+                ([m["segments"] for m in r[0] if m["type"] == "final"], r[0][-1]) for r in got
+            ]
+    assert results["process"] == results["thread"]
+    assert results["process"][0][1]["text"] == offline.text
+
+
+def test_the_worker_setting_is_checked():
+    from mamba_asr.serve.app import ServeConfig
+
+    with pytest.raises(ValueError, match="--worker must be thread or process"):
+        ServeConfig(worker="fork")

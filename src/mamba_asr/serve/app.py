@@ -74,6 +74,7 @@ class ServeConfig:
     deadline_ms: float = 10.0
     idle_timeout_s: float = 60.0
     max_batch: int | None = None
+    worker: str = "thread"  # "process": the model step in a process of its own
 
     def __post_init__(self) -> None:
         if self.token is not None and not self.token.strip():
@@ -90,6 +91,8 @@ class ServeConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if not (math.isfinite(self.max_upload_mb) and self.max_upload_mb > 0):
             raise ValueError(f"--max-upload-mb must be > 0, got {self.max_upload_mb}")
+        if self.worker not in ("thread", "process"):
+            raise ValueError(f"--worker must be thread or process, got {self.worker!r}")
         if not 0 < self.port < 65536:
             raise ValueError(f"--port must be in 1..65535, got {self.port}")
 
@@ -108,7 +111,12 @@ class Server:
 
     def __init__(self, engine: Engine, config: ServeConfig) -> None:
         self.engine, self.config = engine, config
-        self.scheduler = Scheduler(engine, config.max_streams, config.deadline_ms, config.max_batch)
+        if config.worker == "process" and engine.onnx:
+            raise ValueError("--worker process needs a PyTorch model (not --onnx)")
+        self.scheduler = Scheduler(
+            engine, config.max_streams, config.deadline_ms, config.max_batch,
+            process=config.worker == "process",
+        )  # fmt: skip
         self.files = ThreadPoolExecutor(1, thread_name_prefix="mamba-asr-files")
         self.started = time.time()
 
@@ -369,5 +377,6 @@ def run(engine: Engine, config: ServeConfig) -> None:
     uconfig = uvicorn.Config(
         app, host=config.host, port=config.port, ws_max_size=config.max_message_kb * 1024,
         log_level="info", timeout_graceful_shutdown=10, lifespan="on",
+        ws_per_message_deflate=False,  # audio does not deflate: it would cost CPU per packet
     )  # fmt: skip
     _Server(uconfig).run()
