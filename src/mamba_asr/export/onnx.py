@@ -12,6 +12,10 @@ PyTorch (file names and ``config.json`` keys: ``mamba_asr.runtime.onnx``):
   projection (B, t', J) and every new state tensor out; B and t are symbolic. While exporting,
   the selective scan runs as PyTorch's ``scan`` operator (``ops.selective_scan.exportable``),
   one ONNX ``Scan`` node, so the graph takes chunks of any length;
+- ``encoder_chunk.onnx``: the same, for chunks of one length only (``chunk_ms``, 320 ms: the
+  runtime's streaming step), with the scan unrolled (``export_backend("unrolled")``): one
+  multiply-add per encoder frame, no ``Scan`` and static shapes but B. The runtime takes it
+  for chunks of that length and ``encoder.onnx`` for any other;
 - ``predictor.onnx``: one token per hypothesis (N, 1) and the predictor state in, its
   projection (N, J) and the new state out;
 - ``joiner.onnx``: projections (N, J) and (N, J) in, logits (N, V) out;
@@ -51,7 +55,9 @@ from torch import Tensor, nn
 from mamba_asr import __version__
 from mamba_asr.files import check_output
 from mamba_asr.models.streaming import map_state
+from mamba_asr.ops.selective_scan import export_backend
 from mamba_asr.runtime.onnx import (
+    CHUNK_GRAPH,
     CONFIG_FILE,
     EXPORT_FORMAT,
     EXPORT_VERSION,
@@ -61,6 +67,7 @@ from mamba_asr.runtime.onnx import (
     TOKENIZER_DIR,
     int8_name,
 )
+from mamba_asr.streaming import STREAM_CHUNK_MS, stream_chunk_frames
 
 __all__ = [
     "OPSET",
@@ -267,8 +274,9 @@ def _export_graph(
     program.save(str(path))
 
 
-def _export_graphs(asr: nn.Module, folder: Path) -> dict[str, Any]:
-    """The three graphs into ``folder``; returns the state layouts for config.json."""
+def _export_graphs(asr: nn.Module, folder: Path, chunk_frames: int | None) -> dict[str, Any]:
+    """The graphs into ``folder`` (``encoder_chunk.onnx`` for chunks of ``chunk_frames``
+    feature frames, unless None); returns the state layouts for config.json."""
     model = asr.model
     enc_layout = _layout(lambda b: model.init_state(b), "state")
     pred_layout = _layout(lambda b: model.predictor.init_state(b), "state")
@@ -283,6 +291,16 @@ def _export_graphs(asr: nn.Module, folder: Path) -> dict[str, Any]:
         ["memory", "encoder_proj", *(s["name"].replace("state", "new_state", 1) for s in enc_layout)],
         ({0: batch, 1: time}, _dims(enc_layout, batch)),
     )  # fmt: skip
+    if chunk_frames is not None:  # one chunk length, the scan unrolled: no Scan node
+        feats = torch.randn(2, chunk_frames, asr.config.features.n_mels)
+        with export_backend("unrolled"):
+            _export_graph(
+                EncoderChunk(model).eval(), (feats, *state), folder / CHUNK_GRAPH,
+                ["feats", *(s["name"] for s in enc_layout)],
+                ["memory", "encoder_proj",
+                 *(s["name"].replace("state", "new_state", 1) for s in enc_layout)],
+                ({0: batch}, _dims(enc_layout, batch)),
+            )  # fmt: skip
     pstate = [t for _, t in state_leaves(model.predictor.init_state(2), "s")]
     tokens = torch.full((2, 1), 3, dtype=torch.long)
     _export_graph(
@@ -297,7 +315,9 @@ def _export_graphs(asr: nn.Module, folder: Path) -> dict[str, Any]:
         JoinerStep(model).eval(), (proj, proj.clone()), folder / GRAPHS["joiner"],
         ["encoder_proj", "predictor_proj"], ["logits"], ({0: hyps}, {0: hyps}),
     )  # fmt: skip
-    return {"encoder_state": enc_layout, "predictor_state": pred_layout, "joiner_dim": joiner_dim}
+    return {"encoder_state": enc_layout, "predictor_state": pred_layout, "joiner_dim": joiner_dim,
+            "encoder_chunk": None if chunk_frames is None
+            else {"file": CHUNK_GRAPH, "frames": chunk_frames}}  # fmt: skip
 
 
 # What the int8 graphs quantize: the matrix products (MatMul, and Gemm, which the tool turns
@@ -345,7 +365,9 @@ def _quantize(folder: Path, keep_fp32: list[np.ndarray]) -> None:
 
     logging.disable(logging.WARNING)  # its advice to pre-process, on the root logger
     try:
-        for name in GRAPHS.values():
+        for name in [*GRAPHS.values(), CHUNK_GRAPH]:
+            if not (folder / name).is_file():
+                continue
             quantize_dynamic(
                 folder / name, folder / int8_name(name), weight_type=QuantType.QInt8,
                 op_types_to_quantize=QUANTIZED_OPS,
@@ -388,6 +410,7 @@ def _write_config(asr: nn.Module, folder: Path, graphs: dict[str, Any], int8: bo
         },  # fmt: skip
         "encoder_state": graphs["encoder_state"],
         "predictor_state": graphs["predictor_state"],
+        "encoder_chunk": graphs["encoder_chunk"],
         "lm": LM_FILE if (folder / LM_FILE).is_file() else None,
     }
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -400,11 +423,13 @@ def export_onnx(
     int8: bool = False,
     lm: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    chunk_ms: float | None = STREAM_CHUNK_MS,
 ) -> Path:
     """Export ``asr`` (an ``ASR`` bundle of a streaming transducer) to the folder ``out``.
 
     lm: an n-gram LM file to ship beside the graphs (the bundled model's, for ``lm="auto"``);
-    int8: add the dynamically quantized graphs. Raises a one-line ``ValueError`` for a model
+    int8: add the dynamically quantized graphs; chunk_ms: the chunk length of
+    ``encoder_chunk.onnx`` (None: no such graph, ``encoder.onnx`` takes every chunk). Raises a one-line ``ValueError`` for a model
     that does not stream or an ``out`` that exists (unless ``overwrite``) or cannot be made;
     on any error nothing is left at ``out``.
     """
@@ -418,6 +443,7 @@ def export_onnx(
         )
     if lm is not None and not Path(lm).is_file():
         raise ValueError(f"{lm}: no such LM file")
+    chunk_frames = None if chunk_ms is None else stream_chunk_frames(asr, chunk_ms)
     out = check_output(out, "--out", overwrite=overwrite, folder=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -429,7 +455,7 @@ def export_onnx(
         asr.eval()
         try:
             with torch.no_grad():
-                graphs = _export_graphs(asr, tmp)
+                graphs = _export_graphs(asr, tmp, chunk_frames)
         finally:
             asr.train(was_training)
         if int8:
