@@ -113,6 +113,20 @@ def test_the_chunk_graph_has_no_scan_and_one_chunk_length(tiny):
     assert "Scan" in {n.op_type for n in general.node}
 
 
+@pytest.mark.parametrize("name", ["encoder", "encoder_chunk", "predictor"])
+def test_convolutions_are_two_dimensional(tiny, name):
+    """1-d convolutions are written as 2-d ones over a height of 1 (onnxruntime's fast
+    kernels); the equality tests check the numbers."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, folder = tiny
+    graph = onnx.load(str(folder / f"{name}.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs and all(inits[n.input[1]].ndim == 4 for n in convs)
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 def test_the_chunk_graph_equals_forward_chunk_and_the_scan_graph(tiny, batch):
     """Fresh random chunks and a random start state, three chunks in a row: the unrolled
