@@ -99,7 +99,7 @@ def test_encoder_chunks_equal_forward_chunk(tiny, frames):
             np.testing.assert_allclose(new, expected.numpy(), atol=1e-4, rtol=0)
 
 
-def test_the_chunk_graph_has_no_scan_and_one_chunk_length(tiny):
+def test_the_chunk_graph_has_no_scan(tiny):
     import onnx
 
     _, folder = tiny
@@ -108,7 +108,6 @@ def test_the_chunk_graph_has_no_scan_and_one_chunk_length(tiny):
     for name in ("encoder_chunk.onnx", "encoder_chunk.int8.onnx"):
         graph = onnx.load(str(folder / name)).graph
         assert not {"Scan", "Loop"} & {n.op_type for n in graph.node}
-        assert graph.input[0].type.tensor_type.shape.dim[1].dim_value == 32
     general = onnx.load(str(folder / "encoder.onnx")).graph
     assert "Scan" in {n.op_type for n in general.node}
 
@@ -127,10 +126,11 @@ def test_convolutions_are_two_dimensional(tiny, name):
     assert convs and all(inits[n.input[1]].ndim == 4 for n in convs)
 
 
-@pytest.mark.parametrize("batch", [1, 2])
-def test_the_chunk_graph_equals_forward_chunk_and_the_scan_graph(tiny, batch):
-    """Fresh random chunks and a random start state, three chunks in a row: the unrolled
-    chunk graph gives forward_chunk's memory and states, and the Scan graph's."""
+@pytest.mark.parametrize(("batch", "frames"), [(1, 32), (2, 32), (2, 24), (1, 13), (2, 1)])
+def test_the_chunk_graph_equals_forward_chunk_and_the_scan_graph(tiny, batch, frames):
+    """Fresh random chunks and a random start state, three chunks in a row, full (32 frames)
+    or shorter: the unrolled chunk graph gives forward_chunk's memory and states, and the
+    Scan graph's."""
     asr, folder = tiny
     model = OnnxASR.load(folder).model
     assert model.chunk_encoder is not None and model.chunk_frames == 32
@@ -141,7 +141,7 @@ def test_the_chunk_graph_equals_forward_chunk_and_the_scan_graph(tiny, batch):
     leaves = [t.numpy() for _, t in state_leaves(state, "s")]
     chunk_state, scan_state = leaves, leaves
     for _ in range(3):
-        chunk = torch.randn(batch, 32, 80, generator=gen)
+        chunk = torch.randn(batch, frames, 80, generator=gen)
         with torch.no_grad():
             memory, state = asr.model.forward_chunk(chunk, state)
         feeds = dict(zip(model.enc_names, chunk_state, strict=True))

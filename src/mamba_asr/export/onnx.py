@@ -12,10 +12,11 @@ PyTorch (file names and ``config.json`` keys: ``mamba_asr.runtime.onnx``):
   projection (B, t', J) and every new state tensor out; B and t are symbolic. While exporting,
   the selective scan runs as PyTorch's ``scan`` operator (``ops.selective_scan.exportable``),
   one ONNX ``Scan`` node, so the graph takes chunks of any length;
-- ``encoder_chunk.onnx``: the same, for chunks of one length only (``chunk_ms``, 320 ms: the
-  runtime's streaming step), with the scan unrolled (``export_backend("unrolled")``): one
-  multiply-add per encoder frame, no ``Scan`` and static shapes but B. The runtime takes it
-  for chunks of that length and ``encoder.onnx`` for any other;
+- ``encoder_chunk.onnx``: the same, for chunks of at most ``chunk_ms`` (320 ms: the runtime's
+  streaming step), with the scan unrolled (``export_backend("unrolled", steps)``): one
+  multiply-add per encoder frame of a full chunk (a shorter chunk's missing frames leave the
+  state as it is), no ``Scan``. The runtime takes it for every chunk up to that length and
+  ``encoder.onnx`` for longer ones (offline);
 - ``predictor.onnx``: one token per hypothesis (N, 1) and the predictor state in, its
   projection (N, J) and the new state out;
 - ``joiner.onnx``: projections (N, J) and (N, J) in, logits (N, V) out;
@@ -346,15 +347,17 @@ def _export_graphs(asr: nn.Module, folder: Path, chunk_frames: int | None) -> di
         ["memory", "encoder_proj", *(s["name"].replace("state", "new_state", 1) for s in enc_layout)],
         ({0: batch, 1: time}, _dims(enc_layout, batch)),
     )  # fmt: skip
-    if chunk_frames is not None:  # one chunk length, the scan unrolled: no Scan node
-        feats = torch.randn(2, chunk_frames, asr.config.features.n_mels)
-        with export_backend("unrolled"):
+    if chunk_frames is not None:  # chunks up to chunk_frames, the scan unrolled: no Scan node
+        steps = -(-chunk_frames // model.subsampling)  # encoder frames of a full chunk
+        short = Dim("time", min=1, max=chunk_frames)
+        with export_backend("unrolled", steps=steps):
             _export_graph(
-                EncoderChunk(model).eval(), (feats, *state), folder / CHUNK_GRAPH,
+                EncoderChunk(model).eval(), (feats[:, :chunk_frames], *state),
+                folder / CHUNK_GRAPH,
                 ["feats", *(s["name"] for s in enc_layout)],
                 ["memory", "encoder_proj",
                  *(s["name"].replace("state", "new_state", 1) for s in enc_layout)],
-                ({0: batch}, _dims(enc_layout, batch)),
+                ({0: batch, 1: short}, _dims(enc_layout, batch)),
             )  # fmt: skip
     pstate = [t for _, t in state_leaves(model.predictor.init_state(2), "s")]
     tokens = torch.full((2, 1), 3, dtype=torch.long)

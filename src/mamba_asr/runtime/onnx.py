@@ -54,7 +54,7 @@ FEATURES_FILE = "features.npz"
 LM_FILE = "lm.npz"
 TOKENIZER_DIR = "tokenizer"
 GRAPHS = {"encoder": "encoder.onnx", "predictor": "predictor.onnx", "joiner": "joiner.onnx"}
-CHUNK_GRAPH = "encoder_chunk.onnx"  # the encoder for chunks of one length, without Scan
+CHUNK_GRAPH = "encoder_chunk.onnx"  # the encoder for chunks up to a length, without Scan
 STREAM_CHUNK_MS = 320.0  # as mamba_asr.streaming
 CHUNK_SECONDS = 30.0  # as mamba_asr.transcription: audio read per step offline
 Partial = Callable[[str, float], None]
@@ -103,7 +103,7 @@ class OnnxTransducer:
                 str(path), options, providers=["CPUExecutionProvider"]
             )
         self.encoder, self.predictor, self.joiner = (sessions[k] for k in GRAPHS)
-        # chunks of chunk_frames frames go to the graph made for them (scan unrolled)
+        # chunks of up to chunk_frames frames go to the graph made for them (scan unrolled)
         self.chunk_encoder = sessions.get("chunk")
         self.chunk_frames = int(chunk["frames"]) if chunk else None
         model = config["model"]
@@ -130,11 +130,11 @@ class OnnxTransducer:
         return self._state(self.pred_layout, n)
 
     def _encoder_run(self, feats: np.ndarray, state: State) -> list[np.ndarray]:
-        """memory, projection and every new state tensor, from the chunk graph for chunks of
-        its length, else from the general one."""
+        """memory, projection and every new state tensor, from the chunk graph for chunks up
+        to its length, else from the general one."""
         feeds = {"feats": np.ascontiguousarray(feats, dtype=np.float32)}
         feeds.update(zip(self.enc_names, state, strict=True))
-        if self.chunk_encoder is not None and feats.shape[1] == self.chunk_frames:
+        if self.chunk_encoder is not None and feats.shape[1] <= self.chunk_frames:
             return self.chunk_encoder.run(None, feeds)
         return self.encoder.run(None, feeds)
 

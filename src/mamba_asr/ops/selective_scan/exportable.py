@@ -17,6 +17,7 @@ Shape key: B batch, G groups of B/C, E channels per group (D = G * E), L length,
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["ssm_scan_exportable", "ssm_scan_unrolled"]
@@ -77,15 +78,26 @@ def ssm_scan_unrolled(
     B: Tensor,
     C: Tensor,
     initial_state: Tensor | None,
+    steps: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``ssm_scan_exportable``'s steps in a Python loop over L (a fixed, small number): same
     arguments and results.
+
+    steps: run that many steps whatever L (at most ``steps``; exported, L may stay symbolic):
+    the frames past L get dt = 0, a decay of 1 and no input, so they leave the state as it is,
+    and their outputs are cut off.
 
     Laid out time first and channels last, (L, B, G, N, E): each step takes its slice of one
     ``Split`` and the steps write one ``Concat`` (per frame a multiply-add on (B, G, N, E)),
     every broadcast runs along whole rows of E channels, and y is one batched product with C
     (in onnxruntime: few nodes, no broadcast over short rows of N)."""
     batch, dim, length = u.shape
+    if steps is not None:
+        torch._check(length <= steps)
+        pad = (0, steps - length)  # (B, ..., steps): zeros after the L frames
+        y, last = ssm_scan_unrolled(F.pad(u, pad), F.pad(dt, pad), A, F.pad(B, pad),
+                                    F.pad(C, pad), initial_state)  # fmt: skip
+        return y[..., :length], last
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)  # (B, 1, N, L)
     groups, n = B.shape[1], A.shape[1]
