@@ -76,6 +76,7 @@ __all__ = [
     "JoinerStep",
     "PredictorStep",
     "ResearchEncoder",
+    "conv1d_as_conv2d",
     "export_encoder_onnx",
     "export_onnx",
     "state_leaves",
