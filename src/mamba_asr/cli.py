@@ -188,7 +188,8 @@ def _add_export_parser(sub: argparse._SubParsersAction, common: list) -> None:
         parents=common,
         help="a streaming transducer as ONNX graphs, for mamba-asr transcribe --onnx",
         description="Writes DIR: encoder.onnx (one streaming chunk, every state an input and "
-        "an output), predictor.onnx, joiner.onnx, the tokenizer, the feature settings and "
+        "an output), encoder_chunk.onnx (the same for chunks of --chunk-ms, faster), "
+        "predictor.onnx, joiner.onnx, the tokenizer, the feature settings and "
         "CMVN statistics (config.json, features.npz) and the model's LM; --int8 adds "
         "*.int8.onnx (dynamic int8 quantization). Nothing is written unless all of it is.",
     )
@@ -198,6 +199,11 @@ def _add_export_parser(sub: argparse._SubParsersAction, common: list) -> None:
     )  # fmt: skip
     onnx.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
     onnx.add_argument("--int8", action="store_true", help="also write int8 graphs")
+    onnx.add_argument(
+        "--chunk-ms", type=float, default=STREAM_CHUNK_MS, metavar="MS",
+        help="the chunk of encoder_chunk.onnx, rounded down to whole encoder frames "
+        "(default: 320, the streaming step; 0: no such graph)",
+    )  # fmt: skip
     onnx.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     onnx.set_defaults(func=cmd_export_onnx)
     coreml = formats.add_parser(
@@ -233,7 +239,10 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
     asr = load_model(args.model, device="cpu")
     lm = asr.shipped_lm
-    out = export_onnx(asr, args.out, int8=args.int8, lm=lm, overwrite=args.overwrite)
+    chunk_ms = args.chunk_ms or None
+    out = export_onnx(
+        asr, args.out, int8=args.int8, lm=lm, overwrite=args.overwrite, chunk_ms=chunk_ms
+    )
     print(out)
     return 0
 

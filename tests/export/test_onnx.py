@@ -1,7 +1,8 @@
 """ONNX export of a streaming transducer and the onnxruntime recognizer: equal to PyTorch.
 
 A tiny random transducer (``helpers.recipes.tiny_recipe("transducer")``) with fitted-looking
-CMVN statistics and a joiner that emits text is exported once per module; the encoder chunk equals ``forward_chunk``
+CMVN statistics and a joiner that emits text is exported once per module; the encoder chunk
+(the general graph, and the graph for 320 ms chunks with the scan unrolled) equals ``forward_chunk``
 within 1e-4, and the ONNX recognizer's transcripts equal PyTorch's token for token, offline
 and streaming, greedy and beam search with an n-gram LM, across endpoints.
 """
@@ -21,6 +22,7 @@ from mamba_asr.decode.endpoint import EndpointConfig
 from mamba_asr.decode.options import DecodingOptions
 from mamba_asr.export.onnx import export_onnx, state_leaves
 from mamba_asr.lm.ngram import NgramLM, tokenizer_fingerprint
+from mamba_asr.models.streaming import map_state
 from mamba_asr.runtime.onnx import OnnxASR
 from mamba_asr.text.tokenizer import CharTokenizer
 from mamba_asr.transcription import transcribe_waveform
@@ -95,6 +97,66 @@ def test_encoder_chunks_equal_forward_chunk(tiny, frames):
         np.testing.assert_allclose(got, memory.numpy(), atol=1e-4, rtol=0)
         for (_, expected), new in zip(state_leaves(state, "s"), onnx_state, strict=True):
             np.testing.assert_allclose(new, expected.numpy(), atol=1e-4, rtol=0)
+
+
+def test_the_chunk_graph_has_no_scan(tiny):
+    import onnx
+
+    _, folder = tiny
+    config = json.loads((folder / "config.json").read_text())
+    assert config["encoder_chunk"] == {"file": "encoder_chunk.onnx", "frames": 32}
+    for name in ("encoder_chunk.onnx", "encoder_chunk.int8.onnx"):
+        graph = onnx.load(str(folder / name)).graph
+        assert not {"Scan", "Loop"} & {n.op_type for n in graph.node}
+    general = onnx.load(str(folder / "encoder.onnx")).graph
+    assert "Scan" in {n.op_type for n in general.node}
+
+
+@pytest.mark.parametrize("name", ["encoder", "encoder_chunk", "predictor"])
+def test_convolutions_are_two_dimensional(tiny, name):
+    """1-d convolutions are written as 2-d ones over a height of 1 (onnxruntime's fast
+    kernels); the equality tests check the numbers."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, folder = tiny
+    graph = onnx.load(str(folder / f"{name}.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs and all(inits[n.input[1]].ndim == 4 for n in convs)
+
+
+@pytest.mark.parametrize(("batch", "frames"), [(1, 32), (2, 32), (2, 24), (1, 13), (2, 1)])
+def test_the_chunk_graph_equals_forward_chunk_and_the_scan_graph(tiny, batch, frames):
+    """Fresh random chunks and a random start state, three chunks in a row, full (32 frames)
+    or shorter: the unrolled chunk graph gives forward_chunk's memory and states, and the
+    Scan graph's."""
+    asr, folder = tiny
+    model = OnnxASR.load(folder).model
+    assert model.chunk_encoder is not None and model.chunk_frames == 32
+    gen = torch.Generator().manual_seed(batch)
+    state = map_state(  # a state from somewhere inside a stream, not zeros
+        lambda t: torch.randn(t.shape, generator=gen, dtype=t.dtype), asr.model.init_state(batch)
+    )
+    leaves = [t.numpy() for _, t in state_leaves(state, "s")]
+    chunk_state, scan_state = leaves, leaves
+    for _ in range(3):
+        chunk = torch.randn(batch, frames, 80, generator=gen)
+        with torch.no_grad():
+            memory, state = asr.model.forward_chunk(chunk, state)
+        feeds = dict(zip(model.enc_names, chunk_state, strict=True))
+        got = model.chunk_encoder.run(None, {"feats": chunk.numpy(), **feeds})
+        feeds = dict(zip(model.enc_names, scan_state, strict=True))
+        ref = model.encoder.run(None, {"feats": chunk.numpy(), **feeds})
+        np.testing.assert_allclose(got[0], memory.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got[0], ref[0], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got[1], ref[1], atol=1e-4, rtol=0)
+        for (_, expected), new, other in zip(
+            state_leaves(state, "s"), got[2:], ref[2:], strict=True
+        ):
+            np.testing.assert_allclose(new, expected.numpy(), atol=1e-4, rtol=0)
+            np.testing.assert_allclose(new, other, atol=1e-4, rtol=0)
+        chunk_state, scan_state = got[2:], ref[2:]
 
 
 OPTIONS = {

@@ -40,6 +40,29 @@ def test_exportable_equals_the_reference(backend, groups, length):
     torch.testing.assert_close(last, last_ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("length", [1, 3, 4])
+def test_unrolled_with_more_steps_than_frames_equals_the_plain_loop(length):
+    """steps=4 runs four steps whatever the length: the frames past it change nothing."""
+    from mamba_asr.ops.selective_scan.exportable import ssm_scan_unrolled
+
+    g = torch.Generator().manual_seed(length)
+    batch, dim, n = 2, 8, 4
+    u, dt = (
+        torch.randn(batch, dim, length, generator=g),
+        torch.rand(batch, dim, length, generator=g),
+    )
+    A = -torch.exp(torch.randn(dim, n, generator=g))
+    B, C = torch.randn(batch, n, length, generator=g), torch.randn(batch, n, length, generator=g)
+    h0 = torch.randn(batch, dim, n, generator=g)
+    y, last = ssm_scan_unrolled(u, dt, A, B, C, h0, steps=4)
+    y_ref, last_ref = ssm_scan_unrolled(u, dt, A, B, C, h0)
+    torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(last, last_ref, rtol=1e-6, atol=1e-6)
+    if length > 1:
+        with pytest.raises(RuntimeError):  # fewer steps than frames
+            ssm_scan_unrolled(u, dt, A, B, C, h0, steps=length - 1)
+
+
 def test_auto_is_exportable_only_while_exporting():
     assert resolve_backend(torch.device("cpu")) != "exportable"
 

@@ -37,6 +37,7 @@ from mamba_asr.text.tokenizer import load_tokenizer
 from mamba_asr.transcript import Segment, Transcript, make_segment
 
 __all__ = [
+    "CHUNK_GRAPH",
     "CONFIG_FILE",
     "EXPORT_FORMAT",
     "EXPORT_VERSION",
@@ -53,6 +54,7 @@ FEATURES_FILE = "features.npz"
 LM_FILE = "lm.npz"
 TOKENIZER_DIR = "tokenizer"
 GRAPHS = {"encoder": "encoder.onnx", "predictor": "predictor.onnx", "joiner": "joiner.onnx"}
+CHUNK_GRAPH = "encoder_chunk.onnx"  # the encoder for chunks up to a length, without Scan
 STREAM_CHUNK_MS = 320.0  # as mamba_asr.streaming
 CHUNK_SECONDS = 30.0  # as mamba_asr.transcription: audio read per step offline
 Partial = Callable[[str, float], None]
@@ -89,8 +91,10 @@ class OnnxTransducer:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        chunk = config.get("encoder_chunk")  # None in exports without it
+        graphs = {**GRAPHS, **({"chunk": chunk["file"]} if chunk else {})}
         sessions = {}
-        for key, name in GRAPHS.items():
+        for key, name in graphs.items():
             path = folder / (int8_name(name) if int8 else name)
             if not path.is_file():
                 what = "the int8 graphs (export with --int8)" if int8 else name
@@ -99,6 +103,9 @@ class OnnxTransducer:
                 str(path), options, providers=["CPUExecutionProvider"]
             )
         self.encoder, self.predictor, self.joiner = (sessions[k] for k in GRAPHS)
+        # chunks of up to chunk_frames frames go to the graph made for them (scan unrolled)
+        self.chunk_encoder = sessions.get("chunk")
+        self.chunk_frames = int(chunk["frames"]) if chunk else None
         model = config["model"]
         self.blank, self.vocab_size = int(model["blank"]), int(model["vocab_size"])
         self.subsampling = int(model["subsampling"])
@@ -122,18 +129,23 @@ class OnnxTransducer:
     def predictor_state(self, n: int) -> State:
         return self._state(self.pred_layout, n)
 
-    def forward_chunk(self, feats: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        """feats (B, t, C) -> encoder projection (B, t', J), the state after them."""
+    def _encoder_run(self, feats: np.ndarray, state: State) -> list[np.ndarray]:
+        """memory, projection and every new state tensor, from the chunk graph for chunks up
+        to its length, else from the general one."""
         feeds = {"feats": np.ascontiguousarray(feats, dtype=np.float32)}
         feeds.update(zip(self.enc_names, state, strict=True))
-        outs = self.encoder.run(None, feeds)
+        if self.chunk_encoder is not None and feats.shape[1] <= self.chunk_frames:
+            return self.chunk_encoder.run(None, feeds)
+        return self.encoder.run(None, feeds)
+
+    def forward_chunk(self, feats: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """feats (B, t, C) -> encoder projection (B, t', J), the state after them."""
+        outs = self._encoder_run(feats, state)
         return outs[1], outs[2:]
 
     def encode(self, feats: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray, State]:
         """feats (B, t, C) -> memory (B, t', M), projection (B, t', J), the state after."""
-        feeds = {"feats": np.ascontiguousarray(feats, dtype=np.float32)}
-        feeds.update(zip(self.enc_names, state, strict=True))
-        outs = self.encoder.run(None, feeds)
+        outs = self._encoder_run(feats, state)
         return outs[0], outs[1], outs[2:]
 
     def predict(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:

@@ -9,7 +9,8 @@ fuse those parts in instead):
 - ``chunked``: chunked PyTorch (``chunked.py``), for MPS and any other device;
 - ``exportable``: PyTorch's ``scan`` operator (``exportable.py``), one ONNX ``Scan`` in exported graphs;
 - ``unrolled``: the same steps in a Python loop (``exportable.py``), which export writes out frame by
-  frame: graphs of one fixed chunk length without control flow (Core ML);
+  frame: graphs of one fixed chunk length without control flow (Core ML), or, with ``steps``,
+  of any length up to ``steps`` frames (ONNX ``encoder_chunk.onnx``);
 - ``ref``: the sequential reference (``reference.py``), for tests.
 
 ``auto`` picks ``native`` for CPU tensors and ``triton`` for CUDA tensors when they are available,
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "native", "triton", "chunked", "exportable", "unrolled", "ref")
 EXPORT_BACKENDS = ("exportable", "unrolled")
 _export_backend: ContextVar[str] = ContextVar("selective_scan_export_backend", default="exportable")
+_unroll_steps: ContextVar[int | None] = ContextVar("selective_scan_unroll_steps", default=None)
 
 
 @cache
@@ -61,15 +63,20 @@ _CORES: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
 
 
 @contextmanager
-def export_backend(name: str) -> Iterator[None]:
+def export_backend(name: str, steps: int | None = None) -> Iterator[None]:
     """What ``auto`` resolves to while a model is exported inside this block: ``exportable``
-    (the default; one ``scan`` op, chunks of any length) or ``unrolled`` (a fixed length)."""
+    (the default; one ``scan`` op, chunks of any length) or ``unrolled`` (a fixed length; with
+    ``steps``, always that many steps, so any length up to ``steps``)."""
     if name not in EXPORT_BACKENDS:
         raise ValueError(f"the export backend must be one of {EXPORT_BACKENDS}, got {name!r}")
+    if steps is not None and (name != "unrolled" or steps < 1):
+        raise ValueError(f"steps applies to the unrolled backend and must be >= 1, got {steps!r}")
     token = _export_backend.set(name)
+    steps_token = _unroll_steps.set(steps)
     try:
         yield
     finally:
+        _unroll_steps.reset(steps_token)
         _export_backend.reset(token)
 
 
@@ -160,7 +167,12 @@ def selective_scan_fn(
     if delta_softplus:
         dt = F.softplus(dt)
     h0 = None if initial_state is None else initial_state.float()
-    y, last = _CORES[name](u32, dt, A.float(), B.float(), C.float(), h0)
+    if name == "unrolled" and _unroll_steps.get() is not None:
+        y, last = ssm_scan_unrolled(
+            u32, dt, A.float(), B.float(), C.float(), h0, steps=_unroll_steps.get()
+        )
+    else:
+        y, last = _CORES[name](u32, dt, A.float(), B.float(), C.float(), h0)
     if D is not None:
         y = y + u32 * D.float()[:, None]
     if z is not None:

@@ -17,6 +17,7 @@ Shape key: B batch, G groups of B/C, E channels per group (D = G * E), L length,
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["ssm_scan_exportable", "ssm_scan_unrolled"]
@@ -77,14 +78,46 @@ def ssm_scan_unrolled(
     B: Tensor,
     C: Tensor,
     initial_state: Tensor | None,
+    steps: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``ssm_scan_exportable``'s steps in a Python loop over L (a fixed, small number): same
-    arguments and results."""
+    arguments and results.
+
+    steps: run that many steps whatever L (at most ``steps``; exported, L may stay symbolic):
+    the frames past L get dt = 0, a decay of 1 and no input, so they leave the state as it is,
+    and their outputs are cut off.
+
+    Laid out time first and channels last, (L, B, G, N, E): each step takes its slice of one
+    ``Split`` and the steps write one ``Concat`` (per frame a multiply-add on (B, G, N, E)),
+    every broadcast runs along whole rows of E channels, and y is one batched product with C
+    (in onnxruntime: few nodes, no broadcast over short rows of N)."""
     batch, dim, length = u.shape
-    (decay, inputs, cs), h = _terms(u, dt, A, B, C, initial_state)
-    ys = []
-    for t in range(length):
-        h = decay[t] * h + inputs[t]  # (B, G, E, N)
-        ys.append((h * cs[t]).sum(-1))  # y_t (B, G, E)
-    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, *h.shape[1:3], 0)  # (B, G, E, L)
-    return y.reshape(batch, dim, length), h.reshape(batch, dim, -1)
+    if steps is not None:
+        torch._check(length <= steps)
+        pad = (0, steps - length)  # (B, ..., steps): zeros after the L frames
+        y, last = ssm_scan_unrolled(F.pad(u, pad), F.pad(dt, pad), A, F.pad(B, pad),
+                                    F.pad(C, pad), initial_state)  # fmt: skip
+        return y[..., :length], last
+    if B.dim() == 3:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)  # (B, 1, N, L)
+    groups, n = B.shape[1], A.shape[1]
+    e = dim // groups
+    dt_l = dt.permute(2, 0, 1).reshape(length, batch, groups, 1, e)  # (L, B, G, 1, E)
+    u_l = u.permute(2, 0, 1).reshape(length, batch, groups, 1, e)  # (L, B, G, 1, E)
+    a_t = A.reshape(groups, e, n).transpose(1, 2)  # (G, N, E)
+    decay = torch.exp(dt_l * a_t)  # (L, B, G, N, E)
+    inputs = (dt_l * u_l) * B.permute(3, 0, 1, 2).unsqueeze(-1)  # (L, B, G, N, E)
+    if initial_state is None:
+        h = u.new_zeros(1, batch, groups, n, e)
+    else:  # (B, D, N) -> (1, B, G, N, E)
+        h = initial_state.float().reshape(1, batch, groups, e, n).transpose(3, 4)
+    hs = []
+    for a, b in zip(decay.split(1), inputs.split(1), strict=True):  # (1, B, G, N, E) each
+        h = a * h + b
+        hs.append(h)
+    last = h.transpose(3, 4).reshape(batch, dim, n)  # (B, D, N)
+    if not hs:
+        return u.new_zeros(batch, dim, 0), last
+    c_l = C.permute(3, 0, 1, 2).unsqueeze(3)  # (L, B, G, 1, N)
+    y = torch.matmul(c_l, torch.cat(hs))  # (L, B, G, 1, E)
+    return y.permute(1, 2, 4, 3, 0).reshape(batch, dim, length), last
