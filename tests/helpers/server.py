@@ -57,7 +57,13 @@ def running_server(engine: Engine, **settings: object) -> Iterator[str]:
 
 @contextlib.contextmanager
 def serve_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``mamba-asr serve ARGS`` on a free port; yields the process and its base URL."""
+    """``mamba-asr serve ARGS`` on a free port; yields the process and its base URL. The model
+    step runs on the server's thread unless ARGS say ``--worker process`` (the CLI's default):
+    a second process per server, started with spawn, costs each test seconds of start-up on a
+    busy machine; tests/serve/test_server.py compares the two workers, and the SIGTERM test
+    runs the CLI's default."""
+    if "--worker" not in args:
+        args = ("--worker", "thread", *args)
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     url = f"http://127.0.0.1:{port}"
@@ -107,7 +113,7 @@ def stream_file(url: str, wave, rate: int, fmt: str = "pcm16", packet_s: float =
         ws.send(json.dumps({"type": "end"}))
         try:
             while True:
-                messages.append(json.loads(ws.recv(timeout=60)))
+                messages.append(json.loads(ws.recv(timeout=120)))
         except ConnectionClosed:
             pass
         return messages, ws.close_code, ws.close_reason

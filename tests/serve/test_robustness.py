@@ -127,7 +127,7 @@ def test_sigterm_sends_open_streams_their_finals():
             got.append({"close": ws.close_code, "reason": ws.close_reason})
             return got
 
-    with serve_process() as (proc, url):
+    with serve_process("--worker", "process") as (proc, url):  # the CLI's default worker
         got = asyncio.run(talk(url, proc))
         # uvicorn ends by raising the signal it caught again, after the graceful shutdown
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
