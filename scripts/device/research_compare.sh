@@ -9,7 +9,10 @@
 #   A call on a machine still warm from the last one finds /tmp/rcorpus and /tmp/runs there:
 #     the runs resume from their newest checkpoints up to the first call's STEPS.
 # TRAIN_UNTIL: seconds from this call's start at which training stops (default 560; with
-# FINAL=1 leave 150 s after it); STEPS (1000); HOURS (16), SEED (7): the training corpus.
+# FINAL=1 leave 150 s after it); STEPS (1000); HOURS (16), SEED (7): the training corpus;
+# ONLY="conformer_ctc_large conmamba_ctc_large": these runs alone (fewer runs share the GPU and
+# the CPUs: more steps in the same time); SET="train.warmup_steps=1500 ...": recipe overrides
+# for every run (the same on every call of a run).
 set -uo pipefail
 start=$(date +%s)
 out="${1:-/tmp/out}"
@@ -24,14 +27,17 @@ else
     2>&1 | tee /tmp/rlogs/synth.txt
 fi
 cp /tmp/rcorpus/synth.json /tmp/rlogs/
+sel=()
+[ -n "${ONLY:-}" ] && sel+=(--only $ONLY)
+[ -n "${SET:-}" ] && sel+=(--set $SET)
 python3 scripts/device/research_compare.py train /tmp/rcorpus /tmp/runs \
-  --deadline $((start + ${TRAIN_UNTIL:-560})) --steps "${STEPS:-1000}" \
+  --deadline $((start + ${TRAIN_UNTIL:-560})) --steps "${STEPS:-1000}" "${sel[@]}" \
   2>&1 | tee -a /tmp/rlogs/train.txt
 if [ -n "${FINAL:-}" ]; then
   python3 scripts/device/research_compare.py timing /tmp/rcorpus /tmp/runs /tmp/rlogs/research.json \
-    2>&1 | tee /tmp/rlogs/timing.txt
+    "${sel[@]}" 2>&1 | tee /tmp/rlogs/timing.txt
   python3 scripts/device/research_compare.py evaluate /tmp/rcorpus /tmp/runs /tmp/rlogs/research.json \
-    2>&1 | tee /tmp/rlogs/evaluate.txt
+    ${ONLY:+--only $ONLY} 2>&1 | tee /tmp/rlogs/evaluate.txt
   python3 scripts/device/research_compare.py report /tmp/rlogs/research.json
 fi
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
