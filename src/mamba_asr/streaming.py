@@ -45,7 +45,7 @@ from mamba_asr.decode.options import DecodingOptions
 from mamba_asr.decode.streaming import make_search
 from mamba_asr.decode.transducer import BeamSearch, GreedySearch
 from mamba_asr.models.streaming import StateOps
-from mamba_asr.transcript import Segment, Transcript, make_segment
+from mamba_asr.transcript import Segment, SegmentedResults, Transcript
 
 ASR = nn.Module  # an ``mamba_asr.asr.ASR`` bundle (this module sits below it and imports it not)
 
@@ -85,7 +85,7 @@ def check_streams(asr: ASR) -> None:
         raise ValueError(str(exc)) from None
 
 
-class Stream:
+class Stream(SegmentedResults):
     """One audio stream being recognised; see the module docstring. Made by
     ``ASR.create_stream``; ``name`` becomes the transcript's ``file``."""
 
@@ -220,44 +220,6 @@ class Stream:
         else:
             frames = search.frames[int(search.scores.argmax())]
         return frames[-1] if frames else None
-
-    def _segment(self) -> Segment:
-        """The current segment's best hypothesis so far."""
-        hyp = self.search.nbest()[0][0]
-        start = self.segment_start * self.frame_seconds
-        end = min((self.segment_start + self.search.frame) * self.frame_seconds, self.duration)
-        spans = [(f, f) for f in hyp.frames]
-        return make_segment(self.asr.tokenizer, hyp.tokens, spans, self.frame_seconds, start, end)
-
-    def _close_segment(self) -> None:
-        segment = self._segment()
-        if segment.text:
-            self.segments.append(segment)
-
-    # --- results --------------------------------------------------------------------------------
-
-    @property
-    def current(self) -> Segment | None:
-        """The segment being decoded (its text so far), ``None`` after ``finish``."""
-        return None if self.finished else self._segment()
-
-    @property
-    def decoded(self) -> float:
-        """Seconds of audio decoded so far (whole encoder frames)."""
-        return (self.segment_start + self.search.frame) * self.frame_seconds
-
-    @property
-    def duration(self) -> float:
-        """Seconds of audio accepted so far."""
-        return self.samples / self.asr.sample_rate
-
-    @property
-    def result(self) -> Transcript:
-        """The transcript so far: the ended segments and, before ``finish``, the current one."""
-        segments = list(self.segments)
-        if not self.finished:
-            segments.append(self._segment())
-        return Transcript.from_segments(self.name, segments, self.duration)
 
     @torch.no_grad()
     def finish(self) -> Transcript:

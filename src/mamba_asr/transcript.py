@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["Segment", "Token", "Transcript", "Word", "make_segment"]
+__all__ = ["Segment", "SegmentedResults", "Token", "Transcript", "Word", "make_segment"]
 
 
 @dataclass(frozen=True)
@@ -161,3 +162,60 @@ def _words(tokens: list[Token], surfaces: list[str]) -> list[Word]:
     if chars:
         words.append(Word("".join(chars), start, end))
     return words
+
+
+class SegmentedResults:
+    """The results of a stream decoded segment by segment, shared by ``mamba_asr.Stream``
+    (PyTorch) and ``mamba_asr.runtime.onnx.OnnxStream`` (onnxruntime, no torch).
+
+    The stream provides: ``asr`` (``tokenizer``, ``sample_rate``), ``search`` (``frame``: the
+    segment's encoder frames so far; ``nbest()``: best-first hypotheses with ``tokens`` and
+    ``frames``), ``segment_start`` (the segment's first encoder frame in the stream),
+    ``frame_seconds``, ``samples`` (accepted, at the model's rate), ``segments`` (the ended
+    ones), ``finished`` and ``name``.
+    """
+
+    asr: Any
+    search: Any
+    segment_start: int
+    frame_seconds: float
+    samples: int
+    segments: list[Segment]
+    finished: bool
+    name: str | None
+
+    def _segment(self) -> Segment:
+        """The current segment's best hypothesis so far."""
+        hyp = self.search.nbest()[0][0]
+        start = self.segment_start * self.frame_seconds
+        end = min((self.segment_start + self.search.frame) * self.frame_seconds, self.duration)
+        spans = [(f, f) for f in hyp.frames]
+        return make_segment(self.asr.tokenizer, hyp.tokens, spans, self.frame_seconds, start, end)
+
+    def _close_segment(self) -> None:
+        segment = self._segment()
+        if segment.text:
+            self.segments.append(segment)
+
+    @property
+    def current(self) -> Segment | None:
+        """The segment being decoded (its text so far), ``None`` after ``finish``."""
+        return None if self.finished else self._segment()
+
+    @property
+    def decoded(self) -> float:
+        """Seconds of audio decoded so far (whole encoder frames)."""
+        return (self.segment_start + self.search.frame) * self.frame_seconds
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio accepted so far."""
+        return self.samples / self.asr.sample_rate
+
+    @property
+    def result(self) -> Transcript:
+        """The transcript so far: the ended segments and, before ``finish``, the current one."""
+        segments = list(self.segments)
+        if not self.finished:
+            segments.append(self._segment())
+        return Transcript.from_segments(self.name, segments, self.duration)

@@ -32,9 +32,9 @@ from mamba_asr.audio.io import as_waveform, audio_info, read_blocks
 from mamba_asr.decode.endpoint import EndpointConfig
 from mamba_asr.decode.options import DecodingOptions
 from mamba_asr.runtime.features import Fbank, StreamingFbank
-from mamba_asr.runtime.search import BeamSearch, GreedySearch, Result
+from mamba_asr.runtime.search import BeamSearch, GreedySearch
 from mamba_asr.text.tokenizer import load_tokenizer
-from mamba_asr.transcript import Segment, Transcript, make_segment
+from mamba_asr.transcript import Segment, SegmentedResults, Transcript
 
 __all__ = [
     "CHUNK_GRAPH",
@@ -300,7 +300,7 @@ class OnnxASR:
         return stream.finish()
 
 
-class OnnxStream:
+class OnnxStream(SegmentedResults):
     """One audio stream (``mamba_asr.streaming.Stream`` on the exported model): audio in with
     ``accept_waveform``, ``decode()`` what is ready, ``result``, ``finish()``."""
 
@@ -411,39 +411,6 @@ class OnnxStream:
             feats = feats[:, (end + 1) * self.model.subsampling :]
             if feats.shape[1] == 0:
                 return
-
-    def _segment(self) -> Segment:
-        hyp: Result = self.search.nbest()[0][0]
-        start = self.segment_start * self.frame_seconds
-        end = min((self.segment_start + self.search.frame) * self.frame_seconds, self.duration)
-        spans = [(f, f) for f in hyp.frames]
-        return make_segment(self.asr.tokenizer, hyp.tokens, spans, self.frame_seconds, start, end)
-
-    def _close_segment(self) -> None:
-        segment = self._segment()
-        if segment.text:
-            self.segments.append(segment)
-
-    @property
-    def current(self) -> Segment | None:
-        """The segment being decoded (its text so far), ``None`` after ``finish``."""
-        return None if self.finished else self._segment()
-
-    @property
-    def decoded(self) -> float:
-        """Seconds of audio decoded so far (whole encoder frames)."""
-        return (self.segment_start + self.search.frame) * self.frame_seconds
-
-    @property
-    def duration(self) -> float:
-        return self.samples / self.asr.sample_rate
-
-    @property
-    def result(self) -> Transcript:
-        segments = list(self.segments)
-        if not self.finished:
-            segments.append(self._segment())
-        return Transcript.from_segments(self.name, segments, self.duration)
 
     def finish(self) -> Transcript:
         """End of input: decode what is left; the final transcript."""
