@@ -21,6 +21,8 @@ mkdir -p "$work/debs" "$work/tts" "$work/text" "$root/.tts"
 for p in $engines; do dpkg -x "$work"/debs/${p}_*.deb "$work/tts"; done
 for p in $texts; do dpkg -x "$work"/debs/${p}_*.deb "$work/text"; done
 rm -rf "$work"/tts/usr/share/{doc,man,locale,lintian,bug}
+# the corpus speaks English only: other languages' espeak-ng dictionaries stay behind (10 MiB)
+find "$work"/tts/usr/lib/x86_64-linux-gnu/espeak-ng-data -name '*_dict' ! -name en_dict -delete
 tar -C "$work/tts" -cJf "$root/.tts/tts.tar.xz" .
 "$py" "$root/scripts/synth/prepare_text.py" "$work/text" --out "$work/sentences"
 tar -C "$work/sentences" -cJf "$root/.tts/text.tar.xz" train.txt dev.txt
