@@ -24,7 +24,7 @@ TINY = [
     "model.d_model=96", "model.nhead=4", "model.num_encoder_layers=2", "model.d_ffn=192",
     "model.kernel_size=15", "model.frontend.channels=[8, 8]", "model.dropout=0.0",
     "data.speed_perturb=[]", "data.specaugment.enabled=false", "train.lr=0.003",
-    "train.warmup_steps=20", "train.epochs=40", "train.max_batch_seconds=12",
+    "train.warmup_steps=20", "train.epochs=28", "train.max_batch_seconds=12",
     "train.num_workers=0", "train.log_every=1", "train.keep_best=1", "train.average=1",
     "train.checkpoint_every_steps=60", "train.weight_decay=0.0", "train.grad_accum=1",
 ]  # fmt: skip
