@@ -28,13 +28,15 @@ if TYPE_CHECKING:
 def load_model(
     name_or_path: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> ASR:
     """A model in eval mode on ``device`` (default: ``mamba_asr.device.get_device()``).
 
     ``name_or_path``: ``None`` for the bundled default model (``mamba_asr.pretrained``), the
     name of a bundled model, or a model file (a ``model.pt`` from ``mamba-asr train``). A
     bundled model comes with its LM, which beam search fuses in unless told ``lm=None``. An
-    unknown name, a missing or bad file raise a one-line ``ValueError``.
+    unknown name, a missing or bad file raise a one-line ``ValueError``. ``dtype``: the
+    inference precision, "fp32" (default), "fp16" or "bf16" (``ASR.set_precision``).
     """
     import torch
 
@@ -45,7 +47,7 @@ def load_model(
     path = resolve_model(name_or_path)
     if not isinstance(device, torch.device):
         device = get_device(device)  # None: MPS > CUDA > CPU; else a name such as "cpu"
-    asr = ASR.load(path, device=device)
+    asr = ASR.load(path, device=device).set_precision(dtype)
     lm = bundled_lm(path)
     asr.shipped_lm = None if lm is None else str(lm)
     return asr

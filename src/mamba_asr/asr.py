@@ -48,6 +48,7 @@ from mamba_asr.config import (
 )
 from mamba_asr.decode.options import DecodingOptions
 from mamba_asr.decode.search import decode_batch
+from mamba_asr.device import autocast, parse_dtype
 from mamba_asr.models.factory import build_model
 from mamba_asr.models.losses import LossOutput
 from mamba_asr.text.tokenizer import CharTokenizer, SentencePieceTokenizer, load_tokenizer
@@ -110,6 +111,9 @@ class ASR(nn.Module):
             )
         self.config, self.tokenizer = config, tokenizer
         self.shipped_lm: str | None = None
+        # inference precision: None runs fp32; torch.float16 / torch.bfloat16 run the model's
+        # matrix products under autocast (features, scan states and log-softmax stay fp32)
+        self.compute_dtype: torch.dtype | None = None
         self.fbank = Fbank(config.features.sample_rate, config.features.n_mels, device=device)
         self.cmvn = GlobalCMVN(config.features.n_mels, device=device)
         aug = specaugment
@@ -180,6 +184,20 @@ class ASR(nn.Module):
         with eval_mode(self):
             decode_streams(streams)
 
+    def set_precision(self, dtype: str | torch.dtype | None) -> ASR:
+        """Inference precision: "fp32" (or None), "fp16" or "bf16" (autocast on the model's
+        device, for CUDA and MPS; on a CPU it runs but is slower than fp32). Returns self."""
+        self.compute_dtype = None if dtype is None else parse_dtype(dtype)
+        if self.compute_dtype == torch.float32:
+            self.compute_dtype = None
+        return self
+
+    def precision(self) -> contextlib.AbstractContextManager:
+        """The context in which inference runs the model (see ``set_precision``)."""
+        if self.compute_dtype is None:
+            return contextlib.nullcontext()
+        return autocast(next(self.model.parameters()).device, self.compute_dtype)
+
     def raw_features(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """waves (B, N), wave_lengths (B,) -> log-Mel feats (B, F, C) before CMVN, lengths."""
         return self.fbank(waves, wave_lengths)
@@ -216,7 +234,8 @@ class ASR(nn.Module):
         options = self.resolve_options(options)
         with eval_mode(self):
             feats, lengths = self.features(waves, wave_lengths)
-            results = decode_batch(self.model, feats, lengths, options)
+            with self.precision():
+                results = decode_batch(self.model, feats, lengths, options)
         return [self.tokenizer.decode(r.tokens) for r in results]
 
     # --- one-file bundle ----------------------------------------------------------------------

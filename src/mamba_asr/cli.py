@@ -148,6 +148,9 @@ def _load_asr(args: argparse.Namespace) -> ASR:
     """The model of --model for --backend (an ``MlxASR`` offers what the commands use), or
     the export of --onnx (transcribe)."""
     onnx, int8 = getattr(args, "onnx", None), getattr(args, "int8", False)
+    dtype = getattr(args, "dtype", "fp32")
+    if dtype != "fp32" and (onnx is not None or args.backend != "torch"):
+        raise ValueError("--dtype applies to PyTorch models only (not to --onnx or --backend mlx)")
     if onnx is not None:
         if args.model is not None or args.device is not None or args.backend != "torch":
             raise ValueError(
@@ -162,7 +165,15 @@ def _load_asr(args: argparse.Namespace) -> ASR:
         return _mlx_backend().load(args.model)  # type: ignore[return-value]
     from mamba_asr import load_model
 
-    return load_model(args.model, device=args.device)
+    return load_model(args.model, device=args.device, dtype=dtype)
+
+
+def _add_dtype_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
+        help="inference precision of the PyTorch model: fp16/bf16 autocast for GPUs (CUDA, "
+        "MPS); on a CPU they run slower than fp32 (default fp32)",
+    )  # fmt: skip
 
 
 def _add_export_parser(sub: argparse._SubParsersAction, common: list) -> None:
@@ -313,6 +324,7 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device
     )  # fmt: skip
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     tr.add_argument("--device", default=None, help=device_help)
+    _add_dtype_arg(tr)
     _add_backend_arg(tr)
     tr.add_argument(
         "--onnx", default=None, metavar="DIR",
@@ -520,6 +532,7 @@ def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help:
         help=f"with --stream: audio per streaming step ({STREAM_CHUNK_MS:g})",
     )  # fmt: skip
     ev.add_argument("--device", default=None, help=device_help)
+    _add_dtype_arg(ev)
     _add_backend_arg(ev)
     ev.add_argument(
         "--threads", type=int, default=None,

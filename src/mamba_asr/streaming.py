@@ -29,6 +29,7 @@ Memory does not grow with the length of the audio, save for the text of the tran
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -185,9 +186,10 @@ class Stream(SegmentedResults):
     def _restart(self, frame: int) -> None:
         """A new segment from encoder frame ``frame`` (of the stream): fresh state and search."""
         self.state = self.model.init_state(1, device=self.device)
-        self.search: GreedySearch | BeamSearch = make_search(
-            self.model, 1, self.options, device=self.device
-        )
+        with getattr(self.asr, "precision", contextlib.nullcontext)():  # the predictor's start
+            self.search: GreedySearch | BeamSearch = make_search(
+                self.model, 1, self.options, device=self.device
+            )
         self.segment_start = frame
 
     def advance(self, feats: Tensor, proj: Tensor, state: Any) -> None:
@@ -269,6 +271,13 @@ def decode_streams(streams: Sequence[Stream]) -> None:
     if any(s.model is not model for s in streams):
         raise ValueError("decode_streams: all streams must come from the same model")
     compute_features(streams)
+    precision = getattr(streams[0].asr, "precision", contextlib.nullcontext)
+    with precision():  # the model's steps and the searches in the bundle's precision
+        _decode_ready(streams, model)
+
+
+def _decode_ready(streams: Sequence[Stream], model: Any) -> None:
+    """decode_streams after the features: every ready chunk, batched by chunk length."""
     ops: StateOps | None = None
     while True:
         groups: dict[int, list[tuple[Stream, Tensor]]] = defaultdict(list)

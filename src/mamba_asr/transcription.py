@@ -178,7 +178,8 @@ def _windows(
         n_feats = int(lengths[0])
         if n_feats == 0:  # shorter than one analysis window: nothing to hear
             continue
-        result = decode_batch(asr.model, feats, lengths, options)[0]
+        with asr.precision():
+            result = decode_batch(asr.model, feats, lengths, options)[0]
         hop = asr.fbank.hop_length / rate
         frame_s = max(1, round(n_feats / result.frames)) * hop if result.frames else 0.0
         segments.append(
