@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -289,7 +290,9 @@ def qat_record(asr: nn.Module, state_dict: dict[str, Tensor] | None = None) -> d
         fq.load_state_dict({k[len(prefix) :]: v for k, v in state_dict.items()
                             if k.startswith(prefix)})  # fmt: skip
         observer = fq.activation_post_process
-        scale, zero_point = observer.calculate_qparams()
+        with warnings.catch_warnings():  # a layer that never ran (e.g. the aux CTC head)
+            warnings.simplefilter("ignore")  # keeps the default scale 1, zero point 0
+            scale, zero_point = observer.calculate_qparams()
         layer = name.removeprefix("model.").removesuffix(f".{INPUT_QUANT}")
         activations[layer] = {
             "min_val": observer.min_val.detach().cpu().float().reshape(()),
