@@ -14,6 +14,9 @@ The model file (format version 2) is a ``torch.save`` of a plain dict, ``{"forma
 "tokenizer"}``: the architecture (``ModelConfig``) and the features (``FeatureConfig``) as
 dicts of plain values, the weights (model and CMVN statistics) as tensors, and the tokenizer's
 files as bytes; nothing of training, so renaming or adding a training option cannot break a
+model. A model trained with quantization-aware training (``train.qat``) also has ``"qat"``:
+its scheme and its activation quantizers' ranges (``mamba_asr.qat``); its ``state_dict`` holds
+the float weights under their usual names, so a reader that ignores ``"qat"`` gets the float
 model. Nothing else is pickled: it loads with ``torch.load(weights_only=True)``. Version 1
 files (the whole recipe under ``"config"``) still load: their ``model`` and the features of
 their ``data`` section are read, the rest ignored; ``upgrade_bundle`` converts one.
@@ -248,9 +251,15 @@ class ASR(nn.Module):
         ``HALF_MIN_NUMEL`` values in float16, half the size (small ones, such as the CMVN
         statistics and norms, stay float32); loading casts them back to the model's dtype."""
         weights = self.state_dict() if state_dict is None else state_dict
+        qat = None
+        if getattr(self, "qat_scheme", None) is not None:  # float weights + the quantizers
+            from mamba_asr.qat import qat_record, split_state_dict
+
+            qat = qat_record(self, weights)
+            weights, _ = split_state_dict(weights)
         if half:
             weights = {k: _half(v) for k, v in weights.items()}
-        return {
+        bundle = {
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
             "mamba_asr_version": __version__,
@@ -259,6 +268,9 @@ class ASR(nn.Module):
             "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
             "tokenizer": tokenizer_to_files(self.tokenizer),
         }
+        if qat is not None:
+            bundle["qat"] = qat
+        return bundle
 
     def save(
         self, path: StrPath, state_dict: dict[str, Tensor] | None = None, half: bool = False
@@ -310,6 +322,10 @@ class ASR(nn.Module):
             tokenizer = tokenizer_from_files(data["tokenizer"])
             asr = cls(config, tokenizer, device=device)
             asr.load_state_dict(data["state_dict"])
+            if data.get("qat") is not None:  # a QAT model: its fake quantizers back on
+                from mamba_asr.qat import apply_record
+
+                apply_record(asr, data["qat"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             reason = " ".join(str(exc).split())[:300] or type(exc).__name__
             raise BundleError(f"{source}: broken mamba-asr model file ({reason})") from None

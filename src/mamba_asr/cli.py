@@ -572,6 +572,17 @@ def _add_train_parser(sub: argparse._SubParsersAction, common: list, device_help
     )  # fmt: skip
     train.add_argument("--device", default=None, help=device_help)
     train.add_argument(
+        "--init", default=None, metavar="MODEL",
+        help="start from this model's weights, tokenizer and CMVN statistics (a model file "
+        "or a bundled model's name; the recipe key train.init_from)",
+    )  # fmt: skip
+    train.add_argument(
+        "--qat", default=None, metavar="SCHEME",
+        help="quantization-aware training (recipe key train.qat): int8 (int8 weights and "
+        "activations, for export onnx --int8) or int8-weights (for export coreml --weights "
+        "int8); usually with --init; see docs/compression.md",
+    )  # fmt: skip
+    train.add_argument(
         "--max-steps", type=int, default=None, metavar="N",
         help="stop after N optimizer steps in total, with a checkpoint (run again to go on)",
     )  # fmt: skip
@@ -789,6 +800,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mamba_asr.train import train
 
     recipe = load_recipe(args.config, args.overrides)
+    if args.init is not None or args.qat is not None:
+        import dataclasses
+
+        from mamba_asr.qat import check_scheme
+
+        changes = {"init_from": args.init} if args.init is not None else {}
+        if args.qat is not None:
+            changes["qat"] = check_scheme(args.qat, "--qat")
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **changes))
     if os.environ.get("RANK", "0") == "0":  # torchrun's other ranks stay quiet
         logging.getLogger("mamba_asr.train").setLevel(logging.INFO)  # epoch summaries
     result = train(

@@ -21,6 +21,7 @@ import yaml
 from mamba_asr.files import read_text
 
 T = TypeVar("T")
+QatScheme = Literal["int8", "int8-weights"]  # mamba_asr.qat.QAT_SCHEMES
 
 
 class ConfigError(ValueError):
@@ -324,7 +325,11 @@ class TrainConfig:
     statistics and weights are taken (its model section must equal this recipe's; the name of
     a bundled model, such as ``mct-small-synth-en``, works too); the
     optimizer and schedule start afresh. valid_strategy: search used for the
-    validation WER.
+    validation WER. qat: quantization-aware training (``mamba_asr.qat``), fake quantization
+    while training, recorded in ``model.pt``: ``int8`` (int8 weights per channel and int8
+    activations, what ``export onnx --int8`` runs) or ``int8-weights`` (weights only, what
+    ``export coreml --weights int8`` runs); for streaming transducers, usually with
+    ``init_from`` a trained model.
     """
 
     epochs: int = 100
@@ -347,6 +352,7 @@ class TrainConfig:
     log_every: int = 50
     valid_strategy: Literal["greedy", "beam"] = "greedy"
     init_from: str | None = None
+    qat: QatScheme | None = None
 
     def __post_init__(self) -> None:
         _at_least(self, "train", 1, "epochs", "grad_accum", "num_buckets", "keep_best", "average")
@@ -417,6 +423,11 @@ class RecipeConfig:
             raise ConfigError(
                 f"data.n_mels ({self.data.n_mels}) must equal model.frontend.n_mels "
                 f"({self.model.frontend.n_mels})"
+            )
+        if self.train.qat is not None and self.model.kind != "transducer":
+            raise ConfigError(
+                f"train.qat is for streaming transducers (what the int8 exports take), this "
+                f"model is {self.model.kind!r}"
             )
 
 

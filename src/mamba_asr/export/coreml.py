@@ -25,6 +25,12 @@ feature settings and CMVN statistics, vocabulary, blank, subsampling, chunk fram
 state layout. ``weights``: ``int8`` (per-channel linear) or ``int4`` (linear, blocks of 32
 input channels) weight compression with ``coremltools.optimize.coreml``.
 
+A model trained with quantization-aware training (``mamba_asr.qat``) is converted with its
+quantized weights (``mamba_asr.qat.folded``: each an integer of -127..127 times its channel's
+scale), so ``weights="int8"`` stores exactly those integers; its activations run in fp16 (the
+``int8`` scheme's activation quantizers are left out; ``int8-weights`` trains without them).
+The metadata's ``qat`` names the scheme (null for other models).
+
 The conversion runs on Linux; a prediction needs macOS. The package is built next to ``out``
 under a temporary name and renamed when complete.
 """
@@ -58,6 +64,7 @@ from mamba_asr.export.onnx import (
 )
 from mamba_asr.files import check_output
 from mamba_asr.ops.selective_scan import export_backend
+from mamba_asr.qat import folded, qat_scheme
 from mamba_asr.streaming import STREAM_CHUNK_MS, stream_chunk_frames
 
 __all__ = [
@@ -243,7 +250,13 @@ def _compress(mlmodel: Any, weights: str) -> Any:
     return linear_quantize_weights(mlmodel, OptimizationConfig(global_config=op))
 
 
-def _metadata(asr: nn.Module, frames: int, encoder: StatefulEncoder, weights: str | None) -> str:
+def _metadata(
+    asr: nn.Module,
+    frames: int,
+    encoder: StatefulEncoder,
+    weights: str | None,
+    qat: str | None = None,
+) -> str:
     fbank, model = asr.fbank, asr.model
     layout = [
         {"name": n, "shape": list(getattr(encoder, n).shape), "dtype": "float16"}
@@ -254,6 +267,7 @@ def _metadata(asr: nn.Module, frames: int, encoder: StatefulEncoder, weights: st
         "version": COREML_VERSION,
         "mamba_asr_version": __version__,
         "weights": weights or "float16",
+        "qat": qat,
         "functions": list(FUNCTIONS),
         "features": {
             "sample_rate": asr.sample_rate,
@@ -282,7 +296,9 @@ def _metadata(asr: nn.Module, frames: int, encoder: StatefulEncoder, weights: st
     return json.dumps(config, separators=(",", ":"))
 
 
-def _build(asr: nn.Module, folder: Path, frames: int, weights: str | None) -> Path:
+def _build(
+    asr: nn.Module, folder: Path, frames: int, weights: str | None, qat: str | None = None
+) -> Path:
     """The three functions as packages in ``folder``, then merged into ``folder/model``."""
     import coremltools as ct
 
@@ -292,7 +308,7 @@ def _build(asr: nn.Module, folder: Path, frames: int, weights: str | None) -> Pa
         "predictor": _predictor(model),
         "joiner": _joiner(model, model.joiner.out.in_features),
     }
-    meta = _metadata(asr, frames, StatefulEncoder(model), weights)
+    meta = _metadata(asr, frames, StatefulEncoder(model), weights, qat)
     desc = ct.utils.MultiFunctionDescriptor()
     for name, mlmodel in parts.items():
         if weights is not None:
@@ -347,6 +363,9 @@ def export_coreml(
         raise ImportError("Core ML export needs coremltools: pip install 'mamba-asr[export]'")
     out = check_package_path(out, overwrite)
     frames = stream_chunk_frames(asr, chunk_ms)
+    qat = qat_scheme(asr)
+    if qat is not None:  # its quantized weights as plain weights (activations: fp16)
+        asr, _ = folded(asr)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -354,7 +373,7 @@ def export_coreml(
         asr.eval()
         try:
             with torch.no_grad(), _quiet():
-                merged = _build(asr, tmp, frames, weights)
+                merged = _build(asr, tmp, frames, weights, qat)
         finally:
             asr.train(was_training)
         if out.exists():

@@ -23,7 +23,10 @@ PyTorch (file names and ``config.json`` keys: ``mamba_asr.runtime.onnx``):
 - ``tokenizer/``, ``features.npz`` (CMVN mean and std, the mel matrix), ``lm.npz`` (the LM that
   ships with a bundled model) and ``config.json`` (feature settings, special ids, state layout);
 - with ``int8``: ``*.int8.onnx``, the three graphs with weights quantized to int8 by
-  onnxruntime's dynamic quantization.
+  onnxruntime's dynamic quantization; for a model trained with quantization-aware training
+  (``mamba_asr.qat``), QDQ graphs instead (``qdq_graph``): the int8 weights and the learned
+  activation scales of the fake-quantized model, which they compute. Every graph of such a
+  model (the fp32 ones too) holds its quantized weights (``mamba_asr.qat.folded``).
 
 ``export_encoder_onnx(asr, path)`` writes one graph of a research model (CTC or joint
 CTC/attention, ``models/ctc.py``, ``models/seq2seq.py``, any encoder of ``ENCODERS``): its front
@@ -57,6 +60,7 @@ from mamba_asr import __version__
 from mamba_asr.files import check_output
 from mamba_asr.models.streaming import map_state
 from mamba_asr.ops.selective_scan import export_backend
+from mamba_asr.qat import ACTIVATION_RANGE, folded, qat_scheme
 from mamba_asr.runtime.onnx import (
     CHUNK_GRAPH,
     CONFIG_FILE,
@@ -436,7 +440,125 @@ def _quantize(folder: Path, keep_fp32: list[np.ndarray]) -> None:
         logging.disable(logging.NOTSET)
 
 
-def _write_config(asr: nn.Module, folder: Path, graphs: dict[str, Any], int8: bool) -> None:
+QDQ_OPS = ("MatMul", "Gemm", "Conv", "Gather")
+
+
+def _find_layer(node: Any, array: np.ndarray, layers: list[Any]) -> tuple[Any, np.ndarray, int]:
+    """The QAT layer whose folded weight ``array`` (an initializer of ``node``) is, the int8
+    values in the initializer's layout and their channel axis; (None, ...) if none is."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    for layer in layers:
+        w, q = layer.weight, layer.q
+        if node.op_type == "MatMul" and layer.kind == "linear":
+            views = [(w.T, q.T, 1)]
+        elif node.op_type == "Gemm" and layer.kind == "linear":
+            views = [(w, q, 0)] if attrs.get("transB", 0) else [(w.T, q.T, 1)]
+        elif node.op_type == "Conv" and layer.kind == "conv1d":
+            views = [(w, q, 0), (w[:, :, None, :], q[:, :, None, :], 0)]  # 1-d, or as 2-d
+        elif node.op_type == "Gather" and layer.kind == "embedding":
+            views = [(w, q, 0)]
+        else:
+            continue
+        for wv, qv, axis in views:
+            if wv.shape == array.shape and np.array_equal(wv, array):
+                return layer, qv, axis
+    return None, array, 0
+
+
+def qdq_graph(graph: Any, layers: list[Any]) -> dict[str, int]:
+    """Rewrite a graph exported from a folded QAT model (``mamba_asr.qat.folded``) in place:
+    each weight of a QAT layer becomes its int8 values and per-channel scales with a
+    ``DequantizeLinear``, and each input the layer quantized gets ``QuantizeLinear`` and
+    ``DequantizeLinear`` with the learned scale and zero point (uint8; a ``Clip`` before
+    keeps it to the quantizer's 0..127). onnxruntime runs the
+    groups as integer kernels (``MatMulIntegerToFloat``, ``QLinearConv``). Returns how many
+    weights and inputs it quantized."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    dq_of: dict[str, str] = {}  # float initializer -> its DequantizeLinear output
+    added, nodes = [], []
+    count = {"weights": 0, "inputs": 0}
+    for node in graph.node:
+        index = 0 if node.op_type == "Gather" else 1
+        init = inits.get(node.input[index]) if node.op_type in QDQ_OPS else None
+        if init is None or len(node.input) <= index:
+            nodes.append(node)
+            continue
+        layer, q, axis = _find_layer(node, numpy_helper.to_array(init), layers)
+        if layer is None:
+            nodes.append(node)
+            continue
+        if init.name not in dq_of:
+            base = f"{init.name}.qat"
+            added += [
+                numpy_helper.from_array(np.ascontiguousarray(q, np.int8), f"{base}.int8"),
+                numpy_helper.from_array(layer.scale.astype(np.float32), f"{base}.scale"),
+                numpy_helper.from_array(np.zeros(layer.scale.shape, np.int8), f"{base}.zero"),
+            ]
+            nodes.append(helper.make_node(
+                "DequantizeLinear", [f"{base}.int8", f"{base}.scale", f"{base}.zero"],
+                [f"{base}.dq"], name=f"{base}.dq", axis=axis,
+            ))  # fmt: skip
+            dq_of[init.name] = f"{base}.dq"
+            count["weights"] += 1
+        node.input[index] = dq_of[init.name]
+        if layer.input_qparams is not None and node.op_type != "Gather":
+            scale, zero_point = layer.input_qparams
+            base = f"{node.name}.qat_input"
+            low, high = ((q - zero_point) * np.float32(scale) for q in ACTIVATION_RANGE)
+            added += [
+                numpy_helper.from_array(np.array(scale, np.float32), f"{base}.scale"),
+                numpy_helper.from_array(np.array(zero_point, np.uint8), f"{base}.zero"),
+                numpy_helper.from_array(np.array(low, np.float32), f"{base}.low"),
+                numpy_helper.from_array(np.array(high, np.float32), f"{base}.high"),
+            ]
+            nodes += [  # Clip: uint8 holds 0..255, the quantizer's range is 0..127
+                helper.make_node("Clip", [node.input[0], f"{base}.low", f"{base}.high"],
+                                 [f"{base}.clip"], name=f"{base}.clip"),
+                helper.make_node("QuantizeLinear", [f"{base}.clip", f"{base}.scale",
+                                 f"{base}.zero"], [f"{base}.q"], name=f"{base}.q"),
+                helper.make_node("DequantizeLinear", [f"{base}.q", f"{base}.scale",
+                                 f"{base}.zero"], [f"{base}.dq"], name=f"{base}.dq"),
+            ]  # fmt: skip
+            node.input[0] = f"{base}.dq"
+            count["inputs"] += 1
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(added)
+    used = {name for n in graph.node for name in n.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return count
+
+
+def _quantize_qat(folder: Path, layers: list[Any]) -> dict[str, dict[str, int]]:
+    """``*.int8.onnx`` beside each graph of a folded QAT model: QDQ with the learned scales
+    (``qdq_graph``); returns what each graph quantized."""
+    import onnx
+
+    counts = {}
+    for name in [*GRAPHS.values(), CHUNK_GRAPH]:
+        if not (folder / name).is_file():
+            continue
+        model = onnx.load(str(folder / name))
+        counts[name] = qdq_graph(model.graph, layers)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(folder / int8_name(name)))
+    return counts
+
+
+def _write_config(
+    asr: nn.Module,
+    folder: Path,
+    graphs: dict[str, Any],
+    int8: bool,
+    qat: dict[str, Any] | None = None,
+) -> None:
     fbank, model = asr.fbank, asr.model
     np.savez(
         folder / FEATURES_FILE,
@@ -450,6 +572,10 @@ def _write_config(asr: nn.Module, folder: Path, graphs: dict[str, Any], int8: bo
         "mamba_asr_version": __version__,
         "opset": OPSET,
         "int8": int8,
+        # how the int8 graphs were made: onnxruntime's dynamic quantization, or the QDQ
+        # graphs of a quantization-aware trained model (its scheme, what each graph quantized)
+        "int8_method": None if not int8 else ("qat" if qat else "dynamic"),
+        "qat": qat,
         "features": {
             "sample_rate": asr.sample_rate,
             "n_mels": fbank.n_mels,
@@ -510,6 +636,9 @@ def export_onnx(
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # a folder as mkdir makes it, not mkdtemp's private one
     try:
+        scheme, layers = qat_scheme(asr), None
+        if scheme is not None:  # the quantized weights, as plain weights, without quantizers
+            asr, layers = folded(asr)
         was_training = asr.training
         asr.eval()
         try:
@@ -517,12 +646,15 @@ def export_onnx(
                 graphs = _export_graphs(asr, tmp, chunk_frames)
         finally:
             asr.train(was_training)
-        if int8:
+        qat = None
+        if layers is not None:
+            qat = {"scheme": scheme, "quantized": _quantize_qat(tmp, layers) if int8 else None}
+        elif int8:
             _quantize(tmp, scan_step_weights(asr.model))
         asr.tokenizer.save(tmp / TOKENIZER_DIR)
         if lm is not None:
             shutil.copyfile(lm, tmp / LM_FILE)
-        _write_config(asr, tmp, graphs, int8)
+        _write_config(asr, tmp, graphs, int8, qat)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             out.rename(old / out.name)

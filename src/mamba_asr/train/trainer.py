@@ -476,13 +476,17 @@ def _stand_in(recipe: RecipeConfig) -> Batch:
 
 @contextlib.contextmanager
 def _frozen_norm_statistics(model: nn.Module) -> Iterator[None]:
-    """Batch-norm running statistics kept as they are (momentum 0) inside the block."""
+    """Batch-norm running statistics kept as they are (momentum 0) inside the block, and the
+    activation ranges of quantization-aware training."""
+    from mamba_asr.qat import observers_frozen
+
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in norms]
     for m in norms:
         m.momentum = 0.0
     try:
-        yield
+        with observers_frozen(model):
+            yield
     finally:
         for m, momentum in zip(norms, saved, strict=True):
             m.momentum = momentum
@@ -890,6 +894,11 @@ def _train(
             log.info("initialised from %s", cfg.init_from)
         else:
             _fit_cmvn(asr, train_utts, recipe, ctx.device, bad)
+    if cfg.qat is not None:  # fake quantizers on the float weights (a checkpoint holds both)
+        from mamba_asr.qat import prepare_qat
+
+        prepare_qat(asr, cfg.qat)
+        log.info("quantization-aware training: %s", cfg.qat)
     metrics = MetricsLog(out_dir, 0 if state is None else state["progress"]["step"], ctx.is_main)
     run = _Run(recipe, ctx, out_dir, asr, asr, sampler, _Progress(), metrics)
     run.deadline, run.bad = deadline, bad

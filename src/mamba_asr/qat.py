@@ -1,0 +1,377 @@
+"""Quantization-aware training (QAT): int8 fake quantization of a model, as its int8 exports run it.
+
+``prepare_qat(asr, scheme)`` changes an ``ASR`` bundle in place so that its model computes what
+an int8 export computes, while gradients still reach the float weights (straight-through):
+
+- weights (``scheme`` ``int8`` and ``int8-weights``): every ``nn.Linear``, ``nn.Conv1d`` and
+  ``nn.Embedding`` of the model, int8 per output channel (per row of an embedding),
+  symmetric, integers -127..127, scale = max |w| / 127 of the channel, recomputed from the
+  weight at every use (``torch.nn.utils.parametrize``: ``module.weight`` is the quantized
+  weight wherever it is read, also where the model reads it without calling the module, as
+  the Mamba block's ``dt_proj``);
+- activations (``int8`` only): the input of every such Linear and Conv1d but the two that make
+  the selective scan's inputs (each Mamba block's ``x_proj`` and ``dt_proj``: their inputs and
+  outputs, and the scan itself, stay fp32), per tensor, affine, integers 0..127 (uint8 with
+  7 bits used: the int8 kernels of x86 CPUs without VNNI sum pairs of products in int16 and
+  saturate when both operands use 8 bits; measured on AVX2, a matrix product was off by 20 %
+  with 8-bit activations, exact with 7), scale and zero point from a moving average (0.01) of
+  each batch's min and max in training, frozen in eval mode (so an utterance's result does not
+  depend on the batch, and a stream chunk by chunk equals the whole utterance).
+
+The fake quantization is torchao's (``torchao.quantization.pt2e.fake_quantize``:
+``FakeQuantize`` for the weights, ``FusedMovingAvgObsFakeQuantize`` for the activations, one
+fused op that observes, chooses the scale and quantizes; their observers; the straight-through
+gradient of ``torch.fake_quantize_per_*_affine``); this module only puts the quantizers on the
+layers. Why not
+the other libraries (checked with torch 2.13, torchao 0.18, coremltools 9.0):
+``torchao.quantization.qat.QATConfig`` swaps only ``nn.Linear`` (not the depthwise Conv1d), its
+int8 activations are dynamic per token or need static shapes, and its symmetric int8 weights
+use -128..127 with scale max |w| / 127.5, which Core ML's symmetric int8 (-127..127) cannot
+hold exactly; ``torch.ao.quantization``'s prepare functions are deprecated (their warning says
+removed in 2.10) and its eager mode needs stubs around every functional op; and
+``coremltools.optimize.torch``'s ``LinearQuantizer`` traces the model with torch.fx, which
+stops at the model's control flow ("symbolically traced variables cannot be used as inputs to
+control flow").
+
+The model file records QAT (``qat_record``, ``apply_record``): the float weights under their
+usual names (a mamba-asr that knows nothing of QAT loads the file as a float model) and a
+``"qat"`` entry with the scheme, the library and each activation quantizer's min, max, scale
+and zero point; ``mamba_asr.asr.ASR.load`` puts the quantizers back.
+
+Exports (``folded``): the fake-quantized weights are written into a copy of the model (every
+value an integer times its channel's scale) and the quantizers removed; ``export_onnx(int8=True)``
+then stores each such weight as int8 with a ``DequantizeLinear`` and puts ``QuantizeLinear`` /
+``DequantizeLinear`` with the learned scale on each quantized input (``qdq_layers``), and Core
+ML's per-channel int8 weight compression (``--weights int8``) finds the very same integers
+(the largest of each channel is 127, so its scale is the learned one).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, get_args
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from mamba_asr.config import QatScheme
+
+__all__ = [
+    "QAT_SCHEMES",
+    "QuantizedLayer",
+    "apply_record",
+    "check_scheme",
+    "folded",
+    "observers_frozen",
+    "prepare_qat",
+    "qat_record",
+    "qat_scheme",
+    "split_state_dict",
+]
+
+QAT_SCHEMES: tuple[str, ...] = get_args(QatScheme)
+WEIGHT_RANGE = (-127, 127)  # symmetric int8, as Core ML's and onnxruntime's symmetric weights
+ACTIVATION_RANGE = (0, 127)  # uint8, 7 bits: see the module docstring
+ACTIVATION_AVERAGING = 0.01
+SCAN_INPUTS = ("x_proj", "dt_proj")  # their inputs stay fp32
+LAYERS = (nn.Linear, nn.Conv1d, nn.Embedding)
+INPUT_QUANT = "input_quant"
+PARAM_KEY = ".parametrizations.weight.original"
+WEIGHT_QUANT_KEY = ".parametrizations.weight.0."
+
+
+def check_scheme(scheme: Any, key: str = "qat") -> str:
+    """``scheme`` if it is one of ``QAT_SCHEMES``, else a one-line ``ValueError`` naming them."""
+    if scheme not in QAT_SCHEMES:
+        allowed = ", ".join(QAT_SCHEMES)
+        raise ValueError(f"{key} must be one of {allowed}, got {scheme!r}")
+    return scheme
+
+
+def _torchao() -> dict[str, Any]:
+    """torchao's fake quantizer and observers (imported on first use, its load notes off)."""
+    quiet = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        import torchao
+        from torchao.quantization.pt2e.fake_quantize import (
+            FakeQuantize,
+            FusedMovingAvgObsFakeQuantize,
+        )
+        from torchao.quantization.pt2e.observer import (
+            MovingAverageMinMaxObserver,
+            MovingAveragePerChannelMinMaxObserver,
+        )
+    except ImportError:
+        raise ImportError(
+            "quantization-aware training needs torchao: pip install 'mamba-asr[qat]'"
+        ) from None
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
+    return {
+        "version": torchao.__version__,
+        "fake_quant": FakeQuantize,
+        "fused_fake_quant": FusedMovingAvgObsFakeQuantize,
+        "tensor": MovingAverageMinMaxObserver,
+        "channel": MovingAveragePerChannelMinMaxObserver,
+    }
+
+
+class WeightQuantizer(nn.Module):
+    """Symmetric int8 per output channel (dim 0), scale = max |w| / 127 from the weight it is
+    given (torchao's ``FakeQuantize``, its observer a moving average with weight 1: nothing of
+    earlier weights). Not the fused op: for a channel whose weights all have one sign it
+    falls back to an affine scale and a zero point (a 5-tap depthwise kernel can be all
+    positive). In eval mode without gradients the result is kept until the weight changes
+    (decoding reads the joiner's weights at every step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        ao = _torchao()
+        self.fq = ao["fake_quant"](
+            observer=ao["channel"], quant_min=WEIGHT_RANGE[0], quant_max=WEIGHT_RANGE[1],
+            dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0,
+            averaging_constant=1.0,
+        )  # fmt: skip
+        self._kept: tuple[Any, Tensor] | None = None
+
+    def forward(self, w: Tensor) -> Tensor:
+        if self.training or torch.is_grad_enabled():
+            self._kept = None
+            return self.fq(w)
+        key = (w.data_ptr(), w._version, w.device, w.dtype)
+        if self._kept is None or self._kept[0] != key:
+            self._kept = (key, self.fq(w))
+        return self._kept[1]
+
+    @property
+    def scale(self) -> Tensor:
+        return self.fq.scale
+
+    @property
+    def zero_point(self) -> Tensor:
+        return self.fq.zero_point
+
+
+def weight_quantizer() -> WeightQuantizer:
+    """A new ``WeightQuantizer``."""
+    return WeightQuantizer()
+
+
+class InputQuantizer(nn.Module):
+    """Per-tensor affine fake quantization of a layer's input (``ACTIVATION_RANGE``): observes
+    (moving min and max) in training mode only; in eval mode the scale is frozen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        ao = _torchao()
+        self.fq = ao["fused_fake_quant"](
+            observer=ao["tensor"], quant_min=ACTIVATION_RANGE[0], quant_max=ACTIVATION_RANGE[1],
+            dtype=torch.quint8, qscheme=torch.per_tensor_affine,
+            averaging_constant=ACTIVATION_AVERAGING,
+        )  # fmt: skip
+
+    def train(self, mode: bool = True) -> InputQuantizer:
+        super().train(mode)
+        self.observe(mode)
+        return self
+
+    def observe(self, on: bool) -> None:
+        (self.fq.enable_observer if on else self.fq.disable_observer)()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype != torch.float32:  # under autocast: quantize in fp32
+            return self.fq(x.float()).to(x.dtype)
+        return self.fq(x)
+
+    def qparams(self) -> tuple[float, int]:
+        """The scale and zero point in force."""
+        return float(self.fq.scale.reshape(-1)[0]), int(self.fq.zero_point.reshape(-1)[0])
+
+
+def _quantize_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (getattr(module, INPUT_QUANT)(args[0]), *args[1:])
+
+
+def _layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    for name, module in model.named_modules():
+        if type(module) in LAYERS or (
+            isinstance(module, LAYERS) and parametrize.is_parametrized(module, "weight")
+        ):
+            yield name, module
+
+
+def qat_scheme(asr: nn.Module) -> str | None:
+    """The QAT scheme ``asr`` was prepared with, or None."""
+    return getattr(asr, "qat_scheme", None)
+
+
+def prepare_qat(asr: nn.Module, scheme: str) -> nn.Module:
+    """Put the fake quantizers of ``scheme`` on ``asr.model`` (in place; see the module
+    docstring); returns ``asr``. The weights stay the float weights being trained (their
+    parameters keep their objects: build the optimizer after or before, either works)."""
+    check_scheme(scheme)
+    if qat_scheme(asr) is not None:
+        raise ValueError(f"the model is already prepared for QAT ({qat_scheme(asr)})")
+    for name, module in list(_layers(asr.model)):
+        parametrize.register_parametrization(module, "weight", weight_quantizer())
+        quantized_input = not isinstance(module, nn.Embedding) and (
+            name.rsplit(".", 1)[-1] not in SCAN_INPUTS
+        )
+        if scheme == "int8" and quantized_input:
+            quantizer = InputQuantizer().to(module.parametrizations.weight.original.device)
+            module.add_module(INPUT_QUANT, quantizer.train(asr.training))
+            module.register_forward_pre_hook(_quantize_input)
+    asr.qat_scheme = scheme
+    return asr
+
+
+def _input_quantizers(asr: nn.Module) -> dict[str, InputQuantizer]:
+    return {
+        name: module for name, module in asr.named_modules() if isinstance(module, InputQuantizer)
+    }
+
+
+class observers_frozen:  # noqa: N801 (a context manager, used like a function)
+    """Inside the block the activation quantizers of ``asr`` do not observe (a stand-in batch
+    must not move their ranges); their state is restored after."""
+
+    def __init__(self, asr: nn.Module) -> None:
+        self.quantizers = list(_input_quantizers(asr).values())
+
+    def __enter__(self) -> None:
+        self.was = [int(q.fq.observer_enabled[0]) for q in self.quantizers]
+        for q in self.quantizers:
+            q.observe(False)
+
+    def __exit__(self, *exc: object) -> None:
+        for q, was in zip(self.quantizers, self.was, strict=True):
+            q.observe(bool(was))
+
+
+def split_state_dict(
+    state_dict: dict[str, Tensor],
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """A QAT model's state_dict -> (the float weights under their usual names, the activation
+    quantizers' tensors); the weight quantizers' buffers (recomputed at every use) are left out."""
+    plain, quantizers = {}, {}
+    for key, value in state_dict.items():
+        if WEIGHT_QUANT_KEY in key:
+            continue
+        if f".{INPUT_QUANT}." in key:
+            quantizers[key] = value
+        else:
+            plain[key.replace(PARAM_KEY, ".weight")] = value
+    return plain, quantizers
+
+
+def qat_record(asr: nn.Module, state_dict: dict[str, Tensor] | None = None) -> dict[str, Any]:
+    """What the model file keeps of a QAT model (``state_dict``: its weights, default the
+    model's own, e.g. an average of checkpoints): {"scheme", "library", "activations": {layer:
+    {"min_val", "max_val", "scale", "zero_point"}}}, scale and zero point chosen from the
+    min and max (for an average, the average's)."""
+    scheme = qat_scheme(asr)
+    if scheme is None:
+        raise ValueError("the model is not prepared for QAT")
+    state_dict = asr.state_dict() if state_dict is None else state_dict
+    activations = {}
+    for name, quantizer in _input_quantizers(asr).items():
+        fq = copy.deepcopy(quantizer.fq).cpu()
+        prefix = f"{name}.fq."
+        fq.load_state_dict({k[len(prefix) :]: v for k, v in state_dict.items()
+                            if k.startswith(prefix)})  # fmt: skip
+        observer = fq.activation_post_process
+        with warnings.catch_warnings():  # a layer that never ran (e.g. the aux CTC head)
+            warnings.simplefilter("ignore")  # keeps the default scale 1, zero point 0
+            scale, zero_point = observer.calculate_qparams()
+        layer = name.removeprefix("model.").removesuffix(f".{INPUT_QUANT}")
+        activations[layer] = {
+            "min_val": observer.min_val.detach().cpu().float().reshape(()),
+            "max_val": observer.max_val.detach().cpu().float().reshape(()),
+            "scale": scale.detach().cpu().float().reshape(()),
+            "zero_point": zero_point.detach().cpu().to(torch.int64).reshape(()),
+        }
+    return {"scheme": scheme, "library": f"torchao {_torchao()['version']}",
+            "activations": activations}  # fmt: skip
+
+
+def apply_record(asr: nn.Module, record: Any) -> nn.Module:
+    """Prepare ``asr`` (its float weights loaded) as the model file's ``"qat"`` entry says, the
+    activation quantizers set to their recorded ranges; ValueError (one line) if the record
+    does not fit the model."""
+    if not isinstance(record, dict) or not isinstance(record.get("activations"), dict):
+        raise ValueError("its qat entry is not a dict with activations")
+    prepare_qat(asr, check_scheme(record.get("scheme"), "its qat scheme"))
+    quantizers = _input_quantizers(asr)
+    names = {n.removeprefix("model.").removesuffix(f".{INPUT_QUANT}") for n in quantizers}
+    if set(record["activations"]) != names:
+        diff = sorted(set(record["activations"]) ^ names)
+        raise ValueError(f"its qat activations do not fit the model (e.g. {diff[0]})")
+    for name, quantizer in quantizers.items():
+        entry = record["activations"][name.removeprefix("model.").removesuffix(f".{INPUT_QUANT}")]
+        fq = quantizer.fq
+        with torch.no_grad():
+            fq.activation_post_process.min_val.copy_(entry["min_val"])
+            fq.activation_post_process.max_val.copy_(entry["max_val"])
+            fq.scale.copy_(entry["scale"].reshape(fq.scale.shape))
+            fq.zero_point.copy_(entry["zero_point"].reshape(fq.zero_point.shape))
+    return asr
+
+
+@dataclass(frozen=True)
+class QuantizedLayer:
+    """One quantized layer of a folded model: its name, kind (``linear``, ``conv1d``,
+    ``embedding``), the folded weight (numpy, fp32, as the module holds it), the int8 values
+    and per-channel scales that make it (weight = q * scale along dim 0), and the input's
+    (scale, zero point), or None where the input stays float."""
+
+    name: str
+    kind: str
+    weight: np.ndarray
+    q: np.ndarray
+    scale: np.ndarray
+    input_qparams: tuple[float, int] | None
+
+
+def folded(asr: nn.Module) -> tuple[nn.Module, list[QuantizedLayer]]:
+    """A new float ``ASR`` (eval mode, CPU) with a QAT model's quantized weights as its plain
+    weights and no quantizers (what exports convert), and the quantized layers (for the int8
+    graphs). ``asr`` itself is left as it is."""
+    if qat_scheme(asr) is None:
+        raise ValueError("the model is not prepared for QAT")
+    weights, _ = split_state_dict(asr.state_dict())
+    layers = []
+    with torch.no_grad():
+        for name, module in _layers(asr.model):
+            if not parametrize.is_parametrized(module, "weight"):
+                continue
+            weight = module.weight.detach().float().cpu()  # quantized with this weight's scale
+            scale = module.parametrizations.weight[0].scale.detach().float().cpu()
+            view = (-1,) + (1,) * (weight.dim() - 1)
+            q = torch.round(weight / scale.view(view)).clamp(*WEIGHT_RANGE)
+            if not torch.equal(q * scale.view(view), weight):
+                raise RuntimeError(f"{name}: the quantized weight is not q * scale")
+            weights[f"model.{name}.weight"] = weight
+            quantizer = getattr(module, INPUT_QUANT, None)
+            kind = next(k for t, k in _KINDS.items() if isinstance(module, t))
+            layers.append(QuantizedLayer(
+                name, kind, weight.numpy(), q.numpy().astype(np.int8),
+                scale.numpy().astype(np.float32),
+                quantizer.qparams() if isinstance(quantizer, InputQuantizer) else None,
+            ))  # fmt: skip
+    plain = type(asr)(asr.config, asr.tokenizer)
+    plain.load_state_dict(weights)
+    plain.shipped_lm = getattr(asr, "shipped_lm", None)
+    return plain.eval(), layers
+
+
+_KINDS = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Embedding: "embedding"}

@@ -1,0 +1,251 @@
+"""Quantization-aware training (``mamba_asr.qat``, ``train.qat``, ``mamba-asr train --qat``).
+
+The fake quantizers (torchao's) against a plain quantize-dequantize written here, their
+straight-through gradients, a few QAT steps on a tiny batch, streaming of a QAT model, the
+model file (it records QAT and loads back with ``load_model``), the trainer from a model file
+(``--init``) with exact resume, and the one-line errors. Tiny transducers
+(``helpers.recipes``); the int8 exports of a QAT model: tests/export/test_qat_export.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers.recipes import RECIPES, tiny_asr, tiny_overrides, tiny_recipe
+from mamba_asr.asr import ASR
+from mamba_asr.config import ConfigError
+from mamba_asr.decode.options import DecodingOptions
+
+pytest.importorskip("torchao")
+
+from mamba_asr.qat import (  # noqa: E402 (after the skip)
+    ACTIVATION_RANGE,
+    SCAN_INPUTS,
+    WEIGHT_RANGE,
+    InputQuantizer,
+    prepare_qat,
+    qat_scheme,
+    weight_quantizer,
+)
+
+
+def reference_weight(w: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 per output channel: s = max |w| / 127, q = clamp(round(w / s) + 0)."""
+    s = w.abs().flatten(1).amax(1) / 127
+    s = s.view(-1, *([1] * (w.dim() - 1)))
+    return (torch.clamp(torch.round(w / s) + 0, *WEIGHT_RANGE) - 0) * s
+
+
+def reference_input(x: torch.Tensor, s: float, zp: int) -> torch.Tensor:
+    return (torch.clamp(torch.round(x / s) + zp, *ACTIVATION_RANGE) - zp) * s
+
+
+def speech_like(seconds: float, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    wave = 0.3 * np.sin(2 * np.pi * (300 + 200 * np.sin(3 * t + seed)) * t)
+    return torch.from_numpy((wave + 0.02 * rng.standard_normal(t.size)).astype(np.float32))
+
+
+def batch(n: int = 2, seconds: float = 1.2) -> tuple[torch.Tensor, ...]:
+    waves = torch.stack([speech_like(seconds, i) for i in range(n)])
+    lengths = torch.tensor([waves.shape[1], waves.shape[1] * 3 // 4][:n])
+    targets = torch.tensor([[3, 4, 5, 3], [4, 3, 0, 0]][:n])
+    return waves, lengths, targets, torch.tensor([4, 2][:n])
+
+
+def calibrated(scheme: str = "int8", seed: int = 0) -> ASR:
+    """A tiny QAT transducer whose activation ranges saw a few batches (then eval mode)."""
+    asr = prepare_qat(tiny_asr("transducer", blank_bias=0.0, seed=seed), scheme).train()
+    waves, lengths, targets, _ = batch()
+    with torch.no_grad():
+        for _ in range(3):  # every quantized layer sees data: encoder, predictor, joiner
+            memory = asr.model.encode(*asr.features(waves, lengths)).memory
+            pred, _ = asr.model.predictor(targets)
+            asr.model.joiner(memory[:, :, None], pred[:, None])
+    return asr.eval()
+
+
+@pytest.mark.parametrize("shape", [(24, 16), (8, 1, 4), (6, 5, 1), (12, 3)])
+def test_weight_fake_quant_equals_the_reference_per_channel(shape):
+    torch.manual_seed(1)
+    w = torch.randn(shape) * torch.rand(shape[0], *([1] * (len(shape) - 1)))  # scales differ
+    w[0] = w[0].abs()  # a channel of one sign: still symmetric, zero point 0
+    fq = weight_quantizer()
+    out = fq(w)
+    ref = reference_weight(w)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-7)
+    assert torch.equal(fq.zero_point, torch.zeros_like(fq.zero_point))
+    q = out / fq.scale.view(-1, *([1] * (len(shape) - 1)))
+    assert torch.equal(q.round().abs().flatten(1).amax(1), torch.full((shape[0],), 127.0))
+
+
+def test_a_prepared_model_reads_quantized_weights_everywhere():
+    asr = prepare_qat(tiny_asr("transducer"), "int8")
+    layers = [m for m in asr.model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Embedding))]
+    assert len(layers) >= 12
+    for module in layers:
+        original = module.parametrizations.weight.original
+        torch.testing.assert_close(module.weight, reference_weight(original.detach()),
+                                   rtol=0, atol=1e-7)  # fmt: skip
+    named = dict(asr.model.named_modules())
+    for name, module in named.items():
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            quantized_input = isinstance(getattr(module, "input_quant", None), InputQuantizer)
+            assert quantized_input == (name.rsplit(".", 1)[-1] not in SCAN_INPUTS), name
+    weights_only = prepare_qat(tiny_asr("transducer"), "int8-weights")
+    assert not any(isinstance(m, InputQuantizer) for m in weights_only.modules())
+
+
+def test_activation_fake_quant_equals_the_reference_and_freezes_in_eval():
+    quantizer = InputQuantizer().train()
+    x = torch.randn(4, 7, 5) * 3 + 1
+    quantizer(x)  # observes: the range of x (the first batch sets it)
+    s, zp = quantizer.qparams()
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    assert s == pytest.approx((hi - lo) / ACTIVATION_RANGE[1], rel=1e-6)
+    assert zp == round(-lo / s)
+    quantizer.eval()
+    y = torch.randn(3, 9) * 6  # beyond the range: clipped
+    torch.testing.assert_close(quantizer(y), reference_input(y, s, zp), rtol=0, atol=1e-6)
+    assert quantizer.qparams() == (s, zp)  # eval mode does not observe
+
+
+def test_gradients_are_straight_through():
+    torch.manual_seed(2)
+    w = torch.randn(10, 6, requires_grad=True)
+    g = torch.randn(10, 6)
+    (weight_quantizer()(w) * g).sum().backward()
+    torch.testing.assert_close(w.grad, g)  # every weight inside the range: identity
+
+    quantizer = InputQuantizer().train()
+    quantizer(torch.linspace(-2, 3, 50))
+    quantizer.eval()
+    s, zp = quantizer.qparams()
+    x = (torch.randn(64) * 4).requires_grad_()
+    g = torch.randn(64)
+    (quantizer(x) * g).sum().backward()
+    q = torch.round(x.detach() / s) + zp
+    inside = (q >= ACTIVATION_RANGE[0]) & (q <= ACTIVATION_RANGE[1])
+    assert 0 < int(inside.sum()) < 64  # both cases occur
+    torch.testing.assert_close(x.grad, g * inside)  # the reference STE: zero where clipped
+
+    asr = prepare_qat(tiny_asr("transducer"), "int8").train()
+    asr(*batch()).loss.backward()
+    for name, p in asr.named_parameters():
+        if name.endswith("parametrizations.weight.original") and "ctc_lin" not in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_a_few_qat_steps_reduce_the_loss():
+    torch.manual_seed(3)
+    asr = prepare_qat(tiny_asr("transducer"), "int8").train()
+    optimizer = torch.optim.Adam(asr.parameters(), lr=0.01)
+    data = batch(seconds=0.6)
+    losses = []
+    for _ in range(8):
+        loss = asr(*data).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_streaming_chunk_by_chunk_equals_the_full_forward():
+    asr = calibrated()
+    waves, lengths, _, _ = batch()
+    with torch.no_grad():
+        feats, feat_lengths = asr.features(waves, lengths)
+        full = asr.model.encode(feats, feat_lengths).memory
+        state, pieces = asr.model.init_state(2), []
+        for i in range(0, feats.shape[1], 16):  # 2 encoder frames a chunk
+            memory, state = asr.model.forward_chunk(feats[:, i : i + 16], state)
+            pieces.append(memory)
+        streamed = torch.cat(pieces, dim=1)
+    torch.testing.assert_close(streamed[0], full[0], rtol=0, atol=1e-5)
+    n = int(asr.model.frontend.output_lengths(feat_lengths)[1])
+    torch.testing.assert_close(streamed[1, :n], full[1, :n], rtol=0, atol=1e-5)
+
+
+def test_the_model_file_records_qat_and_loads_with_load_model(tmp_path):
+    import mamba_asr
+
+    asr = calibrated()
+    path = asr.save(tmp_path / "qat.pt")
+    data = torch.load(path, weights_only=True)
+    assert data["qat"]["scheme"] == "int8" and data["qat"]["library"].startswith("torchao ")
+    assert not any("parametrizations" in k or "input_quant" in k for k in data["state_dict"])
+    loaded = mamba_asr.load_model(str(path), device="cpu")
+    assert qat_scheme(loaded) == "int8" and not loaded.training
+    waves, lengths, _, _ = batch()
+    with torch.no_grad():
+        f, n = asr.features(waves, lengths)
+        torch.testing.assert_close(
+            loaded.model.encode(f, n).memory, asr.model.encode(f, n).memory, rtol=0, atol=0
+        )
+    greedy = DecodingOptions(strategy="greedy")
+    texts = loaded.transcribe_batch(waves, lengths, greedy)
+    assert texts == asr.transcribe_batch(waves, lengths, greedy)
+    plain = ASR(asr.config, asr.tokenizer)  # a reader that ignores "qat": the float model
+    plain.load_state_dict(data["state_dict"])
+    broken = {**data, "qat": {**data["qat"], "scheme": "int4"}}
+    with pytest.raises(ValueError, match="qat scheme must be one of int8, int8-weights"):
+        ASR.from_bundle(broken)
+
+
+def test_unknown_qat_values_are_one_line_errors(tmp_path, capsys):
+    from mamba_asr.cli import main
+
+    args = ["train", str(RECIPES["transducer"]), "--train", "x.jsonl", "--valid", "x.jsonl",
+            "--out", str(tmp_path / "run"), "--qat", "int4"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "mamba-asr: error: --qat must be one of int8, int8-weights, got 'int4'"
+    with pytest.raises(ConfigError, match="train.qat must be one of 'int8' | 'int8-weights'"):
+        tiny_recipe("transducer", "train.qat=fp8")
+    with pytest.raises(ConfigError, match="train.qat is for streaming transducers"):
+        tiny_recipe("ctc", "train.qat=int8")
+    with pytest.raises(ValueError, match="already prepared"):
+        prepare_qat(calibrated(), "int8")
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    from helpers.tones import write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("tones"))
+
+
+def test_train_init_qat_resumes_exactly_and_writes_a_qat_model(tmp_path, tones):
+    """The same run in-process (recipe keys) and by the command line (--init, --qat), the
+    latter stopped after one step and resumed: the same checkpoints bit for bit."""
+    from mamba_asr.cli import main
+    from mamba_asr.train import list_checkpoints, load_checkpoint, train
+
+    start = tiny_asr("transducer").save(tmp_path / "start.pt")
+    more = ("train.epochs=1", "train.checkpoint_every_steps=1")
+    recipe = tiny_recipe("transducer", *more, f"train.init_from={start}", "train.qat=int8")
+    whole = train(recipe, tones, tones, tmp_path / "a", device="cpu")
+    assert whole.finished and whole.step == 4
+
+    sets = [x for o in tiny_overrides("transducer", *more) for x in ("--set", o)]
+    cli = ["train", str(RECIPES["transducer"]), "--train", str(tones), "--valid", str(tones),
+           "--out", str(tmp_path / "b"), "--device", "cpu", "--init", str(start),
+           "--qat", "int8", *sets]  # fmt: skip
+    assert main([*cli, "--max-steps", "1"]) == 0
+    assert main(cli) == 0
+    a = load_checkpoint(list_checkpoints(tmp_path / "a" / "checkpoints")[-1])
+    b = load_checkpoint(list_checkpoints(tmp_path / "b" / "checkpoints")[-1])
+    assert a["progress"] == b["progress"] and a["model"].keys() == b["model"].keys()
+    assert any(k.endswith("input_quant.fq.scale") for k in a["model"])
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+
+    model = ASR.load(tmp_path / "b" / "model.pt")
+    assert qat_scheme(model) == "int8"
+    waves, lengths, _, _ = batch()
+    assert len(model.transcribe_batch(waves, lengths, DecodingOptions(strategy="greedy"))) == 2
