@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("config",),  # recipes and model configs (read through files)
     ("ops",),  # pure tensor functions
     ("modules",),  # building blocks
-    ("models", "audio", "text", "lm", "writers"),  # + transcripts written as txt/json/srt/vtt
+    # + transcripts written as txt/json/srt/vtt; fake quantization of a model's layers (QAT)
+    ("models", "audio", "text", "lm", "writers", "qat"),
     ("decode", "data"),  # searches; manifests, datasets, batching
     ("streaming", "runtime"),  # streams of a bundle; recognition on onnxruntime (no torch)
     ("asr",),  # the deployable bundle (features + model + tokenizer)
