@@ -31,7 +31,8 @@ LAYERS: list[tuple[str, ...]] = [
     # the jobs done with a bundle; backends: inference outside PyTorch (MLX); export (ONNX,
     # Core ML)
     ("train", "evaluate", "transcription", "selfcheck", "backends", "export"),
-    ("serve",),  # the speech server (over transcription and streams)
+    # the speech server (over transcription and streams); structured pruning (over train)
+    ("serve", "compress"),
     (PACKAGE,),  # the public API: the package's __init__.py
     ("cli",),  # the command line
     ("__main__",),  # python -m mamba_asr

@@ -263,7 +263,7 @@ class ASR(nn.Module):
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
             "mamba_asr_version": __version__,
-            "model": to_dict(self.config.model),
+            "model": _model_section(self.config.model),
             "features": to_dict(self.config.features),
             "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
             "tokenizer": tokenizer_to_files(self.tokenizer),
@@ -353,6 +353,16 @@ def upgrade_bundle(data: dict[str, Any]) -> dict[str, Any]:
         model.pop("num_decoder_layers", None)
     rest = {k: v for k, v in data.items() if k not in ("config", "version")}
     return {**rest, "version": BUNDLE_VERSION, "model": model, "features": features}
+
+
+def _model_section(config: ModelConfig) -> dict[str, Any]:
+    """``to_dict(config)`` without ``mamba.d_inner`` when it is None (the default: expand *
+    d_model), so that a model of the usual widths is the same file as before the key existed
+    and older mamba-asr versions read it; a pruned model's file names its d_inner."""
+    model = to_dict(config)
+    if model["mamba"].get("d_inner") is None:
+        model["mamba"].pop("d_inner", None)
+    return model
 
 
 def _half(t: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ check, see ``mamba_asr.selfcheck``), ``model-info`` (parameters and layers of a 
 ``synth`` (a LibriSpeech-layout corpus spoken by TTS engines, see ``mamba_asr.data.synth``) and
 ``export onnx`` (a streaming transducer as ONNX graphs, see ``mamba_asr.export.onnx``) and
 ``export coreml`` (a stateful Core ML package, see ``mamba_asr.export.coreml``) and
+``prune`` (structured pruning of a Mamba-CNN transducer, see ``mamba_asr.compress.prune``) and
 ``transcribe`` (audio files to txt/json/srt/vtt, see ``mamba_asr.transcription``; ``transcribe``
 and ``eval`` with ``--onnx DIR`` run on onnxruntime, see ``mamba_asr.runtime.onnx``; a bad file is
 one error line, the others go on, exit code 1; ``--stream`` decodes as the file is read and,
@@ -120,8 +121,106 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth_parser(sub, common)
     _add_transcribe_parser(sub, common, device_help)
     _add_export_parser(sub, common)
+    _add_prune_parser(sub, common, device_help)
     _add_serve_parser(sub, common, device_help)
     return parser
+
+
+def _add_prune_parser(sub: argparse._SubParsersAction, common: list, device_help: str) -> None:
+    pr = sub.add_parser(
+        "prune",
+        parents=common,
+        help="structured pruning of a Mamba-CNN transducer: a smaller dense model file",
+        description="Removes the fraction --ratio of the channels of each group (the Mamba "
+        "inner channels and the FFN units of every encoder layer, the front end's channels, "
+        "the predictor's and joiner's units), those that contribute least to the next layer "
+        "(by their weights' norms, or by their measured activations with --calib), and writes "
+        "a model file of smaller tensors with the new widths in its config: transcribe, eval, streaming and export take it like any model. --steps K "
+        "prunes in K rounds with fine-tuning after each (mamba-asr train RECIPE --init on "
+        "the round's model, in --work/round-K; run the same command again to resume). "
+        "See docs/compression.md.",
+    )
+    pr.add_argument(
+        "model", nargs="?", default=None, metavar="MODEL",
+        help=f"a bundled model's name or a model file (default: the bundled {DEFAULT_MODEL})",
+    )  # fmt: skip
+    pr.add_argument(
+        "--ratio", type=float, required=True, metavar="R",
+        help="fraction of each group's channels to remove, 0 < R < 1",
+    )  # fmt: skip
+    pr.add_argument("--out", required=True, metavar="FILE", help="the model file to write")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    pr.add_argument(
+        "--groups", default=None, metavar="G,G",
+        help="which channels: all, or some of mamba, ffn, frontend, predictor, joiner "
+        "(default: all with --calib; without it all but the joiner)",
+    )  # fmt: skip
+    pr.add_argument(
+        "--calib", default=None, metavar="DIR_OR_MANIFEST",
+        help="audio whose activations rank the channels, with the removed channels' means "
+        "folded into the next biases (better: docs/compression.md); default: weights alone",
+    )  # fmt: skip
+    pr.add_argument(
+        "--calib-utts", type=int, default=32, metavar="N",
+        help="calibration utterances used, the first N of --calib (32)",
+    )  # fmt: skip
+    pr.add_argument(
+        "--steps", type=int, default=1, metavar="K",
+        help="reach --ratio in K rounds, fine-tuning after each (needs --recipe, --train, "
+        "--valid, --work; default 1: one shot, no fine-tuning)",
+    )  # fmt: skip
+    ft = pr.add_argument_group("fine-tuning between rounds (mamba-asr train --init)")
+    ft.add_argument("--recipe", metavar="YAML", help="recipe whose data and train sections apply")
+    ft.add_argument("--train", metavar="MANIFEST", help="training manifest")
+    ft.add_argument("--valid", metavar="MANIFEST", help="validation manifest")
+    ft.add_argument("--work", metavar="DIR", help="folder of the rounds (pruned.pt, finetune/)")
+    ft.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a recipe value for every round, e.g. --set train.epochs=2 (the "
+        "fine-tuning's length)",
+    )  # fmt: skip
+    ft.add_argument("--device", default=None, help=device_help)
+    pr.set_defaults(func=cmd_prune)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from mamba_asr.compress.prune import GROUPS, FineTune, prune_model_file
+
+    if not 0.0 < args.ratio < 1.0:
+        raise ValueError(f"--ratio must be in (0, 1): the fraction of channels removed, "
+                         f"got {args.ratio}")  # fmt: skip
+    groups = GROUPS if args.groups == "all" else None
+    if args.groups not in (None, "all"):
+        groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+        unknown = [g for g in groups if g not in GROUPS]
+        if unknown or not groups:
+            raise ValueError(f"--groups: unknown group {', '.join(unknown) or '(none)'}; "
+                             f"groups: all or some of {', '.join(GROUPS)}")  # fmt: skip
+    needed = {"--recipe": args.recipe, "--train": args.train, "--valid": args.valid,
+              "--work": args.work}  # fmt: skip
+    given = [k for k, v in needed.items() if v is not None]
+    finetune = None
+    if args.steps > 1 or given or args.overrides:
+        missing = [k for k, v in needed.items() if v is None]
+        if args.steps < 2 or missing:
+            raise ValueError(
+                "fine-tuning between rounds needs --steps K (K >= 2) with --recipe, --train, "
+                f"--valid and --work; {'missing ' + ', '.join(missing) if missing else 'no --steps'}"
+            )
+        finetune = FineTune(args.recipe, args.train, args.valid, args.work,
+                            tuple(args.overrides), args.device)  # fmt: skip
+    if finetune is not None:
+        logging.getLogger("mamba_asr.train").setLevel(logging.INFO)  # epoch summaries
+    report = prune_model_file(args.model, args.out, args.ratio, steps=args.steps, groups=groups,
+                              finetune=finetune, overwrite=args.overwrite, calib=args.calib,
+                              calib_utterances=args.calib_utts)  # fmt: skip
+    before, after = report.params_before, report.params_after
+    widths = ", ".join(
+        f"{k} {report.widths_before[k]} -> {v}" for k, v in report.widths_after.items()
+    )
+    print(f"{report.out}: {after:,} parameters ({before:,} before, "
+          f"-{100 * (1 - after / before):.1f}%), {report.file_bytes / 1e6:.1f} MB; {widths}")  # fmt: skip
+    return 0
 
 
 def _add_backend_arg(parser: argparse.ArgumentParser) -> None:
@@ -570,12 +669,14 @@ def _add_train_parser(sub: argparse._SubParsersAction, common: list, device_help
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a recipe value, e.g. --set train.lr=0.0005 (repeatable)",
     )  # fmt: skip
-    train.add_argument("--device", default=None, help=device_help)
     train.add_argument(
         "--init", default=None, metavar="MODEL",
-        help="start from this model's weights, tokenizer and CMVN statistics (a model file "
-        "or a bundled model's name; the recipe key train.init_from)",
+        help="start from MODEL's weights and architecture (a model file or bundled name, e.g. "
+        "a pruned one): its model section replaces the recipe's, the rest of the recipe "
+        "(data, tokenizer ignored, train) applies; train.init_from=MODEL without the "
+        "architecture needs the recipe's model section to equal MODEL's",
     )  # fmt: skip
+    train.add_argument("--device", default=None, help=device_help)
     train.add_argument(
         "--qat", default=None, metavar="SCHEME",
         help="quantization-aware training (recipe key train.qat): int8 (int8 weights and "
@@ -798,17 +899,20 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from mamba_asr.config import load_recipe
     from mamba_asr.train import train
+    from mamba_asr.train.trainer import init_model_section
 
-    recipe = load_recipe(args.config, args.overrides)
-    if args.init is not None or args.qat is not None:
+    if args.init is not None:  # the model's own architecture (e.g. pruned widths), its weights
+        model = init_model_section(args.init)
+        recipe = load_recipe(args.config, args.overrides, model=model, init_from=args.init)
+    else:
+        recipe = load_recipe(args.config, args.overrides)
+    if args.qat is not None:
         import dataclasses
 
         from mamba_asr.qat import check_scheme
 
-        changes = {"init_from": args.init} if args.init is not None else {}
-        if args.qat is not None:
-            changes["qat"] = check_scheme(args.qat, "--qat")
-        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **changes))
+        qat = check_scheme(args.qat, "--qat")
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, qat=qat))
     if os.environ.get("RANK", "0") == "0":  # torchrun's other ranks stay quiet
         logging.getLogger("mamba_asr.train").setLevel(logging.INFO)  # epoch summaries
     result = train(

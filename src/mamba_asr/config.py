@@ -30,12 +30,22 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class MambaConfig:
-    """Selective state-space block options (mamba's defaults)."""
+    """Selective state-space block options (mamba's defaults).
+
+    d_inner: the block's inner width (channels of the conv and the scan); None (the default):
+    ``expand * d_model``. Set, it replaces that product, e.g. in a model whose channels were
+    pruned (``mamba-asr prune``); ``expand`` is then not used.
+    """
 
     d_state: int = 16
     expand: int = 2
     d_conv: int = 4
     bidirectional: bool = True
+    d_inner: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.d_inner is not None:
+            _at_least(self, "model.mamba", 1, "d_inner")
 
 
 @dataclass(frozen=True)
@@ -582,8 +592,17 @@ def _override_value(key: str, raw: str) -> Any:
         ) from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
-    """Read a YAML recipe (plus ``key=value`` overrides) into a checked ``RecipeConfig``."""
+def load_recipe(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    model: dict[str, Any] | None = None,
+    init_from: str | None = None,
+) -> RecipeConfig:
+    """Read a YAML recipe (plus ``key=value`` overrides) into a checked ``RecipeConfig``.
+
+    ``model``: a model section to use instead of the file's, and ``init_from``: a value for
+    ``train.init_from`` (``mamba-asr train --init MODEL`` gives both: that model's
+    architecture and weights); the overrides apply after them."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
@@ -591,6 +610,15 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeC
         data = yaml.safe_load(read_text(path, ConfigError)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: config must be a mapping, got {data!r}")
+    if model is not None:
+        data = {**data, "model": model}
+    if init_from is not None:
+        train = data.get("train") or {}
+        if not isinstance(train, dict):
+            raise ConfigError(f"{path}: train must be a mapping, got {train!r}")
+        data = {**data, "train": {**train, "init_from": init_from}}
     try:
         return from_dict(RecipeConfig, apply_overrides(data, overrides or []))
     except ConfigError as e:

@@ -1,7 +1,7 @@
 """Mamba blocks: the causal block (``Mamba``) and ConMamba's bidirectional block (``BiMamba``).
 
 Shape key
-    B: batch, L: frames, M: d_model, D: d_inner (expand * d_model), N: d_state,
+    B: batch, L: frames, M: d_model, D: d_inner (expand * d_model unless given), N: d_state,
     R: dt_rank, K: d_conv.
 
 Both blocks take ``(B, L, M)`` and an optional ``lengths`` ``(B,)`` of valid frames; padded frames
@@ -180,8 +180,12 @@ def _resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
     raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
 
 
-def _check_options(d_model: int, d_state: int, expand: int, d_conv: int, dt_init: str) -> None:
+def _check_options(
+    d_model: int, d_state: int, expand: int, d_conv: int, dt_init: str, d_inner: int | None
+) -> None:
     sizes = {"d_model": d_model, "d_state": d_state, "expand": expand, "d_conv": d_conv}
+    if d_inner is not None:
+        sizes["d_inner"] = d_inner
     for name, value in sizes.items():
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
@@ -209,13 +213,14 @@ class _MambaBase(nn.Module):
         dt_init_floor: float = 1e-4,
         conv_bias: bool = True,
         bias: bool = False,
+        d_inner: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        _check_options(d_model, d_state, expand, d_conv, dt_init)
+        _check_options(d_model, d_state, expand, d_conv, dt_init, d_inner)
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
-        self.d_inner = expand * d_model
+        self.d_inner = expand * d_model if d_inner is None else d_inner
         self.dt_rank = _resolve_dt_rank(dt_rank, d_model)
         factory = {"device": device, "dtype": dtype}
         branch = dict(
@@ -268,7 +273,9 @@ class Mamba(_MambaBase):
 
     Options as in mamba: d_model, d_state=16, expand=2, d_conv=4, dt_rank="auto"
     (ceil(d_model / 16)), dt_min, dt_max, dt_init ("random" or "constant"), dt_scale,
-    dt_init_floor, conv_bias, bias, and device/dtype for the parameters (A_log, D stay fp32).
+    dt_init_floor, conv_bias, bias, d_inner (the inner width; None: expand * d_model, else it
+    replaces it, e.g. in a model whose channels were pruned, ``mamba_asr.compress.prune``), and
+    device/dtype for the parameters (A_log, D stay fp32).
     """
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:

@@ -60,6 +60,7 @@ from mamba_asr.config import (
     RecipeConfig,
     TokenizerConfig,
     config_differences,
+    from_dict,
     to_dict,
 )
 from mamba_asr.data.batching import DynamicBatchSampler
@@ -198,6 +199,8 @@ def _check_recipe(out_dir: Path, recipe: RecipeConfig) -> bool:
         saved = yaml.safe_load(read_text(path, ConfigError))
     except yaml.YAMLError:
         raise ConfigError(f"{path}: not valid YAML; use another output folder") from None
+    with contextlib.suppress(ConfigError):  # else compared as it is, the difference reported
+        saved = to_dict(from_dict(RecipeConfig, saved))  # keys added since take their defaults
     now = to_dict(recipe)
     diffs = config_differences(saved, now)
     if diffs:
@@ -270,21 +273,41 @@ def _prepare_run(
 
 def _init_bundle(recipe: RecipeConfig) -> dict[str, Any]:
     """The model file of ``train.init_from`` (a dict as ``ASR.bundle`` makes)."""
+    return read_model_file(str(recipe.train.init_from), "train.init_from")
+
+
+def init_model_section(model: str) -> dict[str, Any]:
+    """The model section (architecture) of the model file or bundled model ``model``, for
+    ``mamba-asr train --init``: the recipe's own model section gives way to it, so a model of
+    other widths (a pruned one) is fine-tuned as it is. ConfigError (one line) if unreadable."""
+    from mamba_asr.asr import upgrade_bundle
+
+    data = read_model_file(model, "--init")
+    try:
+        section = upgrade_bundle(data)["model"]
+    except (KeyError, TypeError, ValueError):
+        section = None
+    if not isinstance(section, dict):
+        raise ConfigError(f"--init: {model}: no model section in the model file")
+    return section
+
+
+def read_model_file(model: str, what: str) -> dict[str, Any]:
+    """The dict of a model file (or a bundled model's, by name); ConfigError naming ``what``
+    (the option that named it) unless it is a mamba-asr model file."""
     from mamba_asr.pretrained import resolve_model
 
     try:
-        path = resolve_model(str(recipe.train.init_from))  # a file or a bundled model's name
+        path = resolve_model(model)  # a file or a bundled model's name
     except ValueError as exc:
-        raise ConfigError(f"train.init_from: {exc}") from None
+        raise ConfigError(f"{what}: {exc}") from None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip, pickle and runtime errors all mean "not a model file"
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise ConfigError(
-            f"train.init_from: {path}: not a readable model file ({reason})"
-        ) from None
+        raise ConfigError(f"{what}: {path}: not a readable model file ({reason})") from None
     if not isinstance(data, dict) or "state_dict" not in data or "tokenizer" not in data:
-        raise ConfigError(f"train.init_from: {path}: not a mamba-asr model file")
+        raise ConfigError(f"{what}: {path}: not a mamba-asr model file")
     return data
 
 

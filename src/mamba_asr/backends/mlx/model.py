@@ -201,9 +201,13 @@ class SSMBranch(nn.Module):
 class Mamba(nn.Module):
     """in_proj (M -> 2D) -> x, z -> ``SSMBranch`` ``fwd`` -> out_proj (D -> M)."""
 
-    def __init__(self, d_model: int, d_state: int, expand: int, d_conv: int, dt_rank: int):
+    def __init__(
+        self, d_model: int, d_state: int, expand: int, d_conv: int, dt_rank: int,
+        d_inner: int | None = None,
+    ):  # fmt: skip
         super().__init__()
-        self.d_inner, self.d_state, self.d_conv = expand * d_model, d_state, d_conv
+        self.d_inner = expand * d_model if d_inner is None else d_inner  # set: a pruned model
+        self.d_state, self.d_conv = d_state, d_conv
         self.in_proj = Linear(d_model, 2 * self.d_inner, bias=False)
         self.fwd = SSMBranch(self.d_inner, d_state, d_conv, dt_rank)
         self.out_proj = Linear(self.d_inner, d_model, bias=False)
@@ -265,6 +269,7 @@ class MambaEncoder(nn.Module):
             "d_state": cfg.mamba.d_state,
             "expand": cfg.mamba.expand,
             "d_conv": cfg.mamba.d_conv,
+            "d_inner": cfg.mamba.d_inner,
         }
         activation = cfg.encoder_activation or "swish"  # as models.factory.build_encoder
         self.layers = [

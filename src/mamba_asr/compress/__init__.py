@@ -1,0 +1,42 @@
+"""Model compression: structured pruning of the Mamba-CNN transducer (``mamba_asr.compress.prune``,
+``mamba-asr prune``)."""
+
+from mamba_asr.compress.prune import (
+    GROUPS,
+    ChannelStats,
+    FineTune,
+    PruneReport,
+    activation_stats,
+    calibration_stats,
+    channel_scores,
+    check_prunable,
+    choose_channels,
+    default_groups,
+    group_widths,
+    mask_channels,
+    parameter_count,
+    prune_asr,
+    prune_model_file,
+    pruned_config,
+    target_counts,
+)
+
+__all__ = [
+    "GROUPS",
+    "ChannelStats",
+    "FineTune",
+    "PruneReport",
+    "activation_stats",
+    "calibration_stats",
+    "channel_scores",
+    "check_prunable",
+    "choose_channels",
+    "default_groups",
+    "group_widths",
+    "mask_channels",
+    "parameter_count",
+    "prune_asr",
+    "prune_model_file",
+    "pruned_config",
+    "target_counts",
+]
