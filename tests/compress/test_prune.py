@@ -309,7 +309,7 @@ def test_the_command_writes_a_model_that_loads_transcribes_and_streams(
     small = load_model(str(out), device="cpu")
     model = small.config.model
     assert (model.mamba.d_inner, model.d_ffn, model.frontend.channels) == (16, 16, (4, 4, 4))
-    assert model.transducer.joiner_dim == 8  # not pruned without --calib
+    assert model.transducer.joiner_dim == 8  # not pruned unless asked for
     expected = prune_asr(load_model(str(model_file), device="cpu"), ratio=0.5,
                          groups=("mamba", "ffn", "frontend", "predictor"))  # fmt: skip
     for k, v in expected.state_dict().items():
@@ -411,11 +411,11 @@ def test_bad_groups_and_lone_fine_tuning_options_are_one_line(model_file, tmp_pa
     assert not Path(out).exists()
 
 
-def test_calibrated_command_prunes_the_joiner_too(model_file, tmp_path, capsys):
+def test_calibrated_command_prunes_the_joiner_when_asked(model_file, tmp_path, capsys):
     manifest = write_corpus(tmp_path / "tones")
     out = tmp_path / "small.pt"
     assert main(["prune", str(model_file), "--ratio", "0.5", "--out", str(out), "--calib",
-                 str(manifest), "--calib-utts", "3"]) == 0  # fmt: skip
+                 str(manifest), "--calib-utts", "3", "--groups", "all"]) == 0  # fmt: skip
     assert "joiner_dim 8 -> 4" in capsys.readouterr().out
     assert load_model(str(out), device="cpu").config.model.transducer.joiner_dim == 4
 
@@ -465,3 +465,23 @@ def test_train_init_takes_the_models_architecture(model_file, tmp_path, capsys):
            str(manifest), "--valid", str(manifest), "--out", str(tmp_path / "r2")]  # fmt: skip
     assert main(bad) == 2
     assert "--init" in one_error_line(capsys)
+
+
+def test_model_files_name_d_inner_only_when_pruned(tmp_path):
+    asr = tiny_asr()
+    assert "d_inner" not in asr.bundle()["model"]["mamba"]  # as before the key existed
+    small = prune_asr(asr, ratio=0.5)
+    assert small.bundle()["model"]["mamba"]["d_inner"] == 16
+
+
+def test_a_run_begun_before_mamba_d_inner_existed_resumes(tmp_path):
+    import yaml
+
+    from mamba_asr.config import to_dict
+    from mamba_asr.train.trainer import RECIPE_FILE, _check_recipe
+
+    recipe = tiny_recipe("transducer")
+    saved = to_dict(recipe)
+    del saved["model"]["mamba"]["d_inner"]
+    (tmp_path / RECIPE_FILE).write_text(yaml.safe_dump(saved))
+    assert _check_recipe(tmp_path, recipe) is True
