@@ -485,3 +485,20 @@ def test_a_run_begun_before_mamba_d_inner_existed_resumes(tmp_path):
     del saved["model"]["mamba"]["d_inner"]
     (tmp_path / RECIPE_FILE).write_text(yaml.safe_dump(saved))
     assert _check_recipe(tmp_path, recipe) is True
+
+
+@pytest.mark.parametrize(
+    "override", ["model.transducer.loss=pruned", "model.transducer.predictor=lstm"]
+)
+def test_other_transducer_options_prune_and_train(override):
+    """The pruned RNN-T loss's simple heads follow the predictor's units; an LSTM predictor
+    is left as it is (its group is stateless only)."""
+    asr = tiny_asr(override)
+    small = prune_asr(asr, ratio=0.5, groups=("mamba", "ffn", "frontend", "predictor", "joiner"))
+    lstm = "lstm" in override
+    assert small.config.model.transducer.predictor_dim == (8 if lstm else 4)
+    assert small.config.model.transducer.joiner_dim == 4
+    feats, lengths, tokens = inputs(11)
+    loss = small.model.loss(feats, lengths, tokens, torch.tensor([5, 3]))
+    assert torch.isfinite(loss.loss)
+    loss.loss.backward()
