@@ -41,8 +41,8 @@ Criterion (``channel_scores``); the lowest scores go.
   and z rows of in_proj, its conv kernel and bias, its x_proj column, dt_proj row and bias,
   A_log row, D and out_proj column). Simple and data-free; on the bundled model at 0.25 it gave
   a lower dev WER than the product of the per-tensor norms along the channel's path (a path
-  norm, invariant to rescaling between a channel's input and output side) and than random
-  channels (docs/compression.md).
+  norm, invariant to rescaling between a channel's input and output side), though not at 0.5,
+  where neither is usable without fine-tuning (docs/compression.md).
 - Calibrated (``stats`` from ``activation_stats`` / ``calibration_stats``, a few utterances):
   a channel's contribution to the next layer, the L2 norm of its weights out of the channel
   times the scale of its activation, measured: the activation's standard deviation where its
