@@ -5,16 +5,19 @@
 
 For the model (``--model``, default the bundled one) and its pruned versions at each of
 ``--ratios`` (``mamba_asr.compress.prune``, as ``mamba-asr prune`` makes them, no fine-tuning):
-weights only (the default groups: all but the joiner) and, with ``--calib``, calibrated on its
-first ``--calib-utts`` utterances (all groups, the removed channels' means folded into the next
-biases; also without the joiner, to compare with the weights at equal groups). Each model is saved as ``mamba-asr prune`` saves it (float16 storage like the bundled
-file) and loaded back; reported: parameters, file size, greedy dev WER (``evaluate``, as
-``mamba-asr eval --strategy greedy``) and RTF on ``--threads`` torch threads (greedy, offline
-and streaming in 320 ms chunks, ``--seconds`` of the dev set's speech joined into one file,
-the median of ``--repeats`` runs after a warm-up, as ``benchmarks/transcribe_rtf.py`` times it;
-the search's share follows the tokens a model emits, so the encoder alone is timed too: features,
-front end and encoder over the whole file, and chunk by chunk).
-Writes ``--json`` (default docs/results/prune_bundled.json).
+weights only and, with ``--calib``, calibrated on its first ``--calib-utts`` utterances (the
+removed channels' means folded into the next biases), both on the default groups (all but the
+joiner), and calibrated with the joiner too. Each model is saved as ``mamba-asr prune`` saves it
+(float16 storage like the bundled file) and loaded back; reported: parameters, file size, greedy
+dev WER (``evaluate``, as ``mamba-asr eval --strategy greedy``) and RTF on ``--threads`` torch
+threads (greedy, offline and streaming in 320 ms chunks, ``--seconds`` of the dev set's speech
+joined into one file, the median of ``--repeats`` runs after a warm-up, as
+``benchmarks/transcribe_rtf.py`` times it; the search's share follows the tokens a model emits,
+so the encoder alone is timed too: features, front end and encoder over the whole file, and
+chunk by chunk). First, the encoders of the default groups' shapes at each ratio are timed
+taking turns (``--encoder-repeats`` rounds, the least noisy speed comparison; ``--timing-only``
+stops there and adds it to an existing ``--json``). Writes ``--json`` (default
+docs/results/prune_bundled.json).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +37,7 @@ from mamba_asr import load_model
 from mamba_asr.asr import ASR
 from mamba_asr.audio import load_audio
 from mamba_asr.compress.prune import (
+    GROUPS,
     calibration_stats,
     default_groups,
     group_widths,
@@ -65,7 +70,26 @@ def encoder_seconds(asr: ASR, audio: Path, repeats: int) -> tuple[float, float]:
         for start in range(0, feats.shape[1], 32):  # 32 feature frames = 320 ms
             _, state = model.forward_chunk(feats[:, start : start + 32], state)
 
+    if repeats == 1:  # one timed run, no warm-up (interleaved_encoder_rtf warms up itself)
+        return median_ms(whole, 1, warmup=0) / 1e3, median_ms(chunked, 1, warmup=0) / 1e3
     return median_ms(whole, repeats) / 1e3, median_ms(chunked, repeats) / 1e3
+
+
+@torch.no_grad()
+def interleaved_encoder_rtf(models: dict[str, ASR], audio: Path, repeats: int) -> dict:
+    """``encoder_seconds`` of several models taking turns, ``repeats`` rounds (the first a
+    warm-up), so that drift of the machine's speed hits them alike: median RTF of each."""
+    seconds = sf.info(str(audio)).duration
+    times: dict[str, dict[str, list[float]]] = {k: {"whole": [], "stream": []} for k in models}
+    for _ in range(repeats):
+        for name, asr in models.items():
+            whole, stream = encoder_seconds(asr, audio, 1)
+            times[name]["whole"].append(whole)
+            times[name]["stream"].append(stream)
+    return {
+        name: {mode: statistics.median(v[1:]) / seconds for mode, v in modes.items()}
+        for name, modes in times.items()
+    }
 
 
 def measure(asr: ASR, path: Path, dev: list, audio: Path, args: argparse.Namespace) -> dict:
@@ -102,6 +126,14 @@ def main() -> None:
     p.add_argument("--eval-threads", type=int, default=2, help="torch threads for the WER")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--encoder-repeats", type=int, default=8,
+        help="rounds of the interleaved encoder timing (the first a warm-up)",
+    )  # fmt: skip
+    p.add_argument(
+        "--timing-only", action="store_true",
+        help="only the interleaved encoder timing of the default groups' architectures",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, default=Path("docs/results/prune_bundled.json"))
     args = p.parse_args()
     dev = read_manifest(args.dev)
@@ -109,6 +141,18 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         audio = speech_file(args.dev, args.seconds, Path(tmp) / "speech.flac")
+        torch.set_num_threads(args.threads)
+        shapes = {"0": asr} | {  # the weights decide which channels, not how many: any criterion
+            str(r): prune_asr(asr, groups=default_groups(), ratio=r) for r in args.ratios
+        }
+        encoder = interleaved_encoder_rtf(shapes, audio, args.encoder_repeats)
+        print(f"encoder RTF (interleaved, {args.threads} thread(s)): {json.dumps(encoder)}")
+        if args.timing_only:  # into the JSON of an earlier full run, if there is one
+            data = json.loads(args.json.read_text()) if args.json.is_file() else {}
+            data["encoder_rtf_interleaved"] = encoder
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(data, indent=1))
+            return
         base = Path(tmp) / "base.pt"
         asr.save(base, half=True)
         rows.append({"ratio": 0.0, "criterion": "-", **measure(asr, base, dev, audio, args)})
@@ -119,9 +163,9 @@ def main() -> None:
             stats = calibration_stats(asr, args.calib, args.calib_utts)
             print(f"calibration: {time.perf_counter() - start:.1f} s", flush=True)
         variants = {  # name: (groups, calibrated)
-            "weights": (default_groups(False), False),
-            "calibrated": (default_groups(True), True),
-            "calibrated, no joiner": (default_groups(False), True),
+            "weights": (default_groups(), False),
+            "calibrated": (default_groups(), True),
+            "calibrated, joiner too": (GROUPS, True),
         }
         for ratio in args.ratios:
             for criterion, (groups, calibrated) in variants.items():
@@ -152,8 +196,8 @@ def main() -> None:
               f"{r['rtf_encoder_stream_320ms']:.4f} |")  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"threads": args.threads, "torch": torch.__version__,
-                                     "cpu": cpu, "dev_utterances": len(dev),
-                                     "rows": rows}, indent=1))  # fmt: skip
+                                     "cpu": cpu, "dev_utterances": len(dev), "rows": rows,
+                                     "encoder_rtf_interleaved": encoder}, indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -135,8 +135,9 @@ def _add_prune_parser(sub: argparse._SubParsersAction, common: list, device_help
         "inner channels and the FFN units of every encoder layer, the front end's channels, "
         "the predictor's and joiner's units), those that contribute least to the next layer "
         "(by their weights' norms, or by their measured activations with --calib), and writes "
-        "a model file of smaller tensors with the new widths in its config: transcribe, eval, streaming and export take it like any model. --steps K "
-        "prunes in K rounds with fine-tuning after each (mamba-asr train RECIPE --init on "
+        "a model file of smaller tensors with the new widths in its config: transcribe, eval, "
+        "streaming and export take it like any model. --steps K prunes in K rounds with "
+        "fine-tuning after each (mamba-asr train RECIPE --init on "
         "the round's model, in --work/round-K; run the same command again to resume). "
         "See docs/compression.md.",
     )
@@ -153,7 +154,7 @@ def _add_prune_parser(sub: argparse._SubParsersAction, common: list, device_help
     pr.add_argument(
         "--groups", default=None, metavar="G,G",
         help="which channels: all, or some of mamba, ffn, frontend, predictor, joiner "
-        "(default: all with --calib; without it all but the joiner)",
+        "(default: all but the joiner, which costs the most accuracy)",
     )  # fmt: skip
     pr.add_argument(
         "--calib", default=None, metavar="DIR_OR_MANIFEST",
@@ -203,9 +204,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.steps > 1 or given or args.overrides:
         missing = [k for k, v in needed.items() if v is None]
         if args.steps < 2 or missing:
+            lack = f"missing {', '.join(missing)}" if missing else "no --steps"
             raise ValueError(
                 "fine-tuning between rounds needs --steps K (K >= 2) with --recipe, --train, "
-                f"--valid and --work; {'missing ' + ', '.join(missing) if missing else 'no --steps'}"
+                f"--valid and --work; {lack}"
             )
         finetune = FineTune(args.recipe, args.train, args.valid, args.work,
                             tuple(args.overrides), args.device)  # fmt: skip
@@ -218,8 +220,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     widths = ", ".join(
         f"{k} {report.widths_before[k]} -> {v}" for k, v in report.widths_after.items()
     )
+    size = report.file_bytes / 1e6
     print(f"{report.out}: {after:,} parameters ({before:,} before, "
-          f"-{100 * (1 - after / before):.1f}%), {report.file_bytes / 1e6:.1f} MB; {widths}")  # fmt: skip
+          f"-{100 * (1 - after / before):.1f}%), {size:.1f} MB; {widths}")  # fmt: skip
     return 0
 
 

@@ -333,7 +333,8 @@ class TrainConfig:
     between training-loss rows in ``metrics.csv``. init_from: a model file (``model.pt``) to
     start from, e.g. to go on training a released model on new data: its tokenizer, CMVN
     statistics and weights are taken (its model section must equal this recipe's; the name of
-    a bundled model, such as ``mct-small-synth-en``, works too); the
+    a bundled model, such as ``mct-small-synth-en``, works too; ``mamba-asr train --init
+    MODEL`` takes the model section from the file instead, e.g. for a pruned model); the
     optimizer and schedule start afresh. valid_strategy: search used for the
     validation WER. qat: quantization-aware training (``mamba_asr.qat``), fake quantization
     while training, recorded in ``model.pt``: ``int8`` (int8 weights per channel and int8

@@ -188,19 +188,18 @@ def test_without_the_kept_layernorm_a_front_end_mask_is_not_the_pruned_model():
 
 def test_layers_choose_their_own_channels_but_keep_equal_counts():
     asr = tiny_asr()
-    with torch.no_grad():  # layer 0 favours the first channels, layer 1 the last
-        for i, layer in enumerate(asr.model.encoder.layers):
-            ramp = torch.linspace(2.0, 0.1, layer.mamba.d_inner)
-            layer.mamba.out_proj.weight.mul_(ramp if i == 0 else ramp.flip(0))
-    keep = choose_channels(channel_scores(asr, ["mamba"]), {
-        "encoder.layers.0.mamba": 8, "encoder.layers.1.mamba": 8})  # fmt: skip
-    assert (
-        keep["encoder.layers.0.mamba"].float().mean()
-        < keep["encoder.layers.1.mamba"].float().mean()
-    )
+    first, last = torch.arange(8), torch.arange(24, 32)
+    # layer 0 has only its first 8 channels alive, layer 1 only its last 8
+    mask_channels(asr, {"encoder.layers.0.mamba": first, "encoder.layers.1.mamba": last})
+    counts = {"encoder.layers.0.mamba": 8, "encoder.layers.1.mamba": 8}
+    keep = choose_channels(channel_scores(asr, ["mamba"]), counts)
+    assert torch.equal(keep["encoder.layers.0.mamba"], first)
+    assert torch.equal(keep["encoder.layers.1.mamba"], last)
     small = prune_asr(asr, keep=keep)
     assert small.config.model.mamba.d_inner == 8
     assert [layer.mamba.d_inner for layer in small.model.encoder.layers] == [8, 8]
+    for seed in (12, 13):
+        assert_same(outputs(small, seed), outputs(asr, seed))
 
 
 def test_parameter_count_falls_by_the_removed_channels_weights():
@@ -309,7 +308,7 @@ def test_the_command_writes_a_model_that_loads_transcribes_and_streams(
     small = load_model(str(out), device="cpu")
     model = small.config.model
     assert (model.mamba.d_inner, model.d_ffn, model.frontend.channels) == (16, 16, (4, 4, 4))
-    assert model.transducer.joiner_dim == 8  # not pruned without --calib
+    assert model.transducer.joiner_dim == 8  # not pruned unless asked for
     expected = prune_asr(load_model(str(model_file), device="cpu"), ratio=0.5,
                          groups=("mamba", "ffn", "frontend", "predictor"))  # fmt: skip
     for k, v in expected.state_dict().items():
@@ -411,11 +410,11 @@ def test_bad_groups_and_lone_fine_tuning_options_are_one_line(model_file, tmp_pa
     assert not Path(out).exists()
 
 
-def test_calibrated_command_prunes_the_joiner_too(model_file, tmp_path, capsys):
+def test_calibrated_command_prunes_the_joiner_when_asked(model_file, tmp_path, capsys):
     manifest = write_corpus(tmp_path / "tones")
     out = tmp_path / "small.pt"
     assert main(["prune", str(model_file), "--ratio", "0.5", "--out", str(out), "--calib",
-                 str(manifest), "--calib-utts", "3"]) == 0  # fmt: skip
+                 str(manifest), "--calib-utts", "3", "--groups", "all"]) == 0  # fmt: skip
     assert "joiner_dim 8 -> 4" in capsys.readouterr().out
     assert load_model(str(out), device="cpu").config.model.transducer.joiner_dim == 4
 
@@ -465,3 +464,40 @@ def test_train_init_takes_the_models_architecture(model_file, tmp_path, capsys):
            str(manifest), "--valid", str(manifest), "--out", str(tmp_path / "r2")]  # fmt: skip
     assert main(bad) == 2
     assert "--init" in one_error_line(capsys)
+
+
+def test_model_files_name_d_inner_only_when_pruned(tmp_path):
+    asr = tiny_asr()
+    assert "d_inner" not in asr.bundle()["model"]["mamba"]  # as before the key existed
+    small = prune_asr(asr, ratio=0.5)
+    assert small.bundle()["model"]["mamba"]["d_inner"] == 16
+
+
+def test_a_run_begun_before_mamba_d_inner_existed_resumes(tmp_path):
+    import yaml
+
+    from mamba_asr.config import to_dict
+    from mamba_asr.train.trainer import RECIPE_FILE, _check_recipe
+
+    recipe = tiny_recipe("transducer")
+    saved = to_dict(recipe)
+    del saved["model"]["mamba"]["d_inner"]
+    (tmp_path / RECIPE_FILE).write_text(yaml.safe_dump(saved))
+    assert _check_recipe(tmp_path, recipe) is True
+
+
+@pytest.mark.parametrize(
+    "override", ["model.transducer.loss=pruned", "model.transducer.predictor=lstm"]
+)
+def test_other_transducer_options_prune_and_train(override):
+    """The pruned RNN-T loss's simple heads follow the predictor's units; an LSTM predictor
+    is left as it is (its group is stateless only)."""
+    asr = tiny_asr(override)
+    small = prune_asr(asr, ratio=0.5, groups=("mamba", "ffn", "frontend", "predictor", "joiner"))
+    lstm = "lstm" in override
+    assert small.config.model.transducer.predictor_dim == (8 if lstm else 4)
+    assert small.config.model.transducer.joiner_dim == 4
+    feats, lengths, tokens = inputs(11)
+    loss = small.model.loss(feats, lengths, tokens, torch.tensor([5, 3]))
+    assert torch.isfinite(loss.loss)
+    loss.loss.backward()

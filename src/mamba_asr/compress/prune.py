@@ -34,19 +34,24 @@ same ratio:
 
 d_model (the residual stream, normalised by every layer's LayerNorms) is not pruned.
 
-Criterion (``channel_scores``): weights only, no data. A channel's score is the product of
-the L2 norms of its weights in the tensors on its path, one norm per tensor: what comes into
-the channel times what leaves it (Mamba: in_proj's x row, the conv kernel, in_proj's z row,
-out_proj's column; FFN: first Linear's row with its bias, second Linear's column; front-end
-channel: its LayerNorm gain and bias, then the next stage's depthwise kernel and pointwise
-column or ``proj``'s column; predictor: embedding column, conv kernel, ``pred_proj`` column;
-joiner: the ``enc_proj`` and ``pred_proj`` rows, then ``out``'s column). The lowest scores go.
-Why a product: it bounds the channel's contribution to the layer's output for an input of unit
-norm (a path norm), it is 0 for a channel that cannot contribute (any factor 0), and it does not
-change when weights are moved between a channel's input and output side (scaling one up and
-the other down), which a sum of norms would reward; it needs no audio, so pruning is one
-deterministic step. On the bundled model it kept the dev WER better than a channel's plain L2
-norm across all of its tensors (docs/compression.md, "Structured pruning").
+Criterion (``channel_scores``); the lowest scores go.
+
+- Weights only (the default; no data, deterministic): the L2 norm of all the weights removing
+  the channel takes out, every tensor slice listed above together (for a Mamba channel: its x
+  and z rows of in_proj, its conv kernel and bias, its x_proj column, dt_proj row and bias,
+  A_log row, D and out_proj column). Simple and data-free; on the bundled model at 0.25 it gave
+  a lower dev WER than the product of the per-tensor norms along the channel's path (a path
+  norm, invariant to rescaling between a channel's input and output side), though not at 0.5,
+  where neither is usable without fine-tuning (docs/compression.md).
+- Calibrated (``stats`` from ``activation_stats`` / ``calibration_stats``, a few utterances):
+  a channel's contribution to the next layer, the L2 norm of its weights out of the channel
+  times the scale of its activation, measured: the activation's standard deviation where its
+  mean is folded into the next bias on removal (ffn, frontend, predictor, joiner:
+  ``W[:, removed] @ mean[removed]`` is added to that bias, so a constant channel costs
+  nothing) and its RMS where no bias follows (mamba: out_proj has none).
+
+The joiner is not pruned unless asked for (``default_groups``): its tanh units run far from
+zero, and removing them costs far more accuracy than their share of the parameters.
 
 Counts: a group of n channels loses round(R * n) of them (at least one stays). Iterative
 pruning (``steps`` K > 1) reaches R in K rounds, round k keeping n - round(R * n * k / K) of
@@ -116,20 +121,22 @@ def check_prunable(config: ModelConfig, source: str = "the model") -> None:
         )
 
 
-def _check_ratio(ratio: float, what: str = "ratio") -> None:
+def _check_ratio(ratio: float) -> None:
     if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and 0.0 <= ratio < 1.0):
-        raise ValueError(f"{what} must be in (0, 1): the fraction of channels removed, got {ratio}")
+        raise ValueError(f"ratio must be in [0, 1): the fraction of channels removed, got {ratio}")
 
 
-DATA_FREE_GROUPS = ("mamba", "ffn", "frontend", "predictor")
+DEFAULT_GROUPS = ("mamba", "ffn", "frontend", "predictor")
 
 
-def default_groups(calibrated: bool) -> tuple[str, ...]:
-    """The groups pruned unless told: all of them with calibration audio; without it, not the
-    joiner (its tanh units have large means, which only measured statistics can fold into the
-    output bias: removing 10% of the bundled model's joiner units by weights alone took its
-    dev WER from 8% to over 400%, the blank logit falling by 9 on average)."""
-    return GROUPS if calibrated else DATA_FREE_GROUPS
+def default_groups(calibrated: bool = False) -> tuple[str, ...]:
+    """The groups pruned unless told: all but the joiner, with or without calibration. The
+    joiner's tanh units run far from zero: removing 10% of the bundled model's by weights alone
+    took its dev WER from 8% to over 400% (the blank logit fell by 9 on average); calibrated,
+    with their means folded into the output bias, 25% of them still took the 25%-pruned model
+    from 24% to 70%, for 2.7% of the parameters removed (docs/compression.md). ``--groups
+    all`` (best with ``--calib``) prunes it too."""
+    return DEFAULT_GROUPS
 
 
 def _resolve_groups(config: ModelConfig, groups: Iterable[str] | None) -> tuple[str, ...]:
@@ -197,61 +204,31 @@ def _cols(w: Tensor) -> Tensor:
     return w.detach().float().flatten(2).norm(dim=(0, 2)) if w.dim() > 2 else _rows(w.t())
 
 
-def _with_bias(norms: Tensor, bias: Tensor | None) -> Tensor:
-    if bias is None:
-        return norms
-    return (norms.square() + bias.detach().float().square()).sqrt()
-
-
 @torch.no_grad()
 def channel_scores(
     asr: ASR, groups: Iterable[str] | None = None, stats: Stats | None = None
 ) -> dict[str, Tensor]:
-    """Each channel's importance, by group key (see ``group_widths``): the norm of its weights
-    out of the channel times its activation's scale. Without ``stats`` the scale is estimated
-    from the weights into the channel (the product of the L2 norms; the module docstring says
-    which and why); with ``stats`` (``activation_stats``) it is measured: the activation's
-    standard deviation where its mean is folded into a following bias on removal (ffn,
-    frontend, predictor, joiner), its RMS where nothing can take the mean (mamba: out_proj has
-    no bias). Float32, one score per channel; higher means more important."""
+    """Each channel's importance, by group key (see ``group_widths``). Without ``stats``: the
+    L2 norm of all the weights that removing the channel takes out (every slice ``prune_asr``
+    cuts for it, together). With ``stats`` (``activation_stats``): its contribution to the next
+    layer, the norm of its weights out of the channel times its activation's standard
+    deviation where its mean is folded into a following bias on removal (ffn, frontend,
+    predictor, joiner), its RMS where nothing can take the mean (mamba: out_proj has no bias).
+    Float32, one score per channel; higher means more important."""
     if stats is not None:
         return _measured_scores(asr, groups, stats)
-    model = asr.model
+    state = asr.state_dict()
     scores: dict[str, Tensor] = {}
-    for key in group_widths(asr, groups):
-        part = model.get_submodule(key)
-        if key.endswith(".mamba"):
-            d = part.d_inner
-            w_in = part.in_proj.weight
-            scores[key] = (
-                _rows(w_in[:d])  # x
-                * _rows(part.fwd.conv1d.weight)
-                * _rows(w_in[d:])  # z, the gate
-                * _cols(part.out_proj.weight)
-            )
-        elif key.endswith(".ffn"):
-            first, second = part.net[0], part.net[3]
-            scores[key] = _with_bias(_rows(first.weight), first.bias) * _cols(second.weight)
-        elif key.startswith("frontend.stages."):
-            i = int(key.rsplit(".", 1)[1])
-            stages = model.frontend.stages
-            gain = _with_bias(part.norm.weight.detach().float().abs(), part.norm.bias)
-            if i + 1 < len(stages):
-                nxt = stages[i + 1]
-                scores[key] = gain * _rows(nxt.depthwise.weight) * _cols(nxt.pointwise.weight)
-            else:
-                scores[key] = gain * _cols(model.frontend.proj.weight)
-        elif key == "predictor":
-            score = _cols(part.embedding.weight) * _cols(model.joiner.pred_proj.weight)
-            if part.conv is not None:
-                score = score * _rows(part.conv.weight)
-            scores[key] = score
-        else:  # joiner
-            into = (
-                _with_bias(_rows(part.enc_proj.weight), part.enc_proj.bias).square()
-                + _with_bias(_rows(part.pred_proj.weight), part.pred_proj.bias).square()
-            ).sqrt()
-            scores[key] = into * _cols(part.out.weight)
+    for key, n in group_widths(asr, groups).items():
+        total = torch.zeros(n)
+        for name, cuts in _slices(asr, {key: torch.arange(n)}).items():
+            for dim, idx in cuts:
+                t = state[name].detach().float().square().movedim(dim, 0)
+                t = t.reshape(t.shape[0], -1).sum(1)
+                if len(idx) == 2 * n:  # in_proj: the x row and the z row of each channel
+                    t = t.view(2, n).sum(0)
+                total += t.cpu()
+        scores[key] = total.sqrt()
     return scores
 
 
@@ -703,9 +680,8 @@ def prune_model_file(
     from mamba_asr.files import check_output
     from mamba_asr.pretrained import resolve_model
 
-    _check_ratio(ratio)
-    if ratio == 0:
-        raise ValueError("ratio must be in (0, 1): the fraction of channels removed, got 0")
+    if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and 0.0 < ratio < 1.0):
+        raise ValueError(f"ratio must be in (0, 1): the fraction of channels removed, got {ratio}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if steps > 1 and finetune is None:
