@@ -699,6 +699,30 @@ def _add_train_parser(sub: argparse._SubParsersAction, common: list, device_help
         help="stop at the first audio file that does not load (default: leave it out of its "
         "batch, the same on every run, with one warning line, and count it)",
     )  # fmt: skip
+    kd = train.add_argument_group(
+        "knowledge distillation",
+        "learn from a teacher model too: loss = own loss + W * T^2 * KL(teacher || student) at "
+        "temperature T (docs/compression.md). These set the recipe's train.kd keys.",
+    )
+    kd.add_argument(
+        "--teacher", default=None, metavar="MODEL",
+        help="the teacher: a model file written by mamba-asr (a run's model.pt) or a bundled "
+        "model's name; same tokenizer and frame rate as the student (train.kd.teacher)",
+    )  # fmt: skip
+    kd.add_argument(
+        "--kd-weight", type=float, default=None, metavar="W",
+        help="weight W of the distillation term, >= 0 (train.kd.weight, default 0.5)",
+    )  # fmt: skip
+    kd.add_argument(
+        "--kd-temperature", type=float, default=None, metavar="T",
+        help="softmax temperature T, > 0 (train.kd.temperature, default 1)",
+    )  # fmt: skip
+    kd.add_argument(
+        "--kd-target", choices=("ctc", "lattice"), default=None,
+        help="what is compared: ctc, the CTC posteriors of each frame (a transducer student "
+        "needs model.transducer.aux_ctc_weight > 0), or lattice, the joiner's distributions on "
+        "the student's (pruned) RNN-T lattice (train.kd.target, default ctc)",
+    )  # fmt: skip
     train.set_defaults(func=cmd_train)
 
 
@@ -900,7 +924,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mamba_asr.config import load_recipe
+    from mamba_asr.config import ConfigError, load_recipe, replace_kd
     from mamba_asr.train import train
     from mamba_asr.train.trainer import init_model_section
 
@@ -916,6 +940,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         qat = check_scheme(args.qat, "--qat")
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, qat=qat))
+    recipe = replace_kd(recipe, teacher=args.teacher, weight=args.kd_weight,
+                        temperature=args.kd_temperature, target=args.kd_target)  # fmt: skip
+    kd_flags = (args.kd_weight, args.kd_temperature, args.kd_target)
+    if recipe.train.kd.teacher is None and any(v is not None for v in kd_flags):
+        raise ConfigError("--kd-weight, --kd-temperature and --kd-target need a teacher "
+                          "(--teacher MODEL or train.kd.teacher)")  # fmt: skip
     if os.environ.get("RANK", "0") == "0":  # torchrun's other ranks stay quiet
         logging.getLogger("mamba_asr.train").setLevel(logging.INFO)  # epoch summaries
     result = train(

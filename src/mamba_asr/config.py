@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -318,6 +319,43 @@ class TokenizerConfig:
 
 
 @dataclass(frozen=True)
+class KDConfig:
+    """Knowledge distillation from a teacher model (``train.kd``; the command line's
+    ``--teacher``, ``--kd-weight``, ``--kd-temperature`` and ``--kd-target`` set these keys).
+
+    teacher: a model file written by the toolkit (``model.pt``) or a bundled model's name;
+    None: no distillation. The trainer writes it into the run's ``recipe.yaml`` as an absolute
+    path, with ``teacher_sha256``, the SHA-256 of the file: a resume must find the same file
+    there (give ``teacher_sha256`` in a recipe to pin a teacher; left out, it is filled in).
+    The loss is the student's own loss + ``weight`` * KD, KD = ``temperature``^2 * the
+    Kullback-Leibler divergence of the student's distributions from the teacher's, both at
+    ``temperature``. target ``ctc``: the CTC posteriors of every frame (the student's CTC
+    head, for a transducer the auxiliary one, against the teacher's); ``lattice``: the joiner's
+    distributions on the student's RNN-T lattice (the pruned band with
+    ``model.transducer.loss: pruned``), both models transducers. See docs/compression.md.
+    """
+
+    teacher: str | None = None
+    weight: float = 0.5
+    temperature: float = 1.0
+    target: Literal["ctc", "lattice"] = "ctc"
+    teacher_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.weight >= 0:
+            raise ConfigError(f"train.kd.weight (--kd-weight) must be >= 0, got {self.weight}")
+        if not self.temperature > 0:
+            raise ConfigError(
+                f"train.kd.temperature (--kd-temperature) must be > 0, got {self.temperature}"
+            )
+        sha = self.teacher_sha256
+        if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise ConfigError(
+                f"train.kd.teacher_sha256 must be 64 lowercase hex digits, got {sha!r}"
+            )
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, batching, checkpoints and validation of ``mamba-asr train``.
 
@@ -340,7 +378,8 @@ class TrainConfig:
     while training, recorded in ``model.pt``: ``int8`` (int8 weights per channel and int8
     activations, what ``export onnx --int8`` runs) or ``int8-weights`` (weights only, what
     ``export coreml --weights int8`` runs); for streaming transducers, usually with
-    ``init_from`` a trained model.
+    ``init_from`` a trained model. kd: knowledge distillation from a teacher (``KDConfig``;
+    off by default).
     """
 
     epochs: int = 100
@@ -364,6 +403,7 @@ class TrainConfig:
     valid_strategy: Literal["greedy", "beam"] = "greedy"
     init_from: str | None = None
     qat: QatScheme | None = None
+    kd: KDConfig = field(default_factory=KDConfig)
 
     def __post_init__(self) -> None:
         _at_least(self, "train", 1, "epochs", "grad_accum", "num_buckets", "keep_best", "average")
@@ -624,3 +664,14 @@ def load_recipe(
         return from_dict(RecipeConfig, apply_overrides(data, overrides or []))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def replace_kd(recipe: RecipeConfig, **changes: Any) -> RecipeConfig:
+    """``recipe`` with the given ``train.kd`` keys replaced (``None`` values leave a key as
+    it is): how the command line's ``--teacher``, ``--kd-weight``, ``--kd-temperature`` and
+    ``--kd-target`` override the recipe. ConfigError (one line) for a value out of range."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if not changes:
+        return recipe
+    kd = dataclasses.replace(recipe.train.kd, **changes)
+    return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, kd=kd))

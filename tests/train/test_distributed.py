@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mamba_asr.asr import ASR
+from mamba_asr.text import CharTokenizer
 from mamba_asr.train import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.skipif(
@@ -90,13 +92,18 @@ def test_two_processes_train_in_step_and_resume_exactly(tmp_path, helpers, recip
         assert torch.equal(tensor, b["model"][name]), name
 
 
-def test_two_nodes_of_one_process_each(tmp_path, helpers, recipe_file, corpus):
+def test_two_nodes_of_one_process_each(tmp_path, helpers, recipe_file, corpus, tiny_recipe):
+    """Also with a teacher (knowledge distillation): every rank runs its own copy outside DDP,
+    and the ranks still end with the same weights."""
     port, out, dump = free_port(), tmp_path / "run", tmp_path / "dump"
+    torch.manual_seed(5)
+    teacher = ASR.from_recipe(tiny_recipe(), CharTokenizer("AB ")).save(tmp_path / "teacher.pt")
+    kd = ["--teacher", str(teacher), "--kd-weight", "0.5", "--kd-temperature", "2"]
     procs = []
     for node in (0, 1):
         launcher = torchrun(dump, "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1",
                             "--master_addr=127.0.0.1", f"--master_port={port}")  # fmt: skip
-        args = [*launcher, *helpers.train_args(recipe_file, corpus, out)]
+        args = [*launcher, *helpers.train_args(recipe_file, corpus, out), *kd]
         procs.append(subprocess.Popen(args, env=env(helpers), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                       text=True))  # fmt: skip
@@ -106,3 +113,7 @@ def test_two_nodes_of_one_process_each(tmp_path, helpers, recipe_file, corpus):
     assert "done after 6 steps" in outputs[0][0] and "done after" not in outputs[1][0]
     assert_ranks_agree(out, dump)
     assert (out / "model.pt").is_file()
+    assert all(float(r["kd_loss"]) > 0 for r in table(out) if r["train_loss"])
+    assert not any(
+        "teacher" in name for name in torch.load(dump / "rank1.pt", weights_only=True)["model"]
+    )

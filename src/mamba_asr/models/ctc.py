@@ -73,4 +73,4 @@ class CTCModel(nn.Module):
         check_ctc_targets(target_lengths)
         out = self(feats, feat_lengths)
         ctc = ctc_loss(out.log_probs, out.lengths, targets, target_lengths, self.blank, reduction)
-        return LossOutput(loss=ctc, ctc=ctc)
+        return LossOutput(loss=ctc, ctc=ctc, log_probs=out.log_probs, lengths=out.lengths)

@@ -44,11 +44,21 @@ class LossOutput:
     loss: what to back-propagate (``ctc_weight * ctc + (1 - ctc_weight) * attention`` for a
     sequence-to-sequence model, ``ctc`` for a CTC model).
     ctc: the CTC part. attention: the label-smoothed decoder part, None for a CTC model.
+
+    What knowledge distillation (``mamba_asr.train.distill``) compares with a teacher, None
+    where the model has none: log_probs (B, T, V) float32, the CTC head's log-probabilities;
+    lengths (B,), the valid encoder frames; lattice (B, T, R, V), a transducer's joiner logits
+    on the lattice its RNN-T loss used (R = U + 1 for the full loss), with lattice_ranges
+    (B, T, R), the token position of each row of the pruned band (None for the full lattice).
     """
 
     loss: Tensor
-    ctc: Tensor
+    ctc: Tensor | None
     attention: Tensor | None = None
+    log_probs: Tensor | None = None
+    lengths: Tensor | None = None
+    lattice: Tensor | None = None
+    lattice_ranges: Tensor | None = None
 
 
 def check_reduction(reduction: str) -> None:

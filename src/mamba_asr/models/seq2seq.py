@@ -183,4 +183,5 @@ class Seq2SeqModel(nn.Module):
             reduction=reduction,
         )
         loss = self.ctc_weight * ctc + (1.0 - self.ctc_weight) * attention
-        return LossOutput(loss=loss, ctc=ctc, attention=attention)
+        return LossOutput(loss=loss, ctc=ctc, attention=attention, log_probs=out.ctc_log_probs,
+                          lengths=out.lengths)  # fmt: skip

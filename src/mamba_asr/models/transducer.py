@@ -301,16 +301,23 @@ class TransducerModel(nn.Module):
         clean = targets.long().masked_fill(~valid, self.blank)
         return torch.cat([clean.new_full((clean.shape[0], 1), self.blank), clean], dim=1)
 
-    def _full_rnnt(self, enc: Encoded, pred: Tensor, targets: Tensor, lengths: Tensor) -> Tensor:
-        """RNN-T over the full joint: memory (B, T, M), pred (B, S+1, P) -> (B,) losses."""
+    def _full_rnnt(
+        self, enc: Encoded, pred: Tensor, targets: Tensor, lengths: Tensor
+    ) -> tuple[Tensor, Tensor, None]:
+        """RNN-T over the full joint: memory (B, T, M), pred (B, S+1, P) -> (B,) losses, and
+        the joint's logits (B, T, S+1, V) (no ranges: the whole lattice)."""
         logits = self.joiner(enc.memory[:, :, None, :], pred[:, None, :, :])  # (B, T, S+1, V)
-        return rnnt_loss(
+        loss = rnnt_loss(
             logits.float(), targets.int(), enc.lengths.int(), lengths.int(), blank=self.blank,
             reduction="none",
         )  # fmt: skip
+        return loss, logits, None
 
-    def _pruned_rnnt(self, enc: Encoded, pred: Tensor, targets: Tensor, lengths: Tensor) -> Tensor:
-        """pruned + simple_loss_scale * simple: memory (B, T, M), pred (B, S+1, P) -> (B,)."""
+    def _pruned_rnnt(
+        self, enc: Encoded, pred: Tensor, targets: Tensor, lengths: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """pruned + simple_loss_scale * simple: memory (B, T, M), pred (B, S+1, P) -> (B,), and
+        the band's logits (B, T, R, V) with its ranges (B, T, R)."""
         frame_lengths = enc.lengths.to(pred.device)
         simple = rnnt_loss_simple(
             self.simple_lm_proj(pred), self.simple_am_proj(enc.memory), targets, frame_lengths,
@@ -326,7 +333,7 @@ class TransducerModel(nn.Module):
         pruned = rnnt_loss_pruned(
             logits, targets, ranges, frame_lengths, lengths, blank=self.blank, reduction="none"
         )
-        return pruned.float() + self.simple_loss_scale * simple.loss.float()
+        return pruned.float() + self.simple_loss_scale * simple.loss.float(), logits, ranges
 
     def loss(
         self,
@@ -346,15 +353,35 @@ class TransducerModel(nn.Module):
         pred_in = self.predictor_inputs(targets, target_lengths)  # (B, S+1)
         pred, _ = self.predictor(pred_in)  # (B, S+1, P)
         target_lengths = target_lengths.to(pred.device)
-        if self.rnnt_kind == "pruned":
-            per_utterance = self._pruned_rnnt(enc, pred, pred_in[:, 1:], target_lengths)
-        else:
-            per_utterance = self._full_rnnt(enc, pred, pred_in[:, 1:], target_lengths)
+        rnnt_fn = self._pruned_rnnt if self.rnnt_kind == "pruned" else self._full_rnnt
+        per_utterance, lattice, ranges = rnnt_fn(enc, pred, pred_in[:, 1:], target_lengths)
         rnnt = reduce_loss(per_utterance, target_lengths, reduction)
+        parts = {"lengths": enc.lengths, "lattice": lattice, "lattice_ranges": ranges}
         if self.ctc_lin is None:
-            return LossOutput(loss=rnnt, ctc=None, attention=None)
+            return LossOutput(loss=rnnt, ctc=None, attention=None, **parts)
         check_ctc_targets(target_lengths)
-        log_probs = self.ctc_lin(enc.memory).float().log_softmax(dim=-1)  # (B, T, V)
+        log_probs = self.ctc_log_probs(enc.memory)  # (B, T, V)
         ctc = ctc_loss(log_probs, enc.lengths, targets, target_lengths, self.blank, reduction)
         loss = (1.0 - self.aux_ctc_weight) * rnnt + self.aux_ctc_weight * ctc
-        return LossOutput(loss=loss, ctc=ctc, attention=None)
+        return LossOutput(loss=loss, ctc=ctc, attention=None, log_probs=log_probs, **parts)
+
+    def ctc_log_probs(self, memory: Tensor) -> Tensor:
+        """memory (B, T, M) -> (B, T, V) float32 log-probabilities of the auxiliary CTC head;
+        ValueError without one (aux_ctc_weight 0)."""
+        if self.ctc_lin is None:
+            raise ValueError("this transducer has no CTC head (aux_ctc_weight is 0)")
+        return self.ctc_lin(memory).float().log_softmax(dim=-1)
+
+    def lattice_logits(
+        self, memory: Tensor, targets: Tensor, target_lengths: Tensor, ranges: Tensor | None
+    ) -> Tensor:
+        """The joiner's logits on a lattice: memory (B, T, M), targets (B, S) with
+        target_lengths (B,); ranges (B, T, R) token positions of a pruned band (as the pruned
+        loss picks them), or None for the full lattice -> (B, T, R or S + 1, V)."""
+        pred, _ = self.predictor(self.predictor_inputs(targets, target_lengths))  # (B, S+1, P)
+        if ranges is None:
+            return self.joiner(memory[:, :, None, :], pred[:, None, :, :])
+        band = do_rnnt_pruning(
+            self.joiner.project_encoder(memory), self.joiner.project_predictor(pred), ranges
+        )  # (B, T, R, J) each
+        return self.joiner.join(band.am, band.lm)

@@ -1,4 +1,5 @@
-"""Training: the trainer, learning-rate schedules, checkpoints, metrics and DDP helpers."""
+"""Training: the trainer, learning-rate schedules, checkpoints, metrics, DDP helpers and
+knowledge distillation from a teacher (``distill``)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,9 @@ __all__ = ["METRIC_COLUMNS", "MetricsLog", "plot_curves"]
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ("step", "epoch", "train_loss", "lr", "valid_loss", "wer", "cer")
+# kd_loss: the knowledge-distillation term of training (train.kd), before its weight; the
+# training loss train_loss is the student's own loss on the labels, without it
+METRIC_COLUMNS = ("step", "epoch", "train_loss", "lr", "valid_loss", "wer", "cer", "kd_loss")
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:
@@ -67,7 +69,8 @@ class MetricsLog:
         self._writer = _tensorboard_writer(self.out_dir / "tensorboard", resume_step + 1)
 
     def add(self, step: int, epoch: int, **values: float | None) -> None:
-        """Append one row: ``step``, ``epoch`` and any of train_loss, lr, valid_loss, wer, cer."""
+        """Append one row: ``step``, ``epoch`` and any of train_loss, lr, valid_loss, wer, cer,
+        kd_loss (None: an empty cell)."""
         if not self.enabled:
             return
         unknown = set(values) - set(METRIC_COLUMNS)
@@ -81,7 +84,7 @@ class MetricsLog:
         if self._writer is not None:
             for name, value in values.items():
                 if value is not None and math.isfinite(value):
-                    group = "train" if name in ("train_loss", "lr") else "valid"
+                    group = "train" if name in ("train_loss", "lr", "kd_loss") else "valid"
                     self._writer.add_scalar(f"{group}/{name}", value, step)
             self._writer.flush()
 
@@ -130,8 +133,10 @@ def plot_curves(csv_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     fig = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(fig)
     losses, rates = fig.subplots(1, 2)
-    for key, style in (("train_loss", "-"), ("valid_loss", "o-")):
-        losses.plot(*_column(rows, key), style, label=key.replace("_", " "))
+    for key, style in (("train_loss", "-"), ("valid_loss", "o-"), ("kd_loss", "--")):
+        steps, values = _column(rows, key)
+        if steps or key != "kd_loss":  # the KD curve only for a run with a teacher
+            losses.plot(steps, values, style, label=key.replace("_", " "))
     losses.set(xlabel="step", ylabel="loss", title="loss")
     for key in ("wer", "cer"):
         steps, values = _column(rows, key)

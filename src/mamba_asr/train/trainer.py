@@ -28,6 +28,12 @@ Distributed: under ``torchrun`` every rank runs this same function (see
 tokenizer and the resumed state, so the ranks need not share a file system (except for the
 manifests' audio).
 
+Knowledge distillation: with ``train.kd.teacher`` the loss adds ``train.kd.weight`` times the
+KL divergence of the student's distributions from a frozen teacher's (``mamba_asr.train.distill``;
+the teacher lives outside DDP and the checkpoints; ``recipe.yaml`` records its file by absolute
+path and SHA-256, so a resume finds it and refuses a changed one). ``metrics.csv`` logs the KD
+term as ``kd_loss`` beside ``train_loss``, the student's own loss.
+
 ``MAMBA_ASR_PROFILE=DIR,FIRST,COUNT`` records COUNT optimizer steps after step FIRST with
 ``torch.profiler`` on every rank (see ``_StepProfiler``).
 """
@@ -85,6 +91,7 @@ from mamba_asr.train.checkpoints import (
     remove_temp_files,
     save_checkpoint,
 )
+from mamba_asr.train.distill import Teacher, check_teacher, load_teacher_bundle, pin_teacher
 from mamba_asr.train.distributed import (
     DistributedContext,
     barrier,
@@ -155,7 +162,8 @@ class _Progress:
     epoch: int = 0  # the epoch being run (or the next one, at an epoch boundary)
     batches_done: int = 0  # batches of ``epoch`` consumed by this rank
     best: list[dict[str, Any]] = field(default_factory=list)  # {"step", "wer", "file"}
-    window: list[float] = field(default_factory=lambda: [0.0, 0.0])  # loss sum, batches
+    # loss sum, batches, KD loss sum (``train.kd``)
+    window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
 
 
 # --- run folder, tokenizer, resume state (rank 0) -------------------------------------------
@@ -199,8 +207,10 @@ def _check_recipe(out_dir: Path, recipe: RecipeConfig) -> bool:
         saved = yaml.safe_load(read_text(path, ConfigError))
     except yaml.YAMLError:
         raise ConfigError(f"{path}: not valid YAML; use another output folder") from None
-    with contextlib.suppress(ConfigError):  # else compared as it is, the difference reported
-        saved = to_dict(from_dict(RecipeConfig, saved))  # keys added since take their defaults
+    # keys added to the schema since the run began take their defaults (a saved recipe that
+    # does not parse is compared as it is: the difference is reported below)
+    with contextlib.suppress(ConfigError):
+        saved = to_dict(from_dict(RecipeConfig, saved))
     now = to_dict(recipe)
     diffs = config_differences(saved, now)
     if diffs:
@@ -238,7 +248,9 @@ def _latest_state(ckpt_dir: Path) -> dict[str, Any] | None:
 def _prepare_run(
     out_dir: Path, recipe: RecipeConfig, train_utts: list[Utterance], resume: bool
 ) -> dict[str, Any]:
-    """Check or create the run folder; returns the tokenizer files and the state to resume."""
+    """Check or create the run folder; returns the tokenizer files, the state to resume, the
+    recipe as the run records it (``pin_teacher``) and the teacher's model file (or None)."""
+    recipe = pin_teacher(recipe)  # before the comparison: a changed teacher file is refused
     existing = _check_recipe(out_dir, recipe)
     if existing and not resume:
         raise ValueError(f"{out_dir} already holds a run; resume it or use another output folder")
@@ -260,6 +272,10 @@ def _prepare_run(
     else:
         texts = [u.text for u in train_utts]
         tokenizer = build_tokenizer(recipe.tokenizer, recipe.model.vocab_size, texts)
+    teacher = None
+    if recipe.train.kd.teacher is not None:
+        teacher = load_teacher_bundle(recipe.train.kd)
+        check_teacher(teacher, recipe, tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not existing:  # a tokenizer/ without recipe.yaml is left over from a start that failed
         tokenizer.save(tok_dir)
@@ -268,7 +284,8 @@ def _prepare_run(
     remove_temp_files(ckpt_dir)
     remove_temp_files(out_dir)
     state = _latest_state(ckpt_dir)
-    return {"tokenizer": tokenizer_to_files(tokenizer), "state": state}
+    return {"tokenizer": tokenizer_to_files(tokenizer), "state": state, "recipe": recipe,
+            "teacher": teacher}  # fmt: skip
 
 
 def _init_bundle(recipe: RecipeConfig) -> dict[str, Any]:
@@ -473,9 +490,9 @@ def _validate(
             b = batch.to(ctx.device)
             with autocast(ctx.device, _precision(recipe)):
                 feats, lengths = asr.features(b.waves, b.wave_lengths)
-                out = asr.model.loss(feats, lengths, b.targets, b.target_lengths)
+                loss = float(asr.model.loss(feats, lengths, b.targets, b.target_lengths).loss)
                 results = decode_batch(asr.model, feats, lengths, options)
-            loss_sum += float(out.loss) * len(b)  # batchmean: sum over the batch / B
+            loss_sum += loss * len(b)  # batchmean: sum over the batch / B
             refs.extend(b.texts)
             hyps.extend(asr.tokenizer.decode(r.tokens) for r in results)
     asr.train(was_training)
@@ -549,6 +566,7 @@ class _Run:
         self.throughput: list[tuple[int, float]] = []
         self.deadline: float | None = None  # time.perf_counter() value to stop at
         self.bad = _BadAudio(strict=False)
+        self.teacher: Teacher | None = None  # train.kd: the frozen teacher, not in DDP
 
     def out_of_time(self) -> bool:
         """Past the deadline (the same answer on every rank: rank 0's clock decides)."""
@@ -574,7 +592,8 @@ class _Run:
         s = state["progress"]
         self.p = _Progress(s["step"], s["epoch"], s["batches_done"], list(s["best"]))
         _set_rng_state(ranks[self.ctx.rank]["rng"])
-        self.p.window = list(ranks[self.ctx.rank]["window"])
+        window = list(ranks[self.ctx.rank]["window"])
+        self.p.window = window + [0.0] * (3 - len(window))  # older checkpoints: no KD sum
         log.info(
             "resumed at step %d, epoch %d, batch %d of %d",
             self.p.step, self.p.epoch + 1, self.p.batches_done, len(self.sampler),
@@ -637,11 +656,13 @@ class _Run:
                     group_size = group_left
                 group_left -= 1
                 self.bad.note(batch)
-                loss = self._forward_backward(batch, group_size, sync=group_left == 0)
+                losses = self._forward_backward(batch, group_size, sync=group_left == 0)
                 self.p.batches_done += 1
-                if loss is not None:
-                    self.p.window[0] += loss
+                loss = None if losses is None else losses[0]
+                if losses is not None:
+                    self.p.window[0] += losses[0]
                     self.p.window[1] += 1
+                    self.p.window[2] += losses[1]
                 bar.update(1)
                 if group_left:
                     continue
@@ -660,9 +681,12 @@ class _Run:
             bar.close()
         return True
 
-    def _forward_backward(self, batch: Batch, group_size: int, sync: bool) -> float | None:
-        """The batch's loss after its backward pass; None for a batch of only bad audio (under
-        DDP that rank trains on a stand-in with weight 0, so that it joins the all-reduce)."""
+    def _forward_backward(
+        self, batch: Batch, group_size: int, sync: bool
+    ) -> tuple[float, float] | None:
+        """The batch's own loss and KD term (0 without a teacher) after its backward pass of
+        loss + kd.weight * KD; None for a batch of only bad audio (under DDP that rank trains
+        on a stand-in with weight 0, so that it joins the all-reduce)."""
         if not len(batch) and not self.ctx.distributed:
             return None
         weight = 1.0 if len(batch) else 0.0
@@ -674,8 +698,15 @@ class _Run:
         with context, frozen:
             with autocast(self.ctx.device, _precision(self.recipe)):
                 out = self.model(b.waves, b.wave_lengths, b.targets, b.target_lengths)
-            (out.loss * weight / group_size).backward()
-        return float(out.loss.detach()) if weight else None
+                total, kd = out.loss, None
+                if self.teacher is not None:  # no_grad inside; the student's outputs of out
+                    kd = self.teacher.loss(out, b.waves, b.wave_lengths, b.targets,
+                                           b.target_lengths)  # fmt: skip
+                    total = total + self.recipe.train.kd.weight * kd
+            (total * weight / group_size).backward()
+        if not weight:
+            return None
+        return float(out.loss.detach()), 0.0 if kd is None else float(kd.detach())
 
     def _optimizer_step(self) -> float:
         """Clip, step, advance the schedule; returns the lr this step used."""
@@ -704,15 +735,18 @@ class _Run:
             torch.distributed.all_reduce(summed[0])
             window = summed[0].cpu()
         loss = float(window[0] / window[1].clamp_min(1))
-        self.metrics.add(self.p.step, self.p.epoch + 1, train_loss=loss, lr=lr)
+        kd = float(window[2] / window[1].clamp_min(1)) if self.teacher is not None else None
+        self.metrics.add(self.p.step, self.p.epoch + 1, train_loss=loss, lr=lr, kd_loss=kd)
         now = time.perf_counter()
         elapsed = max(now - self.window_start, 1e-9)
-        speed = float(window[2]) / elapsed
-        waiting = float(window[3]) / self.ctx.world_size / elapsed  # mean over the ranks
+        speed = float(window[3]) / elapsed
+        waiting = float(window[4]) / self.ctx.world_size / elapsed  # mean over the ranks
         self.throughput.append((self.p.step, speed))
-        log.info("step %d: loss %.4f, lr %.3g, %.0f s of audio per second, %.0f%% of the time "
-                 "waiting for data", self.p.step, loss, lr, speed, 100 * waiting)  # fmt: skip
-        self.p.window = [0.0, 0.0]
+        kd_part = "" if kd is None else f", KD {kd:.4f}"
+        log.info("step %d: loss %.4f%s, lr %.3g, %.0f s of audio per second, %.0f%% of the "
+                 "time waiting for data", self.p.step, loss, kd_part, lr, speed,
+                 100 * waiting)  # fmt: skip
+        self.p.window = [0.0, 0.0, 0.0]
         self.audio_seconds, self.data_wait, self.window_start = 0.0, 0.0, now
 
     def end_epoch(self, valid_loader: DataLoader | None) -> _Validation:
@@ -847,10 +881,11 @@ def train(
     try:
         prepared = _on_main(ctx, _lock_and_prepare, locks, out_dir, recipe, train_utts, resume)
         tokenizer = tokenizer_from_files(prepared["tokenizer"])
+        recipe = prepared["recipe"]  # the teacher's path and hash recorded (train.kd)
         with _file_log(out_dir / "train.log", ctx.is_main):
             return _train(recipe, ctx, out_dir, tokenizer, train_utts, valid_utts,
                           prepared["state"], max_steps, progress, deadline,
-                          _BadAudio(strict))  # fmt: skip
+                          _BadAudio(strict), prepared["teacher"])  # fmt: skip
     finally:
         for lock in locks:
             lock.release()
@@ -897,6 +932,7 @@ def _train(
     progress: bool | None,
     deadline: float | None,
     bad: _BadAudio,
+    teacher_bundle: dict[str, Any] | None = None,
 ) -> TrainResult:
     cfg = recipe.train
     _seed_all(cfg.seed)
@@ -925,6 +961,12 @@ def _train(
     metrics = MetricsLog(out_dir, 0 if state is None else state["progress"]["step"], ctx.is_main)
     run = _Run(recipe, ctx, out_dir, asr, asr, sampler, _Progress(), metrics)
     run.deadline, run.bad = deadline, bad
+    if teacher_bundle is not None:  # every rank its own copy, outside DDP
+        run.teacher = Teacher(teacher_bundle, cfg.kd, ctx.device)
+        kd = cfg.kd
+        log.info("distilling from %s (SHA-256 %s...): target %s, weight %g, temperature %g",
+                 kd.teacher, (kd.teacher_sha256 or "")[:12], kd.target, kd.weight,
+                 kd.temperature)  # fmt: skip
     if state is not None:
         run.load(state)
     else:
