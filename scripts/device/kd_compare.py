@@ -1,19 +1,24 @@
-"""Knowledge distillation side by side (docs/compression.md, "Knowledge distillation"): a small
-Mamba-CNN transducer trained from scratch on a synthetic corpus without a teacher, and with the
-bundled mct-small-synth-en (12.2 M parameters, 8x, an auxiliary CTC head) as the teacher on each
-KD target; all runs at once on one GPU, with the same seed, data order, batches and epochs.
+"""The compression chain side by side on one GPU (docs/compression.md). Knowledge distillation:
+a small Mamba-CNN transducer trained from scratch on a synthetic corpus without a teacher, and
+with the bundled mct-small-synth-en (12.2 M parameters, 8x, an auxiliary CTC head) as the
+teacher on each KD target, with the same seed, data order, batches and epochs. The other steps,
+from the bundled model on the same corpus: structured pruning (calibrated, 25% and 50%) then
+fine-tuning, and quantization-aware training (int8). All runs at once.
 
     python3 scripts/device/kd_compare.py train CORPUS RUNS --epochs 8 --deadline UNIX_TIME \
         [--only NAME ...] [--set KEY=VALUE ...]
     python3 scripts/device/kd_compare.py evaluate CORPUS RUNS OUT.json
     python3 scripts/device/kd_compare.py report OUT.json
 
-CORPUS comes from ``scripts/device/synth_corpus.py`` (train/, dev/). ``train`` writes the
+CORPUS comes from ``scripts/device/synth_corpus.py --held-out-dev`` (train/, dev/: the
+training voices, dev_heldout/: voices neither the teacher nor the students heard). ``train`` writes the
 teacher's tokenizer to RUNS/teacher_tokenizer (the student must share it) and trains every run
 of RUNS_KD to ``--epochs`` epochs, each in a process of its own, stopping at ``--deadline``
 (seconds since the epoch) with a checkpoint if that comes first; calling it again resumes them
 (the trainer's resume is exact). ``evaluate``: greedy WER on dev/ of the teacher and of each
-finished run's model.pt (no LM), with the runs' training figures, into OUT.json. ``report``:
+finished run's model.pt (no LM) on dev/ and dev_heldout/, with the runs' training figures,
+into OUT.json. ``pack``: each named run's model.pt in float16 storage into a folder, split in
+parts of at most 15 MiB (``cat NAME.pt.part* > NAME.pt`` joins them). ``report``:
 a Markdown table of OUT.json.
 """
 
@@ -30,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "hparams/Transducer/mct_small.yaml"
 TEACHER = "mct-small-synth-en"
-# the student: the teacher's recipe at half the width and half the depth (about 2.1 M parameters
+# the student: the teacher's recipe at half the width and half the depth (about 1.7 M parameters
 # against 12.2 M), the same front end (8x: the frame rates match) and tokenizer
 STUDENT = [
     "model.d_model=128", "model.num_encoder_layers=6", "model.d_ffn=512",
@@ -43,12 +48,24 @@ COMMON = [
     "train.checkpoint_every_steps=0", "train.keep_best=3", "train.average=3",
     "train.seed=1234", "data.specaugment.time_masks=4",
 ]  # fmt: skip
+# fine-tuning the bundled model after pruning or with QAT: a lower peak learning rate
+FINETUNE = [
+    "train.warmup_steps=100", "train.max_batch_seconds=200", "train.num_buckets=30",
+    "train.num_workers=2", "train.log_every=25", "train.checkpoint_every_steps=0",
+    "train.keep_best=2", "train.average=2", "train.seed=1234", "data.specaugment.time_masks=4",
+]  # fmt: skip
+RUNS_INIT: dict[str, dict[str, object]] = {
+    "prune25": {"ratio": 0.25, "lr": 0.0005},
+    "prune50": {"ratio": 0.5, "lr": 0.0005},
+    "qat_int8": {"qat": "int8", "lr": 0.0001},
+}
 RUNS_KD: dict[str, dict[str, object]] = {
     "no_kd": {},
     "kd_ctc": {"target": "ctc", "weight": 0.5, "temperature": 1.0},
     "kd_ctc_t2": {"target": "ctc", "weight": 0.5, "temperature": 2.0},
     "kd_lattice": {"target": "lattice", "weight": 0.5, "temperature": 1.0},
 }
+RUNS = [*RUNS_KD, *RUNS_INIT]
 
 
 def teacher_tokenizer(runs: Path) -> Path:
@@ -61,17 +78,46 @@ def teacher_tokenizer(runs: Path) -> Path:
     return folder
 
 
+def init_recipe(args: argparse.Namespace):  # noqa: ANN201
+    """The recipe of a RUNS_INIT run: the bundled model (pruned first, calibrated on the first
+    32 training utterances) as the starting point, its own architecture."""
+    import dataclasses
+
+    from mamba_asr.compress.prune import prune_model_file
+    from mamba_asr.config import load_recipe
+    from mamba_asr.pretrained import resolve_model
+    from mamba_asr.train.trainer import init_model_section
+
+    spec = RUNS_INIT[args.name]
+    start = str(resolve_model(TEACHER))
+    if "ratio" in spec:
+        pruned = args.runs / f"{args.name}_init.pt"
+        if not pruned.is_file():
+            prune_model_file(start, pruned, float(spec["ratio"]),
+                             calib=args.corpus / "train" / "manifest.jsonl")  # fmt: skip
+        start = str(pruned)
+    overrides = [*FINETUNE, f"train.lr={spec['lr']}", f"train.epochs={args.ft_epochs}", *args.set]
+    recipe = load_recipe(RECIPE, overrides, model=init_model_section(start), init_from=start)
+    if "qat" in spec:
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train,
+                                                                       qat=spec["qat"]))  # fmt: skip
+    return recipe
+
+
 def one(args: argparse.Namespace) -> None:
     """Train run ``args.name`` (in this process) to its epochs or the deadline."""
     from mamba_asr.config import load_recipe, replace_kd
     from mamba_asr.train import train
 
-    tok = teacher_tokenizer(args.runs)
-    recipe = load_recipe(RECIPE, [*STUDENT, *COMMON, f"train.epochs={args.epochs}",
-                                  f"tokenizer.path={tok}", *args.set])  # fmt: skip
-    kd = RUNS_KD[args.name]
-    if kd:
-        recipe = replace_kd(recipe, teacher=args.teacher, **kd)
+    if args.name in RUNS_INIT:
+        recipe = init_recipe(args)
+    else:
+        tok = teacher_tokenizer(args.runs)
+        recipe = load_recipe(RECIPE, [*STUDENT, *COMMON, f"train.epochs={args.epochs}",
+                                      f"tokenizer.path={tok}", *args.set])  # fmt: skip
+        kd = RUNS_KD[args.name]
+        if kd:
+            recipe = replace_kd(recipe, teacher=args.teacher, **kd)
     out = args.runs / args.name
     start = time.time()
     result = train(recipe, args.corpus / "train" / "manifest.jsonl",
@@ -87,11 +133,12 @@ def one(args: argparse.Namespace) -> None:
 def train_all(args: argparse.Namespace) -> None:
     args.runs.mkdir(parents=True, exist_ok=True)
     teacher_tokenizer(args.runs)
-    names = args.only or list(RUNS_KD)
+    names = args.only or list(RUNS)
     procs = []
     for name in names:
         cmd = [sys.executable, __file__, "one", name, str(args.corpus), str(args.runs),
-               "--epochs", str(args.epochs), "--deadline", str(args.deadline),
+               "--epochs", str(args.epochs), "--ft-epochs", str(args.ft_epochs),
+               "--deadline", str(args.deadline),
                "--teacher", args.teacher, "--set", *args.set]  # fmt: skip
         (args.runs / name).mkdir(exist_ok=True)
         log = (args.runs / f"{name}.stdout.txt").open("a")
@@ -114,11 +161,39 @@ def _greedy_wer(model: str, dev: Path, hyps: Path) -> dict[str, float]:
     return json.loads(out.strip().splitlines()[-1])  # the summary, then the JSON line
 
 
+def _model_facts(model: str) -> dict[str, float]:
+    """Parameters and the size of the model file in float16 storage (as models are shipped)."""
+    import tempfile
+
+    from mamba_asr.asr import ASR
+    from mamba_asr.pretrained import resolve_model
+
+    asr = ASR.load(resolve_model(model))
+    with tempfile.TemporaryDirectory() as tmp:
+        asr.save(Path(tmp) / "m.pt", half=True)
+        size = (Path(tmp) / "m.pt").stat().st_size
+    return {"parameters": sum(p.numel() for p in asr.model.parameters()), "file_mb": size / 1e6}
+
+
 def evaluate(args: argparse.Namespace) -> None:
-    dev = args.corpus / "dev" / "manifest.jsonl"
-    report: dict[str, object] = {"teacher": {"model": TEACHER,
-                                             **_greedy_wer(TEACHER, dev, args.runs / "t.jsonl")}}  # fmt: skip
-    for name in RUNS_KD:
+    from concurrent.futures import ThreadPoolExecutor
+
+    sets = {s: args.corpus / s / "manifest.jsonl" for s in ("dev", "dev_heldout")}
+    sets = {k: v for k, v in sets.items() if v.is_file()}
+    models = {"teacher": TEACHER}
+    for name in RUNS:
+        if (args.runs / name / "model.pt").is_file():
+            models[name] = str(args.runs / name / "model.pt")
+    jobs = {(n, s): (m, sets[s], args.runs / f"hyps_{n}_{s}.jsonl")
+            for n, m in models.items() for s in sets}  # fmt: skip
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = {k: pool.submit(_greedy_wer, *v) for k, v in jobs.items()}
+        wers = {k: f.result() for k, f in futures.items()}
+    report: dict[str, object] = {
+        "teacher": {"model": TEACHER, **_model_facts(TEACHER),
+                    **{s: wers["teacher", s] for s in sets}},
+    }  # fmt: skip
+    for name in RUNS:
         run = args.runs / name
         if not (run / "metrics.csv").is_file():
             continue
@@ -127,7 +202,8 @@ def evaluate(args: argparse.Namespace) -> None:
         valid = [r for r in rows if r["wer"]]
         tail = train_rows[-4:]  # the last 100 steps (log_every 25)
         entry: dict[str, object] = {
-            "kd": RUNS_KD[name],
+            "kd": RUNS_KD.get(name, {}),
+            "init": RUNS_INIT.get(name),
             "steps": int(train_rows[-1]["step"]),
             "epochs": len(valid),
             "valid_wer": [(int(r["step"]), float(r["wer"])) for r in valid],
@@ -139,31 +215,63 @@ def evaluate(args: argparse.Namespace) -> None:
             ),  # fmt: skip
             "train_seconds": sum(w["seconds"] for w in json.loads((run / "wall.json").read_text())),
         }
-        if (run / "model.pt").is_file():
-            entry["model_pt"] = _greedy_wer(str(run / "model.pt"), dev, run / "hyps.jsonl")
+        if name in models:
+            entry.update(_model_facts(models[name]))
+            for s in sets:
+                entry[s] = wers[name, s]
         report[name] = entry
         print(name, json.dumps(entry), flush=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
 
 
+def pack(args: argparse.Namespace) -> None:
+    from mamba_asr.asr import ASR
+
+    args.dest.mkdir(parents=True, exist_ok=True)
+    part = 15 * 2**20
+    for name in args.names:
+        src = args.runs / name / "model.pt"
+        if not src.is_file():
+            print(f"pack: {name}: no model.pt")
+            continue
+        whole = args.dest / f"{name}.pt"
+        ASR.load(src).save(whole, half=True)
+        data = whole.read_bytes()
+        if len(data) > part:
+            whole.unlink()
+            for k in range(0, len(data), part):
+                (args.dest / f"{name}.pt.part{k // part}").write_bytes(data[k : k + part])
+        print(f"pack: {name}: {len(data) / 1e6:.1f} MB")
+
+
 def table(args: argparse.Namespace) -> None:
     data = json.loads(Path(args.out).read_text())
-    t = data.pop("teacher")
-    print(f"teacher {t['model']}: greedy WER {100 * t['wer']:.2f} % on dev\n")
-    print(
-        "| run | KD | steps | valid WER by epoch (%) | model.pt greedy WER (%) | train loss "
-        "(last 100 steps) | KD loss | training s |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    sets = [s for s in ("dev", "dev_heldout") if s in data["teacher"]]
+    head = " | ".join(f"{s} WER (%)" for s in sets)
+    print(f"| run | what | steps | valid WER by epoch (%) | {head} | parameters | file MB (fp16) "
+          "| train loss (last 100 steps) | KD loss | training s |")  # fmt: skip
+    print("|---" * (9 + len(sets)) + "|")
     for name, e in data.items():
-        kd = e["kd"]
-        kd_text = (f"{kd['target']}, W {kd['weight']:g}, T {kd['temperature']:g}" if kd
-                   else "none")  # fmt: skip
+        if name == "teacher":
+            wers = " | ".join(f"{100 * e[s]['wer']:.2f}" for s in sets)
+            print(f"| teacher | {e['model']} | - | - | {wers} | {e['parameters']:,} | "
+                  f"{e['file_mb']:.1f} | - | - | - |")  # fmt: skip
+            continue
+        kd, init = e["kd"], e.get("init")
+        if init:
+            what = (f"prune {init['ratio']:g} (calibrated), fine-tuned" if "ratio" in init
+                    else f"QAT {init['qat']}") + f", lr {init['lr']:g}"  # fmt: skip
+        elif kd:
+            what = f"student, KD {kd['target']}, W {kd['weight']:g}, T {kd['temperature']:g}"
+        else:
+            what = "student, no KD"
         curve = " ".join(f"{100 * w:.1f}" for _, w in e["valid_wer"])
-        final = f"{100 * e['model_pt']['wer']:.2f}" if "model_pt" in e else "-"
+        wers = " | ".join(f"{100 * e[s]['wer']:.2f}" if s in e else "-" for s in sets)
+        params = f"{e['parameters']:,}" if "parameters" in e else "-"
+        size = f"{e['file_mb']:.1f}" if "file_mb" in e else "-"
         kd_loss = f"{e['kd_loss_last100']:.3f}" if e["kd_loss_last100"] is not None else "-"
         print(
-            f"| {name} | {kd_text} | {e['steps']} | {curve} | {final} | "
+            f"| {name} | {what} | {e['steps']} | {curve} | {wers} | {params} | {size} | "
             f"{e['train_loss_last100']:.2f} | {kd_loss} | {e['train_seconds']:.0f} |"
         )
 
@@ -174,21 +282,27 @@ def main() -> None:
     for name, fn in (("train", train_all), ("one", one)):
         p = sub.add_parser(name)
         if name == "one":
-            p.add_argument("name", choices=list(RUNS_KD))
+            p.add_argument("name", choices=RUNS)
         p.add_argument("corpus", type=Path)
         p.add_argument("runs", type=Path)
         p.add_argument("--epochs", type=int, default=8)
+        p.add_argument("--ft-epochs", type=int, default=3, help="epochs of the RUNS_INIT runs")
         p.add_argument("--deadline", type=float, default=time.time() + 1e9)
         p.add_argument("--teacher", default=TEACHER)
         p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
         if name == "train":
-            p.add_argument("--only", nargs="+", choices=list(RUNS_KD))
+            p.add_argument("--only", nargs="+", choices=RUNS)
         p.set_defaults(func=fn)
     p = sub.add_parser("evaluate")
     p.add_argument("corpus", type=Path)
     p.add_argument("runs", type=Path)
     p.add_argument("out")
     p.set_defaults(func=evaluate)
+    p = sub.add_parser("pack")
+    p.add_argument("runs", type=Path)
+    p.add_argument("dest", type=Path)
+    p.add_argument("names", nargs="+")
+    p.set_defaults(func=pack)
     p = sub.add_parser("report")
     p.add_argument("out")
     p.set_defaults(func=table)
