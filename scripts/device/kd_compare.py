@@ -55,7 +55,13 @@ FINETUNE = [
     "train.keep_best=2", "train.average=2", "train.seed=1234", "data.specaugment.time_masks=4",
 ]  # fmt: skip
 RUNS_INIT: dict[str, dict[str, object]] = {
+    "ft_baseline": {"lr": 0.0005},  # the control: the same fine-tuning, nothing removed
     "prune25": {"ratio": 0.25, "lr": 0.0005},
+    "prune25_kd": {
+        "ratio": 0.25,
+        "lr": 0.0005,
+        "kd": {"target": "ctc", "weight": 0.5, "temperature": 1.0},
+    },
     "prune50": {"ratio": 0.5, "lr": 0.0005},
     "qat_int8": {"qat": "int8", "lr": 0.0001},
 }
@@ -84,7 +90,7 @@ def init_recipe(args: argparse.Namespace):  # noqa: ANN201
     import dataclasses
 
     from mamba_asr.compress.prune import prune_model_file
-    from mamba_asr.config import load_recipe
+    from mamba_asr.config import load_recipe, replace_kd
     from mamba_asr.pretrained import resolve_model
     from mamba_asr.train.trainer import init_model_section
 
@@ -101,6 +107,8 @@ def init_recipe(args: argparse.Namespace):  # noqa: ANN201
     if "qat" in spec:
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train,
                                                                        qat=spec["qat"]))  # fmt: skip
+    if "kd" in spec:  # the unpruned model teaches its pruned self
+        recipe = replace_kd(recipe, teacher=args.teacher, **spec["kd"])
     return recipe
 
 
@@ -260,7 +268,9 @@ def table(args: argparse.Namespace) -> None:
         kd, init = e["kd"], e.get("init")
         if init:
             what = (f"prune {init['ratio']:g} (calibrated), fine-tuned" if "ratio" in init
-                    else f"QAT {init['qat']}") + f", lr {init['lr']:g}"  # fmt: skip
+                    else f"QAT {init['qat']}" if "qat" in init
+                    else "fine-tuned") + f", lr {init['lr']:g}"  # fmt: skip
+            what += ", KD ctc from the unpruned model" if "kd" in init else ""
         elif kd:
             what = f"student, KD {kd['target']}, W {kd['weight']:g}, T {kd['temperature']:g}"
         else:

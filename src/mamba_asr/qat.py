@@ -223,7 +223,9 @@ def prepare_qat(asr: nn.Module, scheme: str) -> nn.Module:
     if qat_scheme(asr) is not None:
         raise ValueError(f"the model is already prepared for QAT ({qat_scheme(asr)})")
     for name, module in list(_layers(asr.model)):
-        parametrize.register_parametrization(module, "weight", weight_quantizer())
+        # on the weight's device: registering runs the quantizer on the weight at once
+        quantizer = weight_quantizer().to(module.weight.device)
+        parametrize.register_parametrization(module, "weight", quantizer)
         quantized_input = not isinstance(module, nn.Embedding) and (
             name.rsplit(".", 1)[-1] not in SCAN_INPUTS
         )

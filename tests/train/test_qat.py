@@ -249,3 +249,18 @@ def test_train_init_qat_resumes_exactly_and_writes_a_qat_model(tmp_path, tones):
     assert qat_scheme(model) == "int8"
     waves, lengths, _, _ = batch()
     assert len(model.transcribe_batch(waves, lengths, DecodingOptions(strategy="greedy"))) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("scheme", ["int8", "int8-weights"])
+def test_prepared_on_cuda_equals_prepared_on_cpu(scheme):
+    """The trainer prepares the model after moving it to its device: the quantizers must be
+    made there (a CPU quantizer on a CUDA weight failed at once)."""
+    waves, lengths, _, _ = batch()
+    out = {}
+    for device in ("cpu", "cuda"):
+        asr = prepare_qat(tiny_asr("transducer").to(device), scheme).eval()
+        with torch.no_grad():
+            feats = asr.features(waves.to(device), lengths.to(device))
+            out[device] = asr.model.encode(*feats).memory.cpu()
+    torch.testing.assert_close(out["cuda"], out["cpu"], rtol=1e-3, atol=1e-3)
