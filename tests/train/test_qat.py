@@ -253,14 +253,22 @@ def test_train_init_qat_resumes_exactly_and_writes_a_qat_model(tmp_path, tones):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("scheme", ["int8", "int8-weights"])
-def test_prepared_on_cuda_equals_prepared_on_cpu(scheme):
+def test_prepared_on_cuda_equals_prepared_on_cpu(scheme, monkeypatch):
     """The trainer prepares the model after moving it to its device: the quantizers must be
-    made there (a CPU quantizer on a CUDA weight failed at once)."""
-    waves, lengths, _, _ = batch()
+    made there (a CPU quantizer on a CUDA weight failed at once). Same ranges observed on both
+    devices, then the same outputs (TF32 off: cuDNN's convolutions use it by default)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    waves, lengths, targets, _ = batch()
     out = {}
     for device in ("cpu", "cuda"):
-        asr = prepare_qat(tiny_asr("transducer").to(device), scheme).eval()
+        asr = prepare_qat(tiny_asr("transducer", blank_bias=0.0).to(device), scheme).train()
+        w, n, t = waves.to(device), lengths.to(device), targets.to(device)
         with torch.no_grad():
-            feats = asr.features(waves.to(device), lengths.to(device))
-            out[device] = asr.model.encode(*feats).memory.cpu()
+            for _ in range(3):
+                memory = asr.model.encode(*asr.features(w, n)).memory
+                pred, _ = asr.model.predictor(t)
+                asr.model.joiner(memory[:, :, None], pred[:, None])
+            asr.eval()
+            out[device] = asr.model.encode(*asr.features(w, n)).memory.cpu()
     torch.testing.assert_close(out["cuda"], out["cpu"], rtol=1e-3, atol=1e-3)
