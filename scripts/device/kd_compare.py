@@ -17,7 +17,7 @@ of RUNS_KD to ``--epochs`` epochs, each in a process of its own, stopping at ``-
 (seconds since the epoch) with a checkpoint if that comes first; calling it again resumes them
 (the trainer's resume is exact). ``evaluate``: greedy WER on dev/ of the teacher and of each
 finished run's model.pt (no LM) on dev/ and dev_heldout/, with the runs' training figures,
-into OUT.json. ``pack``: each named run's model.pt in float16 storage into a folder, split in
+into OUT.json (``plot OUT.json PNG``: the students' curves). ``pack``: each named run's model.pt in float16 storage into a folder, split in
 parts of at most 15 MiB (``cat NAME.pt.part* > NAME.pt`` joins them). ``report``:
 a Markdown table of OUT.json.
 """
@@ -286,6 +286,33 @@ def table(args: argparse.Namespace) -> None:
         )
 
 
+def plot(args: argparse.Namespace) -> None:
+    """The students' validation WER along the steps, with the teacher's, into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(Path(args.out).read_text())
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in RUNS_KD:
+        if name in data:
+            kd = data[name]["kd"]
+            label = (f"KD {kd['target']} (W {kd['weight']:g}, T {kd['temperature']:g})" if kd
+                     else "no teacher")  # fmt: skip
+            steps, wer = zip(*data[name]["valid_wer"], strict=True)
+            ax.plot(steps, [100 * w for w in wer], label=label)
+    teacher = data["teacher"]
+    ax.axhline(100 * teacher["dev"]["wer"], color="gray", ls="--",
+               label=f"teacher {teacher['model']}")  # fmt: skip
+    ax.set_xlabel("step (the same batches in every run)")
+    ax.set_ylabel("validation WER, training voices (%)")
+    ax.set_ylim(0, 105)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.png, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(required=True)
@@ -313,6 +340,10 @@ def main() -> None:
     p.add_argument("dest", type=Path)
     p.add_argument("names", nargs="+")
     p.set_defaults(func=pack)
+    p = sub.add_parser("plot")
+    p.add_argument("out")
+    p.add_argument("png")
+    p.set_defaults(func=plot)
     p = sub.add_parser("report")
     p.add_argument("out")
     p.set_defaults(func=table)
