@@ -351,3 +351,23 @@ def test_the_command_line_flags_set_the_kd_keys(tmp_path, corpus, teachers, caps
     kd = yaml.safe_load((out / "recipe.yaml").read_text())["train"]["kd"]
     assert (kd["weight"], kd["temperature"], kd["target"]) == (0.25, 3.0, "ctc")
     assert rows(out)[0]["kd_loss"]
+
+
+def test_the_distilled_student_loads_transcribes_and_exports(kd_run, corpus, tmp_path):
+    """The student of a KD run is a model like any other: load_model, transcription in
+    PyTorch and, exported, the same transcript in onnxruntime."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from mamba_asr import load_model
+    from mamba_asr.decode.options import DecodingOptions
+    from mamba_asr.runtime.onnx import OnnxASR
+    from mamba_asr.transcription import transcribe_file
+
+    out, _ = kd_run
+    wav = corpus.parent / "utt00.wav"
+    options = DecodingOptions(strategy="greedy")
+    text = transcribe_file(load_model(str(out / "model.pt"), device="cpu"), wav, options).text
+    folder = tmp_path / "onnx"
+    assert main(["export", "onnx", str(out / "model.pt"), "--out", str(folder),
+                 "--chunk-ms", "0"]) == 0  # fmt: skip
+    assert OnnxASR.load(folder).transcribe_file(wav, options).text == text
