@@ -14,7 +14,7 @@ OUT/<set>/*.wav (16 kHz mono PCM16):
 - ``alsa``: alsa-utils' eight channel-test prompts ("Front Center", ...), one speaker, 48 kHz;
 - ``all``: the four together.
 
-Used only to measure (never to train or tune). They are small: 18 utterances, about a minute
+Used only to measure (never to train or tune). They are small: 19 utterances, about a minute
 and a half. The sets reserved for independent tests (asterisk prompts, the festival and flite
 voices named in the README) are not made here.
 """
