@@ -9,6 +9,8 @@ model file (it records QAT and loads back with ``load_model``), the trainer from
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -61,12 +63,18 @@ def calibrated(scheme: str = "int8", seed: int = 0) -> ASR:
     """A tiny QAT transducer whose activation ranges saw a few batches (then eval mode)."""
     asr = prepare_qat(tiny_asr("transducer", blank_bias=0.0, seed=seed), scheme).train()
     waves, lengths, targets, _ = batch()
+    observe(asr, lambda: asr.features(waves, lengths), targets)
+    return asr.eval()
+
+
+def observe(asr: ASR, features: Callable[[], tuple[torch.Tensor, ...]], targets: torch.Tensor):
+    """Three training-mode passes without gradients, ``features()`` the encoder's input of
+    each: every quantized layer (encoder, predictor, joiner) observes its inputs' ranges."""
     with torch.no_grad():
-        for _ in range(3):  # every quantized layer sees data: encoder, predictor, joiner
-            memory = asr.model.encode(*asr.features(waves, lengths)).memory
+        for _ in range(3):
+            memory = asr.model.encode(*features()).memory
             pred, _ = asr.model.predictor(targets)
             asr.model.joiner(memory[:, :, None], pred[:, None])
-    return asr.eval()
 
 
 @pytest.mark.parametrize("shape", [(24, 16), (8, 1, 4), (6, 5, 1), (12, 3)])
@@ -266,11 +274,7 @@ def test_prepared_on_cuda_equals_prepared_on_cpu(scheme, monkeypatch):
     for device in ("cpu", "cuda"):
         asr = prepare_qat(tiny_asr("transducer", blank_bias=0.0).to(device), scheme).train()
         x, n, t = (v.to(device) for v in (*feats, targets))
+        observe(asr, lambda: (x, n), t)  # noqa: B023 (called at once)
         with torch.no_grad():
-            for _ in range(3):
-                memory = asr.model.encode(x, n).memory
-                pred, _ = asr.model.predictor(t)
-                asr.model.joiner(memory[:, :, None], pred[:, None])
-            asr.eval()
-            out[device] = asr.model.encode(x, n).memory.cpu()
+            out[device] = asr.eval().model.encode(x, n).memory.cpu()
     torch.testing.assert_close(out["cuda"], out["cpu"], rtol=1e-3, atol=1e-3)
