@@ -64,6 +64,11 @@ RUNS_INIT: dict[str, dict[str, object]] = {
     },
     "prune50": {"ratio": 0.5, "lr": 0.0005},
     "qat_int8": {"qat": "int8", "lr": 0.0001},
+    # some groups only (the front end, predictor and joiner keep their widths): the small
+    # models for int4 weights (export onnx --int4)
+    "prune_ffn50": {"ratio": 0.5, "groups": ["ffn"], "lr": 0.0005},
+    "prune_ffn60": {"ratio": 0.6, "groups": ["ffn"], "lr": 0.0005},
+    "prune_mamba_ffn30": {"ratio": 0.3, "groups": ["mamba", "ffn"], "lr": 0.0005},
 }
 RUNS_KD: dict[str, dict[str, object]] = {
     "no_kd": {},
@@ -99,7 +104,7 @@ def init_recipe(args: argparse.Namespace):  # noqa: ANN201
     if "ratio" in spec:
         pruned = args.runs / f"{args.name}_init.pt"
         if not pruned.is_file():
-            prune_model_file(start, pruned, float(spec["ratio"]),
+            prune_model_file(start, pruned, float(spec["ratio"]), groups=spec.get("groups"),
                              calib=args.corpus / "train" / "manifest.jsonl")  # fmt: skip
         start = str(pruned)
     overrides = [*FINETUNE, f"train.lr={spec['lr']}", f"train.epochs={args.ft_epochs}", *args.set]
@@ -252,6 +257,11 @@ def pack(args: argparse.Namespace) -> None:
         print(f"pack: {name}: {len(data) / 1e6:.1f} MB")
 
 
+def _groups(init: dict[str, object]) -> str:
+    groups = init.get("groups")
+    return f"; {' + '.join(map(str, groups))} only" if isinstance(groups, list) else ""
+
+
 def table(args: argparse.Namespace) -> None:
     data = json.loads(Path(args.out).read_text())
     sets = [s for s in ("dev", "dev_heldout") if s in data["teacher"]]
@@ -267,7 +277,7 @@ def table(args: argparse.Namespace) -> None:
             continue
         kd, init = e["kd"], e.get("init")
         if init:
-            what = (f"prune {init['ratio']:g} (calibrated), fine-tuned" if "ratio" in init
+            what = (f"prune {init['ratio']:g} (calibrated{_groups(init)}), fine-tuned" if "ratio" in init
                     else f"QAT {init['qat']}" if "qat" in init
                     else "fine-tuned") + f", lr {init['lr']:g}"  # fmt: skip
             what += ", KD ctc from the unpruned model" if "kd" in init else ""
