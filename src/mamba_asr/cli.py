@@ -38,6 +38,7 @@ import torch
 from mamba_asr import __version__
 from mamba_asr.decode.options import LENGTH_BONUS, LM_WEIGHT, DecodingOptions
 from mamba_asr.device import DEVICE_ENV, get_device
+from mamba_asr.export import INT4_BLOCK
 from mamba_asr.pretrained import DEFAULT_MODEL
 from mamba_asr.streaming import STREAM_CHUNK_MS
 from mamba_asr.writers import FORMATS
@@ -250,6 +251,7 @@ def _load_asr(args: argparse.Namespace) -> ASR:
     """The model of --model for --backend (an ``MlxASR`` offers what the commands use), or
     the export of --onnx (transcribe)."""
     onnx, int8 = getattr(args, "onnx", None), getattr(args, "int8", False)
+    int4 = getattr(args, "int4", False)
     dtype = getattr(args, "dtype", "fp32")
     if dtype != "fp32" and (onnx is not None or args.backend != "torch"):
         raise ValueError("--dtype applies to PyTorch models only (not to --onnx or --backend mlx)")
@@ -260,9 +262,9 @@ def _load_asr(args: argparse.Namespace) -> ASR:
             )
         from mamba_asr.runtime.onnx import OnnxASR
 
-        return OnnxASR.load(onnx, int8=int8, threads=args.threads or 0)  # type: ignore[return-value]
-    if int8:
-        raise ValueError("--int8 applies to --onnx only")
+        return OnnxASR.load(onnx, int8=int8, threads=args.threads or 0, int4=int4)  # type: ignore[return-value]
+    if int8 or int4:
+        raise ValueError(f"--{'int8' if int8 else 'int4'} applies to --onnx only")
     if args.backend == "mlx":
         return _mlx_backend().load(args.model)  # type: ignore[return-value]
     from mamba_asr import load_model
@@ -304,7 +306,8 @@ def _add_export_parser(sub: argparse._SubParsersAction, common: list) -> None:
         "an output), encoder_chunk.onnx (the same for chunks of --chunk-ms, faster), "
         "predictor.onnx, joiner.onnx, the tokenizer, the feature settings and "
         "CMVN statistics (config.json, features.npz) and the model's LM; --int8 adds "
-        "*.int8.onnx (dynamic int8 quantization). Nothing is written unless all of it is.",
+        "*.int8.onnx (dynamic int8 quantization), --int4 *.int4.onnx (int4 weights in blocks, "
+        "the smallest). Nothing is written unless all of it is.",
     )
     onnx.add_argument(
         "model", nargs="?", default=None, metavar="MODEL",
@@ -312,6 +315,15 @@ def _add_export_parser(sub: argparse._SubParsersAction, common: list) -> None:
     )  # fmt: skip
     onnx.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
     onnx.add_argument("--int8", action="store_true", help="also write int8 graphs")
+    onnx.add_argument(
+        "--int4", action="store_true",
+        help="also write graphs of int4 weights (every matrix product's, in blocks of "
+        "--int4-block input channels, symmetric, one scale a block)",
+    )  # fmt: skip
+    onnx.add_argument(
+        "--int4-block", type=int, default=INT4_BLOCK, metavar="N",
+        help=f"the block of --int4: 16, 32, 64, 128 or 256 (default: {INT4_BLOCK})",
+    )  # fmt: skip
     onnx.add_argument(
         "--chunk-ms", type=float, default=STREAM_CHUNK_MS, metavar="MS",
         help="the chunk of encoder_chunk.onnx, rounded down to whole encoder frames "
@@ -354,8 +366,9 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     lm = asr.shipped_lm
     chunk_ms = args.chunk_ms or None
     out = export_onnx(
-        asr, args.out, int8=args.int8, lm=lm, overwrite=args.overwrite, chunk_ms=chunk_ms
-    )
+        asr, args.out, int8=args.int8, lm=lm, overwrite=args.overwrite, chunk_ms=chunk_ms,
+        int4=args.int4, int4_block=args.int4_block,
+    )  # fmt: skip
     print(out)
     return 0
 
@@ -433,6 +446,7 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device
         help="decode with onnxruntime from DIR (mamba-asr export onnx) instead of PyTorch",
     )  # fmt: skip
     tr.add_argument("--int8", action="store_true", help="with --onnx: the int8 graphs")
+    tr.add_argument("--int4", action="store_true", help="with --onnx: the int4 graphs")
     tr.set_defaults(func=cmd_transcribe)
 
 
@@ -457,6 +471,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction, common: list, device_help
         help="serve an ONNX export (mamba-asr export onnx) on onnxruntime instead",
     )  # fmt: skip
     sv.add_argument("--int8", action="store_true", help="with --onnx: the int8 graphs")
+    sv.add_argument("--int4", action="store_true", help="with --onnx: the int4 graphs")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="(8000)")
     sv.add_argument(
@@ -645,6 +660,7 @@ def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help:
         help="decode with onnxruntime from DIR (mamba-asr export onnx) instead of PyTorch",
     )  # fmt: skip
     ev.add_argument("--int8", action="store_true", help="with --onnx: the int8 graphs")
+    ev.add_argument("--int4", action="store_true", help="with --onnx: the int4 graphs")
     ev.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     ev.add_argument(
         "--strict", action="store_true",
@@ -1089,7 +1105,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.chunk_ms is not None and not args.stream:
         raise ValueError("--chunk-ms applies to --stream only")
     chunk_ms = (args.chunk_ms or STREAM_CHUNK_MS) if args.stream else None
-    tags = [t for t, on in (("stream", args.stream), ("int8", args.int8)) if on]
+    tags = [
+        t for t, on in (("stream", args.stream), ("int8", args.int8), ("int4", args.int4)) if on
+    ]
     name = hypotheses_name(args.data, *tags)
     bundled = args.model is None or args.model in MODELS  # not beside the installed package
     if args.onnx is not None:  # in the export's folder

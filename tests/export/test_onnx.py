@@ -48,7 +48,7 @@ def tiny(tmp_path_factory):
     lm = NgramLM.train(sentences, asr.tokenizer.vocab_size, order=3, fingerprint=fingerprint)
     lm_path = folder.parent / "lm.npz"
     lm.save(lm_path)
-    export_onnx(asr, folder, lm=lm_path, int8=True)
+    export_onnx(asr, folder, lm=lm_path, int8=True, int4=True)
     asr.shipped_lm = str(lm_path)
     return asr, folder
 
@@ -184,6 +184,131 @@ def test_int8_graphs_decode(tiny):
     _, folder = tiny
     got = OnnxASR.load(folder, int8=True).transcribe_waveform(speech_like(1.0), 16000)
     assert got.duration == pytest.approx(1.0)
+
+
+def _dequantized_int4(graph) -> dict[str, np.ndarray]:
+    """Each MatMulNBits node's weight as its int4 values times their block's scale, (K, N)."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    out = {}
+    for node in graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        k, n, block = attrs["K"], attrs["N"], attrs["block_size"]
+        assert attrs["bits"] == 4 and len(node.input) == 3  # symmetric: no zero points
+        packed = inits[node.input[1]]  # (N, blocks, block / 2), two values a byte, low first
+        values = np.stack([packed & 15, packed >> 4], axis=-1).reshape(n, -1).astype(np.float32)
+        scales = inits[node.input[2]].reshape(n, -1)  # (N, blocks)
+        w = (values - 8.0) * np.repeat(scales, block, axis=1)
+        out[node.name] = w[:, :k].T
+    return out
+
+
+@pytest.mark.parametrize("name", ["encoder", "encoder_chunk", "predictor", "joiner"])
+def test_int4_graphs_hold_every_weight_in_blocks_of_int4(tiny, name):
+    """Every matrix product with a weight (the joiner's and predictor's Gemm too) becomes
+    MatMulNBits; its weight is the fp32 weight rounded per block of 32 input channels to
+    scale * q, q in -8..7, |scale| = the block's largest magnitude / 8 (onnxruntime's
+    symmetric scheme: that value is q = -8): within half a step, one at the clipped end."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, folder = tiny
+    config = json.loads((folder / "config.json").read_text())
+    assert config["int4"] and config["int4_block"] == 32
+    fp32 = onnx.load(str(folder / f"{name}.onnx")).graph
+    int4 = onnx.load(str(folder / f"{name}.int4.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in fp32.initializer}
+    weights = []  # (in, out), as MatMulNBits holds them
+    for n in fp32.node:
+        if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits:
+            transposed = any(a.name == "transB" and a.i for a in n.attribute)
+            weights.append(inits[n.input[1]].T if transposed else inits[n.input[1]])
+    quantized = _dequantized_int4(int4)
+    assert weights and len(quantized) == len(weights)
+    ops = [n.op_type for n in int4.node]
+    assert "Gemm" not in ops
+    int4_inits = {i.name for i in int4.initializer}
+    assert not [n for n in int4.node if n.op_type == "MatMul" and n.input[1] in int4_inits]
+    for w in quantized.values():
+        candidates = [v for v in weights if v.shape == w.shape]
+        assert candidates
+        errors = []
+        for v in candidates:
+            blocks = np.abs(np.pad(v, ((0, -v.shape[0] % 32), (0, 0)))).reshape(-1, 32, v.shape[1])
+            step = np.repeat(blocks.max(axis=1) / 8.0, 32, axis=0)[: v.shape[0]]
+            error = np.abs(w - v) / np.maximum(step, 1e-12)
+            inner = np.abs(v) <= 7.5 * step  # +8 steps would be q = 8: clipped to 7
+            errors.append(max(np.max(error[inner], initial=0.0) / 0.5, np.max(error)))
+        assert min(errors) <= 1.0 + 1e-3  # rounded to the nearest step of its block
+
+
+def test_int4_graphs_keep_big_float_weights_in_fp16(tiny):
+    """The front end's convolutions and the embedding: float16 initializers and a Cast; the
+    scan's A and the biases stay float32."""
+    import onnx
+
+    _, folder = tiny
+    graph = onnx.load(str(folder / "encoder.int4.onnx")).graph
+    halves = [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    casts = {n.input[0] for n in graph.node if n.op_type == "Cast"}
+    assert halves and all(i.name in casts for i in halves)
+
+
+def test_int4_graphs_decode_close_to_fp32(tiny):
+    """The int4 chunk graph's memory stays near the fp32 graph's (weights rounded to 4 bits,
+    activations to 8 within a product) and the recognizer runs on the int4 graphs."""
+    _, folder = tiny
+    fp32 = OnnxASR.load(folder).model
+    int4 = OnnxASR.load(folder, int4=True).model
+    feats = torch.randn(2, 32, 80, generator=torch.Generator().manual_seed(3)).numpy()
+    ref, _, _ = fp32.encode(feats, fp32.init_state(2))
+    got, _, _ = int4.encode(feats, int4.init_state(2))
+    assert np.linalg.norm(got - ref) <= 0.2 * np.linalg.norm(ref)
+    text = OnnxASR.load(folder, int4=True).transcribe_waveform(speech_like(1.0), 16000)
+    assert text.duration == pytest.approx(1.0)
+
+
+def test_int4_and_int8_are_one_choice(tiny):
+    _, folder = tiny
+    with pytest.raises(ValueError, match="one of int8 and int4"):
+        OnnxASR.load(folder, int8=True, int4=True)
+
+
+def test_int4_block_must_be_a_supported_size(tiny, tmp_path):
+    asr, _ = tiny
+    with pytest.raises(ValueError, match="int4 block 48: choose one of 16, 32"):
+        export_onnx(asr, tmp_path / "x", int4=True, int4_block=48)
+    assert not (tmp_path / "x").exists()
+
+
+def test_gemm_as_matmul_computes_the_same():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mamba_asr.export.onnx import gemm_as_matmul
+
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((5, 7)).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="g", transB=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((3, 7)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+
+    before = run(model)
+    assert gemm_as_matmul(model.graph) == 1
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Add"]
+    np.testing.assert_allclose(run(model), before, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(before, x @ w.T + b, rtol=1e-5, atol=1e-5)
 
 
 NO_TORCH = """
@@ -369,11 +494,18 @@ def test_eval_onnx_writes_hypotheses_in_the_export_folder(tiny, tmp_path, capsys
         hyps = folder / hypotheses_name(manifest, "stream", "int8")
         assert hyps.name.endswith("-stream-int8.jsonl") and hyps.is_file()
         assert f"hypotheses: {hyps}" in capsys.readouterr().out
+        assert main([*args, "--int4"]) == 0
+        assert (folder / hypotheses_name(manifest, "int4")).is_file()
+        capsys.readouterr()
     finally:
         for path in folder.glob("hyps-*.jsonl"):
             path.unlink()
     assert main([*args, "--chunk-ms", "640"]) == 2
     assert "--chunk-ms applies to --stream only" in capsys.readouterr().err
+    assert main([*args, "--int4", "--int8"]) == 2
+    assert "choose one of int8 and int4" in capsys.readouterr().err
+    assert main(["eval", str(manifest), "--int4"]) == 2
+    assert "--int4 applies to --onnx only" in capsys.readouterr().err
     assert main([*args, "--stream", "--chunk-ms", "10"]) == 2
     assert "chunk_ms must be at least 80" in capsys.readouterr().err
     assert not list(folder.glob("hyps-*.jsonl"))

@@ -26,7 +26,15 @@ PyTorch (file names and ``config.json`` keys: ``mamba_asr.runtime.onnx``):
   onnxruntime's dynamic quantization; for a model trained with quantization-aware training
   (``mamba_asr.qat``), QDQ graphs instead (``qdq_graph``): the int8 weights and the learned
   activation scales of the fake-quantized model, which they compute. Every graph of such a
-  model (the fp32 ones too) holds its quantized weights (``mamba_asr.qat.folded``).
+  model (the fp32 ones too) holds its quantized weights (``mamba_asr.qat.folded``);
+- with ``int4``: ``*.int4.onnx``, the graphs with the weight of every matrix product (the
+  predictor's and joiner's ``Gemm`` too, rewritten as ``MatMul`` and ``Add``) in int4, in
+  blocks of ``int4_block`` input channels with one fp32 scale a block, symmetric
+  (onnxruntime's ``MatMulNBits``, which computes with int8 activations: accuracy level 4), and
+  the other weights stored in fp16 (``floats_as_fp16``). The smallest export.
+
+The exporter's metadata on every node (the PyTorch source line and module of each, about
+0.7 MB a graph) is dropped.
 
 ``export_encoder_onnx(asr, path)`` writes one graph of a research model (CTC or joint
 CTC/attention, ``models/ctc.py``, ``models/seq2seq.py``, any encoder of ``ENCODERS``): its front
@@ -57,6 +65,7 @@ import torch
 from torch import Tensor, nn
 
 from mamba_asr import __version__
+from mamba_asr.export import INT4_BLOCK, INT4_BLOCKS
 from mamba_asr.files import check_output
 from mamba_asr.models.streaming import map_state
 from mamba_asr.ops.selective_scan import export_backend
@@ -71,6 +80,7 @@ from mamba_asr.runtime.onnx import (
     LM_FILE,
     TOKENIZER_DIR,
     int8_name,
+    quant_name,
 )
 from mamba_asr.streaming import STREAM_CHUNK_MS, stream_chunk_frames
 
@@ -279,6 +289,19 @@ def _export_graph(
         quiet.setLevel(level)
     program.save(str(path))
     conv1d_as_conv2d(path)
+    strip_metadata(path)
+
+
+def strip_metadata(path: Path) -> None:
+    """Drop the exporter's metadata from every node of the graph at ``path`` (the PyTorch
+    source line, module and FX node of each: no part of the computation), in place."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    onnx.save(model, str(path))
 
 
 def conv1d_as_conv2d(path: Path) -> int:
@@ -440,6 +463,110 @@ def _quantize(folder: Path, keep_fp32: list[np.ndarray]) -> None:
         logging.disable(logging.NOTSET)
 
 
+def gemm_as_matmul(graph: Any) -> int:
+    """Rewrite every ``Gemm`` of ``graph`` whose B (and C) are initializers, alpha = beta = 1
+    and A not transposed, as ``MatMul`` by the weight (stored as (in, out)) and ``Add`` of the
+    bias, in place (the int4 quantizer takes MatMul only); returns how many."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    nodes, done = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = (node.op_type == "Gemm" and attrs.get("alpha", 1.0) == 1.0
+                 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+                 and node.input[1] in inits
+                 and (len(node.input) < 3 or not node.input[2] or node.input[2] in inits))  # fmt: skip
+        if not plain:
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = weight.T
+        w_name = f"{node.name}.weight_io"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), w_name))
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        product = f"{node.output[0]}.matmul" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [product],
+                                      name=f"{node.name}.matmul"))  # fmt: skip
+        if has_bias:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]],
+                                          name=f"{node.name}.bias"))  # fmt: skip
+        done += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for n in graph.node for name in n.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return done
+
+
+# the nodes whose float weights the int4 graphs store in float16: the convolutions (the front
+# end's pointwise ones are its largest weights) and the embedding; the selective scan's A and D,
+# the norms and the biases stay float32
+FP16_OPS = ("Conv", "Gather")
+
+
+def floats_as_fp16(graph: Any, ops: tuple[str, ...] = FP16_OPS, min_size: int = 64) -> int:
+    """Store every float32 initializer of at least ``min_size`` values that only nodes of
+    ``ops`` take as float16, with a ``Cast`` back to float32 in front of the graph
+    (onnxruntime folds it when the session starts: the graph computes in float32 on the
+    rounded values), in place; returns the bytes saved."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    users: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, set()).add(node.op_type)
+    casts, saved = [], 0
+    for i, init in enumerate(graph.initializer):
+        if init.data_type != TensorProto.FLOAT or not users.get(init.name, {""}) <= set(ops):
+            continue
+        value = numpy_helper.to_array(init)
+        if value.size < min_size:
+            continue
+        name = init.name
+        half = numpy_helper.from_array(value.astype(np.float16), f"{name}.fp16")
+        graph.initializer[i].CopyFrom(half)
+        casts.append(helper.make_node("Cast", [half.name], [name], to=TensorProto.FLOAT,
+                                      name=f"{name}.cast"))  # fmt: skip
+        saved += value.nbytes // 2
+    nodes = [*casts, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return saved
+
+
+def _quantize_int4(folder: Path, block: int) -> None:
+    """``*.int4.onnx`` beside each graph: every MatMul with a constant weight as
+    ``MatMulNBits`` (int4, blocks of ``block`` input channels, symmetric)."""
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # a line per node it quantizes or skips
+    try:
+        for name in [*GRAPHS.values(), CHUNK_GRAPH]:
+            if not (folder / name).is_file():
+                continue
+            model = onnx.load(str(folder / name))
+            gemm_as_matmul(model.graph)
+            config = nbits.DefaultWeightOnlyQuantConfig(
+                block_size=block, is_symmetric=True, accuracy_level=4
+            )
+            quantizer = nbits.MatMulNBitsQuantizer(
+                model, block_size=block, is_symmetric=True, accuracy_level=4, algo_config=config
+            )
+            quantizer.process()
+            model = quantizer.model.model
+            floats_as_fp16(model.graph)
+            onnx.save(model, str(folder / quant_name(name, "int4")))
+    finally:
+        quiet.setLevel(level)
+
+
 QDQ_OPS = ("MatMul", "Gemm", "Conv", "Gather")
 
 
@@ -558,6 +685,7 @@ def _write_config(
     graphs: dict[str, Any],
     int8: bool,
     qat: dict[str, Any] | None = None,
+    int4_block: int | None = None,
 ) -> None:
     fbank, model = asr.fbank, asr.model
     np.savez(
@@ -576,6 +704,9 @@ def _write_config(
         # graphs of a quantization-aware trained model (its scheme, what each graph quantized)
         "int8_method": None if not int8 else ("qat" if qat else "dynamic"),
         "qat": qat,
+        # int4 weights (*.int4.onnx): the block of input channels that shares a scale
+        "int4": int4_block is not None,
+        "int4_block": int4_block,
         "features": {
             "sample_rate": asr.sample_rate,
             "n_mels": fbank.n_mels,
@@ -609,11 +740,14 @@ def export_onnx(
     lm: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     chunk_ms: float | None = STREAM_CHUNK_MS,
+    int4: bool = False,
+    int4_block: int = INT4_BLOCK,
 ) -> Path:
     """Export ``asr`` (an ``ASR`` bundle of a streaming transducer) to the folder ``out``.
 
     lm: an n-gram LM file to ship beside the graphs (the bundled model's, for ``lm="auto"``);
-    int8: add the dynamically quantized graphs; chunk_ms: the chunk length of
+    int8: add the dynamically quantized graphs; int4: add graphs of int4 weights, in blocks
+    of ``int4_block`` input channels; chunk_ms: the chunk length of
     ``encoder_chunk.onnx`` (None: no such graph, ``encoder.onnx`` takes every chunk). Raises a one-line ``ValueError`` for a model
     that does not stream or an ``out`` that exists (unless ``overwrite``) or cannot be made;
     on any error nothing is left at ``out``.
@@ -628,6 +762,10 @@ def export_onnx(
         )
     if lm is not None and not Path(lm).is_file():
         raise ValueError(f"{lm}: no such LM file")
+    if int4 and int4_block not in INT4_BLOCKS:
+        raise ValueError(
+            f"int4 block {int4_block}: choose one of {', '.join(map(str, INT4_BLOCKS))}"
+        )
     chunk_frames = None if chunk_ms is None else stream_chunk_frames(asr, chunk_ms)
     out = check_output(out, "--out", overwrite=overwrite, folder=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -651,10 +789,12 @@ def export_onnx(
             qat = {"scheme": scheme, "quantized": _quantize_qat(tmp, layers) if int8 else None}
         elif int8:
             _quantize(tmp, scan_step_weights(asr.model))
+        if int4:
+            _quantize_int4(tmp, int4_block)
         asr.tokenizer.save(tmp / TOKENIZER_DIR)
         if lm is not None:
             shutil.copyfile(lm, tmp / LM_FILE)
-        _write_config(asr, tmp, graphs, int8, qat)
+        _write_config(asr, tmp, graphs, int8, qat, int4_block if int4 else None)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             out.rename(old / out.name)

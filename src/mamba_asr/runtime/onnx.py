@@ -11,7 +11,7 @@ search with the exported LM), and the package's own torch-free parts: ``Decoding
 and ``Transcript``. The decoding follows ``mamba_asr.streaming.Stream`` step for step, so a
 transcript equals PyTorch's token for token::
 
-    asr = OnnxASR.load("model-onnx")                 # int8=True: the quantized graphs
+    asr = OnnxASR.load("model-onnx")                 # int8=True / int4=True: the quantized graphs
     transcript = asr.transcribe_file("audio.flac")   # or transcribe_waveform(samples, rate)
     stream = asr.create_stream(); stream.accept_waveform(rate, samples); stream.decode()
 
@@ -45,6 +45,8 @@ __all__ = [
     "OnnxASR",
     "OnnxStream",
     "OnnxTransducer",
+    "QUANTIZED",
+    "quant_name",
 ]
 
 EXPORT_FORMAT = "mamba-asr-onnx"
@@ -61,9 +63,23 @@ Partial = Callable[[str, float], None]
 State = list[np.ndarray]
 
 
+QUANTIZED = ("int8", "int4")  # the quantized graphs an export may hold beside the fp32 ones
+
+
 def int8_name(name: str) -> str:
     """``encoder.onnx`` -> ``encoder.int8.onnx``."""
-    return name.removesuffix(".onnx") + ".int8.onnx"
+    return quant_name(name, "int8")
+
+
+def quant_name(name: str, quant: str | None) -> str:
+    """``encoder.onnx`` -> ``encoder.int4.onnx`` for ``quant="int4"``; ``name`` for None."""
+    return name if quant is None else name.removesuffix(".onnx") + f".{quant}.onnx"
+
+
+def _quant(int8: bool, int4: bool) -> str | None:
+    if int8 and int4:
+        raise ValueError("choose one of int8 and int4")
+    return "int8" if int8 else "int4" if int4 else None
 
 
 def _ort() -> Any:
@@ -79,13 +95,19 @@ def _ort() -> Any:
 class OnnxTransducer:
     """The exported encoder, predictor and joiner on onnxruntime, with their state layouts.
 
-    folder: the export; int8: the quantized graphs; threads: onnxruntime's intra-op threads
-    (0: its default).
+    folder: the export; int8 / int4: its int8 graphs or its graphs of int4 weights;
+    threads: onnxruntime's intra-op threads (0: its default).
     """
 
     def __init__(
-        self, folder: Path, config: dict[str, Any], int8: bool = False, threads: int = 0
+        self,
+        folder: Path,
+        config: dict[str, Any],
+        int8: bool = False,
+        threads: int = 0,
+        int4: bool = False,
     ) -> None:
+        quant = _quant(int8, int4)
         ort = _ort()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -95,9 +117,9 @@ class OnnxTransducer:
         graphs = {**GRAPHS, **({"chunk": chunk["file"]} if chunk else {})}
         sessions = {}
         for key, name in graphs.items():
-            path = folder / (int8_name(name) if int8 else name)
+            path = folder / quant_name(name, quant)
             if not path.is_file():
-                what = "the int8 graphs (export with --int8)" if int8 else name
+                what = f"the {quant} graphs (export with --{quant})" if quant else name
                 raise ValueError(f"{folder}: no {path.name}; this export has not {what}")
             sessions[key] = ort.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
@@ -186,12 +208,14 @@ class OnnxTransducer:
 class OnnxASR:
     """An exported model: features, CMVN, the graphs, the tokenizer and its LM.
 
-    ``OnnxASR.load(folder, int8=False, threads=0)``; ``resolve_options``, ``create_stream``,
+    ``OnnxASR.load(folder, int8=False, threads=0, int4=False)``; ``resolve_options``, ``create_stream``,
     ``transcribe_file`` and ``transcribe_waveform`` as their PyTorch counterparts
     (``mamba_asr.asr.ASR``, ``mamba_asr.transcription``).
     """
 
-    def __init__(self, folder: Path, config: dict[str, Any], int8: bool, threads: int) -> None:
+    def __init__(
+        self, folder: Path, config: dict[str, Any], int8: bool, threads: int, int4: bool = False
+    ) -> None:
         self.folder, self.config = folder, config
         feats = config["features"]
         self.sample_rate = int(feats["sample_rate"])
@@ -200,13 +224,21 @@ class OnnxASR:
         self.fbank = Fbank(mel_fb, self.sample_rate, int(feats["win_length"]),
                            int(feats["hop_length"]), int(feats["n_fft"]),
                            float(feats["log_floor"]))  # fmt: skip
-        self.model = OnnxTransducer(folder, config, int8, threads)
+        self.model = OnnxTransducer(folder, config, int8, threads, int4)
         self.tokenizer = load_tokenizer(folder / TOKENIZER_DIR)
         self.shipped_lm = str(folder / config["lm"]) if config.get("lm") else None
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], int8: bool = False, threads: int = 0) -> OnnxASR:
-        """Read an export; a one-line ``ValueError`` for a folder that is not one."""
+    def load(
+        cls,
+        folder: str | os.PathLike[str],
+        int8: bool = False,
+        threads: int = 0,
+        int4: bool = False,
+    ) -> OnnxASR:
+        """Read an export (int8 / int4: its quantized graphs); a one-line ``ValueError`` for a
+        folder that is not one."""
+        _quant(int8, int4)
         folder = Path(folder)
         path = folder / CONFIG_FILE
         if not path.is_file():
@@ -222,7 +254,7 @@ class OnnxASR:
                 f"{folder}: export version {config.get('version')!r}, this mamba-asr reads "
                 f"version {EXPORT_VERSION}"
             )
-        return cls(folder, config, int8, threads)
+        return cls(folder, config, int8, threads, int4)
 
     def normalize(self, feats: np.ndarray) -> np.ndarray:
         """Global CMVN: (t, C) -> (t, C)."""
