@@ -14,6 +14,11 @@ What each row times (median of --repeats; CUDA events synchronize around each st
                     simple heads (J -> V) + simple loss + prune ranges (width --prune-range) +
                     joiner projections (J -> J), gather, tanh, output Linear (J -> V) on the band +
                     pruned loss, forward+backward to enc, pred and the heads' weights.
+  torchaudio-joiner the same joiner (projections, tanh, output Linear) on the whole (B, T, U+1)
+                    grid, then torchaudio's loss, forward+backward to enc, pred and the joiner's
+                    weights: what a training step's loss costs with torchaudio, to compare with
+                    pruned (k2's published comparison timed torchaudio's backward into the
+                    joiner too). Its time is given as a ratio to every row in a second column.
 "extra GiB": the peak memory beyond the inputs (and weights) during forward+backward: CUDA's
 allocator peak on the GPU; on the CPU the peak resident memory sampled every 0.2 ms (glibc set
 to give freed blocks of >= 128 KiB back at once), so approximate. The pruned loss value is of its own random joiner, not comparable.
@@ -118,6 +123,31 @@ def pruned_case(batch, frames, labels, vocab, device, dim, prune_range, backend=
     return step, clear
 
 
+def joiner_case(loss_fn, batch, frames, labels, vocab, device, dim):
+    """torchaudio's loss after the joiner of ``pruned_case`` on the full grid, from the same
+    random enc (B, T, J) and pred (B, U+1, J)."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    enc = torch.randn(batch, frames, dim, generator=gen).to(device).requires_grad_()
+    pred = torch.randn(batch, labels + 1, dim, generator=gen).to(device).requires_grad_()
+    lattice = lattice_inputs(batch, frames, labels, vocab, device, gen)
+    torch.manual_seed(0)
+    heads = BandJoiner(dim, vocab).to(device)
+    leaves = [enc, pred, *heads.parameters()]
+
+    def clear() -> None:
+        for x in leaves:
+            x.grad = None
+
+    def step() -> torch.Tensor:
+        clear()
+        grid = heads.enc_proj(enc).unsqueeze(2) + heads.pred_proj(pred).unsqueeze(1)
+        loss = loss_fn(heads.out(torch.tanh(grid)), *lattice)
+        loss.backward()
+        return loss.detach()
+
+    return step, clear
+
+
 def impls(names, backends=("torch",)):
     """name -> (loss function of the full logits or None for the pruned path, recursion backend);
     ours and pruned once per backend, "-triton" appended to the names of the triton ones."""
@@ -126,14 +156,16 @@ def impls(names, backends=("torch",)):
         sfx = "" if backend == "torch" else f"-{backend}"
         full = lambda *a, be=backend: rnnt_loss(*a, blank=0, reduction="mean", backend=be)  # noqa: E731
         found.update({f"ours{sfx}": (full, backend), f"pruned{sfx}": (None, backend)})
-    if "torchaudio" in names:
+    if {"torchaudio", "torchaudio-joiner"} & set(names):
         try:
             import torchaudio.functional as AF
 
             found["torchaudio"] = (lambda *a: AF.rnnt_loss(*a, blank=0, reduction="mean"), None)
+            if "torchaudio-joiner" in names:
+                found["torchaudio-joiner"] = (found["torchaudio"][0], "joiner")
         except ImportError:
             print("# torchaudio not installed: ours only")
-    return {k: v for k, v in found.items() if k.split("-")[0] in names}
+    return {k: v for k, v in found.items() if k.split("-")[0] in names or k in names}
 
 
 def rss_bytes() -> int:
@@ -206,8 +238,8 @@ def main(argv=None) -> int:
     print(f"# {name}, torch {torch.__version__}, fp32; pruned: J={args.joiner_dim}, "
           "includes simple heads, pruning and the joiner on the band")  # fmt: skip
     print("| impl | B | T | U | V | fwd+bwd ms | extra GiB | loss | torchaudio/impl time "
-          "| impl/torchaudio memory |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| impl/torchaudio memory | torchaudio-joiner/impl time |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for shape in shapes:
         b, t, u, v = (int(x) for x in shape.split(","))
@@ -215,24 +247,28 @@ def main(argv=None) -> int:
         for impl, (fn, backend) in impls(args.impls, args.rnnt_backend).items():
             if fn is None:
                 case = pruned_case(b, t, u, v, device, args.joiner_dim, args.prune_range, backend)
+            elif backend == "joiner":
+                case = joiner_case(fn, b, t, u, v, device, args.joiner_dim)
             else:
                 case = full_case(fn, b, t, u, v, device)
             ms, extra, value = measure(*case, device, args.repeats)
             del case
             res[impl] = dict(impl=impl, B=b, T=t, U=u, V=v, ms=ms, extra_gib=extra, loss=value)
-            if backend is not None:
+            if backend not in (None, "joiner"):
                 res[impl]["rnnt_backend"] = backend
-            if fn is None:
+            if fn is None or backend == "joiner":
                 res[impl].update(prune_range=args.prune_range, joiner_dim=args.joiner_dim)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        ta = res.get("torchaudio")
+        ta, tj = res.get("torchaudio"), res.get("torchaudio-joiner")
         for r in res.values():
             tr = ta["ms"] / r["ms"] if ta else None
+            jr = tj["ms"] / r["ms"] if tj else None
             mr = r["extra_gib"] / ta["extra_gib"] if ta and ta["extra_gib"] else None
             f = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
             print(f"| {r['impl']} | {b} | {t} | {u} | {v} | {r['ms']:.2f} | {f(r['extra_gib'], '.3f')} "
-                  f"| {r['loss']:.4f} | {f(tr, '.2f')}x | {f(mr, '.2f')}x |", flush=True)  # fmt: skip
+                  f"| {r['loss']:.4f} | {f(tr, '.2f')}x | {f(mr, '.2f')}x | {f(jr, '.2f')}x |",
+                  flush=True)  # fmt: skip
             rows.append(r)
     out = Path("benchmarks/results") / f"rnnt_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
