@@ -69,6 +69,12 @@ RUNS_INIT: dict[str, dict[str, object]] = {
     "prune_ffn50": {"ratio": 0.5, "groups": ["ffn"], "lr": 0.0005},
     "prune_ffn60": {"ratio": 0.6, "groups": ["ffn"], "lr": 0.0005},
     "prune_mamba_ffn30": {"ratio": 0.3, "groups": ["mamba", "ffn"], "lr": 0.0005},
+    "prune_ffn60_kd": {
+        "ratio": 0.6,
+        "groups": ["ffn"],
+        "lr": 0.0005,
+        "kd": {"target": "ctc", "weight": 0.5, "temperature": 1.0},
+    },
 }
 RUNS_KD: dict[str, dict[str, object]] = {
     "no_kd": {},
