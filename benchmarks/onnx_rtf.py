@@ -1,6 +1,7 @@
-"""Streaming real-time factor and peak memory on one CPU thread: PyTorch vs ONNX fp32 vs ONNX int8.
+"""Streaming real-time factor and peak memory on one CPU thread: PyTorch vs ONNX fp32 vs ONNX int8
+(vs ONNX int4 where the export has those graphs).
 
-    mamba-asr export onnx --out /tmp/mct-onnx --int8
+    mamba-asr export onnx --out /tmp/mct-onnx --int8 [--int4]
     python benchmarks/onnx_rtf.py --onnx /tmp/mct-onnx [--audio examples/hello.flac]
         [--seconds 30] [--chunk-ms 320] [--threads 1] [--decoding greedy beam+lm] [--repeats 5]
 
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINES = ("pytorch", "onnx fp32", "onnx int8")
+ENGINES = ("pytorch", "onnx fp32", "onnx int8", "onnx int4")
 
 
 def long_audio(audio: Path, seconds: float, out: Path) -> Path:
@@ -72,7 +73,8 @@ def worker(args: argparse.Namespace) -> None:
 
         from mamba_asr.runtime.onnx import OnnxASR
 
-        onnx = OnnxASR.load(args.onnx, int8=args.worker.endswith("int8"), threads=args.threads)
+        onnx = OnnxASR.load(args.onnx, int8=args.worker.endswith("int8"), threads=args.threads,
+                            int4=args.worker.endswith("int4"))  # fmt: skip
         version = f"onnxruntime {onnxruntime.__version__}"
 
         def run(options: DecodingOptions) -> str:
@@ -123,11 +125,13 @@ def main() -> None:
     import soundfile as sf
 
     load_before = os.getloadavg()
+    config = json.loads((args.onnx / "config.json").read_text())
+    engines = [e for e in ENGINES if e != "onnx int4" or config.get("int4")]
     with tempfile.TemporaryDirectory() as tmp:
         audio = long_audio(args.audio, args.seconds, Path(tmp) / "speech.flac")
         seconds = sf.info(str(audio)).duration
         runs = {}
-        for engine in ENGINES:
+        for engine in engines:
             cmd = [sys.executable, __file__, "--worker", engine, "--onnx", str(args.onnx),
                    "--audio", str(audio), "--chunk-ms", str(args.chunk_ms),
                    "--threads", str(args.threads), "--repeats", str(args.repeats),
@@ -148,7 +152,7 @@ def main() -> None:
     results = []
     for name in args.decoding:
         base = runs["pytorch"]["results"][name]
-        for engine in ENGINES:
+        for engine in engines:
             r = runs[engine]["results"][name]
             same = "yes" if r["text"] == base["text"] else "no"
             print(f"| {name} | {engine} | {r['seconds']:.2f} | {r['seconds'] / seconds:.4f} | "
