@@ -100,8 +100,9 @@ class BandJoiner(nn.Module):
         return (pruned + 0.5 * simple.loss).mean()
 
 
-def pruned_case(batch, frames, labels, vocab, device, dim, prune_range, backend="torch"):
-    """A step from random enc (B, T, J) and pred (B, U+1, J) through heads of width J."""
+def joiner_inputs(batch, frames, labels, vocab, device, dim):
+    """Random enc (B, T, J) and pred (B, U+1, J), the lattice's inputs, the heads of width J,
+    and a function clearing every gradient."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     enc = torch.randn(batch, frames, dim, generator=gen).to(device).requires_grad_()
     pred = torch.randn(batch, labels + 1, dim, generator=gen).to(device).requires_grad_()
@@ -113,6 +114,13 @@ def pruned_case(batch, frames, labels, vocab, device, dim, prune_range, backend=
     def clear() -> None:
         for x in leaves:
             x.grad = None
+
+    return enc, pred, lattice, heads, clear
+
+
+def pruned_case(batch, frames, labels, vocab, device, dim, prune_range, backend="torch"):
+    """A step from random enc (B, T, J) and pred (B, U+1, J) through heads of width J."""
+    enc, pred, lattice, heads, clear = joiner_inputs(batch, frames, labels, vocab, device, dim)
 
     def step() -> torch.Tensor:
         clear()
@@ -126,17 +134,7 @@ def pruned_case(batch, frames, labels, vocab, device, dim, prune_range, backend=
 def joiner_case(loss_fn, batch, frames, labels, vocab, device, dim):
     """torchaudio's loss after the joiner of ``pruned_case`` on the full grid, from the same
     random enc (B, T, J) and pred (B, U+1, J)."""
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    enc = torch.randn(batch, frames, dim, generator=gen).to(device).requires_grad_()
-    pred = torch.randn(batch, labels + 1, dim, generator=gen).to(device).requires_grad_()
-    lattice = lattice_inputs(batch, frames, labels, vocab, device, gen)
-    torch.manual_seed(0)
-    heads = BandJoiner(dim, vocab).to(device)
-    leaves = [enc, pred, *heads.parameters()]
-
-    def clear() -> None:
-        for x in leaves:
-            x.grad = None
+    enc, pred, lattice, heads, clear = joiner_inputs(batch, frames, labels, vocab, device, dim)
 
     def step() -> torch.Tensor:
         clear()
