@@ -304,6 +304,14 @@ def strip_metadata(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def drop_unused_initializers(graph: Any) -> None:
+    """Remove the initializers of ``graph`` that no node takes, in place."""
+    used = {name for n in graph.node for name in n.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
 def conv1d_as_conv2d(path: Path) -> int:
     """Rewrite every 1-d ``Conv`` of the graph at ``path`` (its weight an initializer) as a 2-d
     one over a height of 1 (``Unsqueeze``, ``Conv``, ``Squeeze``), in place; returns how many.
@@ -350,10 +358,7 @@ def conv1d_as_conv2d(path: Path) -> int:
     if done:
         del graph.node[:]
         graph.node.extend(nodes)
-        used = {name for n in graph.node for name in n.input}
-        keep = [i for i in graph.initializer if i.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+        drop_unused_initializers(graph)
         onnx.save(model, str(path))
     return done
 
@@ -495,10 +500,7 @@ def gemm_as_matmul(graph: Any) -> int:
         done += 1
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {name for n in graph.node for name in n.input}
-    keep = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    drop_unused_initializers(graph)
     return done
 
 
@@ -656,10 +658,7 @@ def qdq_graph(graph: Any, layers: list[Any]) -> dict[str, int]:
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(added)
-    used = {name for n in graph.node for name in n.input}
-    keep = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    drop_unused_initializers(graph)
     return count
 
 
