@@ -112,10 +112,32 @@ def test_the_chunk_graph_has_no_scan(tiny):
     assert "Scan" in {n.op_type for n in general.node}
 
 
-@pytest.mark.parametrize("name", ["encoder", "encoder_chunk", "predictor"])
+def test_the_chunk_graph_is_laid_out_time_first(tiny):
+    """The chunk graph (``ChunkStep``): no convolution and no ``Transpose`` but those of the
+    state tensors (one in, one out each), softplus as one node, and in int8 the front end's
+    pointwise products and each Mamba block's x_proj and dt_proj (and its y = C h) in fp32."""
+    import onnx
+
+    asr, folder = tiny
+    n_states = len(state_leaves(asr.model.init_state(1), "s"))
+    graph = onnx.load(str(folder / "encoder_chunk.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert "Conv" not in ops and "Where" not in ops
+    assert ops.count("Softplus") == len(asr.model.encoder.layers)
+    states = {i.name for i in graph.input} | {o.name for o in graph.output}
+    for node in graph.node:
+        if node.op_type == "Transpose":
+            assert node.input[0] in states or node.output[0] in states, node.name
+    assert ops.count("Transpose") == 2 * n_states
+    int8 = [n.op_type for n in onnx.load(str(folder / "encoder_chunk.int8.onnx")).graph.node]
+    n_layers, n_stages = len(asr.model.encoder.layers), len(asr.model.frontend.stages)
+    assert int8.count("MatMul") == 3 * n_layers + n_stages
+
+
+@pytest.mark.parametrize("name", ["encoder", "predictor"])
 def test_convolutions_are_two_dimensional(tiny, name):
     """1-d convolutions are written as 2-d ones over a height of 1 (onnxruntime's fast
-    kernels); the equality tests check the numbers."""
+    kernels); the equality tests check the numbers. (The chunk graph has none.)"""
     import onnx
     from onnx import numpy_helper
 
