@@ -4,7 +4,8 @@ On random tiny transducers (the causal front end, the Mamba encoder) with random
 states from inside a stream (never zeros): chunks of a full length and shorter, batches of one
 and two, three chunks in a row, each from the state the last one left; the memory, the
 joiner's encoder projection and every state tensor within 1e-5 of the model's own
-``forward_chunk`` (fp32; they differ by the order of the roundings only).
+``forward_chunk`` (fp32; they differ by the order of the roundings only), the states in
+``ChunkStep``'s layout (``time_first``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from helpers.recipes import tiny_transducer_config
-from mamba_asr.export.chunk_step import ChunkStep, supports_chunk_step
+from mamba_asr.export.chunk_step import ChunkStep, supports_chunk_step, time_first
 from mamba_asr.export.onnx import state_leaves
 from mamba_asr.models.factory import build_model
 from mamba_asr.models.streaming import map_state
@@ -49,7 +50,7 @@ def test_chunk_step_equals_forward_chunk(name, batch, frames):
     state = map_state(
         lambda t: torch.randn(t.shape, generator=gen, dtype=t.dtype), model.init_state(batch)
     )
-    flat = [t for _, t in state_leaves(state, "s")]
+    flat = [time_first(t) for _, t in state_leaves(state, "s")]
     n_mels = model.frontend.stages[0].in_channels
     for _ in range(3):
         chunk = 2 * torch.randn(batch, frames, n_mels, generator=gen)
@@ -63,7 +64,7 @@ def test_chunk_step_equals_forward_chunk(name, batch, frames):
         expected = state_leaves(state, "s")
         assert len(got) == 2 + len(expected)
         for (key, want), new in zip(expected, got[2:], strict=True):
-            torch.testing.assert_close(new, want, atol=TOLERANCE, rtol=0, msg=key)
+            torch.testing.assert_close(new, time_first(want), atol=TOLERANCE, rtol=0, msg=key)
         flat = list(got[2:])
 
 
@@ -72,7 +73,7 @@ def test_chunk_step_leaves_the_state_alone_past_the_valid_frames():
     chunk padded by zeros to 32 frames give different states: the padding is not input."""
     model = tiny(0)
     step = ChunkStep(model, 32).eval()
-    state = [t for _, t in state_leaves(model.init_state(1), "s")]
+    state = [time_first(t) for _, t in state_leaves(model.init_state(1), "s")]
     chunk = torch.randn(1, 13, 20)
     with torch.no_grad():
         short = step(chunk, *state)

@@ -18,8 +18,10 @@ microseconds, and a 320 ms chunk is 4 encoder frames, so the number of nodes set
   dt are zero in the selective scan, so they leave its state as it is (a decay of exactly 1,
   no input);
 - everything is laid out time before channels, (B, L, D), as ``Linear`` and ``LayerNorm``
-  take it: no ``Transpose`` around the convolutions and the scan. Only the state tensors keep
-  the model's layout ((B, C, K-1), (B, D, N)), one ``Transpose`` in and one out each;
+  take it: no ``Transpose`` around the convolutions and the scan, and the state tensors too
+  (``time_first``): the caches (B, K-1, C), each Mamba block's conv (B, K-1, D) and ssm
+  (B, N, D) states (the model's tensors transposed; ``EncoderChunk(time_first=True)`` gives
+  the general graph the same inputs and outputs);
 - the depthwise causal convolutions (the front end's, stride 2, and each Mamba block's) are
   one ``Gather`` of the K shifted windows, a product with the (K, C) weights and a sum over
   K; the front end's pointwise convolutions are matrix products;
@@ -44,7 +46,13 @@ from torch import Tensor, nn
 from mamba_asr.models.encoders import MambaEncoder
 from mamba_asr.modules.causal_frontend import CausalConvFrontEnd
 
-__all__ = ["ChunkStep", "supports_chunk_step"]
+__all__ = ["ChunkStep", "supports_chunk_step", "time_first"]
+
+
+def time_first(state: Tensor) -> Tensor:
+    """An encoder state tensor of the model, (B, C, K-1) or (B, D, N), in the layout of
+    ``ChunkStep``, (B, K-1, C) or (B, N, D); and back (the same transposition)."""
+    return state.transpose(1, 2)
 
 
 def supports_chunk_step(model: nn.Module) -> bool:
@@ -76,14 +84,14 @@ def _depthwise(xc: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> 
 
 def _after(xc: Tensor, valid: Any, size: int) -> Tensor:
     """The ``size`` frames of xc (B, size + L, C) that follow its first ``valid`` frames (the
-    last ``size`` inputs before the padding), as a state: (B, C, size)."""
-    return xc.index_select(1, torch.arange(size) + valid).transpose(1, 2)
+    last ``size`` inputs before the padding): (B, size, C)."""
+    return xc.index_select(1, torch.arange(size) + valid)
 
 
 class ChunkStep(nn.Module):
     """(feats (B, t, C), *state) -> (memory (B, t', M), encoder projection (B, t', J),
     *new state), 1 <= t <= ``frames``; the state tensors flat, in ``init_state``'s order
-    (``mamba_asr.export.onnx.state_leaves``)."""
+    (``mamba_asr.export.onnx.state_leaves``), each ``time_first``."""
 
     def __init__(self, model: nn.Module, frames: int) -> None:
         super().__init__()
@@ -136,9 +144,9 @@ class ChunkStep(nn.Module):
     def _stage(
         self, i: int, stage: nn.Module, x: Tensor, cache: Tensor, valid: Any
     ) -> tuple[Tensor, Tensor]:
-        """Front-end stage i on x (B, L, C_in), its first ``valid`` frames real -> (B, L / 2,
-        C_out) and the new cache (B, C_in, K-1)."""
-        xc = torch.cat([cache.to(x.dtype).transpose(1, 2), x], dim=1)  # (B, K-1+L, C_in)
+        """Front-end stage i on x (B, L, C_in), its first ``valid`` frames real, and its cache
+        (B, K-1, C_in) -> (B, L / 2, C_out) and the new cache."""
+        xc = torch.cat([cache.to(x.dtype), x], dim=1)  # (B, K-1+L, C_in)
         new = _after(xc, valid, stage.kernel_size - 1)
         y = _depthwise(xc, getattr(self, f"depthwise{i}"), stage.depthwise.bias, 2).squeeze(2)
         y = F.linear(y, getattr(self, f"pointwise{i}"), stage.pointwise.bias)  # (B, L/2, C_out)
@@ -149,12 +157,12 @@ class ChunkStep(nn.Module):
         keep: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
         """``Mamba.forward_chunk`` of layer i on x (B, L, M), its first ``valid`` frames real;
-        keep (L, 1, 1): 1 on those frames, 0 after. Returns y (B, L, M) and the new conv and
-        ssm states."""
+        keep (L, 1, 1): 1 on those frames, 0 after; conv (B, K-1, D), ssm (B, N, D). Returns
+        y (B, L, M) and the new conv and ssm states."""
         branch = mamba.fwd
         x_in, z = mamba.in_proj(x).split(mamba.d_inner, dim=-1)  # (B, L, D) each
-        xc = torch.cat([conv.to(x.dtype).transpose(1, 2), x_in], dim=1)  # (B, K-1+L, D)
-        new_conv = _after(xc, valid, branch.d_conv - 1)  # (B, D, K-1)
+        xc = torch.cat([conv.to(x.dtype), x_in], dim=1)  # (B, K-1+L, D)
+        new_conv = _after(xc, valid, branch.d_conv - 1)  # (B, K-1, D)
         u = F.silu(_depthwise(xc, getattr(self, f"conv{i}"), branch.conv1d.bias, 1))
         dt, B, C = branch.x_proj(u).split([branch.dt_rank, mamba.d_state, mamba.d_state], -1)
         u32 = u.float()  # (B, L, 1, D)
@@ -163,7 +171,7 @@ class ChunkStep(nn.Module):
         decay = torch.exp(dt * getattr(self, f"A{i}"))  # (B, L, N, D)
         B = B.float().reshape(-1, self.steps, mamba.d_state, 1)  # (B, L, N, 1), no copy
         inputs = (dt * u32) * B  # (B, L, N, D)
-        h = ssm.float().transpose(1, 2)[:, None]  # (B, 1, N, D)
+        h = ssm.float()[:, None]  # (B, 1, N, D)
         hs = []
         for a, b in zip(decay.split(1, dim=1), inputs.split(1, dim=1), strict=True):
             h = a * h + b  # (B, 1, N, D)
@@ -171,4 +179,4 @@ class ChunkStep(nn.Module):
         y = torch.matmul(C.float(), torch.cat(hs, dim=1))  # (B, L, 1, D)
         y = (y + u32 * branch.D.float()).squeeze(2) * F.silu(z.float())  # (B, L, D)
         # the state after the last valid frame: the padded ones leave it as it is
-        return mamba.out_proj(y.to(x.dtype)), new_conv, h.squeeze(1).transpose(1, 2)
+        return mamba.out_proj(y.to(x.dtype)), new_conv, h.squeeze(1)

@@ -59,7 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from mamba_asr import __version__
-from mamba_asr.export.chunk_step import ChunkStep, supports_chunk_step
+from mamba_asr.export.chunk_step import ChunkStep, supports_chunk_step, time_first
 from mamba_asr.files import check_output
 from mamba_asr.models.streaming import map_state
 from mamba_asr.ops.selective_scan import export_backend
@@ -86,6 +86,7 @@ __all__ = [
     "conv1d_as_conv2d",
     "export_encoder_onnx",
     "export_onnx",
+    "onnx_state",
     "plain_softplus",
     "pointwise_weights",
     "state_leaves",
@@ -110,6 +111,16 @@ def state_leaves(tree: Any, prefix: str) -> list[tuple[str, Tensor]]:
     return [leaf for key, x in items for leaf in state_leaves(x, f"{prefix}.{key}")]
 
 
+def onnx_state(state: Any, config: dict[str, Any]) -> list[np.ndarray]:
+    """A PyTorch encoder state tree as the encoder graphs of an export (its ``config.json``)
+    take and give it: flat, in order, each tensor transposed for a ``time_first`` layout."""
+    time_first_ = config.get("encoder_state_layout") == "time_first"
+    return [
+        (time_first(t) if time_first_ else t).detach().cpu().contiguous().numpy()
+        for _, t in state_leaves(state, "s")
+    ]
+
+
 def rebuild_state(template: Any, tensors: list[Tensor] | tuple[Tensor, ...]) -> Any:
     """The tree of ``template`` with its tensors replaced by ``tensors``, in order."""
     it = iter(tensors)
@@ -118,17 +129,20 @@ def rebuild_state(template: Any, tensors: list[Tensor] | tuple[Tensor, ...]) -> 
 
 class EncoderChunk(nn.Module):
     """``model.forward_chunk`` with the state as flat tensors: (feats, *state) -> (memory,
-    encoder projection, *new state)."""
+    encoder projection, *new state); with ``time_first``, each state tensor in and out in
+    ``ChunkStep``'s layout (``chunk_step.time_first``)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, time_first: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.time_first = model, time_first
         self.template = model.init_state(1)
 
     def forward(self, feats: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        view = time_first if self.time_first else (lambda t: t)
+        state = tuple(view(t) for t in state)
         memory, new = self.model.forward_chunk(feats, rebuild_state(self.template, state))
         proj = self.model.joiner.project_encoder(memory)  # (B, t', J)
-        return (memory, proj, *(t for _, t in state_leaves(new, "s")))
+        return (memory, proj, *(view(t) for _, t in state_leaves(new, "s")))
 
 
 class PredictorStep(nn.Module):
@@ -240,11 +254,16 @@ def check_exportable(asr: nn.Module, target: str = "ONNX") -> None:
         raise ValueError(f"{target} export needs a streaming model: {exc}") from None
 
 
-def _layout(init_state: Callable[..., Any], prefix: str) -> list[dict[str, Any]]:
-    """Name, shape (batch 1), dtype, batch dim and start value of each state tensor."""
+def _layout(
+    init_state: Callable[..., Any], prefix: str, view: Callable[[Tensor], Tensor] | None = None
+) -> list[dict[str, Any]]:
+    """Name, shape (batch 1), dtype, batch dim and start value of each state tensor (as
+    ``view`` lays it out)."""
     one, two = state_leaves(init_state(1), prefix), state_leaves(init_state(2), prefix)
     out = []
     for (name, a), (_, b) in zip(one, two, strict=True):
+        if view is not None:
+            a, b = view(a), view(b)
         diff = [d for d, (x, y) in enumerate(zip(a.shape, b.shape, strict=True)) if x != y]
         values = a.flatten().unique()
         if len(diff) != 1 or values.numel() > 1:
@@ -395,15 +414,17 @@ def _export_graphs(
     computes, else from the model's ``forward_chunk`` with the scan unrolled); returns the
     state layouts for config.json."""
     model = asr.model
-    enc_layout = _layout(lambda b: model.init_state(b), "state")
+    # the graphs' encoder state tensors: time first where the chunk graph is ChunkStep's
+    fast = chunk_frames is not None and chunk_step and supports_chunk_step(model)
+    enc_layout = _layout(lambda b: model.init_state(b), "state", time_first if fast else None)
     pred_layout = _layout(lambda b: model.predictor.init_state(b), "state")
     Dim = torch.export.Dim
     batch, time, hyps = Dim("batch", min=1), Dim("time", min=1), Dim("hyps", min=1)
     # examples of 2 (never 1: export would fix a dim of size 1), 3 encoder frames
-    state = [t for _, t in state_leaves(model.init_state(2), "s")]
+    state = [time_first(t) if fast else t for _, t in state_leaves(model.init_state(2), "s")]
     feats = torch.randn(2, 3 * model.subsampling, asr.config.features.n_mels)
     _export_graph(
-        EncoderChunk(model).eval(), (feats, *state), folder / GRAPHS["encoder"],
+        EncoderChunk(model, time_first=fast).eval(), (feats, *state), folder / GRAPHS["encoder"],
         ["feats", *(s["name"] for s in enc_layout)],
         ["memory", "encoder_proj", *(s["name"].replace("state", "new_state", 1) for s in enc_layout)],
         ({0: batch, 1: time}, _dims(enc_layout, batch)),
@@ -411,8 +432,7 @@ def _export_graphs(
     if chunk_frames is not None:  # chunks up to chunk_frames, the scan unrolled: no Scan node
         steps = -(-chunk_frames // model.subsampling)  # encoder frames of a full chunk
         short = Dim("time", min=1, max=chunk_frames)
-        module = (ChunkStep(model, chunk_frames) if chunk_step and supports_chunk_step(model)
-                  else EncoderChunk(model))  # fmt: skip
+        module = ChunkStep(model, chunk_frames) if fast else EncoderChunk(model)
         with export_backend("unrolled", steps=steps):
             _export_graph(
                 module.eval(), (feats[:, :chunk_frames], *state),
@@ -437,6 +457,7 @@ def _export_graphs(
         ["encoder_proj", "predictor_proj"], ["logits"], ({0: hyps}, {0: hyps}),
     )  # fmt: skip
     return {"encoder_state": enc_layout, "predictor_state": pred_layout, "joiner_dim": joiner_dim,
+            "encoder_state_layout": "time_first" if fast else "model",
             "encoder_chunk": None if chunk_frames is None
             else {"file": CHUNK_GRAPH, "frames": chunk_frames}}  # fmt: skip
 
@@ -664,6 +685,8 @@ def _write_config(
             "joiner_dim": graphs["joiner_dim"],
         },  # fmt: skip
         "encoder_state": graphs["encoder_state"],
+        # "time_first": each encoder state tensor is the model's transposed (chunk_step)
+        "encoder_state_layout": graphs["encoder_state_layout"],
         "predictor_state": graphs["predictor_state"],
         "encoder_chunk": graphs["encoder_chunk"],
         "lm": LM_FILE if (folder / LM_FILE).is_file() else None,
