@@ -90,3 +90,14 @@ def test_other_models_are_refused():
     assert not supports_chunk_step(model)
     with pytest.raises(TypeError, match="Mamba encoder"):
         ChunkStep(model, 32)
+
+
+def test_softplus_is_pytorchs_within_the_rounding_of_one_plus_exp():
+    from mamba_asr.export.chunk_step import _softplus
+
+    x = torch.cat([torch.linspace(-100, 100, 20001), torch.tensor([-1e30, 1e30, 88.0, 89.0])])
+    got, want = _softplus(x), torch.nn.functional.softplus(x)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=1.2e-7, rtol=1.2e-7)
+    big = x > 20
+    assert torch.equal(got[big], x[big])

@@ -27,7 +27,12 @@ microseconds, and a 320 ms chunk is 4 encoder frames, so the number of nodes set
   K; the front end's pointwise convolutions are matrix products;
 - the selective scan is unrolled over the L frames on (B, 1, N, D) states (the channels, the
   longest axis, innermost); its per-frame values are (B, L, 1, D), the shape the depthwise
-  convolution's sum leaves, so no ``Unsqueeze`` is needed.
+  convolution's sum leaves, so no ``Unsqueeze`` is needed;
+- dt = softplus(delta) is log(1 + exp(delta)) (x itself above 20, as PyTorch's threshold)
+  in five vectorized kernels (``Min``, ``Exp``, ``Add``, ``Log``, ``Max``), a third of the
+  time of onnxruntime's one ``Softplus``. log(1 + e) rounds 1 + e: an absolute error of up
+  to 6e-8 in dt, which is below the rounding of the scan's state (measured: the fp32
+  export's transcripts of a 92-utterance dev set equal PyTorch's).
 
 Derived constants (the convolution weights as (K, C) and (C_out, C_in), A = -exp(A_log) as
 (N, D)) are buffers made from the model's parameters when a ``ChunkStep`` is made. The model's
@@ -86,6 +91,12 @@ def _after(xc: Tensor, valid: Any, size: int) -> Tensor:
     """The ``size`` frames of xc (B, size + L, C) that follow its first ``valid`` frames (the
     last ``size`` inputs before the padding): (B, size, C)."""
     return xc.index_select(1, torch.arange(size) + valid)
+
+
+def _softplus(x: Tensor) -> Tensor:
+    """softplus(x) = log(1 + exp(x)), x itself above 20 (as PyTorch's threshold), in five
+    vectorized onnxruntime kernels (see the module docstring)."""
+    return torch.maximum(x, torch.log(torch.exp(x.clamp(max=20.0)) + 1.0))
 
 
 class ChunkStep(nn.Module):
@@ -167,7 +178,7 @@ class ChunkStep(nn.Module):
         dt, B, C = branch.x_proj(u).split([branch.dt_rank, mamba.d_state, mamba.d_state], -1)
         u32 = u.float()  # (B, L, 1, D)
         delta = F.linear(dt, branch.dt_proj.weight).float() + branch.dt_proj.bias.float()
-        dt = F.softplus(delta) * keep  # (B, L, 1, D), 0 on the padding
+        dt = _softplus(delta) * keep  # (B, L, 1, D), 0 on the padding
         decay = torch.exp(dt * getattr(self, f"A{i}"))  # (B, L, N, D)
         B = B.float().reshape(-1, self.steps, mamba.d_state, 1)  # (B, L, N, 1), no copy
         inputs = (dt * u32) * B  # (B, L, N, D)
