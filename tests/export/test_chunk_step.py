@@ -38,6 +38,7 @@ MODELS = {
     "tiny": {},
     "8x, d_conv 4": {"frontend": {"subsampling": 8, "channels": [8, 8, 8], "kernel_size": 5},
                      "mamba": {"d_conv": 4, "d_state": 16}},
+    "d_inner 20 (pruned)": {"mamba": {"d_inner": 20}, "frontend": {"channels": [8, 5]}},
 }  # fmt: skip
 
 
