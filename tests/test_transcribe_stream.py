@@ -65,6 +65,18 @@ def test_blocks_join_to_load_audio(tmp_path, rate, channels, block_seconds):
     np.testing.assert_array_equal(np.concatenate(blocks), load_audio(path, 16000))
 
 
+@pytest.mark.parametrize("seconds", [3.01, 4.0, 0.2])
+@pytest.mark.parametrize("block_seconds", [0.32, 1.0, 5.0])
+def test_blocks_hold_block_seconds_each_then_a_shorter_last(tmp_path, seconds, block_seconds):
+    """Blocks of block_seconds (however much libsndfile reads at a time), the last one
+    shorter, empty at an exact end."""
+    path = tmp_path / "a.flac"
+    sf.write(path, _signal(seconds, 16000), 16000)
+    sizes = [b.shape[0] for b in read_blocks(path, 16000, block_seconds)]
+    frames, total = round(block_seconds * 16000), round(seconds * 16000)
+    assert sizes == [frames] * (total // frames) + [total % frames]
+
+
 def test_streaming_fbank_gives_the_offline_frames():
     wave = torch.from_numpy(_signal(3.0, 16000) + 0.001)
     fbank = Fbank(16000, 80)

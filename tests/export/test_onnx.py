@@ -21,6 +21,7 @@ from mamba_asr.asr import ASR
 from mamba_asr.decode.endpoint import EndpointConfig
 from mamba_asr.decode.options import DecodingOptions
 from mamba_asr.export.onnx import export_onnx, state_leaves
+from mamba_asr.export.onnx import onnx_state as export_state
 from mamba_asr.lm.ngram import NgramLM, tokenizer_fingerprint
 from mamba_asr.models.streaming import map_state
 from mamba_asr.runtime.onnx import OnnxASR
@@ -95,8 +96,20 @@ def test_encoder_chunks_equal_forward_chunk(tiny, frames):
             memory, state = asr.model.forward_chunk(chunk, state)
         got, _, onnx_state = model.encode(chunk.numpy(), onnx_state)
         np.testing.assert_allclose(got, memory.numpy(), atol=1e-4, rtol=0)
-        for (_, expected), new in zip(state_leaves(state, "s"), onnx_state, strict=True):
-            np.testing.assert_allclose(new, expected.numpy(), atol=1e-4, rtol=0)
+        config = json.loads((folder / "config.json").read_text())
+        for expected, new in zip(export_state(state, config), onnx_state, strict=True):
+            np.testing.assert_allclose(new, expected, atol=1e-4, rtol=0)
+
+
+def test_the_state_tensors_are_time_first(tiny):
+    """The chunk graph is ChunkStep's, so both encoder graphs take the state time first: the
+    model's tensors transposed, as config.json says."""
+    asr, folder = tiny
+    config = json.loads((folder / "config.json").read_text())
+    assert config["encoder_state_layout"] == "time_first"
+    leaves = state_leaves(asr.model.init_state(1), "state")
+    for spec, (name, t) in zip(config["encoder_state"], leaves, strict=True):
+        assert spec["name"] == name and spec["shape"] == [1, t.shape[2], t.shape[1]]
 
 
 def test_the_chunk_graph_has_no_scan(tiny):
@@ -112,10 +125,29 @@ def test_the_chunk_graph_has_no_scan(tiny):
     assert "Scan" in {n.op_type for n in general.node}
 
 
-@pytest.mark.parametrize("name", ["encoder", "encoder_chunk", "predictor"])
+def test_the_chunk_graph_is_laid_out_time_first(tiny):
+    """The chunk graph (``ChunkStep``): no convolution and no ``Transpose``, softplus in
+    vectorized kernels, and in int8 the front end's pointwise products and each Mamba
+    block's x_proj and dt_proj (and its y = C h) in fp32. The general graph's softplus is one
+    node (``plain_softplus``)."""
+    import onnx
+
+    asr, folder = tiny
+    graph = onnx.load(str(folder / "encoder_chunk.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert not {"Conv", "Transpose", "Where", "Softplus"} & set(ops)
+    general = [n.op_type for n in onnx.load(str(folder / "encoder.onnx")).graph.node]
+    assert "Where" not in general
+    assert general.count("Softplus") == len(asr.model.encoder.layers)
+    int8 = [n.op_type for n in onnx.load(str(folder / "encoder_chunk.int8.onnx")).graph.node]
+    n_layers, n_stages = len(asr.model.encoder.layers), len(asr.model.frontend.stages)
+    assert int8.count("MatMul") == 3 * n_layers + n_stages
+
+
+@pytest.mark.parametrize("name", ["encoder", "predictor"])
 def test_convolutions_are_two_dimensional(tiny, name):
     """1-d convolutions are written as 2-d ones over a height of 1 (onnxruntime's fast
-    kernels); the equality tests check the numbers."""
+    kernels); the equality tests check the numbers. (The chunk graph has none.)"""
     import onnx
     from onnx import numpy_helper
 
@@ -138,7 +170,8 @@ def test_the_chunk_graph_equals_forward_chunk_and_the_scan_graph(tiny, batch, fr
     state = map_state(  # a state from somewhere inside a stream, not zeros
         lambda t: torch.randn(t.shape, generator=gen, dtype=t.dtype), asr.model.init_state(batch)
     )
-    leaves = [t.numpy() for _, t in state_leaves(state, "s")]
+    config = json.loads((folder / "config.json").read_text())
+    leaves = export_state(state, config)
     chunk_state, scan_state = leaves, leaves
     for _ in range(3):
         chunk = torch.randn(batch, frames, 80, generator=gen)
@@ -151,10 +184,9 @@ def test_the_chunk_graph_equals_forward_chunk_and_the_scan_graph(tiny, batch, fr
         np.testing.assert_allclose(got[0], memory.numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(got[0], ref[0], atol=1e-4, rtol=0)
         np.testing.assert_allclose(got[1], ref[1], atol=1e-4, rtol=0)
-        for (_, expected), new, other in zip(
-            state_leaves(state, "s"), got[2:], ref[2:], strict=True
-        ):
-            np.testing.assert_allclose(new, expected.numpy(), atol=1e-4, rtol=0)
+        for expected, new, other in zip(export_state(state, config), got[2:], ref[2:],
+                                        strict=True):  # fmt: skip
+            np.testing.assert_allclose(new, expected, atol=1e-4, rtol=0)
             np.testing.assert_allclose(new, other, atol=1e-4, rtol=0)
         chunk_state, scan_state = got[2:], ref[2:]
 

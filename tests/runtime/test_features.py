@@ -44,3 +44,26 @@ def test_streaming_equals_whole():
         pieces.append(stream.accept(wave[start : start + size]))
         start += size
     np.testing.assert_allclose(np.concatenate(pieces), fbank(wave), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("n_mels", [80, 40, 128])
+def test_the_mel_sums_by_segments_equal_the_matrix_product(n_mels):
+    """The triangles summed over their bins (``mel_segments``) give the product with the mel
+    matrix, within float32 rounding; a matrix that is not such triangles takes the product."""
+    from mamba_asr.runtime.features import mel_segments
+
+    mel_fb = TorchFbank(16000, n_mels).mel_fb.numpy()
+    assert mel_segments(mel_fb) is not None
+    power = np.random.default_rng(1).random((32, mel_fb.shape[0]), np.float32) * 100
+    fbank = Fbank(mel_fb)
+    got = np.empty((32, n_mels), np.float32)
+    for parity, (weights, starts) in enumerate(fbank.segments):
+        got[:, parity::2] = np.add.reduceat(power * weights, starts, axis=1)
+    np.testing.assert_allclose(got, power @ mel_fb, rtol=1e-5, atol=1e-6)
+    dense = mel_fb.copy()
+    dense[:, 0] = 0.01  # a mel over every bin
+    assert mel_segments(dense) is None and Fbank(dense).segments is None
+    wave = np.random.default_rng(2).standard_normal(4000).astype(np.float32)
+    with_segments, plain = Fbank(mel_fb)(wave), Fbank(mel_fb)
+    plain.segments = None
+    np.testing.assert_allclose(with_segments, plain(wave), rtol=0, atol=1e-5)

@@ -236,6 +236,9 @@ def soundfile_reason(exc: BaseException) -> str:
     return text.strip().rstrip(".")
 
 
+READ_SECONDS = 2.0  # read_blocks reads this much audio or more per libsndfile call
+
+
 def read_blocks(
     path: StrPath, sample_rate: int = 16000, block_seconds: float = 1.0
 ) -> Iterator[np.ndarray]:
@@ -259,16 +262,22 @@ def read_blocks(
         if file_rate != sample_rate
         else None
     )
+    # whole blocks at a time, READ_SECONDS or more: each read of libsndfile's costs seeks
+    per_read = frames * max(1, round(READ_SECONDS * file_rate) // frames)
     read = 0
     try:
         with sf.SoundFile(os.fspath(path)) as f:
             while True:
-                data = _read_block(path, f, frames)  # (n, C)
+                data = _read_block(path, f, per_read)  # (n, C)
                 read += data.shape[0]
-                last = data.shape[0] < frames  # an exact end gives one more, empty read
+                end = data.shape[0] < per_read
                 check_finite_samples(path, data)
-                yield _mono(data, resampler, last)
-                if last:
+                for start in range(0, data.shape[0], frames):
+                    block = data[start : start + frames]
+                    yield _mono(block, resampler, end and block.shape[0] < frames)
+                if end:
+                    if data.shape[0] % frames == 0:  # an exact end: one more, empty block
+                        yield _mono(data[:0], resampler, True)
                     break
     except (sf.SoundFileError, RuntimeError) as exc:
         raise AudioError(path, f"cannot decode audio ({soundfile_reason(exc)})") from exc

@@ -13,10 +13,12 @@ PyTorch (file names and ``config.json`` keys: ``mamba_asr.runtime.onnx``):
   the selective scan runs as PyTorch's ``scan`` operator (``ops.selective_scan.exportable``),
   one ONNX ``Scan`` node, so the graph takes chunks of any length;
 - ``encoder_chunk.onnx``: the same, for chunks of at most ``chunk_ms`` (320 ms: the runtime's
-  streaming step), with the scan unrolled (``export_backend("unrolled", steps)``): one
-  multiply-add per encoder frame of a full chunk (a shorter chunk's missing frames leave the
-  state as it is), no ``Scan``. The runtime takes it for every chunk up to that length and
-  ``encoder.onnx`` for longer ones (offline);
+  streaming step), with the scan unrolled: one multiply-add per encoder frame of a full chunk
+  (a shorter chunk's missing frames leave the state as it is), no ``Scan``. Made from
+  ``ChunkStep`` (``export.chunk_step``: the same step laid out time first, every shape fixed
+  but the batch, for a small graph), or for a model it does not take and for QAT models from
+  ``forward_chunk`` itself (``export_backend("unrolled", steps)``). The runtime takes it for
+  every chunk up to that length and ``encoder.onnx`` for longer ones (offline);
 - ``predictor.onnx``: one token per hypothesis (N, 1) and the predictor state in, its
   projection (N, J) and the new state out;
 - ``joiner.onnx``: projections (N, J) and (N, J) in, logits (N, V) out;
@@ -66,6 +68,7 @@ from torch import Tensor, nn
 
 from mamba_asr import __version__
 from mamba_asr.export import INT4_BLOCK, INT4_BLOCKS
+from mamba_asr.export.chunk_step import ChunkStep, supports_chunk_step, time_first
 from mamba_asr.files import check_output
 from mamba_asr.models.streaming import map_state
 from mamba_asr.ops.selective_scan import export_backend
@@ -93,6 +96,9 @@ __all__ = [
     "conv1d_as_conv2d",
     "export_encoder_onnx",
     "export_onnx",
+    "onnx_state",
+    "plain_softplus",
+    "pointwise_weights",
     "state_leaves",
 ]
 
@@ -115,6 +121,16 @@ def state_leaves(tree: Any, prefix: str) -> list[tuple[str, Tensor]]:
     return [leaf for key, x in items for leaf in state_leaves(x, f"{prefix}.{key}")]
 
 
+def onnx_state(state: Any, config: dict[str, Any]) -> list[np.ndarray]:
+    """A PyTorch encoder state tree as the encoder graphs of an export (its ``config.json``)
+    take and give it: flat, in order, each tensor transposed for a ``time_first`` layout."""
+    time_first_ = config.get("encoder_state_layout") == "time_first"
+    return [
+        (time_first(t) if time_first_ else t).detach().cpu().contiguous().numpy()
+        for _, t in state_leaves(state, "s")
+    ]
+
+
 def rebuild_state(template: Any, tensors: list[Tensor] | tuple[Tensor, ...]) -> Any:
     """The tree of ``template`` with its tensors replaced by ``tensors``, in order."""
     it = iter(tensors)
@@ -123,17 +139,20 @@ def rebuild_state(template: Any, tensors: list[Tensor] | tuple[Tensor, ...]) -> 
 
 class EncoderChunk(nn.Module):
     """``model.forward_chunk`` with the state as flat tensors: (feats, *state) -> (memory,
-    encoder projection, *new state)."""
+    encoder projection, *new state); with ``time_first``, each state tensor in and out in
+    ``ChunkStep``'s layout (``chunk_step.time_first``)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, time_first: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.time_first = model, time_first
         self.template = model.init_state(1)
 
     def forward(self, feats: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        view = time_first if self.time_first else (lambda t: t)
+        state = tuple(view(t) for t in state)
         memory, new = self.model.forward_chunk(feats, rebuild_state(self.template, state))
         proj = self.model.joiner.project_encoder(memory)  # (B, t', J)
-        return (memory, proj, *(t for _, t in state_leaves(new, "s")))
+        return (memory, proj, *(view(t) for _, t in state_leaves(new, "s")))
 
 
 class PredictorStep(nn.Module):
@@ -245,11 +264,16 @@ def check_exportable(asr: nn.Module, target: str = "ONNX") -> None:
         raise ValueError(f"{target} export needs a streaming model: {exc}") from None
 
 
-def _layout(init_state: Callable[..., Any], prefix: str) -> list[dict[str, Any]]:
-    """Name, shape (batch 1), dtype, batch dim and start value of each state tensor."""
+def _layout(
+    init_state: Callable[..., Any], prefix: str, view: Callable[[Tensor], Tensor] | None = None
+) -> list[dict[str, Any]]:
+    """Name, shape (batch 1), dtype, batch dim and start value of each state tensor (as
+    ``view`` lays it out)."""
     one, two = state_leaves(init_state(1), prefix), state_leaves(init_state(2), prefix)
     out = []
     for (name, a), (_, b) in zip(one, two, strict=True):
+        if view is not None:
+            a, b = view(a), view(b)
         diff = [d for d, (x, y) in enumerate(zip(a.shape, b.shape, strict=True)) if x != y]
         values = a.flatten().unique()
         if len(diff) != 1 or values.numel() > 1:
@@ -289,6 +313,7 @@ def _export_graph(
         quiet.setLevel(level)
     program.save(str(path))
     conv1d_as_conv2d(path)
+    plain_softplus(path)
     strip_metadata(path)
 
 
@@ -363,19 +388,71 @@ def conv1d_as_conv2d(path: Path) -> int:
     return done
 
 
-def _export_graphs(asr: nn.Module, folder: Path, chunk_frames: int | None) -> dict[str, Any]:
+def plain_softplus(path: Path) -> int:
+    """Rewrite PyTorch's softplus (``Where(x > 20, x, Softplus(x))``, as the exporter writes
+    it) in the graph at ``path`` as ``Softplus(x)`` alone, in place; returns how many.
+
+    The same numbers: onnxruntime's ``Softplus`` computes x + log1p(exp(-x)) for x > 0, which
+    rounds to x in fp32 above a threshold of 16 or more (exp(-16) is under half an ulp of 16),
+    as PyTorch's threshold gives; two nodes fewer per use (each Mamba block has one).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    producer = {out: node for node in graph.node for out in node.output}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    drop, done = set(), 0
+    for node in graph.node:
+        if node.op_type != "Where" or len(node.input) != 3:
+            continue
+        cond, x, soft = (producer.get(name) for name in node.input)
+        if (cond is None or soft is None or cond.op_type != "Greater"
+                or soft.op_type != "Softplus" or soft.input[0] != node.input[1]
+                or cond.input[0] != node.input[1] or uses[node.input[0]] != 1
+                or uses[node.input[2]] != 1):  # fmt: skip
+            continue
+        threshold = consts.get(cond.input[1])
+        if threshold is None or threshold.size != 1 or float(threshold) < 16.0:
+            continue
+        soft.output[0] = node.output[0]
+        drop.update({id(node), id(cond)})
+        done += 1
+    if done:
+        keep = [n for n in graph.node if id(n) not in drop]
+        del graph.node[:]
+        graph.node.extend(keep)
+        onnx.save(model, str(path))
+    return done
+
+
+def _export_graphs(
+    asr: nn.Module, folder: Path, chunk_frames: int | None, chunk_step: bool = True
+) -> dict[str, Any]:
     """The graphs into ``folder`` (``encoder_chunk.onnx`` for chunks of ``chunk_frames``
-    feature frames, unless None); returns the state layouts for config.json."""
+    feature frames, unless None: from ``ChunkStep`` if ``chunk_step`` and the model is one it
+    computes, else from the model's ``forward_chunk`` with the scan unrolled); returns the
+    state layouts for config.json."""
     model = asr.model
-    enc_layout = _layout(lambda b: model.init_state(b), "state")
+    # the graphs' encoder state tensors: time first where the chunk graph is ChunkStep's
+    fast = chunk_frames is not None and chunk_step and supports_chunk_step(model)
+    enc_layout = _layout(lambda b: model.init_state(b), "state", time_first if fast else None)
     pred_layout = _layout(lambda b: model.predictor.init_state(b), "state")
     Dim = torch.export.Dim
     batch, time, hyps = Dim("batch", min=1), Dim("time", min=1), Dim("hyps", min=1)
     # examples of 2 (never 1: export would fix a dim of size 1), 3 encoder frames
-    state = [t for _, t in state_leaves(model.init_state(2), "s")]
+    state = [time_first(t) if fast else t for _, t in state_leaves(model.init_state(2), "s")]
     feats = torch.randn(2, 3 * model.subsampling, asr.config.features.n_mels)
     _export_graph(
-        EncoderChunk(model).eval(), (feats, *state), folder / GRAPHS["encoder"],
+        EncoderChunk(model, time_first=fast).eval(), (feats, *state), folder / GRAPHS["encoder"],
         ["feats", *(s["name"] for s in enc_layout)],
         ["memory", "encoder_proj", *(s["name"].replace("state", "new_state", 1) for s in enc_layout)],
         ({0: batch, 1: time}, _dims(enc_layout, batch)),
@@ -383,9 +460,10 @@ def _export_graphs(asr: nn.Module, folder: Path, chunk_frames: int | None) -> di
     if chunk_frames is not None:  # chunks up to chunk_frames, the scan unrolled: no Scan node
         steps = -(-chunk_frames // model.subsampling)  # encoder frames of a full chunk
         short = Dim("time", min=1, max=chunk_frames)
+        module = ChunkStep(model, chunk_frames) if fast else EncoderChunk(model)
         with export_backend("unrolled", steps=steps):
             _export_graph(
-                EncoderChunk(model).eval(), (feats[:, :chunk_frames], *state),
+                module.eval(), (feats[:, :chunk_frames], *state),
                 folder / CHUNK_GRAPH,
                 ["feats", *(s["name"] for s in enc_layout)],
                 ["memory", "encoder_proj",
@@ -407,6 +485,7 @@ def _export_graphs(asr: nn.Module, folder: Path, chunk_frames: int | None) -> di
         ["encoder_proj", "predictor_proj"], ["logits"], ({0: hyps}, {0: hyps}),
     )  # fmt: skip
     return {"encoder_state": enc_layout, "predictor_state": pred_layout, "joiner_dim": joiner_dim,
+            "encoder_state_layout": "time_first" if fast else "model",
             "encoder_chunk": None if chunk_frames is None
             else {"file": CHUNK_GRAPH, "frames": chunk_frames}}  # fmt: skip
 
@@ -427,6 +506,18 @@ def scan_step_weights(model: nn.Module) -> list[np.ndarray]:
         for name, module in model.named_modules()
         if name.rsplit(".", 1)[-1] in ("x_proj", "dt_proj") and isinstance(module, nn.Linear)
     ]
+
+
+def pointwise_weights(model: nn.Module) -> list[np.ndarray]:
+    """The weights of the front end's pointwise (1 x 1) convolutions as matrix products hold
+    them, (in, out): ``ChunkStep`` computes them as MatMuls, which the int8 graphs keep in
+    fp32, as the convolutions of the other graphs are."""
+    return [
+        module.weight.detach().cpu().float().numpy()[:, :, 0].T
+        for name, module in model.named_modules()
+        if name.endswith(".pointwise") and isinstance(module, nn.Conv1d)
+        and module.kernel_size == (1,)
+    ]  # fmt: skip
 
 
 def _matmuls_with(path: Path, weights: list[np.ndarray]) -> list[str]:
@@ -724,6 +815,8 @@ def _write_config(
             "joiner_dim": graphs["joiner_dim"],
         },  # fmt: skip
         "encoder_state": graphs["encoder_state"],
+        # "time_first": each encoder state tensor is the model's transposed (chunk_step)
+        "encoder_state_layout": graphs["encoder_state_layout"],
         "predictor_state": graphs["predictor_state"],
         "encoder_chunk": graphs["encoder_chunk"],
         "lm": LM_FILE if (folder / LM_FILE).is_file() else None,
@@ -780,14 +873,16 @@ def export_onnx(
         asr.eval()
         try:
             with torch.no_grad():
-                graphs = _export_graphs(asr, tmp, chunk_frames)
+                # a QAT model's chunk graph keeps forward_chunk's convolutions, whose inputs
+                # the QDQ graphs quantize as the model does (qdq_graph)
+                graphs = _export_graphs(asr, tmp, chunk_frames, chunk_step=layers is None)
         finally:
             asr.train(was_training)
         qat = None
         if layers is not None:
             qat = {"scheme": scheme, "quantized": _quantize_qat(tmp, layers) if int8 else None}
         elif int8:
-            _quantize(tmp, scan_step_weights(asr.model))
+            _quantize(tmp, scan_step_weights(asr.model) + pointwise_weights(asr.model))
         if int4:
             _quantize_int4(tmp, int4_block)
         asr.tokenizer.save(tmp / TOKENIZER_DIR)

@@ -18,12 +18,37 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Fbank", "StreamingFbank", "hann_window"]
+__all__ = ["Fbank", "StreamingFbank", "hann_window", "mel_segments"]
 
 
 def hann_window(win_length: int) -> np.ndarray:
     """The periodic Hann window (W,) float64, as ``torch.hann_window(periodic=True)``."""
     return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win_length) / win_length)
+
+
+def mel_segments(mel_fb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """The mel matrix (K, M) as sums over contiguous bins: for the even and then the odd mels,
+    weights (K,) (each bin's weight in the one mel of that parity it belongs to, else 0) and
+    each mel's first bin, for ``np.add.reduceat``. None unless every mel is a contiguous run
+    of bins that overlaps its neighbours' only (triangular filters), and the bins of the mels
+    of one parity never overlap."""
+    nonzero = mel_fb != 0
+    if not nonzero.any(axis=0).all():
+        return None
+    first = nonzero.argmax(axis=0)  # (M,)
+    end = mel_fb.shape[0] - nonzero[::-1].argmax(axis=0)  # (M,)
+    out = []
+    for parity in (0, 1):
+        mels = np.arange(parity, mel_fb.shape[1], 2)
+        weights = np.zeros(mel_fb.shape[0], np.float32)
+        for m in mels:
+            if not nonzero[first[m] : end[m], m].all():
+                return None
+            weights[first[m] : end[m]] = mel_fb[first[m] : end[m], m]
+        if np.any(first[mels][1:] < end[mels][:-1]):
+            return None
+        out.append((weights, first[mels].astype(np.intp)))
+    return out
 
 
 class Fbank:
@@ -47,6 +72,7 @@ class Fbank:
         self.mel_fb = np.ascontiguousarray(mel_fb, dtype=np.float32)  # (K, M)
         self.n_mels = self.mel_fb.shape[1]
         self.window = hann_window(win_length)  # (W,)
+        self.segments = mel_segments(self.mel_fb)
 
     def num_frames(self, samples: int) -> int:
         return max(0, (samples - self.win_length) // self.hop_length + 1)
@@ -61,7 +87,12 @@ class Fbank:
         frames = windows[: (t - 1) * self.hop_length + 1 : self.hop_length]  # (T, W), a view
         spec = np.fft.rfft(frames * self.window, n=self.n_fft)  # (T, K) complex128
         power = (spec.real**2 + spec.imag**2).astype(np.float32)  # (T, K)
-        mel = np.einsum("tk,km->tm", power, self.mel_fb)  # (T, M); einsum: no BLAS threads
+        if self.segments is None:
+            mel = np.einsum("tk,km->tm", power, self.mel_fb)  # (T, M); einsum: no BLAS threads
+        else:  # the triangles' sums, even and odd mels: a fifth of einsum's time
+            mel = np.empty((t, self.n_mels), np.float32)
+            for parity, (weights, starts) in enumerate(self.segments):
+                mel[:, parity::2] = np.add.reduceat(power * weights, starts, axis=1)
         return np.log(mel + np.float32(self.log_floor))
 
 

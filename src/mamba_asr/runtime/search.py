@@ -94,6 +94,9 @@ class GreedySearch:
 
     def advance(self, enc_proj: np.ndarray, active: np.ndarray) -> None:
         """One frame: enc_proj (B, J); active (B,) bool."""
+        if enc_proj.shape[0] == 1:
+            self._advance_one(enc_proj, bool(active[0]))
+            return
         for _ in range(self.max_symbols):
             logp = log_softmax(self.model.join(enc_proj, self.pred))  # (B, V)
             best = logp.argmax(-1)  # (B,)
@@ -113,6 +116,24 @@ class GreedySearch:
             self.pred = self.pred.copy()
             self.pred[idx] = out
             self.pstate = self.model.put(self.pstate, idx, sub)
+        self.frame += 1
+
+    def _advance_one(self, enc_proj: np.ndarray, active: bool) -> None:
+        """``advance`` for one stream, with the same float32 operations and Python scalars
+        for the rest (a frame without a token costs the joiner and little else)."""
+        for _ in range(self.max_symbols):
+            logp = log_softmax(self.model.join(enc_proj, self.pred))[0]  # (V,)
+            best = int(logp.argmax())
+            if active:
+                self.scores += logp[best]
+            active = active and best != self.blank
+            if not active:
+                break
+            self.tokens[0].append(best)
+            self.frames[0].append(self.frame)
+            self.pred, self.pstate = self.model.predict(
+                np.array([[best]], dtype=np.int64), self.pstate
+            )
         self.frame += 1
 
     def nbest(self) -> list[list[Result]]:
