@@ -69,6 +69,18 @@ RUNS_INIT: dict[str, dict[str, object]] = {
     "prune_ffn50": {"ratio": 0.5, "groups": ["ffn"], "lr": 0.0005},
     "prune_ffn60": {"ratio": 0.6, "groups": ["ffn"], "lr": 0.0005},
     "prune_mamba_ffn30": {"ratio": 0.3, "groups": ["mamba", "ffn"], "lr": 0.0005},
+    # the control above with the loader's waveform corruptions on (mamba_asr.audio.corrupt):
+    # does what the bundled model never heard in training help on unseen voices, real speech?
+    "ft_waveaug": {
+        "lr": 0.0005,
+        "set": [
+            "data.wave_augment.eq_p=0.5",
+            "data.wave_augment.telephone_p=0.1",
+            "data.wave_augment.band_p=0.2",
+            "data.wave_augment.noise_p=0.4",
+            "data.wave_augment.gain_p=0.3",
+        ],
+    },
     "prune_ffn60_kd": {
         "ratio": 0.6,
         "groups": ["ffn"],
@@ -113,7 +125,8 @@ def init_recipe(args: argparse.Namespace):  # noqa: ANN201
             prune_model_file(start, pruned, float(spec["ratio"]), groups=spec.get("groups"),
                              calib=args.corpus / "train" / "manifest.jsonl")  # fmt: skip
         start = str(pruned)
-    overrides = [*FINETUNE, f"train.lr={spec['lr']}", f"train.epochs={args.ft_epochs}", *args.set]
+    overrides = [*FINETUNE, f"train.lr={spec['lr']}", f"train.epochs={args.ft_epochs}",
+                 *spec.get("set", []), *args.set]  # fmt: skip
     recipe = load_recipe(RECIPE, overrides, model=init_model_section(start), init_from=start)
     if "qat" in spec:
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train,
