@@ -445,8 +445,7 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction, common: list, device
         "--onnx", default=None, metavar="DIR",
         help="decode with onnxruntime from DIR (mamba-asr export onnx) instead of PyTorch",
     )  # fmt: skip
-    tr.add_argument("--int8", action="store_true", help="with --onnx: the int8 graphs")
-    tr.add_argument("--int4", action="store_true", help="with --onnx: the int4 graphs")
+    _add_onnx_graph_args(tr)
     tr.set_defaults(func=cmd_transcribe)
 
 
@@ -470,8 +469,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction, common: list, device_help
         "--onnx", default=None, metavar="DIR",
         help="serve an ONNX export (mamba-asr export onnx) on onnxruntime instead",
     )  # fmt: skip
-    sv.add_argument("--int8", action="store_true", help="with --onnx: the int8 graphs")
-    sv.add_argument("--int4", action="store_true", help="with --onnx: the int4 graphs")
+    _add_onnx_graph_args(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="(8000)")
     sv.add_argument(
@@ -659,8 +657,7 @@ def _add_eval_parser(sub: argparse._SubParsersAction, common: list, device_help:
         "--onnx", default=None, metavar="DIR",
         help="decode with onnxruntime from DIR (mamba-asr export onnx) instead of PyTorch",
     )  # fmt: skip
-    ev.add_argument("--int8", action="store_true", help="with --onnx: the int8 graphs")
-    ev.add_argument("--int4", action="store_true", help="with --onnx: the int4 graphs")
+    _add_onnx_graph_args(ev)
     ev.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     ev.add_argument(
         "--strict", action="store_true",
@@ -740,6 +737,12 @@ def _add_train_parser(sub: argparse._SubParsersAction, common: list, device_help
         "the student's (pruned) RNN-T lattice (train.kd.target, default ctc)",
     )  # fmt: skip
     train.set_defaults(func=cmd_train)
+
+
+def _add_onnx_graph_args(p: argparse.ArgumentParser) -> None:
+    """--int8 / --int4: which graphs of an --onnx export to run."""
+    p.add_argument("--int8", action="store_true", help="with --onnx: the int8 graphs")
+    p.add_argument("--int4", action="store_true", help="with --onnx: the int4 graphs")
 
 
 def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
