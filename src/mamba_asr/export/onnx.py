@@ -51,6 +51,7 @@ next to it under a temporary name and renamed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -58,7 +59,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +291,18 @@ def _dims(layout: list[dict[str, Any]], batch: Any) -> tuple[dict[int, Any], ...
     return tuple({s["batch_dim"]: batch} for s in layout)
 
 
+@contextlib.contextmanager
+def _quiet(logger: str, level: int) -> Iterator[None]:
+    """The logger named ``logger`` at ``level`` for the block, its own level after."""
+    log = logging.getLogger(logger)
+    old = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
 def _export_graph(
     module: nn.Module,
     args: tuple[Tensor, ...],
@@ -298,19 +311,14 @@ def _export_graph(
     output_names: list[str],
     dynamic_shapes: tuple[Any, ...],
 ) -> None:
-    quiet = logging.getLogger("torch.onnx")  # its notes on torchvision ops and the like
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
+    # quiet: torch.onnx's notes on torchvision ops and the like
+    with _quiet("torch.onnx", logging.ERROR), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
             module, args, dynamo=True, opset_version=OPSET, input_names=input_names,
             output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False,
-                optimize=True, external_data=False,
-            )  # fmt: skip
-    finally:
-        quiet.setLevel(level)
+            optimize=True, external_data=False,
+        )  # fmt: skip
     program.save(str(path))
     conv1d_as_conv2d(path)
     plain_softplus(path)
@@ -637,10 +645,8 @@ def _quantize_int4(folder: Path, block: int) -> None:
     import onnx
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
-    quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)  # a line per node it quantizes or skips
-    try:
+    # quiet: the quantizer logs a line per node it quantizes or skips
+    with _quiet("onnxruntime.quantization.matmul_nbits_quantizer", logging.WARNING):
         for name in [*GRAPHS.values(), CHUNK_GRAPH]:
             if not (folder / name).is_file():
                 continue
@@ -656,8 +662,6 @@ def _quantize_int4(folder: Path, block: int) -> None:
             model = quantizer.model.model
             floats_as_fp16(model.graph)
             onnx.save(model, str(folder / quant_name(name, "int4")))
-    finally:
-        quiet.setLevel(level)
 
 
 QDQ_OPS = ("MatMul", "Gemm", "Conv", "Gather")
