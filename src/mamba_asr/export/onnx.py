@@ -311,6 +311,8 @@ def _export_graph(
     output_names: list[str],
     dynamic_shapes: tuple[Any, ...],
 ) -> None:
+    import onnx
+
     # quiet: torch.onnx's notes on torchvision ops and the like
     with _quiet("torch.onnx", logging.ERROR), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -319,22 +321,19 @@ def _export_graph(
             output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False,
             optimize=True, external_data=False,
         )  # fmt: skip
-    program.save(str(path))
-    conv1d_as_conv2d(path)
-    plain_softplus(path)
-    strip_metadata(path)
+    model = program.model_proto  # the rewrites below in memory, the file written once
+    conv1d_as_conv2d(model.graph)
+    plain_softplus(model.graph)
+    strip_metadata(model.graph)
+    onnx.save(model, str(path))
 
 
-def strip_metadata(path: Path) -> None:
-    """Drop the exporter's metadata from every node of the graph at ``path`` (the PyTorch
-    source line, module and FX node of each: no part of the computation), in place."""
-    import onnx
-
-    model = onnx.load(str(path))
-    for node in model.graph.node:
+def strip_metadata(graph: Any) -> None:
+    """Drop the exporter's metadata from every node of ``graph`` (the PyTorch source line,
+    module and FX node of each: no part of the computation), in place."""
+    for node in graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
-    onnx.save(model, str(path))
 
 
 def drop_unused_initializers(graph: Any) -> None:
@@ -345,19 +344,16 @@ def drop_unused_initializers(graph: Any) -> None:
     graph.initializer.extend(keep)
 
 
-def conv1d_as_conv2d(path: Path) -> int:
-    """Rewrite every 1-d ``Conv`` of the graph at ``path`` (its weight an initializer) as a 2-d
+def conv1d_as_conv2d(graph: Any) -> int:
+    """Rewrite every 1-d ``Conv`` of ``graph`` (its weight an initializer) as a 2-d
     one over a height of 1 (``Unsqueeze``, ``Conv``, ``Squeeze``), in place; returns how many.
 
     The same numbers, faster: onnxruntime has fast kernels for 2-d convolutions (its blocked
     NCHWc layout, as far as we can tell) and not for 1-d ones; a depthwise convolution of a few
     frames (each Mamba block's, 512 channels, kernel 4) took 80 us as 1-d and 2 us as 2-d.
     """
-    import onnx
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(path))
-    graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     nodes, done = [], 0
     for node in graph.node:
@@ -392,23 +388,19 @@ def conv1d_as_conv2d(path: Path) -> int:
         del graph.node[:]
         graph.node.extend(nodes)
         drop_unused_initializers(graph)
-        onnx.save(model, str(path))
     return done
 
 
-def plain_softplus(path: Path) -> int:
+def plain_softplus(graph: Any) -> int:
     """Rewrite PyTorch's softplus (``Where(x > 20, x, Softplus(x))``, as the exporter writes
-    it) in the graph at ``path`` as ``Softplus(x)`` alone, in place; returns how many.
+    it) in ``graph`` as ``Softplus(x)`` alone, in place; returns how many.
 
     The same numbers: onnxruntime's ``Softplus`` computes x + log1p(exp(-x)) for x > 0, which
     rounds to x in fp32 above a threshold of 16 or more (exp(-16) is under half an ulp of 16),
     as PyTorch's threshold gives; two nodes fewer per use (each Mamba block has one).
     """
-    import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path))
-    graph = model.graph
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
@@ -438,7 +430,6 @@ def plain_softplus(path: Path) -> int:
         keep = [n for n in graph.node if id(n) not in drop]
         del graph.node[:]
         graph.node.extend(keep)
-        onnx.save(model, str(path))
     return done
 
 
