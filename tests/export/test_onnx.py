@@ -219,10 +219,14 @@ def test_int8_graphs_decode(tiny):
 
 
 def _dequantized_int4(graph) -> dict[str, np.ndarray]:
-    """Each MatMulNBits node's weight as its int4 values times their block's scale, (K, N)."""
+    """Each MatMulNBits node's weight as its int4 values times their block's scale, (K, N);
+    scales stored in fp16 are read through their Cast to fp32."""
     from onnx import helper, numpy_helper
 
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Cast" and node.input[0] in inits:
+            inits[node.output[0]] = inits[node.input[0]].astype(np.float32)
     out = {}
     for node in graph.node:
         if node.op_type != "MatMulNBits":
@@ -278,15 +282,20 @@ def test_int4_graphs_hold_every_weight_in_blocks_of_int4(tiny, name):
 
 
 def test_int4_graphs_keep_big_float_weights_in_fp16(tiny):
-    """The front end's convolutions and the embedding: float16 initializers and a Cast; the
-    scan's A and the biases stay float32."""
+    """The front end's convolutions, the embedding and the scales of the int4 blocks (of
+    at least 64 values): float16 initializers and a Cast; the scan's A and the biases stay
+    float32."""
     import onnx
 
     _, folder = tiny
     graph = onnx.load(str(folder / "encoder.int4.onnx")).graph
     halves = [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
-    casts = {n.input[0] for n in graph.node if n.op_type == "Cast"}
+    casts = {n.input[0]: n.output[0] for n in graph.node if n.op_type == "Cast"}
     assert halves and all(i.name in casts for i in halves)
+    scales = {n.input[2] for n in graph.node if n.op_type == "MatMulNBits"}
+    assert scales & set(casts.values())  # a scale read through its Cast
+    sizes = {i.name: int(np.prod(i.dims)) for i in graph.initializer}
+    assert all(sizes[s] < 64 for s in scales if s in sizes)  # fp32 ones: the small ones
 
 
 def test_int4_graphs_decode_close_to_fp32(tiny):
