@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.int4 import dequantized_int4
 from helpers.recipes import tiny_recipe
 from mamba_asr.asr import ASR
 from mamba_asr.decode.endpoint import EndpointConfig
@@ -218,30 +219,6 @@ def test_int8_graphs_decode(tiny):
     assert got.duration == pytest.approx(1.0)
 
 
-def _dequantized_int4(graph) -> dict[str, np.ndarray]:
-    """Each MatMulNBits node's weight as its int4 values times their block's scale, (K, N);
-    scales stored in fp16 are read through their Cast to fp32."""
-    from onnx import helper, numpy_helper
-
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Cast" and node.input[0] in inits:
-            inits[node.output[0]] = inits[node.input[0]].astype(np.float32)
-    out = {}
-    for node in graph.node:
-        if node.op_type != "MatMulNBits":
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        k, n, block = attrs["K"], attrs["N"], attrs["block_size"]
-        assert attrs["bits"] == 4 and len(node.input) == 3  # symmetric: no zero points
-        packed = inits[node.input[1]]  # (N, blocks, block / 2), two values a byte, low first
-        values = np.stack([packed & 15, packed >> 4], axis=-1).reshape(n, -1).astype(np.float32)
-        scales = inits[node.input[2]].reshape(n, -1)  # (N, blocks)
-        w = (values - 8.0) * np.repeat(scales, block, axis=1)
-        out[node.name] = w[:, :k].T
-    return out
-
-
 @pytest.mark.parametrize("name", ["encoder", "encoder_chunk", "predictor", "joiner"])
 def test_int4_graphs_hold_every_weight_in_blocks_of_int4(tiny, name):
     """Every matrix product with a weight (the joiner's and predictor's Gemm too) becomes
@@ -262,7 +239,7 @@ def test_int4_graphs_hold_every_weight_in_blocks_of_int4(tiny, name):
         if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits:
             transposed = any(a.name == "transB" and a.i for a in n.attribute)
             weights.append(inits[n.input[1]].T if transposed else inits[n.input[1]])
-    quantized = _dequantized_int4(int4)
+    quantized = dequantized_int4(int4)
     assert weights and len(quantized) == len(weights)
     ops = [n.op_type for n in int4.node]
     assert "Gemm" not in ops
