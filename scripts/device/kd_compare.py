@@ -102,6 +102,15 @@ RUNS_INIT: dict[str, dict[str, object]] = {
         "lr": 0.0005,
         "kd": {"target": "ctc", "weight": 0.5, "temperature": 1.0},
     },
+    # the same trained with its Linear weights fake-quantized as export onnx --int4 stores
+    # them (mamba_asr.qat, int4-weights): the int4 graphs compute the trained weights
+    "prune_ffn45_kd_qat4": {
+        "ratio": 0.45,
+        "groups": ["ffn"],
+        "lr": 0.0005,
+        "kd": {"target": "ctc", "weight": 0.5, "temperature": 1.0},
+        "qat": "int4-weights",
+    },
 }
 RUNS_KD: dict[str, dict[str, object]] = {
     "no_kd": {},

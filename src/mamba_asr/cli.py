@@ -696,8 +696,9 @@ def _add_train_parser(sub: argparse._SubParsersAction, common: list, device_help
     train.add_argument(
         "--qat", default=None, metavar="SCHEME",
         help="quantization-aware training (recipe key train.qat): int8 (int8 weights and "
-        "activations, for export onnx --int8) or int8-weights (for export coreml --weights "
-        "int8); usually with --init; see docs/compression.md",
+        "activations, for export onnx --int8), int8-weights (for export coreml --weights "
+        "int8) or int4-weights (for export onnx --int4); usually with --init; see "
+        "docs/compression.md",
     )  # fmt: skip
     train.add_argument(
         "--max-steps", type=int, default=None, metavar="N",

@@ -22,7 +22,7 @@ import yaml
 from mamba_asr.files import read_text
 
 T = TypeVar("T")
-QatScheme = Literal["int8", "int8-weights"]  # mamba_asr.qat.QAT_SCHEMES
+QatScheme = Literal["int8", "int8-weights", "int4-weights"]  # mamba_asr.qat.QAT_SCHEMES
 
 
 class ConfigError(ValueError):
@@ -377,7 +377,8 @@ class TrainConfig:
     validation WER. qat: quantization-aware training (``mamba_asr.qat``), fake quantization
     while training, recorded in ``model.pt``: ``int8`` (int8 weights per channel and int8
     activations, what ``export onnx --int8`` runs) or ``int8-weights`` (weights only, what
-    ``export coreml --weights int8`` runs); for streaming transducers, usually with
+    ``export coreml --weights int8`` runs) or ``int4-weights`` (the matrix products' weights
+    in int4 blocks, what ``export onnx --int4`` runs); for streaming transducers, usually with
     ``init_from`` a trained model. kd: knowledge distillation from a teacher (``KDConfig``;
     off by default).
     """
@@ -477,7 +478,7 @@ class RecipeConfig:
             )
         if self.train.qat is not None and self.model.kind != "transducer":
             raise ConfigError(
-                f"train.qat is for streaming transducers (what the int8 exports take), this "
+                f"train.qat is for streaming transducers (what the quantized exports take), this "
                 f"model is {self.model.kind!r}"
             )
 

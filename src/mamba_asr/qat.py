@@ -63,7 +63,10 @@ from torch.nn.utils import parametrize
 from mamba_asr.config import QatScheme
 
 __all__ = [
+    "INT4_BLOCK",
+    "INT4_RANGE",
     "QAT_SCHEMES",
+    "Int4WeightQuantizer",
     "QuantizedLayer",
     "apply_record",
     "check_scheme",
@@ -77,6 +80,9 @@ __all__ = [
 
 QAT_SCHEMES: tuple[str, ...] = get_args(QatScheme)
 WEIGHT_RANGE = (-127, 127)  # symmetric int8, as Core ML's and onnxruntime's symmetric weights
+INT4_RANGE = (-8, 7)  # int4-weights: signed 4 bits
+INT4_BLOCK = 32  # int4-weights: input channels that share a scale (export.INT4_BLOCK)
+INT4_SCHEME = "int4-weights"
 ACTIVATION_RANGE = (0, 127)  # uint8, 7 bits: see the module docstring
 ACTIVATION_AVERAGING = 0.01
 SCAN_INPUTS = ("x_proj", "dt_proj")  # their inputs stay fp32
@@ -126,13 +132,33 @@ def _torchao() -> dict[str, Any]:
     }
 
 
-class WeightQuantizer(nn.Module):
+class _KeptQuantizer(nn.Module):
+    """A weight's fake quantizer (``quantize``); in eval mode without gradients the result is
+    kept until the weight changes (decoding reads the joiner's weights at every step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._kept: tuple[Any, Tensor] | None = None
+
+    def quantize(self, w: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, w: Tensor) -> Tensor:
+        if self.training or torch.is_grad_enabled():
+            self._kept = None
+            return self.quantize(w)
+        key = (w.data_ptr(), w._version, w.device, w.dtype)
+        if self._kept is None or self._kept[0] != key:
+            self._kept = (key, self.quantize(w))
+        return self._kept[1]
+
+
+class WeightQuantizer(_KeptQuantizer):
     """Symmetric int8 per output channel (dim 0), scale = max |w| / 127 from the weight it is
     given (torchao's ``FakeQuantize``, its observer a moving average with weight 1: nothing of
     earlier weights). Not the fused op: for a channel whose weights all have one sign it
     falls back to an affine scale and a zero point (a 5-tap depthwise kernel can be all
-    positive). In eval mode without gradients the result is kept until the weight changes
-    (decoding reads the joiner's weights at every step)."""
+    positive)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -142,16 +168,9 @@ class WeightQuantizer(nn.Module):
             dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0,
             averaging_constant=1.0,
         )  # fmt: skip
-        self._kept: tuple[Any, Tensor] | None = None
 
-    def forward(self, w: Tensor) -> Tensor:
-        if self.training or torch.is_grad_enabled():
-            self._kept = None
-            return self.fq(w)
-        key = (w.data_ptr(), w._version, w.device, w.dtype)
-        if self._kept is None or self._kept[0] != key:
-            self._kept = (key, self.fq(w))
-        return self._kept[1]
+    def quantize(self, w: Tensor) -> Tensor:
+        return self.fq(w)
 
     @property
     def scale(self) -> Tensor:
@@ -165,6 +184,44 @@ class WeightQuantizer(nn.Module):
 def weight_quantizer() -> WeightQuantizer:
     """A new ``WeightQuantizer``."""
     return WeightQuantizer()
+
+
+def int4_blocks(w: Tensor, block: int = INT4_BLOCK) -> tuple[Tensor, Tensor, Tensor]:
+    """A Linear weight (out, in) -> its blocks (out * n, block) (n = ceil(in / block), the last
+    block padded with zeros), each block's scale (out * n,) and sign (out * n,), without
+    gradients: scale = the block's largest magnitude / 8 rounded to float16 (at least 2**-24),
+    sign = -1 where that value is positive, so that (sign * block) / scale puts it at q = -8.
+    onnxruntime's symmetric int4 (scale = that value / -8, a signed scale) is sign * scale."""
+    out, k = w.shape
+    blocks = nn.functional.pad(w, (0, -k % block)).reshape(-1, block)  # (out * n, block)
+    with torch.no_grad():
+        largest = blocks.gather(1, blocks.abs().argmax(1, keepdim=True))[:, 0].float()
+        scale = (largest.abs() / -INT4_RANGE[0]).to(torch.float16).float().clamp(min=2**-24)
+        sign = torch.where(largest > 0, -1.0, 1.0)
+    return blocks, scale, sign
+
+
+class Int4WeightQuantizer(_KeptQuantizer):
+    """Symmetric int4 of a Linear weight (out, in) in blocks of ``block`` input channels (dim
+    1), integers -8..7, the convention of ``int4_blocks`` (onnxruntime's ``MatMulNBits``
+    quantizer's, with float16 scales: the int4 graphs store their scales in float16, exactly).
+    The rounding and the straight-through gradient (zero where clipped) are PyTorch's own
+    ``torch.fake_quantize_per_channel_affine`` on the blocks as channels, a maintained op
+    (CPU and CUDA kernels, its gradient tested upstream) rather than a hand-written round
+    with a detach; the scales are chosen here, as the export will store them, not by an
+    observer."""
+
+    def __init__(self, block: int = INT4_BLOCK) -> None:
+        super().__init__()
+        self.block = block
+
+    def quantize(self, w: Tensor) -> Tensor:
+        blocks, scale, sign = int4_blocks(w, self.block)  # (out * n, block), (out * n,) x 2
+        zero = torch.zeros_like(scale, dtype=torch.int32)
+        q = torch.fake_quantize_per_channel_affine(
+            blocks * sign[:, None], scale, zero, 0, INT4_RANGE[0], INT4_RANGE[1]
+        )
+        return (q * sign[:, None]).reshape(w.shape[0], -1)[:, : w.shape[1]]
 
 
 class InputQuantizer(nn.Module):
@@ -223,8 +280,11 @@ def prepare_qat(asr: nn.Module, scheme: str) -> nn.Module:
     if qat_scheme(asr) is not None:
         raise ValueError(f"the model is already prepared for QAT ({qat_scheme(asr)})")
     for name, module in list(_layers(asr.model)):
+        if scheme == INT4_SCHEME and not isinstance(module, nn.Linear):
+            continue  # the int4 graphs keep convolutions and the embedding in float16
         # on the weight's device: registering runs the quantizer on the weight at once
-        quantizer = weight_quantizer().to(module.weight.device)
+        int4 = scheme == INT4_SCHEME
+        quantizer = (Int4WeightQuantizer() if int4 else weight_quantizer()).to(module.weight.device)
         parametrize.register_parametrization(module, "weight", quantizer)
         quantized_input = not isinstance(module, nn.Embedding) and (
             name.rsplit(".", 1)[-1] not in SCAN_INPUTS
@@ -302,16 +362,19 @@ def qat_record(asr: nn.Module, state_dict: dict[str, Tensor] | None = None) -> d
             "scale": scale.detach().cpu().float().reshape(()),
             "zero_point": zero_point.detach().cpu().to(torch.int64).reshape(()),
         }
-    return {"scheme": scheme, "library": f"torchao {_torchao()['version']}",
-            "activations": activations}  # fmt: skip
+    library = f"torch {torch.__version__}" if scheme == INT4_SCHEME else (
+        f"torchao {_torchao()['version']}")  # fmt: skip
+    return {"scheme": scheme, "library": library, "activations": activations}
 
 
 def apply_record(asr: nn.Module, record: Any) -> nn.Module:
     """Prepare ``asr`` (its float weights loaded) as the model file's ``"qat"`` entry says, the
     activation quantizers set to their recorded ranges; ValueError (one line) if the record
-    does not fit the model."""
-    if not isinstance(record, dict) or not isinstance(record.get("activations"), dict):
+    does not fit the model. A scheme without activation quantizers may leave out
+    ``"activations"``."""
+    if not isinstance(record, dict) or not isinstance(record.get("activations", {}), dict):
         raise ValueError("its qat entry is not a dict with activations")
+    record = {"activations": {}, **record}
     prepare_qat(asr, check_scheme(record.get("scheme"), "its qat scheme"))
     quantizers = _input_quantizers(asr)
     names = {n.removeprefix("model.").removesuffix(f".{INPUT_QUANT}") for n in quantizers}
@@ -332,9 +395,11 @@ def apply_record(asr: nn.Module, record: Any) -> nn.Module:
 @dataclass(frozen=True)
 class QuantizedLayer:
     """One quantized layer of a folded model: its name, kind (``linear``, ``conv1d``,
-    ``embedding``), the folded weight (numpy, fp32, as the module holds it), the int8 values
-    and per-channel scales that make it (weight = q * scale along dim 0), and the input's
-    (scale, zero point), or None where the input stays float."""
+    ``embedding``), the folded weight (numpy, fp32, as the module holds it), the integers
+    and scales that make it, and the input's (scale, zero point), or None where the input
+    stays float. int8 (``block`` None): weight = q * scale along dim 0; int4 (``block``: the
+    input channels of a block): q (out, in) in -8..7, scale (out, ceil(in / block)) signed,
+    weight = q * scale repeated ``block`` times along dim 1."""
 
     name: str
     kind: str
@@ -342,6 +407,20 @@ class QuantizedLayer:
     q: np.ndarray
     scale: np.ndarray
     input_qparams: tuple[float, int] | None
+    block: int | None = None
+
+
+def _int4_layer(name: str, weight: Tensor, block: int) -> QuantizedLayer:
+    """The folded int4 weight (out, in) of a Linear as ``QuantizedLayer``."""
+    blocks, scale, sign = int4_blocks(weight, block)
+    signed = scale * sign  # (out * n,)
+    q = torch.round(blocks / signed[:, None]).clamp(*INT4_RANGE)  # (out * n, block)
+    if not torch.equal(q * signed[:, None], blocks):
+        raise RuntimeError(f"{name}: the quantized weight is not q * scale")
+    out, k = weight.shape
+    q = q.reshape(out, -1)[:, :k]
+    return QuantizedLayer(name, "linear", weight.numpy(), q.numpy().astype(np.int8),
+                          signed.reshape(out, -1).numpy(), None, block)  # fmt: skip
 
 
 def folded(asr: nn.Module) -> tuple[nn.Module, list[QuantizedLayer]]:
@@ -357,12 +436,16 @@ def folded(asr: nn.Module) -> tuple[nn.Module, list[QuantizedLayer]]:
             if not parametrize.is_parametrized(module, "weight"):
                 continue
             weight = module.weight.detach().float().cpu()  # quantized with this weight's scale
-            scale = module.parametrizations.weight[0].scale.detach().float().cpu()
+            weights[f"model.{name}.weight"] = weight
+            quantizer = module.parametrizations.weight[0]
+            if isinstance(quantizer, Int4WeightQuantizer):
+                layers.append(_int4_layer(name, weight, quantizer.block))
+                continue
+            scale = quantizer.scale.detach().float().cpu()
             view = (-1,) + (1,) * (weight.dim() - 1)
             q = torch.round(weight / scale.view(view)).clamp(*WEIGHT_RANGE)
             if not torch.equal(q * scale.view(view), weight):
                 raise RuntimeError(f"{name}: the quantized weight is not q * scale")
-            weights[f"model.{name}.weight"] = weight
             quantizer = getattr(module, INPUT_QUANT, None)
             kind = next(k for t, k in _KINDS.items() if isinstance(module, t))
             layers.append(QuantizedLayer(

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.int4 import dequantized_int4
 from helpers.recipes import tiny_recipe
 from mamba_asr.asr import ASR
 from mamba_asr.decode.endpoint import EndpointConfig
@@ -218,26 +219,6 @@ def test_int8_graphs_decode(tiny):
     assert got.duration == pytest.approx(1.0)
 
 
-def _dequantized_int4(graph) -> dict[str, np.ndarray]:
-    """Each MatMulNBits node's weight as its int4 values times their block's scale, (K, N)."""
-    from onnx import helper, numpy_helper
-
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    out = {}
-    for node in graph.node:
-        if node.op_type != "MatMulNBits":
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        k, n, block = attrs["K"], attrs["N"], attrs["block_size"]
-        assert attrs["bits"] == 4 and len(node.input) == 3  # symmetric: no zero points
-        packed = inits[node.input[1]]  # (N, blocks, block / 2), two values a byte, low first
-        values = np.stack([packed & 15, packed >> 4], axis=-1).reshape(n, -1).astype(np.float32)
-        scales = inits[node.input[2]].reshape(n, -1)  # (N, blocks)
-        w = (values - 8.0) * np.repeat(scales, block, axis=1)
-        out[node.name] = w[:, :k].T
-    return out
-
-
 @pytest.mark.parametrize("name", ["encoder", "encoder_chunk", "predictor", "joiner"])
 def test_int4_graphs_hold_every_weight_in_blocks_of_int4(tiny, name):
     """Every matrix product with a weight (the joiner's and predictor's Gemm too) becomes
@@ -258,7 +239,7 @@ def test_int4_graphs_hold_every_weight_in_blocks_of_int4(tiny, name):
         if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits:
             transposed = any(a.name == "transB" and a.i for a in n.attribute)
             weights.append(inits[n.input[1]].T if transposed else inits[n.input[1]])
-    quantized = _dequantized_int4(int4)
+    quantized = dequantized_int4(int4)
     assert weights and len(quantized) == len(weights)
     ops = [n.op_type for n in int4.node]
     assert "Gemm" not in ops
@@ -278,15 +259,20 @@ def test_int4_graphs_hold_every_weight_in_blocks_of_int4(tiny, name):
 
 
 def test_int4_graphs_keep_big_float_weights_in_fp16(tiny):
-    """The front end's convolutions and the embedding: float16 initializers and a Cast; the
-    scan's A and the biases stay float32."""
+    """The front end's convolutions, the embedding and the scales of the int4 blocks (of
+    at least 64 values): float16 initializers and a Cast; the scan's A and the biases stay
+    float32."""
     import onnx
 
     _, folder = tiny
     graph = onnx.load(str(folder / "encoder.int4.onnx")).graph
     halves = [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
-    casts = {n.input[0] for n in graph.node if n.op_type == "Cast"}
+    casts = {n.input[0]: n.output[0] for n in graph.node if n.op_type == "Cast"}
     assert halves and all(i.name in casts for i in halves)
+    scales = {n.input[2] for n in graph.node if n.op_type == "MatMulNBits"}
+    assert scales & set(casts.values())  # a scale read through its Cast
+    sizes = {i.name: int(np.prod(i.dims)) for i in graph.initializer}
+    assert all(sizes[s] < 64 for s in scales if s in sizes)  # fp32 ones: the small ones
 
 
 def test_int4_graphs_decode_close_to_fp32(tiny):

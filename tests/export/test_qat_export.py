@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.int4 import dequantized_int4
 from helpers.recipes import tiny_asr
 from mamba_asr.decode.options import DecodingOptions
 from mamba_asr.export.onnx import export_onnx, state_leaves
@@ -184,3 +185,59 @@ def test_core_ml_int8_weights_are_the_qat_integers(tmp_path):
             found.add(layer.name)
     big = {x.name for x in layers if x.weight.size > 2048 and not x.name.startswith("ctc")}
     assert found == big
+
+
+@pytest.fixture(scope="module")
+def int4_export(tmp_path_factory):
+    asr = qat_model("int4-weights")
+    folder = tmp_path_factory.mktemp("onnx") / "qat4"
+    export_onnx(asr, folder, int4=True, chunk_ms=None)  # encoder.onnx takes every chunk
+    return asr, folder
+
+
+def test_the_int4_graphs_hold_the_qat_integers_and_scales_exactly(int4_export):
+    """Every MatMulNBits of the int4 graphs dequantizes (fp16 scales read through their Cast)
+    to a folded QAT weight bit for bit; every Linear of the model is one; the fp32 graphs
+    hold the folded weights too."""
+    import onnx
+    from onnx import numpy_helper
+
+    asr, folder = int4_export
+    config = json.loads((folder / "config.json").read_text())
+    assert config["qat"] == {"scheme": "int4-weights", "quantized": None}
+    _, layers = folded(asr)
+    assert layers and all(x.block == 32 and x.kind == "linear" for x in layers)
+    found = set()
+    for name in ("encoder", "predictor", "joiner"):
+        graph = onnx.load(str(folder / f"{name}.int4.onnx")).graph
+        dequantized = dequantized_int4(graph)
+        assert dequantized, name
+        for w in dequantized.values():
+            match = [x for x in layers if x.weight.T.shape == w.shape
+                     and np.array_equal(x.weight.T, w)]  # fmt: skip
+            assert match, name
+            found.add(match[0].name)
+        fp32 = {i.name: numpy_helper.to_array(i) for i in
+                onnx.load(str(folder / f"{name}.onnx")).graph.initializer}  # fmt: skip
+        assert any(np.array_equal(v, w) for x in layers for v in (x.weight, x.weight.T)
+                   for w in fp32.values() if w.shape == v.shape), name  # fmt: skip
+    assert found == {x.name for x in layers if not x.name.startswith("ctc")}
+
+
+def test_the_int4_encoder_is_close_to_the_fake_quantized_model(int4_export):
+    """The int4 encoder's memory is near the fake-quantized PyTorch model's (the same
+    weights; onnxruntime rounds the activations to int8 per block within a product), nearer
+    than the float model's."""
+    from mamba_asr.runtime.onnx import OnnxASR
+
+    asr, folder = int4_export
+    onnx_model = OnnxASR.load(folder, int4=True).model
+    feats = torch.randn(2, 32, 80, generator=torch.Generator().manual_seed(3))
+    got, _, _ = onnx_model.encode(feats.numpy(), onnx_model.init_state(2))
+    plain, _ = folded(asr)
+    with torch.no_grad():
+        ref, _ = asr.model.forward_chunk(feats, asr.model.init_state(2))
+        folded_ref, _ = plain.model.forward_chunk(feats, plain.model.init_state(2))
+    torch.testing.assert_close(folded_ref, ref, rtol=0, atol=1e-5)
+    error = np.linalg.norm(got - ref.numpy()) / np.linalg.norm(ref.numpy())
+    assert error <= 0.05, error

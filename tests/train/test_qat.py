@@ -25,9 +25,11 @@ pytest.importorskip("torchao")
 
 from mamba_asr.qat import (  # noqa: E402 (after the skip)
     ACTIVATION_RANGE,
+    INT4_RANGE,
     SCAN_INPUTS,
     WEIGHT_RANGE,
     InputQuantizer,
+    Int4WeightQuantizer,
     prepare_qat,
     qat_scheme,
     weight_quantizer,
@@ -212,7 +214,9 @@ def test_unknown_qat_values_are_one_line_errors(tmp_path, capsys):
             "--out", str(tmp_path / "run"), "--qat", "int4"]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "mamba-asr: error: --qat must be one of int8, int8-weights, got 'int4'"
+    assert err == (
+        "mamba-asr: error: --qat must be one of int8, int8-weights, int4-weights, got 'int4'"
+    )
     with pytest.raises(ConfigError, match="train.qat must be one of 'int8' | 'int8-weights'"):
         tiny_recipe("transducer", "train.qat=fp8")
     with pytest.raises(ConfigError, match="train.qat is for streaming transducers"):
@@ -278,3 +282,73 @@ def test_prepared_on_cuda_equals_prepared_on_cpu(scheme, monkeypatch):
         with torch.no_grad():
             out[device] = asr.eval().model.encode(x, n).memory.cpu()
     torch.testing.assert_close(out["cuda"], out["cpu"], rtol=1e-3, atol=1e-3)
+
+
+def reference_int4(w: torch.Tensor, block: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """onnxruntime's symmetric int4 of a Linear weight (out, in) in blocks of ``block`` input
+    channels, its scale rounded to fp16: s = fp16(the block's signed value of largest magnitude
+    / -8), q = clamp(round(w / s), -8, 7); -> (q (out, in), s (out, blocks))."""
+    out, k = w.shape
+    blocks = torch.nn.functional.pad(w, (0, -k % block)).reshape(out, -1, block)
+    largest = blocks.gather(2, blocks.abs().argmax(2, keepdim=True))  # (out, blocks, 1)
+    s = (largest / -8).half().float()
+    q = torch.clamp(torch.round(blocks / s), *INT4_RANGE)
+    return q.reshape(out, -1)[:, :k], s[..., 0]
+
+
+@pytest.mark.parametrize("shape", [(6, 64), (5, 40), (3, 7)])
+def test_int4_fake_quant_is_q_times_the_block_scale(shape):
+    torch.manual_seed(4)
+    w = torch.randn(shape) * torch.rand(shape[0], 1)
+    w[0, :2] = torch.tensor([3.0, -2.0])  # a block whose largest value is positive
+    got = Int4WeightQuantizer()(w)
+    q, s = reference_int4(w)
+    torch.testing.assert_close(got, q * s.repeat_interleave(32, 1)[:, : shape[1]], rtol=0, atol=0)
+    assert q.min() >= INT4_RANGE[0] and q.max() <= INT4_RANGE[1]
+    assert torch.equal(q[:, :32].min(1).values, torch.full((shape[0],), -8.0))  # largest: -8
+    assert torch.equal(s.half().float(), s)  # fp16 scales: what the int4 graphs store
+
+
+def test_int4_gradients_are_straight_through_and_only_linears_are_quantized():
+    torch.manual_seed(5)
+    w = torch.randn(4, 40)
+    w[0, :2] = torch.tensor([3.0, -3.0])  # -3 is q = +8: clipped to 7
+    w.requires_grad_()
+    g = torch.randn(4, 40)
+    (Int4WeightQuantizer()(w) * g).sum().backward()
+    _, s = reference_int4(w.detach())
+    q = (w.detach() / s.repeat_interleave(32, 1)[:, :40]).round()  # before clipping
+    inside = (q >= INT4_RANGE[0]) & (q <= INT4_RANGE[1])
+    assert not inside[0, 1] and inside.sum() > 150
+    torch.testing.assert_close(w.grad, g * inside)  # identity, zero where clipped
+    asr = prepare_qat(tiny_asr("transducer"), "int4-weights").train()
+    assert not any(isinstance(m, InputQuantizer) for m in asr.modules())
+    for m in asr.model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Embedding)):
+            assert hasattr(m, "parametrizations") == isinstance(m, nn.Linear), m
+    asr(*batch()).loss.backward()
+    for name, p in asr.named_parameters():
+        if name.endswith("parametrizations.weight.original") and "ctc_lin" not in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_an_int4_model_file_loads_back_without_activations(tmp_path):
+    import mamba_asr
+    from mamba_asr.qat import apply_record
+
+    asr = prepare_qat(tiny_asr("transducer", blank_bias=0.0), "int4-weights").eval()
+    path = asr.save(tmp_path / "qat4.pt")
+    data = torch.load(path, weights_only=True)
+    assert data["qat"]["scheme"] == "int4-weights" and data["qat"]["activations"] == {}
+    loaded = mamba_asr.load_model(str(path), device="cpu")
+    assert qat_scheme(loaded) == "int4-weights"
+    waves, lengths, _, _ = batch()
+    with torch.no_grad():
+        f, n = asr.features(waves, lengths)
+        torch.testing.assert_close(
+            loaded.model.encode(f, n).memory, asr.model.encode(f, n).memory, rtol=0, atol=0
+        )
+    again = ASR(asr.config, asr.tokenizer)
+    again.load_state_dict(data["state_dict"])
+    apply_record(again, {"scheme": "int4-weights"})  # no "activations": a weights-only scheme
+    assert qat_scheme(again) == "int4-weights"

@@ -31,9 +31,12 @@ PyTorch (file names and ``config.json`` keys: ``mamba_asr.runtime.onnx``):
   model (the fp32 ones too) holds its quantized weights (``mamba_asr.qat.folded``);
 - with ``int4``: ``*.int4.onnx``, the graphs with the weight of every matrix product (the
   predictor's and joiner's ``Gemm`` too, rewritten as ``MatMul`` and ``Add``) in int4, in
-  blocks of ``int4_block`` input channels with one fp32 scale a block, symmetric
-  (onnxruntime's ``MatMulNBits``, which computes with int8 activations: accuracy level 4), and
-  the other weights stored in fp16 (``floats_as_fp16``). The smallest export.
+  blocks of ``int4_block`` input channels with one scale a block, symmetric (onnxruntime's
+  ``MatMulNBits``, which computes with int8 activations: accuracy level 4); the scales and the
+  other big weights (convolutions, embedding) stored in fp16 (``floats_as_fp16``). The
+  smallest export: 8.1 MB for the bundled model. For a model trained with int4 QAT
+  (``int4-weights``), the ``MatMulNBits`` hold the model's own integers and scales
+  (``int4_qat_graph``), whose dequantized weights are its fake-quantized weights exactly.
 
 The exporter's metadata on every node (the PyTorch source line and module of each, about
 0.7 MB a graph) is dropped.
@@ -595,9 +598,10 @@ def gemm_as_matmul(graph: Any) -> int:
 
 
 # the nodes whose float weights the int4 graphs store in float16: the convolutions (the front
-# end's pointwise ones are its largest weights) and the embedding; the selective scan's A and D,
-# the norms and the biases stay float32
-FP16_OPS = ("Conv", "Gather")
+# end's pointwise ones are its largest weights), the embedding and the scales of the int4
+# blocks (MatMulNBits: onnxruntime folds the Cast and still pre-packs the weights); the
+# selective scan's A and D, the norms and the biases stay float32
+FP16_OPS = ("Conv", "Gather", "MatMulNBits")
 
 
 def floats_as_fp16(graph: Any, ops: tuple[str, ...] = FP16_OPS, min_size: int = 64) -> int:
@@ -630,10 +634,69 @@ def floats_as_fp16(graph: Any, ops: tuple[str, ...] = FP16_OPS, min_size: int = 
     return saved
 
 
-def _quantize_int4(folder: Path, block: int) -> None:
+def matmul_nbits(node: Any, layer: Any) -> tuple[Any, list[Any]]:
+    """A ``MatMulNBits`` node (and its initializers) for a ``MatMul`` ``node`` by the folded
+    int4 weight of ``layer`` (``mamba_asr.qat.QuantizedLayer`` with a ``block``): its integers
+    q + 8 packed two a byte, low nibble first, (N, blocks, block / 2), and its signed scales
+    (N * blocks,), as onnxruntime's quantizer writes them (no zero points: 8)."""
+    from onnx import helper, numpy_helper
+
+    q, block = layer.q, layer.block  # (N, K) in -8..7
+    n, k = q.shape
+    values = np.pad(q.astype(np.int16) + 8, ((0, 0), (0, -k % block)), constant_values=8)
+    values = values.astype(np.uint8).reshape(n, -1, block // 2, 2)  # (N, blocks, block / 2, 2)
+    packed = values[..., 0] | (values[..., 1] << 4)
+    base = f"{node.name}.int4"
+    inits = [
+        numpy_helper.from_array(np.ascontiguousarray(packed), f"{base}.q"),
+        numpy_helper.from_array(layer.scale.astype(np.float32).reshape(-1), f"{base}.scale"),
+    ]
+    nbits = helper.make_node(
+        "MatMulNBits", [node.input[0], f"{base}.q", f"{base}.scale"], list(node.output),
+        name=f"{node.name}_Q4", domain="com.microsoft", K=k, N=n, bits=4, block_size=block,
+        accuracy_level=4,
+    )  # fmt: skip
+    return nbits, inits
+
+
+def int4_qat_graph(graph: Any, layers: list[Any]) -> int:
+    """Rewrite a graph exported from a folded int4 QAT model (``mamba_asr.qat.folded``) in
+    place: each ``MatMul`` by the weight of a QAT layer (``gemm_as_matmul`` first) becomes
+    ``matmul_nbits`` of its integers and scales, whose dequantized weight is the folded
+    weight exactly; other weights stay float (the caller stores them in fp16). Returns how
+    many it rewrote."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    nodes, added, done = [], [], 0
+    for node in graph.node:
+        init = inits.get(node.input[1]) if node.op_type == "MatMul" else None
+        layer = None
+        if init is not None:
+            array = numpy_helper.to_array(init)
+            layer = next((x for x in layers if x.weight.T.shape == array.shape
+                          and np.array_equal(x.weight.T, array)), None)  # fmt: skip
+        if layer is None:
+            nodes.append(node)
+            continue
+        nbits, new = matmul_nbits(node, layer)
+        nodes.append(nbits)
+        added += new
+        done += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(added)
+    drop_unused_initializers(graph)
+    return done
+
+
+def _quantize_int4(folder: Path, block: int, layers: list[Any] | None = None) -> None:
     """``*.int4.onnx`` beside each graph: every MatMul with a constant weight as
-    ``MatMulNBits`` (int4, blocks of ``block`` input channels, symmetric)."""
+    ``MatMulNBits`` (int4, blocks of ``block`` input channels, symmetric); for a model of int4
+    QAT (``layers``: its folded int4 layers), the QAT layers' own integers and scales
+    (``int4_qat_graph``), other matrix products' weights in fp16."""
     import onnx
+    from onnx import helper
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
     # quiet: the quantizer logs a line per node it quantizes or skips
@@ -643,6 +706,13 @@ def _quantize_int4(folder: Path, block: int) -> None:
                 continue
             model = onnx.load(str(folder / name))
             gemm_as_matmul(model.graph)
+            if layers is not None:
+                int4_qat_graph(model.graph, layers)
+                if not any(o.domain == "com.microsoft" for o in model.opset_import):
+                    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+                floats_as_fp16(model.graph, (*FP16_OPS, "MatMul"))
+                onnx.save(model, str(folder / quant_name(name, "int4")))
+                continue
             config = nbits.DefaultWeightOnlyQuantConfig(
                 block_size=block, is_symmetric=True, accuracy_level=4
             )
@@ -773,6 +843,7 @@ def _write_config(
     int4_block: int | None = None,
 ) -> None:
     fbank, model = asr.fbank, asr.model
+    int8_method = "qat" if qat and qat["quantized"] is not None else "dynamic"
     np.savez(
         folder / FEATURES_FILE,
         cmvn_mean=asr.cmvn.mean.detach().cpu().float().numpy(),
@@ -787,7 +858,7 @@ def _write_config(
         "int8": int8,
         # how the int8 graphs were made: onnxruntime's dynamic quantization, or the QDQ
         # graphs of a quantization-aware trained model (its scheme, what each graph quantized)
-        "int8_method": None if not int8 else ("qat" if qat else "dynamic"),
+        "int8_method": int8_method if int8 else None,
         "qat": qat,
         # int4 weights (*.int4.onnx): the block of input channels that shares a scale
         "int4": int4_block is not None,
@@ -864,22 +935,29 @@ def export_onnx(
         scheme, layers = qat_scheme(asr), None
         if scheme is not None:  # the quantized weights, as plain weights, without quantizers
             asr, layers = folded(asr)
+        int4_layers = [x for x in layers or [] if x.block is not None]
+        int8_layers = [x for x in layers or [] if x.block is None]
+        if int4 and int4_layers and int4_layers[0].block != int4_block:
+            raise ValueError(
+                f"int4 block {int4_block}: the model was trained for {int4_layers[0].block}"
+            )
         was_training = asr.training
         asr.eval()
         try:
             with torch.no_grad():
-                # a QAT model's chunk graph keeps forward_chunk's convolutions, whose inputs
-                # the QDQ graphs quantize as the model does (qdq_graph)
-                graphs = _export_graphs(asr, tmp, chunk_frames, chunk_step=layers is None)
+                # an int8 QAT model's chunk graph keeps forward_chunk's convolutions, whose
+                # inputs the QDQ graphs quantize as the model does (qdq_graph)
+                graphs = _export_graphs(asr, tmp, chunk_frames, chunk_step=not int8_layers)
         finally:
             asr.train(was_training)
         qat = None
         if layers is not None:
-            qat = {"scheme": scheme, "quantized": _quantize_qat(tmp, layers) if int8 else None}
-        elif int8:
+            quantized = _quantize_qat(tmp, int8_layers) if int8 and int8_layers else None
+            qat = {"scheme": scheme, "quantized": quantized}
+        if int8 and not int8_layers:
             _quantize(tmp, scan_step_weights(asr.model) + pointwise_weights(asr.model))
         if int4:
-            _quantize_int4(tmp, int4_block)
+            _quantize_int4(tmp, int4_block, int4_layers or None)
         asr.tokenizer.save(tmp / TOKENIZER_DIR)
         if lm is not None:
             shutil.copyfile(lm, tmp / LM_FILE)
