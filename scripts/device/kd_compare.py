@@ -111,6 +111,13 @@ RUNS_INIT: dict[str, dict[str, object]] = {
         "kd": {"target": "ctc", "weight": 0.5, "temperature": 1.0},
         "qat": "int4-weights",
     },
+    "prune_ffn50_kd_qat4": {
+        "ratio": 0.5,
+        "groups": ["ffn"],
+        "lr": 0.0005,
+        "kd": {"target": "ctc", "weight": 0.5, "temperature": 1.0},
+        "qat": "int4-weights",
+    },
 }
 RUNS_KD: dict[str, dict[str, object]] = {
     "no_kd": {},
