@@ -12,10 +12,23 @@ OUT/<set>/*.wav (16 kHz mono PCM16):
   speaker;
 - ``goforward``: pocketsphinx-testdata's "go forward ten meters" (raw 16 kHz PCM);
 - ``alsa``: alsa-utils' eight channel-test prompts ("Front Center", ...), one speaker, 48 kHz;
-- ``all``: the four together.
+- ``letters``: klettres-data's spoken English alphabet, 52 letter names ("B"), two speakers
+  (``en``: Robert Wadley, US, credited in the KLettres handbook; ``en_GB``: uncredited, British),
+  44.1 kHz Ogg Vorbis; text from the package's ``sounds.xml``; GPL-2+;
+- ``words``: klettres-data's 39 one-word "syllables" of the same two speakers ("CAR", "SKY";
+  the three that are bare sounds, AW, CH and TH, are left out); GPL-2+;
+- ``warzone``: warzone2100-data's 34 tutorial lines (``audio/tutorial/tut*.ogg`` in base.wz),
+  one narrator of the original 1999 game, 11 kHz Ogg Vorbis; text: the on-screen message that
+  ``script/tutorial.js`` pairs with each line, not checked by ear. Left out: lines without a
+  message, the one with "unit(s)", and seven whose message is too long for the clip (over 4.5
+  words a second: the message there is a paraphrase); GPL-2+ (Eidos 1999-2004, Warzone 2100
+  Project);
+- ``all``: the seven together.
 
-Used only to measure (never to train or tune). They are small: 19 utterances, about a minute
-and a half. The sets reserved for independent tests (asterisk prompts, the festival and flite
+Used only to measure (never to train or tune). They are small: 144 utterances, about 5.3
+minutes, 7 speakers. The first four (19 utterances, 48.6 s) were the whole of ``all`` before the
+last three came. Transcripts of those three go through ``normalize_transcript`` (numbers
+spelled). The sets reserved for independent tests (asterisk prompts, the festival and flite
 voices named in the README) are not made here.
 """
 
@@ -26,16 +39,27 @@ import json
 import re
 import subprocess
 import tempfile
+import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from mamba_asr.audio.io import load_audio
+from mamba_asr.text import normalize_transcript
 
-PACKAGES = ("pocketsphinx-testdata", "alsa-utils")
+PACKAGES = ("pocketsphinx-testdata", "alsa-utils", "klettres-data", "warzone2100-data")
 PS = "usr/share/pocketsphinx/test/data"
 ALSA = "usr/share/sounds/alsa"
+KLETTRES = "usr/share/klettres"
+KLETTRES_VOICES = ("en", "en_GB")
+NOT_WORDS = {"AW", "CH", "TH"}  # klettres "syllables" that are bare sounds, not words
+WARZONE = "usr/share/games/warzone2100/base.wz"
+MAX_WORDS_PER_SECOND = 4.5  # a tutorial message longer than this for its clip is not what is said
+TUTORIAL_LINE = re.compile(r'"audio":\s*"(tut\d+\.ogg)"[^}]*?"message":\s*_\("([^"]+)"\)')
+
+Items = list[tuple[str, np.ndarray, str]]
 
 
 def fetch(debs: Path) -> dict[str, Path]:
@@ -51,7 +75,7 @@ def fetch(debs: Path) -> dict[str, Path]:
     return found
 
 
-def write_set(out: Path, name: str, items: list[tuple[str, np.ndarray, str]]) -> int:
+def write_set(out: Path, name: str, items: Items) -> int:
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -72,6 +96,39 @@ def sphinx_transcripts(path: Path) -> dict[str, str]:
         if m:
             out[m.group(2)] = " ".join(m.group(1).split())
     return out
+
+
+def klettres(root: Path, kind: str) -> Items:
+    """klettres-data's ``alphabet`` (kind "alpha") or ``syllables`` (kind "syllab") of both
+    English voices, named by each voice's ``sounds.xml``."""
+    items = []
+    for voice in KLETTRES_VOICES:
+        tree = ET.parse(root / KLETTRES / voice / "sounds.xml")
+        for sound in tree.iter("sound"):
+            name, file = sound.get("name"), sound.get("file")
+            if f"/{kind}/" not in file or name.upper() in NOT_WORDS:
+                continue
+            uid = f"klettres-{voice}-{kind}-{name.lower()}"
+            items.append((uid, load_audio(root / KLETTRES / file), normalize_transcript(name)))
+    return items
+
+
+def warzone(root: Path, tmp: Path) -> Items:
+    """Warzone 2100's tutorial lines that ``script/tutorial.js`` shows a plain message for,
+    that message not longer than the clip allows."""
+    items = []
+    with zipfile.ZipFile(root / WARZONE) as wz:
+        script = wz.read("script/tutorial.js").decode()
+        for file, message in TUTORIAL_LINE.findall(script):
+            if "(" in message:  # "the new unit(s)": which one is spoken is not known
+                continue
+            path = tmp / file
+            path.write_bytes(wz.read(f"audio/tutorial/{file}"))
+            wave, text = load_audio(path), normalize_transcript(message)
+            if len(text.split()) > MAX_WORDS_PER_SECOND * len(wave) / 16000:
+                continue
+            items.append((f"warzone-{Path(file).stem}", wave, text))
+    return items
 
 
 def main() -> None:
@@ -101,6 +158,9 @@ def main() -> None:
             (f"alsa-{p.stem}", load_audio(p), p.stem.replace("_", " "))
             for p in sorted((root / ALSA).glob("*.wav")) if p.stem != "Noise"
         ]  # fmt: skip
+        sets["letters"] = klettres(root, "alpha")
+        sets["words"] = klettres(root, "syllab")
+        sets["warzone"] = warzone(root, root)
         every = []
         for name, items in sets.items():
             n = write_set(args.out, name, items)
