@@ -259,9 +259,9 @@ def test_int4_graphs_hold_every_weight_in_blocks_of_int4(tiny, name):
 
 
 def test_int4_graphs_keep_big_float_weights_in_fp16(tiny):
-    """The front end's convolutions, the embedding and the scales of the int4 blocks (of
-    at least 64 values): float16 initializers and a Cast; the scan's A and the biases stay
-    float32."""
+    """The front end's convolutions, the embedding, the scales of the int4 blocks and the
+    scan's A (of at least 64 values): float16 initializers and a Cast; the biases and norms
+    stay float32."""
     import onnx
 
     _, folder = tiny
@@ -273,6 +273,10 @@ def test_int4_graphs_keep_big_float_weights_in_fp16(tiny):
     assert scales & set(casts.values())  # a scale read through its Cast
     sizes = {i.name: int(np.prod(i.dims)) for i in graph.initializer}
     assert all(sizes[s] < 64 for s in scales if s in sizes)  # fp32 ones: the small ones
+    products = {i for n in graph.node if n.op_type == "Mul" for i in n.input}
+    assert products & set(casts.values())  # A, D
+    norms = {n.input[1] for n in graph.node if n.op_type == "LayerNormalization"}
+    assert norms and not norms & set(casts.values())
 
 
 def test_int4_graphs_decode_close_to_fp32(tiny):

@@ -33,8 +33,8 @@ PyTorch (file names and ``config.json`` keys: ``mamba_asr.runtime.onnx``):
   predictor's and joiner's ``Gemm`` too, rewritten as ``MatMul`` and ``Add``) in int4, in
   blocks of ``int4_block`` input channels with one scale a block, symmetric (onnxruntime's
   ``MatMulNBits``, which computes with int8 activations: accuracy level 4); the scales and the
-  other big weights (convolutions, embedding) stored in fp16 (``floats_as_fp16``). The
-  smallest export: 8.1 MB for the bundled model. For a model trained with int4 QAT
+  other big weights (convolutions, embedding, the scan's A and D) stored in fp16
+  (``floats_as_fp16``). The smallest export: 7.8 MB for the bundled model. For a model trained with int4 QAT
   (``int4-weights``), the ``MatMulNBits`` hold the model's own integers and scales
   (``int4_qat_graph``), whose dequantized weights are its fake-quantized weights exactly.
 
@@ -598,10 +598,11 @@ def gemm_as_matmul(graph: Any) -> int:
 
 
 # the nodes whose float weights the int4 graphs store in float16: the convolutions (the front
-# end's pointwise ones are its largest weights), the embedding and the scales of the int4
-# blocks (MatMulNBits: onnxruntime folds the Cast and still pre-packs the weights); the
-# selective scan's A and D, the norms and the biases stay float32
-FP16_OPS = ("Conv", "Gather", "MatMulNBits")
+# end's pointwise ones are its largest weights), the embedding, the scales of the int4 blocks
+# (MatMulNBits: onnxruntime folds the Cast and still pre-packs the weights) and the constants
+# of products (Mul: the selective scan's A and D, the chunk graph's depthwise kernels, which
+# the general graph's Conv holds in float16 too); the norms and the biases stay float32
+FP16_OPS = ("Conv", "Gather", "MatMulNBits", "Mul")
 
 
 def floats_as_fp16(graph: Any, ops: tuple[str, ...] = FP16_OPS, min_size: int = 64) -> int:
