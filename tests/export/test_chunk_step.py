@@ -5,7 +5,7 @@ states from inside a stream (never zeros): chunks of a full length and shorter, 
 and two, three chunks in a row, each from the state the last one left; the memory, the
 joiner's encoder projection and every state tensor within 1e-5 of the model's own
 ``forward_chunk`` (fp32; they differ by the order of the roundings only), the states in
-``ChunkStep``'s layout (``chunk_layout``).
+``ChunkStep``'s layout (``time_first``).
 """
 
 from __future__ import annotations
@@ -14,12 +14,7 @@ import pytest
 import torch
 
 from helpers.recipes import tiny_transducer_config
-from mamba_asr.export.chunk_step import (
-    ChunkStep,
-    chunk_layout,
-    model_layout,
-    supports_chunk_step,
-)
+from mamba_asr.export.chunk_step import ChunkStep, supports_chunk_step, time_first
 from mamba_asr.export.onnx import state_leaves
 from mamba_asr.models.factory import build_model
 from mamba_asr.models.streaming import map_state
@@ -56,7 +51,7 @@ def test_chunk_step_equals_forward_chunk(name, batch, frames):
     state = map_state(
         lambda t: torch.randn(t.shape, generator=gen, dtype=t.dtype), model.init_state(batch)
     )
-    flat = [chunk_layout(n, t) for n, t in state_leaves(state, "s")]
+    flat = [time_first(t) for _, t in state_leaves(state, "s")]
     n_mels = model.frontend.stages[0].in_channels
     for _ in range(3):
         chunk = 2 * torch.randn(batch, frames, n_mels, generator=gen)
@@ -70,8 +65,7 @@ def test_chunk_step_equals_forward_chunk(name, batch, frames):
         expected = state_leaves(state, "s")
         assert len(got) == 2 + len(expected)
         for (key, want), new in zip(expected, got[2:], strict=True):
-            want = chunk_layout(key, want)
-            torch.testing.assert_close(new, want, atol=TOLERANCE, rtol=0, msg=key)
+            torch.testing.assert_close(new, time_first(want), atol=TOLERANCE, rtol=0, msg=key)
         flat = list(got[2:])
 
 
@@ -80,7 +74,7 @@ def test_chunk_step_leaves_the_state_alone_past_the_valid_frames():
     chunk padded by zeros to 32 frames give different states: the padding is not input."""
     model = tiny(0)
     step = ChunkStep(model, 32).eval()
-    state = [chunk_layout(n, t) for n, t in state_leaves(model.init_state(1), "s")]
+    state = [time_first(t) for _, t in state_leaves(model.init_state(1), "s")]
     chunk = torch.randn(1, 13, 20)
     with torch.no_grad():
         short = step(chunk, *state)
@@ -88,18 +82,6 @@ def test_chunk_step_leaves_the_state_alone_past_the_valid_frames():
     assert short[0].shape[1] == 4 and padded[0].shape[1] == 8
     torch.testing.assert_close(short[0], padded[0][:, :4])
     assert not torch.allclose(short[-1], padded[-1])
-
-
-def test_model_layout_undoes_chunk_layout():
-    """Caches (B, C, K-1) -> (B, K-1, C); a Mamba block's conv (B, D, K-1) -> (B, K-1, 1, D)
-    and ssm (B, D, N) -> (B, 1, N, D); and back."""
-    model = tiny(0)
-    for name, t in state_leaves(model.init_state(2), "s"):
-        t = torch.randn(t.shape)
-        b, c, k = t.shape
-        shape = {"conv": (b, k, 1, c), "ssm": (b, 1, k, c)}.get(name.rsplit(".")[-1], (b, k, c))
-        assert chunk_layout(name, t).shape == shape, name
-        assert torch.equal(model_layout(name, chunk_layout(name, t)), t)
 
 
 def test_other_models_are_refused():

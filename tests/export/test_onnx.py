@@ -21,7 +21,6 @@ from helpers.recipes import tiny_recipe
 from mamba_asr.asr import ASR
 from mamba_asr.decode.endpoint import EndpointConfig
 from mamba_asr.decode.options import DecodingOptions
-from mamba_asr.export.chunk_step import chunk_layout
 from mamba_asr.export.onnx import export_onnx, state_leaves
 from mamba_asr.export.onnx import onnx_state as export_state
 from mamba_asr.lm.ngram import NgramLM, tokenizer_fingerprint
@@ -103,16 +102,15 @@ def test_encoder_chunks_equal_forward_chunk(tiny, frames):
             np.testing.assert_allclose(new, expected, atol=1e-4, rtol=0)
 
 
-def test_the_state_tensors_are_in_the_chunk_layout(tiny):
-    """The chunk graph is ChunkStep's, so both encoder graphs take the state in its layout:
-    the model's tensors transposed, a Mamba block's with an axis of 1 (``chunk_layout``), as
-    config.json says."""
+def test_the_state_tensors_are_time_first(tiny):
+    """The chunk graph is ChunkStep's, so both encoder graphs take the state time first: the
+    model's tensors transposed, as config.json says."""
     asr, folder = tiny
     config = json.loads((folder / "config.json").read_text())
-    assert config["encoder_state_layout"] == "chunk_step"
+    assert config["encoder_state_layout"] == "time_first"
     leaves = state_leaves(asr.model.init_state(1), "state")
     for spec, (name, t) in zip(config["encoder_state"], leaves, strict=True):
-        assert spec["name"] == name and spec["shape"] == list(chunk_layout(name, t).shape)
+        assert spec["name"] == name and spec["shape"] == [1, t.shape[2], t.shape[1]]
 
 
 def test_the_chunk_graph_has_no_scan(tiny):

@@ -17,34 +17,27 @@ microseconds, and a 320 ms chunk is 4 encoder frames, so the number of nodes set
   taken after the last valid inputs (one ``Gather`` each), and the padded frames' step sizes
   dt are zero in the selective scan, so they leave its state as it is (a decay of exactly 1,
   no input);
-- everything is laid out time before channels, (B, L, C), as ``Linear`` and ``LayerNorm``
+- everything is laid out time before channels, (B, L, D), as ``Linear`` and ``LayerNorm``
   take it: no ``Transpose`` around the convolutions and the scan, and the state tensors too
-  (``chunk_layout``: the model's tensors transposed; ``EncoderChunk(chunk_layout=True)``
-  gives the general graph the same inputs and outputs);
-- the Mamba layers' residual stream is (B, L, 1, M) (``LayerNorm``, ``Linear`` and the FFN
-  work on the last axis), so each block's values are (B, L, 1, D) from its input projection
-  on: the shape the selective scan's per-frame values need against its (B, L, N, D) decays
-  and inputs, with no ``Squeeze`` or ``Unsqueeze`` in the layer; one axis of 1 is added
-  after the front end and dropped from the memory. The block's states have that axis too:
-  conv (B, K-1, 1, D), which its inputs are concatenated to, and ssm (B, 1, N, D), the
-  scan's state as it is (the channels, the longest axis, innermost); the front end's caches
-  are (B, K-1, C);
+  (``time_first``): the caches (B, K-1, C), each Mamba block's conv (B, K-1, D) and ssm
+  (B, N, D) states (the model's tensors transposed; ``EncoderChunk(time_first=True)`` gives
+  the general graph the same inputs and outputs);
 - the depthwise causal convolutions (the front end's, stride 2, and each Mamba block's) are
-  one ``Gather`` of the K shifted windows, a product with the (K, C) (or (K, 1, D)) weights
-  and a sum over K, which drops that axis; the front end's pointwise convolutions are matrix
-  products;
-- the selective scan is unrolled over the L frames: one multiply-add a frame;
+  one ``Gather`` of the K shifted windows, a product with the (K, C) weights and a sum over
+  K; the front end's pointwise convolutions are matrix products;
+- the selective scan is unrolled over the L frames on (B, 1, N, D) states (the channels, the
+  longest axis, innermost); its per-frame values are (B, L, 1, D), the shape the depthwise
+  convolution's sum leaves, so no ``Unsqueeze`` is needed;
 - dt = softplus(delta) is log(1 + exp(delta)) (x itself above 20, as PyTorch's threshold)
   in five vectorized kernels (``Min``, ``Exp``, ``Add``, ``Log``, ``Max``), a third of the
   time of onnxruntime's one ``Softplus``. log(1 + e) rounds 1 + e: an absolute error of up
   to 6e-8 in dt, which is below the rounding of the scan's state (measured: the fp32
   export's transcripts of a 92-utterance dev set equal PyTorch's).
 
-Derived constants (the convolution weights as (K, C), (K, 1, D) and (C_out, C_in), A =
--exp(A_log) as (N, D)) are buffers made from the model's parameters when a ``ChunkStep`` is
-made. The model's ``forward_chunk`` and its training are untouched;
-``tests/export/test_chunk_step.py`` checks that ``ChunkStep`` gives ``forward_chunk``'s memory
-and states on random chunks and states.
+Derived constants (the convolution weights as (K, C) and (C_out, C_in), A = -exp(A_log) as
+(N, D)) are buffers made from the model's parameters when a ``ChunkStep`` is made. The model's
+``forward_chunk`` and its training are untouched; ``tests/export/test_chunk_step.py`` checks
+that ``ChunkStep`` gives ``forward_chunk``'s memory and states on random chunks and states.
 """
 
 from __future__ import annotations
@@ -58,25 +51,12 @@ from torch import Tensor, nn
 from mamba_asr.models.encoders import MambaEncoder
 from mamba_asr.modules.causal_frontend import CausalConvFrontEnd
 
-__all__ = ["ChunkStep", "chunk_layout", "model_layout", "supports_chunk_step"]
+__all__ = ["ChunkStep", "supports_chunk_step", "time_first"]
 
 
-def chunk_layout(name: str, state: Tensor) -> Tensor:
-    """An encoder state tensor of the model, named as ``export.onnx.state_leaves`` names it,
-    in the layout of ``ChunkStep``: a front-end cache (B, C, K-1) as (B, K-1, C), a Mamba
-    block's ``conv`` (B, D, K-1) as (B, K-1, 1, D) and its ``ssm`` (B, D, N) as (B, 1, N, D)."""
-    state = state.transpose(1, 2)
-    if name.endswith(".conv"):
-        return state.unsqueeze(2)
-    return state.unsqueeze(1) if name.endswith(".ssm") else state
-
-
-def model_layout(name: str, state: Tensor) -> Tensor:
-    """The model's layout of a state tensor in ``chunk_layout``'s (its inverse)."""
-    if name.endswith(".conv"):
-        state = state.squeeze(2)
-    elif name.endswith(".ssm"):
-        state = state.squeeze(1)
+def time_first(state: Tensor) -> Tensor:
+    """An encoder state tensor of the model, (B, C, K-1) or (B, D, N), in the layout of
+    ``ChunkStep``, (B, K-1, C) or (B, N, D); and back (the same transposition)."""
     return state.transpose(1, 2)
 
 
@@ -98,18 +78,18 @@ def _windows(length: int, kernel: int, stride: int) -> Tensor:
 
 
 def _depthwise(xc: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
-    """A depthwise 1-d convolution, time first: xc (B, K-1+L, *S), weight (K, *S), bias S ->
-    (B, L', *S), L' = ceil(L / stride); S: (C,), or (1, D) in a Mamba block."""
-    kernel = weight.shape[0]
+    """A depthwise 1-d convolution, time first: xc (B, K-1+L, C), weight (K, C), bias (C,)
+    -> (B, L', 1, C), L' = ceil(L / stride)."""
+    kernel, channels = weight.shape
     index = _windows(xc.shape[1] - kernel + 1, kernel, stride)  # (L' * K,)
-    win = xc.index_select(1, index).reshape(-1, index.numel() // kernel, *weight.shape)
-    y = (win * weight).sum(2)  # (B, L', K, *S) -> (B, L', *S)
+    win = xc.index_select(1, index).reshape(-1, index.numel() // kernel, kernel, channels)
+    y = (win * weight).sum(2, keepdim=True)  # (B, L', K, C) -> (B, L', 1, C)
     return y if bias is None else y + bias
 
 
 def _after(xc: Tensor, valid: Any, size: int) -> Tensor:
-    """The ``size`` frames of xc (B, size + L, *S) that follow its first ``valid`` frames (the
-    last ``size`` inputs before the padding): (B, size, *S)."""
+    """The ``size`` frames of xc (B, size + L, C) that follow its first ``valid`` frames (the
+    last ``size`` inputs before the padding): (B, size, C)."""
     return xc.index_select(1, torch.arange(size) + valid)
 
 
@@ -122,7 +102,7 @@ def _softplus(x: Tensor) -> Tensor:
 class ChunkStep(nn.Module):
     """(feats (B, t, C), *state) -> (memory (B, t', M), encoder projection (B, t', J),
     *new state), 1 <= t <= ``frames``; the state tensors flat, in ``init_state``'s order
-    (``mamba_asr.export.onnx.state_leaves``), each in ``chunk_layout``."""
+    (``mamba_asr.export.onnx.state_leaves``), each ``time_first``."""
 
     def __init__(self, model: nn.Module, frames: int) -> None:
         super().__init__()
@@ -140,9 +120,7 @@ class ChunkStep(nn.Module):
                 self.register_buffer(f"pointwise{i}", stage.pointwise.weight[:, :, 0].clone())
             for i, layer in enumerate(model.encoder.layers):
                 branch = layer.mamba.fwd
-                self.register_buffer(
-                    f"conv{i}", branch.conv1d.weight[:, :1].permute(2, 1, 0).clone()
-                )
+                self.register_buffer(f"conv{i}", branch.conv1d.weight[:, 0].t().clone())
                 self.register_buffer(f"A{i}", -torch.exp(branch.A_log.float()).t().clone())
 
     def pointwise_weights(self) -> list[Tensor]:
@@ -162,7 +140,7 @@ class ChunkStep(nn.Module):
             x, cache = self._stage(i, stage, x, cache, valid)  # (B, L / 2, C_out)
             new_caches.append(cache)
             valid = (valid + 1) // 2
-        x = model.frontend.proj(x)[:, :, None]  # (B, L, 1, M), the Mamba layers' stream
+        x = model.frontend.proj(x)  # (B, L, M)
         keep = (torch.arange(self.steps) < valid).float()[:, None, None]  # (L, 1, 1)
         new_layers = []
         for i, layer in enumerate(model.encoder.layers):
@@ -170,7 +148,7 @@ class ChunkStep(nn.Module):
             y, conv, ssm = self._mamba(i, layer.mamba, layer.norm_mamba(x), conv, ssm, valid, keep)
             x = layer._ffn(x + y)
             new_layers += [conv, ssm]
-        memory = model.encoder.norm(x)[:, :valid, 0]  # (B, t', M)
+        memory = model.encoder.norm(x)[:, :valid]  # (B, t', M)
         proj = model.joiner.project_encoder(memory)  # (B, t', J)
         return (memory, proj, *new_caches, *new_layers)
 
@@ -181,7 +159,7 @@ class ChunkStep(nn.Module):
         (B, K-1, C_in) -> (B, L / 2, C_out) and the new cache."""
         xc = torch.cat([cache.to(x.dtype), x], dim=1)  # (B, K-1+L, C_in)
         new = _after(xc, valid, stage.kernel_size - 1)
-        y = _depthwise(xc, getattr(self, f"depthwise{i}"), stage.depthwise.bias, 2)
+        y = _depthwise(xc, getattr(self, f"depthwise{i}"), stage.depthwise.bias, 2).squeeze(2)
         y = F.linear(y, getattr(self, f"pointwise{i}"), stage.pointwise.bias)  # (B, L/2, C_out)
         return stage.dropout(stage.activation(stage.norm(y))), new
 
@@ -189,13 +167,13 @@ class ChunkStep(nn.Module):
         self, i: int, mamba: nn.Module, x: Tensor, conv: Tensor, ssm: Tensor, valid: Any,
         keep: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-        """``Mamba.forward_chunk`` of layer i on x (B, L, 1, M), its first ``valid`` frames
-        real; conv (B, K-1, 1, D), ssm (B, 1, N, D). Returns y (B, L, 1, M) and the new conv
-        and ssm states."""
+        """``Mamba.forward_chunk`` of layer i on x (B, L, M), its first ``valid`` frames real;
+        keep (L, 1, 1): 1 on those frames, 0 after; conv (B, K-1, D), ssm (B, N, D). Returns
+        y (B, L, M) and the new conv and ssm states."""
         branch = mamba.fwd
-        x_in, z = mamba.in_proj(x).split(mamba.d_inner, dim=-1)  # (B, L, 1, D) each
-        xc = torch.cat([conv.to(x.dtype), x_in], dim=1)  # (B, K-1+L, 1, D)
-        new_conv = _after(xc, valid, branch.d_conv - 1)  # (B, K-1, 1, D)
+        x_in, z = mamba.in_proj(x).split(mamba.d_inner, dim=-1)  # (B, L, D) each
+        xc = torch.cat([conv.to(x.dtype), x_in], dim=1)  # (B, K-1+L, D)
+        new_conv = _after(xc, valid, branch.d_conv - 1)  # (B, K-1, D)
         u = F.silu(_depthwise(xc, getattr(self, f"conv{i}"), branch.conv1d.bias, 1))
         dt, B, C = branch.x_proj(u).split([branch.dt_rank, mamba.d_state, mamba.d_state], -1)
         u32 = u.float()  # (B, L, 1, D)
@@ -204,12 +182,12 @@ class ChunkStep(nn.Module):
         decay = torch.exp(dt * getattr(self, f"A{i}"))  # (B, L, N, D)
         B = B.float().reshape(-1, self.steps, mamba.d_state, 1)  # (B, L, N, 1), no copy
         inputs = (dt * u32) * B  # (B, L, N, D)
-        h = ssm.float()  # (B, 1, N, D)
+        h = ssm.float()[:, None]  # (B, 1, N, D)
         hs = []
         for a, b in zip(decay.split(1, dim=1), inputs.split(1, dim=1), strict=True):
             h = a * h + b  # (B, 1, N, D)
             hs.append(h)
         y = torch.matmul(C.float(), torch.cat(hs, dim=1))  # (B, L, 1, D)
-        y = (y + u32 * branch.D.float()) * F.silu(z.float())  # (B, L, 1, D)
+        y = (y + u32 * branch.D.float()).squeeze(2) * F.silu(z.float())  # (B, L, D)
         # the state after the last valid frame: the padded ones leave it as it is
-        return mamba.out_proj(y.to(x.dtype)), new_conv, h
+        return mamba.out_proj(y.to(x.dtype)), new_conv, h.squeeze(1)

@@ -72,12 +72,7 @@ from torch import Tensor, nn
 
 from mamba_asr import __version__
 from mamba_asr.export import INT4_BLOCK, INT4_BLOCKS
-from mamba_asr.export.chunk_step import (
-    ChunkStep,
-    chunk_layout,
-    model_layout,
-    supports_chunk_step,
-)
+from mamba_asr.export.chunk_step import ChunkStep, supports_chunk_step, time_first
 from mamba_asr.files import check_output
 from mamba_asr.models.streaming import map_state
 from mamba_asr.ops.selective_scan import export_backend
@@ -132,12 +127,12 @@ def state_leaves(tree: Any, prefix: str) -> list[tuple[str, Tensor]]:
 
 def onnx_state(state: Any, config: dict[str, Any]) -> list[np.ndarray]:
     """A PyTorch encoder state tree as the encoder graphs of an export (its ``config.json``)
-    take and give it: flat, in order, each tensor in ``chunk_step.chunk_layout`` for the
-    ``chunk_step`` layout (only transposed for the ``time_first`` one of older exports)."""
-    layout = config.get("encoder_state_layout")
-    views = {"chunk_step": chunk_layout, "time_first": lambda _, t: t.transpose(1, 2)}
-    view = views.get(layout, lambda _, t: t)
-    return [view(n, t).detach().cpu().contiguous().numpy() for n, t in state_leaves(state, "s")]
+    take and give it: flat, in order, each tensor transposed for a ``time_first`` layout."""
+    time_first_ = config.get("encoder_state_layout") == "time_first"
+    return [
+        (time_first(t) if time_first_ else t).detach().cpu().contiguous().numpy()
+        for _, t in state_leaves(state, "s")
+    ]
 
 
 def rebuild_state(template: Any, tensors: list[Tensor] | tuple[Tensor, ...]) -> Any:
@@ -148,22 +143,20 @@ def rebuild_state(template: Any, tensors: list[Tensor] | tuple[Tensor, ...]) -> 
 
 class EncoderChunk(nn.Module):
     """``model.forward_chunk`` with the state as flat tensors: (feats, *state) -> (memory,
-    encoder projection, *new state); with ``chunk_layout``, each state tensor in and out in
-    ``ChunkStep``'s layout (``chunk_step.chunk_layout``)."""
+    encoder projection, *new state); with ``time_first``, each state tensor in and out in
+    ``ChunkStep``'s layout (``chunk_step.time_first``)."""
 
-    def __init__(self, model: nn.Module, chunk_layout: bool = False) -> None:
+    def __init__(self, model: nn.Module, time_first: bool = False) -> None:
         super().__init__()
-        self.model, self.chunk_layout = model, chunk_layout
+        self.model, self.time_first = model, time_first
         self.template = model.init_state(1)
-        self.names = [name for name, _ in state_leaves(self.template, "s")]
 
     def forward(self, feats: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        if self.chunk_layout:
-            state = tuple(model_layout(n, t) for n, t in zip(self.names, state, strict=True))
+        view = time_first if self.time_first else (lambda t: t)
+        state = tuple(view(t) for t in state)
         memory, new = self.model.forward_chunk(feats, rebuild_state(self.template, state))
         proj = self.model.joiner.project_encoder(memory)  # (B, t', J)
-        leaves = state_leaves(new, "s")
-        return (memory, proj, *(chunk_layout(n, t) if self.chunk_layout else t for n, t in leaves))
+        return (memory, proj, *(view(t) for _, t in state_leaves(new, "s")))
 
 
 class PredictorStep(nn.Module):
@@ -276,9 +269,7 @@ def check_exportable(asr: nn.Module, target: str = "ONNX") -> None:
 
 
 def _layout(
-    init_state: Callable[..., Any],
-    prefix: str,
-    view: Callable[[str, Tensor], Tensor] | None = None,
+    init_state: Callable[..., Any], prefix: str, view: Callable[[Tensor], Tensor] | None = None
 ) -> list[dict[str, Any]]:
     """Name, shape (batch 1), dtype, batch dim and start value of each state tensor (as
     ``view`` lays it out)."""
@@ -286,7 +277,7 @@ def _layout(
     out = []
     for (name, a), (_, b) in zip(one, two, strict=True):
         if view is not None:
-            a, b = view(name, a), view(name, b)
+            a, b = view(a), view(b)
         diff = [d for d, (x, y) in enumerate(zip(a.shape, b.shape, strict=True)) if x != y]
         values = a.flatten().unique()
         if len(diff) != 1 or values.numel() > 1:
@@ -453,17 +444,17 @@ def _export_graphs(
     computes, else from the model's ``forward_chunk`` with the scan unrolled); returns the
     state layouts for config.json."""
     model = asr.model
-    # the graphs' encoder state tensors: in chunk_layout where the chunk graph is ChunkStep's
+    # the graphs' encoder state tensors: time first where the chunk graph is ChunkStep's
     fast = chunk_frames is not None and chunk_step and supports_chunk_step(model)
-    enc_layout = _layout(lambda b: model.init_state(b), "state", chunk_layout if fast else None)
+    enc_layout = _layout(lambda b: model.init_state(b), "state", time_first if fast else None)
     pred_layout = _layout(lambda b: model.predictor.init_state(b), "state")
     Dim = torch.export.Dim
     batch, time, hyps = Dim("batch", min=1), Dim("time", min=1), Dim("hyps", min=1)
     # examples of 2 (never 1: export would fix a dim of size 1), 3 encoder frames
-    state = [chunk_layout(n, t) if fast else t for n, t in state_leaves(model.init_state(2), "s")]
+    state = [time_first(t) if fast else t for _, t in state_leaves(model.init_state(2), "s")]
     feats = torch.randn(2, 3 * model.subsampling, asr.config.features.n_mels)
     _export_graph(
-        EncoderChunk(model, chunk_layout=fast).eval(), (feats, *state), folder / GRAPHS["encoder"],
+        EncoderChunk(model, time_first=fast).eval(), (feats, *state), folder / GRAPHS["encoder"],
         ["feats", *(s["name"] for s in enc_layout)],
         ["memory", "encoder_proj", *(s["name"].replace("state", "new_state", 1) for s in enc_layout)],
         ({0: batch, 1: time}, _dims(enc_layout, batch)),
@@ -496,7 +487,7 @@ def _export_graphs(
         ["encoder_proj", "predictor_proj"], ["logits"], ({0: hyps}, {0: hyps}),
     )  # fmt: skip
     return {"encoder_state": enc_layout, "predictor_state": pred_layout, "joiner_dim": joiner_dim,
-            "encoder_state_layout": "chunk_step" if fast else "model",
+            "encoder_state_layout": "time_first" if fast else "model",
             "encoder_chunk": None if chunk_frames is None
             else {"file": CHUNK_GRAPH, "frames": chunk_frames}}  # fmt: skip
 
@@ -891,9 +882,7 @@ def _write_config(
             "joiner_dim": graphs["joiner_dim"],
         },  # fmt: skip
         "encoder_state": graphs["encoder_state"],
-        # "chunk_step": each encoder state tensor as chunk_step.chunk_layout lays it out (the
-        # model's transposed, a Mamba block's with an axis of 1); "time_first" in older exports:
-        # only transposed
+        # "time_first": each encoder state tensor is the model's transposed (chunk_step)
         "encoder_state_layout": graphs["encoder_state_layout"],
         "predictor_state": graphs["predictor_state"],
         "encoder_chunk": graphs["encoder_chunk"],
