@@ -293,9 +293,7 @@ def synthesize_corpus(
         while total < target:
             batch = [next(jobs) for _ in range(workers * _BATCH_PER_WORKER)]
             groups = _groups(batch, workers)
-            spoken = (
-                pool.map(_speak_group, groups, chunksize=4) if pool else map(_speak_group, groups)
-            )
+            spoken = pool.map(_speak_group, groups) if pool else map(_speak_group, groups)
             by_index = {
                 j.index: d
                 for g, ds in zip(groups, spoken, strict=True)
@@ -413,14 +411,16 @@ def _groups(batch: list[_Job], workers: int) -> list[list[_Job]]:
     piper's by block of ``_BATCH_PER_WORKER`` indices (a batch holds whole blocks, whatever
     ``workers`` is: the block seeds piper's noise)."""
     festival = [j for j in batch if j.voice.engine == "festival"]
-    groups = [[j] for j in batch if j.voice.engine not in ("festival", "piper")]
     per = -(-len(festival) // workers) if festival else 1
-    groups += [festival[i : i + per] for i in range(0, len(festival), per)]
+    groups = [festival[i : i + per] for i in range(0, len(festival), per)]
     blocks: dict[int, list[_Job]] = {}
     for job in batch:
         if job.voice.engine == "piper":
             blocks.setdefault(job.index // _BATCH_PER_WORKER, []).append(job)
-    return groups + list(blocks.values())
+    # the long groups first, and one group per task (map's chunksize 1): in chunks of several,
+    # festival's or piper's groups would queue on one worker while the others wait
+    groups += list(blocks.values())
+    return groups + [[j] for j in batch if j.voice.engine not in ("festival", "piper")]
 
 
 def _speak_group(jobs: list[_Job]) -> list[float]:
