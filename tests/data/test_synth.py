@@ -105,6 +105,11 @@ def test_requested_missing_engine_names_install_command(tmp_path, monkeypatch, c
         available_engines(["flite"])
     with pytest.raises(ValueError, match="apt-get install espeak-ng"):
         available_engines()
+    from mamba_asr.data import synth
+
+    monkeypatch.setattr(synth.importlib.util, "find_spec", lambda name: None)  # no piper package
+    with pytest.raises(ValueError, match=r"piper is not installed .*mamba-asr\[tts\]"):
+        available_engines(["piper"])
     argv = ["synth", str(text_file), "--out", str(tmp_path / "o"), "--hours", "0.01"]
     assert main([*argv, "--engines", "festival"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

