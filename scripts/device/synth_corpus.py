@@ -62,8 +62,14 @@ def main() -> None:
         action="store_true",
         help="dev: training voices only; dev_heldout: the held-out voices",
     )
+    parser.add_argument("--engines", nargs="+", default=None,
+                        help="these engines only (default: every engine that works here)")  # fmt: skip
+    parser.add_argument("--no-train", action="store_true",
+                        help="the dev sets only (to remake a GPU run's dev sets elsewhere)")  # fmt: skip
     args = parser.parse_args()
     engines = working_engines(args.text_dir / "dev.txt")
+    if args.engines:
+        engines = [e for e in engines if e in args.engines]
     print("engines:", engines)
     weights = None
     if args.engine_weights:
@@ -77,7 +83,8 @@ def main() -> None:
     sets = [("dev", args.dev_hours, 1000 + args.seed, None, held if args.held_out_dev else ())]
     if args.held_out_dev:
         sets.append(("dev_heldout", args.dev_hours, 2000 + args.seed, held, ()))
-    sets.append(("train", args.train_hours, args.seed, None, held))
+    if not args.no_train:
+        sets.append(("train", args.train_hours, args.seed, None, held))
     for name, hours, seed, include, exclude in sets:
         r = synthesize_corpus(
             [args.text_dir / f"{name.split('_')[0]}.txt"], args.out / name, hours=hours,
