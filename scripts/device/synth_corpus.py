@@ -62,14 +62,10 @@ def main() -> None:
         action="store_true",
         help="dev: training voices only; dev_heldout: the held-out voices",
     )
-    parser.add_argument("--engines", nargs="+", default=None,
-                        help="these engines only (default: every engine that works here)")  # fmt: skip
     parser.add_argument("--no-train", action="store_true",
                         help="the dev sets only (to remake a GPU run's dev sets elsewhere)")  # fmt: skip
     args = parser.parse_args()
     engines = working_engines(args.text_dir / "dev.txt")
-    if args.engines:
-        engines = [e for e in engines if e in args.engines]
     print("engines:", engines)
     weights = None
     if args.engine_weights:
