@@ -321,8 +321,9 @@ def _add_export_parser(sub: argparse._SubParsersAction, common: list) -> None:
         "--int4-block input channels, symmetric, one scale a block)",
     )  # fmt: skip
     onnx.add_argument(
-        "--int4-block", type=int, default=INT4_BLOCK, metavar="N",
-        help=f"the block of --int4: 16, 32, 64, 128 or 256 (default: {INT4_BLOCK})",
+        "--int4-block", type=int, default=None, metavar="N",
+        help=f"the block of --int4: 16, 32, 64, 128 or 256 (default: {INT4_BLOCK}, or the "
+        "block a model of train --qat int4-weights was trained with)",
     )  # fmt: skip
     onnx.add_argument(
         "--chunk-ms", type=float, default=STREAM_CHUNK_MS, metavar="MS",
@@ -702,6 +703,11 @@ def _add_train_parser(sub: argparse._SubParsersAction, common: list, device_help
         "docs/compression.md",
     )  # fmt: skip
     train.add_argument(
+        "--qat-block", type=int, default=None, metavar="N",
+        help="with --qat int4-weights: the input channels that share a scale, 16, 32, 64, "
+        "128 or 256 (recipe key train.qat_block; default 32)",
+    )  # fmt: skip
+    train.add_argument(
         "--max-steps", type=int, default=None, metavar="N",
         help="stop after N optimizer steps in total, with a checkpoint (run again to go on)",
     )  # fmt: skip
@@ -954,13 +960,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.config, args.overrides, model=model, init_from=args.init)
     else:
         recipe = load_recipe(args.config, args.overrides)
-    if args.qat is not None:
+    if args.qat is not None or args.qat_block is not None:
         import dataclasses
 
         from mamba_asr.qat import check_scheme
 
-        qat = check_scheme(args.qat, "--qat")
-        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, qat=qat))
+        qat = recipe.train.qat if args.qat is None else check_scheme(args.qat, "--qat")
+        block = recipe.train.qat_block if args.qat_block is None else args.qat_block
+        if block != 32 and qat != "int4-weights":
+            raise ConfigError("--qat-block is for --qat int4-weights")
+        recipe = dataclasses.replace(
+            recipe, train=dataclasses.replace(recipe.train, qat=qat, qat_block=block)
+        )
     recipe = replace_kd(recipe, teacher=args.teacher, weight=args.kd_weight,
                         temperature=args.kd_temperature, target=args.kd_target)  # fmt: skip
     kd_flags = (args.kd_weight, args.kd_temperature, args.kd_target)

@@ -379,7 +379,8 @@ class TrainConfig:
     activations, what ``export onnx --int8`` runs) or ``int8-weights`` (weights only, what
     ``export coreml --weights int8`` runs) or ``int4-weights`` (the matrix products' weights
     in int4 blocks, what ``export onnx --int4`` runs); for streaming transducers, usually with
-    ``init_from`` a trained model. kd: knowledge distillation from a teacher (``KDConfig``;
+    ``init_from`` a trained model. qat_block: the input channels that share a scale with
+    ``int4-weights`` (16, 32, 64, 128 or 256; the export takes the model's). kd: knowledge distillation from a teacher (``KDConfig``;
     off by default).
     """
 
@@ -404,12 +405,18 @@ class TrainConfig:
     valid_strategy: Literal["greedy", "beam"] = "greedy"
     init_from: str | None = None
     qat: QatScheme | None = None
+    qat_block: int = 32
     kd: KDConfig = field(default_factory=KDConfig)
 
     def __post_init__(self) -> None:
         _at_least(self, "train", 1, "epochs", "grad_accum", "num_buckets", "keep_best", "average")
         _at_least(self, "train", 1, "log_every")
         _at_least(self, "train", 0, "warmup_steps", "num_workers", "checkpoint_every_steps")
+        if self.qat_block not in (16, 32, 64, 128, 256):  # mamba_asr.qat.INT4_BLOCKS
+            raise ConfigError(f"train.qat_block must be one of 16, 32, 64, 128, 256, got "
+                              f"{self.qat_block}")  # fmt: skip
+        if self.qat_block != 32 and self.qat != "int4-weights":
+            raise ConfigError("train.qat_block is for train.qat int4-weights")
         if self.schedule == "noam" and self.warmup_steps < 1:
             raise ConfigError("train.warmup_steps must be >= 1 with train.schedule 'noam'")
         for name in ("lr", "eps", "max_batch_seconds"):

@@ -64,6 +64,7 @@ from mamba_asr.config import QatScheme
 
 __all__ = [
     "INT4_BLOCK",
+    "INT4_BLOCKS",
     "INT4_RANGE",
     "QAT_SCHEMES",
     "Int4WeightQuantizer",
@@ -71,6 +72,7 @@ __all__ = [
     "apply_record",
     "check_scheme",
     "folded",
+    "int4_block",
     "observers_frozen",
     "prepare_qat",
     "qat_record",
@@ -82,6 +84,7 @@ QAT_SCHEMES: tuple[str, ...] = get_args(QatScheme)
 WEIGHT_RANGE = (-127, 127)  # symmetric int8, as Core ML's and onnxruntime's symmetric weights
 INT4_RANGE = (-8, 7)  # int4-weights: signed 4 bits
 INT4_BLOCK = 32  # int4-weights: input channels that share a scale (export.INT4_BLOCK)
+INT4_BLOCKS = (16, 32, 64, 128, 256)  # the blocks onnxruntime's MatMulNBits takes
 INT4_SCHEME = "int4-weights"
 ACTIVATION_RANGE = (0, 127)  # uint8, 7 bits: see the module docstring
 ACTIVATION_AVERAGING = 0.01
@@ -216,12 +219,14 @@ class Int4WeightQuantizer(_KeptQuantizer):
         self.block = block
 
     def quantize(self, w: Tensor) -> Tensor:
-        blocks, scale, sign = int4_blocks(w, self.block)  # (out * n, block), (out * n,) x 2
+        """w: (out, in) or a pointwise convolution's (out, in, 1) -> the same shape."""
+        flat = w.reshape(w.shape[0], -1)
+        blocks, scale, sign = int4_blocks(flat, self.block)  # (out * n, block), (out * n,) x 2
         zero = torch.zeros_like(scale, dtype=torch.int32)
         q = torch.fake_quantize_per_channel_affine(
             blocks * sign[:, None], scale, zero, 0, INT4_RANGE[0], INT4_RANGE[1]
         )
-        return (q * sign[:, None]).reshape(w.shape[0], -1)[:, : w.shape[1]]
+        return (q * sign[:, None]).reshape(w.shape[0], -1)[:, : flat.shape[1]].reshape(w.shape)
 
 
 class InputQuantizer(nn.Module):
@@ -272,19 +277,33 @@ def qat_scheme(asr: nn.Module) -> str | None:
     return getattr(asr, "qat_scheme", None)
 
 
-def prepare_qat(asr: nn.Module, scheme: str) -> nn.Module:
+def _pointwise(module: nn.Module) -> bool:
+    """A pointwise convolution (kernel 1, one group): a matrix product of the channels, which
+    the int4 graphs run as ``MatMulNBits`` (``export.onnx.pointwise_conv_as_matmul``)."""
+    return isinstance(module, nn.Conv1d) and module.kernel_size == (1,) and module.groups == 1
+
+
+def prepare_qat(asr: nn.Module, scheme: str, block: int = INT4_BLOCK) -> nn.Module:
     """Put the fake quantizers of ``scheme`` on ``asr.model`` (in place; see the module
-    docstring); returns ``asr``. The weights stay the float weights being trained (their
+    docstring); returns ``asr``. ``block``: the input channels that share a scale
+    (``int4-weights`` only). The weights stay the float weights being trained (their
     parameters keep their objects: build the optimizer after or before, either works)."""
     check_scheme(scheme)
     if qat_scheme(asr) is not None:
         raise ValueError(f"the model is already prepared for QAT ({qat_scheme(asr)})")
+    if block != INT4_BLOCK and scheme != INT4_SCHEME:
+        raise ValueError(f"a block of input channels is for {INT4_SCHEME} only, not {scheme}")
+    if block not in INT4_BLOCKS:
+        raise ValueError(f"the int4 block must be one of {', '.join(map(str, INT4_BLOCKS))}, "
+                         f"got {block}")  # fmt: skip
     for name, module in list(_layers(asr.model)):
-        if scheme == INT4_SCHEME and not isinstance(module, nn.Linear):
-            continue  # the int4 graphs keep convolutions and the embedding in float16
+        if scheme == INT4_SCHEME and not (isinstance(module, nn.Linear) or _pointwise(module)):
+            continue  # the int4 graphs keep the other convolutions and the embedding in fp16
         # on the weight's device: registering runs the quantizer on the weight at once
         int4 = scheme == INT4_SCHEME
-        quantizer = (Int4WeightQuantizer() if int4 else weight_quantizer()).to(module.weight.device)
+        quantizer = (Int4WeightQuantizer(block) if int4 else weight_quantizer()).to(
+            module.weight.device
+        )
         parametrize.register_parametrization(module, "weight", quantizer)
         quantized_input = not isinstance(module, nn.Embedding) and (
             name.rsplit(".", 1)[-1] not in SCAN_INPUTS
@@ -364,7 +383,18 @@ def qat_record(asr: nn.Module, state_dict: dict[str, Tensor] | None = None) -> d
         }
     library = f"torch {torch.__version__}" if scheme == INT4_SCHEME else (
         f"torchao {_torchao()['version']}")  # fmt: skip
-    return {"scheme": scheme, "library": library, "activations": activations}
+    record = {"scheme": scheme, "library": library, "activations": activations}
+    if scheme == INT4_SCHEME:
+        record["block"] = int4_block(asr)
+    return record
+
+
+def int4_block(asr: nn.Module) -> int:
+    """The block of an ``int4-weights`` QAT model's quantizers."""
+    blocks = {m.block for m in asr.model.modules() if isinstance(m, Int4WeightQuantizer)}
+    if len(blocks) != 1:
+        raise ValueError(f"the model's int4 quantizers do not share one block: {sorted(blocks)}")
+    return blocks.pop()
 
 
 def apply_record(asr: nn.Module, record: Any) -> nn.Module:
@@ -375,7 +405,11 @@ def apply_record(asr: nn.Module, record: Any) -> nn.Module:
     if not isinstance(record, dict) or not isinstance(record.get("activations", {}), dict):
         raise ValueError("its qat entry is not a dict with activations")
     record = {"activations": {}, **record}
-    prepare_qat(asr, check_scheme(record.get("scheme"), "its qat scheme"))
+    block = record.get("block", INT4_BLOCK)  # files of int4 QAT before the key: 32
+    if not isinstance(block, int) or block not in INT4_BLOCKS:
+        raise ValueError(f"its qat block must be one of {', '.join(map(str, INT4_BLOCKS))}, "
+                         f"got {block!r}")  # fmt: skip
+    prepare_qat(asr, check_scheme(record.get("scheme"), "its qat scheme"), block)
     quantizers = _input_quantizers(asr)
     names = {n.removeprefix("model.").removesuffix(f".{INPUT_QUANT}") for n in quantizers}
     if set(record["activations"]) != names:
@@ -410,8 +444,10 @@ class QuantizedLayer:
     block: int | None = None
 
 
-def _int4_layer(name: str, weight: Tensor, block: int) -> QuantizedLayer:
-    """The folded int4 weight (out, in) of a Linear as ``QuantizedLayer``."""
+def _int4_layer(name: str, weight: Tensor, block: int, kind: str) -> QuantizedLayer:
+    """The folded int4 weight of a Linear (out, in) or a pointwise Conv1d (out, in, 1) as
+    ``QuantizedLayer`` (its weight, integers and scales as (out, in) matrices)."""
+    weight = weight.reshape(weight.shape[0], -1)
     blocks, scale, sign = int4_blocks(weight, block)
     signed = scale * sign  # (out * n,)
     q = torch.round(blocks / signed[:, None]).clamp(*INT4_RANGE)  # (out * n, block)
@@ -419,7 +455,7 @@ def _int4_layer(name: str, weight: Tensor, block: int) -> QuantizedLayer:
         raise RuntimeError(f"{name}: the quantized weight is not q * scale")
     out, k = weight.shape
     q = q.reshape(out, -1)[:, :k]
-    return QuantizedLayer(name, "linear", weight.numpy(), q.numpy().astype(np.int8),
+    return QuantizedLayer(name, kind, weight.numpy(), q.numpy().astype(np.int8),
                           signed.reshape(out, -1).numpy(), None, block)  # fmt: skip
 
 
@@ -438,8 +474,9 @@ def folded(asr: nn.Module) -> tuple[nn.Module, list[QuantizedLayer]]:
             weight = module.weight.detach().float().cpu()  # quantized with this weight's scale
             weights[f"model.{name}.weight"] = weight
             quantizer = module.parametrizations.weight[0]
+            kind = next(k for t, k in _KINDS.items() if isinstance(module, t))
             if isinstance(quantizer, Int4WeightQuantizer):
-                layers.append(_int4_layer(name, weight, quantizer.block))
+                layers.append(_int4_layer(name, weight, quantizer.block, kind))
                 continue
             scale = quantizer.scale.detach().float().cpu()
             view = (-1,) + (1,) * (weight.dim() - 1)
@@ -447,7 +484,6 @@ def folded(asr: nn.Module) -> tuple[nn.Module, list[QuantizedLayer]]:
             if not torch.equal(q * scale.view(view), weight):
                 raise RuntimeError(f"{name}: the quantized weight is not q * scale")
             quantizer = getattr(module, INPUT_QUANT, None)
-            kind = next(k for t, k in _KINDS.items() if isinstance(module, t))
             layers.append(QuantizedLayer(
                 name, kind, weight.numpy(), q.numpy().astype(np.int8),
                 scale.numpy().astype(np.float32),

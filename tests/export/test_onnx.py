@@ -221,8 +221,8 @@ def test_int8_graphs_decode(tiny):
 
 @pytest.mark.parametrize("name", ["encoder", "encoder_chunk", "predictor", "joiner"])
 def test_int4_graphs_hold_every_weight_in_blocks_of_int4(tiny, name):
-    """Every matrix product with a weight (the joiner's and predictor's Gemm too) becomes
-    MatMulNBits; its weight is the fp32 weight rounded per block of 32 input channels to
+    """Every matrix product with a weight (the joiner's and predictor's Gemm and the front
+    end's pointwise Conv too) becomes MatMulNBits; its weight is the fp32 weight rounded per block of 32 input channels to
     scale * q, q in -8..7, |scale| = the block's largest magnitude / 8 (onnxruntime's
     symmetric scheme: that value is q = -8): within half a step, one at the clipped end."""
     import onnx
@@ -239,6 +239,18 @@ def test_int4_graphs_hold_every_weight_in_blocks_of_int4(tiny, name):
         if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits:
             transposed = any(a.name == "transB" and a.i for a in n.attribute)
             weights.append(inits[n.input[1]].T if transposed else inits[n.input[1]])
+        pointwise = (
+            n.op_type == "Conv"
+            and n.input[1] in inits
+            and not any(a.name == "group" and a.i > 1 for a in n.attribute)
+        )
+        if pointwise and all(k == 1 for k in inits[n.input[1]].shape[2:]):
+            w = inits[n.input[1]]
+            weights.append(w.reshape(w.shape[0], w.shape[1]).T)
+    if name == "encoder":
+        assert len(weights) > len(
+            [n for n in fp32.node if n.op_type == "MatMul" and n.input[1] in inits]
+        )  # the pointwise convolutions are among them
     quantized = dequantized_int4(int4)
     assert weights and len(quantized) == len(weights)
     ops = [n.op_type for n in int4.node]
@@ -331,6 +343,45 @@ def test_gemm_as_matmul_computes_the_same():
     assert [n.op_type for n in model.graph.node] == ["MatMul", "Add"]
     np.testing.assert_allclose(run(model), before, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(before, x @ w.T + b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial", [(9,), (1, 9)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_conv_as_matmul_computes_the_same(spatial, bias):
+    """A pointwise Conv (1-d, and 2-d as torch exports a Conv1d) becomes Transpose, MatMul,
+    (Add,) Transpose with the same outputs; other convolutions are left alone."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mamba_asr.export.onnx import pointwise_conv_as_matmul
+
+    rng = np.random.default_rng(len(spatial) + 2 * bias)
+    kernel = (1,) * len(spatial)
+    w = rng.standard_normal((5, 7, *kernel)).astype(np.float32)
+    depthwise = rng.standard_normal((5, 1, *(1,) * (len(spatial) - 1), 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(depthwise, "d")]
+    inputs = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b"))
+        inputs.append("b")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", inputs, ["h"], name="pw", kernel_shape=list(kernel)),
+         helper.make_node("Conv", ["h", "d"], ["y"], name="dw", group=5)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 7, *spatial])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((2, 7, *spatial)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+
+    before = run(model)
+    assert pointwise_conv_as_matmul(model.graph) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["Transpose", "MatMul", *(["Add"] * bias), "Transpose", "Conv"]
+    assert "w" not in {i.name for i in model.graph.initializer}
+    np.testing.assert_allclose(run(model), before, rtol=1e-5, atol=1e-5)
 
 
 NO_TORCH = """

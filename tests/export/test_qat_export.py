@@ -40,16 +40,16 @@ def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
     return (wave + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def qat_model(scheme: str, *more: str):
-    """A tiny transducer that emits text, prepared for QAT, its activation ranges observed on
-    a few utterances, in eval mode."""
+def qat_model(scheme: str, *more: str, block: int = 32):
+    """A tiny transducer that emits text, prepared for QAT (``block``: of int4-weights), its
+    activation ranges observed on a few utterances, in eval mode."""
     torch.manual_seed(0)
     asr = tiny_asr("transducer", *more, blank_bias=0.0)
     with torch.no_grad():
         asr.cmvn.mean.copy_(torch.randn(asr.cmvn.mean.shape) - 8.0)
         asr.cmvn.std.copy_(torch.rand(asr.cmvn.std.shape) + 2.0)
         asr.model.joiner.out.bias[1:3] = -30.0
-    prepare_qat(asr, scheme).train()
+    prepare_qat(asr, scheme, block).train()
     waves = torch.from_numpy(np.stack([speech_like(1.5, s) for s in range(4)]))
     lengths = torch.full((4,), waves.shape[1])
     with torch.no_grad():
@@ -187,18 +187,21 @@ def test_core_ml_int8_weights_are_the_qat_integers(tmp_path):
     assert found == big
 
 
-@pytest.fixture(scope="module")
-def int4_export(tmp_path_factory):
-    asr = qat_model("int4-weights")
+@pytest.fixture(scope="module", params=[32, 64], ids=["block32", "block64"])
+def int4_export(tmp_path_factory, request):
+    """An int4 QAT model's export at its own block (64: chosen by the export itself) with a
+    chunk graph of 320 ms."""
+    asr = qat_model("int4-weights", block=request.param)
     folder = tmp_path_factory.mktemp("onnx") / "qat4"
-    export_onnx(asr, folder, int4=True, chunk_ms=None)  # encoder.onnx takes every chunk
+    export_onnx(asr, folder, int4=True, chunk_ms=320)
     return asr, folder
 
 
 def test_the_int4_graphs_hold_the_qat_integers_and_scales_exactly(int4_export):
     """Every MatMulNBits of the int4 graphs dequantizes (fp16 scales read through their Cast)
-    to a folded QAT weight bit for bit; every Linear of the model is one; the fp32 graphs
-    hold the folded weights too."""
+    to a folded QAT weight bit for bit, in the model's block; every Linear and pointwise
+    convolution of the model is one, in the offline graph and in the chunk graph; the fp32
+    graphs hold the folded weights too."""
     import onnx
     from onnx import numpy_helper
 
@@ -206,17 +209,25 @@ def test_the_int4_graphs_hold_the_qat_integers_and_scales_exactly(int4_export):
     config = json.loads((folder / "config.json").read_text())
     assert config["qat"] == {"scheme": "int4-weights", "quantized": None}
     _, layers = folded(asr)
-    assert layers and all(x.block == 32 and x.kind == "linear" for x in layers)
-    found = set()
-    for name in ("encoder", "predictor", "joiner"):
+    block = asr.model.joiner.out.parametrizations.weight[0].block
+    assert layers and all(x.block == block for x in layers)
+    assert {x.kind for x in layers} == {"linear", "conv1d"}  # conv1d: the pointwise ones
+    found, pointwise = set(), {x.name for x in layers if x.kind == "conv1d"}
+    for name in ("encoder", "encoder_chunk", "predictor", "joiner"):
         graph = onnx.load(str(folder / f"{name}.int4.onnx")).graph
         dequantized = dequantized_int4(graph)
         assert dequantized, name
+        blocks = {a.i for n in graph.node for a in n.attribute if a.name == "block_size"}
+        assert blocks == {block}, name
+        names = set()
         for w in dequantized.values():
             match = [x for x in layers if x.weight.T.shape == w.shape
                      and np.array_equal(x.weight.T, w)]  # fmt: skip
             assert match, name
-            found.add(match[0].name)
+            names.add(match[0].name)
+        if name.startswith("encoder"):
+            assert pointwise <= names, name
+        found |= names
         fp32 = {i.name: numpy_helper.to_array(i) for i in
                 onnx.load(str(folder / f"{name}.onnx")).graph.initializer}  # fmt: skip
         assert any(np.array_equal(v, w) for x in layers for v in (x.weight, x.weight.T)
@@ -232,12 +243,14 @@ def test_the_int4_encoder_is_close_to_the_fake_quantized_model(int4_export):
 
     asr, folder = int4_export
     onnx_model = OnnxASR.load(folder, int4=True).model
-    feats = torch.randn(2, 32, 80, generator=torch.Generator().manual_seed(3))
-    got, _, _ = onnx_model.encode(feats.numpy(), onnx_model.init_state(2))
+    assert onnx_model.chunk_frames == 32
     plain, _ = folded(asr)
-    with torch.no_grad():
-        ref, _ = asr.model.forward_chunk(feats, asr.model.init_state(2))
-        folded_ref, _ = plain.model.forward_chunk(feats, plain.model.init_state(2))
-    torch.testing.assert_close(folded_ref, ref, rtol=0, atol=1e-5)
-    error = np.linalg.norm(got - ref.numpy()) / np.linalg.norm(ref.numpy())
-    assert error <= 0.05, error
+    for frames in (32, 48):  # the chunk graph's chunk, longer: the offline graph
+        feats = torch.randn(2, frames, 80, generator=torch.Generator().manual_seed(frames))
+        got, _, _ = onnx_model.encode(feats.numpy(), onnx_model.init_state(2))
+        with torch.no_grad():
+            ref, _ = asr.model.forward_chunk(feats, asr.model.init_state(2))
+            folded_ref, _ = plain.model.forward_chunk(feats, plain.model.init_state(2))
+        torch.testing.assert_close(folded_ref, ref, rtol=0, atol=1e-5)
+        error = np.linalg.norm(got - ref.numpy()) / np.linalg.norm(ref.numpy())
+        assert error <= 0.05, (frames, error)

@@ -223,6 +223,14 @@ def test_unknown_qat_values_are_one_line_errors(tmp_path, capsys):
         tiny_recipe("ctc", "train.qat=int8")
     with pytest.raises(ValueError, match="already prepared"):
         prepare_qat(calibrated(), "int8")
+    assert main([*args[:-1], "int8", "--qat-block", "64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "mamba-asr: error: --qat-block is for --qat int4-weights"
+    assert main([*args[:-1], "int4-weights", "--qat-block", "48"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "mamba-asr: error: train.qat_block must be one of 16, 32, 64, 128, 256, got 48"
+    with pytest.raises(ConfigError, match="train.qat_block is for train.qat int4-weights"):
+        tiny_recipe("transducer", "train.qat=int8", "train.qat_block=64")
 
 
 @pytest.fixture(scope="module")
@@ -261,6 +269,19 @@ def test_train_init_qat_resumes_exactly_and_writes_a_qat_model(tmp_path, tones):
     assert qat_scheme(model) == "int8"
     waves, lengths, _, _ = batch()
     assert len(model.transcribe_batch(waves, lengths, DecodingOptions(strategy="greedy"))) == 2
+
+
+def test_train_int4_qat_with_a_block_of_64_writes_that_block(tmp_path, tones):
+    from mamba_asr.qat import Int4WeightQuantizer, int4_block
+    from mamba_asr.train import train
+
+    start = tiny_asr("transducer").save(tmp_path / "start.pt")
+    recipe = tiny_recipe("transducer", "train.epochs=1", f"train.init_from={start}",
+                         "train.qat=int4-weights", "train.qat_block=64")  # fmt: skip
+    assert train(recipe, tones, tones, tmp_path / "run", device="cpu").finished
+    model = ASR.load(tmp_path / "run" / "model.pt")
+    assert qat_scheme(model) == "int4-weights" and int4_block(model) == 64
+    assert all(m.block == 64 for m in model.modules() if isinstance(m, Int4WeightQuantizer))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -309,6 +330,46 @@ def test_int4_fake_quant_is_q_times_the_block_scale(shape):
     assert torch.equal(s.half().float(), s)  # fp16 scales: what the int4 graphs store
 
 
+@pytest.mark.parametrize("block", [16, 64])
+def test_int4_blocks_of_other_sizes_and_pointwise_convolutions(block):
+    """A block of 16 or 64 input channels shares a scale; a pointwise Conv1d's (out, in, 1)
+    weight is quantized as its (out, in) matrix."""
+    torch.manual_seed(block)
+    w = torch.randn(6, 100) * torch.rand(6, 1)
+    q, s = reference_int4(w, block)
+    want = q * s.repeat_interleave(block, 1)[:, :100]
+    torch.testing.assert_close(Int4WeightQuantizer(block)(w), want, rtol=0, atol=0)
+    got = Int4WeightQuantizer(block)(w[:, :, None])
+    assert got.shape == (6, 100, 1)
+    torch.testing.assert_close(got[:, :, 0], want, rtol=0, atol=0)
+
+
+def test_the_int4_block_is_checked_recorded_and_loaded_back(tmp_path):
+    import mamba_asr
+    from mamba_asr.qat import apply_record, int4_block
+
+    with pytest.raises(ValueError, match="int4 block must be one of 16, 32, 64, 128, 256, got 48"):
+        prepare_qat(tiny_asr("transducer"), "int4-weights", 48)
+    with pytest.raises(ValueError, match="for int4-weights only, not int8-weights"):
+        prepare_qat(tiny_asr("transducer"), "int8-weights", 64)
+    asr = prepare_qat(tiny_asr("transducer", blank_bias=0.0), "int4-weights", 64).eval()
+    assert int4_block(asr) == 64
+    data = torch.load(asr.save(tmp_path / "qat4.pt"), weights_only=True)
+    assert data["qat"]["block"] == 64
+    loaded = mamba_asr.load_model(str(tmp_path / "qat4.pt"), device="cpu")
+    assert int4_block(loaded) == 64
+    waves, lengths, _, _ = batch()
+    with torch.no_grad():
+        f, n = asr.features(waves, lengths)
+        torch.testing.assert_close(
+            loaded.model.encode(f, n).memory, asr.model.encode(f, n).memory, rtol=0, atol=0
+        )
+    again = ASR(asr.config, asr.tokenizer)
+    again.load_state_dict(data["state_dict"])
+    with pytest.raises(ValueError, match="its qat block must be one of .*got 12"):
+        apply_record(again, {"scheme": "int4-weights", "block": 12})
+
+
 def test_int4_gradients_are_straight_through_and_only_linears_are_quantized():
     torch.manual_seed(5)
     w = torch.randn(4, 40)
@@ -323,9 +384,15 @@ def test_int4_gradients_are_straight_through_and_only_linears_are_quantized():
     torch.testing.assert_close(w.grad, g * inside)  # identity, zero where clipped
     asr = prepare_qat(tiny_asr("transducer"), "int4-weights").train()
     assert not any(isinstance(m, InputQuantizer) for m in asr.modules())
+    pointwise = 0
     for m in asr.model.modules():
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Embedding)):
-            assert hasattr(m, "parametrizations") == isinstance(m, nn.Linear), m
+            matrix = isinstance(m, nn.Linear) or (
+                isinstance(m, nn.Conv1d) and m.kernel_size == (1,) and m.groups == 1
+            )
+            pointwise += matrix and isinstance(m, nn.Conv1d)
+            assert hasattr(m, "parametrizations") == matrix, m
+    assert pointwise == len(asr.model.frontend.stages)  # the front end's pointwise convolutions
     asr(*batch()).loss.backward()
     for name, p in asr.named_parameters():
         if name.endswith("parametrizations.weight.original") and "ctc_lin" not in name:
@@ -334,7 +401,7 @@ def test_int4_gradients_are_straight_through_and_only_linears_are_quantized():
 
 def test_an_int4_model_file_loads_back_without_activations(tmp_path):
     import mamba_asr
-    from mamba_asr.qat import apply_record
+    from mamba_asr.qat import apply_record, int4_block
 
     asr = prepare_qat(tiny_asr("transducer", blank_bias=0.0), "int4-weights").eval()
     path = asr.save(tmp_path / "qat4.pt")
@@ -351,4 +418,4 @@ def test_an_int4_model_file_loads_back_without_activations(tmp_path):
     again = ASR(asr.config, asr.tokenizer)
     again.load_state_dict(data["state_dict"])
     apply_record(again, {"scheme": "int4-weights"})  # no "activations": a weights-only scheme
-    assert qat_scheme(again) == "int4-weights"
+    assert qat_scheme(again) == "int4-weights" and int4_block(again) == 32  # no "block": 32

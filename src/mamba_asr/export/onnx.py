@@ -597,6 +597,55 @@ def gemm_as_matmul(graph: Any) -> int:
     return done
 
 
+def pointwise_conv_as_matmul(graph: Any) -> int:
+    """Rewrite every ``Conv`` of ``graph`` whose kernel is all ones (a pointwise convolution:
+    one group, stride and dilation 1, no padding) and whose weight (and bias) are initializers
+    as ``Transpose`` (channels last), ``MatMul`` by the weight stored as (in, out), ``Add`` of
+    the bias and ``Transpose`` back, in place (the int4 quantizer takes MatMul only; the front
+    end's pointwise convolutions are its largest weights); returns how many."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    nodes, done = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = (numpy_helper.to_array(inits[node.input[1]])
+                  if node.op_type == "Conv" and node.input[1] in inits else None)  # fmt: skip
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        plain = (weight is not None and weight.ndim >= 3 and all(k == 1 for k in weight.shape[2:])
+                 and attrs.get("group", 1) == 1 and attrs.get("auto_pad", b"NOTSET") in
+                 (b"NOTSET", "NOTSET") and not any(attrs.get("pads", []))
+                 and all(s == 1 for s in attrs.get("strides", [1]))
+                 and all(d == 1 for d in attrs.get("dilations", [1]))
+                 and (not has_bias or node.input[2] in inits))  # fmt: skip
+        if not plain:
+            nodes.append(node)
+            continue
+        rank = weight.ndim  # the input's rank: (N, C, spatial...)
+        last = [0, *range(2, rank), 1]  # channels last
+        back = [0, rank - 1, *range(1, rank - 1)]
+        base = node.name or node.output[0]
+        w_name = f"{base}.weight_io"
+        w = weight.reshape(weight.shape[0], weight.shape[1]).T  # (in, out)
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), w_name))
+        x_last, y_last = f"{base}.channels_last", f"{base}.product"
+        nodes.append(helper.make_node("Transpose", [node.input[0]], [x_last], perm=last,
+                                      name=f"{base}.transpose_in"))  # fmt: skip
+        nodes.append(helper.make_node("MatMul", [x_last, w_name], [y_last],
+                                      name=f"{base}.matmul"))  # fmt: skip
+        if has_bias:
+            nodes.append(helper.make_node("Add", [y_last, node.input[2]], [f"{y_last}.bias"],
+                                          name=f"{base}.bias"))  # fmt: skip
+            y_last = f"{y_last}.bias"
+        nodes.append(helper.make_node("Transpose", [y_last], [node.output[0]], perm=back,
+                                      name=f"{base}.transpose_out"))  # fmt: skip
+        done += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    drop_unused_initializers(graph)
+    return done
+
+
 # the nodes whose float weights the int4 graphs store in float16: the convolutions (the front
 # end's pointwise ones are its largest weights), the embedding, the scales of the int4 blocks
 # (MatMulNBits: onnxruntime folds the Cast and still pre-packs the weights) and the constants
@@ -707,6 +756,7 @@ def _quantize_int4(folder: Path, block: int, layers: list[Any] | None = None) ->
                 continue
             model = onnx.load(str(folder / name))
             gemm_as_matmul(model.graph)
+            pointwise_conv_as_matmul(model.graph)
             if layers is not None:
                 int4_qat_graph(model.graph, layers)
                 if not any(o.domain == "com.microsoft" for o in model.opset_import):
@@ -891,6 +941,15 @@ def _write_config(
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
+def int4_qat_block(asr: nn.Module) -> int:
+    """The block of an ``int4-weights`` QAT model, ``INT4_BLOCK`` for any other model."""
+    if qat_scheme(asr) != "int4-weights":
+        return INT4_BLOCK
+    from mamba_asr.qat import int4_block
+
+    return int4_block(asr)
+
+
 def export_onnx(
     asr: nn.Module,
     out: str | os.PathLike[str],
@@ -900,13 +959,14 @@ def export_onnx(
     overwrite: bool = False,
     chunk_ms: float | None = STREAM_CHUNK_MS,
     int4: bool = False,
-    int4_block: int = INT4_BLOCK,
+    int4_block: int | None = None,
 ) -> Path:
     """Export ``asr`` (an ``ASR`` bundle of a streaming transducer) to the folder ``out``.
 
     lm: an n-gram LM file to ship beside the graphs (the bundled model's, for ``lm="auto"``);
     int8: add the dynamically quantized graphs; int4: add graphs of int4 weights, in blocks
-    of ``int4_block`` input channels; chunk_ms: the chunk length of
+    of ``int4_block`` input channels (None: the block an int4 QAT model was trained with,
+    else ``INT4_BLOCK``); chunk_ms: the chunk length of
     ``encoder_chunk.onnx`` (None: no such graph, ``encoder.onnx`` takes every chunk). Raises a one-line ``ValueError`` for a model
     that does not stream or an ``out`` that exists (unless ``overwrite``) or cannot be made;
     on any error nothing is left at ``out``.
@@ -921,6 +981,8 @@ def export_onnx(
         )
     if lm is not None and not Path(lm).is_file():
         raise ValueError(f"{lm}: no such LM file")
+    if int4_block is None:
+        int4_block = int4_qat_block(asr)
     if int4 and int4_block not in INT4_BLOCKS:
         raise ValueError(
             f"int4 block {int4_block}: choose one of {', '.join(map(str, INT4_BLOCKS))}"

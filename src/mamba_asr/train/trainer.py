@@ -956,7 +956,7 @@ def _train(
     if cfg.qat is not None:  # fake quantizers on the float weights (a checkpoint holds both)
         from mamba_asr.qat import prepare_qat
 
-        prepare_qat(asr, cfg.qat)
+        prepare_qat(asr, cfg.qat, cfg.qat_block)
         log.info("quantization-aware training: %s", cfg.qat)
     metrics = MetricsLog(out_dir, 0 if state is None else state["progress"]["step"], ctx.is_main)
     run = _Run(recipe, ctx, out_dir, asr, asr, sampler, _Progress(), metrics)
