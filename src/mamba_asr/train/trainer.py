@@ -883,9 +883,13 @@ def train(
         tokenizer = tokenizer_from_files(prepared["tokenizer"])
         recipe = prepared["recipe"]  # the teacher's path and hash recorded (train.kd)
         with _file_log(out_dir / "train.log", ctx.is_main):
-            return _train(recipe, ctx, out_dir, tokenizer, train_utts, valid_utts,
-                          prepared["state"], max_steps, progress, deadline,
-                          _BadAudio(strict), prepared["teacher"])  # fmt: skip
+            result = _train(recipe, ctx, out_dir, tokenizer, train_utts, valid_utts,
+                            prepared["state"], max_steps, progress, deadline,
+                            _BadAudio(strict), prepared["teacher"])  # fmt: skip
+        # every rank waits for rank 0's model.pt and leaves the process group together: a
+        # rank that tore down gloo while another still used it was seen to abort at exit
+        barrier(ctx)
+        return result
     finally:
         for lock in locks:
             lock.release()
