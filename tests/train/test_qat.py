@@ -344,30 +344,15 @@ def test_int4_blocks_of_other_sizes_and_pointwise_convolutions(block):
     torch.testing.assert_close(got[:, :, 0], want, rtol=0, atol=0)
 
 
-def test_the_int4_block_is_checked_recorded_and_loaded_back(tmp_path):
-    import mamba_asr
-    from mamba_asr.qat import apply_record, int4_block
+def test_the_int4_block_is_checked():
+    from mamba_asr.qat import apply_record
 
     with pytest.raises(ValueError, match="int4 block must be one of 16, 32, 64, 128, 256, got 48"):
         prepare_qat(tiny_asr("transducer"), "int4-weights", 48)
     with pytest.raises(ValueError, match="for int4-weights only, not int8-weights"):
         prepare_qat(tiny_asr("transducer"), "int8-weights", 64)
-    asr = prepare_qat(tiny_asr("transducer", blank_bias=0.0), "int4-weights", 64).eval()
-    assert int4_block(asr) == 64
-    data = torch.load(asr.save(tmp_path / "qat4.pt"), weights_only=True)
-    assert data["qat"]["block"] == 64
-    loaded = mamba_asr.load_model(str(tmp_path / "qat4.pt"), device="cpu")
-    assert int4_block(loaded) == 64
-    waves, lengths, _, _ = batch()
-    with torch.no_grad():
-        f, n = asr.features(waves, lengths)
-        torch.testing.assert_close(
-            loaded.model.encode(f, n).memory, asr.model.encode(f, n).memory, rtol=0, atol=0
-        )
-    again = ASR(asr.config, asr.tokenizer)
-    again.load_state_dict(data["state_dict"])
     with pytest.raises(ValueError, match="its qat block must be one of .*got 12"):
-        apply_record(again, {"scheme": "int4-weights", "block": 12})
+        apply_record(tiny_asr("transducer"), {"scheme": "int4-weights", "block": 12})
 
 
 def test_int4_gradients_are_straight_through_and_only_linears_are_quantized():
@@ -399,16 +384,19 @@ def test_int4_gradients_are_straight_through_and_only_linears_are_quantized():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_an_int4_model_file_loads_back_without_activations(tmp_path):
+@pytest.mark.parametrize("block", [32, 64])
+def test_an_int4_model_file_loads_back_without_activations(tmp_path, block):
+    """The model file records the scheme and the block; it loads back with both."""
     import mamba_asr
     from mamba_asr.qat import apply_record, int4_block
 
-    asr = prepare_qat(tiny_asr("transducer", blank_bias=0.0), "int4-weights").eval()
+    asr = prepare_qat(tiny_asr("transducer", blank_bias=0.0), "int4-weights", block).eval()
     path = asr.save(tmp_path / "qat4.pt")
     data = torch.load(path, weights_only=True)
     assert data["qat"]["scheme"] == "int4-weights" and data["qat"]["activations"] == {}
+    assert data["qat"]["block"] == block
     loaded = mamba_asr.load_model(str(path), device="cpu")
-    assert qat_scheme(loaded) == "int4-weights"
+    assert qat_scheme(loaded) == "int4-weights" and int4_block(loaded) == block
     waves, lengths, _, _ = batch()
     with torch.no_grad():
         f, n = asr.features(waves, lengths)

@@ -561,40 +561,65 @@ def _quantize(folder: Path, keep_fp32: list[np.ndarray]) -> None:
         logging.disable(logging.NOTSET)
 
 
-def gemm_as_matmul(graph: Any) -> int:
-    """Rewrite every ``Gemm`` of ``graph`` whose B (and C) are initializers, alpha = beta = 1
-    and A not transposed, as ``MatMul`` by the weight (stored as (in, out)) and ``Add`` of the
-    bias, in place (the int4 quantizer takes MatMul only); returns how many."""
+def _matmul_by(node: Any, x: str, weight: np.ndarray, bias: str | None, out: str,
+               graph: Any) -> list[Any]:  # fmt: skip
+    """``MatMul`` of ``x`` by ``weight`` (in, out), added to ``graph`` as an initializer, and
+    ``Add`` of ``bias`` (an initializer's name, or None), writing ``out``; named after
+    ``node``."""
     from onnx import helper, numpy_helper
+
+    base = node.name or node.output[0]
+    w_name = f"{base}.weight_io"
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), w_name))
+    product = f"{out}.matmul" if bias else out
+    nodes = [helper.make_node("MatMul", [x, w_name], [product], name=f"{base}.matmul")]
+    if bias:
+        nodes.append(helper.make_node("Add", [product, bias], [out], name=f"{base}.bias"))
+    return nodes
+
+
+def _rewrite_nodes(graph: Any, rewrite: Any) -> int:
+    """Replace each node of ``graph`` for which ``rewrite(node, attrs, inits)`` returns a list
+    of nodes by that list, in place, and drop the initializers no node reads any more; returns
+    how many were replaced."""
+    from onnx import helper
 
     inits = {i.name: i for i in graph.initializer}
     nodes, done = [], 0
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        plain = (node.op_type == "Gemm" and attrs.get("alpha", 1.0) == 1.0
-                 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
-                 and node.input[1] in inits
-                 and (len(node.input) < 3 or not node.input[2] or node.input[2] in inits))  # fmt: skip
-        if not plain:
-            nodes.append(node)
-            continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            weight = weight.T
-        w_name = f"{node.name}.weight_io"
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), w_name))
-        has_bias = len(node.input) > 2 and bool(node.input[2])
-        product = f"{node.output[0]}.matmul" if has_bias else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [product],
-                                      name=f"{node.name}.matmul"))  # fmt: skip
-        if has_bias:
-            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]],
-                                          name=f"{node.name}.bias"))  # fmt: skip
-        done += 1
+        new = rewrite(node, attrs, inits)
+        nodes.extend([node] if new is None else new)
+        done += new is not None
     del graph.node[:]
     graph.node.extend(nodes)
     drop_unused_initializers(graph)
     return done
+
+
+def _bias(node: Any) -> str | None:
+    """The name of a Gemm's C or a Conv's B, None where it has none."""
+    return node.input[2] if len(node.input) > 2 and node.input[2] else None
+
+
+def gemm_as_matmul(graph: Any) -> int:
+    """Rewrite every ``Gemm`` of ``graph`` whose B (and C) are initializers, alpha = beta = 1
+    and A not transposed, as ``MatMul`` by the weight (stored as (in, out)) and ``Add`` of the
+    bias, in place (the int4 quantizer takes MatMul only); returns how many."""
+    from onnx import numpy_helper
+
+    def rewrite(node: Any, attrs: dict[str, Any], inits: dict[str, Any]) -> list[Any] | None:
+        bias = _bias(node)
+        plain = (node.op_type == "Gemm" and attrs.get("alpha", 1.0) == 1.0
+                 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+                 and node.input[1] in inits and (bias is None or bias in inits))  # fmt: skip
+        if not plain:
+            return None
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        weight = weight.T if attrs.get("transB", 0) else weight
+        return _matmul_by(node, node.input[0], weight, bias, node.output[0], graph)
+
+    return _rewrite_nodes(graph, rewrite)
 
 
 def pointwise_conv_as_matmul(graph: Any) -> int:
@@ -605,45 +630,32 @@ def pointwise_conv_as_matmul(graph: Any) -> int:
     end's pointwise convolutions are its largest weights); returns how many."""
     from onnx import helper, numpy_helper
 
-    inits = {i.name: i for i in graph.initializer}
-    nodes, done = [], 0
-    for node in graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        weight = (numpy_helper.to_array(inits[node.input[1]])
-                  if node.op_type == "Conv" and node.input[1] in inits else None)  # fmt: skip
-        has_bias = len(node.input) > 2 and bool(node.input[2])
-        plain = (weight is not None and weight.ndim >= 3 and all(k == 1 for k in weight.shape[2:])
-                 and attrs.get("group", 1) == 1 and attrs.get("auto_pad", b"NOTSET") in
-                 (b"NOTSET", "NOTSET") and not any(attrs.get("pads", []))
+    def rewrite(node: Any, attrs: dict[str, Any], inits: dict[str, Any]) -> list[Any] | None:
+        if node.op_type != "Conv" or node.input[1] not in inits:
+            return None
+        weight, bias = numpy_helper.to_array(inits[node.input[1]]), _bias(node)
+        plain = (weight.ndim >= 3 and all(k == 1 for k in weight.shape[2:])
+                 and attrs.get("group", 1) == 1
+                 and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+                 and not any(attrs.get("pads", []))
                  and all(s == 1 for s in attrs.get("strides", [1]))
                  and all(d == 1 for d in attrs.get("dilations", [1]))
-                 and (not has_bias or node.input[2] in inits))  # fmt: skip
+                 and (bias is None or bias in inits))  # fmt: skip
         if not plain:
-            nodes.append(node)
-            continue
+            return None
         rank = weight.ndim  # the input's rank: (N, C, spatial...)
-        last = [0, *range(2, rank), 1]  # channels last
-        back = [0, rank - 1, *range(1, rank - 1)]
         base = node.name or node.output[0]
-        w_name = f"{base}.weight_io"
-        w = weight.reshape(weight.shape[0], weight.shape[1]).T  # (in, out)
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), w_name))
         x_last, y_last = f"{base}.channels_last", f"{base}.product"
-        nodes.append(helper.make_node("Transpose", [node.input[0]], [x_last], perm=last,
-                                      name=f"{base}.transpose_in"))  # fmt: skip
-        nodes.append(helper.make_node("MatMul", [x_last, w_name], [y_last],
-                                      name=f"{base}.matmul"))  # fmt: skip
-        if has_bias:
-            nodes.append(helper.make_node("Add", [y_last, node.input[2]], [f"{y_last}.bias"],
-                                          name=f"{base}.bias"))  # fmt: skip
-            y_last = f"{y_last}.bias"
-        nodes.append(helper.make_node("Transpose", [y_last], [node.output[0]], perm=back,
-                                      name=f"{base}.transpose_out"))  # fmt: skip
-        done += 1
-    del graph.node[:]
-    graph.node.extend(nodes)
-    drop_unused_initializers(graph)
-    return done
+        w = weight.reshape(weight.shape[0], weight.shape[1]).T  # (in, out)
+        return [
+            helper.make_node("Transpose", [node.input[0]], [x_last], perm=[0, *range(2, rank), 1],
+                             name=f"{base}.transpose_in"),
+            *_matmul_by(node, x_last, w, bias, y_last, graph),
+            helper.make_node("Transpose", [y_last], [node.output[0]],
+                             perm=[0, rank - 1, *range(1, rank - 1)], name=f"{base}.transpose_out"),
+        ]  # fmt: skip
+
+    return _rewrite_nodes(graph, rewrite)
 
 
 # the nodes whose float weights the int4 graphs store in float16: the convolutions (the front
