@@ -283,11 +283,15 @@ def _pointwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv1d) and module.kernel_size == (1,) and module.groups == 1
 
 
-def prepare_qat(asr: nn.Module, scheme: str, block: int = INT4_BLOCK) -> nn.Module:
+def prepare_qat(
+    asr: nn.Module, scheme: str, block: int = INT4_BLOCK, pointwise: bool = True
+) -> nn.Module:
     """Put the fake quantizers of ``scheme`` on ``asr.model`` (in place; see the module
     docstring); returns ``asr``. ``block``: the input channels that share a scale
-    (``int4-weights`` only). The weights stay the float weights being trained (their
-    parameters keep their objects: build the optimizer after or before, either works)."""
+    (``int4-weights`` only); ``pointwise``: int4 on the pointwise convolutions too (False:
+    the Linear layers only, as int4 QAT was before; model files of then load so). The weights
+    stay the float weights being trained (their parameters keep their objects: build the
+    optimizer after or before, either works)."""
     check_scheme(scheme)
     if qat_scheme(asr) is not None:
         raise ValueError(f"the model is already prepared for QAT ({qat_scheme(asr)})")
@@ -297,7 +301,8 @@ def prepare_qat(asr: nn.Module, scheme: str, block: int = INT4_BLOCK) -> nn.Modu
         raise ValueError(f"the int4 block must be one of {', '.join(map(str, INT4_BLOCKS))}, "
                          f"got {block}")  # fmt: skip
     for name, module in list(_layers(asr.model)):
-        if scheme == INT4_SCHEME and not (isinstance(module, nn.Linear) or _pointwise(module)):
+        int4_layer = isinstance(module, nn.Linear) or (pointwise and _pointwise(module))
+        if scheme == INT4_SCHEME and not int4_layer:
             continue  # the int4 graphs keep the other convolutions and the embedding in fp16
         # on the weight's device: registering runs the quantizer on the weight at once
         int4 = scheme == INT4_SCHEME
@@ -386,6 +391,9 @@ def qat_record(asr: nn.Module, state_dict: dict[str, Tensor] | None = None) -> d
     record = {"scheme": scheme, "library": library, "activations": activations}
     if scheme == INT4_SCHEME:
         record["block"] = int4_block(asr)
+        record["pointwise"] = any(
+            _pointwise(m) and parametrize.is_parametrized(m, "weight") for m in asr.model.modules()
+        )
     return record
 
 
@@ -405,11 +413,14 @@ def apply_record(asr: nn.Module, record: Any) -> nn.Module:
     if not isinstance(record, dict) or not isinstance(record.get("activations", {}), dict):
         raise ValueError("its qat entry is not a dict with activations")
     record = {"activations": {}, **record}
-    block = record.get("block", INT4_BLOCK)  # files of int4 QAT before the key: 32
+    # files of int4 QAT made before these keys: blocks of 32, the Linear layers only
+    block, pointwise = record.get("block", INT4_BLOCK), record.get("pointwise", False)
     if not isinstance(block, int) or block not in INT4_BLOCKS:
         raise ValueError(f"its qat block must be one of {', '.join(map(str, INT4_BLOCKS))}, "
                          f"got {block!r}")  # fmt: skip
-    prepare_qat(asr, check_scheme(record.get("scheme"), "its qat scheme"), block)
+    if not isinstance(pointwise, bool):
+        raise ValueError(f"its qat pointwise must be true or false, got {pointwise!r}")
+    prepare_qat(asr, check_scheme(record.get("scheme"), "its qat scheme"), block, pointwise)
     quantizers = _input_quantizers(asr)
     names = {n.removeprefix("model.").removesuffix(f".{INPUT_QUANT}") for n in quantizers}
     if set(record["activations"]) != names:

@@ -31,6 +31,7 @@ from mamba_asr.qat import (  # noqa: E402 (after the skip)
     InputQuantizer,
     Int4WeightQuantizer,
     prepare_qat,
+    qat_record,
     qat_scheme,
     weight_quantizer,
 )
@@ -353,6 +354,8 @@ def test_the_int4_block_is_checked():
         prepare_qat(tiny_asr("transducer"), "int8-weights", 64)
     with pytest.raises(ValueError, match="its qat block must be one of .*got 12"):
         apply_record(tiny_asr("transducer"), {"scheme": "int4-weights", "block": 12})
+    with pytest.raises(ValueError, match="its qat pointwise must be true or false, got 'yes'"):
+        apply_record(tiny_asr("transducer"), {"scheme": "int4-weights", "pointwise": "yes"})
 
 
 def test_int4_gradients_are_straight_through_and_only_linears_are_quantized():
@@ -394,7 +397,7 @@ def test_an_int4_model_file_loads_back_without_activations(tmp_path, block):
     path = asr.save(tmp_path / "qat4.pt")
     data = torch.load(path, weights_only=True)
     assert data["qat"]["scheme"] == "int4-weights" and data["qat"]["activations"] == {}
-    assert data["qat"]["block"] == block
+    assert data["qat"]["block"] == block and data["qat"]["pointwise"] is True
     loaded = mamba_asr.load_model(str(path), device="cpu")
     assert qat_scheme(loaded) == "int4-weights" and int4_block(loaded) == block
     waves, lengths, _, _ = batch()
@@ -405,5 +408,10 @@ def test_an_int4_model_file_loads_back_without_activations(tmp_path, block):
         )
     again = ASR(asr.config, asr.tokenizer)
     again.load_state_dict(data["state_dict"])
-    apply_record(again, {"scheme": "int4-weights"})  # no "activations": a weights-only scheme
-    assert qat_scheme(again) == "int4-weights" and int4_block(again) == 32  # no "block": 32
+    # a file of int4 QAT from before "block" and "pointwise" (and without "activations": a
+    # weights-only scheme): blocks of 32, the Linear layers only, as it was trained
+    apply_record(again, {"scheme": "int4-weights"})
+    assert qat_scheme(again) == "int4-weights" and int4_block(again) == 32
+    quantized = [m for m in again.model.modules() if hasattr(m, "parametrizations")]
+    assert quantized and all(isinstance(m, nn.Linear) for m in quantized)
+    assert qat_record(again)["pointwise"] is False

@@ -658,8 +658,8 @@ def pointwise_conv_as_matmul(graph: Any) -> int:
     return _rewrite_nodes(graph, rewrite)
 
 
-# the nodes whose float weights the int4 graphs store in float16: the convolutions (the front
-# end's pointwise ones are its largest weights), the embedding, the scales of the int4 blocks
+# the nodes whose float weights the int4 graphs store in float16: the convolutions (depthwise;
+# the pointwise ones are MatMulNBits, pointwise_conv_as_matmul), the embedding, the scales of the int4 blocks
 # (MatMulNBits: onnxruntime folds the Cast and still pre-packs the weights) and the constants
 # of products (Mul: the selective scan's A and D, the chunk graph's depthwise kernels, which
 # the general graph's Conv holds in float16 too); the norms and the biases stay float32
