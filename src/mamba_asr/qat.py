@@ -413,8 +413,9 @@ def apply_record(asr: nn.Module, record: Any) -> nn.Module:
     if not isinstance(record, dict) or not isinstance(record.get("activations", {}), dict):
         raise ValueError("its qat entry is not a dict with activations")
     record = {"activations": {}, **record}
-    # files of int4 QAT made before these keys: blocks of 32, the Linear layers only
-    block, pointwise = record.get("block", INT4_BLOCK), record.get("pointwise", False)
+    # int4 QAT files made before "block": blocks of 32, the Linear layers only; "block" came
+    # with the pointwise convolutions (a file with "block" and no "pointwise" quantized them)
+    block, pointwise = record.get("block", INT4_BLOCK), record.get("pointwise", "block" in record)
     if not isinstance(block, int) or block not in INT4_BLOCKS:
         raise ValueError(f"its qat block must be one of {', '.join(map(str, INT4_BLOCKS))}, "
                          f"got {block!r}")  # fmt: skip

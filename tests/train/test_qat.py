@@ -415,3 +415,8 @@ def test_an_int4_model_file_loads_back_without_activations(tmp_path, block):
     quantized = [m for m in again.model.modules() if hasattr(m, "parametrizations")]
     assert quantized and all(isinstance(m, nn.Linear) for m in quantized)
     assert qat_record(again)["pointwise"] is False
+    # with "block" and without "pointwise" (a file of the first release of blocks): both
+    again = ASR(asr.config, asr.tokenizer)
+    again.load_state_dict(data["state_dict"])
+    apply_record(again, {"scheme": "int4-weights", "block": 64})
+    assert qat_record(again)["pointwise"] is True and int4_block(again) == 64
