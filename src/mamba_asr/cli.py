@@ -967,7 +967,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         qat = recipe.train.qat if args.qat is None else check_scheme(args.qat, "--qat")
         block = recipe.train.qat_block if args.qat_block is None else args.qat_block
-        if block != 32 and qat != "int4-weights":
+        if block != INT4_BLOCK and qat != "int4-weights":
             raise ConfigError("--qat-block is for --qat int4-weights")
         recipe = dataclasses.replace(
             recipe, train=dataclasses.replace(recipe.train, qat=qat, qat_block=block)

@@ -23,6 +23,10 @@ from mamba_asr.files import read_text
 
 T = TypeVar("T")
 QatScheme = Literal["int8", "int8-weights", "int4-weights"]  # mamba_asr.qat.QAT_SCHEMES
+# int4 weights (train.qat int4-weights, export onnx --int4): one scale per block of this many
+# input channels of a matrix product; the blocks onnxruntime's MatMulNBits takes
+INT4_BLOCK = 32
+INT4_BLOCKS = (16, 32, 64, 128, 256)
 
 
 class ConfigError(ValueError):
@@ -405,17 +409,17 @@ class TrainConfig:
     valid_strategy: Literal["greedy", "beam"] = "greedy"
     init_from: str | None = None
     qat: QatScheme | None = None
-    qat_block: int = 32
+    qat_block: int = INT4_BLOCK
     kd: KDConfig = field(default_factory=KDConfig)
 
     def __post_init__(self) -> None:
         _at_least(self, "train", 1, "epochs", "grad_accum", "num_buckets", "keep_best", "average")
         _at_least(self, "train", 1, "log_every")
         _at_least(self, "train", 0, "warmup_steps", "num_workers", "checkpoint_every_steps")
-        if self.qat_block not in (16, 32, 64, 128, 256):  # mamba_asr.qat.INT4_BLOCKS
-            raise ConfigError(f"train.qat_block must be one of 16, 32, 64, 128, 256, got "
-                              f"{self.qat_block}")  # fmt: skip
-        if self.qat_block != 32 and self.qat != "int4-weights":
+        if self.qat_block not in INT4_BLOCKS:
+            raise ConfigError(f"train.qat_block must be one of "
+                              f"{', '.join(map(str, INT4_BLOCKS))}, got {self.qat_block}")  # fmt: skip
+        if self.qat_block != INT4_BLOCK and self.qat != "int4-weights":
             raise ConfigError("train.qat_block is for train.qat int4-weights")
         if self.schedule == "noam" and self.warmup_steps < 1:
             raise ConfigError("train.warmup_steps must be >= 1 with train.schedule 'noam'")

@@ -60,7 +60,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from mamba_asr.config import QatScheme
+from mamba_asr.config import INT4_BLOCK, INT4_BLOCKS, QatScheme
 
 __all__ = [
     "INT4_BLOCK",
@@ -83,8 +83,6 @@ __all__ = [
 QAT_SCHEMES: tuple[str, ...] = get_args(QatScheme)
 WEIGHT_RANGE = (-127, 127)  # symmetric int8, as Core ML's and onnxruntime's symmetric weights
 INT4_RANGE = (-8, 7)  # int4-weights: signed 4 bits
-INT4_BLOCK = 32  # int4-weights: input channels that share a scale (export.INT4_BLOCK)
-INT4_BLOCKS = (16, 32, 64, 128, 256)  # the blocks onnxruntime's MatMulNBits takes
 INT4_SCHEME = "int4-weights"
 ACTIVATION_RANGE = (0, 127)  # uint8, 7 bits: see the module docstring
 ACTIVATION_AVERAGING = 0.01
