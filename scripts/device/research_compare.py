@@ -12,7 +12,8 @@ folder per entry of RECIPES, all trained at once on one GPU, each with the same 
 batch (``--set`` values in COMMON), schedule and number of optimizer steps.
 
 ``train``: every run trains to the step count S of the first call's ``--steps`` (kept in
-RUNS/plan.json), stopping at ``--deadline`` (seconds since the epoch) if that comes first.
+RUNS/plan.json; ``--retarget`` replaces it by this call's ``--steps``), stopping at
+``--deadline`` (seconds since the epoch) if that comes first.
 Calling it again on the same RUNS resumes each run where it stopped (the trainer's resume is
 exact), until all have S steps. Under the shared load of five runs on one H200 with 16 CPU
 cores, the slowest (ConMamba CTC large) trains about 2.2 steps per second of 400 s batches:
@@ -159,6 +160,12 @@ def train_all(args: argparse.Namespace) -> None:
         plan = {"steps": args.steps, "overrides": {n: overrides(n, args.set) for n in names}}
         plan_file.write_text(json.dumps(plan, indent=1))
     plan = json.loads(plan_file.read_text())
+    if args.retarget and plan["steps"] != args.steps:
+        # a later call moves the common target (e.g. down to a step every run can reach in the
+        # time left, so that all are evaluated at the same step); the runs resume as before
+        print(f"target moved from step {plan['steps']} to {args.steps}", flush=True)
+        plan["steps"] = args.steps
+        plan_file.write_text(json.dumps(plan, indent=1))
     records = launch_all(args, names, plan["steps"])
     rates = {
         n: steps_per_second(n, r, corpus, args.set)
@@ -453,6 +460,10 @@ def main() -> None:
         p.add_argument("--name", choices=list(RECIPES))
         p.add_argument("--deadline", type=float, default=time.time() + 3600)
         p.add_argument("--steps", type=int, default=1000, help="optimizer steps of every run")
+        p.add_argument(
+            "--retarget", action="store_true",
+            help="train: replace the step count kept from the first call by --steps",
+        )  # fmt: skip
         p.add_argument("--max-steps", type=int)
         p.add_argument("--max-seconds", type=float)
         p.add_argument("--batch-seconds", type=float, default=400.0)

@@ -11,7 +11,8 @@
 # TRAIN_UNTIL: seconds from this call's start at which training stops (default 560; with
 # FINAL=1 leave 150 s after it); STEPS (1000); HOURS (16), SEED (7): the training corpus;
 # ONLY="conformer_ctc_large conmamba_ctc_large": these runs alone (fewer runs share the GPU and
-# the CPUs: more steps in the same time); SET="train.warmup_steps=1500 ...": recipe overrides
+# the CPUs: more steps in the same time); RETARGET=1: this call's STEPS replaces the first call's
+# (all runs then stop at the new count); SET="train.warmup_steps=1500 ...": recipe overrides
 # for every run (the same on every call of a run).
 set -uo pipefail
 start=$(date +%s)
@@ -30,8 +31,10 @@ cp /tmp/rcorpus/synth.json /tmp/rlogs/
 sel=()
 [ -n "${ONLY:-}" ] && sel+=(--only $ONLY)
 [ -n "${SET:-}" ] && sel+=(--set $SET)
+retarget=()
+[ -n "${RETARGET:-}" ] && retarget=(--retarget)
 python3 scripts/device/research_compare.py train /tmp/rcorpus /tmp/runs \
-  --deadline $((start + ${TRAIN_UNTIL:-560})) --steps "${STEPS:-1000}" "${sel[@]}" \
+  --deadline $((start + ${TRAIN_UNTIL:-560})) --steps "${STEPS:-1000}" "${retarget[@]}" "${sel[@]}" \
   2>&1 | tee -a /tmp/rlogs/train.txt
 if [ -n "${FINAL:-}" ]; then
   python3 scripts/device/research_compare.py timing /tmp/rcorpus /tmp/runs /tmp/rlogs/research.json \
