@@ -12,8 +12,12 @@ What each row times (median of --repeats; CUDA events synchronize around each st
                     made them is not timed); forward+backward of the loss to the logits.
   pruned            everything from the joiner's inputs, enc (B, T, J) and pred (B, U+1, J):
                     simple heads (J -> V) + simple loss + prune ranges (width --prune-range) +
-                    joiner projections (J -> J), gather, tanh, output Linear (J -> V) on the band +
-                    pruned loss, forward+backward to enc, pred and the heads' weights.
+                    joiner projections (J -> J), the hidden layer tanh(enc + pred) on the band
+                    (``band_join``, as the transducer trains: one kernel each way on the triton
+                    backend), output Linear (J -> V) on the band + pruned loss,
+                    forward+backward to enc, pred and the heads' weights.
+  pruned-gather     the same with the hidden layer made as before ``band_join``: pred gathered
+                    onto the band (``do_rnnt_pruning``), added, tanh (3 kernels each way).
   torchaudio-joiner the same joiner (projections, tanh, output Linear) on the whole (B, T, U+1)
                     grid, then torchaudio's loss, forward+backward to enc, pred and the joiner's
                     weights: what a training step's loss costs with torchaudio, to compare with
@@ -41,6 +45,7 @@ import torch
 from torch import nn
 
 from mamba_asr.ops.pruned_rnnt import (
+    band_join,
     do_rnnt_pruning,
     prune_ranges,
     rnnt_loss_pruned,
@@ -81,8 +86,10 @@ class BandJoiner(nn.Module):
         self.enc_proj, self.pred_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.out = nn.Linear(dim, vocab)
 
-    def loss(self, enc, pred, targets, logit_lengths, target_lengths, prune_range, backend):
-        """pruned + 0.5 * simple, mean over the batch."""
+    def loss(self, enc, pred, targets, logit_lengths, target_lengths, prune_range, backend,
+             join="band"):  # fmt: skip
+        """pruned + 0.5 * simple, mean over the batch; join: "band" (``band_join``) or "gather"
+        (``do_rnnt_pruning``, add, tanh) for the hidden layer on the band."""
         simple = rnnt_loss_simple(
             self.simple_lm(pred), self.simple_am(enc), targets, logit_lengths, target_lengths,
             reduction="none", backend=backend,
@@ -91,8 +98,12 @@ class BandJoiner(nn.Module):
             simple.blank_posterior, simple.emit_posterior, logit_lengths, target_lengths,
             prune_range,
         )  # fmt: skip
-        band = do_rnnt_pruning(self.enc_proj(enc), self.pred_proj(pred), ranges)
-        logits = self.out(torch.tanh(band.am + band.lm))  # (B, T, R, V)
+        if join == "band":
+            hidden = band_join(self.enc_proj(enc), self.pred_proj(pred), ranges, backend=backend)
+        else:
+            band = do_rnnt_pruning(self.enc_proj(enc), self.pred_proj(pred), ranges)
+            hidden = torch.tanh(band.am + band.lm)
+        logits = self.out(hidden)  # (B, T, R, V)
         pruned = rnnt_loss_pruned(
             logits, targets, ranges, logit_lengths, target_lengths, reduction="none",
             backend=backend,
@@ -118,13 +129,14 @@ def joiner_inputs(batch, frames, labels, vocab, device, dim):
     return enc, pred, lattice, heads, clear
 
 
-def pruned_case(batch, frames, labels, vocab, device, dim, prune_range, backend="torch"):
+def pruned_case(batch, frames, labels, vocab, device, dim, prune_range, backend="torch",
+                join="band"):  # fmt: skip
     """A step from random enc (B, T, J) and pred (B, U+1, J) through heads of width J."""
     enc, pred, lattice, heads, clear = joiner_inputs(batch, frames, labels, vocab, device, dim)
 
     def step() -> torch.Tensor:
         clear()
-        loss = heads.loss(enc, pred, *lattice, prune_range, backend)
+        loss = heads.loss(enc, pred, *lattice, prune_range, backend, join)
         loss.backward()
         return loss.detach()
 
@@ -147,13 +159,15 @@ def joiner_case(loss_fn, batch, frames, labels, vocab, device, dim):
 
 
 def impls(names, backends=("torch",)):
-    """name -> (loss function of the full logits or None for the pruned path, recursion backend);
-    ours and pruned once per backend, "-triton" appended to the names of the triton ones."""
-    found = {}
+    """name -> (loss function of the full logits, or "band" / "gather" for the pruned path with
+    that hidden layer, recursion backend); ours, pruned and pruned-gather once per backend,
+    "-triton" appended to the names of the triton ones."""
+    found, base = {}, {}
     for backend in backends:
         sfx = "" if backend == "torch" else f"-{backend}"
         full = lambda *a, be=backend: rnnt_loss(*a, blank=0, reduction="mean", backend=be)  # noqa: E731
-        found.update({f"ours{sfx}": (full, backend), f"pruned{sfx}": (None, backend)})
+        for name, fn in (("ours", full), ("pruned", "band"), ("pruned-gather", "gather")):
+            found[name + sfx], base[name + sfx] = (fn, backend), name
     if {"torchaudio", "torchaudio-joiner"} & set(names):
         try:
             import torchaudio.functional as AF
@@ -163,7 +177,7 @@ def impls(names, backends=("torch",)):
                 found["torchaudio-joiner"] = (found["torchaudio"][0], "joiner")
         except ImportError:
             print("# torchaudio not installed: ours only")
-    return {k: v for k, v in found.items() if k.split("-")[0] in names or k in names}
+    return {k: v for k, v in found.items() if base.get(k, k) in names}
 
 
 def rss_bytes() -> int:
@@ -243,8 +257,10 @@ def main(argv=None) -> int:
         b, t, u, v = (int(x) for x in shape.split(","))
         res = {}
         for impl, (fn, backend) in impls(args.impls, args.rnnt_backend).items():
-            if fn is None:
-                case = pruned_case(b, t, u, v, device, args.joiner_dim, args.prune_range, backend)
+            pruned = fn in ("band", "gather")
+            if pruned:
+                case = pruned_case(b, t, u, v, device, args.joiner_dim, args.prune_range, backend,
+                                   fn)  # fmt: skip
             elif backend == "joiner":
                 case = joiner_case(fn, b, t, u, v, device, args.joiner_dim)
             else:
@@ -254,7 +270,7 @@ def main(argv=None) -> int:
             res[impl] = dict(impl=impl, B=b, T=t, U=u, V=v, ms=ms, extra_gib=extra, loss=value)
             if backend not in (None, "joiner"):
                 res[impl]["rnnt_backend"] = backend
-            if fn is None or backend == "joiner":
+            if pruned or backend == "joiner":
                 res[impl].update(prune_range=args.prune_range, joiner_dim=args.joiner_dim)
             if device.type == "cuda":
                 torch.cuda.empty_cache()

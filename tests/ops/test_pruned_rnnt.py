@@ -8,6 +8,7 @@ import torch
 
 from helpers.checks import assert_rel_close
 from mamba_asr.ops.pruned_rnnt import (
+    band_join,
     do_rnnt_pruning,
     prune_ranges,
     rnnt_loss_pruned,
@@ -113,6 +114,24 @@ def test_gradient_flows_through_the_gathered_joiner_inputs():
     assert_rel_close(pruned, full, 1e-5, "loss")
     assert_rel_close(grads[0], grads_ref[0], 1e-5, "d/d am")
     assert_rel_close(grads[1], grads_ref[1], 1e-5, "d/d lm")
+
+
+def test_band_join_is_tanh_of_the_gathered_inputs():
+    """band_join (torch backend) = tanh(am[b, t] + lm[b, ranges[b, t, r]]), values and gradients
+    against the full (B, T, U + 1, J) joint read at the band's positions."""
+    am, lm, _, _, _ = make_inputs(3, 6, 5, 7, scale=2.0)
+    ranges = torch.randint(0, 6, (3, 6, 3))  # any positions, not only consecutive ones
+    hidden = band_join(am, lm, ranges, backend="torch")
+    full = torch.tanh(am[:, :, None] + lm[:, None])  # (B, T, U + 1, J)
+    ref = full.gather(2, ranges[..., None].expand(-1, -1, -1, 7))
+    w = torch.randn_like(ref)
+    assert_rel_close(hidden, ref, 1e-6, "band_join")
+    grads = torch.autograd.grad((hidden * w).sum(), (am, lm))
+    grads_ref = torch.autograd.grad((ref * w).sum(), (am, lm))
+    assert_rel_close(grads[0], grads_ref[0], 1e-6, "d/d am")
+    assert_rel_close(grads[1], grads_ref[1], 1e-6, "d/d lm")
+    with pytest.raises(ValueError, match="am_proj must be"):
+        band_join(am[0], lm, ranges)
 
 
 def check_ranges(ranges, tl, ul, s_range):

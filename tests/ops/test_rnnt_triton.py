@@ -17,7 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mamba_asr.ops.pruned_rnnt import prune_ranges, rnnt_loss_pruned, rnnt_loss_simple
+from mamba_asr.ops.pruned_rnnt import (
+    band_join,
+    prune_ranges,
+    rnnt_loss_pruned,
+    rnnt_loss_simple,
+)
 from mamba_asr.ops.rnnt_loss import lattice_torch, resolve_rnnt_backend, rnnt_loss
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -116,6 +121,19 @@ def losses_and_grads(name: str, device: str, backend: str) -> dict[str, torch.Te
                                 backend=backend)  # fmt: skip
         out[f"pruned_{width}"] = loss
         out[f"d_pruned_{width}"] = torch.autograd.grad((loss * weights).sum(), band)[0]
+    # the joiner's hidden layer on the band, from projections of width 520 (the kernels take
+    # blocks of 512: a full one and a masked one), and on positions that are not consecutive
+    g = torch.Generator().manual_seed(seed + 100)
+    am_p = torch.randn(batch, frames, 520, generator=g).to(device).requires_grad_()
+    lm_p = torch.randn(batch, n_tok + 1, 520, generator=g).to(device).requires_grad_()
+    spots = torch.randint(0, n_tok + 1, (batch, frames, 3), generator=g).to(device)
+    for name, where in (("band", ranges), ("spots", spots)):
+        hidden = band_join(am_p, lm_p, where, backend=backend)
+        w = torch.linspace(-1, 1, hidden.numel(), device=device).view_as(hidden)
+        out[f"join_{name}"] = hidden
+        out[f"d_join_{name}_am"], out[f"d_join_{name}_lm"] = torch.autograd.grad(
+            (hidden * w).sum(), (am_p, lm_p)
+        )
     return out
 
 
@@ -159,6 +177,31 @@ def test_triton_cuda_matches_torch_large(shape):
     # (interpreter, (8, 257, 63, 16)); the losses and tables agree to ~1e-6
     errs = {k: rel_err(got[k], ref[k]) for k in ref}
     assert all(e <= (1e-5 if is_loss(k) else 2e-3) for k, e in errs.items()), errs
+
+
+@pytest.mark.cuda
+@needs_triton
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_band_join_cuda_matches_torch(dtype):
+    """The band join kernels at a training shape (J = 512, R = 5) in fp32 and bf16 against the
+    torch backend computed in fp32 from the same (rounded) inputs."""
+    g = torch.Generator().manual_seed(11)
+    am = torch.randn(8, 300, 512, generator=g).cuda().to(dtype).requires_grad_()
+    lm = torch.randn(8, 81, 512, generator=g).cuda().to(dtype).requires_grad_()
+    starts = torch.randint(0, 77, (8, 300), generator=g).sort(1).values.cuda()
+    ranges = starts[..., None] + torch.arange(5, device="cuda")
+    w = torch.randn(8, 300, 5, 512, generator=g).cuda()
+    got = band_join(am, lm, ranges, backend="triton")
+    assert got.dtype == dtype
+    d_got = torch.autograd.grad((got.float() * w).sum(), (am, lm))
+    am32, lm32 = (x.detach().float().requires_grad_() for x in (am, lm))
+    ref = band_join(am32, lm32, ranges, backend="torch")
+    d_ref = torch.autograd.grad((ref * w).sum(), (am32, lm32))
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert rel_err(got, ref) <= tol
+    for a, b in zip(d_got, d_ref, strict=True):
+        assert a.dtype == dtype and rel_err(a, b) <= tol
 
 
 def is_loss(key: str) -> bool:

@@ -33,7 +33,7 @@ from mamba_asr.models.seq2seq import Encoded
 from mamba_asr.modules.causal_frontend import CausalFrontEndState
 from mamba_asr.modules.masks import length_mask
 from mamba_asr.ops.pruned_rnnt import (
-    do_rnnt_pruning,
+    band_join,
     prune_ranges,
     rnnt_loss_pruned,
     rnnt_loss_simple,
@@ -175,6 +175,12 @@ class Joiner(nn.Module):
     def join(self, enc_proj: Tensor, pred_proj: Tensor) -> Tensor:
         """Projected (..., J) inputs, broadcast against each other -> logits (..., V)."""
         return self.out(torch.tanh(enc_proj + pred_proj))
+
+    def join_band(self, enc_proj: Tensor, pred_proj: Tensor, ranges: Tensor) -> Tensor:
+        """Projected enc (B, T, J) and pred (B, S + 1, J), ranges (B, T, R) of a pruned band ->
+        logits (B, T, R, V): ``join`` at pred position ranges[b, t, r] (``ops.band_join``: on
+        CUDA one kernel each way instead of gathering (B, T, R, J) copies)."""
+        return self.out(band_join(enc_proj, pred_proj, ranges))
 
     def forward(self, enc: Tensor, pred: Tensor) -> Tensor:
         """enc (..., M), pred (..., P), broadcast against each other -> logits (..., V)."""
@@ -326,10 +332,9 @@ class TransducerModel(nn.Module):
         ranges = prune_ranges(
             simple.blank_posterior, simple.emit_posterior, frame_lengths, lengths, self.prune_range
         )  # (B, T, R)
-        band = do_rnnt_pruning(
+        logits = self.joiner.join_band(
             self.joiner.project_encoder(enc.memory), self.joiner.project_predictor(pred), ranges
-        )  # (B, T, R, J) each
-        logits = self.joiner.join(band.am, band.lm)  # (B, T, R, V)
+        )  # (B, T, R, V)
         pruned = rnnt_loss_pruned(
             logits, targets, ranges, frame_lengths, lengths, blank=self.blank, reduction="none"
         )
@@ -381,7 +386,6 @@ class TransducerModel(nn.Module):
         pred, _ = self.predictor(self.predictor_inputs(targets, target_lengths))  # (B, S+1, P)
         if ranges is None:
             return self.joiner(memory[:, :, None, :], pred[:, None, :, :])
-        band = do_rnnt_pruning(
+        return self.joiner.join_band(
             self.joiner.project_encoder(memory), self.joiner.project_predictor(pred), ranges
-        )  # (B, T, R, J) each
-        return self.joiner.join(band.am, band.lm)
+        )

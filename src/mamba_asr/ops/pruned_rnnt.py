@@ -14,7 +14,9 @@ loss gets there in three steps:
     prune_ranges       from those posteriors, the R consecutive tokens u = s_t .. s_t + R - 1 that
                        each frame keeps (s_t non-decreasing, every utterance keeps a path).
     do_rnnt_pruning    the joiner's projected inputs gathered on that band, (B, T, R, J) each, for
-                       the real joiner; its logits are (B, T, R, V).
+                       the real joiner; its logits are (B, T, R, V). ``band_join`` gives the
+                       joiner's hidden layer tanh(am + lm) on the band directly (on the triton
+                       backend one kernel each way, without the gathered copies).
     rnnt_loss_pruned   the exact RNN-T loss of the band logits: paths that leave the band count 0.
 
 A training loss is pruned + scale * simple (the simple loss trains the projections that choose
@@ -42,6 +44,7 @@ from mamba_asr.ops.rnnt_loss import (
 __all__ = [
     "PrunedInputs",
     "SimpleLoss",
+    "band_join",
     "do_rnnt_pruning",
     "prune_ranges",
     "rnnt_loss_pruned",
@@ -289,6 +292,49 @@ def do_rnnt_pruning(am_proj: Tensor, lm_proj: Tensor, ranges: Tensor) -> PrunedI
     idx = ranges.reshape(batch, frames * width, 1).expand(-1, -1, dim)  # (B, T R, J)
     lm = lm_proj.gather(1, idx).view(batch, frames, width, dim)  # (B, T, R, J)
     return PrunedInputs(am=am_proj[:, :, None, :].expand(-1, -1, width, -1), lm=lm)
+
+
+class _BandJoinTritonFn(torch.autograd.Function):
+    """``band_join`` on the triton backend: one kernel forward (gather, add, tanh), one backward
+    (tanh', the sum over the band rows for am, atomics into lm); saves the output only."""
+
+    @staticmethod
+    def forward(ctx: Any, am_proj: Tensor, lm_proj: Tensor, ranges: Tensor) -> Tensor:
+        from mamba_asr.ops.rnnt_triton import band_join_triton
+
+        ranges = ranges.contiguous()
+        hidden = band_join_triton(am_proj.contiguous(), lm_proj.contiguous(), ranges)
+        ctx.save_for_backward(hidden, ranges)
+        ctx.info = (lm_proj.shape[1], am_proj.dtype, lm_proj.dtype)
+        return hidden
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        from mamba_asr.ops.rnnt_triton import band_join_grad_triton
+
+        hidden, ranges = ctx.saved_tensors
+        d_am, d_lm = band_join_grad_triton(grad.contiguous(), hidden, ranges, *ctx.info)
+        return d_am, d_lm, None
+
+
+def band_join(am_proj: Tensor, lm_proj: Tensor, ranges: Tensor, backend: str = "auto") -> Tensor:
+    """The joiner's hidden layer on the band: tanh(am_proj[b, t] + lm_proj[b, ranges[b, t, r]]).
+
+    am_proj (B, T, J), lm_proj (B, U + 1, J): the joiner's projected inputs; ranges (B, T, R)
+    from ``prune_ranges``. Returns (B, T, R, J) in the inputs' promoted dtype; the joiner's output
+    layer turns it into the band logits. "torch": ``do_rnnt_pruning`` then tanh (what it
+    equals); "triton" (what "auto" means on CUDA): one kernel, and one for the gradient, which
+    neither materialises the gathered (B, T, R, J) inputs nor their sum.
+    """
+    if am_proj.dim() != 3 or lm_proj.dim() != 3 or ranges.dim() != 3:
+        raise ValueError(
+            f"am_proj must be (B, T, J), lm_proj (B, U + 1, J) and ranges (B, T, R), got "
+            f"{tuple(am_proj.shape)}, {tuple(lm_proj.shape)} and {tuple(ranges.shape)}"
+        )
+    if resolve_rnnt_backend(backend, am_proj.device) == "triton":
+        return _BandJoinTritonFn.apply(am_proj, lm_proj, ranges)
+    band = do_rnnt_pruning(am_proj, lm_proj, ranges)
+    return torch.tanh(band.am + band.lm)
 
 
 class _BandLogProbsFn(torch.autograd.Function):

@@ -783,3 +783,110 @@ def simple_grads_triton(
                 BLOCK_V=vblock, BLOCK_M=mblock, num_warps=warps,
             )  # fmt: skip
     return d_am, d_lm
+
+
+# --- the joiner's hidden layer on the band -----------------------------------------------------
+
+
+@triton.jit
+def _tanh(x):
+    """tanh in fp32 from one exp (triton has no tanh of its own): sign(x) (1 - e) / (1 + e),
+    e = exp(-2 |x|); within ~1e-7 of torch.tanh."""
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _band_join_kernel(am_ptr, lm_ptr, ranges_ptr, out_ptr, N, TR, R, U1, J, ROWS: tl.constexpr,
+                      BLOCK_J: tl.constexpr):  # fmt: skip
+    """Rows (b, t, r) of the band, ROWS at a time: out = tanh(am[b, t] + lm[b, ranges[b, t, r]])
+    over J, computed in fp32, stored in out's dtype."""
+    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # (ROWS,)
+    ok = row < N
+    b = row // TR
+    u = tl.load(ranges_ptr + row, mask=ok, other=0).to(tl.int64)
+    u = tl.minimum(tl.maximum(u, 0), U1 - 1)
+    a_row = (row // R)[:, None] * J  # (b, t)
+    l_row = (b * U1 + u)[:, None] * J
+    offs = tl.arange(0, BLOCK_J)[None, :]
+    for j0 in range(0, J, BLOCK_J):
+        j = j0 + offs
+        m = ok[:, None] & (j < J)
+        a = tl.load(am_ptr + a_row + j, mask=m, other=0.0).to(tl.float32)
+        lv = tl.load(lm_ptr + l_row + j, mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row[:, None] * J + j, _tanh(a + lv).to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _band_join_grad_kernel(g_ptr, h_ptr, ranges_ptr, dam_ptr, dlm_ptr, NBT, T, R, U1, J,
+                           ROWS: tl.constexpr, BLOCK_J: tl.constexpr):  # fmt: skip
+    """Frames (b, t), ROWS at a time: with gz = g (1 - h^2) on the band rows r of the frame,
+    d am[b, t] = sum_r gz (stored) and d lm[b, ranges[b, t, r]] += gz (fp32 atomics)."""
+    bt = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # (ROWS,)
+    ok = bt < NBT
+    b = bt // T
+    offs = tl.arange(0, BLOCK_J)[None, :]
+    for j0 in range(0, J, BLOCK_J):
+        j = j0 + offs
+        m = ok[:, None] & (j < J)
+        acc = tl.zeros((ROWS, BLOCK_J), tl.float32)
+        for r in range(0, R):
+            row = bt * R + r
+            u = tl.load(ranges_ptr + row, mask=ok, other=0).to(tl.int64)
+            u = tl.minimum(tl.maximum(u, 0), U1 - 1)
+            g = tl.load(g_ptr + row[:, None] * J + j, mask=m, other=0.0).to(tl.float32)
+            h = tl.load(h_ptr + row[:, None] * J + j, mask=m, other=0.0).to(tl.float32)
+            gz = g * (1.0 - h * h)
+            acc += gz
+            tl.atomic_add(dlm_ptr + (b * U1 + u)[:, None] * J + j, gz, mask=m)
+        tl.store(dam_ptr + bt[:, None] * J + j, acc.to(dam_ptr.dtype.element_ty), mask=m)
+
+
+def _join_launch(dim: int) -> tuple[int, int, int]:
+    """Rows per program, BLOCK_J and warps for the band join kernels."""
+    block = min(max(triton.next_power_of_2(dim), 16), 512)
+    rows = max(1, min(16, 2048 // block))
+    size = rows * block
+    return rows, block, 1 if size <= 256 else 2 if size <= 512 else 4
+
+
+def band_join_triton(am_proj: Tensor, lm_proj: Tensor, ranges: Tensor) -> Tensor:
+    """tanh(am_proj[b, t] + lm_proj[b, ranges[b, t, r]]) (B, T, R, J) in one launch; am_proj
+    (B, T, J), lm_proj (B, U + 1, J) contiguous, ranges (B, T, R) integers. Out: the promoted
+    dtype of the two inputs."""
+    batch, frames, width = ranges.shape
+    u1, dim = lm_proj.shape[1], lm_proj.shape[2]
+    dtype = torch.result_type(am_proj, lm_proj)
+    out = torch.empty(batch, frames, width, dim, device=am_proj.device, dtype=dtype)
+    per, block, warps = _join_launch(dim)
+    rows = batch * frames * width
+    if rows and dim:
+        _band_join_kernel[(triton.cdiv(rows, per),)](
+            am_proj, lm_proj, ranges, out, rows, frames * width, width, u1, dim, ROWS=per,
+            BLOCK_J=block, num_warps=warps,
+        )  # fmt: skip
+    return out
+
+
+def band_join_grad_triton(
+    grad: Tensor, hidden: Tensor, ranges: Tensor, u1: int, am_dtype: torch.dtype,
+    lm_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The gradients of ``band_join_triton`` to am_proj (B, T, J) and lm_proj (B, U + 1, J) from
+    the gradient to its output and the output itself (tanh' = 1 - tanh^2), one launch; lm's
+    gradient sums over the band rows that read each position (fp32 atomics)."""
+    batch, frames, width, dim = hidden.shape
+    d_am = torch.empty(batch, frames, dim, device=hidden.device, dtype=am_dtype)
+    d_lm = torch.zeros(batch, u1, dim, device=hidden.device, dtype=torch.float32)
+    per, block, warps = _join_launch(dim)
+    per = max(1, per // 2)  # each program also walks the R rows of its frames
+    n_bt = batch * frames
+    if n_bt and dim:
+        _band_join_grad_kernel[(triton.cdiv(n_bt, per),)](
+            grad, hidden, ranges, d_am, d_lm, n_bt, frames, width, u1, dim, ROWS=per,
+            BLOCK_J=block, num_warps=warps,
+        )  # fmt: skip
+    else:
+        d_am.zero_()
+    return d_am, d_lm.to(lm_dtype)
