@@ -204,6 +204,54 @@ def test_band_join_cuda_matches_torch(dtype):
         assert a.dtype == dtype and rel_err(a, b) <= tol
 
 
+@pytest.mark.cuda
+@needs_triton
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+def test_pruned_step_captures_as_a_cuda_graph():
+    """The pruned loss's whole step (simple heads, simple loss, prune ranges, band join, output
+    layer, pruned loss, backward) has no host synchronisation: it captures as a CUDA graph and
+    the replay gives the eager loss and gradients."""
+    g = torch.Generator().manual_seed(5)
+    b, t, u, v, j = 4, 60, 12, 32, 64
+    enc = torch.randn(b, t, j, generator=g).cuda().requires_grad_()
+    pred = torch.randn(b, u + 1, j, generator=g).cuda().requires_grad_()
+    targets = torch.randint(1, v, (b, u), generator=g).cuda().int()
+    tl = torch.tensor([t, t - 7, t - 20, 9]).cuda().int()
+    ul = torch.tensor([u, u - 3, 5, 0]).cuda().int()
+    torch.manual_seed(0)
+    heads = torch.nn.ModuleList(torch.nn.Linear(j, v) for _ in range(3)).cuda()
+
+    def step():
+        for x in (enc, pred, *heads.parameters()):
+            x.grad = None
+        simple = rnnt_loss_simple(heads[1](pred), heads[0](enc), targets, tl, ul,
+                                  reduction="none", backend="triton")  # fmt: skip
+        ranges = prune_ranges(simple.blank_posterior, simple.emit_posterior, tl, ul, 4)
+        logits = heads[2](band_join(enc, pred, ranges, backend="triton"))
+        pruned = rnnt_loss_pruned(logits, targets, ranges, tl, ul, reduction="none",
+                                  backend="triton")  # fmt: skip
+        loss = (pruned + 0.5 * simple.loss).mean()
+        loss.backward()
+        return loss.detach()
+
+    eager = step()
+    eager_grads = [x.grad.clone() for x in (enc, pred, *heads.parameters())]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.isfinite(eager) and rel_err(captured, eager) <= 1e-5
+    for x, ref in zip((enc, pred, *heads.parameters()), eager_grads, strict=True):
+        assert rel_err(x.grad, ref) <= 1e-4
+
+
 def is_loss(key: str) -> bool:
     """A loss or log P(y|x) of losses_and_grads (not a table, posterior or gradient)."""
     return key in ("log_p", "full", "simple") or re.fullmatch(r"pruned_\d+", key) is not None
