@@ -324,7 +324,8 @@ def band_join(am_proj: Tensor, lm_proj: Tensor, ranges: Tensor, backend: str = "
     from ``prune_ranges``. Returns (B, T, R, J) in the inputs' promoted dtype; the joiner's output
     layer turns it into the band logits. "torch": ``do_rnnt_pruning`` then tanh (what it
     equals); "triton" (what "auto" means on CUDA): one kernel, and one for the gradient, which
-    neither materialises the gathered (B, T, R, J) inputs nor their sum.
+    neither materialises the gathered (B, T, R, J) inputs nor their sum (it clamps positions
+    outside 0 .. U into range where the torch backend raises an index error).
     """
     if am_proj.dim() != 3 or lm_proj.dim() != 3 or ranges.dim() != 3:
         raise ValueError(

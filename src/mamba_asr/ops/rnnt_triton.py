@@ -887,6 +887,4 @@ def band_join_grad_triton(
             grad, hidden, ranges, d_am, d_lm, n_bt, frames, width, u1, dim, ROWS=per,
             BLOCK_J=block, num_warps=warps,
         )  # fmt: skip
-    else:
-        d_am.zero_()
     return d_am, d_lm.to(lm_dtype)
