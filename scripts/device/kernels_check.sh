@@ -18,6 +18,7 @@ out=/tmp/kernels_check
 mkdir -p "$dest" "$out/scan" "$out/rnnt" "$out/encoders" /tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl 2>/dev/null
+export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 echo "# bash scripts/device/kernels_check.sh   ($(date -u +%FT%TZ))"
 bash scripts/device/scan_check.sh "$out/scan" 2>&1 | tail -40
 bash scripts/device/rnnt_check.sh "$out/rnnt" 2>&1 | grep -v -i warn | tail -30
