@@ -298,12 +298,12 @@ def prepare_qat(
     if block not in INT4_BLOCKS:
         raise ValueError(f"the int4 block must be one of {', '.join(map(str, INT4_BLOCKS))}, "
                          f"got {block}")  # fmt: skip
+    int4 = scheme == INT4_SCHEME
     for name, module in list(_layers(asr.model)):
         int4_layer = isinstance(module, nn.Linear) or (pointwise and _pointwise(module))
-        if scheme == INT4_SCHEME and not int4_layer:
+        if int4 and not int4_layer:
             continue  # the int4 graphs keep the other convolutions and the embedding in fp16
         # on the weight's device: registering runs the quantizer on the weight at once
-        int4 = scheme == INT4_SCHEME
         quantizer = (Int4WeightQuantizer(block) if int4 else weight_quantizer()).to(
             module.weight.device
         )
