@@ -157,6 +157,29 @@ RUNS_INIT: dict[str, dict[str, object]] = {
         "qat": "int4-weights",
         "qat_block": 64,
     },
+    # the 8-epoch run at lr 0.0002 on twice the distinct audio for the same steps (HOURS=16,
+    # FT_EPOCHS=4: 64 h seen either way), and the same with decoupled L2-SP
+    # (train.decay_to_init): its pull, lr x 10 per step, adds up to about one e-folding of the
+    # distance to the pruned start over the run's schedule
+    "ffn375_qat4_b64_lr2_h16": {
+        "ratio": 0.375,
+        "groups": ["ffn"],
+        "lr": 0.0002,
+        "kd": {"target": "ctc", "weight": 0.5, "temperature": 1.0},
+        "qat": "int4-weights",
+        "qat_block": 64,
+        "hours": 16,
+    },
+    "ffn375_qat4_b64_lr2_h16_dti10": {
+        "ratio": 0.375,
+        "groups": ["ffn"],
+        "lr": 0.0002,
+        "kd": {"target": "ctc", "weight": 0.5, "temperature": 1.0},
+        "qat": "int4-weights",
+        "qat_block": 64,
+        "hours": 16,
+        "set": ["train.decay_to_init=10"],
+    },
 }
 RUNS_KD: dict[str, dict[str, object]] = {
     "no_kd": {},
@@ -186,6 +209,11 @@ def init_recipe(args: argparse.Namespace):  # noqa: ANN201
     from mamba_asr.train.trainer import init_model_section
 
     spec = RUNS_INIT[args.name]
+    if "hours" in spec:  # a run made for a corpus of another size would mean something else
+        hours = json.loads((args.corpus / "synth.json").read_text())["train"]["hours"]
+        if abs(hours - float(spec["hours"])) > 0.5:
+            raise SystemExit(f"{args.name} is for a corpus of {spec['hours']} h, "
+                             f"{args.corpus} holds {hours:.1f} h (HOURS=)")  # fmt: skip
     start = str(resolve_model(TEACHER))
     if "ratio" in spec:
         pruned = args.runs / f"{args.name}_init.pt"

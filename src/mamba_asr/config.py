@@ -385,7 +385,11 @@ class TrainConfig:
     in int4 blocks, what ``export onnx --int4`` runs); for streaming transducers, usually with
     ``init_from`` a trained model. qat_block: the input channels that share a scale with
     ``int4-weights`` (16, 32, 64, 128 or 256; the export takes the model's). kd: knowledge distillation from a teacher (``KDConfig``;
-    off by default).
+    off by default). decay_to_init: after every optimizer step, every parameter moves towards
+    its value at the start of the run (the ``init_from`` model, pruned or QAT-prepared as the
+    run trains it) by ``lr * decay_to_init`` of the distance (at most all of it): decoupled
+    L2-SP, which keeps a fine-tuned model near the one it started from (0: off; needs
+    ``init_from``).
     """
 
     epochs: int = 100
@@ -411,6 +415,7 @@ class TrainConfig:
     qat: QatScheme | None = None
     qat_block: int = INT4_BLOCK
     kd: KDConfig = field(default_factory=KDConfig)
+    decay_to_init: float = 0.0
 
     def __post_init__(self) -> None:
         _at_least(self, "train", 1, "epochs", "grad_accum", "num_buckets", "keep_best", "average")
@@ -426,9 +431,13 @@ class TrainConfig:
         for name in ("lr", "eps", "max_batch_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "max_grad_norm"):
+        for name in ("weight_decay", "max_grad_norm", "decay_to_init"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.decay_to_init > 0 and self.init_from is None:
+            raise ConfigError(
+                "train.decay_to_init needs train.init_from (the weights it decays to)"
+            )
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}")
         if self.average > self.keep_best:

@@ -191,6 +191,53 @@ def test_init_from_a_model_file_takes_its_tokenizer_cmvn_and_weights(
     assert ASR.load(reference_run / "model.pt").tokenizer.alphabet == source.tokenizer.alphabet
 
 
+def test_decay_to_init_pulls_each_step_towards_the_starting_weights(
+    tmp_path, corpus, tiny_recipe, reference_run
+):
+    """One step with train.decay_to_init is the plain step moved lr * decay_to_init of the way
+    back to the start; a pull of more than all the way keeps the start; a resumed run decays to
+    the start, not to the weights it resumed from."""
+    start_file = reference_run / "model.pt"
+    with pytest.raises(ConfigError, match="train.decay_to_init needs train.init_from"):
+        tiny_recipe("train.decay_to_init=1")
+    with pytest.raises(ConfigError, match="train.decay_to_init must be >= 0, got -1"):
+        tiny_recipe(f"train.init_from={start_file}", "train.decay_to_init=-1")
+    start = ASR.load(start_file).state_dict()
+    params = {n for n, _ in ASR.load(start_file).named_parameters()}
+
+    def last(out):
+        return load_checkpoint(list_checkpoints(out / "checkpoints")[-1])["model"]
+
+    init = f"train.init_from={start_file}"
+    train(tiny_recipe(init, "train.log_every=1"), corpus, corpus, tmp_path / "plain",
+          device="cpu", max_steps=1)  # fmt: skip
+    train(tiny_recipe(init, "train.log_every=1", "train.decay_to_init=300"), corpus, corpus,
+          tmp_path / "pulled", device="cpu", max_steps=1)  # fmt: skip
+    lr = float(rows(tmp_path / "pulled")[0]["lr"])
+    assert 0 < lr * 300 < 1
+    plain, pulled = last(tmp_path / "plain"), last(tmp_path / "pulled")
+    moved = 0
+    for name in params:
+        expected = plain[name] + lr * 300 * (start[name] - plain[name])
+        torch.testing.assert_close(pulled[name], expected, rtol=1e-5, atol=1e-7, msg=name)
+        moved += not torch.equal(plain[name], start[name])
+    assert moved > len(params) // 2  # the plain step did move the weights
+
+    held = tiny_recipe(init, "train.decay_to_init=1e12")
+    train(held, corpus, corpus, tmp_path / "held", device="cpu", max_steps=3)
+    for name in params:
+        assert torch.equal(last(tmp_path / "held")[name], start[name]), name
+
+    # stopped after 2 steps and resumed == uninterrupted (the anchor is the start both times)
+    decayed = tiny_recipe(init, "train.decay_to_init=20", "train.checkpoint_every_steps=1")
+    train(decayed, corpus, corpus, tmp_path / "whole", device="cpu", max_steps=4)
+    train(decayed, corpus, corpus, tmp_path / "split", device="cpu", max_steps=2)
+    train(decayed, corpus, corpus, tmp_path / "split", device="cpu", max_steps=4)
+    whole, split = last(tmp_path / "whole"), last(tmp_path / "split")
+    for name in whole:
+        assert torch.equal(whole[name], split[name]), name
+
+
 def test_profile_env_records_steps_and_the_log_shows_data_waits(
     tmp_path, corpus, tiny_recipe, monkeypatch
 ):

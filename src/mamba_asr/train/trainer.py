@@ -567,6 +567,7 @@ class _Run:
         self.deadline: float | None = None  # time.perf_counter() value to stop at
         self.bad = _BadAudio(strict=False)
         self.teacher: Teacher | None = None  # train.kd: the frozen teacher, not in DDP
+        self.anchor: list[tuple[nn.Parameter, torch.Tensor]] = []  # train.decay_to_init: (p, start)
 
     def out_of_time(self) -> bool:
         """Past the deadline (the same answer on every rank: rank 0's clock decides)."""
@@ -717,6 +718,11 @@ class _Run:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if torch.isfinite(norm):
             self.optimizer.step()
+            if self.anchor:  # decoupled L2-SP: a step of lr * decay_to_init towards the start
+                with torch.no_grad():
+                    weight = min(1.0, lr * cfg.decay_to_init)
+                    for param, start in self.anchor:
+                        param.lerp_(start, weight)
         else:
             log.warning("step %d: gradient norm %s, update skipped", self.p.step + 1, norm)
         self.optimizer.zero_grad(set_to_none=True)
@@ -951,7 +957,8 @@ def _train(
     valid_loader = _eval_loader(valid_utts[ctx.rank :: ctx.world_size], tokenizer, recipe,
                                 ctx.device)  # fmt: skip
     asr = ASR.from_recipe(recipe, tokenizer, device=ctx.device)
-    if state is None and ctx.is_main:
+    # train.decay_to_init: every rank, resumed or not, holds the starting weights as its anchor
+    if (state is None and ctx.is_main) or cfg.decay_to_init > 0:
         if cfg.init_from is not None:  # weights and CMVN statistics (DDP copies rank 0's)
             asr.load_state_dict(_init_bundle(recipe)["state_dict"])
             log.info("initialised from %s", cfg.init_from)
@@ -964,6 +971,9 @@ def _train(
         log.info("quantization-aware training: %s", cfg.qat)
     metrics = MetricsLog(out_dir, 0 if state is None else state["progress"]["step"], ctx.is_main)
     run = _Run(recipe, ctx, out_dir, asr, asr, sampler, _Progress(), metrics)
+    if cfg.decay_to_init > 0:  # before a resumed state replaces the weights
+        run.anchor = [(p, p.detach().clone()) for p in asr.parameters() if p.requires_grad]
+        log.info("decay to the starting weights: %g x lr per step", cfg.decay_to_init)
     run.deadline, run.bad = deadline, bad
     if teacher_bundle is not None:  # every rank its own copy, outside DDP
         run.teacher = Teacher(teacher_bundle, cfg.kd, ctx.device)
