@@ -219,6 +219,28 @@ def test_int8_graphs_decode(tiny):
     assert got.duration == pytest.approx(1.0)
 
 
+def product_weights(graph) -> list[np.ndarray]:
+    """The constant weights of a fp32 graph's matrix products (MatMul, Gemm, pointwise Conv),
+    each (in, out) as MatMulNBits holds them."""
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    weights = []
+    for n in graph.node:
+        if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits:
+            transposed = any(a.name == "transB" and a.i for a in n.attribute)
+            weights.append(inits[n.input[1]].T if transposed else inits[n.input[1]])
+        pointwise = (
+            n.op_type == "Conv"
+            and n.input[1] in inits
+            and not any(a.name == "group" and a.i > 1 for a in n.attribute)
+        )
+        if pointwise and all(k == 1 for k in inits[n.input[1]].shape[2:]):
+            w = inits[n.input[1]]
+            weights.append(w.reshape(w.shape[0], w.shape[1]).T)
+    return weights
+
+
 @pytest.mark.parametrize("name", ["encoder", "encoder_chunk", "predictor", "joiner"])
 def test_int4_graphs_hold_every_weight_in_blocks_of_int4(tiny, name):
     """Every matrix product with a weight (the joiner's and predictor's Gemm and the front
@@ -234,19 +256,7 @@ def test_int4_graphs_hold_every_weight_in_blocks_of_int4(tiny, name):
     fp32 = onnx.load(str(folder / f"{name}.onnx")).graph
     int4 = onnx.load(str(folder / f"{name}.int4.onnx")).graph
     inits = {i.name: numpy_helper.to_array(i) for i in fp32.initializer}
-    weights = []  # (in, out), as MatMulNBits holds them
-    for n in fp32.node:
-        if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits:
-            transposed = any(a.name == "transB" and a.i for a in n.attribute)
-            weights.append(inits[n.input[1]].T if transposed else inits[n.input[1]])
-        pointwise = (
-            n.op_type == "Conv"
-            and n.input[1] in inits
-            and not any(a.name == "group" and a.i > 1 for a in n.attribute)
-        )
-        if pointwise and all(k == 1 for k in inits[n.input[1]].shape[2:]):
-            w = inits[n.input[1]]
-            weights.append(w.reshape(w.shape[0], w.shape[1]).T)
+    weights = product_weights(fp32)
     if name == "encoder":
         assert len(weights) > len(
             [n for n in fp32.node if n.op_type == "MatMul" and n.input[1] in inits]
@@ -303,6 +313,52 @@ def test_int4_graphs_decode_close_to_fp32(tiny):
     assert np.linalg.norm(got - ref) <= 0.2 * np.linalg.norm(ref)
     text = OnnxASR.load(folder, int4=True).transcribe_waveform(speech_like(1.0), 16000)
     assert text.duration == pytest.approx(1.0)
+
+
+def test_int4_hqq_graphs_fit_each_block_with_a_zero_point(tiny, tmp_path):
+    """--int4-method hqq: every weight the rtn graphs hold as int4 is int4 here too, with a
+    float zero point a block; the weights are within a step of their block of the fp32 ones
+    and closer overall than a step's quarter, and the recognizer runs on them."""
+    import onnx
+
+    asr, folder = tiny
+    out = export_onnx(asr, tmp_path / "hqq", int4=True, int4_method="hqq", chunk_ms=None)
+    config = json.loads((out / "config.json").read_text())
+    assert config["int4_method"] == "hqq" and config["int4_block"] == 32
+    assert json.loads((folder / "config.json").read_text())["int4_method"] == "rtn"
+    for name in ("encoder", "predictor", "joiner"):
+        rtn = dequantized_int4(onnx.load(str(folder / f"{name}.int4.onnx")).graph)
+        graph = onnx.load(str(out / f"{name}.int4.onnx")).graph
+        assert all(len(n.input) == 4 for n in graph.node if n.op_type == "MatMulNBits")
+        hqq = dequantized_int4(graph)
+        assert sorted(w.shape for w in hqq.values()) == sorted(w.shape for w in rtn.values())
+        weights = product_weights(onnx.load(str(out / f"{name}.onnx")).graph)
+        for w in hqq.values():
+            # the fp32 weight it stands for: the one of its shape it is closest to
+            ref = min((v for v in weights if v.shape == w.shape),
+                      key=lambda v: np.abs(w - v).max())  # fmt: skip
+            blocks = np.abs(np.pad(ref, ((0, -ref.shape[0] % 32), (0, 0))))
+            step = np.repeat(blocks.reshape(-1, 32, ref.shape[1]).max(axis=1) / 7.5, 32, axis=0)
+            step = np.maximum(step[: ref.shape[0]], 1e-12)  # 15 steps over the block's range
+            assert np.max(np.abs(w - ref) / step) <= 1.0
+            assert np.sqrt(np.mean(((w - ref) / step) ** 2)) <= 0.35
+    fp32_model = OnnxASR.load(out).model
+    int4 = OnnxASR.load(out, int4=True).model
+    feats = torch.randn(2, 32, 80, generator=torch.Generator().manual_seed(3)).numpy()
+    ref, _, _ = fp32_model.encode(feats, fp32_model.init_state(2))
+    got, _, _ = int4.encode(feats, int4.init_state(2))
+    assert np.linalg.norm(got - ref) <= 0.2 * np.linalg.norm(ref)
+    text = OnnxASR.load(out, int4=True).transcribe_waveform(speech_like(1.0), 16000)
+    assert text.duration == pytest.approx(1.0)
+
+
+def test_int4_method_is_checked(tiny, tmp_path):
+    asr, _ = tiny
+    with pytest.raises(ValueError, match="int4 method 'gptq': choose one of rtn, hqq"):
+        export_onnx(asr, tmp_path / "x", int4=True, int4_method="gptq")
+    with pytest.raises(ValueError, match=r"int4 method hqq needs the int4 graphs \(--int4\)"):
+        export_onnx(asr, tmp_path / "x", int4_method="hqq")
+    assert not (tmp_path / "x").exists()
 
 
 def test_int4_and_int8_are_one_choice(tiny):

@@ -91,7 +91,10 @@ from mamba_asr.runtime.onnx import (
 )
 from mamba_asr.streaming import STREAM_CHUNK_MS, stream_chunk_frames
 
+INT4_METHODS = ("rtn", "hqq")  # export_onnx(int4_method=): how weights become int4
+
 __all__ = [
+    "INT4_METHODS",
     "OPSET",
     "EncoderChunk",
     "JoinerStep",
@@ -752,11 +755,16 @@ def int4_qat_graph(graph: Any, layers: list[Any]) -> int:
     return done
 
 
-def _quantize_int4(folder: Path, block: int, layers: list[Any] | None = None) -> None:
+def _quantize_int4(
+    folder: Path, block: int, layers: list[Any] | None = None, method: str = "rtn"
+) -> None:
     """``*.int4.onnx`` beside each graph: every MatMul with a constant weight as
-    ``MatMulNBits`` (int4, blocks of ``block`` input channels, symmetric); for a model of int4
-    QAT (``layers``: its folded int4 layers), the QAT layers' own integers and scales
-    (``int4_qat_graph``), other matrix products' weights in fp16."""
+    ``MatMulNBits`` (int4, blocks of ``block`` input channels): method "rtn" rounds each
+    weight to the nearest step of its block (symmetric, one scale a block), "hqq" is
+    onnxruntime's Half-Quadratic Quantization (data-free: a scale and a float zero point a
+    block, fitted to the block's weights); for a model of int4 QAT (``layers``: its folded
+    int4 layers), the QAT layers' own integers and scales (``int4_qat_graph``), other matrix
+    products' weights in fp16."""
     import onnx
     from onnx import helper
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
@@ -776,12 +784,16 @@ def _quantize_int4(folder: Path, block: int, layers: list[Any] | None = None) ->
                 floats_as_fp16(model.graph, (*FP16_OPS, "MatMul"))
                 onnx.save(model, str(folder / quant_name(name, "int4")))
                 continue
-            config = nbits.DefaultWeightOnlyQuantConfig(
-                block_size=block, is_symmetric=True, accuracy_level=4
-            )
+            if method == "hqq":
+                config = nbits.HQQWeightOnlyQuantConfig(block_size=block, bits=4)
+            else:
+                config = nbits.DefaultWeightOnlyQuantConfig(
+                    block_size=block, is_symmetric=True, accuracy_level=4
+                )
             quantizer = nbits.MatMulNBitsQuantizer(
-                model, block_size=block, is_symmetric=True, accuracy_level=4, algo_config=config
-            )
+                model, block_size=block, is_symmetric=method == "rtn", accuracy_level=4,
+                algo_config=config,
+            )  # fmt: skip
             quantizer.process()
             model = quantizer.model.model
             floats_as_fp16(model.graph)
@@ -904,6 +916,7 @@ def _write_config(
     int8: bool,
     qat: dict[str, Any] | None = None,
     int4_block: int | None = None,
+    int4_method: str = "rtn",
 ) -> None:
     fbank, model = asr.fbank, asr.model
     int8_method = "qat" if qat and qat["quantized"] is not None else "dynamic"
@@ -926,6 +939,7 @@ def _write_config(
         # int4 weights (*.int4.onnx): the block of input channels that shares a scale
         "int4": int4_block is not None,
         "int4_block": int4_block,
+        "int4_method": int4_method if int4_block is not None else None,
         "features": {
             "sample_rate": asr.sample_rate,
             "n_mels": fbank.n_mels,
@@ -972,13 +986,16 @@ def export_onnx(
     chunk_ms: float | None = STREAM_CHUNK_MS,
     int4: bool = False,
     int4_block: int | None = None,
+    int4_method: str = "rtn",
 ) -> Path:
     """Export ``asr`` (an ``ASR`` bundle of a streaming transducer) to the folder ``out``.
 
     lm: an n-gram LM file to ship beside the graphs (the bundled model's, for ``lm="auto"``);
     int8: add the dynamically quantized graphs; int4: add graphs of int4 weights, in blocks
     of ``int4_block`` input channels (None: the block an int4 QAT model was trained with,
-    else ``INT4_BLOCK``); chunk_ms: the chunk length of
+    else ``INT4_BLOCK``), by ``int4_method`` ("rtn": rounded to the nearest step, symmetric;
+    "hqq": Half-Quadratic Quantization with zero points, for models without int4 QAT, whose
+    own integers are exported as they are); chunk_ms: the chunk length of
     ``encoder_chunk.onnx`` (None: no such graph, ``encoder.onnx`` takes every chunk). Raises a one-line ``ValueError`` for a model
     that does not stream or an ``out`` that exists (unless ``overwrite``) or cannot be made;
     on any error nothing is left at ``out``.
@@ -995,6 +1012,15 @@ def export_onnx(
         raise ValueError(f"{lm}: no such LM file")
     if int4_block is None:
         int4_block = int4_qat_block(asr)
+    if int4_method not in INT4_METHODS:
+        raise ValueError(f"int4 method {int4_method!r}: choose one of {', '.join(INT4_METHODS)}")
+    if int4_method != "rtn" and not int4:
+        raise ValueError(f"int4 method {int4_method} needs the int4 graphs (--int4)")
+    if int4 and int4_method != "rtn" and qat_scheme(asr) == "int4-weights":
+        raise ValueError(
+            f"int4 method {int4_method}: a model of int4 QAT exports the integers it was "
+            "trained with (rtn)"
+        )
     if int4 and int4_block not in INT4_BLOCKS:
         raise ValueError(
             f"int4 block {int4_block}: choose one of {', '.join(map(str, INT4_BLOCKS))}"
@@ -1032,11 +1058,12 @@ def export_onnx(
         if int8 and not int8_layers:
             _quantize(tmp, scan_step_weights(asr.model) + pointwise_weights(asr.model))
         if int4:
-            _quantize_int4(tmp, int4_block, int4_layers or None)
+            _quantize_int4(tmp, int4_block, int4_layers or None, int4_method)
         asr.tokenizer.save(tmp / TOKENIZER_DIR)
         if lm is not None:
             shutil.copyfile(lm, tmp / LM_FILE)
-        _write_config(asr, tmp, graphs, int8, qat, int4_block if int4 else None)
+        _write_config(asr, tmp, graphs, int8, qat, int4_block if int4 else None,
+                      int4_method)  # fmt: skip
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             out.rename(old / out.name)
