@@ -352,12 +352,19 @@ def test_int4_hqq_graphs_fit_each_block_with_a_zero_point(tiny, tmp_path):
     assert text.duration == pytest.approx(1.0)
 
 
-def test_int4_method_is_checked(tiny, tmp_path):
+def test_int4_method_is_checked(tiny, tmp_path, capsys):
+    from mamba_asr.cli import main
+
     asr, _ = tiny
     with pytest.raises(ValueError, match="int4 method 'gptq': choose one of rtn, hqq"):
         export_onnx(asr, tmp_path / "x", int4=True, int4_method="gptq")
     with pytest.raises(ValueError, match=r"int4 method hqq needs the int4 graphs \(--int4\)"):
         export_onnx(asr, tmp_path / "x", int4_method="hqq")
+    model = asr.save(tmp_path / "m.pt")
+    assert main(["export", "onnx", str(model), "--out", str(tmp_path / "x"),
+                 "--int4-method", "hqq"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert err == "mamba-asr: error: int4 method hqq needs the int4 graphs (--int4)"
     assert not (tmp_path / "x").exists()
 
 

@@ -197,6 +197,13 @@ def int4_export(tmp_path_factory, request):
     return asr, folder
 
 
+def test_an_int4_qat_model_is_not_rounded_again(int4_export, tmp_path):
+    asr, _ = int4_export
+    with pytest.raises(ValueError, match="a model of int4 QAT exports the integers it was"):
+        export_onnx(asr, tmp_path / "x", int4=True, int4_method="hqq")
+    assert not (tmp_path / "x").exists()
+
+
 def test_the_int4_graphs_hold_the_qat_integers_and_scales_exactly(int4_export):
     """Every MatMulNBits of the int4 graphs dequantizes (fp16 scales read through their Cast)
     to a folded QAT weight bit for bit, in the model's block; every Linear and pointwise
