@@ -4,7 +4,8 @@
 #      against our kernel and against its own, benchmarks/scan_cuda.py beside the peer kernel);
 #   2. the RNN-T losses (scripts/device/rnnt_check.sh: tests, benchmarks/rnnt.py beside
 #      torchaudio, the profile) and the pruned step replayed as a CUDA graph
-#      (scripts/device/rnnt_graph.py);
+#      (scripts/device/rnnt_graph.py) and where the eager step's host time goes
+#      (scripts/device/rnnt_host.py);
 #   3. the encoders (benchmarks/encoder_scaling.py: a bf16 training step of the large Conformer
 #      and ConMamba encoders, batch 16, 10-120 s).
 #   bash scripts/device/kernels_check.sh OUTDIR      (carry .peer and .whl; about 8 minutes with
@@ -24,6 +25,8 @@ bash scripts/device/scan_check.sh "$out/scan" 2>&1 | tail -40
 bash scripts/device/rnnt_check.sh "$out/rnnt" 2>&1 | grep -v -i warn | tail -30
 PYTHONPATH="/tmp/site:$PWD/src:$PWD/tests:$PWD/benchmarks" python3 scripts/device/rnnt_graph.py \
   2>&1 | grep -v -i warn | tee "$out/rnnt/rnnt_graph.txt"
+PYTHONPATH="/tmp/site:$PWD/src:$PWD/benchmarks" python3 scripts/device/rnnt_host.py \
+  2>&1 | grep -v -i warn | tee "$out/rnnt/rnnt_host.txt"
 PYTHONPATH="/tmp/site:$PWD/src" python3 benchmarks/encoder_scaling.py --device cuda --size large \
   --batch 16 --seconds 10 30 60 120 --out "$out/encoders" 2>&1 | grep -v Warning \
   | tee "$out/encoders/encoder_scaling.txt"

@@ -1,0 +1,132 @@
+"""Where the host time of the eager pruned RNN-T step goes (the step of benchmarks/rnnt.py,
+triton backend): the CPU time of each phase of the forward and of the backward, measured with
+perf_counter around the Python calls (kernels run asynchronously, so a phase's time is what the
+host spends launching it), beside the step's wall time (CUDA events), and the host cost of one
+launch: a Triton kernel through its wrapper, the same autograd Function, and one aten op.
+
+    python scripts/device/rnnt_host.py [--shapes B,T,U,V ...] [--steps 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from mamba_asr.ops.pruned_rnnt import (  # noqa: E402
+    band_join,
+    prune_ranges,
+    rnnt_loss_pruned,
+    rnnt_loss_simple,
+)
+from rnnt import joiner_inputs  # noqa: E402
+
+
+def phases(heads, enc, pred, lattice, prune_range, times):
+    """One step of BandJoiner.loss + backward, each phase's host time added to ``times``."""
+    targets, logit_lengths, target_lengths = lattice
+    clock = [time.perf_counter()]
+
+    def mark(name):
+        now = time.perf_counter()
+        times[name] += now - clock[0]
+        clock[0] = now
+
+    am, lm = heads.simple_am(enc), heads.simple_lm(pred)
+    mark("simple heads (2 Linear)")
+    simple = rnnt_loss_simple(lm, am, targets, logit_lengths, target_lengths, reduction="none",
+                              backend="triton")  # fmt: skip
+    mark("simple loss (Function)")
+    ranges = prune_ranges(simple.blank_posterior, simple.emit_posterior, logit_lengths,
+                          target_lengths, prune_range, backend="triton")  # fmt: skip
+    mark("prune_ranges")
+    ep, pp = heads.enc_proj(enc), heads.pred_proj(pred)
+    mark("joiner projections (2 Linear)")
+    hidden = band_join(ep, pp, ranges, backend="triton")
+    mark("band_join (Function)")
+    logits = heads.out(hidden)
+    mark("output Linear")
+    pruned = rnnt_loss_pruned(logits, targets, ranges, logit_lengths, target_lengths,
+                              reduction="none", backend="triton")  # fmt: skip
+    mark("pruned loss (Function)")
+    loss = (pruned + 0.5 * simple.loss).mean()
+    mark("sum and mean")
+    loss.backward()
+    mark("backward (whole)")
+    return loss
+
+
+def launch_costs(enc, pred, ranges, n=200):
+    """Host microseconds a call: the band_join kernel through its wrapper (no autograd), the
+    autograd Function, and torch.tanh of the same output size."""
+    from mamba_asr.ops.rnnt_triton import band_join_triton
+
+    ep, pp = enc.detach().contiguous(), pred.detach().contiguous()
+    big = torch.empty(*ranges.shape, enc.shape[-1], device=enc.device)
+    calls = {
+        "band_join_triton (wrapper, one launch)": lambda: band_join_triton(ep, pp, ranges),
+        "band_join (autograd Function, no grad)": lambda: band_join(ep, pp, ranges, "triton"),
+        "torch.tanh (one aten op)": lambda: torch.tanh(big),
+        "torch.empty (allocation only)": lambda: torch.empty_like(big),
+    }
+    out = {}
+    for name, call in calls.items():
+        for _ in range(10):
+            call()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(n):
+            call()
+        out[name] = (time.perf_counter() - start) / n * 1e6
+        torch.cuda.synchronize()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=["16,250,60,256", "16,500,120,1024"])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--prune-range", type=int, default=5)
+    args = parser.parse_args()
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, fp32, J={args.dim}")
+    for shape in args.shapes:
+        b, t, u, v = map(int, shape.split(","))
+        enc, pred, lattice, heads, clear = joiner_inputs(b, t, u, v, "cuda", args.dim)
+        for _ in range(5):
+            clear()
+            phases(heads, enc, pred, lattice, args.prune_range, defaultdict(float))
+        torch.cuda.synchronize()
+        times: dict[str, float] = defaultdict(float)
+        walls = []
+        for _ in range(args.steps):
+            clear()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            phases(heads, enc, pred, lattice, args.prune_range, times)
+            end.record()
+            torch.cuda.synchronize()
+            walls.append(start.elapsed_time(end))
+        host = sum(times.values()) / args.steps * 1e3
+        walls.sort()
+        print(f"\n## B{b} T{t} U{u} V{v}: wall {walls[len(walls) // 2]:.2f} ms (median of "
+              f"{args.steps}), host {host:.2f} ms a step")  # fmt: skip
+        print("| phase | host ms a step |\n|---|---|")
+        for name, total in times.items():
+            print(f"| {name} | {total / args.steps * 1e3:.3f} |")
+        simple = rnnt_loss_simple(heads.simple_lm(pred), heads.simple_am(enc), *lattice,
+                                  reduction="none", backend="triton")  # fmt: skip
+        ranges = prune_ranges(simple.blank_posterior, simple.emit_posterior, *lattice[1:],
+                              args.prune_range, backend="triton").contiguous()  # fmt: skip
+        print("\n| call | host us |\n|---|---|")
+        for name, us in launch_costs(heads.enc_proj(enc), heads.pred_proj(pred), ranges).items():
+            print(f"| {name} | {us:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
