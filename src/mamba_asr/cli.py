@@ -689,6 +689,12 @@ def _add_train_parser(sub: argparse._SubParsersAction, common: list, device_help
     train.add_argument("config", help="YAML recipe, e.g. hparams/CTC/conmamba_large.yaml")
     train.add_argument("--train", required=True, metavar="MANIFEST", help="training manifest")
     train.add_argument("--valid", required=True, metavar="MANIFEST", help="validation manifest")
+    train.add_argument(
+        "--valid-heldout", default=None, metavar="MANIFEST",
+        help="a second validation set, decoded beside --valid at every epoch end (wer_heldout "
+        "in metrics.csv), e.g. voices or speakers left out of --train; --set "
+        "train.select_on=heldout makes its WER choose the checkpoints kept and averaged",
+    )  # fmt: skip
     train.add_argument("--out", required=True, metavar="DIR", help="run folder")
     train.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -989,7 +995,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         logging.getLogger("mamba_asr.train").setLevel(logging.INFO)  # epoch summaries
     result = train(
         recipe, args.train, args.valid, args.out, device=args.device, resume=args.resume,
-        max_steps=args.max_steps, strict=args.strict,
+        max_steps=args.max_steps, strict=args.strict, heldout_manifest=args.valid_heldout,
     )  # fmt: skip
     if result.rank == 0:
         skipped = result.skipped_audio

@@ -389,7 +389,10 @@ class TrainConfig:
     its value at the start of the run (the ``init_from`` model, pruned or QAT-prepared as the
     run trains it) by ``lr * decay_to_init`` of the distance (at most all of it): decoupled
     L2-SP, which keeps a fine-tuned model near the one it started from (0: off; needs
-    ``init_from``).
+    ``init_from``). select_on: the validation set whose WER ranks the checkpoints that
+    ``keep_best`` keeps and ``average`` averages: ``valid`` (``--valid``) or ``heldout``
+    (``--valid-heldout``, e.g. voices, speakers or recording conditions left out of training:
+    what a model meets in use).
     """
 
     epochs: int = 100
@@ -416,6 +419,7 @@ class TrainConfig:
     qat_block: int = INT4_BLOCK
     kd: KDConfig = field(default_factory=KDConfig)
     decay_to_init: float = 0.0
+    select_on: Literal["valid", "heldout"] = "valid"
 
     def __post_init__(self) -> None:
         _at_least(self, "train", 1, "epochs", "grad_accum", "num_buckets", "keep_best", "average")

@@ -31,6 +31,11 @@ def test_missing_manifest_and_bad_override_are_one_line_errors(tmp_path, helpers
     assert_one_line_error(run(helpers, *missing), "nope.jsonl: no such manifest file")
     assert_one_line_error(run(helpers, *args, "--set", "train.schedule=cosine"),
                           "train.schedule must be one of")  # fmt: skip
+    assert_one_line_error(run(helpers, *args, "--valid-heldout", str(tmp_path / "held.jsonl")),
+                          "held.jsonl: no such manifest file")  # fmt: skip
+    assert_one_line_error(run(helpers, *args, "--set", "train.select_on=heldout"),
+                          "train.select_on heldout needs a held-out validation set "
+                          "(--valid-heldout MANIFEST)")  # fmt: skip
     assert not (tmp_path / "run").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import pytest
@@ -236,6 +237,55 @@ def test_decay_to_init_pulls_each_step_towards_the_starting_weights(
     whole, split = last(tmp_path / "whole"), last(tmp_path / "split")
     for name in whole:
         assert torch.equal(whole[name], split[name]), name
+
+
+def test_a_held_out_set_is_validated_beside_and_can_choose_the_checkpoints(
+    tmp_path, corpus, tiny_recipe, reference_run
+):
+    """--valid-heldout: its WER and CER at every epoch end in metrics.csv, training itself
+    unchanged (the same rows as a run without it); train.select_on heldout ranks the kept
+    checkpoints by it; refused without the set, or with an empty one, before anything is
+    written."""
+    held = tmp_path / "held.jsonl"  # three of the corpus's utterances, by absolute path
+    lines = [json.loads(line) for line in corpus.read_text().splitlines()[:3]]
+    held.write_text("".join(json.dumps({**u, "audio": str(corpus.parent / u["audio"])}) + "\n"
+                            for u in lines))  # fmt: skip
+    out = tmp_path / "run"
+    train(tiny_recipe(), corpus, corpus, out, device="cpu", heldout_manifest=held)
+    table, reference = rows(out), rows(reference_run)
+    for name in ("train_loss", "valid_loss", "wer", "cer"):
+        assert [r[name] for r in table] == [r[name] for r in reference], name
+    valid_rows = [r for r in table if r["wer"]]
+    assert len(valid_rows) == 3 and all(r["wer_heldout"] and r["cer_heldout"] for r in valid_rows)
+    assert not any(r["wer_heldout"] for r in table if r["train_loss"])
+    best = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])["progress"]["best"]
+    by_step = {int(r["step"]): r for r in valid_rows}
+    assert [e["wer"] for e in best] == pytest.approx([float(by_step[e["step"]]["wer"])
+                                                      for e in best], rel=1e-5)  # fmt: skip
+    assert "held-out set: WER" in (out / "train.log").read_text()
+
+    chosen = tmp_path / "chosen"
+    train(tiny_recipe("train.select_on=heldout"), corpus, corpus, chosen, device="cpu",
+          heldout_manifest=held)  # fmt: skip
+    state = load_checkpoint(list_checkpoints(chosen / "checkpoints")[-1])
+    ranked = sorted(valid_rows, key=lambda r: (float(r["wer_heldout"]), -int(r["step"])))
+    kept = state["progress"]["best"]
+    assert [e["step"] for e in kept] == [int(r["step"]) for r in ranked[:2]]
+    assert [e["wer"] for e in kept] == pytest.approx([float(r["wer_heldout"])
+                                                      for r in ranked[:2]], rel=1e-5)  # fmt: skip
+    assert {round(e["wer"], 5) for e in kept}.isdisjoint(round(float(r["wer"]), 5)
+                                                         for r in valid_rows)  # fmt: skip
+    assert state["valid_heldout"]["utterances"] == 3
+
+    with pytest.raises(ConfigError, match=r"train.select_on heldout needs a held-out"):
+        train(tiny_recipe("train.select_on=heldout"), corpus, corpus, tmp_path / "x")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ManifestError, match="empty.jsonl: no utterances in the held-out set"):
+        train(tiny_recipe(), corpus, corpus, tmp_path / "y", heldout_manifest=empty)
+    with pytest.raises(ConfigError, match="train.select_on must be one of"):
+        tiny_recipe("train.select_on=test")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_profile_env_records_steps_and_the_log_shows_data_waits(

@@ -25,8 +25,10 @@ __all__ = ["METRIC_COLUMNS", "MetricsLog", "plot_curves"]
 log = logging.getLogger(__name__)
 
 # kd_loss: the knowledge-distillation term of training (train.kd), before its weight; the
-# training loss train_loss is the student's own loss on the labels, without it
-METRIC_COLUMNS = ("step", "epoch", "train_loss", "lr", "valid_loss", "wer", "cer", "kd_loss")
+# training loss train_loss is the student's own loss on the labels, without it; wer_heldout,
+# cer_heldout: the held-out validation set's (train(..., heldout_manifest=), --valid-heldout)
+METRIC_COLUMNS = ("step", "epoch", "train_loss", "lr", "valid_loss", "wer", "cer", "kd_loss",
+                  "wer_heldout", "cer_heldout")  # fmt: skip
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:
@@ -70,7 +72,7 @@ class MetricsLog:
 
     def add(self, step: int, epoch: int, **values: float | None) -> None:
         """Append one row: ``step``, ``epoch`` and any of train_loss, lr, valid_loss, wer, cer,
-        kd_loss (None: an empty cell)."""
+        kd_loss, wer_heldout, cer_heldout (None: an empty cell)."""
         if not self.enabled:
             return
         unknown = set(values) - set(METRIC_COLUMNS)
@@ -138,9 +140,11 @@ def plot_curves(csv_path: str | os.PathLike[str], out_path: str | os.PathLike[st
         if steps or key != "kd_loss":  # the KD curve only for a run with a teacher
             losses.plot(steps, values, style, label=key.replace("_", " "))
     losses.set(xlabel="step", ylabel="loss", title="loss")
-    for key in ("wer", "cer"):
+    for key, label in (("wer", "WER"), ("cer", "CER"), ("wer_heldout", "WER held out"),
+                       ("cer_heldout", "CER held out")):  # fmt: skip
         steps, values = _column(rows, key)
-        rates.plot(steps, [100 * v for v in values], "o-", label=key.upper())
+        if steps or not key.endswith("_heldout"):  # held-out curves only for a run with the set
+            rates.plot(steps, [100 * v for v in values], "o-", label=label)
     rates.set(xlabel="step", ylabel="%", title="validation error rates")
     for ax in (losses, rates):
         ax.grid(alpha=0.3)

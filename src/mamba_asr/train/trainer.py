@@ -568,6 +568,7 @@ class _Run:
         self.bad = _BadAudio(strict=False)
         self.teacher: Teacher | None = None  # train.kd: the frozen teacher, not in DDP
         self.anchor: list[tuple[nn.Parameter, torch.Tensor]] = []  # train.decay_to_init: (p, start)
+        self.heldout: tuple[DataLoader | None] | None = None  # (its loader,) with a held-out set
 
     def out_of_time(self) -> bool:
         """Past the deadline (the same answer on every rank: rank 0's clock decides)."""
@@ -600,14 +601,16 @@ class _Run:
             self.p.step, self.p.epoch + 1, self.p.batches_done, len(self.sampler),
         )  # fmt: skip
 
-    def save(self, valid: _Validation | None) -> None:
-        """Checkpoint the current state (a collective call: every rank must make it)."""
+    def save(self, valid: _Validation | None, heldout: _Validation | None = None) -> None:
+        """Checkpoint the current state (a collective call: every rank must make it); the
+        validation of ``train.select_on`` ranks it among the best."""
         # per rank: its generators and its share of the loss window
         ranks = gather_objects({"rng": _rng_state(), "window": list(self.p.window)}, self.ctx)
         if self.ctx.is_main:
             name = checkpoint_name(self.p.step)
-            if valid is not None and math.isfinite(valid.wer):
-                entry = {"step": self.p.step, "wer": valid.wer, "file": name}
+            chosen = heldout if self.recipe.train.select_on == "heldout" else valid
+            if chosen is not None and math.isfinite(chosen.wer):
+                entry = {"step": self.p.step, "wer": chosen.wer, "file": name}
                 ranked = sorted([*self.p.best, entry], key=lambda e: (e["wer"], -e["step"]))
                 self.p.best = ranked[: self.recipe.train.keep_best]
             state = {
@@ -619,6 +622,7 @@ class _Run:
                 "ranks": ranks,
                 "config": to_dict(self.recipe),
                 "valid": None if valid is None else dataclasses.asdict(valid),
+                "valid_heldout": None if heldout is None else dataclasses.asdict(heldout),
                 "world_size": self.ctx.world_size,
             }
             save_checkpoint(self.ckpt_dir / name, state)
@@ -758,17 +762,25 @@ class _Run:
     def end_epoch(self, valid_loader: DataLoader | None) -> _Validation:
         """Validate, checkpoint (as the start of the next epoch), log, plot."""
         valid = _validate(self.asr, valid_loader, self.recipe, self.ctx, self.bad)
+        held = None
+        if self.heldout is not None:
+            held = _validate(self.asr, self.heldout[0], self.recipe, self.ctx, self.bad)
         self.window_start = time.perf_counter()  # validation is not training time
         epoch = self.p.epoch + 1
         log.info(
             "epoch %d, step %d: valid loss %.4f, WER %.2f %%, CER %.2f %% (%d utterances)",
             epoch, self.p.step, valid.loss, 100 * valid.wer, 100 * valid.cer, valid.utterances,
         )  # fmt: skip
-        self.metrics.add(self.p.step, epoch, valid_loss=valid.loss, wer=valid.wer, cer=valid.cer)
+        if held is not None:
+            log.info("epoch %d, held-out set: WER %.2f %%, CER %.2f %% (%d utterances)",
+                     epoch, 100 * held.wer, 100 * held.cer, held.utterances)  # fmt: skip
+        self.metrics.add(self.p.step, epoch, valid_loss=valid.loss, wer=valid.wer, cer=valid.cer,
+                         wer_heldout=None if held is None else held.wer,
+                         cer_heldout=None if held is None else held.cer)  # fmt: skip
         self.p.epoch += 1
         self.p.batches_done = 0
         self.sampler.set_epoch(self.p.epoch)
-        self.save(valid)
+        self.save(valid, held)
         self.metrics.plot()
         return valid
 
@@ -857,6 +869,7 @@ def train(
     progress: bool | None = None,
     max_seconds: float | None = None,
     strict: bool = False,
+    heldout_manifest: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train ``recipe`` on the manifests into ``out_dir`` (see the module docstring).
 
@@ -868,7 +881,10 @@ def train(
     show a progress bar (default: when stderr is a terminal; rank 0 only). strict: stop at
     the first audio file that does not load (ValueError naming it); by default such a file is
     left out of its batch (the same on every run, so a resume stays exact), reported once with
-    one WARNING line and counted in ``TrainResult.skipped_audio``.
+    one WARNING line and counted in ``TrainResult.skipped_audio``. heldout_manifest: a second
+    validation set, decoded at every epoch end beside ``valid_manifest`` (``wer_heldout``,
+    ``cer_heldout`` in metrics.csv), e.g. voices or speakers left out of training; with
+    ``train.select_on: heldout`` its WER chooses the checkpoints kept and averaged.
 
     Raises ``ValueError`` (``ConfigError``, ``ManifestError``, ...) or ``OSError`` with one
     line for bad inputs: a missing manifest, a recipe that differs from the run's, ...
@@ -882,6 +898,14 @@ def train(
     train_utts, valid_utts = read_manifest(train_manifest), read_manifest(valid_manifest)
     if not train_utts:
         raise ManifestError(f"{train_manifest}: no utterances, nothing to train on")
+    heldout_utts = None
+    if heldout_manifest is not None:
+        heldout_utts = read_manifest(heldout_manifest)
+        if not heldout_utts:
+            raise ManifestError(f"{heldout_manifest}: no utterances in the held-out set")
+    elif recipe.train.select_on == "heldout":
+        raise ConfigError("train.select_on heldout needs a held-out validation set "
+                          "(--valid-heldout MANIFEST)")  # fmt: skip
     ctx = init_distributed(device)
     locks: list[FolderLock] = []  # rank 0's, held until the end
     try:
@@ -891,7 +915,7 @@ def train(
         with _file_log(out_dir / "train.log", ctx.is_main):
             result = _train(recipe, ctx, out_dir, tokenizer, train_utts, valid_utts,
                             prepared["state"], max_steps, progress, deadline,
-                            _BadAudio(strict), prepared["teacher"])  # fmt: skip
+                            _BadAudio(strict), prepared["teacher"], heldout_utts)  # fmt: skip
         # every rank waits for rank 0's model.pt and leaves the process group together: a
         # rank that tore down gloo while another still used it was seen to abort at exit
         barrier(ctx)
@@ -943,6 +967,7 @@ def _train(
     deadline: float | None,
     bad: _BadAudio,
     teacher_bundle: dict[str, Any] | None = None,
+    heldout_utts: list[Utterance] | None = None,
 ) -> TrainResult:
     cfg = recipe.train
     _seed_all(cfg.seed)
@@ -956,6 +981,10 @@ def _train(
     )  # fmt: skip
     valid_loader = _eval_loader(valid_utts[ctx.rank :: ctx.world_size], tokenizer, recipe,
                                 ctx.device)  # fmt: skip
+    heldout_loader = None
+    if heldout_utts is not None:
+        heldout_loader = _eval_loader(heldout_utts[ctx.rank :: ctx.world_size], tokenizer,
+                                      recipe, ctx.device)  # fmt: skip
     asr = ASR.from_recipe(recipe, tokenizer, device=ctx.device)
     # train.decay_to_init: every rank, resumed or not, holds the starting weights as its anchor
     if (state is None and ctx.is_main) or cfg.decay_to_init > 0:
@@ -975,6 +1004,7 @@ def _train(
         run.anchor = [(p, p.detach().clone()) for p in asr.parameters() if p.requires_grad]
         log.info("decay to the starting weights: %g x lr per step", cfg.decay_to_init)
     run.deadline, run.bad = deadline, bad
+    run.heldout = (heldout_loader,) if heldout_utts is not None else None
     if teacher_bundle is not None:  # every rank its own copy, outside DDP
         run.teacher = Teacher(teacher_bundle, cfg.kd, ctx.device)
         kd = cfg.kd
