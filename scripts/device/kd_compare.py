@@ -259,9 +259,11 @@ def one(args: argparse.Namespace) -> None:
             recipe = replace_kd(recipe, teacher=args.teacher, **kd)
     out = args.runs / args.name
     start = time.time()
+    heldout = args.corpus / "dev_heldout" / "manifest.jsonl"  # F: its WER curve, not a choice
     result = train(recipe, args.corpus / "train" / "manifest.jsonl",
                    args.corpus / "dev" / "manifest.jsonl", out,
-                   max_seconds=max(args.deadline - start, 1.0), progress=False)  # fmt: skip
+                   max_seconds=max(args.deadline - start, 1.0), progress=False,
+                   heldout_manifest=heldout if heldout.is_file() else None)  # fmt: skip
     wall = out / "wall.json"
     spent = json.loads(wall.read_text()) if wall.is_file() else []
     spent.append({"seconds": time.time() - start, "step": result.step})
