@@ -4,12 +4,17 @@ perf_counter around the Python calls (kernels run asynchronously, so a phase's t
 host spends launching it), beside the step's wall time (CUDA events), and the host cost of one
 launch: a Triton kernel through its wrapper, the same autograd Function, and one aten op.
 
-    python scripts/device/rnnt_host.py [--shapes B,T,U,V ...] [--steps 50]
+    python scripts/device/rnnt_host.py [--shapes B,T,U,V ...] [--steps 50] [--cprofile 30]
+
+--cprofile N: also N steps of the first shape under cProfile, the functions by their own time.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
 import sys
 import time
 from collections import defaultdict
@@ -93,6 +98,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--prune-range", type=int, default=5)
+    parser.add_argument("--cprofile", type=int, default=0, metavar="N")
     args = parser.parse_args()
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, fp32, J={args.dim}")
     for shape in args.shapes:
@@ -126,6 +132,19 @@ def main() -> None:
         print("\n| call | host us |\n|---|---|")
         for name, us in launch_costs(heads.enc_proj(enc), heads.pred_proj(pred), ranges).items():
             print(f"| {name} | {us:.1f} |")
+        if args.cprofile and shape == args.shapes[0]:
+            profile = cProfile.Profile()
+            profile.enable()
+            for _ in range(args.cprofile):
+                clear()
+                phases(heads, enc, pred, lattice, args.prune_range, defaultdict(float))
+            torch.cuda.synchronize()
+            profile.disable()
+            text = io.StringIO()
+            stats = pstats.Stats(profile, stream=text).sort_stats("tottime")
+            stats.print_stats(40)
+            print(f"\n## cProfile, {args.cprofile} steps (per-call times include its overhead)")
+            print(text.getvalue())
 
 
 if __name__ == "__main__":
