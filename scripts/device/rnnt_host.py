@@ -7,14 +7,20 @@ launch: a Triton kernel through its wrapper, the same autograd Function, and one
     python scripts/device/rnnt_host.py [--shapes B,T,U,V ...] [--steps 50] [--cprofile 30]
 
 --cprofile N: also N steps of the first shape under cProfile, the functions by their own time.
+--methods: the benchmark's step (benchmarks/rnnt.py pruned_case, and torchaudio's loss) timed
+several ways: as benchmarks/rnnt.py does (perf_counter between two synchronizations, median of
+10 after 1 warm-up), with more warm-up and repeats, with CUDA events, with the garbage
+collector off.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import pstats
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -29,7 +35,8 @@ from mamba_asr.ops.pruned_rnnt import (  # noqa: E402
     rnnt_loss_pruned,
     rnnt_loss_simple,
 )
-from rnnt import joiner_inputs  # noqa: E402
+from rnnt import full_case, joiner_inputs, pruned_case  # noqa: E402
+from timing import median_ms  # noqa: E402
 
 
 def phases(heads, enc, pred, lattice, prune_range, times):
@@ -92,6 +99,43 @@ def launch_costs(enc, pred, ranges, n=200):
     return out
 
 
+def event_ms(step, repeats: int) -> float:
+    """Median CUDA-event milliseconds of ``step()`` (synchronized after each)."""
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def timing_methods(b: int, t: int, u: int, v: int, dim: int, prune_range: int) -> None:
+    """The pruned step and torchaudio's loss, each timed four ways, side by side."""
+    device = torch.device("cuda")
+    steps = {"pruned": pruned_case(b, t, u, v, device, dim, prune_range, "triton")[0]}
+    try:
+        import torchaudio.functional as AF
+
+        loss = lambda *a: AF.rnnt_loss(*a, blank=0, reduction="mean")  # noqa: E731
+        steps["torchaudio"] = full_case(loss, b, t, u, v, device)[0]
+    except ImportError:
+        pass
+    print("\n| step | benchmark (10 after 1) | 50 after 10 | CUDA events, 50 | gc off, 50 |")
+    print("|---|---|---|---|---|")
+    for name, step in steps.items():
+        row = [median_ms(step, 10, device, warmup=1), median_ms(step, 50, device, warmup=10),
+               event_ms(step, 50)]  # fmt: skip
+        gc.disable()
+        try:
+            row.append(median_ms(step, 50, device, warmup=5))
+        finally:
+            gc.enable()
+        print(f"| {name} | " + " | ".join(f"{x:.2f}" for x in row) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["16,250,60,256", "16,500,120,1024"])
@@ -99,6 +143,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--prune-range", type=int, default=5)
     parser.add_argument("--cprofile", type=int, default=0, metavar="N")
+    parser.add_argument("--methods", action="store_true")
     args = parser.parse_args()
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, fp32, J={args.dim}")
     for shape in args.shapes:
@@ -132,6 +177,8 @@ def main() -> None:
         print("\n| call | host us |\n|---|---|")
         for name, us in launch_costs(heads.enc_proj(enc), heads.pred_proj(pred), ranges).items():
             print(f"| {name} | {us:.1f} |")
+        if args.methods:
+            timing_methods(b, t, u, v, args.dim, args.prune_range)
         if args.cprofile and shape == args.shapes[0]:
             profile = cProfile.Profile()
             profile.enable()
