@@ -18,7 +18,6 @@ import argparse
 import itertools
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import triton
 
 from mamba_asr.ops.selective_scan import selective_scan_fn
 from mamba_asr.ops.selective_scan import triton_kernel as tk
+from timing import event_ms
 
 SHAPES = [(8, 1024, 512), (8, 1024, 2048), (4, 1024, 8192)]
 
@@ -46,20 +46,6 @@ def make_inputs(batch, dim, length, dtype, d_state=16):
 def min_bytes(batch, dim, length, dtype, d_state=16):
     e = torch.tensor([], dtype=dtype).element_size()
     return (4 * batch * dim * length + 2 * batch * d_state * length) * e
-
-
-def cuda_time(fn, iters):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 VARIANTS: dict[str, dict] = {}  # impl name -> CONFIG overrides (--variant)
@@ -113,7 +99,7 @@ def sweep(iters):
         tk.CONFIG.clear()
         tk.CONFIG.update({**base, **cfg})
         try:
-            ms = sum(cuda_time(runner("triton", None, x, True), iters) for x in inputs)
+            ms = sum(event_ms(runner("triton", None, x, True), iters) for x in inputs)
             rows.append((ms, dict(tk.CONFIG)))
         except Exception as e:  # out of resources for this setting
             print(f"# sweep {cfg}: {type(e).__name__}: {str(e)[:200]}")
@@ -174,8 +160,8 @@ def main(argv=None):
         inputs = make_inputs(batch, dim, length, dtype)
         res = {}
         for impl in impls:
-            fwd = cuda_time(runner(impl, peer_fn, inputs, False), args.iters)
-            both = cuda_time(runner(impl, peer_fn, inputs, True), args.iters)
+            fwd = event_ms(runner(impl, peer_fn, inputs, False), args.iters)
+            both = event_ms(runner(impl, peer_fn, inputs, True), args.iters)
             mem = peak_extra_mib(runner(impl, peer_fn, inputs, True))
             gbs = min_bytes(batch, dim, length, dtype) / fwd / 1e6
             res[impl] = dict(impl=impl, dtype=str(dtype).split(".")[1], B=batch, D=dim, L=length,

@@ -34,6 +34,22 @@ def median_ms(
     return statistics.median(seconds(fn, device) for _ in range(repeats)) * 1e3
 
 
+def event_ms(fn: Callable[[], Any], repeats: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds of ``repeats`` calls of ``fn`` on the GPU's clock (a CUDA event
+    before and after each, synchronised), after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
 def cuda_peak_gib(fn: Callable[[], Any], device: torch.device) -> float:
     """GiB the CUDA allocator's peak rises above what is allocated before one ``fn()``."""
     torch.cuda.synchronize(device)

@@ -20,7 +20,6 @@ import cProfile
 import gc
 import io
 import pstats
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -36,7 +35,7 @@ from mamba_asr.ops.pruned_rnnt import (  # noqa: E402
     rnnt_loss_simple,
 )
 from rnnt import full_case, joiner_inputs, pruned_case  # noqa: E402
-from timing import median_ms  # noqa: E402
+from timing import event_ms, median_ms  # noqa: E402
 
 
 def phases(heads, enc, pred, lattice, prune_range, times):
@@ -99,19 +98,6 @@ def launch_costs(enc, pred, ranges, n=200):
     return out
 
 
-def event_ms(step, repeats: int) -> float:
-    """Median CUDA-event milliseconds of ``step()`` (synchronized after each)."""
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def timing_methods(b: int, t: int, u: int, v: int, dim: int, prune_range: int) -> None:
     """The pruned step and torchaudio's loss, each timed four ways, side by side."""
     device = torch.device("cuda")
@@ -127,7 +113,7 @@ def timing_methods(b: int, t: int, u: int, v: int, dim: int, prune_range: int) -
     print("|---|---|---|---|---|")
     for name, step in steps.items():
         row = [median_ms(step, 10, device, warmup=1), median_ms(step, 50, device, warmup=10),
-               event_ms(step, 50)]  # fmt: skip
+               event_ms(step, 50, warmup=0)]  # fmt: skip
         gc.disable()
         try:
             row.append(median_ms(step, 50, device, warmup=5))

@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from rnnt import pruned_case  # noqa: E402
+from timing import event_ms  # noqa: E402
 
 
 def wall_ms(fn, n=20):
@@ -30,20 +31,6 @@ def wall_ms(fn, n=20):
         fn()
         torch.cuda.synchronize()
         out.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(out)
-
-
-def event_ms(fn, n=20):
-    for _ in range(3):
-        fn()
-    out = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        out.append(a.elapsed_time(b))
     return statistics.median(out)
 
 

@@ -304,7 +304,12 @@ def test_int4_graphs_keep_big_float_weights_in_fp16(tiny):
 def test_int4_graphs_decode_close_to_fp32(tiny):
     """The int4 chunk graph's memory stays near the fp32 graph's (weights rounded to 4 bits,
     activations to 8 within a product) and the recognizer runs on the int4 graphs."""
-    _, folder = tiny
+    assert_int4_close_to_fp32(tiny[1])
+
+
+def assert_int4_close_to_fp32(folder) -> None:
+    """The int4 encoder's output within 20% (relative norm) of the fp32 graph's on random
+    features, and a transcription on the int4 graphs."""
     fp32 = OnnxASR.load(folder).model
     int4 = OnnxASR.load(folder, int4=True).model
     feats = torch.randn(2, 32, 80, generator=torch.Generator().manual_seed(3)).numpy()
@@ -342,14 +347,7 @@ def test_int4_hqq_graphs_fit_each_block_with_a_zero_point(tiny, tmp_path):
             step = np.maximum(step[: ref.shape[0]], 1e-12)  # 15 steps over the block's range
             assert np.max(np.abs(w - ref) / step) <= 1.0
             assert np.sqrt(np.mean(((w - ref) / step) ** 2)) <= 0.35
-    fp32_model = OnnxASR.load(out).model
-    int4 = OnnxASR.load(out, int4=True).model
-    feats = torch.randn(2, 32, 80, generator=torch.Generator().manual_seed(3)).numpy()
-    ref, _, _ = fp32_model.encode(feats, fp32_model.init_state(2))
-    got, _, _ = int4.encode(feats, int4.init_state(2))
-    assert np.linalg.norm(got - ref) <= 0.2 * np.linalg.norm(ref)
-    text = OnnxASR.load(out, int4=True).transcribe_waveform(speech_like(1.0), 16000)
-    assert text.duration == pytest.approx(1.0)
+    assert_int4_close_to_fp32(out)
 
 
 def test_int4_method_is_checked(tiny, tmp_path, capsys):
