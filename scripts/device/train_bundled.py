@@ -79,9 +79,11 @@ def main() -> None:
     more += [f"train.lr={args.lr}"] if args.lr else []
     more += [f"train.warmup_steps={args.warmup}"] if args.warmup else []
     recipe = load_recipe(RECIPE, OVERRIDES + more + args.set)
+    heldout = args.corpus / "dev_heldout/manifest.jsonl"  # synth_corpus.py --held-out-dev
     result = train(recipe, args.corpus / "train/manifest.jsonl", args.corpus / "dev/manifest.jsonl",
                    args.run, device=args.device, progress=False,
-                   max_seconds=max(args.deadline - time.time(), 1.0))  # fmt: skip
+                   max_seconds=max(args.deadline - time.time(), 1.0),
+                   heldout_manifest=heldout if heldout.is_file() else None)  # fmt: skip
     if result.rank == 0:
         speeds = [s for _, s in result.throughput[1:]] or [0.0]
         print(f"steps {result.step}, epochs done {result.epochs_done}, best WER {result.best_wer}, "

@@ -8,6 +8,10 @@
 #     goes on training the bundled model on a fresh corpus (another seed: other utterances);
 #     WEIGHTS="espeak-ng=0.7 flite=0.2 festival=0.1" gives flite and festival more utterances;
 #     SET="train.max_batch_seconds=600 ..." adds recipe overrides.
+#   HELDOUT_DEV=1: the dev set holds the training voices only and dev_heldout the held-out
+#     voices (espeak-ng variants m7, f4), validated beside it every epoch (wer_heldout in
+#     metrics.csv); SET="train.select_on=heldout" then lets that set choose the checkpoints
+#     averaged. (Off by default: the bundled model's phases were made without it.)
 #   CHECKS=1: scripts/device/pending_checks.sh on GPU 0 and CPUs 0-7 during the synthesis
 #     (on CPUs 8-31) instead of the RNN-T benchmark; its files go into logs.tgz (checks/).
 #   A call on a machine still warm from the last one finds /tmp/corpus and /tmp/run there: it
@@ -35,6 +39,7 @@ if [ -f /tmp/corpus/synth.json ]; then  # a machine still warm from an earlier c
 else
   taskset -c "$synth_cpus" python3 scripts/device/synth_corpus.py "$TTS_ROOT/text" /tmp/corpus \
     --workers "$workers" --train-hours "${HOURS:-50}" --dev-hours 0.3 --seed "${SEED:-1}" \
+    ${HELDOUT_DEV:+--held-out-dev} \
     ${WEIGHTS:+--engine-weights $WEIGHTS} 2>&1 | tee /tmp/logs/synth.txt
 fi
 cp /tmp/corpus/synth.json /tmp/logs/
