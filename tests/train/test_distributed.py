@@ -94,11 +94,13 @@ def test_two_processes_train_in_step_and_resume_exactly(tmp_path, helpers, recip
 
 def test_two_nodes_of_one_process_each(tmp_path, helpers, recipe_file, corpus, tiny_recipe):
     """Also with a teacher (knowledge distillation): every rank runs its own copy outside DDP,
-    and the ranks still end with the same weights."""
+    and the ranks still end with the same weights; and with a held-out set choosing the
+    checkpoints: its WER is over both ranks' shares."""
     port, out, dump = free_port(), tmp_path / "run", tmp_path / "dump"
     torch.manual_seed(5)
     teacher = ASR.from_recipe(tiny_recipe(), CharTokenizer("AB ")).save(tmp_path / "teacher.pt")
-    kd = ["--teacher", str(teacher), "--kd-weight", "0.5", "--kd-temperature", "2"]
+    kd = ["--teacher", str(teacher), "--kd-weight", "0.5", "--kd-temperature", "2",
+          "--valid-heldout", str(corpus), "--set", "train.select_on=heldout"]  # fmt: skip
     procs = []
     for node in (0, 1):
         launcher = torchrun(dump, "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1",
@@ -114,6 +116,13 @@ def test_two_nodes_of_one_process_each(tmp_path, helpers, recipe_file, corpus, t
     assert_ranks_agree(out, dump)
     assert (out / "model.pt").is_file()
     assert all(float(r["kd_loss"]) > 0 for r in table(out) if r["train_loss"])
+    valid = [r for r in table(out) if r["wer"]]
+    assert valid and all(r["wer_heldout"] == r["wer"] for r in valid)  # the same set twice
+    newest = torch.load(sorted((out / "checkpoints").glob("step-*.pt"))[-1], weights_only=False)
+    assert newest["valid_heldout"]["utterances"] == 12  # both ranks' shares, gathered
+    assert [e["wer"] for e in newest["progress"]["best"]] == pytest.approx(
+        [float(next(r["wer_heldout"] for r in valid if int(r["step"]) == e["step"]))
+         for e in newest["progress"]["best"]], rel=1e-5)  # fmt: skip
     assert not any(
         "teacher" in name for name in torch.load(dump / "rank1.pt", weights_only=True)["model"]
     )
