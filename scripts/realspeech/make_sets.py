@@ -23,11 +23,17 @@ OUT/<set>/*.wav (16 kHz mono PCM16):
   message, the one with "unit(s)", and seven whose message is too long for the clip (over 4.5
   words a second: the message there is a paraphrase); GPL-2+ (Eidos 1999-2004, Warzone 2100
   Project);
-- ``all``: the seven together.
+- ``objects``: ktuberling-data's English names of the stamps (``sounds/en``: "ball", "camel",
+  "pineapple", ...), 69 words said alone by an uncredited speaker, 44.1 kHz Ogg Vorbis; text: the
+  sound's name in ``en.soundtheme`` without its scene prefix, two misspelt names corrected
+  (brocolli, sphynx) and two compounds split (palm tree, falling star), each as Moonshine base
+  heard it; left out: ufo and moonwalker, whose spoken form is not certain; GPL-2+;
+- ``all``: the eight together.
 
-Used only to measure (never to train or tune). They are small: 144 utterances, about 5.3
-minutes, 7 speakers. The first four (19 utterances, 48.6 s) were the whole of ``all`` before the
-last three came. Transcripts of those three go through ``normalize_transcript`` (numbers
+Used only to measure (never to train or tune). They are small: 213 utterances, about 6.3
+minutes, at least 8 speakers. The first four (19 utterances, 48.6 s) were the whole of ``all``
+before the others came; ``all`` was the first seven (144 utterances) before ``objects``.
+Transcripts of the letters, words and warzone sets go through ``normalize_transcript`` (numbers
 spelled). The sets reserved for independent tests (asterisk prompts, the festival and flite
 voices named in the README) are not made here.
 """
@@ -49,7 +55,8 @@ import soundfile as sf
 from mamba_asr.audio.io import load_audio
 from mamba_asr.text import normalize_transcript
 
-PACKAGES = ("pocketsphinx-testdata", "alsa-utils", "klettres-data", "warzone2100-data")
+PACKAGES = ("pocketsphinx-testdata", "alsa-utils", "klettres-data", "warzone2100-data",
+            "ktuberling-data")  # fmt: skip
 PS = "usr/share/pocketsphinx/test/data"
 ALSA = "usr/share/sounds/alsa"
 KLETTRES = "usr/share/klettres"
@@ -57,6 +64,10 @@ KLETTRES_VOICES = ("en", "en_GB")
 NOT_WORDS = {"AW", "CH", "TH"}  # klettres "syllables" that are bare sounds, not words
 WARZONE = "usr/share/games/warzone2100/base.wz"
 MAX_WORDS_PER_SECOND = 4.5  # a tutorial message longer than this for its clip is not what is said
+KTUBERLING = "usr/share/ktuberling/sounds"
+OBJECT_WORDS = {"brocolli": "broccoli", "sphynx": "sphinx", "palmtree": "palm tree",
+                "fallingstar": "falling star"}  # fmt: skip
+OBJECTS_LEFT_OUT = {"ufo", "moonwalker"}  # how they are said (spelled out? one word?) unknown
 TUTORIAL_LINE = re.compile(r'"audio":\s*"(tut\d+\.ogg)"[^}]*?"message":\s*_\("([^"]+)"\)')
 
 Items = list[tuple[str, np.ndarray, str]]
@@ -131,6 +142,19 @@ def warzone(root: Path, tmp: Path) -> Items:
     return items
 
 
+def objects(root: Path) -> Items:
+    """ktuberling-data's English stamp names (``en.soundtheme``), one word or two each."""
+    items = []
+    for sound in ET.parse(root / KTUBERLING / "en.soundtheme").iter("sound"):
+        name, file = sound.get("name"), sound.get("file")
+        word = name.rsplit("_", 1)[-1]  # "egypt_camel" -> "camel"
+        if word in OBJECTS_LEFT_OUT:
+            continue
+        text = OBJECT_WORDS.get(word, word)
+        items.append((f"objects-{name}", load_audio(root / KTUBERLING / file), text))
+    return items
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -161,6 +185,7 @@ def main() -> None:
         sets["letters"] = klettres(root, "alpha")
         sets["words"] = klettres(root, "syllab")
         sets["warzone"] = warzone(root, root)
+        sets["objects"] = objects(root)
         every = []
         for name, items in sets.items():
             n = write_set(args.out, name, items)
