@@ -87,28 +87,40 @@ class BandJoiner(nn.Module):
         self.out = nn.Linear(dim, vocab)
 
     def loss(self, enc, pred, targets, logit_lengths, target_lengths, prune_range, backend,
-             join="band"):  # fmt: skip
+             join="band", mark=None):  # fmt: skip
         """pruned + 0.5 * simple, mean over the batch; join: "band" (``band_join``) or "gather"
-        (``do_rnnt_pruning``, add, tanh) for the hidden layer on the band."""
-        simple = rnnt_loss_simple(
-            self.simple_lm(pred), self.simple_am(enc), targets, logit_lengths, target_lengths,
-            reduction="none", backend=backend,
-        )  # fmt: skip
+        (``do_rnnt_pruning``, add, tanh) for the hidden layer on the band. mark: called with
+        each phase's name when it is done (scripts/device/rnnt_host.py times them)."""
+        mark = mark or (lambda name: None)
+        lm, am = self.simple_lm(pred), self.simple_am(enc)
+        mark("simple heads (2 Linear)")
+        simple = rnnt_loss_simple(lm, am, targets, logit_lengths, target_lengths,
+                                  reduction="none", backend=backend)  # fmt: skip
+        mark("simple loss (Function)")
         ranges = prune_ranges(
             simple.blank_posterior, simple.emit_posterior, logit_lengths, target_lengths,
             prune_range,
         )  # fmt: skip
+        mark("prune_ranges")
+        ep, pp = self.enc_proj(enc), self.pred_proj(pred)
+        mark("joiner projections (2 Linear)")
         if join == "band":
-            hidden = band_join(self.enc_proj(enc), self.pred_proj(pred), ranges, backend=backend)
+            hidden = band_join(ep, pp, ranges, backend=backend)
+            mark("band_join (Function)")
         else:
-            band = do_rnnt_pruning(self.enc_proj(enc), self.pred_proj(pred), ranges)
+            band = do_rnnt_pruning(ep, pp, ranges)
             hidden = torch.tanh(band.am + band.lm)
+            mark("gather, add, tanh")
         logits = self.out(hidden)  # (B, T, R, V)
+        mark("output Linear")
         pruned = rnnt_loss_pruned(
             logits, targets, ranges, logit_lengths, target_lengths, reduction="none",
             backend=backend,
         )  # fmt: skip
-        return (pruned + 0.5 * simple.loss).mean()
+        mark("pruned loss (Function)")
+        loss = (pruned + 0.5 * simple.loss).mean()
+        mark("sum and mean")
+        return loss
 
 
 def joiner_inputs(batch, frames, labels, vocab, device, dim):

@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from mamba_asr.ops.pruned_rnnt import (  # noqa: E402
     band_join,
     prune_ranges,
-    rnnt_loss_pruned,
     rnnt_loss_simple,
 )
 from rnnt import full_case, joiner_inputs, pruned_case  # noqa: E402
@@ -39,8 +38,8 @@ from timing import event_ms, median_ms  # noqa: E402
 
 
 def phases(heads, enc, pred, lattice, prune_range, times):
-    """One step of BandJoiner.loss + backward, each phase's host time added to ``times``."""
-    targets, logit_lengths, target_lengths = lattice
+    """One step of BandJoiner.loss (triton backend) + backward, each phase's host time added to
+    ``times``."""
     clock = [time.perf_counter()]
 
     def mark(name):
@@ -48,25 +47,7 @@ def phases(heads, enc, pred, lattice, prune_range, times):
         times[name] += now - clock[0]
         clock[0] = now
 
-    am, lm = heads.simple_am(enc), heads.simple_lm(pred)
-    mark("simple heads (2 Linear)")
-    simple = rnnt_loss_simple(lm, am, targets, logit_lengths, target_lengths, reduction="none",
-                              backend="triton")  # fmt: skip
-    mark("simple loss (Function)")
-    ranges = prune_ranges(simple.blank_posterior, simple.emit_posterior, logit_lengths,
-                          target_lengths, prune_range, backend="triton")  # fmt: skip
-    mark("prune_ranges")
-    ep, pp = heads.enc_proj(enc), heads.pred_proj(pred)
-    mark("joiner projections (2 Linear)")
-    hidden = band_join(ep, pp, ranges, backend="triton")
-    mark("band_join (Function)")
-    logits = heads.out(hidden)
-    mark("output Linear")
-    pruned = rnnt_loss_pruned(logits, targets, ranges, logit_lengths, target_lengths,
-                              reduction="none", backend="triton")  # fmt: skip
-    mark("pruned loss (Function)")
-    loss = (pruned + 0.5 * simple.loss).mean()
-    mark("sum and mean")
+    loss = heads.loss(enc, pred, *lattice, prune_range, "triton", mark=mark)
     loss.backward()
     mark("backward (whole)")
     return loss
