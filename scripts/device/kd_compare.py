@@ -7,7 +7,7 @@ fine-tuning, and quantization-aware training (int8). All runs at once.
 
     python3 scripts/device/kd_compare.py train CORPUS RUNS --epochs 8 --deadline UNIX_TIME \
         [--only NAME ...] [--set KEY=VALUE ...]
-    python3 scripts/device/kd_compare.py evaluate CORPUS RUNS OUT.json
+    python3 scripts/device/kd_compare.py evaluate CORPUS RUNS OUT.json [--extra-dev NAME=MANIFEST]
     python3 scripts/device/kd_compare.py report OUT.json
 
 CORPUS comes from ``scripts/device/synth_corpus.py --held-out-dev`` (train/, dev/: the
@@ -192,6 +192,24 @@ RUNS_INIT: dict[str, dict[str, object]] = {
         "qat_block": 64,
         "hours": 8,
     },
+    # the 16 h row's recipe for 8 epochs (128 h seen): the 8 h row's steps on the 16 h corpus
+    "ffn375_qat4_b64_lr2_h16_e8": {
+        "ratio": 0.375,
+        "groups": ["ffn"],
+        "lr": 0.0002,
+        "kd": {"target": "ctc", "weight": 0.5, "temperature": 1.0},
+        "qat": "int4-weights",
+        "qat_block": 64,
+        "hours": 16,
+        "epochs": 8,
+    },
+    # what the bundled model hears beside its engines (docs/benchmarks.md, real speech): the
+    # same 2-epoch fine-tuning on the 16 h corpus alone (the control), with 1.2 h of the Piper
+    # voice (scripts/device/pack_mix.py), and with 1.6 h of Czech voice acting
+    # (scripts/realspeech/fillets_cs.py); the Piper set three times per epoch, the Czech twice
+    "ft_h16_e2": {"lr": 0.0005, "hours": 16, "epochs": 2},
+    "ft_h16_e2_piper": {"lr": 0.0005, "hours": 16, "epochs": 2, "mix": {"piper": 3}},
+    "ft_h16_e2_czech": {"lr": 0.0005, "hours": 16, "epochs": 2, "mix": {"czech": 2}},
 }
 RUNS_KD: dict[str, dict[str, object]] = {
     "no_kd": {},
@@ -235,12 +253,33 @@ def init_recipe(args: argparse.Namespace):  # noqa: ANN201
         start = str(pruned)
     qat = [f"train.qat={spec['qat']}"] if "qat" in spec else []
     qat += [f"train.qat_block={spec['qat_block']}"] if "qat_block" in spec else []
-    overrides = [*FINETUNE, f"train.lr={spec['lr']}", f"train.epochs={args.ft_epochs}", *qat,
+    epochs = spec.get("epochs", args.ft_epochs)
+    overrides = [*FINETUNE, f"train.lr={spec['lr']}", f"train.epochs={epochs}", *qat,
                  *spec.get("set", []), *args.set]  # fmt: skip
     recipe = load_recipe(RECIPE, overrides, model=init_model_section(start), init_from=start)
     if "kd" in spec:  # the unpruned model teaches its pruned self
         recipe = replace_kd(recipe, teacher=args.teacher, **spec["kd"])
     return recipe
+
+
+def mixed_manifest(args: argparse.Namespace, mix: dict[str, int]) -> Path:
+    """The corpus's training manifest with each extra set (``MIX_ROOT/NAME/manifest.jsonl``)
+    appended ``repeats`` times, audio paths made absolute, into the run's folder."""
+    lines = []
+    sources = [(args.corpus / "train" / "manifest.jsonl", 1)]
+    sources += [(args.mix_root / name / "manifest.jsonl", int(n)) for name, n in mix.items()]
+    for manifest, repeats in sources:
+        if not manifest.is_file():
+            raise SystemExit(f"{args.name}: no {manifest} (the extra sets travel in .mix)")
+        records = [json.loads(line) for line in manifest.read_text().splitlines() if line]
+        for k in range(repeats):
+            for r in records:
+                audio = str((manifest.parent / r["audio"]).resolve())
+                uid = r.get("id", Path(audio).stem) + (f"-r{k}" if k else "")
+                lines.append(json.dumps({**r, "id": uid, "audio": audio}))
+    out = args.runs / args.name / "train_mix.jsonl"
+    out.write_text("\n".join(lines) + "\n")
+    return out
 
 
 def one(args: argparse.Namespace) -> None:
@@ -260,8 +299,10 @@ def one(args: argparse.Namespace) -> None:
     out = args.runs / args.name
     start = time.time()
     heldout = args.corpus / "dev_heldout" / "manifest.jsonl"  # F: its WER curve, not a choice
-    result = train(recipe, args.corpus / "train" / "manifest.jsonl",
-                   args.corpus / "dev" / "manifest.jsonl", out,
+    mix = RUNS_INIT.get(args.name, {}).get("mix")
+    train_manifest = (mixed_manifest(args, mix) if mix
+                      else args.corpus / "train" / "manifest.jsonl")  # fmt: skip
+    result = train(recipe, train_manifest, args.corpus / "dev" / "manifest.jsonl", out,
                    max_seconds=max(args.deadline - start, 1.0), progress=False,
                    heldout_manifest=heldout if heldout.is_file() else None)  # fmt: skip
     wall = out / "wall.json"
@@ -280,7 +321,8 @@ def train_all(args: argparse.Namespace) -> None:
         cmd = [sys.executable, __file__, "one", name, str(args.corpus), str(args.runs),
                "--epochs", str(args.epochs), "--ft-epochs", str(args.ft_epochs),
                "--deadline", str(args.deadline),
-               "--teacher", args.teacher, "--set", *args.set]  # fmt: skip
+               "--teacher", args.teacher, "--mix-root", str(args.mix_root),
+               "--set", *args.set]  # fmt: skip
         (args.runs / name).mkdir(exist_ok=True)
         log = (args.runs / f"{name}.stdout.txt").open("a")
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
@@ -320,6 +362,9 @@ def evaluate(args: argparse.Namespace) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     sets = {s: args.corpus / s / "manifest.jsonl" for s in ("dev", "dev_heldout")}
+    for item in args.extra_dev:  # NAME=MANIFEST: measured only (real speech), never chosen on
+        name, _, path = item.partition("=")
+        sets[name] = Path(path)
     sets = {k: v for k, v in sets.items() if v.is_file()}
     models = {"teacher": TEACHER}
     for name in RUNS:
@@ -370,7 +415,15 @@ def pack(args: argparse.Namespace) -> None:
 
     args.dest.mkdir(parents=True, exist_ok=True)
     part = 15 * 2**20
-    for name in args.names:
+    names = list(args.names)
+    if args.one_of:  # the one with the lowest WER on --by in the evaluation report
+        report = json.loads(Path(args.report).read_text())
+        scored = [(report[n][args.by]["wer"], n) for n in args.one_of
+                  if n in report and args.by in report[n]]  # fmt: skip
+        if scored:
+            names.append(min(scored)[1])
+            print(f"pack: of {' '.join(args.one_of)}, {min(scored)[1]} (lowest {args.by} WER)")
+    for name in names:
         src = args.runs / name / "model.pt"
         if not src.is_file():
             print(f"pack: {name}: no model.pt")
@@ -392,7 +445,7 @@ def _groups(init: dict[str, object]) -> str:
 
 def table(args: argparse.Namespace) -> None:
     data = json.loads(Path(args.out).read_text())
-    sets = [s for s in ("dev", "dev_heldout") if s in data["teacher"]]
+    sets = [s for s, v in data["teacher"].items() if isinstance(v, dict) and "wer" in v]
     head = " | ".join(f"{s} WER (%)" for s in sets)
     print(f"| run | what | steps | valid WER by epoch (%) | {head} | parameters | file MB (fp16) "
           "| train loss (last 100 steps) | KD loss | training s |")  # fmt: skip
@@ -465,6 +518,8 @@ def main() -> None:
         p.add_argument("--deadline", type=float, default=time.time() + 1e9)
         p.add_argument("--teacher", default=TEACHER)
         p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+        p.add_argument("--mix-root", type=Path, default=Path("/tmp/mix"),
+                       help="folder of the extra training sets of RUNS_INIT's 'mix'")
         if name == "train":
             p.add_argument("--only", nargs="+", choices=RUNS)
         p.set_defaults(func=fn)
@@ -472,11 +527,17 @@ def main() -> None:
     p.add_argument("corpus", type=Path)
     p.add_argument("runs", type=Path)
     p.add_argument("out")
+    p.add_argument("--extra-dev", nargs="*", default=[], metavar="NAME=MANIFEST",
+                   help="more sets to measure every model on (real speech)")
     p.set_defaults(func=evaluate)
     p = sub.add_parser("pack")
     p.add_argument("runs", type=Path)
     p.add_argument("dest", type=Path)
-    p.add_argument("names", nargs="+")
+    p.add_argument("names", nargs="*")
+    p.add_argument("--one-of", nargs="*", default=[], metavar="NAME",
+                   help="also the one of these runs with the lowest WER on --by")
+    p.add_argument("--by", default="dev", help="the set of --one-of")
+    p.add_argument("--report", help="evaluate's OUT.json (for --one-of)")
     p.set_defaults(func=pack)
     p = sub.add_parser("plot")
     p.add_argument("out")

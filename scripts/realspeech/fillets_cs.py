@@ -1,0 +1,108 @@
+"""Real human speech for training: Fish Fillets NG's Czech voice acting, as a JSONL manifest.
+
+    python scripts/realspeech/fillets_cs.py OUT [--debs DIR] [--compression 0.96]
+
+Fetches ``fillets-ng-data`` (the levels' dialogue scripts) and ``fillets-ng-data-cs`` (the
+Czech recordings) with ``apt-get download`` into DIR (default OUT/debs; packages already there
+are used as they are) and writes OUT/manifest.jsonl and OUT/<level>/<dialog id>.ogg (16 kHz
+mono Opus, small enough to travel). Each recording ``sound/<level>/cs/<id>.ogg`` is paired with
+the Czech line that ``script/<level>/dialogs_cs.lua`` gives its id (``dialogId(id, font,
+english)`` then ``dialogStr(czech)``).
+
+About 100 minutes, 1782 lines said by about 20 voice actors (the two fish say most of them);
+GPL-2 (ALTAR interactive, the Fish Fillets NG authors). The text is Czech written in the
+English model's letters: diacritics stripped (``Už mě z té hlavy bolí hlava`` ->
+``UZ ME Z TE HLAVY BOLI HLAVA``), punctuation dropped; lines with digits or without a Czech
+text are left out. It teaches an encoder what people sound like; it is not English and is
+never used to measure English recognition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import tempfile
+import unicodedata
+from pathlib import Path
+
+import soundfile as sf
+from tqdm import tqdm
+
+from mamba_asr.audio.io import load_audio
+
+PACKAGES = ("fillets-ng-data", "fillets-ng-data-cs")
+GAME = "usr/share/games/fillets-ng"
+LINE = re.compile(r'dialogId\("([^"]+)"[^\n]*\)\s*\n\s*dialogStr\("((?:[^"\\]|\\.)*)"\)')
+
+
+def fetch(debs: Path) -> list[Path]:
+    debs.mkdir(parents=True, exist_ok=True)
+    found = []
+    for pkg in PACKAGES:
+        have = sorted(debs.glob(f"{pkg}_*.deb"))
+        if not have:
+            subprocess.run(["apt-get", "download", pkg], cwd=debs, check=True,
+                           stdout=subprocess.DEVNULL)  # fmt: skip
+            have = sorted(debs.glob(f"{pkg}_*.deb"))
+        found.append(have[-1])
+    return found
+
+
+def ascii_czech(text: str) -> str:
+    """Czech in A-Z: diacritics stripped, apostrophes kept, other marks to spaces; ``""`` for
+    text with digits (a number's Czech words are not spelled here)."""
+    if any(c.isdigit() for c in text):
+        return ""
+    plain = unicodedata.normalize("NFKD", text.replace("’", "'"))
+    plain = "".join(c for c in plain if not unicodedata.combining(c)).upper()
+    plain = re.sub(r"[^A-Z' ]+", " ", plain)
+    return " ".join(w.strip("'") for w in plain.split() if w.strip("'"))
+
+
+def czech_lines(lua: str) -> dict[str, str]:
+    """{dialog id: Czech line} of a ``dialogs_cs.lua``."""
+    return {m.group(1): m.group(2) for m in LINE.finditer(lua)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--debs", type=Path, default=None)
+    parser.add_argument("--compression", type=float, default=0.96,
+                        help="Opus compression level, 0 (best) to 1 (smallest); 0.96: about 17 kb/s")
+    args = parser.parse_args()
+    debs = fetch(args.debs or args.out / "debs")
+    records, skipped = [], 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for deb in debs:
+            subprocess.run(["dpkg", "-x", str(deb), tmp], check=True)
+        game = Path(tmp) / GAME
+        sounds = sorted(game.glob("sound/*/cs/*.ogg"))
+        texts: dict[tuple[str, str], str] = {}
+        for lua in game.glob("script/*/dialogs_cs.lua"):
+            level = lua.parent.name
+            for uid, line in czech_lines(lua.read_text(encoding="utf-8")).items():
+                texts[level, uid] = line
+        for path in tqdm(sounds, desc="fillets cs", unit="line"):
+            level = path.parent.parent.name
+            text = ascii_czech(texts.get((level, path.stem), ""))
+            if not text:
+                skipped += 1
+                continue
+            wave = load_audio(path)
+            dest = args.out / level / f"{path.stem}.ogg"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(dest, wave, 16000, format="OGG", subtype="OPUS",
+                     compression_level=args.compression)  # fmt: skip
+            records.append({"id": f"cs-{level}-{path.stem}", "audio": f"{level}/{path.stem}.ogg",
+                            "text": text, "duration": len(wave) / 16000})  # fmt: skip
+    (args.out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    hours = sum(r["duration"] for r in records) / 3600
+    print(f"{args.out / 'manifest.jsonl'}: {len(records)} lines, {hours:.2f} h; "
+          f"{skipped} recordings without a usable Czech line left out")
+
+
+if __name__ == "__main__":
+    main()
