@@ -518,8 +518,12 @@ def main() -> None:
         p.add_argument("--deadline", type=float, default=time.time() + 1e9)
         p.add_argument("--teacher", default=TEACHER)
         p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
-        p.add_argument("--mix-root", type=Path, default=Path("/tmp/mix"),
-                       help="folder of the extra training sets of RUNS_INIT's 'mix'")
+        p.add_argument(
+            "--mix-root",
+            type=Path,
+            default=Path("/tmp/mix"),
+            help="folder of the extra training sets of RUNS_INIT's 'mix'",
+        )
         if name == "train":
             p.add_argument("--only", nargs="+", choices=RUNS)
         p.set_defaults(func=fn)
@@ -527,15 +531,25 @@ def main() -> None:
     p.add_argument("corpus", type=Path)
     p.add_argument("runs", type=Path)
     p.add_argument("out")
-    p.add_argument("--extra-dev", nargs="*", default=[], metavar="NAME=MANIFEST",
-                   help="more sets to measure every model on (real speech)")
+    p.add_argument(
+        "--extra-dev",
+        nargs="*",
+        default=[],
+        metavar="NAME=MANIFEST",
+        help="more sets to measure every model on (real speech)",
+    )
     p.set_defaults(func=evaluate)
     p = sub.add_parser("pack")
     p.add_argument("runs", type=Path)
     p.add_argument("dest", type=Path)
     p.add_argument("names", nargs="*")
-    p.add_argument("--one-of", nargs="*", default=[], metavar="NAME",
-                   help="also the one of these runs with the lowest WER on --by")
+    p.add_argument(
+        "--one-of",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="also the one of these runs with the lowest WER on --by",
+    )
     p.add_argument("--by", default="dev", help="the set of --one-of")
     p.add_argument("--report", help="evaluate's OUT.json (for --one-of)")
     p.set_defaults(func=pack)

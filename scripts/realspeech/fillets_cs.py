@@ -70,8 +70,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--debs", type=Path, default=None)
-    parser.add_argument("--compression", type=float, default=0.96,
-                        help="Opus compression level, 0 (best) to 1 (smallest); 0.96: about 17 kb/s")
+    parser.add_argument(
+        "--compression",
+        type=float,
+        default=0.96,
+        help="Opus compression level, 0 (best) to 1 (smallest); 0.96: about 17 kb/s",
+    )
     args = parser.parse_args()
     debs = fetch(args.debs or args.out / "debs")
     records, skipped = [], 0
@@ -100,8 +104,10 @@ def main() -> None:
                             "text": text, "duration": len(wave) / 16000})  # fmt: skip
     (args.out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     hours = sum(r["duration"] for r in records) / 3600
-    print(f"{args.out / 'manifest.jsonl'}: {len(records)} lines, {hours:.2f} h; "
-          f"{skipped} recordings without a usable Czech line left out")
+    print(
+        f"{args.out / 'manifest.jsonl'}: {len(records)} lines, {hours:.2f} h; "
+        f"{skipped} recordings without a usable Czech line left out"
+    )
 
 
 if __name__ == "__main__":
