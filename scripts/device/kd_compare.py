@@ -210,6 +210,19 @@ RUNS_INIT: dict[str, dict[str, object]] = {
     "ft_h16_e2": {"lr": 0.0005, "hours": 16, "epochs": 2},
     "ft_h16_e2_piper": {"lr": 0.0005, "hours": 16, "epochs": 2, "mix": {"piper": 3}},
     "ft_h16_e2_czech": {"lr": 0.0005, "hours": 16, "epochs": 2, "mix": {"czech": 2}},
+    # the neural voice at a larger share: 3.5 h of it (seeds 501 and 502) three times an epoch
+    # (about 40% of what the model hears), 3 epochs; beside it the same with vocal-tract-length
+    # perturbation of the filterbank (every utterance: one voice heard at many tract lengths)
+    # and the control
+    "ft_h16_e3": {"lr": 0.0005, "hours": 16, "epochs": 3},
+    "ft_h16_e3_piper35": {"lr": 0.0005, "hours": 16, "epochs": 3, "mix": {"piper35": 3}},
+    "ft_h16_e3_piper35_vtlp": {
+        "lr": 0.0005,
+        "hours": 16,
+        "epochs": 3,
+        "mix": {"piper35": 3},
+        "set": ["data.vtlp=[0.85, 1.15]"],
+    },
 }
 RUNS_KD: dict[str, dict[str, object]] = {
     "no_kd": {},

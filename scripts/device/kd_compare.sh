@@ -12,7 +12,8 @@
 # FINAL=1 leave 150 s after it); HOURS (8), SEED (11): the training corpus; ONLY: some runs
 # (default all but kd_ctc_t2); FT_EPOCHS (3): the fine-tuning runs' epochs; PACK: the runs
 # whose models come back, PACK_ONE_OF and PACK_BY: also the one of those runs with the lowest
-# WER on set PACK_BY; EXTRA_DEV: more sets to measure (NAME=MANIFEST, from .mix).
+# WER on set PACK_BY; EXTRA_DEV: more sets to measure (NAME=MANIFEST, from .mix); SYNTH_ONLY=1:
+# make the corpus and stop (a later call on the warm machine carries .mix instead of .tts).
 set -uo pipefail
 start=$(date +%s)
 out="${1:-/tmp/out}"
@@ -28,6 +29,7 @@ else
     --engine-weights espeak-ng=0.8 flite=0.12 festival=0.08 2>&1 | tee /tmp/kdlogs/synth.txt
 fi
 cp /tmp/kdcorpus/synth.json /tmp/kdlogs/
+if [ -n "${SYNTH_ONLY:-}" ]; then echo "total $(( $(date +%s) - start )) s (corpus only)"; exit 0; fi
 # extra speech sets packed here by scripts/device/pack_mix.py (carry .mix): for the runs with a
 # 'mix' and for EXTRA_DEV="NAME=/tmp/mix/NAME/manifest.jsonl ..." (measured only)
 for t in .mix/*.tar; do
