@@ -277,18 +277,20 @@ def init_recipe(args: argparse.Namespace):  # noqa: ANN201
 
 def mixed_manifest(args: argparse.Namespace, mix: dict[str, int]) -> Path:
     """The corpus's training manifest with each extra set (``MIX_ROOT/NAME/manifest.jsonl``)
-    appended ``repeats`` times, audio paths made absolute, into the run's folder."""
+    appended ``repeats`` times, audio paths made absolute, into the run's folder. An extra
+    set's ids get its name in front (and ``-rK`` on the K-th repeat), so none repeats."""
     lines = []
-    sources = [(args.corpus / "train" / "manifest.jsonl", 1)]
-    sources += [(args.mix_root / name / "manifest.jsonl", int(n)) for name, n in mix.items()]
-    for manifest, repeats in sources:
+    sources = [("", args.corpus / "train" / "manifest.jsonl", 1)]
+    sources += [(f"{name}-", args.mix_root / name / "manifest.jsonl", int(n))
+                for name, n in mix.items()]  # fmt: skip
+    for prefix, manifest, repeats in sources:
         if not manifest.is_file():
             raise SystemExit(f"{args.name}: no {manifest} (the extra sets travel in .mix)")
         records = [json.loads(line) for line in manifest.read_text().splitlines() if line]
         for k in range(repeats):
             for r in records:
                 audio = str((manifest.parent / r["audio"]).resolve())
-                uid = r.get("id", Path(audio).stem) + (f"-r{k}" if k else "")
+                uid = prefix + r.get("id", Path(audio).stem) + (f"-r{k}" if k else "")
                 lines.append(json.dumps({**r, "id": uid, "audio": audio}))
     out = args.runs / args.name / "train_mix.jsonl"
     out.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,104 @@
+"""Tests for the data helpers of scripts/: the Czech voice-acting manifest's text, the speech sets
+packed to travel (pack_mix.py) and the mixed training manifests of kd_compare.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mamba_asr.audio.io import load_audio
+from mamba_asr.data.manifest import read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(path: str):  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fillets = _script("scripts/realspeech/fillets_cs.py")
+pack_mix = _script("scripts/device/pack_mix.py")
+kd_compare = _script("scripts/device/kd_compare.py")
+
+
+def test_ascii_czech() -> None:
+    assert fillets.ascii_czech("Už mě z té hlavy bolí hlava.") == "UZ ME Z TE HLAVY BOLI HLAVA"
+    assert fillets.ascii_czech("Proč? Dozvídáme se… ‘cenné’ poznatky!") == (
+        "PROC DOZVIDAME SE CENNE POZNATKY"
+    )
+    assert fillets.ascii_czech("Co ’s tím?") == "CO S TIM"
+    assert fillets.ascii_czech("Máme 3 ryby.") == ""  # digits: not spelled, left out
+    assert fillets.ascii_czech("") == ""
+
+
+def test_czech_lines() -> None:
+    lua = (
+        'dialogId("vit-m-hlava", "font_small", "I’m getting a headache from that head.")\n'
+        'dialogStr("Už mě z té hlavy bolí hlava.")\n\n\n'
+        'dialogId("vit-v-krabi", "font_big", "If we could get all these crabs...")\n\n'
+        'dialogId("vit-v-proc", "font_big", "Why?")\n'
+        'dialogStr("Řekl \\"ne\\".")\n'
+    )
+    lines = fillets.czech_lines(lua)
+    assert lines == {"vit-m-hlava": "Už mě z té hlavy bolí hlava.", "vit-v-proc": 'Řekl \\"ne\\".'}
+    assert fillets.ascii_czech(lines["vit-v-proc"]) == "REKL NE"
+
+
+def _wav_set(folder: Path, n: int = 2) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    records = []
+    for k in range(n):
+        t = np.arange(16000 * (k + 1)) / 16000
+        wave = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.standard_normal(t.size)
+        sf.write(folder / f"u{k}.wav", wave.astype(np.float32), 16000)
+        records.append({"id": f"u{k}", "audio": f"u{k}.wav", "text": "HELLO", "duration": k + 1.0})
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder / "manifest.jsonl"
+
+
+def test_pack_set_opus_roundtrip(tmp_path: Path) -> None:
+    manifest = _wav_set(tmp_path / "src")
+    dest = tmp_path / "s.tar"
+    n, hours = pack_mix.pack_set("s", manifest, dest, 0.9)
+    assert (n, hours) == (2, pytest.approx(3 / 3600))
+    with tarfile.open(dest) as tar:
+        tar.extractall(tmp_path / "out", filter="data")
+    utts = read_manifest(tmp_path / "out" / "s" / "manifest.jsonl")
+    assert [u.id for u in utts] == ["u0", "u1"] and all(u.text == "HELLO" for u in utts)
+    for u, seconds in zip(utts, (1, 2), strict=True):
+        assert u.audio.suffix == ".ogg" and pack_mix.is_opus(u.audio)
+        wave = load_audio(u.audio)
+        assert abs(len(wave) - 16000 * seconds) < 16000 * 0.05
+        assert 0.15 < float(np.sqrt(np.mean(wave**2))) < 0.3  # the tone survives the codec
+
+
+def test_mixed_manifest(tmp_path: Path) -> None:
+    import argparse
+
+    corpus, mix, runs = tmp_path / "corpus", tmp_path / "mix", tmp_path / "runs"
+    _wav_set(corpus / "train", 2)
+    _wav_set(mix / "extra", 1)
+    (runs / "r").mkdir(parents=True)
+    args = argparse.Namespace(corpus=corpus, runs=runs, name="r", mix_root=mix)
+    utts = read_manifest(kd_compare.mixed_manifest(args, {"extra": 3}))
+    assert [u.id for u in utts] == ["u0", "u1", "extra-u0", "extra-u0-r1", "extra-u0-r2"]
+    assert all(u.audio.is_file() for u in utts)
+    assert utts[2].audio == (mix / "extra" / "u0.wav").resolve()
+    with pytest.raises(SystemExit, match="no .*missing/manifest.jsonl"):
+        kd_compare.mixed_manifest(args, {"missing": 1})
+
+
+def test_mix_runs_are_declared() -> None:
+    for name, spec in kd_compare.RUNS_INIT.items():
+        for set_name, repeats in spec.get("mix", {}).items():
+            assert set_name.isidentifier() and int(repeats) >= 1, name
