@@ -23,6 +23,7 @@ import argparse
 import json
 import re
 import subprocess
+import sys
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -32,22 +33,12 @@ from tqdm import tqdm
 
 from mamba_asr.audio.io import load_audio
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_sets import fetch  # noqa: E402  (scripts/realspeech is not a package)
+
 PACKAGES = ("fillets-ng-data", "fillets-ng-data-cs")
 GAME = "usr/share/games/fillets-ng"
 LINE = re.compile(r'dialogId\("([^"]+)"[^\n]*\)\s*\n\s*dialogStr\("((?:[^"\\]|\\.)*)"\)')
-
-
-def fetch(debs: Path) -> list[Path]:
-    debs.mkdir(parents=True, exist_ok=True)
-    found = []
-    for pkg in PACKAGES:
-        have = sorted(debs.glob(f"{pkg}_*.deb"))
-        if not have:
-            subprocess.run(["apt-get", "download", pkg], cwd=debs, check=True,
-                           stdout=subprocess.DEVNULL)  # fmt: skip
-            have = sorted(debs.glob(f"{pkg}_*.deb"))
-        found.append(have[-1])
-    return found
 
 
 def ascii_czech(text: str) -> str:
@@ -77,7 +68,7 @@ def main() -> None:
         help="Opus compression level, 0 (best) to 1 (smallest); 0.96: about 17 kb/s",
     )
     args = parser.parse_args()
-    debs = fetch(args.debs or args.out / "debs")
+    debs = fetch(args.debs or args.out / "debs", PACKAGES).values()
     records, skipped = [], 0
     with tempfile.TemporaryDirectory() as tmp:
         for deb in debs:

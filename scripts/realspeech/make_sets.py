@@ -73,10 +73,11 @@ TUTORIAL_LINE = re.compile(r'"audio":\s*"(tut\d+\.ogg)"[^}]*?"message":\s*_\("([
 Items = list[tuple[str, np.ndarray, str]]
 
 
-def fetch(debs: Path) -> dict[str, Path]:
+def fetch(debs: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
+    """{package: its .deb in ``debs``}, fetched with ``apt-get download`` where missing."""
     debs.mkdir(parents=True, exist_ok=True)
     found = {}
-    for pkg in PACKAGES:
+    for pkg in packages:
         have = sorted(debs.glob(f"{pkg}_*.deb"))
         if not have:
             subprocess.run(["apt-get", "download", pkg], cwd=debs, check=True,
