@@ -54,6 +54,17 @@ FINETUNE = [
     "train.num_workers=2", "train.log_every=25", "train.checkpoint_every_steps=0",
     "train.keep_best=2", "train.average=2", "train.seed=1234", "data.specaugment.time_masks=4",
 ]  # fmt: skip
+# the recipe of the row that met the size goal (docs/compression.md) and of its variants: FFN
+# units pruned 37.5% (640, a multiple of the int4 block), KD on the CTC head, int4 QAT in blocks
+# of 64, lr 0.0002
+FFN375_QAT4_B64_LR2: dict[str, object] = {
+    "ratio": 0.375,
+    "groups": ["ffn"],
+    "lr": 0.0002,
+    "kd": {"target": "ctc", "weight": 0.5, "temperature": 1.0},
+    "qat": "int4-weights",
+    "qat_block": 64,
+}
 RUNS_INIT: dict[str, dict[str, object]] = {
     "ft_baseline": {"lr": 0.0005},  # the control: the same fine-tuning, nothing removed
     "prune25": {"ratio": 0.25, "lr": 0.0005},
@@ -130,14 +141,7 @@ RUNS_INIT: dict[str, dict[str, object]] = {
     },
     # the same at a lower peak learning rate: nearer the unpruned model's weights (fine-tuning
     # the bundled model at 0.0005 alone cost 1 point on unseen voices)
-    "prune_ffn375_kd_qat4_b64_lr2": {
-        "ratio": 0.375,
-        "groups": ["ffn"],
-        "lr": 0.0002,
-        "kd": {"target": "ctc", "weight": 0.5, "temperature": 1.0},
-        "qat": "int4-weights",
-        "qat_block": 64,
-    },
+    "prune_ffn375_kd_qat4_b64_lr2": FFN375_QAT4_B64_LR2,
     # fine-tuning costs the unseen voices (dev_heldout) more than the seen ones: a stronger
     # teacher term and a lower peak learning rate, 5 epochs, keep the student nearer the
     # unpruned model
@@ -161,22 +165,9 @@ RUNS_INIT: dict[str, dict[str, object]] = {
     # FT_EPOCHS=4: 64 h seen either way), and the same with decoupled L2-SP
     # (train.decay_to_init): its pull, lr x 10 per step, adds up to about one e-folding of the
     # distance to the pruned start over the run's schedule
-    "ffn375_qat4_b64_lr2_h16": {
-        "ratio": 0.375,
-        "groups": ["ffn"],
-        "lr": 0.0002,
-        "kd": {"target": "ctc", "weight": 0.5, "temperature": 1.0},
-        "qat": "int4-weights",
-        "qat_block": 64,
-        "hours": 16,
-    },
+    "ffn375_qat4_b64_lr2_h16": {**FFN375_QAT4_B64_LR2, "hours": 16},
     "ffn375_qat4_b64_lr2_h16_dti10": {
-        "ratio": 0.375,
-        "groups": ["ffn"],
-        "lr": 0.0002,
-        "kd": {"target": "ctc", "weight": 0.5, "temperature": 1.0},
-        "qat": "int4-weights",
-        "qat_block": 64,
+        **FFN375_QAT4_B64_LR2,
         "hours": 16,
         "set": ["train.decay_to_init=10"],
     },
@@ -184,25 +175,12 @@ RUNS_INIT: dict[str, dict[str, object]] = {
     # KD target instead of its auxiliary CTC head's (the head is a side output, weight 0.2 in
     # the teacher's training; the lattice is what the student decodes with)
     "ffn375_qat4_b64_lr2_kdlat": {
-        "ratio": 0.375,
-        "groups": ["ffn"],
-        "lr": 0.0002,
+        **FFN375_QAT4_B64_LR2,
         "kd": {"target": "lattice", "weight": 0.5, "temperature": 1.0},
-        "qat": "int4-weights",
-        "qat_block": 64,
         "hours": 8,
     },
     # the 16 h row's recipe for 8 epochs (128 h seen): the 8 h row's steps on the 16 h corpus
-    "ffn375_qat4_b64_lr2_h16_e8": {
-        "ratio": 0.375,
-        "groups": ["ffn"],
-        "lr": 0.0002,
-        "kd": {"target": "ctc", "weight": 0.5, "temperature": 1.0},
-        "qat": "int4-weights",
-        "qat_block": 64,
-        "hours": 16,
-        "epochs": 8,
-    },
+    "ffn375_qat4_b64_lr2_h16_e8": {**FFN375_QAT4_B64_LR2, "hours": 16, "epochs": 8},
     # what the bundled model hears beside its engines (docs/benchmarks.md, real speech): the
     # same 2-epoch fine-tuning on the 16 h corpus alone (the control), with 1.2 h of the Piper
     # voice (scripts/device/pack_mix.py), and with 1.6 h of Czech voice acting
@@ -279,22 +257,21 @@ def mixed_manifest(args: argparse.Namespace, mix: dict[str, int]) -> Path:
     """The corpus's training manifest with each extra set (``MIX_ROOT/NAME/manifest.jsonl``)
     appended ``repeats`` times, audio paths made absolute, into the run's folder. An extra
     set's ids get its name in front (and ``-rK`` on the K-th repeat), so none repeats."""
-    lines = []
+    from dataclasses import replace
+
+    from mamba_asr.data.manifest import read_manifest, write_manifest
+
+    utts = []
     sources = [("", args.corpus / "train" / "manifest.jsonl", 1)]
     sources += [(f"{name}-", args.mix_root / name / "manifest.jsonl", int(n))
                 for name, n in mix.items()]  # fmt: skip
     for prefix, manifest, repeats in sources:
         if not manifest.is_file():
             raise SystemExit(f"{args.name}: no {manifest} (the extra sets travel in .mix)")
-        records = [json.loads(line) for line in manifest.read_text().splitlines() if line]
+        records = read_manifest(manifest)  # audio paths absolute
         for k in range(repeats):
-            for r in records:
-                audio = str((manifest.parent / r["audio"]).resolve())
-                uid = prefix + r.get("id", Path(audio).stem) + (f"-r{k}" if k else "")
-                lines.append(json.dumps({**r, "id": uid, "audio": audio}))
-    out = args.runs / args.name / "train_mix.jsonl"
-    out.write_text("\n".join(lines) + "\n")
-    return out
+            utts += [replace(u, id=prefix + u.id + (f"-r{k}" if k else "")) for u in records]
+    return write_manifest(args.runs / args.name / "train_mix.jsonl", utts)
 
 
 def one(args: argparse.Namespace) -> None:
