@@ -13,16 +13,17 @@ the coded audio, and so is the baseline measured beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tarfile
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import soundfile as sf
 from tqdm import tqdm
 
 from mamba_asr.audio.io import load_audio
+from mamba_asr.data.manifest import read_manifest, write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,24 +34,23 @@ def is_opus(path: Path) -> bool:
 
 
 def pack_set(name: str, manifest: Path, dest: Path, compression: float) -> tuple[int, float]:
-    records = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    utts = read_manifest(manifest)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / name
-        folder.mkdir()
-        lines = []
-        for k, r in enumerate(tqdm(records, desc=name, unit="utt")):
-            src = manifest.parent / r["audio"]
+        packed = []
+        for k, u in enumerate(tqdm(utts, desc=name, unit="utt")):
             out = folder / f"{k:06d}.ogg"
-            if is_opus(src):
-                shutil.copyfile(src, out)
+            folder.mkdir(exist_ok=True)
+            if is_opus(u.audio):
+                shutil.copyfile(u.audio, out)
             else:
-                sf.write(out, load_audio(src), 16000, format="OGG", subtype="OPUS",
+                sf.write(out, load_audio(u.audio), 16000, format="OGG", subtype="OPUS",
                          compression_level=compression)  # fmt: skip
-            lines.append(json.dumps({**r, "audio": out.name}))
-        (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+            packed.append(replace(u, audio=out))
+        write_manifest(folder / "manifest.jsonl", packed)  # audio paths relative to it
         with tarfile.open(dest, "w") as tar:
             tar.add(folder, arcname=name)
-    return len(records), sum(float(r["duration"]) for r in records) / 3600
+    return len(utts), sum(u.duration for u in utts) / 3600
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ never used to measure English recognition.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from mamba_asr.audio.io import load_audio
+from mamba_asr.data.manifest import Utterance, write_manifest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_sets import fetch  # noqa: E402  (scripts/realspeech is not a package)
@@ -91,10 +91,9 @@ def main() -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             sf.write(dest, wave, 16000, format="OGG", subtype="OPUS",
                      compression_level=args.compression)  # fmt: skip
-            records.append({"id": f"cs-{level}-{path.stem}", "audio": f"{level}/{path.stem}.ogg",
-                            "text": text, "duration": len(wave) / 16000})  # fmt: skip
-    (args.out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    hours = sum(r["duration"] for r in records) / 3600
+            records.append(Utterance(f"cs-{level}-{path.stem}", dest, text, len(wave) / 16000))
+    write_manifest(args.out / "manifest.jsonl", records)  # audio paths relative to OUT
+    hours = sum(u.duration for u in records) / 3600
     print(
         f"{args.out / 'manifest.jsonl'}: {len(records)} lines, {hours:.2f} h; "
         f"{skipped} recordings without a usable Czech line left out"
