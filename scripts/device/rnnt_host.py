@@ -23,6 +23,7 @@ import pstats
 import sys
 import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,9 +38,10 @@ from rnnt import full_case, joiner_inputs, pruned_case  # noqa: E402
 from timing import event_ms, median_ms  # noqa: E402
 
 
-def phases(heads, enc, pred, lattice, prune_range, times):
-    """One step of BandJoiner.loss (triton backend) + backward, each phase's host time added to
-    ``times``."""
+def phases(heads, enc, pred, lattice, prune_range, times, clear):
+    """One step of BandJoiner.loss (triton backend) + backward after ``clear()`` (the
+    gradients), each phase's host time added to ``times``."""
+    clear()
     clock = [time.perf_counter()]
 
     def mark(name):
@@ -117,22 +119,13 @@ def main() -> None:
         b, t, u, v = map(int, shape.split(","))
         enc, pred, lattice, heads, clear = joiner_inputs(b, t, u, v, "cuda", args.dim)
         for _ in range(5):
-            clear()
-            phases(heads, enc, pred, lattice, args.prune_range, defaultdict(float))
+            phases(heads, enc, pred, lattice, args.prune_range, defaultdict(float), clear)
         torch.cuda.synchronize()
-        times: dict[str, float] = defaultdict(float)
-        walls = []
-        for _ in range(args.steps):
-            clear()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            phases(heads, enc, pred, lattice, args.prune_range, times)
-            end.record()
-            torch.cuda.synchronize()
-            walls.append(start.elapsed_time(end))
+        times: dict[str, float] = defaultdict(float)  # each phase's host time, summed
+        step = partial(phases, heads, enc, pred, lattice, args.prune_range, times, clear)
+        wall = event_ms(step, args.steps, warmup=0)
         host = sum(times.values()) / args.steps * 1e3
-        walls.sort()
-        print(f"\n## B{b} T{t} U{u} V{v}: wall {walls[len(walls) // 2]:.2f} ms (median of "
+        print(f"\n## B{b} T{t} U{u} V{v}: wall {wall:.2f} ms (median of "
               f"{args.steps}), host {host:.2f} ms a step")  # fmt: skip
         print("| phase | host ms a step |\n|---|---|")
         for name, total in times.items():
@@ -150,8 +143,7 @@ def main() -> None:
             profile = cProfile.Profile()
             profile.enable()
             for _ in range(args.cprofile):
-                clear()
-                phases(heads, enc, pred, lattice, args.prune_range, defaultdict(float))
+                phases(heads, enc, pred, lattice, args.prune_range, defaultdict(float), clear)
             torch.cuda.synchronize()
             profile.disable()
             text = io.StringIO()
