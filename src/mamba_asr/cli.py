@@ -38,7 +38,7 @@ import torch
 from mamba_asr import __version__
 from mamba_asr.decode.options import LENGTH_BONUS, LM_WEIGHT, DecodingOptions
 from mamba_asr.device import DEVICE_ENV, get_device
-from mamba_asr.export import INT4_BLOCK
+from mamba_asr.export import INT4_BLOCK, INT4_METHODS
 from mamba_asr.pretrained import DEFAULT_MODEL
 from mamba_asr.streaming import STREAM_CHUNK_MS
 from mamba_asr.writers import FORMATS
@@ -326,7 +326,7 @@ def _add_export_parser(sub: argparse._SubParsersAction, common: list) -> None:
         "block a model of train --qat int4-weights was trained with)",
     )  # fmt: skip
     onnx.add_argument(
-        "--int4-method", choices=("rtn", "hqq"), default="rtn",
+        "--int4-method", choices=INT4_METHODS, default="rtn",
         help="how --int4 rounds the weights: rtn, each to the nearest step of its block "
         "(symmetric; default), or hqq, onnxruntime's Half-Quadratic Quantization (a fitted "
         "scale and zero point a block, no data needed; about 5%% larger; not for a model of "

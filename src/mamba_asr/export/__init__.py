@@ -4,4 +4,6 @@
 # many input channels of a matrix product; the blocks it may take (those of int4 QAT)
 from mamba_asr.config import INT4_BLOCK, INT4_BLOCKS
 
-__all__ = ["INT4_BLOCK", "INT4_BLOCKS"]
+INT4_METHODS = ("rtn", "hqq")  # export_onnx(int4_method=): how weights become int4
+
+__all__ = ["INT4_BLOCK", "INT4_BLOCKS", "INT4_METHODS"]

@@ -71,7 +71,7 @@ import torch
 from torch import Tensor, nn
 
 from mamba_asr import __version__
-from mamba_asr.export import INT4_BLOCK, INT4_BLOCKS
+from mamba_asr.export import INT4_BLOCK, INT4_BLOCKS, INT4_METHODS
 from mamba_asr.export.chunk_step import ChunkStep, supports_chunk_step, time_first
 from mamba_asr.files import check_output
 from mamba_asr.models.streaming import map_state
@@ -90,8 +90,6 @@ from mamba_asr.runtime.onnx import (
     quant_name,
 )
 from mamba_asr.streaming import STREAM_CHUNK_MS, stream_chunk_frames
-
-INT4_METHODS = ("rtn", "hqq")  # export_onnx(int4_method=): how weights become int4
 
 __all__ = [
     "INT4_METHODS",
