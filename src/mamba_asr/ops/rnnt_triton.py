@@ -30,6 +30,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from mamba_asr.ops.triton_launch import cdiv, launch, next_pow2
+
 
 @triton.jit
 def _logaddexp(x, y):
@@ -175,9 +177,9 @@ def lattice_triton(
     tlen, ulen = _lengths(logit_lengths, target_lengths, blank.device)
     alpha = torch.empty_like(blank)
     beta = torch.empty_like(blank)
-    block = max(triton.next_power_of_2(u1), 16)
-    _lattice_kernel[(2 * batch,)](blank, emit, tlen, ulen, alpha, beta, batch, frames, u1,
-                                  BLOCK_U=block, num_warps=_warps(block))  # fmt: skip
+    block = max(next_pow2(u1), 16)
+    launch(_lattice_kernel, (2 * batch,), blank, emit, tlen, ulen, alpha, beta, batch, frames, u1,
+        BLOCK_U=block, num_warps=_warps(block))  # fmt: skip
     return alpha, beta, beta[:, 0, 0]
 
 
@@ -196,16 +198,14 @@ def lattice_posteriors_triton(
     tlen, ulen = _lengths(logit_lengths, target_lengths, blank.device)
     alpha = torch.empty_like(blank)
     beta = torch.empty_like(blank)
-    block = max(triton.next_power_of_2(u1), 16)
-    _lattice_kernel[(2 * batch,)](blank, emit, tlen, ulen, alpha, beta, batch, frames, u1,
-                                  BLOCK_U=block, num_warps=_warps(block))  # fmt: skip
+    block = max(next_pow2(u1), 16)
+    launch(_lattice_kernel, (2 * batch,), blank, emit, tlen, ulen, alpha, beta, batch, frames, u1,
+        BLOCK_U=block, num_warps=_warps(block))  # fmt: skip
     pb, pe = torch.empty_like(blank), torch.empty_like(blank)
     nll = torch.empty(batch, device=blank.device, dtype=torch.float32)
-    bt = max(1, min(triton.next_power_of_2(frames), 4096 // block))
-    _posterior_kernel[(batch, triton.cdiv(frames, bt))](
-        blank, emit, alpha, beta, tlen, ulen, pb, pe, nll, frames, u1, BLOCK_T=bt, BLOCK_U=block,
-        num_warps=4,
-    )  # fmt: skip
+    bt = max(1, min(next_pow2(frames), 4096 // block))
+    launch(_posterior_kernel, (batch, cdiv(frames, bt)), blank, emit, alpha, beta, tlen, ulen, pb,
+        pe, nll, frames, u1, BLOCK_T=bt, BLOCK_U=block, num_warps=4)  # fmt: skip
     return (nll, pb, pe, alpha, beta) if tables else (nll, pb, pe)
 
 
@@ -398,17 +398,15 @@ def band_lattice_triton(
     s = starts.to(torch.int32).contiguous()
     tlen, ulen = _lengths(logit_lengths, target_lengths, blank.device)
     alpha, beta = torch.empty_like(blank), torch.empty_like(blank)
-    block = max(triton.next_power_of_2(width), BAND_MIN_BLOCK)
+    block = max(next_pow2(width), BAND_MIN_BLOCK)
     opts = {} if BAND_STAGES is None else {"num_stages": BAND_STAGES}
-    _band_lattice_kernel[(2 * batch,)](blank, emit, s, tlen, ulen, alpha, beta, batch, frames,
-                                       width, BLOCK_R=block, SHIFT=BAND_SHIFT, num_warps=1, **opts)  # fmt: skip
+    launch(_band_lattice_kernel, (2 * batch,), blank, emit, s, tlen, ulen, alpha, beta, batch,
+        frames, width, BLOCK_R=block, SHIFT=BAND_SHIFT, num_warps=1, **opts)  # fmt: skip
     pb, pe = torch.empty_like(blank), torch.empty_like(blank)
     nll = torch.empty(batch, device=blank.device, dtype=torch.float32)
-    bt = max(1, min(triton.next_power_of_2(frames), 2048 // block))
-    _band_posterior_kernel[(batch, triton.cdiv(frames, bt))](
-        blank, emit, s, alpha, beta, tlen, ulen, pb, pe, nll, frames, width, BLOCK_T=bt,
-        BLOCK_R=block, num_warps=4,
-    )  # fmt: skip
+    bt = max(1, min(next_pow2(frames), 2048 // block))
+    launch(_band_posterior_kernel, (batch, cdiv(frames, bt)), blank, emit, s, alpha, beta, tlen,
+        ulen, pb, pe, nll, frames, width, BLOCK_T=bt, BLOCK_R=block, num_warps=4)  # fmt: skip
     return (nll, pb, pe, alpha, beta) if tables else (nll, pb, pe)
 
 
@@ -477,7 +475,7 @@ def _band_grad_kernel(x_ptr, lse_ptr, sym_ptr, pb_ptr, pe_ptr, g_ptr, out_ptr, N
 
 def _row_launch(vocab: int) -> tuple[int, int, int]:
     """Rows per program, BLOCK_V and warps for the kernels over rows of V logits."""
-    block = min(max(triton.next_power_of_2(vocab), 32), 4096)
+    block = min(max(next_pow2(vocab), 32), 4096)
     rows = max(1, min(64, 2048 // block))
     size = rows * block
     return rows, block, 1 if size <= 256 else 2 if size <= 512 else 4 if size <= 2048 else 8
@@ -495,11 +493,9 @@ def band_logprobs_triton(
     per, block, warps = _row_launch(vocab)
     rows = batch * frames * width
     if rows:
-        _band_logprob_kernel[(triton.cdiv(rows, per),)](
-            logits, ranges.contiguous(), targets.contiguous(), lse, lpb, lpe, sym, rows,
-            frames * width, width, targets.shape[1], vocab, blank, ROWS=per, BLOCK_V=block,
-            num_warps=warps,
-        )  # fmt: skip
+        launch(_band_logprob_kernel, (cdiv(rows, per),), logits, ranges.contiguous(),
+            targets.contiguous(), lse, lpb, lpe, sym, rows, frames * width, width,
+            targets.shape[1], vocab, blank, ROWS=per, BLOCK_V=block, num_warps=warps)  # fmt: skip
     return lse, lpb, lpe, sym
 
 
@@ -512,10 +508,9 @@ def band_grad_triton(
     per, block, warps = _row_launch(vocab)
     rows = batch * frames * width
     if rows:
-        _band_grad_kernel[(triton.cdiv(rows, per),)](
-            logits, lse, sym, pb, pe, grad_out.float().contiguous(), out, rows, frames * width,
-            vocab, blank, ROWS=per, BLOCK_V=block, num_warps=warps,
-        )  # fmt: skip
+        launch(_band_grad_kernel, (cdiv(rows, per),), logits, lse, sym, pb, pe,
+            grad_out.float().contiguous(), out, rows, frames * width, vocab, blank, ROWS=per,
+            BLOCK_V=block, num_warps=warps)  # fmt: skip
     return out
 
 
@@ -562,12 +557,11 @@ def simple_grids_triton(
     u1 = lm.shape[1]
     lpb = torch.empty(batch, frames, u1, device=am.device, dtype=torch.float32)
     lpe = torch.empty_like(lpb)
-    block = max(triton.next_power_of_2(u1), 2)
-    bt = max(1, min(triton.next_power_of_2(frames), 2048 // block))
-    _simple_grid_kernel[(batch, triton.cdiv(frames, bt))](
-        am, lm, targets.contiguous(), sums.contiguous(), am_max.contiguous(), lm_max.contiguous(),
-        lpb, lpe, frames, u1, vocab, blank, BLOCK_T=bt, BLOCK_U=block, num_warps=4,
-    )  # fmt: skip
+    block = max(next_pow2(u1), 2)
+    bt = max(1, min(next_pow2(frames), 2048 // block))
+    launch(_simple_grid_kernel, (batch, cdiv(frames, bt)), am, lm, targets.contiguous(),
+        sums.contiguous(), am_max.contiguous(), lm_max.contiguous(), lpb, lpe, frames, u1, vocab,
+        blank, BLOCK_T=bt, BLOCK_U=block, num_warps=4)  # fmt: skip
     return lpb, lpe
 
 
@@ -637,12 +631,11 @@ def prune_ranges_triton(
     tlen, ulen = _lengths(logit_lengths, target_lengths, pb.device)
     s = torch.empty(batch, frames, device=pb.device, dtype=torch.int32)
     out = torch.empty(batch, frames, width, device=pb.device, dtype=torch.long)
-    block_u = triton.next_power_of_2(u1)
+    block_u = next_pow2(u1)
     rows = max(1, min(64, 4096 // block_u))  # rows * block_u >= 128: no lane holds a copy
-    _prune_ranges_kernel[(batch,)](pb, pe, tlen, ulen, s, out, frames, u1, width,
-                                   BLOCK_T=max(triton.next_power_of_2(frames), 128), BLOCK_U=block_u,
-                                   ROWS=rows, BLOCK_R=triton.next_power_of_2(width),
-                                   num_warps=4)  # fmt: skip
+    launch(_prune_ranges_kernel, (batch,), pb, pe, tlen, ulen, s, out, frames, u1, width,
+        BLOCK_T=max(next_pow2(frames), 128), BLOCK_U=block_u, ROWS=rows, BLOCK_R=next_pow2(width),
+        num_warps=4)  # fmt: skip
     return out
 
 
@@ -677,9 +670,8 @@ def row_max_exp_triton(x: Tensor) -> tuple[Tensor, Tensor]:
     rows = mx.numel()
     per, block, warps = _row_launch(vocab)
     if rows:
-        _row_max_exp_kernel[(triton.cdiv(rows, per),)](
-            x, mx, ex, rows, vocab, ROWS=per, BLOCK_V=block, num_warps=warps
-        )
+        launch(_row_max_exp_kernel, (cdiv(rows, per),), x, mx, ex, rows, vocab, ROWS=per,
+            BLOCK_V=block, num_warps=warps)  # fmt: skip
     return mx, ex
 
 
@@ -758,30 +750,27 @@ def simple_grads_triton(
     batch, frames, u1 = sums.shape
     vocab = am_exp.shape[-1]
     w, gb, ge = (torch.empty_like(sums) for _ in range(3))
-    block = max(triton.next_power_of_2(u1), 2)
-    bt = max(1, min(triton.next_power_of_2(frames), 2048 // block))
-    _simple_bwd_prep_kernel[(batch, triton.cdiv(frames, bt))](
-        post_blank, post_emit, sums, grad_out.float().contiguous(), w, gb, ge, frames, u1,
-        BLOCK_T=bt, BLOCK_U=block, num_warps=4,
-    )  # fmt: skip
+    block = max(next_pow2(u1), 2)
+    bt = max(1, min(next_pow2(frames), 2048 // block))
+    launch(_simple_bwd_prep_kernel, (batch, cdiv(frames, bt)), post_blank, post_emit, sums,
+        grad_out.float().contiguous(), w, gb, ge, frames, u1, BLOCK_T=bt, BLOCK_U=block,
+        num_warps=4)  # fmt: skip
     _per, vblock, warps = _row_launch(vocab)
     targets = targets.contiguous()
     d_am = d_lm = None
     if need_am:
         d_am = torch.bmm(w, lm_exp)  # (B, T, V)
         if d_am.numel():
-            _simple_bwd_finish_kernel[(batch * frames,)](
-                d_am, am_exp, gb, ge, targets, frames, u1, vocab, blank, u1, 1, AM=True,
-                BLOCK_V=vblock, BLOCK_M=min(block, 1024), num_warps=warps,
-            )  # fmt: skip
+            launch(_simple_bwd_finish_kernel, (batch * frames,), d_am, am_exp, gb, ge, targets,
+                frames, u1, vocab, blank, u1, 1, AM=True, BLOCK_V=vblock, BLOCK_M=min(block, 1024),
+                num_warps=warps)  # fmt: skip
     if need_lm:
         d_lm = torch.bmm(w.transpose(1, 2), am_exp)  # (B, U + 1, V)
         if d_lm.numel():
-            mblock = min(max(triton.next_power_of_2(frames), 2), 1024)
-            _simple_bwd_finish_kernel[(batch * u1,)](
-                d_lm, lm_exp, gb, ge, targets, u1, frames, vocab, blank, 1, u1, AM=False,
-                BLOCK_V=vblock, BLOCK_M=mblock, num_warps=warps,
-            )  # fmt: skip
+            mblock = min(max(next_pow2(frames), 2), 1024)
+            launch(_simple_bwd_finish_kernel, (batch * u1,), d_lm, lm_exp, gb, ge, targets, u1,
+                frames, vocab, blank, 1, u1, AM=False, BLOCK_V=vblock, BLOCK_M=mblock,
+                num_warps=warps)  # fmt: skip
     return d_am, d_lm
 
 
@@ -845,7 +834,7 @@ def _band_join_grad_kernel(g_ptr, h_ptr, ranges_ptr, dam_ptr, dlm_ptr, NBT, T, R
 
 def _join_launch(dim: int) -> tuple[int, int, int]:
     """Rows per program, BLOCK_J and warps for the band join kernels."""
-    block = min(max(triton.next_power_of_2(dim), 16), 512)
+    block = min(max(next_pow2(dim), 16), 512)
     rows = max(1, min(16, 2048 // block))
     size = rows * block
     return rows, block, 1 if size <= 256 else 2 if size <= 512 else 4
@@ -862,10 +851,8 @@ def band_join_triton(am_proj: Tensor, lm_proj: Tensor, ranges: Tensor) -> Tensor
     per, block, warps = _join_launch(dim)
     rows = batch * frames * width
     if rows and dim:
-        _band_join_kernel[(triton.cdiv(rows, per),)](
-            am_proj, lm_proj, ranges, out, rows, frames * width, width, u1, dim, ROWS=per,
-            BLOCK_J=block, num_warps=warps,
-        )  # fmt: skip
+        launch(_band_join_kernel, (cdiv(rows, per),), am_proj, lm_proj, ranges, out, rows,
+            frames * width, width, u1, dim, ROWS=per, BLOCK_J=block, num_warps=warps)  # fmt: skip
     return out
 
 
@@ -883,8 +870,6 @@ def band_join_grad_triton(
     per = max(1, per // 2)  # each program also walks the R rows of its frames
     n_bt = batch * frames
     if n_bt and dim:
-        _band_join_grad_kernel[(triton.cdiv(n_bt, per),)](
-            grad, hidden, ranges, d_am, d_lm, n_bt, frames, width, u1, dim, ROWS=per,
-            BLOCK_J=block, num_warps=warps,
-        )  # fmt: skip
+        launch(_band_join_grad_kernel, (cdiv(n_bt, per),), grad, hidden, ranges, d_am, d_lm, n_bt,
+            frames, width, u1, dim, ROWS=per, BLOCK_J=block, num_warps=warps)  # fmt: skip
     return d_am, d_lm.to(lm_dtype)
