@@ -12,11 +12,13 @@ What each row times (median of --repeats; CUDA events synchronize around each st
                     made them is not timed); forward+backward of the loss to the logits.
   pruned            everything from the joiner's inputs, enc (B, T, J) and pred (B, U+1, J):
                     simple heads (J -> V) + simple loss + prune ranges (width --prune-range) +
-                    joiner projections (J -> J), the hidden layer tanh(enc + pred) on the band
-                    (``band_join``, as the transducer trains: one kernel each way on the triton
-                    backend), output Linear (J -> V) on the band + pruned loss,
-                    forward+backward to enc, pred and the heads' weights.
-  pruned-gather     the same with the hidden layer made as before ``band_join``: pred gathered
+                    joiner projections (J -> J), the hidden layer tanh(enc + pred) on the band,
+                    output Linear (J -> V) on the band + pruned loss, forward+backward to enc,
+                    pred and the heads' weights, as the transducer trains:
+                    ``pruned_transducer_loss`` (on the triton backend one autograd node).
+  pruned-band       the same steps as separate modules and ops, one autograd node each (the
+                    hidden layer ``band_join``: one kernel each way on the triton backend).
+  pruned-gather     pruned-band with the hidden layer made as before ``band_join``: pred gathered
                     onto the band (``do_rnnt_pruning``), added, tanh (3 kernels each way).
   torchaudio-joiner the same joiner (projections, tanh, output Linear) on the whole (B, T, U+1)
                     grid, then torchaudio's loss, forward+backward to enc, pred and the joiner's
@@ -45,9 +47,11 @@ import torch
 from torch import nn
 
 from mamba_asr.ops.pruned_rnnt import (
+    JoinerWeights,
     band_join,
     do_rnnt_pruning,
     prune_ranges,
+    pruned_transducer_loss,
     rnnt_loss_pruned,
     rnnt_loss_simple,
 )
@@ -87,11 +91,23 @@ class BandJoiner(nn.Module):
         self.out = nn.Linear(dim, vocab)
 
     def loss(self, enc, pred, targets, logit_lengths, target_lengths, prune_range, backend,
-             join="band", mark=None):  # fmt: skip
-        """pruned + 0.5 * simple, mean over the batch; join: "band" (``band_join``) or "gather"
-        (``do_rnnt_pruning``, add, tanh) for the hidden layer on the band. mark: called with
-        each phase's name when it is done (scripts/device/rnnt_host.py times them)."""
+             join="fused", mark=None):  # fmt: skip
+        """pruned + 0.5 * simple, mean over the batch; join: "fused" (``pruned_transducer_loss``
+        on the five layers' weights), or the steps one by one with the hidden layer on the band
+        made by "band" (``band_join``) or "gather" (``do_rnnt_pruning``, add, tanh). mark:
+        called with each phase's name when it is done (scripts/device/rnnt_host.py times them)."""
         mark = mark or (lambda name: None)
+        if join == "fused":
+            layers = (self.simple_am, self.simple_lm, self.enc_proj, self.pred_proj, self.out)
+            res = pruned_transducer_loss(
+                enc, pred, targets, logit_lengths, target_lengths,
+                JoinerWeights(*((m.weight, m.bias) for m in layers)), prune_range,
+                backend=backend,
+            )  # fmt: skip
+            mark("pruned_transducer_loss (one node)")
+            loss = (res.pruned + 0.5 * res.simple).mean()
+            mark("sum and mean")
+            return loss
         lm, am = self.simple_lm(pred), self.simple_am(enc)
         mark("simple heads (2 Linear)")
         simple = rnnt_loss_simple(lm, am, targets, logit_lengths, target_lengths,
@@ -142,7 +158,7 @@ def joiner_inputs(batch, frames, labels, vocab, device, dim):
 
 
 def pruned_case(batch, frames, labels, vocab, device, dim, prune_range, backend="torch",
-                join="band"):  # fmt: skip
+                join="fused"):  # fmt: skip
     """A step from random enc (B, T, J) and pred (B, U+1, J) through heads of width J."""
     enc, pred, lattice, heads, clear = joiner_inputs(batch, frames, labels, vocab, device, dim)
 
@@ -171,14 +187,15 @@ def joiner_case(loss_fn, batch, frames, labels, vocab, device, dim):
 
 
 def impls(names, backends=("torch",)):
-    """name -> (loss function of the full logits, or "band" / "gather" for the pruned path with
-    that hidden layer, recursion backend); ours, pruned and pruned-gather once per backend,
-    "-triton" appended to the names of the triton ones."""
+    """name -> (loss function of the full logits, or "fused" / "band" / "gather" for the pruned
+    path made that way, recursion backend); ours, pruned, pruned-band and pruned-gather once per
+    backend, "-triton" appended to the names of the triton ones."""
     found, base = {}, {}
     for backend in backends:
         sfx = "" if backend == "torch" else f"-{backend}"
         full = lambda *a, be=backend: rnnt_loss(*a, blank=0, reduction="mean", backend=be)  # noqa: E731
-        for name, fn in (("ours", full), ("pruned", "band"), ("pruned-gather", "gather")):
+        for name, fn in (("ours", full), ("pruned", "fused"), ("pruned-band", "band"),
+                         ("pruned-gather", "gather")):  # fmt: skip
             found[name + sfx], base[name + sfx] = (fn, backend), name
     if {"torchaudio", "torchaudio-joiner"} & set(names):
         try:
@@ -269,7 +286,7 @@ def main(argv=None) -> int:
         b, t, u, v = (int(x) for x in shape.split(","))
         res = {}
         for impl, (fn, backend) in impls(args.impls, args.rnnt_backend).items():
-            pruned = fn in ("band", "gather")
+            pruned = fn in ("fused", "band", "gather")
             if pruned:
                 case = pruned_case(b, t, u, v, device, args.joiner_dim, args.prune_range, backend,
                                    fn)  # fmt: skip

@@ -2,7 +2,10 @@
 triton backend): the CPU time of each phase of the forward and of the backward, measured with
 perf_counter around the Python calls (kernels run asynchronously, so a phase's time is what the
 host spends launching it), beside the step's wall time (CUDA events), and the host cost of one
-launch: a Triton kernel through its wrapper, the same autograd Function, and one aten op.
+launch: a Triton kernel through its wrapper, the same autograd Function, and one aten op. The step
+three ways: ``pruned_transducer_loss`` as one autograd node with the direct launches of
+``ops.triton_launch``, the same with triton's own launches (MAMBA_ASR_TRITON_LAUNCH=jit), and the
+steps as separate modules and autograd nodes (``BandJoiner.loss`` join="band").
 
     python scripts/device/rnnt_host.py [--shapes B,T,U,V ...] [--steps 50] [--cprofile 30]
 
@@ -19,6 +22,7 @@ import argparse
 import cProfile
 import gc
 import io
+import os
 import pstats
 import sys
 import time
@@ -34,13 +38,14 @@ from mamba_asr.ops.pruned_rnnt import (  # noqa: E402
     prune_ranges,
     rnnt_loss_simple,
 )
+from mamba_asr.ops.triton_launch import LAUNCH_ENV  # noqa: E402
 from rnnt import full_case, joiner_inputs, pruned_case  # noqa: E402
 from timing import event_ms, median_ms  # noqa: E402
 
 
-def phases(heads, enc, pred, lattice, prune_range, times, clear):
-    """One step of BandJoiner.loss (triton backend) + backward after ``clear()`` (the
-    gradients), each phase's host time added to ``times``."""
+def phases(heads, enc, pred, lattice, prune_range, times, clear, join="fused"):
+    """One step of BandJoiner.loss (triton backend, its ``join``) + backward after ``clear()``
+    (the gradients), each phase's host time added to ``times``."""
     clear()
     clock = [time.perf_counter()]
 
@@ -49,7 +54,7 @@ def phases(heads, enc, pred, lattice, prune_range, times, clear):
         times[name] += now - clock[0]
         clock[0] = now
 
-    loss = heads.loss(enc, pred, *lattice, prune_range, "triton", mark=mark)
+    loss = heads.loss(enc, pred, *lattice, prune_range, "triton", join, mark=mark)
     loss.backward()
     mark("backward (whole)")
     return loss
@@ -118,18 +123,22 @@ def main() -> None:
     for shape in args.shapes:
         b, t, u, v = map(int, shape.split(","))
         enc, pred, lattice, heads, clear = joiner_inputs(b, t, u, v, "cuda", args.dim)
-        for _ in range(5):
-            phases(heads, enc, pred, lattice, args.prune_range, defaultdict(float), clear)
-        torch.cuda.synchronize()
-        times: dict[str, float] = defaultdict(float)  # each phase's host time, summed
-        step = partial(phases, heads, enc, pred, lattice, args.prune_range, times, clear)
-        wall = event_ms(step, args.steps, warmup=0)
-        host = sum(times.values()) / args.steps * 1e3
-        print(f"\n## B{b} T{t} U{u} V{v}: wall {wall:.2f} ms (median of "
-              f"{args.steps}), host {host:.2f} ms a step")  # fmt: skip
-        print("| phase | host ms a step |\n|---|---|")
-        for name, total in times.items():
-            print(f"| {name} | {total / args.steps * 1e3:.3f} |")
+        # one autograd node, with the direct launches and with triton's own; the steps one by one
+        for join, how in (("fused", "direct"), ("fused", "jit"), ("band", "direct")):
+            os.environ[LAUNCH_ENV] = how
+            for _ in range(5):
+                phases(heads, enc, pred, lattice, args.prune_range, defaultdict(float), clear, join)
+            torch.cuda.synchronize()
+            times: dict[str, float] = defaultdict(float)  # each phase's host time, summed
+            step = partial(phases, heads, enc, pred, lattice, args.prune_range, times, clear, join)
+            wall = event_ms(step, args.steps, warmup=0)
+            host = sum(times.values()) / args.steps * 1e3
+            print(f"\n## B{b} T{t} U{u} V{v}, join {join}, {how} launches: wall {wall:.2f} ms (median of "
+                  f"{args.steps}), host {host:.2f} ms a step")  # fmt: skip
+            print("| phase | host ms a step |\n|---|---|")
+            for name, total in times.items():
+                print(f"| {name} | {total / args.steps * 1e3:.3f} |")
+        os.environ.pop(LAUNCH_ENV)
         simple = rnnt_loss_simple(heads.simple_lm(pred), heads.simple_am(enc), *lattice,
                                   reduction="none", backend="triton")  # fmt: skip
         ranges = prune_ranges(simple.blank_posterior, simple.emit_posterior, *lattice[1:],

@@ -137,3 +137,55 @@ def test_recipe_loss_options_reach_the_model() -> None:
         ref = full.loss(feats, lengths, targets, target_lengths, reduction="none").loss
     assert torch.isfinite(got).all() and torch.isfinite(ref).all()
     assert not torch.allclose(got, ref)
+
+
+class _Scaled(torch.nn.Linear):
+    """A linear layer that is not plain nn.Linear (as QAT's fake-quantized ones are not)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 * super().forward(x)
+
+
+def test_pruned_loss_takes_the_fused_op_for_plain_linear_layers_only(monkeypatch) -> None:
+    """The model's pruned loss goes through ``pruned_transducer_loss`` (one autograd node on the
+    triton backend) when its five layers are plain nn.Linear, and through the layers themselves
+    otherwise (their own forward counts: QAT's fake quantization)."""
+    import mamba_asr.models.transducer as transducer
+
+    calls = []
+    fused = transducer.pruned_transducer_loss
+    monkeypatch.setattr(transducer, "pruned_transducer_loss",
+                        lambda *a, **k: calls.append(1) or fused(*a, **k))  # fmt: skip
+    model = tiny_model("pruned", prune_range=3)
+    feats, lengths, targets, target_lengths = batch([40, 20], [5, 2])
+    plain = model.loss(feats, lengths, targets, target_lengths, reduction="none").loss
+    assert len(calls) == 1
+    out = model.joiner.out
+    scaled = _Scaled(out.in_features, out.out_features)
+    scaled.load_state_dict(out.state_dict())
+    model.joiner.out = scaled
+    other = model.loss(feats, lengths, targets, target_lengths, reduction="none").loss
+    assert len(calls) == 1  # not taken: the layer's forward doubles the logits
+    assert not torch.allclose(plain, other)
+    model.joiner.out = out
+    again = model.loss(feats, lengths, targets, target_lengths, reduction="none").loss
+    torch.testing.assert_close(again, plain)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_pruned_loss_on_cuda_fused_equals_the_torch_backend(monkeypatch) -> None:
+    """On CUDA the model's pruned loss (the fused triton node) against the same model on the
+    torch backend: losses and every parameter's gradient."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = tiny_model("pruned", prune_range=3).cuda()
+    feats, lengths, targets, target_lengths = (x.cuda() for x in batch([40, 31, 20], [5, 4, 2]))
+    results = {}
+    for backend in ("triton", "torch"):
+        monkeypatch.setenv("MAMBA_ASR_RNNT_BACKEND", backend)
+        loss = model.loss(feats, lengths, targets, target_lengths, reduction="none").loss
+        results[backend] = (loss, torch.autograd.grad(loss.sum(), list(model.parameters())))
+    (got, d_got), (ref, d_ref) = results["triton"], results["torch"]
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    for g, g_ref in zip(d_got, d_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)

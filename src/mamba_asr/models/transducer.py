@@ -33,8 +33,10 @@ from mamba_asr.models.seq2seq import Encoded
 from mamba_asr.modules.causal_frontend import CausalFrontEndState
 from mamba_asr.modules.masks import length_mask
 from mamba_asr.ops.pruned_rnnt import (
+    JoinerWeights,
     band_join,
     prune_ranges,
+    pruned_transducer_loss,
     rnnt_loss_pruned,
     rnnt_loss_simple,
 )
@@ -325,6 +327,15 @@ class TransducerModel(nn.Module):
         """pruned + simple_loss_scale * simple: memory (B, T, M), pred (B, S+1, P) -> (B,), and
         the band's logits (B, T, R, V) with its ranges (B, T, R)."""
         frame_lengths = enc.lengths.to(pred.device)
+        layers = (self.simple_am_proj, self.simple_lm_proj, self.joiner.enc_proj,
+                  self.joiner.pred_proj, self.joiner.out)  # fmt: skip
+        if all(type(layer) is nn.Linear for layer in layers):  # not QAT's fake-quantized ones
+            res = pruned_transducer_loss(
+                enc.memory, pred, targets, frame_lengths, lengths,
+                JoinerWeights(*((layer.weight, layer.bias) for layer in layers)),
+                self.prune_range, blank=self.blank,
+            )  # fmt: skip
+            return res.pruned + self.simple_loss_scale * res.simple, res.logits, res.ranges
         simple = rnnt_loss_simple(
             self.simple_lm_proj(pred), self.simple_am_proj(enc.memory), targets, frame_lengths,
             lengths, blank=self.blank, reduction="none",

@@ -19,6 +19,11 @@ loss gets there in three steps:
                        backend one kernel each way, without the gathered copies).
     rnnt_loss_pruned   the exact RNN-T loss of the band logits: paths that leave the band count 0.
 
+``pruned_transducer_loss`` is all of it from the encoder and predictor outputs through a
+transducer's five linear layers (simple heads, joiner projections, joiner output): on the triton
+backend one autograd node with its backward written out, so a step's host time is its launches
+and not autograd's bookkeeping over a dozen nodes.
+
 A training loss is pruned + scale * simple (the simple loss trains the projections that choose
 the band). All of it runs the lattice recursion of ``ops.rnnt_loss`` (anti-diagonals, analytic
 gradient) in fp32, also under autocast; the simple normalizer's matmul runs with autocast off.
@@ -42,11 +47,14 @@ from mamba_asr.ops.rnnt_loss import (
 )
 
 __all__ = [
+    "JoinerWeights",
     "PrunedInputs",
+    "PrunedTransducerLoss",
     "SimpleLoss",
     "band_join",
     "do_rnnt_pruning",
     "prune_ranges",
+    "pruned_transducer_loss",
     "rnnt_loss_pruned",
     "rnnt_loss_simple",
 ]
@@ -445,3 +453,234 @@ def rnnt_loss_pruned(
     lp_emit = grid.scatter(2, ranges, band_emit)  # (B, T, U + 1)
     nll = rnnt_lattice(lp_blank, lp_emit, logit_lengths, target_lengths, backend).nll  # (B,)
     return apply_reduction(nll, reduction).to(logits.dtype)
+
+
+# --- the whole pruned transducer loss from the encoder and predictor outputs -------------------
+
+
+class JoinerWeights(NamedTuple):
+    """The five linear layers of a pruned transducer's loss, each a (weight (out, in), bias
+    (out,) or None) pair: the simple heads am (M -> V) and lm (P -> V), the joiner's projections
+    enc (M -> J) and pred (P -> J), and its output layer (J -> V)."""
+
+    simple_am: tuple[Tensor, Tensor | None]
+    simple_lm: tuple[Tensor, Tensor | None]
+    enc_proj: tuple[Tensor, Tensor | None]
+    pred_proj: tuple[Tensor, Tensor | None]
+    out: tuple[Tensor, Tensor | None]
+
+    def flat(self) -> tuple[Tensor | None, ...]:
+        """(weight, bias) of each layer in field order: 10 entries."""
+        return tuple(x for pair in self for x in pair)
+
+
+class PrunedTransducerLoss(NamedTuple):
+    """``pruned_transducer_loss``'s result: per-utterance pruned and simple losses (B,) fp32,
+    the band's logits (B, T, R, V) (differentiable: a loss on them, such as lattice
+    distillation, back-propagates through the joiner) and the band's ranges (B, T, R) long."""
+
+    pruned: Tensor
+    simple: Tensor
+    logits: Tensor
+    ranges: Tensor
+
+
+def _pruned_transducer_torch(
+    enc: Tensor, pred: Tensor, targets: Tensor, logit_lengths: Tensor, target_lengths: Tensor,
+    weights: JoinerWeights, prune_range: int, blank: int, backend: str,
+) -> PrunedTransducerLoss:  # fmt: skip
+    """The composite: each step its own op (and autograd node), on ``backend``'s recursions."""
+    simple = rnnt_loss_simple(
+        F.linear(pred, *weights.simple_lm), F.linear(enc, *weights.simple_am), targets,
+        logit_lengths, target_lengths, blank, reduction="none", backend=backend,
+    )  # fmt: skip
+    ranges = prune_ranges(
+        simple.blank_posterior, simple.emit_posterior, logit_lengths, target_lengths, prune_range,
+        backend=backend,
+    )  # fmt: skip
+    hidden = band_join(
+        F.linear(enc, *weights.enc_proj), F.linear(pred, *weights.pred_proj), ranges, backend
+    )
+    logits = F.linear(hidden, *weights.out)  # (B, T, R, V)
+    pruned = rnnt_loss_pruned(
+        logits, targets, ranges, logit_lengths, target_lengths, blank, "none", backend
+    )
+    return PrunedTransducerLoss(pruned.float(), simple.loss.float(), logits, ranges)
+
+
+def _linear_backward(
+    x: Tensor, weight: Tensor, bias: Tensor | None, dy: Tensor, needs: tuple[bool, bool, bool]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of y = x W^T + b to x (x's shape and dtype), W and b (their dtypes) from dy;
+    None where ``needs`` (x, W, b) is False. Products run under the caller's autocast state."""
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    dx = dw = db = None
+    if needs[0]:
+        dx = torch.mm(dy2, weight).to(x.dtype).view(x.shape)
+    if needs[1]:
+        dw = torch.mm(dy2.t(), x.reshape(-1, x.shape[-1])).to(weight.dtype)
+    if needs[2] and bias is not None:
+        db = dy2.sum(0, dtype=torch.float32).to(bias.dtype)
+    return dx, dw, db
+
+
+class _PrunedTransducerTritonFn(torch.autograd.Function):
+    """``pruned_transducer_loss`` on the triton backend as one autograd node.
+
+    Forward: the simple heads, the simple loss's kernels (``_SimpleTritonFn``), the band
+    (``prune_ranges_triton``), the projections, the band join, the output layer and the pruned
+    loss's kernels (``_PrunedTritonFn``). Backward, in reverse, the same kernels' gradients and
+    the linear layers' products written out: dx = dy W, dW = dy^T x, db = sum dy; enc's and
+    pred's gradients from the simple heads and the projections are summed. A gradient to the
+    band's logits (a loss on them) is added to the pruned loss's before the output layer. The
+    matrix products follow the caller's autocast, as the linear layers would (custom_fwd/bwd).
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(
+        ctx: Any, enc: Tensor, pred: Tensor, targets: Tensor, logit_lengths: Tensor,
+        target_lengths: Tensor, prune_range: int, blank: int, *flat: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+        from mamba_asr.ops.rnnt_triton import (
+            _lengths,
+            band_join_triton,
+            band_lattice_triton,
+            band_logprobs_triton,
+            lattice_posteriors_triton,
+            prune_ranges_triton,
+            row_max_exp_triton,
+            simple_grids_triton,
+        )
+
+        w = JoinerWeights(*zip(flat[::2], flat[1::2], strict=True))
+        tlen, ulen = _lengths(logit_lengths, target_lengths, enc.device)
+        targets = targets.contiguous()
+        am, lm = F.linear(enc, *w.simple_am), F.linear(pred, *w.simple_lm)
+        am32, lm32 = am.float().contiguous(), lm.float().contiguous()
+        am_max, am_exp = row_max_exp_triton(am32)  # (B, T, 1), (B, T, V)
+        lm_max, lm_exp = row_max_exp_triton(lm32)  # (B, U + 1, 1), (B, U + 1, V)
+        with _autocast_off(enc.device):
+            sums = torch.bmm(am_exp, lm_exp.transpose(1, 2))  # (B, T, U + 1)
+        lp_blank, lp_emit = simple_grids_triton(am32, lm32, targets, sums, am_max, lm_max, blank)
+        simple, pb, pe = lattice_posteriors_triton(lp_blank, lp_emit, tlen, ulen)
+        u1 = pred.shape[1]
+        ranges = prune_ranges_triton(pb, pe, tlen, ulen, min(prune_range, u1))  # (B, T, R)
+        ep, pp = F.linear(enc, *w.enc_proj), F.linear(pred, *w.pred_proj)
+        hidden = band_join_triton(ep.contiguous(), pp.contiguous(), ranges)  # (B, T, R, J)
+        logits = F.linear(hidden, *w.out).contiguous()  # (B, T, R, V)
+        lse, lpb, lpe, sym = band_logprobs_triton(logits, ranges, targets, blank)
+        pruned, post_b, post_e = band_lattice_triton(lpb, lpe, ranges[:, :, 0], tlen, ulen, u1=u1)
+        ctx.save_for_backward(
+            enc, pred, *flat, am_exp, lm_exp, sums, pb, pe, targets, hidden, ranges,
+            logits, lse, sym, post_b, post_e,
+        )  # fmt: skip
+        ctx.info = (blank, u1, am.dtype, lm.dtype, ep.dtype, pp.dtype)
+        ctx.mark_non_differentiable(ranges)
+        return pruned, simple, logits, ranges
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(
+        ctx: Any, g_pruned: Tensor | None, g_simple: Tensor | None, g_logits: Tensor | None,
+        _g_ranges: Tensor | None,
+    ) -> tuple[Tensor | None, ...]:  # fmt: skip
+        from mamba_asr.ops.rnnt_triton import (
+            band_grad_triton,
+            band_join_grad_triton,
+            simple_grads_triton,
+        )
+
+        enc, pred, *rest = ctx.saved_tensors
+        flat, rest = rest[:10], rest[10:]
+        am_exp, lm_exp, sums, pb, pe, targets, hidden, ranges, logits, lse, sym, pb2, pe2 = rest
+        w = JoinerWeights(*zip(flat[::2], flat[1::2], strict=True))
+        blank, u1, am_dtype, lm_dtype, ep_dtype, pp_dtype = ctx.info
+        needs = ctx.needs_input_grad
+        need_enc, need_pred = needs[0], needs[1]
+        wneeds = needs[7:]  # (weight, bias) of each layer, in JoinerWeights' order
+        grads: list[Tensor | None] = [None] * 10
+        d_enc = d_pred = None
+
+        def add(total: Tensor | None, part: Tensor | None) -> Tensor | None:
+            return part if total is None else total if part is None else total + part
+
+        # the joiner's side: pruned loss -> output layer -> band join -> projections
+        if g_pruned is None:
+            g_pruned = torch.zeros(enc.shape[0], device=enc.device)
+        d_logits = band_grad_triton(logits, lse, sym, pb2, pe2, g_pruned, blank)
+        if g_logits is not None:
+            d_logits = d_logits + g_logits
+        d_hidden, grads[8], grads[9] = _linear_backward(
+            hidden, *w.out, d_logits, (True, wneeds[8], wneeds[9])
+        )
+        d_ep, d_pp = band_join_grad_triton(d_hidden, hidden, ranges, u1, ep_dtype, pp_dtype)
+        d_enc, grads[4], grads[5] = _linear_backward(
+            enc, *w.enc_proj, d_ep, (need_enc, wneeds[4], wneeds[5])
+        )
+        d_pred, grads[6], grads[7] = _linear_backward(
+            pred, *w.pred_proj, d_pp, (need_pred, wneeds[6], wneeds[7])
+        )
+        # the simple heads
+        if g_simple is not None:
+            with _autocast_off(enc.device):
+                d_am, d_lm = simple_grads_triton(
+                    am_exp, lm_exp, sums, pb, pe, targets, g_simple, blank
+                )
+            dx, grads[0], grads[1] = _linear_backward(
+                enc, *w.simple_am, d_am.to(am_dtype), (need_enc, wneeds[0], wneeds[1])
+            )
+            d_enc = add(d_enc, dx)
+            dx, grads[2], grads[3] = _linear_backward(
+                pred, *w.simple_lm, d_lm.to(lm_dtype), (need_pred, wneeds[2], wneeds[3])
+            )
+            d_pred = add(d_pred, dx)
+        return d_enc, d_pred, None, None, None, None, None, *grads
+
+
+def pruned_transducer_loss(
+    enc: Tensor,
+    pred: Tensor,
+    targets: Tensor,
+    logit_lengths: Tensor,
+    target_lengths: Tensor,
+    weights: JoinerWeights,
+    prune_range: int,
+    blank: int = 0,
+    backend: str = "auto",
+) -> PrunedTransducerLoss:
+    """A pruned transducer's losses from its encoder output enc (B, T, M) and predictor output
+    pred (B, U + 1, P), through the linear layers in ``weights``:
+
+        simple  = rnnt_loss_simple(pred W_lm^T + b_lm, enc W_am^T + b_am)   (per utterance)
+        ranges  = prune_ranges(simple's posteriors, width prune_range)
+        logits  = out(band_join(enc_proj(enc), pred_proj(pred), ranges))   (B, T, R, V)
+        pruned  = rnnt_loss_pruned(logits, ranges)
+
+    targets (B, U), logit_lengths, target_lengths (B,) as in ``rnnt_loss_simple``. backend:
+    "torch" runs the steps as separate ops (the reference); "triton" ("auto" on CUDA, up to
+    8192 frames) runs them as one autograd node whose backward is written out
+    (``_PrunedTransducerTritonFn``): the same values and gradients with far less host time.
+    Under autocast the linear layers run in its dtype either way; the losses are fp32 (B,).
+    """
+    if enc.dim() != 3 or pred.dim() != 3 or enc.shape[0] != pred.shape[0]:
+        raise ValueError(
+            f"enc must be (B, T, M) and pred (B, U + 1, P), got {tuple(enc.shape)} and "
+            f"{tuple(pred.shape)}"
+        )
+    if prune_range < 2:
+        raise ValueError(f"prune_range must be >= 2, got {prune_range}")
+    batch, u1 = pred.shape[:2]
+    _check_targets(targets, batch, u1)
+    _check_lengths(batch, logit_lengths, target_lengths)
+    backend = resolve_rnnt_backend(backend, enc.device)
+    if backend == "triton" and enc.shape[1] <= 8192:
+        vocab = weights.out[0].shape[0]
+        out = _PrunedTransducerTritonFn.apply(
+            enc, pred, targets, logit_lengths, target_lengths, prune_range, blank % vocab,
+            *weights.flat(),
+        )  # fmt: skip
+        return PrunedTransducerLoss(*out)
+    return _pruned_transducer_torch(
+        enc, pred, targets, logit_lengths, target_lengths, weights, prune_range, blank, backend
+    )
