@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
 # On one GPU, in one call: what was built or changed without a GPU and is still unmeasured there.
-# - CUDA tests of the RNN-T losses (torchaudio reference, torch and Triton recursions; the Triton
-#   gradients held to 5e-4 since the second GPU run measured 1.46e-4) and of the Triton
-#   recursions against the torch ones (posteriors held to 2e-3: passed on the second GPU run),
-#   and of the Triton selective scan;
-# - RNN-T loss timings, torch vs Triton recursions, beside torchaudio (B=16 T=500 U=120 V=1024);
-# - where the Conformer and ConMamba encoders spend a training step at 60 s (large, bf16,
-#   batch 16): benchmarks/profile_encoder.py, by module kind and by kernel.
-#   bash scripts/device/pending_checks.sh OUTDIR      (carry .whl)
+# - pruned_transducer_loss as one autograd node (ops/pruned_rnnt.py), which the transducer and
+#   benchmarks/rnnt.py's pruned row now use: its CUDA tests against the composite (fp32, bf16
+#   autocast) and the model's loss on CUDA against the torch backend, with every RNN-T test
+#   (scripts/device/rnnt_check.sh, which also runs benchmarks/rnnt.py beside torchaudio with
+#   the composite as pruned-band, and the kernel profile);
+# - the direct launches of ops/triton_launch.py (opt-in, MAMBA_ASR_TRITON_LAUNCH=direct): their
+#   CUDA test, then scripts/device/rnnt_host.py, the step's host time as one node with direct and
+#   with triton's launches, and as separate nodes; the same benchmark with direct launches;
+# - the step replayed as a CUDA graph (scripts/device/rnnt_graph.py).
+#   bash scripts/device/pending_checks.sh OUTDIR      (carry .whl; a few minutes)
 set -uo pipefail
 out="${1:-/tmp/out}"
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src:$PWD/tests:$PWD/benchmarks:${PYTHONPATH:-}"
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/ops/test_rnnt_triton.py tests/ops/test_rnnt_loss.py \
-  -m cuda 2>&1 | tail -25 | tee "$out/pytest.txt"
-python3 -m pytest -q -p no:cacheprovider tests/ops/test_selective_scan_triton.py -k cuda 2>&1 \
-  | tail -5 | tee -a "$out/pytest.txt"
-python3 benchmarks/rnnt.py --device cuda --shapes 16,250,60,256 16,500,120,1024 \
-  --rnnt-backend torch triton 2>&1 | tee "$out/rnnt.txt"
-python3 benchmarks/profile_encoder.py --device cuda --size large --batch 16 --seconds 60 \
-  --json "$out/profile_encoder.json" 2>&1 | grep -v Warning \
-  | tee "$out/profile_encoder.txt"
+mkdir -p "$out" /tmp/site
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl 2>/dev/null
+export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD/src:$PWD/tests:$PWD/benchmarks:${PYTHONPATH:-}"
+echo "# bash scripts/device/pending_checks.sh   ($(date -u +%FT%TZ))"
+bash scripts/device/rnnt_check.sh "$out" 2>&1 | grep -v -i warn | tail -40
+MAMBA_ASR_TRITON_LAUNCH=direct python3 benchmarks/rnnt.py --device cuda --impls torchaudio pruned \
+  pruned-band --rnnt-backend triton --repeats 20 2>&1 | grep -v Warn | tee "$out/rnnt_direct.txt"
+python3 scripts/device/rnnt_host.py 2>&1 | grep -v -i warn | tee "$out/rnnt_host.txt"
+python3 scripts/device/rnnt_graph.py 2>&1 | grep -v -i warn | tee "$out/rnnt_graph.txt"

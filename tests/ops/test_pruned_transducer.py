@@ -159,6 +159,21 @@ def test_fused_triton_node_matches_the_composite_interpreted(name):
     assert all(e <= 1e-4 for e in errs.values()), errs
 
 
+@needs_triton
+@needs_interpreter
+def test_fused_triton_node_under_cpu_bf16_autocast_matches_the_composite_interpreted():
+    """Under autocast the fused node's backward runs its products under the forward's autocast
+    state, as the linear layers' autograd would: CPU bf16 autocast in the interpreter, against
+    the composite of separate ops on the same kernels."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, __file__, "b2_t9_u6_blank_last", "autocast"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    errs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert errs["ranges"] == 0.0, errs
+    assert all(e <= 2e-2 for e in errs.values()), errs
+
+
 @pytest.mark.cuda
 @needs_triton
 @needs_cuda
@@ -184,4 +199,7 @@ def test_fused_triton_node_under_bf16_autocast_matches_the_composite_cuda():
 
 
 if __name__ == "__main__":
-    print(json.dumps(errors(sys.argv[1])))
+    if sys.argv[2:] == ["autocast"]:
+        print(json.dumps(errors(sys.argv[1], autocast=True, ref_backend="triton-composite")))
+    else:
+        print(json.dumps(errors(sys.argv[1])))

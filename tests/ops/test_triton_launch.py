@@ -24,15 +24,16 @@ def test_next_pow2_and_cdiv_match_triton():
             assert cdiv(n, d) == triton.cdiv(n, d)
 
 
-def test_direct_path_is_off_under_the_interpreter_and_on_request(monkeypatch):
+def test_direct_path_is_opt_in_and_off_under_the_interpreter_and_hooks(monkeypatch):
     from mamba_asr.ops import triton_launch
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv(triton_launch.LAUNCH_ENV, raising=False)
-    assert triton_launch._direct()
+    assert not triton_launch._direct()  # opt-in
     monkeypatch.setenv(triton_launch.LAUNCH_ENV, "jit")
     assert not triton_launch._direct()
-    monkeypatch.delenv(triton_launch.LAUNCH_ENV)
+    monkeypatch.setenv(triton_launch.LAUNCH_ENV, "direct")
+    assert triton_launch._direct()
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert not triton_launch._direct()
     monkeypatch.delenv("TRITON_INTERPRET")
@@ -53,7 +54,7 @@ def test_cached_launches_equal_triton_launches_across_specializations(monkeypatc
     from mamba_asr.ops import triton_launch
     from mamba_asr.ops.rnnt_triton import row_max_exp_triton
 
-    monkeypatch.delenv(triton_launch.LAUNCH_ENV, raising=False)
+    monkeypatch.setenv(triton_launch.LAUNCH_ENV, "direct")
     g = torch.Generator().manual_seed(3)
     base = torch.randn(4 * 97 * 33 + 1, generator=g).cuda()
     cases = [

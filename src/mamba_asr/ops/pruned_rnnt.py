@@ -533,11 +533,12 @@ class _PrunedTransducerTritonFn(torch.autograd.Function):
     the linear layers' products written out: dx = dy W, dW = dy^T x, db = sum dy; enc's and
     pred's gradients from the simple heads and the projections are summed. A gradient to the
     band's logits (a loss on them) is added to the pruned loss's before the output layer. The
-    matrix products follow the caller's autocast, as the linear layers would (custom_fwd/bwd).
+    matrix products follow the caller's autocast, as the linear layers would: the backward
+    runs under the autocast state the forward ran under (what torch.amp.custom_bwd does for
+    CUDA, here for the inputs' device type, so that CPU autocast is tested in the interpreter).
     """
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(
         ctx: Any, enc: Tensor, pred: Tensor, targets: Tensor, logit_lengths: Tensor,
         target_lengths: Tensor, prune_range: int, blank: int, *flat: Tensor | None,
@@ -554,6 +555,8 @@ class _PrunedTransducerTritonFn(torch.autograd.Function):
         )
 
         w = JoinerWeights(*zip(flat[::2], flat[1::2], strict=True))
+        kind = enc.device.type  # the backward runs the products under this autocast state
+        ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
         tlen, ulen = _lengths(logit_lengths, target_lengths, enc.device)
         targets = targets.contiguous()
         am, lm = F.linear(enc, *w.simple_am), F.linear(pred, *w.simple_lm)
@@ -580,11 +583,18 @@ class _PrunedTransducerTritonFn(torch.autograd.Function):
         return pruned, simple, logits, ranges
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(
         ctx: Any, g_pruned: Tensor | None, g_simple: Tensor | None, g_logits: Tensor | None,
         _g_ranges: Tensor | None,
     ) -> tuple[Tensor | None, ...]:  # fmt: skip
+        kind, enabled, dtype = ctx.autocast
+        with torch.autocast(kind, dtype=dtype, enabled=enabled):
+            return _PrunedTransducerTritonFn._backward(ctx, g_pruned, g_simple, g_logits)
+
+    @staticmethod
+    def _backward(
+        ctx: Any, g_pruned: Tensor | None, g_simple: Tensor | None, g_logits: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
         from mamba_asr.ops.rnnt_triton import (
             band_grad_triton,
             band_join_grad_triton,
