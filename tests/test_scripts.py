@@ -1,5 +1,6 @@
-"""Tests for the data helpers of scripts/: the Czech voice-acting manifest's text, the speech sets
-packed to travel (pack_mix.py) and the mixed training manifests of kd_compare.py."""
+"""Tests for the data helpers of scripts/: the Czech voice-acting manifest's text, Tux Paint's
+stamp descriptions romanized, the speech sets packed to travel (pack_mix.py) and the mixed
+training manifests of kd_compare.py."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def _script(path: str):  # noqa: ANN202
 
 
 fillets = _script("scripts/realspeech/fillets_cs.py")
+tuxpaint = _script("scripts/realspeech/tuxpaint_stamps.py")
 pack_mix = _script("scripts/device/pack_mix.py")
 kd_compare = _script("scripts/device/kd_compare.py")
 
@@ -51,6 +53,27 @@ def test_czech_lines() -> None:
     lines = fillets.czech_lines(lua)
     assert lines == {"vit-m-hlava": "Už mě z té hlavy bolí hlava.", "vit-v-proc": 'Řekl \\"ne\\".'}
     assert fillets.ascii_czech(lines["vit-v-proc"]) == "REKL NE"
+
+
+def test_tuxpaint_descriptions_and_romanize() -> None:
+    txt = (
+        "A US 25 cent piece called a quarter.\n"
+        "be.utf8=Белы мядзведзь.\n"
+        "el.utf8=Νόμισμα των ΗΠΑ.\n"
+        "fr.utf8=Une pièce de monnaie américaine, appelée “quarter”.\n"
+        "ro.utf8=O monedă de 25 de cenți.\n"
+        "ca@valencia.utf8=Una moneda.\n"
+    )
+    lines = tuxpaint.descriptions(txt)
+    assert set(lines) == {"be", "el", "fr", "ro", "ca@valencia"}  # the English line is not one
+    assert tuxpaint.romanize(lines["fr"]) == "UNE PIECE DE MONNAIE AMERICAINE APPELEE QUARTER"
+    assert tuxpaint.romanize(lines["be"]) == "BELY MYADZVEDZ"  # a word's edge ' goes
+    assert tuxpaint.romanize(lines["el"]) == "NOMISMA TON IPA"
+    assert tuxpaint.romanize(lines["ro"]) == ""  # digits: not spelled, left out
+    assert tuxpaint.romanize("l’ours d'or") == "L'OURS D'OR"
+    assert tuxpaint.CLIP.match("001penny_desc_fr.ogg")["lang"] == "fr"
+    assert tuxpaint.CLIP.match("frog_desc.ogg") is None  # English: said as the bare name
+    assert tuxpaint.letter_rate("AB CD", 0.5) == 8.0
 
 
 def _wav_set(folder: Path, n: int = 2) -> Path:

@@ -201,6 +201,12 @@ RUNS_INIT: dict[str, dict[str, object]] = {
         "mix": {"piper35": 3},
         "set": ["data.vtlp=[0.85, 1.15]"],
     },
+    # on a CPU: a 2.5 h corpus (synth_corpus.py --train-hours 2.5 --seed 31), 2 epochs, alone
+    # and with real speech of other languages once an epoch: Tux Paint's stamp descriptions in
+    # ten languages (scripts/realspeech/tuxpaint_stamps.py, 2.5 h) and the Czech voice acting
+    # (1.6 h), 62% of what the model hears
+    "ft_h2_e2": {"lr": 0.0005, "hours": 2.5, "epochs": 2},
+    "ft_h2_e2_real": {"lr": 0.0005, "hours": 2.5, "epochs": 2, "mix": {"tux": 1, "czech": 1}},
 }
 RUNS_KD: dict[str, dict[str, object]] = {
     "no_kd": {},
