@@ -117,6 +117,8 @@ def test_mixed_manifest(tmp_path: Path) -> None:
     assert [u.id for u in utts] == ["u0", "u1", "extra-u0", "extra-u0-r1", "extra-u0-r2"]
     assert all(u.audio.is_file() for u in utts)
     assert utts[2].audio == (mix / "extra" / "u0.wav").resolve()
+    alone = read_manifest(kd_compare.mixed_manifest(args, {"extra": 2}, corpus=False))
+    assert [u.id for u in alone] == ["extra-u0", "extra-u0-r1"]  # the corpus left out
     with pytest.raises(SystemExit, match="no .*missing/manifest.jsonl"):
         kd_compare.mixed_manifest(args, {"missing": 1})
 
@@ -125,3 +127,6 @@ def test_mix_runs_are_declared() -> None:
     for name, spec in kd_compare.RUNS_INIT.items():
         for set_name, repeats in spec.get("mix", {}).items():
             assert set_name.isidentifier() and int(repeats) >= 1, name
+        if "init" in spec:  # another run's model: that run is declared
+            assert spec["init"].split("/")[0] in kd_compare.RUNS_INIT, name
+        assert spec.get("corpus", True) or spec.get("mix"), name  # something to train on

@@ -207,6 +207,10 @@ RUNS_INIT: dict[str, dict[str, object]] = {
     # (1.6 h), 62% of what the model hears
     "ft_h2_e2": {"lr": 0.0005, "hours": 2.5, "epochs": 2},
     "ft_h2_e2_real": {"lr": 0.0005, "hours": 2.5, "epochs": 2, "mix": {"tux": 1, "czech": 1}},
+    # the real speech first and alone (2 epochs of the 4.1 h), then the control's fine-tuning
+    # from that model: pre-training on people, then English
+    "real_e2": {"lr": 0.0005, "epochs": 2, "mix": {"tux": 1, "czech": 1}, "corpus": False},
+    "ft_h2_e2_after_real": {"lr": 0.0005, "hours": 2.5, "epochs": 2, "init": "real_e2/model.pt"},
 }
 RUNS_KD: dict[str, dict[str, object]] = {
     "no_kd": {},
@@ -241,7 +245,7 @@ def init_recipe(args: argparse.Namespace):  # noqa: ANN201
         if abs(hours - float(spec["hours"])) > 0.5:
             raise SystemExit(f"{args.name} is for a corpus of {spec['hours']} h, "
                              f"{args.corpus} holds {hours:.1f} h (HOURS=)")  # fmt: skip
-    start = str(resolve_model(TEACHER))
+    start = str(args.runs / spec["init"]) if "init" in spec else str(resolve_model(TEACHER))
     if "ratio" in spec:
         pruned = args.runs / f"{args.name}_init.pt"
         if not pruned.is_file():
@@ -259,16 +263,17 @@ def init_recipe(args: argparse.Namespace):  # noqa: ANN201
     return recipe
 
 
-def mixed_manifest(args: argparse.Namespace, mix: dict[str, int]) -> Path:
-    """The corpus's training manifest with each extra set (``MIX_ROOT/NAME/manifest.jsonl``)
-    appended ``repeats`` times, audio paths made absolute, into the run's folder. An extra
-    set's ids get its name in front (and ``-rK`` on the K-th repeat), so none repeats."""
+def mixed_manifest(args: argparse.Namespace, mix: dict[str, int], corpus: bool = True) -> Path:
+    """The corpus's training manifest (unless ``corpus`` is False) with each extra set
+    (``MIX_ROOT/NAME/manifest.jsonl``) appended ``repeats`` times, audio paths made absolute,
+    into the run's folder. An extra set's ids get its name in front (and ``-rK`` on the K-th
+    repeat), so none repeats."""
     from dataclasses import replace
 
     from mamba_asr.data.manifest import read_manifest, write_manifest
 
     utts = []
-    sources = [("", args.corpus / "train" / "manifest.jsonl", 1)]
+    sources = [("", args.corpus / "train" / "manifest.jsonl", 1)] if corpus else []
     sources += [(f"{name}-", args.mix_root / name / "manifest.jsonl", int(n))
                 for name, n in mix.items()]  # fmt: skip
     for prefix, manifest, repeats in sources:
@@ -297,8 +302,9 @@ def one(args: argparse.Namespace) -> None:
     out = args.runs / args.name
     start = time.time()
     heldout = args.corpus / "dev_heldout" / "manifest.jsonl"  # F: its WER curve, not a choice
-    mix = RUNS_INIT.get(args.name, {}).get("mix")
-    train_manifest = (mixed_manifest(args, mix) if mix
+    spec = RUNS_INIT.get(args.name, {})
+    mix = spec.get("mix")
+    train_manifest = (mixed_manifest(args, mix, bool(spec.get("corpus", True))) if mix
                       else args.corpus / "train" / "manifest.jsonl")  # fmt: skip
     result = train(recipe, train_manifest, args.corpus / "dev" / "manifest.jsonl", out,
                    max_seconds=max(args.deadline - start, 1.0), progress=False,
