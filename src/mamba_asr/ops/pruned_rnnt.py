@@ -544,10 +544,10 @@ class _PrunedTransducerTritonFn(torch.autograd.Function):
         target_lengths: Tensor, prune_range: int, blank: int, *flat: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
         from mamba_asr.ops.rnnt_triton import (
-            _lengths,
             band_join_triton,
             band_lattice_triton,
             band_logprobs_triton,
+            int32_lengths,
             lattice_posteriors_triton,
             prune_ranges_triton,
             row_max_exp_triton,
@@ -557,7 +557,7 @@ class _PrunedTransducerTritonFn(torch.autograd.Function):
         w = JoinerWeights(*zip(flat[::2], flat[1::2], strict=True))
         kind = enc.device.type  # the backward runs the products under this autocast state
         ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
-        tlen, ulen = _lengths(logit_lengths, target_lengths, enc.device)
+        tlen, ulen = int32_lengths(logit_lengths, target_lengths, enc.device)
         targets = targets.contiguous()
         am, lm = F.linear(enc, *w.simple_am), F.linear(pred, *w.simple_lm)
         am32, lm32 = am.float().contiguous(), lm.float().contiguous()

@@ -156,7 +156,9 @@ def _warps(block_u: int) -> int:
     return 1 if block_u <= 16 else 2 if block_u <= 32 else 4 if block_u <= 512 else 8
 
 
-def _lengths(logit_lengths: Tensor, target_lengths: Tensor, device: torch.device):
+def int32_lengths(logit_lengths: Tensor, target_lengths: Tensor, device: torch.device):
+    """The lattice's lengths (B,) as contiguous int32 tensors on ``device``, as the kernels read
+    them (no copy where they already are)."""
     tlen = logit_lengths.to(device=device, dtype=torch.int32).contiguous()
     ulen = target_lengths.to(device=device, dtype=torch.int32).contiguous()
     return tlen, ulen
@@ -174,7 +176,7 @@ def lattice_triton(
     batch, frames, u1 = lp_blank.shape
     blank = lp_blank.float().contiguous()
     emit = lp_emit.float().contiguous()
-    tlen, ulen = _lengths(logit_lengths, target_lengths, blank.device)
+    tlen, ulen = int32_lengths(logit_lengths, target_lengths, blank.device)
     alpha = torch.empty_like(blank)
     beta = torch.empty_like(blank)
     block = max(next_pow2(u1), 16)
@@ -195,7 +197,7 @@ def lattice_posteriors_triton(
     batch, frames, u1 = lp_blank.shape
     blank = lp_blank.float().contiguous()
     emit = lp_emit.float().contiguous()
-    tlen, ulen = _lengths(logit_lengths, target_lengths, blank.device)
+    tlen, ulen = int32_lengths(logit_lengths, target_lengths, blank.device)
     alpha = torch.empty_like(blank)
     beta = torch.empty_like(blank)
     block = max(next_pow2(u1), 16)
@@ -396,7 +398,7 @@ def band_lattice_triton(
     blank = lp_blank.float().contiguous()
     emit = lp_emit.float().contiguous()
     s = starts.to(torch.int32).contiguous()
-    tlen, ulen = _lengths(logit_lengths, target_lengths, blank.device)
+    tlen, ulen = int32_lengths(logit_lengths, target_lengths, blank.device)
     alpha, beta = torch.empty_like(blank), torch.empty_like(blank)
     block = max(next_pow2(width), BAND_MIN_BLOCK)
     opts = {} if BAND_STAGES is None else {"num_stages": BAND_STAGES}
@@ -628,7 +630,7 @@ def prune_ranges_triton(
     batch, frames, u1 = blank_posterior.shape
     pb = blank_posterior.float().contiguous()
     pe = emit_posterior.float().contiguous()
-    tlen, ulen = _lengths(logit_lengths, target_lengths, pb.device)
+    tlen, ulen = int32_lengths(logit_lengths, target_lengths, pb.device)
     s = torch.empty(batch, frames, device=pb.device, dtype=torch.int32)
     out = torch.empty(batch, frames, width, device=pb.device, dtype=torch.long)
     block_u = next_pow2(u1)
