@@ -246,6 +246,10 @@ def init_recipe(args: argparse.Namespace):  # noqa: ANN201
             raise SystemExit(f"{args.name} is for a corpus of {spec['hours']} h, "
                              f"{args.corpus} holds {hours:.1f} h (HOURS=)")  # fmt: skip
     start = str(args.runs / spec["init"]) if "init" in spec else str(resolve_model(TEACHER))
+    if "init" in spec and not Path(start).is_file():  # that run first, on its own
+        raise SystemExit(
+            f"{args.name} starts from {start}: train {spec['init'].split('/')[0]} first"
+        )
     if "ratio" in spec:
         pruned = args.runs / f"{args.name}_init.pt"
         if not pruned.is_file():
