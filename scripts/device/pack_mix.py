@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tarfile
 import tempfile
 from dataclasses import replace
@@ -26,6 +27,8 @@ from mamba_asr.audio.io import load_audio
 from mamba_asr.data.manifest import read_manifest, write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts" / "realspeech"))
+from make_sets import write_opus  # noqa: E402  (scripts/realspeech is not a package)
 
 
 def is_opus(path: Path) -> bool:
@@ -44,8 +47,7 @@ def pack_set(name: str, manifest: Path, dest: Path, compression: float) -> tuple
             if is_opus(u.audio):
                 shutil.copyfile(u.audio, out)
             else:
-                sf.write(out, load_audio(u.audio), 16000, format="OGG", subtype="OPUS",
-                         compression_level=compression)  # fmt: skip
+                write_opus(out, load_audio(u.audio), compression)
             packed.append(replace(u, audio=out))
         write_manifest(folder / "manifest.jsonl", packed)  # audio paths relative to it
         with tarfile.open(dest, "w") as tar:

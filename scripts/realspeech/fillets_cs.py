@@ -27,29 +27,28 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
-import soundfile as sf
 from tqdm import tqdm
 
 from mamba_asr.audio.io import load_audio
 from mamba_asr.data.manifest import Utterance, write_manifest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_sets import fetch  # noqa: E402  (scripts/realspeech is not a package)
+from make_sets import ascii_words, fetch, write_opus  # noqa: E402  (scripts/realspeech is not a package)
 
 PACKAGES = ("fillets-ng-data", "fillets-ng-data-cs")
 GAME = "usr/share/games/fillets-ng"
 LINE = re.compile(r'dialogId\("([^"]+)"[^\n]*\)\s*\n\s*dialogStr\("((?:[^"\\]|\\.)*)"\)')
 
 
+def _strip_diacritics(text: str) -> str:
+    plain = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in plain if not unicodedata.combining(c))
+
+
 def ascii_czech(text: str) -> str:
     """Czech in A-Z: diacritics stripped, apostrophes kept, other marks to spaces; ``""`` for
     text with digits (a number's Czech words are not spelled here)."""
-    if any(c.isdigit() for c in text):
-        return ""
-    plain = unicodedata.normalize("NFKD", text.replace("’", "'"))
-    plain = "".join(c for c in plain if not unicodedata.combining(c)).upper()
-    plain = re.sub(r"[^A-Z' ]+", " ", plain)
-    return " ".join(w.strip("'") for w in plain.split() if w.strip("'"))
+    return ascii_words(text, _strip_diacritics)
 
 
 def czech_lines(lua: str) -> dict[str, str]:
@@ -89,8 +88,7 @@ def main() -> None:
             wave = load_audio(path)
             dest = args.out / level / f"{path.stem}.ogg"
             dest.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(dest, wave, 16000, format="OGG", subtype="OPUS",
-                     compression_level=args.compression)  # fmt: skip
+            write_opus(dest, wave, args.compression)
             records.append(Utterance(f"cs-{level}-{path.stem}", dest, text, len(wave) / 16000))
     write_manifest(args.out / "manifest.jsonl", records)  # audio paths relative to OUT
     hours = sum(u.duration for u in records) / 3600

@@ -47,6 +47,7 @@ import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,23 @@ OBJECTS_LEFT_OUT = {"ufo", "moonwalker"}  # how they are said (spelled out? one 
 TUTORIAL_LINE = re.compile(r'"audio":\s*"(tut\d+\.ogg)"[^}]*?"message":\s*_\("([^"]+)"\)')
 
 Items = list[tuple[str, np.ndarray, str]]
+
+
+def write_opus(path: Path, wave: np.ndarray, compression: float) -> None:
+    """A 16 kHz mono waveform as Ogg Opus (small enough to travel; ``compression``: soundfile's
+    level, 0 best to 1 smallest)."""
+    sf.write(path, wave, 16000, format="OGG", subtype="OPUS", compression_level=compression)
+
+
+def ascii_words(text: str, transliterate: Callable[[str], str]) -> str:
+    """Text of another language in A-Z and apostrophes: ``transliterate`` (applied after typographic
+    apostrophes become ') brings it to Latin letters, then uppercase, every other mark a space,
+    apostrophes at a word's edge dropped; ``""`` for text with digits (a number's words are not
+    spelled here)."""
+    if any(c.isdigit() for c in text):
+        return ""
+    plain = re.sub(r"[^A-Z' ]+", " ", transliterate(text.replace("’", "'")).upper())
+    return " ".join(w.strip("'") for w in plain.split() if w.strip("'"))
 
 
 def fetch(debs: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:

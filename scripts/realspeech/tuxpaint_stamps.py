@@ -29,14 +29,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import soundfile as sf
 from tqdm import tqdm
 
 from mamba_asr.audio.io import load_audio
 from mamba_asr.data.manifest import Utterance, write_manifest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_sets import fetch  # noqa: E402  (scripts/realspeech is not a package)
+from make_sets import ascii_words, fetch, write_opus  # noqa: E402  (scripts/realspeech is not a package)
 
 PACKAGE = "tuxpaint-stamps-default"
 STAMPS = "usr/share/tuxpaint/stamps"
@@ -49,10 +48,7 @@ def romanize(text: str) -> str:
     text with digits."""
     from anyascii import anyascii
 
-    if any(c.isdigit() for c in text):
-        return ""
-    plain = re.sub(r"[^A-Z' ]+", " ", anyascii(text.replace("’", "'")).upper())
-    return " ".join(w.strip("'") for w in plain.split() if w.strip("'"))
+    return ascii_words(text, anyascii)
 
 
 def descriptions(txt: str) -> dict[str, str]:
@@ -109,8 +105,7 @@ def main() -> None:
             uid = "tux-" + lang + "-" + "-".join((*rel.parts, stem))
             dest = args.out / lang / f"{uid}.ogg"
             dest.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(dest, wave, 16000, format="OGG", subtype="OPUS",
-                     compression_level=args.compression)  # fmt: skip
+            write_opus(dest, wave, args.compression)
             records.append(Utterance(uid, dest, text, seconds))
     write_manifest(args.out / "manifest.jsonl", records)  # audio paths relative to OUT
     hours = sum(u.duration for u in records) / 3600
