@@ -31,7 +31,7 @@ LAUNCH_ENV = "MAMBA_ASR_TRITON_LAUNCH"
 
 # kernel -> (parameter names, whether each is a constexpr, defaults)
 _SIGNATURES: dict[Any, tuple[tuple[str, ...], tuple[bool, ...], dict[str, Any]]] = {}
-# specialization key -> (compiled kernel, its launcher)
+# specialization key -> the compiled kernel
 _COMPILED: dict[tuple, Any] = {}
 
 
@@ -53,13 +53,12 @@ def _hooked(hook: Any) -> bool:
 
 
 def _direct() -> bool:
+    if os.environ.get(LAUNCH_ENV, "jit") != "direct" or os.environ.get("TRITON_INTERPRET") == "1":
+        return False  # the default: nothing more on the way to triton's own launch
     from triton import knobs
 
-    return (
-        os.environ.get(LAUNCH_ENV, "jit") == "direct"
-        and os.environ.get("TRITON_INTERPRET") != "1"
-        and not _hooked(knobs.runtime.launch_enter_hook)
-        and not _hooked(knobs.runtime.launch_exit_hook)
+    return not _hooked(knobs.runtime.launch_enter_hook) and not _hooked(
+        knobs.runtime.launch_exit_hook
     )
 
 
