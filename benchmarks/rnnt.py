@@ -101,7 +101,7 @@ class BandJoiner(nn.Module):
             layers = (self.simple_am, self.simple_lm, self.enc_proj, self.pred_proj, self.out)
             res = pruned_transducer_loss(
                 enc, pred, targets, logit_lengths, target_lengths,
-                JoinerWeights(*((m.weight, m.bias) for m in layers)), prune_range,
+                JoinerWeights.of(*layers), prune_range,
                 backend=backend,
             )  # fmt: skip
             mark("pruned_transducer_loss (one node)")

@@ -332,7 +332,7 @@ class TransducerModel(nn.Module):
         if all(type(layer) is nn.Linear for layer in layers):  # not QAT's fake-quantized ones
             res = pruned_transducer_loss(
                 enc.memory, pred, targets, frame_lengths, lengths,
-                JoinerWeights(*((layer.weight, layer.bias) for layer in layers)),
+                JoinerWeights.of(*layers),
                 self.prune_range, blank=self.blank,
             )  # fmt: skip
             return res.pruned + self.simple_loss_scale * res.simple, res.logits, res.ranges

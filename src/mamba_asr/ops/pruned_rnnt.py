@@ -473,6 +473,11 @@ class JoinerWeights(NamedTuple):
         """(weight, bias) of each layer in field order: 10 entries."""
         return tuple(x for pair in self for x in pair)
 
+    @classmethod
+    def of(cls, *layers: Any) -> JoinerWeights:
+        """From five layers with ``weight`` and ``bias`` (``nn.Linear``), in field order."""
+        return cls(*((layer.weight, layer.bias) for layer in layers))
+
 
 class PrunedTransducerLoss(NamedTuple):
     """``pruned_transducer_loss``'s result: per-utterance pruned and simple losses (B,) fp32,
