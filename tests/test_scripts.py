@@ -30,6 +30,7 @@ fillets = _script("scripts/realspeech/fillets_cs.py")
 tuxpaint = _script("scripts/realspeech/tuxpaint_stamps.py")
 pack_mix = _script("scripts/device/pack_mix.py")
 kd_compare = _script("scripts/device/kd_compare.py")
+moonshine = _script("scripts/realspeech/moonshine_features.py")
 
 
 def test_ascii_czech() -> None:
@@ -53,6 +54,21 @@ def test_czech_lines() -> None:
     lines = fillets.czech_lines(lua)
     assert lines == {"vit-m-hlava": "Už mě z té hlavy bolí hlava.", "vit-v-proc": 'Řekl \\"ne\\".'}
     assert fillets.ascii_czech(lines["vit-v-proc"]) == "REKL NE"
+
+
+@pytest.mark.parametrize("t,n", [(415, 125), (7, 3), (5, 5), (3, 7), (1, 1)])
+def test_teacher_frames_pool_as_adaptive_avg_pool(t, n) -> None:
+    import torch
+
+    x = np.random.default_rng(t).normal(size=(t, 6)).astype(np.float32)
+    ref = torch.nn.functional.adaptive_avg_pool1d(torch.from_numpy(x).T[None], n)[0].T
+    np.testing.assert_allclose(moonshine.adaptive_pool(x, n), ref.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_teacher_frames_per_utterance() -> None:
+    assert moonshine.frames_for(16000 * 10, 80) == 125
+    assert moonshine.frames_for(100, 80) == 1  # never none
+    assert moonshine.frames_for(1920, 80) == 2  # 1.5 frames rounds to even
 
 
 def test_tuxpaint_descriptions_and_romanize() -> None:

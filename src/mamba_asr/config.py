@@ -360,6 +360,38 @@ class KDConfig:
 
 
 @dataclass(frozen=True)
+class FeatureKDConfig:
+    """Feature distillation (``train.feature_kd``): one encoder layer of the student learns to
+    predict a teacher's stored encoder features (``mamba_asr.train.feature_kd``).
+
+    features: a folder of ``features.npy`` and ``index.json`` keyed by utterance id
+    (``scripts/realspeech/moonshine_features.py`` writes one from a real-speech model, Moonshine
+    base); None: off. Utterances without features there add nothing. The loss is the student's
+    own loss + ``weight`` * the fraction of the (standardised) teacher features' variance that
+    the best linear map of the output of encoder layer ``layer`` (counted from 1; None: the
+    last) does not explain, the map fitted to each batch by ridge regression (``ridge``: its
+    strength relative to the layer's mean energy) and differentiated through, so no parameter
+    is added to the model. Student frame t is compared with the teacher's frame t - ``delay``
+    (a causal student has heard ``delay`` frames more of what the teacher saw on both sides).
+    """
+
+    features: str | None = None
+    weight: float = 1.0
+    layer: int | None = None
+    delay: int = 2
+    ridge: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if not self.weight >= 0:
+            raise ConfigError(f"train.feature_kd.weight must be >= 0, got {self.weight}")
+        if not self.ridge > 0:
+            raise ConfigError(f"train.feature_kd.ridge must be > 0, got {self.ridge}")
+        _at_least(self, "train.feature_kd", 0, "delay")
+        if self.layer is not None:
+            _at_least(self, "train.feature_kd", 1, "layer")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, batching, checkpoints and validation of ``mamba-asr train``.
 
@@ -385,7 +417,8 @@ class TrainConfig:
     in int4 blocks, what ``export onnx --int4`` runs); for streaming transducers, usually with
     ``init_from`` a trained model. qat_block: the input channels that share a scale with
     ``int4-weights`` (16, 32, 64, 128 or 256; the export takes the model's). kd: knowledge distillation from a teacher (``KDConfig``;
-    off by default). decay_to_init: after every optimizer step, every parameter moves towards
+    off by default); feature_kd: one encoder layer taught by a teacher's stored features
+    (``FeatureKDConfig``; off by default). decay_to_init: after every optimizer step, every parameter moves towards
     its value at the start of the run (the ``init_from`` model, pruned or QAT-prepared as the
     run trains it) by ``lr * decay_to_init`` of the distance (at most all of it): decoupled
     L2-SP, which keeps a fine-tuned model near the one it started from (0: off; needs
@@ -418,6 +451,7 @@ class TrainConfig:
     qat: QatScheme | None = None
     qat_block: int = INT4_BLOCK
     kd: KDConfig = field(default_factory=KDConfig)
+    feature_kd: FeatureKDConfig = field(default_factory=FeatureKDConfig)
     decay_to_init: float = 0.0
     select_on: Literal["valid", "heldout"] = "valid"
 

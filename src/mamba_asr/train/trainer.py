@@ -91,7 +91,13 @@ from mamba_asr.train.checkpoints import (
     remove_temp_files,
     save_checkpoint,
 )
-from mamba_asr.train.distill import Teacher, check_teacher, load_teacher_bundle, pin_teacher
+from mamba_asr.train.distill import (
+    Teacher,
+    check_teacher,
+    frame_ms,
+    load_teacher_bundle,
+    pin_teacher,
+)
 from mamba_asr.train.distributed import (
     DistributedContext,
     barrier,
@@ -101,6 +107,7 @@ from mamba_asr.train.distributed import (
     init_distributed,
     wrap_model,
 )
+from mamba_asr.train.feature_kd import FeatureTargets, FeatureTeacher
 from mamba_asr.train.metrics import MetricsLog
 from mamba_asr.train.schedules import build_optimizer, build_scheduler
 
@@ -276,6 +283,8 @@ def _prepare_run(
     if recipe.train.kd.teacher is not None:
         teacher = load_teacher_bundle(recipe.train.kd)
         check_teacher(teacher, recipe, tokenizer)
+    if recipe.train.feature_kd.features is not None:
+        _check_feature_kd(recipe, train_utts)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not existing:  # a tokenizer/ without recipe.yaml is left over from a start that failed
         tokenizer.save(tok_dir)
@@ -286,6 +295,28 @@ def _prepare_run(
     state = _latest_state(ckpt_dir)
     return {"tokenizer": tokenizer_to_files(tokenizer), "state": state, "recipe": recipe,
             "teacher": teacher}  # fmt: skip
+
+
+def _check_feature_kd(recipe: RecipeConfig, train_utts: list[Utterance]) -> None:
+    """ConfigError (one line) before a run starts unless ``train.feature_kd`` fits it: a
+    readable store, rows at the student's frame rate, a layer the encoder has, and features
+    for at least one training utterance."""
+    cfg = recipe.train.feature_kd
+    targets = FeatureTargets(str(cfg.features))
+    ms = frame_ms(recipe.model)
+    if targets.frame_ms != ms:
+        raise ConfigError(
+            f"train.feature_kd.features {cfg.features}: its rows are {targets.frame_ms} ms "
+            f"apart, the student's encoder frames {ms} ms: extract them with --frame-ms {ms}"
+        )
+    layers = recipe.model.num_encoder_layers
+    if cfg.layer is not None and cfg.layer > layers:
+        raise ConfigError(f"train.feature_kd.layer is {cfg.layer}, the encoder has {layers} layers")
+    if not any(u.id in targets.index for u in train_utts):
+        raise ConfigError(
+            f"train.feature_kd.features {cfg.features}: none of the {len(train_utts)} training "
+            "utterances has features there (the store is keyed by utterance id)"
+        )
 
 
 def _init_bundle(recipe: RecipeConfig) -> dict[str, Any]:
@@ -567,6 +598,7 @@ class _Run:
         self.deadline: float | None = None  # time.perf_counter() value to stop at
         self.bad = _BadAudio(strict=False)
         self.teacher: Teacher | None = None  # train.kd: the frozen teacher, not in DDP
+        self.feature_teacher: FeatureTeacher | None = None  # train.feature_kd: stored features
         self.anchor: list[tuple[nn.Parameter, torch.Tensor]] = []  # train.decay_to_init: (p, start)
         self.heldout: tuple[DataLoader | None] | None = None  # (its loader,) with a held-out set
 
@@ -708,6 +740,11 @@ class _Run:
                     kd = self.teacher.loss(out, b.waves, b.wave_lengths, b.targets,
                                            b.target_lengths)  # fmt: skip
                     total = total + self.recipe.train.kd.weight * kd
+                if self.feature_teacher is not None:  # the hooked layer's output of this batch
+                    fkd = self.feature_teacher.loss(out.lengths, b.ids)
+                    if fkd is not None:
+                        total = total + self.recipe.train.feature_kd.weight * fkd
+                        kd = fkd if kd is None else kd + fkd
             (total * weight / group_size).backward()
         if not weight:
             return None
@@ -745,7 +782,8 @@ class _Run:
             torch.distributed.all_reduce(summed[0])
             window = summed[0].cpu()
         loss = float(window[0] / window[1].clamp_min(1))
-        kd = float(window[2] / window[1].clamp_min(1)) if self.teacher is not None else None
+        distilling = self.teacher is not None or self.feature_teacher is not None
+        kd = float(window[2] / window[1].clamp_min(1)) if distilling else None
         self.metrics.add(self.p.step, self.p.epoch + 1, train_loss=loss, lr=lr, kd_loss=kd)
         now = time.perf_counter()
         elapsed = max(now - self.window_start, 1e-9)
@@ -1011,6 +1049,14 @@ def _train(
         log.info("distilling from %s (SHA-256 %s...): target %s, weight %g, temperature %g",
                  kd.teacher, (kd.teacher_sha256 or "")[:12], kd.target, kd.weight,
                  kd.temperature)  # fmt: skip
+    if cfg.feature_kd.features is not None:  # a hook on the layer, before DDP wraps the model
+        fkd = cfg.feature_kd
+        run.feature_teacher = FeatureTeacher(fkd, asr.model, frame_ms(recipe.model))
+        stored = run.feature_teacher.targets
+        log.info("feature distillation from %s (%s): %d of %d training utterances have "
+                 "features; layer %d, weight %g, delay %d", fkd.features, stored.teacher,
+                 sum(u.id in stored.index for u in train_utts), len(train_utts),
+                 run.feature_teacher.layer, fkd.weight, fkd.delay)  # fmt: skip
     if state is not None:
         run.load(state)
     else:

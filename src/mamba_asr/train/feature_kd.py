@@ -1,0 +1,232 @@
+"""Feature distillation: one encoder layer of the student learns to predict a teacher's stored
+encoder features (``train.feature_kd``).
+
+Shape key
+    B: batch, T: student encoder frames, M: the layer's width, D: the teacher's feature width,
+    N: valid frames of a batch.
+
+The teacher is a model that hears people (Moonshine base, an English model trained on real
+speech) and the features are stored once per utterance (``scripts/realspeech/
+moonshine_features.py``: ``features.npy`` and ``index.json``, one row per ``frame_ms`` of
+audio, the student's encoder frame), so training runs no second model. With them the trainer's
+loss is
+
+    student's own loss + weight * FKD,  FKD = ridge_kd(H, Y)
+
+where Y (N, D) stacks the teacher's standardised features of every valid frame of the batch
+and H (N, M) the output of encoder layer ``layer`` at the same frames. ``ridge_kd`` is the
+fraction of Y's variance (about its mean) that the best affine map of H fitted to this batch by
+ridge regression leaves unexplained: 0 when the layer holds everything the teacher's features
+hold, up to 1 when it holds none of it. The map is solved in closed form and differentiated
+through, so nothing is added to the model (what is exported is the model as it was) and the
+layer is free to keep its own basis; only what it can express is asked of it. The same map
+serves every utterance of a batch, synthetic or real, so both come to hold the teacher's
+information in one way.
+
+Frames: a stored utterance has ``round(duration / frame_ms)`` teacher rows; the student's
+encoder gives T frames of the (speed-perturbed) audio. The rows are resampled linearly to T
+(``resample_rows``: speed perturbation stretches the whole utterance alike), then student frame
+t is compared with row t - ``delay``: the student is causal and the teacher saw both sides, so
+frame t of the student is asked what the teacher knew ``delay`` frames earlier. Utterances
+without stored features (the ids not in ``index.json``) add nothing; a batch where none has
+any gives no term.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mamba_asr.config import ConfigError, FeatureKDConfig
+
+__all__ = [
+    "FeatureTargets",
+    "FeatureTeacher",
+    "feature_kd_loss",
+    "resample_rows",
+    "ridge_kd",
+    "ridge_kd_reference",
+]
+
+INDEX_FILE, FEATURES_FILE = "index.json", "features.npy"
+
+
+# --- the loss ----------------------------------------------------------------------------------
+
+
+def ridge_kd(hidden: Tensor, targets: Tensor, ridge: float = 1e-3) -> Tensor:
+    """The fraction of the targets' variance that ridge regression on ``hidden`` leaves.
+
+    hidden (N, M), targets (N, D), N >= 2 -> scalar float32: ||Yc - Hc W||^2 / ||Yc||^2 with
+    Hc, Yc the columns centred (an affine map), W = (Hc^T Hc + lam I)^-1 Hc^T Yc and lam =
+    ``ridge`` * trace(Hc^T Hc) / M. Computed in float32 whatever the inputs' dtype; the
+    gradient flows into ``hidden`` through W (the targets are constants)."""
+    h = hidden.float()
+    y = targets.float().detach()
+    hc = h - h.mean(0, keepdim=True)
+    yc = y - y.mean(0, keepdim=True)
+    gram = hc.T @ hc  # (M, M)
+    lam = ridge * gram.diagonal().sum() / gram.shape[0]
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    chol = torch.linalg.cholesky(gram + lam * eye)
+    weights = torch.cholesky_solve(hc.T @ yc, chol)  # (M, D)
+    residual = yc - hc @ weights
+    return residual.pow(2).sum() / yc.pow(2).sum().clamp_min(1e-12)
+
+
+def ridge_kd_reference(hidden: Tensor, targets: Tensor, ridge: float = 1e-3) -> Tensor:
+    """``ridge_kd`` written out plainly (float64, an explicit inverse, an appended column of
+    ones for the intercept, unpenalised): the reference the tests hold it to."""
+    h = hidden.double()
+    y = targets.double().detach()
+    n, m = h.shape
+    hc = h - h.mean(0, keepdim=True)
+    lam = ridge * (hc * hc).sum() / m
+    design = torch.cat([h, torch.ones(n, 1, dtype=h.dtype, device=h.device)], 1)
+    penalty = torch.diag(torch.cat([lam.expand(m), torch.zeros(1, dtype=h.dtype)]))
+    coef = torch.linalg.inv(design.T @ design + penalty) @ design.T @ y
+    residual = y - design @ coef
+    total = y - y.mean(0, keepdim=True)
+    return (residual.pow(2).sum() / total.pow(2).sum()).float()
+
+
+def resample_rows(rows: Tensor, frames: int) -> Tensor:
+    """(R, D) -> (frames, D) by linear interpolation along the rows (half-frame centres, as
+    ``F.interpolate(mode='linear', align_corners=False)``); the rows themselves if R == frames."""
+    if rows.shape[0] == frames:
+        return rows
+    out = torch.nn.functional.interpolate(
+        rows.T[None], size=frames, mode="linear", align_corners=False
+    )
+    return out[0].T
+
+
+def feature_kd_loss(
+    hidden: Tensor,
+    lengths: Tensor,
+    targets: list[Tensor | None],
+    delay: int = 0,
+    ridge: float = 1e-3,
+) -> Tensor | None:
+    """FKD of a batch: hidden (B, T, M) a layer's outputs, lengths (B,) valid frames, targets
+    one (R_b, D) teacher rows per utterance or None (no features: the utterance adds nothing).
+    Utterance b's rows are resampled to its ``lengths[b]`` frames and frame t is paired with
+    row t - ``delay``. None when fewer than 2 frames pair up (no term for this batch)."""
+    hs, ys = [], []
+    for b, rows in enumerate(targets):
+        frames = int(lengths[b])
+        if rows is None or frames - delay < 1:
+            continue
+        rows = resample_rows(rows.to(hidden.device, torch.float32), frames)
+        hs.append(hidden[b, delay:frames])
+        ys.append(rows[: frames - delay])
+    if not hs or sum(len(h) for h in hs) < 2:
+        return None
+    return ridge_kd(torch.cat(hs), torch.cat(ys), ridge)
+
+
+# --- the stored features -----------------------------------------------------------------------
+
+
+class FeatureTargets:
+    """The teacher's stored features of a folder (``features.npy``, ``index.json``): ``get(id)``
+    gives an utterance's standardised rows (R, D) float32, or None for an id not stored.
+    ConfigError (one line naming the folder) if the folder is not such a store."""
+
+    def __init__(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        where = f"train.feature_kd.features {folder}"
+        try:
+            meta = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
+            self.rows = np.load(folder / FEATURES_FILE, mmap_mode="r")
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{where}: no {Path(exc.filename).name} there") from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{where}: unreadable ({exc})") from None
+        try:
+            self.frame_ms = int(meta["frame_ms"])
+            self.index = {str(k): (int(v[0]), int(v[1])) for k, v in meta["utterances"].items()}
+            self.mean = np.asarray(meta["mean"], dtype=np.float32)
+            self.std = np.maximum(np.asarray(meta["std"], dtype=np.float32), 1e-5)
+            self.teacher = str(meta.get("teacher", "?"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {INDEX_FILE} lacks {exc}") from None
+        if self.rows.ndim != 2 or self.rows.shape[1] != len(self.mean):
+            raise ConfigError(
+                f"{where}: {FEATURES_FILE} has shape {self.rows.shape}, {INDEX_FILE} describes "
+                f"{len(self.mean)} values a row"
+            )
+        end = max((a + n for a, n in self.index.values()), default=0)
+        if end > self.rows.shape[0]:
+            raise ConfigError(
+                f"{where}: {INDEX_FILE} points past the {self.rows.shape[0]} rows of "
+                f"{FEATURES_FILE}"
+            )
+        self.dim = len(self.mean)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, uid: str) -> Tensor | None:
+        found = self.index.get(uid)
+        if found is None:
+            return None
+        start, count = found
+        rows = (
+            np.asarray(self.rows[start : start + count], dtype=np.float32) - self.mean
+        ) / self.std
+        return torch.from_numpy(rows)
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The encoder's stack of layers (``model.encoder.layers``); ConfigError if it has none."""
+    layers = getattr(getattr(model, "encoder", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList) or not len(layers):
+        raise ConfigError(
+            f"train.feature_kd needs an encoder with a stack of layers; "
+            f"{type(model).__name__} has none"
+        )
+    return layers
+
+
+class FeatureTeacher:
+    """The stored teacher of a run: a forward hook on the chosen encoder layer keeps its latest
+    output, and ``loss(lengths, ids)`` compares it with the stored features of ``ids``."""
+
+    def __init__(self, cfg: FeatureKDConfig, model: nn.Module, frame_ms: int) -> None:
+        assert cfg.features is not None
+        self.cfg = cfg
+        self.targets = FeatureTargets(cfg.features)
+        if self.targets.frame_ms != frame_ms:
+            raise ConfigError(
+                f"train.feature_kd.features {cfg.features}: its rows are {self.targets.frame_ms}"
+                f" ms apart, the student's encoder frames {frame_ms} ms: extract them with "
+                f"--frame-ms {frame_ms}"
+            )
+        layers = encoder_layers(model)
+        index = len(layers) if cfg.layer is None else cfg.layer
+        if index > len(layers):
+            raise ConfigError(
+                f"train.feature_kd.layer is {index}, the encoder has {len(layers)} layers"
+            )
+        self.layer = index
+        self._hidden: Tensor | None = None
+        self._handle = layers[index - 1].register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: object, output: object) -> None:
+        self._hidden = output[0] if isinstance(output, tuple) else output  # type: ignore[assignment]
+
+    def loss(self, lengths: Tensor | None, ids: list[str]) -> Tensor | None:
+        """The FKD term of the batch the model has just run (unweighted), or None."""
+        hidden, self._hidden = self._hidden, None
+        if hidden is None or lengths is None:
+            raise ValueError("train.feature_kd: the encoder layer gave no output in this batch")
+        targets = [self.targets.get(uid) for uid in ids]
+        return feature_kd_loss(hidden, lengths, targets, self.cfg.delay, self.cfg.ridge)
+
+    def close(self) -> None:
+        self._handle.remove()

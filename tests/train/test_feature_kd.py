@@ -1,0 +1,237 @@
+"""Feature distillation (``train.feature_kd``): the ridge loss against a plain float64
+reference (value and gradient), what it measures, the frame pairing (resampling, delay,
+padding), the store of features, and a training run of a tiny transducer with it.
+
+The stores are random features written in the extractor's format (the mechanics need no real
+teacher); ``scripts/realspeech/moonshine_features.py`` itself runs in its own torch-free
+environment and is checked in tests/test_scripts.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.recipes import tiny_recipe
+from mamba_asr.asr import ASR
+from mamba_asr.config import ConfigError
+from mamba_asr.data.manifest import read_manifest
+from mamba_asr.train import list_checkpoints, load_checkpoint, train
+from mamba_asr.train.feature_kd import (
+    FeatureTargets,
+    feature_kd_loss,
+    resample_rows,
+    ridge_kd,
+    ridge_kd_reference,
+)
+
+STUDENT = ("model.dropout=0.1", "train.epochs=2")
+
+
+def student(*more: str):
+    return tiny_recipe("transducer", *STUDENT, *more)
+
+
+def write_store(folder: Path, rows: dict[str, np.ndarray], frame_ms: int = 80) -> Path:
+    """A store in the extractor's format: features.npy (float16) and index.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    feats = np.concatenate(list(rows.values())).astype(np.float16)
+    index, start = {}, 0
+    for uid, r in rows.items():
+        index[uid] = [start, len(r)]
+        start += len(r)
+    np.save(folder / "features.npy", feats)
+    meta = {"teacher": "random", "frame_ms": frame_ms, "dim": feats.shape[1],
+            "mean": feats.astype(np.float32).mean(0).tolist(),
+            "std": feats.astype(np.float32).std(0).tolist(), "utterances": index}  # fmt: skip
+    (folder / "index.json").write_text(json.dumps(meta))
+    return folder
+
+
+# --- the loss -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n,m,d", [(40, 6, 5), (300, 16, 9), (12, 16, 3)])
+def test_ridge_kd_equals_the_float64_reference_value_and_gradient(n, m, d):
+    g = torch.Generator().manual_seed(n + m)
+    hidden = (torch.randn(n, m, generator=g) * 3 + 1).requires_grad_()
+    targets = torch.randn(n, m, generator=g) @ torch.randn(m, d, generator=g)
+    targets = targets + torch.randn(n, d, generator=g)
+    ref_hidden = hidden.detach().clone().requires_grad_()
+    value = ridge_kd(hidden, targets, 1e-2)
+    ref = ridge_kd_reference(ref_hidden, targets, 1e-2)
+    torch.testing.assert_close(value, ref, rtol=1e-4, atol=1e-6)
+    value.backward()
+    ref.backward()
+    torch.testing.assert_close(hidden.grad, ref_hidden.grad, rtol=1e-3, atol=1e-6)
+    assert hidden.grad.abs().sum() > 0
+
+
+def test_ridge_kd_is_near_0_for_an_affine_map_and_near_1_for_unrelated_features():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2000, 8, generator=g)
+    mapped = hidden @ torch.randn(8, 5, generator=g) + 3.0
+    assert ridge_kd(hidden, mapped, 1e-6) < 1e-4
+    unrelated = torch.randn(2000, 5, generator=g)
+    assert 0.98 < ridge_kd(hidden, unrelated, 1e-6) <= 1.0  # 8 of 2000 dof: about 0.996
+    # invariant to the layer's basis: any invertible map of the hidden states, same loss
+    mixed = hidden @ torch.randn(8, 8, generator=g)
+    torch.testing.assert_close(ridge_kd(mixed, unrelated, 1e-6), ridge_kd(hidden, unrelated, 1e-6))
+
+
+def test_resample_rows_keeps_equal_lengths_and_stretches_linearly():
+    rows = torch.arange(8.0).repeat(3, 1).T  # (8, 3): row r holds r
+    assert resample_rows(rows, 8) is rows
+    out = resample_rows(rows, 16)
+    assert out.shape == (16, 3)
+    torch.testing.assert_close(out[:, 0], torch.nn.functional.interpolate(
+        rows.T[None], size=16, mode="linear", align_corners=False)[0, 0])  # fmt: skip
+    assert torch.all(out[1:, 0] >= out[:-1, 0])  # monotone, as the rows
+
+
+def test_feature_kd_pairs_frame_t_with_row_t_minus_delay_and_ignores_padding():
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(3, 10, 4, generator=g, requires_grad=True)
+    lengths = torch.tensor([10, 7, 9])
+    targets = [torch.randn(10, 3, generator=g), torch.randn(7, 3, generator=g), None]
+    value = feature_kd_loss(hidden, lengths, targets, delay=2, ridge=1e-3)
+    expected = ridge_kd(torch.cat([hidden[0, 2:10], hidden[1, 2:7]]),
+                        torch.cat([targets[0][:8], targets[1][:5]]), 1e-3)  # fmt: skip
+    torch.testing.assert_close(value, expected)
+    value.backward()
+    assert hidden.grad[2].abs().sum() == 0  # no features: nothing learnt from it
+    assert hidden.grad[1, 7:].abs().sum() == 0  # padding
+    assert hidden.grad[:2, :2].abs().sum() == 0  # the first `delay` frames pair with nothing
+    # what the padding holds changes nothing
+    padded = hidden.detach().clone()
+    padded[1, 7:] = 1e3
+    torch.testing.assert_close(feature_kd_loss(padded, lengths, targets, 2), value.detach())
+    assert feature_kd_loss(hidden, lengths, [None, None, None], 2) is None
+
+
+def test_a_store_gives_standardised_rows_and_none_for_ids_it_lacks(tmp_path):
+    g = np.random.default_rng(0)
+    store = write_store(tmp_path / "s", {"a": g.normal(2, 3, (5, 4)), "b": g.normal(2, 3, (7, 4))})
+    targets = FeatureTargets(store)
+    assert len(targets) == 2 and targets.dim == 4 and targets.frame_ms == 80
+    both = torch.cat([targets.get("a"), targets.get("b")])
+    assert both.shape == (12, 4)
+    torch.testing.assert_close(both.mean(0), torch.zeros(4), atol=2e-3, rtol=0)
+    assert targets.get("c") is None
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("no_index", "no index.json there"),
+        ("bad_json", "unreadable"),
+        ("short", "points past the"),
+        ("width", "describes 3 values a row"),
+    ],
+)  # fmt: skip
+def test_a_broken_store_is_a_one_line_config_error(tmp_path, damage, message):
+    store = write_store(tmp_path / "s", {"a": np.ones((5, 4)), "b": np.zeros((2, 4))})
+    meta = json.loads((store / "index.json").read_text())
+    if damage == "no_index":
+        (store / "index.json").unlink()
+    elif damage == "bad_json":
+        (store / "index.json").write_text("{")
+    elif damage == "short":
+        meta["utterances"]["b"] = [5, 9]
+        (store / "index.json").write_text(json.dumps(meta))
+    else:
+        meta["mean"] = meta["mean"][:3]
+        (store / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=message) as info:
+        FeatureTargets(store)
+    assert "\n" not in str(info.value)
+
+
+# --- in a training run ----------------------------------------------------------------------
+
+
+def corpus_store(folder: Path, corpus: Path, frame_ms: int = 80, skip: int = 0) -> Path:
+    """Random features for the tone corpus's utterances (all but the first ``skip``), each
+    ``round(duration / frame_ms)`` rows, as the extractor makes them."""
+    g = np.random.default_rng(2)
+    utts = read_manifest(corpus)[skip:]
+    rows = {u.id: g.normal(size=(max(1, round(u.duration * 1000 / frame_ms)), 6)) for u in utts}
+    return write_store(folder, rows, frame_ms)
+
+
+def test_a_run_with_feature_kd_logs_it_and_exports_the_model_unchanged(tmp_path, corpus):
+    store = corpus_store(tmp_path / "store", corpus, skip=3)
+    out = tmp_path / "run"
+    recipe = student(f"train.feature_kd.features={store}", "train.feature_kd.weight=2")
+    result = train(recipe, corpus, corpus, out, device="cpu")
+    assert result.finished
+    with (out / "metrics.csv").open() as f:
+        train_rows = [r for r in csv.DictReader(f) if r["train_loss"]]
+    kd = [float(r["kd_loss"]) for r in train_rows]
+    assert kd and all(0 <= v <= 1 for v in kd) and max(kd) > 0.05
+    log = (out / "train.log").read_text()
+    assert "feature distillation from" in log and "9 of 12 training utterances have features" in log
+    # nothing is added to the model: its weights are the architecture's own
+    plain = ASR.from_recipe(student(), ASR.load(out / "model.pt").tokenizer).state_dict()
+    assert ASR.load(out / "model.pt").state_dict().keys() == plain.keys()
+
+
+def test_feature_kd_changes_the_training_and_weight_0_does_not(tmp_path, corpus):
+    store = corpus_store(tmp_path / "store", corpus)
+    feature = f"train.feature_kd.features={store}"
+    runs = {"plain": (), "zero": (feature, "train.feature_kd.weight=0"),
+            "fkd": (feature, "train.feature_kd.weight=5")}  # fmt: skip
+    weights = {}
+    for name, more in runs.items():
+        train(student(*more), corpus, corpus, tmp_path / name, device="cpu", max_steps=3)
+        newest = list_checkpoints(tmp_path / name / "checkpoints")[-1]
+        weights[name] = load_checkpoint(newest)["model"]
+    same = all(torch.equal(weights["plain"][k], weights["zero"][k]) for k in weights["plain"])
+    differ = any(not torch.equal(weights["plain"][k], weights["fkd"][k]) for k in weights["plain"])
+    assert same and differ
+
+
+@pytest.mark.parametrize(
+    "more,message",
+    [
+        (("train.feature_kd.layer=2",), "train.feature_kd.layer is 2, the encoder has 1 layers"),
+        ((), "none of the 12 training utterances has features there"),
+        (("FRAME",), "its rows are 40 ms apart, the student's encoder frames 80 ms"),
+    ],
+)  # fmt: skip
+def test_a_store_that_does_not_fit_is_refused_before_anything_is_written(
+    tmp_path, corpus, more, message
+):
+    if "FRAME" in more:
+        store = corpus_store(tmp_path / "store", corpus, frame_ms=40)
+        more = ()
+    elif more:
+        store = corpus_store(tmp_path / "store", corpus)
+    else:
+        store = write_store(tmp_path / "store", {"other": np.ones((3, 6))})
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=message) as info:
+        train(student(f"train.feature_kd.features={store}", *more), corpus, corpus, out,
+              device="cpu")  # fmt: skip
+    assert "\n" not in str(info.value)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "key,message",
+    [
+        ("weight=-1", "train.feature_kd.weight must be >= 0"),
+        ("ridge=0", "train.feature_kd.ridge must be > 0"),
+        ("delay=-1", "train.feature_kd.delay must be >= 0"),
+        ("layer=0", "train.feature_kd.layer must be >= 1"),
+        ("bogus=1", "bogus"),
+    ],
+)  # fmt: skip
+def test_bad_feature_kd_keys_are_config_errors(key, message):
+    with pytest.raises(ConfigError, match=message):
+        student(f"train.feature_kd.{key}")
