@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from encoder_scaling import build  # benchmarks/ is on sys.path when this file runs
 from mamba_asr.device import autocast
 from mamba_asr.modules.mamba import BiMamba
-from timing import seconds
+from timing import RESULTS, seconds
 
 
 class CountOps(TorchDispatchMode):
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, nargs="+", default=[10, 20], help="encoder audio")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", type=Path, default=Path("benchmarks/results/bimamba.json"))
+    p.add_argument("--json", type=Path, default=RESULTS / "bimamba.json")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

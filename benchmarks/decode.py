@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from mamba_asr.decode.ctc import ctc_greedy, ctc_prefix_beam_search
-from timing import median_ms
+from timing import RESULTS, median_ms
 
 
 def peaked_log_probs(frames: int, vocab: int, seed: int = 0) -> torch.Tensor:
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--vocabs", type=int, nargs="+", default=[31, 256, 5000])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--json", type=Path, default=Path("benchmarks/results/decode.json"))
+    p.add_argument("--json", type=Path, default=RESULTS / "decode.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"# python benchmarks/decode.py --frames {args.frames} --beam {args.beam} "

@@ -24,7 +24,7 @@ import torch
 from mamba_asr.config import load_recipe
 from mamba_asr.device import autocast
 from mamba_asr.models.factory import build_encoder, build_frontend
-from timing import cuda_peak_gib, median_ms
+from timing import RESULTS, cuda_peak_gib, median_ms
 
 ENCODERS = ("conformer", "conmamba")
 
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -35,6 +35,7 @@ from mamba_asr import load_model
 from mamba_asr.audio import load_audio
 from mamba_asr.decode import DecodingOptions
 from mamba_asr.transcription import transcribe_file
+from timing import RESULTS
 
 SENTENCE = "please call me back when you have a moment"
 PAUSE_S = 1.0
@@ -93,7 +94,7 @@ def main() -> None:
     p.add_argument("--model", default=None)
     p.add_argument("--decoding", choices=("greedy", "beam"), default="greedy")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", type=Path, default=Path("benchmarks/results/long_audio.json"))
+    p.add_argument("--json", type=Path, default=RESULTS / "long_audio.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     asr = load_model(args.model, device="cpu")

@@ -26,7 +26,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from encoder_scaling import ENCODERS, build, random_batch, training_step, warm_up_gpu
-from timing import median_ms
+from timing import RESULTS, median_ms
 
 # module class name -> the kind it is reported as (the innermost listed class wins)
 KINDS = {
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=ENCODERS)
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", type=Path, default=Path("benchmarks/results/profile_encoder.json"))
+    p.add_argument("--json", type=Path, default=RESULTS / "profile_encoder.json")
     p.add_argument("--trace-dir", type=Path, default=None)
     p.add_argument("--saved", action="store_true",
                    help="instead: GiB saved for the backward by module kind (bf16 autocast)")  # fmt: skip

@@ -52,6 +52,8 @@ from mamba_asr.transcription import transcribe_file
 from timing import median_ms
 from transcribe_rtf import speech_file
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @torch.no_grad()
 def encoder_seconds(asr: ASR, audio: Path, repeats: int) -> tuple[float, float]:
@@ -134,7 +136,7 @@ def main() -> None:
         "--timing-only", action="store_true",
         help="only the interleaved encoder timing of the default groups' architectures",
     )  # fmt: skip
-    p.add_argument("--json", type=Path, default=Path("docs/results/prune_bundled.json"))
+    p.add_argument("--json", type=Path, default=ROOT / "docs/results/prune_bundled.json")
     args = p.parse_args()
     dev = read_manifest(args.dev)
     asr = load_model(args.model, device="cpu")

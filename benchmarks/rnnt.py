@@ -41,7 +41,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -56,7 +55,7 @@ from mamba_asr.ops.pruned_rnnt import (
     rnnt_loss_simple,
 )
 from mamba_asr.ops.rnnt_loss import rnnt_loss
-from timing import cuda_peak_gib, median_ms
+from timing import RESULTS, cuda_peak_gib, median_ms
 
 
 def lattice_inputs(batch, frames, labels, vocab, device, gen):
@@ -313,7 +312,7 @@ def main(argv=None) -> int:
                   f"| {r['loss']:.4f} | {f(tr, '.2f')}x | {f(mr, '.2f')}x | {f(jr, '.2f')}x |",
                   flush=True)  # fmt: skip
             rows.append(r)
-    out = Path("benchmarks/results") / f"rnnt_{device.type}.json"
+    out = RESULTS / f"rnnt_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2))
     return 0

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from mamba_asr.ops.selective_scan import available_backends, selective_scan_fn
-from timing import median_ms
+from timing import RESULTS, median_ms
 
 
 def mambapy_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True):
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--ref-repeats", type=int, default=1)
     p.add_argument("--impls", nargs="+", default=None)
-    p.add_argument("--json", type=Path, default=Path("benchmarks/results/scan.json"))
+    p.add_argument("--json", type=Path, default=RESULTS / "scan.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     impls = args.impls or ["ref", *[b for b in available_backends("cpu") if b != "ref"]]

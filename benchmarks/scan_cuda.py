@@ -26,7 +26,7 @@ import triton
 
 from mamba_asr.ops.selective_scan import selective_scan_fn
 from mamba_asr.ops.selective_scan import triton_kernel as tk
-from timing import event_ms
+from timing import RESULTS, event_ms
 
 SHAPES = [(8, 1024, 512), (8, 1024, 2048), (4, 1024, 8192)]
 
@@ -128,7 +128,7 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--impls", nargs="+", default=["triton", "chunked", "peer"])
-    p.add_argument("--json", type=Path, default=Path("benchmarks/results/scan_cuda.json"))
+    p.add_argument("--json", type=Path, default=RESULTS / "scan_cuda.json")
     args = p.parse_args(argv)
     peer_fn = None
     if args.peer is not None and "peer" in args.impls:

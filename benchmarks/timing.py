@@ -6,9 +6,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+
+# where the benchmarks write their JSON by default, whatever the working folder
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _sync(device: torch.device | None) -> None:

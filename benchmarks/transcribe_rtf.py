@@ -31,7 +31,7 @@ from mamba_asr.decode import DecodingOptions
 from mamba_asr.decode.options import LENGTH_BONUS, LM_WEIGHT
 from mamba_asr.pretrained import bundled_lm
 from mamba_asr.transcription import transcribe_file
-from timing import median_ms
+from timing import RESULTS, median_ms
 
 
 def speech_file(manifest: Path, seconds: float, out: Path) -> Path:
@@ -58,7 +58,7 @@ def main() -> None:
     )
     p.add_argument("--lm", default=None, help="LM file for beam+lm (default: the bundled LM)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--json", type=Path, default=Path("benchmarks/results/transcribe_rtf.json"))
+    p.add_argument("--json", type=Path, default=RESULTS / "transcribe_rtf.json")
     args = p.parse_args()
     if (args.audio is None) == (args.manifest is None):
         p.error("give --audio FILE or --manifest MANIFEST")
