@@ -211,6 +211,18 @@ RUNS_INIT: dict[str, dict[str, object]] = {
     # from that model: pre-training on people, then English
     "real_e2": {"lr": 0.0005, "epochs": 2, "mix": {"tux": 1, "czech": 1}, "corpus": False},
     "ft_h2_e2_after_real": {"lr": 0.0005, "hours": 2.5, "epochs": 2, "init": "real_e2/model.pt"},
+    # ft_h2_e2_real with encoder layer 8 taught Moonshine base's encoder features of every
+    # utterance, synthetic and real (train.feature_kd; give the store with --set
+    # train.feature_kd.features=DIR, made by scripts/realspeech/moonshine_features.py from this
+    # run's train_mix.jsonl). Weight 500: the FKD gradient on the encoder about as large as the
+    # RNN-T loss's at the start (measured on one 64-utterance batch: ratio 534)
+    "ft_h2_e2_real_fkd8": {
+        "lr": 0.0005,
+        "hours": 2.5,
+        "epochs": 2,
+        "mix": {"tux": 1, "czech": 1},
+        "set": ["train.feature_kd.layer=8", "train.feature_kd.weight=500"],
+    },
 }
 RUNS_KD: dict[str, dict[str, object]] = {
     "no_kd": {},
