@@ -231,6 +231,15 @@ RUNS_INIT: dict[str, dict[str, object]] = {
         "mix": {"tux": 1, "czech": 1},
         "set": ["train.feature_kd.layer=8", "train.feature_kd.weight=100"],
     },
+    # the same with the features of the real speech only (a store of the tux- and czech- ids):
+    # the synthetic utterances learn from their transcripts alone
+    "ft_h2_e2_real_fkd8_w100_realonly": {
+        "lr": 0.0005,
+        "hours": 2.5,
+        "epochs": 2,
+        "mix": {"tux": 1, "czech": 1},
+        "set": ["train.feature_kd.layer=8", "train.feature_kd.weight=100"],
+    },
 }
 RUNS_KD: dict[str, dict[str, object]] = {
     "no_kd": {},
