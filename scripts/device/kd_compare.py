@@ -65,6 +65,16 @@ FFN375_QAT4_B64_LR2: dict[str, object] = {
     "qat": "int4-weights",
     "qat_block": 64,
 }
+# the CPU fine-tuning with people mixed in (RUNS_INIT's ft_h2_e2_real), which the feature
+# distillation runs extend
+H2_E2_REAL = {"lr": 0.0005, "hours": 2.5, "epochs": 2, "mix": {"tux": 1, "czech": 1}}
+
+
+def fkd_layer8(weight: int) -> list[str]:
+    """train.feature_kd at encoder layer 8 with ``weight`` (the store: --set ...features=)."""
+    return ["train.feature_kd.layer=8", f"train.feature_kd.weight={weight}"]
+
+
 RUNS_INIT: dict[str, dict[str, object]] = {
     "ft_baseline": {"lr": 0.0005},  # the control: the same fine-tuning, nothing removed
     "prune25": {"ratio": 0.25, "lr": 0.0005},
@@ -206,7 +216,7 @@ RUNS_INIT: dict[str, dict[str, object]] = {
     # ten languages (scripts/realspeech/tuxpaint_stamps.py, 2.5 h) and the Czech voice acting
     # (1.6 h), 62% of what the model hears
     "ft_h2_e2": {"lr": 0.0005, "hours": 2.5, "epochs": 2},
-    "ft_h2_e2_real": {"lr": 0.0005, "hours": 2.5, "epochs": 2, "mix": {"tux": 1, "czech": 1}},
+    "ft_h2_e2_real": H2_E2_REAL,
     # the real speech first and alone (2 epochs of the 4.1 h), then the control's fine-tuning
     # from that model: pre-training on people, then English
     "real_e2": {"lr": 0.0005, "epochs": 2, "mix": {"tux": 1, "czech": 1}, "corpus": False},
@@ -216,30 +226,12 @@ RUNS_INIT: dict[str, dict[str, object]] = {
     # train.feature_kd.features=DIR, made by scripts/realspeech/moonshine_features.py from this
     # run's train_mix.jsonl). Weight 500: the FKD gradient on the encoder about as large as the
     # RNN-T loss's at the start (measured on one 64-utterance batch: ratio 534)
-    "ft_h2_e2_real_fkd8": {
-        "lr": 0.0005,
-        "hours": 2.5,
-        "epochs": 2,
-        "mix": {"tux": 1, "czech": 1},
-        "set": ["train.feature_kd.layer=8", "train.feature_kd.weight=500"],
-    },
+    "ft_h2_e2_real_fkd8": {**H2_E2_REAL, "set": fkd_layer8(500)},
     # the same at a fifth of the weight: weight 500 cost 8 points on the synthetic sets
-    "ft_h2_e2_real_fkd8_w100": {
-        "lr": 0.0005,
-        "hours": 2.5,
-        "epochs": 2,
-        "mix": {"tux": 1, "czech": 1},
-        "set": ["train.feature_kd.layer=8", "train.feature_kd.weight=100"],
-    },
+    "ft_h2_e2_real_fkd8_w100": {**H2_E2_REAL, "set": fkd_layer8(100)},
     # the same with the features of the real speech only (a store of the tux- and czech- ids):
     # the synthetic utterances learn from their transcripts alone
-    "ft_h2_e2_real_fkd8_w100_realonly": {
-        "lr": 0.0005,
-        "hours": 2.5,
-        "epochs": 2,
-        "mix": {"tux": 1, "czech": 1},
-        "set": ["train.feature_kd.layer=8", "train.feature_kd.weight=100"],
-    },
+    "ft_h2_e2_real_fkd8_w100_realonly": {**H2_E2_REAL, "set": fkd_layer8(100)},
 }
 RUNS_KD: dict[str, dict[str, object]] = {
     "no_kd": {},
