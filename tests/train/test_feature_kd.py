@@ -72,6 +72,28 @@ def test_ridge_kd_equals_the_float64_reference_value_and_gradient(n, m, d):
     assert hidden.grad.abs().sum() > 0
 
 
+def test_ridge_kd_under_bf16_autocast_is_computed_in_float32():
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(500, 32, generator=g).bfloat16()
+    targets = hidden.float() @ torch.randn(32, 6, generator=g) + 0.1 * torch.randn(
+        500, 6, generator=g
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = ridge_kd(hidden, targets, 1e-4)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(
+        value, ridge_kd_reference(hidden, targets, 1e-4), rtol=1e-3, atol=1e-6
+    )
+
+
+def test_ridge_kd_of_a_constant_layer_is_1_not_an_error():
+    hidden = torch.ones(50, 8, requires_grad=True)
+    value = ridge_kd(hidden, torch.randn(50, 3), 1e-3)
+    torch.testing.assert_close(value, torch.tensor(1.0))
+    value.backward()
+    assert torch.isfinite(hidden.grad).all()
+
+
 def test_ridge_kd_is_near_0_for_an_affine_map_and_near_1_for_unrelated_features():
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(2000, 8, generator=g)

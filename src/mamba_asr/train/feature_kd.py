@@ -63,19 +63,21 @@ def ridge_kd(hidden: Tensor, targets: Tensor, ridge: float = 1e-3) -> Tensor:
 
     hidden (N, M), targets (N, D), N >= 2 -> scalar float32: ||Yc - Hc W||^2 / ||Yc||^2 with
     Hc, Yc the columns centred (an affine map), W = (Hc^T Hc + lam I)^-1 Hc^T Yc and lam =
-    ``ridge`` * trace(Hc^T Hc) / M. Computed in float32 whatever the inputs' dtype; the
-    gradient flows into ``hidden`` through W (the targets are constants)."""
-    h = hidden.float()
-    y = targets.float().detach()
-    hc = h - h.mean(0, keepdim=True)
-    yc = y - y.mean(0, keepdim=True)
-    gram = hc.T @ hc  # (M, M)
-    lam = ridge * gram.diagonal().sum() / gram.shape[0]
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    chol = torch.linalg.cholesky(gram + lam * eye)
-    weights = torch.cholesky_solve(hc.T @ yc, chol)  # (M, D)
-    residual = yc - hc @ weights
-    return residual.pow(2).sum() / yc.pow(2).sum().clamp_min(1e-12)
+    ``ridge`` * trace(Hc^T Hc) / M. Computed in float32 whatever the inputs' dtype, autocast
+    off (a Gram matrix in bf16 loses what the solve needs); the gradient flows into ``hidden``
+    through W (the targets are constants)."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        h = hidden.float()
+        y = targets.float().detach()
+        hc = h - h.mean(0, keepdim=True)
+        yc = y - y.mean(0, keepdim=True)
+        gram = hc.T @ hc  # (M, M)
+        lam = (ridge * gram.diagonal().sum() / gram.shape[0]).clamp_min(1e-12)
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        chol = torch.linalg.cholesky(gram + lam * eye)
+        weights = torch.cholesky_solve(hc.T @ yc, chol)  # (M, D)
+        residual = yc - hc @ weights
+        return residual.pow(2).sum() / yc.pow(2).sum().clamp_min(1e-12)
 
 
 def ridge_kd_reference(hidden: Tensor, targets: Tensor, ridge: float = 1e-3) -> Tensor:
