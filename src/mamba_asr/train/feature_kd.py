@@ -47,6 +47,7 @@ __all__ = [
     "FeatureTargets",
     "FeatureTeacher",
     "feature_kd_loss",
+    "open_store",
     "resample_rows",
     "ridge_kd",
     "ridge_kd_reference",
@@ -184,6 +185,25 @@ class FeatureTargets:
         return torch.from_numpy(rows)
 
 
+def open_store(cfg: FeatureKDConfig, frame_ms: int, num_layers: int) -> FeatureTargets:
+    """The store of ``cfg.features``, checked against the student: ConfigError (one line)
+    unless its rows are ``frame_ms`` apart (the student's encoder frames) and ``cfg.layer`` is
+    one of the encoder's ``num_layers``."""
+    assert cfg.features is not None
+    targets = FeatureTargets(cfg.features)
+    if targets.frame_ms != frame_ms:
+        raise ConfigError(
+            f"train.feature_kd.features {cfg.features}: its rows are {targets.frame_ms} ms "
+            f"apart, the student's encoder frames {frame_ms} ms: extract them with "
+            f"--frame-ms {frame_ms}"
+        )
+    if cfg.layer is not None and cfg.layer > num_layers:
+        raise ConfigError(
+            f"train.feature_kd.layer is {cfg.layer}, the encoder has {num_layers} layers"
+        )
+    return targets
+
+
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
     """The encoder's stack of layers (``model.encoder.layers``); ConfigError if it has none."""
     layers = getattr(getattr(model, "encoder", None), "layers", None)
@@ -197,27 +217,15 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
 
 class FeatureTeacher:
     """The stored teacher of a run: a forward hook on the chosen encoder layer keeps its latest
-    output, and ``loss(lengths, ids)`` compares it with the stored features of ``ids``."""
+    output, and ``loss(lengths, ids)`` compares it with the stored features of ``ids``
+    (``targets``, from ``open_store``); ``close()`` removes the hook."""
 
-    def __init__(self, cfg: FeatureKDConfig, model: nn.Module, frame_ms: int) -> None:
-        assert cfg.features is not None
-        self.cfg = cfg
-        self.targets = FeatureTargets(cfg.features)
-        if self.targets.frame_ms != frame_ms:
-            raise ConfigError(
-                f"train.feature_kd.features {cfg.features}: its rows are {self.targets.frame_ms}"
-                f" ms apart, the student's encoder frames {frame_ms} ms: extract them with "
-                f"--frame-ms {frame_ms}"
-            )
+    def __init__(self, cfg: FeatureKDConfig, targets: FeatureTargets, model: nn.Module) -> None:
+        self.cfg, self.targets = cfg, targets
         layers = encoder_layers(model)
-        index = len(layers) if cfg.layer is None else cfg.layer
-        if index > len(layers):
-            raise ConfigError(
-                f"train.feature_kd.layer is {index}, the encoder has {len(layers)} layers"
-            )
-        self.layer = index
+        self.layer = len(layers) if cfg.layer is None else cfg.layer  # in range: open_store
         self._hidden: Tensor | None = None
-        self._handle = layers[index - 1].register_forward_hook(self._keep)
+        self._handle = layers[self.layer - 1].register_forward_hook(self._keep)
 
     def _keep(self, module: nn.Module, inputs: object, output: object) -> None:
         self._hidden = output[0] if isinstance(output, tuple) else output  # type: ignore[assignment]

@@ -107,7 +107,7 @@ from mamba_asr.train.distributed import (
     init_distributed,
     wrap_model,
 )
-from mamba_asr.train.feature_kd import FeatureTargets, FeatureTeacher
+from mamba_asr.train.feature_kd import FeatureTeacher, open_store
 from mamba_asr.train.metrics import MetricsLog
 from mamba_asr.train.schedules import build_optimizer, build_scheduler
 
@@ -299,19 +299,10 @@ def _prepare_run(
 
 def _check_feature_kd(recipe: RecipeConfig, train_utts: list[Utterance]) -> None:
     """ConfigError (one line) before a run starts unless ``train.feature_kd`` fits it: a
-    readable store, rows at the student's frame rate, a layer the encoder has, and features
-    for at least one training utterance."""
+    readable store, rows at the student's frame rate, a layer the encoder has (``open_store``),
+    and features for at least one training utterance."""
     cfg = recipe.train.feature_kd
-    targets = FeatureTargets(str(cfg.features))
-    ms = frame_ms(recipe.model)
-    if targets.frame_ms != ms:
-        raise ConfigError(
-            f"train.feature_kd.features {cfg.features}: its rows are {targets.frame_ms} ms "
-            f"apart, the student's encoder frames {ms} ms: extract them with --frame-ms {ms}"
-        )
-    layers = recipe.model.num_encoder_layers
-    if cfg.layer is not None and cfg.layer > layers:
-        raise ConfigError(f"train.feature_kd.layer is {cfg.layer}, the encoder has {layers} layers")
+    targets = open_store(cfg, frame_ms(recipe.model), recipe.model.num_encoder_layers)
     if not any(u.id in targets.index for u in train_utts):
         raise ConfigError(
             f"train.feature_kd.features {cfg.features}: none of the {len(train_utts)} training "
@@ -1051,8 +1042,8 @@ def _train(
                  kd.temperature)  # fmt: skip
     if cfg.feature_kd.features is not None:  # a hook on the layer, before DDP wraps the model
         fkd = cfg.feature_kd
-        run.feature_teacher = FeatureTeacher(fkd, asr.model, frame_ms(recipe.model))
-        stored = run.feature_teacher.targets
+        stored = open_store(fkd, frame_ms(recipe.model), recipe.model.num_encoder_layers)
+        run.feature_teacher = FeatureTeacher(fkd, stored, asr.model)
         log.info("feature distillation from %s (%s): %d of %d training utterances have "
                  "features; layer %d, weight %g, delay %d", fkd.features, stored.teacher,
                  sum(u.id in stored.index for u in train_utts), len(train_utts),
@@ -1077,6 +1068,8 @@ def _train(
         model_path = run.finish() if done else None
     finally:
         metrics.close()
+        if run.feature_teacher is not None:  # the hook off the layer
+            run.feature_teacher.close()
     best = run.p.best[0]["wer"] if run.p.best else None
     skipped = set().union(*gather_objects(bad.seen, ctx))  # every rank's
     return TrainResult(out_dir, run.p.step, run.p.epoch, done, model_path, best, ctx.rank,
