@@ -2,7 +2,7 @@
 # On the GPU machine, in one call: the selective-scan tests (ours, then state-spaces/mamba's test
 # adapted in tests/ops/test_selective_scan_peer.py, against our kernel and against the peer's), then
 # the benchmark of our Triton kernels beside the peer's CUDA kernel (benchmarks/scan_cuda.py).
-# SCAN_TESTS=none: the benchmark alone.
+# SCAN_TESTS=none: the benchmark alone; SCAN_TESTS=configs: only the PEER_TEST_CONFIGS settings' tests.
 #   bash scripts/device/scan_check.sh OUTDIR [BENCH ARGS...]     (carry .peer)
 # .peer/mamba_ssm: a copy of ../shared/peers/mamba_ssm; .peer/build/selective_scan_cuda.so[.xz], if
 # there, is the peer built by an earlier run on the same image (else it is built here, about 160 s,
@@ -57,11 +57,15 @@ if [ "${SCAN_TESTS:-scan}" = none ]; then  # the benchmark alone
 fi
 if [ "${SCAN_TESTS:-scan}" = all ]; then
   pt tests/ops --ignore=tests/ops/test_selective_scan_peer.py 2>&1 | tail -15 | tee "$out/pytest_ops.txt"
+elif [ "${SCAN_TESTS:-scan}" = configs ]; then  # only the PEER_TEST_CONFIGS settings are tested
+  :
 else
   pt tests/ops/test_selective_scan_triton.py tests/ops/test_selective_scan.py 2>&1 | tail -8 | tee "$out/pytest_ops.txt"
 fi
-pt tests/ops/test_selective_scan_peer.py --junitxml="$out/peer_test_ours.xml" > "$out/peer_test_ours.txt" 2>&1
-summary "$out/peer_test_ours.xml" "peer test, our triton kernel" | tee -a "$out/summary.txt"
+if [ "${SCAN_TESTS:-scan}" != configs ]; then
+  pt tests/ops/test_selective_scan_peer.py --junitxml="$out/peer_test_ours.xml" > "$out/peer_test_ours.txt" 2>&1
+  summary "$out/peer_test_ours.xml" "peer test, our triton kernel" | tee -a "$out/summary.txt"
+fi
 for v in ${PEER_TEST_CONFIGS:-}; do
   MAMBA_ASR_TRITON_SCAN_CONFIG="${v#*=}" pt tests/ops/test_selective_scan_triton.py 2>&1 | tail -1 \
     | sed "s|^|ours with ${v#*=}: |" | tee -a "$out/summary.txt"
@@ -74,9 +78,11 @@ if [ "$built" = 1 ]; then
   python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.compress(open(sys.argv[1],'rb').read(), preset=6))" \
     "$PEER_BUILD/selective_scan_cuda.so" "$out/peer_so.xz" && ls -la "$out/peer_so.xz"
 fi
-MAMBA_ASR_SCAN_FN=peer_scan:selective_scan_fn pt tests/ops/test_selective_scan_peer.py \
-  --junitxml="$out/peer_test_peer.xml" > "$out/peer_test_peer.txt" 2>&1
-summary "$out/peer_test_peer.xml" "peer test, the peer's own kernel" | tee -a "$out/summary.txt"
+if [ "${SCAN_TESTS:-scan}" != configs ]; then
+  MAMBA_ASR_SCAN_FN=peer_scan:selective_scan_fn pt tests/ops/test_selective_scan_peer.py \
+    --junitxml="$out/peer_test_peer.xml" > "$out/peer_test_peer.txt" 2>&1
+  summary "$out/peer_test_peer.xml" "peer test, the peer's own kernel" | tee -a "$out/summary.txt"
+fi
 python3 benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --json "$out/scan_cuda.json" "$@" \
   2>&1 | grep -v Warning | tee "$out/scan_cuda.txt"
 echo "# summary"; cat "$out/summary.txt"

@@ -37,7 +37,8 @@ from torch import Tensor
 # steps per chunk, chunks per checkpoint, warps; round_gate: silu(z) rounded to z's dtype
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
-          "bwd_programs": 2048, "round_gate": True}  # fmt: skip
+          "bwd_programs": 2048, "round_gate": True,
+          "kernel": "state", "time_bd": 4, "time_chunk": 256, "time_warps": 4, "time_stages": 2}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it
@@ -508,7 +509,8 @@ def selective_scan_triton(
     initial_state: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Fused selective scan on CUDA; arguments, shapes and results as ``selective_scan_ref``."""
-    out, last = TritonSelectiveScan.apply(
-        u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
-    )
+    fn = TritonSelectiveScan
+    if CONFIG["kernel"] == "time":
+        from mamba_asr.ops.selective_scan.triton_time import TritonTimeScan as fn
+    out, last = fn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
     return (out, last) if return_last_state else out

@@ -1,0 +1,290 @@
+"""Selective scan on CUDA with Triton, time-parallel: the sequence's steps spread over the lanes.
+
+The layout of state-spaces/mamba's CUDA kernel, in Triton. One program owns (batch b, BD channels)
+and walks the sequence in chunks of TC steps; within a chunk the steps are spread over the lanes
+and warps (a few consecutive steps per thread), and the states n = 0..N-1 are taken one after
+another (unrolled: N is a compile-time constant). For each state the recurrence
+h_t = a_t h_{t-1} + x_t is one ``tl.associative_scan`` along the chunk (in-thread, then across lanes
+and warps), started from the state carried over from the chunk before. Everything summed over the
+states (y = <h, C>, and in the backward dLoss/d(dt), dLoss/du) then accumulates in each thread's
+registers, step by step, with no exchange between lanes; per channel work (softplus, the gate, the
+D skip) runs once per step. A thread holds a handful of values per step rather than the whole
+state, so far fewer registers are live than in ``triton_kernel``'s layout (one thread per few
+(state, channel) pairs with the chunk's steps inside it), and more warps fit on each SM.
+
+The forward stores the state at the start of every chunk (N fp32 values per channel and chunk)
+and, when there is a gate z, the output before it (fp32), as the peer's kernel keeps ``out``. The
+backward walks the chunks last to first: per state, it rebuilds h over the chunk from the stored
+start (one scan) and runs the adjoint dh_t = C_t dLoss/dy_t + a_{t+1} dh_{t+1} as one reverse scan
+whose decay a_{t+1} comes from the next step's dt (loaded shifted by one; the exp is recomputed
+rather than exchanged between lanes). dA, dD and d(delta_bias) are summed in fp32 per program then
+over programs with ``torch.sum``; dB and dC are summed over the program's channels, then added
+atomically, one add per program, state and step.
+
+Arithmetic is fp32 throughout; the gate silu(z) is rounded to z's dtype as PyTorch rounds it.
+Shape key as ``triton_kernel``: B batch, D channels, G groups of B/C (E = D / G each), L length,
+N state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from mamba_asr.ops.selective_scan.triton_kernel import (
+    CONFIG,
+    LOG2E,
+    _c,
+    _combine,
+    _fast,
+    _gate,
+    _softplus,
+)
+
+
+@triton.jit
+def _last(x, offs_t, TC: tl.constexpr):
+    """The chunk's last step of a (BD, TC) tile, as (BD,)."""
+    return tl.sum(tl.where((offs_t == TC - 1)[None, :], x, 0.0), axis=1)
+
+
+@triton.jit
+def _first(x, offs_t):
+    """The chunk's first step of a (BD, TC) tile, as (BD,)."""
+    return tl.sum(tl.where((offs_t == 0)[None, :], x, 0.0), axis=1)
+
+
+@triton.jit
+def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
+                     ypre_ptr, ckpt_ptr, D, L, E, G, n_chunks,
+                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, SAVE_Y: tl.constexpr,
+                     N: tl.constexpr, BD: tl.constexpr, TC: tl.constexpr,
+                     FAST: tl.constexpr):  # fmt: skip
+    # ckpt: (B, D, n_chunks + 1, N) fp32, slot c the state entering chunk c (slot 0 set by the
+    # caller: the initial state or zeros), slot n_chunks the last state
+    b, pid_d = tl.program_id(0), tl.program_id(1)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_t = tl.arange(0, TC)
+    md = offs_d < D
+    rows = b * D + offs_d  # (BD,) rows of (B, D, .)
+    bc0 = (b * G + (pid_d * BD) // E) * N * L  # this block's group of B/C (BD divides E)
+    ck = ckpt_ptr + rows * ((n_chunks + 1) * N)
+    Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
+    bias = (
+        tl.load(bias_ptr + offs_d, mask=md, other=0.0) if HAS_BIAS else tl.zeros((BD,), tl.float32)
+    )
+    for c in range(n_chunks):
+        t = c * TC + offs_t
+        mt = t < L
+        m_dt = md[:, None] & mt[None, :]
+        offs_dt = rows[:, None] * L + t[None, :]
+        u = tl.load(u_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
+        pre = tl.load(delta_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
+        dt = _softplus(pre, FAST) if SOFTPLUS else pre
+        dt = tl.where(m_dt, dt, 0.0)  # steps past L: a = 1, x = 0
+        dtu = dt * u
+        y = Dv[:, None] * u
+        for n in range(N):  # a loop, not unrolled: one state's values live at a time
+            A2 = tl.load(A_ptr + offs_d * N + n, mask=md, other=0.0) * LOG2E
+            h0 = tl.load(ck + c * N + n, mask=md, other=0.0)
+            Bn = tl.load(B_ptr + bc0 + n * L + t, mask=mt, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + bc0 + n * L + t, mask=mt, other=0.0).to(tl.float32)
+            a = tl.math.exp2(dt * A2[:, None])
+            a_cum, h_loc = tl.associative_scan((a, dtu * Bn[None, :]), 1, _combine)
+            hs = a_cum * h0[:, None] + h_loc
+            y += hs * Cn[None, :]
+            tl.store(ck + (c + 1) * N + n, _last(hs, offs_t, TC), mask=md)
+        if HAS_Z:
+            if SAVE_Y:
+                tl.store(ypre_ptr + offs_dt, y, mask=m_dt)
+            zt = tl.load(z_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
+            silu, _sg = _gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
+            y = y * silu
+        tl.store(out_ptr + offs_dt, y, mask=m_dt)
+        tl.debug_barrier()  # the states just stored are read by other threads in the next chunk
+
+
+@triton.jit
+def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ypre_ptr,
+                     ckpt_ptr, dout_ptr, dhbuf_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dD_ptr,
+                     dbias_ptr, dB_ptr, dC_ptr, D, L, E, G, n_chunks,
+                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, N: tl.constexpr,
+                     BD: tl.constexpr, TC: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    # dhbuf: (2, B, D, N) fp32, dLoss/dh at the first step of the chunk after the one being
+    # processed, alternating between the two halves (slot 0 set by the caller: dLoss/d(last state)
+    # or zeros); at the end the half n_chunks % 2 holds dLoss/dh_0. dA: (B, D, n_chunks, N) per chunk
+    b, pid_d = tl.program_id(0), tl.program_id(1)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_t = tl.arange(0, TC)
+    md = offs_d < D
+    rows = b * D + offs_d
+    bc0 = (b * G + (pid_d * BD) // E) * N * L
+    ck = ckpt_ptr + rows * ((n_chunks + 1) * N)
+    dhb = dhbuf_ptr + rows * N
+    half = tl.num_programs(0) * D * N
+    Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
+    bias = (
+        tl.load(bias_ptr + offs_d, mask=md, other=0.0) if HAS_BIAS else tl.zeros((BD,), tl.float32)
+    )
+    dD = tl.zeros((BD,), tl.float32)
+    dbias = tl.zeros((BD,), tl.float32)
+    for cc in range(n_chunks):
+        c = n_chunks - 1 - cc
+        t = c * TC + offs_t
+        mt = t < L
+        m_dt = md[:, None] & mt[None, :]
+        offs_dt = rows[:, None] * L + t[None, :]
+        u = tl.load(u_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
+        pre = tl.load(delta_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
+        dt = _softplus(pre, FAST) if SOFTPLUS else pre
+        dt = tl.where(m_dt, dt, 0.0)
+        dtu = dt * u
+        # the next step's dt (0 past L, where the adjoint's decay is 1)
+        m_nx = md[:, None] & (t + 1 < L)[None, :]
+        pre_nx = (
+            tl.load(delta_ptr + offs_dt + 1, mask=m_nx, other=0.0).to(tl.float32) + bias[:, None]
+        )
+        dt_nx = _softplus(pre_nx, FAST) if SOFTPLUS else pre_nx
+        dt_nx = tl.where(m_nx, dt_nx, 0.0)
+        g = tl.load(dout_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)  # dLoss/dout
+        if HAS_Z:
+            y = tl.load(ypre_ptr + offs_dt, mask=m_dt, other=0.0)
+            zt = tl.load(z_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
+            silu, sg = _gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
+            tl.store(dz_ptr + offs_dt, g * y * sg * (1.0 + zt * (1.0 - sg)), mask=m_dt)
+            g = g * silu  # dLoss/dy
+        g = tl.where(m_dt, g, 0.0)
+        dD += tl.sum(g * u, axis=1)
+        ddt = tl.zeros((BD, TC), tl.float32)  # sum over states of dLoss/d(dt A) A
+        dus = tl.zeros((BD, TC), tl.float32)  # sum over states of dLoss/dh B
+        src, dst = dhb + (cc % 2) * half, dhb + ((cc + 1) % 2) * half
+        for n in range(N):
+            A = tl.load(A_ptr + offs_d * N + n, mask=md, other=0.0)
+            A2 = A * LOG2E
+            h0 = tl.load(ck + c * N + n, mask=md, other=0.0)
+            dh1 = tl.load(src + n, mask=md, other=0.0)
+            Bn = tl.load(B_ptr + bc0 + n * L + t, mask=mt, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + bc0 + n * L + t, mask=mt, other=0.0).to(tl.float32)
+            a = tl.math.exp2(dt * A2[:, None])
+            x = dtu * Bn[None, :]
+            a_cum, h_loc = tl.associative_scan((a, x), 1, _combine)
+            hs = a_cum * h0[:, None] + h_loc  # h_t
+            a_nx = tl.math.exp2(dt_nx * A2[:, None])
+            p_cum, dh_loc = tl.associative_scan((a_nx, g * Cn[None, :]), 1, _combine, reverse=True)
+            dhs = p_cum * dh1[:, None] + dh_loc  # dLoss/dh_t
+            dlog = dhs * (hs - x)  # dLoss/d(dt A): dh_t a_t h_{t-1}, and a_t h_{t-1} = h_t - x_t
+            tl.store(dA_ptr + (rows * n_chunks + c) * N + n, tl.sum(dlog * dt, axis=1), mask=md)
+            ddt += dlog * A[:, None]
+            dus += dhs * Bn[None, :]
+            tl.atomic_add(dB_ptr + bc0 + n * L + t, tl.sum(dhs * dtu, axis=0), mask=mt)
+            tl.atomic_add(dC_ptr + bc0 + n * L + t, tl.sum(hs * g, axis=0), mask=mt)
+            tl.store(dst + n, _first(dhs, offs_t), mask=md)
+        ddt += dus * u
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(pre)
+        ddt = tl.where(m_dt, ddt, 0.0)
+        dbias += tl.sum(ddt, axis=1)
+        tl.store(ddelta_ptr + offs_dt, ddt, mask=m_dt)
+        tl.store(du_ptr + offs_dt, dus * dt + g * Dv[:, None], mask=m_dt)
+        tl.debug_barrier()  # the adjoint states just stored are read by other threads next chunk
+    tl.store(dD_ptr + rows, dD, mask=md)
+    tl.store(dbias_ptr + rows, dbias, mask=md)
+
+
+def _block_d(dim: int, groups: int) -> int:
+    """Channels per program: CONFIG's ``time_bd``, halved until it divides one group's channels."""
+    bd = CONFIG["time_bd"]
+    while (dim // groups) % bd:
+        bd //= 2
+    return bd
+
+
+class TritonTimeScan(torch.autograd.Function):
+    """(out, last) of the time-parallel kernels; arguments as ``TritonSelectiveScan``."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus):
+        batch, dim, length = u.shape
+        d_state, groups = A.shape[1], 1 if B.dim() == 3 else B.shape[1]
+        u, delta, B, C, z = _c(u), _c(delta), _c(B), _c(C), _c(z)
+        A32 = A.float().contiguous()
+        D32 = None if D is None else D.float().contiguous()
+        bias32 = None if delta_bias is None else delta_bias.float().contiguous()
+        bd, tc = _block_d(dim, groups), CONFIG["time_chunk"]
+        n_chunks = max(triton.cdiv(length, tc), 1)
+        out = torch.empty_like(u)
+        save_y = z is not None and any(ctx.needs_input_grad)
+        ypre = u.new_empty(u.shape, dtype=torch.float32) if save_y else None
+        ckpt = u.new_empty(batch, dim, n_chunks + 1, d_state, dtype=torch.float32)
+        if h0 is None:
+            ckpt[:, :, 0].zero_()
+        else:
+            ckpt[:, :, 0] = h0
+        dummy = A32
+        round_gate = bool(CONFIG["round_gate"]) and z is not None and z.dtype != torch.float32
+        _fwd_time_kernel[(batch, triton.cdiv(dim, bd))](
+            u, delta, A32, B, C, D32 if D is not None else dummy, z if z is not None else u,
+            bias32 if bias32 is not None else dummy, out, ypre if save_y else dummy, ckpt, dim,
+            length, dim // groups, groups, n_chunks, HAS_D=D is not None, HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate,
+            SAVE_Y=save_y, N=d_state, BD=bd, TC=tc, FAST=_fast(),
+            num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
+        )  # fmt: skip
+        ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, ypre, ckpt)
+        ctx.info = (softplus, round_gate, h0 is not None, A.dtype,
+                    None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype,
+                    None if h0 is None else h0.dtype)  # fmt: skip
+        return out, ckpt[:, :, n_chunks].clone()
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A32, B, C, D32, z, bias32, ypre, ckpt = ctx.saved_tensors
+        softplus, round_gate, has_h0, A_dtype, D_dtype, bias_dtype, h0_dtype = ctx.info
+        batch, dim, length = u.shape
+        d_state, groups = A32.shape[1], 1 if B.dim() == 3 else B.shape[1]
+        n_chunks = ckpt.shape[2] - 1
+        dout = dout.contiguous()
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
+        bd, tc = _block_d(dim, groups), CONFIG["time_chunk"]
+        dA = u.new_empty(batch, dim, n_chunks, d_state, dtype=torch.float32)
+        dD = u.new_empty(batch, dim, dtype=torch.float32)
+        dbias = torch.empty_like(dD)
+        dB = torch.zeros(B.shape, device=B.device, dtype=torch.float32)
+        dC = torch.zeros(C.shape, device=C.device, dtype=torch.float32)
+        dhbuf = u.new_empty(2, batch, dim, d_state, dtype=torch.float32)
+        if dlast is None:
+            dhbuf[0].zero_()
+        else:
+            dhbuf[0] = dlast
+        dummy = A32
+        _bwd_time_kernel[(batch, triton.cdiv(dim, bd))](
+            u, delta, A32, B, C, D32 if D32 is not None else dummy, z if z is not None else u,
+            bias32 if bias32 is not None else dummy, ypre if ypre is not None else dummy, ckpt,
+            dout, dhbuf, du, ddelta, dz if dz is not None else du, dA, dD, dbias, dB, dC, dim,
+            length, dim // groups, groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
+            HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state,
+            BD=bd, TC=tc, FAST=_fast(), num_warps=CONFIG["time_warps"],
+            num_stages=CONFIG["time_stages"],
+        )  # fmt: skip
+        dh0 = None
+        if has_h0:  # dLoss/dh_{-1} = a_0 dLoss/dh_0
+            pre0 = delta[:, :, 0].float() + (0.0 if bias32 is None else bias32)
+            dt0 = F.softplus(pre0) if softplus else pre0
+            dh0 = (torch.exp(dt0[..., None] * A32) * dhbuf[n_chunks % 2]).to(h0_dtype)
+        return (
+            du,
+            ddelta,
+            dA.sum((0, 2)).to(A_dtype),
+            dB.to(B.dtype),
+            dC.to(C.dtype),
+            None if D32 is None else dD.sum(0).to(D_dtype),
+            dz,
+            None if bias32 is None else dbias.sum(0).to(bias_dtype),
+            dh0,
+            None,
+        )
