@@ -51,9 +51,11 @@ def _last(x, offs_t, TC: tl.constexpr):
 
 
 @triton.jit
-def _first(x, offs_t):
-    """The chunk's first step of a (BD, TC) tile, as (BD,)."""
-    return tl.sum(tl.where((offs_t == 0)[None, :], x, 0.0), axis=1)
+def _rev(x, offs_t, TC: tl.constexpr):
+    """A (BD, TC) tile with its steps in reverse order: one shuffle per value where a warp's lanes
+    hold the whole chunk (``tl.associative_scan(..., reverse=True)`` flips its inputs and outputs
+    with five butterfly shuffles per value each)."""
+    return tl.gather(x, tl.broadcast_to((TC - 1 - offs_t)[None, :], x.shape), 1)
 
 
 @triton.jit
@@ -143,13 +145,12 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         dt = _softplus(pre, FAST) if SOFTPLUS else pre
         dt = tl.where(m_dt, dt, 0.0)
         dtu = dt * u
-        # the next step's dt (0 past L, where the adjoint's decay is 1)
+        # the adjoint runs over the chunk's steps reversed (r = TC - 1 - t), as a forward scan:
+        # its decay at step t is the next step's a_{t+1} (dt = 0 past L, where the decay is 1)
         m_nx = md[:, None] & (t + 1 < L)[None, :]
-        pre_nx = (
-            tl.load(delta_ptr + offs_dt + 1, mask=m_nx, other=0.0).to(tl.float32) + bias[:, None]
-        )
-        dt_nx = _softplus(pre_nx, FAST) if SOFTPLUS else pre_nx
-        dt_nx = tl.where(m_nx, dt_nx, 0.0)
+        pre_nx = tl.load(delta_ptr + offs_dt + 1, mask=m_nx, other=0.0).to(tl.float32)
+        dt_nx = _softplus(pre_nx + bias[:, None], FAST) if SOFTPLUS else pre_nx + bias[:, None]
+        dt_nx_r = _rev(tl.where(m_nx, dt_nx, 0.0), offs_t, TC)
         g = tl.load(dout_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)  # dLoss/dout
         if HAS_Z:
             y = tl.load(ypre_ptr + offs_dt, mask=m_dt, other=0.0)
@@ -158,6 +159,7 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             tl.store(dz_ptr + offs_dt, g * y * sg * (1.0 + zt * (1.0 - sg)), mask=m_dt)
             g = g * silu  # dLoss/dy
         g = tl.where(m_dt, g, 0.0)
+        g_r = _rev(g, offs_t, TC)
         dD += tl.sum(g * u, axis=1)
         ddt = tl.zeros((BD, TC), tl.float32)  # sum over states of dLoss/d(dt A) A
         dus = tl.zeros((BD, TC), tl.float32)  # sum over states of dLoss/dh B
@@ -173,16 +175,20 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             x = dtu * Bn[None, :]
             a_cum, h_loc = tl.associative_scan((a, x), 1, _combine)
             hs = a_cum * h0[:, None] + h_loc  # h_t
-            a_nx = tl.math.exp2(dt_nx * A2[:, None])
-            p_cum, dh_loc = tl.associative_scan((a_nx, g * Cn[None, :]), 1, _combine, reverse=True)
-            dhs = p_cum * dh1[:, None] + dh_loc  # dLoss/dh_t
+            a_nx_r = tl.math.exp2(dt_nx_r * A2[:, None])
+            gc_r = g_r * _rev(tl.broadcast_to(Cn[None, :], (BD, TC)), offs_t, TC)
+            p_cum, dh_loc = tl.associative_scan((a_nx_r, gc_r), 1, _combine)
+            dhs_r = p_cum * dh1[:, None] + dh_loc  # dLoss/dh, steps reversed
+            tl.store(dst + n, _last(dhs_r, offs_t, TC), mask=md)  # dLoss/dh at the first step
+            dhs = _rev(dhs_r, offs_t, TC)
             dlog = dhs * (hs - x)  # dLoss/d(dt A): dh_t a_t h_{t-1}, and a_t h_{t-1} = h_t - x_t
             tl.store(dA_ptr + (rows * n_chunks + c) * N + n, tl.sum(dlog * dt, axis=1), mask=md)
             ddt += dlog * A[:, None]
             dus += dhs * Bn[None, :]
-            tl.atomic_add(dB_ptr + bc0 + n * L + t, tl.sum(dhs * dtu, axis=0), mask=mt)
-            tl.atomic_add(dC_ptr + bc0 + n * L + t, tl.sum(hs * g, axis=0), mask=mt)
-            tl.store(dst + n, _first(dhs, offs_t), mask=md)
+            tl.atomic_add(dB_ptr + bc0 + n * L + t, tl.sum(dhs * dtu, axis=0), mask=mt,
+                          sem="relaxed")  # fmt: skip
+            tl.atomic_add(dC_ptr + bc0 + n * L + t, tl.sum(hs * g, axis=0), mask=mt,
+                          sem="relaxed")  # fmt: skip
         ddt += dus * u
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(pre)
