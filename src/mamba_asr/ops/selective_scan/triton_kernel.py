@@ -26,6 +26,7 @@ This module imports triton; ``dispatch`` imports it only when triton is installe
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -38,11 +39,21 @@ from torch import Tensor
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
           "bwd_programs": 2048, "round_gate": True,
-          "kernel": "state", "time_bd": 1, "time_chunk": 128, "time_warps": 1, "time_stages": 2}  # fmt: skip
+          "kernel": "state", "time_bd": 1, "time_chunk": 128, "time_warps": 1, "time_stages": 2, "time_unroll": 2}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it
 # (on an H200 that pass paid off at B4 L8192, 512 blocks: 1.35x; at 1024 blocks it cost 5-10%)
+
+# MAMBA_ASR_TRITON_SCAN_CONFIG='{"kernel": "time", ...}' overrides entries for a whole process
+_env_config = os.environ.get("MAMBA_ASR_TRITON_SCAN_CONFIG")
+if _env_config:
+    _unknown = set(json.loads(_env_config)) - set(CONFIG)
+    if _unknown:
+        raise ValueError(
+            f"MAMBA_ASR_TRITON_SCAN_CONFIG: unknown keys {sorted(_unknown)}; known: {sorted(CONFIG)}"
+        )
+    CONFIG.update(json.loads(_env_config))
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
