@@ -73,6 +73,26 @@ def errors(case, device: str) -> dict[str, float]:
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
 def test_triton_interpreted_matches_reference(case):
     env = {**os.environ, "TRITON_INTERPRET": "1"}
+    _check_interpreted(case, env)
+
+
+# the time-parallel kernels (CONFIG kernel=time) with chunks of 16 steps, so that the short cases
+# cross chunks, and 2 states a loop step over an odd number of states (case 1: N = 5)
+TIME_CONFIG = {"kernel": "time", "time_chunk": 16, "time_unroll": 2}
+
+
+@pytest.mark.skipif(
+    np.lib.NumpyVersion(np.__version__) >= "2.3.0",
+    reason="triton's CPU interpreter needs numpy < 2.3 (the [dev] extra pins it)",
+)
+@pytest.mark.parametrize("case", [CASES[i] for i in (0, 1, 2, 5)], ids=["0", "1", "2", "5"])
+def test_triton_time_kernels_interpreted_match_reference(case):
+    config = json.dumps(TIME_CONFIG)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "MAMBA_ASR_TRITON_SCAN_CONFIG": config}
+    _check_interpreted(case, env)
+
+
+def _check_interpreted(case, env):
     proc = subprocess.run(
         [sys.executable, __file__, json.dumps(case)], capture_output=True, text=True, env=env
     )
@@ -86,7 +106,11 @@ def test_triton_interpreted_matches_reference(case):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
 @pytest.mark.parametrize("length", [1, 7, 64, 333, 1024, 4099])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-def test_triton_cuda_matches_reference(length, dtype):
+@pytest.mark.parametrize("kernel", ["state", "time"])
+def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
+    from mamba_asr.ops.selective_scan import triton_kernel
+
+    monkeypatch.setitem(triton_kernel.CONFIG, "kernel", kernel)
     for case in [
         (2, 64, 16, length, None, True, dtype, True),
         (2, 64, 8, length, 4, False, dtype, False),
