@@ -3,8 +3,8 @@
 # ops/selective_scan/triton_time.py) checked and timed beside the default kernel and the peer:
 #   1. its CUDA tests and state-spaces/mamba's test against it (scripts/device/scan_check.sh with
 #      SCAN_TESTS=configs);
-#   2. benchmarks/scan_cuda.py: the default kernel, the time kernel with 1, 2 and 4 states a loop
-#      step, the peer's CUDA kernel;
+#   2. benchmarks/scan_cuda.py: the default kernel, the time kernel (its defaults, 1 or 4 states a
+#      loop step, without prefetching, with the backward's), the peer's CUDA kernel;
 #   3. benchmarks/encoder_scaling.py (large Conformer vs ConMamba, bf16, batch 16) with the default
 #      kernel and with the time kernel (MAMBA_ASR_TRITON_SCAN_CONFIG).
 #   bash scripts/device/time_scan_check.sh OUTDIR      (carry .whl and .peer)
@@ -16,8 +16,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 K='"kernel":"time"'
 SCAN_TESTS=configs PEER_TEST_CONFIGS="time={$K}" bash scripts/device/scan_check.sh /tmp/tsc/scan \
-  --iters 30 --variant "time1={$K,\"time_unroll\":1}" "time2={$K,\"time_unroll\":2}" \
-  "time4={$K,\"time_unroll\":4}" 2>&1 | grep -v -i warn | grep -v "^# triton CONFIG" | tail -32
+  --iters 30 --variant "time={$K}" "u1={$K,\"time_unroll\":1}" "u4={$K,\"time_unroll\":4}" \
+  "nopf={$K,\"time_prefetch\":false}" "bwdpf={$K,\"time_bwd_prefetch\":true}" \
+  "u1bwdpf={$K,\"time_unroll\":1,\"time_bwd_prefetch\":true}" 2>&1 | grep -v -i warn \
+  | grep -v "^# triton CONFIG" | tail -50
 for k in state time; do
   MAMBA_ASR_TRITON_SCAN_CONFIG="{\"kernel\":\"$k\"}" PYTHONPATH="/tmp/site:$PWD/src:$PWD/benchmarks" \
     python3 benchmarks/encoder_scaling.py --device cuda --size large --batch 16 --seconds 10 30 60 \

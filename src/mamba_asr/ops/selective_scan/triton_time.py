@@ -59,12 +59,29 @@ def _rev(x, offs_t, TC: tl.constexpr):
 
 
 @triton.jit
+def _fwd_loads(n0, A_ptr, B_ptr, C_ptr, ck, c, offs_d, md, bc0, t, mt, L, N: tl.constexpr,
+               NU: tl.constexpr):  # fmt: skip
+    """(A log2 e, state entering the chunk, B, C) of states n0 .. n0 + NU - 1, flat; zeros past N."""
+    out = ()
+    for j in tl.static_range(NU):
+        n = n0 + j
+        ok = n < N
+        out = out + (
+            tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0) * LOG2E,
+            tl.load(ck + c * N + n, mask=md & ok, other=0.0),
+            tl.load(B_ptr + bc0 + n * L + t, mask=mt & ok, other=0.0).to(tl.float32),
+            tl.load(C_ptr + bc0 + n * L + t, mask=mt & ok, other=0.0).to(tl.float32),
+        )
+    return out
+
+
+@triton.jit
 def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
                      ypre_ptr, ckpt_ptr, D, L, E, G, n_chunks,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, SAVE_Y: tl.constexpr,
                      N: tl.constexpr, BD: tl.constexpr, TC: tl.constexpr,
-                     NU: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+                     NU: tl.constexpr, PREFETCH: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     # ckpt: (B, D, n_chunks + 1, N) fp32, slot c the state entering chunk c (slot 0 set by the
     # caller: the initial state or zeros), slot n_chunks the last state
     b, pid_d = tl.program_id(0), tl.program_id(1)
@@ -89,20 +106,25 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         dt = tl.where(m_dt, dt, 0.0)  # steps past L: a = 1, x = 0
         dtu = dt * u
         y = Dv[:, None] * u
-        # the states NU at a time, as a loop (not fully unrolled: one group's values live at once)
+        # the states NU at a time, as a loop (not fully unrolled: one group's values live at once);
+        # each group's loads are issued a loop step ahead (PREFETCH), so their latency overlaps
+        # the group before
+        nxt = _fwd_loads(0, A_ptr, B_ptr, C_ptr, ck, c, offs_d, md, bc0, t, mt, L, N, NU)
         for n0 in range(0, N, NU):
+            if PREFETCH:
+                cur = nxt
+                nxt = _fwd_loads(
+                    n0 + NU, A_ptr, B_ptr, C_ptr, ck, c, offs_d, md, bc0, t, mt, L, N, NU
+                )
+            else:
+                cur = _fwd_loads(n0, A_ptr, B_ptr, C_ptr, ck, c, offs_d, md, bc0, t, mt, L, N, NU)
             for j in tl.static_range(NU):
-                n = n0 + j
-                ok = n < N
-                A2 = tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0) * LOG2E
-                h0 = tl.load(ck + c * N + n, mask=md & ok, other=0.0)
-                Bn = tl.load(B_ptr + bc0 + n * L + t, mask=mt & ok, other=0.0).to(tl.float32)
-                Cn = tl.load(C_ptr + bc0 + n * L + t, mask=mt & ok, other=0.0).to(tl.float32)
+                A2, h0, Bn, Cn = cur[4 * j], cur[4 * j + 1], cur[4 * j + 2], cur[4 * j + 3]
                 a = tl.math.exp2(dt * A2[:, None])
                 a_cum, h_loc = tl.associative_scan((a, dtu * Bn[None, :]), 1, _combine)
                 hs = a_cum * h0[:, None] + h_loc
                 y += hs * Cn[None, :]
-                tl.store(ck + (c + 1) * N + n, _last(hs, offs_t, TC), mask=md & ok)
+                tl.store(ck + (c + 1) * N + n0 + j, _last(hs, offs_t, TC), mask=md & (n0 + j < N))
         if HAS_Z:
             if SAVE_Y:
                 tl.store(ypre_ptr + offs_dt, y, mask=m_dt)
@@ -114,13 +136,32 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
 
 
 @triton.jit
+def _bwd_loads(n0, A_ptr, B_ptr, C_ptr, ck, src, c, offs_d, md, bc0, t, mt, L, N: tl.constexpr,
+               NU: tl.constexpr):  # fmt: skip
+    """(A, state entering the chunk, adjoint from the chunk after, B, C) of states n0 ..
+    n0 + NU - 1, flat; zeros past N."""
+    out = ()
+    for j in tl.static_range(NU):
+        n = n0 + j
+        ok = n < N
+        out = out + (
+            tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0),
+            tl.load(ck + c * N + n, mask=md & ok, other=0.0),
+            tl.load(src + n, mask=md & ok, other=0.0),
+            tl.load(B_ptr + bc0 + n * L + t, mask=mt & ok, other=0.0).to(tl.float32),
+            tl.load(C_ptr + bc0 + n * L + t, mask=mt & ok, other=0.0).to(tl.float32),
+        )
+    return out
+
+
+@triton.jit
 def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ypre_ptr,
                      ckpt_ptr, dout_ptr, dhbuf_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dD_ptr,
                      dbias_ptr, dB_ptr, dC_ptr, D, L, E, G, n_chunks,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, N: tl.constexpr,
                      BD: tl.constexpr, TC: tl.constexpr, NU: tl.constexpr,
-                     FAST: tl.constexpr):  # fmt: skip
+                     PREFETCH: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     # dhbuf: (2, B, D, N) fp32, dLoss/dh at the first step of the chunk after the one being
     # processed, alternating between the two halves (slot 0 set by the caller: dLoss/d(last state)
     # or zeros); at the end the half n_chunks % 2 holds dLoss/dh_0. dA: (B, D, n_chunks, N) per chunk
@@ -169,16 +210,20 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         ddt = tl.zeros((BD, TC), tl.float32)  # sum over states of dLoss/d(dt A) A
         dus = tl.zeros((BD, TC), tl.float32)  # sum over states of dLoss/dh B
         src, dst = dhb + (cc % 2) * half, dhb + ((cc + 1) % 2) * half
+        nxt = _bwd_loads(0, A_ptr, B_ptr, C_ptr, ck, src, c, offs_d, md, bc0, t, mt, L, N, NU)
         for n0 in range(0, N, NU):
+            if PREFETCH:
+                cur = nxt
+                nxt = _bwd_loads(n0 + NU, A_ptr, B_ptr, C_ptr, ck, src, c, offs_d, md, bc0, t, mt,
+                                 L, N, NU)  # fmt: skip
+            else:
+                cur = _bwd_loads(n0, A_ptr, B_ptr, C_ptr, ck, src, c, offs_d, md, bc0, t, mt, L,
+                                 N, NU)  # fmt: skip
             for j in tl.static_range(NU):
                 n = n0 + j
                 ok = n < N
-                A = tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0)
+                A, h0, dh1, Bn, Cn = cur[5 * j : 5 * j + 5]
                 A2 = A * LOG2E
-                h0 = tl.load(ck + c * N + n, mask=md & ok, other=0.0)
-                dh1 = tl.load(src + n, mask=md & ok, other=0.0)
-                Bn = tl.load(B_ptr + bc0 + n * L + t, mask=mt & ok, other=0.0).to(tl.float32)
-                Cn = tl.load(C_ptr + bc0 + n * L + t, mask=mt & ok, other=0.0).to(tl.float32)
                 a = tl.math.exp2(dt * A2[:, None])
                 x = dtu * Bn[None, :]
                 a_cum, h_loc = tl.associative_scan((a, x), 1, _combine)
@@ -187,16 +232,13 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                 gc_r = g_r * _rev(tl.broadcast_to(Cn[None, :], (BD, TC)), offs_t, TC)
                 p_cum, dh_loc = tl.associative_scan((a_nx_r, gc_r), 1, _combine)
                 dhs_r = p_cum * dh1[:, None] + dh_loc  # dLoss/dh, steps reversed
-                tl.store(
-                    dst + n, _last(dhs_r, offs_t, TC), mask=md & ok
-                )  # dLoss/dh at the first step
+                # dLoss/dh at the chunk's first step, for the chunk before
+                tl.store(dst + n, _last(dhs_r, offs_t, TC), mask=md & ok)
                 dhs = _rev(dhs_r, offs_t, TC)
-                dlog = dhs * (
-                    hs - x
-                )  # dLoss/d(dt A): dh_t a_t h_{t-1}, and a_t h_{t-1} = h_t - x_t
-                tl.store(
-                    dA_ptr + (rows * n_chunks + c) * N + n, tl.sum(dlog * dt, axis=1), mask=md & ok
-                )
+                # dLoss/d(dt A): dh_t a_t h_{t-1}, and a_t h_{t-1} = h_t - x_t
+                dlog = dhs * (hs - x)
+                dA_t = tl.sum(dlog * dt, axis=1)
+                tl.store(dA_ptr + (rows * n_chunks + c) * N + n, dA_t, mask=md & ok)
                 ddt += dlog * A[:, None]
                 dus += dhs * Bn[None, :]
                 tl.atomic_add(dB_ptr + bc0 + n * L + t, tl.sum(dhs * dtu, axis=0), mask=mt & ok,
@@ -251,7 +293,8 @@ class TritonTimeScan(torch.autograd.Function):
             bias32 if bias32 is not None else dummy, out, ypre if save_y else dummy, ckpt, dim,
             length, dim // groups, groups, n_chunks, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate,
-            SAVE_Y=save_y, N=d_state, BD=bd, TC=tc, NU=CONFIG["time_unroll"], FAST=_fast(),
+            SAVE_Y=save_y, N=d_state, BD=bd, TC=tc, NU=CONFIG["time_unroll"],
+            PREFETCH=CONFIG["time_prefetch"], FAST=_fast(),
             num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
         )  # fmt: skip
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, ypre, ckpt)
@@ -288,8 +331,8 @@ class TritonTimeScan(torch.autograd.Function):
             dout, dhbuf, du, ddelta, dz if dz is not None else du, dA, dD, dbias, dB, dC, dim,
             length, dim // groups, groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
             HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state,
-            BD=bd, TC=tc, NU=CONFIG["time_unroll"], FAST=_fast(),
-            num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
+            BD=bd, TC=tc, NU=CONFIG["time_unroll"], PREFETCH=CONFIG["time_bwd_prefetch"],
+            FAST=_fast(), num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
         )  # fmt: skip
         dh0 = None
         if has_h0:  # dLoss/dh_{-1} = a_0 dLoss/dh_0
