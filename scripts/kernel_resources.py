@@ -1,0 +1,146 @@
+"""What the selective-scan kernels cost on an NVIDIA GPU, without one: registers, spills, instructions.
+
+    python scripts/kernel_resources.py [--arch 90] [--dtypes fp32 bf16] [--set KEY=VALUE ...]
+
+Compiles the Triton kernels of ``ops/selective_scan`` (the default layout's and the time-parallel
+ones) for an sm_XX target on any machine (triton's bundled ptxas; no driver), then reads the
+cubin with the bundled ``cuobjdump`` and ``nvdisasm``: registers a thread, stack bytes (spills),
+instructions, shuffles, barriers and MUFU (exp2/log2) instructions in the code. Registers bound
+how many warps fit on an SM (65536 registers: 64 a thread allow 32 one-warp programs, the most an
+SM takes); the instruction mix says what a change costs before a GPU runs it. Integer arguments
+are taken as multiples of 16 (triton specializes them so when they are, as at the benchmark's
+shapes; other lengths get other layouts). --set overrides entries of the kernels' CONFIG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+HALF_ARGS = ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr",
+             "ddelta_ptr", "dz_ptr")  # fmt: skip
+
+
+def compile_for(fn, consts: dict, ptr_types: dict, arch: int = 90, num_warps: int = 1,
+                num_stages: int = 2, aligned: tuple = ("L", "D", "E")):  # fmt: skip
+    """Compile a @triton.jit function for sm_<arch> without a GPU: pointers fp32 unless named in
+    ptr_types, the other arguments i32, ``aligned`` ones and every pointer divisible by 16."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = ptr_types.get(name, "*fp32")
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            sig[name] = "i32"
+            if name in aligned:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    constexprs = {(fn.arg_names.index(k),): v for k, v in consts.items()}
+    src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
+    opts = {"num_warps": num_warps, "num_stages": num_stages}
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+
+
+def resources(kernel) -> dict:
+    """Registers, stack bytes and the instruction mix of a compiled kernel's cubin."""
+    import triton
+
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "k.cubin")
+        Path(cubin).write_bytes(kernel.asm["cubin"])
+        usage = subprocess.run([tools / "cuobjdump", "--dump-resource-usage", cubin],
+                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+        sass = subprocess.run([tools / "nvdisasm", "-c", cubin], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+    m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    ops = re.findall(r"/\*[0-9a-f]{4,6}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)", sass)
+    return {
+        "registers": int(m[1]),
+        "stack_bytes": int(m[2]),
+        "instructions": len(ops),
+        "shuffles": sum(o == "SHFL" for o in ops),
+        "barriers": sum(o == "BAR" for o in ops),
+        "mufu": sum(o == "MUFU" for o in ops),
+        "layout_conversions": kernel.asm["ttgir"].count("convert_layout"),
+    }
+
+
+def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict, int, int]]:
+    """(name, kernel, constexprs, warps, stages) of the scan's kernels as CONFIG launches them, with z, D,
+    delta_bias and softplus (the anchors' inputs)."""
+    from mamba_asr.ops.selective_scan import triton_kernel as tk
+    from mamba_asr.ops.selective_scan import triton_time as tt
+
+    cfg = tk.CONFIG
+    common = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True,
+                  ROUND_GATE=dtype != "fp32" and bool(cfg["round_gate"]), FAST=True)  # fmt: skip
+    chunk, bwd_chunk, every = tk._steps()
+    bn = 1 << (d_state - 1).bit_length()
+    state = dict(common, HAS_H0=False, BD=cfg["block_d"], BN=bn)
+    time = dict(common, N=d_state, BD=cfg["time_bd"], TC=cfg["time_chunk"], NU=cfg["time_unroll"])
+    return [
+        ("state fwd", tk._fwd_kernel, dict(state, T=chunk, S=every // chunk), cfg["fwd_warps"],
+         cfg["fwd_stages"]),
+        ("state bwd", tk._bwd_kernel,
+         dict(state, HAS_DLAST=False, T=bwd_chunk, S=every // bwd_chunk, SPLIT=False),
+         cfg["bwd_warps"], cfg["bwd_stages"]),
+        ("time fwd", tt._fwd_time_kernel,
+         dict(time, SAVE_Y=True, PREFETCH=cfg["time_prefetch"]), cfg["time_warps"],
+         cfg["time_stages"]),
+        ("time bwd", tt._bwd_time_kernel, dict(time, PREFETCH=cfg["time_bwd_prefetch"]),
+         cfg["time_warps"], cfg["time_stages"]),
+    ]  # fmt: skip
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", type=int, default=90, help="sm_XX (90: H100/H200)")
+    p.add_argument(
+        "--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"]
+    )
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="CONFIG overrides, VALUE as JSON")  # fmt: skip
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    from mamba_asr.ops.selective_scan import triton_kernel as tk
+
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in tk.CONFIG:
+            raise SystemExit(f"--set: unknown CONFIG key {key!r}; known: {sorted(tk.CONFIG)}")
+        tk.CONFIG[key] = json.loads(value)
+    rows = []
+    print(f"# sm_{args.arch}, CONFIG {tk.CONFIG}")
+    print(
+        "| kernel | dtype | registers | stack B | instructions | SHFL | BAR | MUFU | layout conversions |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for dtype in args.dtypes:
+        types = {n: "*" + dtype for n in HALF_ARGS}
+        for name, fn, consts, warps, stages in scan_kernels(dtype):
+            r = resources(compile_for(fn, consts, types, args.arch, warps, stages))
+            rows.append({"kernel": name, "dtype": dtype, **r})
+            print(f"| {name} | {dtype} | {r['registers']} | {r['stack_bytes']} | "
+                  f"{r['instructions']} | {r['shuffles']} | {r['barriers']} | {r['mufu']} | "
+                  f"{r['layout_conversions']} |", flush=True)  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"arch": args.arch, "config": tk.CONFIG, "rows": rows},
+                                        indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

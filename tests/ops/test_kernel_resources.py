@@ -1,0 +1,29 @@
+"""The time-parallel scan kernels compiled for an H100/H200 (sm_90) without a GPU: they compile,
+and their registers leave room for at least 16 one-warp programs an SM (at most 128 a thread):
+the layout was chosen for that (scripts/kernel_resources.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="triton is not installed"
+)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_time_kernels_compile_for_sm90_within_128_registers(dtype):
+    import kernel_resources as kr
+
+    types = {n: "*" + dtype for n in kr.HALF_ARGS}
+    kernels = [k for k in kr.scan_kernels(dtype) if k[0].startswith("time")]
+    assert [k[0] for k in kernels] == ["time fwd", "time bwd"]
+    for name, fn, consts, warps, stages in kernels:
+        r = kr.resources(kr.compile_for(fn, consts, types, 90, warps, stages))
+        assert r["instructions"] > 100 and r["mufu"] > 0, (name, r)
+        assert r["registers"] <= 128, (name, r)
