@@ -59,12 +59,12 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
-def _combine(a1, x1, a2, x2):
+def combine(a1, x1, a2, x2):
     return a1 * a2, a2 * x1 + x2
 
 
 @triton.jit
-def _softplus(x, FAST: tl.constexpr):
+def softplus(x, FAST: tl.constexpr):
     """log(1 + e^x); FAST: with the GPU's approximate exp2/log2 (about 20 instructions fewer than
     the exact log), relative error under 1e-5, the series e - e^2/2 + e^3/3 - e^4/4 below x = -4."""
     if FAST:
@@ -119,7 +119,7 @@ def _rows(cs, T: tl.constexpr):
 
 
 @triton.jit
-def _gate(zt, ROUND: tl.constexpr, dtype: tl.constexpr):
+def gate(zt, ROUND: tl.constexpr, dtype: tl.constexpr):
     """silu(z) and sigmoid(z) in fp32; silu rounded to ``dtype`` when ROUND (as PyTorch's F.silu)."""
     sg = tl.sigmoid(zt)
     silu = zt * sg
@@ -165,18 +165,18 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h
             offs_tn = bc0 + t[:, None] + offs_n[None, :] * L
             u = tl.load(u_ptr + offs_td, mask=m_td, other=0.0).to(tl.float32)
             pre = tl.load(delta_ptr + offs_td, mask=m_td, other=0.0).to(tl.float32) + bias[None, :]
-            dt = _softplus(pre, FAST) if SOFTPLUS else pre
+            dt = softplus(pre, FAST) if SOFTPLUS else pre
             dt = tl.where(m_td, dt, 0.0)  # steps past L: a = 1, x = 0
             Bt = tl.load(B_ptr + offs_tn, mask=m_tn, other=0.0).to(tl.float32)
             Ct = tl.load(C_ptr + offs_tn, mask=m_tn, other=0.0).to(tl.float32)
             a = tl.math.exp2(dt[:, None, :] * A2[None, :, :])
             x = (dt * u)[:, None, :] * Bt[:, :, None]
-            a_cum, h_loc = tl.associative_scan((a, x), 0, _combine)
+            a_cum, h_loc = tl.associative_scan((a, x), 0, combine)
             hs = a_cum * h[None, :, :] + h_loc  # h_t, (T, BN, BD)
             y = tl.sum(hs * Ct[:, :, None], axis=1) + Dv[None, :] * u  # (T, BD)
             if HAS_Z:
                 zt = tl.load(z_ptr + offs_td, mask=m_td, other=0.0).to(tl.float32)
-                silu, _sg = _gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
+                silu, _sg = gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
                 y = y * silu
             tl.store(out_ptr + offs_td, y, mask=m_td)
             h = tl.sum(tl.where((offs_t == T - 1)[:, None, None], hs, 0.0), axis=0)
@@ -246,7 +246,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                     tl.load(delta_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
                     + bias[:, None]
                 )
-                dt = _softplus(pre, FAST) if SOFTPLUS else pre
+                dt = softplus(pre, FAST) if SOFTPLUS else pre
                 dt = tl.where(m_dt, dt, 0.0)
                 m_nt = mn[:, None] & (t < L)[None, :]
                 Bt = tl.load(B_ptr + bc0 + offs_n[:, None] * L + t[None, :], mask=m_nt, other=0.0)
@@ -269,7 +269,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             offs_nt = bc0 + offs_n[:, None] * L + t[None, :]
             u = tl.load(u_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
             pre = tl.load(delta_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
-            dt = _softplus(pre, FAST) if SOFTPLUS else pre
+            dt = softplus(pre, FAST) if SOFTPLUS else pre
             dt = tl.where(m_dt, dt, 0.0)
             dtu = dt * u
             Bt = tl.load(B_ptr + offs_nt, mask=m_nt, other=0.0).to(tl.float32)
@@ -289,7 +289,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                     ys = ys + (tl.sum(hs[j] * cs[j][:, None], axis=0),)
                 y = _rows(ys, T) + Dv[:, None] * u
                 zt = tl.load(z_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
-                silu, sg = _gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
+                silu, sg = gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
                 tl.store(dz_ptr + offs_dt, g * y * sg * (1.0 + zt * (1.0 - sg)), mask=m_dt)
                 g = g * silu  # dLoss/dy
             dD += tl.sum(g * u, axis=1)
@@ -357,12 +357,12 @@ def _bwd_carry_kernel(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, carry_
         m_dt = md[:, None] & mt[None, :]
         offs_dt = rows[:, None] * L + t[None, :]
         pre = tl.load(delta_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
-        dt = _softplus(pre, FAST) if SOFTPLUS else pre
+        dt = softplus(pre, FAST) if SOFTPLUS else pre
         dt = tl.where(m_dt, dt, 0.0)
         g = tl.load(dout_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
         if HAS_Z:
             zt = tl.load(z_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
-            silu, _sg = _gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
+            silu, _sg = gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
             g = g * silu
         Ct = tl.load(C_ptr + bc0 + offs_n[:, None] * L + t[None, :], mask=mn[:, None] & mt[None, :],
                      other=0.0).to(tl.float32)  # fmt: skip
@@ -385,12 +385,12 @@ def _block_d(dim: int, groups: int) -> int:
     return bd
 
 
-def _fast() -> bool:
+def fast_math() -> bool:
     """Approximate GPU math in the kernels (not in triton's CPU interpreter)."""
     return os.environ.get("TRITON_INTERPRET") != "1"
 
 
-def _c(t: Tensor | None) -> Tensor | None:
+def contiguous(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
 
 
@@ -411,7 +411,13 @@ class TritonSelectiveScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus):
         batch, dim, length = u.shape
         d_state, groups = A.shape[1], 1 if B.dim() == 3 else B.shape[1]
-        u, delta, B, C, z = _c(u), _c(delta), _c(B), _c(C), _c(z)
+        u, delta, B, C, z = (
+            contiguous(u),
+            contiguous(delta),
+            contiguous(B),
+            contiguous(C),
+            contiguous(z),
+        )
         A32 = A.float().contiguous()
         D32 = None if D is None else D.float().contiguous()
         bias32 = None if delta_bias is None else delta_bias.float().contiguous()
@@ -431,7 +437,7 @@ class TritonSelectiveScan(torch.autograd.Function):
                 bias32 if bias32 is not None else dummy, h032 if h0 is not None else dummy,
                 out, ckpt, last, dim, length, d_state, dim // groups, groups, n_ckpt)  # fmt: skip
         _fwd_kernel[(batch, triton.cdiv(dim, bd))](
-            *args, ROUND_GATE=round_gate, S=every // chunk, FAST=_fast(),
+            *args, ROUND_GATE=round_gate, S=every // chunk, FAST=fast_math(),
             num_stages=CONFIG["fwd_stages"], **common,
         )  # fmt: skip
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, ckpt)
@@ -486,11 +492,11 @@ class TritonSelectiveScan(torch.autograd.Function):
                 bias32 if bias32 is not None else dummy, dout, carry, dim, length, d_state,
                 dim // groups, groups, n_ckpt, per_seg, HAS_Z=z is not None,
                 HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate, BD=bd,
-                BN=bn, T=chunk, S=steps, FAST=_fast(), num_warps=CONFIG["bwd_warps"],
+                BN=bn, T=chunk, S=steps, FAST=fast_math(), num_warps=CONFIG["bwd_warps"],
             )  # fmt: skip
         extra = {} if CONFIG["bwd_maxnreg"] is None else {"maxnreg": CONFIG["bwd_maxnreg"]}
         _bwd_kernel[grid](*ins, scratch, *outs[:11], carry, *outs[11:], per_seg,
-                          ROUND_GATE=round_gate, S=steps, SPLIT=segs > 1, FAST=_fast(),
+                          ROUND_GATE=round_gate, S=steps, SPLIT=segs > 1, FAST=fast_math(),
                           num_stages=CONFIG["bwd_stages"], **common, **extra)  # fmt: skip
         return (
             du,

@@ -36,11 +36,11 @@ import triton.language as tl
 from mamba_asr.ops.selective_scan.triton_kernel import (
     CONFIG,
     LOG2E,
-    _c,
-    _combine,
-    _fast,
-    _gate,
-    _softplus,
+    combine,
+    contiguous,
+    fast_math,
+    gate,
+    softplus,
 )
 
 
@@ -102,7 +102,7 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         offs_dt = rows[:, None] * L + t[None, :]
         u = tl.load(u_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
         pre = tl.load(delta_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
-        dt = _softplus(pre, FAST) if SOFTPLUS else pre
+        dt = softplus(pre, FAST) if SOFTPLUS else pre
         dt = tl.where(m_dt, dt, 0.0)  # steps past L: a = 1, x = 0
         dtu = dt * u
         y = Dv[:, None] * u
@@ -121,7 +121,7 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             for j in tl.static_range(NU):
                 A2, h0, Bn, Cn = cur[4 * j], cur[4 * j + 1], cur[4 * j + 2], cur[4 * j + 3]
                 a = tl.math.exp2(dt * A2[:, None])
-                a_cum, h_loc = tl.associative_scan((a, dtu * Bn[None, :]), 1, _combine)
+                a_cum, h_loc = tl.associative_scan((a, dtu * Bn[None, :]), 1, combine)
                 hs = a_cum * h0[:, None] + h_loc
                 y += hs * Cn[None, :]
                 tl.store(ck + (c + 1) * N + n0 + j, _last(hs, offs_t, TC), mask=md & (n0 + j < N))
@@ -129,7 +129,7 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             if SAVE_Y:
                 tl.store(ypre_ptr + offs_dt, y, mask=m_dt)
             zt = tl.load(z_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
-            silu, _sg = _gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
+            silu, _sg = gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
             y = y * silu
         tl.store(out_ptr + offs_dt, y, mask=m_dt)
         tl.debug_barrier()  # the states just stored are read by other threads in the next chunk
@@ -188,20 +188,20 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         offs_dt = rows[:, None] * L + t[None, :]
         u = tl.load(u_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
         pre = tl.load(delta_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
-        dt = _softplus(pre, FAST) if SOFTPLUS else pre
+        dt = softplus(pre, FAST) if SOFTPLUS else pre
         dt = tl.where(m_dt, dt, 0.0)
         dtu = dt * u
         # the adjoint runs over the chunk's steps reversed (r = TC - 1 - t), as a forward scan:
         # its decay at step t is the next step's a_{t+1} (dt = 0 past L, where the decay is 1)
         m_nx = md[:, None] & (t + 1 < L)[None, :]
         pre_nx = tl.load(delta_ptr + offs_dt + 1, mask=m_nx, other=0.0).to(tl.float32)
-        dt_nx = _softplus(pre_nx + bias[:, None], FAST) if SOFTPLUS else pre_nx + bias[:, None]
+        dt_nx = softplus(pre_nx + bias[:, None], FAST) if SOFTPLUS else pre_nx + bias[:, None]
         dt_nx_r = _rev(tl.where(m_nx, dt_nx, 0.0), offs_t, TC)
         g = tl.load(dout_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)  # dLoss/dout
         if HAS_Z:
             y = tl.load(ypre_ptr + offs_dt, mask=m_dt, other=0.0)
             zt = tl.load(z_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
-            silu, sg = _gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
+            silu, sg = gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
             tl.store(dz_ptr + offs_dt, g * y * sg * (1.0 + zt * (1.0 - sg)), mask=m_dt)
             g = g * silu  # dLoss/dy
         g = tl.where(m_dt, g, 0.0)
@@ -226,11 +226,11 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                 A2 = A * LOG2E
                 a = tl.math.exp2(dt * A2[:, None])
                 x = dtu * Bn[None, :]
-                a_cum, h_loc = tl.associative_scan((a, x), 1, _combine)
+                a_cum, h_loc = tl.associative_scan((a, x), 1, combine)
                 hs = a_cum * h0[:, None] + h_loc  # h_t
                 a_nx_r = tl.math.exp2(dt_nx_r * A2[:, None])
                 gc_r = g_r * _rev(tl.broadcast_to(Cn[None, :], (BD, TC)), offs_t, TC)
-                p_cum, dh_loc = tl.associative_scan((a_nx_r, gc_r), 1, _combine)
+                p_cum, dh_loc = tl.associative_scan((a_nx_r, gc_r), 1, combine)
                 dhs_r = p_cum * dh1[:, None] + dh_loc  # dLoss/dh, steps reversed
                 # dLoss/dh at the chunk's first step, for the chunk before
                 tl.store(dst + n, _last(dhs_r, offs_t, TC), mask=md & ok)
@@ -272,7 +272,13 @@ class TritonTimeScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus):
         batch, dim, length = u.shape
         d_state, groups = A.shape[1], 1 if B.dim() == 3 else B.shape[1]
-        u, delta, B, C, z = _c(u), _c(delta), _c(B), _c(C), _c(z)
+        u, delta, B, C, z = (
+            contiguous(u),
+            contiguous(delta),
+            contiguous(B),
+            contiguous(C),
+            contiguous(z),
+        )
         A32 = A.float().contiguous()
         D32 = None if D is None else D.float().contiguous()
         bias32 = None if delta_bias is None else delta_bias.float().contiguous()
@@ -294,7 +300,7 @@ class TritonTimeScan(torch.autograd.Function):
             length, dim // groups, groups, n_chunks, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate,
             SAVE_Y=save_y, N=d_state, BD=bd, TC=tc, NU=CONFIG["time_unroll"],
-            PREFETCH=CONFIG["time_prefetch"], FAST=_fast(),
+            PREFETCH=CONFIG["time_prefetch"], FAST=fast_math(),
             num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
         )  # fmt: skip
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, ypre, ckpt)
@@ -332,7 +338,7 @@ class TritonTimeScan(torch.autograd.Function):
             length, dim // groups, groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
             HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state,
             BD=bd, TC=tc, NU=CONFIG["time_unroll"], PREFETCH=CONFIG["time_bwd_prefetch"],
-            FAST=_fast(), num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
+            FAST=fast_math(), num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
         )  # fmt: skip
         dh0 = None
         if has_h0:  # dLoss/dh_{-1} = a_0 dLoss/dh_0
