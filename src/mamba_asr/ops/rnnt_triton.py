@@ -79,31 +79,34 @@ def _alpha_rows(b, blank_ptr, emit_ptr, tlen_ptr, ulen_ptr, alpha_ptr, T, U1,
 @triton.jit
 def _beta_rows(b, blank_ptr, emit_ptr, tlen_ptr, ulen_ptr, beta_ptr, T, U1,
                BLOCK_U: tl.constexpr):  # fmt: skip
-    """Beta of utterance b, row by row (t = T - 1 .. 0)."""
-    offs_u = tl.arange(0, BLOCK_U)
-    in_row = offs_u < U1
+    """Beta of utterance b, row by row (t = T - 1 .. 0). Each row is held reversed (element r is
+    column u = U1 - 1 - r), so the recursion from u + 1 to u is a forward scan: a reverse
+    ``associative_scan`` flips its inputs and outputs with butterfly shuffles."""
+    offs_r = tl.arange(0, BLOCK_U)
+    u = U1 - 1 - offs_r
+    in_row = offs_r < U1
     t_len = tl.load(tlen_ptr + b)
     u_len = tl.load(ulen_ptr + b)
     base = b.to(tl.int64) * T * U1
     neg_inf = float("-inf")
     nxt = tl.full((BLOCK_U,), neg_inf, tl.float32)  # beta(t + 1, :)
     last = base + (T - 1) * U1
-    blank = tl.load(blank_ptr + last + offs_u, mask=in_row, other=neg_inf)
-    a = tl.load(emit_ptr + last + offs_u, mask=in_row, other=neg_inf)  # of beta(t, u + 1)
+    blank = tl.load(blank_ptr + last + u, mask=in_row, other=neg_inf)
+    a = tl.load(emit_ptr + last + u, mask=in_row, other=neg_inf)  # of beta(t, u + 1)
     for i in range(T):
         t = T - 1 - i
         row = base + t * U1
         # the next row's (t - 1) inputs, loaded while this row is scanned
         more = in_row & (t > 0)
-        blank_next = tl.load(blank_ptr + row - U1 + offs_u, mask=more, other=neg_inf)
-        a_next = tl.load(emit_ptr + row - U1 + offs_u, mask=more, other=neg_inf)
-        valid = (t < t_len) & (offs_u <= u_len) & in_row
+        blank_next = tl.load(blank_ptr + row - U1 + u, mask=more, other=neg_inf)
+        a_next = tl.load(emit_ptr + row - U1 + u, mask=more, other=neg_inf)
+        valid = (t < t_len) & (u <= u_len) & in_row
         # after the last cell's blank the path ends: beta "after" it is 0
-        after = tl.where((t == t_len - 1) & (offs_u == u_len), 0.0, nxt)
+        after = tl.where((t == t_len - 1) & (u == u_len), 0.0, nxt)
         x = tl.where(valid, blank + after, neg_inf)
-        _a, beta = tl.associative_scan((a, x), 0, _combine, reverse=True)
+        _a, beta = tl.associative_scan((a, x), 0, _combine)
         beta = tl.where(valid, beta, neg_inf)
-        tl.store(beta_ptr + row + offs_u, beta, mask=in_row)
+        tl.store(beta_ptr + row + u, beta, mask=in_row)
         nxt = beta
         blank = blank_next
         a = a_next
