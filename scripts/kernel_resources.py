@@ -91,7 +91,14 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
     chunk, bwd_chunk, every = tk._steps()
     bn = 1 << (d_state - 1).bit_length()
     state = dict(common, HAS_H0=False, BD=cfg["block_d"], BN=bn)
-    time = dict(common, N=d_state, BD=cfg["time_bd"], TC=cfg["time_chunk"], NU=cfg["time_unroll"])
+    time = dict(
+        common,
+        N=d_state,
+        BD=cfg["time_bd"],
+        TC=cfg["time_chunk"],
+        NU=cfg["time_unroll"],
+        BATCH_FAST=cfg["time_batch_fast"],
+    )
     return [
         ("state fwd", tk._fwd_kernel, dict(state, T=chunk, S=every // chunk), cfg["fwd_warps"],
          cfg["fwd_stages"]),

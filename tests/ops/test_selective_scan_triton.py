@@ -87,9 +87,14 @@ TIME_CONFIG = {"kernel": "time", "time_chunk": 16, "time_unroll": 2}
     np.lib.NumpyVersion(np.__version__) >= "2.3.0",
     reason="triton's CPU interpreter needs numpy < 2.3 (the [dev] extra pins it)",
 )
-@pytest.mark.parametrize("case", [CASES[i] for i in (0, 1, 2, 5)], ids=["0", "1", "2", "5"])
-def test_triton_time_kernels_interpreted_match_reference(case):
-    config = json.dumps(TIME_CONFIG)
+@pytest.mark.parametrize(
+    "case, grid",
+    [(CASES[0], "batch"), (CASES[1], "batch"), (CASES[2], "batch"), (CASES[5], "batch"),
+     (CASES[0], "channels")],
+    ids=["0", "1", "2", "5", "0-channels-fastest"],
+)  # fmt: skip
+def test_triton_time_kernels_interpreted_match_reference(case, grid):
+    config = json.dumps({**TIME_CONFIG, "time_batch_fast": grid == "batch"})
     env = {**os.environ, "TRITON_INTERPRET": "1", "MAMBA_ASR_TRITON_SCAN_CONFIG": config}
     _check_interpreted(case, env)
 

@@ -59,6 +59,21 @@ def _rev(x, offs_t, TC: tl.constexpr):
 
 
 @triton.jit
+def _program(BATCH_FAST: tl.constexpr):
+    """(batch, channel block) of this program: the batch is the grid's fastest axis when
+    BATCH_FAST, else the channel blocks are (programs that run side by side then share one
+    utterance's B and C, which stay in the SM's L1)."""
+    if BATCH_FAST:
+        return tl.program_id(0), tl.program_id(1)
+    else:
+        return tl.program_id(1), tl.program_id(0)
+
+
+def _grid(batch: int, blocks: int) -> tuple[int, int]:
+    return (batch, blocks) if CONFIG["time_batch_fast"] else (blocks, batch)
+
+
+@triton.jit
 def _fwd_loads(n0, A_ptr, B_ptr, C_ptr, ck, c, offs_d, md, bc0, t, mt, L, N: tl.constexpr,
                NU: tl.constexpr):  # fmt: skip
     """(A log2 e, state entering the chunk, B, C) of states n0 .. n0 + NU - 1, flat; zeros past N."""
@@ -81,10 +96,11 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, SAVE_Y: tl.constexpr,
                      N: tl.constexpr, BD: tl.constexpr, TC: tl.constexpr,
-                     NU: tl.constexpr, PREFETCH: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+                     NU: tl.constexpr, PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
+                     FAST: tl.constexpr):  # fmt: skip
     # ckpt: (B, D, n_chunks + 1, N) fp32, slot c the state entering chunk c (slot 0 set by the
     # caller: the initial state or zeros), slot n_chunks the last state
-    b, pid_d = tl.program_id(0), tl.program_id(1)
+    b, pid_d = _program(BATCH_FAST)
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_t = tl.arange(0, TC)
     md = offs_d < D
@@ -161,11 +177,11 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, N: tl.constexpr,
                      BD: tl.constexpr, TC: tl.constexpr, NU: tl.constexpr,
-                     PREFETCH: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+                     PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     # dhbuf: (2, B, D, N) fp32, dLoss/dh at the first step of the chunk after the one being
     # processed, alternating between the two halves (slot 0 set by the caller: dLoss/d(last state)
     # or zeros); at the end the half n_chunks % 2 holds dLoss/dh_0. dA: (B, D, n_chunks, N) per chunk
-    b, pid_d = tl.program_id(0), tl.program_id(1)
+    b, pid_d = _program(BATCH_FAST)
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_t = tl.arange(0, TC)
     md = offs_d < D
@@ -173,7 +189,7 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     bc0 = (b * G + (pid_d * BD) // E) * N * L
     ck = ckpt_ptr + rows * ((n_chunks + 1) * N)
     dhb = dhbuf_ptr + rows * N
-    half = tl.num_programs(0) * D * N
+    half = (tl.num_programs(0) if BATCH_FAST else tl.num_programs(1)) * D * N
     Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
     bias = (
         tl.load(bias_ptr + offs_d, mask=md, other=0.0) if HAS_BIAS else tl.zeros((BD,), tl.float32)
@@ -294,13 +310,13 @@ class TritonTimeScan(torch.autograd.Function):
             ckpt[:, :, 0] = h0
         dummy = A32
         round_gate = bool(CONFIG["round_gate"]) and z is not None and z.dtype != torch.float32
-        _fwd_time_kernel[(batch, triton.cdiv(dim, bd))](
+        _fwd_time_kernel[_grid(batch, triton.cdiv(dim, bd))](
             u, delta, A32, B, C, D32 if D is not None else dummy, z if z is not None else u,
             bias32 if bias32 is not None else dummy, out, ypre if save_y else dummy, ckpt, dim,
             length, dim // groups, groups, n_chunks, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate,
             SAVE_Y=save_y, N=d_state, BD=bd, TC=tc, NU=CONFIG["time_unroll"],
-            PREFETCH=CONFIG["time_prefetch"], FAST=fast_math(),
+            PREFETCH=CONFIG["time_prefetch"], BATCH_FAST=CONFIG["time_batch_fast"], FAST=fast_math(),
             num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
         )  # fmt: skip
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, ypre, ckpt)
@@ -331,14 +347,14 @@ class TritonTimeScan(torch.autograd.Function):
         else:
             dhbuf[0] = dlast
         dummy = A32
-        _bwd_time_kernel[(batch, triton.cdiv(dim, bd))](
+        _bwd_time_kernel[_grid(batch, triton.cdiv(dim, bd))](
             u, delta, A32, B, C, D32 if D32 is not None else dummy, z if z is not None else u,
             bias32 if bias32 is not None else dummy, ypre if ypre is not None else dummy, ckpt,
             dout, dhbuf, du, ddelta, dz if dz is not None else du, dA, dD, dbias, dB, dC, dim,
             length, dim // groups, groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
             HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state,
             BD=bd, TC=tc, NU=CONFIG["time_unroll"], PREFETCH=CONFIG["time_bwd_prefetch"],
-            FAST=fast_math(), num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
+            BATCH_FAST=CONFIG["time_batch_fast"], FAST=fast_math(), num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
         )  # fmt: skip
         dh0 = None
         if has_h0:  # dLoss/dh_{-1} = a_0 dLoss/dh_0
