@@ -104,8 +104,10 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_t = tl.arange(0, TC)
     md = offs_d < D
-    rows = b * D + offs_d  # (BD,) rows of (B, D, .)
-    bc0 = (b * G + (pid_d * BD) // E) * N * L  # this block's group of B/C (BD divides E)
+    rows = b.to(tl.int64) * D + offs_d  # (BD,) rows of (B, D, .); int64: B D L may pass 2^31
+    bc0 = (
+        (b.to(tl.int64) * G + (pid_d * BD) // E) * N * L
+    )  # this block's group of B/C (BD divides E)
     ck = ckpt_ptr + rows * ((n_chunks + 1) * N)
     Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
     bias = (
@@ -185,8 +187,8 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_t = tl.arange(0, TC)
     md = offs_d < D
-    rows = b * D + offs_d
-    bc0 = (b * G + (pid_d * BD) // E) * N * L
+    rows = b.to(tl.int64) * D + offs_d
+    bc0 = (b.to(tl.int64) * G + (pid_d * BD) // E) * N * L
     ck = ckpt_ptr + rows * ((n_chunks + 1) * N)
     dhb = dhbuf_ptr + rows * N
     half = (tl.num_programs(0) if BATCH_FAST else tl.num_programs(1)) * D * N
