@@ -9,7 +9,7 @@ mkdir -p "$out" /tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD/src:$PWD/tests:$PWD/benchmarks"
-echo "# bash scripts/device/ops_check.sh   ($(date -u +%FT%TZ), $(git rev-parse --short HEAD 2>/dev/null))"
+echo "# bash scripts/device/ops_check.sh   ($(date -u +%FT%TZ))"
 nvidia-smi --query-gpu=name --format=csv,noheader
 python3 -m pytest -q -p no:cacheprovider -n 12 tests/ops tests/modules/test_mamba.py \
   --ignore=tests/ops/test_selective_scan_peer.py 2>&1 | grep -v -i warn | tail -8 | tee "$out/pytest_ops.txt"
