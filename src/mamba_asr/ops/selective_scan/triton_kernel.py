@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -121,6 +122,16 @@ def _rows(cs, T: tl.constexpr):
         ev = tl.reshape(tl.join(tl.join(cs[0], cs[4]), tl.join(cs[2], cs[6])), (m, 4))
         od = tl.reshape(tl.join(tl.join(cs[1], cs[5]), tl.join(cs[3], cs[7])), (m, 4))
         return tl.reshape(tl.join(ev, od), (m, 8))
+
+
+@triton.jit
+def chunk_dt(u_ptr, delta_ptr, offs, mask, bias, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
+    """u, delta + delta_bias and dt of a (channels, steps) tile in fp32; dt = 0 where masked
+    (steps past L: a = 1, x = 0)."""
+    u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    pre = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32) + bias[:, None]
+    dt = softplus(pre, FAST) if SOFTPLUS else pre
+    return u, pre, tl.where(mask, dt, 0.0)
 
 
 @triton.jit
@@ -399,6 +410,42 @@ def contiguous(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
 
 
+class ScanInputs(NamedTuple):
+    """The inputs as both layouts' kernels read them: u, delta, B, C, z contiguous in their own
+    dtype; A, D, delta_bias, the initial state contiguous fp32; the shapes; ``info``, what the
+    backward needs to return gradients in the inputs' dtypes."""
+
+    u: Tensor
+    delta: Tensor
+    A32: Tensor
+    B: Tensor
+    C: Tensor
+    D32: Tensor | None
+    z: Tensor | None
+    bias32: Tensor | None
+    h032: Tensor | None
+    batch: int
+    dim: int
+    length: int
+    d_state: int
+    groups: int
+    round_gate: bool
+    info: tuple
+
+
+def scan_inputs(u, delta, A, B, C, D, z, delta_bias, h0, softplus) -> ScanInputs:
+    f32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
+    round_gate = bool(CONFIG["round_gate"]) and z is not None and z.dtype != torch.float32
+    info = (softplus, round_gate, h0 is not None, A.dtype, None if D is None else D.dtype,
+            None if delta_bias is None else delta_bias.dtype, None if h0 is None else h0.dtype)  # fmt: skip
+    batch, dim, length = u.shape
+    return ScanInputs(
+        contiguous(u), contiguous(delta), f32(A), contiguous(B), contiguous(C), f32(D),
+        contiguous(z), f32(delta_bias), f32(h0), batch, dim, length, A.shape[1],
+        1 if B.dim() == 3 else B.shape[1], round_gate, info,
+    )  # fmt: skip
+
+
 def _steps() -> tuple[int, int, int]:
     """(forward chunk, backward chunk, steps per checkpoint)."""
     ck = CONFIG["chunk"] * CONFIG["ckpt_chunks"]
@@ -414,19 +461,9 @@ class TritonSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus):
-        batch, dim, length = u.shape
-        d_state, groups = A.shape[1], 1 if B.dim() == 3 else B.shape[1]
-        u, delta, B, C, z = (
-            contiguous(u),
-            contiguous(delta),
-            contiguous(B),
-            contiguous(C),
-            contiguous(z),
-        )
-        A32 = A.float().contiguous()
-        D32 = None if D is None else D.float().contiguous()
-        bias32 = None if delta_bias is None else delta_bias.float().contiguous()
-        h032 = None if h0 is None else h0.float().contiguous()
+        x = scan_inputs(u, delta, A, B, C, D, z, delta_bias, h0, softplus)
+        u, delta, A32, B, C, D32, z, bias32, h032 = x[:9]
+        batch, dim, length, d_state, groups, round_gate = x[9:15]
         bd = _block_d(dim, groups)
         chunk, _bwd_chunk, every = _steps()
         n_ckpt = max(triton.cdiv(length, every), 1)
@@ -434,7 +471,6 @@ class TritonSelectiveScan(torch.autograd.Function):
         ckpt = u.new_empty(batch, dim, n_ckpt, d_state, dtype=torch.float32)
         last = u.new_empty(batch, dim, d_state, dtype=torch.float32)
         dummy = A32
-        round_gate = bool(CONFIG["round_gate"]) and z is not None and z.dtype != torch.float32
         common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                       SOFTPLUS=softplus, HAS_H0=h0 is not None, BD=bd,
                       BN=triton.next_power_of_2(d_state), T=chunk, num_warps=CONFIG["fwd_warps"])  # fmt: skip
@@ -446,9 +482,7 @@ class TritonSelectiveScan(torch.autograd.Function):
             num_stages=CONFIG["fwd_stages"], **common,
         )  # fmt: skip
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, ckpt)
-        ctx.info = (softplus, round_gate, h0 is not None, A.dtype,
-                    None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype,
-                    None if h0 is None else h0.dtype)  # fmt: skip
+        ctx.info = x.info
         return out, last
 
     @staticmethod

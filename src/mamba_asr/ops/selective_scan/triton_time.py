@@ -36,10 +36,11 @@ import triton.language as tl
 from mamba_asr.ops.selective_scan.triton_kernel import (
     CONFIG,
     LOG2E,
+    chunk_dt,
     combine,
-    contiguous,
     fast_math,
     gate,
+    scan_inputs,
     softplus,
 )
 
@@ -118,10 +119,7 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         mt = t < L
         m_dt = md[:, None] & mt[None, :]
         offs_dt = rows[:, None] * L + t[None, :]
-        u = tl.load(u_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
-        pre = tl.load(delta_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
-        dt = softplus(pre, FAST) if SOFTPLUS else pre
-        dt = tl.where(m_dt, dt, 0.0)  # steps past L: a = 1, x = 0
+        u, pre, dt = chunk_dt(u_ptr, delta_ptr, offs_dt, m_dt, bias, SOFTPLUS, FAST)
         dtu = dt * u
         y = Dv[:, None] * u
         # the states NU at a time, as a loop (not fully unrolled: one group's values live at once);
@@ -204,10 +202,7 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         mt = t < L
         m_dt = md[:, None] & mt[None, :]
         offs_dt = rows[:, None] * L + t[None, :]
-        u = tl.load(u_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
-        pre = tl.load(delta_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
-        dt = softplus(pre, FAST) if SOFTPLUS else pre
-        dt = tl.where(m_dt, dt, 0.0)
+        u, pre, dt = chunk_dt(u_ptr, delta_ptr, offs_dt, m_dt, bias, SOFTPLUS, FAST)
         dtu = dt * u
         # the adjoint runs over the chunk's steps reversed (r = TC - 1 - t), as a forward scan:
         # its decay at step t is the next step's a_{t+1} (dt = 0 past L, where the decay is 1)
@@ -288,18 +283,9 @@ class TritonTimeScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus):
-        batch, dim, length = u.shape
-        d_state, groups = A.shape[1], 1 if B.dim() == 3 else B.shape[1]
-        u, delta, B, C, z = (
-            contiguous(u),
-            contiguous(delta),
-            contiguous(B),
-            contiguous(C),
-            contiguous(z),
-        )
-        A32 = A.float().contiguous()
-        D32 = None if D is None else D.float().contiguous()
-        bias32 = None if delta_bias is None else delta_bias.float().contiguous()
+        x = scan_inputs(u, delta, A, B, C, D, z, delta_bias, h0, softplus)
+        u, delta, A32, B, C, D32, z, bias32, h0 = x[:9]
+        batch, dim, length, d_state, groups, round_gate = x[9:15]
         bd, tc = _block_d(dim, groups), CONFIG["time_chunk"]
         n_chunks = max(triton.cdiv(length, tc), 1)
         out = torch.empty_like(u)
@@ -311,7 +297,6 @@ class TritonTimeScan(torch.autograd.Function):
         else:
             ckpt[:, :, 0] = h0
         dummy = A32
-        round_gate = bool(CONFIG["round_gate"]) and z is not None and z.dtype != torch.float32
         _fwd_time_kernel[_grid(batch, triton.cdiv(dim, bd))](
             u, delta, A32, B, C, D32 if D is not None else dummy, z if z is not None else u,
             bias32 if bias32 is not None else dummy, out, ypre if save_y else dummy, ckpt, dim,
@@ -322,9 +307,7 @@ class TritonTimeScan(torch.autograd.Function):
             num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
         )  # fmt: skip
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, ypre, ckpt)
-        ctx.info = (softplus, round_gate, h0 is not None, A.dtype,
-                    None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype,
-                    None if h0 is None else h0.dtype)  # fmt: skip
+        ctx.info = x.info
         return out, ckpt[:, :, n_chunks].clone()
 
     @staticmethod
