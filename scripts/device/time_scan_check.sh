@@ -25,4 +25,4 @@ for k in state time; do
     python3 benchmarks/encoder_scaling.py --device cuda --size large --batch 16 --seconds 10 30 60 \
     --out "/tmp/tsc/enc_$k" 2>&1 | grep -v -i warn | tee "/tmp/tsc/encoder_scaling_$k.txt" | grep "^|\|from"
 done
-tar -C /tmp/tsc -czf "$out/time_scan_check.tgz" --exclude='*.so' --exclude='peer_so.xz' .
+tar -C /tmp/tsc -czf "$out/time_scan_check.tgz" --exclude='*.so' .  # scan/peer_so.xz inside: saved as .peer/build/selective_scan_cuda.so.xz, the next call skips the build
