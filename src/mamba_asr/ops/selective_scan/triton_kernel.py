@@ -45,7 +45,9 @@ from torch import Tensor
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
           "bwd_programs": 2048, "round_gate": True,
-          "kernel": "time", "time_bd": 1, "time_chunk": 128, "time_warps": 1, "time_stages": 2, "time_unroll": 2, "time_prefetch": True, "time_bwd_prefetch": False, "time_batch_fast": True}  # fmt: skip
+          "kernel": "time", "time_bd": 1, "time_chunk": 128, "time_warps": 1, "time_stages": 2,
+          "time_unroll": 2, "time_prefetch": True, "time_bwd_prefetch": False,
+          "time_batch_fast": True}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it
@@ -57,7 +59,8 @@ if _env_config:
     _unknown = set(json.loads(_env_config)) - set(CONFIG)
     if _unknown:
         raise ValueError(
-            f"MAMBA_ASR_TRITON_SCAN_CONFIG: unknown keys {sorted(_unknown)}; known: {sorted(CONFIG)}"
+            f"MAMBA_ASR_TRITON_SCAN_CONFIG: unknown keys {sorted(_unknown)}; "
+            f"known: {sorted(CONFIG)}"
         )
     CONFIG.update(json.loads(_env_config))
 

@@ -2,24 +2,27 @@
 
 The layout of state-spaces/mamba's CUDA kernel, in Triton. One program owns (batch b, BD channels)
 and walks the sequence in chunks of TC steps; within a chunk the steps are spread over the lanes
-and warps (a few consecutive steps per thread), and the states n = 0..N-1 are taken one after
-another (unrolled: N is a compile-time constant). For each state the recurrence
-h_t = a_t h_{t-1} + x_t is one ``tl.associative_scan`` along the chunk (in-thread, then across lanes
-and warps), started from the state carried over from the chunk before. Everything summed over the
-states (y = <h, C>, and in the backward dLoss/d(dt), dLoss/du) then accumulates in each thread's
-registers, step by step, with no exchange between lanes; per channel work (softplus, the gate, the
-D skip) runs once per step. A thread holds a handful of values per step rather than the whole
-state, so far fewer registers are live than in ``triton_kernel``'s layout (one thread per few
-(state, channel) pairs with the chunk's steps inside it), and more warps fit on each SM.
+(a few consecutive steps per thread), and the states n = 0..N-1 are taken one after another in a
+loop, NU states a loop step (each group's loads issued a step ahead when PREFETCH). For each state
+the recurrence h_t = a_t h_{t-1} + x_t is one ``tl.associative_scan`` along the chunk (in-thread,
+then across lanes), started from the state carried over from the chunk before through a small
+fp32 buffer. Everything summed over the states (y = <h, C>, and in the backward dLoss/d(dt),
+dLoss/du) then accumulates in each thread's registers, step by step, with no exchange between
+lanes; per channel work (softplus, the gate, the D skip) runs once per step. A thread holds a
+handful of values per step rather than the whole state, so far fewer registers are live than in
+``triton_kernel``'s layout (one thread per few (state, channel) pairs with the chunk's steps
+inside it), and more warps fit on each SM.
 
 The forward stores the state at the start of every chunk (N fp32 values per channel and chunk)
 and, when there is a gate z, the output before it (fp32), as the peer's kernel keeps ``out``. The
 backward walks the chunks last to first: per state, it rebuilds h over the chunk from the stored
-start (one scan) and runs the adjoint dh_t = C_t dLoss/dy_t + a_{t+1} dh_{t+1} as one reverse scan
-whose decay a_{t+1} comes from the next step's dt (loaded shifted by one; the exp is recomputed
-rather than exchanged between lanes). dA, dD and d(delta_bias) are summed in fp32 per program then
-over programs with ``torch.sum``; dB and dC are summed over the program's channels, then added
-atomically, one add per program, state and step.
+start (one scan) and runs the adjoint dh_t = C_t dLoss/dy_t + a_{t+1} dh_{t+1} as a forward scan
+over the chunk's steps reversed with ``tl.gather`` (one shuffle per value; a reverse
+``associative_scan`` flips its inputs and outputs with five butterfly shuffles per value each),
+its decay a_{t+1} from the next step's dt (loaded shifted by one; the exp is recomputed rather
+than exchanged between lanes). dA (per chunk), dD and d(delta_bias) are summed in fp32 per
+program, then over programs with ``torch.sum``; dB and dC are summed over the program's
+channels, then added atomically (relaxed), one add per program, state and step.
 
 Arithmetic is fp32 throughout; the gate silu(z) is rounded to z's dtype as PyTorch rounds it.
 Shape key as ``triton_kernel``: B batch, D channels, G groups of B/C (E = D / G each), L length,
@@ -77,7 +80,8 @@ def _grid(batch: int, blocks: int) -> tuple[int, int]:
 @triton.jit
 def _fwd_loads(n0, A_ptr, B_ptr, C_ptr, ck, c, offs_d, md, bc0, t, mt, L, N: tl.constexpr,
                NU: tl.constexpr):  # fmt: skip
-    """(A log2 e, state entering the chunk, B, C) of states n0 .. n0 + NU - 1, flat; zeros past N."""
+    """(A log2 e, state entering the chunk, B, C) of states n0 .. n0 + NU - 1, flat; zeros past
+    N."""
     out = ()
     for j in tl.static_range(NU):
         n = n0 + j
@@ -105,10 +109,10 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_t = tl.arange(0, TC)
     md = offs_d < D
-    rows = b.to(tl.int64) * D + offs_d  # (BD,) rows of (B, D, .); int64: B D L may pass 2^31
-    bc0 = (
-        (b.to(tl.int64) * G + (pid_d * BD) // E) * N * L
-    )  # this block's group of B/C (BD divides E)
+    # (BD,) rows of (B, D, .), and this block's group of B/C (BD divides E); int64, as B D L may
+    # pass 2^31
+    rows = b.to(tl.int64) * D + offs_d
+    bc0 = (b.to(tl.int64) * G + (pid_d * BD) // E) * N * L
     ck = ckpt_ptr + rows * ((n_chunks + 1) * N)
     Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
     bias = (
@@ -177,10 +181,12 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, N: tl.constexpr,
                      BD: tl.constexpr, TC: tl.constexpr, NU: tl.constexpr,
-                     PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+                     PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
+                     FAST: tl.constexpr):  # fmt: skip
     # dhbuf: (2, B, D, N) fp32, dLoss/dh at the first step of the chunk after the one being
     # processed, alternating between the two halves (slot 0 set by the caller: dLoss/d(last state)
-    # or zeros); at the end the half n_chunks % 2 holds dLoss/dh_0. dA: (B, D, n_chunks, N) per chunk
+    # or zeros); at the end the half n_chunks % 2 holds dLoss/dh_0. dA: (B, D, n_chunks, N), per
+    # chunk
     b, pid_d = _program(BATCH_FAST)
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_t = tl.arange(0, TC)
@@ -303,8 +309,8 @@ class TritonTimeScan(torch.autograd.Function):
             length, dim // groups, groups, n_chunks, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate,
             SAVE_Y=save_y, N=d_state, BD=bd, TC=tc, NU=CONFIG["time_unroll"],
-            PREFETCH=CONFIG["time_prefetch"], BATCH_FAST=CONFIG["time_batch_fast"], FAST=fast_math(),
-            num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
+            PREFETCH=CONFIG["time_prefetch"], BATCH_FAST=CONFIG["time_batch_fast"],
+            FAST=fast_math(), num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
         )  # fmt: skip
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, ypre, ckpt)
         ctx.info = x.info
@@ -339,7 +345,8 @@ class TritonTimeScan(torch.autograd.Function):
             length, dim // groups, groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
             HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state,
             BD=bd, TC=tc, NU=CONFIG["time_unroll"], PREFETCH=CONFIG["time_bwd_prefetch"],
-            BATCH_FAST=CONFIG["time_batch_fast"], FAST=fast_math(), num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
+            BATCH_FAST=CONFIG["time_batch_fast"], FAST=fast_math(), num_warps=CONFIG["time_warps"],
+            num_stages=CONFIG["time_stages"],
         )  # fmt: skip
         dh0 = None
         if has_h0:  # dLoss/dh_{-1} = a_0 dLoss/dh_0
