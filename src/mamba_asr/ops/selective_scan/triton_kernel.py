@@ -260,13 +260,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                 t = (k * S + s) * T + offs_t
                 m_dt = md[:, None] & (t < L)[None, :]
                 offs_dt = rows[:, None] * L + t[None, :]
-                u = tl.load(u_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
-                pre = (
-                    tl.load(delta_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
-                    + bias[:, None]
-                )
-                dt = softplus(pre, FAST) if SOFTPLUS else pre
-                dt = tl.where(m_dt, dt, 0.0)
+                u, _pre, dt = chunk_dt(u_ptr, delta_ptr, offs_dt, m_dt, bias, SOFTPLUS, FAST)
                 m_nt = mn[:, None] & (t < L)[None, :]
                 Bt = tl.load(B_ptr + bc0 + offs_n[:, None] * L + t[None, :], mask=m_nt, other=0.0)
                 dts = _cols(dt, T)
@@ -286,10 +280,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             m_nt = mn[:, None] & mt[None, :]
             offs_dt = rows[:, None] * L + t[None, :]
             offs_nt = bc0 + offs_n[:, None] * L + t[None, :]
-            u = tl.load(u_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
-            pre = tl.load(delta_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
-            dt = softplus(pre, FAST) if SOFTPLUS else pre
-            dt = tl.where(m_dt, dt, 0.0)
+            u, pre, dt = chunk_dt(u_ptr, delta_ptr, offs_dt, m_dt, bias, SOFTPLUS, FAST)
             dtu = dt * u
             Bt = tl.load(B_ptr + offs_nt, mask=m_nt, other=0.0).to(tl.float32)
             Ct = tl.load(C_ptr + offs_nt, mask=m_nt, other=0.0).to(tl.float32)
