@@ -16,9 +16,8 @@
 set -uo pipefail
 dest="${1:-/tmp/out}"
 out=/tmp/kernels_check
-mkdir -p "$dest" "$out/scan" "$out/rnnt" "$out/encoders" /tmp/site
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl 2>/dev/null
+mkdir -p "$dest" "$out/scan" "$out/rnnt" "$out/encoders"
+source scripts/device/wheels.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 echo "# bash scripts/device/kernels_check.sh   ($(date -u +%FT%TZ))"
 bash scripts/device/scan_check.sh "$out/scan" 2>&1 | tail -40

@@ -5,9 +5,8 @@
 #   bash scripts/device/ops_check.sh OUTDIR      (carry .whl; about 3 minutes)
 set -uo pipefail
 out="${1:-/tmp/out}"
-mkdir -p "$out" /tmp/site
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl 2>/dev/null
+mkdir -p "$out"
+source scripts/device/wheels.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD/src:$PWD/tests:$PWD/benchmarks"
 echo "# bash scripts/device/ops_check.sh   ($(date -u +%FT%TZ))"
 nvidia-smi --query-gpu=name --format=csv,noheader

@@ -12,9 +12,8 @@
 #   bash scripts/device/pending_checks.sh OUTDIR      (carry .whl; a few minutes)
 set -uo pipefail
 out="${1:-/tmp/out}"
-mkdir -p "$out" /tmp/site
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl 2>/dev/null
+mkdir -p "$out"
+source scripts/device/wheels.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD/src:$PWD/tests:$PWD/benchmarks:${PYTHONPATH:-}"
 echo "# bash scripts/device/pending_checks.sh   ($(date -u +%FT%TZ))"
 bash scripts/device/rnnt_check.sh "$out" 2>&1 | grep -v -i warn | tail -40

@@ -10,9 +10,8 @@
 #   bash scripts/device/time_scan_check.sh OUTDIR      (carry .whl and .peer)
 set -uo pipefail
 out="${1:-/tmp/out}"
-mkdir -p "$out" /tmp/site /tmp/tsc
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl 2>/dev/null
+mkdir -p "$out" /tmp/tsc
+source scripts/device/wheels.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 K='"kernel":"time"'
 SCAN_TESTS=configs PEER_TEST_CONFIGS="time={$K}" bash scripts/device/scan_check.sh /tmp/tsc/scan \
