@@ -88,13 +88,14 @@ TIME_CONFIG = {"kernel": "time", "time_chunk": 16, "time_unroll": 2}
     reason="triton's CPU interpreter needs numpy < 2.3 (the [dev] extra pins it)",
 )
 @pytest.mark.parametrize(
-    "case, grid",
-    [(CASES[0], "batch"), (CASES[1], "batch"), (CASES[2], "batch"), (CASES[5], "batch"),
-     (CASES[0], "channels")],
-    ids=["0", "1", "2", "5", "0-channels-fastest"],
+    "case, overrides",
+    [(CASES[0], {}), (CASES[1], {}), (CASES[2], {}), (CASES[5], {}),
+     (CASES[0], {"time_batch_fast": False}), (CASES[1], {"time_bwd_prefetch": "scalars"}),
+     (CASES[0], {"time_bwd_prefetch": True})],
+    ids=["0", "1", "2", "5", "0-channels-fastest", "1-prefetch-scalars", "0-prefetch-all"],
 )  # fmt: skip
-def test_triton_time_kernels_interpreted_match_reference(case, grid):
-    config = json.dumps({**TIME_CONFIG, "time_batch_fast": grid == "batch"})
+def test_triton_time_kernels_interpreted_match_reference(case, overrides):
+    config = json.dumps({**TIME_CONFIG, **overrides})
     env = {**os.environ, "TRITON_INTERPRET": "1", "MAMBA_ASR_TRITON_SCAN_CONFIG": config}
     _check_interpreted(case, env)
 

@@ -49,9 +49,14 @@ from mamba_asr.ops.selective_scan.triton_kernel import (
 
 
 @triton.jit
-def _last(x, offs_t, TC: tl.constexpr):
-    """The chunk's last step of a (BD, TC) tile, as (BD,)."""
-    return tl.sum(tl.where((offs_t == TC - 1)[None, :], x, 0.0), axis=1)
+def _store_last(ptr, x, mask, offs_t, TC: tl.constexpr):
+    """Store the chunk's last step of a (BD, TC) tile at ptr (BD,), from the thread that holds it
+    (no reduction across lanes). The pointers are declared aligned as a contiguous tile's would
+    be, so that triton keeps the tile's layout rather than moving it through shared memory; the
+    stores stay scalar, each at its true address, since the mask differs from step to step and no
+    vector can form."""
+    p = tl.multiple_of((ptr - (TC - 1))[:, None] + offs_t[None, :], [1, 16])
+    tl.store(p, x, mask=mask[:, None] & (offs_t == TC - 1)[None, :])
 
 
 @triton.jit
@@ -144,7 +149,7 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                 a_cum, h_loc = tl.associative_scan((a, dtu * Bn[None, :]), 1, combine)
                 hs = a_cum * h0[:, None] + h_loc
                 y += hs * Cn[None, :]
-                tl.store(ck + (c + 1) * N + n0 + j, _last(hs, offs_t, TC), mask=md & (n0 + j < N))
+                _store_last(ck + (c + 1) * N + n0 + j, hs, md & (n0 + j < N), offs_t, TC)
         if HAS_Z:
             if SAVE_Y:
                 tl.store(ypre_ptr + offs_dt, y, mask=m_dt)
@@ -156,10 +161,9 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
 
 
 @triton.jit
-def _bwd_loads(n0, A_ptr, B_ptr, C_ptr, ck, src, c, offs_d, md, bc0, t, mt, L, N: tl.constexpr,
-               NU: tl.constexpr):  # fmt: skip
-    """(A, state entering the chunk, adjoint from the chunk after, B, C) of states n0 ..
-    n0 + NU - 1, flat; zeros past N."""
+def _bwd_scalars(n0, A_ptr, ck, src, c, offs_d, md, N: tl.constexpr, NU: tl.constexpr):
+    """(A, state entering the chunk, adjoint from the chunk after) of states n0 .. n0 + NU - 1,
+    flat; zeros past N."""
     out = ()
     for j in tl.static_range(NU):
         n = n0 + j
@@ -168,6 +172,18 @@ def _bwd_loads(n0, A_ptr, B_ptr, C_ptr, ck, src, c, offs_d, md, bc0, t, mt, L, N
             tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0),
             tl.load(ck + c * N + n, mask=md & ok, other=0.0),
             tl.load(src + n, mask=md & ok, other=0.0),
+        )
+    return out
+
+
+@triton.jit
+def _bwd_tiles(n0, B_ptr, C_ptr, bc0, t, mt, L, N: tl.constexpr, NU: tl.constexpr):
+    """(B, C) over the chunk of states n0 .. n0 + NU - 1, flat; zeros past N."""
+    out = ()
+    for j in tl.static_range(NU):
+        n = n0 + j
+        ok = n < N
+        out = out + (
             tl.load(B_ptr + bc0 + n * L + t, mask=mt & ok, other=0.0).to(tl.float32),
             tl.load(C_ptr + bc0 + n * L + t, mask=mt & ok, other=0.0).to(tl.float32),
         )
@@ -229,19 +245,26 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         ddt = tl.zeros((BD, TC), tl.float32)  # sum over states of dLoss/d(dt A) A
         dus = tl.zeros((BD, TC), tl.float32)  # sum over states of dLoss/dh B
         src, dst = dhb + (cc % 2) * half, dhb + ((cc + 1) % 2) * half
-        nxt = _bwd_loads(0, A_ptr, B_ptr, C_ptr, ck, src, c, offs_d, md, bc0, t, mt, L, N, NU)
+        # PREFETCH: 1, the scalars (A, the state entering the chunk, the adjoint leaving it) of
+        # the next group are loaded a loop step ahead; 2, its B and C too; 0, nothing ahead
+        nxt_s = _bwd_scalars(0, A_ptr, ck, src, c, offs_d, md, N, NU)
+        nxt_t = _bwd_tiles(0, B_ptr, C_ptr, bc0, t, mt, L, N, NU)
         for n0 in range(0, N, NU):
-            if PREFETCH:
-                cur = nxt
-                nxt = _bwd_loads(n0 + NU, A_ptr, B_ptr, C_ptr, ck, src, c, offs_d, md, bc0, t, mt,
-                                 L, N, NU)  # fmt: skip
+            if PREFETCH >= 1:
+                cur_s = nxt_s
+                nxt_s = _bwd_scalars(n0 + NU, A_ptr, ck, src, c, offs_d, md, N, NU)
             else:
-                cur = _bwd_loads(n0, A_ptr, B_ptr, C_ptr, ck, src, c, offs_d, md, bc0, t, mt, L,
-                                 N, NU)  # fmt: skip
+                cur_s = _bwd_scalars(n0, A_ptr, ck, src, c, offs_d, md, N, NU)
+            if PREFETCH >= 2:
+                cur_t = nxt_t
+                nxt_t = _bwd_tiles(n0 + NU, B_ptr, C_ptr, bc0, t, mt, L, N, NU)
+            else:
+                cur_t = _bwd_tiles(n0, B_ptr, C_ptr, bc0, t, mt, L, N, NU)
             for j in tl.static_range(NU):
                 n = n0 + j
                 ok = n < N
-                A, h0, dh1, Bn, Cn = cur[5 * j : 5 * j + 5]
+                A, h0, dh1 = cur_s[3 * j], cur_s[3 * j + 1], cur_s[3 * j + 2]
+                Bn, Cn = cur_t[2 * j], cur_t[2 * j + 1]
                 A2 = A * LOG2E
                 a = tl.math.exp2(dt * A2[:, None])
                 x = dtu * Bn[None, :]
@@ -252,7 +275,7 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                 p_cum, dh_loc = tl.associative_scan((a_nx_r, gc_r), 1, combine)
                 dhs_r = p_cum * dh1[:, None] + dh_loc  # dLoss/dh, steps reversed
                 # dLoss/dh at the chunk's first step, for the chunk before
-                tl.store(dst + n, _last(dhs_r, offs_t, TC), mask=md & ok)
+                _store_last(dst + n, dhs_r, md & ok, offs_t, TC)
                 dhs = _rev(dhs_r, offs_t, TC)
                 # dLoss/d(dt A): dh_t a_t h_{t-1}, and a_t h_{t-1} = h_t - x_t
                 dlog = dhs * (hs - x)
@@ -276,12 +299,22 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     tl.store(dbias_ptr + rows, dbias, mask=md)
 
 
+# CONFIG's time_bwd_prefetch -> the backward kernel's PREFETCH
+_BWD_PREFETCH = {False: 0, "scalars": 1, True: 2}
+
+
 def _block_d(dim: int, groups: int) -> int:
     """Channels per program: CONFIG's ``time_bd``, halved until it divides one group's channels."""
     bd = CONFIG["time_bd"]
     while (dim // groups) % bd:
         bd //= 2
     return bd
+
+
+def _maxnreg() -> dict:
+    """The backward's launch option capping its registers a thread (CONFIG's time_bwd_maxnreg)."""
+    cap = CONFIG["time_bwd_maxnreg"]
+    return {} if cap is None else {"maxnreg": cap}
 
 
 class TritonTimeScan(torch.autograd.Function):
@@ -344,9 +377,10 @@ class TritonTimeScan(torch.autograd.Function):
             dout, dhbuf, du, ddelta, dz if dz is not None else du, dA, dD, dbias, dB, dC, dim,
             length, dim // groups, groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
             HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state,
-            BD=bd, TC=tc, NU=CONFIG["time_unroll"], PREFETCH=CONFIG["time_bwd_prefetch"],
+            BD=bd, TC=tc, NU=CONFIG["time_unroll"],
+            PREFETCH=_BWD_PREFETCH[CONFIG["time_bwd_prefetch"]],
             BATCH_FAST=CONFIG["time_batch_fast"], FAST=fast_math(), num_warps=CONFIG["time_warps"],
-            num_stages=CONFIG["time_stages"],
+            num_stages=CONFIG["time_stages"], **_maxnreg(),
         )  # fmt: skip
         dh0 = None
         if has_h0:  # dLoss/dh_{-1} = a_0 dLoss/dh_0

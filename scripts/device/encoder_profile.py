@@ -1,0 +1,97 @@
+"""Where a large encoder's training step spends the GPU's time: the kernels of one bf16
+forward+backward (benchmarks/encoder_scaling.py's step), grouped by what they do.
+
+    PYTHONPATH=src:benchmarks python3 scripts/device/encoder_profile.py [--seconds 60] [--batch 16]
+        [--encoders conformer conmamba] [--json PATH]
+
+torch.profiler over --iters steps after a warm-up; per encoder the step's GPU time, each group's
+share (the selective scan's kernels, matrix products, the causal conv1d, attention, norms,
+elementwise and reductions) and the kernels that take the most.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from encoder_scaling import build, training_step, warm_up_gpu
+
+GROUPS = (  # (group, substrings of a kernel's name), first match wins
+    ("scan", ("_time_kernel", "_fwd_kernel", "_bwd_kernel", "_bwd_carry", "selective_scan")),
+    ("matmul", ("gemm", "cutlass", "sm90_xmma", "nvjet", "cublas", "matmul", "_mma")),
+    ("attention", ("flash", "fmha", "attention", "softmax")),
+    ("conv", ("conv", "implicit_gemm", "cudnn", "winograd", "depthwise")),
+    ("norm", ("norm", "welford")),
+    ("reduce", ("reduce", "sum_", "mean")),
+    ("copy/cast", ("copy", "cast", "convert", "cat", "transpose", "fill", "index")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled", "pointwise", "triton_")),
+)
+
+
+def group(name: str) -> str:
+    low = name.lower()
+    for g, keys in GROUPS:
+        if any(k in low for k in keys):
+            return g
+    return "other"
+
+
+def profile_step(step, iters: int) -> dict[str, float]:
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+    out: dict[str, float] = defaultdict(float)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            out[ev.name] += ev.device_time / 1e3 / iters
+    return dict(out)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--encoders", nargs="+", default=["conformer", "conmamba"])
+    p.add_argument("--size", default="large")
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--top", type=int, default=12)
+    p.add_argument("--json", type=Path, default=Path("encoder_profile.json"))
+    args = p.parse_args(argv)
+    device = torch.device("cuda")
+    warm_up_gpu(device)
+    result = {}
+    for enc in args.encoders:
+        model = build(enc, args.size, device)
+        kernels = profile_step(training_step(model, args.batch, args.seconds, device), args.iters)
+        total = sum(kernels.values())
+        groups: dict[str, float] = defaultdict(float)
+        for name, ms in kernels.items():
+            groups[group(name)] += ms
+        print(f"## {enc} {args.size}, batch {args.batch}, {args.seconds:g} s: GPU {total:.1f} ms "
+              f"a step ({torch.cuda.get_device_name()})")  # fmt: skip
+        print("| group | ms | share |")
+        print("|---|---|---|")
+        for g, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
+            print(f"| {g} | {ms:.1f} | {ms / total:.0%} |")
+        print("| kernel | ms | group |")
+        print("|---|---|---|")
+        for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])[: args.top]:
+            print(f"| {name[:90]} | {ms:.2f} | {group(name)} |")
+        result[enc] = dict(total_ms=total, groups=groups, kernels=kernels)
+        del model
+        torch.cuda.empty_cache()
+    args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Where the selective scan's time goes, in one call on one GPU, beside the peer. PARTS (default:
+# all, in this order) picks among:
+#   ncu      Nsight Compute (--set full: occupancy, issue rate, stall reasons, per-instruction
+#            samples) on our time-parallel kernels (scripts/device/scan_ncu.py, B8 D1024 L2048,
+#            fp32 and bf16);
+#   tests    our CUDA tests of the scan and of the direct launches, and state-spaces/mamba's test
+#            against our kernel;
+#   host     host time against GPU time per call (scripts/device/scan_host.py, with --cprofile),
+#            with triton's launches and with the direct ones (MAMBA_ASR_TRITON_LAUNCH=direct);
+#   bench    benchmarks/scan_cuda.py beside the peer, with VARIANTS ('NAME=JSON ...', CONFIG
+#            overrides) and with the direct launches; with OLD_SRC (a tarball of another
+#            checkout's src/: `git archive HEAD src ':(exclude)src/mamba_asr/pretrained' | gzip >
+#            .peer/old_src.tgz`) that code is timed too, in the same call;
+#   peer_ncu Nsight Compute on the peer's CUDA kernels, as for ours;
+#   encoders the large encoders' training step by kernel group (scripts/device/encoder_profile.py)
+#            and benchmarks/encoder_scaling.py (10, 30, 60 s).
+#   bash scripts/device/scan_profile.sh OUTDIR      (carry .whl and .peer)
+# Everything comes back as OUTDIR/scan_profile.tgz (text) and OUTDIR/ncu_reports.tgz (the .ncu-rep
+# files, for ncu-ui), a fresh peer build as OUTDIR/peer_so.xz (keep it as
+# .peer/build/selective_scan_cuda.so.xz: the next call skips the 160 s build).
+set -uo pipefail
+dest="${1:-/tmp/out}"
+out=/tmp/scan_profile
+PARTS="${PARTS:-ncu tests host bench peer_ncu encoders}"
+mkdir -p "$dest" "$out"
+source scripts/device/wheels.sh
+export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD/src:$PWD/tests:$PWD/benchmarks:$PWD/scripts/device"
+export PEER_DIR="$PWD/.peer/mamba_ssm" PEER_BUILD="$PWD/.peer/build"
+echo "# PARTS='$PARTS' VARIANTS='${VARIANTS:-}' bash scripts/device/scan_profile.sh   ($(date -u +%FT%TZ))"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/mamba_ssm/whl/einops-*.whl
+if [ ! -f "$PEER_BUILD/selective_scan_cuda.so" ] && [ -f "$PEER_BUILD/selective_scan_cuda.so.xz" ]; then
+  python3 -c "import lzma,sys; open(sys.argv[1][:-3],'wb').write(lzma.decompress(open(sys.argv[1],'rb').read()))" \
+    "$PEER_BUILD/selective_scan_cuda.so.xz"
+fi
+built=0
+if [ ! -f "$PEER_BUILD/selective_scan_cuda.so" ]; then
+  built=1
+  (python3 -c "import peer_scan; peer_scan.load()" > "$out/peer_build.log" 2>&1) &
+  build=$!
+fi
+peer_ready() {
+  if [ "$built" = 1 ]; then
+    wait $build || { echo "peer build failed"; tail -20 "$out/peer_build.log"; }
+    python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.compress(open(sys.argv[1],'rb').read(), preset=6))" \
+      "$PEER_BUILD/selective_scan_cuda.so" "$dest/peer_so.xz" && ls -la "$dest/peer_so.xz"
+    built=2
+  fi
+}
+ncu_report() {  # name: text pages of $out/name.ncu-rep
+  ncu -i "$out/$1.ncu-rep" --page details > "$out/$1_details.txt" 2>&1
+  ncu -i "$out/$1.ncu-rep" --page raw --csv > "$out/$1_raw.csv" 2>&1
+  ncu -i "$out/$1.ncu-rep" --page source --csv --print-source sass > "$out/$1_source.csv" 2>&1
+  grep -E "^  [_a-zA-Z].*\(|Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|Warp Cycles Per Issued" \
+    "$out/$1_details.txt" | head -60
+}
+bench() {  # name, then env assignments for the run
+  local name=$1
+  shift
+  env "$@" python3 benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 30 \
+    --json "$out/scan_cuda_$name.json" --variant ${VARIANTS:-} 2>&1 | grep -v -i warn \
+    | tee "$out/scan_cuda_$name.txt"
+}
+for part in $PARTS; do
+  echo "## $part"
+  case $part in
+  ncu)
+    ncu --clock-control none --set full -k regex:_time_kernel -f -o "$out/ours" \
+      python3 scripts/device/scan_ncu.py float32 bfloat16 > "$out/ncu_ours.log" 2>&1
+    tail -3 "$out/ncu_ours.log"
+    ncu_report ours ;;
+  tests)
+    python3 -m pytest -q -p no:cacheprovider -n 12 tests/ops/test_selective_scan_triton.py \
+      tests/ops/test_selective_scan.py tests/ops/test_triton_launch.py 2>&1 | tail -3 \
+      | tee "$out/pytest_scan.txt"
+    MAMBA_ASR_TRITON_LAUNCH=direct python3 -m pytest -q -p no:cacheprovider -n 12 \
+      tests/ops/test_selective_scan_triton.py 2>&1 | tail -1 | sed 's/^/direct launches: /' \
+      | tee -a "$out/pytest_scan.txt"
+    python3 -m pytest -q -p no:cacheprovider -n 12 tests/ops/test_selective_scan_peer.py 2>&1 \
+      | tail -2 | tee "$out/pytest_peer_test_ours.txt" ;;
+  host)
+    peer_ready
+    python3 scripts/device/scan_host.py --cprofile --json "$out/scan_host.json" 2>&1 \
+      | grep -v -i warn | tee "$out/scan_host.txt"
+    MAMBA_ASR_TRITON_LAUNCH=direct python3 scripts/device/scan_host.py --impls triton --cprofile \
+      --json "$out/scan_host_direct.json" 2>&1 | grep -v -i warn | tee "$out/scan_host_direct.txt" ;;
+  bench)
+    peer_ready
+    bench jit MAMBA_ASR_TRITON_LAUNCH=jit
+    bench direct MAMBA_ASR_TRITON_LAUNCH=direct
+    if [ -n "${OLD_SRC:-}" ] && [ -f "$OLD_SRC" ]; then
+      mkdir -p /tmp/old && tar -xzf "$OLD_SRC" -C /tmp/old
+      PYTHONPATH="/tmp/site:/tmp/old/src:$PWD/benchmarks:$PWD/scripts/device" python3 \
+        benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 30 \
+        --json "$out/scan_cuda_old.json" 2>&1 | grep -v -i warn | tee "$out/scan_cuda_old.txt"
+    fi ;;
+  peer_ncu)
+    peer_ready
+    ncu --clock-control none --set full -k regex:selective_scan -f -o "$out/peer" \
+      python3 scripts/device/scan_ncu.py --impl peer float32 bfloat16 > "$out/ncu_peer.log" 2>&1
+    tail -3 "$out/ncu_peer.log"
+    ncu_report peer ;;
+  encoders)
+    python3 scripts/device/encoder_profile.py --json "$out/encoder_profile.json" 2>&1 \
+      | grep -v -i warn | tee "$out/encoder_profile.txt"
+    python3 benchmarks/encoder_scaling.py --device cuda --size large --batch 16 --seconds 10 30 60 \
+      --out "$out/encoders" 2>&1 | grep -v -i warn | tee "$out/encoder_scaling.txt" ;;
+  esac
+done
+peer_ready
+tar -C "$out" -czf "$dest/scan_profile.tgz" --exclude='*.ncu-rep' .
+ls "$out"/*.ncu-rep > /dev/null 2>&1 && tar -C "$out" -czf "$dest/ncu_reports.tgz" $(cd "$out" && ls *.ncu-rep)
+ls -la "$dest"
