@@ -30,13 +30,17 @@ HALF_ARGS = ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_p
 
 
 def compile_for(fn, consts: dict, ptr_types: dict, arch: int = 90, num_warps: int = 1,
-                num_stages: int = 2, aligned: tuple = ("L", "D", "E")):  # fmt: skip
+                num_stages: int = 2, aligned: tuple = ("L", "D", "E", "n_chunks", "n_ckpt"),
+                ones: tuple = ("G",), maxnreg: int | None = None):  # fmt: skip
     """Compile a @triton.jit function for sm_<arch> without a GPU: pointers fp32 unless named in
-    ptr_types, the other arguments i32, ``aligned`` ones and every pointer divisible by 16."""
+    ptr_types, the other arguments i32, ``aligned`` ones and every pointer divisible by 16, and
+    ``ones`` the constant 1 (triton specializes an int argument equal to 1 so; the anchors' shapes
+    have one group of B/C and 4-64 chunks)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    consts = {**{n: 1 for n in ones if n in fn.arg_names}, **consts}
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:
@@ -51,6 +55,8 @@ def compile_for(fn, consts: dict, ptr_types: dict, arch: int = 90, num_warps: in
     constexprs = {(fn.arg_names.index(k),): v for k, v in consts.items()}
     src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
     opts = {"num_warps": num_warps, "num_stages": num_stages}
+    if maxnreg is not None:
+        opts["maxnreg"] = maxnreg
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
 
 
@@ -108,7 +114,8 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
         ("time fwd", tt._fwd_time_kernel,
          dict(time, SAVE_Y=True, PREFETCH=cfg["time_prefetch"]), cfg["time_warps"],
          cfg["time_stages"]),
-        ("time bwd", tt._bwd_time_kernel, dict(time, PREFETCH=cfg["time_bwd_prefetch"]),
+        ("time bwd", tt._bwd_time_kernel,
+         dict(time, PREFETCH=tt._BWD_PREFETCH[cfg["time_bwd_prefetch"]]),
          cfg["time_warps"], cfg["time_stages"]),
     ]  # fmt: skip
 
@@ -139,7 +146,8 @@ def main(argv=None) -> None:
     for dtype in args.dtypes:
         types = {n: "*" + dtype for n in HALF_ARGS}
         for name, fn, consts, warps, stages in scan_kernels(dtype):
-            r = resources(compile_for(fn, consts, types, args.arch, warps, stages))
+            maxnreg = tk.CONFIG["time_bwd_maxnreg"] if name == "time bwd" else None
+            r = resources(compile_for(fn, consts, types, args.arch, warps, stages, maxnreg=maxnreg))
             rows.append({"kernel": name, "dtype": dtype, **r})
             print(f"| {name} | {dtype} | {r['registers']} | {r['stack_bytes']} | "
                   f"{r['instructions']} | {r['shuffles']} | {r['barriers']} | {r['mufu']} | "
