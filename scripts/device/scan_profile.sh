@@ -54,6 +54,7 @@ ncu_report() {  # name: text pages of $out/name.ncu-rep
   ncu -i "$out/$1.ncu-rep" --page source --csv --print-source sass > "$out/$1_source.csv" 2>&1
   grep -E "^  [_a-zA-Z].*\(|Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|Warp Cycles Per Issued" \
     "$out/$1_details.txt" | head -60
+  python3 scripts/device/ncu_summary.py "$out" "$1" > "$out/$1_ncu_summary.txt"
 }
 bench() {  # name, then env assignments for the run
   local name=$1
