@@ -75,6 +75,7 @@ def resources(kernel) -> dict:
     m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
     ops = re.findall(r"/\*[0-9a-f]{4,6}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)", sass)
     return {
+        "inner_loop": inner_loop(sass),
         "registers": int(m[1]),
         "stack_bytes": int(m[2]),
         "instructions": len(ops),
@@ -83,6 +84,27 @@ def resources(kernel) -> dict:
         "mufu": sum(o == "MUFU" for o in ops),
         "layout_conversions": kernel.asm["ttgir"].count("convert_layout"),
     }
+
+
+def inner_loop(sass: str) -> int:
+    """Instructions in the innermost loop's body (the shortest stretch that ends in a branch back
+    to an earlier label): what a step of the loop over states costs, where the static count of the
+    whole kernel also holds its prologue and the loop's first steps."""
+    labels, count, best = {}, 0, 0
+    for line in sass.splitlines():
+        label = re.match(r"^\s*(\.L_x_\d+):", line)
+        if label:
+            labels[label[1]] = count
+            continue
+        inst = re.search(r"/\*[0-9a-f]{4,6}\*/\s+(.*);", line)
+        if not inst:
+            continue
+        count += 1
+        target = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", inst[1])
+        if target and target[1] in labels and count - labels[target[1]] > 1:
+            size = count - labels[target[1]]
+            best = size if best == 0 else min(best, size)
+    return best
 
 
 def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict, int, int]]:
@@ -104,6 +126,7 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
         TC=cfg["time_chunk"],
         NU=cfg["time_unroll"],
         BATCH_FAST=cfg["time_batch_fast"],
+        CARRY_IN=cfg["time_carry_in"],
     )
     return [
         ("state fwd", tk._fwd_kernel, dict(state, T=chunk, S=every // chunk), cfg["fwd_warps"],
@@ -140,9 +163,10 @@ def main(argv=None) -> None:
     rows = []
     print(f"# sm_{args.arch}, CONFIG {tk.CONFIG}")
     print(
-        "| kernel | dtype | registers | stack B | instructions | SHFL | BAR | MUFU | layout conversions |"
+        "| kernel | dtype | registers | stack B | instructions | inner loop | SHFL | BAR | MUFU | "
+        "layout conversions |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for dtype in args.dtypes:
         types = {n: "*" + dtype for n in HALF_ARGS}
         for name, fn, consts, warps, stages in scan_kernels(dtype):
@@ -150,7 +174,8 @@ def main(argv=None) -> None:
             r = resources(compile_for(fn, consts, types, args.arch, warps, stages, maxnreg=maxnreg))
             rows.append({"kernel": name, "dtype": dtype, **r})
             print(f"| {name} | {dtype} | {r['registers']} | {r['stack_bytes']} | "
-                  f"{r['instructions']} | {r['shuffles']} | {r['barriers']} | {r['mufu']} | "
+                  f"{r['instructions']} | {r['inner_loop']} | {r['shuffles']} | {r['barriers']} | "
+                  f"{r['mufu']} | "
                   f"{r['layout_conversions']} |", flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"arch": args.arch, "config": tk.CONFIG, "rows": rows},
