@@ -14,7 +14,9 @@
 #            .peer/old_src.tgz`) that code is timed too, in the same call;
 #   peer_ncu Nsight Compute on the peer's CUDA kernels, as for ours;
 #   encoders the large encoders' training step by kernel group (scripts/device/encoder_profile.py)
-#            and benchmarks/encoder_scaling.py (10, 30, 60 s).
+#            and benchmarks/encoder_scaling.py (10, 30, 60 s);
+#   conv     the depthwise conv's Triton kernels: their CUDA tests, benchmarks/depthwise_conv.py
+#            beside PyTorch's, and the encoders with each (MAMBA_ASR_DEPTHWISE_CONV=torch / auto).
 #   bash scripts/device/scan_profile.sh OUTDIR      (carry .whl and .peer)
 # Everything comes back as OUTDIR/scan_profile.tgz (text) and OUTDIR/ncu_reports.tgz (the .ncu-rep
 # files, for ncu-ui), a fresh peer build as OUTDIR/peer_so.xz (keep it as
@@ -22,7 +24,7 @@
 set -uo pipefail
 dest="${1:-/tmp/out}"
 out=/tmp/scan_profile
-PARTS="${PARTS:-ncu tests host bench peer_ncu encoders}"
+PARTS="${PARTS:-ncu tests host bench peer_ncu encoders conv}"
 mkdir -p "$dest" "$out"
 source scripts/device/wheels.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD/src:$PWD/tests:$PWD/benchmarks:$PWD/scripts/device"
@@ -107,6 +109,16 @@ for part in $PARTS; do
       | grep -v -i warn | tee "$out/encoder_profile.txt"
     python3 benchmarks/encoder_scaling.py --device cuda --size large --batch 16 --seconds 10 30 60 \
       --out "$out/encoders" 2>&1 | grep -v -i warn | tee "$out/encoder_scaling.txt" ;;
+  conv)
+    python3 -m pytest -q -p no:cacheprovider tests/ops/test_depthwise_conv.py 2>&1 | tail -2 \
+      | tee "$out/pytest_depthwise_conv.txt"
+    python3 benchmarks/depthwise_conv.py --device cuda --json "$out/depthwise_conv.json" 2>&1 \
+      | grep -v -i warn | tee "$out/depthwise_conv.txt"
+    for v in torch auto; do
+      MAMBA_ASR_DEPTHWISE_CONV=$v python3 benchmarks/encoder_scaling.py --device cuda --size large \
+        --batch 16 --seconds 30 60 --out "$out/encoders_conv_$v" 2>&1 | grep -v -i warn \
+        | tee "$out/encoder_scaling_conv_$v.txt"
+    done ;;
   esac
 done
 peer_ready

@@ -300,9 +300,10 @@ def test_bimamba_fused_equals_two_pass(backend: str, options: dict[str, object])
     reason="triton's CPU interpreter needs numpy < 2.3 (the [dev] extra pins it)",
 )
 def test_bimamba_fused_equals_two_pass_triton_interpreted() -> None:
-    """The test above with the Triton scan (B/C in two groups) in triton's CPU interpreter: a
-    subprocess, since triton reads TRITON_INTERPRET at import."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    """The test above with the Triton scan (B/C in two groups) and the Triton depthwise conv in
+    triton's CPU interpreter: a subprocess, since triton reads TRITON_INTERPRET at import."""
+    # the depthwise conv's kernels too (their default backend is "torch" until a GPU times them)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "MAMBA_ASR_DEPTHWISE_CONV": "auto"}
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", __file__]
     proc = subprocess.run(
         [*command, "-k", "test_bimamba_fused_equals_two_pass and triton"],

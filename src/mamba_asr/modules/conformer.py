@@ -24,6 +24,7 @@ from mamba_asr.modules.attention import MultiHeadAttention, RelPosMHAXL
 from mamba_asr.modules.feedforward import FeedForward, make_activation
 from mamba_asr.modules.mamba import BiMamba, Mamba
 from mamba_asr.modules.masks import causal_mask, length_mask, zero_padding
+from mamba_asr.ops.depthwise_conv import depthwise_conv1d
 
 __all__ = [
     "CONV_NORMS",
@@ -108,7 +109,11 @@ class ConvolutionModule(nn.Module):
         mask = _frame_mask(x, lengths)
         y = F.glu(self.pointwise_in(self.layer_norm(x)), dim=-1)  # (B, L, M)
         y = zero_padding(y, mask).transpose(1, 2)  # (B, M, L): padding reads as zeros
-        y = self.depthwise(F.pad(y, self.padding))  # (B, M, L)
+        if self.depthwise._forward_pre_hooks:  # QAT's input quantizer: through the module
+            y = self.depthwise(F.pad(y, self.padding))  # (B, M, L)
+        else:  # in place, whatever y's layout (fused Triton kernels on CUDA)
+            w, b = self.depthwise.weight[:, 0], self.depthwise.bias
+            y = depthwise_conv1d(y, w, b, left=self.padding[0])  # (B, M, L)
         y = self.activation(self._normalize(y))  # (B, L, M)
         y = self.dropout(self.pointwise_out(y))
         return zero_padding(y, mask)

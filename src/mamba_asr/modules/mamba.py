@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamba_asr.modules.masks import length_mask, reverse_index
+from mamba_asr.ops.depthwise_conv import depthwise_conv1d
 from mamba_asr.ops.selective_scan import selective_scan_fn
 
 __all__ = ["BiMamba", "Mamba", "MambaState"]
@@ -150,10 +151,10 @@ def _scan_branches(branches: Sequence[_SSMBranch], x: Tensor, z: Tensor) -> Tens
     first = branches[0]
     groups, n, rank, k = len(branches), first.d_state, first.dt_rank, first.d_conv
     batch, channels, length = x.shape
-    conv_w = torch.cat([b.conv1d.weight for b in branches])  # (G*D, 1, K)
+    conv_w = torch.cat([b.conv1d.weight[:, 0] for b in branches])  # (G*D, K)
     conv_b = None if first.conv1d.bias is None else torch.cat([b.conv1d.bias for b in branches])
-    xc = F.pad(x, (k - 1, 0))  # (B, G*D, K-1+L), zero left context
-    u = F.silu(F.conv1d(xc, conv_w, conv_b, groups=channels))  # (B, G*D, L)
+    # causal (K-1 zero frames before), SiLU: fused Triton kernels on CUDA
+    u = depthwise_conv1d(x, conv_w, conv_b, left=k - 1, activation="silu")  # (B, G*D, L)
     x_w = torch.stack([b.x_proj.weight for b in branches])  # (G, R+2N, D)
     x_dbl = torch.matmul(x_w, u.view(batch, groups, -1, length))  # (B, G, R+2N, L)
     dt, B, C = x_dbl.split([rank, n, n], dim=2)  # (B, G, R, L), (B, G, N, L), (B, G, N, L)
