@@ -36,7 +36,6 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Protocol
@@ -44,7 +43,8 @@ from typing import Protocol
 import numpy as np
 
 from mamba_asr.audio.io import load_audio
-from mamba_asr.files import check_output, read_text
+from mamba_asr.data.manifest import Utterance, read_manifest
+from mamba_asr.files import check_output
 from mamba_asr.text import error_rates, normalize_transcript
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,22 +113,6 @@ ENGINES: dict[str, type[PocketSphinx] | type[Moonshine]] = {
     "pocketsphinx": PocketSphinx,
     "moonshine": Moonshine,
 }
-
-
-@dataclass(frozen=True)
-class Utterance:
-    id: str
-    audio: Path
-    text: str
-
-
-def read_manifest(path: Path) -> list[Utterance]:
-    """Utterances of a JSONL manifest; ``audio`` relative to the manifest's folder or absolute."""
-    rows = [json.loads(line) for line in read_text(path).splitlines() if line.strip()]
-    return [
-        Utterance(str(r.get("id", i)), path.parent / r["audio"], r["text"])
-        for i, r in enumerate(rows)
-    ]
 
 
 def run_set(engine: Engine, utterances: list[Utterance], waves: list[np.ndarray]) -> dict:

@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mamba_asr.audio.io import AudioError, load_audio
+from mamba_asr.data.manifest import ManifestError, read_manifest
 from mamba_asr.files import check_output
 
 RATE = 16000
@@ -81,17 +82,6 @@ class MoonshineEncoder:
         return hidden[0]
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise SystemExit(f"{path}:{n}: not a JSON line ({exc.msg})") from None
-    return rows
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--manifest", type=Path, nargs="+", required=True)
@@ -107,14 +97,15 @@ def main(argv: list[str] | None = None) -> None:
     jobs: list[tuple[str, Path]] = []
     seen: set[str] = set()
     for manifest in args.manifest:
-        if not manifest.is_file():
-            raise SystemExit(f"{manifest}: no such manifest")
-        for row in read_jsonl(manifest):
-            if row["id"] in seen:
-                raise SystemExit(f"{manifest}: id {row['id']!r} is in an earlier manifest too")
-            seen.add(row["id"])
-            audio = Path(row["audio"])
-            jobs.append((row["id"], audio if audio.is_absolute() else manifest.parent / audio))
+        try:
+            utterances = read_manifest(manifest)
+        except ManifestError as exc:
+            raise SystemExit(str(exc)) from None
+        for utt in utterances:
+            if utt.id in seen:
+                raise SystemExit(f"{manifest}: id {utt.id!r} is in an earlier manifest too")
+            seen.add(utt.id)
+            jobs.append((utt.id, utt.audio))
     encoder = MoonshineEncoder(args.threads)
     chunks, index, row0, audio_s = [], {}, 0, 0.0
     start = time.perf_counter()

@@ -16,8 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import torch
-
 __all__ = [
     "TEMP_SUFFIX",
     "atomic_save",
@@ -74,6 +72,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (``atomic_write``); returns ``path``."""
+    import torch  # here, so that the text writes load without torch (the manifest writer)
+
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,25 @@ def test_relative_manifest_path(tmp_path, monkeypatch):
     write_manifest(Path("m.jsonl"), [Utterance("a", Path("a.wav").absolute(), "A", 1.0)])
     assert json.loads(Path("m.jsonl").read_text())["audio"] == "a.wav"
     assert read_manifest("m.jsonl")[0].audio == tmp_path / "a.wav"
+
+
+def test_manifests_load_without_torch(tmp_path):
+    """The reader and writer load where torch is not installed (the peers' benchmark and the
+    teacher-feature script run so); the package's other names load on first use."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any import of torch now fails
+        "from mamba_asr.data import Utterance, read_manifest, write_manifest\n"
+        f"path = write_manifest({str(tmp_path / 'm.jsonl')!r}, [Utterance('a', 'a.wav', 'HI', 1.0)])\n"
+        "print(read_manifest(path)[0].text)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "HI"
+
+
+def test_lazy_names_resolve():
+    import mamba_asr.data as data
+
+    assert data.AsrDataset.__name__ == "AsrDataset" and callable(data.scan_librispeech)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        data.no_such_name  # noqa: B018
