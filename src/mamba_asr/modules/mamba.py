@@ -112,11 +112,15 @@ class _SSMBranch(nn.Module):
         Returns y (B, D, L) = scan(...) * silu(z) and, when a state was given, the state after
         these L frames (else None, and the scan skips its last state).
         """
-        if state is None:
-            xc = F.pad(x, (self.d_conv - 1, 0))  # (B, D, K-1+L), zero left context
+        if state is None and not self.conv1d._forward_pre_hooks:  # (QAT's input quantizer: a hook)
+            w, b = self.conv1d.weight[:, 0], self.conv1d.bias  # K-1 zero frames of left context
+            u = depthwise_conv1d(x, w, b, left=self.d_conv - 1, activation="silu")  # (B, D, L)
         else:
-            xc = torch.cat([state.conv.to(x.dtype), x], dim=-1)  # (B, D, K-1+L)
-        u = F.silu(self.conv1d(xc))  # (B, D, L)
+            if state is None:
+                xc = F.pad(x, (self.d_conv - 1, 0))  # (B, D, K-1+L), zero left context
+            else:
+                xc = torch.cat([state.conv.to(x.dtype), x], dim=-1)  # (B, D, K-1+L)
+            u = F.silu(self.conv1d(xc))  # (B, D, L)
         x_dbl = self.x_proj(u.transpose(1, 2))  # (B, L, R+2N)
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, D, L); bias added in scan
