@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from scan_host import gpu_kernels  # scripts/device/, this file's folder
 
 from encoder_scaling import build, training_step, warm_up_gpu
 
@@ -40,23 +41,6 @@ def group(name: str) -> str:
     return "other"
 
 
-def profile_step(step, iters: int) -> dict[str, float]:
-    from torch.profiler import ProfilerActivity, profile
-
-    for _ in range(2):
-        step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            step()
-        torch.cuda.synchronize()
-    out: dict[str, float] = defaultdict(float)
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            out[ev.name] += ev.device_time / 1e3 / iters
-    return dict(out)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--encoders", nargs="+", default=["conformer", "conmamba"])
@@ -72,7 +56,8 @@ def main(argv=None) -> None:
     result = {}
     for enc in args.encoders:
         model = build(enc, args.size, device)
-        kernels = profile_step(training_step(model, args.batch, args.seconds, device), args.iters)
+        step = training_step(model, args.batch, args.seconds, device)
+        kernels = gpu_kernels(step, args.iters, warmup=2)
         total = sum(kernels.values())
         groups: dict[str, float] = defaultdict(float)
         for name, ms in kernels.items():

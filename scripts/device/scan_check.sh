@@ -13,21 +13,11 @@ out="${1:-/tmp/out}"
 shift || true
 mkdir -p "$out" /tmp/site
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD/src:$PWD/tests:$PWD/scripts/device"
-export PEER_DIR="$PWD/.peer/mamba_ssm" PEER_BUILD="$PWD/.peer/build"
+source scripts/device/peer.sh
 echo "# bash scripts/device/scan_check.sh $*   ($(date -u +%FT%TZ))"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/mamba_ssm/whl/einops-*.whl
-if [ ! -f "$PEER_BUILD/selective_scan_cuda.so" ] && [ -f "$PEER_BUILD/selective_scan_cuda.so.xz" ]; then
-  python3 -c "import lzma,sys; open(sys.argv[1][:-3],'wb').write(lzma.decompress(open(sys.argv[1],'rb').read()))" \
-    "$PEER_BUILD/selective_scan_cuda.so.xz"
-fi
-built=0
-if [ ! -f "$PEER_BUILD/selective_scan_cuda.so" ]; then
-  built=1
-  (python3 -c "import peer_scan; peer_scan.load()" > "$out/peer_build.log" 2>&1) &
-  build=$!
-fi
+peer_start "$out"
 summary() {  # per-dtype pass counts of a junit file
   python3 - "$1" "$2" <<'PY'
 import sys, xml.etree.ElementTree as ET, collections
@@ -51,6 +41,7 @@ PY
 }
 pt() { python3 -m pytest -q -p no:cacheprovider -n 12 "$@"; }
 if [ "${SCAN_TESTS:-scan}" = none ]; then  # the benchmark alone
+  peer_ready "$out"
   python3 benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --json "$out/scan_cuda.json" "$@" \
     2>&1 | grep -v Warning | tee "$out/scan_cuda.txt"
   exit
@@ -73,11 +64,7 @@ for v in ${PEER_TEST_CONFIGS:-}; do
     --junitxml="$out/peer_test_${v%%=*}.xml" > /dev/null 2>&1
   summary "$out/peer_test_${v%%=*}.xml" "peer test, our triton kernel with ${v#*=}" | tee -a "$out/summary.txt"
 done
-if [ "$built" = 1 ]; then
-  wait $build || { echo "peer build failed"; tail -20 "$out/peer_build.log"; }
-  python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.compress(open(sys.argv[1],'rb').read(), preset=6))" \
-    "$PEER_BUILD/selective_scan_cuda.so" "$out/peer_so.xz" && ls -la "$out/peer_so.xz"
-fi
+peer_ready "$out"
 if [ "${SCAN_TESTS:-scan}" != configs ]; then
   MAMBA_ASR_SCAN_FN=peer_scan:selective_scan_fn pt tests/ops/test_selective_scan_peer.py \
     --junitxml="$out/peer_test_peer.xml" > "$out/peer_test_peer.txt" 2>&1

@@ -42,11 +42,13 @@ def host_ms(fn, iters: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def gpu_kernels(fn, iters: int) -> dict[str, float]:
-    """Milliseconds per call of each CUDA kernel fn launches (name -> ms)."""
+def gpu_kernels(fn, iters: int, warmup: int = 1) -> dict[str, float]:
+    """Milliseconds per call of each CUDA kernel fn launches (name -> ms), over iters calls after
+    warmup ones (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
-    fn()
+    for _ in range(warmup):
+        fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(iters):

@@ -28,28 +28,10 @@ PARTS="${PARTS:-ncu tests host bench peer_ncu encoders conv}"
 mkdir -p "$dest" "$out"
 source scripts/device/wheels.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD/src:$PWD/tests:$PWD/benchmarks:$PWD/scripts/device"
-export PEER_DIR="$PWD/.peer/mamba_ssm" PEER_BUILD="$PWD/.peer/build"
+source scripts/device/peer.sh
 echo "# PARTS='$PARTS' VARIANTS='${VARIANTS:-}' bash scripts/device/scan_profile.sh   ($(date -u +%FT%TZ))"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/mamba_ssm/whl/einops-*.whl
-if [ ! -f "$PEER_BUILD/selective_scan_cuda.so" ] && [ -f "$PEER_BUILD/selective_scan_cuda.so.xz" ]; then
-  python3 -c "import lzma,sys; open(sys.argv[1][:-3],'wb').write(lzma.decompress(open(sys.argv[1],'rb').read()))" \
-    "$PEER_BUILD/selective_scan_cuda.so.xz"
-fi
-built=0
-if [ ! -f "$PEER_BUILD/selective_scan_cuda.so" ]; then
-  built=1
-  (python3 -c "import peer_scan; peer_scan.load()" > "$out/peer_build.log" 2>&1) &
-  build=$!
-fi
-peer_ready() {
-  if [ "$built" = 1 ]; then
-    wait $build || { echo "peer build failed"; tail -20 "$out/peer_build.log"; }
-    python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.compress(open(sys.argv[1],'rb').read(), preset=6))" \
-      "$PEER_BUILD/selective_scan_cuda.so" "$dest/peer_so.xz" && ls -la "$dest/peer_so.xz"
-    built=2
-  fi
-}
+peer_start "$out"
 ncu_report() {  # name: text pages of $out/name.ncu-rep
   ncu -i "$out/$1.ncu-rep" --page details > "$out/$1_details.txt" 2>&1
   ncu -i "$out/$1.ncu-rep" --page raw --csv > "$out/$1_raw.csv" 2>&1
@@ -83,13 +65,13 @@ for part in $PARTS; do
     python3 -m pytest -q -p no:cacheprovider -n 12 tests/ops/test_selective_scan_peer.py 2>&1 \
       | tail -2 | tee "$out/pytest_peer_test_ours.txt" ;;
   host)
-    peer_ready
+    peer_ready "$dest"
     python3 scripts/device/scan_host.py --cprofile --json "$out/scan_host.json" 2>&1 \
       | grep -v -i warn | tee "$out/scan_host.txt"
     MAMBA_ASR_TRITON_LAUNCH=direct python3 scripts/device/scan_host.py --impls triton --cprofile \
       --json "$out/scan_host_direct.json" 2>&1 | grep -v -i warn | tee "$out/scan_host_direct.txt" ;;
   bench)
-    peer_ready
+    peer_ready "$dest"
     bench jit MAMBA_ASR_TRITON_LAUNCH=jit
     bench direct MAMBA_ASR_TRITON_LAUNCH=direct
     if [ -n "${OLD_SRC:-}" ] && [ -f "$OLD_SRC" ]; then
@@ -99,7 +81,7 @@ for part in $PARTS; do
         --json "$out/scan_cuda_old.json" 2>&1 | grep -v -i warn | tee "$out/scan_cuda_old.txt"
     fi ;;
   peer_ncu)
-    peer_ready
+    peer_ready "$dest"
     ncu --clock-control none --set full -k regex:selective_scan -f -o "$out/peer" \
       python3 scripts/device/scan_ncu.py --impl peer float32 bfloat16 > "$out/ncu_peer.log" 2>&1
     tail -3 "$out/ncu_peer.log"
@@ -121,7 +103,7 @@ for part in $PARTS; do
     done ;;
   esac
 done
-peer_ready
+peer_ready "$dest"
 tar -C "$out" -czf "$dest/scan_profile.tgz" --exclude='*.ncu-rep' .
 ls "$out"/*.ncu-rep > /dev/null 2>&1 && tar -C "$out" -czf "$dest/ncu_reports.tgz" $(cd "$out" && ls *.ncu-rep)
 ls -la "$dest"
