@@ -14,12 +14,13 @@ when unset: the kernels are used once a GPU has timed them against PyTorch's).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mamba_asr.ops.selective_scan.dispatch import triton_runs_on
 
 __all__ = ["ACTIVATIONS", "depthwise_conv1d", "depthwise_conv1d_ref"]
 
@@ -59,12 +60,6 @@ def depthwise_conv1d_ref(
     return F.silu(y) if activation == "silu" else y
 
 
-def _triton_runs_on(device: torch.device) -> bool:
-    if importlib.util.find_spec("triton") is None:
-        return False
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def depthwise_conv1d(
     x: Tensor,
     weight: Tensor,
@@ -81,7 +76,7 @@ def depthwise_conv1d(
         backend = os.environ.get(BACKEND_ENV, "torch")
     if backend not in BACKENDS:
         raise ValueError(f"depthwise conv backend must be one of {BACKENDS}, got {backend!r}")
-    triton_ok = _triton_runs_on(x.device)
+    triton_ok = triton_runs_on(x.device)
     if backend == "triton" and not triton_ok:
         raise ValueError(f"the triton depthwise conv needs triton and CUDA, not {x.device.type}")
     if backend == "torch" or not triton_ok or torch.compiler.is_exporting():

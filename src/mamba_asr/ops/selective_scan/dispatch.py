@@ -80,7 +80,9 @@ def export_backend(name: str, steps: int | None = None) -> Iterator[None]:
         _export_backend.reset(token)
 
 
-def _triton_runs_on(device: torch.device) -> bool:
+def triton_runs_on(device: torch.device) -> bool:
+    """Whether triton's kernels run for tensors on ``device``: triton installed, and CUDA (or
+    triton's CPU interpreter, TRITON_INTERPRET=1, as the tests run it)."""
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"  # triton's CPU interpreter (tests)
     return triton_available() and (device.type == "cuda" or interpreted)
 
@@ -89,7 +91,7 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends that can run on ``device`` here (``auto`` excluded)."""
     device = torch.device(device)
     found = ["chunked", "ref"]
-    if device.type == "cuda" and _triton_runs_on(device):
+    if device.type == "cuda" and triton_runs_on(device):
         found.insert(0, "triton")
     if device.type == "cpu" and native_available():
         found.insert(0, "native")
@@ -111,7 +113,7 @@ def resolve_backend(device: torch.device, backend: str = "auto") -> str:
         raise ValueError(f"selective scan backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "native" and device.type != "cpu":
         raise ValueError(f"the native selective scan runs on the CPU only, not on {device.type}")
-    if backend == "triton" and not _triton_runs_on(device):
+    if backend == "triton" and not triton_runs_on(device):
         if not triton_available():
             raise ValueError(
                 "the triton selective scan needs triton: pip install 'mamba-asr[cuda]'"
@@ -124,7 +126,7 @@ def resolve_backend(device: torch.device, backend: str = "auto") -> str:
     if device.type == "cpu" and native_available():
         return "native"
     if device.type == "cuda":
-        if _triton_runs_on(device):
+        if triton_runs_on(device):
             return "triton"
         _log_fallback(device.type)
     return "chunked"
