@@ -315,6 +315,21 @@ def test_bimamba_fused_equals_two_pass_triton_interpreted() -> None:
     assert "2 passed" in proc.stdout, proc.stdout[-2000:]
 
 
+def test_bimamba_calls_a_hooked_in_proj_as_a_module() -> None:
+    """The fused pass computes in_proj as W x^T, unless in_proj has hooks (QAT's input
+    quantizer): then the module is called, and its hook sees the block's input."""
+    model = make(BiMamba, d_model=8, d_state=4)
+    torch.manual_seed(14)
+    x, lengths = torch.randn(2, 9, 8), torch.tensor([9, 5])
+    plain = model(x, lengths)
+    seen = []
+    handle = model.in_proj.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    hooked = model(x, lengths)
+    handle.remove()
+    assert len(seen) == 1 and torch.equal(seen[0], x)
+    torch.testing.assert_close(hooked, plain, rtol=1e-5, atol=1e-6)
+
+
 def test_bimamba_fused_and_two_pass_share_parameters() -> None:
     """Same parameter names and shapes either way: checkpoints load into both."""
     fused, two_pass = make(BiMamba), make(BiMamba, fused=False)

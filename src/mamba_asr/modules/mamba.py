@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from mamba_asr.modules.masks import length_mask, reverse_index
 from mamba_asr.ops.depthwise_conv import depthwise_conv1d
+from mamba_asr.ops.directions import merge_directions, split_directions
 from mamba_asr.ops.selective_scan import selective_scan_fn
 
 __all__ = ["BiMamba", "Mamba", "MambaState"]
@@ -339,18 +340,33 @@ class BiMamba(_MambaBase):
         if lengths is not None:
             mask = length_mask(lengths, length, x.device)  # (B, L)
             index = reverse_index(lengths, length, x.device)  # (B, L)
-        x_in, z = self._project_in(x, mask)  # (B, D, L) each
         if self.fused:
-            xz_rev = flip_time(torch.cat([x_in, z], dim=1), index)  # (B, 2D, L), reversed
-            x_rev, z_rev = xz_rev.chunk(2, dim=1)
-            x2 = torch.cat([x_in, x_rev], dim=1)  # (B, 2D, L): forward | backward branch
-            z2 = torch.cat([z, z_rev], dim=1)  # (B, 2D, L)
-            y_fwd, y_bwd = _scan_branches((self.fwd, self.bwd), x2, z2).chunk(2, dim=1)
+            # (B, 2D, L) each: the forward branch's channels, then the backward's (reversed)
+            x2, z2 = split_directions(self._in_proj_channels_first(x), mask, index)
+            y2 = _scan_branches((self.fwd, self.bwd), x2, z2)  # (B, 2D, L)
         else:
+            x_in, z = self._project_in(x, mask)  # (B, D, L) each
             y_fwd, _ = self.fwd(x_in, z)  # (B, D, L)
             y_bwd, _ = self.bwd(flip_time(x_in, index), flip_time(z, index))  # (B, D, L), reversed
-        y = (y_fwd + flip_time(y_bwd, index)) / 2
-        return self._project_out(y, mask)
+            y2 = torch.cat([y_fwd, y_bwd], dim=1)
+        out = self.out_proj(merge_directions(y2, index))  # (B, L, M), the directions' average
+        return out if mask is None else out.masked_fill(~mask[:, :, None], 0.0)
+
+    def _in_proj_channels_first(self, x: Tensor) -> Tensor:
+        """in_proj(x) (B, L, 2D) as a view of a (2D, B, L) product W x^T (state-spaces/mamba's
+        layout): each channel's frames lie in a row, so the copies into the scan's (B, 2D, L)
+        inputs move rows rather than transposing, and the gradient comes back the same way. An
+        in_proj with hooks (QAT's input quantizer, pruning's statistics) is called as a module."""
+        proj = self.in_proj
+        if proj._forward_pre_hooks or proj._forward_hooks:
+            return proj(x)
+        batch, length, d_model = x.shape
+        x_t = x.reshape(batch * length, d_model).T  # (M, B*L), a transposed view
+        if proj.bias is None:
+            xz_t = torch.matmul(proj.weight, x_t)  # (2D, B*L)
+        else:
+            xz_t = torch.addmm(proj.bias[:, None], proj.weight, x_t)
+        return xz_t.view(-1, batch, length).permute(1, 2, 0)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, fused={self.fused}"

@@ -1,0 +1,170 @@
+"""The reshuffles around BiMamba's fused scan (ops.directions): each result written once against
+the composites of PyTorch ops (transposes, masked_fill, gather, cat), alone and in a whole block.
+
+    python benchmarks/bidirectional.py --device cuda [--dtypes bfloat16 float32] [--json PATH]
+    python benchmarks/bidirectional.py --device cpu --batch 2 --length 500 --dtypes float32
+
+Shapes of the large ConMamba encoder at 60 s (1500 frames after subsampling, 1024 channels a
+direction, d_model 512), batch --batch, every utterance but the first 10% shorter (so the
+per-utterance reversal is in play). ``ops``: split_directions + merge_directions;
+``block``: a BiMamba block (in_proj, conv, scan, out_proj around them), the module's defaults
+otherwise; its "ref" is the block as it was before (the composites, in_proj called as a module
+on (B, L, M) rather than as W x^T). For each, forward and forward+backward: milliseconds (median of --iters; CUDA events on
+the GPU, wall clock on the CPU) and MiB written by the call's operators (each operator's output
+bytes, views and allocations not counted; the scan's own writes inside its kernels are not
+operators). "ref/fused" > 1: the fused path is faster or writes less. Writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import mamba_asr.modules.mamba as mamba_module
+from mamba_asr.modules.mamba import BiMamba
+from mamba_asr.modules.masks import length_mask, reverse_index
+from mamba_asr.ops import directions
+from timing import RESULTS, event_ms, seconds
+
+_VIEWS = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "slice", "select",
+          "split", "split_with_sizes", "chunk", "unsqueeze", "squeeze", "detach", "alias",
+          "as_strided", "empty", "empty_like", "new_empty", "empty_strided", "unbind", "narrow",
+          "reshape"}  # fmt: skip
+IMPLS = {
+    "ref": (directions.split_directions_ref, directions.merge_directions_ref),
+    "fused": (directions.split_directions, directions.merge_directions),
+}
+
+
+class Written(TorchDispatchMode):
+    """Bytes of every operator's outputs (views and allocations left out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ not in _VIEWS:
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            self.bytes += sum(o.numel() * o.element_size() for o in outs if torch.is_tensor(o))
+        return out
+
+
+_CHANNELS_FIRST = BiMamba._in_proj_channels_first
+
+
+def use(impl: str) -> None:
+    """Point BiMamba at one implementation of the reshuffles: "ref" is the block as it was
+    before them (the composites, in_proj called as a module)."""
+    mamba_module.split_directions, mamba_module.merge_directions = IMPLS[impl]
+    BiMamba._in_proj_channels_first = (
+        _CHANNELS_FIRST if impl == "fused" else (lambda self, x: self.in_proj(x))
+    )
+
+
+def batch_masks(batch: int, length: int, device: str):
+    lengths = torch.full((batch,), length, device=device)
+    lengths[1:] = int(length * 0.9)
+    return lengths, length_mask(lengths, length, device), reverse_index(lengths, length, device)
+
+
+def ops_call(impl: str, batch: int, length: int, d: int, dtype, device: str, backward: bool):
+    split, merge = IMPLS[impl]
+    _lengths, mask, index = batch_masks(batch, length, device)
+    xz = torch.randn(batch, length, 2 * d, device=device, dtype=dtype, requires_grad=True)
+    gx, gz = (torch.randn(batch, 2 * d, length, device=device, dtype=dtype) for _ in range(2))
+    gout = torch.randn(batch, length, d, device=device, dtype=dtype)
+
+    def call():
+        x2, z2 = split(xz, mask, index)
+        out = merge(x2 * 0.5 + z2, index)  # stands in for the scan between them
+        if backward:
+            torch.autograd.backward((x2, z2, out), (gx, gz, gout))
+
+    return call
+
+
+def block_call(impl: str, batch: int, length: int, d_model: int, dtype, device: str,
+               backward: bool):  # fmt: skip
+    torch.manual_seed(0)
+    block = BiMamba(d_model, device=device)
+    lengths, _mask, _index = batch_masks(batch, length, device)
+    x = torch.randn(batch, length, d_model, device=device, requires_grad=True)
+    autocast = dtype != torch.float32
+
+    def call():
+        use(impl)
+        with torch.autocast(device_type=device, dtype=dtype, enabled=autocast):
+            y = block(x, lengths)
+        if backward:
+            y.float().square().mean().backward()
+
+    return call
+
+
+def time_ms(fn, device: str, iters: int) -> float:
+    if device == "cuda":
+        return event_ms(fn, iters)
+    fn()
+    return statistics.median(seconds(fn) for _ in range(iters)) * 1e3
+
+
+def mib_written(fn) -> float:
+    fn()
+    with Written() as w:
+        fn()
+    return w.bytes / 2**20
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--length", type=int, default=1500)
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--parts", nargs="+", default=["ops", "block"], choices=["ops", "block"])
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--json", type=Path, default=RESULTS / "bidirectional.json")
+    args = p.parse_args(argv)
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"# python benchmarks/bidirectional.py --device {args.device} ({name}, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads), batch {args.batch}, "
+          f"{args.length} frames, d_model {args.d_model}")  # fmt: skip
+    print(
+        "| part | dtype | pass | ref ms | fused ms | ref/fused | ref MiB | fused MiB | ref/fused |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    make = {"ops": ops_call, "block": block_call}
+    width = {"ops": 2 * args.d_model, "block": args.d_model}  # d_inner = expand 2 x d_model
+    try:
+        for part, dtype_name, backward in itertools.product(args.parts, args.dtypes, (False, True)):
+            dtype = getattr(torch, dtype_name)
+            res = {}
+            for impl in IMPLS:
+                fn = make[part](impl, args.batch, args.length, width[part], dtype, args.device,
+                                backward)  # fmt: skip
+                res[impl] = (time_ms(fn, args.device, args.iters), mib_written(fn))
+            (rt, rb), (ft, fb) = res["ref"], res["fused"]
+            step = "fwd+bwd" if backward else "fwd"
+            print(f"| {part} | {dtype_name} | {step} | {rt:.2f} | {ft:.2f} | {rt / ft:.2f}x | "
+                  f"{rb:.0f} | {fb:.0f} | {rb / fb:.2f}x |", flush=True)  # fmt: skip
+            rows.append(dict(part=part, dtype=dtype_name, step=step, ref_ms=rt, fused_ms=ft,
+                             ref_mib=rb, fused_mib=fb))  # fmt: skip
+    finally:
+        use("fused")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(dict(device=name, batch=args.batch, length=args.length,
+                                         d_model=args.d_model, rows=rows), indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

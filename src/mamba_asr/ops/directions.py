@@ -1,0 +1,165 @@
+"""The reshuffles around a bidirectional block's scan: into one (B, 2D, L) batch of both directions
+and back, with each utterance reversed within its own length.
+
+Shape key: B batch, L frames, D channels of one direction.
+
+ConMamba's BiMamba runs both directions as one scan over 2D channels: the forward direction's x and
+z in the first D, the same utterances reversed in the last D. ``split_directions`` builds those
+inputs from in_proj's (B, L, 2D) output and ``merge_directions`` averages the two outputs back
+into (B, L, D), the backward direction's re-reversed, ready for out_proj.
+
+Two implementations with the same signature: the composites of PyTorch ops
+(``split_directions_ref``, ``merge_directions_ref``: transposes, masked_fill, gather, cat, the
+average), which the others are tested against, and autograd Functions that write each result once
+into its final layout. The reversal is a permutation that is its own inverse (padded frames map to
+themselves, ``masks.reverse_index``), so the backward reverses with the same gather rather than
+scattering into zeros, and the concatenations and transposes happen inside the gathers' and
+copies' writes. A training step of the large ConMamba writes about half as many bytes in these
+reshuffles (benchmarks/bidirectional.py). Exports (``torch.compiler.is_exporting()``) and
+``torch.jit`` tracing take the composites.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["merge_directions", "merge_directions_ref", "split_directions", "split_directions_ref"]
+
+
+def _index(index: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
+    """(B, L) time index reversing each utterance: ``index``, or the whole length's when None."""
+    if index is not None:
+        return index
+    return torch.arange(length - 1, -1, -1, device=device).expand(batch, length)
+
+
+def _reverse(x: Tensor, index: Tensor | None) -> Tensor:
+    """(B, C, L) reversed along L: whole sequences if index is None, else per utterance (B, L)."""
+    if index is None:
+        return x.flip(-1)
+    return x.gather(-1, index[:, None, :].expand_as(x))
+
+
+def _check_split(xz: Tensor, mask: Tensor | None, index: Tensor | None) -> None:
+    if xz.dim() != 3 or xz.shape[2] % 2:
+        raise ValueError(f"xz must be (batch, length, 2 * channels), got {tuple(xz.shape)}")
+    for name, t in (("mask", mask), ("index", index)):
+        if t is not None and tuple(t.shape) != tuple(xz.shape[:2]):
+            raise ValueError(
+                f"{name} must be (batch, length)={tuple(xz.shape[:2])}, got {tuple(t.shape)}"
+            )
+
+
+def split_directions_ref(
+    xz: Tensor, mask: Tensor | None = None, index: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """xz (B, L, 2D): in_proj's [x | z] per frame, any memory layout; mask (B, L) True on valid frames or None;
+    index (B, L) the per-utterance reversal (``masks.reverse_index``) or None (whole sequences).
+    Returns x2, z2 (B, 2D, L) contiguous: [x, x reversed] and [z, z reversed], x zero on padded
+    frames."""
+    _check_split(xz, mask, index)
+    x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, D, L) each
+    if mask is not None:
+        x = x.masked_fill(~mask[:, None, :], 0.0)
+    return torch.cat([x, _reverse(x, index)], dim=1), torch.cat([z, _reverse(z, index)], dim=1)
+
+
+def merge_directions_ref(y2: Tensor, index: Tensor | None = None) -> Tensor:
+    """y2 (B, 2D, L): the scan's outputs, forward direction first, the other reversed; index as
+    ``split_directions_ref``. Returns (B, L, D) contiguous, the average of the forward output and
+    the other re-reversed."""
+    if y2.dim() != 3 or y2.shape[1] % 2:
+        raise ValueError(f"y2 must be (batch, 2 * channels, length), got {tuple(y2.shape)}")
+    y_fwd, y_bwd = y2.chunk(2, dim=1)
+    return ((y_fwd + _reverse(y_bwd, index)) / 2).transpose(1, 2).contiguous()
+
+
+class _Split(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xz: Tensor, mask: Tensor | None, index: Tensor) -> tuple[Tensor, Tensor]:
+        batch, length, two_d = xz.shape
+        d = two_d // 2
+        # (x | z, B, direction, D, L): out[0] and out[1] are x2 and z2, each contiguous
+        out = xz.new_empty(2, batch, 2, d, length)
+        fwd = out[:, :, 0].permute(1, 0, 2, 3)  # (B, x | z, D, L)
+        src = xz.reshape(batch, length, 2, d).permute(0, 2, 3, 1)  # (B, x | z, D, L), strided
+        if mask is None:
+            fwd.copy_(src)
+        else:  # x zeroed on padded frames as it is copied
+            torch.where(mask[:, None, :], src[:, 0], xz.new_zeros(()), out=out[0, :, 0])
+            out[1, :, 0].copy_(src[:, 1])
+        idx = index[:, None, None, :].expand(batch, 2, d, length)
+        torch.gather(fwd, -1, idx, out=out[:, :, 1].permute(1, 0, 2, 3))
+        ctx.save_for_backward(mask, index)
+        ctx.xz_strides = xz.stride()
+        return out[0].view(batch, two_d, length), out[1].view(batch, two_d, length)
+
+    @staticmethod
+    def backward(ctx, dx2: Tensor | None, dz2: Tensor | None):
+        mask, index = ctx.saved_tensors
+        g = dx2 if dx2 is not None else dz2
+        batch, two_d, length = g.shape
+        d = two_d // 2
+        # in xz's own memory layout, so the gradient reaches in_proj without a copy
+        dxz = torch.empty_strided((batch, length, two_d), ctx.xz_strides, dtype=g.dtype,
+                                  device=g.device)  # fmt: skip
+        parts = dxz.view(batch, length, 2, d).permute(0, 2, 3, 1)  # (B, x | z, D, L)
+        idx = index[:, None, :].expand(batch, d, length)
+        for part, grad in enumerate((dx2, dz2)):
+            if grad is None:
+                parts[:, part].zero_()
+                continue
+            grad = grad.reshape(batch, 2, d, length)
+            # d(own direction) + the reversed direction's gradient reversed back
+            torch.add(grad[:, 0], grad[:, 1].gather(-1, idx), out=parts[:, part])
+        if mask is not None:
+            parts[:, 0].masked_fill_(~mask[:, None, :], 0.0)
+        return dxz, None, None
+
+
+class _Merge(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y2: Tensor, index: Tensor) -> Tensor:
+        batch, two_d, length = y2.shape
+        d = two_d // 2
+        idx = index[:, None, :].expand(batch, d, length)
+        out = y2.new_empty(batch, length, d)
+        # (a + b) / 2 as a + (b - a) / 2: one pass, written in place transposed
+        torch.lerp(y2[:, :d], y2[:, d:].gather(-1, idx), 0.5, out=out.transpose(1, 2))
+        ctx.save_for_backward(index)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        (index,) = ctx.saved_tensors
+        batch, length, d = dout.shape
+        dy2 = dout.new_empty(batch, 2 * d, length)
+        torch.mul(dout.transpose(1, 2), 0.5, out=dy2[:, :d])
+        torch.gather(dy2[:, :d], -1, index[:, None, :].expand(batch, d, length), out=dy2[:, d:])
+        return dy2, None
+
+
+def _composite() -> bool:
+    """Whether to take the composites: while a graph is traced for export."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
+def split_directions(
+    xz: Tensor, mask: Tensor | None = None, index: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """``split_directions_ref``, each result written once (see the module's doc)."""
+    if _composite():
+        return split_directions_ref(xz, mask, index)
+    _check_split(xz, mask, index)
+    batch, length, _ = xz.shape
+    return _Split.apply(xz, mask, _index(index, batch, length, xz.device))
+
+
+def merge_directions(y2: Tensor, index: Tensor | None = None) -> Tensor:
+    """``merge_directions_ref``, the result written once (see the module's doc)."""
+    if _composite():
+        return merge_directions_ref(y2, index)
+    if y2.dim() != 3 or y2.shape[1] % 2:
+        raise ValueError(f"y2 must be (batch, 2 * channels, length), got {tuple(y2.shape)}")
+    return _Merge.apply(y2, _index(index, y2.shape[0], y2.shape[2], y2.device))
