@@ -16,7 +16,10 @@
 #   encoders the large encoders' training step by kernel group (scripts/device/encoder_profile.py)
 #            and benchmarks/encoder_scaling.py (10, 30, 60 s);
 #   conv     the depthwise conv's Triton kernels: their CUDA tests, benchmarks/depthwise_conv.py
-#            beside PyTorch's, and the encoders with each (MAMBA_ASR_DEPTHWISE_CONV=torch / auto).
+#            beside PyTorch's, and the encoders with each (MAMBA_ASR_DEPTHWISE_CONV=torch / auto);
+#   bidir    BiMamba's reshuffles written once against the composites (tests/ops/test_directions.py
+#            on CUDA, benchmarks/bidirectional.py); with OLD_SRC, the encoders' step by kernel
+#            under that code too (the encoders part gives this code's).
 #   bash scripts/device/scan_profile.sh OUTDIR      (carry .whl and .peer)
 # Everything comes back as OUTDIR/scan_profile.tgz (text) and OUTDIR/ncu_reports.tgz (the .ncu-rep
 # files, for ncu-ui), a fresh peer build as OUTDIR/peer_so.xz (keep it as
@@ -24,7 +27,7 @@
 set -uo pipefail
 dest="${1:-/tmp/out}"
 out=/tmp/scan_profile
-PARTS="${PARTS:-ncu tests host bench peer_ncu encoders conv}"
+PARTS="${PARTS:-ncu tests host bench peer_ncu encoders conv bidir}"
 mkdir -p "$dest" "$out"
 source scripts/device/wheels.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD/src:$PWD/tests:$PWD/benchmarks:$PWD/scripts/device"
@@ -101,6 +104,18 @@ for part in $PARTS; do
         --batch 16 --seconds 30 60 --out "$out/encoders_conv_$v" 2>&1 | grep -v -i warn \
         | tee "$out/encoder_scaling_conv_$v.txt"
     done ;;
+  bidir)
+    python3 -m pytest -q -p no:cacheprovider tests/ops/test_directions.py \
+      tests/modules/test_mamba.py 2>&1 | tail -2 | tee "$out/pytest_directions.txt"
+    python3 benchmarks/bidirectional.py --device cuda --json "$out/bidirectional.json" 2>&1 \
+      | grep -v -i warn | tee "$out/bidirectional.txt"
+    if [ -n "${OLD_SRC:-}" ] && [ -f "$OLD_SRC" ]; then
+      mkdir -p /tmp/old && tar -xzf "$OLD_SRC" -C /tmp/old
+      PYTHONPATH="/tmp/site:/tmp/old/src:$PWD/benchmarks:$PWD/scripts/device" python3 \
+        scripts/device/encoder_profile.py --encoders conmamba \
+        --json "$out/encoder_profile_old.json" 2>&1 | grep -v -i warn \
+        | tee "$out/encoder_profile_old.txt"
+    fi ;;
   esac
 done
 peer_ready "$dest"

@@ -1,0 +1,125 @@
+"""Bytes a large encoder's training step writes, by operator and source line, on the CPU: where the
+copies are, without a GPU.
+
+    PYTHONPATH=src:benchmarks python scripts/encoder_writes.py [--encoder conmamba] [--size large]
+        [--batch 2] [--seconds 4 8] [--top 25] [--json PATH]
+
+One forward (bf16 autocast, as on CUDA) and backward of benchmarks/encoder_scaling.py's front end
++ encoder, every utterance but the first 0.5 s shorter, under a dispatch mode that adds up each
+operator's output bytes (views and allocations left out) under the line of mamba-asr that called
+it ("(backward)" for the autograd engine's). The selective scan takes the CUDA path's host code
+(the Triton time kernels' autograd Function) with its two kernel launches left out, so the
+operators around it are those a GPU runs, and its outputs are uninitialised memory: the bytes are
+right, the values are not. The step runs at the two lengths of --seconds and the table shows
+what the longer one writes beyond the shorter, the part that grows with the audio (weight casts
+and other per-step constants drop out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import traceback
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import mamba_asr.modules.mamba as mamba_module
+import mamba_asr.ops.selective_scan.triton_time as triton_time
+from encoder_scaling import build, random_batch
+from mamba_asr.ops.selective_scan.triton_kernel import CONFIG, selective_scan_triton
+
+_VIEWS = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "slice", "select",
+          "split", "split_with_sizes", "chunk", "unsqueeze", "squeeze", "detach", "alias",
+          "as_strided", "empty", "empty_like", "new_empty", "empty_strided", "unbind", "narrow",
+          "reshape"}  # fmt: skip
+
+
+class _NoLaunch:
+    """Stands in for a Triton kernel: ``kernel[grid](...)`` does nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def _scan_without_kernels(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                          delta_softplus=False, return_last_state=False, initial_state=None):  # fmt: skip
+    return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                 return_last_state, initial_state)  # fmt: skip
+
+
+class Written(TorchDispatchMode):
+    """(operator, calling line) -> [calls, bytes written]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name in _VIEWS:
+            return out
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        where = "(backward)"
+        for frame in reversed(traceback.extract_stack()[:-1]):
+            if "mamba_asr" in frame.filename:
+                where = f"{frame.filename.split('src/')[-1]}:{frame.lineno}"
+                break
+        row = self.rows[(name, where)]
+        row[0] += 1
+        row[1] += sum(o.numel() * o.element_size() for o in outs if torch.is_tensor(o))
+        return out
+
+
+def step_writes(model, batch: int, seconds: float) -> dict[tuple[str, str], list[int]]:
+    feats, lengths = random_batch(batch, seconds, torch.device("cpu"))
+    lengths[1:] -= 50
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(feats, lengths)
+        out.float().square().mean().backward()
+
+    step()  # gradients allocated
+    with Written() as w:
+        step()
+    return dict(w.rows)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--encoder", default="conmamba")
+    p.add_argument("--size", default="large")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seconds", type=float, nargs=2, default=[4.0, 8.0])
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    CONFIG["kernel"] = "time"
+    triton_time._fwd_time_kernel = triton_time._bwd_time_kernel = _NoLaunch()
+    mamba_module.selective_scan_fn = _scan_without_kernels
+    torch.manual_seed(0)
+    model = build(args.encoder, args.size, torch.device("cpu"))
+    short, long = (step_writes(model, args.batch, s) for s in args.seconds)
+    grows = {k: (v[0], v[1] - short.get(k, [0, 0])[1]) for k, v in long.items()}
+    total = sum(b for _n, b in grows.values())
+    print(f"# {args.encoder} {args.size}, batch {args.batch}: {args.seconds[1]:g} s against "
+          f"{args.seconds[0]:g} s, {total / 2**20:.1f} MiB more written in "
+          f"{sum(n for n, _b in grows.values())} operator calls")  # fmt: skip
+    print("| MiB | calls | operator | called from |")
+    print("|---|---|---|---|")
+    for (name, where), (calls, nbytes) in sorted(grows.items(), key=lambda kv: -kv[1][1])[
+        : args.top
+    ]:
+        print(f"| {nbytes / 2**20:.2f} | {calls} | {name} | {where} |")
+    if args.json:
+        rows = [dict(op=k[0], at=k[1], calls=v[0], bytes=v[1]) for k, v in grows.items()]
+        args.json.write_text(json.dumps(dict(vars(args) | {"json": str(args.json)}, rows=rows,
+                                             total_bytes=total), indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
