@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.feature_stores import corpus_store
+from helpers.recipes import RECIPES, tiny_overrides
 from mamba_asr.asr import ASR
 from mamba_asr.text import CharTokenizer
 from mamba_asr.train import list_checkpoints, load_checkpoint
@@ -126,3 +128,25 @@ def test_two_nodes_of_one_process_each(tmp_path, helpers, recipe_file, corpus, t
     assert not any(
         "teacher" in name for name in torch.load(dump / "rank1.pt", weights_only=True)["model"]
     )
+
+
+def test_two_processes_with_feature_distillation(tmp_path, helpers, corpus):
+    """Feature distillation under DDP: each rank looks up the teacher's rows of its own batches
+    through the forward hook on the wrapped model's layer, the ridge loss enters each rank's
+    loss, and the ranks still end with the same weights, so its gradients were averaged too."""
+    store = corpus_store(tmp_path / "store", corpus)
+    out, dump = tmp_path / "run", tmp_path / "dump"
+    overrides = tiny_overrides("transducer", f"train.feature_kd.features={store}",
+                               "train.feature_kd.weight=2", "train.feature_kd.layer=1")  # fmt: skip
+    args = [*torchrun(dump, "--standalone", "--nproc_per_node=2"), "train",
+            str(RECIPES["transducer"]), "--train", str(corpus), "--valid", str(corpus),
+            "--out", str(out), "--device", "cpu"]  # fmt: skip
+    for item in overrides:
+        args += ["--set", item]
+    proc = subprocess.run(args, env=env(helpers), capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+    check(proc, proc.stderr)
+    assert_ranks_agree(out, dump)
+    kd = [float(r["kd_loss"]) for r in table(out) if r["train_loss"]]
+    assert len(kd) == STEPS and all(0 < v <= 1 for v in kd)
+    assert "12 of 12 training utterances have features" in (out / "train.log").read_text()

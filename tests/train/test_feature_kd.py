@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from helpers.feature_stores import corpus_store, write_store
 from helpers.recipes import tiny_recipe
 from mamba_asr.asr import ASR
 from mamba_asr.config import ConfigError
-from mamba_asr.data.manifest import read_manifest
 from mamba_asr.train import list_checkpoints, load_checkpoint, train
 from mamba_asr.train.feature_kd import (
     FeatureTargets,
@@ -35,22 +34,6 @@ STUDENT = ("model.dropout=0.1", "train.epochs=2")
 
 def student(*more: str):
     return tiny_recipe("transducer", *STUDENT, *more)
-
-
-def write_store(folder: Path, rows: dict[str, np.ndarray], frame_ms: int = 80) -> Path:
-    """A store in the extractor's format: features.npy (float16) and index.json."""
-    folder.mkdir(parents=True, exist_ok=True)
-    feats = np.concatenate(list(rows.values())).astype(np.float16)
-    index, start = {}, 0
-    for uid, r in rows.items():
-        index[uid] = [start, len(r)]
-        start += len(r)
-    np.save(folder / "features.npy", feats)
-    meta = {"teacher": "random", "frame_ms": frame_ms, "dim": feats.shape[1],
-            "mean": feats.astype(np.float32).mean(0).tolist(),
-            "std": feats.astype(np.float32).std(0).tolist(), "utterances": index}  # fmt: skip
-    (folder / "index.json").write_text(json.dumps(meta))
-    return folder
 
 
 # --- the loss -------------------------------------------------------------------------------
@@ -175,15 +158,6 @@ def test_a_broken_store_is_a_one_line_config_error(tmp_path, damage, message):
 
 
 # --- in a training run ----------------------------------------------------------------------
-
-
-def corpus_store(folder: Path, corpus: Path, frame_ms: int = 80, skip: int = 0) -> Path:
-    """Random features for the tone corpus's utterances (all but the first ``skip``), each
-    ``round(duration / frame_ms)`` rows, as the extractor makes them."""
-    g = np.random.default_rng(2)
-    utts = read_manifest(corpus)[skip:]
-    rows = {u.id: g.normal(size=(max(1, round(u.duration * 1000 / frame_ms)), 6)) for u in utts}
-    return write_store(folder, rows, frame_ms)
 
 
 def test_a_run_with_feature_kd_logs_it_and_exports_the_model_unchanged(tmp_path, corpus):
