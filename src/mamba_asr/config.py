@@ -373,6 +373,8 @@ class FeatureKDConfig:
     strength relative to the layer's mean energy) and differentiated through, so no parameter
     is added to the model. Student frame t is compared with the teacher's frame t - ``delay``
     (a causal student has heard ``delay`` frames more of what the teacher saw on both sides).
+    cross_fit: the map fitted to half of the batch's utterances and scored on the other half,
+    both ways (``ridge_kd_cross``), so that what it explains by chance does not count.
     """
 
     features: str | None = None
@@ -380,6 +382,7 @@ class FeatureKDConfig:
     layer: int | None = None
     delay: int = 2
     ridge: float = 1e-3
+    cross_fit: bool = False
 
     def __post_init__(self) -> None:
         if not self.weight >= 0:

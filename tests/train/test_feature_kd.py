@@ -26,6 +26,8 @@ from mamba_asr.train.feature_kd import (
     feature_kd_loss,
     resample_rows,
     ridge_kd,
+    ridge_kd_cross,
+    ridge_kd_cross_reference,
     ridge_kd_reference,
 )
 
@@ -87,6 +89,50 @@ def test_ridge_kd_is_near_0_for_an_affine_map_and_near_1_for_unrelated_features(
     # invariant to the layer's basis: any invertible map of the hidden states, same loss
     mixed = hidden @ torch.randn(8, 8, generator=g)
     torch.testing.assert_close(ridge_kd(mixed, unrelated, 1e-6), ridge_kd(hidden, unrelated, 1e-6))
+
+
+@pytest.mark.parametrize("n, m, d", [(40, 5, 3), (300, 16, 7)])
+def test_cross_fitted_ridge_kd_equals_its_float64_reference_value_and_gradient(n, m, d):
+    g = torch.Generator().manual_seed(n + m)
+    hidden = torch.randn(n, m, generator=g)
+    targets = hidden @ torch.randn(m, d, generator=g) + torch.randn(n, d, generator=g)
+    fold = (torch.arange(n) * 7 // n) % 2  # runs of frames, as utterances give them
+    grads = []
+    for fn in (ridge_kd_cross, ridge_kd_cross_reference):
+        leaf = hidden.clone().requires_grad_()
+        value = fn(leaf, targets, fold, 1e-2)
+        value.backward()
+        grads.append((value, leaf.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1].float(), rtol=1e-3, atol=1e-6)
+
+
+def test_cross_fitted_ridge_kd_does_not_count_a_chance_fit():
+    """Unrelated features, few frames per dimension: in-sample the map explains about M / N of
+    them by chance; fitted on one fold and scored on the other, nothing (the loss is >= 1)."""
+    g = torch.Generator().manual_seed(4)
+    hidden, unrelated = torch.randn(200, 40, generator=g), torch.randn(200, 6, generator=g)
+    fold = torch.arange(200) % 2
+    assert ridge_kd(hidden, unrelated, 1e-6) < 0.85  # 40 of 200 dof explained by chance
+    assert ridge_kd_cross(hidden, unrelated, fold, 1e-6) > 1.0
+    mapped = hidden @ torch.randn(40, 6, generator=g) - 2.0
+    assert ridge_kd_cross(hidden, mapped, fold, 1e-6) < 1e-4  # an affine map still fits
+
+
+def test_feature_kd_cross_fit_deals_utterances_into_two_folds():
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(4, 12, 3, generator=g)
+    lengths = torch.tensor([12, 9, 11, 8])
+    targets = [torch.randn(int(n), 2, generator=g) for n in lengths]
+    targets[2] = None  # no features: not in either fold
+    value = feature_kd_loss(hidden, lengths, targets, delay=1, ridge=1e-3, cross_fit=True)
+    h = [hidden[0, 1:12], hidden[1, 1:9], hidden[3, 1:8]]
+    y = [targets[0][:11], targets[1][:8], targets[3][:7]]
+    fold = torch.cat([torch.zeros(11), torch.ones(8), torch.zeros(7)])
+    torch.testing.assert_close(value, ridge_kd_cross(torch.cat(h), torch.cat(y), fold, 1e-3))
+    # one utterance: no second fold, so the in-sample loss
+    one = feature_kd_loss(hidden, lengths, [targets[0], None, None, None], 1, 1e-3, True)
+    torch.testing.assert_close(one, ridge_kd(h[0], y[0], 1e-3))
 
 
 def test_resample_rows_keeps_equal_lengths_and_stretches_linearly():
@@ -175,6 +221,18 @@ def test_a_run_with_feature_kd_logs_it_and_exports_the_model_unchanged(tmp_path,
     # nothing is added to the model: its weights are the architecture's own
     plain = ASR.from_recipe(student(), ASR.load(out / "model.pt").tokenizer).state_dict()
     assert ASR.load(out / "model.pt").state_dict().keys() == plain.keys()
+
+
+def test_a_cross_fitted_run_says_so_and_trains_otherwise(tmp_path, corpus):
+    store = corpus_store(tmp_path / "store", corpus)
+    feature = (f"train.feature_kd.features={store}", "train.feature_kd.weight=5")
+    weights = {}
+    for name, more in {"in": (), "cross": ("train.feature_kd.cross_fit=true",)}.items():
+        out = tmp_path / name
+        train(student(*feature, *more), corpus, corpus, out, device="cpu", max_steps=3)
+        weights[name] = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])["model"]
+        assert ("cross-fitted" in (out / "train.log").read_text()) == (name == "cross")
+    assert any(not torch.equal(weights["in"][k], weights["cross"][k]) for k in weights["in"])
 
 
 def test_feature_kd_changes_the_training_and_weight_0_does_not(tmp_path, corpus):

@@ -50,6 +50,8 @@ __all__ = [
     "open_store",
     "resample_rows",
     "ridge_kd",
+    "ridge_kd_cross",
+    "ridge_kd_cross_reference",
     "ridge_kd_reference",
 ]
 
@@ -72,13 +74,62 @@ def ridge_kd(hidden: Tensor, targets: Tensor, ridge: float = 1e-3) -> Tensor:
         y = targets.float().detach()
         hc = h - h.mean(0, keepdim=True)
         yc = y - y.mean(0, keepdim=True)
-        gram = hc.T @ hc  # (M, M)
-        lam = (ridge * gram.diagonal().sum() / gram.shape[0]).clamp_min(1e-12)
-        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-        chol = torch.linalg.cholesky(gram + lam * eye)
-        weights = torch.cholesky_solve(hc.T @ yc, chol)  # (M, D)
-        residual = yc - hc @ weights
+        residual = yc - hc @ _ridge_fit(hc, yc, ridge)
         return residual.pow(2).sum() / yc.pow(2).sum().clamp_min(1e-12)
+
+
+def _ridge_fit(hc: Tensor, yc: Tensor, ridge: float) -> Tensor:
+    """W (M, D) = (Hc^T Hc + lam I)^-1 Hc^T Yc, lam = ridge * trace(Hc^T Hc) / M (float32)."""
+    gram = hc.T @ hc  # (M, M)
+    lam = (ridge * gram.diagonal().sum() / gram.shape[0]).clamp_min(1e-12)
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    return torch.cholesky_solve(hc.T @ yc, torch.linalg.cholesky(gram + lam * eye))
+
+
+def ridge_kd_cross(hidden: Tensor, targets: Tensor, fold: Tensor, ridge: float = 1e-3) -> Tensor:
+    """``ridge_kd`` cross-fitted: the map is fitted to the frames of one fold and scored on the
+    other's, both ways. hidden (N, M), targets (N, D), fold (N,) 0 or 1 (each utterance's frames
+    in one fold, so that what is scored was not fitted), each fold holding >= 2 frames -> scalar
+    float32: sum over folds k of ||Y_k - mu_Y' - (H_k - mu_H') W'||^2 over the sum of
+    ||Y_k - mu_Y'||^2, where W', mu_H', mu_Y' come from the other fold. A map fitted in-sample
+    explains about M / N of unrelated features by chance; scored out of sample it does not, so
+    the loss (and its gradient) comes from what the layer holds that generalises from one half
+    of the batch's utterances to the other. It can pass 1 where the layer predicts worse than
+    the mean. Float32, autocast off; the gradient flows into ``hidden`` through the maps and the
+    scored frames."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        h, y = hidden.float(), targets.float().detach()
+        residual = total = h.new_zeros(())
+        for k in (0, 1):
+            fit, score = fold != k, fold == k
+            h_fit, y_fit = h[fit], y[fit]
+            mu_h, mu_y = h_fit.mean(0, keepdim=True), y_fit.mean(0, keepdim=True)
+            weights = _ridge_fit(h_fit - mu_h, y_fit - mu_y, ridge)
+            yk = y[score] - mu_y
+            residual = residual + (yk - (h[score] - mu_h) @ weights).pow(2).sum()
+            total = total + yk.pow(2).sum()
+        return residual / total.clamp_min(1e-12)
+
+
+def ridge_kd_cross_reference(
+    hidden: Tensor, targets: Tensor, fold: Tensor, ridge: float = 1e-3
+) -> Tensor:
+    """``ridge_kd_cross`` written out plainly, as ``ridge_kd_reference`` (float64, explicit
+    inverse, intercept column): the reference the tests hold it to."""
+    h, y = hidden.double(), targets.double().detach()
+    residual = total = torch.zeros((), dtype=torch.float64)
+    for k in (0, 1):
+        hf, yf = h[fold != k], y[fold != k]
+        n, m = hf.shape
+        lam = ridge * (hf - hf.mean(0)).pow(2).sum() / m
+        design = torch.cat([hf, torch.ones(n, 1, dtype=h.dtype)], 1)
+        penalty = torch.diag(torch.cat([lam.expand(m), torch.zeros(1, dtype=h.dtype)]))
+        coef = torch.linalg.inv(design.T @ design + penalty) @ design.T @ yf
+        hs, ys = h[fold == k], y[fold == k]
+        pred = torch.cat([hs, torch.ones(len(hs), 1, dtype=h.dtype)], 1) @ coef
+        residual = residual + (ys - pred).pow(2).sum()
+        total = total + (ys - yf.mean(0)).pow(2).sum()
+    return (residual / total).float()
 
 
 def ridge_kd_reference(hidden: Tensor, targets: Tensor, ridge: float = 1e-3) -> Tensor:
@@ -114,11 +165,14 @@ def feature_kd_loss(
     targets: list[Tensor | None],
     delay: int = 0,
     ridge: float = 1e-3,
+    cross_fit: bool = False,
 ) -> Tensor | None:
     """FKD of a batch: hidden (B, T, M) a layer's outputs, lengths (B,) valid frames, targets
     one (R_b, D) teacher rows per utterance or None (no features: the utterance adds nothing).
     Utterance b's rows are resampled to its ``lengths[b]`` frames and frame t is paired with
-    row t - ``delay``. None when fewer than 2 frames pair up (no term for this batch)."""
+    row t - ``delay``. None when fewer than 2 frames pair up (no term for this batch).
+    cross_fit: ``ridge_kd_cross`` with the utterances that have features dealt into two folds
+    alternately (in-sample ``ridge_kd`` when a fold would hold fewer than 2 frames)."""
     hs, ys = [], []
     for b, rows in enumerate(targets):
         frames = int(lengths[b])
@@ -129,6 +183,11 @@ def feature_kd_loss(
         ys.append(rows[: frames - delay])
     if not hs or sum(len(h) for h in hs) < 2:
         return None
+    if cross_fit:
+        sizes = [len(h) for h in hs]
+        if min(sum(sizes[0::2]), sum(sizes[1::2])) >= 2:
+            fold = torch.cat([torch.full((n,), i % 2) for i, n in enumerate(sizes)])
+            return ridge_kd_cross(torch.cat(hs), torch.cat(ys), fold.to(hidden.device), ridge)
     return ridge_kd(torch.cat(hs), torch.cat(ys), ridge)
 
 
@@ -236,7 +295,9 @@ class FeatureTeacher:
         if hidden is None or lengths is None:
             raise ValueError("train.feature_kd: the encoder layer gave no output in this batch")
         targets = [self.targets.get(uid) for uid in ids]
-        return feature_kd_loss(hidden, lengths, targets, self.cfg.delay, self.cfg.ridge)
+        return feature_kd_loss(
+            hidden, lengths, targets, self.cfg.delay, self.cfg.ridge, self.cfg.cross_fit
+        )
 
     def close(self) -> None:
         self._handle.remove()

@@ -1045,9 +1045,10 @@ def _train(
         stored = open_store(fkd, frame_ms(recipe.model), recipe.model.num_encoder_layers)
         run.feature_teacher = FeatureTeacher(fkd, stored, asr.model)
         log.info("feature distillation from %s (%s): %d of %d training utterances have "
-                 "features; layer %d, weight %g, delay %d", fkd.features, stored.teacher,
+                 "features; layer %d, weight %g, delay %d%s", fkd.features, stored.teacher,
                  sum(u.id in stored.index for u in train_utts), len(train_utts),
-                 run.feature_teacher.layer, fkd.weight, fkd.delay)  # fmt: skip
+                 run.feature_teacher.layer, fkd.weight, fkd.delay,
+                 ", cross-fitted" if fkd.cross_fit else "")  # fmt: skip
     if state is not None:
         run.load(state)
     else:
