@@ -18,8 +18,9 @@
 #   conv     the depthwise conv's Triton kernels: their CUDA tests, benchmarks/depthwise_conv.py
 #            beside PyTorch's, and the encoders with each (MAMBA_ASR_DEPTHWISE_CONV=torch / auto);
 #   bidir    BiMamba's reshuffles written once against the composites (tests/ops/test_directions.py
-#            on CUDA, benchmarks/bidirectional.py); with OLD_SRC, the encoders' step by kernel
-#            under that code too (the encoders part gives this code's).
+#            on CUDA, benchmarks/bidirectional.py); with BIDIR_OLD_SRC (a tarball as OLD_SRC's, of
+#            the code before them: adf12cf^), ConMamba's step by kernel under that code too (the
+#            encoders part gives this code's).
 #   bash scripts/device/scan_profile.sh OUTDIR      (carry .whl and .peer)
 # Everything comes back as OUTDIR/scan_profile.tgz (text) and OUTDIR/ncu_reports.tgz (the .ncu-rep
 # files, for ncu-ui), a fresh peer build as OUTDIR/peer_so.xz (keep it as
@@ -109,9 +110,9 @@ for part in $PARTS; do
       tests/modules/test_mamba.py 2>&1 | tail -2 | tee "$out/pytest_directions.txt"
     python3 benchmarks/bidirectional.py --device cuda --json "$out/bidirectional.json" 2>&1 \
       | grep -v -i warn | tee "$out/bidirectional.txt"
-    if [ -n "${OLD_SRC:-}" ] && [ -f "$OLD_SRC" ]; then
-      mkdir -p /tmp/old && tar -xzf "$OLD_SRC" -C /tmp/old
-      PYTHONPATH="/tmp/site:/tmp/old/src:$PWD/benchmarks:$PWD/scripts/device" python3 \
+    if [ -n "${BIDIR_OLD_SRC:-}" ] && [ -f "$BIDIR_OLD_SRC" ]; then
+      mkdir -p /tmp/old_bidir && tar -xzf "$BIDIR_OLD_SRC" -C /tmp/old_bidir
+      PYTHONPATH="/tmp/site:/tmp/old_bidir/src:$PWD/benchmarks:$PWD/scripts/device" python3 \
         scripts/device/encoder_profile.py --encoders conmamba \
         --json "$out/encoder_profile_old.json" 2>&1 | grep -v -i warn \
         | tee "$out/encoder_profile_old.txt"
