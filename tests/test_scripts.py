@@ -1,6 +1,6 @@
 """Tests for the data helpers of scripts/: the Czech voice-acting manifest's text, Tux Paint's
 stamp descriptions romanized, the speech sets packed to travel (pack_mix.py) and the mixed
-training manifests of kd_compare.py."""
+training manifests of kd_compare.py, and the feature-fit report (fkd_fit.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from mamba_asr.audio.io import load_audio
 from mamba_asr.data.manifest import read_manifest
@@ -146,3 +147,32 @@ def test_mix_runs_are_declared() -> None:
         if "init" in spec:  # another run's model: that run is declared
             assert spec["init"].split("/")[0] in kd_compare.RUNS_INIT, name
         assert spec.get("corpus", True) or spec.get("mix"), name  # something to train on
+
+
+def test_fkd_fit_reports_in_sample_and_cross_fitted_losses(tmp_path: Path) -> None:
+    from helpers.feature_stores import corpus_store
+    from helpers.recipes import tiny_recipe
+    from helpers.tones import write_corpus
+    from mamba_asr.asr import ASR
+    from mamba_asr.text import CharTokenizer
+
+    fkd_fit = _script("scripts/realspeech/fkd_fit.py")
+    corpus = write_corpus(tmp_path / "corpus")
+    store = corpus_store(tmp_path / "store", corpus)
+    torch.manual_seed(0)
+    model = ASR.from_recipe(tiny_recipe("transducer"), CharTokenizer("AB ")).save(tmp_path / "m.pt")
+    out = tmp_path / "fit.json"
+    fkd_fit.main(["--store", str(store), "--manifest", str(corpus), "--model", str(model),
+                  "--layer", "1", "--batch-seconds", "4", "--batches", "2",
+                  "--ridge", "0.001", "1", "--json", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["ridge"], r["cross_fit"]) for r in rows] == [
+        (0.001, False),
+        (0.001, True),
+        (1.0, False),
+        (1.0, True),
+    ]
+    assert all(len(r["losses"]) == 2 and all(v > 0 for v in r["losses"]) for r in rows)
+    # random features: in sample the map explains some by chance, out of sample it does not
+    assert all(r["mean"] < 1 for r in rows if not r["cross_fit"])
+    assert rows[1]["mean"] > rows[0]["mean"] and rows[3]["mean"] > rows[2]["mean"]
