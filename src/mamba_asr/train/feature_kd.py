@@ -96,18 +96,20 @@ def ridge_kd_cross(hidden: Tensor, targets: Tensor, fold: Tensor, ridge: float =
     the loss (and its gradient) comes from what the layer holds that generalises from one half
     of the batch's utterances to the other. It can pass 1 where the layer predicts worse than
     the mean. Float32, autocast off; the gradient flows into ``hidden`` through the maps and the
-    scored frames."""
+    scored frames. The folds are 0/1 weights on every frame rather than indexed subsets, so
+    nothing waits on the device (boolean indexing would sync with a GPU twice a fold)."""
     with torch.autocast(hidden.device.type, enabled=False):
         h, y = hidden.float(), targets.float().detach()
         residual = total = h.new_zeros(())
         for k in (0, 1):
-            fit, score = fold != k, fold == k
-            h_fit, y_fit = h[fit], y[fit]
-            mu_h, mu_y = h_fit.mean(0, keepdim=True), y_fit.mean(0, keepdim=True)
-            weights = _ridge_fit(h_fit - mu_h, y_fit - mu_y, ridge)
-            yk = y[score] - mu_y
-            residual = residual + (yk - (h[score] - mu_h) @ weights).pow(2).sum()
-            total = total + yk.pow(2).sum()
+            fit = (fold != k).to(h.dtype)[:, None]  # (N, 1): 1 on the frames the map is fitted to
+            count = fit.sum()
+            mu_h, mu_y = (fit * h).sum(0) / count, (fit * y).sum(0) / count
+            hc, yc = h - mu_h, y - mu_y
+            weights = _ridge_fit(hc * fit, yc * fit, ridge)
+            score = 1.0 - fit
+            residual = residual + (score * (yc - hc @ weights).pow(2)).sum()
+            total = total + (score * yc.pow(2)).sum()
         return residual / total.clamp_min(1e-12)
 
 
