@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 from pathlib import Path
 
 import torch
@@ -30,12 +29,8 @@ import mamba_asr.modules.mamba as mamba_module
 from mamba_asr.modules.mamba import BiMamba
 from mamba_asr.modules.masks import length_mask, reverse_index
 from mamba_asr.ops import directions
-from timing import RESULTS, event_ms, seconds
+from timing import RESULTS, VIEW_OPS, device_ms
 
-_VIEWS = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "slice", "select",
-          "split", "split_with_sizes", "chunk", "unsqueeze", "squeeze", "detach", "alias",
-          "as_strided", "empty", "empty_like", "new_empty", "empty_strided", "unbind", "narrow",
-          "reshape"}  # fmt: skip
 IMPLS = {
     "ref": (directions.split_directions_ref, directions.merge_directions_ref),
     "fused": (directions.split_directions, directions.merge_directions),
@@ -51,7 +46,7 @@ class Written(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func.overloadpacket.__name__ not in _VIEWS:
+        if func.overloadpacket.__name__ not in VIEW_OPS:
             outs = out if isinstance(out, (tuple, list)) else (out,)
             self.bytes += sum(o.numel() * o.element_size() for o in outs if torch.is_tensor(o))
         return out
@@ -109,13 +104,6 @@ def block_call(impl: str, batch: int, length: int, d_model: int, dtype, device: 
     return call
 
 
-def time_ms(fn, device: str, iters: int) -> float:
-    if device == "cuda":
-        return event_ms(fn, iters)
-    fn()
-    return statistics.median(seconds(fn) for _ in range(iters)) * 1e3
-
-
 def mib_written(fn) -> float:
     fn()
     with Written() as w:
@@ -152,7 +140,7 @@ def main(argv=None) -> None:
             for impl in IMPLS:
                 fn = make[part](impl, args.batch, args.length, width[part], dtype, args.device,
                                 backward)  # fmt: skip
-                res[impl] = (time_ms(fn, args.device, args.iters), mib_written(fn))
+                res[impl] = (device_ms(fn, args.device, args.iters), mib_written(fn))
             (rt, rb), (ft, fb) = res["ref"], res["fused"]
             step = "fwd+bwd" if backward else "fwd"
             print(f"| {part} | {dtype_name} | {step} | {rt:.2f} | {ft:.2f} | {rt / ft:.2f}x | "

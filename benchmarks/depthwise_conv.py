@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 from pathlib import Path
 
 import torch
 
 from mamba_asr.ops.depthwise_conv import depthwise_conv1d
-from timing import RESULTS, event_ms, seconds
+from timing import RESULTS, device_ms
 
 # name -> (channels, taps, left, activation, channels-last)
 CASES = {"mamba": (2048, 4, 3, "silu", False), "module": (512, 31, 15, None, True)}
@@ -50,13 +49,6 @@ def runner(args_, backend: str, backward: bool):
     return call
 
 
-def time_ms(fn, device: str, iters: int) -> float:
-    if device == "cuda":
-        return event_ms(fn, iters)
-    fn()
-    return statistics.median(seconds(fn) for _ in range(iters)) * 1e3
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
@@ -79,8 +71,8 @@ def main(argv=None) -> None:
         data = inputs(case, args.batch, args.length, getattr(torch, dtype_name), args.device)
         res = {}
         for backend in backends:
-            fwd = time_ms(runner(data, backend, False), args.device, args.iters)
-            both = time_ms(runner(data, backend, True), args.device, args.iters)
+            fwd = device_ms(runner(data, backend, False), args.device, args.iters)
+            both = device_ms(runner(data, backend, True), args.device, args.iters)
             res[backend] = (fwd, both)
         for backend, (fwd, both) in res.items():
             rf, rb = res["torch"][0] / fwd, res["torch"][1] / both

@@ -54,6 +54,23 @@ def event_ms(fn: Callable[[], Any], repeats: int = 20, warmup: int = 3) -> float
     return statistics.median(times)
 
 
+def device_ms(fn: Callable[[], Any], device: str, iters: int) -> float:
+    """Median milliseconds of ``iters`` calls of ``fn`` after one untimed: CUDA events on
+    "cuda" (``event_ms``), the wall clock elsewhere."""
+    if device == "cuda":
+        return event_ms(fn, iters)
+    fn()
+    return statistics.median(seconds(fn) for _ in range(iters)) * 1e3
+
+
+# operators that write no data of their own: views and allocations
+VIEW_OPS = frozenset({
+    "view", "_unsafe_view", "t", "transpose", "permute", "expand", "slice", "select", "split",
+    "split_with_sizes", "chunk", "unsqueeze", "squeeze", "detach", "alias", "as_strided",
+    "empty", "empty_like", "new_empty", "empty_strided", "unbind", "narrow", "reshape",
+})  # fmt: skip
+
+
 def cuda_peak_gib(fn: Callable[[], Any], device: torch.device) -> float:
     """GiB the CUDA allocator's peak rises above what is allocated before one ``fn()``."""
     torch.cuda.synchronize(device)
