@@ -374,7 +374,9 @@ class FeatureKDConfig:
     is added to the model. Student frame t is compared with the teacher's frame t - ``delay``
     (a causal student has heard ``delay`` frames more of what the teacher saw on both sides).
     cross_fit: the map fitted to half of the batch's utterances and scored on the other half,
-    both ways (``ridge_kd_cross``), so that what it explains by chance does not count.
+    both ways (``ridge_kd_cross``), so that what it explains by chance does not count. At the
+    default ridge the in-sample map mostly fits chance; cross-fitted, a ridge near 1 keeps it
+    from fitting noise (docs/benchmarks.md, "What the layer really explains").
     """
 
     features: str | None = None
