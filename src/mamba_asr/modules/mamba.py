@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from mamba_asr.modules.masks import length_mask, reverse_index
 from mamba_asr.ops.depthwise_conv import depthwise_conv1d
-from mamba_asr.ops.directions import merge_directions, split_directions
+from mamba_asr.ops.directions import merge_directions, reverse_time, split_directions
 from mamba_asr.ops.selective_scan import selective_scan_fn
 
 __all__ = ["BiMamba", "Mamba", "MambaState"]
@@ -39,13 +39,6 @@ class MambaState(NamedTuple):
 
     conv: Tensor
     ssm: Tensor
-
-
-def flip_time(x: Tensor, index: Tensor | None) -> Tensor:
-    """Reverse (B, C, L) along L: whole sequence if index is None, else per utterance (B, L)."""
-    if index is None:
-        return x.flip(-1)
-    return x.gather(-1, index[:, None, :].expand_as(x))  # (B, C, L)
 
 
 class _SSMBranch(nn.Module):
@@ -347,7 +340,8 @@ class BiMamba(_MambaBase):
         else:
             x_in, z = self._project_in(x, mask)  # (B, D, L) each
             y_fwd, _ = self.fwd(x_in, z)  # (B, D, L)
-            y_bwd, _ = self.bwd(flip_time(x_in, index), flip_time(z, index))  # (B, D, L), reversed
+            # (B, D, L), reversed
+            y_bwd, _ = self.bwd(reverse_time(x_in, index), reverse_time(z, index))
             y2 = torch.cat([y_fwd, y_bwd], dim=1)
         out = self.out_proj(merge_directions(y2, index))  # (B, L, M), the directions' average
         return out if mask is None else out.masked_fill(~mask[:, :, None], 0.0)

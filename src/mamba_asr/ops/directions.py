@@ -24,7 +24,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["merge_directions", "merge_directions_ref", "split_directions", "split_directions_ref"]
+__all__ = [
+    "merge_directions",
+    "merge_directions_ref",
+    "reverse_time",
+    "split_directions",
+    "split_directions_ref",
+]
 
 
 def _index(index: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
@@ -34,8 +40,9 @@ def _index(index: Tensor | None, batch: int, length: int, device: torch.device) 
     return torch.arange(length - 1, -1, -1, device=device).expand(batch, length)
 
 
-def _reverse(x: Tensor, index: Tensor | None) -> Tensor:
-    """(B, C, L) reversed along L: whole sequences if index is None, else per utterance (B, L)."""
+def reverse_time(x: Tensor, index: Tensor | None) -> Tensor:
+    """(B, C, L) reversed along L: whole sequences if index is None, else per utterance with
+    index (B, L) (``masks.reverse_index``)."""
     if index is None:
         return x.flip(-1)
     return x.gather(-1, index[:, None, :].expand_as(x))
@@ -51,28 +58,34 @@ def _check_split(xz: Tensor, mask: Tensor | None, index: Tensor | None) -> None:
             )
 
 
+def _check_merge(y2: Tensor) -> None:
+    if y2.dim() != 3 or y2.shape[1] % 2:
+        raise ValueError(f"y2 must be (batch, 2 * channels, length), got {tuple(y2.shape)}")
+
+
 def split_directions_ref(
     xz: Tensor, mask: Tensor | None = None, index: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """xz (B, L, 2D): in_proj's [x | z] per frame, any memory layout; mask (B, L) True on valid frames or None;
-    index (B, L) the per-utterance reversal (``masks.reverse_index``) or None (whole sequences).
+    """xz (B, L, 2D): in_proj's [x | z] per frame, any memory layout; mask (B, L) True on valid
+    frames or None; index (B, L) the per-utterance reversal (``masks.reverse_index``) or None
+    (whole sequences).
     Returns x2, z2 (B, 2D, L) contiguous: [x, x reversed] and [z, z reversed], x zero on padded
     frames."""
     _check_split(xz, mask, index)
     x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, D, L) each
     if mask is not None:
         x = x.masked_fill(~mask[:, None, :], 0.0)
-    return torch.cat([x, _reverse(x, index)], dim=1), torch.cat([z, _reverse(z, index)], dim=1)
+    x2 = torch.cat([x, reverse_time(x, index)], dim=1)
+    return x2, torch.cat([z, reverse_time(z, index)], dim=1)
 
 
 def merge_directions_ref(y2: Tensor, index: Tensor | None = None) -> Tensor:
     """y2 (B, 2D, L): the scan's outputs, forward direction first, the other reversed; index as
     ``split_directions_ref``. Returns (B, L, D) contiguous, the average of the forward output and
     the other re-reversed."""
-    if y2.dim() != 3 or y2.shape[1] % 2:
-        raise ValueError(f"y2 must be (batch, 2 * channels, length), got {tuple(y2.shape)}")
+    _check_merge(y2)
     y_fwd, y_bwd = y2.chunk(2, dim=1)
-    return ((y_fwd + _reverse(y_bwd, index)) / 2).transpose(1, 2).contiguous()
+    return ((y_fwd + reverse_time(y_bwd, index)) / 2).transpose(1, 2).contiguous()
 
 
 class _Split(torch.autograd.Function):
@@ -160,6 +173,5 @@ def merge_directions(y2: Tensor, index: Tensor | None = None) -> Tensor:
     """``merge_directions_ref``, the result written once (see the module's doc)."""
     if _composite():
         return merge_directions_ref(y2, index)
-    if y2.dim() != 3 or y2.shape[1] % 2:
-        raise ValueError(f"y2 must be (batch, 2 * channels, length), got {tuple(y2.shape)}")
+    _check_merge(y2)
     return _Merge.apply(y2, _index(index, y2.shape[0], y2.shape[2], y2.device))
