@@ -113,23 +113,33 @@ def ridge_kd_cross(hidden: Tensor, targets: Tensor, fold: Tensor, ridge: float =
         return residual / total.clamp_min(1e-12)
 
 
+def _with_ones(h: Tensor) -> Tensor:
+    """(N, M) -> (N, M + 1): an intercept column appended."""
+    return torch.cat([h, torch.ones(len(h), 1, dtype=h.dtype, device=h.device)], 1)
+
+
+def _ridge_coef_reference(h: Tensor, y: Tensor, ridge: float) -> Tensor:
+    """(M + 1, D) coefficients of the ridge regression of y on [h, 1], float64, an explicit
+    inverse, the intercept unpenalised, lam = ridge * (h's centred energy) / M."""
+    m = h.shape[1]
+    lam = ridge * (h - h.mean(0)).pow(2).sum() / m
+    design = _with_ones(h)
+    penalty = torch.diag(torch.cat([lam.expand(m), lam.new_zeros(1)]))
+    return torch.linalg.inv(design.T @ design + penalty) @ design.T @ y
+
+
 def ridge_kd_cross_reference(
     hidden: Tensor, targets: Tensor, fold: Tensor, ridge: float = 1e-3
 ) -> Tensor:
     """``ridge_kd_cross`` written out plainly, as ``ridge_kd_reference`` (float64, explicit
     inverse, intercept column): the reference the tests hold it to."""
     h, y = hidden.double(), targets.double().detach()
-    residual = total = torch.zeros((), dtype=torch.float64)
+    residual = total = torch.zeros((), dtype=torch.float64, device=h.device)
     for k in (0, 1):
         hf, yf = h[fold != k], y[fold != k]
-        n, m = hf.shape
-        lam = ridge * (hf - hf.mean(0)).pow(2).sum() / m
-        design = torch.cat([hf, torch.ones(n, 1, dtype=h.dtype)], 1)
-        penalty = torch.diag(torch.cat([lam.expand(m), torch.zeros(1, dtype=h.dtype)]))
-        coef = torch.linalg.inv(design.T @ design + penalty) @ design.T @ yf
+        coef = _ridge_coef_reference(hf, yf, ridge)
         hs, ys = h[fold == k], y[fold == k]
-        pred = torch.cat([hs, torch.ones(len(hs), 1, dtype=h.dtype)], 1) @ coef
-        residual = residual + (ys - pred).pow(2).sum()
+        residual = residual + (ys - _with_ones(hs) @ coef).pow(2).sum()
         total = total + (ys - yf.mean(0)).pow(2).sum()
     return (residual / total).float()
 
@@ -139,13 +149,7 @@ def ridge_kd_reference(hidden: Tensor, targets: Tensor, ridge: float = 1e-3) -> 
     ones for the intercept, unpenalised): the reference the tests hold it to."""
     h = hidden.double()
     y = targets.double().detach()
-    n, m = h.shape
-    hc = h - h.mean(0, keepdim=True)
-    lam = ridge * (hc * hc).sum() / m
-    design = torch.cat([h, torch.ones(n, 1, dtype=h.dtype, device=h.device)], 1)
-    penalty = torch.diag(torch.cat([lam.expand(m), torch.zeros(1, dtype=h.dtype)]))
-    coef = torch.linalg.inv(design.T @ design + penalty) @ design.T @ y
-    residual = y - design @ coef
+    residual = y - _with_ones(h) @ _ridge_coef_reference(h, y, ridge)
     total = y - y.mean(0, keepdim=True)
     return (residual.pow(2).sum() / total.pow(2).sum()).float()
 
