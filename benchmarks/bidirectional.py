@@ -23,33 +23,17 @@ import json
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import mamba_asr.modules.mamba as mamba_module
 from mamba_asr.modules.mamba import BiMamba
 from mamba_asr.modules.masks import length_mask, reverse_index
 from mamba_asr.ops import directions
-from timing import RESULTS, VIEW_OPS, device_ms
+from timing import RESULTS, BytesWritten, device_ms
 
 IMPLS = {
     "ref": (directions.split_directions_ref, directions.merge_directions_ref),
     "fused": (directions.split_directions, directions.merge_directions),
 }
-
-
-class Written(TorchDispatchMode):
-    """Bytes of every operator's outputs (views and allocations left out)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.overloadpacket.__name__ not in VIEW_OPS:
-            outs = out if isinstance(out, (tuple, list)) else (out,)
-            self.bytes += sum(o.numel() * o.element_size() for o in outs if torch.is_tensor(o))
-        return out
 
 
 _CHANNELS_FIRST = BiMamba._in_proj_channels_first
@@ -106,9 +90,9 @@ def block_call(impl: str, batch: int, length: int, d_model: int, dtype, device: 
 
 def mib_written(fn) -> float:
     fn()
-    with Written() as w:
+    with BytesWritten() as w:
         fn()
-    return w.bytes / 2**20
+    return w.total / 2**20
 
 
 def main(argv=None) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # where the benchmarks write their JSON by default, whatever the working folder
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,6 +71,29 @@ VIEW_OPS = frozenset({
     "split_with_sizes", "chunk", "unsqueeze", "squeeze", "detach", "alias", "as_strided",
     "empty", "empty_like", "new_empty", "empty_strided", "unbind", "narrow", "reshape",
 })  # fmt: skip
+
+
+class BytesWritten(TorchDispatchMode):
+    """While open: the bytes of every operator's outputs (VIEW_OPS left out), in ``total`` and
+    per (operator, ``label()``) in ``rows`` as [calls, bytes]; ``label`` is called once an
+    operator (e.g. the calling line), by default it gives ""."""
+
+    def __init__(self, label: Callable[[], str] = lambda: "") -> None:
+        super().__init__()
+        self.label, self.total = label, 0
+        self.rows: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name not in VIEW_OPS:
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            nbytes = sum(o.numel() * o.element_size() for o in outs if torch.is_tensor(o))
+            self.total += nbytes
+            row = self.rows[(name, self.label())]
+            row[0] += 1
+            row[1] += nbytes
+        return out
 
 
 def cuda_peak_gib(fn: Callable[[], Any], device: torch.device) -> float:

@@ -20,17 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import traceback
-from collections import defaultdict
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import mamba_asr.modules.mamba as mamba_module
 import mamba_asr.ops.selective_scan.triton_time as triton_time
 from encoder_scaling import build, random_batch
 from mamba_asr.ops.selective_scan.triton_kernel import CONFIG, selective_scan_triton
-from timing import VIEW_OPS
+from timing import BytesWritten
 
 
 class _NoLaunch:
@@ -46,28 +44,13 @@ def _scan_without_kernels(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                                  return_last_state, initial_state)  # fmt: skip
 
 
-class Written(TorchDispatchMode):
-    """(operator, calling line) -> [calls, bytes written]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        name = func.overloadpacket.__name__
-        if name in VIEW_OPS:
-            return out
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        where = "(backward)"
-        for frame in reversed(traceback.extract_stack()[:-1]):
-            if "mamba_asr" in frame.filename:
-                where = f"{frame.filename.split('src/')[-1]}:{frame.lineno}"
-                break
-        row = self.rows[(name, where)]
-        row[0] += 1
-        row[1] += sum(o.numel() * o.element_size() for o in outs if torch.is_tensor(o))
-        return out
+def calling_line() -> str:
+    """The line of mamba-asr that called the current operator ("(backward)" for the autograd
+    engine's)."""
+    for frame in reversed(traceback.extract_stack()):
+        if "mamba_asr" in frame.filename:
+            return f"{frame.filename.split('src/')[-1]}:{frame.lineno}"
+    return "(backward)"
 
 
 def step_writes(model, batch: int, seconds: float) -> dict[tuple[str, str], list[int]]:
@@ -80,7 +63,7 @@ def step_writes(model, batch: int, seconds: float) -> dict[tuple[str, str], list
         out.float().square().mean().backward()
 
     step()  # gradients allocated
-    with Written() as w:
+    with BytesWritten(calling_line) as w:
         step()
     return dict(w.rows)
 
