@@ -10,7 +10,8 @@ the rest), at several ridge strengths.
 "people" are the ids of the extra sets of people (``tux-``, ``czech-``, as
 scripts/device/kd_compare.py names them), "synthetic" the others; repeats (``-rK``) are left out.
 Utterances are shuffled with a fixed seed and dealt into batches of --batch-seconds of audio, as
-training batches them; the model runs in eval mode (no augmentation). A loss near 1 out of
+training batches them; the model runs in eval mode (no augmentation), once a batch, and every
+setting is scored on that batch's layer output (the config's default delay). A loss near 1 out of
 sample means the map fitted to half of the batch predicts the other half's features no better
 than their mean: what the in-sample loss shows below 1 was a chance fit.
 """
@@ -29,7 +30,7 @@ from mamba_asr import load_model
 from mamba_asr.audio import load_audio
 from mamba_asr.config import FeatureKDConfig
 from mamba_asr.data.manifest import read_manifest
-from mamba_asr.train.feature_kd import FeatureTargets, FeatureTeacher
+from mamba_asr.train.feature_kd import FeatureTargets, encoder_layers, feature_kd_loss
 
 PEOPLE = ("tux-", "czech-")
 
@@ -67,28 +68,34 @@ def main(argv=None) -> None:
         utts = [u for u in utts if u.id.startswith(PEOPLE) == (args.which == "people")]
     random.Random(0).shuffle(utts)
     asr = load_model(args.model, device="cpu")
+    layers = encoder_layers(asr.model)
+    if not 1 <= args.layer <= len(layers):
+        raise SystemExit(f"--layer {args.layer}: the encoder has {len(layers)} layers")
+    kept = {}
+    layers[args.layer - 1].register_forward_hook(
+        lambda module, inputs, output: kept.update(hidden=output)
+    )
+    settings = [(ridge, cross) for ridge in args.ridge for cross in (False, True)]
+    losses: dict[tuple[float, bool], list[float]] = {s: [] for s in settings}
+    delay = FeatureKDConfig().delay
+    for batch in batches(utts, args.batch_seconds, args.batches):  # the encoder once a batch
+        waves = [torch.as_tensor(load_audio(u.audio, asr.sample_rate)) for u in batch]
+        lengths = torch.tensor([len(w) for w in waves])
+        padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
+        feats, flen = asr.features(padded, lengths)
+        out = asr.model.encode(feats, flen)
+        targets = [store.get(u.id) for u in batch]
+        for ridge, cross in settings:
+            loss = feature_kd_loss(kept["hidden"], out.lengths, targets, delay, ridge, cross)
+            losses[(ridge, cross)].append(float(loss))
     rows = []
     print("| ridge | fit | loss per batch | mean |")
     print("|---|---|---|---|")
-    for ridge in args.ridge:
-        for cross in (False, True):
-            cfg = FeatureKDConfig(features=args.store, layer=args.layer, ridge=ridge,
-                                  cross_fit=cross)  # fmt: skip
-            teacher = FeatureTeacher(cfg, store, asr.model)
-            losses = []
-            for batch in batches(utts, args.batch_seconds, args.batches):
-                waves = [torch.as_tensor(load_audio(u.audio, asr.sample_rate)) for u in batch]
-                lengths = torch.tensor([len(w) for w in waves])
-                padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
-                feats, flen = asr.features(padded, lengths)
-                out = asr.model.encode(feats, flen)
-                losses.append(float(teacher.loss(out.lengths, [u.id for u in batch])))
-            teacher.close()
-            fit = "cross-fitted" if cross else "in sample"
-            mean = statistics.mean(losses)
-            print(f"| {ridge:g} | {fit} | {' '.join(f'{v:.3f}' for v in losses)} | {mean:.3f} |",
-                  flush=True)  # fmt: skip
-            rows.append(dict(ridge=ridge, cross_fit=cross, losses=losses, mean=mean))
+    for (ridge, cross), values in losses.items():
+        fit = "cross-fitted" if cross else "in sample"
+        mean = statistics.mean(values)
+        print(f"| {ridge:g} | {fit} | {' '.join(f'{v:.3f}' for v in values)} | {mean:.3f} |")
+        rows.append(dict(ridge=ridge, cross_fit=cross, losses=values, mean=mean))
     if args.json:
         args.json.write_text(json.dumps(dict(vars(args) | {"manifest": str(args.manifest),
                                                            "json": str(args.json)},
