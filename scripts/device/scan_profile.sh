@@ -22,7 +22,7 @@
 #            the code before them: adf12cf^), ConMamba's step by kernel under that code too (the
 #            encoders part gives this code's).
 #   bash scripts/device/scan_profile.sh OUTDIR      (carry .whl and .peer)
-# Everything comes back as OUTDIR/scan_profile.tgz (text) and OUTDIR/ncu_reports.tgz (the .ncu-rep
+# Everything comes back as OUTDIR/scan_profile.tgz (text; packed again after every part) and OUTDIR/ncu_reports.tgz (the .ncu-rep
 # files, for ncu-ui), a fresh peer build as OUTDIR/peer_so.xz (keep it as
 # .peer/build/selective_scan_cuda.so.xz: the next call skips the 160 s build).
 set -uo pipefail
@@ -43,6 +43,9 @@ ncu_report() {  # name: text pages of $out/name.ncu-rep
   grep -E "^  [_a-zA-Z].*\(|Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|Warp Cycles Per Issued" \
     "$out/$1_details.txt" | head -60
   python3 scripts/device/ncu_summary.py "$out" "$1" > "$out/$1_ncu_summary.txt"
+}
+pack() {  # what has finished so far, so that a run cut off by its time limit still returns it
+  tar -C "$out" -czf "$dest/scan_profile.tgz" --exclude='*.ncu-rep' .
 }
 bench() {  # name, then env assignments for the run
   local name=$1
@@ -118,8 +121,9 @@ for part in $PARTS; do
         | tee "$out/encoder_profile_old.txt"
     fi ;;
   esac
+  pack
 done
 peer_ready "$dest"
-tar -C "$out" -czf "$dest/scan_profile.tgz" --exclude='*.ncu-rep' .
+pack
 ls "$out"/*.ncu-rep > /dev/null 2>&1 && tar -C "$out" -czf "$dest/ncu_reports.tgz" $(cd "$out" && ls *.ncu-rep)
 ls -la "$dest"
