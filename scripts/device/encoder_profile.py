@@ -1,12 +1,14 @@
 """Where a large encoder's training step spends the GPU's time: the kernels of one bf16
 forward+backward (benchmarks/encoder_scaling.py's step), grouped by what they do.
 
-    PYTHONPATH=src:benchmarks python3 scripts/device/encoder_profile.py [--seconds 60] [--batch 16]
-        [--encoders conformer conmamba] [--json PATH]
+    PYTHONPATH=src:benchmarks python3 scripts/device/encoder_profile.py [--seconds 60 ...]
+        [--batch 16] [--encoders conformer conmamba] [--json PATH]
 
-torch.profiler over --iters steps after a warm-up; per encoder the step's GPU time, each group's
-share (the selective scan's kernels, matrix products, the causal conv1d, attention, norms,
-elementwise and reductions) and the kernels that take the most.
+torch.profiler over --iters steps after a warm-up; per encoder and length the step's GPU time
+beside its wall time (CUDA events, the median of --repeats steps: where the wall time is well
+above the GPU's, the step waits on the host), each group's share (the selective scan's kernels,
+matrix products, the causal conv1d, attention, norms, elementwise and reductions) and the kernels
+that take the most.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from scan_host import gpu_kernels  # scripts/device/, this file's folder
 
 from encoder_scaling import build, training_step, warm_up_gpu
+from timing import median_ms
 
 GROUPS = (  # (group, substrings of a kernel's name), first match wins
     ("scan", ("_time_kernel", "_fwd_kernel", "_bwd_kernel", "_bwd_carry", "selective_scan")),
@@ -45,9 +48,10 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--encoders", nargs="+", default=["conformer", "conmamba"])
     p.add_argument("--size", default="large")
-    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--seconds", type=float, nargs="+", default=[60.0])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--json", type=Path, default=Path("encoder_profile.json"))
     args = p.parse_args(argv)
@@ -56,23 +60,27 @@ def main(argv=None) -> None:
     result = {}
     for enc in args.encoders:
         model = build(enc, args.size, device)
-        step = training_step(model, args.batch, args.seconds, device)
-        kernels = gpu_kernels(step, args.iters, warmup=2)
-        total = sum(kernels.values())
-        groups: dict[str, float] = defaultdict(float)
-        for name, ms in kernels.items():
-            groups[group(name)] += ms
-        print(f"## {enc} {args.size}, batch {args.batch}, {args.seconds:g} s: GPU {total:.1f} ms "
-              f"a step ({torch.cuda.get_device_name()})")  # fmt: skip
-        print("| group | ms | share |")
-        print("|---|---|---|")
-        for g, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
-            print(f"| {g} | {ms:.1f} | {ms / total:.0%} |")
-        print("| kernel | ms | group |")
-        print("|---|---|---|")
-        for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])[: args.top]:
-            print(f"| {name[:90]} | {ms:.2f} | {group(name)} |")
-        result[enc] = dict(total_ms=total, groups=groups, kernels=kernels)
+        for seconds in args.seconds:
+            step = training_step(model, args.batch, seconds, device)
+            kernels = gpu_kernels(step, args.iters, warmup=2)
+            wall = median_ms(step, args.repeats, device, warmup=1)
+            total = sum(kernels.values())
+            groups: dict[str, float] = defaultdict(float)
+            for name, ms in kernels.items():
+                groups[group(name)] += ms
+            print(f"## {enc} {args.size}, batch {args.batch}, {seconds:g} s: GPU {total:.1f} ms "
+                  f"a step, wall {wall:.1f} ms ({torch.cuda.get_device_name()})")  # fmt: skip
+            print("| group | ms | share |")
+            print("|---|---|---|")
+            for g, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
+                print(f"| {g} | {ms:.1f} | {ms / total:.0%} |")
+            print("| kernel | ms | group |")
+            print("|---|---|---|")
+            for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])[: args.top]:
+                print(f"| {name[:90]} | {ms:.2f} | {group(name)} |")
+            key = enc if len(args.seconds) == 1 else f"{enc}_{seconds:g}s"
+            result[key] = dict(seconds=seconds, total_ms=total, wall_ms=wall, groups=groups,
+                               kernels=kernels)  # fmt: skip
         del model
         torch.cuda.empty_cache()
     args.json.write_text(json.dumps(result, indent=2))

@@ -94,7 +94,7 @@ for part in $PARTS; do
     tail -3 "$out/ncu_peer.log"
     ncu_report peer ;;
   encoders)
-    python3 scripts/device/encoder_profile.py --json "$out/encoder_profile.json" 2>&1 \
+    python3 scripts/device/encoder_profile.py --seconds 10 60 --json "$out/encoder_profile.json" 2>&1 \
       | grep -v -i warn | tee "$out/encoder_profile.txt"
     python3 benchmarks/encoder_scaling.py --device cuda --size large --batch 16 --seconds 10 30 60 \
       --out "$out/encoders" 2>&1 | grep -v -i warn | tee "$out/encoder_scaling.txt" ;;
@@ -116,7 +116,7 @@ for part in $PARTS; do
     if [ -n "${BIDIR_OLD_SRC:-}" ] && [ -f "$BIDIR_OLD_SRC" ]; then
       mkdir -p /tmp/old_bidir && tar -xzf "$BIDIR_OLD_SRC" -C /tmp/old_bidir
       PYTHONPATH="/tmp/site:/tmp/old_bidir/src:$PWD/benchmarks:$PWD/scripts/device" python3 \
-        scripts/device/encoder_profile.py --encoders conmamba \
+        scripts/device/encoder_profile.py --encoders conmamba --seconds 10 60 \
         --json "$out/encoder_profile_old.json" 2>&1 | grep -v -i warn \
         | tee "$out/encoder_profile_old.txt"
     fi ;;
