@@ -16,7 +16,8 @@
 #   encoders the large encoders' training step by kernel group (scripts/device/encoder_profile.py)
 #            and benchmarks/encoder_scaling.py (10, 30, 60 s);
 #   conv     the depthwise conv's Triton kernels: their CUDA tests, benchmarks/depthwise_conv.py
-#            beside PyTorch's, and the encoders with each (MAMBA_ASR_DEPTHWISE_CONV=torch / auto);
+#            beside PyTorch's, and the encoders with each (MAMBA_ASR_DEPTHWISE_CONV=torch / auto;
+#            torch's is the encoders part's run when that part is in PARTS too);
 #   bidir    BiMamba's reshuffles written once against the composites (tests/ops/test_directions.py
 #            on CUDA, benchmarks/bidirectional.py); with BIDIR_OLD_SRC (a tarball as OLD_SRC's, of
 #            the code before them: adf12cf^), ConMamba's step by kernel under that code too (the
@@ -103,9 +104,11 @@ for part in $PARTS; do
       | tee "$out/pytest_depthwise_conv.txt"
     python3 benchmarks/depthwise_conv.py --device cuda --json "$out/depthwise_conv.json" 2>&1 \
       | grep -v -i warn | tee "$out/depthwise_conv.txt"
-    for v in torch auto; do
+    conv_ways="torch auto"  # with the encoders part in the same call, its scaling run is torch's
+    case " $PARTS " in *" encoders "*) conv_ways=auto ;; esac
+    for v in $conv_ways; do
       MAMBA_ASR_DEPTHWISE_CONV=$v python3 benchmarks/encoder_scaling.py --device cuda --size large \
-        --batch 16 --seconds 30 60 --out "$out/encoders_conv_$v" 2>&1 | grep -v -i warn \
+        --batch 16 --seconds 10 30 60 --out "$out/encoders_conv_$v" 2>&1 | grep -v -i warn \
         | tee "$out/encoder_scaling_conv_$v.txt"
     done ;;
   bidir)
