@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from mamba_asr.modules.conformer import ConformerLayer, ConMambaLayer, TransformerEncoderLayer
 from mamba_asr.modules.feedforward import FeedForward
 from mamba_asr.modules.mamba import Mamba, MambaState
-from mamba_asr.modules.masks import causal_mask, length_mask, zero_padding
+from mamba_asr.modules.masks import causal_mask, length_mask, shared_masks, zero_padding
 from mamba_asr.modules.positional import RelativePositionalEncoding, SinusoidalPositionalEncoding
 
 __all__ = [
@@ -35,7 +35,8 @@ __all__ = [
 
 
 class _Encoder(nn.Module):
-    """Shared parts: the final LayerNorm and the padding masks around the layer stack."""
+    """Shared parts: the final LayerNorm and the padding masks around the layer stack, built once
+    for all layers (``masks.shared_masks``)."""
 
     def __init__(self, d_model: int, num_layers: int, factory: dict[str, Any]) -> None:
         super().__init__()
@@ -49,9 +50,10 @@ class _Encoder(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x: (B, L, M); lengths: (B,) valid frames or None. Returns (B, L, M), zero on padding."""
-        mask = None if lengths is None else length_mask(lengths, x.shape[1], x.device)  # (B, L)
-        x = zero_padding(x, mask)  # padding holds zeros, whatever came in (NaN included)
-        return zero_padding(self.norm(self._run_layers(x, lengths)), mask)
+        with shared_masks():  # each layer's masks built once for the whole stack
+            mask = None if lengths is None else length_mask(lengths, x.shape[1], x.device)
+            x = zero_padding(x, mask)  # padding holds zeros, whatever came in (NaN included)
+            return zero_padding(self.norm(self._run_layers(x, lengths)), mask)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_layers={self.num_layers}"
@@ -280,11 +282,12 @@ class MambaEncoder(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x: (B, L, M); lengths: (B,) valid frames or None. Returns (B, L, M), zero on padding."""
-        mask = None if lengths is None else length_mask(lengths, x.shape[1], x.device)  # (B, L)
-        x = zero_padding(x, mask)
-        for layer in self.layers:
-            x = layer(x, lengths)
-        return zero_padding(self.norm(x), mask)
+        with shared_masks():  # each layer's masks built once for the whole stack
+            mask = None if lengths is None else length_mask(lengths, x.shape[1], x.device)
+            x = zero_padding(x, mask)
+            for layer in self.layers:
+                x = layer(x, lengths)
+            return zero_padding(self.norm(x), mask)
 
     def init_state(
         self,

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from mamba_asr.modules.attention import MultiHeadAttention, RelPosMHAXL
 from mamba_asr.modules.feedforward import FeedForward, make_activation
 from mamba_asr.modules.mamba import BiMamba, Mamba
-from mamba_asr.modules.masks import causal_mask, length_mask, zero_padding
+from mamba_asr.modules.masks import causal_mask, length_mask, padded_frames, zero_padding
 from mamba_asr.ops.depthwise_conv import depthwise_conv1d
 
 __all__ = [
@@ -171,7 +171,7 @@ class ConformerLayer(nn.Module):
         ``RelativePositionalEncoding``. Returns (B, L, M), zero on padded frames."""
         length = x.shape[1]
         mask = _frame_mask(x, lengths)  # (B, L), True on valid frames
-        padding = None if mask is None else ~mask  # (B, L), True on padded keys
+        padding = None if mask is None else padded_frames(mask)  # (B, L), True on padded keys
         attn_mask = causal_mask(length, x.device) if self.causal else None  # (L, L)
         x = x + 0.5 * self.ffn1(x)
         x = x + self.mha(self.norm_mha(x), pos_emb, padding, attn_mask)
@@ -272,7 +272,7 @@ class TransformerEncoderLayer(nn.Module):
         """x: (B, L, M); lengths: (B,) or None; attn_mask: (L, L) bool, True = masked.
         Returns (B, L, M), zero on padded frames."""
         mask = _frame_mask(x, lengths)  # (B, L), True on valid frames
-        padding = None if mask is None else ~mask  # (B, L), True on padded keys
+        padding = None if mask is None else padded_frames(mask)  # (B, L), True on padded keys
         if self.normalize_before:
             x = x + self._attention(self.norm1(x), padding, attn_mask)
             x = x + self.ffn(self.norm2(x))

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mamba_asr.modules.masks import length_mask, reverse_index
+from mamba_asr.modules.masks import length_mask, padded_frames, reverse_index
 from mamba_asr.ops.depthwise_conv import depthwise_conv1d
 from mamba_asr.ops.directions import merge_directions, reverse_time, split_directions
 from mamba_asr.ops.selective_scan import selective_scan_fn
@@ -246,14 +246,14 @@ class _MambaBase(nn.Module):
         xz = self.in_proj(x).transpose(1, 2)  # (B, 2D, L)
         x_in, z = xz.chunk(2, dim=1)  # (B, D, L) each
         if mask is not None:
-            x_in = x_in.masked_fill(~mask[:, None, :], 0.0)
+            x_in = x_in.masked_fill(padded_frames(mask)[:, None, :], 0.0)
         return x_in, z
 
     def _project_out(self, y: Tensor, mask: Tensor | None) -> Tensor:
         """(B, D, L) -> (B, L, M), zero on padded frames."""
         out = self.out_proj(y.transpose(1, 2))  # (B, L, M)
         if mask is not None:
-            out = out.masked_fill(~mask[:, :, None], 0.0)
+            out = out.masked_fill(padded_frames(mask)[:, :, None], 0.0)
         return out
 
     def extra_repr(self) -> str:
@@ -344,7 +344,7 @@ class BiMamba(_MambaBase):
             y_bwd, _ = self.bwd(reverse_time(x_in, index), reverse_time(z, index))
             y2 = torch.cat([y_fwd, y_bwd], dim=1)
         out = self.out_proj(merge_directions(y2, index))  # (B, L, M), the directions' average
-        return out if mask is None else out.masked_fill(~mask[:, :, None], 0.0)
+        return out if mask is None else out.masked_fill(padded_frames(mask)[:, :, None], 0.0)
 
     def _in_proj_channels_first(self, x: Tensor) -> Tensor:
         """in_proj(x) (B, L, 2D) as a view of a (2D, B, L) product W x^T (state-spaces/mamba's
