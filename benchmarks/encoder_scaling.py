@@ -76,10 +76,13 @@ def random_batch(batch: int, seconds: float, device: torch.device):
 
 
 def training_step(model, batch: int, seconds: float, device: torch.device):
-    """A closure running one forward (the project's dtype policy) and backward on a random batch."""
+    """A closure running one forward (the project's dtype policy) and backward on a random batch,
+    from gradients set to None as the trainer leaves them after each optimizer step (so the
+    backward writes each gradient rather than adding it to the last step's)."""
     feats, lengths = random_batch(batch, seconds, device)
 
     def step():
+        model.zero_grad(set_to_none=True)
         with autocast(device):
             out = model(feats, lengths)
         out.float().square().mean().backward()
@@ -89,7 +92,7 @@ def training_step(model, batch: int, seconds: float, device: torch.device):
 
 def measure(model, batch: int, seconds: float, device: torch.device, repeats: int):
     step = training_step(model, batch, seconds, device)
-    ms = median_ms(step, repeats, device, warmup=2)  # the warm-up also allocates the gradients
+    ms = median_ms(step, repeats, device, warmup=2)
     gc.collect()
     peak = cuda_peak_gib(step, device) if device.type == "cuda" else saved_gib(step)
     return ms, peak
