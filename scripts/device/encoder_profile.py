@@ -5,10 +5,11 @@ forward+backward (benchmarks/encoder_scaling.py's step), grouped by what they do
         [--batch 16] [--encoders conformer conmamba] [--json PATH]
 
 torch.profiler over --iters steps after a warm-up; per encoder and length the step's GPU time
-beside its wall time (CUDA events, the median of --repeats steps: where the wall time is well
-above the GPU's, the step waits on the host), each group's share (the selective scan's kernels,
-matrix products, the causal conv1d, attention, norms, elementwise and reductions) and the kernels
-that take the most.
+beside its wall time (the median of --repeats steps: where the wall time is well above the GPU's,
+the GPU waits) and its host side (the time until the step returns, the allocator's cudaMalloc and
+cudaFree calls, synchronizing calls, the operators with the most host time), each group's share
+(the selective scan's kernels, matrix products, the causal conv1d, attention, norms, elementwise
+and reductions) and the kernels that take the most.
 """
 
 from __future__ import annotations
@@ -44,6 +45,48 @@ def group(name: str) -> str:
     return "other"
 
 
+def host_side(step, repeats: int) -> dict:
+    """The host's side of a step: the median time until step() returns with the GPU idle at its
+    start (host_ms), the caching allocator's cudaMalloc / cudaFree calls and retries a step (each
+    waits on the GPU), the calls torch.cuda's sync debug mode flags in one step, and the operators
+    with the most host time (torch.profiler, CPU only, two steps)."""
+    import time
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    torch.cuda.synchronize()
+    keys = ("segment.all.allocated", "segment.all.freed", "num_alloc_retries")
+    before = torch.cuda.memory_stats()
+    for _ in range(repeats):
+        step()
+    torch.cuda.synchronize()
+    after = torch.cuda.memory_stats()
+    malloc, free, retry = ((after.get(k, 0) - before.get(k, 0)) / repeats for k in keys)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+    ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    return dict(host_ms=sorted(times)[len(times) // 2] * 1e3, mallocs=malloc, frees=free,
+                retries=retry, syncs=sum("synchroniz" in str(w.message) for w in caught),
+                cpu_ops=ops)  # fmt: skip
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--encoders", nargs="+", default=["conformer", "conmamba"])
@@ -64,12 +107,18 @@ def main(argv=None) -> None:
             step = training_step(model, args.batch, seconds, device)
             kernels = gpu_kernels(step, args.iters, warmup=2)
             wall = median_ms(step, args.repeats, device, warmup=1)
+            host = host_side(step, args.repeats)
             total = sum(kernels.values())
             groups: dict[str, float] = defaultdict(float)
             for name, ms in kernels.items():
                 groups[group(name)] += ms
             print(f"## {enc} {args.size}, batch {args.batch}, {seconds:g} s: GPU {total:.1f} ms "
-                  f"a step, wall {wall:.1f} ms ({torch.cuda.get_device_name()})")  # fmt: skip
+                  f"a step, wall {wall:.1f} ms, host {host['host_ms']:.1f} ms "
+                  f"({torch.cuda.get_device_name()})")  # fmt: skip
+            print(f"allocator a step: {host['mallocs']:g} cudaMalloc, {host['frees']:g} cudaFree, "
+                  f"{host['retries']:g} retries; {host['syncs']} synchronizing calls "
+                  f"(torch.cuda sync debug mode)")  # fmt: skip
+            print(host["cpu_ops"])
             print("| group | ms | share |")
             print("|---|---|---|")
             for g, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
@@ -80,7 +129,8 @@ def main(argv=None) -> None:
                 print(f"| {name[:90]} | {ms:.2f} | {group(name)} |")
             key = enc if len(args.seconds) == 1 else f"{enc}_{seconds:g}s"
             result[key] = dict(seconds=seconds, total_ms=total, wall_ms=wall, groups=groups,
-                               kernels=kernels)  # fmt: skip
+                               kernels=kernels,
+                               **{k: v for k, v in host.items() if k != "cpu_ops"})  # fmt: skip
         del model
         torch.cuda.empty_cache()
     args.json.write_text(json.dumps(result, indent=2))
