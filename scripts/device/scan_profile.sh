@@ -18,6 +18,10 @@
 #   conv     the depthwise conv's Triton kernels: their CUDA tests, benchmarks/depthwise_conv.py
 #            beside PyTorch's, and the encoders with each (MAMBA_ASR_DEPTHWISE_CONV=torch / auto;
 #            torch's is the encoders part's run when that part is in PARTS too);
+#   launch   the Triton kernels launched directly (ops.triton_launch, MAMBA_ASR_TRITON_LAUNCH=
+#            direct) against triton's own launches: the scan, launch and depthwise conv tests
+#            with direct launches, benchmarks/encoder_scaling.py (10, 20, 30, 60 s) twice each
+#            way, alternating, and the encoders' step profile with direct launches (10, 30 s);
 #   bidir    BiMamba's reshuffles written once against the composites (tests/ops/test_directions.py
 #            on CUDA, benchmarks/bidirectional.py); with BIDIR_OLD_SRC (a tarball as OLD_SRC's, of
 #            the code before them: adf12cf^), ConMamba's step by kernel under that code too (the
@@ -111,6 +115,18 @@ for part in $PARTS; do
         --batch 16 --seconds 10 30 60 --out "$out/encoders_conv_$v" 2>&1 | grep -v -i warn \
         | tee "$out/encoder_scaling_conv_$v.txt"
     done ;;
+  launch)
+    MAMBA_ASR_TRITON_LAUNCH=direct python3 -m pytest -q -p no:cacheprovider -n 12 \
+      tests/ops/test_selective_scan_triton.py tests/ops/test_triton_launch.py \
+      tests/ops/test_depthwise_conv.py 2>&1 | tail -2 | tee "$out/pytest_direct.txt"
+    for how in jit direct jit direct; do
+      MAMBA_ASR_TRITON_LAUNCH=$how python3 benchmarks/encoder_scaling.py --device cuda \
+        --size large --batch 16 --seconds 10 20 30 60 --out "$out/encoders_$how" 2>&1 \
+        | grep -v -i warn | tee -a "$out/encoder_scaling_$how.txt"
+    done
+    MAMBA_ASR_TRITON_LAUNCH=direct python3 scripts/device/encoder_profile.py --seconds 10 30 \
+      --json "$out/encoder_profile_direct.json" 2>&1 | grep -v -i warn \
+      | tee "$out/encoder_profile_direct.txt" ;;
   bidir)
     python3 -m pytest -q -p no:cacheprovider tests/ops/test_directions.py \
       tests/modules/test_mamba.py 2>&1 | tail -2 | tee "$out/pytest_directions.txt"

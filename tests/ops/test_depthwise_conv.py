@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from mamba_asr.ops.depthwise_conv import depthwise_conv1d, depthwise_conv1d_ref
+from mamba_asr.ops import depthwise_conv as dc
+from mamba_asr.ops.depthwise_conv import depthwise_conv1d, depthwise_conv1d_ref, resolve_backend
 
 # (batch, channels, length, taps, left, activation, bias, channels-last x, dtype)
 CASES = [
@@ -56,6 +57,28 @@ def test_bad_arguments_are_named():
         depthwise_conv1d(x, w, activation="gelu")
     with pytest.raises(ValueError, match="backend"):
         depthwise_conv1d(x, w, backend="cudnn")
+
+
+def test_backend_choice(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.delenv(dc.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(dc, "triton_runs_on", lambda device: device.type == "cuda")
+    # the default ("measured"): the kernels for the Mamba blocks' few taps, PyTorch's for 31
+    assert resolve_backend(None, 4, cuda) == "triton"
+    assert resolve_backend(None, dc.TRITON_MAX_TAPS + 1, cuda) == "torch"
+    assert resolve_backend(None, 31, cuda) == "torch"
+    assert resolve_backend(None, 4, torch.device("cpu")) == "torch"
+    assert resolve_backend("auto", 31, cuda) == "triton"
+    assert resolve_backend("torch", 4, cuda) == "torch"
+    monkeypatch.setenv(dc.BACKEND_ENV, "torch")
+    assert resolve_backend(None, 4, cuda) == "torch"
+    monkeypatch.setenv(dc.BACKEND_ENV, "auto")
+    assert resolve_backend(None, 31, cuda) == "triton"
+    monkeypatch.setenv(dc.BACKEND_ENV, "fast")
+    with pytest.raises(ValueError, match="backend"):
+        resolve_backend(None, 4, cuda)
+    with pytest.raises(ValueError, match="needs triton and CUDA"):
+        resolve_backend("triton", 4, torch.device("cpu"))
 
 
 def errors(case, device: str) -> dict[str, float]:

@@ -8,8 +8,11 @@ Two implementations: the composite of PyTorch ops, ``depthwise_conv1d_ref`` (pad
 SiLU), which the other is tested against, and fused Triton kernels for CUDA (or triton's
 interpreter) (``depthwise_conv_triton.py``: the padding, bias and activation inside, x read in
 place in any memory layout, the backward in two kernels). The kernels are chosen with backend
-"triton", or "auto" where they run; the default backend is ``MAMBA_ASR_DEPTHWISE_CONV`` ("torch"
-when unset: the kernels are used once a GPU has timed them against PyTorch's).
+"triton", or "auto" where they run. The default is ``MAMBA_ASR_DEPTHWISE_CONV`` when it is set,
+else "measured": the kernels on CUDA for convs of at most ``TRITON_MAX_TAPS`` taps (the Mamba
+blocks' causal conv with its SiLU: forward+backward 1.6x PyTorch's on an H200, fp32 and bf16) and
+PyTorch's for longer ones (the convolution module's 31 taps, where the kernels' bf16 backward
+was slower: 0.81x), as ``benchmarks/depthwise_conv.py`` measured (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from torch import Tensor
 
 from mamba_asr.ops.selective_scan.dispatch import triton_runs_on
 
-__all__ = ["ACTIVATIONS", "depthwise_conv1d", "depthwise_conv1d_ref"]
+__all__ = ["ACTIVATIONS", "depthwise_conv1d", "depthwise_conv1d_ref", "resolve_backend"]
 
 ACTIVATIONS = (None, "silu")
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "measured", "torch", "triton")
 BACKEND_ENV = "MAMBA_ASR_DEPTHWISE_CONV"
+TRITON_MAX_TAPS = 4  # "measured": the kernels for convs of at most this many taps
 
 
 def _check(x: Tensor, weight: Tensor, bias: Tensor | None, left: int, activation: str | None):
@@ -60,6 +64,23 @@ def depthwise_conv1d_ref(
     return F.silu(y) if activation == "silu" else y
 
 
+def resolve_backend(backend: str | None, taps: int, device: torch.device) -> str:
+    """ "torch" or "triton": what ``depthwise_conv1d`` runs for ``backend`` (as there) on a conv of
+    ``taps`` taps whose input lies on ``device``. Exports take "torch"."""
+    if backend is None:
+        backend = os.environ.get(BACKEND_ENV, "measured")
+    if backend not in BACKENDS:
+        raise ValueError(f"depthwise conv backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "measured":
+        backend = "auto" if taps <= TRITON_MAX_TAPS else "torch"
+    triton_ok = triton_runs_on(device)
+    if backend == "triton" and not triton_ok:
+        raise ValueError(f"the triton depthwise conv needs triton and CUDA, not {device.type}")
+    if backend == "torch" or not triton_ok or torch.compiler.is_exporting():
+        return "torch"
+    return "triton"
+
+
 def depthwise_conv1d(
     x: Tensor,
     weight: Tensor,
@@ -70,16 +91,10 @@ def depthwise_conv1d(
     backend: str | None = None,
 ) -> Tensor:
     """``depthwise_conv1d_ref``'s result; backend "auto" (Triton where it runs, else "torch", the
-    composite), "torch" or "triton"; None: ``MAMBA_ASR_DEPTHWISE_CONV``, else "torch".
-    Differentiable in x, weight and bias."""
-    if backend is None:
-        backend = os.environ.get(BACKEND_ENV, "torch")
-    if backend not in BACKENDS:
-        raise ValueError(f"depthwise conv backend must be one of {BACKENDS}, got {backend!r}")
-    triton_ok = triton_runs_on(x.device)
-    if backend == "triton" and not triton_ok:
-        raise ValueError(f"the triton depthwise conv needs triton and CUDA, not {x.device.type}")
-    if backend == "torch" or not triton_ok or torch.compiler.is_exporting():
+    composite), "measured" ("auto" for at most ``TRITON_MAX_TAPS`` taps, else "torch"), "torch"
+    or "triton"; None: ``MAMBA_ASR_DEPTHWISE_CONV``, else "measured". Differentiable in x, weight
+    and bias."""
+    if resolve_backend(backend, weight.shape[-1], x.device) == "torch":
         return depthwise_conv1d_ref(x, weight, bias, left, activation)
     _check(x, weight, bias, left, activation)
     from mamba_asr.ops.depthwise_conv_triton import TritonDepthwiseConv

@@ -79,13 +79,16 @@ def _signature(kernel: Any) -> tuple[tuple[str, ...], tuple[bool, ...], dict[str
 
 
 def launch(kernel: Any, grid: tuple[int, ...], *args: Any, num_warps: int = 4,
-           num_stages: int | None = None, **meta: Any) -> None:  # fmt: skip
-    """``kernel[grid](*args, **meta, num_warps=..., num_stages=...)``, through a cache of compiled
-    kernels keyed by triton's own specialization of the arguments (see the module's doc).
-    args: the kernel's leading parameters in order; meta: the others by name (constexprs)."""
+           num_stages: int | None = None, maxnreg: int | None = None, **meta: Any) -> None:  # fmt: skip
+    """``kernel[grid](*args, **meta, num_warps=..., num_stages=..., maxnreg=...)``, through a cache
+    of compiled kernels keyed by triton's own specialization of the arguments (see the module's
+    doc). args: the kernel's leading parameters in order; meta: the others by name (constexprs);
+    maxnreg: the most registers a thread may take (None: as ptxas chooses)."""
     options = {"num_warps": num_warps}
     if num_stages is not None:
         options["num_stages"] = num_stages
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
     if not _direct():
         kernel[grid](*args, **meta, **options)
         return
@@ -99,7 +102,7 @@ def launch(kernel: Any, grid: tuple[int, ...], *args: Any, num_warps: int = 4,
         for v, c in zip(values, is_const, strict=True)
     )
     device = torch.cuda.current_device()
-    key = (kernel, device, num_warps, num_stages, spec)
+    key = (kernel, device, num_warps, num_stages, maxnreg, spec)
     compiled = _COMPILED.get(key)
     if compiled is None:
         compiled = kernel[grid](*args, **meta, **options)

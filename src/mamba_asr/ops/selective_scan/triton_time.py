@@ -46,6 +46,7 @@ from mamba_asr.ops.selective_scan.triton_kernel import (
     scan_inputs,
     softplus,
 )
+from mamba_asr.ops.triton_launch import launch
 
 
 @triton.jit
@@ -324,12 +325,6 @@ def _block_d(dim: int, groups: int) -> int:
     return bd
 
 
-def _maxnreg() -> dict:
-    """The backward's launch option capping its registers a thread (CONFIG's time_bwd_maxnreg)."""
-    cap = CONFIG["time_bwd_maxnreg"]
-    return {} if cap is None else {"maxnreg": cap}
-
-
 class TritonTimeScan(torch.autograd.Function):
     """(out, last) of the time-parallel kernels; arguments as ``TritonSelectiveScan``."""
 
@@ -349,8 +344,8 @@ class TritonTimeScan(torch.autograd.Function):
         else:
             ckpt[:, :, 0] = h0
         dummy = A32
-        _fwd_time_kernel[_grid(batch, triton.cdiv(dim, bd))](
-            u, delta, A32, B, C, D32 if D is not None else dummy, z if z is not None else u,
+        launch(
+            _fwd_time_kernel, _grid(batch, triton.cdiv(dim, bd)), u, delta, A32, B, C, D32 if D is not None else dummy, z if z is not None else u,
             bias32 if bias32 is not None else dummy, out, ypre if save_y else dummy, ckpt, dim,
             length, dim // groups, groups, n_chunks, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate,
@@ -385,8 +380,8 @@ class TritonTimeScan(torch.autograd.Function):
         else:
             dhbuf[0] = dlast
         dummy = A32
-        _bwd_time_kernel[_grid(batch, triton.cdiv(dim, bd))](
-            u, delta, A32, B, C, D32 if D32 is not None else dummy, z if z is not None else u,
+        launch(
+            _bwd_time_kernel, _grid(batch, triton.cdiv(dim, bd)), u, delta, A32, B, C, D32 if D32 is not None else dummy, z if z is not None else u,
             bias32 if bias32 is not None else dummy, ypre if ypre is not None else dummy, ckpt,
             dout, dhbuf, du, ddelta, dz if dz is not None else du, dA, dD, dbias, dB, dC, dim,
             length, dim // groups, groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
@@ -395,7 +390,7 @@ class TritonTimeScan(torch.autograd.Function):
             PREFETCH=_BWD_PREFETCH[CONFIG["time_bwd_prefetch"]],
             BATCH_FAST=CONFIG["time_batch_fast"], CARRY_IN=CONFIG["time_carry_in"],
             FAST=fast_math(), num_warps=CONFIG["time_warps"],
-            num_stages=CONFIG["time_stages"], **_maxnreg(),
+            num_stages=CONFIG["time_stages"], maxnreg=CONFIG["time_bwd_maxnreg"],
         )  # fmt: skip
         dh0 = None
         if has_h0:  # dLoss/dh_{-1} = a_0 dLoss/dh_0
