@@ -20,8 +20,9 @@
 #            torch's is the encoders part's run when that part is in PARTS too);
 #   launch   the Triton kernels launched directly (ops.triton_launch, MAMBA_ASR_TRITON_LAUNCH=
 #            direct) against triton's own launches: the scan, launch and depthwise conv tests
-#            with direct launches, benchmarks/encoder_scaling.py (10, 20, 30, 60 s) twice each
-#            way, alternating, and the encoders' step profile with direct launches (10, 30 s);
+#            with direct launches, benchmarks/encoder_scaling.py (LAUNCH_SECONDS, default 10 20
+#            30 60) each way of LAUNCH_WAYS (default "jit direct jit direct", alternating), and
+#            unless LAUNCH_PROFILE=0 the encoders' step profile with direct launches (10, 30 s);
 #   bidir    BiMamba's reshuffles written once against the composites (tests/ops/test_directions.py
 #            on CUDA, benchmarks/bidirectional.py); with BIDIR_OLD_SRC (a tarball as OLD_SRC's, of
 #            the code before them: adf12cf^), ConMamba's step by kernel under that code too (the
@@ -119,14 +120,17 @@ for part in $PARTS; do
     MAMBA_ASR_TRITON_LAUNCH=direct python3 -m pytest -q -p no:cacheprovider -n 12 \
       tests/ops/test_selective_scan_triton.py tests/ops/test_triton_launch.py \
       tests/ops/test_depthwise_conv.py 2>&1 | tail -2 | tee "$out/pytest_direct.txt"
-    for how in jit direct jit direct; do
+    for how in ${LAUNCH_WAYS:-jit direct jit direct}; do
       MAMBA_ASR_TRITON_LAUNCH=$how python3 benchmarks/encoder_scaling.py --device cuda \
-        --size large --batch 16 --seconds 10 20 30 60 --out "$out/encoders_$how" 2>&1 \
-        | grep -v -i warn | tee -a "$out/encoder_scaling_$how.txt"
+        --size large --batch 16 --seconds ${LAUNCH_SECONDS:-10 20 30 60} \
+        --out "$out/encoders_$how" 2>&1 | grep -v -i warn | tee -a "$out/encoder_scaling_$how.txt"
+      pack
     done
-    MAMBA_ASR_TRITON_LAUNCH=direct python3 scripts/device/encoder_profile.py --seconds 10 30 \
-      --json "$out/encoder_profile_direct.json" 2>&1 | grep -v -i warn \
-      | tee "$out/encoder_profile_direct.txt" ;;
+    if [ "${LAUNCH_PROFILE:-1}" = 1 ]; then
+      MAMBA_ASR_TRITON_LAUNCH=direct python3 scripts/device/encoder_profile.py --seconds 10 30 \
+        --json "$out/encoder_profile_direct.json" 2>&1 | grep -v -i warn \
+        | tee "$out/encoder_profile_direct.txt"
+    fi ;;
   bidir)
     python3 -m pytest -q -p no:cacheprovider tests/ops/test_directions.py \
       tests/modules/test_mamba.py 2>&1 | tail -2 | tee "$out/pytest_directions.txt"
