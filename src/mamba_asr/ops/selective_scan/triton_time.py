@@ -46,7 +46,7 @@ from mamba_asr.ops.selective_scan.triton_kernel import (
     scan_inputs,
     softplus,
 )
-from mamba_asr.ops.triton_launch import launch
+from mamba_asr.ops.triton_launch import cdiv, launch
 
 
 @triton.jit
@@ -334,7 +334,7 @@ class TritonTimeScan(torch.autograd.Function):
         u, delta, A32, B, C, D32, z, bias32, h0 = x[:9]
         batch, dim, length, d_state, groups, round_gate = x[9:15]
         bd, tc = _block_d(dim, groups), CONFIG["time_chunk"]
-        n_chunks = max(triton.cdiv(length, tc), 1)
+        n_chunks = max(cdiv(length, tc), 1)
         out = torch.empty_like(u)
         save_y = z is not None and any(ctx.needs_input_grad)
         ypre = u.new_empty(u.shape, dtype=torch.float32) if save_y else None
@@ -345,7 +345,8 @@ class TritonTimeScan(torch.autograd.Function):
             ckpt[:, :, 0] = h0
         dummy = A32
         launch(
-            _fwd_time_kernel, _grid(batch, triton.cdiv(dim, bd)), u, delta, A32, B, C, D32 if D is not None else dummy, z if z is not None else u,
+            _fwd_time_kernel, _grid(batch, cdiv(dim, bd)), u, delta, A32, B, C,
+            D32 if D is not None else dummy, z if z is not None else u,
             bias32 if bias32 is not None else dummy, out, ypre if save_y else dummy, ckpt, dim,
             length, dim // groups, groups, n_chunks, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate,
@@ -381,7 +382,8 @@ class TritonTimeScan(torch.autograd.Function):
             dhbuf[0] = dlast
         dummy = A32
         launch(
-            _bwd_time_kernel, _grid(batch, triton.cdiv(dim, bd)), u, delta, A32, B, C, D32 if D32 is not None else dummy, z if z is not None else u,
+            _bwd_time_kernel, _grid(batch, cdiv(dim, bd)), u, delta, A32, B, C,
+            D32 if D32 is not None else dummy, z if z is not None else u,
             bias32 if bias32 is not None else dummy, ypre if ypre is not None else dummy, ckpt,
             dout, dhbuf, du, ddelta, dz if dz is not None else du, dA, dD, dbias, dB, dC, dim,
             length, dim // groups, groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
