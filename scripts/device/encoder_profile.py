@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from scan_host import gpu_kernels  # scripts/device/, this file's folder
+from scan_host import gpu_kernels, host_ms  # scripts/device/, this file's folder
 
 from encoder_scaling import build, training_step, warm_up_gpu
 from timing import median_ms
@@ -50,18 +50,11 @@ def host_side(step, repeats: int) -> dict:
     start (host_ms), the caching allocator's cudaMalloc / cudaFree calls and retries a step (each
     waits on the GPU), the calls torch.cuda's sync debug mode flags in one step, and the operators
     with the most host time (torch.profiler, CPU only, two steps)."""
-    import time
     import warnings
 
     from torch.profiler import ProfilerActivity, profile
 
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    torch.cuda.synchronize()
+    host = host_ms(step, repeats)
     keys = ("segment.all.allocated", "segment.all.freed", "num_alloc_retries")
     before = torch.cuda.memory_stats()
     for _ in range(repeats):
@@ -82,9 +75,8 @@ def host_side(step, repeats: int) -> dict:
             step()
         torch.cuda.synchronize()
     ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-    return dict(host_ms=sorted(times)[len(times) // 2] * 1e3, mallocs=malloc, frees=free,
-                retries=retry, syncs=sum("synchroniz" in str(w.message) for w in caught),
-                cpu_ops=ops)  # fmt: skip
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
+    return dict(host_ms=host, mallocs=malloc, frees=free, retries=retry, syncs=syncs, cpu_ops=ops)
 
 
 def main(argv=None) -> None:
