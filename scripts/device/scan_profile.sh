@@ -28,9 +28,9 @@
 #            the code before them: adf12cf^), ConMamba's step by kernel under that code too (the
 #            encoders part gives this code's).
 #   bash scripts/device/scan_profile.sh OUTDIR      (carry .whl and .peer)
-# Everything comes back as OUTDIR/scan_profile.tgz (text; packed again after every part) and OUTDIR/ncu_reports.tgz (the .ncu-rep
-# files, for ncu-ui), a fresh peer build as OUTDIR/peer_so.xz (keep it as
-# .peer/build/selective_scan_cuda.so.xz: the next call skips the 160 s build).
+# Everything comes back as OUTDIR/scan_profile.tgz (text; packed again after every part) and
+# OUTDIR/ncu_reports.tgz (the .ncu-rep files, for ncu-ui), a fresh peer build as OUTDIR/peer_so.xz
+# (keep it as .peer/build/selective_scan_cuda.so.xz: the next call skips the 160 s build).
 set -uo pipefail
 dest="${1:-/tmp/out}"
 out=/tmp/scan_profile
