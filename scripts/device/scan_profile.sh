@@ -23,6 +23,8 @@
 #            with direct launches, benchmarks/encoder_scaling.py (LAUNCH_SECONDS, default 10 20
 #            30 60) each way of LAUNCH_WAYS (default "jit direct jit direct", alternating), and
 #            unless LAUNCH_PROFILE=0 the encoders' step profile with direct launches (10, 30 s);
+#   encoders_ab  benchmarks/encoder_scaling.py (LAUNCH_SECONDS) with this checkout's code and
+#            with OLD_SRC's, alternating, twice each;
 #   bidir    BiMamba's reshuffles written once against the composites (tests/ops/test_directions.py
 #            on CUDA, benchmarks/bidirectional.py); with BIDIR_OLD_SRC (a tarball as OLD_SRC's, of
 #            the code before them: adf12cf^), ConMamba's step by kernel under that code too (the
@@ -131,6 +133,16 @@ for part in $PARTS; do
         --json "$out/encoder_profile_direct.json" 2>&1 | grep -v -i warn \
         | tee "$out/encoder_profile_direct.txt"
     fi ;;
+  encoders_ab)
+    mkdir -p /tmp/old && tar -xzf "$OLD_SRC" -C /tmp/old
+    for how in new old new old; do
+      src="$PWD/src"; [ "$how" = old ] && src=/tmp/old/src
+      PYTHONPATH="/tmp/site:$src:$PWD/benchmarks:$PWD/scripts/device" python3 \
+        benchmarks/encoder_scaling.py --device cuda --size large --batch 16 \
+        --seconds ${LAUNCH_SECONDS:-10 20 30 60} --out "$out/encoders_$how" 2>&1 \
+        | grep -v -i warn | tee -a "$out/encoder_scaling_$how.txt"
+      pack
+    done ;;
   bidir)
     python3 -m pytest -q -p no:cacheprovider tests/ops/test_directions.py \
       tests/modules/test_mamba.py 2>&1 | tail -2 | tee "$out/pytest_directions.txt"
