@@ -121,6 +121,7 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
     state = dict(common, HAS_H0=False, BD=cfg["block_d"], BN=bn)
     time = dict(
         common,
+        HAS_H0=False,
         N=d_state,
         BD=cfg["time_bd"],
         TC=cfg["time_chunk"],
@@ -138,7 +139,7 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
          dict(time, SAVE_Y=True, PREFETCH=cfg["time_prefetch"]), cfg["time_warps"],
          cfg["time_stages"]),
         ("time bwd", tt._bwd_time_kernel,
-         dict(time, PREFETCH=tt._BWD_PREFETCH[cfg["time_bwd_prefetch"]]),
+         dict(time, HAS_DLAST=False, PREFETCH=tt._BWD_PREFETCH[cfg["time_bwd_prefetch"]]),
          cfg["time_warps"], cfg["time_stages"]),
     ]  # fmt: skip
 

@@ -77,6 +77,17 @@ def _scan_from(a, x, h0, offs_t, CARRY_IN: tl.constexpr):
 
 
 @triton.jit
+def _entering(ck, h0row, c, md, N: tl.constexpr, HAS_H0: tl.constexpr):
+    """(pointer row, mask) of the state entering chunk c: its checkpoint slot, or for the first
+    chunk the initial state (zeros without one)."""
+    row = tl.where(c == 0, h0row, ck + c * N)
+    if HAS_H0:
+        return row, md
+    else:
+        return row, md & (c > 0)
+
+
+@triton.jit
 def _rev(x, offs_t, TC: tl.constexpr):
     """A (BD, TC) tile with its steps in reverse order: one shuffle per value where a warp's lanes
     hold the whole chunk (``tl.associative_scan(..., reverse=True)`` flips its inputs and outputs
@@ -100,17 +111,17 @@ def _grid(batch: int, blocks: int) -> tuple[int, int]:
 
 
 @triton.jit
-def _fwd_loads(n0, A_ptr, B_ptr, C_ptr, ck, c, offs_d, md, bc0, t, mt, L, N: tl.constexpr,
+def _fwd_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, offs_d, md, bc0, t, mt, L, N: tl.constexpr,
                NU: tl.constexpr):  # fmt: skip
-    """(A log2 e, state entering the chunk, B, C) of states n0 .. n0 + NU - 1, flat; zeros past
-    N."""
+    """(A log2 e, state entering the chunk (read at hrow, zero where not hok), B, C) of states
+    n0 .. n0 + NU - 1, flat; zeros past N."""
     out = ()
     for j in tl.static_range(NU):
         n = n0 + j
         ok = n < N
         out = out + (
             tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0) * LOG2E,
-            tl.load(ck + c * N + n, mask=md & ok, other=0.0),
+            tl.load(hrow + n, mask=hok & ok, other=0.0),
             tl.load(B_ptr + bc0 + n * L + t, mask=mt & ok, other=0.0).to(tl.float32),
             tl.load(C_ptr + bc0 + n * L + t, mask=mt & ok, other=0.0).to(tl.float32),
         )
@@ -118,15 +129,16 @@ def _fwd_loads(n0, A_ptr, B_ptr, C_ptr, ck, c, offs_d, md, bc0, t, mt, L, N: tl.
 
 
 @triton.jit
-def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
-                     ypre_ptr, ckpt_ptr, D, L, E, G, n_chunks,
+def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+                     out_ptr, ypre_ptr, ckpt_ptr, last_ptr, D, L, E, G, n_chunks,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     HAS_H0: tl.constexpr,
                      SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, SAVE_Y: tl.constexpr,
                      N: tl.constexpr, BD: tl.constexpr, TC: tl.constexpr,
                      NU: tl.constexpr, PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
                      CARRY_IN: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
-    # ckpt: (B, D, n_chunks + 1, N) fp32, slot c the state entering chunk c (slot 0 set by the
-    # caller: the initial state or zeros), slot n_chunks the last state
+    # ckpt: (B, D, n_chunks, N) fp32, slot c >= 1 the state entering chunk c (the first chunk's is
+    # the initial state h0, or zeros; slot 0 is not written); last: (B, D, N), the last state
     b, pid_d = _program(BATCH_FAST)
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_t = tl.arange(0, TC)
@@ -135,12 +147,15 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     # pass 2^31
     rows = b.to(tl.int64) * D + offs_d
     bc0 = (b.to(tl.int64) * G + (pid_d * BD) // E) * N * L
-    ck = ckpt_ptr + rows * ((n_chunks + 1) * N)
+    ck = ckpt_ptr + rows * (n_chunks * N)
     Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
     bias = (
         tl.load(bias_ptr + offs_d, mask=md, other=0.0) if HAS_BIAS else tl.zeros((BD,), tl.float32)
     )
     for c in range(n_chunks):
+        hrow, hok = _entering(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
+        # where the state leaving this chunk goes: the next chunk's slot, or last
+        dst = tl.where(c + 1 < n_chunks, ck + (c + 1) * N, last_ptr + rows * N)
         t = c * TC + offs_t
         mt = t < L
         m_dt = md[:, None] & mt[None, :]
@@ -151,21 +166,23 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         # the states NU at a time, as a loop (not fully unrolled: one group's values live at once);
         # each group's loads are issued a loop step ahead (PREFETCH), so their latency overlaps
         # the group before
-        nxt = _fwd_loads(0, A_ptr, B_ptr, C_ptr, ck, c, offs_d, md, bc0, t, mt, L, N, NU)
+        nxt = _fwd_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, offs_d, md, bc0, t, mt, L, N, NU)
         for n0 in range(0, N, NU):
             if PREFETCH:
                 cur = nxt
                 nxt = _fwd_loads(
-                    n0 + NU, A_ptr, B_ptr, C_ptr, ck, c, offs_d, md, bc0, t, mt, L, N, NU
+                    n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, offs_d, md, bc0, t, mt, L, N, NU
                 )
             else:
-                cur = _fwd_loads(n0, A_ptr, B_ptr, C_ptr, ck, c, offs_d, md, bc0, t, mt, L, N, NU)
+                cur = _fwd_loads(
+                    n0, A_ptr, B_ptr, C_ptr, hrow, hok, offs_d, md, bc0, t, mt, L, N, NU
+                )
             for j in tl.static_range(NU):
                 A2, h0, Bn, Cn = cur[4 * j], cur[4 * j + 1], cur[4 * j + 2], cur[4 * j + 3]
                 a = tl.math.exp2(dt * A2[:, None])
                 hs = _scan_from(a, dtu * Bn[None, :], h0, offs_t, CARRY_IN)
                 y += hs * Cn[None, :]
-                _store_last(ck + (c + 1) * N + n0 + j, hs, md & (n0 + j < N), offs_t, TC)
+                _store_last(dst + n0 + j, hs, md & (n0 + j < N), offs_t, TC)
         if HAS_Z:
             if SAVE_Y:
                 tl.store(ypre_ptr + offs_dt, y, mask=m_dt)
@@ -177,17 +194,18 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
 
 
 @triton.jit
-def _bwd_scalars(n0, A_ptr, ck, src, c, offs_d, md, N: tl.constexpr, NU: tl.constexpr):
-    """(A, state entering the chunk, adjoint from the chunk after) of states n0 .. n0 + NU - 1,
-    flat; zeros past N."""
+def _bwd_scalars(n0, A_ptr, hrow, hok, src, sok, offs_d, md, N: tl.constexpr,
+                 NU: tl.constexpr):  # fmt: skip
+    """(A, state entering the chunk (at hrow, zero where not hok), adjoint from the chunk after (at
+    src, zero where not sok)) of states n0 .. n0 + NU - 1, flat; zeros past N."""
     out = ()
     for j in tl.static_range(NU):
         n = n0 + j
         ok = n < N
         out = out + (
             tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0),
-            tl.load(ck + c * N + n, mask=md & ok, other=0.0),
-            tl.load(src + n, mask=md & ok, other=0.0),
+            tl.load(hrow + n, mask=hok & ok, other=0.0),
+            tl.load(src + n, mask=sok & ok, other=0.0),
         )
     return out
 
@@ -207,25 +225,26 @@ def _bwd_tiles(n0, B_ptr, C_ptr, bc0, t, mt, L, N: tl.constexpr, NU: tl.constexp
 
 
 @triton.jit
-def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ypre_ptr,
-                     ckpt_ptr, dout_ptr, dhbuf_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dD_ptr,
-                     dbias_ptr, dB_ptr, dC_ptr, D, L, E, G, n_chunks,
+def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+                     ypre_ptr, ckpt_ptr, dout_ptr, dlast_ptr, dhbuf_ptr, du_ptr, ddelta_ptr,
+                     dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, D, L, E, G, n_chunks,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     HAS_H0: tl.constexpr, HAS_DLAST: tl.constexpr,
                      SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, N: tl.constexpr,
                      BD: tl.constexpr, TC: tl.constexpr, NU: tl.constexpr,
                      PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
                      CARRY_IN: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     # dhbuf: (2, B, D, N) fp32, dLoss/dh at the first step of the chunk after the one being
-    # processed, alternating between the two halves (slot 0 set by the caller: dLoss/d(last state)
-    # or zeros); at the end the half n_chunks % 2 holds dLoss/dh_0. dA: (B, D, n_chunks, N), per
-    # chunk
+    # processed, alternating between the two halves (for the last chunk: dLoss/d(last state) from
+    # dlast, or zeros); at the end the half n_chunks % 2 holds dLoss/dh_0. dA (D, N), dD and
+    # d(delta_bias) (D,) fp32 zeros on entry: each program adds its sums atomically
     b, pid_d = _program(BATCH_FAST)
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_t = tl.arange(0, TC)
     md = offs_d < D
     rows = b.to(tl.int64) * D + offs_d
     bc0 = (b.to(tl.int64) * G + (pid_d * BD) // E) * N * L
-    ck = ckpt_ptr + rows * ((n_chunks + 1) * N)
+    ck = ckpt_ptr + rows * (n_chunks * N)
     dhb = dhbuf_ptr + rows * N
     half = (tl.num_programs(0) if BATCH_FAST else tl.num_programs(1)) * D * N
     Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
@@ -236,6 +255,7 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     dbias = tl.zeros((BD,), tl.float32)
     for cc in range(n_chunks):
         c = n_chunks - 1 - cc
+        hrow, hok = _entering(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
         t = c * TC + offs_t
         mt = t < L
         m_dt = md[:, None] & mt[None, :]
@@ -260,17 +280,19 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         dD += tl.sum(g * u, axis=1)
         ddt = tl.zeros((BD, TC), tl.float32)  # sum over states of dLoss/d(dt A) A
         dus = tl.zeros((BD, TC), tl.float32)  # sum over states of dLoss/dh B
-        src, dst = dhb + (cc % 2) * half, dhb + ((cc + 1) % 2) * half
+        src = tl.where(cc == 0, dlast_ptr + rows * N, dhb + (cc % 2) * half)
+        sok = md if HAS_DLAST else md & (cc > 0)
+        dst = dhb + ((cc + 1) % 2) * half
         # PREFETCH: 1, the scalars (A, the state entering the chunk, the adjoint leaving it) of
         # the next group are loaded a loop step ahead; 2, its B and C too; 0, nothing ahead
-        nxt_s = _bwd_scalars(0, A_ptr, ck, src, c, offs_d, md, N, NU)
+        nxt_s = _bwd_scalars(0, A_ptr, hrow, hok, src, sok, offs_d, md, N, NU)
         nxt_t = _bwd_tiles(0, B_ptr, C_ptr, bc0, t, mt, L, N, NU)
         for n0 in range(0, N, NU):
             if PREFETCH >= 1:
                 cur_s = nxt_s
-                nxt_s = _bwd_scalars(n0 + NU, A_ptr, ck, src, c, offs_d, md, N, NU)
+                nxt_s = _bwd_scalars(n0 + NU, A_ptr, hrow, hok, src, sok, offs_d, md, N, NU)
             else:
-                cur_s = _bwd_scalars(n0, A_ptr, ck, src, c, offs_d, md, N, NU)
+                cur_s = _bwd_scalars(n0, A_ptr, hrow, hok, src, sok, offs_d, md, N, NU)
             if PREFETCH >= 2:
                 cur_t = nxt_t
                 nxt_t = _bwd_tiles(n0 + NU, B_ptr, C_ptr, bc0, t, mt, L, N, NU)
@@ -294,7 +316,7 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                 # dLoss/d(dt A): dh_t a_t h_{t-1}, and a_t h_{t-1} = h_t - x_t
                 dlog = dhs * (hs - x)
                 dA_t = tl.sum(dlog * dt, axis=1)
-                tl.store(dA_ptr + (rows * n_chunks + c) * N + n, dA_t, mask=md & ok)
+                tl.atomic_add(dA_ptr + offs_d * N + n, dA_t, mask=md & ok, sem="relaxed")
                 ddt += dlog * A[:, None]
                 dus += dhs * Bn[None, :]
                 tl.atomic_add(dB_ptr + bc0 + n * L + t, tl.sum(dhs * dtu, axis=0), mask=mt & ok,
@@ -309,8 +331,10 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         tl.store(ddelta_ptr + offs_dt, ddt, mask=m_dt)
         tl.store(du_ptr + offs_dt, dus * dt + g * Dv[:, None], mask=m_dt)
         tl.debug_barrier()  # the adjoint states just stored are read by other threads next chunk
-    tl.store(dD_ptr + rows, dD, mask=md)
-    tl.store(dbias_ptr + rows, dbias, mask=md)
+    if HAS_D:
+        tl.atomic_add(dD_ptr + offs_d, dD, mask=md, sem="relaxed")
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + offs_d, dbias, mask=md, sem="relaxed")
 
 
 # CONFIG's time_bwd_prefetch -> the backward kernel's PREFETCH
@@ -326,10 +350,16 @@ def _block_d(dim: int, groups: int) -> int:
 
 
 class TritonTimeScan(torch.autograd.Function):
-    """(out, last) of the time-parallel kernels; arguments as ``TritonSelectiveScan``."""
+    """(out, last) of the time-parallel kernels; arguments as ``TritonSelectiveScan``.
+
+    The host issues one kernel a pass and as few other operations as it can (the host's time is
+    what bounds short sequences): the kernels read the initial state and dLoss/d(last) where they
+    are and write the last state, dA, dD and d(delta_bias) in place (atomically, in fp32, into
+    one zeroed buffer with dB and dC), so there is no fill, copy or sum around them."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus):
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
         x = scan_inputs(u, delta, A, B, C, D, z, delta_bias, h0, softplus)
         u, delta, A32, B, C, D32, z, bias32, h0 = x[:9]
         batch, dim, length, d_state, groups, round_gate = x[9:15]
@@ -338,61 +368,57 @@ class TritonTimeScan(torch.autograd.Function):
         out = torch.empty_like(u)
         save_y = z is not None and any(ctx.needs_input_grad)
         ypre = u.new_empty(u.shape, dtype=torch.float32) if save_y else None
-        ckpt = u.new_empty(batch, dim, n_chunks + 1, d_state, dtype=torch.float32)
-        if h0 is None:
-            ckpt[:, :, 0].zero_()
-        else:
-            ckpt[:, :, 0] = h0
+        ckpt = u.new_empty(batch, dim, n_chunks, d_state, dtype=torch.float32)
+        last = u.new_empty(batch, dim, d_state, dtype=torch.float32)
         dummy = A32
         launch(
             _fwd_time_kernel, _grid(batch, cdiv(dim, bd)), u, delta, A32, B, C,
             D32 if D is not None else dummy, z if z is not None else u,
-            bias32 if bias32 is not None else dummy, out, ypre if save_y else dummy, ckpt, dim,
-            length, dim // groups, groups, n_chunks, HAS_D=D is not None, HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate,
-            SAVE_Y=save_y, N=d_state, BD=bd, TC=tc, NU=CONFIG["time_unroll"],
-            PREFETCH=CONFIG["time_prefetch"], BATCH_FAST=CONFIG["time_batch_fast"],
-            CARRY_IN=CONFIG["time_carry_in"],
-            FAST=fast_math(), num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
+            bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
+            ypre if save_y else dummy, ckpt, last, dim, length, dim // groups, groups, n_chunks,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            HAS_H0=h0 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate, SAVE_Y=save_y,
+            N=d_state, BD=bd, TC=tc, NU=CONFIG["time_unroll"], PREFETCH=CONFIG["time_prefetch"],
+            BATCH_FAST=CONFIG["time_batch_fast"], CARRY_IN=CONFIG["time_carry_in"], FAST=fast_math(),
+            num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
         )  # fmt: skip
-        ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, ypre, ckpt)
+        ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, h0, ypre, ckpt)
         ctx.info = x.info
-        return out, ckpt[:, :, n_chunks].clone()
+        return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        u, delta, A32, B, C, D32, z, bias32, ypre, ckpt = ctx.saved_tensors
+        u, delta, A32, B, C, D32, z, bias32, h0, ypre, ckpt = ctx.saved_tensors
         softplus, round_gate, has_h0, A_dtype, D_dtype, bias_dtype, h0_dtype = ctx.info
         batch, dim, length = u.shape
         d_state, groups = A32.shape[1], 1 if B.dim() == 3 else B.shape[1]
-        n_chunks = ckpt.shape[2] - 1
-        dout = dout.contiguous()
+        n_chunks = ckpt.shape[2]
+        dout = torch.zeros_like(u) if dout is None else dout.contiguous()
+        dlast = None if dlast is None else dlast.float().contiguous()
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
         bd, tc = _block_d(dim, groups), CONFIG["time_chunk"]
-        dA = u.new_empty(batch, dim, n_chunks, d_state, dtype=torch.float32)
-        dD = u.new_empty(batch, dim, dtype=torch.float32)
-        dbias = torch.empty_like(dD)
-        dB = torch.zeros(B.shape, device=B.device, dtype=torch.float32)
-        dC = torch.zeros(C.shape, device=C.device, dtype=torch.float32)
+        # dB, dC, dA, dD, d(delta_bias): fp32, summed into by every program
+        sizes = (B.numel(), C.numel(), dim * d_state, dim, dim)
+        dB, dC, dA, dD, dbias = torch.zeros(sum(sizes), device=u.device, dtype=torch.float32).split(
+            sizes
+        )
         dhbuf = u.new_empty(2, batch, dim, d_state, dtype=torch.float32)
-        if dlast is None:
-            dhbuf[0].zero_()
-        else:
-            dhbuf[0] = dlast
         dummy = A32
         launch(
             _bwd_time_kernel, _grid(batch, cdiv(dim, bd)), u, delta, A32, B, C,
             D32 if D32 is not None else dummy, z if z is not None else u,
-            bias32 if bias32 is not None else dummy, ypre if ypre is not None else dummy, ckpt,
-            dout, dhbuf, du, ddelta, dz if dz is not None else du, dA, dD, dbias, dB, dC, dim,
-            length, dim // groups, groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
-            HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state,
-            BD=bd, TC=tc, NU=CONFIG["time_unroll"],
-            PREFETCH=_BWD_PREFETCH[CONFIG["time_bwd_prefetch"]],
-            BATCH_FAST=CONFIG["time_batch_fast"], CARRY_IN=CONFIG["time_carry_in"],
-            FAST=fast_math(), num_warps=CONFIG["time_warps"],
-            num_stages=CONFIG["time_stages"], maxnreg=CONFIG["time_bwd_maxnreg"],
+            bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy,
+            ypre if ypre is not None else dummy, ckpt, dout,
+            dlast if dlast is not None else dummy, dhbuf, du, ddelta,
+            dz if dz is not None else du, dA, dD, dbias, dB, dC, dim, length, dim // groups,
+            groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
+            HAS_BIAS=bias32 is not None, HAS_H0=h0 is not None, HAS_DLAST=dlast is not None,
+            SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state, BD=bd, TC=tc,
+            NU=CONFIG["time_unroll"], PREFETCH=_BWD_PREFETCH[CONFIG["time_bwd_prefetch"]],
+            BATCH_FAST=CONFIG["time_batch_fast"], CARRY_IN=CONFIG["time_carry_in"], FAST=fast_math(),
+            num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
+            maxnreg=CONFIG["time_bwd_maxnreg"],
         )  # fmt: skip
         dh0 = None
         if has_h0:  # dLoss/dh_{-1} = a_0 dLoss/dh_0
@@ -402,12 +428,12 @@ class TritonTimeScan(torch.autograd.Function):
         return (
             du,
             ddelta,
-            dA.sum((0, 2)).to(A_dtype),
-            dB.to(B.dtype),
-            dC.to(C.dtype),
-            None if D32 is None else dD.sum(0).to(D_dtype),
+            dA.view(dim, d_state).to(A_dtype),
+            dB.view(B.shape).to(B.dtype),
+            dC.view(C.shape).to(C.dtype),
+            None if D32 is None else dD.to(D_dtype),
             dz,
-            None if bias32 is None else dbias.sum(0).to(bias_dtype),
+            None if bias32 is None else dbias.to(bias_dtype),
             dh0,
             None,
         )
