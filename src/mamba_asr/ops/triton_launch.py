@@ -12,9 +12,13 @@ compiles); later ones call the compiled kernel's launcher directly.
 
 The direct path is taken with MAMBA_ASR_TRITON_LAUNCH=direct; by default (or "jit") every call
 goes through triton, as it does under TRITON_INTERPRET=1 and with a launch hook installed
-(triton's profilers add them to ``triton.knobs.runtime``). It stays opt-in until
-scripts/device/rnnt_host.py has timed it beside triton's launches and the CUDA tests
-(tests/ops/test_triton_launch.py) have passed on a GPU: it calls the compiled kernel's launcher
+(triton's profilers add them to ``triton.knobs.runtime``). It stays opt-in because it measured
+no better: the CUDA tests pass with it (tests/ops/test_triton_launch.py and the kernels' own, on
+an H100), but the pruned RNN-T step's host time fell only from 2.73 to 2.61 ms
+(scripts/device/rnnt_host.py, H200), and for the selective scan the 400 launches of a cProfiled
+run took 62 ms against triton's 63 (scripts/device/scan_host.py, H100; the per-argument
+specialisation left in Python costs what triton's binder does); the large encoders' steps did
+not move beyond their spread (docs/benchmarks.md). It also calls the compiled kernel's launcher
 the way triton 3.6's ``JITFunction.run`` does, an interface triton does not promise to keep.
 """
 
