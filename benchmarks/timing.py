@@ -104,3 +104,52 @@ def cuda_peak_gib(fn: Callable[[], Any], device: torch.device) -> float:
     fn()
     torch.cuda.synchronize(device)
     return (torch.cuda.max_memory_allocated(device) - base) / 2**30
+
+
+def _source(filename: str) -> str:
+    """Where a profiled function lives: "mamba_asr/<module path>", "triton", "torch" (its Python),
+    "C" (a builtin: an operator's C++ side, a launch, a CUDA call) or "other"."""
+    if filename == "~":
+        return "C"
+    path = filename.replace("\\", "/")
+    for package in ("mamba_asr", "triton", "torch"):
+        marker = f"/{package}/"
+        if marker in path:
+            return f"mamba_asr/{path.split(marker, 1)[1]}" if package == "mamba_asr" else package
+    return "other"
+
+
+def python_host_profile(fn: Callable[[], Any], steps: int = 3, top: int = 20) -> dict:
+    """The host's time of ``fn()`` by where it runs, from cProfile over ``steps`` calls, with the
+    autograd engine in the calling thread (cProfile slows Python down, so compare these between
+    two callables, not with wall times): ``total_ms``
+    a call; ``by_source``, ms a call of each function's own time grouped by ``_source`` (our
+    modules by file); ``functions``, the ``top`` functions by own time as (name, ms a call,
+    calls a call)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    # the backward in this thread (on CUDA autograd runs it in a thread of its own, which
+    # cProfile would not see)
+    with torch.autograd.set_multithreading_enabled(False):
+        prof.enable()
+        for _ in range(steps):
+            fn()
+        prof.disable()
+    stats = pstats.Stats(prof).stats  # (file, line, name) -> (prim calls, calls, own s, cum s, ...)
+    by_source: dict[str, float] = defaultdict(float)
+    rows = []
+    for (filename, line, name), (_prim, calls, own, _cum, _callers) in stats.items():
+        source = _source(filename)
+        by_source[source] += own * 1e3 / steps
+        where = (
+            name
+            if filename == "~"
+            else f"{source if source != 'other' else filename}:{line}({name})"
+        )
+        rows.append((where, own * 1e3 / steps, calls / steps))
+    rows.sort(key=lambda r: -r[1])
+    return dict(total_ms=sum(by_source.values()),
+                by_source=dict(sorted(by_source.items(), key=lambda kv: -kv[1])),
+                functions=rows[:top])  # fmt: skip

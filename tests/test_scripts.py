@@ -176,3 +176,35 @@ def test_fkd_fit_reports_in_sample_and_cross_fitted_losses(tmp_path: Path) -> No
     # random features: in sample the map explains some by chance, out of sample it does not
     assert all(r["mean"] < 1 for r in rows if not r["cross_fit"])
     assert rows[1]["mean"] > rows[0]["mean"] and rows[3]["mean"] > rows[2]["mean"]
+
+
+def test_python_host_profile_groups_own_time_by_source() -> None:
+    timing = _script("benchmarks/timing.py")
+    from mamba_asr.modules.masks import length_mask
+
+    lengths = torch.tensor([3, 5])
+
+    def work() -> None:
+        for _ in range(50):
+            length_mask(lengths, 6, torch.device("cpu"))
+        sum(i * i for i in range(20000))
+
+    out = timing.python_host_profile(work, steps=2, top=5)
+    by = out["by_source"]
+    assert any(k.startswith("mamba_asr/modules/masks.py") for k in by)
+    assert "C" in by and by["C"] > 0
+    assert out["total_ms"] == pytest.approx(sum(by.values()))
+    assert len(out["functions"]) == 5
+    ms = [row[1] for row in out["functions"]]
+    assert ms == sorted(ms, reverse=True)
+    # 50 calls of length_mask a call of work
+    calls = {
+        row[0]: row[2] for row in timing.python_host_profile(work, steps=2, top=100)["functions"]
+    }
+    assert any(k.endswith("(length_mask)") and v == 50 for k, v in calls.items())
+    assert timing._source("/x/site-packages/triton/runtime/jit.py") == "triton"
+    assert timing._source("/x/site-packages/torch/autograd/function.py") == "torch"
+    assert timing._source("~") == "C"
+    assert (
+        timing._source("/x/src/mamba_asr/ops/triton_launch.py") == "mamba_asr/ops/triton_launch.py"
+    )

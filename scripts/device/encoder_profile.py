@@ -2,12 +2,13 @@
 forward+backward (benchmarks/encoder_scaling.py's step), grouped by what they do.
 
     PYTHONPATH=src:benchmarks python3 scripts/device/encoder_profile.py [--seconds 60 ...]
-        [--batch 16] [--encoders conformer conmamba] [--json PATH]
+        [--batch 16] [--encoders conformer conmamba] [--python] [--json PATH]
 
 torch.profiler over --iters steps after a warm-up; per encoder and length the step's GPU time
 beside its wall time (the median of --repeats steps: where the wall time is well above the GPU's,
 the GPU waits) and its host side (the time until the step returns, the allocator's cudaMalloc and
-cudaFree calls, synchronizing calls, the operators with the most host time), each group's share
+cudaFree calls, synchronizing calls, the operators with the most host time; with --python the
+host's Python own time by source file and function, from cProfile), each group's share
 (the selective scan's kernels, matrix products, the causal conv1d, attention, norms, elementwise
 and reductions) and the kernels that take the most.
 """
@@ -23,7 +24,7 @@ import torch
 from scan_host import gpu_kernels, host_ms  # scripts/device/, this file's folder
 
 from encoder_scaling import build, training_step, warm_up_gpu
-from timing import median_ms
+from timing import median_ms, python_host_profile
 
 GROUPS = (  # (group, substrings of a kernel's name), first match wins
     ("scan", ("_time_kernel", "_fwd_kernel", "_bwd_kernel", "_bwd_carry", "selective_scan")),
@@ -88,6 +89,8 @@ def main(argv=None) -> None:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--top", type=int, default=12)
+    p.add_argument("--python", action="store_true",
+                   help="also the host's Python by source file and function (cProfile, 3 steps)")  # fmt: skip
     p.add_argument("--json", type=Path, default=Path("encoder_profile.json"))
     args = p.parse_args(argv)
     device = torch.device("cuda")
@@ -119,6 +122,19 @@ def main(argv=None) -> None:
             print("|---|---|---|")
             for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])[: args.top]:
                 print(f"| {name[:90]} | {ms:.2f} | {group(name)} |")
+            if args.python:
+                py = python_host_profile(step, steps=3, top=25)
+                torch.cuda.synchronize()
+                host["python"] = py
+                print(f"host under cProfile: {py['total_ms']:.1f} ms a step, own time by source")
+                print("| source | ms |")
+                print("|---|---|")
+                for src, ms in list(py["by_source"].items())[:15]:
+                    print(f"| {src} | {ms:.2f} |")
+                print("| function | ms | calls |")
+                print("|---|---|---|")
+                for where, ms, calls in py["functions"]:
+                    print(f"| {where[:100]} | {ms:.2f} | {calls:g} |")
             key = enc if len(args.seconds) == 1 else f"{enc}_{seconds:g}s"
             result[key] = dict(seconds=seconds, total_ms=total, wall_ms=wall, groups=groups,
                                kernels=kernels,

@@ -23,6 +23,9 @@
 #            with direct launches, benchmarks/encoder_scaling.py (LAUNCH_SECONDS, default 10 20
 #            30 60) each way of LAUNCH_WAYS (default "jit direct jit direct", alternating), and
 #            unless LAUNCH_PROFILE=0 the encoders' step profile with direct launches (10, 30 s);
+#   hostgap  the encoders' step profile (HOSTGAP_SECONDS, default 10 30) with the host's Python
+#            by source file and function (encoder_profile.py --python): where ConMamba's extra
+#            host time goes;
 #   encoders_ab  benchmarks/encoder_scaling.py (LAUNCH_SECONDS) with this checkout's code and
 #            with OLD_SRC's, alternating, twice each;
 #   bidir    BiMamba's reshuffles written once against the composites (tests/ops/test_directions.py
@@ -133,6 +136,10 @@ for part in $PARTS; do
         --json "$out/encoder_profile_direct.json" 2>&1 | grep -v -i warn \
         | tee "$out/encoder_profile_direct.txt"
     fi ;;
+  hostgap)
+    python3 scripts/device/encoder_profile.py --seconds ${HOSTGAP_SECONDS:-10 30} --python \
+      --json "$out/encoder_profile_python.json" 2>&1 | grep -v -i warn \
+      | tee "$out/encoder_profile_python.txt" ;;
   encoders_ab)
     mkdir -p /tmp/old && tar -xzf "$OLD_SRC" -C /tmp/old
     for how in new old new old; do
