@@ -208,3 +208,25 @@ def test_python_host_profile_groups_own_time_by_source() -> None:
     assert (
         timing._source("/x/src/mamba_asr/ops/triton_launch.py") == "mamba_asr/ops/triton_launch.py"
     )
+
+
+def test_host_proxy_takes_the_cuda_host_paths_and_restores_them(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import mamba_asr.ops.depthwise_conv as depthwise_conv
+    import mamba_asr.ops.selective_scan.triton_time as triton_time
+    from mamba_asr.ops.selective_scan.triton_kernel import CONFIG
+
+    host_proxy = _script("scripts/host_proxy.py")
+    before = (triton_time.launch, depthwise_conv.triton_runs_on, CONFIG["kernel"])
+    torch_threads = torch.get_num_threads()
+    try:
+        out = host_proxy.main(["--encoders", "conmamba", "--repeats", "1", "--top", "5"])
+    finally:
+        torch.set_num_threads(torch_threads)
+    by = out["conmamba"]["by_source"]
+    # the scan's time kernels and the depthwise conv's Triton kernels ran their host code
+    assert "mamba_asr/ops/selective_scan/triton_time.py" in by
+    assert "mamba_asr/ops/depthwise_conv_triton.py" in by
+    assert out["conmamba"]["step_ms"] > 0
+    assert (triton_time.launch, depthwise_conv.triton_runs_on, CONFIG["kernel"]) == before

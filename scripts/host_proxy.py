@@ -1,0 +1,121 @@
+"""The host's side of the large encoders' training step on a CPU, without a GPU: the recipes'
+layer stacks at tiny widths (every module, operator call and autograd Function as in the large
+model, almost no arithmetic), the selective scan and the depthwise convs on their CUDA paths'
+host code with the Triton launches left out. What it measures is Python, autograd and operator
+dispatch; what a GPU's host adds (the launches themselves, CUDA's per-operator costs) it does
+not.
+
+    PYTHONPATH=src:benchmarks:scripts python scripts/host_proxy.py [--encoders conformer conmamba]
+        [--repeats 15] [--top 25] [--json PATH]
+
+Prints per encoder the median step time, then cProfile's own time by source file and the
+functions that take the most (``timing.python_host_profile``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import torch
+from encoder_writes import _scan_without_kernels
+
+import mamba_asr.modules.mamba as mamba_module
+import mamba_asr.ops.depthwise_conv as depthwise_conv
+import mamba_asr.ops.depthwise_conv_triton as depthwise_conv_triton
+import mamba_asr.ops.selective_scan.triton_time as triton_time
+from encoder_scaling import random_batch
+from mamba_asr.config import load_recipe
+from mamba_asr.models.factory import build_encoder, build_frontend
+from mamba_asr.ops.selective_scan.triton_kernel import CONFIG
+from timing import python_host_profile
+
+TINY = ["model.d_model=16", "model.d_ffn=32", "model.nhead=2", "model.frontend.channels=[4,4]"]
+
+
+def _no_launch(kernel, grid, *args, **kwargs) -> None:
+    """Stands in for ``ops.triton_launch.launch``: no kernel runs."""
+
+
+@contextlib.contextmanager
+def cuda_host_paths() -> Iterator[None]:
+    """While open, the scan's time kernels and the depthwise conv's Triton kernels take their CUDA
+    host code on the CPU, with nothing launched."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.dict(CONFIG, kernel="time"))
+        stack.enter_context(
+            mock.patch.object(mamba_module, "selective_scan_fn", _scan_without_kernels)
+        )
+        stack.enter_context(mock.patch.object(triton_time, "launch", _no_launch))
+        stack.enter_context(mock.patch.object(depthwise_conv_triton, "launch", _no_launch))
+        stack.enter_context(
+            mock.patch.object(depthwise_conv, "triton_runs_on", lambda device: True)
+        )
+        yield
+
+
+def step_of(encoder: str, batch: int, seconds: float):
+    cfg = load_recipe(f"hparams/S2S/{encoder}_large.yaml", TINY).model
+    cpu = torch.device("cpu")
+    frontend, enc = build_frontend(cfg, cpu).train(), build_encoder(cfg, cpu).train()
+    params = [*frontend.parameters(), *enc.parameters()]
+    feats, lengths = random_batch(batch, seconds, cpu)
+    lengths[1:] -= 20
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x, n = frontend(feats, lengths)
+            out = enc(x, n)
+        out.float().square().mean().backward()
+
+    return step
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--encoders", nargs="+", default=["conformer", "conmamba"])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=1.0)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    result = {}
+    for encoder in args.encoders:
+        with cuda_host_paths():
+            step = step_of(encoder, args.batch, args.seconds)
+            for _ in range(3):
+                step()
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                step()
+                times.append((time.perf_counter() - start) * 1e3)
+            py = python_host_profile(step, steps=3, top=args.top)
+        result[encoder] = dict(step_ms=statistics.median(times), **py)
+        print(f"## {encoder} (large recipe at tiny widths): {result[encoder]['step_ms']:.1f} ms "
+              f"a step; under cProfile {py['total_ms']:.1f} ms")  # fmt: skip
+        print("| source | own ms |")
+        print("|---|---|")
+        for source, ms in list(py["by_source"].items())[:12]:
+            print(f"| {source} | {ms:.2f} |")
+        print("| function | own ms | calls |")
+        print("|---|---|---|")
+        for where, ms, calls in py["functions"]:
+            print(f"| {where[:100]} | {ms:.2f} | {calls:g} |")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
