@@ -153,3 +153,15 @@ def python_host_profile(fn: Callable[[], Any], steps: int = 3, top: int = 20) ->
     return dict(total_ms=sum(by_source.values()),
                 by_source=dict(sorted(by_source.items(), key=lambda kv: -kv[1])),
                 functions=rows[:top])  # fmt: skip
+
+
+def host_profile_tables(profile: dict, sources: int = 15) -> str:
+    """``python_host_profile``'s result as two markdown tables: own time by source (the first
+    ``sources``), then its functions."""
+    lines = ["| source | own ms |", "|---|---|"]
+    lines += [f"| {src} | {ms:.2f} |" for src, ms in list(profile["by_source"].items())[:sources]]
+    lines += ["| function | own ms | calls |", "|---|---|---|"]
+    lines += [
+        f"| {where[:100]} | {ms:.2f} | {calls:g} |" for where, ms, calls in profile["functions"]
+    ]
+    return "\n".join(lines)

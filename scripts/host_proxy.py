@@ -34,7 +34,7 @@ from encoder_scaling import random_batch
 from mamba_asr.config import load_recipe
 from mamba_asr.models.factory import build_encoder, build_frontend
 from mamba_asr.ops.selective_scan.triton_kernel import CONFIG
-from timing import python_host_profile
+from timing import host_profile_tables, python_host_profile
 
 TINY = ["model.d_model=16", "model.d_ffn=32", "model.nhead=2", "model.frontend.channels=[4,4]"]
 
@@ -104,14 +104,7 @@ def main(argv=None) -> dict:
         result[encoder] = dict(step_ms=statistics.median(times), **py)
         print(f"## {encoder} (large recipe at tiny widths): {result[encoder]['step_ms']:.1f} ms "
               f"a step; under cProfile {py['total_ms']:.1f} ms")  # fmt: skip
-        print("| source | own ms |")
-        print("|---|---|")
-        for source, ms in list(py["by_source"].items())[:12]:
-            print(f"| {source} | {ms:.2f} |")
-        print("| function | own ms | calls |")
-        print("|---|---|---|")
-        for where, ms, calls in py["functions"]:
-            print(f"| {where[:100]} | {ms:.2f} | {calls:g} |")
+        print(host_profile_tables(py, sources=12))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

@@ -24,7 +24,7 @@ import torch
 from scan_host import gpu_kernels, host_ms  # scripts/device/, this file's folder
 
 from encoder_scaling import build, training_step, warm_up_gpu
-from timing import median_ms, python_host_profile
+from timing import host_profile_tables, median_ms, python_host_profile
 
 GROUPS = (  # (group, substrings of a kernel's name), first match wins
     ("scan", ("_time_kernel", "_fwd_kernel", "_bwd_kernel", "_bwd_carry", "selective_scan")),
@@ -127,14 +127,7 @@ def main(argv=None) -> None:
                 torch.cuda.synchronize()
                 host["python"] = py
                 print(f"host under cProfile: {py['total_ms']:.1f} ms a step, own time by source")
-                print("| source | ms |")
-                print("|---|---|")
-                for src, ms in list(py["by_source"].items())[:15]:
-                    print(f"| {src} | {ms:.2f} |")
-                print("| function | ms | calls |")
-                print("|---|---|---|")
-                for where, ms, calls in py["functions"]:
-                    print(f"| {where[:100]} | {ms:.2f} | {calls:g} |")
+                print(host_profile_tables(py))
             key = enc if len(args.seconds) == 1 else f"{enc}_{seconds:g}s"
             result[key] = dict(seconds=seconds, total_ms=total, wall_ms=wall, groups=groups,
                                kernels=kernels,
