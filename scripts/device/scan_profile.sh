@@ -58,6 +58,17 @@ ncu_report() {  # name: text pages of $out/name.ncu-rep
 pack() {  # what has finished so far, so that a run cut off by its time limit still returns it
   tar -C "$out" -czf "$dest/scan_profile.tgz" --exclude='*.ncu-rep' .
 }
+unpack() {  # tarball dir: the tarball unpacked into dir; fails when no tarball is given
+  [ -n "$1" ] && [ -f "$1" ] && mkdir -p "$2" && tar -xzf "$1" -C "$2"
+}
+scaling() {  # name, seconds, then env assignments: the large encoders' step, appended to
+  local name=$1 seconds=$2  # $out/encoder_scaling_NAME.txt
+  shift 2
+  env "$@" python3 benchmarks/encoder_scaling.py --device cuda --size large --batch 16 \
+    --seconds $seconds --out "$out/encoders_$name" 2>&1 | grep -v -i warn \
+    | tee -a "$out/encoder_scaling_$name.txt"
+  pack
+}
 bench() {  # name, then env assignments for the run
   local name=$1
   shift
@@ -92,8 +103,7 @@ for part in $PARTS; do
     peer_ready "$dest"
     bench jit MAMBA_ASR_TRITON_LAUNCH=jit
     bench direct MAMBA_ASR_TRITON_LAUNCH=direct
-    if [ -n "${OLD_SRC:-}" ] && [ -f "$OLD_SRC" ]; then
-      mkdir -p /tmp/old && tar -xzf "$OLD_SRC" -C /tmp/old
+    if unpack "${OLD_SRC:-}" /tmp/old; then
       PYTHONPATH="/tmp/site:/tmp/old/src:$PWD/benchmarks:$PWD/scripts/device" python3 \
         benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 30 \
         --json "$out/scan_cuda_old.json" 2>&1 | grep -v -i warn | tee "$out/scan_cuda_old.txt"
@@ -126,10 +136,7 @@ for part in $PARTS; do
       tests/ops/test_selective_scan_triton.py tests/ops/test_triton_launch.py \
       tests/ops/test_depthwise_conv.py 2>&1 | tail -2 | tee "$out/pytest_direct.txt"
     for how in ${LAUNCH_WAYS:-jit direct jit direct}; do
-      MAMBA_ASR_TRITON_LAUNCH=$how python3 benchmarks/encoder_scaling.py --device cuda \
-        --size large --batch 16 --seconds ${LAUNCH_SECONDS:-10 20 30 60} \
-        --out "$out/encoders_$how" 2>&1 | grep -v -i warn | tee -a "$out/encoder_scaling_$how.txt"
-      pack
+      scaling "$how" "${LAUNCH_SECONDS:-10 20 30 60}" MAMBA_ASR_TRITON_LAUNCH="$how"
     done
     if [ "${LAUNCH_PROFILE:-1}" = 1 ]; then
       MAMBA_ASR_TRITON_LAUNCH=direct python3 scripts/device/encoder_profile.py --seconds 10 30 \
@@ -141,22 +148,21 @@ for part in $PARTS; do
       --json "$out/encoder_profile_python.json" 2>&1 | grep -v -i warn \
       | tee "$out/encoder_profile_python.txt" ;;
   encoders_ab)
-    mkdir -p /tmp/old && tar -xzf "$OLD_SRC" -C /tmp/old
-    for how in new old new old; do
-      src="$PWD/src"; [ "$how" = old ] && src=/tmp/old/src
-      PYTHONPATH="/tmp/site:$src:$PWD/benchmarks:$PWD/scripts/device" python3 \
-        benchmarks/encoder_scaling.py --device cuda --size large --batch 16 \
-        --seconds ${LAUNCH_SECONDS:-10 20 30 60} --out "$out/encoders_$how" 2>&1 \
-        | grep -v -i warn | tee -a "$out/encoder_scaling_$how.txt"
-      pack
-    done ;;
+    if ! unpack "${OLD_SRC:-}" /tmp/old; then
+      echo "encoders_ab: OLD_SRC names no tarball"
+    else
+      for how in new old new old; do
+        src="$PWD/src"; [ "$how" = old ] && src=/tmp/old/src
+        scaling "$how" "${LAUNCH_SECONDS:-10 20 30 60}" \
+          PYTHONPATH="/tmp/site:$src:$PWD/benchmarks:$PWD/scripts/device"
+      done
+    fi ;;
   bidir)
     python3 -m pytest -q -p no:cacheprovider tests/ops/test_directions.py \
       tests/modules/test_mamba.py 2>&1 | tail -2 | tee "$out/pytest_directions.txt"
     python3 benchmarks/bidirectional.py --device cuda --json "$out/bidirectional.json" 2>&1 \
       | grep -v -i warn | tee "$out/bidirectional.txt"
-    if [ -n "${BIDIR_OLD_SRC:-}" ] && [ -f "$BIDIR_OLD_SRC" ]; then
-      mkdir -p /tmp/old_bidir && tar -xzf "$BIDIR_OLD_SRC" -C /tmp/old_bidir
+    if unpack "${BIDIR_OLD_SRC:-}" /tmp/old_bidir; then
       PYTHONPATH="/tmp/site:/tmp/old_bidir/src:$PWD/benchmarks:$PWD/scripts/device" python3 \
         scripts/device/encoder_profile.py --encoders conmamba --seconds 10 60 \
         --json "$out/encoder_profile_old.json" 2>&1 | grep -v -i warn \
