@@ -5,8 +5,7 @@ host code with the Triton launches left out. What it measures is Python, autogra
 dispatch; what a GPU's host adds (the launches themselves, CUDA's per-operator costs) it does
 not.
 
-    PYTHONPATH=src:benchmarks:scripts python scripts/host_proxy.py
-        [--encoders conformer conmamba conmamba:separate]
+    PYTHONPATH=src:benchmarks:scripts python scripts/host_proxy.py [--encoders conformer conmamba]
         [--repeats 15] [--top 25] [--json PATH]
 
 Prints per encoder the median step time, then cProfile's own time by source file and the
@@ -45,13 +44,10 @@ def _no_launch(kernel, grid, *args, **kwargs) -> None:
 
 
 @contextlib.contextmanager
-def cuda_host_paths(inner: bool = True) -> Iterator[None]:
+def cuda_host_paths() -> Iterator[None]:
     """While open, the scan's time kernels and the depthwise conv's Triton kernels take their CUDA
-    host code on the CPU, with nothing launched; BiMamba runs ``ops.bimamba_inner`` as on CUDA,
-    or with ``inner=False`` its separate operators (the path it takes where the inner part does
-    not run)."""
+    host code on the CPU, with nothing launched."""
     with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(mamba_module, "inner_runs_on", lambda device: inner))
         stack.enter_context(mock.patch.dict(CONFIG, kernel="time"))
         stack.enter_context(
             mock.patch.object(mamba_module, "selective_scan_fn", _scan_without_kernels)
@@ -85,9 +81,7 @@ def step_of(encoder: str, batch: int, seconds: float):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--encoders", nargs="+", default=["conformer", "conmamba", "conmamba:separate"],
-                   help="recipes; NAME:separate runs BiMamba's separate operators instead of "
-                   "ops.bimamba_inner")  # fmt: skip
+    p.add_argument("--encoders", nargs="+", default=["conformer", "conmamba"])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--repeats", type=int, default=15)
@@ -97,9 +91,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     result = {}
     for encoder in args.encoders:
-        name, _, variant = encoder.partition(":")
-        with cuda_host_paths(inner=variant != "separate"):
-            step = step_of(name, args.batch, args.seconds)
+        with cuda_host_paths():
+            step = step_of(encoder, args.batch, args.seconds)
             for _ in range(3):
                 step()
             times = []

@@ -26,9 +26,6 @@
 #   hostgap  the encoders' step profile (HOSTGAP_SECONDS, default 10 30) with the host's Python
 #            by source file and function (encoder_profile.py --python): where ConMamba's extra
 #            host time goes;
-#   inner    BiMamba's inner part as one autograd node (ops.bimamba_inner) and the kernels' host
-#            functions it shares: their CUDA tests (with the directions, the Mamba blocks, the
-#            depthwise conv and the scan);
 #   encoders_ab  benchmarks/encoder_scaling.py (LAUNCH_SECONDS) with this checkout's code and
 #            with OLD_SRC's, alternating, twice each;
 #   bidir    BiMamba's reshuffles written once against the composites (tests/ops/test_directions.py
@@ -150,11 +147,6 @@ for part in $PARTS; do
     python3 scripts/device/encoder_profile.py --seconds ${HOSTGAP_SECONDS:-10 30} --python \
       --json "$out/encoder_profile_python.json" 2>&1 | grep -v -i warn \
       | tee "$out/encoder_profile_python.txt" ;;
-  inner)
-    python3 -m pytest -q -p no:cacheprovider -n 12 tests/ops/test_bimamba_inner.py \
-      tests/ops/test_directions.py tests/modules/test_mamba.py tests/ops/test_depthwise_conv.py \
-      tests/ops/test_selective_scan_triton.py -k "not interpreted" 2>&1 | tail -3 \
-      | tee "$out/pytest_inner.txt" ;;
   encoders_ab)
     if ! unpack "${OLD_SRC:-}" /tmp/old; then
       echo "encoders_ab: OLD_SRC names no tarball"

@@ -255,54 +255,41 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # set by the subprocess
 SCAN_BACKENDS = ["triton"] if INTERPRETED else available_backends("cpu")
 
 
-def _paths(backend: str, **kwargs: object) -> dict[str, dict[str, torch.Tensor]]:
-    """Output, input gradient and every parameter gradient of each of BiMamba's paths, same
-    inputs: "fused" (both directions' separate operators in one pass), "two-pass", and with the
-    Triton scan "inner" too (``ops.bimamba_inner``, one autograd node)."""
+def _fused_and_two_pass(
+    backend: str, **kwargs: object
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Output, input gradient and every parameter gradient, fused and two-pass, same inputs."""
     d_model, lengths = (8, [11, 4]) if backend == "triton" else (16, [29, 8, 17, 1, 24])
     model = make(BiMamba, d_model=d_model, d_state=6, **kwargs)
     torch.manual_seed(12)
     lengths = torch.tensor(lengths)
     x = torch.randn(len(lengths), int(lengths.max()), d_model)
     weights = torch.randn_like(x)
-    paths = {"inner": True, "fused": True, "two-pass": False}
-    if backend != "triton":
-        del paths["inner"]
-    results = {}
-    for path, fused in paths.items():
+    results = []
+    for fused in (True, False):
         model.fused = fused
         model.zero_grad(set_to_none=True)
         x_run = x.clone().requires_grad_()
         scan = functools.partial(mamba_module.selective_scan_fn, backend=backend)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(mamba_module, "selective_scan_fn", scan)
-            patch.setattr(
-                mamba_module, "inner_runs_on", lambda device, inner=path == "inner": inner
-            )
             y = model(x_run, lengths)
         (y * weights).sum().backward()
         grads = {f"param {name}": p.grad for name, p in model.named_parameters()}
-        results[path] = {"output": y.detach(), "input grad": x_run.grad, **grads}
-    return results
+        results.append({"output": y.detach(), "input grad": x_run.grad, **grads})
+    return results[0], results[1]
 
 
 @pytest.mark.parametrize("backend", SCAN_BACKENDS)
 @pytest.mark.parametrize("options", [{"bias": True}, {"conv_bias": False, "dt_rank": 3}])
 def test_bimamba_fused_equals_two_pass(backend: str, options: dict[str, object]) -> None:
-    """Every path against the two-pass one; the inner part (Triton only) is the fused path's
-    own arithmetic in one node, so it is held to the fused path's results at 1e-6."""
     assert BiMamba(16).fused  # the default path is the fused one
-    results = _paths(backend, **options)
-    two_pass = results["two-pass"]
-    for path, got in results.items():
-        assert got.keys() == two_pass.keys()
-        for what, expected in two_pass.items():
-            assert expected is not None and expected.abs().max() > 0, what
-            tol = 1e-5 if what == "output" else 1e-4
-            assert_rel_close(got[what], expected, tol, f"{backend}, {path}: {what}")
-    if "inner" in results:
-        for what, expected in results["fused"].items():
-            assert_rel_close(results["inner"][what], expected, 1e-6, f"inner: {what}")
+    fused, two_pass = _fused_and_two_pass(backend, **options)
+    assert fused.keys() == two_pass.keys()
+    for what, expected in two_pass.items():
+        assert expected is not None and expected.abs().max() > 0, what
+        tol = 1e-5 if what == "output" else 1e-4
+        assert_rel_close(fused[what], expected, tol, f"{backend}: {what}")
 
 
 @pytest.mark.slow
@@ -319,39 +306,13 @@ def test_bimamba_fused_equals_two_pass_triton_interpreted() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1", "MAMBA_ASR_DEPTHWISE_CONV": "auto"}
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", __file__]
     proc = subprocess.run(
-        [*command, "-k", "(test_bimamba_fused_equals_two_pass and triton) or bimamba_inner"],
+        [*command, "-k", "test_bimamba_fused_equals_two_pass and triton"],
         capture_output=True,
         text=True,
         env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "3 passed" in proc.stdout, proc.stdout[-2000:]
-
-
-@pytest.mark.skipif(not INTERPRETED, reason="runs in the interpreted subprocess above")
-def test_bimamba_inner_padded_batch_equals_each_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ops.bimamba_inner`` (in triton's interpreter): a padded batch gives each utterance's
-    output and input gradient alone (no lengths: whole-sequence reversal), padding stays zero."""
-    monkeypatch.setattr(mamba_module, "inner_runs_on", lambda device: True)
-    scan = functools.partial(mamba_module.selective_scan_fn, backend="triton")
-    monkeypatch.setattr(mamba_module, "selective_scan_fn", scan)
-    model = make(BiMamba, d_model=8, d_state=4, bias=True)
-    torch.manual_seed(15)
-    lengths = torch.tensor([3, 9, 6])
-    x = torch.randn(len(lengths), 9, 8)
-    valid = torch.arange(9)[None, :] < lengths[:, None]
-    x = torch.where(valid[..., None], x, 1e2 * torch.randn_like(x)).requires_grad_()
-    weights = torch.randn_like(x)
-    y = model(x, lengths)
-    (y * weights).sum().backward()
-    assert torch.equal(y[~valid], torch.zeros_like(y[~valid]))
-    assert torch.equal(x.grad[~valid], torch.zeros_like(x.grad[~valid]))
-    for b, n in enumerate(lengths.tolist()):
-        x_alone = x[b : b + 1, :n].detach().clone().requires_grad_()
-        alone = model(x_alone)
-        (alone * weights[b : b + 1, :n]).sum().backward()
-        torch.testing.assert_close(y[b : b + 1, :n], alone, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(x.grad[b : b + 1, :n], x_alone.grad, atol=1e-5, rtol=1e-4)
+    assert "2 passed" in proc.stdout, proc.stdout[-2000:]
 
 
 def test_bimamba_calls_a_hooked_in_proj_as_a_module() -> None:

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamba_asr.modules.masks import length_mask, padded_frames, reverse_index
-from mamba_asr.ops.bimamba_inner import bimamba_inner_fn, inner_runs_on
 from mamba_asr.ops.depthwise_conv import depthwise_conv1d
 from mamba_asr.ops.directions import merge_directions, reverse_time, split_directions
 from mamba_asr.ops.selective_scan import selective_scan_fn
@@ -98,13 +97,6 @@ class _SSMBranch(nn.Module):
         inv_softplus_dt = dt + torch.log(-torch.expm1(-dt))  # softplus(inv_softplus_dt) == dt
         bias.copy_(inv_softplus_dt)
         bias._no_reinit = True
-
-    def params(self) -> tuple[Tensor | None, ...]:
-        """(conv weight, conv bias or None, x_proj weight, dt_proj weight, dt_proj bias, A_log,
-        D): ``ops.bimamba_inner.BranchParams``."""
-        conv, dt_proj = self.conv1d, self.dt_proj
-        return (conv.weight, conv.bias, self.x_proj.weight, dt_proj.weight, dt_proj.bias,
-                self.A_log, self.D)  # fmt: skip
 
     def forward(
         self, x: Tensor, z: Tensor, state: MambaState | None = None
@@ -341,12 +333,6 @@ class BiMamba(_MambaBase):
         if lengths is not None:
             mask = length_mask(lengths, length, x.device)  # (B, L)
             index = reverse_index(lengths, length, x.device)  # (B, L)
-        if self.fused and inner_runs_on(x.device):  # one autograd node on the Triton kernels
-            xz = self._in_proj_channels_first(x)  # (B, L, 2D)
-            y = bimamba_inner_fn(xz, mask, index, self.fwd.params(), self.bwd.params(),
-                                 self.d_state, self.dt_rank)  # fmt: skip
-            out = self.out_proj(y)  # (B, L, M)
-            return out if mask is None else out.masked_fill(padded_frames(mask)[:, :, None], 0.0)
         if self.fused:
             # (B, 2D, L) each: the forward branch's channels, then the backward's (reversed)
             x2, z2 = split_directions(self._in_proj_channels_first(x), mask, index)

@@ -109,59 +109,46 @@ def _blocks(x: torch.Tensor) -> tuple[int, int, int]:
     return 8, 128, 4
 
 
-def conv_forward(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor | None, left: int,
-                 silu: bool) -> torch.Tensor:  # fmt: skip
-    """y (B, C, L) in x's dtype and memory layout, without autograd: w32 (C, K) and b32 (C,)
-    contiguous fp32."""
-    batch, channels, length = x.shape
-    y = torch.empty_like(x)  # x's memory layout
-    bc, bt, warps = _blocks(x)
-    grid = (cdiv(length, bt), cdiv(channels, bc), batch)
-    if length > 0:
-        launch(_fwd_kernel, grid, x, w32, b32 if b32 is not None else w32, y, channels, length,
-               *x.stride(), *y.stride(), left, K=w32.shape[1], HAS_BIAS=b32 is not None,
-               SILU=silu, BC=bc, BT=bt, num_warps=warps)  # fmt: skip
-    return y
-
-
-def conv_backward(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor | None, dy: torch.Tensor,
-                  left: int, silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(dx in x's dtype and layout, dw (C, K) fp32, db (C,) fp32) of ``conv_forward`` (db
-    is zeros without a bias)."""
-    batch, channels, length = x.shape
-    taps = w32.shape[1]
-    sums = torch.zeros(channels * (taps + 1), device=x.device, dtype=torch.float32)
-    dw, db = sums[: channels * taps].view(channels, taps), sums[channels * taps :]
-    dx = torch.empty_like(x)
-    if length > 0:
-        bc, bt, warps = _blocks(x)
-        grid = (cdiv(length, bt), cdiv(channels, bc), batch)
-        dpre = torch.empty(x.shape, device=x.device, dtype=torch.float32) if silu else dy
-        launch(_bwd_sums_kernel, grid, x, w32, b32 if b32 is not None else w32, dy, dpre, dw, db,
-               channels, length, *x.stride(), *dy.stride(), left, K=taps,
-               HAS_BIAS=b32 is not None, SILU=silu, BC=bc, BT=bt, num_warps=warps)  # fmt: skip
-        launch(_bwd_dx_kernel, grid, w32, dpre, dx, channels, length, *dpre.stride(),
-               *dx.stride(), left, K=taps, BC=bc, BT=bt, num_warps=warps)  # fmt: skip
-    else:
-        dx.zero_()
-    return dx, dw, db
-
-
 class TritonDepthwiseConv(torch.autograd.Function):
     """(x, weight (C, K), bias or None, left, silu) -> y; see ``depthwise_conv1d``."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, left, silu):
+        batch, channels, length = x.shape
+        taps = weight.shape[1]
         w32 = weight.float().contiguous()
         b32 = None if bias is None else bias.float().contiguous()
+        y = torch.empty_like(x)  # x's memory layout
+        bc, bt, warps = _blocks(x)
+        grid = (cdiv(length, bt), cdiv(channels, bc), batch)
+        if length > 0:
+            launch(_fwd_kernel, grid, x, w32, b32 if b32 is not None else w32, y, channels, length,
+                   *x.stride(), *y.stride(), left, K=taps, HAS_BIAS=bias is not None, SILU=silu,
+                   BC=bc, BT=bt, num_warps=warps)  # fmt: skip
         ctx.save_for_backward(x, w32, b32)
         ctx.left, ctx.silu = left, silu
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        return conv_forward(x, w32, b32, left, silu)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
         x, w32, b32 = ctx.saved_tensors
-        dx, dw, db = conv_backward(x, w32, b32, dy, ctx.left, ctx.silu)
+        batch, channels, length = x.shape
+        taps = w32.shape[1]
+        sums = torch.zeros(channels * (taps + 1), device=x.device, dtype=torch.float32)
+        dw, db = sums[: channels * taps].view(channels, taps), sums[channels * taps :]
+        dx = torch.empty_like(x)
+        if length > 0:
+            bc, bt, warps = _blocks(x)
+            grid = (cdiv(length, bt), cdiv(channels, bc), batch)
+            dpre = torch.empty(x.shape, device=x.device, dtype=torch.float32) if ctx.silu else dy
+            launch(_bwd_sums_kernel, grid, x, w32, b32 if b32 is not None else w32, dy, dpre, dw,
+                   db, channels, length, *x.stride(), *dy.stride(), ctx.left, K=taps,
+                   HAS_BIAS=b32 is not None, SILU=ctx.silu, BC=bc, BT=bt,
+                   num_warps=warps)  # fmt: skip
+            launch(_bwd_dx_kernel, grid, w32, dpre, dx, channels, length, *dpre.stride(),
+                   *dx.stride(), ctx.left, K=taps, BC=bc, BT=bt, num_warps=warps)  # fmt: skip
+        else:
+            dx.zero_()
         w_dtype, b_dtype = ctx.dtypes
         return dx, dw.to(w_dtype), None if b32 is None else db.to(b_dtype), None, None

@@ -25,19 +25,15 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "merge_backward",
     "merge_directions",
     "merge_directions_ref",
-    "merge_forward",
     "reverse_time",
-    "split_backward",
     "split_directions",
     "split_directions_ref",
-    "split_forward",
 ]
 
 
-def index_or_whole(index: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
+def _index(index: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
     """(B, L) time index reversing each utterance: ``index``, or the whole length's when None."""
     if index is not None:
         return index
@@ -92,95 +88,69 @@ def merge_directions_ref(y2: Tensor, index: Tensor | None = None) -> Tensor:
     return ((y_fwd + reverse_time(y_bwd, index)) / 2).transpose(1, 2).contiguous()
 
 
-def split_forward(xz: Tensor, mask: Tensor | None, index: Tensor) -> tuple[Tensor, Tensor]:
-    """``split_directions``' two results without autograd: index (B, L) is required."""
-    batch, length, two_d = xz.shape
-    d = two_d // 2
-    # (x | z, B, direction, D, L): out[0] and out[1] are x2 and z2, each contiguous
-    out = xz.new_empty(2, batch, 2, d, length)
-    fwd = out[:, :, 0].permute(1, 0, 2, 3)  # (B, x | z, D, L)
-    src = xz.reshape(batch, length, 2, d).permute(0, 2, 3, 1)  # (B, x | z, D, L), strided
-    if mask is None:
-        fwd.copy_(src)
-    else:  # x zeroed on padded frames as it is copied
-        torch.where(mask[:, None, :], src[:, 0], xz.new_zeros(()), out=out[0, :, 0])
-        out[1, :, 0].copy_(src[:, 1])
-    idx = index[:, None, None, :].expand(batch, 2, d, length)
-    torch.gather(fwd, -1, idx, out=out[:, :, 1].permute(1, 0, 2, 3))
-    return out[0].view(batch, two_d, length), out[1].view(batch, two_d, length)
-
-
-def split_backward(
-    dx2: Tensor | None,
-    dz2: Tensor | None,
-    mask: Tensor | None,
-    index: Tensor,
-    xz_strides: tuple[int, ...],
-) -> Tensor:
-    """dLoss/dxz from the gradients of ``split_forward``'s two results (either may be None),
-    written in xz's own memory layout (``xz_strides``), so the gradient reaches in_proj without
-    a copy."""
-    g = dx2 if dx2 is not None else dz2
-    batch, two_d, length = g.shape
-    d = two_d // 2
-    dxz = torch.empty_strided((batch, length, two_d), xz_strides, dtype=g.dtype, device=g.device)
-    parts = dxz.view(batch, length, 2, d).permute(0, 2, 3, 1)  # (B, x | z, D, L)
-    idx = index[:, None, :].expand(batch, d, length)
-    for part, grad in enumerate((dx2, dz2)):
-        if grad is None:
-            parts[:, part].zero_()
-            continue
-        grad = grad.reshape(batch, 2, d, length)
-        # d(own direction) + the reversed direction's gradient reversed back
-        torch.add(grad[:, 0], grad[:, 1].gather(-1, idx), out=parts[:, part])
-    if mask is not None:
-        parts[:, 0].masked_fill_(~mask[:, None, :], 0.0)
-    return dxz
-
-
-def merge_forward(y2: Tensor, index: Tensor) -> Tensor:
-    """``merge_directions``' result without autograd: index (B, L) is required."""
-    batch, two_d, length = y2.shape
-    d = two_d // 2
-    idx = index[:, None, :].expand(batch, d, length)
-    out = y2.new_empty(batch, length, d)
-    # (a + b) / 2 as a + (b - a) / 2: one pass, written in place transposed
-    torch.lerp(y2[:, :d], y2[:, d:].gather(-1, idx), 0.5, out=out.transpose(1, 2))
-    return out
-
-
-def merge_backward(dout: Tensor, index: Tensor) -> Tensor:
-    """dLoss/dy2 (B, 2D, L) from the gradient of ``merge_forward``'s result (B, L, D)."""
-    batch, length, d = dout.shape
-    dy2 = dout.new_empty(batch, 2 * d, length)
-    torch.mul(dout.transpose(1, 2), 0.5, out=dy2[:, :d])
-    torch.gather(dy2[:, :d], -1, index[:, None, :].expand(batch, d, length), out=dy2[:, d:])
-    return dy2
-
-
 class _Split(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xz: Tensor, mask: Tensor | None, index: Tensor) -> tuple[Tensor, Tensor]:
+        batch, length, two_d = xz.shape
+        d = two_d // 2
+        # (x | z, B, direction, D, L): out[0] and out[1] are x2 and z2, each contiguous
+        out = xz.new_empty(2, batch, 2, d, length)
+        fwd = out[:, :, 0].permute(1, 0, 2, 3)  # (B, x | z, D, L)
+        src = xz.reshape(batch, length, 2, d).permute(0, 2, 3, 1)  # (B, x | z, D, L), strided
+        if mask is None:
+            fwd.copy_(src)
+        else:  # x zeroed on padded frames as it is copied
+            torch.where(mask[:, None, :], src[:, 0], xz.new_zeros(()), out=out[0, :, 0])
+            out[1, :, 0].copy_(src[:, 1])
+        idx = index[:, None, None, :].expand(batch, 2, d, length)
+        torch.gather(fwd, -1, idx, out=out[:, :, 1].permute(1, 0, 2, 3))
         ctx.save_for_backward(mask, index)
         ctx.xz_strides = xz.stride()
-        return split_forward(xz, mask, index)
+        return out[0].view(batch, two_d, length), out[1].view(batch, two_d, length)
 
     @staticmethod
     def backward(ctx, dx2: Tensor | None, dz2: Tensor | None):
         mask, index = ctx.saved_tensors
-        return split_backward(dx2, dz2, mask, index, ctx.xz_strides), None, None
+        g = dx2 if dx2 is not None else dz2
+        batch, two_d, length = g.shape
+        d = two_d // 2
+        # in xz's own memory layout, so the gradient reaches in_proj without a copy
+        dxz = torch.empty_strided((batch, length, two_d), ctx.xz_strides, dtype=g.dtype,
+                                  device=g.device)  # fmt: skip
+        parts = dxz.view(batch, length, 2, d).permute(0, 2, 3, 1)  # (B, x | z, D, L)
+        idx = index[:, None, :].expand(batch, d, length)
+        for part, grad in enumerate((dx2, dz2)):
+            if grad is None:
+                parts[:, part].zero_()
+                continue
+            grad = grad.reshape(batch, 2, d, length)
+            # d(own direction) + the reversed direction's gradient reversed back
+            torch.add(grad[:, 0], grad[:, 1].gather(-1, idx), out=parts[:, part])
+        if mask is not None:
+            parts[:, 0].masked_fill_(~mask[:, None, :], 0.0)
+        return dxz, None, None
 
 
 class _Merge(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y2: Tensor, index: Tensor) -> Tensor:
+        batch, two_d, length = y2.shape
+        d = two_d // 2
+        idx = index[:, None, :].expand(batch, d, length)
+        out = y2.new_empty(batch, length, d)
+        # (a + b) / 2 as a + (b - a) / 2: one pass, written in place transposed
+        torch.lerp(y2[:, :d], y2[:, d:].gather(-1, idx), 0.5, out=out.transpose(1, 2))
         ctx.save_for_backward(index)
-        return merge_forward(y2, index)
+        return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
         (index,) = ctx.saved_tensors
-        return merge_backward(dout, index), None
+        batch, length, d = dout.shape
+        dy2 = dout.new_empty(batch, 2 * d, length)
+        torch.mul(dout.transpose(1, 2), 0.5, out=dy2[:, :d])
+        torch.gather(dy2[:, :d], -1, index[:, None, :].expand(batch, d, length), out=dy2[:, d:])
+        return dy2, None
 
 
 def _composite() -> bool:
@@ -196,7 +166,7 @@ def split_directions(
         return split_directions_ref(xz, mask, index)
     _check_split(xz, mask, index)
     batch, length, _ = xz.shape
-    return _Split.apply(xz, mask, index_or_whole(index, batch, length, xz.device))
+    return _Split.apply(xz, mask, _index(index, batch, length, xz.device))
 
 
 def merge_directions(y2: Tensor, index: Tensor | None = None) -> Tensor:
@@ -204,4 +174,4 @@ def merge_directions(y2: Tensor, index: Tensor | None = None) -> Tensor:
     if _composite():
         return merge_directions_ref(y2, index)
     _check_merge(y2)
-    return _Merge.apply(y2, index_or_whole(index, y2.shape[0], y2.shape[2], y2.device))
+    return _Merge.apply(y2, _index(index, y2.shape[0], y2.shape[2], y2.device))

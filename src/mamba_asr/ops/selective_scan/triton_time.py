@@ -31,18 +31,14 @@ N state.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch import Tensor
 
 from mamba_asr.ops.selective_scan.triton_kernel import (
     CONFIG,
     LOG2E,
-    ScanInputs,
     chunk_dt,
     combine,
     fast_math,
@@ -353,101 +349,6 @@ def _block_d(dim: int, groups: int) -> int:
     return bd
 
 
-def time_scan_forward(x: ScanInputs, save_y: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """(out, last state, the output before the gate (fp32; with save_y and a gate z, else None),
-    the chunks' entering states) of the forward kernel, without autograd; x from
-    ``scan_inputs``."""
-    u, delta, A32, B, C, D32, z, bias32, h0 = x[:9]
-    batch, dim, length, d_state, groups, round_gate = x[9:15]
-    softplus = x.info[0]
-    bd, tc = _block_d(dim, groups), CONFIG["time_chunk"]
-    n_chunks = max(cdiv(length, tc), 1)
-    out = torch.empty_like(u)
-    save_y = save_y and z is not None
-    ypre = u.new_empty(u.shape, dtype=torch.float32) if save_y else None
-    ckpt = u.new_empty(batch, dim, n_chunks, d_state, dtype=torch.float32)
-    last = u.new_empty(batch, dim, d_state, dtype=torch.float32)
-    dummy = A32
-    launch(
-        _fwd_time_kernel, _grid(batch, cdiv(dim, bd)), u, delta, A32, B, C,
-        D32 if D32 is not None else dummy, z if z is not None else u,
-        bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
-        ypre if save_y else dummy, ckpt, last, dim, length, dim // groups, groups, n_chunks,
-        HAS_D=D32 is not None, HAS_Z=z is not None, HAS_BIAS=bias32 is not None,
-        HAS_H0=h0 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate, SAVE_Y=save_y,
-        N=d_state, BD=bd, TC=tc, NU=CONFIG["time_unroll"], PREFETCH=CONFIG["time_prefetch"],
-        BATCH_FAST=CONFIG["time_batch_fast"], CARRY_IN=CONFIG["time_carry_in"], FAST=fast_math(),
-        num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
-    )  # fmt: skip
-    return out, last, ypre, ckpt
-
-
-class TimeScanGrads(NamedTuple):
-    """``time_scan_backward``'s results: du, d(delta), dz in their inputs' dtypes; dA (D, N),
-    dB, dC (B's shape), dD, d(delta_bias) fp32 (None where that input is); dh, dLoss/d(the
-    state entering the first step) (B, D, N) fp32."""
-
-    du: Tensor
-    ddelta: Tensor
-    dA: Tensor
-    dB: Tensor
-    dC: Tensor
-    dD: Tensor | None
-    dz: Tensor | None
-    dbias: Tensor | None
-    dh: Tensor
-
-
-def time_scan_backward(
-    saved: tuple, softplus: bool, round_gate: bool, dout: Tensor | None, dlast: Tensor | None
-) -> TimeScanGrads:
-    """The backward kernel, without autograd: saved is (u, delta, A32, B, C, D32, z, bias32, h0,
-    ypre, ckpt) as ``scan_inputs`` and ``time_scan_forward`` gave them; dout, dlast the
-    gradients of out and of the last state (None: zero)."""
-    u, delta, A32, B, C, D32, z, bias32, h0, ypre, ckpt = saved
-    batch, dim, length = u.shape
-    d_state, groups = A32.shape[1], 1 if B.dim() == 3 else B.shape[1]
-    n_chunks = ckpt.shape[2]
-    dout = torch.zeros_like(u) if dout is None else dout.contiguous()
-    dlast = None if dlast is None else dlast.float().contiguous()
-    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-    dz = torch.empty_like(z) if z is not None else None
-    bd, tc = _block_d(dim, groups), CONFIG["time_chunk"]
-    # dB, dC, dA, dD, d(delta_bias): fp32, summed into by every program
-    sizes = (B.numel(), C.numel(), dim * d_state, dim, dim)
-    dB, dC, dA, dD, dbias = torch.zeros(sum(sizes), device=u.device, dtype=torch.float32).split(
-        sizes
-    )
-    dhbuf = u.new_empty(2, batch, dim, d_state, dtype=torch.float32)
-    dummy = A32
-    launch(
-        _bwd_time_kernel, _grid(batch, cdiv(dim, bd)), u, delta, A32, B, C,
-        D32 if D32 is not None else dummy, z if z is not None else u,
-        bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy,
-        ypre if ypre is not None else dummy, ckpt, dout,
-        dlast if dlast is not None else dummy, dhbuf, du, ddelta,
-        dz if dz is not None else du, dA, dD, dbias, dB, dC, dim, length, dim // groups,
-        groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
-        HAS_BIAS=bias32 is not None, HAS_H0=h0 is not None, HAS_DLAST=dlast is not None,
-        SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state, BD=bd, TC=tc,
-        NU=CONFIG["time_unroll"], PREFETCH=_BWD_PREFETCH[CONFIG["time_bwd_prefetch"]],
-        BATCH_FAST=CONFIG["time_batch_fast"], CARRY_IN=CONFIG["time_carry_in"], FAST=fast_math(),
-        num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
-        maxnreg=CONFIG["time_bwd_maxnreg"],
-    )  # fmt: skip
-    return TimeScanGrads(
-        du,
-        ddelta,
-        dA.view(dim, d_state),
-        dB.view(B.shape),
-        dC.view(C.shape),
-        None if D32 is None else dD,
-        dz,
-        None if bias32 is None else dbias,
-        dhbuf[n_chunks % 2],
-    )
-
-
 class TritonTimeScan(torch.autograd.Function):
     """(out, last) of the time-parallel kernels; arguments as ``TritonSelectiveScan``.
 
@@ -460,31 +361,79 @@ class TritonTimeScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus):
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
         x = scan_inputs(u, delta, A, B, C, D, z, delta_bias, h0, softplus)
-        out, last, ypre, ckpt = time_scan_forward(x, any(ctx.needs_input_grad))
-        ctx.save_for_backward(*x[:9], ypre, ckpt)
+        u, delta, A32, B, C, D32, z, bias32, h0 = x[:9]
+        batch, dim, length, d_state, groups, round_gate = x[9:15]
+        bd, tc = _block_d(dim, groups), CONFIG["time_chunk"]
+        n_chunks = max(cdiv(length, tc), 1)
+        out = torch.empty_like(u)
+        save_y = z is not None and any(ctx.needs_input_grad)
+        ypre = u.new_empty(u.shape, dtype=torch.float32) if save_y else None
+        ckpt = u.new_empty(batch, dim, n_chunks, d_state, dtype=torch.float32)
+        last = u.new_empty(batch, dim, d_state, dtype=torch.float32)
+        dummy = A32
+        launch(
+            _fwd_time_kernel, _grid(batch, cdiv(dim, bd)), u, delta, A32, B, C,
+            D32 if D is not None else dummy, z if z is not None else u,
+            bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
+            ypre if save_y else dummy, ckpt, last, dim, length, dim // groups, groups, n_chunks,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            HAS_H0=h0 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate, SAVE_Y=save_y,
+            N=d_state, BD=bd, TC=tc, NU=CONFIG["time_unroll"], PREFETCH=CONFIG["time_prefetch"],
+            BATCH_FAST=CONFIG["time_batch_fast"], CARRY_IN=CONFIG["time_carry_in"], FAST=fast_math(),
+            num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
+        )  # fmt: skip
+        ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, h0, ypre, ckpt)
         ctx.info = x.info
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        saved = ctx.saved_tensors
+        u, delta, A32, B, C, D32, z, bias32, h0, ypre, ckpt = ctx.saved_tensors
         softplus, round_gate, has_h0, A_dtype, D_dtype, bias_dtype, h0_dtype = ctx.info
-        g = time_scan_backward(saved, softplus, round_gate, dout, dlast)
-        u, delta, A32, B, C, D32, z, bias32, h0 = saved[:9]
+        batch, dim, length = u.shape
+        d_state, groups = A32.shape[1], 1 if B.dim() == 3 else B.shape[1]
+        n_chunks = ckpt.shape[2]
+        dout = torch.zeros_like(u) if dout is None else dout.contiguous()
+        dlast = None if dlast is None else dlast.float().contiguous()
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
+        bd, tc = _block_d(dim, groups), CONFIG["time_chunk"]
+        # dB, dC, dA, dD, d(delta_bias): fp32, summed into by every program
+        sizes = (B.numel(), C.numel(), dim * d_state, dim, dim)
+        dB, dC, dA, dD, dbias = torch.zeros(sum(sizes), device=u.device, dtype=torch.float32).split(
+            sizes
+        )
+        dhbuf = u.new_empty(2, batch, dim, d_state, dtype=torch.float32)
+        dummy = A32
+        launch(
+            _bwd_time_kernel, _grid(batch, cdiv(dim, bd)), u, delta, A32, B, C,
+            D32 if D32 is not None else dummy, z if z is not None else u,
+            bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy,
+            ypre if ypre is not None else dummy, ckpt, dout,
+            dlast if dlast is not None else dummy, dhbuf, du, ddelta,
+            dz if dz is not None else du, dA, dD, dbias, dB, dC, dim, length, dim // groups,
+            groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
+            HAS_BIAS=bias32 is not None, HAS_H0=h0 is not None, HAS_DLAST=dlast is not None,
+            SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state, BD=bd, TC=tc,
+            NU=CONFIG["time_unroll"], PREFETCH=_BWD_PREFETCH[CONFIG["time_bwd_prefetch"]],
+            BATCH_FAST=CONFIG["time_batch_fast"], CARRY_IN=CONFIG["time_carry_in"], FAST=fast_math(),
+            num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
+            maxnreg=CONFIG["time_bwd_maxnreg"],
+        )  # fmt: skip
         dh0 = None
         if has_h0:  # dLoss/dh_{-1} = a_0 dLoss/dh_0
             pre0 = delta[:, :, 0].float() + (0.0 if bias32 is None else bias32)
             dt0 = F.softplus(pre0) if softplus else pre0
-            dh0 = (torch.exp(dt0[..., None] * A32) * g.dh).to(h0_dtype)
+            dh0 = (torch.exp(dt0[..., None] * A32) * dhbuf[n_chunks % 2]).to(h0_dtype)
         return (
-            g.du,
-            g.ddelta,
-            g.dA.to(A_dtype),
-            g.dB.to(B.dtype),
-            g.dC.to(C.dtype),
-            None if g.dD is None else g.dD.to(D_dtype),
-            g.dz,
-            None if g.dbias is None else g.dbias.to(bias_dtype),
+            du,
+            ddelta,
+            dA.view(dim, d_state).to(A_dtype),
+            dB.view(B.shape).to(B.dtype),
+            dC.view(C.shape).to(C.dtype),
+            None if D32 is None else dD.to(D_dtype),
+            dz,
+            None if bias32 is None else dbias.to(bias_dtype),
             dh0,
             None,
         )
