@@ -71,9 +71,10 @@ def make_case(name, device="cpu", dtype=torch.float32):
     return leaves, lattice, (width, blank), tuple(to(x) for x in loss_w), g
 
 
-def run(name, device="cpu", backend="torch", dtype=torch.float32, autocast=False):
+def run(name, device="cpu", backend="torch", dtype=torch.float32, autocast=False, logit_loss=True):
     """Losses, band, logits and every gradient of one case from one backend, as a dict;
-    "triton-composite": the composite of separate ops on the triton kernels."""
+    "triton-composite": the composite of separate ops on the triton kernels. logit_loss=False
+    leaves the logits out of the loss (the fused node then gets None for their gradient)."""
     leaves, lattice, (width, blank), (w_pruned, w_simple), g = make_case(name, device, dtype)
     enc, pred, *flat = leaves
     weights = JoinerWeights(*zip(flat[::2], flat[1::2], strict=True))
@@ -84,7 +85,8 @@ def run(name, device="cpu", backend="torch", dtype=torch.float32, autocast=False
             res = pruned_transducer_loss(enc, pred, *lattice, weights, width, blank, backend)
     logit_w = torch.randn(res.logits.shape, generator=g).to(device)
     total = (res.pruned * w_pruned).sum() + (res.simple * w_simple).sum()
-    total = total + 0.1 * (res.logits.float() * logit_w).sum()
+    if logit_loss:
+        total = total + 0.1 * (res.logits.float() * logit_w).sum()
     names = ["enc", "pred"] + [f"{f}_{k}" for f in JoinerWeights._fields for k in ("w", "b")]
     named = [(n, x) for n, x in zip(names, leaves, strict=True) if x is not None]
     grads = torch.autograd.grad(total, [x for _, x in named])
@@ -104,9 +106,11 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a[f] - b[f]).abs().max() / b[f].abs().max().clamp_min(1e-6)).item()
 
 
-def errors(name, device="cpu", dtype=torch.float32, autocast=False, ref_backend="torch"):
-    ref = run(name, device, ref_backend, dtype, autocast)
-    got = run(name, device, "triton", dtype, autocast)
+def errors(
+    name, device="cpu", dtype=torch.float32, autocast=False, ref_backend="torch", logit_loss=True
+):
+    ref = run(name, device, ref_backend, dtype, autocast, logit_loss)
+    got = run(name, device, "triton", dtype, autocast, logit_loss)
     assert set(got) == set(ref)
     return {k: rel_err(got[k], ref[k]) for k in ref}
 
@@ -174,6 +178,21 @@ def test_fused_triton_node_under_cpu_bf16_autocast_matches_the_composite_interpr
     assert all(e <= 2e-2 for e in errs.values()), errs
 
 
+@needs_triton
+@needs_interpreter
+def test_fused_triton_node_without_a_loss_on_the_logits_interpreted():
+    """With the logits left out of the loss, their gradient reaches the fused node as None (it
+    does not materialise a (B, T, R, V) tensor of zeros) and every gradient still matches."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, __file__, "b3_t7_u4", "no-logit-loss"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    errs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert errs.pop("logits_grad_was_none") is True, errs
+    assert errs["ranges"] == 0.0, errs
+    assert all(e <= 1e-4 for e in errs.values()), errs
+
+
 @pytest.mark.cuda
 @needs_triton
 @needs_cuda
@@ -205,5 +224,17 @@ def test_fused_triton_node_under_bf16_autocast_matches_the_composite_cuda():
 if __name__ == "__main__":
     if sys.argv[2:] == ["autocast"]:
         print(json.dumps(errors(sys.argv[1], autocast=True, ref_backend="triton-composite")))
+    elif sys.argv[2:] == ["no-logit-loss"]:
+        from mamba_asr.ops.pruned_rnnt import _PrunedTransducerTritonFn as Fn
+
+        seen, backward = [], Fn._backward
+
+        def spy(ctx, g_pruned, g_simple, g_logits):
+            seen.append(g_logits is None)
+            return backward(ctx, g_pruned, g_simple, g_logits)
+
+        Fn._backward = staticmethod(spy)
+        errs = errors(sys.argv[1], logit_loss=False)
+        print(json.dumps({**errs, "logits_grad_was_none": seen == [True]}))
     else:
         print(json.dumps(errors(sys.argv[1])))

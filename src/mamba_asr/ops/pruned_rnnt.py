@@ -559,6 +559,9 @@ class _PrunedTransducerTritonFn(torch.autograd.Function):
             simple_grids_triton,
         )
 
+        # an output the loss does not use (often the band's logits, (B, T, R, V)) gets None for
+        # its gradient, not a tensor of zeros to allocate and add
+        ctx.set_materialize_grads(False)
         w = JoinerWeights(*zip(flat[::2], flat[1::2], strict=True))
         kind = enc.device.type  # the backward runs the products under this autocast state
         ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
