@@ -49,7 +49,8 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "bwd_programs": 2048, "round_gate": True,
           "kernel": "time", "time_bd": 1, "time_chunk": 128, "time_warps": 1, "time_stages": 2,
           "time_unroll": 2, "time_prefetch": True, "time_bwd_prefetch": False,
-          "time_bwd_maxnreg": None, "time_batch_fast": True, "time_carry_in": False}  # fmt: skip
+          "time_bwd_maxnreg": None, "time_batch_fast": True, "time_carry_in": False,
+          "time_y_fp32": False}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

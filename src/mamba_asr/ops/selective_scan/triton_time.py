@@ -14,10 +14,10 @@ handful of values per step rather than the whole state, so far fewer registers a
 inside it), and more warps fit on each SM.
 
 The forward stores the state at the start of every chunk (N fp32 values per channel and chunk)
-and, when there is a gate z, the output before it (fp32), as the peer's kernel keeps ``out``. The
-backward walks the chunks last to first: per state, it rebuilds h over the chunk from the stored
-start (one scan) and runs the adjoint dh_t = C_t dLoss/dy_t + a_{t+1} dh_{t+1} as a forward scan
-over the chunk's steps reversed with ``tl.gather`` (one shuffle per value; a reverse
+and, when there is a gate z, the output before it (in u's dtype), as the peer's kernel keeps
+``out``. The backward walks the chunks last to first: per state, it rebuilds h over the chunk
+from the stored start (one scan) and runs the adjoint dh_t = C_t dLoss/dy_t + a_{t+1} dh_{t+1} as
+a forward scan over the chunk's steps reversed with ``tl.gather`` (one shuffle per value; a reverse
 ``associative_scan`` flips its inputs and outputs with five butterfly shuffles per value each),
 its decay a_{t+1} from the next step's dt (loaded shifted by one; the exp is recomputed rather
 than exchanged between lanes). dA (per chunk), dD and d(delta_bias) are summed in fp32 per
@@ -270,7 +270,7 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         dt_nx_r = _rev(tl.where(m_nx, dt_nx, 0.0), offs_t, TC)
         g = tl.load(dout_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)  # dLoss/dout
         if HAS_Z:
-            y = tl.load(ypre_ptr + offs_dt, mask=m_dt, other=0.0)
+            y = tl.load(ypre_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
             zt = tl.load(z_ptr + offs_dt, mask=m_dt, other=0.0).to(tl.float32)
             silu, sg = gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
             tl.store(dz_ptr + offs_dt, g * y * sg * (1.0 + zt * (1.0 - sg)), mask=m_dt)
@@ -367,7 +367,10 @@ class TritonTimeScan(torch.autograd.Function):
         n_chunks = max(cdiv(length, tc), 1)
         out = torch.empty_like(u)
         save_y = z is not None and any(ctx.needs_input_grad)
-        ypre = u.new_empty(u.shape, dtype=torch.float32) if save_y else None
+        # the output before the gate, for dLoss/dz only: in u's dtype, as the peer keeps it (half
+        # the bytes in bf16), unless CONFIG's time_y_fp32
+        y_dtype = torch.float32 if CONFIG["time_y_fp32"] else u.dtype
+        ypre = u.new_empty(u.shape, dtype=y_dtype) if save_y else None
         ckpt = u.new_empty(batch, dim, n_chunks, d_state, dtype=torch.float32)
         last = u.new_empty(batch, dim, d_state, dtype=torch.float32)
         dummy = A32
