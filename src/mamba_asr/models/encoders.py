@@ -45,8 +45,13 @@ class _Encoder(nn.Module):
         self.d_model, self.num_layers = d_model, num_layers
         self.norm = nn.LayerNorm(d_model, eps=1e-6, **factory)
 
+    layers: nn.ModuleList
+
     def _run_layers(self, x: Tensor, lengths: Tensor | None) -> Tensor:
-        raise NotImplementedError
+        """The layer stack, each layer as ``layer(x, lengths)`` unless a subclass says otherwise."""
+        for layer in self.layers:
+            x = layer(x, lengths)
+        return x
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x: (B, L, M); lengths: (B,) valid frames or None. Returns (B, L, M), zero on padding."""
@@ -152,11 +157,6 @@ class ConMambaEncoder(_Encoder):
             for _ in range(num_layers)
         )
 
-    def _run_layers(self, x: Tensor, lengths: Tensor | None) -> Tensor:
-        for layer in self.layers:
-            x = layer(x, lengths)
-        return x
-
 
 class TransformerEncoder(_Encoder):
     """Transformer stack (``TransformerEncoderLayer``, regular attention) + final LayerNorm.
@@ -248,7 +248,7 @@ class _MambaLayer(nn.Module):
         return self._ffn(x + self.dropout(y)), state
 
 
-class MambaEncoder(nn.Module):
+class MambaEncoder(_Encoder):
     """Causal Mamba stack: ``num_layers`` pre-norm residual (Mamba [+ FFN]) layers + LayerNorm.
 
     ``mamba``: Mamba options (d_state, expand, d_conv; ``bidirectional`` is ignored: this
@@ -268,26 +268,13 @@ class MambaEncoder(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         factory = {"device": device, "dtype": dtype}
+        super().__init__(d_model, num_layers, factory)
         opts = {k: v for k, v in (mamba or {}).items() if k != "bidirectional"}
-        self.d_model, self.num_layers = d_model, num_layers
         self.layers = nn.ModuleList(
             _MambaLayer(d_model, d_ffn, dropout, activation, opts, **factory)
             for _ in range(num_layers)
         )
-        self.norm = nn.LayerNorm(d_model, eps=1e-6, **factory)
-
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """x: (B, L, M); lengths: (B,) valid frames or None. Returns (B, L, M), zero on padding."""
-        with shared_masks():  # each layer's masks built once for the whole stack
-            mask = None if lengths is None else length_mask(lengths, x.shape[1], x.device)
-            x = zero_padding(x, mask)
-            for layer in self.layers:
-                x = layer(x, lengths)
-            return zero_padding(self.norm(x), mask)
 
     def init_state(
         self,
@@ -309,9 +296,6 @@ class MambaEncoder(nn.Module):
             x, s = layer.forward_chunk(x, s)
             states.append(s)
         return self.norm(x), MambaEncoderState(layers=tuple(states))
-
-    def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, num_layers={self.num_layers}"
 
 
 ENCODERS: dict[str, type[nn.Module]] = {
