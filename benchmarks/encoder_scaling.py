@@ -5,9 +5,14 @@
 
 Each encoder is the front end + encoder of the recipe hparams/S2S/{conformer,conmamba}_{size}.yaml
 (training mode, its dropout), on random 80-mel features of 100 frames per second. CUDA runs under
-bf16 autocast (the project's dtype policy), the CPU in fp32. Time: median of --repeats after a
-warm-up (CUDA events on the GPU). Memory: peak allocated beyond the model and its gradients on
-CUDA; on the CPU (no peak counter) what autograd saves for the backward. Also writes JSON and a plot (PNG) of both curves.
+bf16 autocast (the project's dtype policy), the CPU in fp32. Time: median of --repeats steps
+after two warm-up steps each, wall clock with the device synchronised around each step; by
+default (--order interleaved) the two encoders' timed steps alternate, so that a slow spell of
+the host (steps of a few hundred operators wait on it below about 30 s of audio on a GPU) falls
+on both rather than on whichever ran then; --order sequential times one encoder's steps, then
+the other's. Memory: peak allocated beyond the model and its gradients on CUDA; on the CPU (no
+peak counter) what autograd saves for the backward. Also writes JSON and a plot (PNG) of both
+curves.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import gc
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -24,7 +30,8 @@ import torch
 from mamba_asr.config import load_recipe
 from mamba_asr.device import autocast
 from mamba_asr.models.factory import build_encoder, build_frontend
-from timing import RESULTS, cuda_peak_gib, median_ms
+from timing import RESULTS, cuda_peak_gib
+from timing import seconds as timed
 
 ENCODERS = ("conformer", "conmamba")
 
@@ -90,12 +97,47 @@ def training_step(model, batch: int, seconds: float, device: torch.device):
     return step
 
 
-def measure(model, batch: int, seconds: float, device: torch.device, repeats: int):
-    step = training_step(model, batch, seconds, device)
-    ms = median_ms(step, repeats, device, warmup=2)
+def _release(models: dict, device: torch.device) -> None:
+    """Every model's gradients set to None and, on CUDA, the allocator's free blocks returned."""
+    for model in models.values():
+        model.zero_grad(set_to_none=True)
     gc.collect()
-    peak = cuda_peak_gib(step, device) if device.type == "cuda" else saved_gib(step)
-    return ms, peak
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure(
+    models: dict, batch: int, seconds: float, device: torch.device, repeats: int, order: str
+) -> dict[str, tuple[float | None, float | None]]:
+    """(median ms, peak GiB) of each model's training step at ``seconds`` of audio, (None, None)
+    where it runs out of memory. order "interleaved": the models' timed steps alternate (A B,
+    then B A, ...), so a slow spell of the host or the GPU falls on both; "sequential": each
+    model's ``repeats`` steps in a row, one model after the other."""
+    steps, out = {}, {}
+    for name, model in models.items():
+        try:
+            step = training_step(model, batch, seconds, device)
+            step()  # warm-up; an OOM shows here
+            step()
+            steps[name] = step
+        except torch.cuda.OutOfMemoryError:
+            out[name] = (None, None)
+        _release(models, device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    if order == "interleaved":
+        for r in range(repeats):
+            for name in names if r % 2 == 0 else names[::-1]:
+                times[name].append(timed(steps[name], device))
+    else:
+        for name in names:
+            times[name] = [timed(steps[name], device) for _ in range(repeats)]
+    for name, step in steps.items():
+        _release(models, device)
+        peak = cuda_peak_gib(step, device) if device.type == "cuda" else saved_gib(step)
+        out[name] = (statistics.median(times[name]) * 1e3, peak)
+    _release(models, device)
+    return out
 
 
 def slope(xs, ys) -> float:
@@ -147,7 +189,10 @@ def main(argv=None) -> int:
     p.add_argument("--size", choices=("small", "large"), default="small")
     p.add_argument("--seconds", type=float, nargs="+", default=[5, 10, 20, 40])
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--order", choices=("interleaved", "sequential"), default="interleaved",
+                   help="interleaved: the two encoders' timed steps alternate; sequential: one "
+                   "encoder's steps, then the other's")  # fmt: skip
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -158,7 +203,7 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     secs = " ".join(f"{s:g}" for s in args.seconds)
     print(f"# python benchmarks/encoder_scaling.py --device {args.device} --size {args.size} "
-          f"--batch {args.batch} --seconds {secs}")  # fmt: skip
+          f"--batch {args.batch} --seconds {secs} --repeats {args.repeats} --order {args.order}")  # fmt: skip
     print(f"# {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}")  # fmt: skip
     print(
@@ -171,16 +216,11 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         warm_up_gpu(device)
     for seconds in args.seconds:
-        res = {}
-        for enc in ENCODERS:
-            try:
-                ms, peak = measure(models[enc], args.batch, seconds, device, args.repeats)
-            except torch.cuda.OutOfMemoryError:
-                ms, peak = None, None
-            models[enc].zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            res[enc] = dict(seconds=seconds, encoder=enc, ms=ms, peak_gib=peak)
+        got = measure(models, args.batch, seconds, device, args.repeats, args.order)
+        res = {
+            enc: dict(seconds=seconds, encoder=enc, ms=got[enc][0], peak_gib=got[enc][1])
+            for enc in ENCODERS
+        }
         a, b = res["conformer"], res["conmamba"]
         ok = a["ms"] is not None and b["ms"] is not None
         t_ratio = a["ms"] / b["ms"] if ok else None

@@ -230,3 +230,51 @@ def test_host_proxy_takes_the_cuda_host_paths_and_restores_them(monkeypatch) -> 
     assert "mamba_asr/ops/depthwise_conv_triton.py" in by
     assert out["conmamba"]["step_ms"] > 0
     assert (triton_time.launch, depthwise_conv.triton_runs_on, CONFIG["kernel"]) == before
+
+
+@pytest.mark.parametrize("order", ["interleaved", "sequential"])
+def test_encoder_scaling_times_the_encoders_in_the_order_asked(monkeypatch, order) -> None:
+    """interleaved: the two encoders' timed steps alternate A B, B A, ... (a slow spell falls on
+    both); sequential: one encoder's steps, then the other's. Each gets the median of its own
+    steps, and an encoder out of memory gets None while the other is still timed."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    scaling = _script("benchmarks/encoder_scaling.py")
+    timed = []
+    clock = iter(range(1, 100))
+
+    def fake_step(model, batch, seconds, device):
+        def step() -> None:
+            if model == "oom":
+                raise torch.cuda.OutOfMemoryError("out of memory")
+
+        step.name = model
+        return step
+
+    def fake_timed(step, device) -> float:
+        timed.append(step.name)
+        return next(clock) / 1e3  # ms 1, 2, 3, ...
+
+    class Model(str):
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            pass
+
+    monkeypatch.setattr(scaling, "training_step", fake_step)
+    monkeypatch.setattr(scaling, "timed", fake_timed)
+    monkeypatch.setattr(scaling, "saved_gib", lambda step: 0.5)
+    models = {"conformer": Model("a"), "conmamba": Model("b")}
+    out = scaling.measure(models, 1, 1.0, torch.device("cpu"), 4, order)
+    if order == "interleaved":
+        assert timed == ["a", "b", "b", "a", "a", "b", "b", "a"]
+        expected = {"conformer": 4.5, "conmamba": 4.5}  # a: 1 4 5 8 ms; b: 2 3 6 7 ms
+    else:
+        assert timed == ["a"] * 4 + ["b"] * 4
+        expected = {"conformer": 2.5, "conmamba": 6.5}
+    assert {k: v[0] for k, v in out.items()} == pytest.approx(expected)
+    assert all(v[1] == 0.5 for v in out.values())
+    timed.clear()
+    clock = iter(range(1, 100))
+    out = scaling.measure({"conformer": Model("oom"), "conmamba": Model("b")}, 1, 1.0,
+                          torch.device("cpu"), 3, order)  # fmt: skip
+    assert out["conformer"] == (None, None)
+    assert out["conmamba"] == (pytest.approx(2.0), 0.5)
+    assert timed == ["b"] * 3
