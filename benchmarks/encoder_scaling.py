@@ -134,6 +134,7 @@ def measure(
             times[name] = [timed(steps[name], device) for _ in range(repeats)]
     for name, step in steps.items():
         _release(models, device)
+        step()  # this model's gradients allocated, as after a step: the peak is beyond them
         peak = cuda_peak_gib(step, device) if device.type == "cuda" else saved_gib(step)
         out[name] = (statistics.median(times[name]) * 1e3, peak)
     _release(models, device)
