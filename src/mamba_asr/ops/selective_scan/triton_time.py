@@ -13,16 +13,18 @@ handful of values per step rather than the whole state, so far fewer registers a
 ``triton_kernel``'s layout (one thread per few (state, channel) pairs with the chunk's steps
 inside it), and more warps fit on each SM.
 
-The forward stores the state at the start of every chunk (N fp32 values per channel and chunk)
-and, when there is a gate z, the output before it (in u's dtype), as the peer's kernel keeps
-``out``. The backward walks the chunks last to first: per state, it rebuilds h over the chunk
+The forward stores the state entering every chunk after the first (N fp32 values per channel
+and chunk; the first chunk starts from the initial state, read where it lies, or zeros) and the
+last state, and, when there is a gate z, the output before it (in u's dtype), as the peer's
+kernel keeps ``out``. The backward walks the chunks last to first: per state, it rebuilds h over the chunk
 from the stored start (one scan) and runs the adjoint dh_t = C_t dLoss/dy_t + a_{t+1} dh_{t+1} as
 a forward scan over the chunk's steps reversed with ``tl.gather`` (one shuffle per value; a reverse
 ``associative_scan`` flips its inputs and outputs with five butterfly shuffles per value each),
 its decay a_{t+1} from the next step's dt (loaded shifted by one; the exp is recomputed rather
-than exchanged between lanes). dA (per chunk), dD and d(delta_bias) are summed in fp32 per
-program, then over programs with ``torch.sum``; dB and dC are summed over the program's
-channels, then added atomically (relaxed), one add per program, state and step.
+than exchanged between lanes). dA, dD and d(delta_bias) are summed in fp32 per program, then
+added atomically (relaxed) into one zeroed fp32 buffer that also holds dB and dC; dB and dC are
+summed over the program's channels, then added the same way, one add per program, state and
+step.
 
 Arithmetic is fp32 throughout; the gate silu(z) is rounded to z's dtype as PyTorch rounds it.
 Shape key as ``triton_kernel``: B batch, D channels, G groups of B/C (E = D / G each), L length,
