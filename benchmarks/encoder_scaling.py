@@ -110,7 +110,8 @@ def measure(
     models: dict, batch: int, seconds: float, device: torch.device, repeats: int, order: str
 ) -> dict[str, tuple[float | None, float | None]]:
     """(median ms, peak GiB) of each model's training step at ``seconds`` of audio, (None, None)
-    where it runs out of memory. order "interleaved": the models' timed steps alternate (A B,
+    where it runs out of memory (in a warm-up step or, with the other model's gradients held
+    beside its own, in a timed one). order "interleaved": the models' timed steps alternate (A B,
     then B A, ...), so a slow spell of the host or the GPU falls on both; "sequential": each
     model's ``repeats`` steps in a row, one model after the other."""
     steps, out = {}, {}
@@ -126,12 +127,18 @@ def measure(
     times: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
     if order == "interleaved":
-        for r in range(repeats):
-            for name in names if r % 2 == 0 else names[::-1]:
-                times[name].append(timed(steps[name], device))
+        schedule = [n for r in range(repeats) for n in (names if r % 2 == 0 else names[::-1])]
     else:
-        for name in names:
-            times[name] = [timed(steps[name], device) for _ in range(repeats)]
+        schedule = [n for n in names for _ in range(repeats)]
+    for name in schedule:
+        if name not in steps:  # out of memory in an earlier timed step
+            continue
+        try:
+            times[name].append(timed(steps[name], device))
+        except torch.cuda.OutOfMemoryError:
+            del steps[name]
+            out[name] = (None, None)
+            _release(models, device)
     for name, step in steps.items():
         _release(models, device)
         step()  # this model's gradients allocated, as after a step: the peak is beyond them
