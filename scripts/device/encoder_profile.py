@@ -80,6 +80,50 @@ def host_side(step, repeats: int) -> dict:
     return dict(host_ms=host, mallocs=malloc, frees=free, retries=retry, syncs=syncs, cpu_ops=ops)
 
 
+def _where(event) -> str:
+    """Where an operator ran from: the nearest of our functions above it (torch.profiler's Python
+    frames, "file(line): name"), or the backward node it ran in, with the outermost aten operator
+    below that and, where it differs, the one that launched the kernels (autocast's casts run
+    inside the operator they feed)."""
+    op, node = event.name, None
+    e = event
+    while e is not None:
+        name = e.name
+        if name.startswith("aten::"):
+            op = name
+        elif "mamba_asr/" in name:
+            break
+        elif name.startswith("autograd::engine::evaluate_function: ") and node is None:
+            node = name.split(": ", 1)[1]
+        e = e.cpu_parent
+    ops = op if op == event.name else f"{op} > {event.name}"
+    if e is not None:
+        return f"{e.name[e.name.index('mamba_asr/') + 10 :]} / {ops}"
+    return f"backward {node} / {ops}" if node else f"other / {ops}"
+
+
+def gpu_by_source(step, iters: int = 2) -> dict[str, tuple[float, int]]:
+    """GPU ms a step of the kernels launched from each place (``_where``), with kernels a step:
+    torch.profiler with Python stacks over ``iters`` steps after one."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+    out: dict[str, list] = defaultdict(lambda: [0.0, 0])
+    for e in prof.events():
+        kernels = getattr(e, "kernels", None) or []
+        if not kernels:
+            continue
+        row = out[_where(e)]
+        row[0] += sum(k.duration for k in kernels) / 1e3 / iters
+        row[1] += len(kernels) / iters
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--encoders", nargs="+", default=["conformer", "conmamba"])
@@ -91,6 +135,8 @@ def main(argv=None) -> None:
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--python", action="store_true",
                    help="also the host's Python by source file and function (cProfile, 3 steps)")  # fmt: skip
+    p.add_argument("--sources", action="store_true",
+                   help="also the GPU time by where its kernels were launched from (Python stacks)")  # fmt: skip
     p.add_argument("--json", type=Path, default=Path("encoder_profile.json"))
     args = p.parse_args(argv)
     device = torch.device("cuda")
@@ -128,6 +174,13 @@ def main(argv=None) -> None:
                 host["python"] = py
                 print(f"host under cProfile: {py['total_ms']:.1f} ms a step, own time by source")
                 print(host_profile_tables(py))
+            if args.sources:
+                places = gpu_by_source(step)
+                host["sources"] = places
+                print("| launched from / operator | GPU ms | kernels |")
+                print("|---|---|---|")
+                for where, (ms, n) in sorted(places.items(), key=lambda kv: -kv[1][0])[:40]:
+                    print(f"| {where[:110]} | {ms:.2f} | {n:g} |")
             key = enc if len(args.seconds) == 1 else f"{enc}_{seconds:g}s"
             result[key] = dict(seconds=seconds, total_ms=total, wall_ms=wall, groups=groups,
                                kernels=kernels,

@@ -23,6 +23,10 @@
 #            with direct launches, benchmarks/encoder_scaling.py (LAUNCH_SECONDS, default 10 20
 #            30 60) each way of LAUNCH_WAYS (default "jit direct jit direct", alternating), and
 #            unless LAUNCH_PROFILE=0 the encoders' step profile with direct launches (10, 30 s);
+#   sources  the encoders' step profile (SOURCES_SECONDS, default 30) with each kernel's GPU time
+#            put down to where it was launched from (our function, or the backward node, and the
+#            operator): which copies and casts come from where;
+#   rnnt     benchmarks/rnnt.py (torchaudio, pruned, pruned-band on the Triton backend), twice;
 #   hostgap  the encoders' step profile (HOSTGAP_SECONDS, default 10 30) with the host's Python
 #            by source file and function (encoder_profile.py --python): where ConMamba's extra
 #            host time goes;
@@ -143,6 +147,15 @@ for part in $PARTS; do
         --json "$out/encoder_profile_direct.json" 2>&1 | grep -v -i warn \
         | tee "$out/encoder_profile_direct.txt"
     fi ;;
+  sources)
+    python3 scripts/device/encoder_profile.py --seconds ${SOURCES_SECONDS:-30} --sources \
+      --json "$out/encoder_profile_sources.json" 2>&1 | grep -v -i warn \
+      | tee "$out/encoder_profile_sources.txt" ;;
+  rnnt)
+    for i in 1 2; do
+      python3 benchmarks/rnnt.py --device cuda --impls torchaudio pruned pruned-band \
+        --rnnt-backend triton --repeats 20 2>&1 | grep -v -i warn | tee "$out/rnnt_$i.txt"
+    done ;;
   hostgap)
     python3 scripts/device/encoder_profile.py --seconds ${HOSTGAP_SECONDS:-10 30} --python \
       --json "$out/encoder_profile_python.json" 2>&1 | grep -v -i warn \
