@@ -1,5 +1,6 @@
-"""The reshuffles around BiMamba's fused scan (ops.directions): each result written once against
-the composites of PyTorch ops (transposes, masked_fill, gather, cat), alone and in a whole block.
+"""The reshuffles around BiMamba's fused scan (ops.directions): each result written once (PyTorch
+ops, "torch"; Triton kernels, one a pass, "triton", where triton runs) against the composites of
+PyTorch ops (transposes, masked_fill, gather, cat; "ref"), alone and in a whole block.
 
     python benchmarks/bidirectional.py --device cuda [--dtypes bfloat16 float32] [--json PATH]
     python benchmarks/bidirectional.py --device cpu --batch 2 --length 500 --dtypes float32
@@ -12,12 +13,14 @@ otherwise; its "ref" is the block as it was before (the composites, in_proj call
 on (B, L, M) rather than as W x^T). For each, forward and forward+backward: milliseconds (median of --iters; CUDA events on
 the GPU, wall clock on the CPU) and MiB written by the call's operators (each operator's output
 bytes, views and allocations not counted; the scan's own writes inside its kernels are not
-operators). "ref/fused" > 1: the fused path is faster or writes less. Writes JSON.
+operators; a Triton kernel's writes are not operators either, so "triton" MiB counts only what
+is around them). "ref/X" > 1: X is faster or writes less. Writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 from pathlib import Path
@@ -28,11 +31,19 @@ import mamba_asr.modules.mamba as mamba_module
 from mamba_asr.modules.mamba import BiMamba
 from mamba_asr.modules.masks import length_mask, reverse_index
 from mamba_asr.ops import directions
+from mamba_asr.ops.selective_scan.dispatch import triton_runs_on
 from timing import RESULTS, BytesWritten, device_ms
+
+
+def _backend(name: str):
+    return (functools.partial(directions.split_directions, backend=name),
+            functools.partial(directions.merge_directions, backend=name))  # fmt: skip
+
 
 IMPLS = {
     "ref": (directions.split_directions_ref, directions.merge_directions_ref),
-    "fused": (directions.split_directions, directions.merge_directions),
+    "torch": _backend("torch"),
+    "triton": _backend("triton"),
 }
 
 
@@ -44,7 +55,7 @@ def use(impl: str) -> None:
     before them (the composites, in_proj called as a module)."""
     mamba_module.split_directions, mamba_module.merge_directions = IMPLS[impl]
     BiMamba._in_proj_channels_first = (
-        _CHANNELS_FIRST if impl == "fused" else (lambda self, x: self.in_proj(x))
+        _CHANNELS_FIRST if impl != "ref" else (lambda self, x: self.in_proj(x))
     )
 
 
@@ -110,10 +121,11 @@ def main(argv=None) -> None:
     print(f"# python benchmarks/bidirectional.py --device {args.device} ({name}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads), batch {args.batch}, "
           f"{args.length} frames, d_model {args.d_model}")  # fmt: skip
-    print(
-        "| part | dtype | pass | ref ms | fused ms | ref/fused | ref MiB | fused MiB | ref/fused |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    impls = [i for i in IMPLS if i != "triton" or triton_runs_on(torch.device(args.device))]
+    head = " | ".join(f"{i} ms" for i in impls) + " | " + " | ".join(f"{i} MiB" for i in impls)
+    ratios = " | ".join(f"ref/{i}" for i in impls[1:])
+    print(f"| part | dtype | pass | {head} | {ratios} (time) |")
+    print("|---|---|---|" + "---|" * (3 * len(impls) - 1))
     rows = []
     make = {"ops": ops_call, "block": block_call}
     width = {"ops": 2 * args.d_model, "block": args.d_model}  # d_inner = expand 2 x d_model
@@ -121,18 +133,22 @@ def main(argv=None) -> None:
         for part, dtype_name, backward in itertools.product(args.parts, args.dtypes, (False, True)):
             dtype = getattr(torch, dtype_name)
             res = {}
-            for impl in IMPLS:
+            for impl in impls:
                 fn = make[part](impl, args.batch, args.length, width[part], dtype, args.device,
                                 backward)  # fmt: skip
                 res[impl] = (device_ms(fn, args.device, args.iters), mib_written(fn))
-            (rt, rb), (ft, fb) = res["ref"], res["fused"]
             step = "fwd+bwd" if backward else "fwd"
-            print(f"| {part} | {dtype_name} | {step} | {rt:.2f} | {ft:.2f} | {rt / ft:.2f}x | "
-                  f"{rb:.0f} | {fb:.0f} | {rb / fb:.2f}x |", flush=True)  # fmt: skip
-            rows.append(dict(part=part, dtype=dtype_name, step=step, ref_ms=rt, fused_ms=ft,
-                             ref_mib=rb, fused_mib=fb))  # fmt: skip
-    finally:
-        use("fused")
+            ms = " | ".join(f"{res[i][0]:.2f}" for i in impls)
+            mib = " | ".join(f"{res[i][1]:.0f}" for i in impls)
+            ratio = " | ".join(f"{res['ref'][0] / res[i][0]:.2f}x" for i in impls[1:])
+            print(f"| {part} | {dtype_name} | {step} | {ms} | {mib} | {ratio} |", flush=True)
+            rows.append(dict(part=part, dtype=dtype_name, step=step,
+                             **{f"{i}_ms": res[i][0] for i in impls},
+                             **{f"{i}_mib": res[i][1] for i in impls}))  # fmt: skip
+    finally:  # the defaults back
+        mamba_module.split_directions = directions.split_directions
+        mamba_module.merge_directions = directions.merge_directions
+        BiMamba._in_proj_channels_first = _CHANNELS_FIRST
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(dict(device=name, batch=args.batch, length=args.length,
                                          d_model=args.d_model, rows=rows), indent=2))  # fmt: skip

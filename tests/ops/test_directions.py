@@ -1,16 +1,24 @@
 """split_directions / merge_directions against their composites (outputs and gradients, with and
 without padding, fp32 and bf16), the composites against a per-utterance loop, and the argument
-checks."""
+checks; the Triton kernels the same way, in triton's CPU interpreter and on CUDA."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 
 from mamba_asr.modules.masks import length_mask, reverse_index
+from mamba_asr.ops import directions
 from mamba_asr.ops.directions import (
     merge_directions,
     merge_directions_ref,
+    resolve_backend,
     split_directions,
     split_directions_ref,
 )
@@ -160,3 +168,97 @@ def test_split_of_a_channel_first_layout_keeps_it_in_the_gradient():
     x2, _z2 = split_directions(xz, mask, index)
     x2.sum().backward()
     assert grads["xz"].stride() == xz.stride()
+
+
+def test_backend_choice(monkeypatch):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.delenv(directions.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(directions, "triton_runs_on", lambda device: device.type == "cuda")
+    assert resolve_backend(None, cuda) == "triton"
+    assert resolve_backend(None, cpu) == "torch"
+    assert resolve_backend("torch", cuda) == "torch"
+    monkeypatch.setenv(directions.BACKEND_ENV, "torch")
+    assert resolve_backend(None, cuda) == "torch"
+    monkeypatch.setenv(directions.BACKEND_ENV, "fast")
+    with pytest.raises(ValueError, match="backend"):
+        resolve_backend(None, cuda)
+    with pytest.raises(ValueError, match="need triton and CUDA"):
+        resolve_backend("triton", cpu)
+
+
+def _same(got: torch.Tensor, want: torch.Tensor, exact: bool) -> bool:
+    """Equal to the bit; where not ``exact``, bf16 within one unit in the last place (triton's CPU
+    interpreter truncates fp32 to bf16 where the GPU rounds to nearest even)."""
+    if exact or got.dtype != torch.bfloat16:
+        return torch.equal(got, want)
+    return torch.allclose(got.float(), want.float(), rtol=2**-7, atol=0.0)
+
+
+def triton_mismatches(device: str, exact: bool = True) -> list[str]:
+    """Every case where the Triton kernels' outputs or gradients differ from the composites' (see
+    ``_same``; they round once, as the composites' ops do): padded and full batches, fp32 and
+    bf16, xz contiguous and as BiMamba's channel-first view, a gradient through one output only."""
+    bad = []
+    for batch, length, d, lengths, dtype in CASES + [(3, 130, 40, [130, 77, 64], torch.bfloat16)]:
+        g = torch.Generator().manual_seed(batch * 31 + length)
+        mask, index = _masks(lengths, batch, length)
+        if mask is not None:
+            mask, index = mask.to(device), index.to(device)
+        base = torch.randn(2 * d, batch, length, generator=g).to(device, dtype)
+        gx, gz = (torch.randn(batch, 2 * d, length, generator=g).to(device, dtype) for _ in "xz")
+        y2 = torch.randn(batch, 2 * d, length, generator=g).to(device, dtype)
+        gout = torch.randn(batch, length, d, generator=g).to(device, dtype)
+        for layout in ("contiguous", "channel-first"):
+            for used in ("both", "x", "z"):
+                results = []
+                for backend in ("triton", "ref"):
+                    leaf = base.clone().requires_grad_()
+                    xz = leaf.permute(1, 2, 0)
+                    if layout == "contiguous":
+                        xz = xz.contiguous()
+                    if backend == "ref":
+                        x2, z2 = split_directions_ref(xz, mask, index)
+                    else:
+                        x2, z2 = split_directions(xz, mask, index, backend="triton")
+                    loss = (x2.float() * gx).sum() * (used != "z")
+                    loss = loss + (z2.float() * gz).sum() * (used != "x")
+                    loss.backward()
+                    results.append((x2, z2, leaf.grad))
+                for name, got, want in zip(("x2", "z2", "dxz"), *results, strict=True):
+                    if not _same(got, want, exact):
+                        bad.append(f"split {name} {layout} {used} {batch, length, d, dtype}")
+        results = []
+        for fn in (merge_directions, merge_directions_ref):
+            leaf = y2.clone().requires_grad_()
+            kw = {"backend": "triton"} if fn is merge_directions else {}
+            out = fn(leaf, index, **kw)
+            (out.float() * gout).sum().backward()
+            results.append((out, leaf.grad))
+        for name, got, want in zip(("out", "dy2"), *results, strict=True):
+            if not (_same(got, want, exact) and got.is_contiguous()):
+                bad.append(f"merge {name} {batch, length, d, dtype}")
+    return bad
+
+
+@pytest.mark.skipif(
+    np.lib.NumpyVersion(np.__version__) >= "2.3.0",
+    reason="triton's CPU interpreter needs numpy < 2.3 (the [dev] extra pins it)",
+)
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("triton") is None, reason="triton is not installed"
+)
+def test_triton_interpreted_matches_reference():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+def test_triton_cuda_matches_reference():
+    assert triton_mismatches("cuda") == []
+
+
+if __name__ == "__main__":  # the interpreted run of the test above
+    print(json.dumps(triton_mismatches("cpu", exact=False)))

@@ -8,10 +8,12 @@ z in the first D, the same utterances reversed in the last D. ``split_directions
 inputs from in_proj's (B, L, 2D) output and ``merge_directions`` averages the two outputs back
 into (B, L, D), the backward direction's re-reversed, ready for out_proj.
 
-Two implementations with the same signature: the composites of PyTorch ops
+Three implementations with the same signature: the composites of PyTorch ops
 (``split_directions_ref``, ``merge_directions_ref``: transposes, masked_fill, gather, cat, the
-average), which the others are tested against, and autograd Functions that write each result once
-into its final layout. The reversal is a permutation that is its own inverse (padded frames map to
+average), which the others are tested against; autograd Functions of PyTorch ops that write each
+result once into its final layout; and Triton kernels, one a pass (``directions_triton.py``),
+which ``split_directions`` and ``merge_directions`` take where triton runs (backend "auto", the
+default, or ``MAMBA_ASR_DIRECTIONS``: "auto", "torch", "triton"). The reversal is a permutation that is its own inverse (padded frames map to
 themselves, ``masks.reverse_index``), so the backward reverses with the same gather rather than
 scattering into zeros, and the concatenations and transposes happen inside the gathers' and
 copies' writes. The two write a third fewer bytes than the composites, and a training step of
@@ -21,16 +23,25 @@ Exports (``torch.compiler.is_exporting()``) and ``torch.jit`` tracing take the c
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
+from mamba_asr.ops.selective_scan.dispatch import triton_runs_on
+
 __all__ = [
+    "BACKEND_ENV",
     "merge_directions",
     "merge_directions_ref",
+    "resolve_backend",
     "reverse_time",
     "split_directions",
     "split_directions_ref",
 ]
+
+BACKENDS = ("auto", "torch", "triton")
+BACKEND_ENV = "MAMBA_ASR_DIRECTIONS"
 
 
 def _index(index: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
@@ -158,20 +169,48 @@ def _composite() -> bool:
     return torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
+def resolve_backend(backend: str | None, device: torch.device) -> str:
+    """ "torch" or "triton": what the reshuffles run for ``backend`` ("auto": Triton where it runs;
+    None: ``MAMBA_ASR_DIRECTIONS``, else "auto") on tensors on ``device``."""
+    if backend is None:
+        backend = os.environ.get(BACKEND_ENV, "auto")
+    if backend not in BACKENDS:
+        raise ValueError(f"directions backend must be one of {BACKENDS}, got {backend!r}")
+    triton_ok = triton_runs_on(device)
+    if backend == "triton" and not triton_ok:
+        raise ValueError(f"the triton directions kernels need triton and CUDA, not {device.type}")
+    return "triton" if backend != "torch" and triton_ok else "torch"
+
+
 def split_directions(
-    xz: Tensor, mask: Tensor | None = None, index: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """``split_directions_ref``, each result written once (see the module's doc)."""
+    xz: Tensor, mask: Tensor | None = None, index: Tensor | None = None, *,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``split_directions_ref``, each result written once (see the module's doc); backend as
+    ``resolve_backend``."""
     if _composite():
         return split_directions_ref(xz, mask, index)
     _check_split(xz, mask, index)
     batch, length, _ = xz.shape
-    return _Split.apply(xz, mask, _index(index, batch, length, xz.device))
+    index = _index(index, batch, length, xz.device)
+    if resolve_backend(backend, xz.device) == "triton":
+        from mamba_asr.ops.directions_triton import TritonSplit
+
+        return TritonSplit.apply(xz, mask, index)
+    return _Split.apply(xz, mask, index)
 
 
-def merge_directions(y2: Tensor, index: Tensor | None = None) -> Tensor:
-    """``merge_directions_ref``, the result written once (see the module's doc)."""
+def merge_directions(
+    y2: Tensor, index: Tensor | None = None, *, backend: str | None = None
+) -> Tensor:
+    """``merge_directions_ref``, the result written once (see the module's doc); backend as
+    ``resolve_backend``."""
     if _composite():
         return merge_directions_ref(y2, index)
     _check_merge(y2)
-    return _Merge.apply(y2, _index(index, y2.shape[0], y2.shape[2], y2.device))
+    index = _index(index, y2.shape[0], y2.shape[2], y2.device)
+    if resolve_backend(backend, y2.device) == "triton":
+        from mamba_asr.ops.directions_triton import TritonMerge
+
+        return TritonMerge.apply(y2, index)
+    return _Merge.apply(y2, index)
