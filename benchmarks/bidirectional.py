@@ -106,6 +106,24 @@ def mib_written(fn) -> float:
     return w.total / 2**20
 
 
+def tiles(args) -> None:
+    """The Triton ops (forward+backward) with each of args.tiles, beside the default tile."""
+    from mamba_asr.ops import directions_triton as dt
+
+    default = (dt.BC, dt.BT, dt.WARPS)
+    print("| tile (channels x frames x warps) | dtype | ops fwd+bwd ms |")
+    print("|---|---|---|")
+    try:
+        for tile in ["x".join(map(str, default)), *args.tiles]:
+            dt.BC, dt.BT, dt.WARPS = (int(v) for v in tile.split("x"))
+            for dtype_name in args.dtypes:
+                fn = ops_call("triton", args.batch, args.length, 2 * args.d_model,
+                              getattr(torch, dtype_name), args.device, True)  # fmt: skip
+                print(f"| {tile} | {dtype_name} | {device_ms(fn, args.device, args.iters):.3f} |")
+    finally:
+        dt.BC, dt.BT, dt.WARPS = default
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
@@ -115,6 +133,8 @@ def main(argv=None) -> None:
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--parts", nargs="+", default=["ops", "block"], choices=["ops", "block"])
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--tiles", nargs="*", default=[], metavar="CxTxW",
+                   help="also time the Triton ops with these tiles (channels x frames x warps)")  # fmt: skip
     p.add_argument("--json", type=Path, default=RESULTS / "bidirectional.json")
     args = p.parse_args(argv)
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
@@ -145,6 +165,8 @@ def main(argv=None) -> None:
             rows.append(dict(part=part, dtype=dtype_name, step=step,
                              **{f"{i}_ms": res[i][0] for i in impls},
                              **{f"{i}_mib": res[i][1] for i in impls}))  # fmt: skip
+        if args.tiles:
+            tiles(args)
     finally:  # the defaults back
         mamba_module.split_directions = directions.split_directions
         mamba_module.merge_directions = directions.merge_directions
