@@ -10,6 +10,10 @@ peer folder (state-spaces/mamba's kernel: a prebuilt selective_scan_cuda.so in -
 imported, else it is built there, about 160 s; scripts/device/peer_scan.py) for side-by-side timing.
 --variant times the Triton kernels again with CONFIG entries overridden, as one more impl
 (e.g. ``bd16='{"block_d": 16}'``); --sweep times launch settings on the middle shapes first.
+--shapes B,D,L[,G] times other shapes (G groups of B and C: ConMamba's fused BiMamba has 2);
+--rounds R times each impl R times in turn, the order reversed every other round, and reports
+the medians (a slow spell of the GPU's host then falls on every impl alike); --gpu adds the
+summed kernel time of a forward+backward, the host left out.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import itertools
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -31,13 +36,14 @@ from timing import RESULTS, event_ms
 SHAPES = [(8, 1024, 512), (8, 1024, 2048), (4, 1024, 8192)]
 
 
-def make_inputs(batch, dim, length, dtype, d_state=16):
+def make_inputs(batch, dim, length, dtype, d_state=16, groups=1):
     g = torch.Generator(device="cuda").manual_seed(0)
     r = lambda *s, dt=dtype: torch.randn(*s, generator=g, device="cuda").to(dt)  # noqa: E731
     A = -torch.arange(1, d_state + 1, device="cuda", dtype=torch.float32).repeat(dim, 1)
+    bc = (batch, d_state, length) if groups == 1 else (batch, groups, d_state, length)
     t = dict(
-        u=r(batch, dim, length), delta=r(batch, dim, length), A=A, B=r(batch, d_state, length),
-        C=r(batch, d_state, length), D=torch.ones(dim, device="cuda"), z=r(batch, dim, length),
+        u=r(batch, dim, length), delta=r(batch, dim, length), A=A, B=r(*bc), C=r(*bc),
+        D=torch.ones(dim, device="cuda"), z=r(batch, dim, length),
         delta_bias=torch.rand(dim, device="cuda") * -4,
     )  # fmt: skip
     return {k: v.requires_grad_() for k, v in t.items()}
@@ -78,6 +84,22 @@ def runner(impl, peer_fn, inputs, backward):
             out.backward(torch.ones_like(out))
 
     return call
+
+
+def gpu_ms(fn, iters: int) -> float:
+    """Summed time of the kernels of one call of fn on the GPU (torch.profiler, over iters calls
+    after one): the call's work without the host's share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    cuda = torch.autograd.DeviceType.CUDA
+    total = sum(e.device_time for e in prof.events() if e.device_type == cuda)
+    return total / 1e3 / iters
 
 
 def peak_extra_mib(fn):
@@ -128,6 +150,22 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--impls", nargs="+", default=["triton", "chunked", "peer"])
+    p.add_argument(
+        "--shapes",
+        nargs="+",
+        default=None,
+        metavar="B,D,L[,G]",
+        help="shapes other than the anchors' (G: groups of B and C)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time the impls this many times each, in turn (the order reversed every "
+        "other round), and report each one's median",
+    )
+    p.add_argument("--gpu", action="store_true",
+                   help="also the summed kernel time of a forward+backward (torch.profiler)")  # fmt: skip
     p.add_argument("--json", type=Path, default=RESULTS / "scan_cuda.json")
     args = p.parse_args(argv)
     peer_fn = None
@@ -150,36 +188,54 @@ def main(argv=None):
     )
     print(f"# {cmd}  ({name}, torch {torch.__version__}, triton {triton.__version__})")
     print(f"# triton CONFIG {tk.CONFIG}")
+    gpu_col = " gpu fwd+bwd ms |" if args.gpu else ""
     print(
-        "| impl | dtype | B | D | L | fwd ms | fwd+bwd ms | fwd GB/s | extra MiB | peer/impl fwd | peer/impl fwd+bwd |"
+        "| impl | dtype | B | D | L | fwd ms | fwd+bwd ms | fwd GB/s | extra MiB | peer/impl fwd | "
+        f"peer/impl fwd+bwd |{gpu_col}"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.gpu else ""))
     rows = []
     dtypes = [getattr(torch, d) for d in args.dtypes]
-    for dtype, (batch, dim, length) in itertools.product(dtypes, SHAPES):
-        inputs = make_inputs(batch, dim, length, dtype)
+    shapes = SHAPES if args.shapes is None else [tuple(map(int, s.split(","))) for s in args.shapes]
+    for dtype, shape in itertools.product(dtypes, shapes):
+        batch, dim, length = shape[:3]
+        groups = shape[3] if len(shape) > 3 else 1
+        inputs = make_inputs(batch, dim, length, dtype, groups=groups)
+        times: dict[str, list] = {impl: [] for impl in impls}
+        failed = set()
+        for rnd in range(args.rounds):
+            for impl in impls if rnd % 2 == 0 else impls[::-1]:
+                if impl in failed:
+                    continue
+                try:
+                    times[impl].append((
+                        event_ms(runner(impl, peer_fn, inputs, False), args.iters),
+                        event_ms(runner(impl, peer_fn, inputs, True), args.iters),
+                    ))  # fmt: skip
+                except Exception as e:  # a variant out of resources: its row is left out
+                    print(f"# {impl} {dtype} {shape}: {type(e).__name__}: {str(e)[:200]}")
+                    failed.add(impl)
         res = {}
         for impl in impls:
-            try:
-                fwd = event_ms(runner(impl, peer_fn, inputs, False), args.iters)
-                both = event_ms(runner(impl, peer_fn, inputs, True), args.iters)
-                mem = peak_extra_mib(runner(impl, peer_fn, inputs, True))
-            except Exception as e:  # a variant out of resources: its row is left out
-                print(
-                    f"# {impl} {dtype} {batch}x{dim}x{length}: {type(e).__name__}: {str(e)[:200]}"
-                )
+            if impl in failed:
                 continue
+            fwd = statistics.median(t[0] for t in times[impl])
+            both = statistics.median(t[1] for t in times[impl])
+            call = runner(impl, peer_fn, inputs, True)
+            mem = peak_extra_mib(call)
             gbs = min_bytes(batch, dim, length, dtype) / fwd / 1e6
             res[impl] = dict(impl=impl, dtype=str(dtype).split(".")[1], B=batch, D=dim, L=length,
-                             fwd_ms=fwd, fwd_bwd_ms=both, fwd_gbs=gbs, extra_mib=mem)  # fmt: skip
+                             G=groups, fwd_ms=fwd, fwd_bwd_ms=both, fwd_gbs=gbs, extra_mib=mem,
+                             gpu_fwd_bwd_ms=gpu_ms(call, 10) if args.gpu else None)  # fmt: skip
         for impl, r in res.items():
             pf = res["peer"]["fwd_ms"] / r["fwd_ms"] if "peer" in res else None
             pb = res["peer"]["fwd_bwd_ms"] / r["fwd_bwd_ms"] if "peer" in res else None
             r.update(peer_over_impl_fwd=pf, peer_over_impl_fwd_bwd=pb)
             f = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
+            gpu = f" {r['gpu_fwd_bwd_ms']:.3f} |" if args.gpu else ""
             print(f"| {impl} | {r['dtype']} | {batch} | {dim} | {length} | {r['fwd_ms']:.3f} | "
                   f"{r['fwd_bwd_ms']:.3f} | {r['fwd_gbs']:.0f} | {r['extra_mib']:.0f} | {f(pf)} | "
-                  f"{f(pb)} |", flush=True)  # fmt: skip
+                  f"{f(pb)} |{gpu}", flush=True)  # fmt: skip
             rows.append(r)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(dict(device=name, command=cmd, config=tk.CONFIG, variants=VARIANTS,
