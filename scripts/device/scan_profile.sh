@@ -9,14 +9,15 @@
 #   host     host time against GPU time per call (scripts/device/scan_host.py, with --cprofile),
 #            with triton's launches and with the direct ones (MAMBA_ASR_TRITON_LAUNCH=direct);
 #   bench    benchmarks/scan_cuda.py beside the peer, with VARIANTS ('NAME=JSON ...', CONFIG
-#            overrides) and with the direct launches; with OLD_SRC (a tarball of another
+#            overrides) and BENCH_ARGS (e.g. "--rounds 3 --gpu"), and with the direct launches; with OLD_SRC (a tarball of another
 #            checkout's src/: `git archive HEAD src ':(exclude)src/mamba_asr/pretrained' | gzip >
 #            .peer/old_src.tgz`) that code is timed too, in the same call;
 #   peer_ncu Nsight Compute on the peer's CUDA kernels, as for ours;
 #   encoders the large encoders' training step by kernel group (scripts/device/encoder_profile.py)
 #            and benchmarks/encoder_scaling.py (10, 30, 60 s);
 #   conv     the depthwise conv's Triton kernels: their CUDA tests, benchmarks/depthwise_conv.py
-#            beside PyTorch's, and the encoders with each (MAMBA_ASR_DEPTHWISE_CONV=torch / auto;
+#            beside PyTorch's (and OLD_SRC's, when given), and the encoders with each way of
+#            CONV_WAYS (MAMBA_ASR_DEPTHWISE_CONV values, default "torch auto") (MAMBA_ASR_DEPTHWISE_CONV=torch / auto;
 #            torch's is the encoders part's run when that part is in PARTS too);
 #   launch   the Triton kernels launched directly (ops.triton_launch, MAMBA_ASR_TRITON_LAUNCH=
 #            direct) against triton's own launches: the scan, launch and depthwise conv tests
@@ -77,8 +78,8 @@ bench() {  # name, then env assignments for the run
   local name=$1
   shift
   env "$@" python3 benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 30 \
-    --json "$out/scan_cuda_$name.json" --variant ${VARIANTS:-} 2>&1 | grep -v -i warn \
-    | tee "$out/scan_cuda_$name.txt"
+    --json "$out/scan_cuda_$name.json" ${BENCH_ARGS:-} --variant ${VARIANTS:-} 2>&1 \
+    | grep -v -i warn | tee "$out/scan_cuda_$name.txt"
 }
 for part in $PARTS; do
   echo "## $part"
@@ -128,8 +129,13 @@ for part in $PARTS; do
       | tee "$out/pytest_depthwise_conv.txt"
     python3 benchmarks/depthwise_conv.py --device cuda --json "$out/depthwise_conv.json" 2>&1 \
       | grep -v -i warn | tee "$out/depthwise_conv.txt"
-    conv_ways="torch auto"  # with the encoders part in the same call, its scaling run is torch's
-    case " $PARTS " in *" encoders "*) conv_ways=auto ;; esac
+    if unpack "${OLD_SRC:-}" /tmp/old; then
+      PYTHONPATH="/tmp/site:/tmp/old/src:$PWD/benchmarks:$PWD/scripts/device" python3 \
+        benchmarks/depthwise_conv.py --device cuda --json "$out/depthwise_conv_old.json" 2>&1 \
+        | grep -v -i warn | tee "$out/depthwise_conv_old.txt"
+    fi
+    conv_ways="${CONV_WAYS:-torch auto}"  # with the encoders part in the same call, its
+    case " $PARTS " in *" encoders "*) conv_ways=auto ;; esac  # scaling run is torch's
     for v in $conv_ways; do
       MAMBA_ASR_DEPTHWISE_CONV=$v python3 benchmarks/encoder_scaling.py --device cuda --size large \
         --batch 16 --seconds 10 30 60 --out "$out/encoders_conv_$v" 2>&1 | grep -v -i warn \
