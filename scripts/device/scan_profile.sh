@@ -17,8 +17,8 @@
 #            and benchmarks/encoder_scaling.py (10, 30, 60 s);
 #   conv     the depthwise conv's Triton kernels: their CUDA tests, benchmarks/depthwise_conv.py
 #            beside PyTorch's (and OLD_SRC's, when given), and the encoders with each way of
-#            CONV_WAYS (MAMBA_ASR_DEPTHWISE_CONV values, default "torch auto") (MAMBA_ASR_DEPTHWISE_CONV=torch / auto;
-#            torch's is the encoders part's run when that part is in PARTS too);
+#            CONV_WAYS (MAMBA_ASR_DEPTHWISE_CONV values, default "torch auto"; only "auto"
+#            when the encoders part is in PARTS too, whose run is "torch"'s);
 #   launch   the Triton kernels launched directly (ops.triton_launch, MAMBA_ASR_TRITON_LAUNCH=
 #            direct) against triton's own launches: the scan, launch and depthwise conv tests
 #            with direct launches, benchmarks/encoder_scaling.py (LAUNCH_SECONDS, default 10 20
