@@ -6,10 +6,9 @@ strides: channels-first from a Mamba block, channels-last from a Conformer's con
 so no transpose or pad copy is made), the K taps as K shifted loads of the tile that the cache
 serves; bias and SiLU are applied before the single store. Arithmetic is fp32, the output in x's
 dtype. The backward is two kernels: the first recomputes the pre-activation, forms dLoss/dpre
-(kept in fp32 when there is an activation; dLoss/dy itself otherwise) and sums dLoss/dw and
-dLoss/dbias over several frame tiles of a channel block (about ``SUMS_PROGRAMS`` programs in
-all), then adds them atomically (fp32), once a program rather than once a tile; the second
-gathers dLoss/dx from dLoss/dpre with the taps reversed.
+(kept in fp32 when there is an activation; dLoss/dy itself otherwise) and adds the tile's sums of
+dLoss/dw and dLoss/dbias atomically (fp32); the second gathers dLoss/dx from dLoss/dpre with the
+taps reversed.
 """
 
 from __future__ import annotations
@@ -18,11 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mamba_asr.ops.triton_launch import cdiv, launch, next_pow2
-
-# the backward's sums kernel: about this many programs, each summing dLoss/dw and dLoss/dbias
-# over as many frame tiles as that leaves it, then adding them atomically once
-SUMS_PROGRAMS = 2048
+from mamba_asr.ops.triton_launch import cdiv, launch
 
 
 @triton.jit
@@ -61,43 +56,32 @@ def _fwd_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, C, L, sxb, sxc, sxt, syb, syc, sy
 
 
 @triton.jit
-def _bwd_sums_kernel(x_ptr, w_ptr, bias_ptr, dy_ptr, dpre_ptr, dw_ptr, db_ptr, C, L, n_tiles,
-                     split, sxb, sxc, sxt, sdb, sdc, sdt, left, K: tl.constexpr,
-                     KP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-                     BC: tl.constexpr, BT: tl.constexpr):  # fmt: skip
-    """dLoss/dpre (stored, contiguous fp32, when SILU) over the frame tiles pid_t, pid_t + split,
-    ... of one utterance's channel block, and their sums of dw and db, added atomically once."""
+def _bwd_sums_kernel(x_ptr, w_ptr, bias_ptr, dy_ptr, dpre_ptr, dw_ptr, db_ptr, C, L,
+                     sxb, sxc, sxt, sdb, sdc, sdt, left, K: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BC: tl.constexpr,
+                     BT: tl.constexpr):  # fmt: skip
+    """dLoss/dpre (stored, contiguous fp32, when SILU) and the tile's sums of dw and db."""
     b = tl.program_id(2)
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    mc = c < C
-    taps = tl.arange(0, KP)
-    dw = tl.zeros((BC, KP), tl.float32)
-    db = tl.zeros((BC,), tl.float32)
-    base = x_ptr + b.to(tl.int64) * sxb + c[:, None].to(tl.int64) * sxc
-    for i in range(tl.program_id(0), n_tiles, split):
-        t = i * BT + tl.arange(0, BT)
-        m = mc[:, None] & (t < L)[None, :]
-        offs = b.to(tl.int64) * sdb + c[:, None].to(tl.int64) * sdc + t[None, :] * sdt
-        g = tl.load(dy_ptr + offs, mask=m, other=0.0).to(tl.float32)
-        if SILU:
-            pre = _conv(x_ptr, w_ptr, b, c, t, mc, L, sxb, sxc, sxt, left, K)
-            if HAS_BIAS:
-                pre += tl.load(bias_ptr + c, mask=mc, other=0.0)[:, None]
-            sg = tl.sigmoid(pre)
-            g = tl.where(m, g * sg * (1.0 + pre * (1.0 - sg)), 0.0)
-            dense = (b.to(tl.int64) * C + c[:, None]) * L + t[None, :]
-            tl.store(dpre_ptr + dense, g, mask=m)
+    c, t, mc, mt = _tile(tl.program_id(0), tl.program_id(1), C, L, BC, BT)
+    m = mc[:, None] & mt[None, :]
+    offs = b.to(tl.int64) * sdb + c[:, None].to(tl.int64) * sdc + t[None, :] * sdt
+    g = tl.load(dy_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    if SILU:
+        pre = _conv(x_ptr, w_ptr, b, c, t, mc, L, sxb, sxc, sxt, left, K)
         if HAS_BIAS:
-            db += tl.sum(g, axis=1)
-        for k in tl.static_range(K):
-            s = t - left + k
-            ms = mc[:, None] & ((s >= 0) & (s < L))[None, :]
-            xv = tl.load(base + s[None, :] * sxt, mask=ms, other=0.0).to(tl.float32)
-            dw += tl.where((taps == k)[None, :], tl.sum(g * xv, axis=1)[:, None], 0.0)
+            pre += tl.load(bias_ptr + c, mask=mc, other=0.0)[:, None]
+        sg = tl.sigmoid(pre)
+        g = tl.where(m, g * sg * (1.0 + pre * (1.0 - sg)), 0.0)
+        dense = (b.to(tl.int64) * C + c[:, None]) * L + t[None, :]
+        tl.store(dpre_ptr + dense, g, mask=m)
     if HAS_BIAS:
-        tl.atomic_add(db_ptr + c, db, mask=mc, sem="relaxed")
-    tl.atomic_add(dw_ptr + c[:, None] * K + taps[None, :], dw,
-                  mask=mc[:, None] & (taps < K)[None, :], sem="relaxed")  # fmt: skip
+        tl.atomic_add(db_ptr + c, tl.sum(g, axis=1), mask=mc, sem="relaxed")
+    base = x_ptr + b.to(tl.int64) * sxb + c[:, None].to(tl.int64) * sxc
+    for k in tl.static_range(K):
+        s = t - left + k
+        ms = mc[:, None] & ((s >= 0) & (s < L))[None, :]
+        xv = tl.load(base + s[None, :] * sxt, mask=ms, other=0.0).to(tl.float32)
+        tl.atomic_add(dw_ptr + c * K + k, tl.sum(g * xv, axis=1), mask=mc, sem="relaxed")
 
 
 @triton.jit
@@ -158,12 +142,8 @@ class TritonDepthwiseConv(torch.autograd.Function):
             bc, bt, warps = _blocks(x)
             grid = (cdiv(length, bt), cdiv(channels, bc), batch)
             dpre = torch.empty(x.shape, device=x.device, dtype=torch.float32) if ctx.silu else dy
-            # each program sums over several frame tiles (fewer atomic adds into dw and db)
-            n_tiles, blocks = grid[0], grid[1] * grid[2]
-            split = max(1, min(n_tiles, cdiv(SUMS_PROGRAMS, blocks)))
-            launch(_bwd_sums_kernel, (split, grid[1], grid[2]), x, w32,
-                   b32 if b32 is not None else w32, dy, dpre, dw, db, channels, length, n_tiles,
-                   split, *x.stride(), *dy.stride(), ctx.left, K=taps, KP=next_pow2(taps),
+            launch(_bwd_sums_kernel, grid, x, w32, b32 if b32 is not None else w32, dy, dpre, dw,
+                   db, channels, length, *x.stride(), *dy.stride(), ctx.left, K=taps,
                    HAS_BIAS=b32 is not None, SILU=ctx.silu, BC=bc, BT=bt,
                    num_warps=warps)  # fmt: skip
             launch(_bwd_dx_kernel, grid, w32, dpre, dx, channels, length, *dpre.stride(),
