@@ -1,7 +1,8 @@
 """The host's side of the large encoders' training step on a CPU, without a GPU: the recipes'
 layer stacks at tiny widths (every module, operator call and autograd Function as in the large
-model, almost no arithmetic), the selective scan and the depthwise convs on their CUDA paths'
-host code with the Triton launches left out. What it measures is Python, autograd and operator
+model, almost no arithmetic), the selective scan, the depthwise convs and BiMamba's reshuffles
+on their CUDA paths' host code with the Triton launches left out (``MAMBA_ASR_DIRECTIONS=torch``:
+the reshuffles as PyTorch ops, as before their kernels). What it measures is Python, autograd and operator
 dispatch; what a GPU's host adds (the launches themselves, CUDA's per-operator costs) it does
 not.
 
@@ -29,6 +30,8 @@ from encoder_writes import _scan_without_kernels
 import mamba_asr.modules.mamba as mamba_module
 import mamba_asr.ops.depthwise_conv as depthwise_conv
 import mamba_asr.ops.depthwise_conv_triton as depthwise_conv_triton
+import mamba_asr.ops.directions as directions
+import mamba_asr.ops.directions_triton as directions_triton
 import mamba_asr.ops.selective_scan.triton_time as triton_time
 from encoder_scaling import random_batch
 from mamba_asr.config import load_recipe
@@ -45,8 +48,8 @@ def _no_launch(kernel, grid, *args, **kwargs) -> None:
 
 @contextlib.contextmanager
 def cuda_host_paths() -> Iterator[None]:
-    """While open, the scan's time kernels and the depthwise conv's Triton kernels take their CUDA
-    host code on the CPU, with nothing launched."""
+    """While open, the scan's time kernels, the depthwise conv's and the reshuffles' Triton kernels
+    take their CUDA host code on the CPU, with nothing launched."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.dict(CONFIG, kernel="time"))
         stack.enter_context(
@@ -57,6 +60,8 @@ def cuda_host_paths() -> Iterator[None]:
         stack.enter_context(
             mock.patch.object(depthwise_conv, "triton_runs_on", lambda device: True)
         )
+        stack.enter_context(mock.patch.object(directions_triton, "launch", _no_launch))
+        stack.enter_context(mock.patch.object(directions, "triton_runs_on", lambda device: True))
         yield
 
 
