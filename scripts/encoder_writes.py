@@ -1,16 +1,16 @@
 """Bytes a large encoder's training step writes, by operator and source line, on the CPU: where the
 copies are, without a GPU.
 
-    PYTHONPATH=src:benchmarks python scripts/encoder_writes.py [--encoder conmamba] [--size large]
+    PYTHONPATH=src:benchmarks:scripts python scripts/encoder_writes.py [--encoder conmamba] [--size large]
         [--batch 2] [--seconds 4 8] [--top 25] [--json PATH]
 
 One forward (bf16 autocast, as on CUDA) and backward of benchmarks/encoder_scaling.py's front end
 + encoder, every utterance but the first 0.5 s shorter, under a dispatch mode that adds up each
 operator's output bytes (views and allocations left out) under the line of mamba-asr that called
-it ("(backward)" for the autograd engine's). The selective scan takes the CUDA path's host code
-(the Triton time kernels' autograd Function) with its two kernel launches left out, so the
-operators around it are those a GPU runs, and its outputs are uninitialised memory: the bytes are
-right, the values are not. The step runs at the two lengths of --seconds and the table shows
+it ("(backward)" for the autograd engine's). The selective scan, the depthwise convs and BiMamba's
+reshuffles take their CUDA paths' host code with the Triton launches left out
+(``cuda_host_paths.py``), so the operators around them are those a GPU runs; what the kernels
+themselves write is not an operator's and is not counted. The step runs at the two lengths of --seconds and the table shows
 what the longer one writes beyond the shorter, the part that grows with the audio (weight casts
 and other per-step constants drop out).
 """
@@ -23,25 +23,10 @@ import traceback
 from pathlib import Path
 
 import torch
+from cuda_host_paths import cuda_host_paths
 
-import mamba_asr.modules.mamba as mamba_module
-import mamba_asr.ops.selective_scan.triton_time as triton_time
 from encoder_scaling import build, random_batch
-from mamba_asr.ops.selective_scan.triton_kernel import CONFIG, selective_scan_triton
 from timing import BytesWritten
-
-
-class _NoLaunch:
-    """Stands in for a Triton kernel: ``kernel[grid](...)`` does nothing."""
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
-
-
-def _scan_without_kernels(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                          delta_softplus=False, return_last_state=False, initial_state=None):  # fmt: skip
-    return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                 return_last_state, initial_state)  # fmt: skip
 
 
 def calling_line() -> str:
@@ -77,12 +62,10 @@ def main(argv=None) -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    CONFIG["kernel"] = "time"
-    triton_time._fwd_time_kernel = triton_time._bwd_time_kernel = _NoLaunch()
-    mamba_module.selective_scan_fn = _scan_without_kernels
     torch.manual_seed(0)
     model = build(args.encoder, args.size, torch.device("cpu"))
-    short, long = (step_writes(model, args.batch, s) for s in args.seconds)
+    with cuda_host_paths():
+        short, long = (step_writes(model, args.batch, s) for s in args.seconds)
     grows = {k: (v[0], v[1] - short.get(k, [0, 0])[1]) for k, v in long.items()}
     total = sum(b for _n, b in grows.values())
     print(f"# {args.encoder} {args.size}, batch {args.batch}: {args.seconds[1]:g} s against "

@@ -16,53 +16,20 @@ functions that take the most (``timing.python_host_profile``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 import torch
-from encoder_writes import _scan_without_kernels
+from cuda_host_paths import cuda_host_paths
 
-import mamba_asr.modules.mamba as mamba_module
-import mamba_asr.ops.depthwise_conv as depthwise_conv
-import mamba_asr.ops.depthwise_conv_triton as depthwise_conv_triton
-import mamba_asr.ops.directions as directions
-import mamba_asr.ops.directions_triton as directions_triton
-import mamba_asr.ops.selective_scan.triton_time as triton_time
 from encoder_scaling import random_batch
 from mamba_asr.config import load_recipe
 from mamba_asr.models.factory import build_encoder, build_frontend
-from mamba_asr.ops.selective_scan.triton_kernel import CONFIG
 from timing import host_profile_tables, python_host_profile
 
 TINY = ["model.d_model=16", "model.d_ffn=32", "model.nhead=2", "model.frontend.channels=[4,4]"]
-
-
-def _no_launch(kernel, grid, *args, **kwargs) -> None:
-    """Stands in for ``ops.triton_launch.launch``: no kernel runs."""
-
-
-@contextlib.contextmanager
-def cuda_host_paths() -> Iterator[None]:
-    """While open, the scan's time kernels, the depthwise conv's and the reshuffles' Triton kernels
-    take their CUDA host code on the CPU, with nothing launched."""
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.dict(CONFIG, kernel="time"))
-        stack.enter_context(
-            mock.patch.object(mamba_module, "selective_scan_fn", _scan_without_kernels)
-        )
-        stack.enter_context(mock.patch.object(triton_time, "launch", _no_launch))
-        stack.enter_context(mock.patch.object(depthwise_conv_triton, "launch", _no_launch))
-        stack.enter_context(
-            mock.patch.object(depthwise_conv, "triton_runs_on", lambda device: True)
-        )
-        stack.enter_context(mock.patch.object(directions_triton, "launch", _no_launch))
-        stack.enter_context(mock.patch.object(directions, "triton_runs_on", lambda device: True))
-        yield
 
 
 def step_of(encoder: str, batch: int, seconds: float):

@@ -214,22 +214,28 @@ def test_host_proxy_takes_the_cuda_host_paths_and_restores_them(monkeypatch) -> 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     import mamba_asr.ops.depthwise_conv as depthwise_conv
+    import mamba_asr.ops.directions as directions
+    import mamba_asr.ops.directions_triton as directions_triton
     import mamba_asr.ops.selective_scan.triton_time as triton_time
     from mamba_asr.ops.selective_scan.triton_kernel import CONFIG
 
     host_proxy = _script("scripts/host_proxy.py")
-    before = (triton_time.launch, depthwise_conv.triton_runs_on, CONFIG["kernel"])
+    state = lambda: (triton_time.launch, depthwise_conv.triton_runs_on, CONFIG["kernel"],  # noqa: E731
+                     directions.triton_runs_on, directions_triton.launch)  # fmt: skip
+    before = state()
     torch_threads = torch.get_num_threads()
     try:
         out = host_proxy.main(["--encoders", "conmamba", "--repeats", "1", "--top", "5"])
     finally:
         torch.set_num_threads(torch_threads)
     by = out["conmamba"]["by_source"]
-    # the scan's time kernels and the depthwise conv's Triton kernels ran their host code
+    # the scan's time kernels, the depthwise conv's and the reshuffles' Triton kernels ran their
+    # host code
     assert "mamba_asr/ops/selective_scan/triton_time.py" in by
     assert "mamba_asr/ops/depthwise_conv_triton.py" in by
+    assert "mamba_asr/ops/directions_triton.py" in by
     assert out["conmamba"]["step_ms"] > 0
-    assert (triton_time.launch, depthwise_conv.triton_runs_on, CONFIG["kernel"]) == before
+    assert state() == before
 
 
 @pytest.mark.parametrize("order", ["interleaved", "sequential"])
