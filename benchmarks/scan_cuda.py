@@ -31,7 +31,7 @@ import triton
 
 from mamba_asr.ops.selective_scan import selective_scan_fn
 from mamba_asr.ops.selective_scan import triton_kernel as tk
-from timing import RESULTS, event_ms
+from timing import RESULTS, event_ms, gpu_kernels
 
 SHAPES = [(8, 1024, 512), (8, 1024, 2048), (4, 1024, 8192)]
 
@@ -84,22 +84,6 @@ def runner(impl, peer_fn, inputs, backward):
             out.backward(torch.ones_like(out))
 
     return call
-
-
-def gpu_ms(fn, iters: int) -> float:
-    """Summed time of the kernels of one call of fn on the GPU (torch.profiler, over iters calls
-    after one): the call's work without the host's share."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    cuda = torch.autograd.DeviceType.CUDA
-    total = sum(e.device_time for e in prof.events() if e.device_type == cuda)
-    return total / 1e3 / iters
 
 
 def peak_extra_mib(fn):
@@ -226,7 +210,7 @@ def main(argv=None):
             gbs = min_bytes(batch, dim, length, dtype) / fwd / 1e6
             res[impl] = dict(impl=impl, dtype=str(dtype).split(".")[1], B=batch, D=dim, L=length,
                              G=groups, fwd_ms=fwd, fwd_bwd_ms=both, fwd_gbs=gbs, extra_mib=mem,
-                             gpu_fwd_bwd_ms=gpu_ms(call, 10) if args.gpu else None)  # fmt: skip
+                             gpu_fwd_bwd_ms=sum(gpu_kernels(call, 10).values()) if args.gpu else None)  # fmt: skip
         for impl, r in res.items():
             pf = res["peer"]["fwd_ms"] / r["fwd_ms"] if "peer" in res else None
             pb = res["peer"]["fwd_bwd_ms"] / r["fwd_bwd_ms"] if "peer" in res else None

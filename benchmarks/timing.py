@@ -165,3 +165,22 @@ def host_profile_tables(profile: dict, sources: int = 15) -> str:
         f"| {where[:100]} | {ms:.2f} | {calls:g} |" for where, ms, calls in profile["functions"]
     ]
     return "\n".join(lines)
+
+
+def gpu_kernels(fn, iters: int, warmup: int = 1) -> dict[str, float]:
+    """Milliseconds per call of each CUDA kernel fn launches (name -> ms), over iters calls after
+    warmup ones (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    out: dict[str, float] = defaultdict(float)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            out[ev.name] += ev.device_time / 1e3 / iters
+    return dict(out)

@@ -21,10 +21,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from scan_host import gpu_kernels, host_ms  # scripts/device/, this file's folder
+from scan_host import host_ms  # scripts/device/, this file's folder
 
 from encoder_scaling import build, training_step, warm_up_gpu
-from timing import host_profile_tables, median_ms, python_host_profile
+from timing import gpu_kernels, host_profile_tables, median_ms, python_host_profile
 
 GROUPS = (  # (group, substrings of a kernel's name), first match wins
     ("scan", ("_time_kernel", "_fwd_kernel", "_bwd_kernel", "_bwd_carry", "selective_scan")),

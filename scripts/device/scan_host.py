@@ -20,13 +20,12 @@ import itertools
 import json
 import statistics
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from scan_cuda import SHAPES, make_inputs, runner
-from timing import event_ms
+from timing import event_ms, gpu_kernels
 
 
 def host_ms(fn, iters: int) -> float:
@@ -40,25 +39,6 @@ def host_ms(fn, iters: int) -> float:
         times.append(time.perf_counter() - start)
     torch.cuda.synchronize()
     return statistics.median(times) * 1e3
-
-
-def gpu_kernels(fn, iters: int, warmup: int = 1) -> dict[str, float]:
-    """Milliseconds per call of each CUDA kernel fn launches (name -> ms), over iters calls after
-    warmup ones (torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    out: dict[str, float] = defaultdict(float)
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            out[ev.name] += ev.device_time / 1e3 / iters
-    return dict(out)
 
 
 def main(argv=None) -> None:
