@@ -152,8 +152,21 @@ def main(argv=None) -> None:
     )
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="CONFIG overrides, VALUE as JSON")  # fmt: skip
+    p.add_argument(
+        "--length-unaligned",
+        action="store_true",
+        help="L (and the chunk count) not a multiple of 16, as at 750 or 1500 frames",
+    )
+    p.add_argument(
+        "--groups",
+        type=int,
+        default=1,
+        help="groups of B and C (ConMamba's fused BiMamba: 2; 1 is specialized)",
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    aligned = ("D", "E") if args.length_unaligned else ("L", "D", "E", "n_chunks", "n_ckpt")
+    ones = ("G",) if args.groups == 1 else ()
     from mamba_asr.ops.selective_scan import triton_kernel as tk
 
     for item in args.set:
@@ -162,7 +175,7 @@ def main(argv=None) -> None:
             raise SystemExit(f"--set: unknown CONFIG key {key!r}; known: {sorted(tk.CONFIG)}")
         tk.CONFIG[key] = json.loads(value)
     rows = []
-    print(f"# sm_{args.arch}, CONFIG {tk.CONFIG}")
+    print(f"# sm_{args.arch}, CONFIG {tk.CONFIG}, aligned {aligned}, groups {args.groups}")
     print(
         "| kernel | dtype | registers | stack B | instructions | inner loop | SHFL | BAR | MUFU | "
         "layout conversions |"
@@ -172,7 +185,11 @@ def main(argv=None) -> None:
         types = {n: "*" + dtype for n in HALF_ARGS}
         for name, fn, consts, warps, stages in scan_kernels(dtype):
             maxnreg = tk.CONFIG["time_bwd_maxnreg"] if name == "time bwd" else None
-            r = resources(compile_for(fn, consts, types, args.arch, warps, stages, maxnreg=maxnreg))
+            r = resources(
+                compile_for(
+                    fn, consts, types, args.arch, warps, stages, aligned, ones, maxnreg=maxnreg
+                )
+            )
             rows.append({"kernel": name, "dtype": dtype, **r})
             print(f"| {name} | {dtype} | {r['registers']} | {r['stack_bytes']} | "
                   f"{r['instructions']} | {r['inner_loop']} | {r['shuffles']} | {r['barriers']} | "
