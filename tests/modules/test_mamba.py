@@ -282,8 +282,14 @@ def _fused_and_two_pass(
 
 @pytest.mark.parametrize("backend", SCAN_BACKENDS)
 @pytest.mark.parametrize("options", [{"bias": True}, {"conv_bias": False, "dt_rank": 3}])
-def test_bimamba_fused_equals_two_pass(backend: str, options: dict[str, object]) -> None:
+@pytest.mark.parametrize("pad_frames", ["1", "16"])
+def test_bimamba_fused_equals_two_pass(
+    backend: str, options: dict[str, object], pad_frames: str, monkeypatch
+) -> None:
+    """The fused pass, its frames as given or padded to a multiple of 16 (MAMBA_ASR_PAD_FRAMES),
+    against the two branches one after the other."""
     assert BiMamba(16).fused  # the default path is the fused one
+    monkeypatch.setenv(mamba_module.PAD_FRAMES_ENV, pad_frames)
     fused, two_pass = _fused_and_two_pass(backend, **options)
     assert fused.keys() == two_pass.keys()
     for what, expected in two_pass.items():
@@ -312,7 +318,33 @@ def test_bimamba_fused_equals_two_pass_triton_interpreted() -> None:
         env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "2 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "4 passed" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_scan_frames_and_a_padded_pass_without_lengths(monkeypatch) -> None:
+    """MAMBA_ASR_PAD_FRAMES rounds the fused pass's frames up (unset: as given; a bad value is
+    named); a whole-length batch (no lengths) padded gives the unpadded outputs and gradients."""
+    monkeypatch.delenv(mamba_module.PAD_FRAMES_ENV, raising=False)
+    assert mamba_module.scan_frames(750) == 750
+    monkeypatch.setenv(mamba_module.PAD_FRAMES_ENV, "16")
+    assert [mamba_module.scan_frames(n) for n in (1, 16, 750, 1500)] == [16, 16, 752, 1504]
+    for bad in ("0", "x"):
+        monkeypatch.setenv(mamba_module.PAD_FRAMES_ENV, bad)
+        with pytest.raises(ValueError, match=mamba_module.PAD_FRAMES_ENV):
+            mamba_module.scan_frames(10)
+    model = make(BiMamba, d_model=8, d_state=4)
+    torch.manual_seed(15)
+    x = torch.randn(2, 21, 8)
+    results = []
+    for pad in ("1", "16"):
+        monkeypatch.setenv(mamba_module.PAD_FRAMES_ENV, pad)
+        model.zero_grad(set_to_none=True)
+        x_run = x.clone().requires_grad_()
+        y = model(x_run)
+        y.square().sum().backward()
+        results.append([y, x_run.grad, *(p.grad for p in model.parameters())])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_bimamba_calls_a_hooked_in_proj_as_a_module() -> None:

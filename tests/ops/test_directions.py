@@ -170,6 +170,40 @@ def test_split_of_a_channel_first_layout_keeps_it_in_the_gradient():
     assert grads["xz"].stride() == xz.stride()
 
 
+@pytest.mark.parametrize("backend", ["torch", "composite"])
+def test_frames_past_the_length_are_zero_and_left_out_of_the_merge(backend, monkeypatch):
+    """split(frames=F > L): the results' first L frames as without, zeros after; merge(length=L)
+    of a (B, 2D, F) input: its first L frames merged. Gradients as of the unpadded ops."""
+    if backend == "composite":
+        monkeypatch.setattr(directions, "_composite", lambda: True)
+    g = torch.Generator().manual_seed(11)
+    batch, length, d, frames = 3, 13, 4, 32
+    mask, index = _masks([13, 9, 5], batch, length)
+    xz = torch.randn(batch, length, 2 * d, generator=g)
+    y2 = torch.randn(batch, 2 * d, frames, generator=g)
+    gx, gz = (torch.randn(batch, 2 * d, frames, generator=g) for _ in "xz")
+    gout = torch.randn(batch, length, d, generator=g)
+    kw = {"backend": "torch"} if backend == "torch" else {}
+    results = []
+    for pad in (frames, None):
+        leaf, ly = xz.clone().requires_grad_(), y2.clone().requires_grad_()
+        x2, z2 = split_directions(leaf, mask, index, frames=pad, **kw)
+        out = merge_directions(ly if pad else ly[..., :length], index, length=length, **kw)
+        if pad:
+            assert x2.shape == z2.shape == (batch, 2 * d, frames)
+            assert not x2[..., length:].any() and not z2[..., length:].any()
+            x2, z2 = x2[..., :length], z2[..., :length]
+        loss = (x2 * gx[..., :length]).sum() + (z2 * gz[..., :length]).sum() + (out * gout).sum()
+        loss.backward()
+        results.append((x2, z2, out, leaf.grad, ly.grad))
+    for got, want in zip(*results, strict=True):
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="frames"):
+        split_directions(xz, mask, index, frames=length - 1, **kw)
+    with pytest.raises(ValueError, match="length"):
+        merge_directions(y2, index, length=frames + 1, **kw)
+
+
 def test_backend_choice(monkeypatch):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     monkeypatch.delenv(directions.BACKEND_ENV, raising=False)
@@ -227,6 +261,27 @@ def triton_mismatches(device: str, exact: bool = True) -> list[str]:
                 for name, got, want in zip(("x2", "z2", "dxz"), *results, strict=True):
                     if not _same(got, want, exact):
                         bad.append(f"split {name} {layout} {used} {batch, length, d, dtype}")
+        # rows padded past the length (frames a multiple of 16), as BiMamba asks for on CUDA
+        frames = -(-length // 16) * 16 + 16
+        results = []
+        for backend in ("triton", "ref"):
+            leaf = base.clone().requires_grad_()
+            leaf_y = torch.nn.functional.pad(y2, (0, frames - length)).requires_grad_()
+            xz = leaf.permute(1, 2, 0)
+            if backend == "ref":
+                x2, z2 = (torch.nn.functional.pad(t, (0, frames - length))
+                          for t in split_directions_ref(xz, mask, index))  # fmt: skip
+                out = merge_directions_ref(leaf_y[..., :length], index)
+            else:
+                x2, z2 = split_directions(xz, mask, index, backend="triton", frames=frames)
+                out = merge_directions(leaf_y, index, backend="triton", length=length)
+            ((x2.float() * torch.nn.functional.pad(gx, (0, frames - length))).sum()
+             + (z2.float() * torch.nn.functional.pad(gz, (0, frames - length))).sum()
+             + (out.float() * gout).sum()).backward()  # fmt: skip
+            results.append((x2, z2, out, leaf.grad, leaf_y.grad))
+        for name, got, want in zip(("x2", "z2", "out", "dxz", "dy2"), *results, strict=True):
+            if not _same(got, want, exact):
+                bad.append(f"padded to {frames} {name} {batch, length, d, dtype}")
         results = []
         for fn in (merge_directions, merge_directions_ref):
             leaf = y2.clone().requires_grad_()

@@ -182,35 +182,55 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     return "triton" if backend != "torch" and triton_ok else "torch"
 
 
+def _padded(x: Tensor, frames: int) -> Tensor:
+    """x (B, C, L) with zero frames after its L up to ``frames``."""
+    return x if frames == x.shape[2] else torch.nn.functional.pad(x, (0, frames - x.shape[2]))
+
+
 def split_directions(
     xz: Tensor, mask: Tensor | None = None, index: Tensor | None = None, *,
-    backend: str | None = None,
+    backend: str | None = None, frames: int | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``split_directions_ref``, each result written once (see the module's doc); backend as
-    ``resolve_backend``."""
+    ``resolve_backend``. frames: the results' length, L (None) or more, the frames past L zero
+    (x2 and z2 rows of a length the GPU's vector loads can take whole, see
+    ``modules.mamba.BiMamba``)."""
+    batch, length = xz.shape[:2]
+    frames = length if frames is None else frames
+    if frames < length:
+        raise ValueError(f"frames must be at least the length {length}, got {frames}")
     if _composite():
-        return split_directions_ref(xz, mask, index)
+        x2, z2 = split_directions_ref(xz, mask, index)
+        return _padded(x2, frames), _padded(z2, frames)
     _check_split(xz, mask, index)
-    batch, length, _ = xz.shape
     index = _index(index, batch, length, xz.device)
     if resolve_backend(backend, xz.device) == "triton":
         from mamba_asr.ops.directions_triton import TritonSplit
 
-        return TritonSplit.apply(xz, mask, index)
-    return _Split.apply(xz, mask, index)
+        return TritonSplit.apply(xz, mask, index, frames)
+    x2, z2 = _Split.apply(xz, mask, index)
+    return _padded(x2, frames), _padded(z2, frames)
 
 
 def merge_directions(
-    y2: Tensor, index: Tensor | None = None, *, backend: str | None = None
-) -> Tensor:
+    y2: Tensor, index: Tensor | None = None, *, backend: str | None = None,
+    length: int | None = None,
+) -> Tensor:  # fmt: skip
     """``merge_directions_ref``, the result written once (see the module's doc); backend as
-    ``resolve_backend``."""
+    ``resolve_backend``. length: the frames to merge, the first of y2's (None: all)."""
+    length = y2.shape[2] if length is None else length
+    if not 0 <= length <= y2.shape[2]:
+        raise ValueError(f"length must be in [0, {y2.shape[2]}], got {length}")
     if _composite():
-        return merge_directions_ref(y2, index)
+        return merge_directions_ref(y2[..., :length], index)
     _check_merge(y2)
-    index = _index(index, y2.shape[0], y2.shape[2], y2.device)
+    index = _index(index, y2.shape[0], length, y2.device)
+    if tuple(index.shape) != (y2.shape[0], length):
+        raise ValueError(
+            f"index must be (batch, length)={(y2.shape[0], length)}, got {tuple(index.shape)}"
+        )
     if resolve_backend(backend, y2.device) == "triton":
         from mamba_asr.ops.directions_triton import TritonMerge
 
         return TritonMerge.apply(y2, index)
-    return _Merge.apply(y2, index)
+    return _Merge.apply(y2[..., :length], index)
