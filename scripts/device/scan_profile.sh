@@ -27,6 +27,9 @@
 #   sources  the encoders' step profile (SOURCES_SECONDS, default 30) with each kernel's GPU time
 #            put down to where it was launched from (our function, or the backward node, and the
 #            operator): which copies and casts come from where;
+#   pad      BiMamba's frames padded to a multiple of 16 (MAMBA_ASR_PAD_FRAMES): the scan at the
+#            encoders' lengths and padded (750/752, 1500/1504 frames, two groups, bf16) beside the
+#            peer, then the encoders (LAUNCH_SECONDS) without and with it, alternating, twice;
 #   rnnt     benchmarks/rnnt.py (torchaudio, pruned, pruned-band on the Triton backend), twice;
 #   hostgap  the encoders' step profile (HOSTGAP_SECONDS, default 10 30) with the host's Python
 #            by source file and function (encoder_profile.py --python): where ConMamba's extra
@@ -161,6 +164,15 @@ for part in $PARTS; do
     for i in 1 2; do
       python3 benchmarks/rnnt.py --device cuda --impls torchaudio pruned pruned-band \
         --rnnt-backend triton --repeats 20 2>&1 | grep -v -i warn | tee "$out/rnnt_$i.txt"
+    done ;;
+  pad)
+    peer_ready "$dest"
+    python3 benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 20 \
+      --rounds 3 --gpu --shapes 16,2048,750,2 16,2048,752,2 16,2048,1500,2 16,2048,1504,2 \
+      --dtypes bfloat16 --json "$out/scan_cuda_pad.json" 2>&1 | grep -v -i warn \
+      | tee "$out/scan_cuda_pad.txt"
+    for pad in 1 16 1 16; do
+      scaling "pad$pad" "${LAUNCH_SECONDS:-20 30 60}" MAMBA_ASR_PAD_FRAMES=$pad
     done ;;
   hostgap)
     python3 scripts/device/encoder_profile.py --seconds ${HOSTGAP_SECONDS:-10 30} --python \
