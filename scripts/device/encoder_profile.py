@@ -84,7 +84,9 @@ def _where(event) -> str:
     """Where an operator ran from: the nearest of our functions above it (torch.profiler's Python
     frames, "file(line): name"), or the backward node it ran in, with the outermost aten operator
     below that and, where it differs, the one that launched the kernels (autocast's casts run
-    inside the operator they feed)."""
+    inside the operator they feed). "other": no function of ours above it (on the H100s of
+    2026-12-05 torch.profiler linked no Python frames above the forward's operators, which the
+    CPU's profiler does, so the forward's rows fell back to operators there)."""
     op, node = event.name, None
     e = event
     while e is not None:
