@@ -1,7 +1,7 @@
 """Selective scan on CUDA with Triton, time-parallel: the sequence's steps spread over the lanes.
 
-The layout of state-spaces/mamba's CUDA kernel, in Triton. One program owns (batch b, BD channels)
-and walks the sequence in chunks of TC steps; within a chunk the steps are spread over the lanes
+The layout of state-spaces/mamba's CUDA kernel, in Triton. One program owns (batch b, BD channels
+of one group of B/C, the group the grid's third axis) and walks the sequence in chunks of TC steps; within a chunk the steps are spread over the lanes
 (a few consecutive steps per thread), and the states n = 0..N-1 are taken one after another in a
 loop, NU states a loop step (each group's loads issued a step ahead when PREFETCH). For each state
 the recurrence h_t = a_t h_{t-1} + x_t is one ``tl.associative_scan`` along the chunk (in-thread,
@@ -99,17 +99,22 @@ def _rev(x, offs_t, TC: tl.constexpr):
 
 @triton.jit
 def _program(BATCH_FAST: tl.constexpr):
-    """(batch, channel block) of this program: the batch is the grid's fastest axis when
-    BATCH_FAST, else the channel blocks are (programs that run side by side then share one
-    utterance's B and C, which stay in the SM's L1)."""
+    """(batch, channel block, group of B/C) of this program. The grid is (batch, channel blocks
+    of one group, groups), the first two swapped unless BATCH_FAST (the batch the fastest axis;
+    else the channel blocks are, and programs that run side by side share one utterance's B and
+    C, which stay in the SM's L1). The group is the grid's third axis rather than a channel
+    block's index divided by the group's channels: a division by a run-time value held 16-20
+    more registers in every program (sm_90, ``scripts/kernel_resources.py --groups 2``)."""
+    g = tl.program_id(2)
     if BATCH_FAST:
-        return tl.program_id(0), tl.program_id(1)
+        return tl.program_id(0), g * tl.num_programs(1) + tl.program_id(1), g
     else:
-        return tl.program_id(1), tl.program_id(0)
+        return tl.program_id(1), g * tl.num_programs(0) + tl.program_id(0), g
 
 
-def _grid(batch: int, blocks: int) -> tuple[int, int]:
-    return (batch, blocks) if CONFIG["time_batch_fast"] else (blocks, batch)
+def _grid(batch: int, blocks: int, groups: int) -> tuple[int, int, int]:
+    """blocks: channel blocks of one group."""
+    return (batch, blocks, groups) if CONFIG["time_batch_fast"] else (blocks, batch, groups)
 
 
 @triton.jit
@@ -132,7 +137,7 @@ def _fwd_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, offs_d, md, bc0, t, mt, L, N:
 
 @triton.jit
 def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-                     out_ptr, ypre_ptr, ckpt_ptr, last_ptr, D, L, E, G, n_chunks,
+                     out_ptr, ypre_ptr, ckpt_ptr, last_ptr, D, L, G, n_chunks,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_H0: tl.constexpr,
                      SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, SAVE_Y: tl.constexpr,
@@ -141,14 +146,13 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                      CARRY_IN: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     # ckpt: (B, D, n_chunks, N) fp32, slot c >= 1 the state entering chunk c (the first chunk's is
     # the initial state h0, or zeros; slot 0 is not written); last: (B, D, N), the last state
-    b, pid_d = _program(BATCH_FAST)
+    b, pid_d, grp = _program(BATCH_FAST)
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_t = tl.arange(0, TC)
     md = offs_d < D
-    # (BD,) rows of (B, D, .), and this block's group of B/C (BD divides E); int64, as B D L may
-    # pass 2^31
+    # (BD,) rows of (B, D, .), and this block's group of B/C; int64, as B D L may pass 2^31
     rows = b.to(tl.int64) * D + offs_d
-    bc0 = (b.to(tl.int64) * G + (pid_d * BD) // E) * N * L
+    bc0 = (b.to(tl.int64) * G + grp) * N * L
     ck = ckpt_ptr + rows * (n_chunks * N)
     Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
     bias = (
@@ -229,7 +233,7 @@ def _bwd_tiles(n0, B_ptr, C_ptr, bc0, t, mt, L, N: tl.constexpr, NU: tl.constexp
 @triton.jit
 def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
                      ypre_ptr, ckpt_ptr, dout_ptr, dlast_ptr, dhbuf_ptr, du_ptr, ddelta_ptr,
-                     dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, D, L, E, G, n_chunks,
+                     dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, D, L, G, n_chunks,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_H0: tl.constexpr, HAS_DLAST: tl.constexpr,
                      SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, N: tl.constexpr,
@@ -240,12 +244,12 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     # processed, alternating between the two halves (for the last chunk: dLoss/d(last state) from
     # dlast, or zeros); at the end the half n_chunks % 2 holds dLoss/dh_0. dA (D, N), dD and
     # d(delta_bias) (D,) fp32 zeros on entry: each program adds its sums atomically
-    b, pid_d = _program(BATCH_FAST)
+    b, pid_d, grp = _program(BATCH_FAST)
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_t = tl.arange(0, TC)
     md = offs_d < D
     rows = b.to(tl.int64) * D + offs_d
-    bc0 = (b.to(tl.int64) * G + (pid_d * BD) // E) * N * L
+    bc0 = (b.to(tl.int64) * G + grp) * N * L
     ck = ckpt_ptr + rows * (n_chunks * N)
     dhb = dhbuf_ptr + rows * N
     half = (tl.num_programs(0) if BATCH_FAST else tl.num_programs(1)) * D * N
@@ -377,10 +381,10 @@ class TritonTimeScan(torch.autograd.Function):
         last = u.new_empty(batch, dim, d_state, dtype=torch.float32)
         dummy = A32
         launch(
-            _fwd_time_kernel, _grid(batch, cdiv(dim, bd)), u, delta, A32, B, C,
+            _fwd_time_kernel, _grid(batch, cdiv(dim // groups, bd), groups), u, delta, A32, B, C,
             D32 if D is not None else dummy, z if z is not None else u,
             bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
-            ypre if save_y else dummy, ckpt, last, dim, length, dim // groups, groups, n_chunks,
+            ypre if save_y else dummy, ckpt, last, dim, length, groups, n_chunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             HAS_H0=h0 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate, SAVE_Y=save_y,
             N=d_state, BD=bd, TC=tc, NU=CONFIG["time_unroll"], PREFETCH=CONFIG["time_prefetch"],
@@ -411,13 +415,13 @@ class TritonTimeScan(torch.autograd.Function):
         dhbuf = u.new_empty(2, batch, dim, d_state, dtype=torch.float32)
         dummy = A32
         launch(
-            _bwd_time_kernel, _grid(batch, cdiv(dim, bd)), u, delta, A32, B, C,
+            _bwd_time_kernel, _grid(batch, cdiv(dim // groups, bd), groups), u, delta, A32, B, C,
             D32 if D32 is not None else dummy, z if z is not None else u,
             bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy,
             ypre if ypre is not None else dummy, ckpt, dout,
             dlast if dlast is not None else dummy, dhbuf, du, ddelta,
-            dz if dz is not None else du, dA, dD, dbias, dB, dC, dim, length, dim // groups,
-            groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
+            dz if dz is not None else du, dA, dD, dbias, dB, dC, dim, length, groups, n_chunks,
+            HAS_D=D32 is not None, HAS_Z=z is not None,
             HAS_BIAS=bias32 is not None, HAS_H0=h0 is not None, HAS_DLAST=dlast is not None,
             SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state, BD=bd, TC=tc,
             NU=CONFIG["time_unroll"], PREFETCH=_BWD_PREFETCH[CONFIG["time_bwd_prefetch"]],
