@@ -185,8 +185,8 @@ def scan_frames(length: int) -> int:
     multiple of 16 frames long, the Triton kernels load and store them as whole 16-byte vectors;
     at other lengths (750 frames for 30 s of audio) triton cannot prove the alignment, and the
     scan's kernels compile to another layout: in bf16 with two groups of B and C, 44% more
-    instructions in the backward's loop over states (654 against 453), 28% more in the
-    forward's (273 against 213) and 114 registers instead of 80 there (``python
+    instructions in the backward's loop over states (654 against 455), 27% more in the
+    forward's (276 against 218) and 116 registers instead of 64 there (``python
     scripts/kernel_resources.py --groups 2 [--length-unaligned]``, sm_90). Not yet timed on a
     GPU, so off unless asked for."""
     raw = os.environ.get(PAD_FRAMES_ENV, "1")
