@@ -121,6 +121,12 @@ def _grid(batch: int, d: int, length: int) -> tuple[int, int, int]:
     return (cdiv(length, BT), cdiv(d, BC), batch)
 
 
+def _launch(kernel, grid: tuple[int, int, int], *args, **meta) -> None:
+    """``launch`` with this file's tile, skipped when the grid is empty (no frames, no batch)."""
+    if min(grid) > 0:
+        launch(kernel, grid, *args, BC=BC, BT=BT, num_warps=WARPS, **meta)
+
+
 def _mask_args(mask: Tensor | None, dummy: Tensor) -> tuple[Tensor, int, int]:
     if mask is None:
         return dummy, 0, 0
@@ -139,10 +145,9 @@ class TritonSplit(torch.autograd.Function):
         d = two_d // 2
         out = xz.new_empty(2, batch, two_d, frames)
         m, sm_b, sm_l = _mask_args(mask, index)
-        launch(
+        _launch(
             _split_fwd_kernel, _grid(batch, d, frames), xz, m, index, out[0], out[1], d, length,
-            frames, *xz.stride(), sm_b, sm_l, *index.stride(), HAS_MASK=mask is not None, BC=BC,
-            BT=BT, num_warps=WARPS,
+            frames, *xz.stride(), sm_b, sm_l, *index.stride(), HAS_MASK=mask is not None,
         )  # fmt: skip
         ctx.save_for_backward(mask, index)
         ctx.xz_strides = xz.stride()
@@ -162,11 +167,11 @@ class TritonSplit(torch.autograd.Function):
         dx2 = None if dx2 is None else dx2.contiguous()
         dz2 = None if dz2 is None else dz2.contiguous()
         m, sm_b, sm_l = _mask_args(mask, index)
-        launch(
+        _launch(
             _split_bwd_kernel, _grid(batch, d, length), g if dx2 is None else dx2,
             g if dz2 is None else dz2, m, index, dxz, d, length, frames, *dxz.stride(), sm_b, sm_l,
             *index.stride(), HAS_DX=dx2 is not None, HAS_DZ=dz2 is not None,
-            HAS_MASK=mask is not None, BC=BC, BT=BT, num_warps=WARPS,
+            HAS_MASK=mask is not None,
         )  # fmt: skip
         return dxz, None, None, None
 
@@ -181,9 +186,9 @@ class TritonMerge(torch.autograd.Function):
         length, d = index.shape[1], two_d // 2
         y2 = y2.contiguous()
         out = y2.new_empty(batch, length, d)
-        launch(
+        _launch(
             _merge_fwd_kernel, _grid(batch, d, length), y2, index, out, d, length, frames,
-            *index.stride(), BC=BC, BT=BT, num_warps=WARPS,
+            *index.stride(),
         )  # fmt: skip
         ctx.save_for_backward(index)
         ctx.frames = frames
@@ -194,8 +199,8 @@ class TritonMerge(torch.autograd.Function):
         (index,) = ctx.saved_tensors
         batch, length, d = dout.shape
         dy2 = dout.new_empty(batch, 2 * d, ctx.frames)
-        launch(
+        _launch(
             _merge_bwd_kernel, _grid(batch, d, ctx.frames), dout, index, dy2, d, length,
-            ctx.frames, *dout.stride(), *index.stride(), BC=BC, BT=BT, num_warps=WARPS,
+            ctx.frames, *dout.stride(), *index.stride(),
         )  # fmt: skip
         return dy2, None
