@@ -281,8 +281,10 @@ def _fused_and_two_pass(
 
 
 @pytest.mark.parametrize("backend", SCAN_BACKENDS)
-@pytest.mark.parametrize("options", [{"bias": True}, {"conv_bias": False, "dt_rank": 3}])
-@pytest.mark.parametrize("pad_frames", ["1", "16"])
+@pytest.mark.parametrize(
+    "options, pad_frames",
+    [({"bias": True}, "1"), ({"conv_bias": False, "dt_rank": 3}, "1"), ({"bias": True}, "16")],
+)
 def test_bimamba_fused_equals_two_pass(
     backend: str, options: dict[str, object], pad_frames: str, monkeypatch
 ) -> None:
@@ -318,7 +320,7 @@ def test_bimamba_fused_equals_two_pass_triton_interpreted() -> None:
         env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "4 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "3 passed" in proc.stdout, proc.stdout[-2000:]
 
 
 def test_scan_frames_and_a_padded_pass_without_lengths(monkeypatch) -> None:
