@@ -11,7 +11,11 @@ Where PyTorch's ops take three to five kernels a pass with strided, transposing 
 take one. Values are summed in fp32 and rounded once to the tensors' dtype, which is what the
 composites' PyTorch ops give, to the bit (the average's halving is exact).
 
-Shape key: B batch, L frames, D channels of one direction.
+x2, z2 and y2 may be longer than xz (``frames`` F >= L, ``split_directions(frames=)``): the split
+writes zeros on frames L..F-1, the merge reads the first L, and the gradients follow; BiMamba
+asks for it so that the kernels after the split get rows of a length divisible by 16.
+
+Shape key: B batch, L frames, F frames of x2/z2/y2, D channels of one direction.
 """
 
 from __future__ import annotations
