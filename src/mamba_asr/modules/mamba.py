@@ -348,6 +348,8 @@ class BiMamba(_MambaBase):
     in one pass (2D channels, one conv, one batched projection each, one scan with two groups of
     B/C; the default), or one branch after the other (``fused=False``, the same result). The
     attribute ``fused`` may be changed on a built block; parameters are the same either way.
+    The fused pass may run over more frames than given (``scan_frames``,
+    ``MAMBA_ASR_PAD_FRAMES``), with the same result.
     """
 
     bidirectional = True
