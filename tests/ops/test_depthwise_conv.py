@@ -5,14 +5,11 @@ since triton reads TRITON_INTERPRET at import) and on CUDA where there is one.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 import torch
 
+from helpers.interpreter import interpreted_json, needs_interpreter, needs_triton
 from mamba_asr.ops import depthwise_conv as dc
 from mamba_asr.ops.depthwise_conv import depthwise_conv1d, depthwise_conv1d_ref, resolve_backend
 
@@ -105,18 +102,10 @@ def errors(case, device: str) -> dict[str, float]:
     }
 
 
-@pytest.mark.skipif(
-    np.lib.NumpyVersion(np.__version__) >= "2.3.0",
-    reason="triton's CPU interpreter needs numpy < 2.3 (the [dev] extra pins it)",
-)
-@pytest.mark.skipif(
-    __import__("importlib").util.find_spec("triton") is None, reason="triton is not installed"
-)
+@needs_interpreter
+@needs_triton
 def test_triton_interpreted_matches_reference():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    for case, errs in zip(CASES, json.loads(proc.stdout.strip().splitlines()[-1]), strict=True):
+    for case, errs in zip(CASES, interpreted_json(__file__), strict=True):
         assert all(e <= TOL[case[-1]] for e in errs.values()), (case, errs)
 
 

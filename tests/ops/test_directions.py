@@ -5,14 +5,11 @@ checks; the Triton kernels the same way, in triton's CPU interpreter and on CUDA
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 import torch
 
+from helpers.interpreter import interpreted_json, needs_interpreter, needs_triton
 from mamba_asr.modules.masks import length_mask, reverse_index
 from mamba_asr.ops import directions
 from mamba_asr.ops.directions import (
@@ -296,18 +293,10 @@ def triton_mismatches(device: str, exact: bool = True) -> list[str]:
     return bad
 
 
-@pytest.mark.skipif(
-    np.lib.NumpyVersion(np.__version__) >= "2.3.0",
-    reason="triton's CPU interpreter needs numpy < 2.3 (the [dev] extra pins it)",
-)
-@pytest.mark.skipif(
-    __import__("importlib").util.find_spec("triton") is None, reason="triton is not installed"
-)
+@needs_interpreter
+@needs_triton
 def test_triton_interpreted_matches_reference():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    assert interpreted_json(__file__) == []
 
 
 @pytest.mark.cuda
