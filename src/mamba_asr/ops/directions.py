@@ -11,14 +11,15 @@ into (B, L, D), the backward direction's re-reversed, ready for out_proj.
 Three implementations with the same signature: the composites of PyTorch ops
 (``split_directions_ref``, ``merge_directions_ref``: transposes, masked_fill, gather, cat, the
 average), which the others are tested against; autograd Functions of PyTorch ops that write each
-result once into its final layout; and Triton kernels, one a pass (``directions_triton.py``),
-which ``split_directions`` and ``merge_directions`` take where triton runs (backend "auto", the
-default, or ``MAMBA_ASR_DIRECTIONS``: "auto", "torch", "triton"). The reversal is a permutation that is its own inverse (padded frames map to
-themselves, ``masks.reverse_index``), so the backward reverses with the same gather rather than
-scattering into zeros, and the concatenations and transposes happen inside the gathers' and
-copies' writes. The two write a third fewer bytes than the composites, and a training step of
-the large ConMamba 14% fewer in all (benchmarks/bidirectional.py, scripts/encoder_writes.py).
-Exports (``torch.compiler.is_exporting()``) and ``torch.jit`` tracing take the composites.
+result once into its final layout; and Triton kernels, one a pass (``directions_triton.py``), which
+``split_directions`` and ``merge_directions`` take where triton runs (backend "auto", the default,
+or ``MAMBA_ASR_DIRECTIONS``: "auto", "torch", "triton"). The reversal is a permutation that is its
+own inverse (padded frames map to themselves, ``masks.reverse_index``), so the backward reverses
+with the same gather rather than scattering into zeros, and the concatenations and transposes happen
+inside the gathers' and copies' writes. The two write a third fewer bytes than the composites, and a
+training step of the large ConMamba 14% fewer in all (benchmarks/bidirectional.py,
+scripts/encoder_writes.py). Exports (``torch.compiler.is_exporting()``) and ``torch.jit`` tracing
+take the composites.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def reverse_time(x: Tensor, index: Tensor | None) -> Tensor:
     return x.gather(-1, index[:, None, :].expand_as(x))
 
 
-def _check_split(xz: Tensor, mask: Tensor | None, index: Tensor | None) -> None:
+def _check_split(
+    xz: Tensor, mask: Tensor | None, index: Tensor | None, frames: int | None = None
+) -> None:
     if xz.dim() != 3 or xz.shape[2] % 2:
         raise ValueError(f"xz must be (batch, length, 2 * channels), got {tuple(xz.shape)}")
     for name, t in (("mask", mask), ("index", index)):
@@ -67,11 +70,18 @@ def _check_split(xz: Tensor, mask: Tensor | None, index: Tensor | None) -> None:
             raise ValueError(
                 f"{name} must be (batch, length)={tuple(xz.shape[:2])}, got {tuple(t.shape)}"
             )
+    if frames is not None and frames < xz.shape[1]:
+        raise ValueError(f"frames must be at least the length {xz.shape[1]}, got {frames}")
 
 
-def _check_merge(y2: Tensor) -> None:
+def _check_merge(y2: Tensor, index: Tensor | None = None, length: int | None = None) -> None:
     if y2.dim() != 3 or y2.shape[1] % 2:
         raise ValueError(f"y2 must be (batch, 2 * channels, length), got {tuple(y2.shape)}")
+    if length is not None and not 0 <= length <= y2.shape[2]:
+        raise ValueError(f"length must be in [0, {y2.shape[2]}], got {length}")
+    want = (y2.shape[0], y2.shape[2] if length is None else length)
+    if index is not None and tuple(index.shape) != want:
+        raise ValueError(f"index must be (batch, length)={want}, got {tuple(index.shape)}")
 
 
 def split_directions_ref(
@@ -195,14 +205,12 @@ def split_directions(
     ``resolve_backend``. frames: the results' length, L (None) or more, the frames past L zero
     (x2 and z2 rows of a length the GPU's vector loads can take whole, see
     ``modules.mamba.BiMamba``)."""
-    batch, length = xz.shape[:2]
+    _check_split(xz, mask, index, frames)
+    batch, length, _ = xz.shape
     frames = length if frames is None else frames
-    if frames < length:
-        raise ValueError(f"frames must be at least the length {length}, got {frames}")
     if _composite():
         x2, z2 = split_directions_ref(xz, mask, index)
         return _padded(x2, frames), _padded(z2, frames)
-    _check_split(xz, mask, index)
     index = _index(index, batch, length, xz.device)
     if resolve_backend(backend, xz.device) == "triton":
         from mamba_asr.ops.directions_triton import TritonSplit
@@ -218,17 +226,11 @@ def merge_directions(
 ) -> Tensor:  # fmt: skip
     """``merge_directions_ref``, the result written once (see the module's doc); backend as
     ``resolve_backend``. length: the frames to merge, the first of y2's (None: all)."""
+    _check_merge(y2, index, length)
     length = y2.shape[2] if length is None else length
-    if not 0 <= length <= y2.shape[2]:
-        raise ValueError(f"length must be in [0, {y2.shape[2]}], got {length}")
     if _composite():
         return merge_directions_ref(y2[..., :length], index)
-    _check_merge(y2)
     index = _index(index, y2.shape[0], length, y2.device)
-    if tuple(index.shape) != (y2.shape[0], length):
-        raise ValueError(
-            f"index must be (batch, length)={(y2.shape[0], length)}, got {tuple(index.shape)}"
-        )
     if resolve_backend(backend, y2.device) == "triton":
         from mamba_asr.ops.directions_triton import TritonMerge
 

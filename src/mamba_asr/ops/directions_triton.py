@@ -42,6 +42,12 @@ def _tile(D, L, BC: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
+def _kept(mask_ptr, b, t, sm_b, sm_l, mt):
+    """(1, frames) True on the utterances' valid frames (mask (B, L) as bytes), False past mt."""
+    return (tl.load(mask_ptr + b * sm_b + t * sm_l, mask=mt, other=0) != 0)[None, :]
+
+
+@triton.jit
 def _split_fwd_kernel(xz_ptr, mask_ptr, idx_ptr, x2_ptr, z2_ptr, D, L, LP, s_b, s_l, s_c,
                       sm_b, sm_l, si_b, si_l, HAS_MASK: tl.constexpr,
                       BC: tl.constexpr, BT: tl.constexpr):  # fmt: skip
@@ -56,7 +62,7 @@ def _split_fwd_kernel(xz_ptr, mask_ptr, idx_ptr, x2_ptr, z2_ptr, D, L, LP, s_b, 
     x_f = tl.load(at_t + x_col, mask=mv, other=0.0)
     x_r = tl.load(at_r + x_col, mask=mv, other=0.0)
     if HAS_MASK:  # x zero on padded frames (the reversal maps them to themselves)
-        keep = (tl.load(mask_ptr + b * sm_b + t * sm_l, mask=valid, other=0) != 0)[None, :]
+        keep = _kept(mask_ptr, b, t, sm_b, sm_l, valid)
         x_f = tl.where(keep, x_f, 0.0)
         x_r = tl.where(keep, x_r, 0.0)
     row = b * 2 * D * LP + t[None, :]
@@ -87,8 +93,7 @@ def _split_bwd_kernel(dx2_ptr, dz2_ptr, mask_ptr, idx_ptr, dxz_ptr, D, L, LP, s_
     if HAS_DX:
         gx = _both(dx2_ptr, b, c, t, r, m, D, LP)
         if HAS_MASK:
-            keep = (tl.load(mask_ptr + b * sm_b + t * sm_l, mask=mt, other=0) != 0)[None, :]
-            gx = tl.where(keep, gx, 0.0)
+            gx = tl.where(_kept(mask_ptr, b, t, sm_b, sm_l, mt), gx, 0.0)
     else:
         gx = tl.zeros((BC, BT), tl.float32)
     gz = _both(dz2_ptr, b, c, t, r, m, D, LP) if HAS_DZ else tl.zeros((BC, BT), tl.float32)
