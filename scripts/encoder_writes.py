@@ -4,15 +4,15 @@ copies are, without a GPU.
     PYTHONPATH=src:benchmarks:scripts python scripts/encoder_writes.py [--encoder conmamba] [--size large]
         [--batch 2] [--seconds 4 8] [--top 25] [--json PATH]
 
-One forward (bf16 autocast, as on CUDA) and backward of benchmarks/encoder_scaling.py's front end
-+ encoder, every utterance but the first 0.5 s shorter, under a dispatch mode that adds up each
-operator's output bytes (views and allocations left out) under the line of mamba-asr that called
-it ("(backward)" for the autograd engine's). The selective scan, the depthwise convs and BiMamba's
+One forward (bf16 autocast, as on CUDA) and backward of benchmarks/encoder_scaling.py's front end +
+encoder, every utterance but the first 0.5 s shorter, under a dispatch mode that adds up each
+operator's output bytes (views and allocations left out) under the line of mamba-asr that called it
+("(backward)" for the autograd engine's). The selective scan, the depthwise convs and BiMamba's
 reshuffles take their CUDA paths' host code with the Triton launches left out
 (``cuda_host_paths.py``), so the operators around them are those a GPU runs; what the kernels
-themselves write is not an operator's and is not counted. The step runs at the two lengths of --seconds and the table shows
-what the longer one writes beyond the shorter, the part that grows with the audio (weight casts
-and other per-step constants drop out).
+themselves write is not an operator's and is not counted. The step runs at the two lengths of
+--seconds and the table shows what the longer one writes beyond the shorter, the part that grows
+with the audio (weight casts and other per-step constants drop out).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""The host's side of the large encoders' training step on a CPU, without a GPU: the recipes'
-layer stacks at tiny widths (every module, operator call and autograd Function as in the large
-model, almost no arithmetic), the selective scan, the depthwise convs and BiMamba's reshuffles
-on their CUDA paths' host code with the Triton launches left out (``MAMBA_ASR_DIRECTIONS=torch``:
-the reshuffles as PyTorch ops, as before their kernels). What it measures is Python, autograd and operator
-dispatch; what a GPU's host adds (the launches themselves, CUDA's per-operator costs) it does
-not.
+"""The host's side of the large encoders' training step on a CPU, without a GPU: the recipes' layer
+stacks at tiny widths (every module, operator call and autograd Function as in the large model,
+almost no arithmetic), the selective scan, the depthwise convs and BiMamba's reshuffles on their
+CUDA paths' host code with the Triton launches left out (``MAMBA_ASR_DIRECTIONS=torch``: the
+reshuffles as PyTorch ops, as before their kernels). What it measures is Python, autograd and
+operator dispatch; what a GPU's host adds (the launches themselves, CUDA's per-operator costs) it
+does not.
 
     PYTHONPATH=src:benchmarks:scripts python scripts/host_proxy.py [--encoders conformer conmamba]
         [--repeats 15] [--top 25] [--json PATH]

@@ -1,30 +1,29 @@
 """Selective scan on CUDA with Triton, time-parallel: the sequence's steps spread over the lanes.
 
 The layout of state-spaces/mamba's CUDA kernel, in Triton. One program owns (batch b, BD channels
-of one group of B/C, the group the grid's third axis) and walks the sequence in chunks of TC steps; within a chunk the steps are spread over the lanes
-(a few consecutive steps per thread), and the states n = 0..N-1 are taken one after another in a
-loop, NU states a loop step (each group's loads issued a step ahead when PREFETCH). For each state
-the recurrence h_t = a_t h_{t-1} + x_t is one ``tl.associative_scan`` along the chunk (in-thread,
-then across lanes), started from the state carried over from the chunk before through a small
-fp32 buffer. Everything summed over the states (y = <h, C>, and in the backward dLoss/d(dt),
-dLoss/du) then accumulates in each thread's registers, step by step, with no exchange between
-lanes; per channel work (softplus, the gate, the D skip) runs once per step. A thread holds a
-handful of values per step rather than the whole state, so far fewer registers are live than in
-``triton_kernel``'s layout (one thread per few (state, channel) pairs with the chunk's steps
-inside it), and more warps fit on each SM.
+of one group of B/C, the group the grid's third axis) and walks the sequence in chunks of TC steps;
+within a chunk the steps are spread over the lanes (a few consecutive steps per thread), and the
+states n = 0..N-1 are taken one after another in a loop, NU states a loop step (each group's loads
+issued a step ahead when PREFETCH). For each state the recurrence h_t = a_t h_{t-1} + x_t is one
+``tl.associative_scan`` along the chunk (in-thread, then across lanes), started from the state
+carried over from the chunk before through a small fp32 buffer. Everything summed over the states
+(y = <h, C>, and in the backward dLoss/d(dt), dLoss/du) then accumulates in each thread's
+registers, step by step, with no exchange between lanes; per channel work (softplus, the gate, the
+D skip) runs once per step. A thread holds a handful of values per step rather than the whole
+state, so far fewer registers are live than in ``triton_kernel``'s layout (one thread per few
+(state, channel) pairs with the chunk's steps inside it), and more warps fit on each SM.
 
-The forward stores the state entering every chunk after the first (N fp32 values per channel
-and chunk; the first chunk starts from the initial state, read where it lies, or zeros) and the
-last state, and, when there is a gate z, the output before it (in u's dtype), as the peer's
-kernel keeps ``out``. The backward walks the chunks last to first: per state, it rebuilds h over the chunk
-from the stored start (one scan) and runs the adjoint dh_t = C_t dLoss/dy_t + a_{t+1} dh_{t+1} as
-a forward scan over the chunk's steps reversed with ``tl.gather`` (one shuffle per value; a reverse
-``associative_scan`` flips its inputs and outputs with five butterfly shuffles per value each),
-its decay a_{t+1} from the next step's dt (loaded shifted by one; the exp is recomputed rather
-than exchanged between lanes). dA, dD and d(delta_bias) are summed in fp32 per program, then
-added atomically (relaxed) into one zeroed fp32 buffer that also holds dB and dC; dB and dC are
-summed over the program's channels, then added the same way, one add per program, state and
-step.
+The forward stores the state entering every chunk after the first (N fp32 values per channel and
+chunk; the first chunk starts from the initial state, read where it lies, or zeros) and the last
+state, and, when there is a gate z, the output before it (in u's dtype), as the peer's kernel keeps
+``out``. The backward walks the chunks last to first: per state, it rebuilds h over the chunk from
+the stored start (one scan) and runs the adjoint dh_t = C_t dLoss/dy_t + a_{t+1} dh_{t+1} as a
+forward scan over the chunk's steps reversed with ``tl.gather`` (one shuffle per value; a reverse
+``associative_scan`` flips its inputs and outputs with five butterfly shuffles per value each), its
+decay a_{t+1} from the next step's dt (loaded shifted by one; the exp is recomputed rather than
+exchanged between lanes). dA, dD and d(delta_bias) are summed in fp32 per program, then added
+atomically (relaxed) into one zeroed fp32 buffer that also holds dB and dC; dB and dC are summed
+over the program's channels, then added the same way, one add per program, state and step.
 
 Arithmetic is fp32 throughout; the gate silu(z) is rounded to z's dtype as PyTorch rounds it.
 Shape key as ``triton_kernel``: B batch, D channels, G groups of B/C (E = D / G each), L length,
@@ -103,7 +102,7 @@ def _program(BATCH_FAST: tl.constexpr):
     of one group, groups), the first two swapped unless BATCH_FAST (the batch the fastest axis;
     else the channel blocks are, and programs that run side by side share one utterance's B and
     C, which stay in the SM's L1). The group is the grid's third axis rather than a channel
-    block's index divided by the group's channels: a division by a run-time value held 16-20
+    block's index divided by the group's channels: a division by a run-time value held 16-44
     more registers in every program (sm_90, ``scripts/kernel_resources.py --groups 2``)."""
     g = tl.program_id(2)
     if BATCH_FAST:
