@@ -30,7 +30,7 @@ import torch
 from mamba_asr.config import load_recipe
 from mamba_asr.device import autocast
 from mamba_asr.models.factory import build_encoder, build_frontend
-from timing import RESULTS, cuda_peak_gib
+from timing import RESULTS, cuda_peak_gib, in_turn
 from timing import seconds as timed
 
 ENCODERS = ("conformer", "conmamba")
@@ -127,7 +127,7 @@ def measure(
     times: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
     if order == "interleaved":
-        schedule = [n for r in range(repeats) for n in (names if r % 2 == 0 else names[::-1])]
+        schedule = in_turn(names, repeats)
     else:
         schedule = [n for n in names for _ in range(repeats)]
     for name in schedule:

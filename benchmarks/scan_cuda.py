@@ -31,7 +31,7 @@ import triton
 
 from mamba_asr.ops.selective_scan import selective_scan_fn
 from mamba_asr.ops.selective_scan import triton_kernel as tk
-from timing import RESULTS, event_ms, gpu_kernels
+from timing import RESULTS, event_ms, gpu_kernels, in_turn
 
 SHAPES = [(8, 1024, 512), (8, 1024, 2048), (4, 1024, 8192)]
 
@@ -187,18 +187,17 @@ def main(argv=None):
         inputs = make_inputs(batch, dim, length, dtype, groups=groups)
         times: dict[str, list] = {impl: [] for impl in impls}
         failed = set()
-        for rnd in range(args.rounds):
-            for impl in impls if rnd % 2 == 0 else impls[::-1]:
-                if impl in failed:
-                    continue
-                try:
-                    times[impl].append((
-                        event_ms(runner(impl, peer_fn, inputs, False), args.iters),
-                        event_ms(runner(impl, peer_fn, inputs, True), args.iters),
-                    ))  # fmt: skip
-                except Exception as e:  # a variant out of resources: its row is left out
-                    print(f"# {impl} {dtype} {shape}: {type(e).__name__}: {str(e)[:200]}")
-                    failed.add(impl)
+        for impl in in_turn(impls, args.rounds):
+            if impl in failed:
+                continue
+            try:
+                times[impl].append((
+                    event_ms(runner(impl, peer_fn, inputs, False), args.iters),
+                    event_ms(runner(impl, peer_fn, inputs, True), args.iters),
+                ))  # fmt: skip
+            except Exception as e:  # a variant out of resources: its row is left out
+                print(f"# {impl} {dtype} {shape}: {type(e).__name__}: {str(e)[:200]}")
+                failed.add(impl)
         res = {}
         for impl in impls:
             if impl in failed:

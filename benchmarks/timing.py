@@ -184,3 +184,9 @@ def gpu_kernels(fn, iters: int, warmup: int = 1) -> dict[str, float]:
         if ev.device_type == torch.autograd.DeviceType.CUDA:
             out[ev.name] += ev.device_time / 1e3 / iters
     return dict(out)
+
+
+def in_turn(names: list[str], rounds: int) -> list[str]:
+    """``names`` ``rounds`` times over, the order reversed every other round (A B, B A, A B, ...):
+    a slow spell of the host or the GPU falls on each alike."""
+    return [n for r in range(rounds) for n in (names if r % 2 == 0 else names[::-1])]
