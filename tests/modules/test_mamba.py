@@ -8,17 +8,16 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mamba_asr.modules.mamba as mamba_module
 from helpers.checks import assert_rel_close
+from helpers.interpreter import needs_interpreter, needs_triton
 from mamba_asr.modules.mamba import BiMamba, Mamba, MambaState
 from mamba_asr.modules.masks import reverse_index
 from mamba_asr.ops.selective_scan import available_backends
-from mamba_asr.ops.selective_scan.dispatch import triton_available
 
 BLOCKS = [Mamba, BiMamba]
 
@@ -302,11 +301,8 @@ def test_bimamba_fused_equals_two_pass(
 
 @pytest.mark.slow
 @pytest.mark.skipif(INTERPRETED, reason="this is the test that starts the interpreted run")
-@pytest.mark.skipif(not triton_available(), reason="triton is not installed (the [cuda] extra)")
-@pytest.mark.skipif(
-    np.lib.NumpyVersion(np.__version__) >= "2.3.0",
-    reason="triton's CPU interpreter needs numpy < 2.3 (the [dev] extra pins it)",
-)
+@needs_triton
+@needs_interpreter
 def test_bimamba_fused_equals_two_pass_triton_interpreted() -> None:
     """The test above with the Triton scan (B/C in two groups) and the Triton depthwise conv in
     triton's CPU interpreter: a subprocess, since triton reads TRITON_INTERPRET at import."""

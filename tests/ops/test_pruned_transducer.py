@@ -6,30 +6,19 @@ triton reads TRITON_INTERPRET at import) and on CUDA in fp32 and under bf16 auto
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
+from helpers.interpreter import interpreted_json, needs_interpreter, needs_triton
 from mamba_asr.ops.pruned_rnnt import (
     JoinerWeights,
     _pruned_transducer_torch,
     pruned_transducer_loss,
 )
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-needs_triton = pytest.mark.skipif(
-    not HAS_TRITON, reason="triton is not installed (pip install 'mamba-asr[cuda]')"
-)
-needs_interpreter = pytest.mark.skipif(
-    np.lib.NumpyVersion(np.__version__) >= "2.3.0",
-    reason="triton's CPU interpreter needs numpy < 2.3 (the [dev] extra pins it)",
-)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 
 # (batch, frames, tokens, enc dim M, pred dim P, joiner J, vocab V, prune range, blank, seed)
@@ -155,10 +144,7 @@ def test_bad_shapes_and_ranges_are_clear_errors():
 @needs_interpreter
 @pytest.mark.parametrize("name", list(CASES))
 def test_fused_triton_node_matches_the_composite_interpreted(name):
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, __file__, name], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    errs = json.loads(proc.stdout.strip().splitlines()[-1])
+    errs = interpreted_json(__file__, name)
     assert errs["ranges"] == 0.0, errs
     assert all(e <= 1e-4 for e in errs.values()), errs
 
@@ -169,11 +155,7 @@ def test_fused_triton_node_under_cpu_bf16_autocast_matches_the_composite_interpr
     """Under autocast the fused node's backward runs its products under the forward's autocast
     state, as the linear layers' autograd would: CPU bf16 autocast in the interpreter, against
     the composite of separate ops on the same kernels."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, __file__, "b2_t9_u6_blank_last", "autocast"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    errs = json.loads(proc.stdout.strip().splitlines()[-1])
+    errs = interpreted_json(__file__, "b2_t9_u6_blank_last", "autocast")
     assert errs["ranges"] == 0.0, errs
     assert all(e <= 2e-2 for e in errs.values()), errs
 
@@ -183,11 +165,7 @@ def test_fused_triton_node_under_cpu_bf16_autocast_matches_the_composite_interpr
 def test_fused_triton_node_without_a_loss_on_the_logits_interpreted():
     """With the logits left out of the loss, their gradient reaches the fused node as None (it
     does not materialise a (B, T, R, V) tensor of zeros) and every gradient still matches."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, __file__, "b3_t7_u4", "no-logit-loss"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    errs = json.loads(proc.stdout.strip().splitlines()[-1])
+    errs = interpreted_json(__file__, "b3_t7_u4", "no-logit-loss")
     assert errs.pop("logits_grad_was_none") is True, errs
     assert errs["ranges"] == 0.0, errs
     assert all(e <= 1e-4 for e in errs.values()), errs

@@ -9,14 +9,13 @@ import importlib.util
 import json
 import os
 import re
-import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers.interpreter import HAS_TRITON, interpreted_json, needs_interpreter, needs_triton
 from mamba_asr.ops.pruned_rnnt import (
     band_join,
     prune_ranges,
@@ -24,15 +23,6 @@ from mamba_asr.ops.pruned_rnnt import (
     rnnt_loss_simple,
 )
 from mamba_asr.ops.rnnt_loss import lattice_torch, resolve_rnnt_backend, rnnt_loss
-
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-needs_triton = pytest.mark.skipif(
-    not HAS_TRITON, reason="triton is not installed (pip install 'mamba-asr[cuda]')"
-)
-needs_interpreter = pytest.mark.skipif(
-    np.lib.NumpyVersion(np.__version__) >= "2.3.0",
-    reason="triton's CPU interpreter needs numpy < 2.3 (the [dev] extra pins it)",
-)
 
 # (batch, frames, tokens, vocab, blank, seed); ragged lengths with a one-frame utterance and one
 # without tokens where the batch allows
@@ -150,10 +140,7 @@ def errors(name, device: str) -> dict[str, float]:
     "name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in CASES]
 )
 def test_triton_interpreted_matches_torch(name):
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, __file__, name], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    errs = json.loads(proc.stdout.strip().splitlines()[-1])
+    errs = interpreted_json(__file__, name)
     # the triton backend computes the simple joint's log-probs in its own kernel, so they differ
     # from PyTorch's by an ulp; a posterior exp(alpha + lp + beta - log P) then moves by about
     # |log P| * 6e-8 relative (1.4e-5 at log P = -126 in b2_t5_u40_v6), and the gradients with it

@@ -4,14 +4,12 @@ interpreter (TRITON_INTERPRET=1, in a subprocess since triton reads it at import
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
+from helpers.interpreter import interpreted_json, needs_interpreter
 from mamba_asr.ops.selective_scan import selective_scan_fn, selective_scan_ref
 from mamba_asr.ops.selective_scan.dispatch import triton_available
 
@@ -70,16 +68,12 @@ def errors(case, device: str) -> dict[str, float]:
     }
 
 
-@pytest.mark.skipif(
-    np.lib.NumpyVersion(np.__version__) >= "2.3.0",
-    reason="triton's CPU interpreter needs numpy < 2.3 (the [dev] extra pins it)",
-)
+@needs_interpreter
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
 def test_triton_interpreted_matches_reference(case):
     """The per-(state, channel) layout (CONFIG kernel=state)."""
     config = json.dumps({"kernel": "state"})
-    env = {**os.environ, "TRITON_INTERPRET": "1", "MAMBA_ASR_TRITON_SCAN_CONFIG": config}
-    _check_interpreted(case, env)
+    _check_interpreted(case, config)
 
 
 # the time-parallel kernels (CONFIG kernel=time, the default) with chunks of 16 steps, so that the
@@ -87,10 +81,7 @@ def test_triton_interpreted_matches_reference(case):
 TIME_CONFIG = {"kernel": "time", "time_chunk": 16, "time_unroll": 2}
 
 
-@pytest.mark.skipif(
-    np.lib.NumpyVersion(np.__version__) >= "2.3.0",
-    reason="triton's CPU interpreter needs numpy < 2.3 (the [dev] extra pins it)",
-)
+@needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
     [(CASES[0], {}), (CASES[1], {}), (CASES[2], {}), (CASES[5], {}), (CASES[3], {}),
@@ -104,16 +95,12 @@ TIME_CONFIG = {"kernel": "time", "time_chunk": 16, "time_unroll": 2}
 )  # fmt: skip
 def test_triton_time_kernels_interpreted_match_reference(case, overrides):
     config = json.dumps({**TIME_CONFIG, **overrides})
-    env = {**os.environ, "TRITON_INTERPRET": "1", "MAMBA_ASR_TRITON_SCAN_CONFIG": config}
-    _check_interpreted(case, env)
+    _check_interpreted(case, config)
 
 
-def _check_interpreted(case, env):
-    proc = subprocess.run(
-        [sys.executable, __file__, json.dumps(case)], capture_output=True, text=True, env=env
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    errs = json.loads(proc.stdout.strip().splitlines()[-1])
+def _check_interpreted(case, config: str):
+    """This file run on ``case`` in the interpreter, the scan's CONFIG overridden by ``config``."""
+    errs = interpreted_json(__file__, json.dumps(case), MAMBA_ASR_TRITON_SCAN_CONFIG=config)
     tol = TOL[case[6]]
     assert all(e <= tol for e in errs.values()), errs
 
