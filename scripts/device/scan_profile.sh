@@ -30,6 +30,9 @@
 #   pad      BiMamba's frames padded to a multiple of 16 (MAMBA_ASR_PAD_FRAMES): the scan at the
 #            encoders' lengths and padded (750/752, 1500/1504 frames, two groups, bf16) beside the
 #            peer, then the encoders (LAUNCH_SECONDS) without and with it, alternating, twice;
+#   nreg     the encoders (LAUNCH_SECONDS) with the scan's backward capped at NREG registers
+#            (default 80; CONFIG time_bwd_maxnreg) and without, alternating, twice each: whether
+#            an earlier call's shorter 30 s step with the cap comes again;
 #   rnnt     benchmarks/rnnt.py (torchaudio, pruned, pruned-band on the Triton backend), twice;
 #   hostgap  the encoders' step profile (HOSTGAP_SECONDS, default 10 30) with the host's Python
 #            by source file and function (encoder_profile.py --python): where ConMamba's extra
@@ -173,6 +176,11 @@ for part in $PARTS; do
       | tee "$out/scan_cuda_pad.txt"
     for pad in 1 16 1 16; do
       scaling "pad$pad" "${LAUNCH_SECONDS:-20 30 60}" MAMBA_ASR_PAD_FRAMES=$pad
+    done ;;
+  nreg)
+    for cap in none ${NREG:-80} none ${NREG:-80}; do
+      cfg='{}'; [ "$cap" != none ] && cfg="{\"time_bwd_maxnreg\": $cap}"
+      scaling "nreg_$cap" "${LAUNCH_SECONDS:-20 30 60}" MAMBA_ASR_TRITON_SCAN_CONFIG="$cfg"
     done ;;
   hostgap)
     python3 scripts/device/encoder_profile.py --seconds ${HOSTGAP_SECONDS:-10 30} --python \
