@@ -28,14 +28,13 @@ of the merged paths.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mamba_asr.decode.hypothesis import Hypothesis
+from mamba_asr.decode.hypothesis import Hypothesis, expand_hypotheses
 from mamba_asr.lm.ngram import NgramLM
 from mamba_asr.models.streaming import StateOps
 
@@ -63,11 +62,6 @@ def _start(model: nn.Module, batch: int, device: torch.device | None) -> tuple[T
     start = torch.full((batch, 1), model.blank, dtype=torch.long, device=device)
     out, pstate = model.predictor(start, pstate)  # (B, 1, P)
     return model.joiner.project_predictor(out[:, 0]), pstate
-
-
-def _log_add(a: float, b: float) -> float:
-    hi, lo = max(a, b), min(a, b)
-    return hi + math.log1p(math.exp(lo - hi)) if lo > NEG_INF else hi
 
 
 class _FrameSearch:
@@ -287,34 +281,14 @@ class BeamSearch(_FrameSearch):
             top, parent, token = (
                 x.tolist() for x in self._top(enc_proj, ~(active[self.utt] & open_mask))
             )
-            parents, emits, scores, utts, opens = [], [], [], [], []
-            tokens: list[tuple[int, ...]] = []
-            frames: list[tuple[int, ...]] = []
-            for b in range(self.batch):
-                seen: dict[tuple[tuple[int, ...], bool], int] = {}
-                for s, p, k in zip(top[b], parent[b], token[b], strict=True):
-                    if s == NEG_INF:
-                        continue
-                    emit = k != self.blank
-                    key = self.tokens[p] + (k,) if emit else self.tokens[p]
-                    state = (key, emit and not last)  # (tokens, still open in this frame)
-                    j = seen.get(state)
-                    if j is not None:  # same state by another path: merge
-                        scores[j] = _log_add(scores[j], s)
-                        continue
-                    seen[state] = len(tokens)
-                    parents.append(p)
-                    emits.append(k if emit else -1)
-                    scores.append(s)
-                    utts.append(b)
-                    opens.append(state[1])
-                    tokens.append(key)
-                    frames.append(self.frames[p] + (self.frame,) if emit else self.frames[p])
-            self._update(parents, emits)
+            e = expand_hypotheses(
+                top, parent, token, self.tokens, self.frames, self.frame, self.blank, last
+            )
+            self._update(e.parents, e.emits)
             device = self.scores.device
-            self.scores = torch.tensor(scores, dtype=torch.float32, device=device)
-            self.utt = torch.tensor(utts, dtype=torch.long, device=device)
-            self.tokens, self.frames, is_open = tokens, frames, opens
+            self.scores = torch.tensor(e.scores, dtype=torch.float32, device=device)
+            self.utt = torch.tensor(e.utts, dtype=torch.long, device=device)
+            self.tokens, self.frames, is_open = e.tokens, e.frames, e.opens
             if not any(is_open):
                 break
         self.frame += 1

@@ -14,12 +14,12 @@ log-probabilities of a frame, as PyTorch's search does in Python on its top-k.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Protocol
 
 import mlx.core as mx
 import numpy as np
 
+from mamba_asr.decode.hypothesis import expand_hypotheses
 from mamba_asr.decode.transducer import TransducerHypothesis
 
 __all__ = ["BeamSearch", "GreedySearch", "make_search"]
@@ -44,11 +44,6 @@ def _start(model: Any, batch: int) -> tuple[mx.array, np.ndarray]:
     pstate = model.predictor.init_state(batch)
     out, pstate = model.predictor(np.full((batch, 1), model.blank, dtype=np.int64), pstate)
     return model.joiner.project_predictor(out[:, 0]), pstate
-
-
-def _log_add(a: float, b: float) -> float:
-    hi, lo = max(a, b), min(a, b)
-    return hi + math.log1p(math.exp(lo - hi)) if lo > NEG_INF else hi
 
 
 class _FrameSearch:
@@ -177,33 +172,13 @@ class BeamSearch(_FrameSearch):
             last = round_ == self.max_symbols - 1
             frozen = ~(active[self.utt] & np.array(is_open, dtype=bool))
             top, parent, token = self._top(enc_proj, frozen)
-            parents, emits, scores, utts, opens = [], [], [], [], []
-            tokens: list[tuple[int, ...]] = []
-            frames: list[tuple[int, ...]] = []
-            for b in range(self.batch):
-                seen: dict[tuple[tuple[int, ...], bool], int] = {}
-                for s, p, k in zip(top[b], parent[b], token[b], strict=True):
-                    if s == NEG_INF:
-                        continue
-                    emit = k != self.blank
-                    key = self.tokens[p] + (k,) if emit else self.tokens[p]
-                    state = (key, emit and not last)
-                    j = seen.get(state)
-                    if j is not None:
-                        scores[j] = _log_add(scores[j], s)
-                        continue
-                    seen[state] = len(tokens)
-                    parents.append(p)
-                    emits.append(k if emit else -1)
-                    scores.append(s)
-                    utts.append(b)
-                    opens.append(state[1])
-                    tokens.append(key)
-                    frames.append(self.frames[p] + (self.frame,) if emit else self.frames[p])
-            self._update(parents, emits)
-            self.scores = np.array(scores, dtype=np.float32)
-            self.utt = np.array(utts, dtype=np.int64)
-            self.tokens, self.frames, is_open = tokens, frames, opens
+            e = expand_hypotheses(
+                top, parent, token, self.tokens, self.frames, self.frame, self.blank, last
+            )
+            self._update(e.parents, e.emits)
+            self.scores = np.array(e.scores, dtype=np.float32)
+            self.utt = np.array(e.utts, dtype=np.int64)
+            self.tokens, self.frames, is_open = e.tokens, e.frames, e.opens
             if not any(is_open):
                 break
         self.frame += 1
