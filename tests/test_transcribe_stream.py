@@ -109,7 +109,10 @@ def test_streaming_fbank_accept_many_equals_one_by_one():
         many = StreamingFbank.accept_many(together, pieces)
         for a, b in zip(one, many, strict=True):
             assert a.shape == b.shape
-            torch.testing.assert_close(b, a, rtol=0, atol=2e-5)
+            # a batch of streams and one stream go through the convolution in different orders
+            # of summation (which depends on the CPU's kernels): float32 rounding, relative to
+            # values up to about 25 (2.2e-5 apart at a value of 6.5, 3.4e-6 relative, on one Xeon)
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=2e-5)
     for a, b in zip(alone, together, strict=True):
         torch.testing.assert_close(b.buffer, a.buffer, rtol=0, atol=0)
 

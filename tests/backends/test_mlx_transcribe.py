@@ -127,6 +127,8 @@ def test_exported_folder_reads_back(models, tmp_path) -> None:
 def test_streams_decoded_together_equal_each_alone(models, audio, monkeypatch) -> None:
     from mamba_asr.audio import load_audio
 
+    if len(audio) < 3:
+        pytest.skip("needs espeak-ng for two more utterances (apt-get install espeak-ng)")
     _, mlx_asr = models
     joined = []
     cat = mlx_asr.model.state_ops.cat
