@@ -7,7 +7,7 @@ from setuptools.command.build_py import build_py
 MODULES = {
     "mamba_asr": ["__init__", "files", "transcript"],
     "mamba_asr.audio": ["__init__", "io"],
-    "mamba_asr.decode": ["__init__", "endpoint", "options"],
+    "mamba_asr.decode": ["__init__", "endpoint", "hypothesis", "options"],
     "mamba_asr.lm": ["__init__", "ngram"],
     "mamba_asr.runtime": ["__init__", "features", "onnx", "search"],
     "mamba_asr.text": ["__init__", "error_rates", "normalize", "tokenizer"],
