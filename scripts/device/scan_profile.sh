@@ -73,11 +73,11 @@ unpack() {  # tarball dir: the tarball unpacked into dir; fails when no tarball 
   [ -n "$1" ] && [ -f "$1" ] && mkdir -p "$2" && tar -xzf "$1" -C "$2"
 }
 scaling() {  # name, seconds, then env assignments: the large encoders' step, appended to
-  local name=$1 seconds=$2  # $out/encoder_scaling_NAME.txt
+  local name=${1:+_$1} seconds=$2  # $out/encoder_scaling_NAME.txt (no name: encoder_scaling.txt)
   shift 2
   env "$@" python3 benchmarks/encoder_scaling.py --device cuda --size large --batch 16 \
-    --seconds $seconds --out "$out/encoders_$name" 2>&1 | grep -v -i warn \
-    | tee -a "$out/encoder_scaling_$name.txt"
+    --seconds $seconds --out "$out/encoders$name" 2>&1 | grep -v -i warn \
+    | tee -a "$out/encoder_scaling$name.txt"
   pack
 }
 bench() {  # name, then env assignments for the run
@@ -128,8 +128,7 @@ for part in $PARTS; do
   encoders)
     python3 scripts/device/encoder_profile.py --seconds 10 60 --json "$out/encoder_profile.json" 2>&1 \
       | grep -v -i warn | tee "$out/encoder_profile.txt"
-    python3 benchmarks/encoder_scaling.py --device cuda --size large --batch 16 --seconds 10 30 60 \
-      --out "$out/encoders" 2>&1 | grep -v -i warn | tee "$out/encoder_scaling.txt" ;;
+    scaling "" "10 30 60" ;;
   conv)
     python3 -m pytest -q -p no:cacheprovider tests/ops/test_depthwise_conv.py 2>&1 | tail -2 \
       | tee "$out/pytest_depthwise_conv.txt"
@@ -143,9 +142,7 @@ for part in $PARTS; do
     conv_ways="${CONV_WAYS:-torch auto}"  # with the encoders part in the same call, its
     case " $PARTS " in *" encoders "*) conv_ways=auto ;; esac  # scaling run is torch's
     for v in $conv_ways; do
-      MAMBA_ASR_DEPTHWISE_CONV=$v python3 benchmarks/encoder_scaling.py --device cuda --size large \
-        --batch 16 --seconds 10 30 60 --out "$out/encoders_conv_$v" 2>&1 | grep -v -i warn \
-        | tee "$out/encoder_scaling_conv_$v.txt"
+      scaling "conv_$v" "10 30 60" MAMBA_ASR_DEPTHWISE_CONV=$v
     done ;;
   launch)
     MAMBA_ASR_TRITON_LAUNCH=direct python3 -m pytest -q -p no:cacheprovider -n 12 \
