@@ -43,7 +43,7 @@
 #            on CUDA, benchmarks/bidirectional.py); with BIDIR_OLD_SRC (a tarball as OLD_SRC's, of
 #            the code before them: adf12cf^), ConMamba's step by kernel under that code too (the
 #            encoders part gives this code's).
-#   bash scripts/device/scan_profile.sh OUTDIR      (carry .whl and .peer: scripts/device/pack_wheels.sh)
+#   bash scripts/device/scan_profile.sh OUTDIR   (carry .whl, .peer: scripts/device/pack_wheels.sh)
 # Everything comes back as OUTDIR/scan_profile.tgz (text; packed again after every part) and
 # OUTDIR/ncu_reports.tgz (the .ncu-rep files, for ncu-ui), a fresh peer build as OUTDIR/peer_so.xz
 # (keep it as .peer/build/selective_scan_cuda.so.xz: the next call skips the 160 s build).
