@@ -320,12 +320,20 @@ def test_bimamba_fused_equals_two_pass_triton_interpreted() -> None:
 
 
 def test_scan_frames_and_a_padded_pass_without_lengths(monkeypatch) -> None:
-    """MAMBA_ASR_PAD_FRAMES rounds the fused pass's frames up (unset: as given; a bad value is
-    named); a whole-length batch (no lengths) padded gives the unpadded outputs and gradients."""
+    """MAMBA_ASR_PAD_FRAMES rounds the fused pass's frames up (unset: to 16 on CUDA, as given
+    elsewhere; set, on every device; a bad value is named); a whole-length batch (no lengths)
+    padded gives the unpadded outputs and gradients."""
     monkeypatch.delenv(mamba_module.PAD_FRAMES_ENV, raising=False)
     assert mamba_module.scan_frames(750) == 750
+    assert mamba_module.scan_frames(750, torch.device("cpu")) == 750
+    assert mamba_module.scan_frames(750, "mps") == 750
+    cuda = torch.device("cuda", 0)  # a device object only: nothing runs there
+    assert [mamba_module.scan_frames(n, cuda) for n in (1, 16, 750, 1500)] == [16, 16, 752, 1504]
+    monkeypatch.setenv(mamba_module.PAD_FRAMES_ENV, "1")
+    assert mamba_module.scan_frames(750, cuda) == 750
     monkeypatch.setenv(mamba_module.PAD_FRAMES_ENV, "16")
     assert [mamba_module.scan_frames(n) for n in (1, 16, 750, 1500)] == [16, 16, 752, 1504]
+    assert mamba_module.scan_frames(750, cuda) == 752
     for bad in ("0", "x"):
         monkeypatch.setenv(mamba_module.PAD_FRAMES_ENV, bad)
         with pytest.raises(ValueError, match=mamba_module.PAD_FRAMES_ENV):
