@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 import mamba_asr.modules.mamba as mamba_module
 from mamba_asr.modules.mamba import BiMamba
@@ -40,8 +41,21 @@ def _backend(name: str):
             functools.partial(directions.merge_directions, backend=name))  # fmt: skip
 
 
+def _split_ref(xz, mask=None, index=None, frames=None):
+    """The composites' split, its outputs then zero-padded to ``frames`` (as BiMamba's padded
+    pass asks, ``modules.mamba.scan_frames``): the same frames for every implementation."""
+    x2, z2 = directions.split_directions_ref(xz, mask, index)
+    extra = 0 if frames is None else frames - x2.shape[-1]
+    return (x2, z2) if extra <= 0 else (F.pad(x2, (0, extra)), F.pad(z2, (0, extra)))
+
+
+def _merge_ref(y2, index=None, length=None):
+    """The composites' merge of the first ``length`` frames."""
+    return directions.merge_directions_ref(y2 if length is None else y2[..., :length], index)
+
+
 IMPLS = {
-    "ref": (directions.split_directions_ref, directions.merge_directions_ref),
+    "ref": (_split_ref, _merge_ref),
     "torch": _backend("torch"),
     "triton": _backend("triton"),
 }

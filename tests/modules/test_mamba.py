@@ -353,6 +353,39 @@ def test_scan_frames_and_a_padded_pass_without_lengths(monkeypatch) -> None:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+@pytest.mark.parametrize("pad_frames", [None, "1"])
+def test_bimamba_fused_on_cuda_equals_two_pass(pad_frames: str | None, monkeypatch) -> None:
+    """On CUDA (Triton scan, conv and reshuffles) the fused pass, with its frames padded to 16
+    (the default there) or as given, equals the two branches one after the other; fp32, a
+    padded batch whose longest utterance is not a multiple of 16 frames."""
+    if pad_frames is None:
+        monkeypatch.delenv(mamba_module.PAD_FRAMES_ENV, raising=False)
+    else:
+        monkeypatch.setenv(mamba_module.PAD_FRAMES_ENV, pad_frames)
+    cuda = torch.device("cuda")
+    assert mamba_module.scan_frames(45, cuda) == (48 if pad_frames is None else 45)
+    model = make(BiMamba, d_model=32, d_state=16, bias=True).to(cuda)
+    torch.manual_seed(16)
+    lengths = torch.tensor([45, 8, 33, 1], device=cuda)
+    x = torch.randn(4, 45, 32, device=cuda)
+    weights = torch.randn_like(x)
+    results = []
+    for fused in (True, False):
+        model.fused = fused
+        model.zero_grad(set_to_none=True)
+        x_run = x.clone().requires_grad_()
+        y = model(x_run, lengths)
+        (y * weights).sum().backward()
+        grads = {f"param {name}": p.grad for name, p in model.named_parameters()}
+        results.append({"output": y.detach(), "input grad": x_run.grad, **grads})
+    fused, two_pass = results
+    for what, expected in two_pass.items():
+        assert expected is not None and expected.abs().max() > 0, what
+        assert_rel_close(fused[what], expected, 1e-4, f"cuda: {what}")
+
+
 def test_bimamba_calls_a_hooked_in_proj_as_a_module() -> None:
     """The fused pass computes in_proj as W x^T, unless in_proj has hooks (QAT's input
     quantizer): then the module is called, and its hook sees the block's input."""
