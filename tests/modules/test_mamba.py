@@ -263,15 +263,25 @@ def _fused_and_two_pass(
     torch.manual_seed(12)
     lengths = torch.tensor(lengths)
     x = torch.randn(len(lengths), int(lengths.max()), d_model)
+    return _both_passes(model, x, lengths, backend)
+
+
+def _both_passes(
+    model: BiMamba, x: torch.Tensor, lengths: torch.Tensor, backend: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``model`` on (x, lengths) fused, then two-pass, under one random weighting of its output:
+    output, input gradient and every parameter gradient of each; the scan on ``backend`` (None:
+    the dispatcher's choice for x's device)."""
     weights = torch.randn_like(x)
     results = []
     for fused in (True, False):
         model.fused = fused
         model.zero_grad(set_to_none=True)
         x_run = x.clone().requires_grad_()
-        scan = functools.partial(mamba_module.selective_scan_fn, backend=backend)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(mamba_module, "selective_scan_fn", scan)
+            if backend is not None:
+                scan = functools.partial(mamba_module.selective_scan_fn, backend=backend)
+                patch.setattr(mamba_module, "selective_scan_fn", scan)
             y = model(x_run, lengths)
         (y * weights).sum().backward()
         grads = {f"param {name}": p.grad for name, p in model.named_parameters()}
@@ -370,17 +380,7 @@ def test_bimamba_fused_on_cuda_equals_two_pass(pad_frames: str | None, monkeypat
     torch.manual_seed(16)
     lengths = torch.tensor([45, 8, 33, 1], device=cuda)
     x = torch.randn(4, 45, 32, device=cuda)
-    weights = torch.randn_like(x)
-    results = []
-    for fused in (True, False):
-        model.fused = fused
-        model.zero_grad(set_to_none=True)
-        x_run = x.clone().requires_grad_()
-        y = model(x_run, lengths)
-        (y * weights).sum().backward()
-        grads = {f"param {name}": p.grad for name, p in model.named_parameters()}
-        results.append({"output": y.detach(), "input grad": x_run.grad, **grads})
-    fused, two_pass = results
+    fused, two_pass = _both_passes(model, x, lengths)
     for what, expected in two_pass.items():
         assert expected is not None and expected.abs().max() > 0, what
         assert_rel_close(fused[what], expected, 1e-4, f"cuda: {what}")
