@@ -53,6 +53,8 @@ def compile_for(fn, consts: dict, ptr_types: dict, arch: int = 90, num_warps: in
             if name in aligned:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     constexprs = {(fn.arg_names.index(k),): v for k, v in consts.items()}
+    if getattr(fn, "is_gluon", lambda: False)():  # a gluon kernel (gluon_seq.py)
+        from triton.experimental.gluon._runtime import GluonASTSource as ASTSource
     src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
     opts = {"num_warps": num_warps, "num_stages": num_stages}
     if maxnreg is not None:
@@ -129,6 +131,14 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
         BATCH_FAST=cfg["time_batch_fast"],
         CARRY_IN=cfg["time_carry_in"],
     )
+    from mamba_asr.ops.selective_scan import gluon_seq
+
+    seq = []
+    block = gluon_seq.seq_block(d_state, 1024)
+    if block is not None:  # the anchors' 1024 channels
+        seq_consts = dict(common, HAS_H0=False, SAVE_Y=True, N=d_state, T=cfg["seq_chunk"],
+                          TC=cfg["time_chunk"], W=block[0])  # fmt: skip
+        seq = [("seq fwd", gluon_seq.fwd_seq_kernel, seq_consts, block[0], 1)]
     return [
         ("state fwd", tk._fwd_kernel, dict(state, T=chunk, S=every // chunk), cfg["fwd_warps"],
          cfg["fwd_stages"]),
@@ -141,6 +151,7 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
         ("time bwd", tt._bwd_time_kernel,
          dict(time, HAS_DLAST=False, PREFETCH=tt._BWD_PREFETCH[cfg["time_bwd_prefetch"]]),
          cfg["time_warps"], cfg["time_stages"]),
+        *seq,
     ]  # fmt: skip
 
 

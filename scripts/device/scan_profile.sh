@@ -39,6 +39,11 @@
 #            host time goes;
 #   encoders_ab  benchmarks/encoder_scaling.py (LAUNCH_SECONDS) with this checkout's code and
 #            with OLD_SRC's, alternating, twice each;
+#   seq      the forward of ops/selective_scan/gluon_seq.py (CONFIG time_fwd=seq): our CUDA scan
+#            tests with it and the BiMamba ones, state-spaces/mamba's test against it, and
+#            benchmarks/scan_cuda.py beside the peer with it as a variant (--rounds 3 --gpu);
+#   ablate   scripts/device/scan_ablate.py: the backward's GPU time with one part taken out at a
+#            time, then traces of ours and the peer's host path (chrome traces, .json.xz);
 #   bidir    BiMamba's reshuffles written once against the composites (tests/ops/test_directions.py
 #            on CUDA, benchmarks/bidirectional.py); with BIDIR_OLD_SRC (a tarball as OLD_SRC's, of
 #            the code before them: adf12cf^), ConMamba's step by kernel under that code too (the
@@ -119,6 +124,22 @@ for part in $PARTS; do
         benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 30 \
         --json "$out/scan_cuda_old.json" 2>&1 | grep -v -i warn | tee "$out/scan_cuda_old.txt"
     fi ;;
+  seq)
+    peer_ready "$dest"
+    python3 -m pytest -q -p no:cacheprovider -n 8 tests/ops/test_selective_scan_triton.py \
+      -k "cuda and seq" 2>&1 | tail -3 | tee "$out/pytest_seq.txt"
+    MAMBA_ASR_TRITON_SCAN_CONFIG='{"time_fwd": "seq"}' python3 -m pytest -q -p no:cacheprovider \
+      -n 8 tests/modules/test_mamba.py -k "cuda or fused" 2>&1 | tail -2 | sed 's/^/mamba: /' \
+      | tee -a "$out/pytest_seq.txt"
+    python3 benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 30 \
+      --rounds 3 --gpu --variant seq='{"time_fwd": "seq"}' --json "$out/scan_cuda_seq.json" 2>&1 \
+      | grep -v -i warn | tee "$out/scan_cuda_seq.txt"
+    MAMBA_ASR_TRITON_SCAN_CONFIG='{"time_fwd": "seq"}' python3 -m pytest -q -p no:cacheprovider \
+      -n 12 tests/ops/test_selective_scan_peer.py 2>&1 | tail -2 | tee "$out/pytest_peer_test_seq.txt" ;;
+  ablate)
+    peer_ready "$dest"
+    python3 scripts/device/scan_ablate.py --out "$out/ablate" --ablate --trace 2>&1 \
+      | grep -v -i warn | tee "$out/scan_ablate.txt" ;;
   peer_ncu)
     peer_ready "$dest"
     ncu --clock-control none --set full -k regex:selective_scan -f -o "$out/peer" \

@@ -109,17 +109,42 @@ def _check_interpreted(case, config: str):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
 @pytest.mark.parametrize("length", [1, 7, 64, 333, 1024, 4099])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-@pytest.mark.parametrize("kernel", ["state", "time"])
+@pytest.mark.parametrize("kernel", ["state", "time", "seq"])
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
-    from mamba_asr.ops.selective_scan import triton_kernel
+    """kernel seq: the time-parallel backward after gluon_seq's forward (one thread per
+    (channel, state)), which must then be the forward that runs."""
+    from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
-    monkeypatch.setitem(triton_kernel.CONFIG, "kernel", kernel)
+    monkeypatch.setitem(triton_kernel.CONFIG, "kernel", "state" if kernel == "state" else "time")
+    monkeypatch.setitem(triton_kernel.CONFIG, "time_fwd", "seq" if kernel == "seq" else "time")
     for case in [
         (2, 64, 16, length, None, True, dtype, True),
         (2, 64, 8, length, 4, False, dtype, False),
     ]:
+        if kernel == "seq":
+            u = torch.empty(1, device="cuda")
+            assert triton_time._seq_block(u, case[2], 64 // (case[4] or 1), 128) is not None
         errs = errors(case, "cuda")
         assert all(e <= TOL[dtype] for e in errs.values()), (case, errs)
+
+
+def test_seq_forward_applies_where_it_can(monkeypatch):
+    """gluon_seq's forward: its block (warps, channels) divides a group's channels, N is a power
+    of two up to 32, and it is taken only on CUDA and when CONFIG asks for it."""
+    from mamba_asr.ops.selective_scan import gluon_seq, triton_kernel, triton_time
+
+    if gluon_seq.gluon is None:
+        pytest.skip("this triton has no gluon (triton >= 3.4)")
+    assert gluon_seq.seq_block(16, 1024) == (4, 8)
+    assert gluon_seq.seq_block(8, 16) == (4, 16)
+    assert gluon_seq.seq_block(16, 12) == (2, 4)
+    assert gluon_seq.seq_block(32, 3) == (1, 1)
+    assert gluon_seq.seq_block(16, 1) is None
+    assert gluon_seq.seq_block(5, 1024) is None and gluon_seq.seq_block(64, 1024) is None
+    monkeypatch.setitem(triton_kernel.CONFIG, "time_fwd", "seq")
+    assert triton_time._seq_block(torch.empty(1), 16, 1024, 128) is None  # a CPU tensor
+    monkeypatch.setitem(triton_kernel.CONFIG, "seq_chunk", 48)
+    assert triton_time._seq_block(torch.empty(1), 16, 1024, 128) is None
 
 
 if __name__ == "__main__":

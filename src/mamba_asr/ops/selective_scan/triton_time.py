@@ -37,6 +37,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from mamba_asr.ops.selective_scan.gluon_seq import seq_block
 from mamba_asr.ops.selective_scan.triton_kernel import (
     CONFIG,
     LOG2E,
@@ -48,6 +49,11 @@ from mamba_asr.ops.selective_scan.triton_kernel import (
     softplus,
 )
 from mamba_asr.ops.triton_launch import cdiv, launch
+
+try:
+    from mamba_asr.ops.selective_scan.gluon_seq import fwd_seq_kernel
+except ImportError:  # no gluon in this triton: seq_block is then always None
+    fwd_seq_kernel = None
 
 
 @triton.jit
@@ -342,6 +348,18 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         tl.atomic_add(dbias_ptr + offs_d, dbias, mask=md, sem="relaxed")
 
 
+def _seq_block(u: torch.Tensor, d_state: int, channels: int, tc: int) -> tuple[int, int] | None:
+    """(warps, channels) of ``gluon_seq``'s forward where CONFIG's ``time_fwd`` asks for it and
+    it applies (on CUDA, not in triton's interpreter; N a power of two up to 32; its chunk a
+    power of two up to 32 dividing the checkpoint interval), else None: the time-parallel forward."""
+    steps = CONFIG["seq_chunk"]
+    if CONFIG["time_fwd"] != "seq" or not fast_math() or u.device.type != "cuda":
+        return None
+    if steps < 1 or steps > 32 or steps & (steps - 1) or tc % steps:
+        return None
+    return seq_block(d_state, channels)
+
+
 # CONFIG's time_bwd_prefetch -> the backward kernel's PREFETCH
 _BWD_PREFETCH = {False: 0, "scalars": 1, True: 2}
 
@@ -379,17 +397,24 @@ class TritonTimeScan(torch.autograd.Function):
         ckpt = u.new_empty(batch, dim, n_chunks, d_state, dtype=torch.float32)
         last = u.new_empty(batch, dim, d_state, dtype=torch.float32)
         dummy = A32
-        launch(
-            _fwd_time_kernel, _grid(batch, cdiv(dim // groups, bd), groups), u, delta, A32, B, C,
-            D32 if D is not None else dummy, z if z is not None else u,
-            bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
-            ypre if save_y else dummy, ckpt, last, dim, length, groups, n_chunks,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            HAS_H0=h0 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate, SAVE_Y=save_y,
-            N=d_state, BD=bd, TC=tc, NU=CONFIG["time_unroll"], PREFETCH=CONFIG["time_prefetch"],
-            BATCH_FAST=CONFIG["time_batch_fast"], CARRY_IN=CONFIG["time_carry_in"], FAST=fast_math(),
-            num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
-        )  # fmt: skip
+        args = (u, delta, A32, B, C, D32 if D is not None else dummy, z if z is not None else u,
+                bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
+                ypre if save_y else dummy, ckpt, last, dim, length, groups, n_chunks)  # fmt: skip
+        flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                     HAS_H0=h0 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate,
+                     SAVE_Y=save_y, N=d_state, TC=tc, FAST=fast_math())  # fmt: skip
+        seq = _seq_block(u, d_state, dim // groups, tc)
+        if seq is not None:  # one thread per (channel, state): gluon_seq.py
+            warps, block = seq
+            launch(fwd_seq_kernel, (batch, (dim // groups) // block, groups), *args, **flags,
+                   T=CONFIG["seq_chunk"], W=warps, num_warps=warps)  # fmt: skip
+        else:
+            launch(
+                _fwd_time_kernel, _grid(batch, cdiv(dim // groups, bd), groups), *args, **flags,
+                BD=bd, NU=CONFIG["time_unroll"], PREFETCH=CONFIG["time_prefetch"],
+                BATCH_FAST=CONFIG["time_batch_fast"], CARRY_IN=CONFIG["time_carry_in"],
+                num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
+            )  # fmt: skip
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, h0, ypre, ckpt)
         ctx.info = x.info
         return out, last
