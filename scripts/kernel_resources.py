@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 HALF_ARGS = ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr",
-             "ddelta_ptr", "dz_ptr")  # fmt: skip
+             "ddelta_ptr", "dz_ptr", "ypre_ptr")  # fmt: skip
 
 
 def compile_for(fn, consts: dict, ptr_types: dict, arch: int = 90, num_warps: int = 1,
@@ -139,6 +139,11 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
         seq_consts = dict(common, HAS_H0=False, SAVE_Y=True, N=d_state, T=cfg["seq_chunk"],
                           TC=cfg["time_chunk"], W=block[0])  # fmt: skip
         seq = [("seq fwd", gluon_seq.fwd_seq_kernel, seq_consts, block[0], 1)]
+        bwd = gluon_seq.seq_block(d_state, 1024, warps=(cfg["seq_bwd_warps"],))
+        if bwd is not None:
+            bwd_consts = dict(common, HAS_H0=False, HAS_DLAST=False, N=d_state,
+                              T=cfg["seq_chunk"], W=bwd[0])  # fmt: skip
+            seq.append(("seq bwd", gluon_seq.bwd_seq_kernel, bwd_consts, bwd[0], 1))
     return [
         ("state fwd", tk._fwd_kernel, dict(state, T=chunk, S=every // chunk), cfg["fwd_warps"],
          cfg["fwd_stages"]),

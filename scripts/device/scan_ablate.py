@@ -84,6 +84,7 @@ CONFIGS: dict[str, dict] = {
     "bd4w4": {"time_bd": 4, "time_warps": 4},
     "carry_in": {"time_carry_in": True},
     "seq_fwd": {"time_fwd": "seq"},
+    "seq": {"kernel": "seq"},
 }
 
 SHAPES = [(8, 1024, 512), (8, 1024, 2048), (4, 1024, 8192)]
@@ -132,7 +133,7 @@ def ablate(out: Path, iters: int) -> None:
                     tk.CONFIG.clear()
                     tk.CONFIG.update(saved)
                 fwd = sum(v for k, v in ks.items() if k in ("_fwd_time_kernel", "fwd_seq_kernel"))
-                bwd = sum(v for k, v in ks.items() if "_bwd_time_kernel" in k)
+                bwd = sum(v for k, v in ks.items() if k in ("_bwd_time_kernel", "bwd_seq_kernel"))
                 base_bwd = bwd if name == "base" else base_bwd
                 rows.append({"dtype": str(dtype).split(".")[1], "batch": batch, "length": length,
                              "variant": name, "fwd_ms": fwd, "bwd_ms": bwd})  # fmt: skip

@@ -39,9 +39,10 @@
 #            host time goes;
 #   encoders_ab  benchmarks/encoder_scaling.py (LAUNCH_SECONDS) with this checkout's code and
 #            with OLD_SRC's, alternating, twice each;
-#   seq      the forward of ops/selective_scan/gluon_seq.py (CONFIG time_fwd=seq): our CUDA scan
-#            tests with it and the BiMamba ones, state-spaces/mamba's test against it, and
-#            benchmarks/scan_cuda.py beside the peer with it as a variant (--rounds 3 --gpu);
+#   seq      the kernels of ops/selective_scan/gluon_seq.py (CONFIG kernel=seq; time_fwd=seq: its
+#            forward alone): our CUDA scan tests with them and the BiMamba ones, benchmarks/
+#            scan_cuda.py beside the peer with both as variants (--rounds 2 --gpu), then
+#            state-spaces/mamba's test against kernel=seq;
 #   ablate   scripts/device/scan_ablate.py: the backward's GPU time with one part taken out at a
 #            time, then traces of ours and the peer's host path (chrome traces, .json.xz);
 #   bidir    BiMamba's reshuffles written once against the composites (tests/ops/test_directions.py
@@ -128,13 +129,13 @@ for part in $PARTS; do
     peer_ready "$dest"
     python3 -m pytest -q -p no:cacheprovider -n 8 tests/ops/test_selective_scan_triton.py \
       -k "cuda and seq" 2>&1 | tail -3 | tee "$out/pytest_seq.txt"
-    MAMBA_ASR_TRITON_SCAN_CONFIG='{"time_fwd": "seq"}' python3 -m pytest -q -p no:cacheprovider \
+    MAMBA_ASR_TRITON_SCAN_CONFIG='{"kernel": "seq"}' python3 -m pytest -q -p no:cacheprovider \
       -n 8 tests/modules/test_mamba.py -k "cuda or fused" 2>&1 | tail -2 | sed 's/^/mamba: /' \
       | tee -a "$out/pytest_seq.txt"
     python3 benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 30 \
-      --rounds 3 --gpu --variant seq='{"time_fwd": "seq"}' --json "$out/scan_cuda_seq.json" 2>&1 \
-      | grep -v -i warn | tee "$out/scan_cuda_seq.txt"
-    MAMBA_ASR_TRITON_SCAN_CONFIG='{"time_fwd": "seq"}' python3 -m pytest -q -p no:cacheprovider \
+      --rounds 2 --gpu --variant seq_fwd='{"time_fwd": "seq"}' seq='{"kernel": "seq"}' \
+      --json "$out/scan_cuda_seq.json" 2>&1 | grep -v -i warn | tee "$out/scan_cuda_seq.txt"
+    MAMBA_ASR_TRITON_SCAN_CONFIG='{"kernel": "seq"}' python3 -m pytest -q -p no:cacheprovider \
       -n 12 tests/ops/test_selective_scan_peer.py 2>&1 | tail -2 | tee "$out/pytest_peer_test_seq.txt" ;;
   ablate)
     peer_ready "$dest"

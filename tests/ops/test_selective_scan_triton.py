@@ -109,28 +109,29 @@ def _check_interpreted(case, config: str):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
 @pytest.mark.parametrize("length", [1, 7, 64, 333, 1024, 4099])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-@pytest.mark.parametrize("kernel", ["state", "time", "seq"])
+@pytest.mark.parametrize("kernel", ["state", "time", "seq_fwd", "seq"])
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
-    """kernel seq: the time-parallel backward after gluon_seq's forward (one thread per
-    (channel, state)), which must then be the forward that runs."""
+    """seq: gluon_seq's forward and backward (one thread per (channel, state)); seq_fwd: its
+    forward before the time kernels' backward. Each must then be what runs."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
-    monkeypatch.setitem(triton_kernel.CONFIG, "kernel", "state" if kernel == "state" else "time")
-    monkeypatch.setitem(triton_kernel.CONFIG, "time_fwd", "seq" if kernel == "seq" else "time")
+    monkeypatch.setitem(triton_kernel.CONFIG, "kernel", kernel if kernel != "seq_fwd" else "time")
+    monkeypatch.setitem(triton_kernel.CONFIG, "time_fwd", "seq" if kernel == "seq_fwd" else "time")
     for case in [
         (2, 64, 16, length, None, True, dtype, True),
         (2, 64, 8, length, 4, False, dtype, False),
     ]:
-        if kernel == "seq":
+        if kernel.startswith("seq"):
             u = torch.empty(1, device="cuda")
-            assert triton_time._seq_block(u, case[2], 64 // (case[4] or 1), 128) is not None
+            plan = triton_time._seq_plan(u, case[2], 64 // (case[4] or 1), 128)
+            assert plan is not None and (plan.bwd is not None) == (kernel == "seq"), plan
         errs = errors(case, "cuda")
         assert all(e <= TOL[dtype] for e in errs.values()), (case, errs)
 
 
-def test_seq_forward_applies_where_it_can(monkeypatch):
-    """gluon_seq's forward: its block (warps, channels) divides a group's channels, N is a power
-    of two up to 32, and it is taken only on CUDA and when CONFIG asks for it."""
+def test_seq_kernels_apply_where_they_can(monkeypatch):
+    """gluon_seq's kernels: a block (warps, channels) divides a group's channels, N is a power
+    of two up to 32, and they are taken only on CUDA and when CONFIG asks for them."""
     from mamba_asr.ops.selective_scan import gluon_seq, triton_kernel, triton_time
 
     if gluon_seq.gluon is None:
@@ -141,10 +142,12 @@ def test_seq_forward_applies_where_it_can(monkeypatch):
     assert gluon_seq.seq_block(32, 3) == (1, 1)
     assert gluon_seq.seq_block(16, 1) is None
     assert gluon_seq.seq_block(5, 1024) is None and gluon_seq.seq_block(64, 1024) is None
-    monkeypatch.setitem(triton_kernel.CONFIG, "time_fwd", "seq")
-    assert triton_time._seq_block(torch.empty(1), 16, 1024, 128) is None  # a CPU tensor
+    assert gluon_seq.seq_block(16, 8, warps=(1,)) == (1, 2)
+    for key, value in (("time_fwd", "seq"), ("kernel", "seq")):
+        monkeypatch.setitem(triton_kernel.CONFIG, key, value)
+        assert triton_time._seq_plan(torch.empty(1), 16, 1024, 128) is None  # a CPU tensor
     monkeypatch.setitem(triton_kernel.CONFIG, "seq_chunk", 48)
-    assert triton_time._seq_block(torch.empty(1), 16, 1024, 128) is None
+    assert triton_time._seq_plan(torch.empty(1), 16, 1024, 128) is None
 
 
 if __name__ == "__main__":

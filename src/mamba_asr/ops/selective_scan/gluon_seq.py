@@ -33,16 +33,18 @@ except ImportError:  # triton before 3.4: no gluon, the time-parallel forward st
 WARPS = (4, 2, 1)
 
 
-def seq_block(d_state: int, channels: int) -> tuple[int, int] | None:
-    """(warps, channels) of a program for N = d_state and a group of ``channels``, or None where
-    this forward does not apply (no gluon; N not a power of two up to 32; no block divides the
-    group's channels)."""
+def seq_block(
+    d_state: int, channels: int, warps: tuple[int, ...] = WARPS
+) -> tuple[int, int] | None:
+    """(warps, channels) of a program for N = d_state and a group of ``channels``, the first of
+    ``warps`` whose block divides the group, or None where these kernels do not apply (no gluon;
+    N not a power of two up to 32; no block divides the group's channels)."""
     if gluon is None or d_state < 1 or d_state > 32 or d_state & (d_state - 1):
         return None
-    for warps in WARPS:
-        block = (32 // d_state) * warps
+    for w in warps:
+        block = (32 // d_state) * w
         if channels % block == 0:
-            return warps, block
+            return w, block
     return None
 
 
@@ -152,3 +154,155 @@ if gluon is not None:
             c = (j + 1) // PER
             gl.store(ck + c * N, h, mask=m_dn & ((j + 1) % PER == 0) & (c < n_chunks))
         gl.store(last_ptr + st_off, h, mask=m_dn)
+
+    @gluon.jit
+    def _cols(x, T: gl.constexpr):
+        """The T in-thread steps of a (BD, N, T) tile as a tuple of (BD, N) tensors, first to
+        last: register moves, no data between threads."""
+        if T == 1:
+            return (gl.reshape(x, [x.shape[0], x.shape[1]]),)
+        else:
+            halves = gl.reshape(x, [x.shape[0], x.shape[1], 2, T // 2]).permute(0, 1, 3, 2)
+            lo, hi = gl.split(halves)
+            return _cols(lo, T // 2) + _cols(hi, T // 2)
+
+    @gluon.jit
+    def _tile(cs, T: gl.constexpr):
+        """Inverse of ``_cols`` (in a layout of the same registers; convert it to the tile's own
+        layout with ``assert_trivial``)."""
+        if T == 1:
+            return gl.reshape(cs[0], [cs[0].shape[0], cs[0].shape[1], 1])
+        else:
+            pair = gl.join(_tile(cs[: T // 2], T // 2), _tile(cs[T // 2 :], T // 2))
+            return pair.permute(0, 1, 3, 2).reshape([cs[0].shape[0], cs[0].shape[1], T])
+
+    @gluon.jit
+    def bwd_seq_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+                       ypre_ptr, ckpt_ptr, dout_ptr, dlast_ptr, du_ptr, ddelta_ptr, dz_ptr,
+                       dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, dh0_ptr, D, L, G, n_ck,
+                       HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
+                       HAS_H0: gl.constexpr, HAS_DLAST: gl.constexpr, SOFTPLUS: gl.constexpr,
+                       ROUND_GATE: gl.constexpr, N: gl.constexpr, T: gl.constexpr,
+                       W: gl.constexpr, FAST: gl.constexpr):  # fmt: skip
+        # ckpt (B, D, n_ck, N) fp32, slot j >= 1 the state entering chunk j of T steps (the
+        # forward with CK = T); dA (D, N), dD, d(delta_bias) (D,), dB, dC (B, G, N, L) fp32 zeros
+        # on entry, summed into atomically; dh0 (B, D, N) written when HAS_H0
+        CPW: gl.constexpr = 32 // N
+        BD: gl.constexpr = CPW * W
+        L3: gl.constexpr = gl.BlockedLayout([1, 1, T], [CPW, N, 1], [W, 1, 1], [2, 1, 0])
+        L_dn: gl.constexpr = gl.SliceLayout(2, L3)
+        L_dt: gl.constexpr = gl.SliceLayout(1, L3)
+        L_nt: gl.constexpr = gl.SliceLayout(0, L3)
+        LR: gl.constexpr = gl.BlockedLayout([1, N, 1], [32 // T, 1, T], [W, 1, 1], [2, 1, 0])
+        L_y: gl.constexpr = gl.SliceLayout(1, LR)
+        b = gl.program_id(0)
+        grp = gl.program_id(2)
+        pid_d = grp * gl.num_programs(1) + gl.program_id(1)
+        d_y = pid_d * BD + gl.arange(0, BD, layout=gl.SliceLayout(1, L_y))
+        t_y = gl.arange(0, T, layout=gl.SliceLayout(0, L_y))
+        md_y = d_y < D
+        rows_y = b.to(gl.int64) * D + d_y
+        d_s = pid_d * BD + gl.arange(0, BD, layout=gl.SliceLayout(1, L_dn))
+        n_s = gl.arange(0, N, layout=gl.SliceLayout(0, L_dn))
+        m_dn = (d_s < D)[:, None] & (n_s < N)[None, :]
+        rows_s = b.to(gl.int64) * D + d_s
+        st_off = rows_s[:, None] * N + n_s[None, :]
+        A = gl.load(A_ptr + d_s[:, None] * N + n_s[None, :], mask=m_dn, other=0.0)
+        A2 = A * LOG2E
+        A3 = gl.expand_dims(A, 2)
+        n_b = gl.arange(0, N, layout=gl.SliceLayout(1, L_nt))
+        t_b = gl.arange(0, T, layout=gl.SliceLayout(0, L_nt))
+        bc0 = (b.to(gl.int64) * G + grp) * N * L
+        ck = ckpt_ptr + rows_s[:, None] * (n_ck * N) + n_s[None, :]
+        if HAS_D:
+            Dv = gl.load(D_ptr + d_y, mask=md_y, other=0.0)
+        else:
+            Dv = gl.zeros([BD], gl.float32, gl.SliceLayout(1, L_y))
+        if HAS_BIAS:
+            bias = gl.load(bias_ptr + d_y, mask=md_y, other=0.0)
+        else:
+            bias = gl.zeros([BD], gl.float32, gl.SliceLayout(1, L_y))
+        if HAS_DLAST:  # carry: dLoss/dh at the step after the chunk, times that step's decay
+            carry = gl.load(dlast_ptr + st_off, mask=m_dn, other=0.0)
+        else:
+            carry = gl.zeros([BD, N], gl.float32, L_dn)
+        dA = gl.zeros([BD, N], gl.float32, L_dn)
+        dD = gl.zeros([BD, T], gl.float32, L_y)
+        dbias = gl.zeros([BD, T], gl.float32, L_y)
+        n_t = gl.cdiv(L, T)
+        for jj in range(n_t):
+            j = n_t - 1 - jj
+            t = j * T + t_y
+            m = md_y[:, None] & (t < L)[None, :]
+            offs = rows_y[:, None] * L + t[None, :]
+            u = gl.load(u_ptr + offs, mask=m, other=0.0).to(gl.float32)
+            pre = gl.load(delta_ptr + offs, mask=m, other=0.0).to(gl.float32) + bias[:, None]
+            dt = _softplus(pre, FAST) if SOFTPLUS else pre
+            dt = gl.where(m, dt, 0.0)
+            g = gl.load(dout_ptr + offs, mask=m, other=0.0).to(gl.float32)
+            if HAS_Z:
+                yp = gl.load(ypre_ptr + offs, mask=m, other=0.0).to(gl.float32)
+                zt = gl.load(z_ptr + offs, mask=m, other=0.0).to(gl.float32)
+                sg = 1.0 / (1.0 + gl.exp2(-zt * LOG2E))
+                silu = zt * sg
+                if ROUND_GATE:
+                    silu = silu.to(z_ptr.dtype.element_ty).to(gl.float32)
+                gl.store(dz_ptr + offs, (g * yp * sg * (1.0 + zt * (1.0 - sg))).to(
+                    dz_ptr.dtype.element_ty), mask=m)  # fmt: skip
+                g = g * silu  # dLoss/dy
+            g = gl.where(m, g, 0.0)
+            dD += g * u
+            dtu = dt * u
+            dt3 = gl.expand_dims(gl.convert_layout(dt, L_dt), 1)
+            dtu3 = gl.expand_dims(gl.convert_layout(dtu, L_dt), 1)
+            g3 = gl.expand_dims(gl.convert_layout(g, L_dt), 1)
+            tb = j * T + t_b
+            m_nt = (n_b < N)[:, None] & (tb < L)[None, :]
+            offs_nt = bc0 + n_b[:, None] * L + tb[None, :]
+            B3 = gl.expand_dims(gl.load(B_ptr + offs_nt, mask=m_nt, other=0.0).to(gl.float32), 0)
+            C3 = gl.expand_dims(gl.load(C_ptr + offs_nt, mask=m_nt, other=0.0).to(gl.float32), 0)
+            if HAS_H0:
+                h_in = gl.load(gl.where(j > 0, ck + j * N, h0_ptr + st_off), mask=m_dn, other=0.0)
+            else:
+                h_in = gl.load(ck + j * N, mask=m_dn & (j > 0), other=0.0)
+            a_cols = _cols(gl.exp2(dt3 * gl.expand_dims(A2, 2)), T)
+            x_cols = _cols(dtu3 * B3, T)
+            col: gl.constexpr = a_cols[0].type.layout  # the columns' (same registers as L_dn)
+            h = gl.convert_layout(h_in, col, assert_trivial=True)
+            hs = ()
+            for k in gl.static_range(T):
+                h = a_cols[k] * h + x_cols[k]
+                hs = hs + (h,)
+            gc_cols = _cols(g3 * C3, T)
+            dhs = ()
+            c = gl.convert_layout(carry, col, assert_trivial=True)
+            for i in gl.static_range(T):
+                dh = gc_cols[T - 1 - i] + c
+                dhs = (dh,) + dhs
+                c = a_cols[T - 1 - i] * dh
+            carry = gl.convert_layout(c, L_dn, assert_trivial=True)
+            H = gl.convert_layout(_tile(hs, T), L3, assert_trivial=True)
+            dH = gl.convert_layout(_tile(dhs, T), L3, assert_trivial=True)
+            # dLoss/d(dt A) = dh_t a_t h_{t-1} = dh_t (h_t - x_t)
+            dlog = dH * (H - dtu3 * B3)
+            dA += gl.sum(dlog * dt3, axis=2)
+            s_a = gl.sum(gl.convert_layout(dlog * A3, LR), axis=1)  # over the states
+            s_b = gl.sum(gl.convert_layout(dH * B3, LR), axis=1)
+            ddt = s_a + s_b * u
+            if SOFTPLUS:
+                ddt = ddt / (1.0 + gl.exp2(-pre * LOG2E))
+            ddt = gl.where(m, ddt, 0.0)
+            dbias += ddt
+            gl.store(ddelta_ptr + offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=m)
+            gl.store(du_ptr + offs, (s_b * dt + g * Dv[:, None]).to(du_ptr.dtype.element_ty),
+                     mask=m)  # fmt: skip
+            # dB, dC: summed over the program's channels, then one atomic add per (state, step)
+            gl.atomic_add(dB_ptr + offs_nt, gl.sum(dH * dtu3, axis=0), mask=m_nt, sem="relaxed")
+            gl.atomic_add(dC_ptr + offs_nt, gl.sum(H * g3, axis=0), mask=m_nt, sem="relaxed")
+        gl.atomic_add(dA_ptr + d_s[:, None] * N + n_s[None, :], dA, mask=m_dn, sem="relaxed")
+        if HAS_D:
+            gl.atomic_add(dD_ptr + d_y, gl.sum(dD, axis=1), mask=md_y, sem="relaxed")
+        if HAS_BIAS:
+            gl.atomic_add(dbias_ptr + d_y, gl.sum(dbias, axis=1), mask=md_y, sem="relaxed")
+        if HAS_H0:  # dLoss/dh_{-1} = a_0 dLoss/dh_0
+            gl.store(dh0_ptr + st_off, carry, mask=m_dn)

@@ -43,15 +43,17 @@ from torch import Tensor
 # kernel: "time" (triton_time.py; its settings time_*: channels, steps and warps a program, states
 # a loop step, loads issued a step ahead in the forward / backward ("scalars": A and the carried
 # states only), the backward's register cap, the carried state folded into a chunk's first step)
-# or "state" (this module's); time_fwd: "time", or "seq" for the forward of gluon_seq.py (one
-# thread per (channel, state), seq_chunk steps in registers; CUDA only), where it applies
+# or "state" (this module's), or "seq": gluon_seq.py's forward and backward (one thread per
+# (channel, state), seq_chunk steps in registers, seq_bwd_warps a backward program; CUDA only;
+# elsewhere, and where they do not apply, the time kernels run); time_fwd: "seq" for gluon_seq's
+# forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
           "bwd_programs": 2048, "round_gate": True,
           "kernel": "time", "time_bd": 1, "time_chunk": 128, "time_warps": 1, "time_stages": 2,
           "time_unroll": 2, "time_prefetch": True, "time_bwd_prefetch": False,
           "time_bwd_maxnreg": None, "time_batch_fast": True, "time_carry_in": False,
-          "time_y_fp32": False, "time_fwd": "time", "seq_chunk": 16}  # fmt: skip
+          "time_y_fp32": False, "time_fwd": "time", "seq_chunk": 16, "seq_bwd_warps": 1}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it
@@ -564,7 +566,7 @@ def selective_scan_triton(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Fused selective scan on CUDA; arguments, shapes and results as ``selective_scan_ref``."""
     fn = TritonSelectiveScan
-    if CONFIG["kernel"] == "time":
+    if CONFIG["kernel"] in ("time", "seq"):
         from mamba_asr.ops.selective_scan.triton_time import TritonTimeScan as fn
     out, last = fn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
     return (out, last) if return_last_state else out

@@ -32,6 +32,8 @@ N state.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -51,9 +53,9 @@ from mamba_asr.ops.selective_scan.triton_kernel import (
 from mamba_asr.ops.triton_launch import cdiv, launch
 
 try:
-    from mamba_asr.ops.selective_scan.gluon_seq import fwd_seq_kernel
+    from mamba_asr.ops.selective_scan.gluon_seq import bwd_seq_kernel, fwd_seq_kernel
 except ImportError:  # no gluon in this triton: seq_block is then always None
-    fwd_seq_kernel = None
+    fwd_seq_kernel = bwd_seq_kernel = None
 
 
 @triton.jit
@@ -348,16 +350,36 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         tl.atomic_add(dbias_ptr + offs_d, dbias, mask=md, sem="relaxed")
 
 
-def _seq_block(u: torch.Tensor, d_state: int, channels: int, tc: int) -> tuple[int, int] | None:
-    """(warps, channels) of ``gluon_seq``'s forward where CONFIG's ``time_fwd`` asks for it and
-    it applies (on CUDA, not in triton's interpreter; N a power of two up to 32; its chunk a
-    power of two up to 32 dividing the checkpoint interval), else None: the time-parallel forward."""
+class SeqPlan(NamedTuple):
+    """How ``gluon_seq``'s kernels run a call: their chunk of steps, the checkpoint interval the
+    forward writes, (warps, channels) of a forward program, and of a backward program (None: the
+    time-parallel backward reads the checkpoints)."""
+
+    steps: int
+    every: int
+    fwd: tuple[int, int]
+    bwd: tuple[int, int] | None
+
+
+def _seq_plan(u: torch.Tensor, d_state: int, channels: int, tc: int) -> SeqPlan | None:
+    """The plan where CONFIG asks for ``gluon_seq`` (``kernel`` "seq": its forward and backward;
+    ``time_fwd`` "seq": its forward before the time-parallel backward) and it applies (on CUDA,
+    not in triton's interpreter; N a power of two up to 32; a block of channels dividing the
+    group's; its chunk a power of two up to 32, dividing the time kernels' chunk when their
+    backward follows), else None: the time-parallel kernels."""
+    both = CONFIG["kernel"] == "seq"
     steps = CONFIG["seq_chunk"]
-    if CONFIG["time_fwd"] != "seq" or not fast_math() or u.device.type != "cuda":
+    if not (both or CONFIG["time_fwd"] == "seq") or not fast_math() or u.device.type != "cuda":
         return None
-    if steps < 1 or steps > 32 or steps & (steps - 1) or tc % steps:
+    if steps < 1 or steps > 32 or steps & (steps - 1) or (not both and tc % steps):
         return None
-    return seq_block(d_state, channels)
+    fwd = seq_block(d_state, channels)
+    if fwd is None:
+        return None
+    if not both:
+        return SeqPlan(steps, tc, fwd, None)
+    bwd = seq_block(d_state, channels, warps=(CONFIG["seq_bwd_warps"],))
+    return None if bwd is None else SeqPlan(steps, steps, fwd, bwd)
 
 
 # CONFIG's time_bwd_prefetch -> the backward kernel's PREFETCH
@@ -387,7 +409,8 @@ class TritonTimeScan(torch.autograd.Function):
         u, delta, A32, B, C, D32, z, bias32, h0 = x[:9]
         batch, dim, length, d_state, groups, round_gate = x[9:15]
         bd, tc = _block_d(dim, groups), CONFIG["time_chunk"]
-        n_chunks = max(cdiv(length, tc), 1)
+        plan = _seq_plan(u, d_state, dim // groups, tc)
+        n_chunks = max(cdiv(length, tc if plan is None else plan.every), 1)
         out = torch.empty_like(u)
         save_y = z is not None and any(ctx.needs_input_grad)
         # the output before the gate, for dLoss/dz only: in u's dtype, as the peer keeps it (half
@@ -402,21 +425,21 @@ class TritonTimeScan(torch.autograd.Function):
                 ypre if save_y else dummy, ckpt, last, dim, length, groups, n_chunks)  # fmt: skip
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                      HAS_H0=h0 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate,
-                     SAVE_Y=save_y, N=d_state, TC=tc, FAST=fast_math())  # fmt: skip
-        seq = _seq_block(u, d_state, dim // groups, tc)
-        if seq is not None:  # one thread per (channel, state): gluon_seq.py
-            warps, block = seq
+                     SAVE_Y=save_y, N=d_state, FAST=fast_math())  # fmt: skip
+        if plan is not None:  # one thread per (channel, state): gluon_seq.py
+            warps, block = plan.fwd
             launch(fwd_seq_kernel, (batch, (dim // groups) // block, groups), *args, **flags,
-                   T=CONFIG["seq_chunk"], W=warps, num_warps=warps)  # fmt: skip
+                   TC=plan.every, T=plan.steps, W=warps, num_warps=warps)  # fmt: skip
         else:
             launch(
                 _fwd_time_kernel, _grid(batch, cdiv(dim // groups, bd), groups), *args, **flags,
-                BD=bd, NU=CONFIG["time_unroll"], PREFETCH=CONFIG["time_prefetch"],
+                TC=tc, BD=bd, NU=CONFIG["time_unroll"], PREFETCH=CONFIG["time_prefetch"],
                 BATCH_FAST=CONFIG["time_batch_fast"], CARRY_IN=CONFIG["time_carry_in"],
                 num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
             )  # fmt: skip
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, h0, ypre, ckpt)
         ctx.info = x.info
+        ctx.seq = plan if plan is not None and plan.bwd is not None else None
         return out, last
 
     @staticmethod
@@ -436,8 +459,35 @@ class TritonTimeScan(torch.autograd.Function):
         dB, dC, dA, dD, dbias = torch.zeros(sum(sizes), device=u.device, dtype=torch.float32).split(
             sizes
         )
-        dhbuf = u.new_empty(2, batch, dim, d_state, dtype=torch.float32)
         dummy = A32
+        if ctx.seq is not None:  # gluon_seq.py's backward
+            warps, block = ctx.seq.bwd
+            dh0 = u.new_empty(batch, dim, d_state, dtype=torch.float32) if has_h0 else None
+            launch(
+                bwd_seq_kernel, (batch, (dim // groups) // block, groups), u, delta, A32, B, C,
+                D32 if D32 is not None else dummy, z if z is not None else u,
+                bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy,
+                ypre if ypre is not None else dummy, ckpt, dout,
+                dlast if dlast is not None else dummy, du, ddelta, dz if dz is not None else du,
+                dA, dD, dbias, dB, dC, dh0 if dh0 is not None else dummy, dim, length, groups,
+                n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None, HAS_BIAS=bias32 is not None,
+                HAS_H0=has_h0, HAS_DLAST=dlast is not None, SOFTPLUS=softplus,
+                ROUND_GATE=round_gate, N=d_state, T=ctx.seq.steps, W=warps, FAST=fast_math(),
+                num_warps=warps,
+            )  # fmt: skip
+            return _grads(
+                ctx,
+                du,
+                ddelta,
+                dA,
+                dB,
+                dC,
+                dD,
+                dz,
+                dbias,
+                None if dh0 is None else dh0.to(h0_dtype),
+            )
+        dhbuf = u.new_empty(2, batch, dim, d_state, dtype=torch.float32)
         launch(
             _bwd_time_kernel, _grid(batch, cdiv(dim // groups, bd), groups), u, delta, A32, B, C,
             D32 if D32 is not None else dummy, z if z is not None else u,
@@ -458,15 +508,23 @@ class TritonTimeScan(torch.autograd.Function):
             pre0 = delta[:, :, 0].float() + (0.0 if bias32 is None else bias32)
             dt0 = F.softplus(pre0) if softplus else pre0
             dh0 = (torch.exp(dt0[..., None] * A32) * dhbuf[n_chunks % 2]).to(h0_dtype)
-        return (
-            du,
-            ddelta,
-            dA.view(dim, d_state).to(A_dtype),
-            dB.view(B.shape).to(B.dtype),
-            dC.view(C.shape).to(C.dtype),
-            None if D32 is None else dD.to(D_dtype),
-            dz,
-            None if bias32 is None else dbias.to(bias_dtype),
-            dh0,
-            None,
-        )
+        return _grads(ctx, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
+
+
+def _grads(ctx, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0) -> tuple:
+    """The backward's results in the inputs' shapes and dtypes (dA, dB, dC, dD, d(delta_bias)
+    summed in fp32)."""
+    _u, _delta, A32, B, C, D32, _z, bias32 = ctx.saved_tensors[:8]
+    _softplus, _round, _has_h0, A_dtype, D_dtype, bias_dtype, _h0_dtype = ctx.info
+    return (
+        du,
+        ddelta,
+        dA.view(A32.shape).to(A_dtype),
+        dB.view(B.shape).to(B.dtype),
+        dC.view(C.shape).to(C.dtype),
+        None if D32 is None else dD.to(D_dtype),
+        dz,
+        None if bias32 is None else dbias.to(bias_dtype),
+        dh0,
+        None,
+    )
