@@ -56,10 +56,6 @@ if gluon is not None:
         return a1 * a2, a2 * x1 + x2
 
     @gluon.jit
-    def _second(a, b):
-        return b
-
-    @gluon.jit
     def _softplus(x, FAST: gl.constexpr):
         """As ``triton_kernel.softplus``."""
         if FAST:
@@ -138,7 +134,7 @@ if gluon is not None:
             # the carried state folded into the first step, so the scan's products of a go unused
             x = gl.where(first, a * gl.expand_dims(h, 2) + x, x)
             _a, hs = gl.associative_scan((a, x), 2, _combine)
-            h = gl.reduce(hs, 2, _second)  # the chunk's last step
+            h = gl.convert_layout(_cols(hs, T)[T - 1], L_dn, assert_trivial=True)  # last step
             y = gl.sum(gl.convert_layout(hs * gl.expand_dims(Ct, 0), LR), axis=1)
             y += Dv[:, None] * u
             if HAS_Z:
