@@ -140,7 +140,7 @@ def test_seq_kernels_apply_where_they_can(monkeypatch):
     assert gluon_seq.seq_block(8, 16) == (4, 16)
     assert gluon_seq.seq_block(16, 12) == (2, 4)
     assert gluon_seq.seq_block(32, 3) == (1, 1)
-    assert gluon_seq.seq_block(16, 1) is None
+    assert gluon_seq.seq_block(16, 1) == (1, 2)  # the block's second channel masked
     assert gluon_seq.seq_block(5, 1024) is None and gluon_seq.seq_block(64, 1024) is None
     assert gluon_seq.seq_block(16, 8, warps=(1,)) == (1, 2)
     for key, value in (("time_fwd", "seq"), ("kernel", "seq")):

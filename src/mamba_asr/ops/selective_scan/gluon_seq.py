@@ -36,16 +36,16 @@ WARPS = (4, 2, 1)
 def seq_block(
     d_state: int, channels: int, warps: tuple[int, ...] = WARPS
 ) -> tuple[int, int] | None:
-    """(warps, channels) of a program for N = d_state and a group of ``channels``, the first of
-    ``warps`` whose block divides the group, or None where these kernels do not apply (no gluon;
-    N not a power of two up to 32; no block divides the group's channels)."""
+    """(warps, channels) of a program for N = d_state and a group of ``channels``: the first of
+    ``warps`` whose block divides the group, else the last (the group's last block then partly
+    masked); None where these kernels do not apply (no gluon; N not a power of two up to 32)."""
     if gluon is None or d_state < 1 or d_state > 32 or d_state & (d_state - 1):
         return None
     for w in warps:
         block = (32 // d_state) * w
         if channels % block == 0:
             return w, block
-    return None
+    return warps[-1], (32 // d_state) * warps[-1]
 
 
 if gluon is not None:
@@ -69,7 +69,7 @@ if gluon is not None:
 
     @gluon.jit
     def fwd_seq_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-                       out_ptr, ypre_ptr, ckpt_ptr, last_ptr, D, L, G, n_chunks,
+                       out_ptr, ypre_ptr, ckpt_ptr, last_ptr, D, L, G, E, n_chunks,
                        HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                        HAS_H0: gl.constexpr, SOFTPLUS: gl.constexpr, ROUND_GATE: gl.constexpr,
                        SAVE_Y: gl.constexpr, N: gl.constexpr, T: gl.constexpr, TC: gl.constexpr,
@@ -86,14 +86,16 @@ if gluon is not None:
         L_y: gl.constexpr = gl.SliceLayout(1, LR)  # (channel, step): one a thread
         b = gl.program_id(0)
         grp = gl.program_id(2)
-        pid_d = grp * gl.num_programs(1) + gl.program_id(1)
-        d_y = pid_d * BD + gl.arange(0, BD, layout=gl.SliceLayout(1, L_y))
+        e0 = gl.program_id(1) * BD  # the block's first channel within its group of E
+        e_y = e0 + gl.arange(0, BD, layout=gl.SliceLayout(1, L_y))
+        d_y = grp * E + e_y
         t_y = gl.arange(0, T, layout=gl.SliceLayout(0, L_y))
-        md_y = d_y < D
+        md_y = e_y < E
         rows_y = b.to(gl.int64) * D + d_y
-        d_s = pid_d * BD + gl.arange(0, BD, layout=gl.SliceLayout(1, L_dn))
+        e_s = e0 + gl.arange(0, BD, layout=gl.SliceLayout(1, L_dn))
+        d_s = grp * E + e_s
         n_s = gl.arange(0, N, layout=gl.SliceLayout(0, L_dn))
-        m_dn = (d_s < D)[:, None] & (n_s < N)[None, :]
+        m_dn = (e_s < E)[:, None] & (n_s < N)[None, :]
         st_off = (b.to(gl.int64) * D + d_s)[:, None] * N + n_s[None, :]
         A2 = gl.load(A_ptr + d_s[:, None] * N + n_s[None, :], mask=m_dn, other=0.0) * LOG2E
         n_b = gl.arange(0, N, layout=gl.SliceLayout(1, L_nt))
@@ -175,7 +177,7 @@ if gluon is not None:
     @gluon.jit
     def bwd_seq_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
                        ypre_ptr, ckpt_ptr, dout_ptr, dlast_ptr, du_ptr, ddelta_ptr, dz_ptr,
-                       dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, dh0_ptr, D, L, G, n_ck,
+                       dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, dh0_ptr, D, L, G, E, n_ck,
                        HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                        HAS_H0: gl.constexpr, HAS_DLAST: gl.constexpr, SOFTPLUS: gl.constexpr,
                        ROUND_GATE: gl.constexpr, N: gl.constexpr, T: gl.constexpr,
@@ -193,14 +195,16 @@ if gluon is not None:
         L_y: gl.constexpr = gl.SliceLayout(1, LR)
         b = gl.program_id(0)
         grp = gl.program_id(2)
-        pid_d = grp * gl.num_programs(1) + gl.program_id(1)
-        d_y = pid_d * BD + gl.arange(0, BD, layout=gl.SliceLayout(1, L_y))
+        e0 = gl.program_id(1) * BD  # the block's first channel within its group of E
+        e_y = e0 + gl.arange(0, BD, layout=gl.SliceLayout(1, L_y))
+        d_y = grp * E + e_y
         t_y = gl.arange(0, T, layout=gl.SliceLayout(0, L_y))
-        md_y = d_y < D
+        md_y = e_y < E
         rows_y = b.to(gl.int64) * D + d_y
-        d_s = pid_d * BD + gl.arange(0, BD, layout=gl.SliceLayout(1, L_dn))
+        e_s = e0 + gl.arange(0, BD, layout=gl.SliceLayout(1, L_dn))
+        d_s = grp * E + e_s
         n_s = gl.arange(0, N, layout=gl.SliceLayout(0, L_dn))
-        m_dn = (d_s < D)[:, None] & (n_s < N)[None, :]
+        m_dn = (e_s < E)[:, None] & (n_s < N)[None, :]
         rows_s = b.to(gl.int64) * D + d_s
         st_off = rows_s[:, None] * N + n_s[None, :]
         A = gl.load(A_ptr + d_s[:, None] * N + n_s[None, :], mask=m_dn, other=0.0)

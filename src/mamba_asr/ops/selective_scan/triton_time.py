@@ -364,9 +364,9 @@ class SeqPlan(NamedTuple):
 def _seq_plan(u: torch.Tensor, d_state: int, channels: int, tc: int) -> SeqPlan | None:
     """The plan where CONFIG asks for ``gluon_seq`` (``kernel`` "seq": its forward and backward;
     ``time_fwd`` "seq": its forward before the time-parallel backward) and it applies (on CUDA,
-    not in triton's interpreter; N a power of two up to 32; a block of channels dividing the
-    group's; its chunk a power of two up to 32, dividing the time kernels' chunk when their
-    backward follows), else None: the time-parallel kernels."""
+    not in triton's interpreter; N a power of two up to 32; its chunk a power of two up to 32,
+    dividing the time kernels' chunk when their backward follows), else None: the
+    time-parallel kernels."""
     both = CONFIG["kernel"] == "seq"
     steps = CONFIG["seq_chunk"]
     if not (both or CONFIG["time_fwd"] == "seq") or not fast_math() or u.device.type != "cuda":
@@ -428,8 +428,9 @@ class TritonTimeScan(torch.autograd.Function):
                      SAVE_Y=save_y, N=d_state, FAST=fast_math())  # fmt: skip
         if plan is not None:  # one thread per (channel, state): gluon_seq.py
             warps, block = plan.fwd
-            launch(fwd_seq_kernel, (batch, (dim // groups) // block, groups), *args, **flags,
-                   TC=plan.every, T=plan.steps, W=warps, num_warps=warps)  # fmt: skip
+            launch(fwd_seq_kernel, (batch, cdiv(dim // groups, block), groups), *args[:-1],
+                   dim // groups, n_chunks, **flags, TC=plan.every, T=plan.steps, W=warps,
+                   num_warps=warps)  # fmt: skip
         else:
             launch(
                 _fwd_time_kernel, _grid(batch, cdiv(dim // groups, bd), groups), *args, **flags,
@@ -464,13 +465,13 @@ class TritonTimeScan(torch.autograd.Function):
             warps, block = ctx.seq.bwd
             dh0 = u.new_empty(batch, dim, d_state, dtype=torch.float32) if has_h0 else None
             launch(
-                bwd_seq_kernel, (batch, (dim // groups) // block, groups), u, delta, A32, B, C,
+                bwd_seq_kernel, (batch, cdiv(dim // groups, block), groups), u, delta, A32, B, C,
                 D32 if D32 is not None else dummy, z if z is not None else u,
                 bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy,
                 ypre if ypre is not None else dummy, ckpt, dout,
                 dlast if dlast is not None else dummy, du, ddelta, dz if dz is not None else du,
                 dA, dD, dbias, dB, dC, dh0 if dh0 is not None else dummy, dim, length, groups,
-                n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None, HAS_BIAS=bias32 is not None,
+                dim // groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None, HAS_BIAS=bias32 is not None,
                 HAS_H0=has_h0, HAS_DLAST=dlast is not None, SOFTPLUS=softplus,
                 ROUND_GATE=round_gate, N=d_state, T=ctx.seq.steps, W=warps, FAST=fast_math(),
                 num_warps=warps,
