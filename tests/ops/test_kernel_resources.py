@@ -44,3 +44,24 @@ def test_two_groups_of_b_and_c_cost_no_registers(dtype):
         two = kr.resources(kr.compile_for(fn, consts, types, 90, warps, stages, ones=()))
         assert two["registers"] <= one["registers"], (name, one, two)
         assert two["stack_bytes"] <= one["stack_bytes"], (name, one, two)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_seq_kernels_compile_for_sm90_without_spills(dtype):
+    """gluon_seq's kernels (one thread per (channel, state)) compile for sm_90 with nothing
+    spilled and no shuffles in the forward (the states' sum goes through shared memory)."""
+    import kernel_resources as kr
+
+    from mamba_asr.ops.selective_scan import gluon_seq
+
+    if gluon_seq.gluon is None:
+        pytest.skip("this triton has no gluon (triton >= 3.4)")
+    types = {n: "*" + dtype for n in kr.HALF_ARGS}
+    kernels = [k for k in kr.scan_kernels(dtype) if k[0].startswith("seq")]
+    assert [k[0] for k in kernels] == ["seq fwd", "seq bwd"]
+    for name, fn, consts, warps, stages in kernels:
+        r = kr.resources(kr.compile_for(fn, consts, types, 90, warps, stages))
+        assert r["instructions"] > 100 and r["mufu"] > 0, (name, r)
+        assert r["stack_bytes"] == 0 and r["registers"] <= 168, (name, r)
+        if name == "seq fwd":
+            assert r["shuffles"] == 0, (name, r)
