@@ -200,7 +200,8 @@ def main(argv=None) -> None:
     for dtype in args.dtypes:
         types = {n: "*" + dtype for n in HALF_ARGS}
         for name, fn, consts, warps, stages in scan_kernels(dtype):
-            maxnreg = tk.CONFIG["time_bwd_maxnreg"] if name == "time bwd" else None
+            maxnreg = {"time bwd": tk.CONFIG["time_bwd_maxnreg"],
+                       "seq bwd": tk.CONFIG["seq_bwd_maxnreg"]}.get(name)  # fmt: skip
             r = resources(
                 compile_for(
                     fn, consts, types, args.arch, warps, stages, aligned, ones, maxnreg=maxnreg

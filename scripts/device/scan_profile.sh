@@ -134,7 +134,7 @@ for part in $PARTS; do
       | tee -a "$out/pytest_seq.txt"
     python3 benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 30 \
       --rounds 2 --gpu --variant seq_fwd='{"time_fwd": "seq"}' seq='{"kernel": "seq"}' \
-      seq_t8='{"kernel": "seq", "seq_chunk": 8}' seq_w2='{"kernel": "seq", "seq_bwd_warps": 2}' \
+      seq_t8='{"kernel": "seq", "seq_chunk": 8}' seq_r128='{"kernel": "seq", "seq_bwd_maxnreg": 128}' \
       --json "$out/scan_cuda_seq.json" 2>&1 | grep -v -i warn | tee "$out/scan_cuda_seq.txt"
     MAMBA_ASR_TRITON_SCAN_CONFIG='{"kernel": "seq"}' python3 -m pytest -q -p no:cacheprovider \
       -n 12 tests/ops/test_selective_scan_peer.py 2>&1 | tail -2 | tee "$out/pytest_peer_test_seq.txt" ;;

@@ -44,7 +44,8 @@ from torch import Tensor
 # a loop step, loads issued a step ahead in the forward / backward ("scalars": A and the carried
 # states only), the backward's register cap, the carried state folded into a chunk's first step)
 # or "state" (this module's), or "seq": gluon_seq.py's forward and backward (one thread per
-# (channel, state), seq_chunk steps in registers, seq_bwd_warps a backward program; CUDA only;
+# (channel, state), seq_chunk steps in registers, seq_bwd_warps a backward program, its register
+# cap seq_bwd_maxnreg; CUDA only;
 # elsewhere, and where they do not apply, the time kernels run); time_fwd: "seq" for gluon_seq's
 # forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
@@ -53,7 +54,8 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "kernel": "time", "time_bd": 1, "time_chunk": 128, "time_warps": 1, "time_stages": 2,
           "time_unroll": 2, "time_prefetch": True, "time_bwd_prefetch": False,
           "time_bwd_maxnreg": None, "time_batch_fast": True, "time_carry_in": False,
-          "time_y_fp32": False, "time_fwd": "time", "seq_chunk": 16, "seq_bwd_warps": 1}  # fmt: skip
+          "time_y_fp32": False, "time_fwd": "time", "seq_chunk": 16, "seq_bwd_warps": 1,
+          "seq_bwd_maxnreg": None}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

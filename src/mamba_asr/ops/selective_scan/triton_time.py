@@ -474,7 +474,7 @@ class TritonTimeScan(torch.autograd.Function):
                 dim // groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None, HAS_BIAS=bias32 is not None,
                 HAS_H0=has_h0, HAS_DLAST=dlast is not None, SOFTPLUS=softplus,
                 ROUND_GATE=round_gate, N=d_state, T=ctx.seq.steps, W=warps, FAST=fast_math(),
-                num_warps=warps,
+                num_warps=warps, maxnreg=CONFIG["seq_bwd_maxnreg"],
             )  # fmt: skip
             return _grads(
                 ctx,
