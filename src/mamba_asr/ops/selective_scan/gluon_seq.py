@@ -68,6 +68,40 @@ if gluon is not None:
             return gl.where(x <= 20.0, gl.log(1.0 + gl.exp(x)), x)
 
     @gluon.jit
+    def _program(D_ptr, bias_ptr, D, L, G, E, N: gl.constexpr, T: gl.constexpr,
+                 BD: gl.constexpr, L_y: gl.constexpr, L_dn: gl.constexpr, L_nt: gl.constexpr,
+                 HAS_D: gl.constexpr, HAS_BIAS: gl.constexpr):  # fmt: skip
+        """This program's indices (grid (batch, channel blocks of one group, groups)): its
+        (channel, step) channels, mask, rows and steps; its (channel, state) channels, states,
+        mask and rows; its (state, step) indices and B/C group's start; D and delta_bias (zeros
+        without them)."""
+        b = gl.program_id(0)
+        grp = gl.program_id(2)
+        e0 = gl.program_id(1) * BD  # the block's first channel within its group of E
+        e_y = e0 + gl.arange(0, BD, layout=gl.SliceLayout(1, L_y))
+        md_y = e_y < E
+        d_y = grp * E + e_y
+        rows_y = b.to(gl.int64) * D + d_y
+        t_y = gl.arange(0, T, layout=gl.SliceLayout(0, L_y))
+        e_s = e0 + gl.arange(0, BD, layout=gl.SliceLayout(1, L_dn))
+        d_s = grp * E + e_s
+        n_s = gl.arange(0, N, layout=gl.SliceLayout(0, L_dn))
+        m_dn = (e_s < E)[:, None] & (n_s < N)[None, :]
+        rows_s = b.to(gl.int64) * D + d_s
+        n_b = gl.arange(0, N, layout=gl.SliceLayout(1, L_nt))
+        t_b = gl.arange(0, T, layout=gl.SliceLayout(0, L_nt))
+        bc0 = (b.to(gl.int64) * G + grp) * N * L
+        if HAS_D:
+            Dv = gl.load(D_ptr + d_y, mask=md_y, other=0.0)
+        else:
+            Dv = gl.zeros([BD], gl.float32, gl.SliceLayout(1, L_y))
+        if HAS_BIAS:
+            bias = gl.load(bias_ptr + d_y, mask=md_y, other=0.0)
+        else:
+            bias = gl.zeros([BD], gl.float32, gl.SliceLayout(1, L_y))
+        return d_y, md_y, rows_y, t_y, d_s, n_s, m_dn, rows_s, n_b, t_b, bc0, Dv, bias
+
+    @gluon.jit
     def fwd_seq_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
                        out_ptr, ypre_ptr, ckpt_ptr, last_ptr, D, L, G, E, n_chunks,
                        HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
@@ -84,37 +118,17 @@ if gluon is not None:
         L_nt: gl.constexpr = gl.SliceLayout(0, L3)  # (state, step): a state's, each channel lane
         LR: gl.constexpr = gl.BlockedLayout([1, N, 1], [32 // T, 1, T], [W, 1, 1], [2, 1, 0])
         L_y: gl.constexpr = gl.SliceLayout(1, LR)  # (channel, step): one a thread
-        b = gl.program_id(0)
-        grp = gl.program_id(2)
-        e0 = gl.program_id(1) * BD  # the block's first channel within its group of E
-        e_y = e0 + gl.arange(0, BD, layout=gl.SliceLayout(1, L_y))
-        d_y = grp * E + e_y
-        t_y = gl.arange(0, T, layout=gl.SliceLayout(0, L_y))
-        md_y = e_y < E
-        rows_y = b.to(gl.int64) * D + d_y
-        e_s = e0 + gl.arange(0, BD, layout=gl.SliceLayout(1, L_dn))
-        d_s = grp * E + e_s
-        n_s = gl.arange(0, N, layout=gl.SliceLayout(0, L_dn))
-        m_dn = (e_s < E)[:, None] & (n_s < N)[None, :]
-        st_off = (b.to(gl.int64) * D + d_s)[:, None] * N + n_s[None, :]
+        d_y, md_y, rows_y, t_y, d_s, n_s, m_dn, rows_s, n_b, t_b, bc0, Dv, bias = _program(
+            D_ptr, bias_ptr, D, L, G, E, N, T, BD, L_y, L_dn, L_nt, HAS_D, HAS_BIAS
+        )
+        st_off = rows_s[:, None] * N + n_s[None, :]
         A2 = gl.load(A_ptr + d_s[:, None] * N + n_s[None, :], mask=m_dn, other=0.0) * LOG2E
-        n_b = gl.arange(0, N, layout=gl.SliceLayout(1, L_nt))
-        t_b = gl.arange(0, T, layout=gl.SliceLayout(0, L_nt))
         first = gl.expand_dims(gl.expand_dims(t_b, 0), 0) == 0  # (1, 1, T)
-        bc0 = (b.to(gl.int64) * G + grp) * N * L
-        if HAS_D:
-            Dv = gl.load(D_ptr + d_y, mask=md_y, other=0.0)
-        else:
-            Dv = gl.zeros([BD], gl.float32, gl.SliceLayout(1, L_y))
-        if HAS_BIAS:
-            bias = gl.load(bias_ptr + d_y, mask=md_y, other=0.0)
-        else:
-            bias = gl.zeros([BD], gl.float32, gl.SliceLayout(1, L_y))
         if HAS_H0:
             h = gl.load(h0_ptr + st_off, mask=m_dn, other=0.0)
         else:
             h = gl.zeros([BD, N], gl.float32, L_dn)
-        ck = ckpt_ptr + (b.to(gl.int64) * D + d_s)[:, None] * (n_chunks * N) + n_s[None, :]
+        ck = ckpt_ptr + rows_s[:, None] * (n_chunks * N) + n_s[None, :]
         PER: gl.constexpr = TC // T
         for j in range(gl.cdiv(L, T)):
             t = j * T + t_y
@@ -193,35 +207,14 @@ if gluon is not None:
         L_nt: gl.constexpr = gl.SliceLayout(0, L3)
         LR: gl.constexpr = gl.BlockedLayout([1, N, 1], [32 // T, 1, T], [W, 1, 1], [2, 1, 0])
         L_y: gl.constexpr = gl.SliceLayout(1, LR)
-        b = gl.program_id(0)
-        grp = gl.program_id(2)
-        e0 = gl.program_id(1) * BD  # the block's first channel within its group of E
-        e_y = e0 + gl.arange(0, BD, layout=gl.SliceLayout(1, L_y))
-        d_y = grp * E + e_y
-        t_y = gl.arange(0, T, layout=gl.SliceLayout(0, L_y))
-        md_y = e_y < E
-        rows_y = b.to(gl.int64) * D + d_y
-        e_s = e0 + gl.arange(0, BD, layout=gl.SliceLayout(1, L_dn))
-        d_s = grp * E + e_s
-        n_s = gl.arange(0, N, layout=gl.SliceLayout(0, L_dn))
-        m_dn = (e_s < E)[:, None] & (n_s < N)[None, :]
-        rows_s = b.to(gl.int64) * D + d_s
+        d_y, md_y, rows_y, t_y, d_s, n_s, m_dn, rows_s, n_b, t_b, bc0, Dv, bias = _program(
+            D_ptr, bias_ptr, D, L, G, E, N, T, BD, L_y, L_dn, L_nt, HAS_D, HAS_BIAS
+        )
         st_off = rows_s[:, None] * N + n_s[None, :]
         A = gl.load(A_ptr + d_s[:, None] * N + n_s[None, :], mask=m_dn, other=0.0)
         A2 = A * LOG2E
         A3 = gl.expand_dims(A, 2)
-        n_b = gl.arange(0, N, layout=gl.SliceLayout(1, L_nt))
-        t_b = gl.arange(0, T, layout=gl.SliceLayout(0, L_nt))
-        bc0 = (b.to(gl.int64) * G + grp) * N * L
         ck = ckpt_ptr + rows_s[:, None] * (n_ck * N) + n_s[None, :]
-        if HAS_D:
-            Dv = gl.load(D_ptr + d_y, mask=md_y, other=0.0)
-        else:
-            Dv = gl.zeros([BD], gl.float32, gl.SliceLayout(1, L_y))
-        if HAS_BIAS:
-            bias = gl.load(bias_ptr + d_y, mask=md_y, other=0.0)
-        else:
-            bias = gl.zeros([BD], gl.float32, gl.SliceLayout(1, L_y))
         if HAS_DLAST:  # carry: dLoss/dh at the step after the chunk, times that step's decay
             carry = gl.load(dlast_ptr + st_off, mask=m_dn, other=0.0)
         else:
