@@ -422,18 +422,19 @@ class TritonTimeScan(torch.autograd.Function):
         dummy = A32
         args = (u, delta, A32, B, C, D32 if D is not None else dummy, z if z is not None else u,
                 bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
-                ypre if save_y else dummy, ckpt, last, dim, length, groups, n_chunks)  # fmt: skip
+                ypre if save_y else dummy, ckpt, last, dim, length, groups)  # fmt: skip
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                      HAS_H0=h0 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate,
                      SAVE_Y=save_y, N=d_state, FAST=fast_math())  # fmt: skip
         if plan is not None:  # one thread per (channel, state): gluon_seq.py
             warps, block = plan.fwd
-            launch(fwd_seq_kernel, (batch, cdiv(dim // groups, block), groups), *args[:-1],
+            launch(fwd_seq_kernel, (batch, cdiv(dim // groups, block), groups), *args,
                    dim // groups, n_chunks, **flags, TC=plan.every, T=plan.steps, W=warps,
                    num_warps=warps)  # fmt: skip
         else:
             launch(
-                _fwd_time_kernel, _grid(batch, cdiv(dim // groups, bd), groups), *args, **flags,
+                _fwd_time_kernel, _grid(batch, cdiv(dim // groups, bd), groups), *args, n_chunks,
+                **flags,
                 TC=tc, BD=bd, NU=CONFIG["time_unroll"], PREFETCH=CONFIG["time_prefetch"],
                 BATCH_FAST=CONFIG["time_batch_fast"], CARRY_IN=CONFIG["time_carry_in"],
                 num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
@@ -471,23 +472,13 @@ class TritonTimeScan(torch.autograd.Function):
                 ypre if ypre is not None else dummy, ckpt, dout,
                 dlast if dlast is not None else dummy, du, ddelta, dz if dz is not None else du,
                 dA, dD, dbias, dB, dC, dh0 if dh0 is not None else dummy, dim, length, groups,
-                dim // groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None, HAS_BIAS=bias32 is not None,
-                HAS_H0=has_h0, HAS_DLAST=dlast is not None, SOFTPLUS=softplus,
-                ROUND_GATE=round_gate, N=d_state, T=ctx.seq.steps, W=warps, FAST=fast_math(),
-                num_warps=warps, maxnreg=CONFIG["seq_bwd_maxnreg"],
+                dim // groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
+                HAS_BIAS=bias32 is not None, HAS_H0=has_h0, HAS_DLAST=dlast is not None,
+                SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state, T=ctx.seq.steps, W=warps,
+                FAST=fast_math(), num_warps=warps, maxnreg=CONFIG["seq_bwd_maxnreg"],
             )  # fmt: skip
-            return _grads(
-                ctx,
-                du,
-                ddelta,
-                dA,
-                dB,
-                dC,
-                dD,
-                dz,
-                dbias,
-                None if dh0 is None else dh0.to(h0_dtype),
-            )
+            dh0 = None if dh0 is None else dh0.to(h0_dtype)
+            return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
         dhbuf = u.new_empty(2, batch, dim, d_state, dtype=torch.float32)
         launch(
             _bwd_time_kernel, _grid(batch, cdiv(dim // groups, bd), groups), u, delta, A32, B, C,
@@ -509,23 +500,23 @@ class TritonTimeScan(torch.autograd.Function):
             pre0 = delta[:, :, 0].float() + (0.0 if bias32 is None else bias32)
             dt0 = F.softplus(pre0) if softplus else pre0
             dh0 = (torch.exp(dt0[..., None] * A32) * dhbuf[n_chunks % 2]).to(h0_dtype)
-        return _grads(ctx, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
+        return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
 
 
-def _grads(ctx, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0) -> tuple:
-    """The backward's results in the inputs' shapes and dtypes (dA, dB, dC, dD, d(delta_bias)
-    summed in fp32)."""
-    _u, _delta, A32, B, C, D32, _z, bias32 = ctx.saved_tensors[:8]
-    _softplus, _round, _has_h0, A_dtype, D_dtype, bias_dtype, _h0_dtype = ctx.info
+def _grads(info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0) -> tuple:
+    """The backward's results in the inputs' shapes and dtypes (dA, dB, dC, dD and
+    d(delta_bias) were summed in fp32; info: ``ScanInputs.info``; dD and dbias None where the
+    call had no D or delta_bias)."""
+    _softplus, _round, _has_h0, A_dtype, D_dtype, bias_dtype, _h0_dtype = info
     return (
         du,
         ddelta,
         dA.view(A32.shape).to(A_dtype),
         dB.view(B.shape).to(B.dtype),
         dC.view(C.shape).to(C.dtype),
-        None if D32 is None else dD.to(D_dtype),
+        None if D_dtype is None else dD.to(D_dtype),
         dz,
-        None if bias32 is None else dbias.to(bias_dtype),
+        None if bias_dtype is None else dbias.to(bias_dtype),
         dh0,
         None,
     )
