@@ -13,8 +13,9 @@ results right (CONFIG overrides) are timed the same way.
 
 --trace: torch.profiler traces (CPU and CUDA, the Python stack) of ours and the peer's
 forward+backward, as the benchmark calls them (benchmarks/scan_cuda.py's runner), written as
-chrome traces (.json.xz) and summarised: the host's time from the call's start to each kernel's
-launch, and the operators that take the most host time.
+chrome traces (.json.xz, for chrome://tracing or Perfetto: when each kernel is launched in a
+call), with the host's median time a call under the profiler and the operators that take the
+most host time.
 """
 
 from __future__ import annotations
