@@ -68,6 +68,25 @@ if gluon is not None:
             return gl.where(x <= 20.0, gl.log(1.0 + gl.exp(x)), x)
 
     @gluon.jit
+    def _chunk_dt(u_ptr, delta_ptr, offs, m, bias, SOFTPLUS: gl.constexpr, FAST: gl.constexpr):
+        """As ``triton_kernel.chunk_dt``: u, delta + delta_bias and dt of a (channel, step) tile
+        in fp32; dt = 0 where masked (steps past L: a = 1, x = 0)."""
+        u = gl.load(u_ptr + offs, mask=m, other=0.0).to(gl.float32)
+        pre = gl.load(delta_ptr + offs, mask=m, other=0.0).to(gl.float32) + bias[:, None]
+        dt = _softplus(pre, FAST) if SOFTPLUS else pre
+        return u, pre, gl.where(m, dt, 0.0)
+
+    @gluon.jit
+    def _gate(zt, ROUND: gl.constexpr, dtype: gl.constexpr):
+        """As ``triton_kernel.gate``: silu(z) and sigmoid(z) in fp32, silu rounded to ``dtype``
+        when ROUND; one function, so the forward and the backward gate alike."""
+        sg = 1.0 / (1.0 + gl.exp2(-zt * LOG2E))
+        silu = zt * sg
+        if ROUND:
+            silu = silu.to(dtype).to(gl.float32)
+        return silu, sg
+
+    @gluon.jit
     def _program(D_ptr, bias_ptr, D, L, G, E, N: gl.constexpr, T: gl.constexpr,
                  BD: gl.constexpr, L_y: gl.constexpr, L_dn: gl.constexpr, L_nt: gl.constexpr,
                  HAS_D: gl.constexpr, HAS_BIAS: gl.constexpr):  # fmt: skip
@@ -134,10 +153,7 @@ if gluon is not None:
             t = j * T + t_y
             m = md_y[:, None] & (t < L)[None, :]
             offs = rows_y[:, None] * L + t[None, :]
-            u = gl.load(u_ptr + offs, mask=m, other=0.0).to(gl.float32)
-            pre = gl.load(delta_ptr + offs, mask=m, other=0.0).to(gl.float32) + bias[:, None]
-            dt = _softplus(pre, FAST) if SOFTPLUS else pre
-            dt = gl.where(m, dt, 0.0)  # steps past L: a = 1, x = 0
+            u, _pre, dt = _chunk_dt(u_ptr, delta_ptr, offs, m, bias, SOFTPLUS, FAST)
             dt_s = gl.convert_layout(dt, L_dt)
             dtu_s = gl.convert_layout(dt * u, L_dt)
             tb = j * T + t_b
@@ -157,9 +173,7 @@ if gluon is not None:
                 if SAVE_Y:
                     gl.store(ypre_ptr + offs, y.to(ypre_ptr.dtype.element_ty), mask=m)
                 zt = gl.load(z_ptr + offs, mask=m, other=0.0).to(gl.float32)
-                silu = zt / (1.0 + gl.exp2(-zt * LOG2E))
-                if ROUND_GATE:
-                    silu = silu.to(z_ptr.dtype.element_ty).to(gl.float32)
+                silu, _sg = _gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
                 y = y * silu
             gl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=m)
             # the state entering checkpoint chunk c, where step (j + 1) T starts it
@@ -228,18 +242,12 @@ if gluon is not None:
             t = j * T + t_y
             m = md_y[:, None] & (t < L)[None, :]
             offs = rows_y[:, None] * L + t[None, :]
-            u = gl.load(u_ptr + offs, mask=m, other=0.0).to(gl.float32)
-            pre = gl.load(delta_ptr + offs, mask=m, other=0.0).to(gl.float32) + bias[:, None]
-            dt = _softplus(pre, FAST) if SOFTPLUS else pre
-            dt = gl.where(m, dt, 0.0)
+            u, pre, dt = _chunk_dt(u_ptr, delta_ptr, offs, m, bias, SOFTPLUS, FAST)
             g = gl.load(dout_ptr + offs, mask=m, other=0.0).to(gl.float32)
             if HAS_Z:
                 yp = gl.load(ypre_ptr + offs, mask=m, other=0.0).to(gl.float32)
                 zt = gl.load(z_ptr + offs, mask=m, other=0.0).to(gl.float32)
-                sg = 1.0 / (1.0 + gl.exp2(-zt * LOG2E))
-                silu = zt * sg
-                if ROUND_GATE:
-                    silu = silu.to(z_ptr.dtype.element_ty).to(gl.float32)
+                silu, sg = _gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
                 gl.store(dz_ptr + offs, (g * yp * sg * (1.0 + zt * (1.0 - sg))).to(
                     dz_ptr.dtype.element_ty), mask=m)  # fmt: skip
                 g = g * silu  # dLoss/dy
