@@ -128,7 +128,9 @@ for part in $PARTS; do
   seq)
     peer_ready "$dest"
     python3 -m pytest -q -p no:cacheprovider -n 8 tests/ops/test_selective_scan_triton.py \
-      -k "cuda and seq" 2>&1 | tail -3 | tee "$out/pytest_seq.txt"
+      -k "cuda and seq" > "$out/pytest_seq.log" 2>&1
+    grep -E "^(E |FAILED|ERROR)" "$out/pytest_seq.log" | head -40
+    tail -3 "$out/pytest_seq.log" | tee "$out/pytest_seq.txt"
     MAMBA_ASR_TRITON_SCAN_CONFIG='{"kernel": "seq"}' python3 -m pytest -q -p no:cacheprovider \
       -n 8 tests/modules/test_mamba.py -k "cuda or fused" 2>&1 | tail -2 | sed 's/^/mamba: /' \
       | tee -a "$out/pytest_seq.txt"
