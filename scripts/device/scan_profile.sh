@@ -41,8 +41,10 @@
 #            with OLD_SRC's, alternating, twice each;
 #   seq      the kernels of ops/selective_scan/gluon_seq.py (CONFIG kernel=seq; time_fwd=seq: its
 #            forward alone): our CUDA scan tests with them and the BiMamba ones, benchmarks/
-#            scan_cuda.py beside the peer with both as variants (--rounds 2 --gpu), then
+#            scan_cuda.py beside the peer with both as variants and settings of theirs (SEQ_VARIANTS
+#            replaces them; --rounds 2 --gpu), then
 #            state-spaces/mamba's test against kernel=seq;
+#   seq_ncu  Nsight Compute on gluon_seq's kernels (kernel=seq), as the ncu part on ours;
 #   ablate   scripts/device/scan_ablate.py: the backward's GPU time with one part taken out at a
 #            time, then traces of ours and the peer's host path (chrome traces, .json.xz);
 #   bidir    BiMamba's reshuffles written once against the composites (tests/ops/test_directions.py
@@ -135,11 +137,20 @@ for part in $PARTS; do
       -n 8 tests/modules/test_mamba.py -k "cuda or fused" 2>&1 | tail -2 | sed 's/^/mamba: /' \
       | tee -a "$out/pytest_seq.txt"
     python3 benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 30 \
-      --rounds 2 --gpu --variant seq_fwd='{"time_fwd": "seq"}' seq='{"kernel": "seq"}' \
-      seq_t8='{"kernel": "seq", "seq_chunk": 8}' seq_r128='{"kernel": "seq", "seq_bwd_maxnreg": 128}' \
+      --rounds 2 --gpu --variant ${SEQ_VARIANTS:-seq_fwd='{"time_fwd": "seq"}' \
+      seq='{"kernel": "seq"}' seq_p0='{"kernel": "seq", "seq_prefetch": 0}' \
+      seq_p2='{"kernel": "seq", "seq_prefetch": 2}' seq_w1='{"kernel": "seq", "seq_fwd_warps": 1}' \
+      seq_t8='{"kernel": "seq", "seq_chunk": 8}' seq_t32='{"kernel": "seq", "seq_chunk": 32}'} \
       --json "$out/scan_cuda_seq.json" 2>&1 | grep -v -i warn | tee "$out/scan_cuda_seq.txt"
     MAMBA_ASR_TRITON_SCAN_CONFIG='{"kernel": "seq"}' python3 -m pytest -q -p no:cacheprovider \
       -n 12 tests/ops/test_selective_scan_peer.py 2>&1 | tail -2 | tee "$out/pytest_peer_test_seq.txt" ;;
+  seq_ncu)
+    MAMBA_ASR_TRITON_SCAN_CONFIG='{"kernel": "seq"}' ncu --clock-control none --set full \
+      -k regex:seq_kernel -f -o "$out/seq" python3 scripts/device/scan_ncu.py float32 bfloat16 \
+      > "$out/ncu_seq.log" 2>&1
+    tail -3 "$out/ncu_seq.log"
+    ncu_report seq
+    cat "$out/seq_ncu_summary.txt" | head -80 ;;
   ablate)
     peer_ready "$dest"
     python3 scripts/device/scan_ablate.py --out "$out/ablate" --ablate --trace 2>&1 \

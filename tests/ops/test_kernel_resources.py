@@ -62,6 +62,6 @@ def test_seq_kernels_compile_for_sm90_without_spills(dtype):
     for name, fn, consts, warps, stages in kernels:
         r = kr.resources(kr.compile_for(fn, consts, types, 90, warps, stages))
         assert r["instructions"] > 100 and r["mufu"] > 0, (name, r)
-        assert r["stack_bytes"] == 0 and r["registers"] <= 168, (name, r)
+        assert r["stack_bytes"] == 0 and r["registers"] <= 184, (name, r)
         if name == "seq fwd":
             assert r["shuffles"] == 0, (name, r)

@@ -68,13 +68,49 @@ if gluon is not None:
             return gl.where(x <= 20.0, gl.log(1.0 + gl.exp(x)), x)
 
     @gluon.jit
-    def _chunk_dt(u_ptr, delta_ptr, offs, m, bias, SOFTPLUS: gl.constexpr, FAST: gl.constexpr):
-        """As ``triton_kernel.chunk_dt``: u, delta + delta_bias and dt of a (channel, step) tile
-        in fp32; dt = 0 where masked (steps past L: a = 1, x = 0)."""
-        u = gl.load(u_ptr + offs, mask=m, other=0.0).to(gl.float32)
-        pre = gl.load(delta_ptr + offs, mask=m, other=0.0).to(gl.float32) + bias[:, None]
+    def _tile_at(j, rows_y, t_y, md_y, L, T: gl.constexpr):
+        """(offsets, mask) of the (channel, step) tile of chunk j; masked past L and before 0
+        (a chunk loaded ahead of the first or after the last)."""
+        t = j * T + t_y
+        return rows_y[:, None] * L + t[None, :], md_y[:, None] & ((t < L) & (t >= 0))[None, :]
+
+    @gluon.jit
+    def _row_loads(j, ptrs, rows_y, t_y, md_y, L, T: gl.constexpr):
+        """The (channel, step) tiles of chunk j of every pointer in ``ptrs``, as stored (zeros
+        where masked): what a kernel issues a chunk ahead of using it (PREFETCH)."""
+        offs, m = _tile_at(j, rows_y, t_y, md_y, L, T)
+        out = ()
+        for i in gl.static_range(len(ptrs)):
+            out = out + (gl.load(ptrs[i] + offs, mask=m, other=0.0),)
+        return out
+
+    @gluon.jit
+    def _bc_loads(j, B_ptr, C_ptr, bc0, n_b, t_b, L, N: gl.constexpr, T: gl.constexpr):
+        """B and C over chunk j, (state, step) tiles as stored; zeros past L and before 0."""
+        tb = j * T + t_b
+        m_nt = (n_b < N)[:, None] & ((tb < L) & (tb >= 0))[None, :]
+        offs_nt = bc0 + n_b[:, None] * L + tb[None, :]
+        return gl.load(B_ptr + offs_nt, mask=m_nt, other=0.0), gl.load(
+            C_ptr + offs_nt, mask=m_nt, other=0.0
+        )
+
+    @gluon.jit
+    def _entering(j, ck, h0_ptr, st_off, m_dn, N: gl.constexpr, HAS_H0: gl.constexpr):
+        """The state entering chunk j, (channel, state): its checkpoint, or for the first chunk
+        the initial state (zeros without one); zeros for j < 0 (a chunk loaded ahead)."""
+        if HAS_H0:
+            return gl.load(gl.where(j > 0, ck + j * N, h0_ptr + st_off), mask=m_dn & (j >= 0),
+                           other=0.0)  # fmt: skip
+        else:
+            return gl.load(ck + j * N, mask=m_dn & (j > 0), other=0.0)
+
+    @gluon.jit
+    def _chunk_dt(u, delta, m, bias, SOFTPLUS: gl.constexpr, FAST: gl.constexpr):
+        """As ``triton_kernel.chunk_dt``, from the loaded tiles: u, delta + delta_bias and dt of
+        a (channel, step) tile in fp32; dt = 0 where masked (steps past L: a = 1, x = 0)."""
+        pre = delta.to(gl.float32) + bias[:, None]
         dt = _softplus(pre, FAST) if SOFTPLUS else pre
-        return u, pre, gl.where(m, dt, 0.0)
+        return u.to(gl.float32), pre, gl.where(m, dt, 0.0)
 
     @gluon.jit
     def _gate(zt, ROUND: gl.constexpr, dtype: gl.constexpr):
@@ -126,7 +162,7 @@ if gluon is not None:
                        HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                        HAS_H0: gl.constexpr, SOFTPLUS: gl.constexpr, ROUND_GATE: gl.constexpr,
                        SAVE_Y: gl.constexpr, N: gl.constexpr, T: gl.constexpr, TC: gl.constexpr,
-                       W: gl.constexpr, FAST: gl.constexpr):  # fmt: skip
+                       W: gl.constexpr, PREFETCH: gl.constexpr, FAST: gl.constexpr):  # fmt: skip
         # grid (batch, channel blocks of one group, groups); ckpt (B, D, n_chunks, N) fp32, slot
         # c >= 1 the state entering chunk c of TC steps; last (B, D, N)
         CPW: gl.constexpr = 32 // N  # channels a warp
@@ -149,18 +185,28 @@ if gluon is not None:
             h = gl.zeros([BD, N], gl.float32, L_dn)
         ck = ckpt_ptr + rows_s[:, None] * (n_chunks * N) + n_s[None, :]
         PER: gl.constexpr = TC // T
+        # PREFETCH: 1, the next chunk's (channel, step) tiles are loaded before this chunk's
+        # work; 2, its B and C too; 0, each chunk's loads where it starts
+        rows_in = (u_ptr, delta_ptr, z_ptr) if HAS_Z else (u_ptr, delta_ptr)
+        nxt = _row_loads(0, rows_in, rows_y, t_y, md_y, L, T)
+        nxt_bc = _bc_loads(0, B_ptr, C_ptr, bc0, n_b, t_b, L, N, T)
         for j in range(gl.cdiv(L, T)):
-            t = j * T + t_y
-            m = md_y[:, None] & (t < L)[None, :]
-            offs = rows_y[:, None] * L + t[None, :]
-            u, _pre, dt = _chunk_dt(u_ptr, delta_ptr, offs, m, bias, SOFTPLUS, FAST)
+            if PREFETCH >= 1:
+                cur = nxt
+                nxt = _row_loads(j + 1, rows_in, rows_y, t_y, md_y, L, T)
+            else:
+                cur = _row_loads(j, rows_in, rows_y, t_y, md_y, L, T)
+            if PREFETCH >= 2:
+                cur_bc = nxt_bc
+                nxt_bc = _bc_loads(j + 1, B_ptr, C_ptr, bc0, n_b, t_b, L, N, T)
+            else:
+                cur_bc = _bc_loads(j, B_ptr, C_ptr, bc0, n_b, t_b, L, N, T)
+            offs, m = _tile_at(j, rows_y, t_y, md_y, L, T)
+            u, _pre, dt = _chunk_dt(cur[0], cur[1], m, bias, SOFTPLUS, FAST)
             dt_s = gl.convert_layout(dt, L_dt)
             dtu_s = gl.convert_layout(dt * u, L_dt)
-            tb = j * T + t_b
-            m_nt = (n_b < N)[:, None] & (tb < L)[None, :]
-            offs_nt = bc0 + n_b[:, None] * L + tb[None, :]
-            Bt = gl.load(B_ptr + offs_nt, mask=m_nt, other=0.0).to(gl.float32)
-            Ct = gl.load(C_ptr + offs_nt, mask=m_nt, other=0.0).to(gl.float32)
+            Bt = cur_bc[0].to(gl.float32)
+            Ct = cur_bc[1].to(gl.float32)
             a = gl.exp2(gl.expand_dims(dt_s, 1) * gl.expand_dims(A2, 2))
             x = gl.expand_dims(dtu_s, 1) * gl.expand_dims(Bt, 0)
             # the carried state folded into the first step, so the scan's products of a go unused
@@ -172,8 +218,7 @@ if gluon is not None:
             if HAS_Z:
                 if SAVE_Y:
                     gl.store(ypre_ptr + offs, y.to(ypre_ptr.dtype.element_ty), mask=m)
-                zt = gl.load(z_ptr + offs, mask=m, other=0.0).to(gl.float32)
-                silu, _sg = _gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
+                silu, _sg = _gate(cur[2].to(gl.float32), ROUND_GATE, z_ptr.dtype.element_ty)
                 y = y * silu
             gl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=m)
             # the state entering checkpoint chunk c, where step (j + 1) T starts it
@@ -209,7 +254,7 @@ if gluon is not None:
                        HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                        HAS_H0: gl.constexpr, HAS_DLAST: gl.constexpr, SOFTPLUS: gl.constexpr,
                        ROUND_GATE: gl.constexpr, N: gl.constexpr, T: gl.constexpr,
-                       W: gl.constexpr, FAST: gl.constexpr):  # fmt: skip
+                       W: gl.constexpr, PREFETCH: gl.constexpr, FAST: gl.constexpr):  # fmt: skip
         # ckpt (B, D, n_ck, N) fp32, slot j >= 1 the state entering chunk j of T steps (the
         # forward with CK = T); dA (D, N), dD, d(delta_bias) (D,), dB, dC (B, G, N, L) fp32 zeros
         # on entry, summed into atomically; dh0 (B, D, N) written when HAS_H0
@@ -237,16 +282,34 @@ if gluon is not None:
         dD = gl.zeros([BD, T], gl.float32, L_y)
         dbias = gl.zeros([BD, T], gl.float32, L_y)
         n_t = gl.cdiv(L, T)
+        # PREFETCH as the forward's: the chunk before's tiles (and state entering it) are loaded
+        # ahead of this chunk's work
+        rows_in = (u_ptr, delta_ptr, dout_ptr, ypre_ptr, z_ptr) if HAS_Z else (
+            u_ptr, delta_ptr, dout_ptr)  # fmt: skip
+        nxt = _row_loads(n_t - 1, rows_in, rows_y, t_y, md_y, L, T)
+        nxt_h = _entering(n_t - 1, ck, h0_ptr, st_off, m_dn, N, HAS_H0)
+        nxt_bc = _bc_loads(n_t - 1, B_ptr, C_ptr, bc0, n_b, t_b, L, N, T)
         for jj in range(n_t):
             j = n_t - 1 - jj
-            t = j * T + t_y
-            m = md_y[:, None] & (t < L)[None, :]
-            offs = rows_y[:, None] * L + t[None, :]
-            u, pre, dt = _chunk_dt(u_ptr, delta_ptr, offs, m, bias, SOFTPLUS, FAST)
-            g = gl.load(dout_ptr + offs, mask=m, other=0.0).to(gl.float32)
+            if PREFETCH >= 1:
+                cur = nxt
+                h_in = nxt_h
+                nxt = _row_loads(j - 1, rows_in, rows_y, t_y, md_y, L, T)
+                nxt_h = _entering(j - 1, ck, h0_ptr, st_off, m_dn, N, HAS_H0)
+            else:
+                cur = _row_loads(j, rows_in, rows_y, t_y, md_y, L, T)
+                h_in = _entering(j, ck, h0_ptr, st_off, m_dn, N, HAS_H0)
+            if PREFETCH >= 2:
+                cur_bc = nxt_bc
+                nxt_bc = _bc_loads(j - 1, B_ptr, C_ptr, bc0, n_b, t_b, L, N, T)
+            else:
+                cur_bc = _bc_loads(j, B_ptr, C_ptr, bc0, n_b, t_b, L, N, T)
+            offs, m = _tile_at(j, rows_y, t_y, md_y, L, T)
+            u, pre, dt = _chunk_dt(cur[0], cur[1], m, bias, SOFTPLUS, FAST)
+            g = cur[2].to(gl.float32)
             if HAS_Z:
-                yp = gl.load(ypre_ptr + offs, mask=m, other=0.0).to(gl.float32)
-                zt = gl.load(z_ptr + offs, mask=m, other=0.0).to(gl.float32)
+                yp = cur[3].to(gl.float32)
+                zt = cur[4].to(gl.float32)
                 silu, sg = _gate(zt, ROUND_GATE, z_ptr.dtype.element_ty)
                 gl.store(dz_ptr + offs, (g * yp * sg * (1.0 + zt * (1.0 - sg))).to(
                     dz_ptr.dtype.element_ty), mask=m)  # fmt: skip
@@ -257,15 +320,8 @@ if gluon is not None:
             dt3 = gl.expand_dims(gl.convert_layout(dt, L_dt), 1)
             dtu3 = gl.expand_dims(gl.convert_layout(dtu, L_dt), 1)
             g3 = gl.expand_dims(gl.convert_layout(g, L_dt), 1)
-            tb = j * T + t_b
-            m_nt = (n_b < N)[:, None] & (tb < L)[None, :]
-            offs_nt = bc0 + n_b[:, None] * L + tb[None, :]
-            B3 = gl.expand_dims(gl.load(B_ptr + offs_nt, mask=m_nt, other=0.0).to(gl.float32), 0)
-            C3 = gl.expand_dims(gl.load(C_ptr + offs_nt, mask=m_nt, other=0.0).to(gl.float32), 0)
-            if HAS_H0:
-                h_in = gl.load(gl.where(j > 0, ck + j * N, h0_ptr + st_off), mask=m_dn, other=0.0)
-            else:
-                h_in = gl.load(ck + j * N, mask=m_dn & (j > 0), other=0.0)
+            B3 = gl.expand_dims(cur_bc[0].to(gl.float32), 0)
+            C3 = gl.expand_dims(cur_bc[1].to(gl.float32), 0)
             a_cols = _cols(gl.exp2(dt3 * gl.expand_dims(A2, 2)), T)
             x_cols = _cols(dtu3 * B3, T)
             col: gl.constexpr = a_cols[0].type.layout  # the columns' (same registers as L_dn)
@@ -298,6 +354,9 @@ if gluon is not None:
             gl.store(du_ptr + offs, (s_b * dt + g * Dv[:, None]).to(du_ptr.dtype.element_ty),
                      mask=m)  # fmt: skip
             # dB, dC: summed over the program's channels, then one atomic add per (state, step)
+            tb = j * T + t_b
+            m_nt = (n_b < N)[:, None] & (tb < L)[None, :]
+            offs_nt = bc0 + n_b[:, None] * L + tb[None, :]
             gl.atomic_add(dB_ptr + offs_nt, gl.sum(dH * dtu3, axis=0), mask=m_nt, sem="relaxed")
             gl.atomic_add(dC_ptr + offs_nt, gl.sum(H * g3, axis=0), mask=m_nt, sem="relaxed")
         gl.atomic_add(dA_ptr + d_s[:, None] * N + n_s[None, :], dA, mask=m_dn, sem="relaxed")

@@ -44,8 +44,10 @@ from torch import Tensor
 # a loop step, loads issued a step ahead in the forward / backward ("scalars": A and the carried
 # states only), the backward's register cap, the carried state folded into a chunk's first step)
 # or "state" (this module's), or "seq": gluon_seq.py's forward and backward (one thread per
-# (channel, state), seq_chunk steps in registers, seq_bwd_warps a backward program, its register
-# cap seq_bwd_maxnreg; CUDA only;
+# (channel, state), seq_chunk steps in registers, seq_fwd_warps a forward program (None: the most
+# of 4, 2, 1 whose channels divide a group's), seq_bwd_warps a backward program, its register cap
+# seq_bwd_maxnreg, seq_prefetch: 1, a chunk's (channel, step) tiles loaded a chunk ahead, 2, its B
+# and C too, 0, none; CUDA only;
 # elsewhere, and where they do not apply, the time kernels run); time_fwd: "seq" for gluon_seq's
 # forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
@@ -54,8 +56,8 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "kernel": "time", "time_bd": 1, "time_chunk": 128, "time_warps": 1, "time_stages": 2,
           "time_unroll": 2, "time_prefetch": True, "time_bwd_prefetch": False,
           "time_bwd_maxnreg": None, "time_batch_fast": True, "time_carry_in": False,
-          "time_y_fp32": False, "time_fwd": "time", "seq_chunk": 16, "seq_bwd_warps": 1,
-          "seq_bwd_maxnreg": None}  # fmt: skip
+          "time_y_fp32": False, "time_fwd": "time", "seq_chunk": 16, "seq_fwd_warps": None,
+          "seq_bwd_warps": 1, "seq_bwd_maxnreg": None, "seq_prefetch": 1}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

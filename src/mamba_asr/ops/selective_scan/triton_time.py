@@ -373,7 +373,8 @@ def _seq_plan(u: torch.Tensor, d_state: int, channels: int, tc: int) -> SeqPlan 
         return None
     if steps < 1 or steps > 32 or steps & (steps - 1) or (not both and tc % steps):
         return None
-    fwd = seq_block(d_state, channels)
+    fwd_warps = CONFIG["seq_fwd_warps"]
+    fwd = seq_block(d_state, channels, *(() if fwd_warps is None else ((fwd_warps,),)))
     if fwd is None:
         return None
     if not both:
@@ -430,7 +431,7 @@ class TritonTimeScan(torch.autograd.Function):
             warps, block = plan.fwd
             launch(fwd_seq_kernel, (batch, cdiv(dim // groups, block), groups), *args,
                    dim // groups, n_chunks, **flags, TC=plan.every, T=plan.steps, W=warps,
-                   num_warps=warps)  # fmt: skip
+                   PREFETCH=CONFIG["seq_prefetch"], num_warps=warps)  # fmt: skip
         else:
             launch(
                 _fwd_time_kernel, _grid(batch, cdiv(dim // groups, bd), groups), *args, n_chunks,
@@ -475,7 +476,7 @@ class TritonTimeScan(torch.autograd.Function):
                 dim // groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
                 HAS_BIAS=bias32 is not None, HAS_H0=has_h0, HAS_DLAST=dlast is not None,
                 SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state, T=ctx.seq.steps, W=warps,
-                FAST=fast_math(), num_warps=warps, maxnreg=CONFIG["seq_bwd_maxnreg"],
+                PREFETCH=CONFIG["seq_prefetch"], FAST=fast_math(), num_warps=warps, maxnreg=CONFIG["seq_bwd_maxnreg"],
             )  # fmt: skip
             dh0 = None if dh0 is None else dh0.to(h0_dtype)
             return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
