@@ -84,8 +84,6 @@ EDITS["no_atomics"] = EDITS["no_dBdC_atomics"] + EDITS["no_dA"]
 CONFIGS: dict[str, dict] = {
     "bd4w4": {"time_bd": 4, "time_warps": 4},
     "carry_in": {"time_carry_in": True},
-    "seq_fwd": {"time_fwd": "seq"},
-    "seq": {"kernel": "seq"},
 }
 
 SHAPES = [(8, 1024, 512), (8, 1024, 2048), (4, 1024, 8192)]
