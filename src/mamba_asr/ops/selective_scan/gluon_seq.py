@@ -1,21 +1,26 @@
-"""The selective scan's forward on CUDA in Gluon (triton's layout-explicit language): one thread
-per (channel, state) walking the sequence, no scan across lanes.
+"""The selective scan's forward and backward on CUDA in Gluon (triton's layout-explicit
+language): one thread per (channel, state) walking the sequence, no scan across lanes.
 
-The time-parallel forward (``triton_time``) spreads a chunk's steps over a warp's lanes and pays a
-scan across them for every state: about 25 instructions per (channel, state, step) on sm_90. Here
-a thread holds one (channel, state) pair and a chunk's T steps in registers (layout ``L3``:
-channels over warps and lanes, states over lanes, steps inside the thread), so the recurrence
-h_t = a_t h_{t-1} + x_t is a plain in-thread scan, one multiply-add a step. What is per channel
-(softplus, dt u, the D skip, the gate) runs once per (channel, step) in a layout with one value a
-thread (``L_y``: steps over lanes) and reaches the state lanes through shared memory; the output's
-sum over the states goes back the same way (``LR``: the states inside each thread, so the sum needs
-no shuffles). About 14 instructions per (channel, state, step) on sm_90 in fp32 (16 in bf16),
-at 80 registers a thread (``scripts/kernel_resources.py``).
+The time-parallel kernels (``triton_time``) spread a chunk's steps over a warp's lanes and pay a
+scan across them for every state. Here a thread holds one (channel, state) pair and a chunk's T
+steps in registers (layout ``L3``: channels over warps and lanes, states over lanes, steps inside
+the thread), so the recurrence h_t = a_t h_{t-1} + x_t is a plain in-thread scan, one multiply-add
+a step. What is per channel (softplus, dt u, the D skip, the gate) runs once per (channel, step) in
+a layout with one value a thread (``L_y``: steps over lanes) and reaches the state lanes through
+shared memory; the sums over the states go back the same way (``LR``: the states inside each
+thread, so the sums need no shuffles).
 
-The kernel writes what the time-parallel backward reads: the output, the output before the gate
-(when there is one), the state entering every ``TC``-step chunk after the first and the last state.
-So it replaces ``_fwd_time_kernel`` alone (``CONFIG["time_fwd"] = "seq"``); the backward is
-unchanged. Gluon has no CPU interpreter: this path runs on CUDA only, and is tested there.
+``fwd_seq_kernel`` writes what a backward reads: the output, the output before the gate (when
+there is one), the state entering every ``TC``-step chunk after the first and the last state.
+Before the time-parallel backward (``CONFIG["time_fwd"] = "seq"``) TC is their chunk; before
+``bwd_seq_kernel`` (``CONFIG["kernel"] = "seq"``) it is T, and the backward recomputes each
+chunk's states from its checkpoint and runs the adjoint over register columns. PREFETCH loads
+the next chunk's tiles before this chunk's work.
+
+About half the time kernels' instructions on sm_90 (``scripts/kernel_resources.py``), but slower
+on H100 and H200 (docs/benchmarks.md): latency-bound, with few bytes in flight per warp and, in
+the backward, registers for a small fraction of an SM's warps. Off by default. Gluon has no CPU
+interpreter: this path runs on CUDA only, and is tested there.
 
 Shape key as ``triton_kernel``: B batch, D channels, G groups of B/C (E = D / G each), L length,
 N state (a power of two up to 32: 32 / N channels a warp).
