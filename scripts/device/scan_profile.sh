@@ -44,6 +44,7 @@
 #            scan_cuda.py beside the peer with both as variants and settings of theirs (SEQ_VARIANTS
 #            replaces them; --rounds 2 --gpu), then
 #            state-spaces/mamba's test against kernel=seq;
+#   trace    the ablate part's traces alone;
 #   seq_ncu  Nsight Compute on gluon_seq's kernels (kernel=seq), as the ncu part on ours;
 #   ablate   scripts/device/scan_ablate.py: the backward's GPU time with one part taken out at a
 #            time, then traces of ours and the peer's host path (chrome traces, .json.xz);
@@ -155,6 +156,10 @@ for part in $PARTS; do
     peer_ready "$dest"
     python3 scripts/device/scan_ablate.py --out "$out/ablate" --ablate --trace 2>&1 \
       | grep -v -i warn | tee "$out/scan_ablate.txt" ;;
+  trace)
+    peer_ready "$dest"
+    python3 scripts/device/scan_ablate.py --out "$out/ablate" --trace 2>&1 \
+      | grep -v -i warn | tee "$out/scan_trace.txt" | grep -E "^## |Self CPU time total" ;;
   peer_ncu)
     peer_ready "$dest"
     ncu --clock-control none --set full -k regex:selective_scan -f -o "$out/peer" \
