@@ -16,8 +16,10 @@ say "ruff format --check"
 say "pytest"
 status=0
 # one worker per core, each test file on one worker (its module fixtures built once);
-# MAMBA_ASR_TEST_WORKERS=0 runs in one process
-"$VPY" -m pytest -ra -n "${MAMBA_ASR_TEST_WORKERS:-auto}" --dist loadfile ${1+"$@"} || status=$?
+# MAMBA_ASR_TEST_WORKERS=0 runs in one process; the 25 slowest tests are listed at the end, to keep
+# the suite's time in view
+"$VPY" -m pytest -ra --durations=25 -n "${MAMBA_ASR_TEST_WORKERS:-auto}" --dist loadfile \
+    ${1+"$@"} || status=$?
 if [ "$status" -eq 5 ]; then
     die "pytest collected no tests"
 fi
