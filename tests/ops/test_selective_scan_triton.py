@@ -109,14 +109,20 @@ def _check_interpreted(case, config: str):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
 @pytest.mark.parametrize("length", [1, 7, 64, 333, 1024, 4099])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-@pytest.mark.parametrize("kernel", ["state", "time", "seq_fwd", "seq"])
+@pytest.mark.parametrize("kernel", ["state", "time", "seq_fwd", "seq", "seq_p0", "seq_p2"])
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
-    """seq: gluon_seq's forward and backward (one thread per (channel, state)); seq_fwd: its
-    forward before the time kernels' backward. Each must then be what runs."""
+    """seq: gluon_seq's forward and backward (one thread per (channel, state)), with nothing
+    (seq_p0) or B and C too (seq_p2) loaded a chunk ahead; seq_fwd: its forward before the time
+    kernels' backward. Each must then be what runs."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
-    monkeypatch.setitem(triton_kernel.CONFIG, "kernel", kernel if kernel != "seq_fwd" else "time")
-    monkeypatch.setitem(triton_kernel.CONFIG, "time_fwd", "seq" if kernel == "seq_fwd" else "time")
+    both = kernel.startswith("seq") and kernel != "seq_fwd"
+    config = {"kernel": "seq" if both else kernel.replace("seq_fwd", "time"),
+              "time_fwd": "seq" if kernel == "seq_fwd" else "time"}  # fmt: skip
+    if kernel in ("seq_p0", "seq_p2"):
+        config["seq_prefetch"] = int(kernel[-1])
+    for key, value in config.items():
+        monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [
         (2, 64, 16, length, None, True, dtype, True),
         (2, 64, 8, length, 4, False, dtype, False),
@@ -124,7 +130,7 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
         if kernel.startswith("seq"):
             u = torch.empty(1, device="cuda")
             plan = triton_time._seq_plan(u, case[2], 64 // (case[4] or 1), 128)
-            assert plan is not None and (plan.bwd is not None) == (kernel == "seq"), plan
+            assert plan is not None and (plan.bwd is not None) == both, plan
         errs = errors(case, "cuda")
         assert all(e <= TOL[dtype] for e in errs.values()), (case, errs)
 
