@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 
 # (batch, dim, d_state, length, groups, initial_state, dtype, with z, D, delta_bias and softplus)
 CASES = [
-    (2, 16, 16, 70, None, True, "float32", True),
+    (2, 16, 16, 45, None, True, "float32", True),
     (1, 8, 5, 33, 2, False, "float32", True),
     (2, 16, 16, 1, None, False, "float32", True),
     (1, 16, 4, 64, 4, True, "float32", True),
