@@ -319,14 +319,16 @@ def test_bimamba_fused_equals_two_pass_triton_interpreted() -> None:
     # the depthwise conv's kernels too (their default backend is "torch" until a GPU times them)
     env = {**os.environ, "TRITON_INTERPRET": "1", "MAMBA_ASR_DEPTHWISE_CONV": "auto"}
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", __file__]
+    # the frames as given and padded; the module options of the third case (no conv bias, another
+    # dt rank) change no kernel and are tested with the other backends
     proc = subprocess.run(
-        [*command, "-k", "test_bimamba_fused_equals_two_pass and triton"],
+        [*command, "-k", "test_bimamba_fused_equals_two_pass and triton and not options1"],
         capture_output=True,
         text=True,
         env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "3 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "2 passed" in proc.stdout, proc.stdout[-2000:]
 
 
 def test_scan_frames_and_a_padded_pass_without_lengths(monkeypatch) -> None:
