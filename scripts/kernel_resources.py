@@ -134,13 +134,11 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
     from mamba_asr.ops.selective_scan import gluon_seq
 
     seq = []
-    fwd_warps = cfg["seq_fwd_warps"]
-    block = gluon_seq.seq_block(d_state, 1024, *(() if fwd_warps is None else ((fwd_warps,),)))
-    if block is not None:  # the anchors' 1024 channels
+    block, bwd = tt.seq_blocks(d_state, 1024)  # the anchors' 1024 channels
+    if block is not None:
         seq_consts = dict(common, HAS_H0=False, SAVE_Y=True, N=d_state, T=cfg["seq_chunk"],
                           TC=cfg["time_chunk"], W=block[0], PREFETCH=cfg["seq_prefetch"])  # fmt: skip
         seq = [("seq fwd", gluon_seq.fwd_seq_kernel, seq_consts, block[0], 1)]
-        bwd = gluon_seq.seq_block(d_state, 1024, warps=(cfg["seq_bwd_warps"],))
         if bwd is not None:
             bwd_consts = dict(common, HAS_H0=False, HAS_DLAST=False, N=d_state,
                               T=cfg["seq_chunk"], W=bwd[0], PREFETCH=cfg["seq_prefetch"])  # fmt: skip

@@ -90,11 +90,17 @@ if gluon is not None:
         return out
 
     @gluon.jit
-    def _bc_loads(j, B_ptr, C_ptr, bc0, n_b, t_b, L, N: gl.constexpr, T: gl.constexpr):
-        """B and C over chunk j, (state, step) tiles as stored; zeros past L and before 0."""
+    def _bc_tile_at(j, bc0, n_b, t_b, L, N: gl.constexpr, T: gl.constexpr):
+        """(offsets, mask) of chunk j's (state, step) tile of B or C (and of dB, dC); masked
+        past L and before 0."""
         tb = j * T + t_b
         m_nt = (n_b < N)[:, None] & ((tb < L) & (tb >= 0))[None, :]
-        offs_nt = bc0 + n_b[:, None] * L + tb[None, :]
+        return bc0 + n_b[:, None] * L + tb[None, :], m_nt
+
+    @gluon.jit
+    def _bc_loads(j, B_ptr, C_ptr, bc0, n_b, t_b, L, N: gl.constexpr, T: gl.constexpr):
+        """B and C over chunk j, (state, step) tiles as stored; zeros past L and before 0."""
+        offs_nt, m_nt = _bc_tile_at(j, bc0, n_b, t_b, L, N, T)
         return gl.load(B_ptr + offs_nt, mask=m_nt, other=0.0), gl.load(
             C_ptr + offs_nt, mask=m_nt, other=0.0
         )
@@ -359,9 +365,7 @@ if gluon is not None:
             gl.store(du_ptr + offs, (s_b * dt + g * Dv[:, None]).to(du_ptr.dtype.element_ty),
                      mask=m)  # fmt: skip
             # dB, dC: summed over the program's channels, then one atomic add per (state, step)
-            tb = j * T + t_b
-            m_nt = (n_b < N)[:, None] & (tb < L)[None, :]
-            offs_nt = bc0 + n_b[:, None] * L + tb[None, :]
+            offs_nt, m_nt = _bc_tile_at(j, bc0, n_b, t_b, L, N, T)
             gl.atomic_add(dB_ptr + offs_nt, gl.sum(dH * dtu3, axis=0), mask=m_nt, sem="relaxed")
             gl.atomic_add(dC_ptr + offs_nt, gl.sum(H * g3, axis=0), mask=m_nt, sem="relaxed")
         gl.atomic_add(dA_ptr + d_s[:, None] * N + n_s[None, :], dA, mask=m_dn, sem="relaxed")

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from mamba_asr.ops.selective_scan.gluon_seq import seq_block
+from mamba_asr.ops.selective_scan.gluon_seq import WARPS, seq_block
 from mamba_asr.ops.selective_scan.triton_kernel import (
     CONFIG,
     LOG2E,
@@ -373,14 +373,21 @@ def _seq_plan(u: torch.Tensor, d_state: int, channels: int, tc: int) -> SeqPlan 
         return None
     if steps < 1 or steps > 32 or steps & (steps - 1) or (not both and tc % steps):
         return None
-    fwd_warps = CONFIG["seq_fwd_warps"]
-    fwd = seq_block(d_state, channels, *(() if fwd_warps is None else ((fwd_warps,),)))
+    fwd, bwd = seq_blocks(d_state, channels)
     if fwd is None:
         return None
     if not both:
         return SeqPlan(steps, tc, fwd, None)
-    bwd = seq_block(d_state, channels, warps=(CONFIG["seq_bwd_warps"],))
     return None if bwd is None else SeqPlan(steps, steps, fwd, bwd)
+
+
+def seq_blocks(d_state: int, channels: int) -> tuple[tuple[int, int] | None, ...]:
+    """(warps, channels) of a ``gluon_seq`` forward program and of a backward program as CONFIG
+    sets them (``seq_fwd_warps``, None: the most of ``gluon_seq.WARPS`` that divides a group of
+    ``channels``; ``seq_bwd_warps``), each None where the kernels do not apply."""
+    fwd_warps = CONFIG["seq_fwd_warps"]
+    fwd = seq_block(d_state, channels, warps=WARPS if fwd_warps is None else (fwd_warps,))
+    return fwd, seq_block(d_state, channels, warps=(CONFIG["seq_bwd_warps"],))
 
 
 # CONFIG's time_bwd_prefetch -> the backward kernel's PREFETCH
@@ -476,7 +483,8 @@ class TritonTimeScan(torch.autograd.Function):
                 dim // groups, n_chunks, HAS_D=D32 is not None, HAS_Z=z is not None,
                 HAS_BIAS=bias32 is not None, HAS_H0=has_h0, HAS_DLAST=dlast is not None,
                 SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state, T=ctx.seq.steps, W=warps,
-                PREFETCH=CONFIG["seq_prefetch"], FAST=fast_math(), num_warps=warps, maxnreg=CONFIG["seq_bwd_maxnreg"],
+                PREFETCH=CONFIG["seq_prefetch"], FAST=fast_math(), num_warps=warps,
+                maxnreg=CONFIG["seq_bwd_maxnreg"],
             )  # fmt: skip
             dh0 = None if dh0 is None else dh0.to(h0_dtype)
             return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
