@@ -106,15 +106,33 @@ def _check_interpreted(case, config: str):
     assert all(e <= tol for e in errs.values()), errs
 
 
+# triton_lanes' kernels (CONFIG kernel=lanes): 4 steps a lane over three chunks of 128 with an odd
+# number of states, groups and an initial state (its gradient is the first chunk's carry); 8 steps
+# a lane, four channels a program on four warps, one state a loop step, in bf16
+@needs_interpreter
+@pytest.mark.parametrize(
+    "case, overrides",
+    [((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes"}),
+     (CASES[5], {"kernel": "lanes", "lanes_k": 8, "time_bd": 4, "time_warps": 4,
+                 "time_unroll": 1})],
+    ids=["k4-three-chunks", "k8-four-channels-bf16"],
+)  # fmt: skip
+def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
+    _check_interpreted(case, json.dumps(overrides))
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
 @pytest.mark.parametrize("length", [1, 7, 64, 333, 1024, 4099])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-@pytest.mark.parametrize("kernel", ["state", "time", "seq_fwd", "seq", "seq_p0", "seq_p2"])
+@pytest.mark.parametrize(
+    "kernel", ["state", "time", "seq_fwd", "seq", "seq_p0", "seq_p2", "lanes", "lanes8"]
+)
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     """seq: gluon_seq's forward and backward (one thread per (channel, state)), with nothing
     (seq_p0) or B and C too (seq_p2) loaded a chunk ahead; seq_fwd: its forward before the time
-    kernels' backward. Each must then be what runs."""
+    kernels' backward. Each must then be what runs. lanes, lanes8: triton_lanes' kernels, 4 and 8
+    steps a lane."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -122,6 +140,8 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
               "time_fwd": "seq" if kernel == "seq_fwd" else "time"}  # fmt: skip
     if kernel in ("seq_p0", "seq_p2"):
         config["seq_prefetch"] = int(kernel[-1])
+    if kernel.startswith("lanes"):
+        config.update(kernel="lanes", lanes_k=8 if kernel == "lanes8" else 4)
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [

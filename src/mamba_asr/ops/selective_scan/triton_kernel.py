@@ -57,7 +57,7 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "time_unroll": 2, "time_prefetch": True, "time_bwd_prefetch": False,
           "time_bwd_maxnreg": None, "time_batch_fast": True, "time_carry_in": False,
           "time_y_fp32": False, "time_fwd": "time", "seq_chunk": 16, "seq_fwd_warps": None,
-          "seq_bwd_warps": 1, "seq_bwd_maxnreg": None, "seq_prefetch": 1}  # fmt: skip
+          "seq_bwd_warps": 1, "seq_bwd_maxnreg": None, "seq_prefetch": 1, "lanes_k": 4}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it
@@ -570,7 +570,7 @@ def selective_scan_triton(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Fused selective scan on CUDA; arguments, shapes and results as ``selective_scan_ref``."""
     fn = TritonSelectiveScan
-    if CONFIG["kernel"] in ("time", "seq"):
+    if CONFIG["kernel"] in ("time", "seq", "lanes"):
         from mamba_asr.ops.selective_scan.triton_time import TritonTimeScan as fn
     out, last = fn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
     return (out, last) if return_last_state else out

@@ -32,6 +32,7 @@ N state.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import NamedTuple
 
 import torch
@@ -390,6 +391,30 @@ def seq_blocks(d_state: int, channels: int) -> tuple[tuple[int, int] | None, ...
     return fwd, seq_block(d_state, channels, warps=(CONFIG["seq_bwd_warps"],))
 
 
+def _lanes_k() -> int | None:
+    """K, the steps a lane holds in ``triton_lanes``' kernels, where CONFIG asks for them
+    (``kernel`` "lanes", ``lanes_k`` 4 or 8), else None."""
+    if CONFIG["kernel"] != "lanes":
+        return None
+    k = CONFIG["lanes_k"]
+    if k not in (4, 8):
+        raise ValueError(f"CONFIG lanes_k must be 4 or 8, got {k!r}")
+    return k
+
+
+class _LaneKernels(NamedTuple):
+    fwd: object
+    bwd: object
+
+
+@cache
+def _lanes() -> _LaneKernels:
+    """``triton_lanes``' kernels (imported on first use: that module builds on this one)."""
+    from mamba_asr.ops.selective_scan import triton_lanes
+
+    return _LaneKernels(triton_lanes._fwd_lanes_kernel, triton_lanes._bwd_lanes_kernel)
+
+
 # CONFIG's time_bwd_prefetch -> the backward kernel's PREFETCH
 _BWD_PREFETCH = {False: 0, "scalars": 1, True: 2}
 
@@ -416,8 +441,9 @@ class TritonTimeScan(torch.autograd.Function):
         x = scan_inputs(u, delta, A, B, C, D, z, delta_bias, h0, softplus)
         u, delta, A32, B, C, D32, z, bias32, h0 = x[:9]
         batch, dim, length, d_state, groups, round_gate = x[9:15]
-        bd, tc = _block_d(dim, groups), CONFIG["time_chunk"]
-        plan = _seq_plan(u, d_state, dim // groups, tc)
+        bd, lanes = _block_d(dim, groups), _lanes_k()
+        tc = CONFIG["time_chunk"] if lanes is None else 32 * lanes
+        plan = None if lanes is not None else _seq_plan(u, d_state, dim // groups, tc)
         n_chunks = max(cdiv(length, tc if plan is None else plan.every), 1)
         out = torch.empty_like(u)
         save_y = z is not None and any(ctx.needs_input_grad)
@@ -434,7 +460,12 @@ class TritonTimeScan(torch.autograd.Function):
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                      HAS_H0=h0 is not None, SOFTPLUS=softplus, ROUND_GATE=round_gate,
                      SAVE_Y=save_y, N=d_state, FAST=fast_math())  # fmt: skip
-        if plan is not None:  # one thread per (channel, state): gluon_seq.py
+        if lanes is not None:  # K steps a lane: triton_lanes.py
+            launch(_lanes().fwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, n_chunks,
+                   **flags, BD=bd, K=lanes, NU=CONFIG["time_unroll"],
+                   BATCH_FAST=CONFIG["time_batch_fast"], num_warps=CONFIG["time_warps"],
+                   num_stages=CONFIG["time_stages"])  # fmt: skip
+        elif plan is not None:  # one thread per (channel, state): gluon_seq.py
             warps, block = plan.fwd
             launch(fwd_seq_kernel, (batch, cdiv(dim // groups, block), groups), *args,
                    dim // groups, n_chunks, **flags, TC=plan.every, T=plan.steps, W=warps,
@@ -450,6 +481,7 @@ class TritonTimeScan(torch.autograd.Function):
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, h0, ypre, ckpt)
         ctx.info = x.info
         ctx.seq = plan if plan is not None and plan.bwd is not None else None
+        ctx.lanes = lanes
         return out, last
 
     @staticmethod
@@ -489,6 +521,23 @@ class TritonTimeScan(torch.autograd.Function):
             dh0 = None if dh0 is None else dh0.to(h0_dtype)
             return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
         dhbuf = u.new_empty(2, batch, dim, d_state, dtype=torch.float32)
+        if ctx.lanes is not None:  # triton_lanes.py: its carries are a_t dLoss/dh_t
+            launch(
+                _lanes().bwd, _grid(batch, cdiv(dim // groups, bd), groups), u, delta, A32, B, C,
+                D32 if D32 is not None else dummy, z if z is not None else u,
+                bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy,
+                ypre if ypre is not None else dummy, ckpt, dout,
+                dlast if dlast is not None else dummy, dhbuf, du, ddelta,
+                dz if dz is not None else du, dA, dD, dbias, dB, dC, dim, length, groups, n_chunks,
+                HAS_D=D32 is not None, HAS_Z=z is not None,
+                HAS_BIAS=bias32 is not None, HAS_H0=h0 is not None, HAS_DLAST=dlast is not None,
+                SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state, BD=bd, K=ctx.lanes,
+                NU=CONFIG["time_unroll"], BATCH_FAST=CONFIG["time_batch_fast"], FAST=fast_math(),
+                num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
+                maxnreg=CONFIG["time_bwd_maxnreg"],
+            )  # fmt: skip
+            dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
+            return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
         launch(
             _bwd_time_kernel, _grid(batch, cdiv(dim // groups, bd), groups), u, delta, A32, B, C,
             D32 if D32 is not None else dummy, z if z is not None else u,

@@ -1,0 +1,358 @@
+"""Selective scan on CUDA with Triton: K consecutive steps a lane, scanned in the thread, then
+across the warp's lanes once per state and chunk.
+
+The time-parallel kernels (``triton_time``) hand each chunk to ``tl.associative_scan``, which
+pays its scan across the 32 lanes (five shuffle levels, both a and x) for every 4 steps, then, in
+the backward, ``tl.gather`` reversals for the adjoint and a reduction for dA. Here a program still
+owns (batch, BD channels, a group of B/C) and walks the sequence in chunks of 32 K steps, lane l
+holding steps l K .. l K + K - 1 of each, but the K steps are separate (BD, 32) tensors (the
+loaded tile split in registers, no data moved), so that:
+
+- the recurrence h_t = a_t h_{t-1} + x_t runs K steps in the thread (one multiply-add a step,
+  with the running product of a), and only each lane's summary (its product of a, its local h)
+  goes through the scan across lanes; each step then adds its running product times the state
+  entering the lane (the carry entering the chunk is folded into lane 0's first step);
+- the adjoint dh_t = C_t g_t + a_{t+1} dh_{t+1} runs the same way from the last step down: in the
+  thread, a_{t+1} is the next register's a (no exp computed twice, no reversal), and the scan
+  across lanes runs towards lane 0 through ``tl.gather`` (one shuffle a value and level, as the
+  forward direction);
+- the backward carries a_t dh_t of a chunk's first step to the chunk before (the adjoint's carry
+  already multiplied by its decay), so dLoss/d(initial state) is the first chunk's carry itself;
+- dD and d(delta_bias) stay per lane in registers over the whole sequence and are summed once.
+
+K = 4 loads each tile as one 16-byte vector a lane; K = 8 as two. The checkpoints are those of
+``triton_time`` (the state entering every chunk after the first, fp32), so its host code runs
+these kernels (``CONFIG["kernel"] = "lanes"``, ``lanes_k``); arithmetic is fp32 throughout and the
+gate silu(z) is rounded to z's dtype as PyTorch rounds it. Shape key as ``triton_kernel``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from mamba_asr.ops.selective_scan.triton_kernel import LOG2E, combine, gate, softplus
+from mamba_asr.ops.selective_scan.triton_time import _entering, _program
+
+LANES = tl.constexpr(32)
+
+
+@triton.jit
+def _split4(x):
+    """The 4 columns of a (BD, 32, 4) tile as (BD, 32) tensors (in-thread: no data moves)."""
+    lo, hi = tl.split(tl.reshape(x, (x.shape[0], x.shape[1], 2, 2)))
+    c0, c2 = tl.split(lo)
+    c1, c3 = tl.split(hi)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _join4(c0, c1, c2, c3):
+    """Inverse of ``_split4``."""
+    x = tl.join(tl.join(c0, c2), tl.join(c1, c3))
+    return tl.reshape(x, (c0.shape[0], c0.shape[1], 4))
+
+
+@triton.jit
+def _offsets(t0, lane, j, K: tl.constexpr):
+    """(1, 32, 4) steps of a chunk starting at t0: lane l's steps l K + 4 j .. l K + 4 j + 3."""
+    m4 = tl.arange(0, 4)
+    return t0 + lane[None, :, None] * K + 4 * j + m4[None, None, :]
+
+
+@triton.jit
+def _load_steps(ptr, rows, t0, L, md, lane, K: tl.constexpr):
+    """K (BD, 32) fp32 tensors, step k of each lane of rows (BD,) of a (., L) tensor; 0 past L
+    and on masked rows."""
+    out = ()
+    for j in tl.static_range(K // 4):
+        t = _offsets(t0, lane, j, K)
+        x = tl.load(ptr + rows[:, None, None] * L + t, mask=md[:, None, None] & (t < L), other=0.0)
+        out = out + _split4(x.to(tl.float32))
+    return out
+
+
+@triton.jit
+def _load_bc(ptr, t0, L, lane, ok, K: tl.constexpr):
+    """K (1, 32) fp32 tensors of one state's B or C row at ptr; 0 past L or where not ok."""
+    out = ()
+    for j in tl.static_range(K // 4):
+        t = _offsets(t0, lane, j, K)
+        x = tl.load(ptr + t, mask=(t < L) & ok, other=0.0)
+        out = out + _split4(x.to(tl.float32))
+    return out
+
+
+@triton.jit
+def _store_steps(ptr, rows, t0, L, md, lane, vals, K: tl.constexpr):
+    """Store K (BD, 32) tensors as ``_load_steps`` reads them (cast to ptr's dtype)."""
+    for j in tl.static_range(K // 4):
+        t = _offsets(t0, lane, j, K)
+        x = _join4(vals[4 * j], vals[4 * j + 1], vals[4 * j + 2], vals[4 * j + 3])
+        tl.store(ptr + rows[:, None, None] * L + t, x, mask=md[:, None, None] & (t < L))
+
+
+@triton.jit
+def _add_bc(ptr, t0, L, lane, ok, vals, K: tl.constexpr):
+    """Add K (BD, 32) tensors, summed over the BD channels, into one state's dB or dC row at ptr
+    (atomically, fp32)."""
+    for j in tl.static_range(K // 4):
+        t = _offsets(t0, lane, j, K)
+        x = _join4(vals[4 * j], vals[4 * j + 1], vals[4 * j + 2], vals[4 * j + 3])
+        x = tl.sum(x, axis=0, keep_dims=True)
+        tl.atomic_add(ptr + t, x, mask=(t < L) & ok, sem="relaxed")
+
+
+@triton.jit
+def _to_lane(x, lane, src, fill, at):
+    """x (BD, 32) as seen from each lane: lane src's value, or ``fill`` where the lane is ``at``."""
+    got = tl.gather(x, tl.broadcast_to(src[None, :], x.shape), 1)
+    return tl.where((lane == at)[None, :], fill, got)
+
+
+@triton.jit
+def _lanes_down(M, V, lane):
+    """Inclusive scan of the affine maps r -> M r + V from lane 31 towards lane 0: lane l ends with
+    the composition of lanes l .. 31 (lane 31's applied first), Hillis-Steele over ``tl.gather``
+    (one shuffle a value and level; ``tl.associative_scan(reverse=True)`` also flips its inputs
+    and outputs)."""
+    for i in tl.static_range(5):
+        idx = tl.broadcast_to(tl.minimum(lane + (1 << i), 31)[None, :], M.shape)
+        has = (lane + (1 << i) < 32)[None, :]
+        Mo = tl.gather(M, idx, 1)
+        Vo = tl.gather(V, idx, 1)
+        V = tl.where(has, M * Vo + V, V)
+        M = tl.where(has, M * Mo, M)
+    return M, V
+
+
+@triton.jit
+def _states_up(dts, dtus, Bs, A2, h0, lane, K: tl.constexpr):
+    """The states h_t of a chunk from h0 (BD,) entering it, for one state of the BD channels:
+    (h, x, a) each K (BD, 32) tensors (x = dt u B as the recurrence adds it, before the fold)."""
+    xs = ()
+    as_ = ()
+    hl = ()
+    ps = ()
+    h = tl.zeros_like(dts[0])
+    p = tl.zeros_like(dts[0])
+    for k in tl.static_range(K):
+        a = tl.math.exp2(dts[k] * A2[:, None])
+        x = dtus[k] * Bs[k]
+        xs = xs + (x,)
+        as_ = as_ + (a,)
+        if k == 0:  # the state entering the chunk, folded into lane 0's first step
+            h = tl.where((lane == 0)[None, :], a * h0[:, None] + x, x)
+            p = a
+        else:
+            h = a * h + x
+            p = p * a
+        hl = hl + (h,)
+        ps = ps + (p,)
+    _m, v = tl.associative_scan((p, h), 1, combine)  # lane l: the state leaving lane l
+    hin = _to_lane(v, lane, tl.maximum(lane - 1, 0), 0.0, 0)  # entering lane l (lane 0: folded)
+    hs = ()
+    for k in tl.static_range(K):
+        hs = hs + (hl[k] + ps[k] * hin,)
+    return hs, xs, as_, v
+
+
+@triton.jit
+def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+                      out_ptr, ypre_ptr, ckpt_ptr, last_ptr, D, L, G, n_chunks,
+                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr,
+                      SAVE_Y: tl.constexpr, N: tl.constexpr, BD: tl.constexpr, K: tl.constexpr,
+                      NU: tl.constexpr, BATCH_FAST: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    # ckpt, last: as triton_time's forward (chunks of 32 K steps)
+    b, pid_d, grp = _program(BATCH_FAST)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    lane = tl.arange(0, LANES)
+    md = offs_d < D
+    rows = b.to(tl.int64) * D + offs_d
+    bc0 = (b.to(tl.int64) * G + grp) * N * L
+    ck = ckpt_ptr + rows * (n_chunks * N)
+    Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
+    bias = (
+        tl.load(bias_ptr + offs_d, mask=md, other=0.0) if HAS_BIAS else tl.zeros((BD,), tl.float32)
+    )
+    last_lane = md[:, None] & (lane == 31)[None, :]
+    for c in range(n_chunks):
+        hrow, hok = _entering(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
+        dst = tl.where(c + 1 < n_chunks, ck + (c + 1) * N, last_ptr + rows * N)
+        t0 = c * (32 * K)
+        us = _load_steps(u_ptr, rows, t0, L, md, lane, K)
+        pres = _load_steps(delta_ptr, rows, t0, L, md, lane, K)
+        dts = ()
+        dtus = ()
+        ys = ()
+        for k in tl.static_range(K):
+            tk = t0 + lane * K + k
+            pre = pres[k] + bias[:, None]
+            dt = softplus(pre, FAST) if SOFTPLUS else pre
+            dt = tl.where(md[:, None] & (tk < L)[None, :], dt, 0.0)  # past L: a = 1, x = 0
+            dts = dts + (dt,)
+            dtus = dtus + (dt * us[k],)
+            ys = ys + (Dv[:, None] * us[k],)
+        for n0 in range(0, N, NU):
+            for j in tl.static_range(NU):
+                n = n0 + j
+                ok = n < N
+                A2 = tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0) * LOG2E
+                h0 = tl.load(hrow + n, mask=hok & ok, other=0.0)
+                Bs = _load_bc(B_ptr + bc0 + n * L, t0, L, lane, ok, K)
+                Cs = _load_bc(C_ptr + bc0 + n * L, t0, L, lane, ok, K)
+                hs, _xs, _as, v = _states_up(dts, dtus, Bs, A2, h0, lane, K)
+                ny = ()
+                for k in tl.static_range(K):
+                    ny = ny + (ys[k] + hs[k] * Cs[k],)
+                ys = ny
+                # the state leaving the chunk: lane 31's
+                tl.store(dst[:, None] + n + lane[None, :] * 0, v, mask=last_lane & ok)
+        if HAS_Z:
+            if SAVE_Y:
+                _store_steps(ypre_ptr, rows, t0, L, md, lane, ys, K)
+            zs = _load_steps(z_ptr, rows, t0, L, md, lane, K)
+            gy = ()
+            for k in tl.static_range(K):
+                silu, _sg = gate(zs[k], ROUND_GATE, z_ptr.dtype.element_ty)
+                gy = gy + (ys[k] * silu,)
+            ys = gy
+        _store_steps(out_ptr, rows, t0, L, md, lane, ys, K)
+        tl.debug_barrier()  # the states just stored are read by other threads in the next chunk
+
+
+@triton.jit
+def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+                      ypre_ptr, ckpt_ptr, dout_ptr, dlast_ptr, dhbuf_ptr, du_ptr, ddelta_ptr,
+                      dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, D, L, G, n_chunks,
+                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      HAS_H0: tl.constexpr, HAS_DLAST: tl.constexpr,
+                      SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, N: tl.constexpr,
+                      BD: tl.constexpr, K: tl.constexpr, NU: tl.constexpr,
+                      BATCH_FAST: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    # dhbuf: (2, B, D, N) fp32, a_t dLoss/dh_t at the first step t of the chunk after the one
+    # being processed (for the last chunk: dLoss/d(last state) from dlast, or zeros), alternating
+    # between the two halves; at the end the half n_chunks % 2 holds dLoss/d(initial state).
+    # dA (D, N), dD and d(delta_bias) (D,), dB and dC: fp32 zeros on entry, added to atomically
+    b, pid_d, grp = _program(BATCH_FAST)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    lane = tl.arange(0, LANES)
+    md = offs_d < D
+    rows = b.to(tl.int64) * D + offs_d
+    bc0 = (b.to(tl.int64) * G + grp) * N * L
+    ck = ckpt_ptr + rows * (n_chunks * N)
+    dhb = dhbuf_ptr + rows * N
+    half = (tl.num_programs(0) if BATCH_FAST else tl.num_programs(1)) * D * N
+    Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
+    bias = (
+        tl.load(bias_ptr + offs_d, mask=md, other=0.0) if HAS_BIAS else tl.zeros((BD,), tl.float32)
+    )
+    first_lane = md[:, None] & (lane == 0)[None, :]
+    up = tl.minimum(lane + 1, 31)
+    dD = tl.zeros((BD, LANES), tl.float32)  # per lane, summed at the end
+    dbias = tl.zeros((BD, LANES), tl.float32)
+    for cc in range(n_chunks):
+        c = n_chunks - 1 - cc
+        hrow, hok = _entering(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
+        t0 = c * (32 * K)
+        us = _load_steps(u_ptr, rows, t0, L, md, lane, K)
+        pres = _load_steps(delta_ptr, rows, t0, L, md, lane, K)
+        gs = _load_steps(dout_ptr, rows, t0, L, md, lane, K)  # dLoss/dout
+        if HAS_Z:
+            yp = _load_steps(ypre_ptr, rows, t0, L, md, lane, K)
+            zs = _load_steps(z_ptr, rows, t0, L, md, lane, K)
+        dts = ()
+        dtus = ()
+        gy = ()
+        dzs = ()
+        for k in tl.static_range(K):
+            m = md[:, None] & (t0 + lane * K + k < L)[None, :]
+            pre = pres[k] + bias[:, None]
+            dt = softplus(pre, FAST) if SOFTPLUS else pre
+            dt = tl.where(m, dt, 0.0)
+            g = gs[k]
+            if HAS_Z:
+                silu, sg = gate(zs[k], ROUND_GATE, z_ptr.dtype.element_ty)
+                dzs = dzs + (g * yp[k] * sg * (1.0 + zs[k] * (1.0 - sg)),)
+                g = g * silu  # dLoss/dy
+            g = tl.where(m, g, 0.0)
+            dD += g * us[k]
+            dts = dts + (dt,)
+            dtus = dtus + (dt * us[k],)
+            gy = gy + (g,)
+        if HAS_Z:
+            _store_steps(dz_ptr, rows, t0, L, md, lane, dzs, K)
+        ddt = ()  # sums over the states of dLoss/d(dt A) A
+        dus = ()  # and of dLoss/dh B
+        for _k in tl.static_range(K):
+            ddt = ddt + (tl.zeros_like(dts[0]),)
+            dus = dus + (tl.zeros_like(dts[0]),)
+        src = tl.where(cc == 0, dlast_ptr + rows * N, dhb + (cc % 2) * half)
+        sok = md if HAS_DLAST else md & (cc > 0)
+        dst = dhb + ((cc + 1) % 2) * half
+        for n0 in range(0, N, NU):
+            for j in tl.static_range(NU):
+                n = n0 + j
+                ok = n < N
+                A = tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0)
+                h0 = tl.load(hrow + n, mask=hok & ok, other=0.0)
+                carry = tl.load(src + n, mask=sok & ok, other=0.0)  # enters the last step
+                Bs = _load_bc(B_ptr + bc0 + n * L, t0, L, lane, ok, K)
+                Cs = _load_bc(C_ptr + bc0 + n * L, t0, L, lane, ok, K)
+                hs, xs, as_, _v = _states_up(dts, dtus, Bs, A * LOG2E, h0, lane, K)
+                # the adjoint, last step first: in the thread from 0, lam_k = gc_k + a_{k+1}
+                # lam_{k+1} with r_k = a_{k+1} ... a_{K-1} its coefficient of the carry that
+                # enters the lane's last step; the chunk's carry folded into lane 31's last step
+                gc = gy[K - 1] * Cs[K - 1]
+                lam = tl.where((lane == 31)[None, :], gc + carry[:, None], gc)
+                lr = (lam,)
+                rr = (tl.full(lam.shape, 1.0, tl.float32),)
+                r = tl.full(lam.shape, 1.0, tl.float32)
+                for kk in tl.static_range(K - 1):
+                    lam = gy[K - 2 - kk] * Cs[K - 2 - kk] + as_[K - 1 - kk] * lam
+                    r = as_[K - 1 - kk] * r
+                    lr = (lam,) + lr
+                    rr = (r,) + rr
+                # lane l passes a_first lam_first to lane l - 1: M r + V of what enters it
+                _m, v = _lanes_down(as_[0] * r, as_[0] * lam, lane)
+                rin = _to_lane(v, lane, up, 0.0, 31)  # enters lane l's last step (31: folded)
+                # a_t dLoss/dh_t at the chunk's first step, for the chunk before: lane 0's
+                tl.store(dst[:, None] + n + lane[None, :] * 0, v, mask=first_lane & ok)
+                dA = tl.zeros_like(dts[0])
+                ndt = ()
+                ndu = ()
+                dBs = ()
+                dCs = ()
+                for k in tl.static_range(K):
+                    lam = lr[k] + rr[k] * rin  # dLoss/dh_t
+                    dlog = lam * (hs[k] - xs[k])  # dLoss/d(dt A): dh_t a_t h_{t-1}
+                    dA += dlog * dts[k]
+                    ndt = ndt + (ddt[k] + dlog * A[:, None],)
+                    ndu = ndu + (dus[k] + lam * Bs[k],)
+                    dBs = dBs + (lam * dtus[k],)
+                    dCs = dCs + (hs[k] * gy[k],)
+                ddt = ndt
+                dus = ndu
+                tl.atomic_add(dA_ptr + offs_d * N + n, tl.sum(dA, axis=1), mask=md & ok,
+                              sem="relaxed")  # fmt: skip
+                _add_bc(dB_ptr + bc0 + n * L, t0, L, lane, ok, dBs, K)
+                _add_bc(dC_ptr + bc0 + n * L, t0, L, lane, ok, dCs, K)
+        dds = ()
+        dss = ()
+        for k in tl.static_range(K):
+            m = md[:, None] & (t0 + lane * K + k < L)[None, :]
+            d = ddt[k] + dus[k] * us[k]
+            if SOFTPLUS:
+                d = d * tl.sigmoid(pres[k] + bias[:, None])
+            d = tl.where(m, d, 0.0)
+            dbias += d
+            dds = dds + (d,)
+            dss = dss + (dus[k] * dts[k] + gy[k] * Dv[:, None],)
+        _store_steps(ddelta_ptr, rows, t0, L, md, lane, dds, K)
+        _store_steps(du_ptr, rows, t0, L, md, lane, dss, K)
+        tl.debug_barrier()  # the carries just stored are read by other threads next chunk
+    if HAS_D:
+        tl.atomic_add(dD_ptr + offs_d, tl.sum(dD, axis=1), mask=md, sem="relaxed")
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + offs_d, tl.sum(dbias, axis=1), mask=md, sem="relaxed")
