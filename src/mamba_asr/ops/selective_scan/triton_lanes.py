@@ -340,6 +340,9 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                 _add_bc(dC_ptr + bc0 + n * L, t0, L, lane, ok, dCs, K)
         dds = ()
         dss = ()
+        # u and delta again (cached), rather than held in registers over the states
+        us = _load_steps(u_ptr, rows, t0, L, md, lane, K)
+        pres = _load_steps(delta_ptr, rows, t0, L, md, lane, K)
         for k in tl.static_range(K):
             m = md[:, None] & (t0 + lane * K + k < L)[None, :]
             d = ddt[k] + dus[k] * us[k]
