@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import cache
 from typing import NamedTuple
 
 import torch
@@ -405,8 +406,10 @@ def _block_d(dim: int, groups: int) -> int:
     return bd
 
 
+@cache
 def fast_math() -> bool:
-    """Approximate GPU math in the kernels (not in triton's CPU interpreter)."""
+    """Approximate GPU math in the kernels (not in triton's CPU interpreter, which triton chooses
+    once, at import: so is this, rather than an environment lookup on every call)."""
     return os.environ.get("TRITON_INTERPRET") != "1"
 
 

@@ -498,9 +498,8 @@ class TritonTimeScan(torch.autograd.Function):
         bd, tc = _block_d(dim, groups), CONFIG["time_chunk"]
         # dB, dC, dA, dD, d(delta_bias): fp32, summed into by every program
         sizes = (B.numel(), C.numel(), dim * d_state, dim, dim)
-        dB, dC, dA, dD, dbias = torch.zeros(sum(sizes), device=u.device, dtype=torch.float32).split(
-            sizes
-        )
+        zeros = torch.zeros(sum(sizes), device=u.device, dtype=torch.float32)
+        dB, dC, dA, dD, dbias = zeros.split_with_sizes(sizes)
         dummy = A32
         if ctx.seq is not None:  # gluon_seq.py's backward
             warps, block = ctx.seq.bwd
