@@ -135,6 +135,7 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
 
     lanes = dict(common, HAS_H0=False, N=d_state, BD=cfg["time_bd"], K=cfg["lanes_k"],
                  NU=cfg["time_unroll"], BATCH_FAST=cfg["time_batch_fast"])  # fmt: skip
+    pf = cfg["lanes_prefetch"]
 
     seq = []
     block, bwd = tt.seq_blocks(d_state, 1024)  # the anchors' 1024 channels
@@ -158,9 +159,11 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
         ("time bwd", tt._bwd_time_kernel,
          dict(time, HAS_DLAST=False, PREFETCH=tt._BWD_PREFETCH[cfg["time_bwd_prefetch"]]),
          cfg["time_warps"], cfg["time_stages"]),
-        ("lanes fwd", triton_lanes._fwd_lanes_kernel, dict(lanes, SAVE_Y=True),
+        ("lanes fwd", triton_lanes._fwd_lanes_kernel,
+         dict(lanes, SAVE_Y=True, PREFETCH=pf in (True, "fwd")),
          cfg["time_warps"], cfg["time_stages"]),
-        ("lanes bwd", triton_lanes._bwd_lanes_kernel, dict(lanes, HAS_DLAST=False),
+        ("lanes bwd", triton_lanes._bwd_lanes_kernel,
+         dict(lanes, HAS_DLAST=False, PREFETCH=pf in (True, "bwd")),
          cfg["time_warps"], cfg["time_stages"]),
         *seq,
     ]  # fmt: skip

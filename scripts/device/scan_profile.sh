@@ -47,7 +47,9 @@
 #   lanes    the kernels of ops/selective_scan/triton_lanes.py (CONFIG kernel=lanes, lanes_k 4
 #            and 8): our CUDA scan tests and the BiMamba ones with them, benchmarks/scan_cuda.py
 #            beside the peer with settings of theirs as variants (LANES_VARIANTS replaces them;
-#            --rounds 2 --gpu), then state-spaces/mamba's test against each K;
+#            --rounds 2 --gpu), then state-spaces/mamba's test against each K (LANES_CONFIG: CONFIG
+#            entries for the CUDA tests; LANES_MAMBA=0 skips the BiMamba ones; LANES_ROUNDS;
+#            LANES_PEER_K, the K the peer's test runs with, "" none);
 #   lanes_ncu  Nsight Compute on triton_lanes' kernels (LANES_K, default 4);
 #   trace    the ablate part's traces alone;
 #   seq_ncu  Nsight Compute on gluon_seq's kernels (kernel=seq), as the ncu part on ours;
@@ -152,19 +154,21 @@ for part in $PARTS; do
       -n 12 tests/ops/test_selective_scan_peer.py 2>&1 | tail -2 | tee "$out/pytest_peer_test_seq.txt" ;;
   lanes)
     peer_ready "$dest"
-    python3 -m pytest -q -p no:cacheprovider -n 8 tests/ops/test_selective_scan_triton.py \
-      -k "cuda and lanes" > "$out/pytest_lanes.log" 2>&1
+    lanes_cfg="${LANES_CONFIG:-}"
+    [ -n "$lanes_cfg" ] || lanes_cfg='{}'
+    MAMBA_ASR_TRITON_SCAN_CONFIG="$lanes_cfg" python3 -m pytest -q -p no:cacheprovider \
+      -n 8 tests/ops/test_selective_scan_triton.py -k "cuda and lanes" > "$out/pytest_lanes.log" 2>&1
     grep -E "^(E |FAILED|ERROR)" "$out/pytest_lanes.log" | head -40
     tail -3 "$out/pytest_lanes.log" | tee "$out/pytest_lanes.txt"
-    MAMBA_ASR_TRITON_SCAN_CONFIG='{"kernel": "lanes"}' python3 -m pytest -q -p no:cacheprovider \
-      -n 8 tests/modules/test_mamba.py -k "cuda or fused" 2>&1 | tail -2 | sed 's/^/mamba: /' \
-      | tee -a "$out/pytest_lanes.txt"
+    [ "${LANES_MAMBA:-1}" = 1 ] && MAMBA_ASR_TRITON_SCAN_CONFIG='{"kernel": "lanes"}' python3 -m \
+      pytest -q -p no:cacheprovider -n 8 tests/modules/test_mamba.py -k "cuda or fused" 2>&1 \
+      | tail -2 | sed 's/^/mamba: /' | tee -a "$out/pytest_lanes.txt"
     python3 benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 30 \
-      --rounds 2 --gpu --variant ${LANES_VARIANTS:-lanes4='{"kernel": "lanes"}' \
+      --rounds ${LANES_ROUNDS:-2} --gpu --variant ${LANES_VARIANTS:-lanes4='{"kernel": "lanes"}' \
       lanes8='{"kernel": "lanes", "lanes_k": 8}' lanes4_u1='{"kernel": "lanes", "time_unroll": 1}' \
       lanes8_u1='{"kernel": "lanes", "lanes_k": 8, "time_unroll": 1}'} \
       --json "$out/scan_cuda_lanes.json" 2>&1 | grep -v -i warn | tee "$out/scan_cuda_lanes.txt"
-    for k in 4 8; do
+    for k in ${LANES_PEER_K-4 8}; do
       MAMBA_ASR_TRITON_SCAN_CONFIG="{\"kernel\": \"lanes\", \"lanes_k\": $k}" python3 -m pytest -q \
         -p no:cacheprovider -n 12 tests/ops/test_selective_scan_peer.py 2>&1 | tail -2 \
         | sed "s/^/lanes_k $k: /" | tee -a "$out/pytest_peer_test_lanes.txt"

@@ -58,7 +58,8 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "time_unroll": 2, "time_prefetch": True, "time_bwd_prefetch": False,
           "time_bwd_maxnreg": None, "time_batch_fast": True, "time_carry_in": False,
           "time_y_fp32": False, "time_fwd": "time", "seq_chunk": 16, "seq_fwd_warps": None,
-          "seq_bwd_warps": 1, "seq_bwd_maxnreg": None, "seq_prefetch": 1, "lanes_k": 4}  # fmt: skip
+          "seq_bwd_warps": 1, "seq_bwd_maxnreg": None, "seq_prefetch": 1, "lanes_k": 4,
+          "lanes_prefetch": "fwd"}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

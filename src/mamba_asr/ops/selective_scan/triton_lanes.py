@@ -84,6 +84,27 @@ def _load_bc(ptr, t0, L, lane, ok, K: tl.constexpr):
 
 
 @triton.jit
+def _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L, lane,
+                 N: tl.constexpr, NU: tl.constexpr, K: tl.constexpr, CARRY: tl.constexpr):  # fmt: skip
+    """What states n0 .. n0 + NU - 1 read in a chunk, flat, per state: A (BD,), the state entering
+    the chunk (at hrow, zero where not hok), with CARRY the adjoint's carry (at src, zero where not
+    sok), then K B and K C (1, 32) tensors; zeros past N."""
+    out = ()
+    for j in tl.static_range(NU):
+        n = n0 + j
+        ok = n < N
+        out = out + (
+            tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0),
+            tl.load(hrow + n, mask=hok & ok, other=0.0),
+        )
+        if CARRY:
+            out = out + (tl.load(src + n, mask=sok & ok, other=0.0),)
+        out = out + _load_bc(B_ptr + bc0 + n * L, t0, L, lane, ok, K)
+        out = out + _load_bc(C_ptr + bc0 + n * L, t0, L, lane, ok, K)
+    return out
+
+
+@triton.jit
 def _store_steps(ptr, rows, t0, L, md, lane, vals, K: tl.constexpr):
     """Store K (BD, 32) tensors as ``_load_steps`` reads them (cast to ptr's dtype)."""
     for j in tl.static_range(K // 4):
@@ -163,7 +184,8 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                       HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr,
                       SAVE_Y: tl.constexpr, N: tl.constexpr, BD: tl.constexpr, K: tl.constexpr,
-                      NU: tl.constexpr, BATCH_FAST: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+                      NU: tl.constexpr, PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
+                      FAST: tl.constexpr):  # fmt: skip
     # ckpt, last: as triton_time's forward (chunks of 32 K steps)
     b, pid_d, grp = _program(BATCH_FAST)
     offs_d = pid_d * BD + tl.arange(0, BD)
@@ -194,14 +216,26 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
             dts = dts + (dt,)
             dtus = dtus + (dt * us[k],)
             ys = ys + (Dv[:, None] * us[k],)
+        S: tl.constexpr = 2 + 2 * K  # values a state in _state_loads' tuple
+        if PREFETCH:
+            nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d, md, bc0, t0,
+                               L, lane, N, NU, K, False)  # fmt: skip
         for n0 in range(0, N, NU):
+            # PREFETCH: the next states' A, entering state, B and C loaded a loop step ahead
+            if PREFETCH:
+                cur = nxt
+                nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d,
+                                   md, bc0, t0, L, lane, N, NU, K, False)  # fmt: skip
+            else:
+                cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d, md,
+                                   bc0, t0, L, lane, N, NU, K, False)  # fmt: skip
             for j in tl.static_range(NU):
                 n = n0 + j
                 ok = n < N
-                A2 = tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0) * LOG2E
-                h0 = tl.load(hrow + n, mask=hok & ok, other=0.0)
-                Bs = _load_bc(B_ptr + bc0 + n * L, t0, L, lane, ok, K)
-                Cs = _load_bc(C_ptr + bc0 + n * L, t0, L, lane, ok, K)
+                A2 = cur[j * S] * LOG2E
+                h0 = cur[j * S + 1]
+                Bs = cur[j * S + 2 : j * S + 2 + K]
+                Cs = cur[j * S + 2 + K : j * S + S]
                 hs, _xs, _as, v = _states_up(dts, dtus, Bs, A2, h0, lane, K)
                 ny = ()
                 for k in tl.static_range(K):
@@ -230,7 +264,8 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                       HAS_H0: tl.constexpr, HAS_DLAST: tl.constexpr,
                       SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, N: tl.constexpr,
                       BD: tl.constexpr, K: tl.constexpr, NU: tl.constexpr,
-                      BATCH_FAST: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+                      PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
+                      FAST: tl.constexpr):  # fmt: skip
     # dhbuf: (2, B, D, N) fp32, a_t dLoss/dh_t at the first step t of the chunk after the one
     # being processed (for the last chunk: dLoss/d(last state) from dlast, or zeros), alternating
     # between the two halves; at the end the half n_chunks % 2 holds dLoss/d(initial state).
@@ -291,15 +326,26 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         src = tl.where(cc == 0, dlast_ptr + rows * N, dhb + (cc % 2) * half)
         sok = md if HAS_DLAST else md & (cc > 0)
         dst = dhb + ((cc + 1) % 2) * half
+        S: tl.constexpr = 3 + 2 * K  # values a state in _state_loads' tuple
+        if PREFETCH:
+            nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0,
+                               L, lane, N, NU, K, True)  # fmt: skip
         for n0 in range(0, N, NU):
+            if PREFETCH:  # as in the forward
+                cur = nxt
+                nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
+                                   bc0, t0, L, lane, N, NU, K, True)  # fmt: skip
+            else:
+                cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0,
+                                   t0, L, lane, N, NU, K, True)  # fmt: skip
             for j in tl.static_range(NU):
                 n = n0 + j
                 ok = n < N
-                A = tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0)
-                h0 = tl.load(hrow + n, mask=hok & ok, other=0.0)
-                carry = tl.load(src + n, mask=sok & ok, other=0.0)  # enters the last step
-                Bs = _load_bc(B_ptr + bc0 + n * L, t0, L, lane, ok, K)
-                Cs = _load_bc(C_ptr + bc0 + n * L, t0, L, lane, ok, K)
+                A = cur[j * S]
+                h0 = cur[j * S + 1]
+                carry = cur[j * S + 2]  # enters the chunk's last step
+                Bs = cur[j * S + 3 : j * S + 3 + K]
+                Cs = cur[j * S + 3 + K : j * S + S]
                 hs, xs, as_, _v = _states_up(dts, dtus, Bs, A * LOG2E, h0, lane, K)
                 # the adjoint, last step first: in the thread from 0, lam_k = gc_k + a_{k+1}
                 # lam_{k+1} with r_k = a_{k+1} ... a_{K-1} its coefficient of the carry that
