@@ -49,7 +49,8 @@
 #            beside the peer with settings of theirs as variants (LANES_VARIANTS replaces them;
 #            --rounds 2 --gpu), then state-spaces/mamba's test against each K (LANES_CONFIG: CONFIG
 #            entries for the CUDA tests; LANES_MAMBA=0 skips the BiMamba ones; LANES_ROUNDS;
-#            LANES_PEER_K, the K the peer's test runs with, "" none);
+#            LANES_PEER_K, the K the peer's test runs with, "" none; LANES_PEER_CONFIG, its
+#            whole CONFIG instead; LANES_TESTS=0 skips our CUDA tests);
 #   lanes_ncu  Nsight Compute on triton_lanes' kernels (LANES_K, default 4);
 #   trace    the ablate part's traces alone;
 #   seq_ncu  Nsight Compute on gluon_seq's kernels (kernel=seq), as the ncu part on ours;
@@ -156,10 +157,12 @@ for part in $PARTS; do
     peer_ready "$dest"
     lanes_cfg="${LANES_CONFIG:-}"
     [ -n "$lanes_cfg" ] || lanes_cfg='{}'
-    MAMBA_ASR_TRITON_SCAN_CONFIG="$lanes_cfg" python3 -m pytest -q -p no:cacheprovider \
-      -n 8 tests/ops/test_selective_scan_triton.py -k "cuda and lanes" > "$out/pytest_lanes.log" 2>&1
-    grep -E "^(E |FAILED|ERROR)" "$out/pytest_lanes.log" | head -40
-    tail -3 "$out/pytest_lanes.log" | tee "$out/pytest_lanes.txt"
+    if [ "${LANES_TESTS:-1}" = 1 ]; then
+      MAMBA_ASR_TRITON_SCAN_CONFIG="$lanes_cfg" python3 -m pytest -q -p no:cacheprovider -n 8 \
+        tests/ops/test_selective_scan_triton.py -k "cuda and lanes" > "$out/pytest_lanes.log" 2>&1
+      grep -E "^(E |FAILED|ERROR)" "$out/pytest_lanes.log" | head -40
+      tail -3 "$out/pytest_lanes.log" | tee "$out/pytest_lanes.txt"
+    fi
     [ "${LANES_MAMBA:-1}" = 1 ] && MAMBA_ASR_TRITON_SCAN_CONFIG='{"kernel": "lanes"}' python3 -m \
       pytest -q -p no:cacheprovider -n 8 tests/modules/test_mamba.py -k "cuda or fused" 2>&1 \
       | tail -2 | sed 's/^/mamba: /' | tee -a "$out/pytest_lanes.txt"
@@ -168,8 +171,11 @@ for part in $PARTS; do
       lanes8='{"kernel": "lanes", "lanes_k": 8}' lanes4_u1='{"kernel": "lanes", "time_unroll": 1}' \
       lanes8_u1='{"kernel": "lanes", "lanes_k": 8, "time_unroll": 1}'} \
       --json "$out/scan_cuda_lanes.json" 2>&1 | grep -v -i warn | tee "$out/scan_cuda_lanes.txt"
+    pack
     for k in ${LANES_PEER_K-4 8}; do
-      MAMBA_ASR_TRITON_SCAN_CONFIG="{\"kernel\": \"lanes\", \"lanes_k\": $k}" python3 -m pytest -q \
+      peer_cfg="{\"kernel\": \"lanes\", \"lanes_k\": $k}"
+      [ -n "${LANES_PEER_CONFIG:-}" ] && peer_cfg="$LANES_PEER_CONFIG"
+      MAMBA_ASR_TRITON_SCAN_CONFIG="$peer_cfg" python3 -m pytest -q \
         -p no:cacheprovider -n 12 tests/ops/test_selective_scan_peer.py 2>&1 | tail -2 \
         | sed "s/^/lanes_k $k: /" | tee -a "$out/pytest_peer_test_lanes.txt"
     done ;;
