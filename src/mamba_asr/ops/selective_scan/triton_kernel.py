@@ -49,8 +49,11 @@ from torch import Tensor
 # of 4, 2, 1 whose channels divide a group's), seq_bwd_warps a backward program, its register cap
 # seq_bwd_maxnreg, seq_prefetch: 1, a chunk's (channel, step) tiles loaded a chunk ahead, 2, its B
 # and C too, 0, none; CUDA only;
-# elsewhere, and where they do not apply, the time kernels run); time_fwd: "seq" for gluon_seq's
-# forward before the time kernels' backward
+# elsewhere, and where they do not apply, the time kernels run), or "lanes": triton_lanes.py (the
+# time kernels' layout with lanes_k = 4 or 8 consecutive steps a lane scanned in the thread; its
+# time_bd, time_warps, time_unroll and time_batch_fast as theirs; lanes_prefetch: the next states'
+# loads a loop step ahead in "fwd", "bwd", both (True) or neither (False)); time_fwd: "seq" for
+# gluon_seq's forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
           "bwd_programs": 2048, "round_gate": True,
