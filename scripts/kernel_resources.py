@@ -134,7 +134,7 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
     from mamba_asr.ops.selective_scan import gluon_seq, triton_lanes
 
     lanes = dict(common, HAS_H0=False, N=d_state, BD=cfg["time_bd"], K=cfg["lanes_k"],
-                 NU=cfg["time_unroll"], BATCH_FAST=cfg["time_batch_fast"])  # fmt: skip
+                 NU=cfg["lanes_unroll"], BATCH_FAST=cfg["time_batch_fast"])  # fmt: skip
     pf = cfg["lanes_prefetch"]
 
     seq = []

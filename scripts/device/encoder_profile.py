@@ -27,7 +27,17 @@ from encoder_scaling import build, training_step, warm_up_gpu
 from timing import gpu_kernels, host_profile_tables, median_ms, python_host_profile
 
 GROUPS = (  # (group, substrings of a kernel's name), first match wins
-    ("scan", ("_time_kernel", "_fwd_kernel", "_bwd_kernel", "_bwd_carry", "selective_scan")),
+    (
+        "scan",
+        (
+            "_time_kernel",
+            "_lanes_kernel",
+            "_fwd_kernel",
+            "_bwd_kernel",
+            "_bwd_carry",
+            "selective_scan",
+        ),
+    ),
     ("matmul", ("gemm", "cutlass", "sm90_xmma", "nvjet", "cublas", "matmul", "_mma")),
     ("attention", ("flash", "fmha", "attention", "softmax")),
     ("conv", ("conv", "implicit_gemm", "cudnn", "winograd", "depthwise")),

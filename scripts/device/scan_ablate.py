@@ -4,8 +4,8 @@ time goes in one forward+backward call.
     PYTHONPATH=src:benchmarks:scripts/device python3 scripts/device/scan_ablate.py [--out DIR]
         [--ablate] [--trace] [--iters 20]
 
---ablate: the time-parallel kernels' summed GPU time (torch.profiler) per forward+backward at the
-anchors' shapes, with copies of ``ops/selective_scan/triton_time.py`` in which one part of the
+--ablate: the time-parallel kernels' (CONFIG kernel=time) summed GPU time (torch.profiler) per
+forward+backward at the anchors' shapes, with copies of ``ops/selective_scan/triton_time.py`` in which one part of the
 backward is removed or changed (the copies are written beside the output and imported from there;
 each edit must match the source once, or the script stops). Removing a part gives wrong gradients:
 these times only say what that part costs, never what a kernel could do. Variants that keep the
@@ -118,7 +118,7 @@ def ablate(out: Path, iters: int) -> None:
             for name in names:
                 mod = mods.get(name, triton_time)
                 saved = dict(tk.CONFIG)
-                tk.CONFIG.update(CONFIGS.get(name, {}))
+                tk.CONFIG.update({"kernel": "time", **CONFIGS.get(name, {})})  # time kernels
 
                 def call(mod=mod, i=inputs):
                     o, _last = mod.TritonTimeScan.apply(i["u"], i["delta"], i["A"], i["B"], i["C"],

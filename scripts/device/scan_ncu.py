@@ -1,7 +1,7 @@
 """Forward+backward of a selective scan per dtype at B8 D1024 L2048 (anchors' inputs), twice, for
 Nsight Compute:
 
-    ncu --clock-control none -k regex:_time_kernel python3 scripts/device/scan_ncu.py [DTYPE ...]
+    ncu --clock-control none -k regex:"_time_kernel|_lanes_kernel" python3 scripts/device/scan_ncu.py [DTYPE ...]
     ncu --clock-control none -k regex:selective_scan python3 scripts/device/scan_ncu.py --impl peer
 
 --impl triton (ours, the default) or peer (state-spaces/mamba's CUDA kernel: scripts/device/

@@ -108,7 +108,7 @@ for part in $PARTS; do
   echo "## $part"
   case $part in
   ncu)
-    ncu --clock-control none --set full -k regex:_time_kernel -f -o "$out/ours" \
+    ncu --clock-control none --set full -k regex:"_time_kernel|_lanes_kernel" -f -o "$out/ours" \
       python3 scripts/device/scan_ncu.py float32 bfloat16 > "$out/ncu_ours.log" 2>&1
     tail -3 "$out/ncu_ours.log"
     ncu_report ours ;;

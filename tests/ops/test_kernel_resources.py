@@ -1,4 +1,4 @@
-"""The time-parallel scan kernels compiled for an H100/H200 (sm_90) without a GPU: they compile,
+"""The time-parallel scan kernels (time and lanes) compiled for an H100/H200 (sm_90) without a GPU: they compile,
 and their registers leave room for at least 16 one-warp programs an SM (at most 128 a thread):
 the layout was chosen for that (scripts/kernel_resources.py)."""
 
@@ -30,6 +30,26 @@ def test_time_kernels_compile_for_sm90_within_128_registers(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_lanes_kernels_compile_for_sm90_without_spills(dtype):
+    """The default kernels (triton_lanes, CONFIG's settings) compile for sm_90 with nothing
+    spilled, within 128 registers, and with their chunk's steps scanned in the thread: the
+    backward's whole code holds at most 40 shuffles for each state of a loop step (two scans
+    across lanes on the lanes' summaries, two exchanges with a neighbour lane, dA's sum, and dD
+    and d(delta_bias)'s sums at the end; sm_90: 35), where the time kernels' holds 46 a state
+    (their scans and reversals over every value)."""
+    import kernel_resources as kr
+
+    types = {n: "*" + dtype for n in kr.HALF_ARGS}
+    kernels = [k for k in kr.scan_kernels(dtype) if k[0].startswith("lanes")]
+    assert [k[0] for k in kernels] == ["lanes fwd", "lanes bwd"]
+    for name, fn, consts, warps, stages in kernels:
+        r = kr.resources(kr.compile_for(fn, consts, types, 90, warps, stages))
+        assert r["stack_bytes"] == 0 and r["registers"] <= 128, (name, r)
+    states = consts["NU"]
+    assert r["shuffles"] <= 40 * states, r  # the backward's
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_two_groups_of_b_and_c_cost_no_registers(dtype):
     """ConMamba's fused BiMamba hands the scan two groups of B and C: the time kernels compile
     with no more registers than with one (the group is a grid axis; found by dividing a channel
@@ -38,7 +58,7 @@ def test_two_groups_of_b_and_c_cost_no_registers(dtype):
 
     types = {n: "*" + dtype for n in kr.HALF_ARGS}
     for name, fn, consts, warps, stages in kr.scan_kernels(dtype):
-        if not name.startswith("time"):
+        if not name.startswith(("time", "lanes")):
             continue
         one = kr.resources(kr.compile_for(fn, consts, types, 90, warps, stages))
         two = kr.resources(kr.compile_for(fn, consts, types, 90, warps, stages, ones=()))

@@ -76,7 +76,7 @@ def test_triton_interpreted_matches_reference(case):
     _check_interpreted(case, config)
 
 
-# the time-parallel kernels (CONFIG kernel=time, the default) with chunks of 16 steps, so that the
+# the time-parallel kernels (CONFIG kernel=time) with chunks of 16 steps, so that the
 # short cases cross chunks, and 2 states a loop step over an odd number of states (case 1: N = 5)
 TIME_CONFIG = {"kernel": "time", "time_chunk": 16, "time_unroll": 2}
 
@@ -106,15 +106,16 @@ def _check_interpreted(case, config: str):
     assert all(e <= tol for e in errs.values()), errs
 
 
-# triton_lanes' kernels (CONFIG kernel=lanes): 4 steps a lane over three chunks of 128 with an odd
-# number of states, groups and an initial state (its gradient is the first chunk's carry); 8 steps
-# a lane, four channels a program on four warps, one state a loop step, in bf16
+# triton_lanes' kernels (CONFIG kernel=lanes, the default): with the defaults (4 steps a lane, one
+# state a loop step, loads a step ahead) over three chunks of 128 with an odd number of states,
+# groups and an initial state (its gradient is the first chunk's carry); 8 steps a lane, four
+# channels a program on four warps, two states a loop step, nothing loaded ahead, in bf16
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
     [((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes"}),
      (CASES[5], {"kernel": "lanes", "lanes_k": 8, "time_bd": 4, "time_warps": 4,
-                 "time_unroll": 1})],
+                 "lanes_unroll": 2, "lanes_prefetch": False})],
     ids=["k4-three-chunks", "k8-four-channels-bf16"],
 )  # fmt: skip
 def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):

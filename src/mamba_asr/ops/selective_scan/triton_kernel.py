@@ -1,7 +1,10 @@
 """Selective scan on CUDA with Triton: one fused kernel forward, one backward.
 
-Two layouts, chosen by ``CONFIG["kernel"]``: ``"time"`` (the default; ``triton_time.py``: the
-chunk's steps over a warp's lanes, the states one after another) and ``"state"``, described here.
+Layouts, chosen by ``CONFIG["kernel"]``: ``"lanes"`` (the default; ``triton_lanes.py``: a chunk's
+steps over a warp's lanes, K consecutive steps a lane scanned in the thread, the states one after
+another), ``"time"`` (``triton_time.py``: the same layout, each chunk through
+``tl.associative_scan``; its host code runs both), ``"seq"`` (``gluon_seq.py``) and ``"state"``,
+described here.
 
 One program owns (batch b, a block of BD channels) and walks the sequence in chunks of T steps, with
 the chunk's time steps held inside each thread and the (state, channel) pairs spread over the lanes,
@@ -49,20 +52,20 @@ from torch import Tensor
 # of 4, 2, 1 whose channels divide a group's), seq_bwd_warps a backward program, its register cap
 # seq_bwd_maxnreg, seq_prefetch: 1, a chunk's (channel, step) tiles loaded a chunk ahead, 2, its B
 # and C too, 0, none; CUDA only;
-# elsewhere, and where they do not apply, the time kernels run), or "lanes": triton_lanes.py (the
-# time kernels' layout with lanes_k = 4 or 8 consecutive steps a lane scanned in the thread; its
-# time_bd, time_warps, time_unroll and time_batch_fast as theirs; lanes_prefetch: the next states'
-# loads a loop step ahead in "fwd", "bwd", both (True) or neither (False)); time_fwd: "seq" for
-# gluon_seq's forward before the time kernels' backward
+# elsewhere, and where they do not apply, the time kernels run), or "lanes" (the default):
+# triton_lanes.py (the time kernels' layout with lanes_k = 4 or 8 consecutive steps a lane scanned
+# in the thread; lanes_unroll states a loop step; time_bd, time_warps and time_batch_fast as
+# theirs; lanes_prefetch: the next states' loads a loop step ahead in "fwd", "bwd", both (True)
+# or neither (False)); time_fwd: "seq" for gluon_seq's forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
           "bwd_programs": 2048, "round_gate": True,
-          "kernel": "time", "time_bd": 1, "time_chunk": 128, "time_warps": 1, "time_stages": 2,
+          "kernel": "lanes", "time_bd": 1, "time_chunk": 128, "time_warps": 1, "time_stages": 2,
           "time_unroll": 2, "time_prefetch": True, "time_bwd_prefetch": False,
           "time_bwd_maxnreg": None, "time_batch_fast": True, "time_carry_in": False,
           "time_y_fp32": False, "time_fwd": "time", "seq_chunk": 16, "seq_fwd_warps": None,
           "seq_bwd_warps": 1, "seq_bwd_maxnreg": None, "seq_prefetch": 1, "lanes_k": 4,
-          "lanes_prefetch": "fwd"}  # fmt: skip
+          "lanes_unroll": 1, "lanes_prefetch": True}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

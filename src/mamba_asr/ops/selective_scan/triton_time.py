@@ -462,7 +462,7 @@ class TritonTimeScan(torch.autograd.Function):
                      SAVE_Y=save_y, N=d_state, FAST=fast_math())  # fmt: skip
         if lanes is not None:  # K steps a lane: triton_lanes.py
             launch(_lanes().fwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, n_chunks,
-                   **flags, BD=bd, K=lanes, NU=CONFIG["time_unroll"],
+                   **flags, BD=bd, K=lanes, NU=CONFIG["lanes_unroll"],
                    PREFETCH=CONFIG["lanes_prefetch"] in (True, "fwd"),
                    BATCH_FAST=CONFIG["time_batch_fast"], num_warps=CONFIG["time_warps"],
                    num_stages=CONFIG["time_stages"])  # fmt: skip
@@ -532,7 +532,7 @@ class TritonTimeScan(torch.autograd.Function):
                 HAS_D=D32 is not None, HAS_Z=z is not None,
                 HAS_BIAS=bias32 is not None, HAS_H0=h0 is not None, HAS_DLAST=dlast is not None,
                 SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state, BD=bd, K=ctx.lanes,
-                NU=CONFIG["time_unroll"], PREFETCH=CONFIG["lanes_prefetch"] in (True, "bwd"),
+                NU=CONFIG["lanes_unroll"], PREFETCH=CONFIG["lanes_prefetch"] in (True, "bwd"),
                 BATCH_FAST=CONFIG["time_batch_fast"], FAST=fast_math(),
                 num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
                 maxnreg=CONFIG["time_bwd_maxnreg"],
