@@ -20,10 +20,14 @@ loaded tile split in registers, no data moved), so that:
   already multiplied by its decay), so dLoss/d(initial state) is the first chunk's carry itself;
 - dD and d(delta_bias) stay per lane in registers over the whole sequence and are summed once.
 
-K = 4 loads each tile as one 16-byte vector a lane; K = 8 as two. The checkpoints are those of
-``triton_time`` (the state entering every chunk after the first, fp32), so its host code runs
-these kernels (``CONFIG["kernel"] = "lanes"``, ``lanes_k``); arithmetic is fp32 throughout and the
-gate silu(z) is rounded to z's dtype as PyTorch rounds it. Shape key as ``triton_kernel``.
+K = 4 loads each tile as one 16-byte vector a lane; K = 8 as two. PREFETCH loads the next
+states' A, carries, B and C a loop step ahead (the kernels' top stall without it). The checkpoints
+are those of ``triton_time`` (the state entering every chunk after the first, fp32), so its host
+code runs these kernels (``CONFIG["kernel"] = "lanes"``, the default; ``lanes_k``,
+``lanes_unroll``, ``lanes_prefetch``); arithmetic is fp32 throughout and the gate silu(z) is
+rounded to z's dtype as PyTorch rounds it. On an H100 the defaults (K 4, one state a loop step,
+both kernels loading ahead) take 2-13% less GPU time than the time kernels at the benchmark's
+shapes (docs/benchmarks.md). Shape key as ``triton_kernel``.
 """
 
 from __future__ import annotations
