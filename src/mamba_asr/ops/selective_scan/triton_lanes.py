@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from mamba_asr.ops.selective_scan.triton_kernel import LOG2E, combine, gate, softplus
-from mamba_asr.ops.selective_scan.triton_time import _entering, _program
+from mamba_asr.ops.selective_scan.triton_time import _channels, _entering, _skip_bias
 
 LANES = tl.constexpr(32)
 
@@ -191,17 +191,9 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                       NU: tl.constexpr, PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
                       FAST: tl.constexpr):  # fmt: skip
     # ckpt, last: as triton_time's forward (chunks of 32 K steps)
-    b, pid_d, grp = _program(BATCH_FAST)
-    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_d, md, rows, bc0, ck = _channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
     lane = tl.arange(0, LANES)
-    md = offs_d < D
-    rows = b.to(tl.int64) * D + offs_d
-    bc0 = (b.to(tl.int64) * G + grp) * N * L
-    ck = ckpt_ptr + rows * (n_chunks * N)
-    Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
-    bias = (
-        tl.load(bias_ptr + offs_d, mask=md, other=0.0) if HAS_BIAS else tl.zeros((BD,), tl.float32)
-    )
+    Dv, bias = _skip_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
     last_lane = md[:, None] & (lane == 31)[None, :]
     for c in range(n_chunks):
         hrow, hok = _entering(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
@@ -274,19 +266,11 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
     # being processed (for the last chunk: dLoss/d(last state) from dlast, or zeros), alternating
     # between the two halves; at the end the half n_chunks % 2 holds dLoss/d(initial state).
     # dA (D, N), dD and d(delta_bias) (D,), dB and dC: fp32 zeros on entry, added to atomically
-    b, pid_d, grp = _program(BATCH_FAST)
-    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_d, md, rows, bc0, ck = _channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
     lane = tl.arange(0, LANES)
-    md = offs_d < D
-    rows = b.to(tl.int64) * D + offs_d
-    bc0 = (b.to(tl.int64) * G + grp) * N * L
-    ck = ckpt_ptr + rows * (n_chunks * N)
     dhb = dhbuf_ptr + rows * N
     half = (tl.num_programs(0) if BATCH_FAST else tl.num_programs(1)) * D * N
-    Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
-    bias = (
-        tl.load(bias_ptr + offs_d, mask=md, other=0.0) if HAS_BIAS else tl.zeros((BD,), tl.float32)
-    )
+    Dv, bias = _skip_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
     first_lane = md[:, None] & (lane == 0)[None, :]
     up = tl.minimum(lane + 1, 31)
     dD = tl.zeros((BD, LANES), tl.float32)  # per lane, summed at the end

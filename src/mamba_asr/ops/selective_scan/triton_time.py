@@ -120,6 +120,31 @@ def _program(BATCH_FAST: tl.constexpr):
         return tl.program_id(1), g * tl.num_programs(0) + tl.program_id(0), g
 
 
+@triton.jit
+def _channels(ckpt_ptr, D, L, G, n_chunks, N: tl.constexpr, BD: tl.constexpr,
+              BATCH_FAST: tl.constexpr):  # fmt: skip
+    """What a time-parallel program (``_program``) works on: (its BD channels, their mask, their
+    rows of (B, D, .), the offset of its group of B/C, its rows of the checkpoints). Offsets are
+    int64, as B D L may pass 2^31."""
+    b, pid_d, grp = _program(BATCH_FAST)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    md = offs_d < D
+    rows = b.to(tl.int64) * D + offs_d
+    bc0 = (b.to(tl.int64) * G + grp) * N * L
+    return offs_d, md, rows, bc0, ckpt_ptr + rows * (n_chunks * N)
+
+
+@triton.jit
+def _skip_bias(D_ptr, bias_ptr, offs_d, md, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+               BD: tl.constexpr):  # fmt: skip
+    """D and delta_bias of the channels offs_d (BD,), fp32; zeros without them."""
+    Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
+    bias = (
+        tl.load(bias_ptr + offs_d, mask=md, other=0.0) if HAS_BIAS else tl.zeros((BD,), tl.float32)
+    )
+    return Dv, bias
+
+
 def _grid(batch: int, blocks: int, groups: int) -> tuple[int, int, int]:
     """blocks: channel blocks of one group."""
     return (batch, blocks, groups) if CONFIG["time_batch_fast"] else (blocks, batch, groups)
@@ -154,18 +179,9 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                      CARRY_IN: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     # ckpt: (B, D, n_chunks, N) fp32, slot c >= 1 the state entering chunk c (the first chunk's is
     # the initial state h0, or zeros; slot 0 is not written); last: (B, D, N), the last state
-    b, pid_d, grp = _program(BATCH_FAST)
-    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_d, md, rows, bc0, ck = _channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
     offs_t = tl.arange(0, TC)
-    md = offs_d < D
-    # (BD,) rows of (B, D, .), and this block's group of B/C; int64, as B D L may pass 2^31
-    rows = b.to(tl.int64) * D + offs_d
-    bc0 = (b.to(tl.int64) * G + grp) * N * L
-    ck = ckpt_ptr + rows * (n_chunks * N)
-    Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
-    bias = (
-        tl.load(bias_ptr + offs_d, mask=md, other=0.0) if HAS_BIAS else tl.zeros((BD,), tl.float32)
-    )
+    Dv, bias = _skip_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
     for c in range(n_chunks):
         hrow, hok = _entering(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
         # where the state leaving this chunk goes: the next chunk's slot, or last
@@ -252,19 +268,11 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     # processed, alternating between the two halves (for the last chunk: dLoss/d(last state) from
     # dlast, or zeros); at the end the half n_chunks % 2 holds dLoss/dh_0. dA (D, N), dD and
     # d(delta_bias) (D,) fp32 zeros on entry: each program adds its sums atomically
-    b, pid_d, grp = _program(BATCH_FAST)
-    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_d, md, rows, bc0, ck = _channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
     offs_t = tl.arange(0, TC)
-    md = offs_d < D
-    rows = b.to(tl.int64) * D + offs_d
-    bc0 = (b.to(tl.int64) * G + grp) * N * L
-    ck = ckpt_ptr + rows * (n_chunks * N)
     dhb = dhbuf_ptr + rows * N
     half = (tl.num_programs(0) if BATCH_FAST else tl.num_programs(1)) * D * N
-    Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
-    bias = (
-        tl.load(bias_ptr + offs_d, mask=md, other=0.0) if HAS_BIAS else tl.zeros((BD,), tl.float32)
-    )
+    Dv, bias = _skip_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
     dD = tl.zeros((BD,), tl.float32)
     dbias = tl.zeros((BD,), tl.float32)
     for cc in range(n_chunks):
@@ -521,39 +529,67 @@ class TritonTimeScan(torch.autograd.Function):
             dh0 = None if dh0 is None else dh0.to(h0_dtype)
             return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
         dhbuf = u.new_empty(2, batch, dim, d_state, dtype=torch.float32)
+        # the two time-parallel backwards' arguments (lanes' and time's); they differ in the rest
+        args = (
+            u,
+            delta,
+            A32,
+            B,
+            C,
+            D32 if D32 is not None else dummy,
+            z if z is not None else u,
+            bias32 if bias32 is not None else dummy,
+            h0 if h0 is not None else dummy,
+            ypre if ypre is not None else dummy,
+            ckpt,
+            dout,
+            dlast if dlast is not None else dummy,
+            dhbuf,
+            du,
+            ddelta,
+            dz if dz is not None else du,
+            dA,
+            dD,
+            dbias,
+            dB,
+            dC,
+            dim,
+            length,
+            groups,
+            n_chunks,
+        )
+        flags = dict(
+            HAS_D=D32 is not None,
+            HAS_Z=z is not None,
+            HAS_BIAS=bias32 is not None,
+            HAS_H0=h0 is not None,
+            HAS_DLAST=dlast is not None,
+            SOFTPLUS=softplus,
+            ROUND_GATE=round_gate,
+            N=d_state,
+            BD=bd,
+            FAST=fast_math(),
+            BATCH_FAST=CONFIG["time_batch_fast"],
+            num_warps=CONFIG["time_warps"],
+            num_stages=CONFIG["time_stages"],
+            maxnreg=CONFIG["time_bwd_maxnreg"],
+        )
+        grid = _grid(batch, cdiv(dim // groups, bd), groups)
         if ctx.lanes is not None:  # triton_lanes.py: its carries are a_t dLoss/dh_t
             launch(
-                _lanes().bwd, _grid(batch, cdiv(dim // groups, bd), groups), u, delta, A32, B, C,
-                D32 if D32 is not None else dummy, z if z is not None else u,
-                bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy,
-                ypre if ypre is not None else dummy, ckpt, dout,
-                dlast if dlast is not None else dummy, dhbuf, du, ddelta,
-                dz if dz is not None else du, dA, dD, dbias, dB, dC, dim, length, groups, n_chunks,
-                HAS_D=D32 is not None, HAS_Z=z is not None,
-                HAS_BIAS=bias32 is not None, HAS_H0=h0 is not None, HAS_DLAST=dlast is not None,
-                SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state, BD=bd, K=ctx.lanes,
-                NU=CONFIG["lanes_unroll"], PREFETCH=CONFIG["lanes_prefetch"] in (True, "bwd"),
-                BATCH_FAST=CONFIG["time_batch_fast"], FAST=fast_math(),
-                num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
-                maxnreg=CONFIG["time_bwd_maxnreg"],
-            )  # fmt: skip
+                _lanes().bwd,
+                grid,
+                *args,
+                **flags,
+                K=ctx.lanes,
+                NU=CONFIG["lanes_unroll"],
+                PREFETCH=CONFIG["lanes_prefetch"] in (True, "bwd"),
+            )
             dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
             return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
-        launch(
-            _bwd_time_kernel, _grid(batch, cdiv(dim // groups, bd), groups), u, delta, A32, B, C,
-            D32 if D32 is not None else dummy, z if z is not None else u,
-            bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy,
-            ypre if ypre is not None else dummy, ckpt, dout,
-            dlast if dlast is not None else dummy, dhbuf, du, ddelta,
-            dz if dz is not None else du, dA, dD, dbias, dB, dC, dim, length, groups, n_chunks,
-            HAS_D=D32 is not None, HAS_Z=z is not None,
-            HAS_BIAS=bias32 is not None, HAS_H0=h0 is not None, HAS_DLAST=dlast is not None,
-            SOFTPLUS=softplus, ROUND_GATE=round_gate, N=d_state, BD=bd, TC=tc,
-            NU=CONFIG["time_unroll"], PREFETCH=_BWD_PREFETCH[CONFIG["time_bwd_prefetch"]],
-            BATCH_FAST=CONFIG["time_batch_fast"], CARRY_IN=CONFIG["time_carry_in"], FAST=fast_math(),
-            num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
-            maxnreg=CONFIG["time_bwd_maxnreg"],
-        )  # fmt: skip
+        launch(_bwd_time_kernel, grid, *args, **flags, TC=tc, NU=CONFIG["time_unroll"],
+               PREFETCH=_BWD_PREFETCH[CONFIG["time_bwd_prefetch"]],
+               CARRY_IN=CONFIG["time_carry_in"])  # fmt: skip
         dh0 = None
         if has_h0:  # dLoss/dh_{-1} = a_0 dLoss/dh_0
             pre0 = delta[:, :, 0].float() + (0.0 if bias32 is None else bias32)
