@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from mamba_asr.ops.selective_scan.triton_kernel import LOG2E, combine, gate, softplus
-from mamba_asr.ops.selective_scan.triton_time import _channels, _entering, _skip_bias
+from mamba_asr.ops.selective_scan.triton_time import entering_state, program_channels, skip_and_bias
 
 LANES = tl.constexpr(32)
 
@@ -191,12 +191,12 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                       NU: tl.constexpr, PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
                       FAST: tl.constexpr):  # fmt: skip
     # ckpt, last: as triton_time's forward (chunks of 32 K steps)
-    offs_d, md, rows, bc0, ck = _channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
+    offs_d, md, rows, bc0, ck = program_channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
     lane = tl.arange(0, LANES)
-    Dv, bias = _skip_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
+    Dv, bias = skip_and_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
     last_lane = md[:, None] & (lane == 31)[None, :]
     for c in range(n_chunks):
-        hrow, hok = _entering(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
+        hrow, hok = entering_state(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
         dst = tl.where(c + 1 < n_chunks, ck + (c + 1) * N, last_ptr + rows * N)
         t0 = c * (32 * K)
         us = _load_steps(u_ptr, rows, t0, L, md, lane, K)
@@ -266,18 +266,18 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
     # being processed (for the last chunk: dLoss/d(last state) from dlast, or zeros), alternating
     # between the two halves; at the end the half n_chunks % 2 holds dLoss/d(initial state).
     # dA (D, N), dD and d(delta_bias) (D,), dB and dC: fp32 zeros on entry, added to atomically
-    offs_d, md, rows, bc0, ck = _channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
+    offs_d, md, rows, bc0, ck = program_channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
     lane = tl.arange(0, LANES)
     dhb = dhbuf_ptr + rows * N
     half = (tl.num_programs(0) if BATCH_FAST else tl.num_programs(1)) * D * N
-    Dv, bias = _skip_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
+    Dv, bias = skip_and_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
     first_lane = md[:, None] & (lane == 0)[None, :]
     up = tl.minimum(lane + 1, 31)
     dD = tl.zeros((BD, LANES), tl.float32)  # per lane, summed at the end
     dbias = tl.zeros((BD, LANES), tl.float32)
     for cc in range(n_chunks):
         c = n_chunks - 1 - cc
-        hrow, hok = _entering(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
+        hrow, hok = entering_state(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
         t0 = c * (32 * K)
         us = _load_steps(u_ptr, rows, t0, L, md, lane, K)
         pres = _load_steps(delta_ptr, rows, t0, L, md, lane, K)

@@ -87,7 +87,7 @@ def _scan_from(a, x, h0, offs_t, CARRY_IN: tl.constexpr):
 
 
 @triton.jit
-def _entering(ck, h0row, c, md, N: tl.constexpr, HAS_H0: tl.constexpr):
+def entering_state(ck, h0row, c, md, N: tl.constexpr, HAS_H0: tl.constexpr):
     """(pointer row, mask) of the state entering chunk c: its checkpoint slot, or for the first
     chunk the initial state (zeros without one)."""
     row = tl.where(c == 0, h0row, ck + c * N)
@@ -121,7 +121,7 @@ def _program(BATCH_FAST: tl.constexpr):
 
 
 @triton.jit
-def _channels(ckpt_ptr, D, L, G, n_chunks, N: tl.constexpr, BD: tl.constexpr,
+def program_channels(ckpt_ptr, D, L, G, n_chunks, N: tl.constexpr, BD: tl.constexpr,
               BATCH_FAST: tl.constexpr):  # fmt: skip
     """What a time-parallel program (``_program``) works on: (its BD channels, their mask, their
     rows of (B, D, .), the offset of its group of B/C, its rows of the checkpoints). Offsets are
@@ -135,7 +135,7 @@ def _channels(ckpt_ptr, D, L, G, n_chunks, N: tl.constexpr, BD: tl.constexpr,
 
 
 @triton.jit
-def _skip_bias(D_ptr, bias_ptr, offs_d, md, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+def skip_and_bias(D_ptr, bias_ptr, offs_d, md, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                BD: tl.constexpr):  # fmt: skip
     """D and delta_bias of the channels offs_d (BD,), fp32; zeros without them."""
     Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
@@ -179,11 +179,11 @@ def _fwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                      CARRY_IN: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     # ckpt: (B, D, n_chunks, N) fp32, slot c >= 1 the state entering chunk c (the first chunk's is
     # the initial state h0, or zeros; slot 0 is not written); last: (B, D, N), the last state
-    offs_d, md, rows, bc0, ck = _channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
+    offs_d, md, rows, bc0, ck = program_channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
     offs_t = tl.arange(0, TC)
-    Dv, bias = _skip_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
+    Dv, bias = skip_and_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
     for c in range(n_chunks):
-        hrow, hok = _entering(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
+        hrow, hok = entering_state(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
         # where the state leaving this chunk goes: the next chunk's slot, or last
         dst = tl.where(c + 1 < n_chunks, ck + (c + 1) * N, last_ptr + rows * N)
         t = c * TC + offs_t
@@ -268,16 +268,16 @@ def _bwd_time_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     # processed, alternating between the two halves (for the last chunk: dLoss/d(last state) from
     # dlast, or zeros); at the end the half n_chunks % 2 holds dLoss/dh_0. dA (D, N), dD and
     # d(delta_bias) (D,) fp32 zeros on entry: each program adds its sums atomically
-    offs_d, md, rows, bc0, ck = _channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
+    offs_d, md, rows, bc0, ck = program_channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
     offs_t = tl.arange(0, TC)
     dhb = dhbuf_ptr + rows * N
     half = (tl.num_programs(0) if BATCH_FAST else tl.num_programs(1)) * D * N
-    Dv, bias = _skip_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
+    Dv, bias = skip_and_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
     dD = tl.zeros((BD,), tl.float32)
     dbias = tl.zeros((BD,), tl.float32)
     for cc in range(n_chunks):
         c = n_chunks - 1 - cc
-        hrow, hok = _entering(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
+        hrow, hok = entering_state(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
         t = c * TC + offs_t
         mt = t < L
         m_dt = md[:, None] & mt[None, :]
