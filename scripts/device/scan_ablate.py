@@ -5,8 +5,8 @@ time goes in one forward+backward call.
         [--ablate] [--trace] [--iters 20]
 
 --ablate: the time-parallel kernels' (CONFIG kernel=time) summed GPU time (torch.profiler) per
-forward+backward at the anchors' shapes, with copies of ``ops/selective_scan/triton_time.py`` in which one part of the
-backward is removed or changed (the copies are written beside the output and imported from there;
+forward+backward at the anchors' shapes, with copies of ``ops/selective_scan/triton_time.py`` in
+which one part of the backward is removed or changed (the copies are written beside the output and imported from there;
 each edit must match the source once, or the script stops). Removing a part gives wrong gradients:
 these times only say what that part costs, never what a kernel could do. Variants that keep the
 results right (CONFIG overrides) are timed the same way.

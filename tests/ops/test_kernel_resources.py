@@ -1,5 +1,5 @@
-"""The time-parallel scan kernels (time and lanes) compiled for an H100/H200 (sm_90) without a GPU: they compile,
-and their registers leave room for at least 16 one-warp programs an SM (at most 128 a thread):
+"""The time-parallel scan kernels (time and lanes) compiled for an H100/H200 (sm_90) without a
+GPU: they compile, and their registers leave room for at least 16 one-warp programs an SM (at most 128 a thread):
 the layout was chosen for that (scripts/kernel_resources.py)."""
 
 from __future__ import annotations

@@ -65,26 +65,27 @@ def _offsets(t0, lane, j, K: tl.constexpr):
 
 
 @triton.jit
-def _load_steps(ptr, rows, t0, L, md, lane, K: tl.constexpr):
-    """K (BD, 32) fp32 tensors, step k of each lane of rows (BD,) of a (., L) tensor; 0 past L
-    and on masked rows."""
+def _load_k(base, t0, L, lane, mask, K: tl.constexpr):
+    """K fp32 tensors, step k of each lane of the rows at base (a pointer, or (BD, 1, 1) of them),
+    shaped as base's rows by 32; 0 past L and where not mask (broadcast as base)."""
     out = ()
     for j in tl.static_range(K // 4):
         t = _offsets(t0, lane, j, K)
-        x = tl.load(ptr + rows[:, None, None] * L + t, mask=md[:, None, None] & (t < L), other=0.0)
-        out = out + _split4(x.to(tl.float32))
+        out = out + _split4(tl.load(base + t, mask=mask & (t < L), other=0.0).to(tl.float32))
     return out
+
+
+@triton.jit
+def _load_steps(ptr, rows, t0, L, md, lane, K: tl.constexpr):
+    """K (BD, 32) fp32 tensors, step k of each lane of rows (BD,) of a (., L) tensor; 0 past L
+    and on masked rows."""
+    return _load_k(ptr + rows[:, None, None] * L, t0, L, lane, md[:, None, None], K)
 
 
 @triton.jit
 def _load_bc(ptr, t0, L, lane, ok, K: tl.constexpr):
     """K (1, 32) fp32 tensors of one state's B or C row at ptr; 0 past L or where not ok."""
-    out = ()
-    for j in tl.static_range(K // 4):
-        t = _offsets(t0, lane, j, K)
-        x = tl.load(ptr + t, mask=(t < L) & ok, other=0.0)
-        out = out + _split4(x.to(tl.float32))
-    return out
+    return _load_k(ptr, t0, L, lane, ok, K)
 
 
 @triton.jit
@@ -109,12 +110,19 @@ def _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, 
 
 
 @triton.jit
+def _tile(vals, j):
+    """Steps 4 j .. 4 j + 3 of K (BD, 32) tensors as one (BD, 32, 4) tile (``_offsets``' j)."""
+    return _join4(vals[4 * j], vals[4 * j + 1], vals[4 * j + 2], vals[4 * j + 3])
+
+
+@triton.jit
 def _store_steps(ptr, rows, t0, L, md, lane, vals, K: tl.constexpr):
     """Store K (BD, 32) tensors as ``_load_steps`` reads them (cast to ptr's dtype)."""
     for j in tl.static_range(K // 4):
         t = _offsets(t0, lane, j, K)
-        x = _join4(vals[4 * j], vals[4 * j + 1], vals[4 * j + 2], vals[4 * j + 3])
-        tl.store(ptr + rows[:, None, None] * L + t, x, mask=md[:, None, None] & (t < L))
+        tl.store(
+            ptr + rows[:, None, None] * L + t, _tile(vals, j), mask=md[:, None, None] & (t < L)
+        )
 
 
 @triton.jit
@@ -123,8 +131,7 @@ def _add_bc(ptr, t0, L, lane, ok, vals, K: tl.constexpr):
     (atomically, fp32)."""
     for j in tl.static_range(K // 4):
         t = _offsets(t0, lane, j, K)
-        x = _join4(vals[4 * j], vals[4 * j + 1], vals[4 * j + 2], vals[4 * j + 3])
-        x = tl.sum(x, axis=0, keep_dims=True)
+        x = tl.sum(_tile(vals, j), axis=0, keep_dims=True)
         tl.atomic_add(ptr + t, x, mask=(t < L) & ok, sem="relaxed")
 
 
@@ -154,13 +161,12 @@ def _lanes_down(M, V, lane):
 @triton.jit
 def _states_up(dts, dtus, Bs, A2, h0, lane, K: tl.constexpr):
     """The states h_t of a chunk from h0 (BD,) entering it, for one state of the BD channels:
-    (h, x, a) each K (BD, 32) tensors (x = dt u B as the recurrence adds it, before the fold)."""
+    (h, x, a), each K (BD, 32) tensors (x = dt u B as the recurrence adds it, before the fold),
+    and (BD, 32) the state leaving each lane (the last lane's: the state leaving the chunk)."""
     xs = ()
     as_ = ()
     hl = ()
     ps = ()
-    h = tl.zeros_like(dts[0])
-    p = tl.zeros_like(dts[0])
     for k in tl.static_range(K):
         a = tl.math.exp2(dts[k] * A2[:, None])
         x = dtus[k] * Bs[k]

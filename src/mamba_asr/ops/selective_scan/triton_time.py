@@ -122,7 +122,7 @@ def _program(BATCH_FAST: tl.constexpr):
 
 @triton.jit
 def program_channels(ckpt_ptr, D, L, G, n_chunks, N: tl.constexpr, BD: tl.constexpr,
-              BATCH_FAST: tl.constexpr):  # fmt: skip
+                     BATCH_FAST: tl.constexpr):  # fmt: skip
     """What a time-parallel program (``_program``) works on: (its BD channels, their mask, their
     rows of (B, D, .), the offset of its group of B/C, its rows of the checkpoints). Offsets are
     int64, as B D L may pass 2^31."""
@@ -136,7 +136,7 @@ def program_channels(ckpt_ptr, D, L, G, n_chunks, N: tl.constexpr, BD: tl.conste
 
 @triton.jit
 def skip_and_bias(D_ptr, bias_ptr, offs_d, md, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-               BD: tl.constexpr):  # fmt: skip
+                  BD: tl.constexpr):  # fmt: skip
     """D and delta_bias of the channels offs_d (BD,), fp32; zeros without them."""
     Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0) if HAS_D else tl.zeros((BD,), tl.float32)
     bias = (
@@ -530,61 +530,22 @@ class TritonTimeScan(torch.autograd.Function):
             return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
         dhbuf = u.new_empty(2, batch, dim, d_state, dtype=torch.float32)
         # the two time-parallel backwards' arguments (lanes' and time's); they differ in the rest
-        args = (
-            u,
-            delta,
-            A32,
-            B,
-            C,
-            D32 if D32 is not None else dummy,
-            z if z is not None else u,
-            bias32 if bias32 is not None else dummy,
-            h0 if h0 is not None else dummy,
-            ypre if ypre is not None else dummy,
-            ckpt,
-            dout,
-            dlast if dlast is not None else dummy,
-            dhbuf,
-            du,
-            ddelta,
-            dz if dz is not None else du,
-            dA,
-            dD,
-            dbias,
-            dB,
-            dC,
-            dim,
-            length,
-            groups,
-            n_chunks,
-        )
-        flags = dict(
-            HAS_D=D32 is not None,
-            HAS_Z=z is not None,
-            HAS_BIAS=bias32 is not None,
-            HAS_H0=h0 is not None,
-            HAS_DLAST=dlast is not None,
-            SOFTPLUS=softplus,
-            ROUND_GATE=round_gate,
-            N=d_state,
-            BD=bd,
-            FAST=fast_math(),
-            BATCH_FAST=CONFIG["time_batch_fast"],
-            num_warps=CONFIG["time_warps"],
-            num_stages=CONFIG["time_stages"],
-            maxnreg=CONFIG["time_bwd_maxnreg"],
-        )
+        args = (u, delta, A32, B, C, D32 if D32 is not None else dummy, z if z is not None else u,
+                bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy,
+                ypre if ypre is not None else dummy, ckpt, dout,
+                dlast if dlast is not None else dummy, dhbuf, du, ddelta,
+                dz if dz is not None else du, dA, dD, dbias, dB, dC, dim, length, groups,
+                n_chunks)  # fmt: skip
+        flags = dict(HAS_D=D32 is not None, HAS_Z=z is not None, HAS_BIAS=bias32 is not None,
+                     HAS_H0=h0 is not None, HAS_DLAST=dlast is not None, SOFTPLUS=softplus,
+                     ROUND_GATE=round_gate, N=d_state, BD=bd, FAST=fast_math(),
+                     BATCH_FAST=CONFIG["time_batch_fast"], num_warps=CONFIG["time_warps"],
+                     num_stages=CONFIG["time_stages"],
+                     maxnreg=CONFIG["time_bwd_maxnreg"])  # fmt: skip
         grid = _grid(batch, cdiv(dim // groups, bd), groups)
         if ctx.lanes is not None:  # triton_lanes.py: its carries are a_t dLoss/dh_t
-            launch(
-                _lanes().bwd,
-                grid,
-                *args,
-                **flags,
-                K=ctx.lanes,
-                NU=CONFIG["lanes_unroll"],
-                PREFETCH=CONFIG["lanes_prefetch"] in (True, "bwd"),
-            )
+            launch(_lanes().bwd, grid, *args, **flags, K=ctx.lanes, NU=CONFIG["lanes_unroll"],
+                   PREFETCH=CONFIG["lanes_prefetch"] in (True, "bwd"))  # fmt: skip
             dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
             return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
         launch(_bwd_time_kernel, grid, *args, **flags, TC=tc, NU=CONFIG["time_unroll"],
