@@ -44,9 +44,10 @@
 #            scan_cuda.py beside the peer with both as variants and settings of theirs (SEQ_VARIANTS
 #            replaces them; --rounds 2 --gpu), then
 #            state-spaces/mamba's test against kernel=seq;
-#   lanes    the kernels of ops/selective_scan/triton_lanes.py (CONFIG kernel=lanes, lanes_k 4
-#            and 8): our CUDA scan tests and the BiMamba ones with them, benchmarks/scan_cuda.py
-#            beside the peer with settings of theirs as variants (LANES_VARIANTS replaces them;
+#   lanes    the kernels of ops/selective_scan/triton_lanes.py (CONFIG kernel=lanes, the default;
+#            lanes_k 4 and 8): our CUDA scan tests and the BiMamba ones with them,
+#            benchmarks/scan_cuda.py beside the peer with the time kernels and other settings of
+#            theirs as variants (LANES_VARIANTS replaces them;
 #            --rounds 2 --gpu), then state-spaces/mamba's test against each K (LANES_CONFIG: CONFIG
 #            entries for the CUDA tests; LANES_MAMBA=0 skips the BiMamba ones; LANES_ROUNDS;
 #            LANES_PEER_K, the K the peer's test runs with, "" none; LANES_PEER_CONFIG, its
@@ -163,13 +164,12 @@ for part in $PARTS; do
       grep -E "^(E |FAILED|ERROR)" "$out/pytest_lanes.log" | head -40
       tail -3 "$out/pytest_lanes.log" | tee "$out/pytest_lanes.txt"
     fi
-    [ "${LANES_MAMBA:-1}" = 1 ] && MAMBA_ASR_TRITON_SCAN_CONFIG='{"kernel": "lanes"}' python3 -m \
-      pytest -q -p no:cacheprovider -n 8 tests/modules/test_mamba.py -k "cuda or fused" 2>&1 \
+    [ "${LANES_MAMBA:-1}" = 1 ] && MAMBA_ASR_TRITON_SCAN_CONFIG="$lanes_cfg" python3 -m pytest \
+      -q -p no:cacheprovider -n 8 tests/modules/test_mamba.py -k "cuda or fused" 2>&1 \
       | tail -2 | sed 's/^/mamba: /' | tee -a "$out/pytest_lanes.txt"
     python3 benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 30 \
-      --rounds ${LANES_ROUNDS:-2} --gpu --variant ${LANES_VARIANTS:-lanes4='{"kernel": "lanes"}' \
-      lanes8='{"kernel": "lanes", "lanes_k": 8}' lanes4_u1='{"kernel": "lanes", "time_unroll": 1}' \
-      lanes8_u1='{"kernel": "lanes", "lanes_k": 8, "time_unroll": 1}'} \
+      --rounds ${LANES_ROUNDS:-2} --gpu --variant ${LANES_VARIANTS:-time='{"kernel": "time"}' \
+      lanes_u2='{"lanes_unroll": 2}' lanes8='{"lanes_k": 8}' lanes_nopf='{"lanes_prefetch": false}'} \
       --json "$out/scan_cuda_lanes.json" 2>&1 | grep -v -i warn | tee "$out/scan_cuda_lanes.txt"
     pack
     for k in ${LANES_PEER_K-4 8}; do
