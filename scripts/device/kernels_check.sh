@@ -11,8 +11,10 @@
 #   bash scripts/device/kernels_check.sh OUTDIR      (carry .peer and .whl; about 8 minutes with
 #   the peer built from source, less with .peer/build/selective_scan_cuda.so.xz from a past run)
 # Each part writes into /tmp/kernels_check/<part>/ (scan, rnnt, encoders), all of it comes back
-# as OUTDIR/kernels.tgz (a call returns at most 8 files), the peer build as OUTDIR/peer_so.xz; a
-# part that fails does not stop the next one.
+# as OUTDIR/kernels.tgz (a call returns at most 8 files; packed again after every part, so a call cut
+# off by its time limit brings back what was done), the peer build as OUTDIR/peer_so.xz; a part that
+# fails does not stop the next one. SCAN_BENCH_ARGS: more arguments of benchmarks/scan_cuda.py
+# (e.g. "--rounds 2 --gpu"); ENC_SECONDS: the encoders' lengths (default "10 30 60 120").
 set -uo pipefail
 dest="${1:-/tmp/out}"
 out=/tmp/kernels_check
@@ -20,14 +22,17 @@ mkdir -p "$dest" "$out/scan" "$out/rnnt" "$out/encoders"
 source scripts/device/wheels.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 echo "# bash scripts/device/kernels_check.sh   ($(date -u +%FT%TZ))"
-bash scripts/device/scan_check.sh "$out/scan" 2>&1 | tail -40
+pack() { tar -C "$out" -czf "$dest/kernels.tgz" scan rnnt encoders; }  # after every part
+bash scripts/device/scan_check.sh "$out/scan" ${SCAN_BENCH_ARGS:-} 2>&1 | tail -40
+mv "$out/scan/peer_so.xz" "$dest/" 2>/dev/null
+pack
 bash scripts/device/rnnt_check.sh "$out/rnnt" 2>&1 | grep -v -i warn | tail -30
 PYTHONPATH="/tmp/site:$PWD/src:$PWD/tests:$PWD/benchmarks" python3 scripts/device/rnnt_graph.py \
   2>&1 | grep -v -i warn | tee "$out/rnnt/rnnt_graph.txt"
 PYTHONPATH="/tmp/site:$PWD/src:$PWD/benchmarks" python3 scripts/device/rnnt_host.py \
   2>&1 | grep -v -i warn | tee "$out/rnnt/rnnt_host.txt"
+pack
 PYTHONPATH="/tmp/site:$PWD/src" python3 benchmarks/encoder_scaling.py --device cuda --size large \
-  --batch 16 --seconds 10 30 60 120 --out "$out/encoders" 2>&1 | grep -v Warning \
+  --batch 16 --seconds ${ENC_SECONDS:-10 30 60 120} --out "$out/encoders" 2>&1 | grep -v Warning \
   | tee "$out/encoders/encoder_scaling.txt"
-mv "$out/scan/peer_so.xz" "$dest/" 2>/dev/null
-tar -C "$out" -czf "$dest/kernels.tgz" scan rnnt encoders && ls -la "$dest"
+pack && ls -la "$dest"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the GPU machine, in one call: the selective-scan tests (ours, then state-spaces/mamba's test
+# On the GPU machine, in one call: the selective-scan tests (ours and BiMamba's CUDA ones, then state-spaces/mamba's test
 # adapted in tests/ops/test_selective_scan_peer.py, against our kernel and against the peer's), then
 # the benchmark of our Triton kernels beside the peer's CUDA kernel (benchmarks/scan_cuda.py).
 # SCAN_TESTS=none: the benchmark alone; SCAN_TESTS=configs: only the PEER_TEST_CONFIGS settings' tests.
@@ -52,6 +52,7 @@ elif [ "${SCAN_TESTS:-scan}" = configs ]; then  # only the PEER_TEST_CONFIGS set
   :
 else
   pt tests/ops/test_selective_scan_triton.py tests/ops/test_selective_scan.py 2>&1 | tail -8 | tee "$out/pytest_ops.txt"
+  pt tests/modules/test_mamba.py -k "cuda or fused" 2>&1 | tail -2 | sed 's/^/mamba: /' | tee -a "$out/pytest_ops.txt"
 fi
 if [ "${SCAN_TESTS:-scan}" != configs ]; then
   pt tests/ops/test_selective_scan_peer.py --junitxml="$out/peer_test_ours.xml" > "$out/peer_test_ours.txt" 2>&1
