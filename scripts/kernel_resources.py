@@ -134,7 +134,7 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
     from mamba_asr.ops.selective_scan import gluon_seq, triton_lanes
 
     lanes = dict(common, HAS_H0=False, N=d_state, BD=cfg["time_bd"], K=cfg["lanes_k"],
-                 NU=cfg["lanes_unroll"], BATCH_FAST=cfg["time_batch_fast"])  # fmt: skip
+                 BATCH_FAST=cfg["time_batch_fast"])  # fmt: skip
     pf = cfg["lanes_prefetch"]
 
     seq = []
@@ -160,10 +160,10 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
          dict(time, HAS_DLAST=False, PREFETCH=tt._BWD_PREFETCH[cfg["time_bwd_prefetch"]]),
          cfg["time_warps"], cfg["time_stages"]),
         ("lanes fwd", triton_lanes._fwd_lanes_kernel,
-         dict(lanes, SAVE_Y=True, PREFETCH=pf in (True, "fwd")),
+         dict(lanes, SAVE_Y=True, NU=tt._lanes_unroll(False), PREFETCH=pf in (True, "fwd")),
          cfg["time_warps"], cfg["time_stages"]),
         ("lanes bwd", triton_lanes._bwd_lanes_kernel,
-         dict(lanes, HAS_DLAST=False, PREFETCH=pf in (True, "bwd")),
+         dict(lanes, HAS_DLAST=False, NU=tt._lanes_unroll(True), PREFETCH=pf in (True, "bwd")),
          cfg["time_warps"], cfg["time_stages"]),
         *seq,
     ]  # fmt: skip
@@ -207,8 +207,10 @@ def main(argv=None) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for dtype in args.dtypes:
-        types = {n: "*" + dtype for n in HALF_ARGS}
         for name, fn, consts, warps, stages in scan_kernels(dtype):
+            types = {n: "*" + dtype for n in HALF_ARGS}
+            if name.startswith("lanes") and tk.CONFIG["lanes_bc_fp32"]:  # cast before the kernels
+                types.update(B_ptr="*fp32", C_ptr="*fp32")
             maxnreg = {"time bwd": tk.CONFIG["time_bwd_maxnreg"],
                        "seq bwd": tk.CONFIG["seq_bwd_maxnreg"]}.get(name)  # fmt: skip
             r = resources(

@@ -109,13 +109,14 @@ def _check_interpreted(case, config: str):
 # triton_lanes' kernels (CONFIG kernel=lanes, the default): with the defaults (4 steps a lane, one
 # state a loop step, loads a step ahead) over three chunks of 128 with an odd number of states,
 # groups and an initial state (its gradient is the first chunk's carry); 8 steps a lane, four
-# channels a program on four warps, two states a loop step, nothing loaded ahead, in bf16
+# channels a program on four warps, two states a loop step in the forward and three (not a
+# divisor of 16) in the backward, nothing loaded ahead, B and C cast to fp32 first, in bf16
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
     [((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes"}),
      (CASES[5], {"kernel": "lanes", "lanes_k": 8, "time_bd": 4, "time_warps": 4,
-                 "lanes_unroll": 2, "lanes_prefetch": False})],
+                 "lanes_unroll": [2, 3], "lanes_prefetch": False, "lanes_bc_fp32": True})],
     ids=["k4-three-chunks", "k8-four-channels-bf16"],
 )  # fmt: skip
 def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
@@ -127,13 +128,14 @@ def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
 @pytest.mark.parametrize("length", [1, 7, 64, 333, 1024, 4099])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize(
-    "kernel", ["state", "time", "seq_fwd", "seq", "seq_p0", "seq_p2", "lanes", "lanes8"]
+    "kernel",
+    ["state", "time", "seq_fwd", "seq", "seq_p0", "seq_p2", "lanes", "lanes8", "lanes_bc32"],
 )
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     """seq: gluon_seq's forward and backward (one thread per (channel, state)), with nothing
     (seq_p0) or B and C too (seq_p2) loaded a chunk ahead; seq_fwd: its forward before the time
     kernels' backward. Each must then be what runs. lanes, lanes8: triton_lanes' kernels, 4 and 8
-    steps a lane."""
+    steps a lane; lanes_bc32: B and C cast to fp32 before them, two states a forward loop step."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -143,6 +145,8 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
         config["seq_prefetch"] = int(kernel[-1])
     if kernel.startswith("lanes"):
         config.update(kernel="lanes", lanes_k=8 if kernel == "lanes8" else 4)
+    if kernel == "lanes_bc32":
+        config.update(lanes_bc_fp32=True, lanes_unroll=[2, 1])
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [

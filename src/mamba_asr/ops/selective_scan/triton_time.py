@@ -410,6 +410,13 @@ def _lanes_k() -> int | None:
     return k
 
 
+def _lanes_unroll(backward: bool) -> int:
+    """States a loop step of ``triton_lanes``' forward or backward (CONFIG ``lanes_unroll``: one
+    number for both, or [forward, backward])."""
+    nu = CONFIG["lanes_unroll"]
+    return nu if isinstance(nu, int) else nu[int(backward)]
+
+
 class _LaneKernels(NamedTuple):
     fwd: object
     bwd: object
@@ -450,6 +457,9 @@ class TritonTimeScan(torch.autograd.Function):
         u, delta, A32, B, C, D32, z, bias32, h0 = x[:9]
         batch, dim, length, d_state, groups, round_gate = x[9:15]
         bd, lanes = _block_d(dim, groups), _lanes_k()
+        ctx.bc_dtype = B.dtype  # dB and dC go back in it
+        if lanes is not None and CONFIG["lanes_bc_fp32"] and B.dtype != torch.float32:
+            B, C = B.float(), C.float()  # converted once, not once a state in every program
         tc = CONFIG["time_chunk"] if lanes is None else 32 * lanes
         plan = None if lanes is not None else _seq_plan(u, d_state, dim // groups, tc)
         n_chunks = max(cdiv(length, tc if plan is None else plan.every), 1)
@@ -470,7 +480,7 @@ class TritonTimeScan(torch.autograd.Function):
                      SAVE_Y=save_y, N=d_state, FAST=fast_math())  # fmt: skip
         if lanes is not None:  # K steps a lane: triton_lanes.py
             launch(_lanes().fwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, n_chunks,
-                   **flags, BD=bd, K=lanes, NU=CONFIG["lanes_unroll"],
+                   **flags, BD=bd, K=lanes, NU=_lanes_unroll(False),
                    PREFETCH=CONFIG["lanes_prefetch"] in (True, "fwd"),
                    BATCH_FAST=CONFIG["time_batch_fast"], num_warps=CONFIG["time_warps"],
                    num_stages=CONFIG["time_stages"])  # fmt: skip
@@ -544,10 +554,12 @@ class TritonTimeScan(torch.autograd.Function):
                      maxnreg=CONFIG["time_bwd_maxnreg"])  # fmt: skip
         grid = _grid(batch, cdiv(dim // groups, bd), groups)
         if ctx.lanes is not None:  # triton_lanes.py: its carries are a_t dLoss/dh_t
-            launch(_lanes().bwd, grid, *args, **flags, K=ctx.lanes, NU=CONFIG["lanes_unroll"],
+            launch(_lanes().bwd, grid, *args, **flags, K=ctx.lanes, NU=_lanes_unroll(True),
                    PREFETCH=CONFIG["lanes_prefetch"] in (True, "bwd"))  # fmt: skip
             dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
-            return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
+            return _grads(
+                ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, ctx.bc_dtype
+            )
         launch(_bwd_time_kernel, grid, *args, **flags, TC=tc, NU=CONFIG["time_unroll"],
                PREFETCH=_BWD_PREFETCH[CONFIG["time_bwd_prefetch"]],
                CARRY_IN=CONFIG["time_carry_in"])  # fmt: skip
@@ -559,17 +571,19 @@ class TritonTimeScan(torch.autograd.Function):
         return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
 
 
-def _grads(info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0) -> tuple:
+def _grads(info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, bc_dtype=None) -> tuple:
     """The backward's results in the inputs' shapes and dtypes (dA, dB, dC, dD and
     d(delta_bias) were summed in fp32; info: ``ScanInputs.info``; dD and dbias None where the
-    call had no D or delta_bias)."""
+    call had no D or delta_bias; bc_dtype: B's and C's as the caller gave them, where the saved
+    ones were cast)."""
     _softplus, _round, _has_h0, A_dtype, D_dtype, bias_dtype, _h0_dtype = info
+    bc_dtype = B.dtype if bc_dtype is None else bc_dtype
     return (
         du,
         ddelta,
         dA.view(A32.shape).to(A_dtype),
-        dB.view(B.shape).to(B.dtype),
-        dC.view(C.shape).to(C.dtype),
+        dB.view(B.shape).to(bc_dtype),
+        dC.view(C.shape).to(bc_dtype),
         None if D_dtype is None else dD.to(D_dtype),
         dz,
         None if bias_dtype is None else dbias.to(bias_dtype),
