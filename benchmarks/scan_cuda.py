@@ -13,7 +13,7 @@ imported, else it is built there, about 160 s; scripts/device/peer_scan.py) for 
 --shapes B,D,L[,G] times other shapes (G groups of B and C: ConMamba's fused BiMamba has 2);
 --rounds R times each impl R times in turn, the order reversed every other round, and reports
 the medians (a slow spell of the GPU's host then falls on every impl alike); --gpu adds the
-summed kernel time of a forward+backward, the host left out.
+summed kernel time of a forward and of a forward+backward, the host left out.
 """
 
 from __future__ import annotations
@@ -149,7 +149,8 @@ def main(argv=None):
         "other round), and report each one's median",
     )
     p.add_argument("--gpu", action="store_true",
-                   help="also the summed kernel time of a forward+backward (torch.profiler)")  # fmt: skip
+                   help="also the summed kernel time of a forward and of a forward+backward "
+                        "(torch.profiler)")  # fmt: skip
     p.add_argument("--json", type=Path, default=RESULTS / "scan_cuda.json")
     args = p.parse_args(argv)
     peer_fn = None
@@ -172,12 +173,12 @@ def main(argv=None):
     )
     print(f"# {cmd}  ({name}, torch {torch.__version__}, triton {triton.__version__})")
     print(f"# triton CONFIG {tk.CONFIG}")
-    gpu_col = " gpu fwd+bwd ms |" if args.gpu else ""
+    gpu_col = " gpu fwd ms | gpu fwd+bwd ms |" if args.gpu else ""
     print(
         "| impl | dtype | B | D | L | fwd ms | fwd+bwd ms | fwd GB/s | extra MiB | peer/impl fwd | "
         f"peer/impl fwd+bwd |{gpu_col}"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.gpu else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.gpu else ""))
     rows = []
     dtypes = [getattr(torch, d) for d in args.dtypes]
     shapes = SHAPES if args.shapes is None else [tuple(map(int, s.split(","))) for s in args.shapes]
@@ -207,15 +208,17 @@ def main(argv=None):
             call = runner(impl, peer_fn, inputs, True)
             mem = peak_extra_mib(call)
             gbs = min_bytes(batch, dim, length, dtype) / fwd / 1e6
+            gpu = lambda c: sum(gpu_kernels(c, 10).values()) if args.gpu else None  # noqa: E731
             res[impl] = dict(impl=impl, dtype=str(dtype).split(".")[1], B=batch, D=dim, L=length,
                              G=groups, fwd_ms=fwd, fwd_bwd_ms=both, fwd_gbs=gbs, extra_mib=mem,
-                             gpu_fwd_bwd_ms=sum(gpu_kernels(call, 10).values()) if args.gpu else None)  # fmt: skip
+                             gpu_fwd_ms=gpu(runner(impl, peer_fn, inputs, False)),
+                             gpu_fwd_bwd_ms=gpu(call))  # fmt: skip
         for impl, r in res.items():
             pf = res["peer"]["fwd_ms"] / r["fwd_ms"] if "peer" in res else None
             pb = res["peer"]["fwd_bwd_ms"] / r["fwd_bwd_ms"] if "peer" in res else None
             r.update(peer_over_impl_fwd=pf, peer_over_impl_fwd_bwd=pb)
             f = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
-            gpu = f" {r['gpu_fwd_bwd_ms']:.3f} |" if args.gpu else ""
+            gpu = f" {r['gpu_fwd_ms']:.3f} | {r['gpu_fwd_bwd_ms']:.3f} |" if args.gpu else ""
             print(f"| {impl} | {r['dtype']} | {batch} | {dim} | {length} | {r['fwd_ms']:.3f} | "
                   f"{r['fwd_bwd_ms']:.3f} | {r['fwd_gbs']:.0f} | {r['extra_mib']:.0f} | {f(pf)} | "
                   f"{f(pb)} |{gpu}", flush=True)  # fmt: skip
