@@ -209,7 +209,7 @@ def main(argv=None) -> None:
     for dtype in args.dtypes:
         for name, fn, consts, warps, stages in scan_kernels(dtype):
             types = {n: "*" + dtype for n in HALF_ARGS}
-            if name.startswith("lanes") and tk.CONFIG["lanes_bc_fp32"]:  # cast before the kernels
+            if name == "lanes fwd" and tk.CONFIG["lanes_bc_fp32"]:  # cast before the forward
                 types.update(B_ptr="*fp32", C_ptr="*fp32")
             maxnreg = {"time bwd": tk.CONFIG["time_bwd_maxnreg"],
                        "seq bwd": tk.CONFIG["seq_bwd_maxnreg"]}.get(name)  # fmt: skip

@@ -106,11 +106,13 @@ def _check_interpreted(case, config: str):
     assert all(e <= tol for e in errs.values()), errs
 
 
-# triton_lanes' kernels (CONFIG kernel=lanes, the default): with the defaults (4 steps a lane, one
-# state a loop step, loads a step ahead) over three chunks of 128 with an odd number of states,
+# triton_lanes' kernels (CONFIG kernel=lanes, the default): with the defaults (4 steps a lane, four
+# states a forward loop step, one a backward step loading the next ahead) over three chunks of 128
+# with an odd number of states (so the forward's last loop step is part empty),
 # groups and an initial state (its gradient is the first chunk's carry); 8 steps a lane, four
 # channels a program on four warps, two states a loop step in the forward and three (not a
-# divisor of 16) in the backward, nothing loaded ahead, B and C cast to fp32 first, in bf16
+# divisor of 16) in the backward, nothing loaded ahead, the forward reading B and C cast to fp32,
+# in bf16
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
@@ -129,13 +131,14 @@ def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize(
     "kernel",
-    ["state", "time", "seq_fwd", "seq", "seq_p0", "seq_p2", "lanes", "lanes8", "lanes_bc32"],
+    ["state", "time", "seq_fwd", "seq", "seq_p0", "seq_p2", "lanes", "lanes8", "lanes_pf"],
 )
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     """seq: gluon_seq's forward and backward (one thread per (channel, state)), with nothing
     (seq_p0) or B and C too (seq_p2) loaded a chunk ahead; seq_fwd: its forward before the time
     kernels' backward. Each must then be what runs. lanes, lanes8: triton_lanes' kernels, 4 and 8
-    steps a lane; lanes_bc32: B and C cast to fp32 before them, two states a forward loop step."""
+    steps a lane; lanes_pf: one state a loop step in both, loading ahead in both, B and C read as
+    given (the defaults before 2026-12-06's second run)."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -145,8 +148,8 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
         config["seq_prefetch"] = int(kernel[-1])
     if kernel.startswith("lanes"):
         config.update(kernel="lanes", lanes_k=8 if kernel == "lanes8" else 4)
-    if kernel == "lanes_bc32":
-        config.update(lanes_bc_fp32=True, lanes_unroll=[2, 1])
+    if kernel == "lanes_pf":
+        config.update(lanes_unroll=1, lanes_prefetch=True, lanes_bc_fp32=False)
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [

@@ -56,8 +56,9 @@ from torch import Tensor
 # triton_lanes.py (the time kernels' layout with lanes_k = 4 or 8 consecutive steps a lane scanned
 # in the thread; lanes_unroll states a loop step, one number for both kernels or [forward,
 # backward]; time_bd, time_warps and time_batch_fast as theirs; lanes_prefetch: the next states'
-# loads a loop step ahead in "fwd", "bwd", both (True) or neither (False); lanes_bc_fp32: half
-# B and C cast to fp32 once before the kernels, so that no state converts them again); time_fwd:
+# loads a loop step ahead in "fwd", "bwd", both (True) or neither (False); lanes_bc_fp32: the
+# forward reads half B and C cast to fp32 once before it, so that no state converts them again
+# (the backward reads them as given: L2 traffic bounds it, and fp32 doubles theirs)); time_fwd:
 # "seq" for gluon_seq's forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
@@ -67,7 +68,7 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "time_bwd_maxnreg": None, "time_batch_fast": True, "time_carry_in": False,
           "time_y_fp32": False, "time_fwd": "time", "seq_chunk": 16, "seq_fwd_warps": None,
           "seq_bwd_warps": 1, "seq_bwd_maxnreg": None, "seq_prefetch": 1, "lanes_k": 4,
-          "lanes_unroll": 1, "lanes_prefetch": True, "lanes_bc_fp32": False}  # fmt: skip
+          "lanes_unroll": [4, 1], "lanes_prefetch": "bwd", "lanes_bc_fp32": True}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

@@ -457,9 +457,9 @@ class TritonTimeScan(torch.autograd.Function):
         u, delta, A32, B, C, D32, z, bias32, h0 = x[:9]
         batch, dim, length, d_state, groups, round_gate = x[9:15]
         bd, lanes = _block_d(dim, groups), _lanes_k()
-        ctx.bc_dtype = B.dtype  # dB and dC go back in it
+        Bk, Ck = B, C  # what the forward kernel reads; the backward reads B and C as given
         if lanes is not None and CONFIG["lanes_bc_fp32"] and B.dtype != torch.float32:
-            B, C = B.float(), C.float()  # converted once, not once a state in every program
+            Bk, Ck = B.float(), C.float()  # converted once, not once a state in every program
         tc = CONFIG["time_chunk"] if lanes is None else 32 * lanes
         plan = None if lanes is not None else _seq_plan(u, d_state, dim // groups, tc)
         n_chunks = max(cdiv(length, tc if plan is None else plan.every), 1)
@@ -472,7 +472,7 @@ class TritonTimeScan(torch.autograd.Function):
         ckpt = u.new_empty(batch, dim, n_chunks, d_state, dtype=torch.float32)
         last = u.new_empty(batch, dim, d_state, dtype=torch.float32)
         dummy = A32
-        args = (u, delta, A32, B, C, D32 if D is not None else dummy, z if z is not None else u,
+        args = (u, delta, A32, Bk, Ck, D32 if D is not None else dummy, z if z is not None else u,
                 bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
                 ypre if save_y else dummy, ckpt, last, dim, length, groups)  # fmt: skip
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
@@ -557,9 +557,7 @@ class TritonTimeScan(torch.autograd.Function):
             launch(_lanes().bwd, grid, *args, **flags, K=ctx.lanes, NU=_lanes_unroll(True),
                    PREFETCH=CONFIG["lanes_prefetch"] in (True, "bwd"))  # fmt: skip
             dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
-            return _grads(
-                ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, ctx.bc_dtype
-            )
+            return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
         launch(_bwd_time_kernel, grid, *args, **flags, TC=tc, NU=CONFIG["time_unroll"],
                PREFETCH=_BWD_PREFETCH[CONFIG["time_bwd_prefetch"]],
                CARRY_IN=CONFIG["time_carry_in"])  # fmt: skip
@@ -571,19 +569,17 @@ class TritonTimeScan(torch.autograd.Function):
         return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
 
 
-def _grads(info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, bc_dtype=None) -> tuple:
+def _grads(info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0) -> tuple:
     """The backward's results in the inputs' shapes and dtypes (dA, dB, dC, dD and
     d(delta_bias) were summed in fp32; info: ``ScanInputs.info``; dD and dbias None where the
-    call had no D or delta_bias; bc_dtype: B's and C's as the caller gave them, where the saved
-    ones were cast)."""
+    call had no D or delta_bias)."""
     _softplus, _round, _has_h0, A_dtype, D_dtype, bias_dtype, _h0_dtype = info
-    bc_dtype = B.dtype if bc_dtype is None else bc_dtype
     return (
         du,
         ddelta,
         dA.view(A32.shape).to(A_dtype),
-        dB.view(B.shape).to(bc_dtype),
-        dC.view(C.shape).to(bc_dtype),
+        dB.view(B.shape).to(B.dtype),
+        dC.view(C.shape).to(C.dtype),
         None if D_dtype is None else dD.to(D_dtype),
         dz,
         None if bias_dtype is None else dbias.to(bias_dtype),
