@@ -21,13 +21,16 @@ loaded tile split in registers, no data moved), so that:
 - dD and d(delta_bias) stay per lane in registers over the whole sequence and are summed once.
 
 K = 4 loads each tile as one 16-byte vector a lane; K = 8 as two. PREFETCH loads the next
-states' A, carries, B and C a loop step ahead (the kernels' top stall without it). The checkpoints
-are those of ``triton_time`` (the state entering every chunk after the first, fp32), so its host
-code runs these kernels (``CONFIG["kernel"] = "lanes"``, the default; ``lanes_k``,
-``lanes_unroll``, ``lanes_prefetch``); arithmetic is fp32 throughout and the gate silu(z) is
-rounded to z's dtype as PyTorch rounds it. On an H100 the defaults (K 4, one state a loop step,
-both kernels loading ahead) take 2-13% less GPU time than the time kernels at the benchmark's
-shapes (docs/benchmarks.md). Shape key as ``triton_kernel``.
+states' A, carries, B and C a loop step ahead (the backward's top stall without it; the forward
+instead takes four states a loop step, whose loads the compiler then issues together). The
+checkpoints are those of ``triton_time`` (the state entering every chunk after the first, fp32),
+so its host code runs these kernels (``CONFIG["kernel"] = "lanes"``, the default; ``lanes_k``,
+``lanes_unroll``, ``lanes_prefetch``, ``lanes_bc_fp32``: the forward reads half B and C cast to
+fp32 once); arithmetic is fp32 throughout and the gate silu(z) is rounded to z's dtype as
+PyTorch rounds it. On an H100 the defaults take 1-5% less GPU time than the first lanes settings
+and those 2-13% less than the time kernels at the benchmark's shapes; the forward alone takes
+0.42-0.49x the peer's GPU time in fp32 and 0.83-1.03x in bf16 (docs/benchmarks.md). Shape key
+as ``triton_kernel``.
 """
 
 from __future__ import annotations
