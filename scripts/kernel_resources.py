@@ -29,6 +29,18 @@ HALF_ARGS = ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_p
              "ddelta_ptr", "dz_ptr", "ypre_ptr")  # fmt: skip
 
 
+def ptr_types(name: str, dtype: str) -> dict:
+    """The pointer types kernel ``name`` (as ``scan_kernels`` names it) is launched with for
+    inputs of ``dtype``: the half arguments in it, B and C in fp32 where CONFIG casts them for
+    the lanes forward (``lanes_bc_fp32``)."""
+    from mamba_asr.ops.selective_scan import triton_kernel as tk
+
+    types = {n: "*" + dtype for n in HALF_ARGS}
+    if name == "lanes fwd" and tk.CONFIG["lanes_bc_fp32"]:
+        types.update(B_ptr="*fp32", C_ptr="*fp32")
+    return types
+
+
 def compile_for(fn, consts: dict, ptr_types: dict, arch: int = 90, num_warps: int = 1,
                 num_stages: int = 2, aligned: tuple = ("L", "D", "E", "n_chunks", "n_ckpt"),
                 ones: tuple = ("G",), maxnreg: int | None = None):  # fmt: skip
@@ -208,9 +220,7 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for dtype in args.dtypes:
         for name, fn, consts, warps, stages in scan_kernels(dtype):
-            types = {n: "*" + dtype for n in HALF_ARGS}
-            if name == "lanes fwd" and tk.CONFIG["lanes_bc_fp32"]:  # cast before the forward
-                types.update(B_ptr="*fp32", C_ptr="*fp32")
+            types = ptr_types(name, dtype)
             maxnreg = {"time bwd": tk.CONFIG["time_bwd_maxnreg"],
                        "seq bwd": tk.CONFIG["seq_bwd_maxnreg"]}.get(name)  # fmt: skip
             r = resources(
