@@ -175,7 +175,7 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
          dict(lanes, SAVE_Y=True, NU=tt._lanes_unroll(False), PREFETCH=pf in (True, "fwd")),
          cfg["time_warps"], cfg["time_stages"]),
         ("lanes bwd", triton_lanes._bwd_lanes_kernel,
-         dict(lanes, HAS_DLAST=False, NU=tt._lanes_unroll(True), PREFETCH=pf in (True, "bwd")),
+         dict(lanes, HAS_DLAST=False, NU=tt._lanes_unroll(True), PREFETCH=tt._lanes_bwd_prefetch()),
          cfg["time_warps"], cfg["time_stages"]),
         *seq,
     ]  # fmt: skip

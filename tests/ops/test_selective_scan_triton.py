@@ -112,14 +112,15 @@ def _check_interpreted(case, config: str):
 # groups and an initial state (its gradient is the first chunk's carry); 8 steps a lane, four
 # channels a program on four warps, two states a loop step in the forward and three (not a
 # divisor of 16) in the backward, nothing loaded ahead, the forward reading B and C cast to fp32,
-# in bf16
+# in bf16; the backward alternating two states' loads (ping-pong) over an odd number of states
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
     [((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes"}),
      (CASES[5], {"kernel": "lanes", "lanes_k": 8, "time_bd": 4, "time_warps": 4,
-                 "lanes_unroll": [2, 3], "lanes_prefetch": False, "lanes_bc_fp32": True})],
-    ids=["k4-three-chunks", "k8-four-channels-bf16"],
+                 "lanes_unroll": [2, 3], "lanes_prefetch": False, "lanes_bc_fp32": True}),
+     ((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes", "lanes_bwd_pingpong": True})],
+    ids=["k4-three-chunks", "k8-four-channels-bf16", "k4-pingpong-odd-states"],
 )  # fmt: skip
 def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
     _check_interpreted(case, json.dumps(overrides))
@@ -131,14 +132,26 @@ def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize(
     "kernel",
-    ["state", "time", "seq_fwd", "seq", "seq_p0", "seq_p2", "lanes", "lanes8", "lanes_pf"],
+    [
+        "state",
+        "time",
+        "seq_fwd",
+        "seq",
+        "seq_p0",
+        "seq_p2",
+        "lanes",
+        "lanes8",
+        "lanes_pf",
+        "lanes_pp",
+    ],
 )
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     """seq: gluon_seq's forward and backward (one thread per (channel, state)), with nothing
     (seq_p0) or B and C too (seq_p2) loaded a chunk ahead; seq_fwd: its forward before the time
     kernels' backward. Each must then be what runs. lanes, lanes8: triton_lanes' kernels, 4 and 8
     steps a lane; lanes_pf: one state a loop step in both, loading ahead in both, B and C read as
-    given (the defaults before 2026-12-06's second run)."""
+    given (the defaults before 2026-12-06's second run); lanes_pp: the backward alternating two
+    states' loads (lanes_bwd_pingpong)."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -150,6 +163,8 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
         config.update(kernel="lanes", lanes_k=8 if kernel == "lanes8" else 4)
     if kernel == "lanes_pf":
         config.update(lanes_unroll=1, lanes_prefetch=True, lanes_bc_fp32=False)
+    if kernel == "lanes_pp":
+        config.update(lanes_bwd_pingpong=True)
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [

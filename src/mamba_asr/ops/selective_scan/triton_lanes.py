@@ -22,7 +22,9 @@ loaded tile split in registers, no data moved), so that:
 
 K = 4 loads each tile as one 16-byte vector a lane; K = 8 as two. PREFETCH loads the next
 states' A, carries, B and C a loop step ahead (the backward's top stall without it; the forward
-instead takes four states a loop step, whose loads the compiler then issues together). The
+instead takes four states a loop step, whose loads the compiler then issues together); the
+backward's PREFETCH 2 alternates two states' loads (``_bwd_state`` for one state while the
+other's loads are in flight), so that no loaded value is copied from one loop step to the next. The
 checkpoints are those of ``triton_time`` (the state entering every chunk after the first, fp32),
 so its host code runs these kernels (``CONFIG["kernel"] = "lanes"``, the default; ``lanes_k``,
 ``lanes_unroll``, ``lanes_prefetch``, ``lanes_bc_fp32``: the forward reads half B and C cast to
@@ -262,6 +264,59 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
 
 
 @triton.jit
+def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst, dA_ptr, dB_ptr,
+               dC_ptr, offs_d, md, bc0, t0, L, N: tl.constexpr, K: tl.constexpr):  # fmt: skip
+    """One state's part of a chunk's backward (state n, the j-th in cur, ``_state_loads``' tuple):
+    the adjoint, the carry for the chunk before, dA, dB and dC added in; returns ddt and dus with
+    its terms added."""
+    S: tl.constexpr = 3 + 2 * K
+    A = cur[j * S]
+    h0 = cur[j * S + 1]
+    carry = cur[j * S + 2]  # enters the chunk's last step
+    Bs = cur[j * S + 3 : j * S + 3 + K]
+    Cs = cur[j * S + 3 + K : j * S + S]
+    hs, xs, as_, _v = _states_up(dts, dtus, Bs, A * LOG2E, h0, lane, K)
+    # the adjoint, last step first: in the thread from 0, lam_k = gc_k + a_{k+1}
+    # lam_{k+1} with r_k = a_{k+1} ... a_{K-1} its coefficient of the carry that
+    # enters the lane's last step; the chunk's carry folded into lane 31's last step
+    gc = gy[K - 1] * Cs[K - 1]
+    lam = tl.where((lane == 31)[None, :], gc + carry[:, None], gc)
+    lr = (lam,)
+    rr = (tl.full(lam.shape, 1.0, tl.float32),)
+    r = tl.full(lam.shape, 1.0, tl.float32)
+    for kk in tl.static_range(K - 1):
+        lam = gy[K - 2 - kk] * Cs[K - 2 - kk] + as_[K - 1 - kk] * lam
+        r = as_[K - 1 - kk] * r
+        lr = (lam,) + lr
+        rr = (r,) + rr
+    # lane l passes a_first lam_first to lane l - 1: M r + V of what enters it
+    _m, v = _lanes_down(as_[0] * r, as_[0] * lam, lane)
+    rin = _to_lane(v, lane, up, 0.0, 31)  # enters lane l's last step (31: folded)
+    # a_t dLoss/dh_t at the chunk's first step, for the chunk before: lane 0's
+    tl.store(dst[:, None] + n + lane[None, :] * 0, v, mask=first_lane & ok)
+    dA = tl.zeros_like(dts[0])
+    ndt = ()
+    ndu = ()
+    dBs = ()
+    dCs = ()
+    for k in tl.static_range(K):
+        lam = lr[k] + rr[k] * rin  # dLoss/dh_t
+        dlog = lam * (hs[k] - xs[k])  # dLoss/d(dt A): dh_t a_t h_{t-1}
+        dA += dlog * dts[k]
+        ndt = ndt + (ddt[k] + dlog * A[:, None],)
+        ndu = ndu + (dus[k] + lam * Bs[k],)
+        dBs = dBs + (lam * dtus[k],)
+        dCs = dCs + (hs[k] * gy[k],)
+    ddt = ndt
+    dus = ndu
+    tl.atomic_add(dA_ptr + offs_d * N + n, tl.sum(dA, axis=1), mask=md & ok,
+                  sem="relaxed")  # fmt: skip
+    _add_bc(dB_ptr + bc0 + n * L, t0, L, lane, ok, dBs, K)
+    _add_bc(dC_ptr + bc0 + n * L, t0, L, lane, ok, dCs, K)
+    return ddt, dus
+
+
+@triton.jit
 def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
                       ypre_ptr, ckpt_ptr, dout_ptr, dlast_ptr, dhbuf_ptr, du_ptr, ddelta_ptr,
                       dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, D, L, G, n_chunks,
@@ -323,64 +378,36 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         src = tl.where(cc == 0, dlast_ptr + rows * N, dhb + (cc % 2) * half)
         sok = md if HAS_DLAST else md & (cc > 0)
         dst = dhb + ((cc + 1) % 2) * half
-        S: tl.constexpr = 3 + 2 * K  # values a state in _state_loads' tuple
-        if PREFETCH:
-            nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0,
-                               L, lane, N, NU, K, True)  # fmt: skip
-        for n0 in range(0, N, NU):
-            if PREFETCH:  # as in the forward
-                cur = nxt
-                nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
-                                   bc0, t0, L, lane, N, NU, K, True)  # fmt: skip
-            else:
-                cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0,
+        if PREFETCH == 2:  # ping-pong: two states' loads live, none copied between them (NU 1)
+            a = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L,
+                             lane, N, 1, K, True)  # fmt: skip
+            for n0 in range(0, N, 2):
+                b = _state_loads(n0 + 1, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
+                                 bc0, t0, L, lane, N, 1, K, True)  # fmt: skip
+                ddt, dus = _bwd_state(a, 0, n0, n0 < N, ddt, dus, dts, dtus, gy, lane, up,
+                                      first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md, bc0,
+                                      t0, L, N, K)  # fmt: skip
+                a = _state_loads(n0 + 2, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
+                                 bc0, t0, L, lane, N, 1, K, True)  # fmt: skip
+                ddt, dus = _bwd_state(b, 0, n0 + 1, n0 + 1 < N, ddt, dus, dts, dtus, gy, lane,
+                                      up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md,
+                                      bc0, t0, L, N, K)  # fmt: skip
+        else:
+            if PREFETCH:
+                nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0,
                                    t0, L, lane, N, NU, K, True)  # fmt: skip
-            for j in tl.static_range(NU):
-                n = n0 + j
-                ok = n < N
-                A = cur[j * S]
-                h0 = cur[j * S + 1]
-                carry = cur[j * S + 2]  # enters the chunk's last step
-                Bs = cur[j * S + 3 : j * S + 3 + K]
-                Cs = cur[j * S + 3 + K : j * S + S]
-                hs, xs, as_, _v = _states_up(dts, dtus, Bs, A * LOG2E, h0, lane, K)
-                # the adjoint, last step first: in the thread from 0, lam_k = gc_k + a_{k+1}
-                # lam_{k+1} with r_k = a_{k+1} ... a_{K-1} its coefficient of the carry that
-                # enters the lane's last step; the chunk's carry folded into lane 31's last step
-                gc = gy[K - 1] * Cs[K - 1]
-                lam = tl.where((lane == 31)[None, :], gc + carry[:, None], gc)
-                lr = (lam,)
-                rr = (tl.full(lam.shape, 1.0, tl.float32),)
-                r = tl.full(lam.shape, 1.0, tl.float32)
-                for kk in tl.static_range(K - 1):
-                    lam = gy[K - 2 - kk] * Cs[K - 2 - kk] + as_[K - 1 - kk] * lam
-                    r = as_[K - 1 - kk] * r
-                    lr = (lam,) + lr
-                    rr = (r,) + rr
-                # lane l passes a_first lam_first to lane l - 1: M r + V of what enters it
-                _m, v = _lanes_down(as_[0] * r, as_[0] * lam, lane)
-                rin = _to_lane(v, lane, up, 0.0, 31)  # enters lane l's last step (31: folded)
-                # a_t dLoss/dh_t at the chunk's first step, for the chunk before: lane 0's
-                tl.store(dst[:, None] + n + lane[None, :] * 0, v, mask=first_lane & ok)
-                dA = tl.zeros_like(dts[0])
-                ndt = ()
-                ndu = ()
-                dBs = ()
-                dCs = ()
-                for k in tl.static_range(K):
-                    lam = lr[k] + rr[k] * rin  # dLoss/dh_t
-                    dlog = lam * (hs[k] - xs[k])  # dLoss/d(dt A): dh_t a_t h_{t-1}
-                    dA += dlog * dts[k]
-                    ndt = ndt + (ddt[k] + dlog * A[:, None],)
-                    ndu = ndu + (dus[k] + lam * Bs[k],)
-                    dBs = dBs + (lam * dtus[k],)
-                    dCs = dCs + (hs[k] * gy[k],)
-                ddt = ndt
-                dus = ndu
-                tl.atomic_add(dA_ptr + offs_d * N + n, tl.sum(dA, axis=1), mask=md & ok,
-                              sem="relaxed")  # fmt: skip
-                _add_bc(dB_ptr + bc0 + n * L, t0, L, lane, ok, dBs, K)
-                _add_bc(dC_ptr + bc0 + n * L, t0, L, lane, ok, dCs, K)
+            for n0 in range(0, N, NU):
+                if PREFETCH:  # as in the forward
+                    cur = nxt
+                    nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d,
+                                       md, bc0, t0, L, lane, N, NU, K, True)  # fmt: skip
+                else:
+                    cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
+                                       bc0, t0, L, lane, N, NU, K, True)  # fmt: skip
+                for j in tl.static_range(NU):
+                    ddt, dus = _bwd_state(cur, j, n0 + j, n0 + j < N, ddt, dus, dts, dtus, gy,
+                                          lane, up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr,
+                                          offs_d, md, bc0, t0, L, N, K)  # fmt: skip
         dds = ()
         dss = ()
         # u and delta again (cached), rather than held in registers over the states

@@ -417,6 +417,15 @@ def _lanes_unroll(backward: bool) -> int:
     return nu if isinstance(nu, int) else nu[int(backward)]
 
 
+def _lanes_bwd_prefetch() -> int:
+    """The lanes backward's PREFETCH: 2 with CONFIG ``lanes_bwd_pingpong`` (two states a loop step,
+    each one's loads issued while the other computes), 1 where ``lanes_prefetch`` has the
+    backward load the next states a step ahead, else 0."""
+    if CONFIG["lanes_bwd_pingpong"]:
+        return 2
+    return int(CONFIG["lanes_prefetch"] in (True, "bwd"))
+
+
 class _LaneKernels(NamedTuple):
     fwd: object
     bwd: object
@@ -555,7 +564,7 @@ class TritonTimeScan(torch.autograd.Function):
         grid = _grid(batch, cdiv(dim // groups, bd), groups)
         if ctx.lanes is not None:  # triton_lanes.py: its carries are a_t dLoss/dh_t
             launch(_lanes().bwd, grid, *args, **flags, K=ctx.lanes, NU=_lanes_unroll(True),
-                   PREFETCH=CONFIG["lanes_prefetch"] in (True, "bwd"))  # fmt: skip
+                   PREFETCH=_lanes_bwd_prefetch())  # fmt: skip
             dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
             return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
         launch(_bwd_time_kernel, grid, *args, **flags, TC=tc, NU=CONFIG["time_unroll"],
