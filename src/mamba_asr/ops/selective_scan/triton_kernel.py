@@ -455,7 +455,11 @@ class ScanInputs(NamedTuple):
 
 
 def scan_inputs(u, delta, A, B, C, D, z, delta_bias, h0, softplus) -> ScanInputs:
-    f32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
+    def f32(t):  # as it is where it already is fp32 and contiguous (most calls: no op to dispatch)
+        if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+            return t
+        return t.float().contiguous()
+
     round_gate = bool(CONFIG["round_gate"]) and z is not None and z.dtype != torch.float32
     info = (softplus, round_gate, h0 is not None, A.dtype, None if D is None else D.dtype,
             None if delta_bias is None else delta_bias.dtype, None if h0 is None else h0.dtype)  # fmt: skip
