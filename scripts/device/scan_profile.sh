@@ -47,7 +47,8 @@
 #   lanes    the kernels of ops/selective_scan/triton_lanes.py (CONFIG kernel=lanes, the default;
 #            lanes_k 4 and 8): our CUDA scan tests and the BiMamba ones with them,
 #            benchmarks/scan_cuda.py beside the peer with the time kernels and other settings of
-#            theirs as variants (LANES_VARIANTS replaces them;
+#            theirs as variants (the backward's ping-pong and two states a step, K 8;
+#            LANES_VARIANTS replaces them;
 #            --rounds 2 --gpu), then state-spaces/mamba's test against each K (LANES_CONFIG: CONFIG
 #            entries for the CUDA tests; LANES_MAMBA=0 skips the BiMamba ones; LANES_ROUNDS;
 #            LANES_PEER_K, the K the peer's test runs with, "" none; LANES_PEER_CONFIG, its
@@ -169,7 +170,8 @@ for part in $PARTS; do
       | tail -2 | sed 's/^/mamba: /' | tee -a "$out/pytest_lanes.txt"
     python3 benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 30 \
       --rounds ${LANES_ROUNDS:-2} --gpu --variant ${LANES_VARIANTS:-time='{"kernel": "time"}' \
-      lanes_u2='{"lanes_unroll": 2}' lanes8='{"lanes_k": 8}' lanes_nopf='{"lanes_prefetch": false}'} \
+      pingpong='{"lanes_bwd_pingpong": true}' bwd_u2='{"lanes_unroll": [4, 2]}' \
+      lanes8='{"lanes_k": 8}'} \
       --json "$out/scan_cuda_lanes.json" 2>&1 | grep -v -i warn | tee "$out/scan_cuda_lanes.txt"
     pack
     for k in ${LANES_PEER_K-4 8}; do
