@@ -86,6 +86,12 @@ def runner(impl, peer_fn, inputs, backward):
     return call
 
 
+def peer_over(res: dict, row: dict, key: str) -> float | None:
+    """The peer's ``key`` time over the row's (above 1: the row's impl is faster); None without
+    the peer or that time."""
+    return res["peer"][key] / row[key] if "peer" in res and row[key] else None
+
+
 def peak_extra_mib(fn):
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
@@ -173,12 +179,13 @@ def main(argv=None):
     )
     print(f"# {cmd}  ({name}, torch {torch.__version__}, triton {triton.__version__})")
     print(f"# triton CONFIG {tk.CONFIG}")
-    gpu_col = " gpu fwd ms | gpu fwd+bwd ms |" if args.gpu else ""
+    gpu_col = (" gpu fwd ms | gpu fwd+bwd ms | peer/impl gpu fwd | peer/impl gpu fwd+bwd |"
+               if args.gpu else "")  # fmt: skip
     print(
         "| impl | dtype | B | D | L | fwd ms | fwd+bwd ms | fwd GB/s | extra MiB | peer/impl fwd | "
         f"peer/impl fwd+bwd |{gpu_col}"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.gpu else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" * 4 if args.gpu else ""))
     rows = []
     dtypes = [getattr(torch, d) for d in args.dtypes]
     shapes = SHAPES if args.shapes is None else [tuple(map(int, s.split(","))) for s in args.shapes]
@@ -214,11 +221,13 @@ def main(argv=None):
                              gpu_fwd_ms=gpu(runner(impl, peer_fn, inputs, False)),
                              gpu_fwd_bwd_ms=gpu(call))  # fmt: skip
         for impl, r in res.items():
-            pf = res["peer"]["fwd_ms"] / r["fwd_ms"] if "peer" in res else None
-            pb = res["peer"]["fwd_bwd_ms"] / r["fwd_bwd_ms"] if "peer" in res else None
-            r.update(peer_over_impl_fwd=pf, peer_over_impl_fwd_bwd=pb)
+            pf, pb = peer_over(res, r, "fwd_ms"), peer_over(res, r, "fwd_bwd_ms")
+            gf, gb = peer_over(res, r, "gpu_fwd_ms"), peer_over(res, r, "gpu_fwd_bwd_ms")
+            r.update(peer_over_impl_fwd=pf, peer_over_impl_fwd_bwd=pb, peer_over_impl_gpu_fwd=gf,
+                     peer_over_impl_gpu_fwd_bwd=gb)  # fmt: skip
             f = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
-            gpu = f" {r['gpu_fwd_ms']:.3f} | {r['gpu_fwd_bwd_ms']:.3f} |" if args.gpu else ""
+            gpu = (f" {r['gpu_fwd_ms']:.3f} | {r['gpu_fwd_bwd_ms']:.3f} | {f(gf)} | {f(gb)} |"
+                   if args.gpu else "")  # fmt: skip
             print(f"| {impl} | {r['dtype']} | {batch} | {dim} | {length} | {r['fwd_ms']:.3f} | "
                   f"{r['fwd_bwd_ms']:.3f} | {r['fwd_gbs']:.0f} | {r['extra_mib']:.0f} | {f(pf)} | "
                   f"{f(pb)} |{gpu}", flush=True)  # fmt: skip

@@ -297,3 +297,38 @@ def test_encoder_scaling_times_the_encoders_in_the_order_asked(monkeypatch, orde
     assert out["conformer"] == (None, None)
     assert out["conmamba"][0] is not None
     assert timed.count("late") == 1 and timed.count("b") == 3
+
+
+def test_scan_cuda_reports_the_peer_over_each_impl_in_event_and_gpu_time(monkeypatch, tmp_path,
+                                                                         capsys) -> None:  # fmt: skip
+    """benchmarks/scan_cuda.py's table and JSON, the GPU and its timings stubbed: with --gpu, each
+    impl's forward and forward+backward kernel time and the peer's over them; without the peer,
+    "-" where a ratio would be."""
+    import sys
+    import types
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    peer = types.ModuleType("peer_scan")
+    peer.load = lambda: lambda **kw: None
+    monkeypatch.setitem(sys.modules, "peer_scan", peer)
+    scan_cuda = _script("benchmarks/scan_cuda.py")
+    events = iter([0.1, 0.4, 0.3, 0.6])  # triton fwd, fwd+bwd; peer fwd, fwd+bwd
+    kernels = iter([0.01, 0.04, 0.02, 0.10])  # the same, summed kernel time
+    monkeypatch.setattr(scan_cuda, "event_ms", lambda fn, iters: next(events))
+    monkeypatch.setattr(scan_cuda, "gpu_kernels", lambda fn, iters: {"k": next(kernels)})
+    monkeypatch.setattr(scan_cuda, "peak_extra_mib", lambda fn: 1.0)
+    monkeypatch.setattr(scan_cuda, "make_inputs", lambda *a, **k: {})
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stub")
+    out = tmp_path / "scan.json"
+    scan_cuda.main(["--impls", "triton", "peer", "--peer", "p", "--gpu", "--dtypes", "float32",
+                    "--shapes", "1,2,3", "--json", str(out)])  # fmt: skip
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| triton")]
+    assert table[0].endswith("| 3.00x | 1.50x | 0.010 | 0.040 | 2.00x | 2.50x |"), table
+    rows = {r["impl"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["triton"]["peer_over_impl_gpu_fwd"] == pytest.approx(2.0)
+    assert rows["triton"]["peer_over_impl_gpu_fwd_bwd"] == pytest.approx(2.5)
+    assert rows["peer"]["peer_over_impl_fwd_bwd"] == pytest.approx(1.0)
+    events = iter([0.1, 0.4])
+    scan_cuda.main(["--impls", "triton", "--dtypes", "float32", "--shapes", "1,2,3", "--json",
+                    str(out)])  # fmt: skip
+    assert json.loads(out.read_text())["rows"][0]["peer_over_impl_fwd"] is None
