@@ -13,7 +13,8 @@ imported, else it is built there, about 160 s; scripts/device/peer_scan.py) for 
 --shapes B,D,L[,G] times other shapes (G groups of B and C: ConMamba's fused BiMamba has 2);
 --rounds R times each impl R times in turn, the order reversed every other round, and reports
 the medians (a slow spell of the GPU's host then falls on every impl alike); --gpu adds the
-summed kernel time of a forward and of a forward+backward, the host left out.
+summed kernel time of a forward and of a forward+backward, the host left out, and the peer's
+over each impl's.
 """
 
 from __future__ import annotations
