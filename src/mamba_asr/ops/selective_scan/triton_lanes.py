@@ -269,7 +269,7 @@ def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst
     """One state's part of a chunk's backward (state n, the j-th in cur, ``_state_loads``' tuple):
     the adjoint, the carry for the chunk before, dA, dB and dC added in; returns ddt and dus with
     its terms added."""
-    S: tl.constexpr = 3 + 2 * K
+    S: tl.constexpr = 3 + 2 * K  # values a state in _state_loads' tuple
     A = cur[j * S]
     h0 = cur[j * S + 1]
     carry = cur[j * S + 2]  # enters the chunk's last step
