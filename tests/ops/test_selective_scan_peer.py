@@ -1,5 +1,6 @@
 """state-spaces/mamba's selective-scan test, adapted: the same cases, inputs and tolerances, run on CUDA
-against our ``selective_scan_fn`` (its signature follows the peer's).
+against our ``selective_scan_fn`` (its signature follows the peer's), and on the CPU against our
+native kernel and chunked path.
 
 The peer's test (tests/ops/test_selective_scan.py in state-spaces/mamba) draws small random inputs
 (batch 2, dim 4, d_state 8; A = -0.5 rand, delta = 0.5 rand, delta_bias = 0.5 rand) with seed 0,
@@ -18,6 +19,7 @@ rounding moves dA by about 0.4% in bf16 at L=2048, more than the test's 0.1% bou
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import os
@@ -27,11 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from mamba_asr.ops.selective_scan import selective_scan_fn
-
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA"),
-]
+from mamba_asr.ops.selective_scan.native import native_available
 
 DEVICE = "cuda"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -92,10 +90,16 @@ def scan_fn():
     return getattr(importlib.import_module(module), attr)
 
 
-def check_case(case, fn) -> list[str]:
+def check_case(case, fn, device: str = DEVICE) -> list[str]:
     """The peer test's assertions for one case; returns the failed ones (empty: passed)."""
+    return check_case_all(case, {"": fn}, device)[""]
+
+
+def check_case_all(case, fns: dict, device: str) -> dict[str, list[str]]:
+    """``check_case`` for several functions on the same inputs, the reference run once: name ->
+    the failed assertions."""
     itype_name, seqlen, has_z, has_D, has_delta_bias, return_last_state, groups = case
-    itype, device = DTYPES[itype_name], DEVICE
+    itype = DTYPES[itype_name]
     rtol, atol = (6e-4, 2e-3) if itype == torch.float32 else (3e-3, 5e-3)
     if itype == torch.bfloat16:
         rtol, atol = 3e-2, 5e-2
@@ -118,35 +122,40 @@ def check_case(case, fn) -> list[str]:
     u = torch.randn(batch_size, dim, seqlen, device=device, dtype=itype, requires_grad=True)
     delta = (0.5 * torch.rand(batch_size, dim, seqlen, device=device, dtype=itype)).requires_grad_()
     ins = [u, delta, A, B, C, D, z, delta_bias]
-    refs = [None if t is None else t.detach().clone().requires_grad_() for t in ins]
     kw = dict(delta_softplus=True, return_last_state=return_last_state)
-    out, *rest = fn(*ins[:6], z=ins[6], delta_bias=ins[7], **kw)
+    refs = [None if t is None else t.detach().clone().requires_grad_() for t in ins]
     out_ref, *rest_ref = peer_reference(*refs[:6], z=refs[6], delta_bias=refs[7], **kw)
-    failed = []
-
-    def check(name, a, b, rt, at):
-        if not torch.allclose(a, b, rtol=rt, atol=at):
-            failed.append(f"{name} max diff {(a.float() - b.float()).abs().max().item():.3g}")
-
-    check("out", out, out_ref, rtol, atol)
-    if return_last_state:
-        check("state", rest[0], rest_ref[0], rtol, atol)
-    g = torch.randn_like(out)
+    g = torch.randn_like(out_ref)
     out_ref.backward(g)
-    out.backward(g)
     u_, delta_, A_, B_, C_, D_, z_, bias_ = refs
-    check("du", u.grad, u_.grad.to(dtype=itype), rtol * 2, atol * 2)
-    check("ddelta", delta.grad, delta_.grad.to(dtype=itype), rtol * 5, atol * 10)
-    check("dA", A.grad, A_.grad, rtolw, atolw * 5)
-    check("dB", B.grad, B_.grad, rtol, atol)
-    check("dC", C.grad, C_.grad, rtol, atol)
-    if has_D:
-        check("dD", D.grad, D_.grad, rtolw, atolw)
-    if has_z:
-        check("dz", z.grad, z_.grad, rtolw, atolw)
-    if has_delta_bias:
-        check("ddelta_bias", delta_bias.grad, bias_.grad, rtolw, atolw)
-    return failed
+    results = {}
+    for name, fn in fns.items():
+        mine = [None if t is None else t.detach().clone().requires_grad_() for t in ins]
+        out, *rest = fn(*mine[:6], z=mine[6], delta_bias=mine[7], **kw)
+        failed = []
+
+        def check(what, a, b, rt, at, failed=failed):
+            if not torch.allclose(a, b, rtol=rt, atol=at):
+                failed.append(f"{what} max diff {(a.float() - b.float()).abs().max().item():.3g}")
+
+        check("out", out, out_ref, rtol, atol)
+        if return_last_state:
+            check("state", rest[0], rest_ref[0], rtol, atol)
+        out.backward(g)
+        u, delta, A, B, C, D, z, delta_bias = mine
+        check("du", u.grad, u_.grad.to(dtype=itype), rtol * 2, atol * 2)
+        check("ddelta", delta.grad, delta_.grad.to(dtype=itype), rtol * 5, atol * 10)
+        check("dA", A.grad, A_.grad, rtolw, atolw * 5)
+        check("dB", B.grad, B_.grad, rtol, atol)
+        check("dC", C.grad, C_.grad, rtol, atol)
+        if has_D:
+            check("dD", D.grad, D_.grad, rtolw, atolw)
+        if has_z:
+            check("dz", z.grad, z_.grad, rtolw, atolw)
+        if has_delta_bias:
+            check("ddelta_bias", delta_bias.grad, bias_.grad, rtolw, atolw)
+        results[name] = failed
+    return results
 
 
 def case_id(case) -> str:
@@ -155,7 +164,20 @@ def case_id(case) -> str:
     return f"{itype}-L{seqlen}-{flags}-g{groups}"
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
 def test_peer_selective_scan_cases(case):
     failed = check_case(case, scan_fn())
+    assert not failed, failed
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_peer_selective_scan_cases_on_the_cpu(case):
+    """The same cases on the CPU against both of our CPU paths: the native kernel (the CPU's
+    default, where a C compiler is found) and the chunked PyTorch path (MPS's)."""
+    fns = {"chunked": functools.partial(selective_scan_fn, backend="chunked")}
+    if native_available():
+        fns["native"] = functools.partial(selective_scan_fn, backend="native")
+    failed = {name: f for name, f in check_case_all(case, fns, "cpu").items() if f}
     assert not failed, failed

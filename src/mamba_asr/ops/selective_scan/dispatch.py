@@ -38,7 +38,7 @@ from torch import Tensor
 from mamba_asr.ops.selective_scan.chunked import ssm_scan_chunked
 from mamba_asr.ops.selective_scan.exportable import ssm_scan_exportable, ssm_scan_unrolled
 from mamba_asr.ops.selective_scan.native import native_available, ssm_scan_native
-from mamba_asr.ops.selective_scan.reference import check_inputs, selective_scan_ref
+from mamba_asr.ops.selective_scan.reference import check_inputs, selective_scan_ref, silu_gate
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,6 @@ def selective_scan_fn(
     if D is not None:
         y = y + u32 * D.float()[:, None]
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * silu_gate(z)
     out = y.to(u.dtype)
     return (out, last) if return_last_state else out
