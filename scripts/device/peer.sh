@@ -4,6 +4,8 @@
 # (about 160 s) in the background; `peer_ready DEST` waits for a build started here and leaves it
 # compressed as DEST/peer_so.xz for the next call (keep it as .peer/build/selective_scan_cuda.so.xz).
 export PEER_DIR="$PWD/.peer/mamba_ssm" PEER_BUILD="$PWD/.peer/build"
+# the peer's test on CUDA (the file's CPU cases run in CI, on every machine)
+PEER_TEST=tests/ops/test_selective_scan_peer.py::test_peer_selective_scan_cases
 peer_built=0
 peer_start() {
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/mamba_ssm/whl/einops-*.whl

@@ -55,19 +55,19 @@ else
   pt tests/modules/test_mamba.py -k "cuda or fused" 2>&1 | tail -2 | sed 's/^/mamba: /' | tee -a "$out/pytest_ops.txt"
 fi
 if [ "${SCAN_TESTS:-scan}" != configs ]; then
-  pt tests/ops/test_selective_scan_peer.py --junitxml="$out/peer_test_ours.xml" > "$out/peer_test_ours.txt" 2>&1
+  pt "$PEER_TEST" --junitxml="$out/peer_test_ours.xml" > "$out/peer_test_ours.txt" 2>&1
   summary "$out/peer_test_ours.xml" "peer test, our triton kernel" | tee -a "$out/summary.txt"
 fi
 for v in ${PEER_TEST_CONFIGS:-}; do
   MAMBA_ASR_TRITON_SCAN_CONFIG="${v#*=}" pt tests/ops/test_selective_scan_triton.py 2>&1 | tail -1 \
     | sed "s|^|ours with ${v#*=}: |" | tee -a "$out/summary.txt"
-  MAMBA_ASR_TRITON_SCAN_CONFIG="${v#*=}" pt tests/ops/test_selective_scan_peer.py \
+  MAMBA_ASR_TRITON_SCAN_CONFIG="${v#*=}" pt "$PEER_TEST" \
     --junitxml="$out/peer_test_${v%%=*}.xml" > /dev/null 2>&1
   summary "$out/peer_test_${v%%=*}.xml" "peer test, our triton kernel with ${v#*=}" | tee -a "$out/summary.txt"
 done
 peer_ready "$out"
 if [ "${SCAN_TESTS:-scan}" != configs ]; then
-  MAMBA_ASR_SCAN_FN=peer_scan:selective_scan_fn pt tests/ops/test_selective_scan_peer.py \
+  MAMBA_ASR_SCAN_FN=peer_scan:selective_scan_fn pt "$PEER_TEST" \
     --junitxml="$out/peer_test_peer.xml" > "$out/peer_test_peer.txt" 2>&1
   summary "$out/peer_test_peer.xml" "peer test, the peer's own kernel" | tee -a "$out/summary.txt"
 fi

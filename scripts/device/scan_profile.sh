@@ -121,7 +121,7 @@ for part in $PARTS; do
     MAMBA_ASR_TRITON_LAUNCH=direct python3 -m pytest -q -p no:cacheprovider -n 12 \
       tests/ops/test_selective_scan_triton.py 2>&1 | tail -1 | sed 's/^/direct launches: /' \
       | tee -a "$out/pytest_scan.txt"
-    python3 -m pytest -q -p no:cacheprovider -n 12 tests/ops/test_selective_scan_peer.py 2>&1 \
+    python3 -m pytest -q -p no:cacheprovider -n 12 "$PEER_TEST" 2>&1 \
       | tail -2 | tee "$out/pytest_peer_test_ours.txt" ;;
   host)
     peer_ready "$dest"
@@ -154,7 +154,7 @@ for part in $PARTS; do
       seq_t8='{"kernel": "seq", "seq_chunk": 8}' seq_t32='{"kernel": "seq", "seq_chunk": 32}'} \
       --json "$out/scan_cuda_seq.json" 2>&1 | grep -v -i warn | tee "$out/scan_cuda_seq.txt"
     MAMBA_ASR_TRITON_SCAN_CONFIG='{"kernel": "seq"}' python3 -m pytest -q -p no:cacheprovider \
-      -n 12 tests/ops/test_selective_scan_peer.py 2>&1 | tail -2 | tee "$out/pytest_peer_test_seq.txt" ;;
+      -n 12 "$PEER_TEST" 2>&1 | tail -2 | tee "$out/pytest_peer_test_seq.txt" ;;
   lanes)
     peer_ready "$dest"
     lanes_cfg="${LANES_CONFIG:-}"
@@ -178,7 +178,7 @@ for part in $PARTS; do
       peer_cfg="{\"kernel\": \"lanes\", \"lanes_k\": $k}"
       [ -n "${LANES_PEER_CONFIG:-}" ] && peer_cfg="$LANES_PEER_CONFIG"
       MAMBA_ASR_TRITON_SCAN_CONFIG="$peer_cfg" python3 -m pytest -q \
-        -p no:cacheprovider -n 12 tests/ops/test_selective_scan_peer.py 2>&1 | tail -2 \
+        -p no:cacheprovider -n 12 "$PEER_TEST" 2>&1 | tail -2 \
         | sed "s/^/lanes_k $k: /" | tee -a "$out/pytest_peer_test_lanes.txt"
     done ;;
   lanes_ncu)
