@@ -145,8 +145,9 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
     )
     from mamba_asr.ops.selective_scan import gluon_seq, triton_lanes
 
-    lanes = dict(common, HAS_H0=False, N=d_state, BD=cfg["time_bd"], K=cfg["lanes_k"],
-                 BATCH_FAST=cfg["time_batch_fast"])  # fmt: skip
+    lanes_t = cfg["lanes_time"]
+    lanes = dict(common, HAS_H0=False, N=d_state, BD=cfg["time_bd"] if lanes_t == 32 else 32 // lanes_t,
+                 K=cfg["lanes_k"], TL=lanes_t, BATCH_FAST=cfg["time_batch_fast"])  # fmt: skip
     pf = cfg["lanes_prefetch"]
 
     seq = []
@@ -222,6 +223,7 @@ def main(argv=None) -> None:
         for name, fn, consts, warps, stages in scan_kernels(dtype):
             types = ptr_types(name, dtype)
             maxnreg = {"time bwd": tk.CONFIG["time_bwd_maxnreg"],
+                       "lanes bwd": tk.CONFIG["time_bwd_maxnreg"],
                        "seq bwd": tk.CONFIG["seq_bwd_maxnreg"]}.get(name)  # fmt: skip
             r = resources(
                 compile_for(

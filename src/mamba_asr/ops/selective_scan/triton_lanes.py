@@ -43,8 +43,6 @@ import triton.language as tl
 from mamba_asr.ops.selective_scan.triton_kernel import LOG2E, combine, gate, softplus
 from mamba_asr.ops.selective_scan.triton_time import entering_state, program_channels, skip_and_bias
 
-LANES = tl.constexpr(32)
-
 
 @triton.jit
 def _split4(x):
@@ -70,32 +68,66 @@ def _offsets(t0, lane, j, K: tl.constexpr):
 
 
 @triton.jit
-def _load_k(base, t0, L, lane, mask, K: tl.constexpr):
+def _flat(v, BD: tl.constexpr, TL: tl.constexpr):
+    """(BD,) values, one a channel, as (BD TL, 1): row c TL + l is lane l of channel c."""
+    return tl.reshape(tl.broadcast_to(v[:, None], (BD, TL)), (BD * TL, 1))
+
+
+@triton.jit
+def _flat_offsets(t0, j, K: tl.constexpr, BD: tl.constexpr, TL: tl.constexpr):
+    """``_offsets`` for the BD channels' lanes as flat rows (``_flat``): (BD TL, 4)."""
+    lane = tl.arange(0, BD * TL) % TL
+    m4 = tl.arange(0, 4)
+    return t0 + lane[:, None] * K + 4 * j + m4[None, :]
+
+
+@triton.jit
+def _load_k(base, t0, L, lane, mask, K: tl.constexpr, BD: tl.constexpr, TL: tl.constexpr):
     """K fp32 tensors, step k of each lane of the rows at base (a pointer, or (BD, 1, 1) of them),
-    shaped as base's rows by 32; 0 past L and where not mask (broadcast as base)."""
+    shaped (BD, TL); 0 past L and where not mask (broadcast as base). Where a warp's lanes hold
+    several channels (TL < 32) the tile is read as flat rows, channel-major (``_flat``; base and
+    mask (BD, 1, 1) or scalars), then reshaped: its lanes then run along time first, the layout
+    ``tl.gather`` and the scans along time take without conversions."""
     out = ()
     for j in tl.static_range(K // 4):
-        t = _offsets(t0, lane, j, K)
-        out = out + _split4(tl.load(base + t, mask=mask & (t < L), other=0.0).to(tl.float32))
+        if TL < 32:
+            t = _flat_offsets(t0, j, K, BD, TL)
+            bf = tl.reshape(tl.broadcast_to(base, (BD, TL, 1)), (BD * TL, 1))
+            mf = tl.reshape(tl.broadcast_to(mask, (BD, TL, 1)), (BD * TL, 1))
+            x = tl.load(bf + t, mask=mf & (t < L), other=0.0).to(tl.float32)
+            out = out + _split4(tl.reshape(x, (BD, TL, 4)))
+        else:
+            t = _offsets(t0, lane, j, K)
+            out = out + _split4(tl.load(base + t, mask=mask & (t < L), other=0.0).to(tl.float32))
     return out
 
 
 @triton.jit
-def _load_steps(ptr, rows, t0, L, md, lane, K: tl.constexpr):
-    """K (BD, 32) fp32 tensors, step k of each lane of rows (BD,) of a (., L) tensor; 0 past L
+def _load_steps(ptr, rows, t0, L, md, lane, K: tl.constexpr, BD: tl.constexpr = 1,
+                TL: tl.constexpr = 32):  # fmt: skip
+    """K (BD, TL) fp32 tensors, step k of each lane of rows (BD,) of a (., L) tensor; 0 past L
     and on masked rows."""
-    return _load_k(ptr + rows[:, None, None] * L, t0, L, lane, md[:, None, None], K)
+    return _load_k(ptr + rows[:, None, None] * L, t0, L, lane, md[:, None, None], K, BD, TL)
 
 
 @triton.jit
-def _load_bc(ptr, t0, L, lane, ok, K: tl.constexpr):
-    """K (1, 32) fp32 tensors of one state's B or C row at ptr; 0 past L or where not ok."""
-    return _load_k(ptr, t0, L, lane, ok, K)
+def _load_bc(ptr, offs_d, t0, L, lane, ok, K: tl.constexpr, BD: tl.constexpr = 1,
+             TL: tl.constexpr = 32):  # fmt: skip
+    """K (BD, TL) fp32 tensors of one state's B or C row at ptr, the same for the BD channels
+    offs_d; 0 past L or where not ok. Read as the channels' tiles are (each lane its own values,
+    the lanes of one address served by one transaction), they need no conversion between
+    layouts where channels share the warp's lanes."""
+    if TL < 32:
+        okd = ok & (offs_d >= 0)
+        return _load_k(ptr + 0 * offs_d[:, None, None], t0, L, lane, okd[:, None, None], K, BD,
+                       TL)  # fmt: skip
+    return _load_k(ptr, t0, L, lane, ok, K, BD, TL)
 
 
 @triton.jit
 def _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L, lane,
-                 N: tl.constexpr, NU: tl.constexpr, K: tl.constexpr, CARRY: tl.constexpr):  # fmt: skip
+                 N: tl.constexpr, NU: tl.constexpr, K: tl.constexpr, CARRY: tl.constexpr,
+                 BD: tl.constexpr = 1, TL: tl.constexpr = 32):  # fmt: skip
     """What states n0 .. n0 + NU - 1 read in a chunk, flat, per state: A (BD,), the state entering
     the chunk (at hrow, zero where not hok), with CARRY the adjoint's carry (at src, zero where not
     sok), then K B and K C (1, 32) tensors; zeros past N."""
@@ -109,8 +141,8 @@ def _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, 
         )
         if CARRY:
             out = out + (tl.load(src + n, mask=sok & ok, other=0.0),)
-        out = out + _load_bc(B_ptr + bc0 + n * L, t0, L, lane, ok, K)
-        out = out + _load_bc(C_ptr + bc0 + n * L, t0, L, lane, ok, K)
+        out = out + _load_bc(B_ptr + bc0 + n * L, offs_d, t0, L, lane, ok, K, BD, TL)
+        out = out + _load_bc(C_ptr + bc0 + n * L, offs_d, t0, L, lane, ok, K, BD, TL)
     return out
 
 
@@ -121,23 +153,51 @@ def _tile(vals, j):
 
 
 @triton.jit
-def _store_steps(ptr, rows, t0, L, md, lane, vals, K: tl.constexpr):
-    """Store K (BD, 32) tensors as ``_load_steps`` reads them (cast to ptr's dtype)."""
+def _store_steps(ptr, rows, t0, L, md, lane, vals, K: tl.constexpr, BD: tl.constexpr = 1,
+                 TL: tl.constexpr = 32):  # fmt: skip
+    """Store K (BD, TL) tensors as ``_load_steps`` reads them (cast to ptr's dtype)."""
     for j in tl.static_range(K // 4):
-        t = _offsets(t0, lane, j, K)
-        tl.store(
-            ptr + rows[:, None, None] * L + t, _tile(vals, j), mask=md[:, None, None] & (t < L)
-        )
+        if TL < 32:
+            t = _flat_offsets(t0, j, K, BD, TL)
+            x = tl.reshape(_tile(vals, j), (BD * TL, 4))
+            tl.store(ptr + _flat(rows, BD, TL) * L + t, x, mask=_flat(md, BD, TL) & (t < L))
+        else:
+            t = _offsets(t0, lane, j, K)
+            tl.store(
+                ptr + rows[:, None, None] * L + t, _tile(vals, j), mask=md[:, None, None] & (t < L)
+            )
 
 
 @triton.jit
-def _add_bc(ptr, t0, L, lane, ok, vals, K: tl.constexpr):
-    """Add K (BD, 32) tensors, summed over the BD channels, into one state's dB or dC row at ptr
-    (atomically, fp32)."""
+def _add_bc(ptr, t0, L, lane, ok, vals, K: tl.constexpr, TL: tl.constexpr = 32):
+    """Add K (BD, TL) tensors, summed over the BD channels, into one state's dB or dC row at ptr
+    (atomically, fp32). Where the channels share a warp's lanes (BD TL = 32), each of a step's BD
+    lanes adds 4 / BD of its 4 steps' sums: every add is issued once."""
+    BD: tl.constexpr = vals[0].shape[0]
     for j in tl.static_range(K // 4):
-        t = _offsets(t0, lane, j, K)
-        x = tl.sum(_tile(vals, j), axis=0, keep_dims=True)
-        tl.atomic_add(ptr + t, x, mask=(t < L) & ok, sem="relaxed")
+        if TL < 32:
+            M: tl.constexpr = 4 // BD  # steps a lane adds
+            c = tl.arange(0, BD)[:, None]  # the lane's channel: it adds steps c M .. c M + M - 1
+            sums = ()
+            for k in tl.static_range(4):
+                sums = sums + (tl.sum(vals[4 * j + k], axis=0)[None, :],)
+            picks = ()
+            for m in tl.static_range(M):
+                v = sums[m]
+                for q in tl.static_range(1, BD):
+                    v = tl.where(c == q, sums[q * M + m], v)
+                picks = picks + (v,)
+            x = picks[0][:, :, None]
+            if M == 2:
+                x = tl.join(picks[0], picks[1])
+            r = tl.arange(0, 32)
+            t = t0 + (r % TL)[:, None] * K + 4 * j + (r // TL)[:, None] * M
+            t = t + tl.arange(0, M)[None, :]
+            tl.atomic_add(ptr + t, tl.reshape(x, (32, M)), mask=(t < L) & ok, sem="relaxed")
+        else:
+            t = _offsets(t0, lane, j, K)
+            x = tl.sum(_tile(vals, j), axis=0, keep_dims=True)
+            tl.atomic_add(ptr + t, x, mask=(t < L) & ok, sem="relaxed")
 
 
 @triton.jit
@@ -148,18 +208,19 @@ def _to_lane(x, lane, src, fill, at):
 
 
 @triton.jit
-def _lanes_down(M, V, lane):
-    """Inclusive scan of the affine maps r -> M r + V from lane 31 towards lane 0: lane l ends with
-    the composition of lanes l .. 31 (lane 31's applied first), Hillis-Steele over ``tl.gather``
-    (one shuffle a value and level; ``tl.associative_scan(reverse=True)`` also flips its inputs
-    and outputs)."""
+def _lanes_down(M, V, lane, TL: tl.constexpr):
+    """Inclusive scan of the affine maps r -> M r + V over the TL lanes of a channel from the last
+    towards lane 0: lane l ends with the composition of lanes l .. TL - 1 (the last one's applied
+    first), Hillis-Steele over ``tl.gather`` (one shuffle a value and level;
+    ``tl.associative_scan(reverse=True)`` also flips its inputs and outputs)."""
     for i in tl.static_range(5):
-        idx = tl.broadcast_to(tl.minimum(lane + (1 << i), 31)[None, :], M.shape)
-        has = (lane + (1 << i) < 32)[None, :]
-        Mo = tl.gather(M, idx, 1)
-        Vo = tl.gather(V, idx, 1)
-        V = tl.where(has, M * Vo + V, V)
-        M = tl.where(has, M * Mo, M)
+        if (1 << i) < TL:
+            idx = tl.broadcast_to(tl.minimum(lane + (1 << i), TL - 1)[None, :], M.shape)
+            has = (lane + (1 << i) < TL)[None, :]
+            Mo = tl.gather(M, idx, 1)
+            Vo = tl.gather(V, idx, 1)
+            V = tl.where(has, M * Vo + V, V)
+            M = tl.where(has, M * Mo, M)
     return M, V
 
 
@@ -200,18 +261,18 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                       HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr,
                       SAVE_Y: tl.constexpr, N: tl.constexpr, BD: tl.constexpr, K: tl.constexpr,
                       NU: tl.constexpr, PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
-                      FAST: tl.constexpr):  # fmt: skip
-    # ckpt, last: as triton_time's forward (chunks of 32 K steps)
+                      FAST: tl.constexpr, TL: tl.constexpr = 32):  # fmt: skip
+    # ckpt, last: as triton_time's forward (chunks of TL K steps)
     offs_d, md, rows, bc0, ck = program_channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
-    lane = tl.arange(0, LANES)
+    lane = tl.arange(0, TL)
     Dv, bias = skip_and_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
-    last_lane = md[:, None] & (lane == 31)[None, :]
+    last_lane = md[:, None] & (lane == TL - 1)[None, :]
     for c in range(n_chunks):
         hrow, hok = entering_state(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
         dst = tl.where(c + 1 < n_chunks, ck + (c + 1) * N, last_ptr + rows * N)
-        t0 = c * (32 * K)
-        us = _load_steps(u_ptr, rows, t0, L, md, lane, K)
-        pres = _load_steps(delta_ptr, rows, t0, L, md, lane, K)
+        t0 = c * (TL * K)
+        us = _load_steps(u_ptr, rows, t0, L, md, lane, K, BD, TL)
+        pres = _load_steps(delta_ptr, rows, t0, L, md, lane, K, BD, TL)
         dts = ()
         dtus = ()
         ys = ()
@@ -226,16 +287,16 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         S: tl.constexpr = 2 + 2 * K  # values a state in _state_loads' tuple
         if PREFETCH:
             nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d, md, bc0, t0,
-                               L, lane, N, NU, K, False)  # fmt: skip
+                               L, lane, N, NU, K, False, BD, TL)  # fmt: skip
         for n0 in range(0, N, NU):
             # PREFETCH: the next states' A, entering state, B and C loaded a loop step ahead
             if PREFETCH:
                 cur = nxt
                 nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d,
-                                   md, bc0, t0, L, lane, N, NU, K, False)  # fmt: skip
+                                   md, bc0, t0, L, lane, N, NU, K, False, BD, TL)  # fmt: skip
             else:
                 cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d, md,
-                                   bc0, t0, L, lane, N, NU, K, False)  # fmt: skip
+                                   bc0, t0, L, lane, N, NU, K, False, BD, TL)  # fmt: skip
             for j in tl.static_range(NU):
                 n = n0 + j
                 ok = n < N
@@ -248,24 +309,25 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                 for k in tl.static_range(K):
                     ny = ny + (ys[k] + hs[k] * Cs[k],)
                 ys = ny
-                # the state leaving the chunk: lane 31's
+                # the state leaving the chunk: the last lane's
                 tl.store(dst[:, None] + n + lane[None, :] * 0, v, mask=last_lane & ok)
         if HAS_Z:
             if SAVE_Y:
-                _store_steps(ypre_ptr, rows, t0, L, md, lane, ys, K)
-            zs = _load_steps(z_ptr, rows, t0, L, md, lane, K)
+                _store_steps(ypre_ptr, rows, t0, L, md, lane, ys, K, BD, TL)
+            zs = _load_steps(z_ptr, rows, t0, L, md, lane, K, BD, TL)
             gy = ()
             for k in tl.static_range(K):
                 silu, _sg = gate(zs[k], ROUND_GATE, z_ptr.dtype.element_ty)
                 gy = gy + (ys[k] * silu,)
             ys = gy
-        _store_steps(out_ptr, rows, t0, L, md, lane, ys, K)
+        _store_steps(out_ptr, rows, t0, L, md, lane, ys, K, BD, TL)
         tl.debug_barrier()  # the states just stored are read by other threads in the next chunk
 
 
 @triton.jit
 def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst, dA_ptr, dB_ptr,
-               dC_ptr, offs_d, md, bc0, t0, L, N: tl.constexpr, K: tl.constexpr):  # fmt: skip
+               dC_ptr, offs_d, md, bc0, t0, L, N: tl.constexpr, K: tl.constexpr,
+               TL: tl.constexpr):  # fmt: skip
     """One state's part of a chunk's backward (state n, the j-th in cur, ``_state_loads``' tuple):
     the adjoint, the carry for the chunk before, dA, dB and dC added in; returns ddt and dus with
     its terms added."""
@@ -278,9 +340,9 @@ def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst
     hs, xs, as_, _v = _states_up(dts, dtus, Bs, A * LOG2E, h0, lane, K)
     # the adjoint, last step first: in the thread from 0, lam_k = gc_k + a_{k+1}
     # lam_{k+1} with r_k = a_{k+1} ... a_{K-1} its coefficient of the carry that
-    # enters the lane's last step; the chunk's carry folded into lane 31's last step
+    # enters the lane's last step; the chunk's carry folded into the last lane's last step
     gc = gy[K - 1] * Cs[K - 1]
-    lam = tl.where((lane == 31)[None, :], gc + carry[:, None], gc)
+    lam = tl.where((lane == TL - 1)[None, :], gc + carry[:, None], gc)
     lr = (lam,)
     rr = (tl.full(lam.shape, 1.0, tl.float32),)
     r = tl.full(lam.shape, 1.0, tl.float32)
@@ -290,8 +352,8 @@ def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst
         lr = (lam,) + lr
         rr = (r,) + rr
     # lane l passes a_first lam_first to lane l - 1: M r + V of what enters it
-    _m, v = _lanes_down(as_[0] * r, as_[0] * lam, lane)
-    rin = _to_lane(v, lane, up, 0.0, 31)  # enters lane l's last step (31: folded)
+    _m, v = _lanes_down(as_[0] * r, as_[0] * lam, lane, TL)
+    rin = _to_lane(v, lane, up, 0.0, TL - 1)  # enters lane l's last step (the last: folded)
     # a_t dLoss/dh_t at the chunk's first step, for the chunk before: lane 0's
     tl.store(dst[:, None] + n + lane[None, :] * 0, v, mask=first_lane & ok)
     dA = tl.zeros_like(dts[0])
@@ -311,8 +373,8 @@ def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst
     dus = ndu
     tl.atomic_add(dA_ptr + offs_d * N + n, tl.sum(dA, axis=1), mask=md & ok,
                   sem="relaxed")  # fmt: skip
-    _add_bc(dB_ptr + bc0 + n * L, t0, L, lane, ok, dBs, K)
-    _add_bc(dC_ptr + bc0 + n * L, t0, L, lane, ok, dCs, K)
+    _add_bc(dB_ptr + bc0 + n * L, t0, L, lane, ok, dBs, K, TL)
+    _add_bc(dC_ptr + bc0 + n * L, t0, L, lane, ok, dCs, K, TL)
     return ddt, dus
 
 
@@ -325,30 +387,30 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                       SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, N: tl.constexpr,
                       BD: tl.constexpr, K: tl.constexpr, NU: tl.constexpr,
                       PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
-                      FAST: tl.constexpr):  # fmt: skip
+                      FAST: tl.constexpr, TL: tl.constexpr = 32):  # fmt: skip
     # dhbuf: (2, B, D, N) fp32, a_t dLoss/dh_t at the first step t of the chunk after the one
     # being processed (for the last chunk: dLoss/d(last state) from dlast, or zeros), alternating
     # between the two halves; at the end the half n_chunks % 2 holds dLoss/d(initial state).
     # dA (D, N), dD and d(delta_bias) (D,), dB and dC: fp32 zeros on entry, added to atomically
     offs_d, md, rows, bc0, ck = program_channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
-    lane = tl.arange(0, LANES)
+    lane = tl.arange(0, TL)
     dhb = dhbuf_ptr + rows * N
     half = (tl.num_programs(0) if BATCH_FAST else tl.num_programs(1)) * D * N
     Dv, bias = skip_and_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
     first_lane = md[:, None] & (lane == 0)[None, :]
-    up = tl.minimum(lane + 1, 31)
-    dD = tl.zeros((BD, LANES), tl.float32)  # per lane, summed at the end
-    dbias = tl.zeros((BD, LANES), tl.float32)
+    up = tl.minimum(lane + 1, TL - 1)
+    dD = tl.zeros((BD, TL), tl.float32)  # per lane, summed at the end
+    dbias = tl.zeros((BD, TL), tl.float32)
     for cc in range(n_chunks):
         c = n_chunks - 1 - cc
         hrow, hok = entering_state(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
-        t0 = c * (32 * K)
-        us = _load_steps(u_ptr, rows, t0, L, md, lane, K)
-        pres = _load_steps(delta_ptr, rows, t0, L, md, lane, K)
-        gs = _load_steps(dout_ptr, rows, t0, L, md, lane, K)  # dLoss/dout
+        t0 = c * (TL * K)
+        us = _load_steps(u_ptr, rows, t0, L, md, lane, K, BD, TL)
+        pres = _load_steps(delta_ptr, rows, t0, L, md, lane, K, BD, TL)
+        gs = _load_steps(dout_ptr, rows, t0, L, md, lane, K, BD, TL)  # dLoss/dout
         if HAS_Z:
-            yp = _load_steps(ypre_ptr, rows, t0, L, md, lane, K)
-            zs = _load_steps(z_ptr, rows, t0, L, md, lane, K)
+            yp = _load_steps(ypre_ptr, rows, t0, L, md, lane, K, BD, TL)
+            zs = _load_steps(z_ptr, rows, t0, L, md, lane, K, BD, TL)
         dts = ()
         dtus = ()
         gy = ()
@@ -369,7 +431,7 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
             dtus = dtus + (dt * us[k],)
             gy = gy + (g,)
         if HAS_Z:
-            _store_steps(dz_ptr, rows, t0, L, md, lane, dzs, K)
+            _store_steps(dz_ptr, rows, t0, L, md, lane, dzs, K, BD, TL)
         ddt = ()  # sums over the states of dLoss/d(dt A) A
         dus = ()  # and of dLoss/dh B
         for _k in tl.static_range(K):
@@ -380,39 +442,39 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         dst = dhb + ((cc + 1) % 2) * half
         if PREFETCH == 2:  # ping-pong: two states' loads live, none copied between them (NU 1)
             a = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L,
-                             lane, N, 1, K, True)  # fmt: skip
+                             lane, N, 1, K, True, BD, TL)  # fmt: skip
             for n0 in range(0, N, 2):
                 b = _state_loads(n0 + 1, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
-                                 bc0, t0, L, lane, N, 1, K, True)  # fmt: skip
+                                 bc0, t0, L, lane, N, 1, K, True, BD, TL)  # fmt: skip
                 ddt, dus = _bwd_state(a, 0, n0, n0 < N, ddt, dus, dts, dtus, gy, lane, up,
                                       first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md, bc0,
-                                      t0, L, N, K)  # fmt: skip
+                                      t0, L, N, K, TL)  # fmt: skip
                 a = _state_loads(n0 + 2, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
-                                 bc0, t0, L, lane, N, 1, K, True)  # fmt: skip
+                                 bc0, t0, L, lane, N, 1, K, True, BD, TL)  # fmt: skip
                 ddt, dus = _bwd_state(b, 0, n0 + 1, n0 + 1 < N, ddt, dus, dts, dtus, gy, lane,
                                       up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md,
-                                      bc0, t0, L, N, K)  # fmt: skip
+                                      bc0, t0, L, N, K, TL)  # fmt: skip
         else:
             if PREFETCH:
                 nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0,
-                                   t0, L, lane, N, NU, K, True)  # fmt: skip
+                                   t0, L, lane, N, NU, K, True, BD, TL)  # fmt: skip
             for n0 in range(0, N, NU):
                 if PREFETCH:  # as in the forward
                     cur = nxt
                     nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d,
-                                       md, bc0, t0, L, lane, N, NU, K, True)  # fmt: skip
+                                       md, bc0, t0, L, lane, N, NU, K, True, BD, TL)  # fmt: skip
                 else:
                     cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
-                                       bc0, t0, L, lane, N, NU, K, True)  # fmt: skip
+                                       bc0, t0, L, lane, N, NU, K, True, BD, TL)  # fmt: skip
                 for j in tl.static_range(NU):
                     ddt, dus = _bwd_state(cur, j, n0 + j, n0 + j < N, ddt, dus, dts, dtus, gy,
                                           lane, up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr,
-                                          offs_d, md, bc0, t0, L, N, K)  # fmt: skip
+                                          offs_d, md, bc0, t0, L, N, K, TL)  # fmt: skip
         dds = ()
         dss = ()
         # u and delta again (cached), rather than held in registers over the states
-        us = _load_steps(u_ptr, rows, t0, L, md, lane, K)
-        pres = _load_steps(delta_ptr, rows, t0, L, md, lane, K)
+        us = _load_steps(u_ptr, rows, t0, L, md, lane, K, BD, TL)
+        pres = _load_steps(delta_ptr, rows, t0, L, md, lane, K, BD, TL)
         for k in tl.static_range(K):
             m = md[:, None] & (t0 + lane * K + k < L)[None, :]
             d = ddt[k] + dus[k] * us[k]
@@ -422,8 +484,8 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
             dbias += d
             dds = dds + (d,)
             dss = dss + (dus[k] * dts[k] + gy[k] * Dv[:, None],)
-        _store_steps(ddelta_ptr, rows, t0, L, md, lane, dds, K)
-        _store_steps(du_ptr, rows, t0, L, md, lane, dss, K)
+        _store_steps(ddelta_ptr, rows, t0, L, md, lane, dds, K, BD, TL)
+        _store_steps(du_ptr, rows, t0, L, md, lane, dss, K, BD, TL)
         tl.debug_barrier()  # the carries just stored are read by other threads next chunk
     if HAS_D:
         tl.atomic_add(dD_ptr + offs_d, tl.sum(dD, axis=1), mask=md, sem="relaxed")

@@ -410,6 +410,18 @@ def _lanes_k() -> int | None:
     return k
 
 
+def _lanes_time(dim: int, groups: int) -> int:
+    """Lanes along time in ``triton_lanes``' programs (CONFIG ``lanes_time``: 32, 16 or 8; the
+    warp's other 32 / that lanes hold as many channels), doubled until those channels divide one
+    group's."""
+    tl_ = CONFIG["lanes_time"]
+    if tl_ not in (8, 16, 32):
+        raise ValueError(f"CONFIG lanes_time must be 8, 16 or 32, got {tl_!r}")
+    while (dim // groups) % (32 // tl_):
+        tl_ *= 2
+    return tl_
+
+
 def _lanes_unroll(backward: bool) -> int:
     """States a loop step of ``triton_lanes``' forward or backward (CONFIG ``lanes_unroll``: one
     number for both, or [forward, backward])."""
@@ -469,7 +481,10 @@ class TritonTimeScan(torch.autograd.Function):
         Bk, Ck = B, C  # what the forward kernel reads; the backward reads B and C as given
         if lanes is not None and CONFIG["lanes_bc_fp32"] and B.dtype != torch.float32:
             Bk, Ck = B.float(), C.float()  # converted once, not once a state in every program
-        tc = CONFIG["time_chunk"] if lanes is None else 32 * lanes
+        if lanes is not None:  # channels over the lanes a warp does not spend on time
+            lanes_t = _lanes_time(dim, groups)
+            bd = bd if lanes_t == 32 else 32 // lanes_t
+        tc = CONFIG["time_chunk"] if lanes is None else lanes_t * lanes
         plan = None if lanes is not None else _seq_plan(u, d_state, dim // groups, tc)
         n_chunks = max(cdiv(length, tc if plan is None else plan.every), 1)
         out = torch.empty_like(u)
@@ -489,7 +504,7 @@ class TritonTimeScan(torch.autograd.Function):
                      SAVE_Y=save_y, N=d_state, FAST=fast_math())  # fmt: skip
         if lanes is not None:  # K steps a lane: triton_lanes.py
             launch(_lanes().fwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, n_chunks,
-                   **flags, BD=bd, K=lanes, NU=_lanes_unroll(False),
+                   **flags, BD=bd, K=lanes, TL=lanes_t, NU=_lanes_unroll(False),
                    PREFETCH=CONFIG["lanes_prefetch"] in (True, "fwd"),
                    BATCH_FAST=CONFIG["time_batch_fast"], num_warps=CONFIG["time_warps"],
                    num_stages=CONFIG["time_stages"])  # fmt: skip
@@ -509,7 +524,7 @@ class TritonTimeScan(torch.autograd.Function):
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, h0, ypre, ckpt)
         ctx.info = x.info
         ctx.seq = plan if plan is not None and plan.bwd is not None else None
-        ctx.lanes = lanes
+        ctx.lanes = None if lanes is None else (lanes, lanes_t, bd)
         return out, last
 
     @staticmethod
@@ -563,7 +578,10 @@ class TritonTimeScan(torch.autograd.Function):
                      maxnreg=CONFIG["time_bwd_maxnreg"])  # fmt: skip
         grid = _grid(batch, cdiv(dim // groups, bd), groups)
         if ctx.lanes is not None:  # triton_lanes.py: its carries are a_t dLoss/dh_t
-            launch(_lanes().bwd, grid, *args, **flags, K=ctx.lanes, NU=_lanes_unroll(True),
+            k, lanes_t, bd = ctx.lanes  # the forward's chunks
+            flags["BD"] = bd
+            launch(_lanes().bwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, **flags,
+                   K=k, TL=lanes_t, NU=_lanes_unroll(True),
                    PREFETCH=_lanes_bwd_prefetch())  # fmt: skip
             dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
             return _grads(ctx.info, A32, B, C, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)
