@@ -145,9 +145,10 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
     )
     from mamba_asr.ops.selective_scan import gluon_seq, triton_lanes
 
-    lanes_t = cfg["lanes_time"]
-    lanes = dict(common, HAS_H0=False, N=d_state, BD=cfg["time_bd"] if lanes_t == 32 else 32 // lanes_t,
-                 K=cfg["lanes_k"], TL=lanes_t, BATCH_FAST=cfg["time_batch_fast"])  # fmt: skip
+    lanes_t = cfg["lanes_time"]  # the backward's lanes along time, the forward's checkpoints
+    lanes = dict(common, HAS_H0=False, N=d_state, BD=cfg["time_bd"], K=cfg["lanes_k"],
+                 BATCH_FAST=cfg["time_batch_fast"])  # fmt: skip
+    lanes_bwd = dict(lanes, TL=lanes_t, BD=cfg["time_bd"] if lanes_t == 32 else 32 // lanes_t)
     pf = cfg["lanes_prefetch"]
 
     seq = []
@@ -173,10 +174,12 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
          dict(time, HAS_DLAST=False, PREFETCH=tt._BWD_PREFETCH[cfg["time_bwd_prefetch"]]),
          cfg["time_warps"], cfg["time_stages"]),
         ("lanes fwd", triton_lanes._fwd_lanes_kernel,
-         dict(lanes, SAVE_Y=True, NU=tt._lanes_unroll(False), PREFETCH=pf in (True, "fwd")),
+         dict(lanes, SAVE_Y=True, NU=tt._lanes_unroll(False), PREFETCH=pf in (True, "fwd"),
+              CK=lanes_t),
          cfg["time_warps"], cfg["time_stages"]),
         ("lanes bwd", triton_lanes._bwd_lanes_kernel,
-         dict(lanes, HAS_DLAST=False, NU=tt._lanes_unroll(True), PREFETCH=tt._lanes_bwd_prefetch()),
+         dict(lanes_bwd, HAS_DLAST=False, NU=tt._lanes_unroll(True),
+              PREFETCH=tt._lanes_bwd_prefetch()),
          cfg["time_warps"], cfg["time_stages"]),
         *seq,
     ]  # fmt: skip
@@ -223,7 +226,7 @@ def main(argv=None) -> None:
         for name, fn, consts, warps, stages in scan_kernels(dtype):
             types = ptr_types(name, dtype)
             maxnreg = {"time bwd": tk.CONFIG["time_bwd_maxnreg"],
-                       "lanes bwd": tk.CONFIG["time_bwd_maxnreg"],
+                       "lanes bwd": tk.CONFIG["lanes_bwd_maxnreg"],
                        "seq bwd": tk.CONFIG["seq_bwd_maxnreg"]}.get(name)  # fmt: skip
             r = resources(
                 compile_for(

@@ -62,9 +62,11 @@ from torch import Tensor
 # lanes_bwd_pingpong: the backward takes two states a loop step, each one's loads issued while the
 # other computes, so no loaded value is copied between loop steps (its unroll and prefetch then do
 # not apply; 12% fewer instructions a state for 10-15 more registers on sm_90, not yet timed));
-# lanes_time: lanes along time in a lanes program (32, 16 or 8; its warp's other lanes hold 32 /
-# lanes_time channels, so that every B and C value a warp loads, and every dB and dC add, serves
-# that many channels, for chunks of lanes_time K steps);
+# lanes_time: lanes along time in a lanes backward program (32, 16 or 8; its warp's other lanes
+# hold 32 / lanes_time channels, so that every B and C value a warp loads, and every dB and dC
+# add, serves that many channels, over chunks of lanes_time K steps; the forward keeps 32 lanes
+# and one channel a program and checkpoints the state at the backward's chunks);
+# lanes_bwd_maxnreg: the lanes backward's register cap (time_bwd_maxnreg is the time kernels');
 # time_fwd: "seq" for gluon_seq's forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
@@ -75,7 +77,7 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "time_y_fp32": False, "time_fwd": "time", "seq_chunk": 16, "seq_fwd_warps": None,
           "seq_bwd_warps": 1, "seq_bwd_maxnreg": None, "seq_prefetch": 1, "lanes_k": 4,
           "lanes_unroll": [4, 1], "lanes_prefetch": "bwd", "lanes_bc_fp32": True,
-          "lanes_bwd_pingpong": False, "lanes_time": 32}  # fmt: skip
+          "lanes_bwd_pingpong": False, "lanes_time": 32, "lanes_bwd_maxnreg": None}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

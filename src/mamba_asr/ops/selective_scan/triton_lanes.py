@@ -256,20 +256,35 @@ def _states_up(dts, dtus, Bs, A2, h0, lane, K: tl.constexpr):
 
 @triton.jit
 def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-                      out_ptr, ypre_ptr, ckpt_ptr, last_ptr, D, L, G, n_chunks,
+                      out_ptr, ypre_ptr, ckpt_ptr, last_ptr, D, L, G, n_chunks, n_ckpt,
                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                       HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr,
                       SAVE_Y: tl.constexpr, N: tl.constexpr, BD: tl.constexpr, K: tl.constexpr,
                       NU: tl.constexpr, PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
-                      FAST: tl.constexpr, TL: tl.constexpr = 32):  # fmt: skip
-    # ckpt, last: as triton_time's forward (chunks of TL K steps)
-    offs_d, md, rows, bc0, ck = program_channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
+                      FAST: tl.constexpr, CK: tl.constexpr = 32):  # fmt: skip
+    # ckpt: (B, D, n_ckpt, N) fp32, slot s >= 1 the state entering step s CK K (the backward's
+    # chunks: CK lanes of K steps; the forward's chunks are 32 K steps, so with CK < 32 it stores
+    # 32 / CK of them a chunk, from the lanes that end one); last: as triton_time's forward
+    TL: tl.constexpr = 32
+    R: tl.constexpr = TL // CK  # checkpoints a chunk
+    offs_d, md, rows, bc0, ck = program_channels(ckpt_ptr, D, L, G, n_ckpt, N, BD, BATCH_FAST)
     lane = tl.arange(0, TL)
     Dv, bias = skip_and_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
     last_lane = md[:, None] & (lane == TL - 1)[None, :]
     for c in range(n_chunks):
-        hrow, hok = entering_state(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
-        dst = tl.where(c + 1 < n_chunks, ck + (c + 1) * N, last_ptr + rows * N)
+        hrow, hok = entering_state(ck, h0_ptr + rows * N, c * R, md, N, HAS_H0)
+        if R == 1:
+            dst = tl.where(c + 1 < n_chunks, ck + (c + 1) * N, last_ptr + rows * N)
+            dst = dst[:, None] + lane[None, :] * 0
+            dmask = last_lane
+        else:  # lane l ends checkpoint interval s (l + 1 a multiple of CK) or the sequence
+            s = c * R + (lane + 1) // CK
+            ends = ((lane + 1) % CK == 0) & (
+                (s < n_ckpt) | ((c + 1 == n_chunks) & (lane == TL - 1))
+            )
+            dst = tl.where((s < n_ckpt)[None, :], ck[:, None] + s[None, :] * N,
+                           (last_ptr + rows * N)[:, None])  # fmt: skip
+            dmask = md[:, None] & ends[None, :]
         t0 = c * (TL * K)
         us = _load_steps(u_ptr, rows, t0, L, md, lane, K, BD, TL)
         pres = _load_steps(delta_ptr, rows, t0, L, md, lane, K, BD, TL)
@@ -309,8 +324,8 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                 for k in tl.static_range(K):
                     ny = ny + (ys[k] + hs[k] * Cs[k],)
                 ys = ny
-                # the state leaving the chunk: the last lane's
-                tl.store(dst[:, None] + n + lane[None, :] * 0, v, mask=last_lane & ok)
+                # the state leaving the chunk (the last lane's), and with CK < 32 the others
+                tl.store(dst + n, v, mask=dmask & ok)
         if HAS_Z:
             if SAVE_Y:
                 _store_steps(ypre_ptr, rows, t0, L, md, lane, ys, K, BD, TL)

@@ -481,19 +481,20 @@ class TritonTimeScan(torch.autograd.Function):
         Bk, Ck = B, C  # what the forward kernel reads; the backward reads B and C as given
         if lanes is not None and CONFIG["lanes_bc_fp32"] and B.dtype != torch.float32:
             Bk, Ck = B.float(), C.float()  # converted once, not once a state in every program
-        if lanes is not None:  # channels over the lanes a warp does not spend on time
-            lanes_t = _lanes_time(dim, groups)
-            bd = bd if lanes_t == 32 else 32 // lanes_t
-        tc = CONFIG["time_chunk"] if lanes is None else lanes_t * lanes
+        tc = CONFIG["time_chunk"] if lanes is None else 32 * lanes
         plan = None if lanes is not None else _seq_plan(u, d_state, dim // groups, tc)
         n_chunks = max(cdiv(length, tc if plan is None else plan.every), 1)
+        n_ckpt = n_chunks
+        if lanes is not None:  # the backward's chunks: lanes_t lanes of K steps
+            lanes_t = _lanes_time(dim, groups)
+            n_ckpt = max(cdiv(length, lanes_t * lanes), 1)
         out = torch.empty_like(u)
         save_y = z is not None and any(ctx.needs_input_grad)
         # the output before the gate, for dLoss/dz only: in u's dtype, as the peer keeps it (half
         # the bytes in bf16), unless CONFIG's time_y_fp32
         y_dtype = torch.float32 if CONFIG["time_y_fp32"] else u.dtype
         ypre = u.new_empty(u.shape, dtype=y_dtype) if save_y else None
-        ckpt = u.new_empty(batch, dim, n_chunks, d_state, dtype=torch.float32)
+        ckpt = u.new_empty(batch, dim, n_ckpt, d_state, dtype=torch.float32)
         last = u.new_empty(batch, dim, d_state, dtype=torch.float32)
         dummy = A32
         args = (u, delta, A32, Bk, Ck, D32 if D is not None else dummy, z if z is not None else u,
@@ -504,7 +505,7 @@ class TritonTimeScan(torch.autograd.Function):
                      SAVE_Y=save_y, N=d_state, FAST=fast_math())  # fmt: skip
         if lanes is not None:  # K steps a lane: triton_lanes.py
             launch(_lanes().fwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, n_chunks,
-                   **flags, BD=bd, K=lanes, TL=lanes_t, NU=_lanes_unroll(False),
+                   n_ckpt, **flags, BD=bd, K=lanes, CK=lanes_t, NU=_lanes_unroll(False),
                    PREFETCH=CONFIG["lanes_prefetch"] in (True, "fwd"),
                    BATCH_FAST=CONFIG["time_batch_fast"], num_warps=CONFIG["time_warps"],
                    num_stages=CONFIG["time_stages"])  # fmt: skip
@@ -524,7 +525,7 @@ class TritonTimeScan(torch.autograd.Function):
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, h0, ypre, ckpt)
         ctx.info = x.info
         ctx.seq = plan if plan is not None and plan.bwd is not None else None
-        ctx.lanes = None if lanes is None else (lanes, lanes_t, bd)
+        ctx.lanes = None if lanes is None else (lanes, lanes_t)
         return out, last
 
     @staticmethod
@@ -578,8 +579,9 @@ class TritonTimeScan(torch.autograd.Function):
                      maxnreg=CONFIG["time_bwd_maxnreg"])  # fmt: skip
         grid = _grid(batch, cdiv(dim // groups, bd), groups)
         if ctx.lanes is not None:  # triton_lanes.py: its carries are a_t dLoss/dh_t
-            k, lanes_t, bd = ctx.lanes  # the forward's chunks
-            flags["BD"] = bd
+            k, lanes_t = ctx.lanes  # the forward's checkpoints: chunks of lanes_t K steps
+            bd = bd if lanes_t == 32 else 32 // lanes_t  # channels over the lanes time leaves
+            flags.update(BD=bd, maxnreg=CONFIG["lanes_bwd_maxnreg"])
             launch(_lanes().bwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, **flags,
                    K=k, TL=lanes_t, NU=_lanes_unroll(True),
                    PREFETCH=_lanes_bwd_prefetch())  # fmt: skip
