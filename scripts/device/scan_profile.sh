@@ -54,6 +54,11 @@
 #            LANES_PEER_K, the K the peer's test runs with, "" none; LANES_PEER_CONFIG, its
 #            whole CONFIG instead; LANES_TESTS=0 skips our CUDA tests);
 #   lanes_ncu  Nsight Compute on triton_lanes' kernels (LANES_K, default 4);
+#   ncu_cfg  Nsight Compute on the kernels matching NCU_KERNEL (default _fwd_lanes) under each
+#            CONFIG of NCU_CONFIGS ('NAME=JSON ...', default one with none), NCU_DTYPES
+#            (float32) at L NCU_LENGTH (8192), B8 D1024;
+#   encoders_cfg  benchmarks/encoder_scaling.py (ENC_SECONDS, default 30 60) under each CONFIG of
+#            ENC_CONFIGS ('NAME=JSON ...'), in turn, ENC_ROUNDS times (2);
 #   trace    the ablate part's traces alone;
 #   seq_ncu  Nsight Compute on gluon_seq's kernels (kernel=seq), as the ncu part on ours;
 #   ablate   scripts/device/scan_ablate.py: the backward's GPU time with one part taken out at a
@@ -180,6 +185,24 @@ for part in $PARTS; do
       MAMBA_ASR_TRITON_SCAN_CONFIG="$peer_cfg" python3 -m pytest -q \
         -p no:cacheprovider -n 12 "$PEER_TEST" 2>&1 | tail -2 \
         | sed "s/^/lanes_k $k: /" | tee -a "$out/pytest_peer_test_lanes.txt"
+    done ;;
+  ncu_cfg)
+    for spec in ${NCU_CONFIGS:-default=\{\}}; do
+      name=${spec%%=*}
+      MAMBA_ASR_TRITON_SCAN_CONFIG="${spec#*=}" ncu --clock-control none --set full \
+        -k regex:"${NCU_KERNEL:-_fwd_lanes}" -c 2 -f -o "$out/$name" python3 \
+        scripts/device/scan_ncu.py ${NCU_DTYPES:-float32} --length ${NCU_LENGTH:-8192} \
+        > "$out/ncu_$name.log" 2>&1
+      tail -2 "$out/ncu_$name.log"
+      ncu_report "$name"
+      head -30 "$out/${name}_ncu_summary.txt"
+      pack
+    done ;;
+  encoders_cfg)
+    for round in $(seq ${ENC_ROUNDS:-2}); do
+      for spec in ${ENC_CONFIGS:-default=\{\}}; do
+        scaling "${spec%%=*}" "${ENC_SECONDS:-30 60}" MAMBA_ASR_TRITON_SCAN_CONFIG="${spec#*=}"
+      done
     done ;;
   lanes_ncu)
     MAMBA_ASR_TRITON_SCAN_CONFIG="{\"kernel\": \"lanes\", \"lanes_k\": ${LANES_K:-4}}" ncu \
