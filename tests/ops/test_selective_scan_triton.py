@@ -107,13 +107,14 @@ def _check_interpreted(case, config: str):
 
 
 # triton_lanes' kernels (CONFIG kernel=lanes, the default): with the defaults (4 steps a lane, four
-# states a forward loop step, one a backward step loading the next ahead) over three chunks of 128
-# with an odd number of states (so the forward's last loop step is part empty),
+# states a forward loop step, one a backward step loading the next ahead, two channels a backward
+# warp) over three chunks of 128 (five of the backward's 64) with an odd number of states (so the forward's last loop step is part empty),
 # groups and an initial state (its gradient is the first chunk's carry); 8 steps a lane, four
 # channels a program on four warps, two states a loop step in the forward and three (not a
 # divisor of 16) in the backward, nothing loaded ahead, the forward reading B and C cast to fp32,
 # in bf16; the backward alternating two states' loads (ping-pong) over an odd number of states;
-# two and four channels over a warp's lanes (chunks of 64 and 32 steps, the last one part empty)
+# the backward with one channel a warp (chunks of 128 steps; the defaults: two channels, chunks of
+# 64) and with four (chunks of 32 steps, the last one part empty)
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
@@ -121,10 +122,10 @@ def _check_interpreted(case, config: str):
      (CASES[5], {"kernel": "lanes", "lanes_k": 8, "time_bd": 4, "time_warps": 4,
                  "lanes_unroll": [2, 3], "lanes_prefetch": False, "lanes_bc_fp32": True}),
      ((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes", "lanes_bwd_pingpong": True}),
-     ((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes", "lanes_time": 16}),
+     ((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes", "lanes_time": 32}),
      ((2, 8, 4, 75, None, False, "bfloat16", False), {"kernel": "lanes", "lanes_time": 8})],
     ids=["k4-three-chunks", "k8-four-channels-bf16", "k4-pingpong-odd-states",
-         "k4-two-channels-over-the-lanes", "k4-four-channels-over-the-lanes-bf16"],
+         "k4-one-channel-a-warp", "k4-four-channels-over-the-lanes-bf16"],
 )  # fmt: skip
 def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
     _check_interpreted(case, json.dumps(overrides))
@@ -147,7 +148,7 @@ def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
         "lanes8",
         "lanes_pf",
         "lanes_pp",
-        "lanes_t16",
+        "lanes_t32",
         "lanes_t8",
     ],
 )
@@ -157,8 +158,8 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     kernels' backward. Each must then be what runs. lanes, lanes8: triton_lanes' kernels, 4 and 8
     steps a lane; lanes_pf: one state a loop step in both, loading ahead in both, B and C read as
     given (the defaults before 2026-12-06's second run); lanes_pp: the backward alternating two
-    states' loads (lanes_bwd_pingpong); lanes_t16, lanes_t8: two and four channels over a warp's
-    lanes (lanes_time 16 and 8)."""
+    states' loads (lanes_bwd_pingpong); lanes_t32, lanes_t8: the backward with one channel a warp
+    and with four over its lanes (lanes_time 32 and 8; the defaults: two)."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -172,7 +173,7 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
         config.update(lanes_unroll=1, lanes_prefetch=True, lanes_bc_fp32=False)
     if kernel == "lanes_pp":
         config.update(lanes_bwd_pingpong=True)
-    if kernel in ("lanes_t16", "lanes_t8"):
+    if kernel in ("lanes_t32", "lanes_t8"):
         config.update(lanes_time=int(kernel[7:]))
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)

@@ -582,6 +582,8 @@ class TritonTimeScan(torch.autograd.Function):
             k, lanes_t = ctx.lanes  # the forward's checkpoints: chunks of lanes_t K steps
             bd = bd if lanes_t == 32 else 32 // lanes_t  # channels over the lanes time leaves
             flags.update(BD=bd, maxnreg=CONFIG["lanes_bwd_maxnreg"])
+            if lanes_t < 32:  # one warp holds the program's channels
+                flags["num_warps"] = 1
             launch(_lanes().bwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, **flags,
                    K=k, TL=lanes_t, NU=_lanes_unroll(True),
                    PREFETCH=_lanes_bwd_prefetch())  # fmt: skip
