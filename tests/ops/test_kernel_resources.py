@@ -89,3 +89,28 @@ def test_seq_kernels_compile_for_sm90_without_spills(dtype):
         assert r["stack_bytes"] == 0 and r["registers"] <= 184, (name, r)
         if name == "seq fwd":
             assert r["shuffles"] == 0, (name, r)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"lanes_k": 8}, {"lanes_time": 8}, {"lanes_time": 32, "lanes_bwd_maxnreg": None},
+     {"lanes_bwd_pingpong": True}],
+    ids=["k8", "four-channels-a-warp", "one-channel-a-warp", "pingpong"],
+)  # fmt: skip
+def test_lanes_settings_compile_for_sm90(overrides, monkeypatch):
+    """Settings other than the defaults compile too (a CUDA compile error, such as a constexpr
+    assigned twice, passes unseen in the interpreter)."""
+    import kernel_resources as kr
+
+    from mamba_asr.ops.selective_scan import triton_kernel as tk
+
+    for key, value in overrides.items():
+        monkeypatch.setitem(tk.CONFIG, key, value)
+    for name, fn, consts, warps, stages in kr.scan_kernels("bf16"):
+        if name.startswith("lanes"):
+            cap = tk.CONFIG["lanes_bwd_maxnreg"] if name == "lanes bwd" else None
+            r = kr.resources(
+                kr.compile_for(fn, consts, kr.ptr_types(name, "bf16"), 90, warps, stages,
+                               maxnreg=cap)  # fmt: skip
+            )
+            assert r["instructions"] > 100, (name, r)

@@ -174,9 +174,9 @@ def _add_bc(ptr, t0, L, lane, ok, vals, K: tl.constexpr, TL: tl.constexpr = 32):
     (atomically, fp32). Where the channels share a warp's lanes (BD TL = 32), each of a step's BD
     lanes adds 4 / BD of its 4 steps' sums: every add is issued once."""
     BD: tl.constexpr = vals[0].shape[0]
+    M: tl.constexpr = 4 // BD  # steps of a tile a lane adds where the channels share the lanes
     for j in tl.static_range(K // 4):
         if TL < 32:
-            M: tl.constexpr = 4 // BD  # steps a lane adds
             c = tl.arange(0, BD)[:, None]  # the lane's channel: it adds steps c M .. c M + M - 1
             sums = ()
             for k in tl.static_range(4):
