@@ -110,7 +110,8 @@ def test_lanes_settings_compile_for_sm90(overrides, monkeypatch):
         if name.startswith("lanes"):
             cap = tk.CONFIG["lanes_bwd_maxnreg"] if name == "lanes bwd" else None
             r = kr.resources(
-                kr.compile_for(fn, consts, kr.ptr_types(name, "bf16"), 90, warps, stages,
-                               maxnreg=cap)  # fmt: skip
+                kr.compile_for(
+                    fn, consts, kr.ptr_types(name, "bf16"), 90, warps, stages, maxnreg=cap
+                )  # fmt: skip
             )
             assert r["instructions"] > 100, (name, r)
