@@ -18,21 +18,28 @@ loaded tile split in registers, no data moved), so that:
   forward direction);
 - the backward carries a_t dh_t of a chunk's first step to the chunk before (the adjoint's carry
   already multiplied by its decay), so dLoss/d(initial state) is the first chunk's carry itself;
-- dD and d(delta_bias) stay per lane in registers over the whole sequence and are summed once.
+- dD and d(delta_bias) stay per lane in registers over the whole sequence and are summed once;
+- the backward gives a warp TL = 32 / BD lanes of time for each of BD channels (``lanes_time``,
+  16 by default: two channels, chunks of TL K steps), so that every B and C value it loads and
+  every dB and dC add serves all BD (the adds were a quarter to a third of the backward, and L2
+  its bound); the tiles are then read and written as flat channel-major rows and reshaped, which
+  puts time first along the lanes, the layout ``tl.gather`` and the scans take, and dB and dC
+  are summed across the warp's channels before each lane adds 4 / BD of its 4 steps.
 
 K = 4 loads each tile as one 16-byte vector a lane; K = 8 as two. PREFETCH loads the next
 states' A, carries, B and C a loop step ahead (the backward's top stall without it; the forward
 instead takes four states a loop step, whose loads the compiler then issues together); the
 backward's PREFETCH 2 alternates two states' loads (``_bwd_state`` for one state while the
 other's loads are in flight), so that no loaded value is copied from one loop step to the next. The
-checkpoints are those of ``triton_time`` (the state entering every chunk after the first, fp32),
-so its host code runs these kernels (``CONFIG["kernel"] = "lanes"``, the default; ``lanes_k``,
+checkpoints are those of ``triton_time`` (the state entering every backward chunk after the
+first, fp32; the forward, 32 lanes and one channel a program, stores 32 / TL a chunk from the
+lanes that end one), so its host code runs these kernels (``CONFIG["kernel"] = "lanes"``, the default; ``lanes_k``,
 ``lanes_unroll``, ``lanes_prefetch``, ``lanes_bc_fp32``: the forward reads half B and C cast to
 fp32 once); arithmetic is fp32 throughout and the gate silu(z) is rounded to z's dtype as
-PyTorch rounds it. On an H100 the defaults take 1-5% less GPU time than the first lanes settings
-and those 2-13% less than the time kernels at the benchmark's shapes; the forward alone takes
-0.42-0.49x the peer's GPU time in fp32 and 0.83-1.03x in bf16 (docs/benchmarks.md). Shape key
-as ``triton_kernel``.
+PyTorch rounds it. On an H100 the defaults take 1.68-1.74x less GPU time than the peer's kernel
+for a forward+backward in fp32 and 1.31-1.48x in bf16 at the benchmark's shapes; two channels a
+backward warp took 17-43% off the backward (docs/benchmarks.md). Shape key as
+``triton_kernel``.
 """
 
 from __future__ import annotations
