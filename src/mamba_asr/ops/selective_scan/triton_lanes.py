@@ -48,7 +48,12 @@ import triton
 import triton.language as tl
 
 from mamba_asr.ops.selective_scan.triton_kernel import LOG2E, combine, gate, softplus
-from mamba_asr.ops.selective_scan.triton_time import entering_state, program_channels, skip_and_bias
+from mamba_asr.ops.selective_scan.triton_time import (
+    _program,
+    entering_state,
+    program_channels,
+    skip_and_bias,
+)
 
 
 @triton.jit
@@ -75,12 +80,6 @@ def _offsets(t0, lane, j, K: tl.constexpr):
 
 
 @triton.jit
-def _flat(v, BD: tl.constexpr, TL: tl.constexpr):
-    """(BD,) values, one a channel, as (BD TL, 1): row c TL + l is lane l of channel c."""
-    return tl.reshape(tl.broadcast_to(v[:, None], (BD, TL)), (BD * TL, 1))
-
-
-@triton.jit
 def _flat_offsets(t0, j, K: tl.constexpr, BD: tl.constexpr, TL: tl.constexpr):
     """``_offsets`` for the BD channels' lanes as flat rows (``_flat``): (BD TL, 4)."""
     lane = tl.arange(0, BD * TL) % TL
@@ -89,19 +88,24 @@ def _flat_offsets(t0, j, K: tl.constexpr, BD: tl.constexpr, TL: tl.constexpr):
 
 
 @triton.jit
-def _load_k(base, t0, L, lane, mask, K: tl.constexpr, BD: tl.constexpr, TL: tl.constexpr):
+def _load_k(base, t0, L, lane, mask, K: tl.constexpr, BD: tl.constexpr, TL: tl.constexpr,
+            ROWS: tl.constexpr = True):  # fmt: skip
     """K fp32 tensors, step k of each lane of the rows at base (a pointer, or (BD, 1, 1) of them),
     shaped (BD, TL); 0 past L and where not mask (broadcast as base). Where a warp's lanes hold
-    several channels (TL < 32) the tile is read as flat rows, channel-major (``_flat``; base and
-    mask (BD, 1, 1) or scalars), then reshaped: its lanes then run along time first, the layout
-    ``tl.gather`` and the scans along time take without conversions."""
+    several channels (TL < 32) the tile is read as flat rows, channel-major (row c TL + l is lane
+    l of channel c; base the first channel's row, a scalar, ROWS whether the channels' rows
+    follow it L apart or all read base's; mask (BD TL, 1) or a scalar), then reshaped: its lanes
+    then run along time first, the layout ``tl.gather`` and the scans along time take without
+    conversions. One scalar base a tensor (uniform across the warp) and one offset tile shared by
+    all tensors keep per-lane 64-bit pointers out of the registers."""
     out = ()
     for j in tl.static_range(K // 4):
         if TL < 32:
             t = _flat_offsets(t0, j, K, BD, TL)
-            bf = tl.reshape(tl.broadcast_to(base, (BD, TL, 1)), (BD * TL, 1))
-            mf = tl.reshape(tl.broadcast_to(mask, (BD, TL, 1)), (BD * TL, 1))
-            x = tl.load(bf + t, mask=mf & (t < L), other=0.0).to(tl.float32)
+            off = t
+            if ROWS:
+                off = t + (tl.arange(0, BD * TL) // TL)[:, None] * L
+            x = tl.load(base + off, mask=mask & (t < L), other=0.0).to(tl.float32)
             out = out + _split4(tl.reshape(x, (BD, TL, 4)))
         else:
             t = _offsets(t0, lane, j, K)
@@ -113,8 +117,13 @@ def _load_k(base, t0, L, lane, mask, K: tl.constexpr, BD: tl.constexpr, TL: tl.c
 def _load_steps(ptr, rows, t0, L, md, lane, K: tl.constexpr, BD: tl.constexpr = 1,
                 TL: tl.constexpr = 32):  # fmt: skip
     """K (BD, TL) fp32 tensors, step k of each lane of rows (BD,) of a (., L) tensor; 0 past L
-    and on masked rows."""
-    return _load_k(ptr + rows[:, None, None] * L, t0, L, lane, md[:, None, None], K, BD, TL)
+    and on masked rows. With TL < 32, rows is the first row (a scalar) and md (BD TL, 1), flat
+    (as the lanes backward makes them)."""
+    if TL < 32:
+        out = _load_k(ptr + rows * L, t0, L, lane, md, K, BD, TL)
+    else:
+        out = _load_k(ptr + rows[:, None, None] * L, t0, L, lane, md[:, None, None], K, BD, TL)
+    return out
 
 
 @triton.jit
@@ -124,11 +133,7 @@ def _load_bc(ptr, offs_d, t0, L, lane, ok, K: tl.constexpr, BD: tl.constexpr = 1
     offs_d; 0 past L or where not ok. Read as the channels' tiles are (each lane its own values,
     the lanes of one address served by one transaction), they need no conversion between
     layouts where channels share the warp's lanes."""
-    if TL < 32:
-        okd = ok & (offs_d >= 0)
-        return _load_k(ptr + 0 * offs_d[:, None, None], t0, L, lane, okd[:, None, None], K, BD,
-                       TL)  # fmt: skip
-    return _load_k(ptr, t0, L, lane, ok, K, BD, TL)
+    return _load_k(ptr, t0, L, lane, ok, K, BD, TL, False)
 
 
 @triton.jit
@@ -162,12 +167,14 @@ def _tile(vals, j):
 @triton.jit
 def _store_steps(ptr, rows, t0, L, md, lane, vals, K: tl.constexpr, BD: tl.constexpr = 1,
                  TL: tl.constexpr = 32):  # fmt: skip
-    """Store K (BD, TL) tensors as ``_load_steps`` reads them (cast to ptr's dtype)."""
+    """Store K (BD, TL) tensors as ``_load_steps`` reads them (cast to ptr's dtype; rows and md
+    as there)."""
     for j in tl.static_range(K // 4):
         if TL < 32:
             t = _flat_offsets(t0, j, K, BD, TL)
             x = tl.reshape(_tile(vals, j), (BD * TL, 4))
-            tl.store(ptr + _flat(rows, BD, TL) * L + t, x, mask=_flat(md, BD, TL) & (t < L))
+            off = t + (tl.arange(0, BD * TL) // TL)[:, None] * L
+            tl.store(ptr + rows * L + off, x, mask=md & (t < L))
         else:
             t = _offsets(t0, lane, j, K)
             tl.store(
@@ -416,6 +423,13 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
     # dA (D, N), dD and d(delta_bias) (D,), dB and dC: fp32 zeros on entry, added to atomically
     offs_d, md, rows, bc0, ck = program_channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
     lane = tl.arange(0, TL)
+    if TL < 32:  # the tiles' rows for _load_steps: the first (the same in every lane), flat mask
+        b, pid_d, _grp = _program(BATCH_FAST)
+        rsel = b.to(tl.int64) * D + pid_d * BD
+        msel = (pid_d * BD + tl.arange(0, BD * TL) // TL < D)[:, None]
+    else:
+        rsel = rows
+        msel = md
     dhb = dhbuf_ptr + rows * N
     half = (tl.num_programs(0) if BATCH_FAST else tl.num_programs(1)) * D * N
     Dv, bias = skip_and_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
@@ -427,12 +441,12 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         c = n_chunks - 1 - cc
         hrow, hok = entering_state(ck, h0_ptr + rows * N, c, md, N, HAS_H0)
         t0 = c * (TL * K)
-        us = _load_steps(u_ptr, rows, t0, L, md, lane, K, BD, TL)
-        pres = _load_steps(delta_ptr, rows, t0, L, md, lane, K, BD, TL)
-        gs = _load_steps(dout_ptr, rows, t0, L, md, lane, K, BD, TL)  # dLoss/dout
+        us = _load_steps(u_ptr, rsel, t0, L, msel, lane, K, BD, TL)
+        pres = _load_steps(delta_ptr, rsel, t0, L, msel, lane, K, BD, TL)
+        gs = _load_steps(dout_ptr, rsel, t0, L, msel, lane, K, BD, TL)  # dLoss/dout
         if HAS_Z:
-            yp = _load_steps(ypre_ptr, rows, t0, L, md, lane, K, BD, TL)
-            zs = _load_steps(z_ptr, rows, t0, L, md, lane, K, BD, TL)
+            yp = _load_steps(ypre_ptr, rsel, t0, L, msel, lane, K, BD, TL)
+            zs = _load_steps(z_ptr, rsel, t0, L, msel, lane, K, BD, TL)
         dts = ()
         dtus = ()
         gy = ()
@@ -453,7 +467,7 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
             dtus = dtus + (dt * us[k],)
             gy = gy + (g,)
         if HAS_Z:
-            _store_steps(dz_ptr, rows, t0, L, md, lane, dzs, K, BD, TL)
+            _store_steps(dz_ptr, rsel, t0, L, msel, lane, dzs, K, BD, TL)
         ddt = ()  # sums over the states of dLoss/d(dt A) A
         dus = ()  # and of dLoss/dh B
         for _k in tl.static_range(K):
@@ -495,8 +509,8 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         dds = ()
         dss = ()
         # u and delta again (cached), rather than held in registers over the states
-        us = _load_steps(u_ptr, rows, t0, L, md, lane, K, BD, TL)
-        pres = _load_steps(delta_ptr, rows, t0, L, md, lane, K, BD, TL)
+        us = _load_steps(u_ptr, rsel, t0, L, msel, lane, K, BD, TL)
+        pres = _load_steps(delta_ptr, rsel, t0, L, msel, lane, K, BD, TL)
         for k in tl.static_range(K):
             m = md[:, None] & (t0 + lane * K + k < L)[None, :]
             d = ddt[k] + dus[k] * us[k]
@@ -506,8 +520,8 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
             dbias += d
             dds = dds + (d,)
             dss = dss + (dus[k] * dts[k] + gy[k] * Dv[:, None],)
-        _store_steps(ddelta_ptr, rows, t0, L, md, lane, dds, K, BD, TL)
-        _store_steps(du_ptr, rows, t0, L, md, lane, dss, K, BD, TL)
+        _store_steps(ddelta_ptr, rsel, t0, L, msel, lane, dds, K, BD, TL)
+        _store_steps(du_ptr, rsel, t0, L, msel, lane, dss, K, BD, TL)
         tl.debug_barrier()  # the carries just stored are read by other threads next chunk
     if HAS_D:
         tl.atomic_add(dD_ptr + offs_d, tl.sum(dD, axis=1), mask=md, sem="relaxed")
