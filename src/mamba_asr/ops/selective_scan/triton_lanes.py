@@ -38,7 +38,7 @@ lanes that end one), so its host code runs these kernels (``CONFIG["kernel"] = "
 fp32 once); arithmetic is fp32 throughout and the gate silu(z) is rounded to z's dtype as
 PyTorch rounds it. On an H100 the peer kernel takes 1.68-1.74x our GPU time
 for a forward+backward in fp32 and 1.31-1.48x in bf16 at the benchmark's shapes; two channels a
-backward warp took 17-43% off the backward (docs/benchmarks.md). Shape key as
+backward warp took 15-43% off the backward (docs/benchmarks.md). Shape key as
 ``triton_kernel``.
 """
 
