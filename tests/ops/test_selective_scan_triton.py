@@ -189,6 +189,23 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
         assert all(e <= TOL[dtype] for e in errs.values()), (case, errs)
 
 
+def test_lanes_channels_a_backward_warp_divide_a_group(monkeypatch):
+    """CONFIG lanes_time asks for 32 / lanes_time channels a backward warp; where they do not
+    divide a group's channels (a program must stay inside one group of B and C), fewer are
+    taken, down to one; other values are refused by name."""
+    from mamba_asr.ops.selective_scan import triton_kernel, triton_time
+
+    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_time", 8)
+    assert triton_time._lanes_time(1024, 2) == 8  # four channels
+    assert triton_time._lanes_time(6, 1) == 16  # two of six
+    assert triton_time._lanes_time(6, 2) == 32  # three a group: one
+    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_time", 16)
+    assert triton_time._lanes_time(10, 2) == 32
+    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_time", 12)
+    with pytest.raises(ValueError, match="lanes_time"):
+        triton_time._lanes_time(1024, 1)
+
+
 def test_seq_kernels_apply_where_they_can(monkeypatch):
     """gluon_seq's kernels: a block (warps, channels) divides a group's channels, N is a power
     of two up to 32, and they are taken only on CUDA and when CONFIG asks for them."""

@@ -49,9 +49,9 @@ import triton.language as tl
 
 from mamba_asr.ops.selective_scan.triton_kernel import LOG2E, combine, gate, softplus
 from mamba_asr.ops.selective_scan.triton_time import (
-    _program,
     entering_state,
     program_channels,
+    program_index,
     skip_and_bias,
 )
 
@@ -424,7 +424,7 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
     offs_d, md, rows, bc0, ck = program_channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
     lane = tl.arange(0, TL)
     if TL < 32:  # the tiles' rows for _load_steps: the first (the same in every lane), flat mask
-        batch, pid_d, _grp = _program(BATCH_FAST)
+        batch, pid_d, _grp = program_index(BATCH_FAST)
         rsel = batch.to(tl.int64) * D + pid_d * BD
         msel = (pid_d * BD + tl.arange(0, BD * TL) // TL < D)[:, None]
     else:

@@ -106,7 +106,7 @@ def _rev(x, offs_t, TC: tl.constexpr):
 
 
 @triton.jit
-def _program(BATCH_FAST: tl.constexpr):
+def program_index(BATCH_FAST: tl.constexpr):
     """(batch, channel block, group of B/C) of this program. The grid is (batch, channel blocks
     of one group, groups), the first two swapped unless BATCH_FAST (the batch the fastest axis;
     else the channel blocks are, and programs that run side by side share one utterance's B and
@@ -123,10 +123,10 @@ def _program(BATCH_FAST: tl.constexpr):
 @triton.jit
 def program_channels(ckpt_ptr, D, L, G, n_chunks, N: tl.constexpr, BD: tl.constexpr,
                      BATCH_FAST: tl.constexpr):  # fmt: skip
-    """What a time-parallel program (``_program``) works on: (its BD channels, their mask, their
-    rows of (B, D, .), the offset of its group of B/C, its rows of the checkpoints). Offsets are
-    int64, as B D L may pass 2^31."""
-    b, pid_d, grp = _program(BATCH_FAST)
+    """What a time-parallel program (``program_index``) works on: (its BD channels, their mask,
+    their rows of (B, D, .), the offset of its group of B/C, its rows of the checkpoints).
+    Offsets are int64, as B D L may pass 2^31."""
+    b, pid_d, grp = program_index(BATCH_FAST)
     offs_d = pid_d * BD + tl.arange(0, BD)
     md = offs_d < D
     rows = b.to(tl.int64) * D + offs_d
