@@ -148,7 +148,7 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
     lanes_t = cfg["lanes_time"]  # the backward's lanes along time, the forward's checkpoints
     lanes = dict(common, HAS_H0=False, N=d_state, BD=cfg["time_bd"], K=cfg["lanes_k"],
                  BATCH_FAST=cfg["time_batch_fast"])  # fmt: skip
-    lanes_bwd = dict(lanes, TL=lanes_t, BD=cfg["time_bd"] if lanes_t == 32 else 32 // lanes_t)
+    lanes_bwd = dict(lanes, TL=lanes_t, BD=tt._lanes_bwd_block(cfg["time_bd"], lanes_t))
     pf = cfg["lanes_prefetch"]
 
     seq = []

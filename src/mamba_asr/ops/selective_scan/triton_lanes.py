@@ -80,8 +80,15 @@ def _offsets(t0, lane, j, K: tl.constexpr):
 
 
 @triton.jit
+def _flat_channel(BD: tl.constexpr, TL: tl.constexpr):
+    """(BD TL, 1): the channel of each flat row, row c TL + l being lane l of channel c (the
+    layout in which BD channels share a warp's lanes, TL each)."""
+    return (tl.arange(0, BD * TL) // TL)[:, None]
+
+
+@triton.jit
 def _flat_offsets(t0, j, K: tl.constexpr, BD: tl.constexpr, TL: tl.constexpr):
-    """``_offsets`` for the BD channels' lanes as flat rows (``_flat``): (BD TL, 4)."""
+    """``_offsets`` for the BD channels' lanes as flat rows (``_flat_channel``): (BD TL, 4)."""
     lane = tl.arange(0, BD * TL) % TL
     m4 = tl.arange(0, 4)
     return t0 + lane[:, None] * K + 4 * j + m4[None, :]
@@ -104,7 +111,7 @@ def _load_k(base, t0, L, lane, mask, K: tl.constexpr, BD: tl.constexpr, TL: tl.c
             t = _flat_offsets(t0, j, K, BD, TL)
             off = t
             if ROWS:
-                off = t + (tl.arange(0, BD * TL) // TL)[:, None] * L
+                off = t + _flat_channel(BD, TL) * L
             x = tl.load(base + off, mask=mask & (t < L), other=0.0).to(tl.float32)
             out = out + _split4(tl.reshape(x, (BD, TL, 4)))
         else:
@@ -127,10 +134,10 @@ def _load_steps(ptr, rows, t0, L, md, lane, K: tl.constexpr, BD: tl.constexpr = 
 
 
 @triton.jit
-def _load_bc(ptr, offs_d, t0, L, lane, ok, K: tl.constexpr, BD: tl.constexpr = 1,
+def _load_bc(ptr, t0, L, lane, ok, K: tl.constexpr, BD: tl.constexpr = 1,
              TL: tl.constexpr = 32):  # fmt: skip
-    """K (BD, TL) fp32 tensors of one state's B or C row at ptr, the same for the BD channels
-    offs_d; 0 past L or where not ok. Read as the channels' tiles are (each lane its own values,
+    """K (BD, TL) fp32 tensors of one state's B or C row at ptr, the same for the program's BD
+    channels; 0 past L or where not ok. Read as the channels' tiles are (each lane its own values,
     the lanes of one address served by one transaction), they need no conversion between
     layouts where channels share the warp's lanes."""
     return _load_k(ptr, t0, L, lane, ok, K, BD, TL, False)
@@ -153,8 +160,8 @@ def _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, 
         )
         if CARRY:
             out = out + (tl.load(src + n, mask=sok & ok, other=0.0),)
-        out = out + _load_bc(B_ptr + bc0 + n * L, offs_d, t0, L, lane, ok, K, BD, TL)
-        out = out + _load_bc(C_ptr + bc0 + n * L, offs_d, t0, L, lane, ok, K, BD, TL)
+        out = out + _load_bc(B_ptr + bc0 + n * L, t0, L, lane, ok, K, BD, TL)
+        out = out + _load_bc(C_ptr + bc0 + n * L, t0, L, lane, ok, K, BD, TL)
     return out
 
 
@@ -173,7 +180,7 @@ def _store_steps(ptr, rows, t0, L, md, lane, vals, K: tl.constexpr, BD: tl.const
         if TL < 32:
             t = _flat_offsets(t0, j, K, BD, TL)
             x = tl.reshape(_tile(vals, j), (BD * TL, 4))
-            off = t + (tl.arange(0, BD * TL) // TL)[:, None] * L
+            off = t + _flat_channel(BD, TL) * L
             tl.store(ptr + rows * L + off, x, mask=md & (t < L))
         else:
             t = _offsets(t0, lane, j, K)
@@ -426,7 +433,7 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
     if TL < 32:  # the tiles' rows for _load_steps: the first (the same in every lane), flat mask
         batch, pid_d, _grp = program_index(BATCH_FAST)
         rsel = batch.to(tl.int64) * D + pid_d * BD
-        msel = (pid_d * BD + tl.arange(0, BD * TL) // TL < D)[:, None]
+        msel = pid_d * BD + _flat_channel(BD, TL) < D
     else:
         rsel = rows
         msel = md

@@ -422,6 +422,12 @@ def _lanes_time(dim: int, groups: int) -> int:
     return tl_
 
 
+def _lanes_bwd_block(bd: int, lanes_t: int) -> int:
+    """Channels a lanes backward program: bd (``_block_d``'s) with one channel's lanes filling a
+    warp, else the 32 / lanes_t channels that share its lanes."""
+    return bd if lanes_t == 32 else 32 // lanes_t
+
+
 def _lanes_unroll(backward: bool) -> int:
     """States a loop step of ``triton_lanes``' forward or backward (CONFIG ``lanes_unroll``: one
     number for both, or [forward, backward])."""
@@ -580,7 +586,7 @@ class TritonTimeScan(torch.autograd.Function):
         grid = _grid(batch, cdiv(dim // groups, bd), groups)
         if ctx.lanes is not None:  # triton_lanes.py: its carries are a_t dLoss/dh_t
             k, lanes_t = ctx.lanes  # the forward's checkpoints: chunks of lanes_t K steps
-            bd = bd if lanes_t == 32 else 32 // lanes_t  # channels over the lanes time leaves
+            bd = _lanes_bwd_block(bd, lanes_t)
             flags.update(BD=bd, maxnreg=CONFIG["lanes_bwd_maxnreg"])
             if lanes_t < 32:  # one warp holds the program's channels
                 flags["num_warps"] = 1
