@@ -9,7 +9,8 @@
 #   host     host time against GPU time per call (scripts/device/scan_host.py, with --cprofile),
 #            with triton's launches and with the direct ones (MAMBA_ASR_TRITON_LAUNCH=direct);
 #   bench    benchmarks/scan_cuda.py beside the peer, with VARIANTS ('NAME=JSON ...', CONFIG
-#            overrides) and BENCH_ARGS (e.g. "--rounds 3 --gpu"), and with the direct launches; with OLD_SRC (a tarball of another
+#            overrides) and BENCH_ARGS (e.g. "--rounds 3 --gpu"), and with the direct launches
+#            (BENCH_DIRECT=0: not); with OLD_SRC (a tarball of another
 #            checkout's src/: `git archive HEAD src ':(exclude)src/mamba_asr/pretrained' | gzip >
 #            .peer/old_src.tgz`) that code is timed too, in the same call;
 #   peer_ncu Nsight Compute on the peer's CUDA kernels, as for ours;
@@ -137,11 +138,12 @@ for part in $PARTS; do
   bench)
     peer_ready "$dest"
     bench jit MAMBA_ASR_TRITON_LAUNCH=jit
-    bench direct MAMBA_ASR_TRITON_LAUNCH=direct
+    [ "${BENCH_DIRECT:-1}" = 1 ] && bench direct MAMBA_ASR_TRITON_LAUNCH=direct
     if unpack "${OLD_SRC:-}" /tmp/old; then
       PYTHONPATH="/tmp/site:/tmp/old/src:$PWD/benchmarks:$PWD/scripts/device" python3 \
         benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 30 \
-        --json "$out/scan_cuda_old.json" 2>&1 | grep -v -i warn | tee "$out/scan_cuda_old.txt"
+        --json "$out/scan_cuda_old.json" ${BENCH_ARGS:-} 2>&1 | grep -v -i warn \
+        | tee "$out/scan_cuda_old.txt"
     fi ;;
   seq)
     peer_ready "$dest"

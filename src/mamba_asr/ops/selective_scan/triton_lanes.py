@@ -199,15 +199,24 @@ def _add_bc(ptr, t0, L, lane, ok, vals, K: tl.constexpr, TL: tl.constexpr = 32):
     for j in tl.static_range(K // 4):
         if TL < 32:
             c = tl.arange(0, BD)[:, None]  # the lane's channel: it adds steps c M .. c M + M - 1
-            sums = ()
-            for k in tl.static_range(4):
-                sums = sums + (tl.sum(vals[4 * j + k], axis=0)[None, :],)
             picks = ()
-            for m in tl.static_range(M):
-                v = sums[m]
-                for q in tl.static_range(1, BD):
-                    v = tl.where(c == q, sums[q * M + m], v)
-                picks = picks + (v,)
+            if BD == 2:  # each lane sends the partner the two steps it adds, keeps its own two
+                lo = c == 0
+                other = (tl.arange(0, 32) + TL) % 32
+                for m in tl.static_range(2):
+                    own = tl.where(lo, vals[4 * j + m], vals[4 * j + 2 + m])
+                    send = tl.reshape(tl.where(lo, vals[4 * j + 2 + m], vals[4 * j + m]), (32,))
+                    got = tl.reshape(tl.gather(send, other, 0), (BD, TL))
+                    picks = picks + (own + got,)
+            else:
+                sums = ()
+                for k in tl.static_range(4):
+                    sums = sums + (tl.sum(vals[4 * j + k], axis=0)[None, :],)
+                for m in tl.static_range(M):
+                    v = sums[m]
+                    for q in tl.static_range(1, BD):
+                        v = tl.where(c == q, sums[q * M + m], v)
+                    picks = picks + (v,)
             x = picks[0][:, :, None]
             if M == 2:
                 x = tl.join(picks[0], picks[1])
