@@ -32,11 +32,13 @@ HALF_ARGS = ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_p
 def ptr_types(name: str, dtype: str) -> dict:
     """The pointer types kernel ``name`` (as ``scan_kernels`` names it) is launched with for
     inputs of ``dtype``: the half arguments in it, B and C in fp32 where CONFIG casts them for
-    the lanes forward (``lanes_bc_fp32``)."""
+    the lanes forward (``lanes_bc_fp32``; "both": for the backward too)."""
     from mamba_asr.ops.selective_scan import triton_kernel as tk
 
     types = {n: "*" + dtype for n in HALF_ARGS}
-    if name == "lanes fwd" and tk.CONFIG["lanes_bc_fp32"]:
+    if (name == "lanes fwd" and tk.CONFIG["lanes_bc_fp32"]) or (
+        name == "lanes bwd" and tk.CONFIG["lanes_bc_fp32"] == "both"
+    ):
         types.update(B_ptr="*fp32", C_ptr="*fp32")
     return types
 

@@ -111,8 +111,8 @@ def _check_interpreted(case, config: str):
 # warp) over three chunks of 128 (five of the backward's 64) with an odd number of states (so the forward's last loop step is part empty),
 # groups and an initial state (its gradient is the first chunk's carry); 8 steps a lane, four
 # channels a program on four warps, two states a loop step in the forward and three (not a
-# divisor of 16) in the backward, nothing loaded ahead, the forward reading B and C cast to fp32,
-# in bf16; the backward alternating two states' loads (ping-pong) over an odd number of states;
+# divisor of 16) in the backward, nothing loaded ahead, both kernels reading B and C cast to
+# fp32, in bf16; the backward alternating two states' loads (ping-pong) over an odd number of states;
 # the backward with one channel a warp (chunks of 128 steps; the defaults: two channels, chunks of
 # 64) and with four (chunks of 32 steps, the last one part empty)
 @needs_interpreter
@@ -120,7 +120,7 @@ def _check_interpreted(case, config: str):
     "case, overrides",
     [((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes"}),
      (CASES[5], {"kernel": "lanes", "lanes_k": 8, "time_bd": 4, "time_warps": 4,
-                 "lanes_unroll": [2, 3], "lanes_prefetch": False, "lanes_bc_fp32": True}),
+                 "lanes_unroll": [2, 3], "lanes_prefetch": False, "lanes_bc_fp32": "both"}),
      ((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes", "lanes_bwd_pingpong": True}),
      ((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes", "lanes_time": 32}),
      ((2, 8, 4, 75, None, False, "bfloat16", False), {"kernel": "lanes", "lanes_time": 8})],
@@ -150,6 +150,7 @@ def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
         "lanes_pp",
         "lanes_t32",
         "lanes_t8",
+        "lanes_bc32",
     ],
 )
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
@@ -159,7 +160,8 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     steps a lane; lanes_pf: one state a loop step in both, loading ahead in both, B and C read as
     given (the defaults before 2026-12-06's second run); lanes_pp: the backward alternating two
     states' loads (lanes_bwd_pingpong); lanes_t32, lanes_t8: the backward with one channel a warp
-    and with four over its lanes (lanes_time 32 and 8; the defaults: two)."""
+    and with four over its lanes (lanes_time 32 and 8; the defaults: two); lanes_bc32: the
+    backward reading the forward's fp32 copies of B and C (lanes_bc_fp32 "both")."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -175,6 +177,8 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
         config.update(lanes_bwd_pingpong=True)
     if kernel in ("lanes_t32", "lanes_t8"):
         config.update(lanes_time=int(kernel[7:]))
+    if kernel == "lanes_bc32":
+        config.update(lanes_bc_fp32="both")
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [

@@ -58,7 +58,8 @@ from torch import Tensor
 # backward]; time_bd, time_warps and time_batch_fast as theirs; lanes_prefetch: the next states'
 # loads a loop step ahead in "fwd", "bwd", both (True) or neither (False); lanes_bc_fp32: the
 # forward reads half B and C cast to fp32 once before it, so that no state converts them again
-# (the backward reads them as given: L2 traffic bounds it, and fp32 doubles theirs);
+# (the backward reads them as given: L2 traffic bounds it, and fp32 doubles theirs; "both": the
+# backward reads the fp32 copies too);
 # lanes_bwd_pingpong: the backward takes two states a loop step, each one's loads issued while the
 # other computes, so no loaded value is copied between loop steps (its unroll and prefetch then do
 # not apply; 12% fewer instructions a state for 10-15 more registers on sm_90, not yet timed));

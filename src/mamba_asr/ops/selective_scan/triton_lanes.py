@@ -146,14 +146,21 @@ def _load_bc(ptr, t0, L, lane, ok, K: tl.constexpr, BD: tl.constexpr = 1,
 @triton.jit
 def _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L, lane,
                  N: tl.constexpr, NU: tl.constexpr, K: tl.constexpr, CARRY: tl.constexpr,
-                 BD: tl.constexpr = 1, TL: tl.constexpr = 32):  # fmt: skip
+                 BD: tl.constexpr = 1, TL: tl.constexpr = 32,
+                 CLAMP: tl.constexpr = True):  # fmt: skip
     """What states n0 .. n0 + NU - 1 read in a chunk, flat, per state: A (BD,), the state entering
     the chunk (at hrow, zero where not hok), with CARRY the adjoint's carry (at src, zero where not
-    sok), then K B and K C (1, 32) tensors; zeros past N."""
+    sok), then K B and K C (1, 32) tensors; zeros past N, unless CLAMP and NU divides N: the
+    caller then uses states below N alone, and the loads ahead of its last loop step read state
+    N - 1 again, with no mask a state."""
     out = ()
     for j in tl.static_range(NU):
-        n = n0 + j
-        ok = n < N
+        if CLAMP and N % NU == 0:
+            n = tl.minimum(n0 + j, N - 1)
+            ok = True
+        else:
+            n = n0 + j
+            ok = n < N
         out = out + (
             tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0),
             tl.load(hrow + n, mask=hok & ok, other=0.0),
@@ -344,7 +351,7 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                                    bc0, t0, L, lane, N, NU, K, False, BD, TL)  # fmt: skip
             for j in tl.static_range(NU):
                 n = n0 + j
-                ok = n < N
+                ok = True if N % NU == 0 else n < N  # True: every loop step's states exist
                 A2 = cur[j * S] * LOG2E
                 h0 = cur[j * S + 1]
                 Bs = cur[j * S + 2 : j * S + 2 + K]
@@ -494,15 +501,15 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         dst = dhb + ((cc + 1) % 2) * half
         if PREFETCH == 2:  # ping-pong: two states' loads live, none copied between them (NU 1)
             a = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L,
-                             lane, N, 1, K, True, BD, TL)  # fmt: skip
+                             lane, N, 1, K, True, BD, TL, False)  # fmt: skip
             for n0 in range(0, N, 2):
                 b = _state_loads(n0 + 1, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
-                                 bc0, t0, L, lane, N, 1, K, True, BD, TL)  # fmt: skip
+                                 bc0, t0, L, lane, N, 1, K, True, BD, TL, False)  # fmt: skip
                 ddt, dus = _bwd_state(a, 0, n0, n0 < N, ddt, dus, dts, dtus, gy, lane, up,
                                       first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md, bc0,
                                       t0, L, N, K, TL)  # fmt: skip
                 a = _state_loads(n0 + 2, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
-                                 bc0, t0, L, lane, N, 1, K, True, BD, TL)  # fmt: skip
+                                 bc0, t0, L, lane, N, 1, K, True, BD, TL, False)  # fmt: skip
                 ddt, dus = _bwd_state(b, 0, n0 + 1, n0 + 1 < N, ddt, dus, dts, dtus, gy, lane,
                                       up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md,
                                       bc0, t0, L, N, K, TL)  # fmt: skip
@@ -519,7 +526,8 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                     cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
                                        bc0, t0, L, lane, N, NU, K, True, BD, TL)  # fmt: skip
                 for j in tl.static_range(NU):
-                    ddt, dus = _bwd_state(cur, j, n0 + j, n0 + j < N, ddt, dus, dts, dtus, gy,
+                    ok = True if N % NU == 0 else n0 + j < N  # True: all states exist
+                    ddt, dus = _bwd_state(cur, j, n0 + j, ok, ddt, dus, dts, dtus, gy,
                                           lane, up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr,
                                           offs_d, md, bc0, t0, L, N, K, TL)  # fmt: skip
         dds = ()

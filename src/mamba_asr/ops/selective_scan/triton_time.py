@@ -528,6 +528,9 @@ class TritonTimeScan(torch.autograd.Function):
                 BATCH_FAST=CONFIG["time_batch_fast"], CARRY_IN=CONFIG["time_carry_in"],
                 num_warps=CONFIG["time_warps"], num_stages=CONFIG["time_stages"],
             )  # fmt: skip
+        ctx.bc = ((B.shape, B.dtype), (C.shape, C.dtype))  # the gradients' shapes and dtypes
+        if CONFIG["lanes_bc_fp32"] == "both":  # the backward reads the fp32 copies too
+            B, C = Bk, Ck
         ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, h0, ypre, ckpt)
         ctx.info = x.info
         ctx.seq = plan if plan is not None and plan.bwd is not None else None
@@ -568,7 +571,7 @@ class TritonTimeScan(torch.autograd.Function):
                 maxnreg=CONFIG["seq_bwd_maxnreg"],
             )  # fmt: skip
             dh0 = None if dh0 is None else dh0.to(h0_dtype)
-            return _grads(ctx.info, A32, B, C, du, ddelta, dA, zeros, dD, dz, dbias, dh0)
+            return _grads(ctx.info, A32, ctx.bc, du, ddelta, dA, zeros, dD, dz, dbias, dh0)
         dhbuf = u.new_empty(2, batch, dim, d_state, dtype=torch.float32)
         # the two time-parallel backwards' arguments (lanes' and time's); they differ in the rest
         args = (u, delta, A32, B, C, D32 if D32 is not None else dummy, z if z is not None else u,
@@ -594,7 +597,7 @@ class TritonTimeScan(torch.autograd.Function):
                    K=k, TL=lanes_t, NU=_lanes_unroll(True),
                    PREFETCH=_lanes_bwd_prefetch())  # fmt: skip
             dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
-            return _grads(ctx.info, A32, B, C, du, ddelta, dA, zeros, dD, dz, dbias, dh0)
+            return _grads(ctx.info, A32, ctx.bc, du, ddelta, dA, zeros, dD, dz, dbias, dh0)
         launch(_bwd_time_kernel, grid, *args, **flags, TC=tc, NU=CONFIG["time_unroll"],
                PREFETCH=_BWD_PREFETCH[CONFIG["time_bwd_prefetch"]],
                CARRY_IN=CONFIG["time_carry_in"])  # fmt: skip
@@ -603,26 +606,27 @@ class TritonTimeScan(torch.autograd.Function):
             pre0 = delta[:, :, 0].float() + (0.0 if bias32 is None else bias32)
             dt0 = F.softplus(pre0) if softplus else pre0
             dh0 = (torch.exp(dt0[..., None] * A32) * dhbuf[n_chunks % 2]).to(h0_dtype)
-        return _grads(ctx.info, A32, B, C, du, ddelta, dA, zeros, dD, dz, dbias, dh0)
+        return _grads(ctx.info, A32, ctx.bc, du, ddelta, dA, zeros, dD, dz, dbias, dh0)
 
 
-def _grads(info, A32, B, C, du, ddelta, dA, zeros, dD, dz, dbias, dh0) -> tuple:
+def _grads(info, A32, bc, du, ddelta, dA, zeros, dD, dz, dbias, dh0) -> tuple:
     """The backward's results in the inputs' shapes and dtypes (dA, dB, dC, dD and
-    d(delta_bias) were summed in fp32, dB and dC the first B.numel() + C.numel() of zeros, one
-    after the other; info: ``ScanInputs.info``; dD and dbias None where the call had no D or
-    delta_bias)."""
+    d(delta_bias) were summed in fp32, dB and dC the first elements of zeros, one after the
+    other; info: ``ScanInputs.info``; bc: B's and C's (shape, dtype); dD and dbias None where the
+    call had no D or delta_bias)."""
     _softplus, _round, _has_h0, A_dtype, D_dtype, bias_dtype, _h0_dtype = info
-    nb, nc = B.numel(), C.numel()
-    if B.dtype == C.dtype:  # one cast for both
-        dB, dC = _as(zeros[: nb + nc], B.dtype).split_with_sizes((nb, nc))
+    (b_shape, b_dtype), (c_shape, c_dtype) = bc
+    nb, nc = b_shape.numel(), c_shape.numel()
+    if b_dtype == c_dtype:  # one cast for both
+        dB, dC = _as(zeros[: nb + nc], b_dtype).split_with_sizes((nb, nc))
     else:
-        dB, dC = _as(zeros[:nb], B.dtype), _as(zeros[nb : nb + nc], C.dtype)
+        dB, dC = _as(zeros[:nb], b_dtype), _as(zeros[nb : nb + nc], c_dtype)
     return (
         du,
         ddelta,
         _as(dA.view(A32.shape), A_dtype),
-        dB.view(B.shape),
-        dC.view(C.shape),
+        dB.view(b_shape),
+        dC.view(c_shape),
         None if D_dtype is None else _as(dD, D_dtype),
         dz,
         None if bias_dtype is None else _as(dbias, bias_dtype),
