@@ -24,7 +24,10 @@ loaded tile split in registers, no data moved), so that:
   every dB and dC add serves all BD (the adds were a quarter to a third of the backward, and L2
   its bound); the tiles are then read and written as flat channel-major rows and reshaped, which
   puts time first along the lanes, the layout ``tl.gather`` and the scans take, and dB and dC
-  are summed across the warp's channels before each lane adds 4 / BD of its 4 steps.
+  are exchanged between the warp's channels before each lane adds 4 / BD of its 4 steps;
+- the backward's loop over the states is compiled twice: for a chunk wholly before L with no
+  mask along time (most chunks; the loop issues each instruction it holds, so masks cost), and
+  with them for the last.
 
 K = 4 loads each tile as one 16-byte vector a lane; K = 8 as two. PREFETCH loads the next
 states' A, carries, B and C a loop step ahead (the backward's top stall without it; the forward
