@@ -59,7 +59,7 @@ from torch import Tensor
 # loads a loop step ahead in "fwd", "bwd", both (True) or neither (False); lanes_bc_fp32: the
 # forward reads half B and C cast to fp32 once before it, so that no state converts them again
 # (the backward reads them as given: L2 traffic bounds it, and fp32 doubles theirs; "both": the
-# backward reads the fp32 copies too);
+# backward reads the fp32 copies too, which timed the same on an H100);
 # lanes_bwd_pingpong: the backward takes two states a loop step, each one's loads issued while the
 # other computes, so no loaded value is copied between loop steps (its unroll and prefetch then do
 # not apply; 12% fewer instructions a state for 10-15 more registers on sm_90, not yet timed));
