@@ -122,7 +122,9 @@ def _check_interpreted(case, config: str):
 # divisor of 16) in the backward, nothing loaded ahead, both kernels reading B and C cast to
 # fp32, in bf16; the backward alternating two states' loads (ping-pong) over an odd number of states;
 # the backward with one channel a warp (chunks of 128 steps; the defaults: two channels, chunks of
-# 64) and with four (chunks of 32 steps, the last one part empty)
+# 64) and with four (chunks of 32 steps, the last one part empty); the loads ahead unmasked
+# (lanes_clamp) and whole chunks' state loop without masks along time (lanes_bwd_whole), on inputs
+# followed by NaNs
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
@@ -131,9 +133,12 @@ def _check_interpreted(case, config: str):
                  "lanes_unroll": [2, 3], "lanes_prefetch": False, "lanes_bc_fp32": "both"}),
      ((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes", "lanes_bwd_pingpong": True}),
      ((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes", "lanes_time": 32}),
-     ((2, 8, 4, 75, None, False, "bfloat16", False), {"kernel": "lanes", "lanes_time": 8})],
+     ((2, 8, 4, 75, None, False, "bfloat16", False), {"kernel": "lanes", "lanes_time": 8}),
+     ((1, 8, 5, 300, 2, True, "float32", True, True),
+      {"kernel": "lanes", "lanes_clamp": True, "lanes_bwd_whole": True})],
     ids=["k4-three-chunks", "k8-four-channels-bf16", "k4-pingpong-odd-states",
-         "k4-one-channel-a-warp", "k4-four-channels-over-the-lanes-bf16"],
+         "k4-one-channel-a-warp", "k4-four-channels-over-the-lanes-bf16",
+         "k4-clamp-whole-chunks"],
 )  # fmt: skip
 def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
     _check_interpreted(case, json.dumps(overrides))
@@ -159,6 +164,7 @@ def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
         "lanes_t32",
         "lanes_t8",
         "lanes_bc32",
+        "lanes_whole",
     ],
 )
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
@@ -169,7 +175,8 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     given (the defaults before 2026-12-06's second run); lanes_pp: the backward alternating two
     states' loads (lanes_bwd_pingpong); lanes_t32, lanes_t8: the backward with one channel a warp
     and with four over its lanes (lanes_time 32 and 8; the defaults: two); lanes_bc32: the
-    backward reading the forward's fp32 copies of B and C (lanes_bc_fp32 "both")."""
+    backward reading the forward's fp32 copies of B and C (lanes_bc_fp32 "both"); lanes_whole:
+    no mask a state (lanes_clamp) and whole chunks without masks along time (lanes_bwd_whole)."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -187,6 +194,8 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
         config.update(lanes_time=int(kernel[7:]))
     if kernel == "lanes_bc32":
         config.update(lanes_bc_fp32="both")
+    if kernel == "lanes_whole":
+        config.update(lanes_clamp=True, lanes_bwd_whole=True)
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [

@@ -68,6 +68,10 @@ from torch import Tensor
 # add, serves that many channels, over chunks of lanes_time K steps; the forward keeps 32 lanes
 # and one channel a program and checkpoints the state at the backward's chunks);
 # lanes_bwd_maxnreg: the lanes backward's register cap (time_bwd_maxnreg is the time kernels');
+# lanes_clamp: where a loop step's states all exist, no mask a state (the loads ahead of the last
+# step read state N - 1 again); lanes_bwd_whole: chunks wholly before L take a copy of the
+# backward's state loop with no mask along time (fewer instructions a state, but on an H100 the
+# two together took 8-23% more time; off, to be timed apart);
 # time_fwd: "seq" for gluon_seq's forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
@@ -78,7 +82,8 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "time_y_fp32": False, "time_fwd": "time", "seq_chunk": 16, "seq_fwd_warps": None,
           "seq_bwd_warps": 1, "seq_bwd_maxnreg": None, "seq_prefetch": 1, "lanes_k": 4,
           "lanes_unroll": [4, 1], "lanes_prefetch": "bwd", "lanes_bc_fp32": True,
-          "lanes_bwd_pingpong": False, "lanes_time": 16, "lanes_bwd_maxnreg": 128}  # fmt: skip
+          "lanes_bwd_pingpong": False, "lanes_time": 16, "lanes_bwd_maxnreg": 128,
+          "lanes_clamp": False, "lanes_bwd_whole": False}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

@@ -95,8 +95,14 @@ def _flat_offsets(t0, j, K: tl.constexpr, BD: tl.constexpr, TL: tl.constexpr):
 
 
 @triton.jit
+def _steps_mask(t, L, ok, TAIL: tl.constexpr):
+    """Steps t's mask: before L and ok; without TAIL (a whole chunk) ok alone, broadcast to t."""
+    return (t < L) & ok if TAIL else tl.full(t.shape, True, tl.int1) & ok
+
+
+@triton.jit
 def _load_k(base, t0, L, lane, mask, K: tl.constexpr, BD: tl.constexpr, TL: tl.constexpr,
-            ROWS: tl.constexpr = True):  # fmt: skip
+            ROWS: tl.constexpr = True, TAIL: tl.constexpr = True):  # fmt: skip
     """K fp32 tensors, step k of each lane of the rows at base (a pointer, or (BD, 1, 1) of them),
     shaped (BD, TL); 0 past L and where not mask (broadcast as base). Where a warp's lanes hold
     several channels (TL < 32) the tile is read as flat rows, channel-major (row c TL + l is lane
@@ -104,7 +110,8 @@ def _load_k(base, t0, L, lane, mask, K: tl.constexpr, BD: tl.constexpr, TL: tl.c
     follow it L apart or all read base's; mask (BD TL, 1) or a scalar), then reshaped: its lanes
     then run along time first, the layout ``tl.gather`` and the scans along time take without
     conversions. One scalar base a tensor (uniform across the warp) and one offset tile shared by
-    all tensors keep per-lane 64-bit pointers out of the registers."""
+    all tensors keep per-lane 64-bit pointers out of the registers. Without TAIL the steps all lie
+    before L (a whole chunk), and L masks nothing."""
     out = ()
     for j in tl.static_range(K // 4):
         if TL < 32:
@@ -112,7 +119,8 @@ def _load_k(base, t0, L, lane, mask, K: tl.constexpr, BD: tl.constexpr, TL: tl.c
             off = t
             if ROWS:
                 off = t + _flat_channel(BD, TL) * L
-            x = tl.load(base + off, mask=mask & (t < L), other=0.0).to(tl.float32)
+            x = tl.load(base + off, mask=_steps_mask(t, L, mask, TAIL), other=0.0)
+            x = x.to(tl.float32)
             out = out + _split4(tl.reshape(x, (BD, TL, 4)))
         else:
             t = _offsets(t0, lane, j, K)
@@ -135,33 +143,40 @@ def _load_steps(ptr, rows, t0, L, md, lane, K: tl.constexpr, BD: tl.constexpr = 
 
 @triton.jit
 def _load_bc(ptr, t0, L, lane, ok, K: tl.constexpr, BD: tl.constexpr = 1,
-             TL: tl.constexpr = 32):  # fmt: skip
+             TL: tl.constexpr = 32, TAIL: tl.constexpr = True):  # fmt: skip
     """K (BD, TL) fp32 tensors of one state's B or C row at ptr, the same for the program's BD
     channels; 0 past L or where not ok. Read as the channels' tiles are (each lane its own values,
     the lanes of one address served by one transaction), they need no conversion between
     layouts where channels share the warp's lanes."""
-    return _load_k(ptr, t0, L, lane, ok, K, BD, TL, False)
+    return _load_k(ptr, t0, L, lane, ok, K, BD, TL, False, TAIL)
 
 
 @triton.jit
 def _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L, lane,
                  N: tl.constexpr, NU: tl.constexpr, K: tl.constexpr, CARRY: tl.constexpr,
-                 BD: tl.constexpr = 1, TL: tl.constexpr = 32):  # fmt: skip
+                 BD: tl.constexpr = 1, TL: tl.constexpr = 32,
+                 CLAMP: tl.constexpr = False, TAIL: tl.constexpr = True):  # fmt: skip
     """What states n0 .. n0 + NU - 1 read in a chunk, flat, per state: A (BD,), the state entering
     the chunk (at hrow, zero where not hok), with CARRY the adjoint's carry (at src, zero where not
-    sok), then K B and K C (1, 32) tensors; zeros past N."""
+    sok), then K B and K C (1, 32) tensors; zeros past N, unless CLAMP and NU divides N: the
+    caller then uses states below N alone, and the loads ahead of its last loop step read state
+    N - 1 again, with no mask a state. TAIL as ``_load_k``'s."""
     out = ()
     for j in tl.static_range(NU):
-        n = n0 + j
-        ok = n < N
+        if CLAMP and N % NU == 0:
+            n = tl.minimum(n0 + j, N - 1)
+            ok = True
+        else:
+            n = n0 + j
+            ok = n < N
         out = out + (
             tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0),
             tl.load(hrow + n, mask=hok & ok, other=0.0),
         )
         if CARRY:
             out = out + (tl.load(src + n, mask=sok & ok, other=0.0),)
-        out = out + _load_bc(B_ptr + bc0 + n * L, t0, L, lane, ok, K, BD, TL)
-        out = out + _load_bc(C_ptr + bc0 + n * L, t0, L, lane, ok, K, BD, TL)
+        out = out + _load_bc(B_ptr + bc0 + n * L, t0, L, lane, ok, K, BD, TL, TAIL)
+        out = out + _load_bc(C_ptr + bc0 + n * L, t0, L, lane, ok, K, BD, TL, TAIL)
     return out
 
 
@@ -190,10 +205,11 @@ def _store_steps(ptr, rows, t0, L, md, lane, vals, K: tl.constexpr, BD: tl.const
 
 
 @triton.jit
-def _add_bc(ptr, t0, L, lane, ok, vals, K: tl.constexpr, TL: tl.constexpr = 32):
+def _add_bc(ptr, t0, L, lane, ok, vals, K: tl.constexpr, TL: tl.constexpr = 32,
+            TAIL: tl.constexpr = True):  # fmt: skip
     """Add K (BD, TL) tensors, summed over the BD channels, into one state's dB or dC row at ptr
     (atomically, fp32). Where the channels share a warp's lanes (BD TL = 32), each of a step's BD
-    lanes adds 4 / BD of its 4 steps' sums: every add is issued once."""
+    lanes adds 4 / BD of its 4 steps' sums: every add is issued once. TAIL as ``_load_k``'s."""
     BD: tl.constexpr = vals[0].shape[0]
     M: tl.constexpr = 4 // BD  # steps of a tile a lane adds where the channels share the lanes
     for j in tl.static_range(K // 4):
@@ -223,11 +239,12 @@ def _add_bc(ptr, t0, L, lane, ok, vals, K: tl.constexpr, TL: tl.constexpr = 32):
             r = tl.arange(0, 32)
             t = t0 + (r % TL)[:, None] * K + 4 * j + (r // TL)[:, None] * M
             t = t + tl.arange(0, M)[None, :]
-            tl.atomic_add(ptr + t, tl.reshape(x, (32, M)), mask=(t < L) & ok, sem="relaxed")
+            tl.atomic_add(ptr + t, tl.reshape(x, (32, M)), mask=_steps_mask(t, L, ok, TAIL),
+                          sem="relaxed")  # fmt: skip
         else:
             t = _offsets(t0, lane, j, K)
             x = tl.sum(_tile(vals, j), axis=0, keep_dims=True)
-            tl.atomic_add(ptr + t, x, mask=(t < L) & ok, sem="relaxed")
+            tl.atomic_add(ptr + t, x, mask=_steps_mask(t, L, ok, TAIL), sem="relaxed")
 
 
 @triton.jit
@@ -291,7 +308,8 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                       HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr,
                       SAVE_Y: tl.constexpr, N: tl.constexpr, BD: tl.constexpr, K: tl.constexpr,
                       NU: tl.constexpr, PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
-                      FAST: tl.constexpr, CK: tl.constexpr = 32):  # fmt: skip
+                      FAST: tl.constexpr, CK: tl.constexpr = 32,
+                      CLAMP: tl.constexpr = False):  # fmt: skip
     # ckpt: (B, D, n_ckpt, N) fp32, slot s >= 1 the state entering step s CK K (the backward's
     # chunks: CK lanes of K steps; the forward's chunks are 32 K steps, so with CK < 32 it stores
     # 32 / CK of them a chunk, from the lanes that end one); last: as triton_time's forward
@@ -332,19 +350,19 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         S: tl.constexpr = 2 + 2 * K  # values a state in _state_loads' tuple
         if PREFETCH:
             nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d, md, bc0, t0,
-                               L, lane, N, NU, K, False, BD, TL)  # fmt: skip
+                               L, lane, N, NU, K, False, BD, TL, CLAMP)  # fmt: skip
         for n0 in range(0, N, NU):
             # PREFETCH: the next states' A, entering state, B and C loaded a loop step ahead
             if PREFETCH:
                 cur = nxt
                 nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d,
-                                   md, bc0, t0, L, lane, N, NU, K, False, BD, TL)  # fmt: skip
+                                   md, bc0, t0, L, lane, N, NU, K, False, BD, TL, CLAMP)  # fmt: skip
             else:
                 cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d, md,
-                                   bc0, t0, L, lane, N, NU, K, False, BD, TL)  # fmt: skip
+                                   bc0, t0, L, lane, N, NU, K, False, BD, TL, CLAMP)  # fmt: skip
             for j in tl.static_range(NU):
                 n = n0 + j
-                ok = n < N
+                ok = True if CLAMP and N % NU == 0 else n < N  # True: every state exists
                 A2 = cur[j * S] * LOG2E
                 h0 = cur[j * S + 1]
                 Bs = cur[j * S + 2 : j * S + 2 + K]
@@ -372,7 +390,7 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
 @triton.jit
 def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst, dA_ptr, dB_ptr,
                dC_ptr, offs_d, md, bc0, t0, L, N: tl.constexpr, K: tl.constexpr,
-               TL: tl.constexpr):  # fmt: skip
+               TL: tl.constexpr, TAIL: tl.constexpr = True):  # fmt: skip
     """One state's part of a chunk's backward (state n, the j-th in cur, ``_state_loads``' tuple):
     the adjoint, the carry for the chunk before, dA, dB and dC added in; returns ddt and dus with
     its terms added."""
@@ -418,8 +436,50 @@ def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst
     dus = ndu
     tl.atomic_add(dA_ptr + offs_d * N + n, tl.sum(dA, axis=1), mask=md & ok,
                   sem="relaxed")  # fmt: skip
-    _add_bc(dB_ptr + bc0 + n * L, t0, L, lane, ok, dBs, K, TL)
-    _add_bc(dC_ptr + bc0 + n * L, t0, L, lane, ok, dCs, K, TL)
+    _add_bc(dB_ptr + bc0 + n * L, t0, L, lane, ok, dBs, K, TL, TAIL)
+    _add_bc(dC_ptr + bc0 + n * L, t0, L, lane, ok, dCs, K, TL, TAIL)
+    return ddt, dus
+
+
+@triton.jit
+def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
+                bc0, t0, L, lane, up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, N: tl.constexpr,
+                NU: tl.constexpr, K: tl.constexpr, PREFETCH: tl.constexpr, BD: tl.constexpr,
+                TL: tl.constexpr, TAIL: tl.constexpr, CLAMP: tl.constexpr):  # fmt: skip
+    """A chunk's loop over the states (``_bwd_state`` each, their loads as PREFETCH says); returns
+    ddt and dus with every state's terms added. Without TAIL the chunk lies before L: no step of it
+    is masked. CLAMP as ``_state_loads``'."""
+    if PREFETCH == 2:  # ping-pong: two states' loads live, none copied between them (NU 1)
+        a = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L,
+                         lane, N, 1, K, True, BD, TL, False, TAIL)  # fmt: skip
+        for n0 in range(0, N, 2):
+            b = _state_loads(n0 + 1, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
+                             bc0, t0, L, lane, N, 1, K, True, BD, TL, False, TAIL)  # fmt: skip
+            ddt, dus = _bwd_state(a, 0, n0, n0 < N, ddt, dus, dts, dtus, gy, lane, up,
+                                  first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md, bc0,
+                                  t0, L, N, K, TL, TAIL)  # fmt: skip
+            a = _state_loads(n0 + 2, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
+                             bc0, t0, L, lane, N, 1, K, True, BD, TL, False, TAIL)  # fmt: skip
+            ddt, dus = _bwd_state(b, 0, n0 + 1, n0 + 1 < N, ddt, dus, dts, dtus, gy, lane,
+                                  up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md,
+                                  bc0, t0, L, N, K, TL, TAIL)  # fmt: skip
+    else:
+        if PREFETCH:
+            nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0,
+                               t0, L, lane, N, NU, K, True, BD, TL, CLAMP, TAIL)  # fmt: skip
+        for n0 in range(0, N, NU):
+            if PREFETCH:  # as in the forward
+                cur = nxt
+                nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d,
+                                   md, bc0, t0, L, lane, N, NU, K, True, BD, TL, CLAMP, TAIL)  # fmt: skip
+            else:
+                cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
+                                   bc0, t0, L, lane, N, NU, K, True, BD, TL, CLAMP, TAIL)  # fmt: skip
+            for j in tl.static_range(NU):
+                ok = True if CLAMP and N % NU == 0 else n0 + j < N  # True: all states exist
+                ddt, dus = _bwd_state(cur, j, n0 + j, ok, ddt, dus, dts, dtus, gy,
+                                      lane, up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr,
+                                      offs_d, md, bc0, t0, L, N, K, TL, TAIL)  # fmt: skip
     return ddt, dus
 
 
@@ -432,7 +492,8 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                       SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, N: tl.constexpr,
                       BD: tl.constexpr, K: tl.constexpr, NU: tl.constexpr,
                       PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
-                      FAST: tl.constexpr, TL: tl.constexpr = 32):  # fmt: skip
+                      FAST: tl.constexpr, TL: tl.constexpr = 32, CLAMP: tl.constexpr = False,
+                      WHOLE: tl.constexpr = False):  # fmt: skip
     # dhbuf: (2, B, D, N) fp32, a_t dLoss/dh_t at the first step t of the chunk after the one
     # being processed (for the last chunk: dLoss/d(last state) from dlast, or zeros), alternating
     # between the two halves; at the end the half n_chunks % 2 holds dLoss/d(initial state).
@@ -492,36 +553,22 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         src = tl.where(cc == 0, dlast_ptr + rows * N, dhb + (cc % 2) * half)
         sok = md if HAS_DLAST else md & (cc > 0)
         dst = dhb + ((cc + 1) % 2) * half
-        if PREFETCH == 2:  # ping-pong: two states' loads live, none copied between them (NU 1)
-            a = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L,
-                             lane, N, 1, K, True, BD, TL)  # fmt: skip
-            for n0 in range(0, N, 2):
-                b = _state_loads(n0 + 1, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
-                                 bc0, t0, L, lane, N, 1, K, True, BD, TL)  # fmt: skip
-                ddt, dus = _bwd_state(a, 0, n0, n0 < N, ddt, dus, dts, dtus, gy, lane, up,
-                                      first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md, bc0,
-                                      t0, L, N, K, TL)  # fmt: skip
-                a = _state_loads(n0 + 2, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
-                                 bc0, t0, L, lane, N, 1, K, True, BD, TL)  # fmt: skip
-                ddt, dus = _bwd_state(b, 0, n0 + 1, n0 + 1 < N, ddt, dus, dts, dtus, gy, lane,
-                                      up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md,
-                                      bc0, t0, L, N, K, TL)  # fmt: skip
+        if WHOLE:  # chunks wholly before L take a copy of the state loop with no mask in time
+            if t0 + TL * K <= L:
+                ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok,
+                                       src, sok, offs_d, md, bc0, t0, L, lane, up, first_lane,
+                                       dst, dA_ptr, dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL,
+                                       False, CLAMP)  # fmt: skip
+            else:
+                ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok,
+                                       src, sok, offs_d, md, bc0, t0, L, lane, up, first_lane,
+                                       dst, dA_ptr, dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL,
+                                       True, CLAMP)  # fmt: skip
         else:
-            if PREFETCH:
-                nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0,
-                                   t0, L, lane, N, NU, K, True, BD, TL)  # fmt: skip
-            for n0 in range(0, N, NU):
-                if PREFETCH:  # as in the forward
-                    cur = nxt
-                    nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d,
-                                       md, bc0, t0, L, lane, N, NU, K, True, BD, TL)  # fmt: skip
-                else:
-                    cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
-                                       bc0, t0, L, lane, N, NU, K, True, BD, TL)  # fmt: skip
-                for j in tl.static_range(NU):
-                    ddt, dus = _bwd_state(cur, j, n0 + j, n0 + j < N, ddt, dus, dts, dtus, gy,
-                                          lane, up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr,
-                                          offs_d, md, bc0, t0, L, N, K, TL)  # fmt: skip
+            ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src,
+                                   sok, offs_d, md, bc0, t0, L, lane, up, first_lane, dst, dA_ptr,
+                                   dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL, True,
+                                   CLAMP)  # fmt: skip
         dds = ()
         dss = ()
         # u and delta again (cached), rather than held in registers over the states

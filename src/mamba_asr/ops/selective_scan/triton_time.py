@@ -512,6 +512,7 @@ class TritonTimeScan(torch.autograd.Function):
         if lanes is not None:  # K steps a lane: triton_lanes.py
             launch(_lanes().fwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, n_chunks,
                    n_ckpt, **flags, BD=bd, K=lanes, CK=lanes_t, NU=_lanes_unroll(False),
+                   CLAMP=CONFIG["lanes_clamp"],
                    PREFETCH=CONFIG["lanes_prefetch"] in (True, "fwd"),
                    BATCH_FAST=CONFIG["time_batch_fast"], num_warps=CONFIG["time_warps"],
                    num_stages=CONFIG["time_stages"])  # fmt: skip
@@ -594,8 +595,8 @@ class TritonTimeScan(torch.autograd.Function):
             if lanes_t < 32:  # one warp holds the program's channels
                 flags["num_warps"] = 1
             launch(_lanes().bwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, **flags,
-                   K=k, TL=lanes_t, NU=_lanes_unroll(True),
-                   PREFETCH=_lanes_bwd_prefetch())  # fmt: skip
+                   K=k, TL=lanes_t, NU=_lanes_unroll(True), PREFETCH=_lanes_bwd_prefetch(),
+                   CLAMP=CONFIG["lanes_clamp"], WHOLE=CONFIG["lanes_bwd_whole"])  # fmt: skip
             dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
             return _grads(ctx.info, A32, ctx.bc, du, ddelta, dA, zeros, dD, dz, dbias, dh0)
         launch(_bwd_time_kernel, grid, *args, **flags, TC=tc, NU=CONFIG["time_unroll"],
