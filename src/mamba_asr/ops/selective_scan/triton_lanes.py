@@ -553,17 +553,11 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         src = tl.where(cc == 0, dlast_ptr + rows * N, dhb + (cc % 2) * half)
         sok = md if HAS_DLAST else md & (cc > 0)
         dst = dhb + ((cc + 1) % 2) * half
-        if WHOLE:  # chunks wholly before L take a copy of the state loop with no mask in time
-            if t0 + TL * K <= L:
-                ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok,
-                                       src, sok, offs_d, md, bc0, t0, L, lane, up, first_lane,
-                                       dst, dA_ptr, dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL,
-                                       False, CLAMP)  # fmt: skip
-            else:
-                ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok,
-                                       src, sok, offs_d, md, bc0, t0, L, lane, up, first_lane,
-                                       dst, dA_ptr, dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL,
-                                       True, CLAMP)  # fmt: skip
+        if WHOLE and t0 + TL * K <= L:  # a whole chunk: a copy of the state loop, no mask in time
+            ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src,
+                                   sok, offs_d, md, bc0, t0, L, lane, up, first_lane, dst, dA_ptr,
+                                   dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL, False,
+                                   CLAMP)  # fmt: skip
         else:
             ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src,
                                    sok, offs_d, md, bc0, t0, L, lane, up, first_lane, dst, dA_ptr,
