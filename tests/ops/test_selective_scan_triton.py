@@ -117,14 +117,14 @@ def _check_interpreted(case, config: str):
 # states a forward loop step, one a backward step loading the next ahead, two channels a backward
 # warp) over three chunks of 128 (five of the backward's 64) with an odd number of states (so the
 # forward's last loop step is part empty), groups and an initial state (its gradient is the first
-# chunk's carry), the inputs followed by NaNs (the last chunks' steps past L stay masked); 8 steps a lane, four
-# channels a program on four warps, two states a loop step in the forward and three (not a
-# divisor of 16) in the backward, nothing loaded ahead, both kernels reading B and C cast to
-# fp32, in bf16; the backward alternating two states' loads (ping-pong) over an odd number of states;
-# the backward with one channel a warp (chunks of 128 steps; the defaults: two channels, chunks of
-# 64) and with four (chunks of 32 steps, the last one part empty); the loads ahead unmasked
-# (lanes_clamp) and whole chunks' state loop without masks along time (lanes_bwd_whole), on inputs
-# followed by NaNs
+# chunk's carry), the inputs followed by NaNs (the last chunks' steps past L stay masked); 8 steps
+# a lane, four channels a program on four warps, two states a loop step in the forward and three
+# (not a divisor of 16) in the backward, nothing loaded ahead, both kernels reading B and C cast
+# to fp32, in bf16; the backward alternating two states' loads (ping-pong) over an odd number of
+# states; the backward with one channel a warp (chunks of 128 steps; the defaults: two channels,
+# chunks of 64) and with four (chunks of 32 steps, the last one part empty); the loads ahead
+# unmasked (lanes_clamp) and whole chunks' state loop without masks along time (lanes_bwd_whole),
+# on inputs followed by NaNs
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",

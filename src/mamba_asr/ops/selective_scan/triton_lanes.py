@@ -356,7 +356,8 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
             if PREFETCH:
                 cur = nxt
                 nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d,
-                                   md, bc0, t0, L, lane, N, NU, K, False, BD, TL, CLAMP)  # fmt: skip
+                                   md, bc0, t0, L, lane, N, NU, K, False, BD, TL,
+                                   CLAMP)  # fmt: skip
             else:
                 cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d, md,
                                    bc0, t0, L, lane, N, NU, K, False, BD, TL, CLAMP)  # fmt: skip
@@ -471,10 +472,12 @@ def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, so
             if PREFETCH:  # as in the forward
                 cur = nxt
                 nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d,
-                                   md, bc0, t0, L, lane, N, NU, K, True, BD, TL, CLAMP, TAIL)  # fmt: skip
+                                   md, bc0, t0, L, lane, N, NU, K, True, BD, TL, CLAMP,
+                                   TAIL)  # fmt: skip
             else:
                 cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
-                                   bc0, t0, L, lane, N, NU, K, True, BD, TL, CLAMP, TAIL)  # fmt: skip
+                                   bc0, t0, L, lane, N, NU, K, True, BD, TL, CLAMP,
+                                   TAIL)  # fmt: skip
             for j in tl.static_range(NU):
                 ok = True if CLAMP and N % NU == 0 else n0 + j < N  # True: all states exist
                 ddt, dus = _bwd_state(cur, j, n0 + j, ok, ddt, dus, dts, dtus, gy,
