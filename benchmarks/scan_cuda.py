@@ -216,11 +216,16 @@ def main(argv=None):
             call = runner(impl, peer_fn, inputs, True)
             mem = peak_extra_mib(call)
             gbs = min_bytes(batch, dim, length, dtype) / fwd / 1e6
-            gpu = lambda c: sum(gpu_kernels(c, 10).values()) if args.gpu else None  # noqa: E731
             res[impl] = dict(impl=impl, dtype=str(dtype).split(".")[1], B=batch, D=dim, L=length,
                              G=groups, fwd_ms=fwd, fwd_bwd_ms=both, fwd_gbs=gbs, extra_mib=mem,
-                             gpu_fwd_ms=gpu(runner(impl, peer_fn, inputs, False)),
-                             gpu_fwd_bwd_ms=gpu(call))  # fmt: skip
+                             gpu_fwd_ms=None, gpu_fwd_bwd_ms=None)  # fmt: skip
+            if args.gpu:  # each kernel's ms too (gpu_*_kernels: name -> ms), the sums in the table
+                for key, c in (("gpu_fwd", runner(impl, peer_fn, inputs, False)),
+                               ("gpu_fwd_bwd", call)):  # fmt: skip
+                    kernels = gpu_kernels(c, 10)
+                    res[impl].update(
+                        {f"{key}_ms": sum(kernels.values()), f"{key}_kernels": kernels}
+                    )
         for impl, r in res.items():
             pf, pb = peer_over(res, r, "fwd_ms"), peer_over(res, r, "fwd_bwd_ms")
             gf, gb = peer_over(res, r, "gpu_fwd_ms"), peer_over(res, r, "gpu_fwd_bwd_ms")
@@ -233,6 +238,15 @@ def main(argv=None):
                   f"{r['fwd_bwd_ms']:.3f} | {r['fwd_gbs']:.0f} | {r['extra_mib']:.0f} | {f(pf)} | "
                   f"{f(pb)} |{gpu}", flush=True)  # fmt: skip
             rows.append(r)
+    if args.gpu:  # where each row's GPU time goes, kernel by kernel
+        print(
+            "\n| impl | dtype | L | pass | kernel ms (the largest first) |\n|---|---|---|---|---|"
+        )
+        for r in rows:
+            for key in ("gpu_fwd", "gpu_fwd_bwd"):
+                top = sorted(r[f"{key}_kernels"].items(), key=lambda kv: -kv[1])
+                text = "; ".join(f"{k[:48]} {v:.4f}" for k, v in top)
+                print(f"| {r['impl']} | {r['dtype']} | {r['L']} | {key[4:]} | {text} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(dict(device=name, command=cmd, config=tk.CONFIG, variants=VARIANTS,
                                          rows=rows), indent=2))  # fmt: skip

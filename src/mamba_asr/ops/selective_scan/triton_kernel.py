@@ -83,7 +83,8 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "seq_bwd_warps": 1, "seq_bwd_maxnreg": None, "seq_prefetch": 1, "lanes_k": 4,
           "lanes_unroll": [4, 1], "lanes_prefetch": "bwd", "lanes_bc_fp32": True,
           "lanes_bwd_pingpong": False, "lanes_time": 16, "lanes_bwd_maxnreg": 128,
-          "lanes_clamp": False, "lanes_bwd_whole": False}  # fmt: skip
+          "lanes_clamp": False, "lanes_bwd_whole": False, "lanes_da_lanes": False,
+          "lanes_fwd_k": None}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

@@ -391,11 +391,17 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
 @triton.jit
 def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst, dA_ptr, dB_ptr,
                dC_ptr, offs_d, md, bc0, t0, L, N: tl.constexpr, K: tl.constexpr,
-               TL: tl.constexpr, TAIL: tl.constexpr = True):  # fmt: skip
+               TL: tl.constexpr, TAIL: tl.constexpr = True, das=None, dal=None, dal_in=None,
+               DA_LANES: tl.constexpr = False):  # fmt: skip
     """One state's part of a chunk's backward (state n, the j-th in cur, ``_state_loads``' tuple):
     the adjoint, the carry for the chunk before, dA, dB and dC added in; returns ddt and dus with
-    its terms added."""
+    its terms added. With DA_LANES, dA's per-lane terms are added to the program's own row of
+    them (das + n BD TL + dal, (BD, TL) offsets; read unless not dal_in, in the first chunk)
+    rather than summed over the lanes and added atomically every chunk."""
     S: tl.constexpr = 3 + 2 * K  # values a state in _state_loads' tuple
+    if DA_LANES:  # read first: its latency hides behind the state's work
+        row = das + n * (dts[0].shape[0] * TL) + dal
+        prev = tl.load(row, mask=dal_in & ok, other=0.0)
     A = cur[j * S]
     h0 = cur[j * S + 1]
     carry = cur[j * S + 2]  # enters the chunk's last step
@@ -435,8 +441,11 @@ def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst
         dCs = dCs + (hs[k] * gy[k],)
     ddt = ndt
     dus = ndu
-    tl.atomic_add(dA_ptr + offs_d * N + n, tl.sum(dA, axis=1), mask=md & ok,
-                  sem="relaxed")  # fmt: skip
+    if DA_LANES:
+        tl.store(row, prev + dA, mask=ok)
+    else:
+        tl.atomic_add(dA_ptr + offs_d * N + n, tl.sum(dA, axis=1), mask=md & ok,
+                      sem="relaxed")  # fmt: skip
     _add_bc(dB_ptr + bc0 + n * L, t0, L, lane, ok, dBs, K, TL, TAIL)
     _add_bc(dC_ptr + bc0 + n * L, t0, L, lane, ok, dCs, K, TL, TAIL)
     return ddt, dus
@@ -446,7 +455,8 @@ def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst
 def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
                 bc0, t0, L, lane, up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, N: tl.constexpr,
                 NU: tl.constexpr, K: tl.constexpr, PREFETCH: tl.constexpr, BD: tl.constexpr,
-                TL: tl.constexpr, TAIL: tl.constexpr, CLAMP: tl.constexpr):  # fmt: skip
+                TL: tl.constexpr, TAIL: tl.constexpr, CLAMP: tl.constexpr, das, dal, dal_in,
+                DA_LANES: tl.constexpr):  # fmt: skip
     """A chunk's loop over the states (``_bwd_state`` each, their loads as PREFETCH says); returns
     ddt and dus with every state's terms added. Without TAIL the chunk lies before L: no step of it
     is masked. CLAMP as ``_state_loads``'."""
@@ -458,12 +468,14 @@ def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, so
                              bc0, t0, L, lane, N, 1, K, True, BD, TL, False, TAIL)  # fmt: skip
             ddt, dus = _bwd_state(a, 0, n0, n0 < N, ddt, dus, dts, dtus, gy, lane, up,
                                   first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md, bc0,
-                                  t0, L, N, K, TL, TAIL)  # fmt: skip
+                                  t0, L, N, K, TL, TAIL, das, dal, dal_in,
+                                  DA_LANES)  # fmt: skip
             a = _state_loads(n0 + 2, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
                              bc0, t0, L, lane, N, 1, K, True, BD, TL, False, TAIL)  # fmt: skip
             ddt, dus = _bwd_state(b, 0, n0 + 1, n0 + 1 < N, ddt, dus, dts, dtus, gy, lane,
                                   up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md,
-                                  bc0, t0, L, N, K, TL, TAIL)  # fmt: skip
+                                  bc0, t0, L, N, K, TL, TAIL, das, dal, dal_in,
+                                  DA_LANES)  # fmt: skip
     else:
         if PREFETCH:
             nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0,
@@ -482,25 +494,29 @@ def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, so
                 ok = True if CLAMP and N % NU == 0 else n0 + j < N  # True: all states exist
                 ddt, dus = _bwd_state(cur, j, n0 + j, ok, ddt, dus, dts, dtus, gy,
                                       lane, up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr,
-                                      offs_d, md, bc0, t0, L, N, K, TL, TAIL)  # fmt: skip
+                                      offs_d, md, bc0, t0, L, N, K, TL, TAIL, das, dal,
+                                      dal_in, DA_LANES)  # fmt: skip
     return ddt, dus
 
 
 @triton.jit
 def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
                       ypre_ptr, ckpt_ptr, dout_ptr, dlast_ptr, dhbuf_ptr, du_ptr, ddelta_ptr,
-                      dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, D, L, G, n_chunks,
+                      dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, dal_ptr, D, L, G,
+                      n_chunks,
                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                       HAS_H0: tl.constexpr, HAS_DLAST: tl.constexpr,
                       SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, N: tl.constexpr,
                       BD: tl.constexpr, K: tl.constexpr, NU: tl.constexpr,
                       PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
                       FAST: tl.constexpr, TL: tl.constexpr = 32, CLAMP: tl.constexpr = False,
-                      WHOLE: tl.constexpr = False):  # fmt: skip
+                      WHOLE: tl.constexpr = False, DA_LANES: tl.constexpr = False):  # fmt: skip
     # dhbuf: (2, B, D, N) fp32, a_t dLoss/dh_t at the first step t of the chunk after the one
     # being processed (for the last chunk: dLoss/d(last state) from dlast, or zeros), alternating
     # between the two halves; at the end the half n_chunks % 2 holds dLoss/d(initial state).
-    # dA (D, N), dD and d(delta_bias) (D,), dB and dC: fp32 zeros on entry, added to atomically
+    # dA (D, N), dD and d(delta_bias) (D,), dB and dC: fp32 zeros on entry, added to atomically;
+    # with DA_LANES dal: (programs, N, BD TL) fp32, each program's dA terms per state and lane over
+    # its chunks, summed over the lanes and added to dA once at the end
     offs_d, md, rows, bc0, ck = program_channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
     lane = tl.arange(0, TL)
     if TL < 32:  # the tiles' rows for _load_steps: the first (the same in every lane), flat mask
@@ -516,6 +532,11 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
     first_lane = md[:, None] & (lane == 0)[None, :]
     up = tl.minimum(lane + 1, TL - 1)
     dD = tl.zeros((BD, TL), tl.float32)  # per lane, summed at the end
+    dal = tl.arange(0, BD)[:, None] * TL + lane[None, :]  # a (BD, TL) tile's offsets in a row
+    pid = tl.program_id(0) + tl.num_programs(0) * (
+        tl.program_id(1) + tl.num_programs(1) * tl.program_id(2)
+    )
+    das = dal_ptr + pid.to(tl.int64) * (N * BD * TL)  # this program's rows of dA terms
     dbias = tl.zeros((BD, TL), tl.float32)
     for cc in range(n_chunks):
         c = n_chunks - 1 - cc
@@ -560,12 +581,12 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
             ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src,
                                    sok, offs_d, md, bc0, t0, L, lane, up, first_lane, dst, dA_ptr,
                                    dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL, False,
-                                   CLAMP)  # fmt: skip
+                                   CLAMP, das, dal, cc > 0, DA_LANES)  # fmt: skip
         else:
             ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src,
                                    sok, offs_d, md, bc0, t0, L, lane, up, first_lane, dst, dA_ptr,
                                    dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL, True,
-                                   CLAMP)  # fmt: skip
+                                   CLAMP, das, dal, cc > 0, DA_LANES)  # fmt: skip
         dds = ()
         dss = ()
         # u and delta again (cached), rather than held in registers over the states
@@ -583,7 +604,20 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         _store_steps(ddelta_ptr, rsel, t0, L, msel, lane, dds, K, BD, TL)
         _store_steps(du_ptr, rsel, t0, L, msel, lane, dss, K, BD, TL)
         tl.debug_barrier()  # the carries just stored are read by other threads next chunk
+    if DA_LANES:
+        for n in range(N):
+            terms = tl.load(das + n * (BD * TL) + dal)
+            tl.atomic_add(dA_ptr + offs_d * N + n, tl.sum(terms, axis=1), mask=md, sem="relaxed")
     if HAS_D:
         tl.atomic_add(dD_ptr + offs_d, tl.sum(dD, axis=1), mask=md, sem="relaxed")
     if HAS_BIAS:
         tl.atomic_add(dbias_ptr + offs_d, tl.sum(dbias, axis=1), mask=md, sem="relaxed")
+
+
+@triton.jit
+def _fp32_pair_kernel(a_ptr, b_ptr, out_ptr, na, nb, BLOCK: tl.constexpr):
+    """a's na elements, then b's nb, into out as fp32: the forward's B and C in one launch."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(a_ptr + i, mask=i < na, other=0.0).to(tl.float32)
+    y = tl.load(b_ptr + (i - na), mask=(i >= na) & (i < na + nb), other=0.0).to(tl.float32)
+    tl.store(out_ptr + i, tl.where(i < na, x, y), mask=i < na + nb)

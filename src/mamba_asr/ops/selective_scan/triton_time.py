@@ -410,6 +410,19 @@ def _lanes_k() -> int | None:
     return k
 
 
+def _lanes_fwd_k(k: int, lanes_t: int) -> int:
+    """K of ``triton_lanes``' forward (CONFIG ``lanes_fwd_k``: 4, 8 or 16; None: the backward's
+    k). Its chunks are 32 K steps, and it checkpoints the state at the backward's, lanes_t k steps
+    apart, from the lanes that end one: k where a backward chunk would be shorter than a forward
+    lane's steps or longer than a forward chunk."""
+    kf = CONFIG["lanes_fwd_k"]
+    if kf is None:
+        return k
+    if kf not in (4, 8, 16):
+        raise ValueError(f"CONFIG lanes_fwd_k must be 4, 8, 16 or None, got {kf!r}")
+    return kf if kf <= lanes_t * k <= 32 * kf else k
+
+
 def _lanes_time(dim: int, groups: int) -> int:
     """Lanes along time in ``triton_lanes``' programs (CONFIG ``lanes_time``: 32, 16 or 8; the
     warp's other 32 / that lanes hold as many channels), doubled until those channels divide one
@@ -447,6 +460,7 @@ def _lanes_bwd_prefetch() -> int:
 class _LaneKernels(NamedTuple):
     fwd: object
     bwd: object
+    fp32_pair: object
 
 
 @cache
@@ -454,7 +468,20 @@ def _lanes() -> _LaneKernels:
     """``triton_lanes``' kernels (imported on first use: that module builds on this one)."""
     from mamba_asr.ops.selective_scan import triton_lanes
 
-    return _LaneKernels(triton_lanes._fwd_lanes_kernel, triton_lanes._bwd_lanes_kernel)
+    return _LaneKernels(triton_lanes._fwd_lanes_kernel, triton_lanes._bwd_lanes_kernel,
+                        triton_lanes._fp32_pair_kernel)  # fmt: skip
+
+
+def _fp32_pair(B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """B and C (contiguous, one half dtype) in fp32, in one buffer written by one kernel (two
+    ``Tensor.float`` calls are two kernels and two dispatches); each as it is where it is fp32."""
+    if B.dtype != C.dtype or B.dtype == torch.float32:
+        return B.float(), C.float()
+    nb, nc = B.numel(), C.numel()
+    out = torch.empty(nb + nc, device=B.device, dtype=torch.float32)
+    launch(_lanes().fp32_pair, (cdiv(nb + nc, 1024),), B, C, out, nb, nc, BLOCK=1024,
+           num_warps=4)  # fmt: skip
+    return out[:nb].view(B.shape), out[nb:].view(C.shape)
 
 
 # CONFIG's time_bwd_prefetch -> the backward kernel's PREFETCH
@@ -486,13 +513,16 @@ class TritonTimeScan(torch.autograd.Function):
         bd, lanes = _block_d(dim, groups), _lanes_k()
         Bk, Ck = B, C  # what the forward kernel reads; the backward reads B and C as given
         if lanes is not None and CONFIG["lanes_bc_fp32"] and B.dtype != torch.float32:
-            Bk, Ck = B.float(), C.float()  # converted once, not once a state in every program
-        tc = CONFIG["time_chunk"] if lanes is None else 32 * lanes
+            Bk, Ck = _fp32_pair(B, C)  # converted once, not once a state in every program
+        tc = CONFIG["time_chunk"]
+        if lanes is not None:  # the backward's chunks: lanes_t lanes of K steps
+            lanes_t = _lanes_time(dim, groups)
+            kf = _lanes_fwd_k(lanes, lanes_t)  # the forward's: 32 lanes of kf steps
+            tc = 32 * kf
         plan = None if lanes is not None else _seq_plan(u, d_state, dim // groups, tc)
         n_chunks = max(cdiv(length, tc if plan is None else plan.every), 1)
         n_ckpt = n_chunks
-        if lanes is not None:  # the backward's chunks: lanes_t lanes of K steps
-            lanes_t = _lanes_time(dim, groups)
+        if lanes is not None:
             n_ckpt = max(cdiv(length, lanes_t * lanes), 1)
         out = torch.empty_like(u)
         save_y = z is not None and any(ctx.needs_input_grad)
@@ -511,7 +541,8 @@ class TritonTimeScan(torch.autograd.Function):
                      SAVE_Y=save_y, N=d_state, FAST=fast_math())  # fmt: skip
         if lanes is not None:  # K steps a lane: triton_lanes.py
             launch(_lanes().fwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, n_chunks,
-                   n_ckpt, **flags, BD=bd, K=lanes, CK=lanes_t, NU=_lanes_unroll(False),
+                   n_ckpt, **flags, BD=bd, K=kf, CK=lanes_t * lanes // kf,
+                   NU=_lanes_unroll(False),
                    CLAMP=CONFIG["lanes_clamp"],
                    PREFETCH=CONFIG["lanes_prefetch"] in (True, "fwd"),
                    BATCH_FAST=CONFIG["time_batch_fast"], num_warps=CONFIG["time_warps"],
@@ -594,9 +625,15 @@ class TritonTimeScan(torch.autograd.Function):
             flags.update(BD=bd, maxnreg=CONFIG["lanes_bwd_maxnreg"])
             if lanes_t < 32:  # one warp holds the program's channels
                 flags["num_warps"] = 1
-            launch(_lanes().bwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, **flags,
-                   K=k, TL=lanes_t, NU=_lanes_unroll(True), PREFETCH=_lanes_bwd_prefetch(),
-                   CLAMP=CONFIG["lanes_clamp"], WHOLE=CONFIG["lanes_bwd_whole"])  # fmt: skip
+            grid = _grid(batch, cdiv(dim // groups, bd), groups)
+            da_lanes = CONFIG["lanes_da_lanes"]  # each program's dA terms per state and lane
+            programs = grid[0] * grid[1] * grid[2]
+            dal = (u.new_empty(programs * d_state * bd * lanes_t, dtype=torch.float32)
+                   if da_lanes else dummy)  # fmt: skip
+            launch(_lanes().bwd, grid, *args[:22], dal, *args[22:], **flags, K=k, TL=lanes_t,
+                   NU=_lanes_unroll(True), PREFETCH=_lanes_bwd_prefetch(),
+                   CLAMP=CONFIG["lanes_clamp"], WHOLE=CONFIG["lanes_bwd_whole"],
+                   DA_LANES=da_lanes)  # fmt: skip
             dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
             return _grads(ctx.info, A32, ctx.bc, du, ddelta, dA, zeros, dD, dz, dbias, dh0)
         launch(_bwd_time_kernel, grid, *args, **flags, TC=tc, NU=CONFIG["time_unroll"],
