@@ -230,6 +230,7 @@ def main(argv=None) -> None:
         for name, fn, consts, warps, stages in scan_kernels(dtype):
             types = ptr_types(name, dtype)
             maxnreg = {"time bwd": tk.CONFIG["time_bwd_maxnreg"],
+                       "lanes fwd": tk.CONFIG["lanes_fwd_maxnreg"],
                        "lanes bwd": tk.CONFIG["lanes_bwd_maxnreg"],
                        "seq bwd": tk.CONFIG["seq_bwd_maxnreg"]}.get(name)  # fmt: skip
             r = resources(

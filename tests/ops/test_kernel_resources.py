@@ -95,9 +95,10 @@ def test_seq_kernels_compile_for_sm90_without_spills(dtype):
     "overrides",
     [{"lanes_k": 8}, {"lanes_time": 8}, {"lanes_time": 32, "lanes_bwd_maxnreg": None},
      {"lanes_bwd_pingpong": True}, {"lanes_clamp": True, "lanes_bwd_whole": True},
-     {"lanes_da_lanes": True}],
+     {"lanes_da_lanes": True, "lanes_fwd_k": 8, "lanes_unroll": [2, 1],
+      "lanes_fwd_maxnreg": 64}],
     ids=["k8", "four-channels-a-warp", "one-channel-a-warp", "pingpong", "clamp-whole",
-         "da-lanes"],
+         "da-lanes-forward-k8"],
 )  # fmt: skip
 def test_lanes_settings_compile_for_sm90(overrides, monkeypatch):
     """Settings other than the defaults compile too (a CUDA compile error, such as a constexpr
@@ -110,7 +111,7 @@ def test_lanes_settings_compile_for_sm90(overrides, monkeypatch):
         monkeypatch.setitem(tk.CONFIG, key, value)
     for name, fn, consts, warps, stages in kr.scan_kernels("bf16"):
         if name.startswith("lanes"):
-            cap = tk.CONFIG["lanes_bwd_maxnreg"] if name == "lanes bwd" else None
+            cap = tk.CONFIG["lanes_bwd_maxnreg" if name == "lanes bwd" else "lanes_fwd_maxnreg"]
             r = kr.resources(
                 kr.compile_for(
                     fn, consts, kr.ptr_types(name, "bf16"), 90, warps, stages, maxnreg=cap

@@ -542,11 +542,11 @@ class TritonTimeScan(torch.autograd.Function):
         if lanes is not None:  # K steps a lane: triton_lanes.py
             launch(_lanes().fwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, n_chunks,
                    n_ckpt, **flags, BD=bd, K=kf, CK=lanes_t * lanes // kf,
-                   NU=_lanes_unroll(False),
-                   CLAMP=CONFIG["lanes_clamp"],
+                   NU=_lanes_unroll(False), CLAMP=CONFIG["lanes_clamp"],
                    PREFETCH=CONFIG["lanes_prefetch"] in (True, "fwd"),
                    BATCH_FAST=CONFIG["time_batch_fast"], num_warps=CONFIG["time_warps"],
-                   num_stages=CONFIG["time_stages"])  # fmt: skip
+                   num_stages=CONFIG["time_stages"],
+                   maxnreg=CONFIG["lanes_fwd_maxnreg"])  # fmt: skip
         elif plan is not None:  # one thread per (channel, state): gluon_seq.py
             warps, block = plan.fwd
             launch(fwd_seq_kernel, (batch, cdiv(dim // groups, block), groups), *args,
