@@ -4,8 +4,9 @@
 #   ncu      Nsight Compute (--set full: occupancy, issue rate, stall reasons, per-instruction
 #            samples) on our time-parallel kernels (scripts/device/scan_ncu.py, B8 D1024 L2048,
 #            fp32 and bf16);
-#   tests    our CUDA tests of the scan and of the direct launches, and state-spaces/mamba's test
-#            against our kernel;
+#   tests    our CUDA tests of the scan and of the direct launches (TESTS_DIRECT=0: not the
+#            scan's again with direct launches), and state-spaces/mamba's test against our kernel
+#            (TESTS_PEER=0: not);
 #   host     host time against GPU time per call (scripts/device/scan_host.py, with --cprofile),
 #            with triton's launches and with the direct ones (MAMBA_ASR_TRITON_LAUNCH=direct);
 #   bench    benchmarks/scan_cuda.py beside the peer, with VARIANTS ('NAME=JSON ...', CONFIG
@@ -53,7 +54,8 @@
 #            --rounds 2 --gpu), then state-spaces/mamba's test against each K (LANES_CONFIG: CONFIG
 #            entries for the CUDA tests; LANES_MAMBA=0 skips the BiMamba ones; LANES_ROUNDS;
 #            LANES_PEER_K, the K the peer's test runs with, "" none; LANES_PEER_CONFIG, its
-#            whole CONFIG instead; LANES_TESTS=0 skips our CUDA tests);
+#            whole CONFIG instead; LANES_TESTS=0 skips our CUDA tests, LANES_SELECT picks among
+#            them, a pytest -k expression, default "cuda and lanes");
 #   lanes_ncu  Nsight Compute on triton_lanes' kernels (LANES_K, default 4);
 #   ncu_cfg  Nsight Compute on the kernels matching NCU_KERNEL (default _fwd_lanes) under each
 #            CONFIG of NCU_CONFIGS ('NAME=JSON ...', default one with none), NCU_DTYPES
@@ -122,13 +124,14 @@ for part in $PARTS; do
     ncu_report ours ;;
   tests)
     python3 -m pytest -q -p no:cacheprovider -n 12 tests/ops/test_selective_scan_triton.py \
-      tests/ops/test_selective_scan.py tests/ops/test_triton_launch.py 2>&1 | tail -3 \
-      | tee "$out/pytest_scan.txt"
-    MAMBA_ASR_TRITON_LAUNCH=direct python3 -m pytest -q -p no:cacheprovider -n 12 \
-      tests/ops/test_selective_scan_triton.py 2>&1 | tail -1 | sed 's/^/direct launches: /' \
-      | tee -a "$out/pytest_scan.txt"
-    python3 -m pytest -q -p no:cacheprovider -n 12 "$PEER_TEST" 2>&1 \
-      | tail -2 | tee "$out/pytest_peer_test_ours.txt" ;;
+      tests/ops/test_selective_scan.py tests/ops/test_triton_launch.py > "$out/pytest_scan.log" 2>&1
+    grep -E "^(E |FAILED|ERROR)" "$out/pytest_scan.log" | head -40
+    tail -3 "$out/pytest_scan.log" | tee "$out/pytest_scan.txt"
+    [ "${TESTS_DIRECT:-1}" = 1 ] && MAMBA_ASR_TRITON_LAUNCH=direct python3 -m pytest -q \
+      -p no:cacheprovider -n 12 tests/ops/test_selective_scan_triton.py 2>&1 | tail -1 \
+      | sed 's/^/direct launches: /' | tee -a "$out/pytest_scan.txt"
+    [ "${TESTS_PEER:-1}" = 1 ] && python3 -m pytest -q -p no:cacheprovider -n 12 "$PEER_TEST" \
+      2>&1 | tail -2 | tee "$out/pytest_peer_test_ours.txt" ;;
   host)
     peer_ready "$dest"
     python3 scripts/device/scan_host.py --cprofile --json "$out/scan_host.json" 2>&1 \
@@ -163,18 +166,19 @@ for part in $PARTS; do
     MAMBA_ASR_TRITON_SCAN_CONFIG='{"kernel": "seq"}' python3 -m pytest -q -p no:cacheprovider \
       -n 12 "$PEER_TEST" 2>&1 | tail -2 | tee "$out/pytest_peer_test_seq.txt" ;;
   lanes)
-    peer_ready "$dest"
     lanes_cfg="${LANES_CONFIG:-}"
     [ -n "$lanes_cfg" ] || lanes_cfg='{}'
     if [ "${LANES_TESTS:-1}" = 1 ]; then
       MAMBA_ASR_TRITON_SCAN_CONFIG="$lanes_cfg" python3 -m pytest -q -p no:cacheprovider -n 8 \
-        tests/ops/test_selective_scan_triton.py -k "cuda and lanes" > "$out/pytest_lanes.log" 2>&1
+        tests/ops/test_selective_scan_triton.py -k "${LANES_SELECT:-cuda and lanes}" \
+        > "$out/pytest_lanes.log" 2>&1
       grep -E "^(E |FAILED|ERROR)" "$out/pytest_lanes.log" | head -40
       tail -3 "$out/pytest_lanes.log" | tee "$out/pytest_lanes.txt"
     fi
     [ "${LANES_MAMBA:-1}" = 1 ] && MAMBA_ASR_TRITON_SCAN_CONFIG="$lanes_cfg" python3 -m pytest \
       -q -p no:cacheprovider -n 8 tests/modules/test_mamba.py -k "cuda or fused" 2>&1 \
       | tail -2 | sed 's/^/mamba: /' | tee -a "$out/pytest_lanes.txt"
+    peer_ready "$dest"  # the tests above ran while it was built
     python3 benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 30 \
       --rounds ${LANES_ROUNDS:-2} --gpu --variant ${LANES_VARIANTS:-time='{"kernel": "time"}' \
       pingpong='{"lanes_bwd_pingpong": true}' bwd_u2='{"lanes_unroll": [4, 2]}' \
