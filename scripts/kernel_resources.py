@@ -152,7 +152,6 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
                  BATCH_FAST=cfg["time_batch_fast"])  # fmt: skip
     lanes_bwd = dict(lanes, TL=lanes_t, BD=tt._lanes_bwd_block(cfg["time_bd"], lanes_t))
     pf = cfg["lanes_prefetch"]
-    kf = tt._lanes_fwd_k(cfg["lanes_k"], lanes_t)  # the forward's K
 
     seq = []
     block, bwd = tt.seq_blocks(d_state, 1024)  # the anchors' 1024 channels
@@ -178,12 +177,11 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
          cfg["time_warps"], cfg["time_stages"]),
         ("lanes fwd", triton_lanes._fwd_lanes_kernel,
          dict(lanes, SAVE_Y=True, NU=tt._lanes_unroll(False), PREFETCH=pf in (True, "fwd"),
-              K=kf, CK=lanes_t * cfg["lanes_k"] // kf, CLAMP=cfg["lanes_clamp"]),
+              CK=lanes_t),
          cfg["time_warps"], cfg["time_stages"]),
         ("lanes bwd", triton_lanes._bwd_lanes_kernel,
          dict(lanes_bwd, HAS_DLAST=False, NU=tt._lanes_unroll(True),
-              PREFETCH=tt._lanes_bwd_prefetch(), CLAMP=cfg["lanes_clamp"],
-              WHOLE=cfg["lanes_bwd_whole"], DA_LANES=cfg["lanes_da_lanes"]),
+              PREFETCH=tt._lanes_bwd_prefetch(), WHOLE=cfg["lanes_bwd_whole"]),
          cfg["time_warps"], cfg["time_stages"]),
         *seq,
     ]  # fmt: skip

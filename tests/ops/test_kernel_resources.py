@@ -94,11 +94,8 @@ def test_seq_kernels_compile_for_sm90_without_spills(dtype):
 @pytest.mark.parametrize(
     "overrides",
     [{"lanes_k": 8}, {"lanes_time": 8}, {"lanes_time": 32, "lanes_bwd_maxnreg": None},
-     {"lanes_bwd_pingpong": True}, {"lanes_clamp": True, "lanes_bwd_whole": True},
-     {"lanes_da_lanes": True, "lanes_fwd_k": 8, "lanes_unroll": [2, 1],
-      "lanes_fwd_maxnreg": 64}],
-    ids=["k8", "four-channels-a-warp", "one-channel-a-warp", "pingpong", "clamp-whole",
-         "da-lanes-forward-k8"],
+     {"lanes_bwd_pingpong": True}, {"lanes_bwd_whole": True, "lanes_fwd_maxnreg": 64}],
+    ids=["k8", "four-channels-a-warp", "one-channel-a-warp", "pingpong", "whole-forward-cap"],
 )  # fmt: skip
 def test_lanes_settings_compile_for_sm90(overrides, monkeypatch):
     """Settings other than the defaults compile too (a CUDA compile error, such as a constexpr

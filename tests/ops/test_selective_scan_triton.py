@@ -121,29 +121,24 @@ def _check_interpreted(case, config: str):
 # a lane, four channels a program on four warps, two states a loop step in the forward and three
 # (not a divisor of 16) in the backward, nothing loaded ahead, both kernels reading B and C cast
 # to fp32, in bf16; the backward alternating two states' loads (ping-pong) over an odd number of
-# states, after a forward of 8 steps a lane (chunks of 256: checkpoints from four lanes a chunk);
-# the backward with one channel a warp (chunks of 128 steps; the defaults: two channels, chunks
-# of 64) after a forward of 16 steps a lane, and with four (chunks of 32 steps, the last one part
-# empty), both keeping dA's terms per lane over the chunks (lanes_da_lanes); the loads ahead
-# unmasked (lanes_clamp) and whole chunks' state loop without masks along time (lanes_bwd_whole),
-# on inputs followed by NaNs
+# states; the backward with one channel a warp (chunks of 128 steps; the defaults: two channels,
+# chunks of 64) and with four (chunks of 32 steps, the last one part empty); whole chunks' state
+# loop without masks along time (lanes_bwd_whole) on inputs followed by NaNs, after a forward
+# capped at 64 registers
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
     [((1, 8, 5, 300, 2, True, "float32", True, True), {"kernel": "lanes"}),
      (CASES[5], {"kernel": "lanes", "lanes_k": 8, "time_bd": 4, "time_warps": 4,
                  "lanes_unroll": [2, 3], "lanes_prefetch": False, "lanes_bc_fp32": "both"}),
-     ((1, 8, 5, 300, 2, True, "float32", True),
-      {"kernel": "lanes", "lanes_bwd_pingpong": True, "lanes_fwd_k": 8}),
-     ((1, 8, 5, 300, 2, True, "float32", True),
-      {"kernel": "lanes", "lanes_time": 32, "lanes_da_lanes": True, "lanes_fwd_k": 16}),
-     ((2, 8, 4, 75, None, False, "bfloat16", False),
-      {"kernel": "lanes", "lanes_time": 8, "lanes_da_lanes": True}),
+     ((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes", "lanes_bwd_pingpong": True}),
+     ((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes", "lanes_time": 32}),
+     ((2, 8, 4, 75, None, False, "bfloat16", False), {"kernel": "lanes", "lanes_time": 8}),
      ((1, 8, 5, 300, 2, True, "float32", True, True),
-      {"kernel": "lanes", "lanes_clamp": True, "lanes_bwd_whole": True})],
+      {"kernel": "lanes", "lanes_bwd_whole": True, "lanes_fwd_maxnreg": 64})],
     ids=["k4-three-chunks", "k8-four-channels-bf16", "k4-pingpong-odd-states",
          "k4-one-channel-a-warp", "k4-four-channels-over-the-lanes-bf16",
-         "k4-clamp-whole-chunks"],
+         "k4-whole-chunks"],
 )  # fmt: skip
 def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
     _check_interpreted(case, json.dumps(overrides))
@@ -170,8 +165,6 @@ def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
         "lanes_t8",
         "lanes_bc32",
         "lanes_whole",
-        "lanes_dal",
-        "lanes_fk8",
     ],
 )
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
@@ -183,9 +176,8 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     states' loads (lanes_bwd_pingpong); lanes_t32, lanes_t8: the backward with one channel a warp
     and with four over its lanes (lanes_time 32 and 8; the defaults: two); lanes_bc32: the
     backward reading the forward's fp32 copies of B and C (lanes_bc_fp32 "both"); lanes_whole:
-    no mask a state (lanes_clamp) and whole chunks without masks along time (lanes_bwd_whole);
-    lanes_dal: dA's terms kept per lane over the chunks, summed once (lanes_da_lanes); lanes_fk8:
-    the forward with 8 steps a lane before the backward's 4 (lanes_fwd_k)."""
+    whole chunks without masks along time (lanes_bwd_whole), after a forward capped at 64
+    registers (lanes_fwd_maxnreg)."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -204,11 +196,7 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     if kernel == "lanes_bc32":
         config.update(lanes_bc_fp32="both")
     if kernel == "lanes_whole":
-        config.update(lanes_clamp=True, lanes_bwd_whole=True)
-    if kernel == "lanes_dal":
-        config.update(lanes_da_lanes=True)
-    if kernel == "lanes_fk8":
-        config.update(lanes_fwd_k=8)
+        config.update(lanes_bwd_whole=True, lanes_fwd_maxnreg=64)
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [
@@ -221,26 +209,6 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
             assert plan is not None and (plan.bwd is not None) == both, plan
         errs = errors(case, "cuda")
         assert all(e <= TOL[dtype] for e in errs.values()), (case, errs)
-
-
-def test_lanes_forward_k_keeps_the_backward_checkpoints(monkeypatch):
-    """CONFIG lanes_fwd_k: the forward's steps a lane, where its chunks (32 lanes of them) hold
-    whole backward chunks (lanes_time lanes of lanes_k steps) and a lane's steps do not cross one;
-    otherwise the backward's K; a value other than 4, 8, 16 or None is refused by name."""
-    from mamba_asr.ops.selective_scan import triton_kernel, triton_time
-
-    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_fwd_k", None)
-    assert triton_time._lanes_fwd_k(4, 16) == 4
-    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_fwd_k", 8)
-    assert triton_time._lanes_fwd_k(4, 16) == 8  # checkpoints from every 8th lane
-    assert triton_time._lanes_fwd_k(4, 8) == 8  # a backward chunk of 32 steps: 4 lanes
-    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_fwd_k", 4)
-    assert triton_time._lanes_fwd_k(8, 32) == 8  # 256-step backward chunks: longer than 128
-    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_fwd_k", 16)
-    assert triton_time._lanes_fwd_k(4, 8) == 16 and triton_time._lanes_fwd_k(4, 2) == 4
-    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_fwd_k", 6)
-    with pytest.raises(ValueError, match="lanes_fwd_k"):
-        triton_time._lanes_fwd_k(4, 16)
 
 
 def test_lanes_channels_a_backward_warp_divide_a_group(monkeypatch):

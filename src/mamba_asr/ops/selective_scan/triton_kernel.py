@@ -68,14 +68,12 @@ from torch import Tensor
 # add, serves that many channels, over chunks of lanes_time K steps; the forward keeps 32 lanes
 # and one channel a program and checkpoints the state at the backward's chunks);
 # lanes_bwd_maxnreg: the lanes backward's register cap (time_bwd_maxnreg is the time kernels');
-# lanes_clamp: where a loop step's states all exist, no mask a state (the loads ahead of the last
-# step read state N - 1 again); lanes_bwd_whole: chunks wholly before L take a copy of the
-# backward's state loop with no mask along time (fewer instructions a state, but on an H100 the
-# two together took 8-23% more time; off, to be timed apart);
-# lanes_da_lanes: the lanes backward keeps dA's terms per lane and state over its chunks (in a
-# row of its own in memory) and sums them over the lanes once at its end, not every chunk;
-# lanes_fwd_k: the lanes forward's steps a lane (None: lanes_k), where its chunks of 32 lanes
-# hold whole backward chunks (it checkpoints the backward's chunks from the lanes that end one);
+# lanes_bwd_whole: chunks wholly before L take a copy of the backward's state loop with no mask
+# along time (14 fewer instructions a state on sm_90; on an H100 within 1% of the defaults: less
+# in bf16, more in fp32 at L 8192; off). Timed on an H100 and taken out again as slower: no mask a
+# state, the loads ahead of the last reading state N - 1 again (3-10%); dA's terms kept per lane
+# over the chunks and summed once (7 fewer instructions a state; the same, 4% more at L 8192);
+# the forward with 8 steps a lane (25% fewer instructions a state; 3-42% more time);
 # lanes_fwd_maxnreg: the lanes forward's register cap;
 # time_fwd: "seq" for gluon_seq's forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
@@ -88,8 +86,7 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "seq_bwd_warps": 1, "seq_bwd_maxnreg": None, "seq_prefetch": 1, "lanes_k": 4,
           "lanes_unroll": [4, 1], "lanes_prefetch": "bwd", "lanes_bc_fp32": True,
           "lanes_bwd_pingpong": False, "lanes_time": 16, "lanes_bwd_maxnreg": 128,
-          "lanes_clamp": False, "lanes_bwd_whole": False, "lanes_da_lanes": False,
-          "lanes_fwd_k": None, "lanes_fwd_maxnreg": None}  # fmt: skip
+          "lanes_bwd_whole": False, "lanes_fwd_maxnreg": None}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

@@ -155,20 +155,14 @@ def _load_bc(ptr, t0, L, lane, ok, K: tl.constexpr, BD: tl.constexpr = 1,
 def _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L, lane,
                  N: tl.constexpr, NU: tl.constexpr, K: tl.constexpr, CARRY: tl.constexpr,
                  BD: tl.constexpr = 1, TL: tl.constexpr = 32,
-                 CLAMP: tl.constexpr = False, TAIL: tl.constexpr = True):  # fmt: skip
+                 TAIL: tl.constexpr = True):  # fmt: skip
     """What states n0 .. n0 + NU - 1 read in a chunk, flat, per state: A (BD,), the state entering
     the chunk (at hrow, zero where not hok), with CARRY the adjoint's carry (at src, zero where not
-    sok), then K B and K C (1, 32) tensors; zeros past N, unless CLAMP and NU divides N: the
-    caller then uses states below N alone, and the loads ahead of its last loop step read state
-    N - 1 again, with no mask a state. TAIL as ``_load_k``'s."""
+    sok), then K B and K C (1, 32) tensors; zeros past N. TAIL as ``_load_k``'s."""
     out = ()
     for j in tl.static_range(NU):
-        if CLAMP and N % NU == 0:
-            n = tl.minimum(n0 + j, N - 1)
-            ok = True
-        else:
-            n = n0 + j
-            ok = n < N
+        n = n0 + j
+        ok = n < N
         out = out + (
             tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0),
             tl.load(hrow + n, mask=hok & ok, other=0.0),
@@ -308,8 +302,7 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                       HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr,
                       SAVE_Y: tl.constexpr, N: tl.constexpr, BD: tl.constexpr, K: tl.constexpr,
                       NU: tl.constexpr, PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
-                      FAST: tl.constexpr, CK: tl.constexpr = 32,
-                      CLAMP: tl.constexpr = False):  # fmt: skip
+                      FAST: tl.constexpr, CK: tl.constexpr = 32):  # fmt: skip
     # ckpt: (B, D, n_ckpt, N) fp32, slot s >= 1 the state entering step s CK K (the backward's
     # chunks: CK lanes of K steps; the forward's chunks are 32 K steps, so with CK < 32 it stores
     # 32 / CK of them a chunk, from the lanes that end one); last: as triton_time's forward
@@ -350,20 +343,19 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         S: tl.constexpr = 2 + 2 * K  # values a state in _state_loads' tuple
         if PREFETCH:
             nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d, md, bc0, t0,
-                               L, lane, N, NU, K, False, BD, TL, CLAMP)  # fmt: skip
+                               L, lane, N, NU, K, False, BD, TL)  # fmt: skip
         for n0 in range(0, N, NU):
             # PREFETCH: the next states' A, entering state, B and C loaded a loop step ahead
             if PREFETCH:
                 cur = nxt
                 nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d,
-                                   md, bc0, t0, L, lane, N, NU, K, False, BD, TL,
-                                   CLAMP)  # fmt: skip
+                                   md, bc0, t0, L, lane, N, NU, K, False, BD, TL)  # fmt: skip
             else:
                 cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d, md,
-                                   bc0, t0, L, lane, N, NU, K, False, BD, TL, CLAMP)  # fmt: skip
+                                   bc0, t0, L, lane, N, NU, K, False, BD, TL)  # fmt: skip
             for j in tl.static_range(NU):
                 n = n0 + j
-                ok = True if CLAMP and N % NU == 0 else n < N  # True: every state exists
+                ok = n < N
                 A2 = cur[j * S] * LOG2E
                 h0 = cur[j * S + 1]
                 Bs = cur[j * S + 2 : j * S + 2 + K]
@@ -391,17 +383,11 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
 @triton.jit
 def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst, dA_ptr, dB_ptr,
                dC_ptr, offs_d, md, bc0, t0, L, N: tl.constexpr, K: tl.constexpr,
-               TL: tl.constexpr, TAIL: tl.constexpr = True, das=None, dal=None, dal_in=None,
-               DA_LANES: tl.constexpr = False):  # fmt: skip
+               TL: tl.constexpr, TAIL: tl.constexpr = True):  # fmt: skip
     """One state's part of a chunk's backward (state n, the j-th in cur, ``_state_loads``' tuple):
     the adjoint, the carry for the chunk before, dA, dB and dC added in; returns ddt and dus with
-    its terms added. With DA_LANES, dA's per-lane terms are added to the program's own row of
-    them (das + n BD TL + dal, (BD, TL) offsets; read unless not dal_in, in the first chunk)
-    rather than summed over the lanes and added atomically every chunk."""
+    its terms added."""
     S: tl.constexpr = 3 + 2 * K  # values a state in _state_loads' tuple
-    if DA_LANES:  # read first: its latency hides behind the state's work
-        row = das + n * (dts[0].shape[0] * TL) + dal
-        prev = tl.load(row, mask=dal_in & ok, other=0.0)
     A = cur[j * S]
     h0 = cur[j * S + 1]
     carry = cur[j * S + 2]  # enters the chunk's last step
@@ -441,11 +427,8 @@ def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst
         dCs = dCs + (hs[k] * gy[k],)
     ddt = ndt
     dus = ndu
-    if DA_LANES:
-        tl.store(row, prev + dA, mask=ok)
-    else:
-        tl.atomic_add(dA_ptr + offs_d * N + n, tl.sum(dA, axis=1), mask=md & ok,
-                      sem="relaxed")  # fmt: skip
+    tl.atomic_add(dA_ptr + offs_d * N + n, tl.sum(dA, axis=1), mask=md & ok,
+                  sem="relaxed")  # fmt: skip
     _add_bc(dB_ptr + bc0 + n * L, t0, L, lane, ok, dBs, K, TL, TAIL)
     _add_bc(dC_ptr + bc0 + n * L, t0, L, lane, ok, dCs, K, TL, TAIL)
     return ddt, dus
@@ -455,68 +438,61 @@ def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst
 def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
                 bc0, t0, L, lane, up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, N: tl.constexpr,
                 NU: tl.constexpr, K: tl.constexpr, PREFETCH: tl.constexpr, BD: tl.constexpr,
-                TL: tl.constexpr, TAIL: tl.constexpr, CLAMP: tl.constexpr, das, dal, dal_in,
-                DA_LANES: tl.constexpr):  # fmt: skip
+                TL: tl.constexpr, TAIL: tl.constexpr):  # fmt: skip
     """A chunk's loop over the states (``_bwd_state`` each, their loads as PREFETCH says); returns
     ddt and dus with every state's terms added. Without TAIL the chunk lies before L: no step of it
-    is masked. CLAMP as ``_state_loads``'."""
+    is masked."""
     if PREFETCH == 2:  # ping-pong: two states' loads live, none copied between them (NU 1)
         a = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L,
-                         lane, N, 1, K, True, BD, TL, False, TAIL)  # fmt: skip
+                         lane, N, 1, K, True, BD, TL, TAIL)  # fmt: skip
         for n0 in range(0, N, 2):
             b = _state_loads(n0 + 1, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
-                             bc0, t0, L, lane, N, 1, K, True, BD, TL, False, TAIL)  # fmt: skip
+                             bc0, t0, L, lane, N, 1, K, True, BD, TL, TAIL)  # fmt: skip
             ddt, dus = _bwd_state(a, 0, n0, n0 < N, ddt, dus, dts, dtus, gy, lane, up,
                                   first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md, bc0,
-                                  t0, L, N, K, TL, TAIL, das, dal, dal_in,
-                                  DA_LANES)  # fmt: skip
+                                  t0, L, N, K, TL, TAIL)  # fmt: skip
             a = _state_loads(n0 + 2, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
-                             bc0, t0, L, lane, N, 1, K, True, BD, TL, False, TAIL)  # fmt: skip
+                             bc0, t0, L, lane, N, 1, K, True, BD, TL, TAIL)  # fmt: skip
             ddt, dus = _bwd_state(b, 0, n0 + 1, n0 + 1 < N, ddt, dus, dts, dtus, gy, lane,
                                   up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md,
-                                  bc0, t0, L, N, K, TL, TAIL, das, dal, dal_in,
-                                  DA_LANES)  # fmt: skip
+                                  bc0, t0, L, N, K, TL, TAIL)  # fmt: skip
     else:
         if PREFETCH:
             nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0,
-                               t0, L, lane, N, NU, K, True, BD, TL, CLAMP, TAIL)  # fmt: skip
+                               t0, L, lane, N, NU, K, True, BD, TL, TAIL)  # fmt: skip
         for n0 in range(0, N, NU):
             if PREFETCH:  # as in the forward
                 cur = nxt
                 nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d,
-                                   md, bc0, t0, L, lane, N, NU, K, True, BD, TL, CLAMP,
+                                   md, bc0, t0, L, lane, N, NU, K, True, BD, TL,
                                    TAIL)  # fmt: skip
             else:
                 cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
-                                   bc0, t0, L, lane, N, NU, K, True, BD, TL, CLAMP,
+                                   bc0, t0, L, lane, N, NU, K, True, BD, TL,
                                    TAIL)  # fmt: skip
             for j in tl.static_range(NU):
-                ok = True if CLAMP and N % NU == 0 else n0 + j < N  # True: all states exist
+                ok = n0 + j < N
                 ddt, dus = _bwd_state(cur, j, n0 + j, ok, ddt, dus, dts, dtus, gy,
                                       lane, up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr,
-                                      offs_d, md, bc0, t0, L, N, K, TL, TAIL, das, dal,
-                                      dal_in, DA_LANES)  # fmt: skip
+                                      offs_d, md, bc0, t0, L, N, K, TL, TAIL)  # fmt: skip
     return ddt, dus
 
 
 @triton.jit
 def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
                       ypre_ptr, ckpt_ptr, dout_ptr, dlast_ptr, dhbuf_ptr, du_ptr, ddelta_ptr,
-                      dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, dal_ptr, D, L, G,
-                      n_chunks,
+                      dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, D, L, G, n_chunks,
                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                       HAS_H0: tl.constexpr, HAS_DLAST: tl.constexpr,
                       SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr, N: tl.constexpr,
                       BD: tl.constexpr, K: tl.constexpr, NU: tl.constexpr,
                       PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
-                      FAST: tl.constexpr, TL: tl.constexpr = 32, CLAMP: tl.constexpr = False,
-                      WHOLE: tl.constexpr = False, DA_LANES: tl.constexpr = False):  # fmt: skip
+                      FAST: tl.constexpr, TL: tl.constexpr = 32,
+                      WHOLE: tl.constexpr = False):  # fmt: skip
     # dhbuf: (2, B, D, N) fp32, a_t dLoss/dh_t at the first step t of the chunk after the one
     # being processed (for the last chunk: dLoss/d(last state) from dlast, or zeros), alternating
     # between the two halves; at the end the half n_chunks % 2 holds dLoss/d(initial state).
-    # dA (D, N), dD and d(delta_bias) (D,), dB and dC: fp32 zeros on entry, added to atomically;
-    # with DA_LANES dal: (programs, N, BD TL) fp32, each program's dA terms per state and lane over
-    # its chunks, summed over the lanes and added to dA once at the end
+    # dA (D, N), dD and d(delta_bias) (D,), dB and dC: fp32 zeros on entry, added to atomically
     offs_d, md, rows, bc0, ck = program_channels(ckpt_ptr, D, L, G, n_chunks, N, BD, BATCH_FAST)
     lane = tl.arange(0, TL)
     if TL < 32:  # the tiles' rows for _load_steps: the first (the same in every lane), flat mask
@@ -532,11 +508,6 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
     first_lane = md[:, None] & (lane == 0)[None, :]
     up = tl.minimum(lane + 1, TL - 1)
     dD = tl.zeros((BD, TL), tl.float32)  # per lane, summed at the end
-    dal = tl.arange(0, BD)[:, None] * TL + lane[None, :]  # a (BD, TL) tile's offsets in a row
-    pid = tl.program_id(0) + tl.num_programs(0) * (
-        tl.program_id(1) + tl.num_programs(1) * tl.program_id(2)
-    )
-    das = dal_ptr + pid.to(tl.int64) * (N * BD * TL)  # this program's rows of dA terms
     dbias = tl.zeros((BD, TL), tl.float32)
     for cc in range(n_chunks):
         c = n_chunks - 1 - cc
@@ -580,13 +551,13 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         if WHOLE and t0 + TL * K <= L:  # a whole chunk: a copy of the state loop, no mask in time
             ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src,
                                    sok, offs_d, md, bc0, t0, L, lane, up, first_lane, dst, dA_ptr,
-                                   dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL, False,
-                                   CLAMP, das, dal, cc > 0, DA_LANES)  # fmt: skip
+                                   dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL,
+                                   False)  # fmt: skip
         else:
             ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src,
                                    sok, offs_d, md, bc0, t0, L, lane, up, first_lane, dst, dA_ptr,
-                                   dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL, True,
-                                   CLAMP, das, dal, cc > 0, DA_LANES)  # fmt: skip
+                                   dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL,
+                                   True)  # fmt: skip
         dds = ()
         dss = ()
         # u and delta again (cached), rather than held in registers over the states
@@ -604,10 +575,6 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         _store_steps(ddelta_ptr, rsel, t0, L, msel, lane, dds, K, BD, TL)
         _store_steps(du_ptr, rsel, t0, L, msel, lane, dss, K, BD, TL)
         tl.debug_barrier()  # the carries just stored are read by other threads next chunk
-    if DA_LANES:
-        for n in range(N):
-            terms = tl.load(das + n * (BD * TL) + dal)
-            tl.atomic_add(dA_ptr + offs_d * N + n, tl.sum(terms, axis=1), mask=md, sem="relaxed")
     if HAS_D:
         tl.atomic_add(dD_ptr + offs_d, tl.sum(dD, axis=1), mask=md, sem="relaxed")
     if HAS_BIAS:

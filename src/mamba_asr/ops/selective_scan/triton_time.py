@@ -410,19 +410,6 @@ def _lanes_k() -> int | None:
     return k
 
 
-def _lanes_fwd_k(k: int, lanes_t: int) -> int:
-    """K of ``triton_lanes``' forward (CONFIG ``lanes_fwd_k``: 4, 8 or 16; None: the backward's
-    k). Its chunks are 32 K steps, and it checkpoints the state at the backward's, lanes_t k steps
-    apart, from the lanes that end one: k where a backward chunk would be shorter than a forward
-    lane's steps or longer than a forward chunk."""
-    kf = CONFIG["lanes_fwd_k"]
-    if kf is None:
-        return k
-    if kf not in (4, 8, 16):
-        raise ValueError(f"CONFIG lanes_fwd_k must be 4, 8, 16 or None, got {kf!r}")
-    return kf if kf <= lanes_t * k <= 32 * kf else k
-
-
 def _lanes_time(dim: int, groups: int) -> int:
     """Lanes along time in ``triton_lanes``' programs (CONFIG ``lanes_time``: 32, 16 or 8; the
     warp's other 32 / that lanes hold as many channels), doubled until those channels divide one
@@ -514,15 +501,12 @@ class TritonTimeScan(torch.autograd.Function):
         Bk, Ck = B, C  # what the forward kernel reads; the backward reads B and C as given
         if lanes is not None and CONFIG["lanes_bc_fp32"] and B.dtype != torch.float32:
             Bk, Ck = _fp32_pair(B, C)  # converted once, not once a state in every program
-        tc = CONFIG["time_chunk"]
-        if lanes is not None:  # the backward's chunks: lanes_t lanes of K steps
-            lanes_t = _lanes_time(dim, groups)
-            kf = _lanes_fwd_k(lanes, lanes_t)  # the forward's: 32 lanes of kf steps
-            tc = 32 * kf
+        tc = CONFIG["time_chunk"] if lanes is None else 32 * lanes
         plan = None if lanes is not None else _seq_plan(u, d_state, dim // groups, tc)
         n_chunks = max(cdiv(length, tc if plan is None else plan.every), 1)
         n_ckpt = n_chunks
-        if lanes is not None:
+        if lanes is not None:  # the backward's chunks: lanes_t lanes of K steps
+            lanes_t = _lanes_time(dim, groups)
             n_ckpt = max(cdiv(length, lanes_t * lanes), 1)
         out = torch.empty_like(u)
         save_y = z is not None and any(ctx.needs_input_grad)
@@ -541,8 +525,7 @@ class TritonTimeScan(torch.autograd.Function):
                      SAVE_Y=save_y, N=d_state, FAST=fast_math())  # fmt: skip
         if lanes is not None:  # K steps a lane: triton_lanes.py
             launch(_lanes().fwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, n_chunks,
-                   n_ckpt, **flags, BD=bd, K=kf, CK=lanes_t * lanes // kf,
-                   NU=_lanes_unroll(False), CLAMP=CONFIG["lanes_clamp"],
+                   n_ckpt, **flags, BD=bd, K=lanes, CK=lanes_t, NU=_lanes_unroll(False),
                    PREFETCH=CONFIG["lanes_prefetch"] in (True, "fwd"),
                    BATCH_FAST=CONFIG["time_batch_fast"], num_warps=CONFIG["time_warps"],
                    num_stages=CONFIG["time_stages"],
@@ -625,15 +608,9 @@ class TritonTimeScan(torch.autograd.Function):
             flags.update(BD=bd, maxnreg=CONFIG["lanes_bwd_maxnreg"])
             if lanes_t < 32:  # one warp holds the program's channels
                 flags["num_warps"] = 1
-            grid = _grid(batch, cdiv(dim // groups, bd), groups)
-            da_lanes = CONFIG["lanes_da_lanes"]  # each program's dA terms per state and lane
-            programs = grid[0] * grid[1] * grid[2]
-            dal = (u.new_empty(programs * d_state * bd * lanes_t, dtype=torch.float32)
-                   if da_lanes else dummy)  # fmt: skip
-            launch(_lanes().bwd, grid, *args[:22], dal, *args[22:], **flags, K=k, TL=lanes_t,
-                   NU=_lanes_unroll(True), PREFETCH=_lanes_bwd_prefetch(),
-                   CLAMP=CONFIG["lanes_clamp"], WHOLE=CONFIG["lanes_bwd_whole"],
-                   DA_LANES=da_lanes)  # fmt: skip
+            launch(_lanes().bwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, **flags,
+                   K=k, TL=lanes_t, NU=_lanes_unroll(True), PREFETCH=_lanes_bwd_prefetch(),
+                   WHOLE=CONFIG["lanes_bwd_whole"])  # fmt: skip
             dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
             return _grads(ctx.info, A32, ctx.bc, du, ddelta, dA, zeros, dD, dz, dbias, dh0)
         launch(_bwd_time_kernel, grid, *args, **flags, TC=tc, NU=CONFIG["time_unroll"],
