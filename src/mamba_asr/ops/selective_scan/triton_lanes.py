@@ -33,13 +33,13 @@ backward's PREFETCH 2 alternates two states' loads (``_bwd_state`` for one state
 other's loads are in flight), so that no loaded value is copied from one loop step to the next. The
 checkpoints are those of ``triton_time`` (the state entering every backward chunk after the
 first, fp32; the forward, 32 lanes and one channel a program, stores 32 / TL a chunk from the
-lanes that end one), so its host code runs these kernels (``CONFIG["kernel"] = "lanes"``, the default; ``lanes_k``,
-``lanes_unroll``, ``lanes_prefetch``, ``lanes_bc_fp32``: the forward reads half B and C cast to
-fp32 once); arithmetic is fp32 throughout and the gate silu(z) is rounded to z's dtype as
-PyTorch rounds it. On an H100 the peer kernel takes 1.68-1.74x our GPU time
-for a forward+backward in fp32 and 1.31-1.48x in bf16 at the benchmark's shapes; two channels a
-backward warp took 15-43% off the backward (docs/benchmarks.md). Shape key as
-``triton_kernel``.
+lanes that end one), so its host code runs these kernels (``CONFIG["kernel"] = "lanes"``, the
+default; ``lanes_k``, ``lanes_unroll``, ``lanes_prefetch``, ``lanes_bc_fp32``: the forward reads
+half B and C cast to fp32 once, both by ``_fp32_pair_kernel``); arithmetic is fp32 throughout and
+the gate silu(z) is rounded to z's dtype as PyTorch rounds it. On an H100 the peer kernel takes
+1.70-1.77x our GPU time for a forward+backward in fp32 and 1.38-1.50x in bf16 at the benchmark's
+shapes; two channels a backward warp took 15-43% off the backward (docs/benchmarks.md). Shape key
+as ``triton_kernel``.
 """
 
 from __future__ import annotations
