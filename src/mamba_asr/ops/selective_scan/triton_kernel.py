@@ -69,12 +69,14 @@ from torch import Tensor
 # and one channel a program and checkpoints the state at the backward's chunks);
 # lanes_bwd_maxnreg: the lanes backward's register cap (time_bwd_maxnreg is the time kernels');
 # lanes_bwd_whole: chunks wholly before L take a copy of the backward's state loop with no mask
-# along time (14 fewer instructions a state on sm_90; on an H100 within 1% of the defaults: less
-# in bf16, more in fp32 at L 8192; off). Timed on an H100 and taken out again as slower: no mask a
-# state, the loads ahead of the last reading state N - 1 again (3-10%); dA's terms kept per lane
-# over the chunks and summed once (7 fewer instructions a state; the same, 4% more at L 8192);
-# the forward with 8 steps a lane (25% fewer instructions a state; 3-42% more time);
-# lanes_fwd_maxnreg: the lanes forward's register cap;
+# along time (7 fewer instructions a state on sm_90; on an H100 within 1.2% of the defaults: less
+# in bf16, more in fp32; off). Timed on an H100 and taken out again as slower (GPU time of a
+# forward+backward): no mask a state, the loads ahead of the last reading state N - 1 again
+# (1-9% more); dA's terms kept per lane over the chunks and summed once (7 fewer instructions a
+# state; within 1%, 3-4% more at L 8192); the forward with 8 steps a lane (25% fewer instructions
+# a state; 3-18% more);
+# lanes_fwd_maxnreg: the lanes forward's register cap (64 would keep the fp32 forward without a
+# backward, which takes 68, at 32 programs an SM; not yet timed);
 # time_fwd: "seq" for gluon_seq's forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
