@@ -76,6 +76,16 @@ def compile_for(fn, consts: dict, ptr_types: dict, arch: int = 90, num_warps: in
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
 
 
+def config_maxnreg(name: str) -> int | None:
+    """The register cap CONFIG sets for kernel ``name`` (as ``scan_kernels`` names it), as the
+    scan's host code launches it; None where there is none."""
+    from mamba_asr.ops.selective_scan import triton_kernel as tk
+
+    key = {"time bwd": "time_bwd_maxnreg", "lanes fwd": "lanes_fwd_maxnreg",
+           "lanes bwd": "lanes_bwd_maxnreg", "seq bwd": "seq_bwd_maxnreg"}.get(name)  # fmt: skip
+    return None if key is None else tk.CONFIG[key]
+
+
 def resources(kernel) -> dict:
     """Registers, stack bytes and the instruction mix of a compiled kernel's cubin."""
     import triton
@@ -227,10 +237,7 @@ def main(argv=None) -> None:
     for dtype in args.dtypes:
         for name, fn, consts, warps, stages in scan_kernels(dtype):
             types = ptr_types(name, dtype)
-            maxnreg = {"time bwd": tk.CONFIG["time_bwd_maxnreg"],
-                       "lanes fwd": tk.CONFIG["lanes_fwd_maxnreg"],
-                       "lanes bwd": tk.CONFIG["lanes_bwd_maxnreg"],
-                       "seq bwd": tk.CONFIG["seq_bwd_maxnreg"]}.get(name)  # fmt: skip
+            maxnreg = config_maxnreg(name)
             r = resources(
                 compile_for(
                     fn, consts, types, args.arch, warps, stages, aligned, ones, maxnreg=maxnreg

@@ -40,13 +40,11 @@ def test_lanes_kernels_compile_for_sm90_without_spills(dtype):
     kernels' holds 46 a state (their scans and reversals over every value)."""
     import kernel_resources as kr
 
-    from mamba_asr.ops.selective_scan import triton_kernel as tk
-
     kernels = [k for k in kr.scan_kernels(dtype) if k[0].startswith("lanes")]
     assert [k[0] for k in kernels] == ["lanes fwd", "lanes bwd"]
     for name, fn, consts, warps, stages in kernels:
         types = kr.ptr_types(name, dtype)  # as launched (the forward's B and C cast to fp32)
-        cap = tk.CONFIG["lanes_bwd_maxnreg"] if name == "lanes bwd" else None
+        cap = kr.config_maxnreg(name)
         r = kr.resources(kr.compile_for(fn, consts, types, 90, warps, stages, maxnreg=cap))
         assert r["stack_bytes"] == 0 and r["registers"] <= 128, (name, r)
     states = 2 if consts["PREFETCH"] == 2 else consts["NU"]  # ping-pong: two states a step
@@ -108,7 +106,7 @@ def test_lanes_settings_compile_for_sm90(overrides, monkeypatch):
         monkeypatch.setitem(tk.CONFIG, key, value)
     for name, fn, consts, warps, stages in kr.scan_kernels("bf16"):
         if name.startswith("lanes"):
-            cap = tk.CONFIG["lanes_bwd_maxnreg" if name == "lanes bwd" else "lanes_fwd_maxnreg"]
+            cap = kr.config_maxnreg(name)
             r = kr.resources(
                 kr.compile_for(
                     fn, consts, kr.ptr_types(name, "bf16"), 90, warps, stages, maxnreg=cap
