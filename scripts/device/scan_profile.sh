@@ -55,8 +55,7 @@
 #            entries for the CUDA tests; LANES_MAMBA=0 skips the BiMamba ones; LANES_ROUNDS;
 #            LANES_PEER_K, the K the peer's test runs with, "" none; LANES_PEER_CONFIG, its
 #            whole CONFIG instead; LANES_TESTS=0 skips our CUDA tests, LANES_SELECT picks among
-#            them, a pytest -k expression, default "cuda and lanes"; LANES_MORE, variants
-#            added to LANES_VARIANTS', default the forward capped at 64 registers, "" none);
+#            them, a pytest -k expression, default "cuda and lanes");
 #   lanes_ncu  Nsight Compute on triton_lanes' kernels (LANES_K, default 4);
 #   ncu_cfg  Nsight Compute on the kernels matching NCU_KERNEL (default _fwd_lanes) under each
 #            CONFIG of NCU_CONFIGS ('NAME=JSON ...', default one with none), NCU_DTYPES
@@ -183,7 +182,7 @@ for part in $PARTS; do
     python3 benchmarks/scan_cuda.py --impls triton peer --peer .peer/mamba_ssm --iters 30 \
       --rounds ${LANES_ROUNDS:-2} --gpu --variant ${LANES_VARIANTS:-time='{"kernel": "time"}' \
       pingpong='{"lanes_bwd_pingpong": true}' bwd_u2='{"lanes_unroll": [4, 2]}' \
-      lanes8='{"lanes_k": 8}'} ${LANES_MORE-fwd64='{"lanes_fwd_maxnreg": 64}'} \
+      lanes8='{"lanes_k": 8}'} \
       --json "$out/scan_cuda_lanes.json" 2>&1 | grep -v -i warn | tee "$out/scan_cuda_lanes.txt"
     pack
     for k in ${LANES_PEER_K-4 8}; do
