@@ -299,6 +299,37 @@ def test_encoder_scaling_times_the_encoders_in_the_order_asked(monkeypatch, orde
     assert timed.count("late") == 1 and timed.count("b") == 3
 
 
+def test_scan_cuda_backward_takes_gradients_without_summing_into_grad(monkeypatch) -> None:
+    """benchmarks/scan_cuda.py's forward+backward: by default the inputs' gradients come from
+    torch.autograd.grad with one gradient of ones made once (no .grad is written, no fill a
+    call); with --accumulate (ACCUMULATE) from .backward(), summed into .grad call after call."""
+    import sys
+    import types
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.setitem(sys.modules, "peer_scan", types.ModuleType("peer_scan"))
+    scan_cuda = _script("benchmarks/scan_cuda.py")
+    g = torch.Generator().manual_seed(0)
+    u, delta, z = (torch.randn(2, 3, 5, generator=g).requires_grad_() for _ in range(3))
+    seen = []
+
+    def peer(u, delta, z, delta_softplus):
+        out = u * delta * z
+        out.register_hook(lambda grad: seen.append(grad) or None)  # kept: new ones differ
+        return out
+
+    call = scan_cuda.runner("peer", peer, dict(u=u, delta=delta, z=z), True)
+    call()
+    call()
+    assert u.grad is None and delta.grad is None and z.grad is None
+    assert len(seen) == 2 and seen[0].data_ptr() == seen[1].data_ptr()  # made once
+    monkeypatch.setattr(scan_cuda, "ACCUMULATE", True)
+    call()
+    call()
+    torch.testing.assert_close(u.grad, 2 * (delta * z).detach())
+    torch.testing.assert_close(z.grad, 2 * (u * delta).detach())
+
+
 def test_scan_cuda_reports_the_peer_over_each_impl_in_event_and_gpu_time(monkeypatch, tmp_path,
                                                                          capsys) -> None:  # fmt: skip
     """benchmarks/scan_cuda.py's table and JSON, the GPU and its timings stubbed: with --gpu, each

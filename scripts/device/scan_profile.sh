@@ -55,7 +55,8 @@
 #            entries for the CUDA tests; LANES_MAMBA=0 skips the BiMamba ones; LANES_ROUNDS;
 #            LANES_PEER_K, the K the peer's test runs with, "" none; LANES_PEER_CONFIG, its
 #            whole CONFIG instead; LANES_TESTS=0 skips our CUDA tests, LANES_SELECT picks among
-#            them, a pytest -k expression, default "cuda and lanes");
+#            them, a pytest -k expression, default "cuda and lanes"; LANES_ACCUMULATE=1: the
+#            benchmark again, ours and the peer's, with --accumulate);
 #   lanes_ncu  Nsight Compute on triton_lanes' kernels (LANES_K, default 4);
 #   ncu_cfg  Nsight Compute on the kernels matching NCU_KERNEL (default _fwd_lanes) under each
 #            CONFIG of NCU_CONFIGS ('NAME=JSON ...', default one with none), NCU_DTYPES
@@ -185,6 +186,10 @@ for part in $PARTS; do
       lanes8='{"lanes_k": 8}'} \
       --json "$out/scan_cuda_lanes.json" 2>&1 | grep -v -i warn | tee "$out/scan_cuda_lanes.txt"
     pack
+    [ "${LANES_ACCUMULATE:-0}" = 1 ] && python3 benchmarks/scan_cuda.py --impls triton peer \
+      --peer .peer/mamba_ssm --iters 30 --rounds ${LANES_ROUNDS:-2} --gpu --accumulate \
+      --json "$out/scan_cuda_lanes_accumulate.json" 2>&1 | grep -v -i warn \
+      | tee "$out/scan_cuda_lanes_accumulate.txt" && pack
     for k in ${LANES_PEER_K-4 8}; do
       peer_cfg="{\"kernel\": \"lanes\", \"lanes_k\": $k}"
       [ -n "${LANES_PEER_CONFIG:-}" ] && peer_cfg="$LANES_PEER_CONFIG"
