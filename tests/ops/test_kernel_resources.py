@@ -92,8 +92,10 @@ def test_seq_kernels_compile_for_sm90_without_spills(dtype):
 @pytest.mark.parametrize(
     "overrides",
     [{"lanes_k": 8}, {"lanes_time": 8}, {"lanes_time": 32, "lanes_bwd_maxnreg": None},
-     {"lanes_bwd_pingpong": True}, {"lanes_bwd_whole": True, "lanes_fwd_maxnreg": 64}],
-    ids=["k8", "four-channels-a-warp", "one-channel-a-warp", "pingpong", "whole-forward-cap"],
+     {"lanes_bwd_pingpong": True}, {"lanes_bwd_whole": True, "lanes_fwd_maxnreg": 64},
+     {"lanes_da_merge": True}],
+    ids=["k8", "four-channels-a-warp", "one-channel-a-warp", "pingpong", "whole-forward-cap",
+         "da-merge"],
 )  # fmt: skip
 def test_lanes_settings_compile_for_sm90(overrides, monkeypatch):
     """Settings other than the defaults compile too (a CUDA compile error, such as a constexpr

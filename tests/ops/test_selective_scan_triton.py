@@ -124,7 +124,8 @@ def _check_interpreted(case, config: str):
 # states; the backward with one channel a warp (chunks of 128 steps; the defaults: two channels,
 # chunks of 64) and with four (chunks of 32 steps, the last one part empty); whole chunks' state
 # loop without masks along time (lanes_bwd_whole) on inputs followed by NaNs, after a forward
-# capped at 64 registers
+# capped at 64 registers; dA's terms merged across each group of 16 states (lanes_da_merge), two
+# groups
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
@@ -135,10 +136,11 @@ def _check_interpreted(case, config: str):
      ((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes", "lanes_time": 32}),
      ((2, 8, 4, 75, None, False, "bfloat16", False), {"kernel": "lanes", "lanes_time": 8}),
      ((1, 8, 5, 300, 2, True, "float32", True, True),
-      {"kernel": "lanes", "lanes_bwd_whole": True, "lanes_fwd_maxnreg": 64})],
+      {"kernel": "lanes", "lanes_bwd_whole": True, "lanes_fwd_maxnreg": 64}),
+     ((1, 4, 32, 130, 2, True, "float32", True, True), {"kernel": "lanes", "lanes_da_merge": True})],
     ids=["k4-three-chunks", "k8-four-channels-bf16", "k4-pingpong-odd-states",
          "k4-one-channel-a-warp", "k4-four-channels-over-the-lanes-bf16",
-         "k4-whole-chunks"],
+         "k4-whole-chunks", "k4-da-merged-two-groups"],
 )  # fmt: skip
 def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
     _check_interpreted(case, json.dumps(overrides))
@@ -165,6 +167,7 @@ def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
         "lanes_t8",
         "lanes_bc32",
         "lanes_whole",
+        "lanes_dam",
     ],
 )
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
@@ -177,7 +180,8 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     and with four over its lanes (lanes_time 32 and 8; the defaults: two); lanes_bc32: the
     backward reading the forward's fp32 copies of B and C (lanes_bc_fp32 "both"); lanes_whole:
     whole chunks without masks along time (lanes_bwd_whole), after a forward capped at 64
-    registers (lanes_fwd_maxnreg)."""
+    registers (lanes_fwd_maxnreg); lanes_dam: dA's terms merged across each group of 16 states
+    (lanes_da_merge; the second case's 8 states are no whole group: summed a state)."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -197,6 +201,8 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
         config.update(lanes_bc_fp32="both")
     if kernel == "lanes_whole":
         config.update(lanes_bwd_whole=True, lanes_fwd_maxnreg=64)
+    if kernel == "lanes_dam":
+        config.update(lanes_da_merge=True)
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [

@@ -77,6 +77,9 @@ from torch import Tensor
 # a state; 3-18% more);
 # lanes_fwd_maxnreg: the lanes forward's register cap (64 would keep the fp32 forward without a
 # backward, which takes 68, at 32 programs an SM; not yet timed);
+# lanes_da_merge: the lanes backward's dA terms of each group of lanes_time states merged pairwise
+# across the lanes as the states come, then added once a lane (15 shuffles and one atomic add for
+# 16 states, against 64 and 16; one state a loop step, N a multiple of lanes_time; not yet timed);
 # time_fwd: "seq" for gluon_seq's forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
@@ -88,7 +91,8 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "seq_bwd_warps": 1, "seq_bwd_maxnreg": None, "seq_prefetch": 1, "lanes_k": 4,
           "lanes_unroll": [4, 1], "lanes_prefetch": "bwd", "lanes_bc_fp32": True,
           "lanes_bwd_pingpong": False, "lanes_time": 16, "lanes_bwd_maxnreg": 128,
-          "lanes_bwd_whole": False, "lanes_fwd_maxnreg": None}  # fmt: skip
+          "lanes_bwd_whole": False, "lanes_fwd_maxnreg": None,
+          "lanes_da_merge": False}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

@@ -383,10 +383,12 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
 @triton.jit
 def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst, dA_ptr, dB_ptr,
                dC_ptr, offs_d, md, bc0, t0, L, N: tl.constexpr, K: tl.constexpr,
-               TL: tl.constexpr, TAIL: tl.constexpr = True):  # fmt: skip
+               TL: tl.constexpr, TAIL: tl.constexpr = True,
+               SUM_DA: tl.constexpr = True):  # fmt: skip
     """One state's part of a chunk's backward (state n, the j-th in cur, ``_state_loads``' tuple):
-    the adjoint, the carry for the chunk before, dA, dB and dC added in; returns ddt and dus with
-    its terms added."""
+    the adjoint, the carry for the chunk before, dB and dC added in, and with SUM_DA dA (summed
+    across the lanes); returns ddt and dus with its terms added, and its dA terms per lane
+    ((BD, TL), for the caller to sum where SUM_DA is off)."""
     S: tl.constexpr = 3 + 2 * K  # values a state in _state_loads' tuple
     A = cur[j * S]
     h0 = cur[j * S + 1]
@@ -427,39 +429,120 @@ def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst
         dCs = dCs + (hs[k] * gy[k],)
     ddt = ndt
     dus = ndu
-    tl.atomic_add(dA_ptr + offs_d * N + n, tl.sum(dA, axis=1), mask=md & ok,
-                  sem="relaxed")  # fmt: skip
+    if SUM_DA:
+        tl.atomic_add(dA_ptr + offs_d * N + n, tl.sum(dA, axis=1), mask=md & ok,
+                      sem="relaxed")  # fmt: skip
     _add_bc(dB_ptr + bc0 + n * L, t0, L, lane, ok, dBs, K, TL, TAIL)
     _add_bc(dC_ptr + bc0 + n * L, t0, L, lane, ok, dCs, K, TL, TAIL)
-    return ddt, dus
+    return ddt, dus, dA
+
+
+@triton.jit
+def _da_merge(p, x, lane, S: tl.constexpr):
+    """Two (BD, TL) tensors of per-lane terms merged across the lanes S apart (S a power of two):
+    a lane with bit S clear ends with p's terms summed over it and its partner lane ^ S, the
+    others with x's (one shuffle for the two)."""
+    hi = ((lane & S) != 0)[None, :]
+    send = tl.where(hi, p, x)
+    idx = tl.broadcast_to((lane ^ S)[None, :], p.shape)
+    return tl.where(hi, x, p) + tl.gather(send, idx, 1)
+
+
+@triton.jit
+def _da_add(dA_ptr, offs_d, md, n0, x, lane, N: tl.constexpr, LOG: tl.constexpr):
+    """Add x, the dA terms of states n0 .. n0 + 2^LOG - 1 merged by ``_da_merge`` at S = TL/2,
+    TL/4, ..., TL/2^LOG (merge k decides bit k of the state), into dA: each lane holds one
+    state's sum over the channel's lanes, the state given by its bits of TL/2 .. TL/2^LOG."""
+    TL: tl.constexpr = lane.shape[0]
+    slot = tl.zeros_like(lane)
+    for k in tl.static_range(LOG):
+        slot += ((lane // (TL >> (k + 1))) % 2) << k
+    # (the mask made full: triton 3.6's interpreter takes a (1, 1) mask of an atomic, broadcast
+    # or not, for its first element alone)
+    tl.atomic_add(dA_ptr + offs_d[:, None] * N + n0 + slot[None, :], x,
+                  mask=md[:, None] & (lane < TL)[None, :], sem="relaxed")  # fmt: skip
+
+
+@triton.jit
+def _da_merged(x, p0, p1, p2, p3, p4, m, dA_ptr, offs_d, md, n0, lane, N: tl.constexpr,
+               LOG: tl.constexpr):  # fmt: skip
+    """State m (of its group of 2^LOG, n0 the group's first; m a run-time value the same across
+    the warp) of the dA merging: its terms x merged with those waiting at each level while m's
+    bits are ones (a binary counter's carries), left waiting at the first zero; the group's last
+    state adds the merged sums (``_da_add``). Returns the waiting terms (p0 .. p4, level k's
+    those of 2^k states)."""
+    TL: tl.constexpr = lane.shape[0]
+    if m % 2 == 0:
+        p0 = x
+    else:
+        x = _da_merge(p0, x, lane, TL // 2)
+        if LOG == 1:
+            _da_add(dA_ptr, offs_d, md, n0, x, lane, N, LOG)
+        else:
+            if (m // 2) % 2 == 0:
+                p1 = x
+            else:
+                x = _da_merge(p1, x, lane, TL // 4)
+                if LOG == 2:
+                    _da_add(dA_ptr, offs_d, md, n0, x, lane, N, LOG)
+                else:
+                    if (m // 4) % 2 == 0:
+                        p2 = x
+                    else:
+                        x = _da_merge(p2, x, lane, TL // 8)
+                        if LOG == 3:
+                            _da_add(dA_ptr, offs_d, md, n0, x, lane, N, LOG)
+                        else:
+                            if (m // 8) % 2 == 0:
+                                p3 = x
+                            else:
+                                x = _da_merge(p3, x, lane, TL // 16)
+                                if LOG == 4:
+                                    _da_add(dA_ptr, offs_d, md, n0, x, lane, N, LOG)
+                                else:
+                                    if (m // 16) % 2 == 0:
+                                        p4 = x
+                                    else:
+                                        x = _da_merge(p4, x, lane, TL // 32)
+                                        _da_add(dA_ptr, offs_d, md, n0, x, lane, N, LOG)
+    return p0, p1, p2, p3, p4
 
 
 @triton.jit
 def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
                 bc0, t0, L, lane, up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, N: tl.constexpr,
                 NU: tl.constexpr, K: tl.constexpr, PREFETCH: tl.constexpr, BD: tl.constexpr,
-                TL: tl.constexpr, TAIL: tl.constexpr):  # fmt: skip
+                TL: tl.constexpr, TAIL: tl.constexpr, DA_LOG: tl.constexpr = 0):  # fmt: skip
     """A chunk's loop over the states (``_bwd_state`` each, their loads as PREFETCH says); returns
     ddt and dus with every state's terms added. Without TAIL the chunk lies before L: no step of it
-    is masked."""
+    is masked. With DA_LOG (one state a loop step, not ping-pong; TL = 2^DA_LOG lanes a channel
+    and N a multiple of TL) dA is not summed across the lanes once a state: each group of TL
+    states' per-lane terms is merged pairwise as the states come (``_da_merged``: TL - 1 shuffles
+    for the TL states, against log2(TL) a state) until each lane holds one state's sum, which it
+    adds to dA: one atomic add a lane for the TL states, against one a state."""
     if PREFETCH == 2:  # ping-pong: two states' loads live, none copied between them (NU 1)
         a = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L,
                          lane, N, 1, K, True, BD, TL, TAIL)  # fmt: skip
         for n0 in range(0, N, 2):
             b = _state_loads(n0 + 1, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
                              bc0, t0, L, lane, N, 1, K, True, BD, TL, TAIL)  # fmt: skip
-            ddt, dus = _bwd_state(a, 0, n0, n0 < N, ddt, dus, dts, dtus, gy, lane, up,
+            ddt, dus, _da = _bwd_state(a, 0, n0, n0 < N, ddt, dus, dts, dtus, gy, lane, up,
                                   first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md, bc0,
                                   t0, L, N, K, TL, TAIL)  # fmt: skip
             a = _state_loads(n0 + 2, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
                              bc0, t0, L, lane, N, 1, K, True, BD, TL, TAIL)  # fmt: skip
-            ddt, dus = _bwd_state(b, 0, n0 + 1, n0 + 1 < N, ddt, dus, dts, dtus, gy, lane,
+            ddt, dus, _da = _bwd_state(b, 0, n0 + 1, n0 + 1 < N, ddt, dus, dts, dtus, gy, lane,
                                   up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md,
                                   bc0, t0, L, N, K, TL, TAIL)  # fmt: skip
     else:
         if PREFETCH:
             nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0,
                                t0, L, lane, N, NU, K, True, BD, TL, TAIL)  # fmt: skip
+        p0 = tl.zeros_like(dts[0])  # dA's terms waiting to be merged (DA_LOG)
+        p1 = p0
+        p2 = p0
+        p3 = p0
+        p4 = p0
         for n0 in range(0, N, NU):
             if PREFETCH:  # as in the forward
                 cur = nxt
@@ -472,9 +555,13 @@ def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, so
                                    TAIL)  # fmt: skip
             for j in tl.static_range(NU):
                 ok = n0 + j < N
-                ddt, dus = _bwd_state(cur, j, n0 + j, ok, ddt, dus, dts, dtus, gy,
-                                      lane, up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr,
-                                      offs_d, md, bc0, t0, L, N, K, TL, TAIL)  # fmt: skip
+                ddt, dus, x = _bwd_state(cur, j, n0 + j, ok, ddt, dus, dts, dtus, gy, lane, up,
+                                         first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md,
+                                         bc0, t0, L, N, K, TL, TAIL, DA_LOG == 0)  # fmt: skip
+                if DA_LOG > 0:  # NU 1
+                    m = n0 % TL
+                    p0, p1, p2, p3, p4 = _da_merged(x, p0, p1, p2, p3, p4, m, dA_ptr, offs_d,
+                                                    md, n0 - m, lane, N, DA_LOG)  # fmt: skip
     return ddt, dus
 
 
@@ -488,7 +575,7 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                       BD: tl.constexpr, K: tl.constexpr, NU: tl.constexpr,
                       PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
                       FAST: tl.constexpr, TL: tl.constexpr = 32,
-                      WHOLE: tl.constexpr = False):  # fmt: skip
+                      WHOLE: tl.constexpr = False, DA_LOG: tl.constexpr = 0):  # fmt: skip
     # dhbuf: (2, B, D, N) fp32, a_t dLoss/dh_t at the first step t of the chunk after the one
     # being processed (for the last chunk: dLoss/d(last state) from dlast, or zeros), alternating
     # between the two halves; at the end the half n_chunks % 2 holds dLoss/d(initial state).
@@ -551,13 +638,13 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         if WHOLE and t0 + TL * K <= L:  # a whole chunk: a copy of the state loop, no mask in time
             ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src,
                                    sok, offs_d, md, bc0, t0, L, lane, up, first_lane, dst, dA_ptr,
-                                   dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL,
-                                   False)  # fmt: skip
+                                   dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL, False,
+                                   DA_LOG)  # fmt: skip
         else:
             ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src,
                                    sok, offs_d, md, bc0, t0, L, lane, up, first_lane, dst, dA_ptr,
-                                   dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL,
-                                   True)  # fmt: skip
+                                   dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL, True,
+                                   DA_LOG)  # fmt: skip
         dds = ()
         dss = ()
         # u and delta again (cached), rather than held in registers over the states

@@ -444,6 +444,17 @@ def _lanes_bwd_prefetch() -> int:
     return int(CONFIG["lanes_prefetch"] in (True, "bwd"))
 
 
+def _lanes_da_log(lanes_t: int, d_state: int) -> int:
+    """The lanes backward's DA_LOG: log2(lanes_t) where CONFIG ``lanes_da_merge`` asks for dA's
+    terms merged across the states (``triton_lanes._bwd_states``) and it applies (one state a loop
+    step, not ping-pong, the states in whole groups of lanes_t), else 0 (summed a state)."""
+    if not CONFIG["lanes_da_merge"] or d_state % lanes_t or _lanes_unroll(True) != 1:
+        return 0
+    if _lanes_bwd_prefetch() == 2:
+        return 0
+    return lanes_t.bit_length() - 1
+
+
 class _LaneKernels(NamedTuple):
     fwd: object
     bwd: object
@@ -610,7 +621,7 @@ class TritonTimeScan(torch.autograd.Function):
                 flags["num_warps"] = 1
             launch(_lanes().bwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, **flags,
                    K=k, TL=lanes_t, NU=_lanes_unroll(True), PREFETCH=_lanes_bwd_prefetch(),
-                   WHOLE=CONFIG["lanes_bwd_whole"])  # fmt: skip
+                   WHOLE=CONFIG["lanes_bwd_whole"], DA_LOG=_lanes_da_log(lanes_t, d_state))  # fmt: skip
             dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
             return _grads(ctx.info, A32, ctx.bc, du, ddelta, dA, zeros, dD, dz, dbias, dh0)
         launch(_bwd_time_kernel, grid, *args, **flags, TC=tc, NU=CONFIG["time_unroll"],
