@@ -192,7 +192,7 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
         ("lanes bwd", triton_lanes._bwd_lanes_kernel,
          dict(lanes_bwd, HAS_DLAST=False, NU=tt._lanes_unroll(True),
               PREFETCH=tt._lanes_bwd_prefetch(), WHOLE=cfg["lanes_bwd_whole"],
-              DA_LOG=tt._lanes_da_log(lanes_t, d_state)),
+              DA_LOG=tt._lanes_da_log(lanes_t, d_state), HELD=tt._lanes_held(lanes_t, d_state)),
          cfg["time_warps"], cfg["time_stages"]),
         *seq,
     ]  # fmt: skip

@@ -80,6 +80,10 @@ from torch import Tensor
 # lanes_da_merge: the lanes backward's dA terms of each group of lanes_time states merged pairwise
 # across the lanes as the states come, then added once a lane (15 shuffles and one atomic add for
 # 16 states, against 64 and 16; one state a loop step, N a multiple of lanes_time; not yet timed);
+# lanes_bwd_held: where N = lanes_time, the lanes backward's lanes hold one state each of A, the
+# entering state and the adjoint's carry, loaded once a chunk and taken by a shuffle a state (three
+# loads a state before, each with its address and mask), and store the carries passed on once a
+# chunk (one state a loop step; not yet timed);
 # time_fwd: "seq" for gluon_seq's forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
@@ -92,7 +96,7 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "lanes_unroll": [4, 1], "lanes_prefetch": "bwd", "lanes_bc_fp32": True,
           "lanes_bwd_pingpong": False, "lanes_time": 16, "lanes_bwd_maxnreg": 128,
           "lanes_bwd_whole": False, "lanes_fwd_maxnreg": None,
-          "lanes_da_merge": False}  # fmt: skip
+          "lanes_da_merge": False, "lanes_bwd_held": False}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

@@ -154,20 +154,22 @@ def _load_bc(ptr, t0, L, lane, ok, K: tl.constexpr, BD: tl.constexpr = 1,
 @triton.jit
 def _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L, lane,
                  N: tl.constexpr, NU: tl.constexpr, K: tl.constexpr, CARRY: tl.constexpr,
-                 BD: tl.constexpr = 1, TL: tl.constexpr = 32,
-                 TAIL: tl.constexpr = True):  # fmt: skip
+                 BD: tl.constexpr = 1, TL: tl.constexpr = 32, TAIL: tl.constexpr = True,
+                 SCALARS: tl.constexpr = True):  # fmt: skip
     """What states n0 .. n0 + NU - 1 read in a chunk, flat, per state: A (BD,), the state entering
     the chunk (at hrow, zero where not hok), with CARRY the adjoint's carry (at src, zero where not
-    sok), then K B and K C (1, 32) tensors; zeros past N. TAIL as ``_load_k``'s."""
+    sok), then K B and K C (1, 32) tensors; zeros past N. TAIL as ``_load_k``'s. Without SCALARS
+    B and C alone (the lanes hold the rest: ``_lane_states``)."""
     out = ()
     for j in tl.static_range(NU):
         n = n0 + j
         ok = n < N
-        out = out + (
-            tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0),
-            tl.load(hrow + n, mask=hok & ok, other=0.0),
-        )
-        if CARRY:
+        if SCALARS:
+            out = out + (
+                tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0),
+                tl.load(hrow + n, mask=hok & ok, other=0.0),
+            )
+        if CARRY and SCALARS:
             out = out + (tl.load(src + n, mask=sok & ok, other=0.0),)
         out = out + _load_bc(B_ptr + bc0 + n * L, t0, L, lane, ok, K, BD, TL, TAIL)
         out = out + _load_bc(C_ptr + bc0 + n * L, t0, L, lane, ok, K, BD, TL, TAIL)
@@ -267,20 +269,21 @@ def _lanes_down(M, V, lane, TL: tl.constexpr):
 
 @triton.jit
 def _states_up(dts, dtus, Bs, A2, h0, lane, K: tl.constexpr):
-    """The states h_t of a chunk from h0 (BD,) entering it, for one state of the BD channels:
-    (h, x, a), each K (BD, 32) tensors (x = dt u B as the recurrence adds it, before the fold),
-    and (BD, 32) the state leaving each lane (the last lane's: the state leaving the chunk)."""
+    """The states h_t of a chunk from h0 entering it, for one state of the BD channels (A2 = A
+    log2(e) and h0 shaped (BD, 1), or (BD, 32) the same along the lanes): (h, x, a), each K
+    (BD, 32) tensors (x = dt u B as the recurrence adds it, before the fold), and (BD, 32) the
+    state leaving each lane (the last lane's: the state leaving the chunk)."""
     xs = ()
     as_ = ()
     hl = ()
     ps = ()
     for k in tl.static_range(K):
-        a = tl.math.exp2(dts[k] * A2[:, None])
+        a = tl.math.exp2(dts[k] * A2)
         x = dtus[k] * Bs[k]
         xs = xs + (x,)
         as_ = as_ + (a,)
         if k == 0:  # the state entering the chunk, folded into lane 0's first step
-            h = tl.where((lane == 0)[None, :], a * h0[:, None] + x, x)
+            h = tl.where((lane == 0)[None, :], a * h0 + x, x)
             p = a
         else:
             h = a * h + x
@@ -360,7 +363,7 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                 h0 = cur[j * S + 1]
                 Bs = cur[j * S + 2 : j * S + 2 + K]
                 Cs = cur[j * S + 2 + K : j * S + S]
-                hs, _xs, _as, v = _states_up(dts, dtus, Bs, A2, h0, lane, K)
+                hs, _xs, _as, v = _states_up(dts, dtus, Bs, A2[:, None], h0[:, None], lane, K)
                 ny = ()
                 for k in tl.static_range(K):
                     ny = ny + (ys[k] + hs[k] * Cs[k],)
@@ -381,26 +384,58 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
 
 
 @triton.jit
+def _from_lane(x, n):
+    """(BD, TL) x's lane n in every lane of its channel (n the same across the warp)."""
+    return tl.gather(x, tl.zeros(x.shape, tl.int32) + n, 1)
+
+
+@triton.jit
+def _lane_states(A_ptr, hrow, hok, src, sok, offs_d, md, lane, N: tl.constexpr):
+    """What the backward's states read besides B and C, for N = TL states a channel held one a
+    lane (state l's in lane l, (BD, TL) each): A, the state entering the chunk (at hrow, zero
+    where not hok), the adjoint's carry (at src, zero where not sok), and zeros for the carries
+    the chunk passes on. Loaded once a chunk in one load each, rather than a load each a
+    state."""
+    ln = (lane < N)[None, :]
+    return (
+        tl.load(A_ptr + offs_d[:, None] * N + lane[None, :], mask=md[:, None] & ln, other=0.0),
+        tl.load(hrow[:, None] + lane[None, :], mask=hok[:, None] & ln, other=0.0),
+        tl.load(src[:, None] + lane[None, :], mask=sok[:, None] & ln, other=0.0),
+        tl.zeros((offs_d.shape[0], lane.shape[0]), tl.float32),
+    )
+
+
+@triton.jit
 def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst, dA_ptr, dB_ptr,
                dC_ptr, offs_d, md, bc0, t0, L, N: tl.constexpr, K: tl.constexpr,
-               TL: tl.constexpr, TAIL: tl.constexpr = True,
-               SUM_DA: tl.constexpr = True):  # fmt: skip
+               TL: tl.constexpr, TAIL: tl.constexpr = True, SUM_DA: tl.constexpr = True,
+               lanes_held=None):  # fmt: skip
     """One state's part of a chunk's backward (state n, the j-th in cur, ``_state_loads``' tuple):
     the adjoint, the carry for the chunk before, dB and dC added in, and with SUM_DA dA (summed
     across the lanes); returns ddt and dus with its terms added, and its dA terms per lane
-    ((BD, TL), for the caller to sum where SUM_DA is off)."""
-    S: tl.constexpr = 3 + 2 * K  # values a state in _state_loads' tuple
-    A = cur[j * S]
-    h0 = cur[j * S + 1]
-    carry = cur[j * S + 2]  # enters the chunk's last step
-    Bs = cur[j * S + 3 : j * S + 3 + K]
-    Cs = cur[j * S + 3 + K : j * S + S]
+    ((BD, TL), for the caller to sum where SUM_DA is off). With lanes_held (``_lane_states``: A,
+    the entering state and the carry, state l's in lane l) cur holds B and C alone, the scalars
+    come from the lanes (one shuffle each), and the carry for the chunk before is not stored but
+    returned in the lanes (state n's in lane n of the fourth tensor) with the rest."""
+    if lanes_held is None:
+        S: tl.constexpr = 3 + 2 * K  # values a state in _state_loads' tuple
+        A = cur[j * S][:, None]
+        h0 = cur[j * S + 1][:, None]
+        carry = cur[j * S + 2][:, None]  # enters the chunk's last step
+        Bs = cur[j * S + 3 : j * S + 3 + K]
+        Cs = cur[j * S + 3 + K : j * S + S]
+    else:
+        A = _from_lane(lanes_held[0], n)
+        h0 = _from_lane(lanes_held[1], n)
+        carry = _from_lane(lanes_held[2], n)
+        Bs = cur[j * 2 * K : j * 2 * K + K]
+        Cs = cur[j * 2 * K + K : j * 2 * K + 2 * K]
     hs, xs, as_, _v = _states_up(dts, dtus, Bs, A * LOG2E, h0, lane, K)
     # the adjoint, last step first: in the thread from 0, lam_k = gc_k + a_{k+1}
     # lam_{k+1} with r_k = a_{k+1} ... a_{K-1} its coefficient of the carry that
     # enters the lane's last step; the chunk's carry folded into the last lane's last step
     gc = gy[K - 1] * Cs[K - 1]
-    lam = tl.where((lane == TL - 1)[None, :], gc + carry[:, None], gc)
+    lam = tl.where((lane == TL - 1)[None, :], gc + carry, gc)
     lr = (lam,)
     rr = (tl.full(lam.shape, 1.0, tl.float32),)
     r = tl.full(lam.shape, 1.0, tl.float32)
@@ -413,7 +448,11 @@ def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst
     _m, v = _lanes_down(as_[0] * r, as_[0] * lam, lane, TL)
     rin = _to_lane(v, lane, up, 0.0, TL - 1)  # enters lane l's last step (the last: folded)
     # a_t dLoss/dh_t at the chunk's first step, for the chunk before: lane 0's
-    tl.store(dst[:, None] + n + lane[None, :] * 0, v, mask=first_lane & ok)
+    if lanes_held is None:
+        tl.store(dst[:, None] + n + lane[None, :] * 0, v, mask=first_lane & ok)
+    else:
+        lanes_held = (lanes_held[0], lanes_held[1], lanes_held[2],
+                      tl.where((lane == n)[None, :], _from_lane(v, 0), lanes_held[3]))  # fmt: skip
     dA = tl.zeros_like(dts[0])
     ndt = ()
     ndu = ()
@@ -423,7 +462,7 @@ def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst
         lam = lr[k] + rr[k] * rin  # dLoss/dh_t
         dlog = lam * (hs[k] - xs[k])  # dLoss/d(dt A): dh_t a_t h_{t-1}
         dA += dlog * dts[k]
-        ndt = ndt + (ddt[k] + dlog * A[:, None],)
+        ndt = ndt + (ddt[k] + dlog * A,)
         ndu = ndu + (dus[k] + lam * Bs[k],)
         dBs = dBs + (lam * dtus[k],)
         dCs = dCs + (hs[k] * gy[k],)
@@ -434,7 +473,9 @@ def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst
                       sem="relaxed")  # fmt: skip
     _add_bc(dB_ptr + bc0 + n * L, t0, L, lane, ok, dBs, K, TL, TAIL)
     _add_bc(dC_ptr + bc0 + n * L, t0, L, lane, ok, dCs, K, TL, TAIL)
-    return ddt, dus, dA
+    if lanes_held is None:
+        lanes_held = dA  # (nothing held: a placeholder the callers drop)
+    return ddt, dus, dA, lanes_held
 
 
 @triton.jit
@@ -512,32 +553,39 @@ def _da_merged(x, p0, p1, p2, p3, p4, m, dA_ptr, offs_d, md, n0, lane, N: tl.con
 def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
                 bc0, t0, L, lane, up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, N: tl.constexpr,
                 NU: tl.constexpr, K: tl.constexpr, PREFETCH: tl.constexpr, BD: tl.constexpr,
-                TL: tl.constexpr, TAIL: tl.constexpr, DA_LOG: tl.constexpr = 0):  # fmt: skip
+                TL: tl.constexpr, TAIL: tl.constexpr, DA_LOG: tl.constexpr = 0,
+                HELD: tl.constexpr = False):  # fmt: skip
     """A chunk's loop over the states (``_bwd_state`` each, their loads as PREFETCH says); returns
     ddt and dus with every state's terms added. Without TAIL the chunk lies before L: no step of it
     is masked. With DA_LOG (one state a loop step, not ping-pong; TL = 2^DA_LOG lanes a channel
     and N a multiple of TL) dA is not summed across the lanes once a state: each group of TL
     states' per-lane terms is merged pairwise as the states come (``_da_merged``: TL - 1 shuffles
     for the TL states, against log2(TL) a state) until each lane holds one state's sum, which it
-    adds to dA: one atomic add a lane for the TL states, against one a state."""
+    adds to dA: one atomic add a lane for the TL states, against one a state. With HELD (one
+    state a loop step, not ping-pong, N = TL) the lanes hold A, the entering states and the
+    carries (``_lane_states``), loaded once a chunk, and the carries passed on are stored once at
+    the end, one a lane."""
     if PREFETCH == 2:  # ping-pong: two states' loads live, none copied between them (NU 1)
         a = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L,
                          lane, N, 1, K, True, BD, TL, TAIL)  # fmt: skip
         for n0 in range(0, N, 2):
             b = _state_loads(n0 + 1, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
                              bc0, t0, L, lane, N, 1, K, True, BD, TL, TAIL)  # fmt: skip
-            ddt, dus, _da = _bwd_state(a, 0, n0, n0 < N, ddt, dus, dts, dtus, gy, lane, up,
+            ddt, dus, _da, _lh = _bwd_state(a, 0, n0, n0 < N, ddt, dus, dts, dtus, gy, lane, up,
                                   first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md, bc0,
                                   t0, L, N, K, TL, TAIL)  # fmt: skip
             a = _state_loads(n0 + 2, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
                              bc0, t0, L, lane, N, 1, K, True, BD, TL, TAIL)  # fmt: skip
-            ddt, dus, _da = _bwd_state(b, 0, n0 + 1, n0 + 1 < N, ddt, dus, dts, dtus, gy, lane,
+            ddt, dus, _da, _lh = _bwd_state(b, 0, n0 + 1, n0 + 1 < N, ddt, dus, dts, dtus, gy, lane,
                                   up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md,
                                   bc0, t0, L, N, K, TL, TAIL)  # fmt: skip
     else:
+        SC: tl.constexpr = not HELD  # whether _state_loads reads A, the state and the carry
         if PREFETCH:
             nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0,
-                               t0, L, lane, N, NU, K, True, BD, TL, TAIL)  # fmt: skip
+                               t0, L, lane, N, NU, K, True, BD, TL, TAIL, SC)  # fmt: skip
+        if HELD:
+            hA, hH, hC, hOut = _lane_states(A_ptr, hrow, hok, src, sok, offs_d, md, lane, N)
         p0 = tl.zeros_like(dts[0])  # dA's terms waiting to be merged (DA_LOG)
         p1 = p0
         p2 = p0
@@ -547,21 +595,32 @@ def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, so
             if PREFETCH:  # as in the forward
                 cur = nxt
                 nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d,
-                                   md, bc0, t0, L, lane, N, NU, K, True, BD, TL,
-                                   TAIL)  # fmt: skip
+                                   md, bc0, t0, L, lane, N, NU, K, True, BD, TL, TAIL,
+                                   SC)  # fmt: skip
             else:
                 cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
-                                   bc0, t0, L, lane, N, NU, K, True, BD, TL,
-                                   TAIL)  # fmt: skip
+                                   bc0, t0, L, lane, N, NU, K, True, BD, TL, TAIL,
+                                   SC)  # fmt: skip
             for j in tl.static_range(NU):
                 ok = n0 + j < N
-                ddt, dus, x = _bwd_state(cur, j, n0 + j, ok, ddt, dus, dts, dtus, gy, lane, up,
-                                         first_lane, dst, dA_ptr, dB_ptr, dC_ptr, offs_d, md,
-                                         bc0, t0, L, N, K, TL, TAIL, DA_LOG == 0)  # fmt: skip
+                if HELD:  # NU 1
+                    ddt, dus, x, held = _bwd_state(cur, j, n0 + j, ok, ddt, dus, dts, dtus, gy,
+                                                   lane, up, first_lane, dst, dA_ptr, dB_ptr,
+                                                   dC_ptr, offs_d, md, bc0, t0, L, N, K, TL,
+                                                   TAIL, DA_LOG == 0,
+                                                   (hA, hH, hC, hOut))  # fmt: skip
+                    hOut = held[3]
+                else:
+                    ddt, dus, x, _h = _bwd_state(cur, j, n0 + j, ok, ddt, dus, dts, dtus, gy,
+                                                 lane, up, first_lane, dst, dA_ptr, dB_ptr,
+                                                 dC_ptr, offs_d, md, bc0, t0, L, N, K, TL, TAIL,
+                                                 DA_LOG == 0)  # fmt: skip
                 if DA_LOG > 0:  # NU 1
                     m = n0 % TL
                     p0, p1, p2, p3, p4 = _da_merged(x, p0, p1, p2, p3, p4, m, dA_ptr, offs_d,
                                                     md, n0 - m, lane, N, DA_LOG)  # fmt: skip
+        if HELD:  # the carries for the chunk before, state l's from lane l
+            tl.store(dst[:, None] + lane[None, :], hOut, mask=md[:, None] & (lane < N)[None, :])
     return ddt, dus
 
 
@@ -575,7 +634,8 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                       BD: tl.constexpr, K: tl.constexpr, NU: tl.constexpr,
                       PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
                       FAST: tl.constexpr, TL: tl.constexpr = 32,
-                      WHOLE: tl.constexpr = False, DA_LOG: tl.constexpr = 0):  # fmt: skip
+                      WHOLE: tl.constexpr = False, DA_LOG: tl.constexpr = 0,
+                      HELD: tl.constexpr = False):  # fmt: skip
     # dhbuf: (2, B, D, N) fp32, a_t dLoss/dh_t at the first step t of the chunk after the one
     # being processed (for the last chunk: dLoss/d(last state) from dlast, or zeros), alternating
     # between the two halves; at the end the half n_chunks % 2 holds dLoss/d(initial state).
@@ -639,12 +699,12 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
             ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src,
                                    sok, offs_d, md, bc0, t0, L, lane, up, first_lane, dst, dA_ptr,
                                    dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL, False,
-                                   DA_LOG)  # fmt: skip
+                                   DA_LOG, HELD)  # fmt: skip
         else:
             ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src,
                                    sok, offs_d, md, bc0, t0, L, lane, up, first_lane, dst, dA_ptr,
                                    dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL, True,
-                                   DA_LOG)  # fmt: skip
+                                   DA_LOG, HELD)  # fmt: skip
         dds = ()
         dss = ()
         # u and delta again (cached), rather than held in registers over the states

@@ -455,6 +455,14 @@ def _lanes_da_log(lanes_t: int, d_state: int) -> int:
     return lanes_t.bit_length() - 1
 
 
+def _lanes_held(lanes_t: int, d_state: int) -> bool:
+    """The lanes backward's HELD: CONFIG ``lanes_bwd_held`` where it applies (one state a loop
+    step, not ping-pong, as many states as lanes a channel): each lane holds one state's A,
+    entering state and carry, loaded once a chunk."""
+    return (CONFIG["lanes_bwd_held"] and d_state == lanes_t and _lanes_unroll(True) == 1
+            and _lanes_bwd_prefetch() != 2)  # fmt: skip
+
+
 class _LaneKernels(NamedTuple):
     fwd: object
     bwd: object
@@ -621,7 +629,8 @@ class TritonTimeScan(torch.autograd.Function):
                 flags["num_warps"] = 1
             launch(_lanes().bwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, **flags,
                    K=k, TL=lanes_t, NU=_lanes_unroll(True), PREFETCH=_lanes_bwd_prefetch(),
-                   WHOLE=CONFIG["lanes_bwd_whole"], DA_LOG=_lanes_da_log(lanes_t, d_state))  # fmt: skip
+                   WHOLE=CONFIG["lanes_bwd_whole"], DA_LOG=_lanes_da_log(lanes_t, d_state),
+                   HELD=_lanes_held(lanes_t, d_state))  # fmt: skip
             dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
             return _grads(ctx.info, A32, ctx.bc, du, ddelta, dA, zeros, dD, dz, dbias, dh0)
         launch(_bwd_time_kernel, grid, *args, **flags, TC=tc, NU=CONFIG["time_unroll"],
