@@ -32,7 +32,9 @@ def test_time_kernels_compile_for_sm90_within_128_registers(dtype):
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_lanes_kernels_compile_for_sm90_without_spills(dtype):
     """The default kernels (triton_lanes, CONFIG's settings) compile for sm_90 with nothing
-    spilled, within 128 registers (the backward capped there by ``lanes_bwd_maxnreg``), and with
+    spilled but the forward's 8 bytes under its cap of 64 registers (``lanes_fwd_maxnreg``: 32
+    programs an SM, which timed faster than 68 registers and no stack), within 128 registers (the
+    backward capped there by ``lanes_bwd_maxnreg``), and with
     their chunk's steps scanned in the thread: the backward's whole code holds at most 40
     shuffles for each state of a loop step (two scans across a channel's 16 lanes on the lanes'
     summaries, two exchanges with a neighbour lane, dB and dC exchanged between the warp's two
@@ -46,7 +48,8 @@ def test_lanes_kernels_compile_for_sm90_without_spills(dtype):
         types = kr.ptr_types(name, dtype)  # as launched (the forward's B and C cast to fp32)
         cap = kr.config_maxnreg(name)
         r = kr.resources(kr.compile_for(fn, consts, types, 90, warps, stages, maxnreg=cap))
-        assert r["stack_bytes"] == 0 and r["registers"] <= 128, (name, r)
+        assert r["stack_bytes"] <= (8 if name == "lanes fwd" else 0), (name, r)
+        assert r["registers"] <= (64 if name == "lanes fwd" else 128), (name, r)
     states = 2 if consts["PREFETCH"] == 2 else consts["NU"]  # ping-pong: two states a step
     assert r["shuffles"] <= 40 * states, r  # the backward's
 
@@ -92,10 +95,10 @@ def test_seq_kernels_compile_for_sm90_without_spills(dtype):
 @pytest.mark.parametrize(
     "overrides",
     [{"lanes_k": 8}, {"lanes_time": 8}, {"lanes_time": 32, "lanes_bwd_maxnreg": None},
-     {"lanes_bwd_pingpong": True}, {"lanes_bwd_whole": True, "lanes_fwd_maxnreg": 64},
-     {"lanes_da_merge": True}],
-    ids=["k8", "four-channels-a-warp", "one-channel-a-warp", "pingpong", "whole-forward-cap",
-         "da-merge"],
+     {"lanes_bwd_pingpong": True}, {"lanes_bwd_whole": True, "lanes_fwd_maxnreg": None},
+     {"lanes_da_merge": True}, {"lanes_bwd_held": True, "lanes_da_merge": True}],
+    ids=["k8", "four-channels-a-warp", "one-channel-a-warp", "pingpong", "whole-forward-uncapped",
+         "da-merge", "held-da-merge"],
 )  # fmt: skip
 def test_lanes_settings_compile_for_sm90(overrides, monkeypatch):
     """Settings other than the defaults compile too (a CUDA compile error, such as a constexpr

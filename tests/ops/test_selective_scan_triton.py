@@ -124,8 +124,9 @@ def _check_interpreted(case, config: str):
 # states; the backward with one channel a warp (chunks of 128 steps; the defaults: two channels,
 # chunks of 64) and with four (chunks of 32 steps, the last one part empty); whole chunks' state
 # loop without masks along time (lanes_bwd_whole) on inputs followed by NaNs, after a forward
-# capped at 64 registers; dA's terms merged across each group of 16 states (lanes_da_merge), two
-# groups
+# without its register cap; dA's terms merged across each group of 16 states (lanes_da_merge),
+# two groups; with that, the state scalars held one a lane (lanes_bwd_held: 16 states, 16 lanes),
+# from an initial state (its gradient: the carries the lanes store)
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
@@ -136,11 +137,13 @@ def _check_interpreted(case, config: str):
      ((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes", "lanes_time": 32}),
      ((2, 8, 4, 75, None, False, "bfloat16", False), {"kernel": "lanes", "lanes_time": 8}),
      ((1, 8, 5, 300, 2, True, "float32", True, True),
-      {"kernel": "lanes", "lanes_bwd_whole": True, "lanes_fwd_maxnreg": 64}),
-     ((1, 4, 32, 130, 2, True, "float32", True, True), {"kernel": "lanes", "lanes_da_merge": True})],
+      {"kernel": "lanes", "lanes_bwd_whole": True, "lanes_fwd_maxnreg": None}),
+     ((1, 4, 32, 130, 2, True, "float32", True, True), {"kernel": "lanes", "lanes_da_merge": True}),
+     ((1, 4, 16, 200, None, True, "float32", True, True),
+      {"kernel": "lanes", "lanes_bwd_held": True, "lanes_da_merge": True})],
     ids=["k4-three-chunks", "k8-four-channels-bf16", "k4-pingpong-odd-states",
          "k4-one-channel-a-warp", "k4-four-channels-over-the-lanes-bf16",
-         "k4-whole-chunks", "k4-da-merged-two-groups"],
+         "k4-whole-chunks-forward-uncapped", "k4-da-merged-two-groups", "k4-held-da-merged"],
 )  # fmt: skip
 def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
     _check_interpreted(case, json.dumps(overrides))
@@ -168,6 +171,7 @@ def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
         "lanes_bc32",
         "lanes_whole",
         "lanes_dam",
+        "lanes_held",
     ],
 )
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
@@ -179,9 +183,11 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     states' loads (lanes_bwd_pingpong); lanes_t32, lanes_t8: the backward with one channel a warp
     and with four over its lanes (lanes_time 32 and 8; the defaults: two); lanes_bc32: the
     backward reading the forward's fp32 copies of B and C (lanes_bc_fp32 "both"); lanes_whole:
-    whole chunks without masks along time (lanes_bwd_whole), after a forward capped at 64
-    registers (lanes_fwd_maxnreg); lanes_dam: dA's terms merged across each group of 16 states
-    (lanes_da_merge; the second case's 8 states are no whole group: summed a state)."""
+    whole chunks without masks along time (lanes_bwd_whole), after a forward without its
+    register cap (lanes_fwd_maxnreg None); lanes_dam: dA's terms merged across each group of 16
+    states (lanes_da_merge; the second case's 8 states are no whole group: summed a state);
+    lanes_held: that, and the state scalars held one a lane (lanes_bwd_held; the second case's 8
+    states are not 16: loaded a state)."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -200,9 +206,9 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     if kernel == "lanes_bc32":
         config.update(lanes_bc_fp32="both")
     if kernel == "lanes_whole":
-        config.update(lanes_bwd_whole=True, lanes_fwd_maxnreg=64)
-    if kernel == "lanes_dam":
-        config.update(lanes_da_merge=True)
+        config.update(lanes_bwd_whole=True, lanes_fwd_maxnreg=None)
+    if kernel in ("lanes_dam", "lanes_held"):
+        config.update(lanes_da_merge=True, lanes_bwd_held=kernel == "lanes_held")
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [
@@ -232,6 +238,27 @@ def test_lanes_channels_a_backward_warp_divide_a_group(monkeypatch):
     monkeypatch.setitem(triton_kernel.CONFIG, "lanes_time", 12)
     with pytest.raises(ValueError, match="lanes_time"):
         triton_time._lanes_time(1024, 1)
+
+
+def test_lanes_backward_settings_apply_where_they_can(monkeypatch):
+    """lanes_da_merge applies where the states come in whole groups of a channel's lanes, one a
+    loop step and not ping-pong (DA_LOG: log2 of the lanes); lanes_bwd_held where there are as
+    many states as lanes, under the same loop; elsewhere both fall back (0, False)."""
+    from mamba_asr.ops.selective_scan import triton_kernel, triton_time
+
+    assert triton_time._lanes_da_log(16, 16) == 0 and not triton_time._lanes_held(16, 16)
+    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_da_merge", True)
+    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_bwd_held", True)
+    assert triton_time._lanes_da_log(16, 16) == 4 and triton_time._lanes_da_log(16, 32) == 4
+    assert triton_time._lanes_da_log(8, 16) == 3 and triton_time._lanes_da_log(32, 32) == 5
+    assert triton_time._lanes_da_log(16, 8) == 0 and triton_time._lanes_da_log(16, 24) == 0
+    assert triton_time._lanes_held(16, 16) and triton_time._lanes_held(8, 8)
+    assert not triton_time._lanes_held(16, 32) and not triton_time._lanes_held(16, 8)
+    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_unroll", [4, 2])
+    assert triton_time._lanes_da_log(16, 16) == 0 and not triton_time._lanes_held(16, 16)
+    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_unroll", [4, 1])
+    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_bwd_pingpong", True)
+    assert triton_time._lanes_da_log(16, 16) == 0 and not triton_time._lanes_held(16, 16)
 
 
 def test_seq_kernels_apply_where_they_can(monkeypatch):

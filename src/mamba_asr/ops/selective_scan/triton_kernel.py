@@ -75,8 +75,10 @@ from torch import Tensor
 # (1-9% more); dA's terms kept per lane over the chunks and summed once (7 fewer instructions a
 # state; within 1%, 3-4% more at L 8192); the forward with 8 steps a lane (25% fewer instructions
 # a state; 3-18% more);
-# lanes_fwd_maxnreg: the lanes forward's register cap (64 would keep the fp32 forward without a
-# backward, which takes 68, at 32 programs an SM; not yet timed);
+# lanes_fwd_maxnreg: the lanes forward's register cap: 64 keeps the fp32 forward without a
+# backward (68 registers uncapped, 64 and 8 bytes of stack capped) at 32 programs an SM; on an
+# H100 that forward took 28-35% less time at L 2048 and 8192 and 7% less at 512, the rest within
+# 1% or faster;
 # lanes_da_merge: the lanes backward's dA terms of each group of lanes_time states merged pairwise
 # across the lanes as the states come, then added once a lane (15 shuffles and one atomic add for
 # 16 states, against 64 and 16; one state a loop step, N a multiple of lanes_time; not yet timed);
@@ -95,7 +97,7 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "seq_bwd_warps": 1, "seq_bwd_maxnreg": None, "seq_prefetch": 1, "lanes_k": 4,
           "lanes_unroll": [4, 1], "lanes_prefetch": "bwd", "lanes_bc_fp32": True,
           "lanes_bwd_pingpong": False, "lanes_time": 16, "lanes_bwd_maxnreg": 128,
-          "lanes_bwd_whole": False, "lanes_fwd_maxnreg": None,
+          "lanes_bwd_whole": False, "lanes_fwd_maxnreg": 64,
           "lanes_da_merge": False, "lanes_bwd_held": False}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
