@@ -96,9 +96,11 @@ def test_seq_kernels_compile_for_sm90_without_spills(dtype):
     "overrides",
     [{"lanes_k": 8}, {"lanes_time": 8}, {"lanes_time": 32, "lanes_bwd_maxnreg": None},
      {"lanes_bwd_pingpong": True}, {"lanes_bwd_whole": True, "lanes_fwd_maxnreg": None},
-     {"lanes_da_merge": True}, {"lanes_bwd_held": True, "lanes_da_merge": True}],
+     {"lanes_da_merge": True}, {"lanes_bwd_held": True, "lanes_da_merge": True},
+     {"lanes_bwd_held": True, "lanes_da_merge": True, "lanes_bwd_whole": True,
+      "lanes_bc_bits": True}],
     ids=["k8", "four-channels-a-warp", "one-channel-a-warp", "pingpong", "whole-forward-uncapped",
-         "da-merge", "held-da-merge"],
+         "da-merge", "held-da-merge", "held-da-merge-whole-bc-bits"],
 )  # fmt: skip
 def test_lanes_settings_compile_for_sm90(overrides, monkeypatch):
     """Settings other than the defaults compile too (a CUDA compile error, such as a constexpr

@@ -126,7 +126,9 @@ def _check_interpreted(case, config: str):
 # loop without masks along time (lanes_bwd_whole) on inputs followed by NaNs, after a forward
 # without its register cap; dA's terms merged across each group of 16 states (lanes_da_merge),
 # two groups; with that, the state scalars held one a lane (lanes_bwd_held: 16 states, 16 lanes),
-# from an initial state (its gradient: the carries the lanes store)
+# from an initial state (its gradient: the carries the lanes store), and in bf16 with whole chunks
+# and B and C read as int32 words (lanes_bc_bits; L 76, a multiple of 4, the last chunk part
+# empty)
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
@@ -140,10 +142,14 @@ def _check_interpreted(case, config: str):
       {"kernel": "lanes", "lanes_bwd_whole": True, "lanes_fwd_maxnreg": None}),
      ((1, 4, 32, 130, 2, True, "float32", True, True), {"kernel": "lanes", "lanes_da_merge": True}),
      ((1, 4, 16, 200, None, True, "float32", True, True),
-      {"kernel": "lanes", "lanes_bwd_held": True, "lanes_da_merge": True})],
+      {"kernel": "lanes", "lanes_bwd_held": True, "lanes_da_merge": True}),
+     ((1, 4, 16, 76, None, True, "bfloat16", True, True),
+      {"kernel": "lanes", "lanes_bwd_held": True, "lanes_da_merge": True, "lanes_bwd_whole": True,
+       "lanes_bc_bits": True})],
     ids=["k4-three-chunks", "k8-four-channels-bf16", "k4-pingpong-odd-states",
          "k4-one-channel-a-warp", "k4-four-channels-over-the-lanes-bf16",
-         "k4-whole-chunks-forward-uncapped", "k4-da-merged-two-groups", "k4-held-da-merged"],
+         "k4-whole-chunks-forward-uncapped", "k4-da-merged-two-groups", "k4-held-da-merged",
+         "k4-held-da-merged-whole-bc-bits-bf16"],
 )  # fmt: skip
 def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
     _check_interpreted(case, json.dumps(overrides))
@@ -186,8 +192,9 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     whole chunks without masks along time (lanes_bwd_whole), after a forward without its
     register cap (lanes_fwd_maxnreg None); lanes_dam: dA's terms merged across each group of 16
     states (lanes_da_merge; the second case's 8 states are no whole group: summed a state);
-    lanes_held: that, and the state scalars held one a lane (lanes_bwd_held; the second case's 8
-    states are not 16: loaded a state)."""
+    lanes_held: that, the state scalars held one a lane (lanes_bwd_held; the second case's 8
+    states are not 16: loaded a state), whole chunks without masks along time and bf16 B and C
+    read as int32 words (lanes_bc_bits; at L 64 and 1024, multiples of 4)."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -208,7 +215,9 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     if kernel == "lanes_whole":
         config.update(lanes_bwd_whole=True, lanes_fwd_maxnreg=None)
     if kernel in ("lanes_dam", "lanes_held"):
-        config.update(lanes_da_merge=True, lanes_bwd_held=kernel == "lanes_held")
+        held = kernel == "lanes_held"
+        config.update(lanes_da_merge=True, lanes_bwd_held=held, lanes_bwd_whole=held,
+                      lanes_bc_bits=held)  # fmt: skip
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [
@@ -243,7 +252,8 @@ def test_lanes_channels_a_backward_warp_divide_a_group(monkeypatch):
 def test_lanes_backward_settings_apply_where_they_can(monkeypatch):
     """lanes_da_merge applies where the states come in whole groups of a channel's lanes, one a
     loop step and not ping-pong (DA_LOG: log2 of the lanes); lanes_bwd_held where there are as
-    many states as lanes, under the same loop; elsewhere both fall back (0, False)."""
+    many states as lanes, under the same loop; lanes_bc_bits where B and C are bf16 at whole
+    words and L a multiple of 4; elsewhere they fall back (0, False)."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     assert triton_time._lanes_da_log(16, 16) == 0 and not triton_time._lanes_held(16, 16)
@@ -259,6 +269,15 @@ def test_lanes_backward_settings_apply_where_they_can(monkeypatch):
     monkeypatch.setitem(triton_kernel.CONFIG, "lanes_unroll", [4, 1])
     monkeypatch.setitem(triton_kernel.CONFIG, "lanes_bwd_pingpong", True)
     assert triton_time._lanes_da_log(16, 16) == 0 and not triton_time._lanes_held(16, 16)
+    # lanes_bc_bits: bf16 B and C at a multiple of 4 steps, fewer than 32 lanes a channel
+    bf, f32 = torch.zeros(64, dtype=torch.bfloat16), torch.zeros(64)
+    assert not triton_time._lanes_bc_bits(bf, bf, 64, 16)  # off in CONFIG
+    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_bc_bits", True)
+    assert triton_time._lanes_bc_bits(bf, bf, 64, 16) and triton_time._lanes_bc_bits(bf, bf, 8, 8)
+    assert not triton_time._lanes_bc_bits(bf, bf, 66, 16)  # not a multiple of 4
+    assert not triton_time._lanes_bc_bits(bf, bf, 64, 32)  # one channel a warp
+    assert not triton_time._lanes_bc_bits(f32, f32, 64, 16)  # fp32 B and C
+    assert not triton_time._lanes_bc_bits(bf[1:], bf[1:], 60, 16)  # not at a whole word
 
 
 def test_seq_kernels_apply_where_they_can(monkeypatch):

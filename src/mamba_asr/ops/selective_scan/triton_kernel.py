@@ -86,6 +86,9 @@ from torch import Tensor
 # entering state and the adjoint's carry, loaded once a chunk and taken by a shuffle a state (three
 # loads a state before, each with its address and mask), and store the carries passed on once a
 # chunk (one state a loop step; not yet timed);
+# lanes_bc_bits: the lanes backward reads bf16 B and C as int32 words and unpacks each value with
+# one shift or mask (a conversion takes a byte move and a shift; L a multiple of 4,
+# lanes_time < 32);
 # time_fwd: "seq" for gluon_seq's forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
@@ -98,7 +101,7 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "lanes_unroll": [4, 1], "lanes_prefetch": "bwd", "lanes_bc_fp32": True,
           "lanes_bwd_pingpong": False, "lanes_time": 16, "lanes_bwd_maxnreg": 128,
           "lanes_bwd_whole": False, "lanes_fwd_maxnreg": 64,
-          "lanes_da_merge": False, "lanes_bwd_held": False}  # fmt: skip
+          "lanes_da_merge": False, "lanes_bwd_held": False, "lanes_bc_bits": False}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

@@ -101,8 +101,20 @@ def _steps_mask(t, L, ok, TAIL: tl.constexpr):
 
 
 @triton.jit
+def _bf16_pairs(w):
+    """fp32 values of the bf16 pairs packed in int32 w (..., 2): (..., 4), the low half of each
+    word first (its element at the lower address). bf16 is fp32's upper half: one shift or one
+    mask a value, where a conversion takes a byte move and a shift."""
+    lo = (w << 16).to(tl.float32, bitcast=True)
+    hi = (w & -65536).to(tl.float32, bitcast=True)
+    x = tl.join(lo, hi)  # (..., 2, 2): pair, then half
+    return tl.reshape(x, (w.shape[0], 4))
+
+
+@triton.jit
 def _load_k(base, t0, L, lane, mask, K: tl.constexpr, BD: tl.constexpr, TL: tl.constexpr,
-            ROWS: tl.constexpr = True, TAIL: tl.constexpr = True):  # fmt: skip
+            ROWS: tl.constexpr = True, TAIL: tl.constexpr = True,
+            BITS: tl.constexpr = False):  # fmt: skip
     """K fp32 tensors, step k of each lane of the rows at base (a pointer, or (BD, 1, 1) of them),
     shaped (BD, TL); 0 past L and where not mask (broadcast as base). Where a warp's lanes hold
     several channels (TL < 32) the tile is read as flat rows, channel-major (row c TL + l is lane
@@ -111,17 +123,30 @@ def _load_k(base, t0, L, lane, mask, K: tl.constexpr, BD: tl.constexpr, TL: tl.c
     then run along time first, the layout ``tl.gather`` and the scans along time take without
     conversions. One scalar base a tensor (uniform across the warp) and one offset tile shared by
     all tensors keep per-lane 64-bit pointers out of the registers. Without TAIL the steps all lie
-    before L (a whole chunk), and L masks nothing."""
+    before L (a whole chunk), and L masks nothing. With BITS (bf16 at base, which lies at an
+    even element as L is a multiple of 4, TL < 32) each lane's 4 steps are read as two int32
+    words and unpacked by ``_bf16_pairs`` (the 4 steps lie before L or past it together)."""
     out = ()
     for j in tl.static_range(K // 4):
         if TL < 32:
-            t = _flat_offsets(t0, j, K, BD, TL)
-            off = t
-            if ROWS:
-                off = t + _flat_channel(BD, TL) * L
-            x = tl.load(base + off, mask=_steps_mask(t, L, mask, TAIL), other=0.0)
-            x = x.to(tl.float32)
-            out = out + _split4(tl.reshape(x, (BD, TL, 4)))
+            if BITS:
+                # each lane's two words in the row (steps tf .. tf + 3): one mask, tf's (L a
+                # multiple of 4), so that the two are one 8-byte load
+                tf = t0 + (tl.arange(0, BD * TL) % TL)[:, None] * K + 4 * j
+                wo = (tf >> 1) + tl.arange(0, 2)[None, :]
+                if ROWS:
+                    wo = wo + _flat_channel(BD, TL) * (L >> 1)
+                words = base.to(tl.pointer_type(tl.int32))
+                w = tl.load(words + wo, mask=_steps_mask(tf, L, mask, TAIL), other=0)
+                out = out + _split4(tl.reshape(_bf16_pairs(w), (BD, TL, 4)))
+            else:
+                t = _flat_offsets(t0, j, K, BD, TL)
+                off = t
+                if ROWS:
+                    off = t + _flat_channel(BD, TL) * L
+                x = tl.load(base + off, mask=_steps_mask(t, L, mask, TAIL), other=0.0)
+                x = x.to(tl.float32)
+                out = out + _split4(tl.reshape(x, (BD, TL, 4)))
         else:
             t = _offsets(t0, lane, j, K)
             out = out + _split4(tl.load(base + t, mask=mask & (t < L), other=0.0).to(tl.float32))
@@ -143,19 +168,20 @@ def _load_steps(ptr, rows, t0, L, md, lane, K: tl.constexpr, BD: tl.constexpr = 
 
 @triton.jit
 def _load_bc(ptr, t0, L, lane, ok, K: tl.constexpr, BD: tl.constexpr = 1,
-             TL: tl.constexpr = 32, TAIL: tl.constexpr = True):  # fmt: skip
+             TL: tl.constexpr = 32, TAIL: tl.constexpr = True,
+             BITS: tl.constexpr = False):  # fmt: skip
     """K (BD, TL) fp32 tensors of one state's B or C row at ptr, the same for the program's BD
     channels; 0 past L or where not ok. Read as the channels' tiles are (each lane its own values,
     the lanes of one address served by one transaction), they need no conversion between
-    layouts where channels share the warp's lanes."""
-    return _load_k(ptr, t0, L, lane, ok, K, BD, TL, False, TAIL)
+    layouts where channels share the warp's lanes. BITS as ``_load_k``'s."""
+    return _load_k(ptr, t0, L, lane, ok, K, BD, TL, False, TAIL, BITS)
 
 
 @triton.jit
 def _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L, lane,
                  N: tl.constexpr, NU: tl.constexpr, K: tl.constexpr, CARRY: tl.constexpr,
                  BD: tl.constexpr = 1, TL: tl.constexpr = 32, TAIL: tl.constexpr = True,
-                 SCALARS: tl.constexpr = True):  # fmt: skip
+                 SCALARS: tl.constexpr = True, BITS: tl.constexpr = False):  # fmt: skip
     """What states n0 .. n0 + NU - 1 read in a chunk, flat, per state: A (BD,), the state entering
     the chunk (at hrow, zero where not hok), with CARRY the adjoint's carry (at src, zero where not
     sok), then K B and K C (1, 32) tensors; zeros past N. TAIL as ``_load_k``'s. Without SCALARS
@@ -171,8 +197,8 @@ def _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, 
             )
         if CARRY and SCALARS:
             out = out + (tl.load(src + n, mask=sok & ok, other=0.0),)
-        out = out + _load_bc(B_ptr + bc0 + n * L, t0, L, lane, ok, K, BD, TL, TAIL)
-        out = out + _load_bc(C_ptr + bc0 + n * L, t0, L, lane, ok, K, BD, TL, TAIL)
+        out = out + _load_bc(B_ptr + bc0 + n * L, t0, L, lane, ok, K, BD, TL, TAIL, BITS)
+        out = out + _load_bc(C_ptr + bc0 + n * L, t0, L, lane, ok, K, BD, TL, TAIL, BITS)
     return out
 
 
@@ -554,7 +580,7 @@ def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, so
                 bc0, t0, L, lane, up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, N: tl.constexpr,
                 NU: tl.constexpr, K: tl.constexpr, PREFETCH: tl.constexpr, BD: tl.constexpr,
                 TL: tl.constexpr, TAIL: tl.constexpr, DA_LOG: tl.constexpr = 0,
-                HELD: tl.constexpr = False):  # fmt: skip
+                HELD: tl.constexpr = False, BITS: tl.constexpr = False):  # fmt: skip
     """A chunk's loop over the states (``_bwd_state`` each, their loads as PREFETCH says); returns
     ddt and dus with every state's terms added. Without TAIL the chunk lies before L: no step of it
     is masked. With DA_LOG (one state a loop step, not ping-pong; TL = 2^DA_LOG lanes a channel
@@ -564,7 +590,7 @@ def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, so
     adds to dA: one atomic add a lane for the TL states, against one a state. With HELD (one
     state a loop step, not ping-pong, N = TL) the lanes hold A, the entering states and the
     carries (``_lane_states``), loaded once a chunk, and the carries passed on are stored once at
-    the end, one a lane."""
+    the end, one a lane. BITS: B and C read as bf16 pairs (``_load_k``)."""
     if PREFETCH == 2:  # ping-pong: two states' loads live, none copied between them (NU 1)
         a = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L,
                          lane, N, 1, K, True, BD, TL, TAIL)  # fmt: skip
@@ -583,7 +609,7 @@ def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, so
         SC: tl.constexpr = not HELD  # whether _state_loads reads A, the state and the carry
         if PREFETCH:
             nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0,
-                               t0, L, lane, N, NU, K, True, BD, TL, TAIL, SC)  # fmt: skip
+                               t0, L, lane, N, NU, K, True, BD, TL, TAIL, SC, BITS)  # fmt: skip
         if HELD:
             hA, hH, hC, hOut = _lane_states(A_ptr, hrow, hok, src, sok, offs_d, md, lane, N)
         p0 = tl.zeros_like(dts[0])  # dA's terms waiting to be merged (DA_LOG)
@@ -595,12 +621,12 @@ def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, so
             if PREFETCH:  # as in the forward
                 cur = nxt
                 nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d,
-                                   md, bc0, t0, L, lane, N, NU, K, True, BD, TL, TAIL,
-                                   SC)  # fmt: skip
+                                   md, bc0, t0, L, lane, N, NU, K, True, BD, TL, TAIL, SC,
+                                   BITS)  # fmt: skip
             else:
                 cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md,
-                                   bc0, t0, L, lane, N, NU, K, True, BD, TL, TAIL,
-                                   SC)  # fmt: skip
+                                   bc0, t0, L, lane, N, NU, K, True, BD, TL, TAIL, SC,
+                                   BITS)  # fmt: skip
             for j in tl.static_range(NU):
                 ok = n0 + j < N
                 if HELD:  # NU 1
@@ -635,7 +661,7 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                       PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
                       FAST: tl.constexpr, TL: tl.constexpr = 32,
                       WHOLE: tl.constexpr = False, DA_LOG: tl.constexpr = 0,
-                      HELD: tl.constexpr = False):  # fmt: skip
+                      HELD: tl.constexpr = False, BITS: tl.constexpr = False):  # fmt: skip
     # dhbuf: (2, B, D, N) fp32, a_t dLoss/dh_t at the first step t of the chunk after the one
     # being processed (for the last chunk: dLoss/d(last state) from dlast, or zeros), alternating
     # between the two halves; at the end the half n_chunks % 2 holds dLoss/d(initial state).
@@ -699,12 +725,12 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
             ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src,
                                    sok, offs_d, md, bc0, t0, L, lane, up, first_lane, dst, dA_ptr,
                                    dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL, False,
-                                   DA_LOG, HELD)  # fmt: skip
+                                   DA_LOG, HELD, BITS)  # fmt: skip
         else:
             ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src,
                                    sok, offs_d, md, bc0, t0, L, lane, up, first_lane, dst, dA_ptr,
                                    dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL, True,
-                                   DA_LOG, HELD)  # fmt: skip
+                                   DA_LOG, HELD, BITS)  # fmt: skip
         dds = ()
         dss = ()
         # u and delta again (cached), rather than held in registers over the states

@@ -463,6 +463,15 @@ def _lanes_held(lanes_t: int, d_state: int) -> bool:
             and _lanes_bwd_prefetch() != 2)  # fmt: skip
 
 
+def _lanes_bc_bits(B: torch.Tensor, C: torch.Tensor, length: int, lanes_t: int) -> bool:
+    """The lanes backward's BITS: CONFIG ``lanes_bc_bits`` where B and C are bf16, L is a multiple
+    of 4 (every row starts at a whole int32 word, and a lane's 4 steps lie before L or past it
+    together) and a channel has fewer than 32 lanes: B and C are read as int32 words and unpacked
+    with one shift or mask a value (``triton_lanes._load_k``)."""
+    return (CONFIG["lanes_bc_bits"] and B.dtype == C.dtype == torch.bfloat16 and length % 4 == 0
+            and lanes_t < 32 and B.data_ptr() % 4 == 0 and C.data_ptr() % 4 == 0)  # fmt: skip
+
+
 class _LaneKernels(NamedTuple):
     fwd: object
     bwd: object
@@ -630,7 +639,8 @@ class TritonTimeScan(torch.autograd.Function):
             launch(_lanes().bwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, **flags,
                    K=k, TL=lanes_t, NU=_lanes_unroll(True), PREFETCH=_lanes_bwd_prefetch(),
                    WHOLE=CONFIG["lanes_bwd_whole"], DA_LOG=_lanes_da_log(lanes_t, d_state),
-                   HELD=_lanes_held(lanes_t, d_state))  # fmt: skip
+                   HELD=_lanes_held(lanes_t, d_state),
+                   BITS=_lanes_bc_bits(B, C, length, lanes_t))  # fmt: skip
             dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
             return _grads(ctx.info, A32, ctx.bc, du, ddelta, dA, zeros, dD, dz, dbias, dh0)
         launch(_bwd_time_kernel, grid, *args, **flags, TC=tc, NU=CONFIG["time_unroll"],
