@@ -122,13 +122,14 @@ def _check_interpreted(case, config: str):
 # (not a divisor of 16) in the backward, nothing loaded ahead, both kernels reading B and C cast
 # to fp32, in bf16; the backward alternating two states' loads (ping-pong) over an odd number of
 # states; the backward with one channel a warp (chunks of 128 steps; the defaults: two channels,
-# chunks of 64) and with four (chunks of 32 steps, the last one part empty); whole chunks' state
-# loop without masks along time (lanes_bwd_whole) on inputs followed by NaNs, after a forward
-# without its register cap; dA's terms merged across each group of 16 states (lanes_da_merge),
-# two groups; with that, the state scalars held one a lane (lanes_bwd_held: 16 states, 16 lanes),
-# from an initial state (its gradient: the carries the lanes store), and in bf16 with whole chunks
-# and B and C read as int32 words (lanes_bc_bits; L 76, a multiple of 4, the last chunk part
-# empty)
+# chunks of 64) and with four (chunks of 32 steps, the last one part empty); every chunk's state
+# loop masked along time (lanes_bwd_whole off) on inputs followed by NaNs, after a forward without
+# its register cap; then the defaults where their backward settings apply: dA's terms merged
+# across each group of 16 states (lanes_da_merge), two groups (32 states); with that the state
+# scalars held one a lane (lanes_bwd_held: 16 states, 16 lanes), from an initial state (its
+# gradient: the carries the lanes store); and in bf16 with B and C read as int32 words
+# (lanes_bc_bits; L 76, a multiple of 4, the last chunk part empty). (The first case's 5 states
+# take the other ways: summed and loaded a state.)
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
@@ -139,17 +140,14 @@ def _check_interpreted(case, config: str):
      ((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes", "lanes_time": 32}),
      ((2, 8, 4, 75, None, False, "bfloat16", False), {"kernel": "lanes", "lanes_time": 8}),
      ((1, 8, 5, 300, 2, True, "float32", True, True),
-      {"kernel": "lanes", "lanes_bwd_whole": True, "lanes_fwd_maxnreg": None}),
-     ((1, 4, 32, 130, 2, True, "float32", True, True), {"kernel": "lanes", "lanes_da_merge": True}),
-     ((1, 4, 16, 200, None, True, "float32", True, True),
-      {"kernel": "lanes", "lanes_bwd_held": True, "lanes_da_merge": True}),
-     ((1, 4, 16, 76, None, True, "bfloat16", True, True),
-      {"kernel": "lanes", "lanes_bwd_held": True, "lanes_da_merge": True, "lanes_bwd_whole": True,
-       "lanes_bc_bits": True})],
+      {"kernel": "lanes", "lanes_bwd_whole": False, "lanes_fwd_maxnreg": None}),
+     ((1, 4, 32, 130, 2, True, "float32", True, True), {"kernel": "lanes"}),
+     ((1, 4, 16, 200, None, True, "float32", True, True), {"kernel": "lanes"}),
+     ((1, 4, 16, 76, None, True, "bfloat16", True, True), {"kernel": "lanes"})],
     ids=["k4-three-chunks", "k8-four-channels-bf16", "k4-pingpong-odd-states",
          "k4-one-channel-a-warp", "k4-four-channels-over-the-lanes-bf16",
-         "k4-whole-chunks-forward-uncapped", "k4-da-merged-two-groups", "k4-held-da-merged",
-         "k4-held-da-merged-whole-bc-bits-bf16"],
+         "k4-every-chunk-masked-forward-uncapped", "k4-da-merged-two-groups", "k4-held-da-merged",
+         "k4-held-da-merged-bc-bits-bf16"],
 )  # fmt: skip
 def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
     _check_interpreted(case, json.dumps(overrides))
@@ -177,7 +175,7 @@ def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
         "lanes_bc32",
         "lanes_whole",
         "lanes_dam",
-        "lanes_held",
+        "lanes_plain",
     ],
 )
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
@@ -189,12 +187,13 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     states' loads (lanes_bwd_pingpong); lanes_t32, lanes_t8: the backward with one channel a warp
     and with four over its lanes (lanes_time 32 and 8; the defaults: two); lanes_bc32: the
     backward reading the forward's fp32 copies of B and C (lanes_bc_fp32 "both"); lanes_whole:
-    whole chunks without masks along time (lanes_bwd_whole), after a forward without its
-    register cap (lanes_fwd_maxnreg None); lanes_dam: dA's terms merged across each group of 16
-    states (lanes_da_merge; the second case's 8 states are no whole group: summed a state);
-    lanes_held: that, the state scalars held one a lane (lanes_bwd_held; the second case's 8
-    states are not 16: loaded a state), whole chunks without masks along time and bf16 B and C
-    read as int32 words (lanes_bc_bits; at L 64 and 1024, multiples of 4)."""
+    the defaults' whole chunks without masks along time (lanes_bwd_whole) after a forward without
+    its register cap (lanes_fwd_maxnreg None); lanes (the defaults) also holds the state scalars one a
+    lane (lanes_bwd_held) and merges dA's terms across each group of 16 states (lanes_da_merge),
+    and reads bf16 B and C as int32 words (lanes_bc_bits) where L is a multiple of 4 (64, 1024),
+    the second case's 8 states taking the other ways (no whole group, not one a lane); lanes_dam:
+    dA merged alone (held, whole chunks and bits off); lanes_plain: all four off (a state's
+    scalars loaded and its dA summed a state, every chunk masked, B and C converted)."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -213,11 +212,10 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     if kernel == "lanes_bc32":
         config.update(lanes_bc_fp32="both")
     if kernel == "lanes_whole":
-        config.update(lanes_bwd_whole=True, lanes_fwd_maxnreg=None)
-    if kernel in ("lanes_dam", "lanes_held"):
-        held = kernel == "lanes_held"
-        config.update(lanes_da_merge=True, lanes_bwd_held=held, lanes_bwd_whole=held,
-                      lanes_bc_bits=held)  # fmt: skip
+        config.update(lanes_bwd_whole=True, lanes_fwd_maxnreg=None)  # (whole: the default)
+    if kernel in ("lanes_dam", "lanes_plain"):
+        config.update(lanes_da_merge=kernel == "lanes_dam", lanes_bwd_held=False,
+                      lanes_bwd_whole=False, lanes_bc_bits=False)  # fmt: skip
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [
@@ -256,6 +254,8 @@ def test_lanes_backward_settings_apply_where_they_can(monkeypatch):
     words and L a multiple of 4; elsewhere they fall back (0, False)."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
+    for key in ("lanes_da_merge", "lanes_bwd_held"):  # the defaults: on
+        monkeypatch.setitem(triton_kernel.CONFIG, key, False)
     assert triton_time._lanes_da_log(16, 16) == 0 and not triton_time._lanes_held(16, 16)
     monkeypatch.setitem(triton_kernel.CONFIG, "lanes_da_merge", True)
     monkeypatch.setitem(triton_kernel.CONFIG, "lanes_bwd_held", True)
@@ -271,7 +271,8 @@ def test_lanes_backward_settings_apply_where_they_can(monkeypatch):
     assert triton_time._lanes_da_log(16, 16) == 0 and not triton_time._lanes_held(16, 16)
     # lanes_bc_bits: bf16 B and C at a multiple of 4 steps, fewer than 32 lanes a channel
     bf, f32 = torch.zeros(64, dtype=torch.bfloat16), torch.zeros(64)
-    assert not triton_time._lanes_bc_bits(bf, bf, 64, 16)  # off in CONFIG
+    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_bc_bits", False)
+    assert not triton_time._lanes_bc_bits(bf, bf, 64, 16)
     monkeypatch.setitem(triton_kernel.CONFIG, "lanes_bc_bits", True)
     assert triton_time._lanes_bc_bits(bf, bf, 64, 16) and triton_time._lanes_bc_bits(bf, bf, 8, 8)
     assert not triton_time._lanes_bc_bits(bf, bf, 66, 16)  # not a multiple of 4

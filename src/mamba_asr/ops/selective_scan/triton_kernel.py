@@ -69,26 +69,30 @@ from torch import Tensor
 # and one channel a program and checkpoints the state at the backward's chunks);
 # lanes_bwd_maxnreg: the lanes backward's register cap (time_bwd_maxnreg is the time kernels');
 # lanes_bwd_whole: chunks wholly before L take a copy of the backward's state loop with no mask
-# along time (7 fewer instructions a state on sm_90; on an H100 within 1.2% of the defaults: less
-# in bf16, more in fp32; off). Timed on an H100 and taken out again as slower (GPU time of a
-# forward+backward): no mask a state, the loads ahead of the last reading state N - 1 again
-# (1-9% more); dA's terms kept per lane over the chunks and summed once (7 fewer instructions a
-# state; within 1%, 3-4% more at L 8192); the forward with 8 steps a lane (25% fewer instructions
-# a state; 3-18% more);
+# along time (7 fewer instructions a state on sm_90; alone within 1.2% of the defaults of then on
+# an H100, with the three below 1-2% faster in bf16 at L 512 and 2048). Timed on an H100 and taken
+# out again as slower (GPU time of a forward+backward): no mask a state, the loads ahead of the
+# last reading state N - 1 again (1-9% more); dA's terms kept per lane over the chunks and summed
+# once (7 fewer instructions a state; within 1%, 3-4% more at L 8192); the forward with 8 steps a
+# lane (25% fewer instructions a state; 3-18% more);
 # lanes_fwd_maxnreg: the lanes forward's register cap: 64 keeps the fp32 forward without a
 # backward (68 registers uncapped, 64 and 8 bytes of stack capped) at 32 programs an SM; on an
 # H100 that forward took 28-35% less time at L 2048 and 8192 and 7% less at 512, the rest within
 # 1% or faster;
 # lanes_da_merge: the lanes backward's dA terms of each group of lanes_time states merged pairwise
 # across the lanes as the states come, then added once a lane (15 shuffles and one atomic add for
-# 16 states, against 64 and 16; one state a loop step, N a multiple of lanes_time; not yet timed);
+# 16 states, against 64 and 16; one state a loop step, N a multiple of lanes_time);
 # lanes_bwd_held: where N = lanes_time, the lanes backward's lanes hold one state each of A, the
 # entering state and the adjoint's carry, loaded once a chunk and taken by a shuffle a state (three
 # loads a state before, each with its address and mask), and store the carries passed on once a
-# chunk (one state a loop step; not yet timed);
+# chunk (one state a loop step);
 # lanes_bc_bits: the lanes backward reads bf16 B and C as int32 words and unpacks each value with
 # one shift or mask (a conversion takes a byte move and a shift; L a multiple of 4,
-# lanes_time < 32);
+# lanes_time < 32). Each of these three alone moved the GPU time by less than 2% (on an H100),
+# dA merged with the values held took 6-7% off the bf16 backward kernel at L 512 and 2048, and
+# with whole chunks and bits 9-10% (forward+backward, peer/ours: 1.48x / 1.62x / 1.59x in bf16,
+# 2.08x / 2.00x / 1.87x in fp32, against 1.38x / 1.52x / 1.57x and 2.00x / 1.90x / 1.83x; the
+# default since then);
 # time_fwd: "seq" for gluon_seq's forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
@@ -100,8 +104,8 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "seq_bwd_warps": 1, "seq_bwd_maxnreg": None, "seq_prefetch": 1, "lanes_k": 4,
           "lanes_unroll": [4, 1], "lanes_prefetch": "bwd", "lanes_bc_fp32": True,
           "lanes_bwd_pingpong": False, "lanes_time": 16, "lanes_bwd_maxnreg": 128,
-          "lanes_bwd_whole": False, "lanes_fwd_maxnreg": 64,
-          "lanes_da_merge": False, "lanes_bwd_held": False, "lanes_bc_bits": False}  # fmt: skip
+          "lanes_bwd_whole": True, "lanes_fwd_maxnreg": 64,
+          "lanes_da_merge": True, "lanes_bwd_held": True, "lanes_bc_bits": True}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it
