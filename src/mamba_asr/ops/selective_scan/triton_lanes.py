@@ -24,7 +24,12 @@ loaded tile split in registers, no data moved), so that:
   every dB and dC add serves all BD (the adds were a quarter to a third of the backward, and L2
   its bound); the tiles are then read and written as flat channel-major rows and reshaped, which
   puts time first along the lanes, the layout ``tl.gather`` and the scans take, and dB and dC
-  are exchanged between the warp's channels before each lane adds 4 / BD of its 4 steps.
+  are exchanged between the warp's channels before each lane adds 4 / BD of its 4 steps;
+- with as many states as lanes a channel the backward's lanes hold one state each of A, the
+  entering state and the adjoint's carry (``_lane_states``, loaded once a chunk; a state takes
+  them by a shuffle), and dA's terms are merged across each group of TL states as they come
+  (``_da_merged``: one shuffle for two states' terms, one atomic add a lane for the group);
+  bf16 B and C are read as int32 words and unpacked with a shift or a mask (``_bf16_pairs``).
 
 K = 4 loads each tile as one 16-byte vector a lane; K = 8 as two. PREFETCH loads the next
 states' A, carries, B and C a loop step ahead (the backward's top stall without it; the forward
@@ -37,9 +42,10 @@ lanes that end one), so its host code runs these kernels (``CONFIG["kernel"] = "
 default; ``lanes_k``, ``lanes_unroll``, ``lanes_prefetch``, ``lanes_bc_fp32``: the forward reads
 half B and C cast to fp32 once, both by ``_fp32_pair_kernel``); arithmetic is fp32 throughout and
 the gate silu(z) is rounded to z's dtype as PyTorch rounds it. On an H100 the peer kernel takes
-1.70-1.77x our GPU time for a forward+backward in fp32 and 1.38-1.50x in bf16 at the benchmark's
-shapes; two channels a backward warp took 15-43% off the backward (docs/benchmarks.md). Shape key
-as ``triton_kernel``.
+1.87-2.08x our GPU time for a forward+backward in fp32 and 1.48-1.62x in bf16 at the benchmark's
+shapes; two channels a backward warp took 15-43% off the backward, the held values with dA merged
+(and whole chunks, bf16 read as words) 9-10% in bf16 (docs/benchmarks.md). Shape key as
+``triton_kernel``.
 """
 
 from __future__ import annotations
