@@ -72,6 +72,7 @@ def runner(impl, peer_fn, inputs, backward):
     ``.backward()`` on leaf inputs adds, nor the fill of a fresh gradient each call. With
     ``ACCUMULATE`` (--accumulate) it is ``out.backward(torch.ones_like(out))`` as before."""
     ones = {}  # the gradient of ones, made by the first (untimed, warm-up) call
+    leaves = [v for v in inputs.values() if v.requires_grad]
 
     def grads(out):
         if ACCUMULATE:
@@ -79,7 +80,6 @@ def runner(impl, peer_fn, inputs, backward):
             return
         if "g" not in ones:
             ones["g"] = torch.ones_like(out)
-        leaves = [v for v in inputs.values() if v.requires_grad]
         torch.autograd.grad(out, leaves, ones["g"])
 
     def call():

@@ -155,8 +155,11 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
         BATCH_FAST=cfg["time_batch_fast"],
         CARRY_IN=cfg["time_carry_in"],
     )
+    import torch
+
     from mamba_asr.ops.selective_scan import gluon_seq, triton_lanes
 
+    half = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     lanes_t = cfg["lanes_time"]  # the backward's lanes along time, the forward's checkpoints
     lanes = dict(common, HAS_H0=False, N=d_state, BD=cfg["time_bd"], K=cfg["lanes_k"],
                  BATCH_FAST=cfg["time_batch_fast"])  # fmt: skip
@@ -193,7 +196,7 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
          dict(lanes_bwd, HAS_DLAST=False, NU=tt._lanes_unroll(True),
               PREFETCH=tt._lanes_bwd_prefetch(), WHOLE=cfg["lanes_bwd_whole"],
               DA_LOG=tt._lanes_da_log(lanes_t, d_state), HELD=tt._lanes_held(lanes_t, d_state),
-              BITS=bool(cfg["lanes_bc_bits"]) and dtype == "bf16" and lanes_t < 32),
+              BITS=tt._lanes_bc_bits(half, half, 16, lanes_t)),  # L: a multiple of 16
          cfg["time_warps"], cfg["time_stages"]),
         *seq,
     ]  # fmt: skip

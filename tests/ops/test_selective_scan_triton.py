@@ -270,7 +270,7 @@ def test_lanes_backward_settings_apply_where_they_can(monkeypatch):
     monkeypatch.setitem(triton_kernel.CONFIG, "lanes_bwd_pingpong", True)
     assert triton_time._lanes_da_log(16, 16) == 0 and not triton_time._lanes_held(16, 16)
     # lanes_bc_bits: bf16 B and C at a multiple of 4 steps, fewer than 32 lanes a channel
-    bf, f32 = torch.zeros(64, dtype=torch.bfloat16), torch.zeros(64)
+    bf, f32 = torch.bfloat16, torch.float32
     monkeypatch.setitem(triton_kernel.CONFIG, "lanes_bc_bits", False)
     assert not triton_time._lanes_bc_bits(bf, bf, 64, 16)
     monkeypatch.setitem(triton_kernel.CONFIG, "lanes_bc_bits", True)
@@ -278,7 +278,8 @@ def test_lanes_backward_settings_apply_where_they_can(monkeypatch):
     assert not triton_time._lanes_bc_bits(bf, bf, 66, 16)  # not a multiple of 4
     assert not triton_time._lanes_bc_bits(bf, bf, 64, 32)  # one channel a warp
     assert not triton_time._lanes_bc_bits(f32, f32, 64, 16)  # fp32 B and C
-    assert not triton_time._lanes_bc_bits(bf[1:], bf[1:], 60, 16)  # not at a whole word
+    assert not triton_time._lanes_bc_bits(bf, torch.float16, 64, 16)  # not both bf16
+    assert not triton_time._lanes_bc_bits(bf, bf, 64, 16, False)  # not at a whole word
 
 
 def test_seq_kernels_apply_where_they_can(monkeypatch):

@@ -616,8 +616,10 @@ def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, so
         if PREFETCH:
             nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0,
                                t0, L, lane, N, NU, K, True, BD, TL, TAIL, SC, BITS)  # fmt: skip
+        held = None
         if HELD:
-            hA, hH, hC, hOut = _lane_states(A_ptr, hrow, hok, src, sok, offs_d, md, lane, N)
+            held = _lane_states(A_ptr, hrow, hok, src, sok, offs_d, md, lane, N)
+            hOut = held[3]  # the carries passed on, collected state by state
         p0 = tl.zeros_like(dts[0])  # dA's terms waiting to be merged (DA_LOG)
         p1 = p0
         p2 = p0
@@ -635,18 +637,14 @@ def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, so
                                    BITS)  # fmt: skip
             for j in tl.static_range(NU):
                 ok = n0 + j < N
-                if HELD:  # NU 1
-                    ddt, dus, x, held = _bwd_state(cur, j, n0 + j, ok, ddt, dus, dts, dtus, gy,
-                                                   lane, up, first_lane, dst, dA_ptr, dB_ptr,
-                                                   dC_ptr, offs_d, md, bc0, t0, L, N, K, TL,
-                                                   TAIL, DA_LOG == 0,
-                                                   (hA, hH, hC, hOut))  # fmt: skip
-                    hOut = held[3]
-                else:
-                    ddt, dus, x, _h = _bwd_state(cur, j, n0 + j, ok, ddt, dus, dts, dtus, gy,
-                                                 lane, up, first_lane, dst, dA_ptr, dB_ptr,
-                                                 dC_ptr, offs_d, md, bc0, t0, L, N, K, TL, TAIL,
-                                                 DA_LOG == 0)  # fmt: skip
+                if HELD:  # NU 1: this state's carry joins the ones collected
+                    held = (held[0], held[1], held[2], hOut)
+                ddt, dus, x, out = _bwd_state(cur, j, n0 + j, ok, ddt, dus, dts, dtus, gy, lane,
+                                              up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr,
+                                              offs_d, md, bc0, t0, L, N, K, TL, TAIL,
+                                              DA_LOG == 0, held)  # fmt: skip
+                if HELD:
+                    hOut = out[3]
                 if DA_LOG > 0:  # NU 1
                     m = n0 % TL
                     p0, p1, p2, p3, p4 = _da_merged(x, p0, p1, p2, p3, p4, m, dA_ptr, offs_d,

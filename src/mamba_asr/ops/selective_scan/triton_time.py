@@ -444,32 +444,37 @@ def _lanes_bwd_prefetch() -> int:
     return int(CONFIG["lanes_prefetch"] in (True, "bwd"))
 
 
+def _lanes_bwd_one_state() -> bool:
+    """Whether the lanes backward takes one state a loop step, each loaded a step ahead or not,
+    not ping-pong: the loop the held values and the merged dA are built into."""
+    return _lanes_unroll(True) == 1 and _lanes_bwd_prefetch() != 2
+
+
 def _lanes_da_log(lanes_t: int, d_state: int) -> int:
     """The lanes backward's DA_LOG: log2(lanes_t) where CONFIG ``lanes_da_merge`` asks for dA's
     terms merged across the states (``triton_lanes._bwd_states``) and it applies (one state a loop
-    step, not ping-pong, the states in whole groups of lanes_t), else 0 (summed a state)."""
-    if not CONFIG["lanes_da_merge"] or d_state % lanes_t or _lanes_unroll(True) != 1:
-        return 0
-    if _lanes_bwd_prefetch() == 2:
+    step, the states in whole groups of lanes_t), else 0 (summed a state)."""
+    if not CONFIG["lanes_da_merge"] or d_state % lanes_t or not _lanes_bwd_one_state():
         return 0
     return lanes_t.bit_length() - 1
 
 
 def _lanes_held(lanes_t: int, d_state: int) -> bool:
     """The lanes backward's HELD: CONFIG ``lanes_bwd_held`` where it applies (one state a loop
-    step, not ping-pong, as many states as lanes a channel): each lane holds one state's A,
-    entering state and carry, loaded once a chunk."""
-    return (CONFIG["lanes_bwd_held"] and d_state == lanes_t and _lanes_unroll(True) == 1
-            and _lanes_bwd_prefetch() != 2)  # fmt: skip
+    step, as many states as lanes a channel): each lane holds one state's A, entering state and
+    carry, loaded once a chunk."""
+    return CONFIG["lanes_bwd_held"] and d_state == lanes_t and _lanes_bwd_one_state()
 
 
-def _lanes_bc_bits(B: torch.Tensor, C: torch.Tensor, length: int, lanes_t: int) -> bool:
-    """The lanes backward's BITS: CONFIG ``lanes_bc_bits`` where B and C are bf16, L is a multiple
-    of 4 (every row starts at a whole int32 word, and a lane's 4 steps lie before L or past it
-    together) and a channel has fewer than 32 lanes: B and C are read as int32 words and unpacked
-    with one shift or mask a value (``triton_lanes._load_k``)."""
-    return (CONFIG["lanes_bc_bits"] and B.dtype == C.dtype == torch.bfloat16 and length % 4 == 0
-            and lanes_t < 32 and B.data_ptr() % 4 == 0 and C.data_ptr() % 4 == 0)  # fmt: skip
+def _lanes_bc_bits(b_dtype: torch.dtype, c_dtype: torch.dtype, length: int, lanes_t: int,
+                   word_aligned: bool = True) -> bool:  # fmt: skip
+    """The lanes backward's BITS: CONFIG ``lanes_bc_bits`` where B and C are bf16 and start at a
+    whole int32 word (word_aligned), L is a multiple of 4 (every row starts at a whole word, and a
+    lane's 4 steps lie before L or past it together) and a channel has fewer than 32 lanes: B and
+    C are read as int32 words and unpacked with one shift or mask a value
+    (``triton_lanes._load_k``)."""
+    return (CONFIG["lanes_bc_bits"] and b_dtype == c_dtype == torch.bfloat16 and length % 4 == 0
+            and lanes_t < 32 and word_aligned)  # fmt: skip
 
 
 class _LaneKernels(NamedTuple):
@@ -640,7 +645,8 @@ class TritonTimeScan(torch.autograd.Function):
                    K=k, TL=lanes_t, NU=_lanes_unroll(True), PREFETCH=_lanes_bwd_prefetch(),
                    WHOLE=CONFIG["lanes_bwd_whole"], DA_LOG=_lanes_da_log(lanes_t, d_state),
                    HELD=_lanes_held(lanes_t, d_state),
-                   BITS=_lanes_bc_bits(B, C, length, lanes_t))  # fmt: skip
+                   BITS=_lanes_bc_bits(B.dtype, C.dtype, length, lanes_t,
+                                       B.data_ptr() % 4 == 0 and C.data_ptr() % 4 == 0))  # fmt: skip
             dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
             return _grads(ctx.info, A32, ctx.bc, du, ddelta, dA, zeros, dD, dz, dbias, dh0)
         launch(_bwd_time_kernel, grid, *args, **flags, TC=tc, NU=CONFIG["time_unroll"],
