@@ -196,7 +196,8 @@ def scan_kernels(dtype: str, d_state: int = 16) -> list[tuple[str, object, dict,
          dict(lanes_bwd, HAS_DLAST=False, NU=tt._lanes_unroll(True),
               PREFETCH=tt._lanes_bwd_prefetch(), WHOLE=cfg["lanes_bwd_whole"],
               DA_LOG=tt._lanes_da_log(lanes_t, d_state), HELD=tt._lanes_held(lanes_t, d_state),
-              BITS=tt._lanes_bc_bits(half, half, 16, lanes_t)),  # L: a multiple of 16
+              BITS=tt._lanes_bc_bits(half, half, 16, lanes_t),  # L: a multiple of 16
+              IV32=tt._lanes_iv32(), SHIFT=tt._lanes_shift(lanes_t, d_state)),
          cfg["time_warps"], cfg["time_stages"]),
         *seq,
     ]  # fmt: skip

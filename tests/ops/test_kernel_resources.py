@@ -101,9 +101,10 @@ def test_seq_kernels_compile_for_sm90_without_spills(dtype):
      {"lanes_bwd_held": False, "lanes_bwd_whole": False, "lanes_bc_bits": False},
      {"lanes_bwd_held": True, "lanes_da_merge": True, "lanes_bwd_whole": False},
      {"lanes_bwd_held": False, "lanes_da_merge": False, "lanes_bwd_whole": False,
-      "lanes_bc_bits": False}],
+      "lanes_bc_bits": False},
+     {"lanes_bwd_iv32": True, "lanes_bwd_shift": True}],
     ids=["k8", "four-channels-a-warp", "one-channel-a-warp", "pingpong", "whole-forward-uncapped",
-         "da-merge-alone", "held-da-merge-no-whole", "state-by-state"],
+         "da-merge-alone", "held-da-merge-no-whole", "state-by-state", "iv32-shift"],
 )  # fmt: skip
 def test_lanes_settings_compile_for_sm90(overrides, monkeypatch):
     """Settings other than the defaults compile too (a CUDA compile error, such as a constexpr
@@ -123,3 +124,27 @@ def test_lanes_settings_compile_for_sm90(overrides, monkeypatch):
                 )  # fmt: skip
             )
             assert r["instructions"] > 100, (name, r)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_lanes_backward_loop_shrinks_with_iv32_and_shift(dtype, monkeypatch):
+    """lanes_bwd_iv32 keeps the state loop's counter 32-bit (LLVM widens it to 64 bits: an add
+    with carry, compares in two halves, copies) and lanes_bwd_shift collects the carries without
+    a compare with the state a step: the backward's state loop has fewer instructions, and no
+    more registers than the cap."""
+    import kernel_resources as kr
+
+    from mamba_asr.ops.selective_scan import triton_kernel as tk
+
+    def loop(iv32: bool) -> dict:
+        monkeypatch.setitem(tk.CONFIG, "lanes_bwd_iv32", iv32)
+        monkeypatch.setitem(tk.CONFIG, "lanes_bwd_shift", iv32)
+        name, fn, consts, warps, stages = next(
+            k for k in kr.scan_kernels(dtype) if k[0] == "lanes bwd"
+        )
+        return kr.resources(kr.compile_for(fn, consts, kr.ptr_types(name, dtype), 90, warps,
+                                           stages, maxnreg=kr.config_maxnreg(name)))  # fmt: skip
+
+    before, after = loop(False), loop(True)
+    assert after["inner_loop"] <= before["inner_loop"] - 6, (before, after)
+    assert after["registers"] <= tk.CONFIG["lanes_bwd_maxnreg"] and after["stack_bytes"] == 0

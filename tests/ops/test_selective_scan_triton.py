@@ -128,8 +128,9 @@ def _check_interpreted(case, config: str):
 # across each group of 16 states (lanes_da_merge), two groups (32 states); with that the state
 # scalars held one a lane (lanes_bwd_held: 16 states, 16 lanes), from an initial state (its
 # gradient: the carries the lanes store); and in bf16 with B and C read as int32 words
-# (lanes_bc_bits; L 76, a multiple of 4, the last chunk part empty). (The first case's 5 states
-# take the other ways: summed and loaded a state.)
+# (lanes_bc_bits; L 76, a multiple of 4, the last chunk part empty); the held case with the
+# carries passed on collected by a shift up the lanes (lanes_bwd_shift). (The first case's 5
+# states take the other ways: summed and loaded a state. lanes_bwd_iv32 needs a GPU.)
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
@@ -143,11 +144,13 @@ def _check_interpreted(case, config: str):
       {"kernel": "lanes", "lanes_bwd_whole": False, "lanes_fwd_maxnreg": None}),
      ((1, 4, 32, 70, 2, True, "float32", True, True), {"kernel": "lanes"}),
      ((1, 4, 16, 100, None, True, "float32", True, True), {"kernel": "lanes"}),
-     ((1, 4, 16, 76, None, True, "bfloat16", True, True), {"kernel": "lanes"})],
+     ((1, 4, 16, 76, None, True, "bfloat16", True, True), {"kernel": "lanes"}),
+     ((1, 4, 16, 100, None, True, "float32", True, True),
+      {"kernel": "lanes", "lanes_bwd_shift": True})],
     ids=["k4-three-chunks", "k8-four-channels-bf16", "k4-pingpong-odd-states",
          "k4-one-channel-a-warp", "k4-four-channels-over-the-lanes-bf16",
          "k4-every-chunk-masked-forward-uncapped", "k4-da-merged-two-groups", "k4-held-da-merged",
-         "k4-held-da-merged-bc-bits-bf16"],
+         "k4-held-da-merged-bc-bits-bf16", "k4-held-carries-shifted"],
 )  # fmt: skip
 def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
     _check_interpreted(case, json.dumps(overrides))
@@ -176,6 +179,7 @@ def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
         "lanes_whole",
         "lanes_dam",
         "lanes_plain",
+        "lanes_ivs",
     ],
 )
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
@@ -193,7 +197,9 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     and reads bf16 B and C as int32 words (lanes_bc_bits) where L is a multiple of 4 (64, 1024),
     the second case's 8 states taking the other ways (no whole group, not one a lane); lanes_dam:
     dA merged alone (held, whole chunks and bits off); lanes_plain: all four off (a state's
-    scalars loaded and its dA summed a state, every chunk masked, B and C converted)."""
+    scalars loaded and its dA summed a state, every chunk masked, B and C converted); lanes_ivs:
+    the defaults with the state loop's counter kept 32-bit (lanes_bwd_iv32) and the carries
+    collected by a shift up the lanes (lanes_bwd_shift)."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -216,6 +222,8 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     if kernel in ("lanes_dam", "lanes_plain"):
         config.update(lanes_da_merge=kernel == "lanes_dam", lanes_bwd_held=False,
                       lanes_bwd_whole=False, lanes_bc_bits=False)  # fmt: skip
+    if kernel == "lanes_ivs":
+        config.update(lanes_bwd_iv32=True, lanes_bwd_shift=True)
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [
@@ -280,6 +288,18 @@ def test_lanes_backward_settings_apply_where_they_can(monkeypatch):
     assert not triton_time._lanes_bc_bits(f32, f32, 64, 16)  # fp32 B and C
     assert not triton_time._lanes_bc_bits(bf, torch.float16, 64, 16)  # not both bf16
     assert not triton_time._lanes_bc_bits(bf, bf, 64, 16, False)  # not at a whole word
+    # lanes_bwd_iv32: one state a loop step, compiled for a GPU; lanes_bwd_shift: where held
+    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_bwd_pingpong", False)
+    for key in ("lanes_bwd_iv32", "lanes_bwd_shift"):
+        monkeypatch.setitem(triton_kernel.CONFIG, key, True)
+    assert triton_time._lanes_iv32() == triton_kernel.fast_math()
+    assert triton_time._lanes_shift(16, 16) and not triton_time._lanes_shift(16, 32)
+    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_unroll", [4, 2])
+    assert not triton_time._lanes_iv32() and not triton_time._lanes_shift(16, 16)
+    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_unroll", [4, 1])
+    for key in ("lanes_bwd_iv32", "lanes_bwd_shift"):
+        monkeypatch.setitem(triton_kernel.CONFIG, key, False)
+    assert not triton_time._lanes_iv32() and not triton_time._lanes_shift(16, 16)
 
 
 def test_seq_kernels_apply_where_they_can(monkeypatch):

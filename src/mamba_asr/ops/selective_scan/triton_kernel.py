@@ -93,6 +93,10 @@ from torch import Tensor
 # with whole chunks and bits 9-10% (forward+backward, peer/ours: 1.48x / 1.62x / 1.59x in bf16,
 # 2.08x / 2.00x / 1.87x in fp32, against 1.38x / 1.52x / 1.57x and 2.00x / 1.90x / 1.83x; the
 # default since then);
+# lanes_bwd_iv32: the lanes backward's state loop counter kept 32-bit (LLVM widens it to 64:
+# a 64-bit add, compares and copies a state; one state a loop step, compiled for a GPU);
+# lanes_bwd_shift: with the values held, the carries passed on move up a lane a state, lane 0
+# taking the new one, rather than lane n taking state n's (no compare with n a state);
 # time_fwd: "seq" for gluon_seq's forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
@@ -105,7 +109,8 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "lanes_unroll": [4, 1], "lanes_prefetch": "bwd", "lanes_bc_fp32": True,
           "lanes_bwd_pingpong": False, "lanes_time": 16, "lanes_bwd_maxnreg": 128,
           "lanes_bwd_whole": True, "lanes_fwd_maxnreg": 64,
-          "lanes_da_merge": True, "lanes_bwd_held": True, "lanes_bc_bits": True}  # fmt: skip
+          "lanes_da_merge": True, "lanes_bwd_held": True, "lanes_bc_bits": True,
+          "lanes_bwd_iv32": False, "lanes_bwd_shift": False}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

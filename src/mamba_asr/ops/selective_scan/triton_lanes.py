@@ -422,6 +422,19 @@ def _from_lane(x, n):
 
 
 @triton.jit
+def _opaque(n, hi: tl.constexpr):
+    """n (an int32 scalar in [0, hi)) through a register move the compiler cannot see through, its
+    range restated. The state loop's counter taken so keeps 32 bits: LLVM otherwise widens it to
+    64 (a 64-bit add, compares and copies a state on sm_90). Not in triton's interpreter, which
+    has no inline assembly."""
+    n = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [n], dtype=tl.int32, is_pure=True,
+                                  pack=1)  # fmt: skip
+    tl.assume(n >= 0)
+    tl.assume(n < hi)
+    return n
+
+
+@triton.jit
 def _lane_states(A_ptr, hrow, hok, src, sok, offs_d, md, lane, N: tl.constexpr):
     """What the backward's states read besides B and C, for N = TL states a channel held one a
     lane (state l's in lane l, (BD, TL) each): A, the state entering the chunk (at hrow, zero
@@ -441,14 +454,16 @@ def _lane_states(A_ptr, hrow, hok, src, sok, offs_d, md, lane, N: tl.constexpr):
 def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst, dA_ptr, dB_ptr,
                dC_ptr, offs_d, md, bc0, t0, L, N: tl.constexpr, K: tl.constexpr,
                TL: tl.constexpr, TAIL: tl.constexpr = True, SUM_DA: tl.constexpr = True,
-               lanes_held=None):  # fmt: skip
+               lanes_held=None, SHIFT: tl.constexpr = False):  # fmt: skip
     """One state's part of a chunk's backward (state n, the j-th in cur, ``_state_loads``' tuple):
     the adjoint, the carry for the chunk before, dB and dC added in, and with SUM_DA dA (summed
     across the lanes); returns ddt and dus with its terms added, and its dA terms per lane
     ((BD, TL), for the caller to sum where SUM_DA is off). With lanes_held (``_lane_states``: A,
     the entering state and the carry, state l's in lane l) cur holds B and C alone, the scalars
     come from the lanes (one shuffle each), and the carry for the chunk before is not stored but
-    returned in the lanes (state n's in lane n of the fourth tensor) with the rest."""
+    returned in the lanes (state n's in lane n of the fourth tensor) with the rest; with SHIFT
+    the fourth tensor moves up a lane and lane 0 takes state n's (after the N = TL states of a
+    chunk, state n's in lane N - 1 - n: no compare with n a state)."""
     if lanes_held is None:
         S: tl.constexpr = 3 + 2 * K  # values a state in _state_loads' tuple
         A = cur[j * S][:, None]
@@ -483,8 +498,11 @@ def _bwd_state(cur, j, n, ok, ddt, dus, dts, dtus, gy, lane, up, first_lane, dst
     if lanes_held is None:
         tl.store(dst[:, None] + n + lane[None, :] * 0, v, mask=first_lane & ok)
     else:
-        lanes_held = (lanes_held[0], lanes_held[1], lanes_held[2],
-                      tl.where((lane == n)[None, :], _from_lane(v, 0), lanes_held[3]))  # fmt: skip
+        if SHIFT:
+            out = _to_lane(lanes_held[3], lane, tl.maximum(lane - 1, 0), v, 0)
+        else:
+            out = tl.where((lane == n)[None, :], _from_lane(v, 0), lanes_held[3])
+        lanes_held = (lanes_held[0], lanes_held[1], lanes_held[2], out)
     dA = tl.zeros_like(dts[0])
     ndt = ()
     ndu = ()
@@ -586,7 +604,8 @@ def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, so
                 bc0, t0, L, lane, up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr, N: tl.constexpr,
                 NU: tl.constexpr, K: tl.constexpr, PREFETCH: tl.constexpr, BD: tl.constexpr,
                 TL: tl.constexpr, TAIL: tl.constexpr, DA_LOG: tl.constexpr = 0,
-                HELD: tl.constexpr = False, BITS: tl.constexpr = False):  # fmt: skip
+                HELD: tl.constexpr = False, BITS: tl.constexpr = False,
+                IV32: tl.constexpr = False, SHIFT: tl.constexpr = False):  # fmt: skip
     """A chunk's loop over the states (``_bwd_state`` each, their loads as PREFETCH says); returns
     ddt and dus with every state's terms added. Without TAIL the chunk lies before L: no step of it
     is masked. With DA_LOG (one state a loop step, not ping-pong; TL = 2^DA_LOG lanes a channel
@@ -596,7 +615,9 @@ def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, so
     adds to dA: one atomic add a lane for the TL states, against one a state. With HELD (one
     state a loop step, not ping-pong, N = TL) the lanes hold A, the entering states and the
     carries (``_lane_states``), loaded once a chunk, and the carries passed on are stored once at
-    the end, one a lane. BITS: B and C read as bf16 pairs (``_load_k``)."""
+    the end, one a lane (SHIFT: collected as ``_bwd_state``'s SHIFT says). BITS: B and C read as
+    bf16 pairs (``_load_k``). IV32 (one state a loop step, not ping-pong): the loop's counter
+    taken through ``_opaque``."""
     if PREFETCH == 2:  # ping-pong: two states' loads live, none copied between them (NU 1)
         a = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L,
                          lane, N, 1, K, True, BD, TL, TAIL)  # fmt: skip
@@ -625,7 +646,8 @@ def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, so
         p2 = p0
         p3 = p0
         p4 = p0
-        for n0 in range(0, N, NU):
+        for i in range(0, N, NU):
+            n0 = _opaque(i, N) if IV32 else i
             if PREFETCH:  # as in the forward
                 cur = nxt
                 nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d,
@@ -642,15 +664,16 @@ def _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src, so
                 ddt, dus, x, out = _bwd_state(cur, j, n0 + j, ok, ddt, dus, dts, dtus, gy, lane,
                                               up, first_lane, dst, dA_ptr, dB_ptr, dC_ptr,
                                               offs_d, md, bc0, t0, L, N, K, TL, TAIL,
-                                              DA_LOG == 0, held)  # fmt: skip
+                                              DA_LOG == 0, held, SHIFT)  # fmt: skip
                 if HELD:
                     hOut = out[3]
                 if DA_LOG > 0:  # NU 1
                     m = n0 % TL
                     p0, p1, p2, p3, p4 = _da_merged(x, p0, p1, p2, p3, p4, m, dA_ptr, offs_d,
                                                     md, n0 - m, lane, N, DA_LOG)  # fmt: skip
-        if HELD:  # the carries for the chunk before, state l's from lane l
-            tl.store(dst[:, None] + lane[None, :], hOut, mask=md[:, None] & (lane < N)[None, :])
+        if HELD:  # the carries for the chunk before, state l's from lane l (SHIFT: N - 1 - l)
+            sl = N - 1 - lane if SHIFT else lane
+            tl.store(dst[:, None] + sl[None, :], hOut, mask=md[:, None] & (lane < N)[None, :])
     return ddt, dus
 
 
@@ -665,7 +688,8 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                       PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
                       FAST: tl.constexpr, TL: tl.constexpr = 32,
                       WHOLE: tl.constexpr = False, DA_LOG: tl.constexpr = 0,
-                      HELD: tl.constexpr = False, BITS: tl.constexpr = False):  # fmt: skip
+                      HELD: tl.constexpr = False, BITS: tl.constexpr = False,
+                      IV32: tl.constexpr = False, SHIFT: tl.constexpr = False):  # fmt: skip
     # dhbuf: (2, B, D, N) fp32, a_t dLoss/dh_t at the first step t of the chunk after the one
     # being processed (for the last chunk: dLoss/d(last state) from dlast, or zeros), alternating
     # between the two halves; at the end the half n_chunks % 2 holds dLoss/d(initial state).
@@ -729,12 +753,12 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
             ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src,
                                    sok, offs_d, md, bc0, t0, L, lane, up, first_lane, dst, dA_ptr,
                                    dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL, False,
-                                   DA_LOG, HELD, BITS)  # fmt: skip
+                                   DA_LOG, HELD, BITS, IV32, SHIFT)  # fmt: skip
         else:
             ddt, dus = _bwd_states(ddt, dus, dts, dtus, gy, A_ptr, B_ptr, C_ptr, hrow, hok, src,
                                    sok, offs_d, md, bc0, t0, L, lane, up, first_lane, dst, dA_ptr,
                                    dB_ptr, dC_ptr, N, NU, K, PREFETCH, BD, TL, True,
-                                   DA_LOG, HELD, BITS)  # fmt: skip
+                                   DA_LOG, HELD, BITS, IV32, SHIFT)  # fmt: skip
         dds = ()
         dss = ()
         # u and delta again (cached), rather than held in registers over the states

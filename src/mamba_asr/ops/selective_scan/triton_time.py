@@ -466,6 +466,19 @@ def _lanes_held(lanes_t: int, d_state: int) -> bool:
     return CONFIG["lanes_bwd_held"] and d_state == lanes_t and _lanes_bwd_one_state()
 
 
+def _lanes_iv32() -> bool:
+    """The lanes backward's IV32: CONFIG ``lanes_bwd_iv32`` where it applies (one state a loop
+    step; compiled for a GPU, not triton's interpreter, which has no inline assembly): the state
+    loop's counter kept 32-bit (``triton_lanes._opaque``)."""
+    return CONFIG["lanes_bwd_iv32"] and _lanes_bwd_one_state() and fast_math()
+
+
+def _lanes_shift(lanes_t: int, d_state: int) -> bool:
+    """The lanes backward's SHIFT: CONFIG ``lanes_bwd_shift`` where the values are held
+    (``_lanes_held``): the carries passed on collected by moving them up a lane a state."""
+    return CONFIG["lanes_bwd_shift"] and _lanes_held(lanes_t, d_state)
+
+
 def _lanes_bc_bits(b_dtype: torch.dtype, c_dtype: torch.dtype, length: int, lanes_t: int,
                    word_aligned: bool = True) -> bool:  # fmt: skip
     """The lanes backward's BITS: CONFIG ``lanes_bc_bits`` where B and C are bf16 and start at a
@@ -644,7 +657,8 @@ class TritonTimeScan(torch.autograd.Function):
             launch(_lanes().bwd, _grid(batch, cdiv(dim // groups, bd), groups), *args, **flags,
                    K=k, TL=lanes_t, NU=_lanes_unroll(True), PREFETCH=_lanes_bwd_prefetch(),
                    WHOLE=CONFIG["lanes_bwd_whole"], DA_LOG=_lanes_da_log(lanes_t, d_state),
-                   HELD=_lanes_held(lanes_t, d_state),
+                   HELD=_lanes_held(lanes_t, d_state), IV32=_lanes_iv32(),
+                   SHIFT=_lanes_shift(lanes_t, d_state),
                    BITS=_lanes_bc_bits(B.dtype, C.dtype, length, lanes_t,
                                        B.data_ptr() % 4 == 0 and C.data_ptr() % 4 == 0))  # fmt: skip
             dh0 = dhbuf[n_chunks % 2].to(h0_dtype) if has_h0 else None
