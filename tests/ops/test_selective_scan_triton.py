@@ -129,8 +129,12 @@ def _check_interpreted(case, config: str):
 # scalars held one a lane (lanes_bwd_held: 16 states, 16 lanes), from an initial state (its
 # gradient: the carries the lanes store); and in bf16 with B and C read as int32 words
 # (lanes_bc_bits; L 76, a multiple of 4, the last chunk part empty); the held case with the
-# carries passed on collected by a shift up the lanes (lanes_bwd_shift). (The first case's 5
-# states take the other ways: summed and loaded a state. lanes_bwd_iv32 needs a GPU.)
+# carries passed on collected by a shift up the lanes (lanes_bwd_shift); the forward holding A
+# and the entering states in its lanes and storing the checkpoints once a chunk
+# (lanes_fwd_held), with whole chunks unmasked (lanes_fwd_whole), over two whole chunks and a
+# part one (L 300), from an initial state, and with 8 states (half the lanes collect none) in two
+# groups. (The first case's 5 states take the other ways: summed and loaded a state.
+# lanes_bwd_iv32 needs a GPU.)
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
@@ -146,11 +150,16 @@ def _check_interpreted(case, config: str):
      ((1, 4, 16, 100, None, True, "float32", True, True), {"kernel": "lanes"}),
      ((1, 4, 16, 76, None, True, "bfloat16", True, True), {"kernel": "lanes"}),
      ((1, 4, 16, 100, None, True, "float32", True, True),
-      {"kernel": "lanes", "lanes_bwd_shift": True})],
+      {"kernel": "lanes", "lanes_bwd_shift": True}),
+     ((1, 4, 16, 300, None, True, "float32", True, True),
+      {"kernel": "lanes", "lanes_fwd_held": True, "lanes_fwd_whole": True}),
+     ((2, 4, 8, 300, 2, False, "bfloat16", False),
+      {"kernel": "lanes", "lanes_fwd_held": True, "lanes_fwd_whole": True})],
     ids=["k4-three-chunks", "k8-four-channels-bf16", "k4-pingpong-odd-states",
          "k4-one-channel-a-warp", "k4-four-channels-over-the-lanes-bf16",
          "k4-every-chunk-masked-forward-uncapped", "k4-da-merged-two-groups", "k4-held-da-merged",
-         "k4-held-da-merged-bc-bits-bf16", "k4-held-carries-shifted"],
+         "k4-held-da-merged-bc-bits-bf16", "k4-held-carries-shifted", "k4-forward-held-whole",
+         "k4-forward-held-whole-8-states-two-groups-bf16"],
 )  # fmt: skip
 def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
     _check_interpreted(case, json.dumps(overrides))
@@ -179,7 +188,7 @@ def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
         "lanes_whole",
         "lanes_dam",
         "lanes_plain",
-        "lanes_ivs",
+        "lanes_next",
     ],
 )
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
@@ -197,9 +206,10 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     and reads bf16 B and C as int32 words (lanes_bc_bits) where L is a multiple of 4 (64, 1024),
     the second case's 8 states taking the other ways (no whole group, not one a lane); lanes_dam:
     dA merged alone (held, whole chunks and bits off); lanes_plain: all four off (a state's
-    scalars loaded and its dA summed a state, every chunk masked, B and C converted); lanes_ivs:
-    the defaults with the state loop's counter kept 32-bit (lanes_bwd_iv32) and the carries
-    collected by a shift up the lanes (lanes_bwd_shift)."""
+    scalars loaded and its dA summed a state, every chunk masked, B and C converted); lanes_next:
+    the defaults with the backward's state loop counter kept 32-bit (lanes_bwd_iv32), its
+    carries collected by a shift up the lanes (lanes_bwd_shift), and the forward's values held
+    in the lanes (lanes_fwd_held) with whole chunks unmasked (lanes_fwd_whole)."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -222,8 +232,9 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     if kernel in ("lanes_dam", "lanes_plain"):
         config.update(lanes_da_merge=kernel == "lanes_dam", lanes_bwd_held=False,
                       lanes_bwd_whole=False, lanes_bc_bits=False)  # fmt: skip
-    if kernel == "lanes_ivs":
-        config.update(lanes_bwd_iv32=True, lanes_bwd_shift=True)
+    if kernel == "lanes_next":
+        config.update(lanes_bwd_iv32=True, lanes_bwd_shift=True, lanes_fwd_held=True,
+                      lanes_fwd_whole=True)  # fmt: skip
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [
@@ -300,6 +311,12 @@ def test_lanes_backward_settings_apply_where_they_can(monkeypatch):
     for key in ("lanes_bwd_iv32", "lanes_bwd_shift"):
         monkeypatch.setitem(triton_kernel.CONFIG, key, False)
     assert not triton_time._lanes_iv32() and not triton_time._lanes_shift(16, 16)
+    # lanes_fwd_held: at most lanes_time states, a whole number of the forward's loop steps (4)
+    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_fwd_held", True)
+    assert triton_time._lanes_fwd_held(16, 16) and triton_time._lanes_fwd_held(16, 8)
+    assert not triton_time._lanes_fwd_held(16, 32) and not triton_time._lanes_fwd_held(16, 6)
+    monkeypatch.setitem(triton_kernel.CONFIG, "lanes_fwd_held", False)
+    assert not triton_time._lanes_fwd_held(16, 16)
 
 
 def test_seq_kernels_apply_where_they_can(monkeypatch):

@@ -97,6 +97,11 @@ from torch import Tensor
 # a 64-bit add, compares and copies a state; one state a loop step, compiled for a GPU);
 # lanes_bwd_shift: with the values held, the carries passed on move up a lane a state, lane 0
 # taking the new one, rather than lane n taking state n's (no compare with n a state);
+# lanes_fwd_held: the lanes forward holds A and the states entering a chunk in its lanes (one
+# shuffle each a state, rather than two loads), collects the states leaving each backward chunk
+# there and stores them once a chunk (rather than a store a state; N <= lanes_time);
+# lanes_fwd_whole: chunks wholly before L take a copy of the forward's state loop with no mask
+# along time (with lanes_fwd_held, none of states either: B and C read unmasked);
 # time_fwd: "seq" for gluon_seq's forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
@@ -110,7 +115,8 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "lanes_bwd_pingpong": False, "lanes_time": 16, "lanes_bwd_maxnreg": 128,
           "lanes_bwd_whole": True, "lanes_fwd_maxnreg": 64,
           "lanes_da_merge": True, "lanes_bwd_held": True, "lanes_bc_bits": True,
-          "lanes_bwd_iv32": False, "lanes_bwd_shift": False}  # fmt: skip
+          "lanes_bwd_iv32": False, "lanes_bwd_shift": False, "lanes_fwd_held": False,
+          "lanes_fwd_whole": False}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

@@ -129,7 +129,7 @@ def _load_k(base, t0, L, lane, mask, K: tl.constexpr, BD: tl.constexpr, TL: tl.c
     then run along time first, the layout ``tl.gather`` and the scans along time take without
     conversions. One scalar base a tensor (uniform across the warp) and one offset tile shared by
     all tensors keep per-lane 64-bit pointers out of the registers. Without TAIL the steps all lie
-    before L (a whole chunk), and L masks nothing. With BITS (bf16 at base, which lies at an
+    before L (a whole chunk), and L masks nothing; a mask None (TL = 32) masks no row. With BITS (bf16 at base, which lies at an
     even element as L is a multiple of 4, TL < 32) each lane's 4 steps are read as two int32
     words and unpacked by ``_bf16_pairs`` (the 4 steps lie before L or past it together)."""
     out = ()
@@ -155,7 +155,13 @@ def _load_k(base, t0, L, lane, mask, K: tl.constexpr, BD: tl.constexpr, TL: tl.c
                 out = out + _split4(tl.reshape(x, (BD, TL, 4)))
         else:
             t = _offsets(t0, lane, j, K)
-            out = out + _split4(tl.load(base + t, mask=mask & (t < L), other=0.0).to(tl.float32))
+            if mask is None and not TAIL:  # every state before N, every step before L
+                x = tl.load(base + t)
+            elif mask is None:
+                x = tl.load(base + t, mask=t < L, other=0.0)
+            else:
+                x = tl.load(base + t, mask=_steps_mask(t, L, mask, TAIL), other=0.0)
+            out = out + _split4(x.to(tl.float32))
     return out
 
 
@@ -187,15 +193,17 @@ def _load_bc(ptr, t0, L, lane, ok, K: tl.constexpr, BD: tl.constexpr = 1,
 def _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, src, sok, offs_d, md, bc0, t0, L, lane,
                  N: tl.constexpr, NU: tl.constexpr, K: tl.constexpr, CARRY: tl.constexpr,
                  BD: tl.constexpr = 1, TL: tl.constexpr = 32, TAIL: tl.constexpr = True,
-                 SCALARS: tl.constexpr = True, BITS: tl.constexpr = False):  # fmt: skip
+                 SCALARS: tl.constexpr = True, BITS: tl.constexpr = False,
+                 EVERY: tl.constexpr = False):  # fmt: skip
     """What states n0 .. n0 + NU - 1 read in a chunk, flat, per state: A (BD,), the state entering
     the chunk (at hrow, zero where not hok), with CARRY the adjoint's carry (at src, zero where not
     sok), then K B and K C (1, 32) tensors; zeros past N. TAIL as ``_load_k``'s. Without SCALARS
-    B and C alone (the lanes hold the rest: ``_lane_states``)."""
+    B and C alone (the lanes hold the rest: ``_lane_states``). EVERY (B and C alone, 32 lanes):
+    every state asked for lies before N, and B and C are read without a mask of states."""
     out = ()
     for j in tl.static_range(NU):
         n = n0 + j
-        ok = n < N
+        ok = None if EVERY else n < N
         if SCALARS:
             out = out + (
                 tl.load(A_ptr + offs_d * N + n, mask=md & ok, other=0.0),
@@ -331,25 +339,96 @@ def _states_up(dts, dtus, Bs, A2, h0, lane, K: tl.constexpr):
 
 
 @triton.jit
+def _fwd_states(dts, dtus, ys, A_ptr, B_ptr, C_ptr, hrow, hok, offs_d, md, bc0, t0, L, lane, dst,
+                dmask, Ah, hin, hout, down, lane_end, N: tl.constexpr, NU: tl.constexpr,
+                K: tl.constexpr, BD: tl.constexpr, TL: tl.constexpr, PREFETCH: tl.constexpr,
+                HELD: tl.constexpr, TAIL: tl.constexpr):  # fmt: skip
+    """The forward's loop over the states of a chunk: ys (K (BD, TL)) with every state's terms
+    added, and with HELD hout, the states leaving each CK lanes collected (``_fwd_lanes_kernel``);
+    without HELD each state's are stored at dst + n under dmask. Without TAIL the chunk lies
+    before L, and with HELD and no PREFETCH (every state a loop step asks for lies before N)
+    B and C are read without a mask."""
+    EVERY: tl.constexpr = HELD and not PREFETCH and not TAIL
+    SC: tl.constexpr = not HELD  # whether _state_loads reads A and the entering state
+    S: tl.constexpr = 2 + 2 * K if SC else 2 * K  # values a state in its tuple
+    if PREFETCH:
+        nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d, md, bc0, t0,
+                           L, lane, N, NU, K, False, BD, TL, TAIL, SC)  # fmt: skip
+    for n0 in range(0, N, NU):
+        # PREFETCH: the next states' A, entering state, B and C loaded a loop step ahead
+        if PREFETCH:
+            cur = nxt
+            nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d,
+                               md, bc0, t0, L, lane, N, NU, K, False, BD, TL, TAIL,
+                               SC)  # fmt: skip
+        else:
+            cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d, md,
+                               bc0, t0, L, lane, N, NU, K, False, BD, TL, TAIL,
+                               SC, False, EVERY)  # fmt: skip
+        for j in tl.static_range(NU):
+            n = n0 + j
+            ok = n < N
+            if HELD:
+                A2 = _from_lane(Ah, n) * LOG2E
+                h0 = _from_lane(hin, TL - N + n)
+                Bs = cur[j * S : j * S + K]
+                Cs = cur[j * S + K : j * S + S]
+            else:
+                A2 = cur[j * S][:, None] * LOG2E
+                h0 = cur[j * S + 1][:, None]
+                Bs = cur[j * S + 2 : j * S + 2 + K]
+                Cs = cur[j * S + 2 + K : j * S + S]
+            hs, _xs, _as, v = _states_up(dts, dtus, Bs, A2, h0, lane, K)
+            ny = ()
+            for k in tl.static_range(K):
+                ny = ny + (ys[k] + hs[k] * Cs[k],)
+            ys = ny
+            if HELD:  # each CK lanes' last takes the state leaving them
+                hout = tl.where(lane_end, v, tl.gather(hout, down, 1))
+            else:
+                # the state leaving the chunk (the last lane's), and with CK < 32 the others
+                tl.store(dst + n, v, mask=dmask & ok)
+    return ys, hout
+
+
+@triton.jit
 def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
                       out_ptr, ypre_ptr, ckpt_ptr, last_ptr, D, L, G, n_chunks, n_ckpt,
                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                       HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr, ROUND_GATE: tl.constexpr,
                       SAVE_Y: tl.constexpr, N: tl.constexpr, BD: tl.constexpr, K: tl.constexpr,
                       NU: tl.constexpr, PREFETCH: tl.constexpr, BATCH_FAST: tl.constexpr,
-                      FAST: tl.constexpr, CK: tl.constexpr = 32):  # fmt: skip
+                      FAST: tl.constexpr, CK: tl.constexpr = 32,
+                      HELD: tl.constexpr = False, WHOLE: tl.constexpr = False):  # fmt: skip
     # ckpt: (B, D, n_ckpt, N) fp32, slot s >= 1 the state entering step s CK K (the backward's
     # chunks: CK lanes of K steps; the forward's chunks are 32 K steps, so with CK < 32 it stores
-    # 32 / CK of them a chunk, from the lanes that end one); last: as triton_time's forward
+    # 32 / CK of them a chunk, from the lanes that end one); last: as triton_time's forward.
+    # HELD (N <= CK, N a multiple of NU): A and the states entering a chunk are held in the
+    # lanes, taken by a shuffle a state; the states leaving each CK lanes are collected in them
+    # (shifted down a lane a state) and stored once a chunk, one a lane. WHOLE: chunks wholly
+    # before L take a copy of the state loop with no mask along time (``_fwd_states``)
     TL: tl.constexpr = 32
     R: tl.constexpr = TL // CK  # checkpoints a chunk
     offs_d, md, rows, bc0, ck = program_channels(ckpt_ptr, D, L, G, n_ckpt, N, BD, BATCH_FAST)
     lane = tl.arange(0, TL)
     Dv, bias = skip_and_bias(D_ptr, bias_ptr, offs_d, md, HAS_D, HAS_BIAS, BD)
     last_lane = md[:, None] & (lane == TL - 1)[None, :]
+    if HELD:
+        # state l's A in lane l; the states entering the chunk where the last CK lanes collect
+        # those leaving it (state n's in lane TL - N + n): the initial state, or zeros
+        Ah = tl.load(A_ptr + offs_d[:, None] * N + lane[None, :],
+                     mask=md[:, None] & (lane < N)[None, :], other=0.0)  # fmt: skip
+        hin = tl.zeros((BD, TL), tl.float32)
+        if HAS_H0:
+            hin = tl.load(h0_ptr + rows[:, None] * N + (lane - (TL - N))[None, :],
+                          mask=md[:, None] & (lane >= TL - N)[None, :], other=0.0)  # fmt: skip
+        down = tl.broadcast_to(tl.minimum(lane + 1, TL - 1)[None, :], (BD, TL))
+        lane_end = (lane % CK == CK - 1)[None, :]
     for c in range(n_chunks):
         hrow, hok = entering_state(ck, h0_ptr + rows * N, c * R, md, N, HAS_H0)
-        if R == 1:
+        if HELD:
+            hout = hin  # the states leaving each CK lanes, shifted down a lane a state
+        elif R == 1:
             dst = tl.where(c + 1 < n_chunks, ck + (c + 1) * N, last_ptr + rows * N)
             dst = dst[:, None] + lane[None, :] * 0
             dmask = last_lane
@@ -375,33 +454,33 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
             dts = dts + (dt,)
             dtus = dtus + (dt * us[k],)
             ys = ys + (Dv[:, None] * us[k],)
-        S: tl.constexpr = 2 + 2 * K  # values a state in _state_loads' tuple
-        if PREFETCH:
-            nxt = _state_loads(0, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d, md, bc0, t0,
-                               L, lane, N, NU, K, False, BD, TL)  # fmt: skip
-        for n0 in range(0, N, NU):
-            # PREFETCH: the next states' A, entering state, B and C loaded a loop step ahead
-            if PREFETCH:
-                cur = nxt
-                nxt = _state_loads(n0 + NU, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d,
-                                   md, bc0, t0, L, lane, N, NU, K, False, BD, TL)  # fmt: skip
-            else:
-                cur = _state_loads(n0, A_ptr, B_ptr, C_ptr, hrow, hok, hrow, hok, offs_d, md,
-                                   bc0, t0, L, lane, N, NU, K, False, BD, TL)  # fmt: skip
-            for j in tl.static_range(NU):
-                n = n0 + j
-                ok = n < N
-                A2 = cur[j * S] * LOG2E
-                h0 = cur[j * S + 1]
-                Bs = cur[j * S + 2 : j * S + 2 + K]
-                Cs = cur[j * S + 2 + K : j * S + S]
-                hs, _xs, _as, v = _states_up(dts, dtus, Bs, A2[:, None], h0[:, None], lane, K)
-                ny = ()
-                for k in tl.static_range(K):
-                    ny = ny + (ys[k] + hs[k] * Cs[k],)
-                ys = ny
-                # the state leaving the chunk (the last lane's), and with CK < 32 the others
-                tl.store(dst + n, v, mask=dmask & ok)
+        if not HELD:
+            Ah = dts[0]  # (unused without HELD)
+            hin = Ah
+            hout = Ah
+            down = lane
+            lane_end = dmask
+        else:
+            dst = hin  # (unused with HELD)
+            dmask = lane_end
+        if WHOLE and t0 + TL * K <= L:  # a whole chunk: a copy of the state loop, no mask in time
+            ys, hout = _fwd_states(dts, dtus, ys, A_ptr, B_ptr, C_ptr, hrow, hok, offs_d, md, bc0,
+                                   t0, L, lane, dst, dmask, Ah, hin, hout, down, lane_end, N, NU,
+                                   K, BD, TL, PREFETCH, HELD, False)  # fmt: skip
+        else:
+            ys, hout = _fwd_states(dts, dtus, ys, A_ptr, B_ptr, C_ptr, hrow, hok, offs_d, md, bc0,
+                                   t0, L, lane, dst, dmask, Ah, hin, hout, down, lane_end, N, NU,
+                                   K, BD, TL, PREFETCH, HELD, True)  # fmt: skip
+        if HELD:
+            # lane l holds state l % CK - (CK - N) leaving the chunk's (l // CK)-th CK lanes:
+            # checkpoint slot c R + l // CK + 1, or past the last slot (the last chunk's end) last
+            nn = lane % CK - (CK - N)
+            s = c * R + lane // CK + 1
+            keep = (nn >= 0) & ((s < n_ckpt) | ((c + 1 == n_chunks) & (lane >= TL - CK)))
+            slots = tl.where((s < n_ckpt)[None, :], ck[:, None] + s[None, :] * N,
+                             (last_ptr + rows * N)[:, None]) + nn[None, :]  # fmt: skip
+            tl.store(slots, hout, mask=md[:, None] & keep[None, :])
+            hin = hout
         if HAS_Z:
             if SAVE_Y:
                 _store_steps(ypre_ptr, rows, t0, L, md, lane, ys, K, BD, TL)
@@ -412,7 +491,8 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                 gy = gy + (ys[k] * silu,)
             ys = gy
         _store_steps(out_ptr, rows, t0, L, md, lane, ys, K, BD, TL)
-        tl.debug_barrier()  # the states just stored are read by other threads in the next chunk
+        if not HELD:
+            tl.debug_barrier()  # the states just stored are read by other threads next chunk
 
 
 @triton.jit

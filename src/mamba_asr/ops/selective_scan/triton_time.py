@@ -466,6 +466,14 @@ def _lanes_held(lanes_t: int, d_state: int) -> bool:
     return CONFIG["lanes_bwd_held"] and d_state == lanes_t and _lanes_bwd_one_state()
 
 
+def _lanes_fwd_held(lanes_t: int, d_state: int) -> bool:
+    """The lanes forward's HELD: CONFIG ``lanes_fwd_held`` where it applies (at most lanes_t
+    states, the backward's chunk in lanes, and a whole number of the forward's loop steps): A and
+    the states entering each chunk held in the lanes, the checkpoints stored once a chunk."""
+    return (CONFIG["lanes_fwd_held"] and d_state <= lanes_t
+            and d_state % _lanes_unroll(False) == 0)  # fmt: skip
+
+
 def _lanes_iv32() -> bool:
     """The lanes backward's IV32: CONFIG ``lanes_bwd_iv32`` where it applies (one state a loop
     step; compiled for a GPU, not triton's interpreter, which has no inline assembly): the state
@@ -575,7 +583,9 @@ class TritonTimeScan(torch.autograd.Function):
                    PREFETCH=CONFIG["lanes_prefetch"] in (True, "fwd"),
                    BATCH_FAST=CONFIG["time_batch_fast"], num_warps=CONFIG["time_warps"],
                    num_stages=CONFIG["time_stages"],
-                   maxnreg=CONFIG["lanes_fwd_maxnreg"])  # fmt: skip
+                   maxnreg=CONFIG["lanes_fwd_maxnreg"],
+                   HELD=_lanes_fwd_held(lanes_t, d_state),
+                   WHOLE=CONFIG["lanes_fwd_whole"])  # fmt: skip
         elif plan is not None:  # one thread per (channel, state): gluon_seq.py
             warps, block = plan.fwd
             launch(fwd_seq_kernel, (batch, cdiv(dim // groups, block), groups), *args,
