@@ -128,13 +128,13 @@ def _check_interpreted(case, config: str):
 # across each group of 16 states (lanes_da_merge), two groups (32 states); with that the state
 # scalars held one a lane (lanes_bwd_held: 16 states, 16 lanes), from an initial state (its
 # gradient: the carries the lanes store); and in bf16 with B and C read as int32 words
-# (lanes_bc_bits; L 76, a multiple of 4, the last chunk part empty); the held case with the
-# carries passed on collected by a shift up the lanes (lanes_bwd_shift); the forward holding A
-# and the entering states in its lanes and storing the checkpoints once a chunk
-# (lanes_fwd_held), with whole chunks unmasked (lanes_fwd_whole), over two whole chunks and a
-# part one (L 300), from an initial state, and with 8 states (half the lanes collect none) in two
-# groups. (The first case's 5 states take the other ways: summed and loaded a state.
-# lanes_bwd_iv32 needs a GPU.)
+# (lanes_bc_bits; L 76, a multiple of 4, the last chunk part empty); these collect the carries
+# passed on by a shift up the lanes (lanes_bwd_shift), the held case again by a compare with the
+# state (shift off); the forward holding A and the entering states in its lanes and storing the
+# checkpoints once a chunk (lanes_fwd_held), with whole chunks unmasked (lanes_fwd_whole), over
+# two whole chunks and a part one (L 300), from an initial state, and with 8 states (half the
+# lanes collect none) in two groups. (The first case's 5 states take the other ways: summed and
+# loaded a state. lanes_bwd_iv32 needs a GPU.)
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
@@ -150,7 +150,7 @@ def _check_interpreted(case, config: str):
      ((1, 4, 16, 100, None, True, "float32", True, True), {"kernel": "lanes"}),
      ((1, 4, 16, 76, None, True, "bfloat16", True, True), {"kernel": "lanes"}),
      ((1, 4, 16, 100, None, True, "float32", True, True),
-      {"kernel": "lanes", "lanes_bwd_shift": True}),
+      {"kernel": "lanes", "lanes_bwd_shift": False}),
      ((1, 4, 16, 300, None, True, "float32", True, True),
       {"kernel": "lanes", "lanes_fwd_held": True, "lanes_fwd_whole": True}),
      ((2, 4, 8, 300, 2, False, "bfloat16", False),
@@ -158,7 +158,7 @@ def _check_interpreted(case, config: str):
     ids=["k4-three-chunks", "k8-four-channels-bf16", "k4-pingpong-odd-states",
          "k4-one-channel-a-warp", "k4-four-channels-over-the-lanes-bf16",
          "k4-every-chunk-masked-forward-uncapped", "k4-da-merged-two-groups", "k4-held-da-merged",
-         "k4-held-da-merged-bc-bits-bf16", "k4-held-carries-shifted", "k4-forward-held-whole",
+         "k4-held-da-merged-bc-bits-bf16", "k4-held-carries-by-compare", "k4-forward-held-whole",
          "k4-forward-held-whole-8-states-two-groups-bf16"],
 )  # fmt: skip
 def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
@@ -204,12 +204,13 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     its register cap (lanes_fwd_maxnreg None); lanes (the defaults) also holds the state scalars one a
     lane (lanes_bwd_held) and merges dA's terms across each group of 16 states (lanes_da_merge),
     and reads bf16 B and C as int32 words (lanes_bc_bits) where L is a multiple of 4 (64, 1024),
-    the second case's 8 states taking the other ways (no whole group, not one a lane); lanes_dam:
-    dA merged alone (held, whole chunks and bits off); lanes_plain: all four off (a state's
+    the second case's 8 states taking the other ways (no whole group, not one a lane), and keeps
+    the backward's state loop counter 32-bit (lanes_bwd_iv32) and collects the held carries by a
+    shift up the lanes (lanes_bwd_shift); lanes_dam: dA merged alone (held, whole chunks, bits
+    and the 32-bit counter off); lanes_plain: all of those off but the counter (a state's
     scalars loaded and its dA summed a state, every chunk masked, B and C converted); lanes_next:
-    the defaults with the backward's state loop counter kept 32-bit (lanes_bwd_iv32), its
-    carries collected by a shift up the lanes (lanes_bwd_shift), and the forward's values held
-    in the lanes (lanes_fwd_held) with whole chunks unmasked (lanes_fwd_whole)."""
+    the defaults with the forward's values held in the lanes (lanes_fwd_held) and its whole
+    chunks unmasked (lanes_fwd_whole)."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -231,10 +232,10 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
         config.update(lanes_bwd_whole=True, lanes_fwd_maxnreg=None)  # (whole: the default)
     if kernel in ("lanes_dam", "lanes_plain"):
         config.update(lanes_da_merge=kernel == "lanes_dam", lanes_bwd_held=False,
-                      lanes_bwd_whole=False, lanes_bc_bits=False)  # fmt: skip
+                      lanes_bwd_whole=False, lanes_bc_bits=False,
+                      lanes_bwd_iv32=kernel == "lanes_plain")  # fmt: skip
     if kernel == "lanes_next":
-        config.update(lanes_bwd_iv32=True, lanes_bwd_shift=True, lanes_fwd_held=True,
-                      lanes_fwd_whole=True)  # fmt: skip
+        config.update(lanes_fwd_held=True, lanes_fwd_whole=True)
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [

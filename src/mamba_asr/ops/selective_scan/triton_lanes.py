@@ -29,7 +29,13 @@ loaded tile split in registers, no data moved), so that:
   entering state and the adjoint's carry (``_lane_states``, loaded once a chunk; a state takes
   them by a shuffle), and dA's terms are merged across each group of TL states as they come
   (``_da_merged``: one shuffle for two states' terms, one atomic add a lane for the group);
-  bf16 B and C are read as int32 words and unpacked with a shift or a mask (``_bf16_pairs``).
+  bf16 B and C are read as int32 words and unpacked with a shift or a mask (``_bf16_pairs``);
+  the carries passed on move up a lane a state (lane 0 taking the new one), and the state
+  loop's counter goes through ``_opaque`` so that it stays 32-bit;
+- the forward can hold A and the states entering a chunk in its lanes in the same way, collect
+  the states leaving each backward chunk there and store them once a chunk
+  (``lanes_fwd_held``), and take a copy of its state loop without masks along time for chunks
+  wholly before L (``lanes_fwd_whole``; both off by default, not yet timed on a GPU).
 
 K = 4 loads each tile as one 16-byte vector a lane; K = 8 as two. PREFETCH loads the next
 states' A, carries, B and C a loop step ahead (the backward's top stall without it; the forward
@@ -44,7 +50,8 @@ half B and C cast to fp32 once, both by ``_fp32_pair_kernel``); arithmetic is fp
 the gate silu(z) is rounded to z's dtype as PyTorch rounds it. On an H100 the peer kernel takes
 1.87-2.08x our GPU time for a forward+backward in fp32 and 1.48-1.62x in bf16 at the benchmark's
 shapes; two channels a backward warp took 15-43% off the backward, the held values with dA merged
-(and whole chunks, bf16 read as words) 9-10% in bf16 (docs/benchmarks.md). Shape key as
+(and whole chunks, bf16 read as words) 9-10% in bf16; on an H200 the 32-bit counter and the
+shifted carries another 2-3% (2.02-2.29x and 1.51-1.61x; docs/benchmarks.md). Shape key as
 ``triton_kernel``.
 """
 
