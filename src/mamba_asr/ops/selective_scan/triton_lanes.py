@@ -136,9 +136,10 @@ def _load_k(base, t0, L, lane, mask, K: tl.constexpr, BD: tl.constexpr, TL: tl.c
     then run along time first, the layout ``tl.gather`` and the scans along time take without
     conversions. One scalar base a tensor (uniform across the warp) and one offset tile shared by
     all tensors keep per-lane 64-bit pointers out of the registers. Without TAIL the steps all lie
-    before L (a whole chunk), and L masks nothing; a mask None (TL = 32) masks no row. With BITS (bf16 at base, which lies at an
-    even element as L is a multiple of 4, TL < 32) each lane's 4 steps are read as two int32
-    words and unpacked by ``_bf16_pairs`` (the 4 steps lie before L or past it together)."""
+    before L (a whole chunk), and L masks nothing; a mask None (TL = 32) masks no row. With BITS
+    (bf16 at base, which lies at an even element as L is a multiple of 4, TL < 32) each lane's 4
+    steps are read as two int32 words and unpacked by ``_bf16_pairs`` (the 4 steps lie before L
+    or past it together)."""
     out = ()
     for j in tl.static_range(K // 4):
         if TL < 32:
@@ -431,10 +432,17 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
                           mask=md[:, None] & (lane >= TL - N)[None, :], other=0.0)  # fmt: skip
         down = tl.broadcast_to(tl.minimum(lane + 1, TL - 1)[None, :], (BD, TL))
         lane_end = (lane % CK == CK - 1)[None, :]
+    else:  # (what _fwd_states takes for HELD's values, unused)
+        Ah = tl.zeros((BD, TL), tl.float32)
+        hin = Ah
+        down = tl.broadcast_to(lane[None, :], (BD, TL))
+        lane_end = last_lane
     for c in range(n_chunks):
         hrow, hok = entering_state(ck, h0_ptr + rows * N, c * R, md, N, HAS_H0)
+        hout = hin  # HELD: the states leaving each CK lanes, shifted down a lane a state
         if HELD:
-            hout = hin  # the states leaving each CK lanes, shifted down a lane a state
+            dst = ck[:, None] + lane[None, :] * 0  # (the per-state store's, unused)
+            dmask = lane_end
         elif R == 1:
             dst = tl.where(c + 1 < n_chunks, ck + (c + 1) * N, last_ptr + rows * N)
             dst = dst[:, None] + lane[None, :] * 0
@@ -461,15 +469,6 @@ def _fwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
             dts = dts + (dt,)
             dtus = dtus + (dt * us[k],)
             ys = ys + (Dv[:, None] * us[k],)
-        if not HELD:
-            Ah = dts[0]  # (unused without HELD)
-            hin = Ah
-            hout = Ah
-            down = lane
-            lane_end = dmask
-        else:
-            dst = hin  # (unused with HELD)
-            dmask = lane_end
         if WHOLE and t0 + TL * K <= L:  # a whole chunk: a copy of the state loop, no mask in time
             ys, hout = _fwd_states(dts, dtus, ys, A_ptr, B_ptr, C_ptr, hrow, hok, offs_d, md, bc0,
                                    t0, L, lane, dst, dmask, Ah, hin, hout, down, lane_end, N, NU,
