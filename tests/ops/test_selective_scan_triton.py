@@ -19,7 +19,8 @@ pytestmark = pytest.mark.skipif(
 
 # (batch, dim, d_state, length, groups, initial_state, dtype, with z, D, delta_bias and softplus;
 # optionally a ninth: whether u, delta, z, B and C lie in buffers that go on with NaNs, so that a
-# kernel reading a step past the end, where only a mask keeps it out, fails)
+# kernel reading a step past the end, where only a mask keeps it out, fails; and a tenth: whether
+# the kernels' graph is taken back twice, the second backward's gradients checked too)
 CASES = [
     (2, 16, 16, 45, None, True, "float32", True),
     (1, 8, 5, 33, 2, False, "float32", True),
@@ -35,6 +36,7 @@ def errors(case, device: str) -> dict[str, float]:
     """Relative max errors of out, last state and every gradient, triton vs reference."""
     batch, dim, d_state, length, groups, with_state, dtype_name, full = case[:8]
     padded = len(case) > 8 and case[8]
+    twice = len(case) > 9 and case[9]
     dtype = getattr(torch, dtype_name)
     g = torch.Generator().manual_seed(length * 7 + dim)
 
@@ -65,8 +67,13 @@ def errors(case, device: str) -> dict[str, float]:
         loss = (out.float() * gout).sum()
         if with_state:
             loss = loss + (last * glast).sum()
-        results.append([out, last, *torch.autograd.grad(loss, list(tensors.values()))])
+        grads = torch.autograd.grad(loss, list(tensors.values()), retain_graph=twice)
+        results.append([out, last, *grads])
     names = ["out", "last", *[f"d{k}" for k in tensors]]
+    if twice:  # the kernels' backward again on the same graph, against the reference's gradients
+        results[0] += results[0][2:]
+        results[1] += torch.autograd.grad(loss, list(tensors.values()))
+        names += [f"d{k} again" for k in tensors]
     return {
         # floor 1e-2: where a gradient is exactly zero (dA at L=1 without a state: h_{-1} = 0) the
         # kernel's a_t h_{t-1} = h_t - x_t leaves rounding noise (4e-7 seen on an H100 in fp32)
@@ -133,7 +140,8 @@ def _check_interpreted(case, config: str):
 # state (shift off); the forward holding A and the entering states in its lanes and storing the
 # checkpoints once a chunk (lanes_fwd_held), with whole chunks unmasked (lanes_fwd_whole), over
 # two whole chunks and a part one (L 300), from an initial state, and with 8 states (half the
-# lanes collect none) in two groups. (The first case's 5 states take the other ways: summed and
+# lanes collect none) in two groups, there with the backward's sums zeroed by the forward's cast
+# of B and C (lanes_zero_fwd) and the graph taken back twice (the second backward fills its own). (The first case's 5 states take the other ways: summed and
 # loaded a state. lanes_bwd_iv32 needs a GPU.)
 @needs_interpreter
 @pytest.mark.parametrize(
@@ -153,8 +161,9 @@ def _check_interpreted(case, config: str):
       {"kernel": "lanes", "lanes_bwd_shift": False}),
      ((1, 4, 16, 300, None, True, "float32", True, True),
       {"kernel": "lanes", "lanes_fwd_held": True, "lanes_fwd_whole": True}),
-     ((2, 4, 8, 300, 2, False, "bfloat16", False),
-      {"kernel": "lanes", "lanes_fwd_held": True, "lanes_fwd_whole": True})],
+     ((2, 4, 8, 300, 2, False, "bfloat16", False, False, True),
+      {"kernel": "lanes", "lanes_fwd_held": True, "lanes_fwd_whole": True,
+       "lanes_zero_fwd": True})],
     ids=["k4-three-chunks", "k8-four-channels-bf16", "k4-pingpong-odd-states",
          "k4-one-channel-a-warp", "k4-four-channels-over-the-lanes-bf16",
          "k4-every-chunk-masked-forward-uncapped", "k4-da-merged-two-groups", "k4-held-da-merged",
@@ -209,8 +218,9 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     shift up the lanes (lanes_bwd_shift); lanes_dam: dA merged alone (held, whole chunks, bits
     and the 32-bit counter off); lanes_plain: all of those off but the counter (a state's
     scalars loaded and its dA summed a state, every chunk masked, B and C converted); lanes_next:
-    the defaults with the forward's values held in the lanes (lanes_fwd_held) and its whole
-    chunks unmasked (lanes_fwd_whole)."""
+    the defaults with the forward's values held in the lanes (lanes_fwd_held), its whole
+    chunks unmasked (lanes_fwd_whole) and the backward's sums zeroed by its cast of B and C
+    (lanes_zero_fwd)."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -235,11 +245,12 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
                       lanes_bwd_whole=False, lanes_bc_bits=False,
                       lanes_bwd_iv32=kernel == "lanes_plain")  # fmt: skip
     if kernel == "lanes_next":
-        config.update(lanes_fwd_held=True, lanes_fwd_whole=True)
+        config.update(lanes_fwd_held=True, lanes_fwd_whole=True, lanes_zero_fwd=True)
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [
-        (2, 64, 16, length, None, True, dtype, True, True),  # inputs followed by NaNs
+        # inputs followed by NaNs, the graph taken back twice
+        (2, 64, 16, length, None, True, dtype, True, True, True),
         (2, 64, 8, length, 4, False, dtype, False),
     ]:
         if kernel.startswith("seq"):

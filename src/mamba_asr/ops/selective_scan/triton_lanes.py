@@ -869,9 +869,11 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
 
 
 @triton.jit
-def _fp32_pair_kernel(a_ptr, b_ptr, out_ptr, na, nb, BLOCK: tl.constexpr):
-    """a's na elements, then b's nb, into out as fp32: the forward's B and C in one launch."""
+def _fp32_pair_kernel(a_ptr, b_ptr, out_ptr, zeros_ptr, na, nb, nz, BLOCK: tl.constexpr):
+    """a's na elements, then b's nb, into out as fp32: the forward's B and C in one launch; and
+    nz fp32 zeros into zeros (the backward's sums, written here to spare it a fill; nz 0: none)."""
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(a_ptr + i, mask=i < na, other=0.0).to(tl.float32)
     y = tl.load(b_ptr + (i - na), mask=(i >= na) & (i < na + nb), other=0.0).to(tl.float32)
     tl.store(out_ptr + i, tl.where(i < na, x, y), mask=i < na + nb)
+    tl.store(zeros_ptr + i, tl.zeros((BLOCK,), tl.float32), mask=i < nz)
