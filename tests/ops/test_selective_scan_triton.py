@@ -141,8 +141,9 @@ def _check_interpreted(case, config: str):
 # checkpoints once a chunk (lanes_fwd_held), with whole chunks unmasked (lanes_fwd_whole), over
 # two whole chunks and a part one (L 300), from an initial state, and with 8 states (half the
 # lanes collect none) in two groups, there with the backward's sums zeroed by the forward's cast
-# of B and C (lanes_zero_fwd) and the graph taken back twice (the second backward fills its own). (The first case's 5 states take the other ways: summed and
-# loaded a state. lanes_bwd_iv32 needs a GPU.)
+# of B and C (lanes_zero_fwd) and the graph taken back twice (the second backward fills its
+# own). (The first case's 5 states take the other ways: summed and loaded a state.
+# lanes_bwd_iv32 needs a GPU.)
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",
