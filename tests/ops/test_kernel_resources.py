@@ -103,10 +103,10 @@ def test_seq_kernels_compile_for_sm90_without_spills(dtype):
      {"lanes_bwd_held": False, "lanes_da_merge": False, "lanes_bwd_whole": False,
       "lanes_bc_bits": False},
      {"lanes_bwd_iv32": False, "lanes_bwd_shift": False},
-     {"lanes_fwd_held": True, "lanes_fwd_whole": True}, {"lanes_fwd_whole": True}],
+     {"lanes_fwd_held": False, "lanes_fwd_whole": False}, {"lanes_fwd_held": False}],
     ids=["k8", "four-channels-a-warp", "one-channel-a-warp", "pingpong", "whole-forward-uncapped",
          "da-merge-alone", "held-da-merge-no-whole", "state-by-state", "counter-64-bit-carries-by-compare",
-         "forward-held-whole", "forward-whole"],
+         "forward-state-by-state", "forward-whole-not-held"],
 )  # fmt: skip
 def test_lanes_settings_compile_for_sm90(overrides, monkeypatch):
     """Settings other than the defaults compile too (a CUDA compile error, such as a constexpr

@@ -130,19 +130,19 @@ def _check_interpreted(case, config: str):
 # to fp32, in bf16; the backward alternating two states' loads (ping-pong) over an odd number of
 # states; the backward with one channel a warp (chunks of 128 steps; the defaults: two channels,
 # chunks of 64) and with four (chunks of 32 steps, the last one part empty); every chunk's state
-# loop masked along time (lanes_bwd_whole off) on inputs followed by NaNs, after a forward without
-# its register cap; then the defaults where their backward settings apply: dA's terms merged
+# loop masked along time in both kernels (lanes_bwd_whole, lanes_fwd_whole off) on inputs
+# followed by NaNs, the forward without its register cap; then the defaults where their backward settings apply: dA's terms merged
 # across each group of 16 states (lanes_da_merge), two groups (32 states); with that the state
 # scalars held one a lane (lanes_bwd_held: 16 states, 16 lanes), from an initial state (its
 # gradient: the carries the lanes store); and in bf16 with B and C read as int32 words
 # (lanes_bc_bits; L 76, a multiple of 4, the last chunk part empty); these collect the carries
 # passed on by a shift up the lanes (lanes_bwd_shift), the held case again by a compare with the
-# state (shift off); the forward holding A and the entering states in its lanes and storing the
-# checkpoints once a chunk (lanes_fwd_held), with whole chunks unmasked (lanes_fwd_whole), over
-# two whole chunks and a part one (L 300), from an initial state, and with 8 states (half the
-# lanes collect none) in two groups, there with the backward's sums zeroed by the forward's cast
-# of B and C (lanes_zero_fwd) and the graph taken back twice (the second backward fills its
-# own). (The first case's 5 states take the other ways: summed and loaded a state.
+# state (shift off); the forward (its defaults too) holding A and the entering states in its
+# lanes and storing the checkpoints once a chunk (lanes_fwd_held), with whole chunks unmasked
+# (lanes_fwd_whole), over two whole chunks and a part one (L 300), from an initial state, and
+# with 8 states (half the lanes collect none) in two groups, there with the graph taken back
+# twice. (The first case's 5 states take the other ways: summed and
+# loaded a state, in the forward too, 5 not being a whole number of its loop steps.
 # lanes_bwd_iv32 needs a GPU.)
 @needs_interpreter
 @pytest.mark.parametrize(
@@ -154,7 +154,8 @@ def _check_interpreted(case, config: str):
      ((1, 8, 5, 300, 2, True, "float32", True), {"kernel": "lanes", "lanes_time": 32}),
      ((2, 8, 4, 75, None, False, "bfloat16", False), {"kernel": "lanes", "lanes_time": 8}),
      ((1, 8, 5, 300, 2, True, "float32", True, True),
-      {"kernel": "lanes", "lanes_bwd_whole": False, "lanes_fwd_maxnreg": None}),
+      {"kernel": "lanes", "lanes_bwd_whole": False, "lanes_fwd_whole": False,
+       "lanes_fwd_maxnreg": None}),
      ((1, 4, 32, 70, 2, True, "float32", True, True), {"kernel": "lanes"}),
      ((1, 4, 16, 100, None, True, "float32", True, True), {"kernel": "lanes"}),
      ((1, 4, 16, 76, None, True, "bfloat16", True, True), {"kernel": "lanes"}),
@@ -163,8 +164,7 @@ def _check_interpreted(case, config: str):
      ((1, 4, 16, 300, None, True, "float32", True, True),
       {"kernel": "lanes", "lanes_fwd_held": True, "lanes_fwd_whole": True}),
      ((2, 4, 8, 300, 2, False, "bfloat16", False, False, True),
-      {"kernel": "lanes", "lanes_fwd_held": True, "lanes_fwd_whole": True,
-       "lanes_zero_fwd": True})],
+      {"kernel": "lanes", "lanes_fwd_held": True, "lanes_fwd_whole": True})],
     ids=["k4-three-chunks", "k8-four-channels-bf16", "k4-pingpong-odd-states",
          "k4-one-channel-a-warp", "k4-four-channels-over-the-lanes-bf16",
          "k4-every-chunk-masked-forward-uncapped", "k4-da-merged-two-groups", "k4-held-da-merged",
@@ -198,7 +198,7 @@ def test_triton_lanes_kernels_interpreted_match_reference(case, overrides):
         "lanes_whole",
         "lanes_dam",
         "lanes_plain",
-        "lanes_next",
+        "lanes_fwd_off",
     ],
 )
 def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
@@ -218,10 +218,10 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
     the backward's state loop counter 32-bit (lanes_bwd_iv32) and collects the held carries by a
     shift up the lanes (lanes_bwd_shift); lanes_dam: dA merged alone (held, whole chunks, bits
     and the 32-bit counter off); lanes_plain: all of those off but the counter (a state's
-    scalars loaded and its dA summed a state, every chunk masked, B and C converted); lanes_next:
-    the defaults with the forward's values held in the lanes (lanes_fwd_held), its whole
-    chunks unmasked (lanes_fwd_whole) and the backward's sums zeroed by its cast of B and C
-    (lanes_zero_fwd)."""
+    scalars loaded and its dA summed a state, every chunk masked, B and C converted); the
+    defaults also hold the forward's values in the lanes (lanes_fwd_held) and take its whole
+    chunks unmasked (lanes_fwd_whole); lanes_fwd_off: the defaults with those two off. Every
+    kernel's first case takes the graph back twice."""
     from mamba_asr.ops.selective_scan import triton_kernel, triton_time
 
     both = kernel.startswith("seq") and kernel != "seq_fwd"
@@ -245,8 +245,8 @@ def test_triton_cuda_matches_reference(length, dtype, kernel, monkeypatch):
         config.update(lanes_da_merge=kernel == "lanes_dam", lanes_bwd_held=False,
                       lanes_bwd_whole=False, lanes_bc_bits=False,
                       lanes_bwd_iv32=kernel == "lanes_plain")  # fmt: skip
-    if kernel == "lanes_next":
-        config.update(lanes_fwd_held=True, lanes_fwd_whole=True, lanes_zero_fwd=True)
+    if kernel == "lanes_fwd_off":
+        config.update(lanes_fwd_held=False, lanes_fwd_whole=False)
     for key, value in config.items():
         monkeypatch.setitem(triton_kernel.CONFIG, key, value)
     for case in [

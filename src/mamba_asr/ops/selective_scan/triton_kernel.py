@@ -105,11 +105,13 @@ from torch import Tensor
 # shuffle each a state, rather than two loads), collects the states leaving each backward chunk
 # there and stores them once a chunk (rather than a store a state; N <= lanes_time);
 # lanes_fwd_whole: chunks wholly before L take a copy of the forward's state loop with no mask
-# along time (with lanes_fwd_held, none of states either: B and C read unmasked);
-# lanes_zero_fwd: where the lanes forward casts half B and C to fp32 and a gradient is wanted,
-# the same kernel also zeroes the backward's fp32 sums (dB, dC, dA, dD, d(delta_bias)), which are
-# then held from the forward to the backward, rather than the backward filling them (one launch
-# fewer a forward+backward; a second backward of the same graph fills its own);
+# along time (with lanes_fwd_held, none of states either: B and C read unmasked). The two take the
+# bf16 forward's loop for 4 states from 308 to 279 instructions on sm_90; on an H100 they took
+# 6-7% off the bf16 forward kernel and 2-3% off the fp32 one (forward+backward, peer/ours:
+# 1.53x / 1.68x / 1.64x in bf16, 2.13x / 2.03x / 1.84x in fp32, against 1.51x / 1.65x / 1.62x and
+# 2.10x / 2.01x / 1.84x; the default since then). Taken out
+# again: the backward's fp32 sums zeroed by the forward's cast of B and C (one launch fewer, but
+# the backward's atomics then find those lines cold: its kernel 0.3-2% slower in bf16);
 # time_fwd: "seq" for gluon_seq's forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
@@ -123,8 +125,8 @@ CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps
           "lanes_bwd_pingpong": False, "lanes_time": 16, "lanes_bwd_maxnreg": 128,
           "lanes_bwd_whole": True, "lanes_fwd_maxnreg": 64,
           "lanes_da_merge": True, "lanes_bwd_held": True, "lanes_bc_bits": True,
-          "lanes_bwd_iv32": True, "lanes_bwd_shift": True, "lanes_fwd_held": False,
-          "lanes_fwd_whole": False, "lanes_zero_fwd": False}  # fmt: skip
+          "lanes_bwd_iv32": True, "lanes_bwd_shift": True, "lanes_fwd_held": True,
+          "lanes_fwd_whole": True}  # fmt: skip
 # bwd_programs: when batch x channel blocks fill less than half of this many programs, the backward
 # also splits the sequence into segments (whole checkpoints) that run in parallel, after a pass
 # over dt, dLoss/dy and C that gives each segment's effect on the adjoint state passed into it

@@ -51,8 +51,9 @@ the gate silu(z) is rounded to z's dtype as PyTorch rounds it. On an H100 the pe
 1.87-2.08x our GPU time for a forward+backward in fp32 and 1.48-1.62x in bf16 at the benchmark's
 shapes; two channels a backward warp took 15-43% off the backward, the held values with dA merged
 (and whole chunks, bf16 read as words) 9-10% in bf16; on an H200 the 32-bit counter and the
-shifted carries another 2-3% (2.02-2.29x and 1.51-1.61x; docs/benchmarks.md). Shape key as
-``triton_kernel``.
+shifted carries another 2-3% (2.02-2.29x and 1.51-1.61x), and on an H100 the forward's held
+values and unmasked whole chunks 6-7% off the bf16 forward (1.84-2.13x and 1.53-1.68x;
+docs/benchmarks.md). Shape key as ``triton_kernel``.
 """
 
 from __future__ import annotations
@@ -869,11 +870,9 @@ def _bwd_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
 
 
 @triton.jit
-def _fp32_pair_kernel(a_ptr, b_ptr, out_ptr, zeros_ptr, na, nb, nz, BLOCK: tl.constexpr):
-    """a's na elements, then b's nb, into out as fp32: the forward's B and C in one launch; and
-    nz fp32 zeros into zeros (the backward's sums, written here to spare it a fill; nz 0: none)."""
+def _fp32_pair_kernel(a_ptr, b_ptr, out_ptr, na, nb, BLOCK: tl.constexpr):
+    """a's na elements, then b's nb, into out as fp32: the forward's B and C in one launch."""
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(a_ptr + i, mask=i < na, other=0.0).to(tl.float32)
     y = tl.load(b_ptr + (i - na), mask=(i >= na) & (i < na + nb), other=0.0).to(tl.float32)
     tl.store(out_ptr + i, tl.where(i < na, x, y), mask=i < na + nb)
-    tl.store(zeros_ptr + i, tl.zeros((BLOCK,), tl.float32), mask=i < nz)

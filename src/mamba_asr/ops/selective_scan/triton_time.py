@@ -513,23 +513,16 @@ def _lanes() -> _LaneKernels:
                         triton_lanes._fp32_pair_kernel)  # fmt: skip
 
 
-def _fp32_pair(B: torch.Tensor, C: torch.Tensor, zeros: int = 0) -> tuple:
-    """(B, C, z): B and C (contiguous, one half dtype) in fp32, in one buffer written by one
-    kernel (two ``Tensor.float`` calls are two kernels and two dispatches), each as it is where it
-    is fp32; z: where zeros, that many fp32 zeros written by the same kernel (else None)."""
+def _fp32_pair(B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """B and C (contiguous, one half dtype) in fp32, in one buffer written by one kernel (two
+    ``Tensor.float`` calls are two kernels and two dispatches); each as it is where it is fp32."""
     if B.dtype != C.dtype or B.dtype == torch.float32:
-        return B.float(), C.float(), None
+        return B.float(), C.float()
     nb, nc = B.numel(), C.numel()
     out = torch.empty(nb + nc, device=B.device, dtype=torch.float32)
-    z = torch.empty(zeros, device=B.device, dtype=torch.float32) if zeros else None
-    launch(_lanes().fp32_pair, (cdiv(max(nb + nc, zeros), 1024),), B, C, out,
-           out if z is None else z, nb, nc, zeros, BLOCK=1024, num_warps=4)  # fmt: skip
-    return out[:nb].view(B.shape), out[nb:].view(C.shape), z
-
-
-def _sums_size(B: torch.Tensor, C: torch.Tensor, dim: int, d_state: int) -> tuple[int, ...]:
-    """The backward's fp32 sums, one buffer: dB, dC (first: one cast), dA, dD, d(delta_bias)."""
-    return (B.numel(), C.numel(), dim * d_state, dim, dim)
+    launch(_lanes().fp32_pair, (cdiv(nb + nc, 1024),), B, C, out, nb, nc, BLOCK=1024,
+           num_warps=4)  # fmt: skip
+    return out[:nb].view(B.shape), out[nb:].view(C.shape)
 
 
 # CONFIG's time_bwd_prefetch -> the backward kernel's PREFETCH
@@ -560,13 +553,8 @@ class TritonTimeScan(torch.autograd.Function):
         batch, dim, length, d_state, groups, round_gate = x[9:15]
         bd, lanes = _block_d(dim, groups), _lanes_k()
         Bk, Ck = B, C  # what the forward kernel reads; the backward reads B and C as given
-        ctx.zeros = None  # the backward's sums, zeroed here where B and C are cast (lanes_zero_fwd)
         if lanes is not None and CONFIG["lanes_bc_fp32"] and B.dtype != torch.float32:
-            nz = 0
-            if CONFIG["lanes_zero_fwd"] and any(ctx.needs_input_grad):
-                nz = sum(_sums_size(B, C, dim, d_state))
-            # converted once, not once a state in every program
-            Bk, Ck, ctx.zeros = _fp32_pair(B, C, nz)
+            Bk, Ck = _fp32_pair(B, C)  # converted once, not once a state in every program
         tc = CONFIG["time_chunk"] if lanes is None else 32 * lanes
         plan = None if lanes is not None else _seq_plan(u, d_state, dim // groups, tc)
         n_chunks = max(cdiv(length, tc if plan is None else plan.every), 1)
@@ -633,10 +621,8 @@ class TritonTimeScan(torch.autograd.Function):
         dz = torch.empty_like(z) if z is not None else None
         bd, tc = _block_d(dim, groups), CONFIG["time_chunk"]
         # dB, dC, dA, dD, d(delta_bias): fp32, summed into by every program
-        sizes = _sums_size(B, C, dim, d_state)
-        zeros, ctx.zeros = ctx.zeros, None  # zeroed by the forward once: a second backward fills
-        if zeros is None:
-            zeros = torch.zeros(sum(sizes), device=u.device, dtype=torch.float32)
+        sizes = (B.numel(), C.numel(), dim * d_state, dim, dim)
+        zeros = torch.zeros(sum(sizes), device=u.device, dtype=torch.float32)
         dB, dC, dA, dD, dbias = zeros.split_with_sizes(sizes)  # dB, dC first: one cast
         dummy = A32
         if ctx.seq is not None:  # gluon_seq.py's backward
