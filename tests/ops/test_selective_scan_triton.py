@@ -131,8 +131,9 @@ def _check_interpreted(case, config: str):
 # states; the backward with one channel a warp (chunks of 128 steps; the defaults: two channels,
 # chunks of 64) and with four (chunks of 32 steps, the last one part empty); every chunk's state
 # loop masked along time in both kernels (lanes_bwd_whole, lanes_fwd_whole off) on inputs
-# followed by NaNs, the forward without its register cap; then the defaults where their backward settings apply: dA's terms merged
-# across each group of 16 states (lanes_da_merge), two groups (32 states); with that the state
+# followed by NaNs, the forward without its register cap; then the defaults where their backward
+# settings apply: dA's terms merged across each group of 16 states (lanes_da_merge), two groups
+# (32 states); with that the state
 # scalars held one a lane (lanes_bwd_held: 16 states, 16 lanes), from an initial state (its
 # gradient: the carries the lanes store); and in bf16 with B and C read as int32 words
 # (lanes_bc_bits; L 76, a multiple of 4, the last chunk part empty); these collect the carries
@@ -141,9 +142,8 @@ def _check_interpreted(case, config: str):
 # lanes and storing the checkpoints once a chunk (lanes_fwd_held), with whole chunks unmasked
 # (lanes_fwd_whole), over two whole chunks and a part one (L 300), from an initial state, and
 # with 8 states (half the lanes collect none) in two groups, there with the graph taken back
-# twice. (The first case's 5 states take the other ways: summed and
-# loaded a state, in the forward too, 5 not being a whole number of its loop steps.
-# lanes_bwd_iv32 needs a GPU.)
+# twice. (The first case's 5 states take the other ways: summed and loaded a state, in the
+# forward too, 5 not being a whole number of its loop steps. lanes_bwd_iv32 needs a GPU.)
 @needs_interpreter
 @pytest.mark.parametrize(
     "case, overrides",

@@ -109,9 +109,9 @@ from torch import Tensor
 # bf16 forward's loop for 4 states from 308 to 279 instructions on sm_90; on an H100 they took
 # 6-7% off the bf16 forward kernel and 2-3% off the fp32 one (forward+backward, peer/ours:
 # 1.53x / 1.68x / 1.64x in bf16, 2.13x / 2.03x / 1.84x in fp32, against 1.51x / 1.65x / 1.62x and
-# 2.10x / 2.01x / 1.84x; the default since then). Taken out
-# again: the backward's fp32 sums zeroed by the forward's cast of B and C (one launch fewer, but
-# the backward's atomics then find those lines cold: its kernel 0.3-2% slower in bf16);
+# 2.10x / 2.01x / 1.84x; the default since then). Taken out again: the backward's fp32 sums
+# zeroed by the forward's cast of B and C (one launch fewer, but the backward's atomics then find
+# those lines cold: its kernel 0.3-2% slower in bf16);
 # time_fwd: "seq" for gluon_seq's forward before the time kernels' backward
 CONFIG = {"block_d": 8, "chunk": 8, "bwd_chunk": 8, "ckpt_chunks": 4, "fwd_warps": 1,
           "bwd_warps": 1, "fwd_stages": 3, "bwd_stages": 3, "bwd_maxnreg": None,
