@@ -133,9 +133,8 @@ def _check_interpreted(case, config: str):
 # loop masked along time in both kernels (lanes_bwd_whole, lanes_fwd_whole off) on inputs
 # followed by NaNs, the forward without its register cap; then the defaults where their backward
 # settings apply: dA's terms merged across each group of 16 states (lanes_da_merge), two groups
-# (32 states); with that the state
-# scalars held one a lane (lanes_bwd_held: 16 states, 16 lanes), from an initial state (its
-# gradient: the carries the lanes store); and in bf16 with B and C read as int32 words
+# (32 states); with that the state scalars held one a lane (lanes_bwd_held: 16 states, 16
+# lanes), from an initial state (its gradient: the carries the lanes store); and in bf16 with B and C read as int32 words
 # (lanes_bc_bits; L 76, a multiple of 4, the last chunk part empty); these collect the carries
 # passed on by a shift up the lanes (lanes_bwd_shift), the held case again by a compare with the
 # state (shift off); the forward (its defaults too) holding A and the entering states in its

@@ -62,7 +62,9 @@ from torch import Tensor
 # backward reads the fp32 copies too, which timed the same on an H100);
 # lanes_bwd_pingpong: the backward takes two states a loop step, each one's loads issued while the
 # other computes, so no loaded value is copied between loop steps (its unroll and prefetch then do
-# not apply; 12% fewer instructions a state for 10-15 more registers on sm_90, not yet timed));
+# not apply; 12% fewer instructions a state for 10-15 more registers on sm_90; timed on an H100,
+# 1-7% faster in fp32 and about 1% slower in bf16 with one channel a warp, slower at both with
+# two, where its cap spills 8-16 bytes));
 # lanes_time: lanes along time in a lanes backward program (32, 16 or 8; its warp's other lanes
 # hold 32 / lanes_time channels, so that every B and C value a warp loads, and every dB and dC
 # add, serves that many channels, over chunks of lanes_time K steps; the forward keeps 32 lanes

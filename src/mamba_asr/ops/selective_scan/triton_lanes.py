@@ -32,10 +32,10 @@ loaded tile split in registers, no data moved), so that:
   bf16 B and C are read as int32 words and unpacked with a shift or a mask (``_bf16_pairs``);
   the carries passed on move up a lane a state (lane 0 taking the new one), and the state
   loop's counter goes through ``_opaque`` so that it stays 32-bit;
-- the forward can hold A and the states entering a chunk in its lanes in the same way, collect
-  the states leaving each backward chunk there and store them once a chunk
-  (``lanes_fwd_held``), and take a copy of its state loop without masks along time for chunks
-  wholly before L (``lanes_fwd_whole``; both off by default, not yet timed on a GPU).
+- the forward holds A and the states entering a chunk in its lanes in the same way, collects
+  the states leaving each backward chunk there and stores them once a chunk
+  (``lanes_fwd_held``), and takes a copy of its state loop without masks along time for chunks
+  wholly before L (``lanes_fwd_whole``; both on by default).
 
 K = 4 loads each tile as one 16-byte vector a lane; K = 8 as two. PREFETCH loads the next
 states' A, carries, B and C a loop step ahead (the backward's top stall without it; the forward
